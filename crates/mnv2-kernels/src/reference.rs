@@ -1,0 +1,157 @@
+//! Naive scalar twins of every kernel family: the oracle that fast kernels are tested against.
+//!
+//! Written for clarity, not speed. Activations are NHWC, one image at a time; convolution
+//! weights are `[kh][kw][cin / groups][cout]` (HWIO), so one layout serves the stem, pointwise
+//! and depthwise layers.
+
+use crate::{ConvGeom, MinMax};
+
+/// Convolution with folded bias, clamp, and an optional residual added after the clamp.
+///
+/// `input` is `in_h x in_w x in_c`, `output` is `out_h x out_w x out_c`, `residual` (if any)
+/// has the output's shape.
+pub fn conv2d_f32(
+    g: &ConvGeom,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: MinMax,
+    residual: Option<&[f32]>,
+    output: &mut [f32],
+) {
+    assert_eq!(input.len(), g.in_h * g.in_w * g.in_c, "input size");
+    assert_eq!(output.len(), g.out_h * g.out_w * g.out_c, "output size");
+    assert_eq!(
+        weights.len(),
+        g.kernel * g.kernel * g.in_c / g.groups * g.out_c,
+        "weights size"
+    );
+    assert_eq!(bias.len(), g.out_c, "bias size");
+    let cin_g = g.in_c / g.groups;
+    let cout_g = g.out_c / g.groups;
+    let mut acc = vec![0f32; g.out_c];
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            acc.copy_from_slice(bias);
+            for ky in 0..g.kernel {
+                let iy = (oy * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
+                if iy < 0 || iy >= g.in_h as isize {
+                    continue;
+                }
+                for kx in 0..g.kernel {
+                    let ix = (ox * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
+                    if ix < 0 || ix >= g.in_w as isize {
+                        continue;
+                    }
+                    let px = &input[(iy as usize * g.in_w + ix as usize) * g.in_c..][..g.in_c];
+                    let wt = &weights[(ky * g.kernel + kx) * cin_g * g.out_c..][..cin_g * g.out_c];
+                    for grp in 0..g.groups {
+                        for ci in 0..cin_g {
+                            let a = px[grp * cin_g + ci];
+                            let wrow = &wt[ci * g.out_c + grp * cout_g..][..cout_g];
+                            let arow = &mut acc[grp * cout_g..][..cout_g];
+                            for (o, w) in arow.iter_mut().zip(wrow) {
+                                *o += a * w;
+                            }
+                        }
+                    }
+                }
+            }
+            let o = (oy * g.out_w + ox) * g.out_c;
+            for (co, v) in acc.iter().enumerate() {
+                let mut y = act.apply(*v);
+                if let Some(r) = residual {
+                    y += r[o + co];
+                }
+                output[o + co] = y;
+            }
+        }
+    }
+}
+
+/// Mean over the spatial extent: `hw x c` -> `c`.
+pub fn global_avg_pool_f32(input: &[f32], hw: usize, c: usize, output: &mut [f32]) {
+    assert_eq!(input.len(), hw * c);
+    assert_eq!(output.len(), c);
+    output.fill(0.0);
+    for px in input.chunks_exact(c) {
+        for (o, v) in output.iter_mut().zip(px) {
+            *o += v;
+        }
+    }
+    let inv = 1.0 / hw as f32;
+    for o in output.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// Fully connected layer: `output[o] = bias[o] + sum_i input[i] * weights[i][o]`
+/// (weights `[in][out]`).
+pub fn linear_f32(input: &[f32], weights: &[f32], bias: &[f32], output: &mut [f32]) {
+    let (n_in, n_out) = (input.len(), output.len());
+    assert_eq!(weights.len(), n_in * n_out);
+    assert_eq!(bias.len(), n_out);
+    output.copy_from_slice(bias);
+    for (i, a) in input.iter().enumerate() {
+        for (o, w) in output.iter_mut().zip(&weights[i * n_out..][..n_out]) {
+            *o += a * w;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_matches_hand_computation() {
+        // 3x3 input, 1 channel, 3x3 kernel of ones, pad 1: each output is the sum of its
+        // neighbourhood.
+        let g = ConvGeom {
+            in_h: 3,
+            in_w: 3,
+            in_c: 1,
+            out_h: 3,
+            out_w: 3,
+            out_c: 1,
+            kernel: 3,
+            stride: 1,
+            dilation: 1,
+            pad_top: 1,
+            pad_left: 1,
+            groups: 1,
+        };
+        let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut out = vec![0.0; 9];
+        conv2d_f32(&g, &input, &[1.0; 9], &[0.5], MinMax::NONE, None, &mut out);
+        assert_eq!(
+            out,
+            vec![12.5, 21.5, 16.5, 27.5, 45.5, 33.5, 24.5, 39.5, 28.5]
+        );
+        conv2d_f32(
+            &g,
+            &input,
+            &[1.0; 9],
+            &[0.5],
+            MinMax::RELU6,
+            Some(&input),
+            &mut out,
+        );
+        assert_eq!(out[0], 7.0);
+    }
+
+    #[test]
+    fn pool_and_linear() {
+        let mut p = [0.0; 2];
+        global_avg_pool_f32(&[1.0, 2.0, 3.0, 6.0], 2, 2, &mut p);
+        assert_eq!(p, [2.0, 4.0]);
+        let mut o = [0.0; 3];
+        linear_f32(
+            &p,
+            &[1.0, 0.0, 1.0, 0.0, 1.0, 1.0],
+            &[0.0, 1.0, -1.0],
+            &mut o,
+        );
+        assert_eq!(o, [2.0, 5.0, 5.0]);
+    }
+}

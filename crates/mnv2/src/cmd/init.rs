@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use mobilenetv2::{Model, Spec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Width multiplier
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// Number of classes
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+    /// Input resolution recorded in the file, N or HxW
+    #[arg(long, default_value = "224")]
+    resolution: String,
+    /// Seed of the random numbers
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Give BatchNorm non-trivial statistics and affine parameters (for parity tests:
+    /// torchvision's identity BatchNorm hides folding errors)
+    #[arg(long)]
+    randomize_bn: bool,
+    /// Output file (.safetensors)
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let (height, width_px) = Spec::parse_resolution(&a.resolution)?;
+    let spec = Spec {
+        width: a.width,
+        classes: a.classes,
+        height,
+        width_px,
+        ..Spec::default()
+    };
+    let model = Model::init(&spec, a.seed, a.randomize_bn)?;
+    model.save(&a.out)?;
+    eprintln!(
+        "wrote {} (width {}, {} classes, seed {})",
+        a.out.display(),
+        a.width,
+        a.classes,
+        a.seed
+    );
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `mnv2`: the MobileNetV2 command line. A thin layer over the `mobilenetv2` library.
+//!
+//! Exit codes: 0 success, 1 bad input or usage (a one-line error names the file and the
+//! problem), 2 internal failure. A closed stdout (e.g. `| head`) ends quietly.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mnv2",
+    version,
+    about = "MobileNetV2: classify, run, inspect, convert, benchmark and train"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer table of shapes, parameters and multiply-adds; activation memory
+    Info(cmd::info::Args),
+    /// Write randomly initialised weights (torchvision's initialisation) from a seed
+    Init(cmd::init::Args),
+    /// Run a raw NCHW float32 .npy batch through the network and write the logits as .npy
+    Run(cmd::run::Args),
+    /// Convert weights (.pth, .pt, .safetensors) to the project's safetensors format
+    Convert(cmd::convert::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => cmd::info::main(a),
+        Command::Init(a) => cmd::init::main(a),
+        Command::Run(a) => cmd::run::main(a),
+        Command::Convert(a) => cmd::convert::main(a),
+    };
+    if let Err(e) = result {
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            std::process::exit(0);
+        }
+        eprintln!("error: {e:#}");
+        let internal = e
+            .chain()
+            .any(|c| c.downcast_ref::<cmd::Internal>().is_some());
+        std::process::exit(if internal { 2 } else { 1 });
+    }
+}

@@ -1,0 +1,593 @@
+//! The spec expanded into layers with shapes: the only description of the network.
+//!
+//! Accounting, the inference engines, weight import and export, training and the heads all
+//! read a [`Plan`]. Layer names are torchvision's module paths (`features.2.conv.0.0`), so the
+//! plan also says which tensors a weight file must hold.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::spec::{BottleneckActivation, Padding, Shortcut, Spec};
+
+/// Spatial size and channels of one image's activation (stored NHWC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Shape {
+    pub fn new(h: usize, w: usize, c: usize) -> Self {
+        Shape { h, w, c }
+    }
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.h, self.w, self.c)
+    }
+}
+
+/// Zeros added around the input of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Pad {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvKind {
+    /// Dense 3x3 convolution (the stem).
+    Full,
+    /// 1x1 convolution: a matrix product over channels.
+    Pointwise,
+    /// 3x3 convolution with one filter per channel.
+    Depthwise,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    None,
+    Relu6,
+}
+
+impl Activation {
+    /// The clamp range that implements the activation in a kernel epilogue.
+    pub fn bounds(self) -> (f32, f32) {
+        match self {
+            Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+        }
+    }
+}
+
+/// A convolution followed by BatchNorm (folded at inference), an optional activation and an
+/// optional residual add of the enclosing block's input, in that order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Conv {
+    pub kind: ConvKind,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad: Pad,
+    pub groups: usize,
+    pub activation: Activation,
+    pub residual: bool,
+    /// torchvision name of the BatchNorm module after the convolution.
+    pub bn: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Op {
+    Conv(Conv),
+    /// Mean over the spatial extent.
+    GlobalAvgPool,
+    /// Identity at inference.
+    Dropout {
+        p: f32,
+    },
+    /// Fully connected layer with bias.
+    Linear,
+}
+
+/// What a layer is in the network, for reports and for finding taps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Stem,
+    Expand,
+    Depthwise,
+    Project,
+    LastConv,
+    Pool,
+    Dropout,
+    Classifier,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Layer {
+    /// torchvision module path of the layer's weights (`features.2.conv.0.0`, `classifier.1`).
+    pub name: String,
+    pub role: Role,
+    /// torchvision `features` index of the inverted residual block holding the layer.
+    pub block: Option<usize>,
+    pub op: Op,
+    pub input: Shape,
+    pub output: Shape,
+}
+
+impl Layer {
+    pub fn conv(&self) -> Option<&Conv> {
+        match &self.op {
+            Op::Conv(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// One inverted residual block: indices into [`Plan::layers`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Block {
+    /// torchvision `features` index (1 for the first block).
+    pub index: usize,
+    pub expand: Option<usize>,
+    pub depthwise: usize,
+    pub project: usize,
+    pub input: Shape,
+    /// Channels of the expanded tensor.
+    pub hidden: usize,
+    pub output: Shape,
+    pub stride: usize,
+    pub dilation: usize,
+    pub residual: bool,
+}
+
+impl Block {
+    /// Index of the first layer of the block.
+    pub fn first_layer(&self) -> usize {
+        self.expand.unwrap_or(self.depthwise)
+    }
+}
+
+/// A place in the network whose feature map a head can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tap {
+    /// Output of the stem convolution (`features.0`).
+    Stem,
+    /// Output of the block with this torchvision `features` index.
+    Block(usize),
+    /// The expanded tensor (after ReLU6) of a block, as SSDLite reads block 15
+    /// (`features.14`, slim's `layer_15/expansion_output`).
+    Expansion(usize),
+    /// Output of the last 1x1 convolution (`features.18` for Table 2).
+    LastConv,
+}
+
+/// The network expanded into layers with shapes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub spec: Spec,
+    pub layers: Vec<Layer>,
+    pub blocks: Vec<Block>,
+}
+
+fn conv_pad(
+    padding: Padding,
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> (usize, usize) {
+    let eff = dilation * (kernel - 1) + 1;
+    match padding {
+        Padding::Torch => (dilation * (kernel - 1) / 2, dilation * (kernel - 1) / 2),
+        Padding::Tf => {
+            let out = size.div_ceil(stride);
+            let total = ((out - 1) * stride + eff).saturating_sub(size);
+            (total / 2, total - total / 2)
+        }
+    }
+}
+
+fn conv_out(
+    size: usize,
+    before: usize,
+    after: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> usize {
+    let eff = dilation * (kernel - 1) + 1;
+    (size + before + after - eff) / stride + 1
+}
+
+struct Builder<'a> {
+    spec: &'a Spec,
+    layers: Vec<Layer>,
+}
+
+impl Builder<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: String,
+        bn: String,
+        role: Role,
+        block: Option<usize>,
+        kind: ConvKind,
+        input: Shape,
+        out_c: usize,
+        stride: usize,
+        dilation: usize,
+        activation: Activation,
+        residual: bool,
+    ) -> Shape {
+        let kernel = if kind == ConvKind::Pointwise { 1 } else { 3 };
+        let (top, bottom) = conv_pad(self.spec.padding, input.h, kernel, stride, dilation);
+        let (left, right) = conv_pad(self.spec.padding, input.w, kernel, stride, dilation);
+        let output = Shape::new(
+            conv_out(input.h, top, bottom, kernel, stride, dilation),
+            conv_out(input.w, left, right, kernel, stride, dilation),
+            out_c,
+        );
+        let groups = if kind == ConvKind::Depthwise {
+            input.c
+        } else {
+            1
+        };
+        self.layers.push(Layer {
+            name,
+            role,
+            block,
+            op: Op::Conv(Conv {
+                kind,
+                kernel,
+                stride,
+                dilation,
+                pad: Pad {
+                    top,
+                    bottom,
+                    left,
+                    right,
+                },
+                groups,
+                activation,
+                residual,
+                bn,
+            }),
+            input,
+            output,
+        });
+        output
+    }
+}
+
+impl Plan {
+    /// Expands a spec into layers. Fails only if the spec is invalid.
+    pub fn new(spec: &Spec) -> Result<Plan> {
+        spec.validate()?;
+        let mut b = Builder {
+            spec,
+            layers: Vec::new(),
+        };
+        let mut blocks = Vec::new();
+        let relu6 = Activation::Relu6;
+
+        let input = Shape::new(spec.height, spec.width_px, 3);
+        let mut x = b.conv(
+            "features.0.0".into(),
+            "features.0.1".into(),
+            Role::Stem,
+            None,
+            ConvKind::Full,
+            input,
+            spec.stem_channels(),
+            2,
+            1,
+            relu6,
+            false,
+        );
+        // Slim's output_stride rule: once the running stride reaches the target, later
+        // strides become 1 and multiply the dilation of the layers after them.
+        let mut current_stride = 2;
+        let mut rate = 1;
+        let mut index = 1;
+        let project_act = match spec.bottleneck {
+            BottleneckActivation::Linear => Activation::None,
+            BottleneckActivation::Relu6 => Activation::Relu6,
+        };
+        for stage in &spec.stages {
+            let t = spec.stage_expansion(stage);
+            let out_c = spec.stage_channels(stage);
+            for r in 0..stage.n {
+                let s = if r == 0 { stage.s } else { 1 };
+                let (stride, dilation) = if current_stride >= spec.output_stride && s > 1 {
+                    let d = rate;
+                    rate *= s;
+                    (1, d)
+                } else {
+                    current_stride *= s;
+                    (s, rate)
+                };
+                let block_in = x;
+                let hidden = (block_in.c as f64 * t as f64).round() as usize;
+                let residual =
+                    spec.shortcut == Shortcut::Bottleneck && stride == 1 && block_in.c == out_c;
+                let p = format!("features.{index}.conv");
+                let mut li = 0;
+                let expand = if t != 1 {
+                    x = b.conv(
+                        format!("{p}.0.0"),
+                        format!("{p}.0.1"),
+                        Role::Expand,
+                        Some(index),
+                        ConvKind::Pointwise,
+                        x,
+                        hidden,
+                        1,
+                        1,
+                        relu6,
+                        false,
+                    );
+                    li = 1;
+                    Some(b.layers.len() - 1)
+                } else {
+                    None
+                };
+                x = b.conv(
+                    format!("{p}.{li}.0"),
+                    format!("{p}.{li}.1"),
+                    Role::Depthwise,
+                    Some(index),
+                    ConvKind::Depthwise,
+                    x,
+                    hidden,
+                    stride,
+                    dilation,
+                    relu6,
+                    false,
+                );
+                let depthwise = b.layers.len() - 1;
+                x = b.conv(
+                    format!("{p}.{}", li + 1),
+                    format!("{p}.{}", li + 2),
+                    Role::Project,
+                    Some(index),
+                    ConvKind::Pointwise,
+                    x,
+                    out_c,
+                    1,
+                    1,
+                    project_act,
+                    residual,
+                );
+                blocks.push(Block {
+                    index,
+                    expand,
+                    depthwise,
+                    project: b.layers.len() - 1,
+                    input: block_in,
+                    hidden,
+                    output: x,
+                    stride,
+                    dilation,
+                    residual,
+                });
+                index += 1;
+            }
+        }
+        x = b.conv(
+            format!("features.{index}.0"),
+            format!("features.{index}.1"),
+            Role::LastConv,
+            None,
+            ConvKind::Pointwise,
+            x,
+            spec.last_channels(),
+            1,
+            1,
+            relu6,
+            false,
+        );
+        let pooled = Shape::new(1, 1, x.c);
+        let mut push = |name: &str, role, op, input, output| {
+            b.layers.push(Layer {
+                name: name.into(),
+                role,
+                block: None,
+                op,
+                input,
+                output,
+            })
+        };
+        push("avgpool", Role::Pool, Op::GlobalAvgPool, x, pooled);
+        push(
+            "classifier.0",
+            Role::Dropout,
+            Op::Dropout { p: spec.dropout },
+            pooled,
+            pooled,
+        );
+        push(
+            "classifier.1",
+            Role::Classifier,
+            Op::Linear,
+            pooled,
+            Shape::new(1, 1, spec.classes),
+        );
+        Ok(Plan {
+            spec: spec.clone(),
+            layers: b.layers,
+            blocks,
+        })
+    }
+
+    /// Shape of one input image (channels last).
+    pub fn input(&self) -> Shape {
+        self.layers[0].input
+    }
+
+    /// Shape of the logits of one image.
+    pub fn output(&self) -> Shape {
+        self.layers.last().expect("a plan has layers").output
+    }
+
+    /// The block with a torchvision `features` index.
+    pub fn block(&self, index: usize) -> Option<&Block> {
+        self.blocks.iter().find(|b| b.index == index)
+    }
+
+    /// Index of the layer whose output is the tap.
+    pub fn tap_layer(&self, tap: Tap) -> Result<usize> {
+        let missing = |what: String| Error::InvalidSpec(format!("no tap {what} in this network"));
+        match tap {
+            Tap::Stem => Ok(0),
+            Tap::Block(i) => self
+                .block(i)
+                .map(|b| b.project)
+                .ok_or_else(|| missing(format!("block {i}"))),
+            Tap::Expansion(i) => self
+                .block(i)
+                .ok_or_else(|| missing(format!("block {i}")))?
+                .expand
+                .ok_or_else(|| missing(format!("expansion of block {i} (t = 1)"))),
+            Tap::LastConv => Ok(self
+                .layers
+                .iter()
+                .position(|l| l.role == Role::LastConv)
+                .expect("a plan has a last conv")),
+        }
+    }
+
+    /// The block a layer belongs to.
+    pub fn block_of(&self, layer: usize) -> Option<&Block> {
+        self.layers[layer].block.and_then(|i| self.block(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table2_shapes_at_224() {
+        let plan = Plan::new(&Spec::default()).unwrap();
+        assert_eq!(plan.blocks.len(), 17);
+        assert_eq!(plan.layers[0].output, Shape::new(112, 112, 32));
+        let outs: Vec<Shape> = plan.blocks.iter().map(|b| b.output).collect();
+        assert_eq!(outs[0], Shape::new(112, 112, 16));
+        assert_eq!(outs[1], Shape::new(56, 56, 24));
+        assert_eq!(outs[3], Shape::new(28, 28, 32));
+        assert_eq!(outs[6], Shape::new(14, 14, 64));
+        assert_eq!(outs[10], Shape::new(14, 14, 96));
+        assert_eq!(outs[13], Shape::new(7, 7, 160));
+        assert_eq!(outs[16], Shape::new(7, 7, 320));
+        let residuals: Vec<usize> = plan
+            .blocks
+            .iter()
+            .filter(|b| b.residual)
+            .map(|b| b.index)
+            .collect();
+        assert_eq!(residuals, vec![3, 5, 6, 8, 9, 10, 12, 13, 15, 16]);
+        assert_eq!(plan.output(), Shape::new(1, 1, 1000));
+        assert_eq!(
+            plan.layers[plan.tap_layer(Tap::LastConv).unwrap()].name,
+            "features.18.0"
+        );
+    }
+
+    #[test]
+    fn torchvision_names() {
+        let plan = Plan::new(&Spec::default()).unwrap();
+        let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            &names[..4],
+            [
+                "features.0.0",
+                "features.1.conv.0.0",
+                "features.1.conv.1",
+                "features.2.conv.0.0"
+            ]
+        );
+        let b2 = plan.block(2).unwrap();
+        assert_eq!(plan.layers[b2.project].name, "features.2.conv.2");
+        assert_eq!(
+            plan.layers[b2.project].conv().unwrap().bn,
+            "features.2.conv.3"
+        );
+    }
+
+    #[test]
+    fn ssdlite_tap_is_block_15_expansion_at_stride_16() {
+        let plan = Plan::new(&Spec::new(1.0, 320)).unwrap();
+        let l = &plan.layers[plan.tap_layer(Tap::Expansion(14)).unwrap()];
+        assert_eq!(l.output, Shape::new(20, 20, 576));
+        assert!(plan.tap_layer(Tap::Expansion(1)).is_err());
+    }
+
+    #[test]
+    fn tf_padding_is_asymmetric_on_even_stride2() {
+        let mut spec = Spec::new(1.0, 224);
+        spec.padding = Padding::Tf;
+        let plan = Plan::new(&spec).unwrap();
+        let stem = plan.layers[0].conv().unwrap();
+        assert_eq!(
+            stem.pad,
+            Pad {
+                top: 0,
+                bottom: 1,
+                left: 0,
+                right: 1
+            }
+        );
+        let mut odd = spec.clone();
+        odd.height = 97;
+        let plan = Plan::new(&odd).unwrap();
+        let stem = plan.layers[0].conv().unwrap();
+        assert_eq!((stem.pad.top, stem.pad.bottom, stem.pad.left), (1, 1, 0));
+        assert_eq!(plan.layers[0].output.h, 49);
+    }
+
+    #[test]
+    fn output_stride_turns_strides_into_dilation() {
+        for (os, last_hw, dil) in [(16, 32, 2), (8, 64, 4)] {
+            let mut spec = Spec::new(1.0, 512);
+            spec.output_stride = os;
+            let plan = Plan::new(&spec).unwrap();
+            let last = plan.blocks.last().unwrap();
+            assert_eq!(last.output.h, last_hw);
+            assert_eq!(last.dilation, dil);
+            let dw = plan.layers[last.depthwise].conv().unwrap();
+            assert_eq!(dw.pad.top, dil);
+        }
+    }
+
+    #[test]
+    fn ablations_change_the_plan() {
+        let spec = Spec {
+            shortcut: Shortcut::None,
+            bottleneck: BottleneckActivation::Relu6,
+            expansion: Some(8),
+            ..Spec::default()
+        };
+        let plan = Plan::new(&spec).unwrap();
+        assert!(plan.blocks.iter().all(|b| !b.residual));
+        assert_eq!(plan.blocks[1].hidden, 16 * 8);
+        assert_eq!(plan.blocks[0].hidden, 32);
+        let proj = plan.layers[plan.blocks[3].project].conv().unwrap();
+        assert_eq!(proj.activation, Activation::Relu6);
+    }
+}

@@ -1,0 +1,127 @@
+//! A batch of activations, stored NHWC (channels last).
+
+use crate::error::{Error, Result};
+use crate::plan::Shape;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub n: usize,
+    pub shape: Shape,
+    /// `n * h * w * c` values, image after image, each NHWC.
+    pub data: Vec<f32>,
+}
+
+impl Batch {
+    pub fn zeros(n: usize, shape: Shape) -> Batch {
+        Batch {
+            n,
+            shape,
+            data: vec![0.0; n * shape.len()],
+        }
+    }
+
+    pub fn new(n: usize, shape: Shape, data: Vec<f32>) -> Result<Batch> {
+        if data.len() != n * shape.len() {
+            return Err(Error::Input(format!(
+                "{} values do not make {n} images of {shape}",
+                data.len()
+            )));
+        }
+        Ok(Batch { n, shape, data })
+    }
+
+    /// From NCHW values (PyTorch's layout, `.npy` inputs).
+    pub fn from_nchw(dims: &[usize], values: &[f32]) -> Result<Batch> {
+        let [n, c, h, w] = match dims {
+            [n, c, h, w] => [*n, *c, *h, *w],
+            _ => {
+                return Err(Error::Input(format!(
+                    "expected a 4-D NCHW array, got shape {dims:?}"
+                )))
+            }
+        };
+        if values.len() != n * c * h * w {
+            return Err(Error::Input(format!(
+                "shape {dims:?} needs {} values, got {}",
+                n * c * h * w,
+                values.len()
+            )));
+        }
+        let mut data = vec![0.0; values.len()];
+        for b in 0..n {
+            for ch in 0..c {
+                for p in 0..h * w {
+                    data[(b * h * w + p) * c + ch] = values[(b * c + ch) * h * w + p];
+                }
+            }
+        }
+        Ok(Batch {
+            n,
+            shape: Shape::new(h, w, c),
+            data,
+        })
+    }
+
+    /// To NCHW values and dims.
+    pub fn to_nchw(&self) -> (Vec<usize>, Vec<f32>) {
+        let Shape { h, w, c } = self.shape;
+        let mut out = vec![0.0; self.data.len()];
+        for b in 0..self.n {
+            for p in 0..h * w {
+                for ch in 0..c {
+                    out[(b * c + ch) * h * w + p] = self.data[(b * h * w + p) * c + ch];
+                }
+            }
+        }
+        (vec![self.n, c, h, w], out)
+    }
+
+    /// The values of image `i`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        &self.data[i * self.shape.len()..][..self.shape.len()]
+    }
+
+    /// Fails on NaN or infinity, naming the first offending position.
+    pub fn check_finite(&self) -> Result<()> {
+        if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
+            let per = self.shape.len();
+            let (b, r) = (i / per, i % per);
+            let (y, x, c) = (
+                r / (self.shape.w * self.shape.c),
+                (r / self.shape.c) % self.shape.w,
+                r % self.shape.c,
+            );
+            return Err(Error::Input(format!(
+                "value {} at image {b}, channel {c}, row {y}, column {x} is not finite",
+                self.data[i]
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nchw_round_trip() {
+        let v: Vec<f32> = (0..2 * 3 * 4 * 5).map(|x| x as f32).collect();
+        let b = Batch::from_nchw(&[2, 3, 4, 5], &v).unwrap();
+        assert_eq!(b.shape, Shape::new(4, 5, 3));
+        // image 0, channel 1, row 0, col 0 is value 20 in NCHW.
+        assert_eq!(b.data[1], 20.0);
+        let (d, back) = b.to_nchw();
+        assert_eq!(d, vec![2, 3, 4, 5]);
+        assert_eq!(back, v);
+        assert!(Batch::from_nchw(&[2, 3, 4], &v).is_err());
+    }
+
+    #[test]
+    fn nan_is_reported_with_position() {
+        let mut b = Batch::zeros(1, Shape::new(2, 2, 3));
+        b.data[5] = f32::NAN;
+        let e = b.check_finite().unwrap_err().to_string();
+        assert!(e.contains("channel 2, row 0, column 1"), "{e}");
+    }
+}

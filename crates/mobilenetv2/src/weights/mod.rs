@@ -1,0 +1,201 @@
+//! Weight files: named tensors in and out, whatever the format.
+//!
+//! Every reader returns a [`TensorFile`]: tensors by name in PyTorch layout (OIHW convolution
+//! weights) plus string metadata. [`crate::model::Model`] then fits them to a plan.
+
+pub mod init;
+pub mod names;
+pub mod pth;
+pub mod safetensors_io;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Values of a tensor, in the element type of the file (floats widened to f32).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+}
+
+impl Data {
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Data::F32(_) => "float32",
+            Data::I64(_) => "int64",
+            Data::I32(_) => "int32",
+            Data::I8(_) => "int8",
+            Data::U8(_) => "uint8",
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::I64(v) => v.len(),
+            Data::I32(v) => v.len(),
+            Data::I8(v) => v.len(),
+            Data::U8(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len());
+        Tensor {
+            shape,
+            data: Data::F32(values),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Tensors by name plus string metadata, as read from one file.
+#[derive(Clone, Debug, Default)]
+pub struct TensorFile {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The on-disk formats the project reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    /// PyTorch >= 1.6 zip archive (`torch.save` default).
+    TorchZip,
+    /// PyTorch legacy sequential pickles (`_use_new_zipfile_serialization=False`, and every
+    /// file written before 1.6, such as torchvision's ImageNet MobileNetV2 weights).
+    TorchLegacy,
+}
+
+/// Guesses the format from the first bytes of a file.
+pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Ok(Format::TorchZip);
+    }
+    // Legacy torch: a pickled magic number, protocol 2: 0x80 0x02 then LONG1 (0x8a).
+    if head.len() >= 3 && head[0] == 0x80 && head[2] == 0x8a {
+        return Ok(Format::TorchLegacy);
+    }
+    if head.len() >= 9 && head[8] == b'{' {
+        return Ok(Format::Safetensors);
+    }
+    let detail = if head.is_empty() {
+        "the file is empty".to_string()
+    } else {
+        "unrecognised header: expected safetensors, a PyTorch .pth/.pt (zip or legacy) file".into()
+    };
+    Err(Error::format(path, "weights", detail))
+}
+
+/// Reads a weight file in any supported format.
+pub fn load(path: &Path) -> Result<TensorFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    match sniff(path, &bytes[..bytes.len().min(16)])? {
+        Format::Safetensors => safetensors_io::read(path, &bytes),
+        Format::TorchZip | Format::TorchLegacy => pth::read(path, &bytes),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over the target, so a crash or a full disk never leaves a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// f16 bits to f32 (IEEE 754 half precision).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: normalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = f;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// bf16 bits to f32.
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_conversions() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert_eq!(bf16_to_f32(0x3f80), 1.0);
+    }
+
+    #[test]
+    fn sniff_rejects_garbage_and_empty() {
+        let p = Path::new("x.bin");
+        assert!(sniff(p, b"").unwrap_err().to_string().contains("empty"));
+        assert!(sniff(p, b"hello world!!").is_err());
+        assert_eq!(sniff(p, b"PK\x03\x04rest").unwrap(), Format::TorchZip);
+    }
+}
