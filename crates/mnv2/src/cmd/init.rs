@@ -14,6 +14,9 @@ pub struct Args {
     /// Input resolution recorded in the file, N or HxW
     #[arg(long, default_value = "224")]
     resolution: String,
+    /// Expansion rate for every expanding block (Table 2 uses 6)
+    #[arg(long)]
+    expansion: Option<usize>,
     /// Seed of the random numbers
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -33,6 +36,7 @@ pub fn main(a: Args) -> Result<()> {
         classes: a.classes,
         height,
         width_px,
+        expansion: a.expansion,
         ..Spec::default()
     };
     let model = Model::init(&spec, a.seed, a.randomize_bn)?;
