@@ -1,9 +1,18 @@
 //! Compute kernels for MobileNetV2.
 //!
 //! This crate knows nothing of networks, files or threads: it takes slices and geometry.
-//! Every fast kernel has a slow twin in [`reference`] that tests compare it against.
+//! Every fast kernel has a slow twin in [`reference`] that tests compare it against, and is
+//! tested on every instruction set the host has ([`isa::available`]).
 
+pub mod aligned;
+pub mod dwconv;
+pub mod gemm;
+pub mod isa;
 pub mod reference;
+pub mod stem;
+
+pub use aligned::AlignedVec;
+pub use isa::Isa;
 
 /// Clamp applied in a kernel's epilogue: ReLU6 is `[0, 6]`, a linear layer is unbounded.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,0 +1,286 @@
+//! Depthwise 3x3 convolution, one output row per call, with a fused epilogue (bias, clamp).
+//!
+//! The caller hands the three input rows the output row reads (`None` for a padding row);
+//! so the kernel serves any source of rows: a whole tensor, or the ring of expanded rows of
+//! the fused inverted residual, where the wide tensor never exists whole. Rows are NHWC
+//! (pixel stride = channels). Stride 1 or 2, any dilation (atrous, for segmentation), any
+//! left padding; the right padding follows from the widths.
+//!
+//! Kernels: `dwconv_f32_minmax_3x3c16_avx512` (weights of a 16-channel tile held in registers,
+//! 4 output pixels per step, masked channel tails), `dwconv_f32_minmax_3x3c8_avx2`, and a
+//! portable scalar twin.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+
+use crate::aligned::AlignedVec;
+use crate::isa::Isa;
+use crate::MinMax;
+
+/// Channels per packed tile (the widest vector); narrower ISAs read half tiles.
+pub const CTILE: usize = 16;
+
+/// Depthwise 3x3 weights with bias, packed `[9][c_pad]` (taps row-major) for one ISA.
+#[derive(Clone, Debug)]
+pub struct PackedDw {
+    pub c: usize,
+    pub isa: Isa,
+    pub(crate) c_pad: usize,
+    pub(crate) weights: AlignedVec,
+    pub(crate) bias: AlignedVec,
+}
+
+impl PackedDw {
+    /// `weights` are `[3][3][c]` (HWIO with one input channel per group), `bias` is `[c]`.
+    pub fn new(isa: Isa, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        assert_eq!(weights.len(), 9 * c);
+        assert_eq!(bias.len(), c);
+        let c_pad = c.next_multiple_of(CTILE);
+        let mut w = AlignedVec::zeros(9 * c_pad);
+        for t in 0..9 {
+            w[t * c_pad..t * c_pad + c].copy_from_slice(&weights[t * c..(t + 1) * c]);
+        }
+        let mut b = AlignedVec::zeros(c_pad);
+        b[..c].copy_from_slice(bias);
+        PackedDw {
+            c,
+            isa,
+            c_pad,
+            weights: w,
+            bias: b,
+        }
+    }
+
+    pub fn kernel_name(&self) -> &'static str {
+        match self.isa {
+            Isa::Avx512 => "dwconv_f32_minmax_3x3c16_avx512",
+            Isa::Avx2 => "dwconv_f32_minmax_3x3c8_avx2",
+            Isa::Scalar => "dwconv_f32_minmax_3x3_scalar",
+        }
+    }
+}
+
+/// Geometry of one output row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DwRow {
+    pub w_in: usize,
+    pub w_out: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad_left: usize,
+}
+
+impl DwRow {
+    /// Output columns whose every tap lies inside the input row: `[lo, hi)`.
+    pub fn interior(&self) -> (usize, usize) {
+        let lo = self.pad_left.div_ceil(self.stride);
+        let span = 2 * self.dilation;
+        let hi = if self.w_in + self.pad_left > span {
+            ((self.w_in + self.pad_left - span - 1) / self.stride + 1).min(self.w_out)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+pub(crate) struct Args {
+    pub rows: [*const f32; 3],
+    pub out: *mut f32,
+    pub g: DwRow,
+    pub act: MinMax,
+}
+
+/// One output row: `out[x][ch] = act(bias[ch] + sum_{ky,kx} rows[ky][x*s + kx*d - pad][ch] * w[ky][kx][ch])`.
+/// Each present row must hold `g.w_in * w.c` values; `out` holds `g.w_out * w.c`.
+pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [f32]) {
+    assert!(g.stride >= 1 && g.dilation >= 1);
+    assert!(out.len() >= g.w_out * w.c, "output row too short");
+    assert!(
+        g.w_out == 0 || (g.w_out - 1) * g.stride < g.w_in + g.pad_left,
+        "output wider than the input allows"
+    );
+    let mut ptrs = [std::ptr::null(); 3];
+    for (p, r) in ptrs.iter_mut().zip(rows) {
+        if let Some(r) = r {
+            assert!(r.len() >= g.w_in * w.c, "input row too short");
+            *p = r.as_ptr();
+        }
+    }
+    assert!(
+        w.isa.supported(),
+        "weights packed for {} on a CPU without it",
+        w.isa.name()
+    );
+    let args = Args {
+        rows: ptrs,
+        out: out.as_mut_ptr(),
+        g,
+        act,
+    };
+    // SAFETY: sizes checked above; the ISA is supported.
+    unsafe {
+        match w.isa {
+            Isa::Scalar => scalar::row(&args, w),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::row(&args, w),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::row(&args, w),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("non-x86 ISA tier"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::available;
+    use crate::{reference, ConvGeom};
+
+    fn vals(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// Whole-image depthwise through `dwconv_row` against the reference convolution.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        isa: Isa,
+        h: usize,
+        w_in: usize,
+        c: usize,
+        stride: usize,
+        dilation: usize,
+        pad_top: usize,
+        pad_left: usize,
+        pad_b: usize,
+        pad_r: usize,
+    ) {
+        let eff = 2 * dilation + 1;
+        let out_h = (h + pad_top + pad_b - eff) / stride + 1;
+        let w_out = (w_in + pad_left + pad_r - eff) / stride + 1;
+        let input = vals(h as u64 * 7 + c as u64, h * w_in * c);
+        let wts = vals(c as u64, 9 * c);
+        let bias = vals(3, c);
+        let act = MinMax {
+            min: -1.0,
+            max: 1.5,
+        };
+        let g = ConvGeom {
+            in_h: h,
+            in_w: w_in,
+            in_c: c,
+            out_h,
+            out_w: w_out,
+            out_c: c,
+            kernel: 3,
+            stride,
+            dilation,
+            pad_top,
+            pad_left,
+            groups: c,
+        };
+        let mut want = vec![0.0; out_h * w_out * c];
+        reference::conv2d_f32(&g, &input, &wts, &bias, act, None, &mut want);
+        let p = PackedDw::new(isa, &wts, c, &bias);
+        let row = DwRow {
+            w_in,
+            w_out,
+            stride,
+            dilation,
+            pad_left,
+        };
+        let mut got = vec![f32::NAN; out_h * w_out * c];
+        for oy in 0..out_h {
+            let rows: [Option<&[f32]>; 3] = std::array::from_fn(|ky| {
+                let iy = (oy * stride + ky * dilation) as isize - pad_top as isize;
+                (0..h as isize)
+                    .contains(&iy)
+                    .then(|| &input[iy as usize * w_in * c..(iy as usize + 1) * w_in * c])
+            });
+            dwconv_row(
+                &p,
+                rows,
+                row,
+                act,
+                &mut got[oy * w_out * c..(oy + 1) * w_out * c],
+            );
+        }
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-5, "{} h={h} w={w_in} c={c} s={stride} d={dilation} pads {pad_top},{pad_left},{pad_b},{pad_r}: err {err}", p.kernel_name());
+    }
+
+    #[test]
+    fn every_isa_matches_reference() {
+        let isas = available();
+        eprintln!("dwconv tested on: {isas:?}");
+        for isa in isas {
+            for c in [1, 8, 16, 24, 32, 40, 96, 144] {
+                for w in [1, 2, 3, 4, 5, 7, 9, 14, 17] {
+                    check(isa, 5, w, c, 1, 1, 1, 1, 1, 1); // torch stride 1
+                    if w >= 2 {
+                        check(isa, 6, w, c, 2, 1, 1, 1, 1, 1); // torch stride 2
+                        check(isa, 6, w, c, 2, 1, 0, 0, 1, 1); // tf 'SAME' on even sizes
+                    }
+                    if w >= 5 {
+                        check(isa, 7, w, c, 1, 2, 2, 2, 2, 2); // atrous rate 2
+                        check(isa, 9, w, c, 1, 4, 4, 4, 4, 4); // atrous rate 4
+                    }
+                }
+            }
+            check(isa, 8, 112, 32, 1, 1, 1, 1, 1, 1);
+            check(isa, 8, 112, 96, 2, 1, 1, 1, 1, 1);
+        }
+    }
+
+    #[test]
+    fn interior_range() {
+        let g = DwRow {
+            w_in: 10,
+            w_out: 10,
+            stride: 1,
+            dilation: 1,
+            pad_left: 1,
+        };
+        assert_eq!(g.interior(), (1, 9));
+        let g = DwRow {
+            w_in: 10,
+            w_out: 5,
+            stride: 2,
+            dilation: 1,
+            pad_left: 1,
+        };
+        assert_eq!(g.interior(), (1, 5));
+        let g = DwRow {
+            w_in: 10,
+            w_out: 5,
+            stride: 2,
+            dilation: 1,
+            pad_left: 0,
+        };
+        assert_eq!(g.interior(), (0, 4));
+        let g = DwRow {
+            w_in: 2,
+            w_out: 2,
+            stride: 1,
+            dilation: 2,
+            pad_left: 2,
+        };
+        assert_eq!(g.interior(), (0, 0));
+    }
+}

@@ -1,0 +1,160 @@
+//! AVX-512 GEMM micro-kernels: `MR` rows x 32 columns (28 zmm accumulators at MR = 14) or
+//! `MR` x 16 (24 at MR = 24) for layers with <= 16 outputs. Per k step: one or two aligned
+//! panel loads and MR broadcasts of A, then 2*MR (or MR) FMAs; the two FMA ports stay busy
+//! while the load ports have slack. Column tails use masked stores.
+
+use std::arch::x86_64::*;
+
+use super::{Args, PackedGemm};
+
+const MR32: usize = 14;
+const MR16: usize = 24;
+
+#[inline(always)]
+fn col_mask(cols: usize) -> u16 {
+    if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as u16
+    }
+}
+
+/// Loop invariants of one panel of output columns.
+struct Panel {
+    k: usize,
+    lda: usize,
+    ldc: usize,
+    ldr: usize,
+    /// Packed weights `[k][nr]` and bias `[nr]` of this panel.
+    b: *const f32,
+    bias: *const f32,
+    m0: u16,
+    m1: u16,
+    lo: __m512,
+    hi: __m512,
+}
+
+impl Panel {
+    #[inline(always)]
+    unsafe fn finish(&self, v: __m512, r: *const f32, mask: u16) -> __m512 {
+        let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
+        if r.is_null() {
+            v
+        } else {
+            _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r))
+        }
+    }
+}
+
+/// One tile of MR rows x 32 columns.
+#[inline(always)]
+unsafe fn tile32<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
+    let mut acc0 = [_mm512_load_ps(p.bias); MR];
+    let mut acc1 = [_mm512_load_ps(p.bias.add(16)); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.k {
+        let b0 = _mm512_load_ps(bp);
+        let b1 = _mm512_load_ps(bp.add(16));
+        for i in 0..MR {
+            let av = _mm512_set1_ps(*ap.add(i * p.lda));
+            acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
+            acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
+        }
+        bp = bp.add(32);
+        ap = ap.add(1);
+    }
+    for i in 0..MR {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        let cp = c.add(i * p.ldc);
+        _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
+        let rp = if r.is_null() { r } else { rp.add(16) };
+        _mm512_mask_storeu_ps(cp.add(16), p.m1, p.finish(acc1[i], rp, p.m1));
+    }
+}
+
+/// One tile of MR rows x 16 columns.
+#[inline(always)]
+unsafe fn tile16<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
+    let mut acc = [_mm512_load_ps(p.bias); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.k {
+        let b0 = _mm512_load_ps(bp);
+        for (i, x) in acc.iter_mut().enumerate() {
+            *x = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i * p.lda)), b0, *x);
+        }
+        bp = bp.add(16);
+        ap = ap.add(1);
+    }
+    for (i, x) in acc.iter().enumerate() {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        _mm512_mask_storeu_ps(c.add(i * p.ldc), p.m0, p.finish(*x, rp, p.m0));
+    }
+}
+
+macro_rules! by_rows {
+    ($rows:expr, $f:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $f::<1>($($arg),*), 2 => $f::<2>($($arg),*), 3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*), 5 => $f::<5>($($arg),*), 6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*), 8 => $f::<8>($($arg),*), 9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*), 11 => $f::<11>($($arg),*), 12 => $f::<12>($($arg),*),
+            13 => $f::<13>($($arg),*), 14 => $f::<14>($($arg),*), 15 => $f::<15>($($arg),*),
+            16 => $f::<16>($($arg),*), 17 => $f::<17>($($arg),*), 18 => $f::<18>($($arg),*),
+            19 => $f::<19>($($arg),*), 20 => $f::<20>($($arg),*), 21 => $f::<21>($($arg),*),
+            22 => $f::<22>($($arg),*), 23 => $f::<23>($($arg),*), 24 => $f::<24>($($arg),*),
+            _ => unreachable!("tile rows"),
+        }
+    };
+}
+
+/// Splits `m` rows into tiles of at most `mr`, evenly (e.g. 49 rows -> 13+12+12+12, not
+/// 14+14+14+7), so the last tile does not run half empty.
+#[inline(always)]
+fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
+    let count = m.div_ceil(mr);
+    (count, m / count, m % count)
+}
+
+/// # Safety
+/// `args` must describe valid buffers for `w` (checked by `gemm`); the CPU must have AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
+    let (k, n, nr) = (w.k, w.n, w.nr);
+    let mr = if nr == 32 { MR32 } else { MR16 };
+    let (count, base, extra) = tiles(args.m, mr);
+    for pi in 0..w.panels() {
+        let n0 = pi * nr;
+        let cols = nr.min(n - n0);
+        let p = Panel {
+            k,
+            lda: args.lda,
+            ldc: args.ldc,
+            ldr: args.ldr,
+            b: w.data.as_ptr().add(pi * k * nr),
+            bias: w.bias.as_ptr().add(n0),
+            m0: col_mask(cols),
+            m1: col_mask(cols.saturating_sub(16)),
+            lo: _mm512_set1_ps(args.act.min),
+            hi: _mm512_set1_ps(args.act.max),
+        };
+        let mut i = 0;
+        for t in 0..count {
+            let rows = base + usize::from(t < extra);
+            let a = args.a.add(i * args.lda);
+            let c = args.c.add(i * args.ldc + n0);
+            let r = if args.r.is_null() {
+                args.r
+            } else {
+                args.r.add(i * args.ldr + n0)
+            };
+            if nr == 32 {
+                by_rows!(rows, tile32, &p, a, c, r);
+            } else {
+                by_rows!(rows, tile16, &p, a, c, r);
+            }
+            i += rows;
+        }
+    }
+}
