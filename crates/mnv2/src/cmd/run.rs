@@ -19,34 +19,20 @@ pub struct Args {
     /// Worker threads
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Engine mode
-    #[arg(long, default_value = "reference")]
+    /// Engine mode: fast or reference
+    #[arg(long, default_value = "fast")]
     mode: String,
 }
 
 pub fn main(a: Args) -> Result<()> {
     let model = Model::load(&a.weights)?;
     let arr = npy::read(&a.input)?;
-    let batch = Batch::from_nchw(&arr.shape, &arr.data)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
-    batch
-        .check_finite()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
-    let engine = Engine::new(
-        &model,
-        Options {
-            mode: a.mode.parse()?,
-            threads: a.threads,
-        },
-    )?;
-    let logits = engine.run(&batch)?;
+    let at = |e: mobilenetv2::Error| anyhow::anyhow!("{}: {e}", a.input.display());
+    // Validate shape and values up front so errors name the input file.
+    Batch::from_nchw(&arr.shape, &arr.data).and_then(|b| b.check_finite()).map_err(at)?;
+    let engine = Engine::new(&model, Options { mode: a.mode.parse()?, threads: a.threads, isa: None })?;
+    let logits = engine.run_nchw(&arr.shape, &arr.data).map_err(at)?;
     let classes = logits.shape.c;
-    npy::write(
-        &a.output,
-        &npy::Array {
-            shape: vec![logits.n, classes],
-            data: logits.data,
-        },
-    )?;
+    npy::write(&a.output, &npy::Array { shape: vec![logits.n, classes], data: logits.data })?;
     Ok(())
 }

@@ -28,9 +28,7 @@ pub fn fold_conv(model: &Model, layer: &Layer) -> FoldedConv {
     let mean = model.param(&format!("{}.running_mean", c.bn));
     let var = model.param(&format!("{}.running_var", c.bn));
     let (cout, cin_g, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
-    let scale: Vec<f64> = (0..cout)
-        .map(|o| gamma[o] as f64 / (var[o] as f64 + eps).sqrt())
-        .collect();
+    let scale: Vec<f64> = (0..cout).map(|o| gamma[o] as f64 / (var[o] as f64 + eps).sqrt()).collect();
     let mut weights = vec![0f32; k * k * cin_g * cout];
     for o in 0..cout {
         for i in 0..cin_g {
@@ -42,9 +40,7 @@ pub fn fold_conv(model: &Model, layer: &Layer) -> FoldedConv {
             }
         }
     }
-    let bias = (0..cout)
-        .map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32)
-        .collect();
+    let bias = (0..cout).map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32).collect();
     FoldedConv { weights, bias }
 }
 
@@ -58,8 +54,5 @@ pub fn linear(model: &Model, layer: &Layer) -> FoldedConv {
             weights[i * n_out + o] = w[o * n_in + i];
         }
     }
-    FoldedConv {
-        weights,
-        bias: model.param(&format!("{}.bias", layer.name)).to_vec(),
-    }
+    FoldedConv { weights, bias: model.param(&format!("{}.bias", layer.name)).to_vec() }
 }

@@ -1,8 +1,13 @@
 //! Inference: a [`Model`] compiled once (BatchNorm folded, weights laid out for the kernels),
 //! then run on batches of NHWC images of any size.
 
+mod fast;
 pub mod fold;
+pub mod pool;
 mod reference;
+
+pub use fast::Profile;
+pub use mnv2_kernels::Isa;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -15,8 +20,12 @@ pub use fold::FoldedConv;
 /// How the engine executes the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Layer by layer with the scalar reference kernels: slow, simple, the oracle.
+    /// Fused inverted residual blocks with SIMD kernels: the expanded tensors never exist
+    /// whole; only the narrow block outputs are materialised.
     #[default]
+    Fast,
+    /// Layer by layer with the scalar reference kernels, every tensor materialised: slow,
+    /// simple, the oracle the other modes are tested against.
     Reference,
 }
 
@@ -24,13 +33,10 @@ impl std::str::FromStr for Mode {
     type Err = Error;
     fn from_str(s: &str) -> Result<Mode> {
         match s {
+            "fast" => Ok(Mode::Fast),
             "reference" => Ok(Mode::Reference),
-            "fast" | "streaming" => Err(Error::Unsupported(format!(
-                "engine mode `{s}` is not built yet"
-            ))),
-            _ => Err(Error::Input(format!(
-                "unknown engine mode `{s}` (expected reference)"
-            ))),
+            "streaming" => Err(Error::Unsupported("engine mode `streaming` is not built yet".into())),
+            _ => Err(Error::Input(format!("unknown engine mode `{s}` (expected fast or reference)"))),
         }
     }
 }
@@ -38,16 +44,16 @@ impl std::str::FromStr for Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     pub mode: Mode,
-    /// Worker threads (>= 1).
+    /// Threads (>= 1), the caller's included.
     pub threads: usize,
+    /// Instruction set for the fast kernels; `None` picks the best this CPU has (capped by
+    /// the `MNV2_ISA` environment variable).
+    pub isa: Option<Isa>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            mode: Mode::default(),
-            threads: 1,
-        }
+        Options { mode: Mode::default(), threads: 1, isa: None }
     }
 }
 
@@ -62,13 +68,26 @@ pub(crate) enum Compiled {
 pub struct Engine {
     spec: Spec,
     options: Options,
+    /// Reference mode: folded weights per plan layer.
     layers: Vec<Compiled>,
+    fast: Option<fast::FastEngine>,
 }
 
 impl Engine {
     pub fn new(model: &Model, options: Options) -> Result<Engine> {
         if options.threads == 0 {
             return Err(Error::Input("threads must be at least 1".into()));
+        }
+        if options.threads > 256 {
+            return Err(Error::Input(format!("{} threads is more than the supported 256", options.threads)));
+        }
+        if options.mode == Mode::Fast {
+            let isa = options.isa.unwrap_or_else(mnv2_kernels::isa::best);
+            if !isa.supported() {
+                return Err(Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())));
+            }
+            let fast = fast::FastEngine::new(model, isa, options.threads)?;
+            return Ok(Engine { spec: model.spec().clone(), options, layers: Vec::new(), fast: Some(fast) });
         }
         let layers = model
             .plan
@@ -80,11 +99,58 @@ impl Engine {
                 Op::GlobalAvgPool | Op::Dropout { .. } => Compiled::Pass,
             })
             .collect();
-        Ok(Engine {
-            spec: model.spec().clone(),
-            options,
-            layers,
+        Ok(Engine { spec: model.spec().clone(), options, layers, fast: None })
+    }
+
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
+    /// The instruction set and the kernels the fast mode picked (empty in reference mode).
+    pub fn kernels(&self) -> (Option<Isa>, Vec<&'static str>) {
+        match &self.fast {
+            Some(f) => (Some(f.model.isa), fast::kernel_names(&f.model)),
+            None => (None, Vec::new()),
+        }
+    }
+
+    /// Activation bytes the engine allocates for one image of this size (all buffers the
+    /// forward pass writes, weights excluded).
+    pub fn activation_bytes(&self, shape: Shape) -> Result<usize> {
+        let plan = self.plan_for(shape)?;
+        Ok(match &self.fast {
+            Some(f) => f.activation_bytes(&plan),
+            // The reference keeps the current tensor, the block input and the output.
+            None => plan.layers.iter().map(|l| 4 * (2 * l.input.len() + l.output.len())).max().unwrap_or(0),
         })
+    }
+
+    /// Logits from NCHW values (PyTorch's layout), without a transposing pass in fast mode.
+    pub fn run_nchw(&self, dims: &[usize], values: &[f32]) -> Result<Batch> {
+        match (&self.fast, dims) {
+            (Some(f), [n, 3, h, w]) if values.len() == n * 3 * h * w => {
+                let plan = self.plan_for(Shape::new(*h, *w, 3))?;
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Input(format!(
+                        "input value {} at flat NCHW index {i} is not finite",
+                        values[i]
+                    )));
+                }
+                let logits = f.run(&plan, values, *n, mnv2_kernels::stem::Layout::Nchw, None);
+                Batch::new(*n, plan.output(), logits)
+            }
+            _ => self.run(&Batch::from_nchw(dims, values)?),
+        }
+    }
+
+    /// Time per stage of one forward pass on one thread (fast mode only).
+    pub fn profile(&self, input: &Batch) -> Result<Profile> {
+        let f = self.fast.as_ref().ok_or_else(|| Error::Unsupported("profiling the reference mode".into()))?;
+        let plan = self.plan_for(input.shape)?;
+        input.check_finite()?;
+        let mut p = Profile::default();
+        f.run(&plan, &input.data, input.n, mnv2_kernels::stem::Layout::Nhwc, Some(&mut p));
+        Ok(p)
     }
 
     pub fn spec(&self) -> &Spec {
@@ -94,22 +160,23 @@ impl Engine {
     /// The plan for an input size (the weights do not depend on it).
     pub fn plan_for(&self, shape: Shape) -> Result<Plan> {
         if shape.c != 3 {
-            return Err(Error::Input(format!(
-                "images must have 3 channels, got {}",
-                shape.c
-            )));
+            return Err(Error::Input(format!("images must have 3 channels, got {}", shape.c)));
         }
-        Plan::new(&Spec {
-            height: shape.h,
-            width_px: shape.w,
-            ..self.spec.clone()
-        })
-        .map_err(|e| Error::Input(format!("input {}x{}: {e}", shape.h, shape.w)))
+        Plan::new(&Spec { height: shape.h, width_px: shape.w, ..self.spec.clone() })
+            .map_err(|e| Error::Input(format!("input {}x{}: {e}", shape.h, shape.w)))
     }
 
     /// Logits, `n x 1 x 1 x classes`.
     pub fn run(&self, input: &Batch) -> Result<Batch> {
         let plan = self.plan_for(input.shape)?;
+        if let Some(f) = &self.fast {
+            if input.shape != plan.input() {
+                return Err(Error::Input(format!("input is {}, the plan expects {}", input.shape, plan.input())));
+            }
+            input.check_finite()?;
+            let logits = f.run(&plan, &input.data, input.n, mnv2_kernels::stem::Layout::Nhwc, None);
+            return Batch::new(input.n, plan.output(), logits);
+        }
         let last = plan.layers.len() - 1;
         Ok(self.run_taps(input, &plan, &[last])?.remove(0))
     }
@@ -117,27 +184,19 @@ impl Engine {
     /// Outputs of the given plan layers (see [`Plan::tap_layer`]).
     pub fn run_taps(&self, input: &Batch, plan: &Plan, layers: &[usize]) -> Result<Vec<Batch>> {
         if input.shape != plan.input() {
-            return Err(Error::Input(format!(
-                "input is {}, the plan expects {}",
-                input.shape,
-                plan.input()
-            )));
+            return Err(Error::Input(format!("input is {}, the plan expects {}", input.shape, plan.input())));
         }
         input.check_finite()?;
         match self.options.mode {
-            Mode::Reference => {
-                reference::run(&self.layers, plan, input, layers, self.options.threads)
-            }
+            Mode::Reference => reference::run(&self.layers, plan, input, layers, self.options.threads),
+            Mode::Fast => Err(Error::Unsupported("feature taps in fast mode (use the reference mode)".into())),
         }
     }
 
     /// Feature maps at named places, for detection and segmentation heads.
     pub fn features(&self, input: &Batch, taps: &[Tap]) -> Result<Vec<Batch>> {
         let plan = self.plan_for(input.shape)?;
-        let layers = taps
-            .iter()
-            .map(|&t| plan.tap_layer(t))
-            .collect::<Result<Vec<_>>>()?;
+        let layers = taps.iter().map(|&t| plan.tap_layer(t)).collect::<Result<Vec<_>>>()?;
         self.run_taps(input, &plan, &layers)
     }
 }

@@ -40,15 +40,7 @@ fn run_image(layers: &[Compiled], plan: &Plan, image: &[f32], taps: &[usize]) ->
             (Op::Conv(c), Compiled::Conv(f)) => {
                 let (min, max) = c.activation.bounds();
                 let residual = c.residual.then_some(block_input.as_slice());
-                k::conv2d_f32(
-                    &geom(layer, c),
-                    &cur,
-                    &f.weights,
-                    &f.bias,
-                    MinMax { min, max },
-                    residual,
-                    &mut out,
-                );
+                k::conv2d_f32(&geom(layer, c), &cur, &f.weights, &f.bias, MinMax { min, max }, residual, &mut out);
             }
             (Op::GlobalAvgPool, _) => {
                 k::global_avg_pool_f32(&cur, layer.input.h * layer.input.w, layer.input.c, &mut out)
@@ -76,9 +68,7 @@ pub(crate) fn run(
 ) -> Result<Vec<Batch>> {
     let n = input.n;
     let per_image: Vec<Vec<Vec<f32>>> = if threads <= 1 || n <= 1 {
-        (0..n)
-            .map(|b| run_image(layers, plan, input.image(b), taps))
-            .collect()
+        (0..n).map(|b| run_image(layers, plan, input.image(b), taps)).collect()
     } else {
         let mut results: Vec<Option<Vec<Vec<f32>>>> = vec![None; n];
         let chunk = n.div_ceil(threads);
@@ -91,20 +81,14 @@ pub(crate) fn run(
                 });
             }
         });
-        results
-            .into_iter()
-            .map(|r| r.expect("every image ran"))
-            .collect()
+        results.into_iter().map(|r| r.expect("every image ran")).collect()
     };
     Ok(taps
         .iter()
         .enumerate()
         .map(|(ti, &t)| {
             let shape = plan.layers[t].output;
-            let data = per_image
-                .iter()
-                .flat_map(|im| im[ti].iter().copied())
-                .collect();
+            let data = per_image.iter().flat_map(|im| im[ti].iter().copied()).collect();
             Batch { n, shape, data }
         })
         .collect())
