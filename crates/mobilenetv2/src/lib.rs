@@ -19,6 +19,7 @@ pub mod labels;
 pub mod model;
 pub mod npy;
 pub mod plan;
+pub mod preprocess;
 pub mod rng;
 pub mod spec;
 pub mod tensor;
