@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Classify JPEG/PNG photos: the top-k classes, preprocessed as torchvision does
+    Classify(cmd::classify::Args),
     /// Per-layer table of shapes, parameters and multiply-adds; activation memory
     Info(cmd::info::Args),
     /// Write randomly initialised weights (torchvision's initialisation) from a seed
@@ -33,6 +35,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Classify(a) => cmd::classify::main(a),
         Command::Info(a) => cmd::info::main(a),
         Command::Init(a) => cmd::init::main(a),
         Command::Run(a) => cmd::run::main(a),

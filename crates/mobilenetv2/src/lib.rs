@@ -13,6 +13,7 @@
 //! ```
 
 pub mod accounting;
+pub mod classify;
 pub mod engine;
 pub mod error;
 pub mod labels;

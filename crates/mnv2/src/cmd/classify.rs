@@ -1,0 +1,65 @@
+//! `mnv2 classify`: the top classes of photos, preprocessed exactly as torchvision does.
+//! All the work is in `mobilenetv2::classify`; this file parses and prints.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use mobilenetv2::classify::{Classification, Classifier};
+use mobilenetv2::engine::Options;
+use mobilenetv2::Model;
+
+use super::out;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// JPEG or PNG images
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Weights file (.pth, .pt, .safetensors)
+    #[arg(long)]
+    weights: PathBuf,
+    /// How many classes to show per image
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    top: u64,
+    /// Print one JSON array: [{"image": PATH, "top": [{"index", "label", "prob"}, ...]}, ...]
+    #[arg(long)]
+    json: bool,
+    /// Worker threads
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let model = Model::load(&a.weights)?;
+    let classifier = Classifier::new(model, Options { threads: a.threads, ..Options::default() })?;
+    let results = classifier.classify_files(&a.images, a.top as usize)?;
+    if a.json {
+        out(&(serde_json::to_string_pretty(&results)? + "\n"))
+    } else {
+        out(&table(&results))
+    }
+}
+
+/// One block per image: its path, then rank, probability, class index and label.
+fn table(results: &[Classification]) -> String {
+    let mut s = String::new();
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "{}", r.image);
+        let _ = writeln!(s, "  {:>4}  {:>8}  {:>5}  label", "rank", "prob", "class");
+        for (rank, p) in r.top.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  {:>4}  {:>8.4}  {:>5}  {}",
+                rank + 1,
+                p.prob,
+                p.index,
+                p.label.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    s
+}
