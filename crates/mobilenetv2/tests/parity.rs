@@ -18,7 +18,10 @@ fn every_mode_matches_torchvision() {
     let dir = std::env::temp_dir().join(format!("mnv2-parity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut setups: Vec<(Mode, Option<Isa>)> = vec![(Mode::Reference, None)];
-    setups.extend(mnv2_kernels::isa::available().into_iter().map(|i| (Mode::Fast, Some(i))));
+    for isa in mnv2_kernels::isa::available() {
+        setups.push((Mode::Fast, Some(isa)));
+        setups.push((Mode::Streaming, Some(isa)));
+    }
     eprintln!("setups: {setups:?}");
     for cfg in parity_configs() {
         let made = Model::init(&cfg.spec, cfg.seed, true).unwrap();

@@ -24,6 +24,10 @@ pub enum Mode {
     /// whole; only the narrow block outputs are materialised.
     #[default]
     Fast,
+    /// Fast, and the leading high-resolution blocks are chained row by row, so even their
+    /// narrow outputs never exist whole: the paper's section 5 memory-efficient inference,
+    /// for the least activation memory (well under 1 MB at 224x224).
+    Streaming,
     /// Layer by layer with the scalar reference kernels, every tensor materialised: slow,
     /// simple, the oracle the other modes are tested against.
     Reference,
@@ -35,8 +39,8 @@ impl std::str::FromStr for Mode {
         match s {
             "fast" => Ok(Mode::Fast),
             "reference" => Ok(Mode::Reference),
-            "streaming" => Err(Error::Unsupported("engine mode `streaming` is not built yet".into())),
-            _ => Err(Error::Input(format!("unknown engine mode `{s}` (expected fast or reference)"))),
+            "streaming" => Ok(Mode::Streaming),
+            _ => Err(Error::Input(format!("unknown engine mode `{s}` (expected fast, streaming or reference)"))),
         }
     }
 }
@@ -81,12 +85,12 @@ impl Engine {
         if options.threads > 256 {
             return Err(Error::Input(format!("{} threads is more than the supported 256", options.threads)));
         }
-        if options.mode == Mode::Fast {
+        if matches!(options.mode, Mode::Fast | Mode::Streaming) {
             let isa = options.isa.unwrap_or_else(mnv2_kernels::isa::best);
             if !isa.supported() {
                 return Err(Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())));
             }
-            let fast = fast::FastEngine::new(model, isa, options.threads)?;
+            let fast = fast::FastEngine::new(model, isa, options.threads, options.mode == Mode::Streaming)?;
             return Ok(Engine { spec: model.spec().clone(), options, layers: Vec::new(), fast: Some(fast) });
         }
         let layers = model
@@ -189,7 +193,9 @@ impl Engine {
         input.check_finite()?;
         match self.options.mode {
             Mode::Reference => reference::run(&self.layers, plan, input, layers, self.options.threads),
-            Mode::Fast => Err(Error::Unsupported("feature taps in fast mode (use the reference mode)".into())),
+            Mode::Fast | Mode::Streaming => {
+                Err(Error::Unsupported("feature taps in fast mode (use the reference mode)".into()))
+            }
         }
     }
 

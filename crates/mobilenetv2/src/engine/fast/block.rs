@@ -1,0 +1,113 @@
+//! One band of output rows of a fused inverted residual block.
+
+use std::ops::Range;
+
+use mnv2_kernels::dwconv::{dwconv_row, DwRow};
+use mnv2_kernels::gemm::gemm;
+use mnv2_kernels::stem::{stem_row, Image};
+
+use super::rows::Rows;
+use super::schedule::Geo;
+use super::{FastBlock, FastModel};
+use mnv2_kernels::stem::StemGeom;
+
+/// Where a block reads its input rows.
+#[derive(Clone, Copy)]
+pub(super) enum Src<'a> {
+    /// The stem's output rows, computed from the image on demand.
+    Image(Image<'a>, StemGeom),
+    Rows(Rows),
+}
+
+/// A block's ring of expanded rows and the first row not computed yet.
+pub(super) struct Hidden<'a> {
+    pub ring: &'a mut [f32],
+    pub next: usize,
+}
+
+/// Output rows `oy` of block `b` into `out`: expanded rows (those not already in the ring)
+/// -> depthwise into `band` -> projection with the residual in its epilogue.
+///
+/// The caller guarantees that the input rows the band reads are present in `src` and that no
+/// other thread writes them or the output rows while this runs.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn band(
+    m: &FastModel,
+    b: &FastBlock,
+    g: &Geo,
+    src: Src,
+    out: Rows,
+    oy: Range<usize>,
+    hidden: &mut Hidden,
+    band: &mut [f32],
+) {
+    let (oy0, oy1) = (oy.start, oy.end);
+    let (lo, hi) = g.hidden_rows(oy.clone());
+    let ring_row = g.w_in * g.hidden;
+    let ring = (g.ring > 0).then(|| Rows::new(super::rows::SharedBuf::new(hidden.ring), ring_row, g.ring));
+    // 1. Expanded rows lo..=hi into the ring, each computed once per block.
+    if let Some(ring) = ring {
+        let mut r = hidden.next.max(lo);
+        while r <= hi {
+            let mut end = ring.run_end(r, hi + 1);
+            if let Src::Rows(input) = src {
+                end = input.run_end(r, end);
+            }
+            // SAFETY: the ring is this call's own (borrowed mutably through `hidden`).
+            let dst = unsafe { ring.rows_mut(r, end) };
+            match (src, &b.expand) {
+                (Src::Image(img, sg), _) => {
+                    for (j, row) in dst.chunks_exact_mut(ring_row).enumerate() {
+                        stem_row(&m.stem.0, img, r + j, sg, m.stem.1, row);
+                    }
+                }
+                (Src::Rows(input), Some((w, act))) => {
+                    // SAFETY: the caller guarantees the input rows are present and unwritten.
+                    let a = unsafe { input.rows(r, end) };
+                    gemm((end - r) * g.w_in, a, g.cin, w, dst, g.hidden, *act, None);
+                }
+                (Src::Rows(_), None) => unreachable!("a ring without an expand conv"),
+            }
+            r = end;
+        }
+        hidden.next = hidden.next.max(hi + 1);
+    }
+    // 2. Depthwise, one output row at a time, into the band buffer.
+    let band_row = g.w_out * g.hidden;
+    let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
+    for y in oy0..oy1 {
+        let rows3: [Option<&[f32]>; 3] = std::array::from_fn(|ky| {
+            let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
+            if iy < 0 || iy as usize >= g.h_in {
+                return None;
+            }
+            let iy = iy as usize;
+            // SAFETY: rows lo..=hi are present (computed above, or guaranteed by the caller).
+            Some(match (ring, src) {
+                (Some(ring), _) => unsafe { ring.rows(iy, iy + 1) },
+                (None, Src::Rows(input)) => unsafe { input.rows(iy, iy + 1) },
+                (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
+            })
+        });
+        dwconv_row(&b.dw.0, rows3, dwg, b.dw.1, &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row]);
+    }
+    // 3. Projection, in runs contiguous in the output (and residual) rows.
+    let (w, act) = &b.project;
+    let mut r = oy0;
+    while r < oy1 {
+        let mut end = out.run_end(r, oy1);
+        let residual = match src {
+            Src::Rows(input) if g.residual => {
+                end = input.run_end(r, end);
+                // SAFETY: residual rows are input rows r..end, present and unwritten.
+                Some((unsafe { input.rows(r, end) }, g.cin))
+            }
+            _ => None,
+        };
+        let a = &band[(r - oy0) * band_row..(end - oy0) * band_row];
+        // SAFETY: the caller owns output rows oy0..oy1.
+        let dst = unsafe { out.rows_mut(r, end) };
+        gemm((end - r) * g.w_out, a, g.hidden, w, dst, g.cout, *act, residual);
+        r = end;
+    }
+}

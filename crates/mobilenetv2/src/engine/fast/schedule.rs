@@ -1,0 +1,202 @@
+//! Per input size: the geometry of every block, how it is banded, which blocks stream into
+//! each other, and how much activation memory all of that takes.
+
+use std::ops::Range;
+
+use mnv2_kernels::stem::StemGeom;
+
+use crate::plan::{Plan, Shape};
+
+/// Geometry of one block at one input size.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Geo {
+    pub h_in: usize,
+    pub w_in: usize,
+    pub cin: usize,
+    pub hidden: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+    pub cout: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub residual: bool,
+    /// Output rows per band.
+    pub band: usize,
+    /// Rows in the ring of expanded rows (0 when the block reads its input rows directly).
+    pub ring: usize,
+}
+
+impl Geo {
+    /// Expanded-tensor rows a band of output rows reads, clamped to the input: `lo..=hi`.
+    pub fn hidden_rows(&self, oy: Range<usize>) -> (usize, usize) {
+        let lo = (oy.start * self.stride).saturating_sub(self.pad_top);
+        let hi = ((oy.end - 1) * self.stride + 2 * self.dilation).saturating_sub(self.pad_top).min(self.h_in - 1);
+        (lo, hi)
+    }
+
+    /// Most input rows one band needs at once.
+    fn span(&self) -> usize {
+        ((self.band - 1) * self.stride + 2 * self.dilation + 1).min(self.h_in)
+    }
+
+    pub fn ring_len(&self) -> usize {
+        self.ring * self.w_in * self.hidden
+    }
+
+    pub fn band_len(&self) -> usize {
+        self.band * self.w_out * self.hidden
+    }
+}
+
+/// Output rows per band: at least `pixels` pixels, so the projection GEMM gets whole tiles.
+/// Fast mode asks for 64 (a few 14-row tiles per call); streaming mode for 14 (one tile),
+/// which keeps every ring and band buffer small.
+fn band_rows(w_out: usize, h_out: usize, pixels: usize) -> usize {
+    pixels.div_ceil(w_out).clamp(1, h_out)
+}
+
+pub(super) struct Schedule {
+    pub image: Shape,
+    pub geos: Vec<Geo>,
+    pub stem_geom: StemGeom,
+    /// The first block computes its expanded rows with the stem (no expand conv): the stem
+    /// output is never materialised.
+    pub stem_fused: bool,
+    pub stem_out: Shape,
+    /// Leading blocks chained row by row (streaming mode): block k < chain produces rows
+    /// into a ring that block k + 1 pulls from, so their outputs never exist whole. The
+    /// output of block `chain - 1` is materialised. 0 in fast mode.
+    pub chain: usize,
+    /// Ring rows of the outputs of chain blocks `0..chain - 1`.
+    pub chain_out_cap: Vec<usize>,
+    pub last_in: Shape,
+    pub last_c: usize,
+    pub classes: usize,
+    /// Values of the ring shared by the blocks outside the chain (per thread).
+    pub ring_len: usize,
+    /// Values of the depthwise band buffer (per thread).
+    pub band_len: usize,
+    /// Values of the last conv's band buffer (per thread).
+    pub last_band: usize,
+    /// Values of each of the two ping-pong activation buffers.
+    pub act_len: usize,
+}
+
+impl Schedule {
+    pub fn new(plan: &Plan, streaming: bool) -> Schedule {
+        let l0 = &plan.layers[0];
+        let stem = l0.conv().expect("stem");
+        // The stem's output rows can feed the first block directly unless that block reads
+        // them twice (an expand conv, or a residual).
+        let stem_fused = plan.blocks[0].expand.is_none() && !plan.blocks[0].residual;
+        let band_pixels = if streaming { 14 } else { 64 };
+        let geos_for = |chain: usize| -> Vec<Geo> {
+            plan.blocks
+                .iter()
+                .enumerate()
+                .map(|(k, b)| {
+                    let dw = plan.layers[b.depthwise].conv().expect("depthwise");
+                    let band = if k < chain { 1 } else { band_rows(b.output.w, b.output.h, band_pixels) };
+                    let reads_input = b.expand.is_none() && !(stem_fused && k == 0);
+                    let mut g = Geo {
+                        h_in: b.input.h,
+                        w_in: b.input.w,
+                        cin: b.input.c,
+                        hidden: b.hidden,
+                        h_out: b.output.h,
+                        w_out: b.output.w,
+                        cout: b.output.c,
+                        stride: dw.stride,
+                        dilation: dw.dilation,
+                        pad_top: dw.pad.top,
+                        pad_left: dw.pad.left,
+                        residual: b.residual,
+                        band,
+                        ring: 0,
+                    };
+                    if !reads_input {
+                        g.ring = g.span();
+                    }
+                    g
+                })
+                .collect()
+        };
+        let n = plan.layers.len();
+        let last = &plan.layers[n - 4];
+        let build = |chain: usize| {
+            let geos = geos_for(chain);
+            let chain_out_cap: Vec<usize> =
+                (0..chain.saturating_sub(1)).map(|k| (geos[k].band + geos[k + 1].span()).min(geos[k].h_out)).collect();
+            let mut act_len = if stem_fused { 0 } else { l0.output.len() };
+            for (k, b) in plan.blocks.iter().enumerate() {
+                if k + 1 >= chain {
+                    act_len = act_len.max(b.output.len());
+                }
+            }
+            Schedule {
+                image: plan.input(),
+                stem_geom: StemGeom {
+                    w_out: l0.output.w,
+                    stride: stem.stride,
+                    pad_top: stem.pad.top,
+                    pad_left: stem.pad.left,
+                },
+                stem_fused,
+                stem_out: l0.output,
+                chain,
+                chain_out_cap,
+                ring_len: geos[chain..].iter().map(Geo::ring_len).max().unwrap_or(0),
+                band_len: geos.iter().map(Geo::band_len).max().unwrap_or(0),
+                geos,
+                last_in: last.input,
+                last_c: last.output.c,
+                classes: plan.output().c,
+                last_band: band_rows(last.output.w, last.output.h, band_pixels) * last.output.w * last.output.c,
+                act_len,
+            }
+        };
+        if !streaming {
+            return build(0);
+        }
+        // Streaming: chain as many leading blocks as keeps the total smallest.
+        (1..plan.blocks.len()).map(build).min_by_key(|s| s.activation_values(1)).expect("a plan has blocks")
+    }
+
+    /// Values of the rings private to chain block `k` (its expanded rows, and its output
+    /// unless it is the last of the chain).
+    pub fn chain_ring_lens(&self, k: usize) -> (usize, usize) {
+        let g = &self.geos[k];
+        let out = self.chain_out_cap.get(k).map_or(0, |cap| cap * g.w_out * g.cout);
+        (g.ring_len(), out)
+    }
+
+    /// Activation values the engine allocates for one image in flight on each of `threads`.
+    pub fn activation_values(&self, threads: usize) -> usize {
+        let chain: usize = (0..self.chain).map(|k| self.chain_ring_lens(k)).map(|(a, b)| a + b).sum();
+        let per_thread = self.ring_len + self.band_len + self.last_band + self.last_c;
+        2 * self.act_len + chain + threads * per_thread
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Spec;
+
+    #[test]
+    fn streaming_fits_in_1mb_at_224() {
+        let plan = Plan::new(&Spec::default()).unwrap();
+        let fast = Schedule::new(&plan, false);
+        let streaming = Schedule::new(&plan, true);
+        assert_eq!(fast.chain, 0);
+        assert!(streaming.chain >= 3, "the 112x112 and 56x56 blocks are chained");
+        let bytes = 4 * streaming.activation_values(1);
+        assert!(bytes <= 1_000_000, "streaming needs {bytes} bytes");
+        assert!(4 * fast.activation_values(1) > 2 * bytes);
+        // Every ring can hold what one band of its consumer reads at once.
+        for (k, cap) in streaming.chain_out_cap.iter().enumerate() {
+            assert!(*cap >= streaming.geos[k + 1].span());
+        }
+    }
+}
