@@ -19,10 +19,7 @@ const ALIGN: usize = 64;
 impl AlignedVec {
     pub fn zeros(len: usize) -> AlignedVec {
         if len == 0 {
-            return AlignedVec {
-                ptr: NonNull::dangling(),
-                len: 0,
-            };
+            return AlignedVec { ptr: NonNull::dangling(), len: 0 };
         }
         let layout = Layout::from_size_align(len * 4, ALIGN).expect("buffer size overflows");
         // SAFETY: layout has non-zero size.

@@ -58,27 +58,18 @@ impl Isa {
 /// Every tier this process may use, lowest first (capped by `MNV2_ISA`); tests run all of them.
 pub fn available() -> Vec<Isa> {
     let best = best();
-    [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-        .into_iter()
-        .filter(|i| *i <= best && i.supported())
-        .collect()
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| *i <= best && i.supported()).collect()
 }
 
 /// The best tier this process may use: detected once, capped by `MNV2_ISA`.
 pub fn best() -> Isa {
     static BEST: OnceLock<Isa> = OnceLock::new();
     *BEST.get_or_init(|| {
-        let detected = [Isa::Avx512, Isa::Avx2, Isa::Scalar]
-            .into_iter()
-            .find(|i| i.supported())
-            .unwrap_or(Isa::Scalar);
+        let detected = [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().find(|i| i.supported()).unwrap_or(Isa::Scalar);
         match std::env::var("MNV2_ISA").ok().as_deref().map(Isa::parse) {
             Some(Some(cap)) => cap.min(detected),
             Some(None) => {
-                eprintln!(
-                    "warning: MNV2_ISA is not one of scalar, avx2, avx512; using {}",
-                    detected.name()
-                );
+                eprintln!("warning: MNV2_ISA is not one of scalar, avx2, avx512; using {}", detected.name());
                 detected
             }
             None => detected,

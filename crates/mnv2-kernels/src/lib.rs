@@ -22,10 +22,7 @@ pub struct MinMax {
 }
 
 impl MinMax {
-    pub const NONE: MinMax = MinMax {
-        min: f32::NEG_INFINITY,
-        max: f32::INFINITY,
-    };
+    pub const NONE: MinMax = MinMax { min: f32::NEG_INFINITY, max: f32::INFINITY };
     pub const RELU6: MinMax = MinMax { min: 0.0, max: 6.0 };
 
     #[inline(always)]

@@ -21,11 +21,7 @@ pub fn conv2d_f32(
 ) {
     assert_eq!(input.len(), g.in_h * g.in_w * g.in_c, "input size");
     assert_eq!(output.len(), g.out_h * g.out_w * g.out_c, "output size");
-    assert_eq!(
-        weights.len(),
-        g.kernel * g.kernel * g.in_c / g.groups * g.out_c,
-        "weights size"
-    );
+    assert_eq!(weights.len(), g.kernel * g.kernel * g.in_c / g.groups * g.out_c, "weights size");
     assert_eq!(bias.len(), g.out_c, "bias size");
     let cin_g = g.in_c / g.groups;
     let cout_g = g.out_c / g.groups;
@@ -124,19 +120,8 @@ mod tests {
         let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let mut out = vec![0.0; 9];
         conv2d_f32(&g, &input, &[1.0; 9], &[0.5], MinMax::NONE, None, &mut out);
-        assert_eq!(
-            out,
-            vec![12.5, 21.5, 16.5, 27.5, 45.5, 33.5, 24.5, 39.5, 28.5]
-        );
-        conv2d_f32(
-            &g,
-            &input,
-            &[1.0; 9],
-            &[0.5],
-            MinMax::RELU6,
-            Some(&input),
-            &mut out,
-        );
+        assert_eq!(out, vec![12.5, 21.5, 16.5, 27.5, 45.5, 33.5, 24.5, 39.5, 28.5]);
+        conv2d_f32(&g, &input, &[1.0; 9], &[0.5], MinMax::RELU6, Some(&input), &mut out);
         assert_eq!(out[0], 7.0);
     }
 
@@ -146,12 +131,7 @@ mod tests {
         global_avg_pool_f32(&[1.0, 2.0, 3.0, 6.0], 2, 2, &mut p);
         assert_eq!(p, [2.0, 4.0]);
         let mut o = [0.0; 3];
-        linear_f32(
-            &p,
-            &[1.0, 0.0, 1.0, 0.0, 1.0, 1.0],
-            &[0.0, 1.0, -1.0],
-            &mut o,
-        );
+        linear_f32(&p, &[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], &[0.0, 1.0, -1.0], &mut o);
         assert_eq!(o, [2.0, 5.0, 5.0]);
     }
 }

@@ -8,11 +8,7 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "mnv2",
-    version,
-    about = "MobileNetV2: classify, run, inspect, convert, benchmark and train"
-)]
+#[command(name = "mnv2", version, about = "MobileNetV2: classify, run, inspect, convert, benchmark and train")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +26,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Convert weights (.pth, .pt, .safetensors) to the project's safetensors format
     Convert(cmd::convert::Args),
+    /// Time inference: median and p90 latency, images/s, peak RSS, activation memory
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -40,18 +38,16 @@ fn main() {
         Command::Init(a) => cmd::init::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Convert(a) => cmd::convert::main(a),
+        Command::Bench(a) => cmd::bench::main(a),
     };
     if let Err(e) = result {
-        if e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        }) {
+        if e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+        {
             std::process::exit(0);
         }
         eprintln!("error: {e:#}");
-        let internal = e
-            .chain()
-            .any(|c| c.downcast_ref::<cmd::Internal>().is_some());
+        let internal = e.chain().any(|c| c.downcast_ref::<cmd::Internal>().is_some());
         std::process::exit(if internal { 2 } else { 1 });
     }
 }

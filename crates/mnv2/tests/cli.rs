@@ -6,10 +6,7 @@ use std::process::{Command, Output};
 use mobilenetv2::npy;
 
 fn mnv2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mnv2"))
-        .args(args)
-        .output()
-        .expect("mnv2 runs")
+    Command::new(env!("CARGO_BIN_EXE_mnv2")).args(args).output().expect("mnv2 runs")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -40,17 +37,7 @@ fn info_json_has_the_totals() {
     assert_eq!(v["madds"], 300_774_272u64);
     assert_eq!(v["layers"].as_array().unwrap().len(), 55);
     assert_eq!(v["layers"][0]["output"], serde_json::json!([112, 112, 32]));
-    let o = mnv2(&[
-        "info",
-        "--width",
-        "1.4",
-        "--resolution",
-        "97x113",
-        "--classes",
-        "10",
-        "--json",
-        "--memory",
-    ]);
+    let o = mnv2(&["info", "--width", "1.4", "--resolution", "97x113", "--classes", "10", "--json", "--memory"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["spec"]["height"], 97);
     assert!(v["memory"]["table3_max_bytes_f16"].as_u64().unwrap() > 0);
@@ -68,30 +55,11 @@ fn info_rejects_bad_options() {
 #[test]
 fn init_run_convert_round_trip() {
     let w = tmp("w.safetensors");
-    let o = mnv2(&[
-        "init",
-        "--width",
-        "0.35",
-        "--classes",
-        "3",
-        "--seed",
-        "9",
-        "--out",
-        w.to_str().unwrap(),
-    ]);
+    let o = mnv2(&["init", "--width", "0.35", "--classes", "3", "--seed", "9", "--out", w.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let x = tmp("x.npy");
-    let data: Vec<f32> = (0..2 * 3 * 40 * 36)
-        .map(|i| ((i % 17) as f32 - 8.0) / 4.0)
-        .collect();
-    npy::write(
-        &x,
-        &npy::Array {
-            shape: vec![2, 3, 40, 36],
-            data,
-        },
-    )
-    .unwrap();
+    let data: Vec<f32> = (0..2 * 3 * 40 * 36).map(|i| ((i % 17) as f32 - 8.0) / 4.0).collect();
+    npy::write(&x, &npy::Array { shape: vec![2, 3, 40, 36], data }).unwrap();
     let y = tmp("y.npy");
     let run = |weights: &PathBuf| {
         let o = mnv2(&[
@@ -117,17 +85,7 @@ fn init_run_convert_round_trip() {
 #[test]
 fn run_reports_bad_inputs() {
     let w = tmp("w3.safetensors");
-    assert!(mnv2(&[
-        "init",
-        "--width",
-        "0.35",
-        "--classes",
-        "2",
-        "--out",
-        w.to_str().unwrap()
-    ])
-    .status
-    .success());
+    assert!(mnv2(&["init", "--width", "0.35", "--classes", "2", "--out", w.to_str().unwrap()]).status.success());
     let y = tmp("out.npy");
     let run = |x: &PathBuf| {
         mnv2(&[
@@ -144,38 +102,17 @@ fn run_reports_bad_inputs() {
     assert_input_error(&run(&missing), "missing.npy");
     let x = tmp("x3.npy");
     let mut data = vec![0.5f32; 3 * 32 * 32];
-    npy::write(
-        &x,
-        &npy::Array {
-            shape: vec![1, 3, 32, 32],
-            data: data.clone(),
-        },
-    )
-    .unwrap();
+    npy::write(&x, &npy::Array { shape: vec![1, 3, 32, 32], data: data.clone() }).unwrap();
     let bytes = std::fs::read(&x).unwrap();
     let cut = tmp("cut.npy");
     std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
     assert_input_error(&run(&cut), "truncated");
     data[7] = f32::NAN;
     let nan = tmp("nan.npy");
-    npy::write(
-        &nan,
-        &npy::Array {
-            shape: vec![1, 3, 32, 32],
-            data,
-        },
-    )
-    .unwrap();
+    npy::write(&nan, &npy::Array { shape: vec![1, 3, 32, 32], data }).unwrap();
     assert_input_error(&run(&nan), "not finite");
     let three = tmp("3d.npy");
-    npy::write(
-        &three,
-        &npy::Array {
-            shape: vec![3, 32, 32],
-            data: vec![0.0; 3072],
-        },
-    )
-    .unwrap();
+    npy::write(&three, &npy::Array { shape: vec![3, 32, 32], data: vec![0.0; 3072] }).unwrap();
     assert_input_error(&run(&three), "4-D");
     let o = mnv2(&[
         "run",

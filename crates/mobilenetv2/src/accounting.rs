@@ -33,17 +33,9 @@ pub fn layer_cost(layer: &Layer) -> LayerCost {
     match &layer.op {
         Op::Conv(c) => {
             let per_out = (i.c / c.groups * c.kernel * c.kernel) as u64;
-            LayerCost {
-                weights: o.c as u64 * per_out,
-                bn: 2 * o.c as u64,
-                madds: (o.h * o.w * o.c) as u64 * per_out,
-            }
+            LayerCost { weights: o.c as u64 * per_out, bn: 2 * o.c as u64, madds: (o.h * o.w * o.c) as u64 * per_out }
         }
-        Op::Linear => LayerCost {
-            weights: (i.c * o.c + o.c) as u64,
-            bn: 0,
-            madds: (i.c * o.c) as u64,
-        },
+        Op::Linear => LayerCost { weights: (i.c * o.c + o.c) as u64, bn: 0, madds: (i.c * o.c) as u64 },
         Op::GlobalAvgPool | Op::Dropout { .. } => LayerCost::default(),
     }
 }
@@ -112,22 +104,13 @@ pub fn memory(plan: &Plan) -> Memory {
                 r.channels = s.c;
                 r.bytes_f16 = bytes;
             }
-            None => rows.push(MemoryRow {
-                h: s.h,
-                w: s.w,
-                channels: s.c,
-                bytes_f16: bytes,
-            }),
+            None => rows.push(MemoryRow { h: s.h, w: s.w, channels: s.c, bytes_f16: bytes }),
         }
     };
     for b in &plan.blocks {
         add(b.output);
     }
-    let last = plan
-        .layers
-        .iter()
-        .rev()
-        .find(|l| matches!(l.op, Op::GlobalAvgPool));
+    let last = plan.layers.iter().rev().find(|l| matches!(l.op, Op::GlobalAvgPool));
     if let Some(pool) = last {
         add(pool.output);
     }
@@ -136,18 +119,8 @@ pub fn memory(plan: &Plan) -> Memory {
         .iter()
         .map(|b| (b.index, (b.input.len() + b.output.len()) as u64))
         .fold((0, 0), |acc, x| if x.1 > acc.1 { x } else { acc });
-    let largest = plan
-        .layers
-        .iter()
-        .map(|l| l.output.len() as u64)
-        .max()
-        .unwrap_or(0);
-    let layerwise = plan
-        .layers
-        .iter()
-        .map(|l| (l.input.len() + l.output.len()) as u64)
-        .max()
-        .unwrap_or(0);
+    let largest = plan.layers.iter().map(|l| l.output.len() as u64).max().unwrap_or(0);
+    let layerwise = plan.layers.iter().map(|l| (l.input.len() + l.output.len()) as u64).max().unwrap_or(0);
     Memory {
         table3_max_bytes_f16: rows.iter().map(|r| r.bytes_f16).max().unwrap_or(0),
         table3: rows,
@@ -176,15 +149,7 @@ mod tests {
     fn table3_is_400k_at_224() {
         let m = memory(&Plan::new(&Spec::default()).unwrap());
         assert_eq!(m.table3_max_bytes_f16, 401_408);
-        assert_eq!(
-            m.table3[0],
-            MemoryRow {
-                h: 112,
-                w: 112,
-                channels: 16,
-                bytes_f16: 401_408
-            }
-        );
+        assert_eq!(m.table3[0], MemoryRow { h: 112, w: 112, channels: 16, bytes_f16: 401_408 });
         assert_eq!(m.table3.last().unwrap().channels, 1280);
         assert_eq!(m.table3.last().unwrap().bytes_f16, 2560);
     }

@@ -5,10 +5,7 @@ use std::sync::LazyLock;
 /// ImageNet-1k class names in classifier order, each the first of its synonyms
 /// ("Egyptian cat", "espresso"), as torchvision displays them.
 pub static IMAGENET: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    include_str!("../data/imagenet_classes.txt")
-        .lines()
-        .map(|l| l.split(", ").next().unwrap_or(l))
-        .collect()
+    include_str!("../data/imagenet_classes.txt").lines().map(|l| l.split(", ").next().unwrap_or(l)).collect()
 });
 
 #[cfg(test)]

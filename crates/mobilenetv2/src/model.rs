@@ -35,11 +35,7 @@ impl Preprocess {
 
     /// Keras `mobilenet_v2.preprocess_input`: resize to the input size, scale to [-1, 1].
     pub fn tf() -> Self {
-        Preprocess {
-            resize: None,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        }
+        Preprocess { resize: None, mean: [0.5; 3], std: [0.5; 3] }
     }
 }
 
@@ -56,9 +52,8 @@ pub struct Model {
 }
 
 /// Widths tried, in order, when a file does not say which it is.
-const CANDIDATE_WIDTHS: [f64; 16] = [
-    1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, 0.6, 0.8, 0.9, 1.1, 1.2, 1.5, 1.75, 2.0, 0.1,
-];
+const CANDIDATE_WIDTHS: [f64; 16] =
+    [1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, 0.6, 0.8, 0.9, 1.1, 1.2, 1.5, 1.75, 2.0, 0.1];
 
 /// The first expected tensor a file does not have right, or `None` if all fit.
 fn first_misfit(file: &TensorFile, exp: &[Expected]) -> Option<(usize, Error)> {
@@ -67,11 +62,7 @@ fn first_misfit(file: &TensorFile, exp: &[Expected]) -> Option<(usize, Error)> {
             None => {
                 return Some((
                     i,
-                    Error::MissingTensor {
-                        path: file.path.clone(),
-                        name: e.name.clone(),
-                        expected: e.shape.clone(),
-                    },
+                    Error::MissingTensor { path: file.path.clone(), name: e.name.clone(), expected: e.shape.clone() },
                 ))
             }
             Some(t) if t.shape != e.shape => {
@@ -92,12 +83,7 @@ fn first_misfit(file: &TensorFile, exp: &[Expected]) -> Option<(usize, Error)> {
 }
 
 fn meta_err(path: &Path, key: &str, value: &str, detail: impl Into<String>) -> Error {
-    Error::Metadata {
-        path: path.into(),
-        key: key.into(),
-        value: value.into(),
-        detail: detail.into(),
-    }
+    Error::Metadata { path: path.into(), key: key.into(), value: value.into(), detail: detail.into() }
 }
 
 impl Model {
@@ -124,10 +110,8 @@ impl Model {
         let path = file.path.clone();
         let spec = match file.metadata.get("spec") {
             Some(s) => {
-                let spec: Spec = serde_json::from_str(s)
-                    .map_err(|e| meta_err(&path, "spec", s, e.to_string()))?;
-                spec.validate()
-                    .map_err(|e| meta_err(&path, "spec", s, e.to_string()))?;
+                let spec: Spec = serde_json::from_str(s).map_err(|e| meta_err(&path, "spec", s, e.to_string()))?;
+                spec.validate().map_err(|e| meta_err(&path, "spec", s, e.to_string()))?;
                 if let Some((_, err)) = first_misfit(&file, &expected(&Plan::new(&spec)?)) {
                     return Err(err);
                 }
@@ -140,10 +124,7 @@ impl Model {
         // Every tensor must be one the plan needs (or BatchNorm's step counter).
         for name in file.tensors.keys() {
             if !is_bn_counter(name) && !exp.iter().any(|e| &e.name == name) {
-                return Err(Error::UnknownTensor {
-                    path: path.clone(),
-                    name: name.clone(),
-                });
+                return Err(Error::UnknownTensor { path: path.clone(), name: name.clone() });
             }
         }
         let mut params = BTreeMap::new();
@@ -162,19 +143,14 @@ impl Model {
                 }
             };
             if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    path: path.clone(),
-                    name: e.name.clone(),
-                    index,
-                    value,
-                });
+                return Err(Error::NonFinite { path: path.clone(), name: e.name.clone(), index, value });
             }
             params.insert(e.name.clone(), values);
         }
         let labels = match file.metadata.get("labels") {
             Some(s) => {
-                let l: Vec<String> = serde_json::from_str(s)
-                    .map_err(|e| meta_err(&path, "labels", s, e.to_string()))?;
+                let l: Vec<String> =
+                    serde_json::from_str(s).map_err(|e| meta_err(&path, "labels", s, e.to_string()))?;
                 if l.len() != spec.classes {
                     return Err(meta_err(
                         &path,
@@ -188,18 +164,11 @@ impl Model {
             None => None,
         };
         let preprocess = match file.metadata.get("preprocess") {
-            Some(s) => serde_json::from_str(s)
-                .map_err(|e| meta_err(&path, "preprocess", s, e.to_string()))?,
+            Some(s) => serde_json::from_str(s).map_err(|e| meta_err(&path, "preprocess", s, e.to_string()))?,
             None if spec.padding == Padding::Tf => Preprocess::tf(),
             None => Preprocess::imagenet(spec.height.min(spec.width_px)),
         };
-        Ok(Model {
-            plan,
-            params,
-            labels,
-            preprocess,
-            source: path,
-        })
+        Ok(Model { plan, params, labels, preprocess, source: path })
     }
 
     pub fn spec(&self) -> &Spec {
@@ -217,9 +186,7 @@ impl Model {
 
     /// A parameter by torchvision name.
     pub fn param(&self, name: &str) -> &[f32] {
-        self.params
-            .get(name)
-            .unwrap_or_else(|| panic!("model has no parameter `{name}`: plan and params disagree"))
+        self.params.get(name).unwrap_or_else(|| panic!("model has no parameter `{name}`: plan and params disagree"))
     }
 
     /// Same weights for another spec (e.g. a different input size); the tensors must fit it.
@@ -237,10 +204,7 @@ impl Model {
                 }
             }
         }
-        Ok(Model {
-            plan,
-            ..self.clone()
-        })
+        Ok(Model { plan, ..self.clone() })
     }
 
     /// The metadata the project writes next to the tensors.
@@ -248,25 +212,12 @@ impl Model {
         let s = self.spec();
         let mut m = BTreeMap::new();
         m.insert("format".into(), "mnv2".into());
-        m.insert(
-            "spec".into(),
-            serde_json::to_string(s).expect("spec serialises"),
-        );
+        m.insert("spec".into(), serde_json::to_string(s).expect("spec serialises"));
         m.insert("width".into(), s.width.to_string());
         m.insert("resolution".into(), format!("{}x{}", s.height, s.width_px));
         m.insert("classes".into(), s.classes.to_string());
-        m.insert(
-            "padding".into(),
-            serde_json::to_value(s.padding)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .into(),
-        );
-        m.insert(
-            "preprocess".into(),
-            serde_json::to_string(&self.preprocess).unwrap(),
-        );
+        m.insert("padding".into(), serde_json::to_value(s.padding).unwrap().as_str().unwrap().into());
+        m.insert("preprocess".into(), serde_json::to_string(&self.preprocess).unwrap());
         if let Some(l) = &self.labels {
             m.insert("labels".into(), serde_json::to_string(l).unwrap());
         }
@@ -323,12 +274,7 @@ fn infer_spec(file: &TensorFile) -> Result<Spec> {
         .filter(|&t| t != 6 && (1..=32).contains(&t));
     let mut best: Option<(usize, Error)> = None;
     for width in CANDIDATE_WIDTHS {
-        let spec = Spec {
-            width,
-            classes,
-            expansion,
-            ..Spec::default()
-        };
+        let spec = Spec { width, classes, expansion, ..Spec::default() };
         let plan = Plan::new(&spec)?;
         match first_misfit(file, &expected(&plan)) {
             None => return Ok(spec),

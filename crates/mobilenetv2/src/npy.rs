@@ -31,10 +31,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
         v => return Err(bad(&format!("unsupported format version {v}"))),
     };
     let header = bytes
@@ -58,15 +55,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| bad(&format!("bad shape ({shape_s})")))
-        })
+        .map(|s| s.parse::<usize>().map_err(|_| bad(&format!("bad shape ({shape_s})"))))
         .collect::<Result<Vec<_>>>()?;
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad("shape overflows"))?;
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
     let body = &bytes[start + hlen..];
     if body.len() != n * 4 {
         return Err(bad(&format!(
@@ -75,10 +66,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
             body.len()
         )));
     }
-    let data = body
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let data = body.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     Ok(Array { shape, data })
 }
 
@@ -90,14 +78,7 @@ pub fn read(path: &Path) -> Result<Array> {
 pub fn to_bytes(a: &Array) -> Vec<u8> {
     let shape = match a.shape.len() {
         1 => format!("({},)", a.shape[0]),
-        _ => format!(
-            "({})",
-            a.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", a.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     // Pad so that the data starts on a 64-byte boundary, ending in a newline.
@@ -123,10 +104,7 @@ mod tests {
     #[test]
     fn round_trip_and_errors() {
         let p = Path::new("t.npy");
-        let a = Array {
-            shape: vec![2, 3],
-            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        };
+        let a = Array { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
         let b = to_bytes(&a);
         assert_eq!((b.len() - 24) % 64, 0);
         assert_eq!(parse(p, &b).unwrap(), a);

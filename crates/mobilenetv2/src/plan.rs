@@ -184,13 +184,7 @@ pub struct Plan {
     pub blocks: Vec<Block>,
 }
 
-fn conv_pad(
-    padding: Padding,
-    size: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-) -> (usize, usize) {
+fn conv_pad(padding: Padding, size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
     let eff = dilation * (kernel - 1) + 1;
     match padding {
         Padding::Torch => (dilation * (kernel - 1) / 2, dilation * (kernel - 1) / 2),
@@ -202,14 +196,7 @@ fn conv_pad(
     }
 }
 
-fn conv_out(
-    size: usize,
-    before: usize,
-    after: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-) -> usize {
+fn conv_out(size: usize, before: usize, after: usize, kernel: usize, stride: usize, dilation: usize) -> usize {
     let eff = dilation * (kernel - 1) + 1;
     (size + before + after - eff) / stride + 1
 }
@@ -243,11 +230,7 @@ impl Builder<'_> {
             conv_out(input.w, left, right, kernel, stride, dilation),
             out_c,
         );
-        let groups = if kind == ConvKind::Depthwise {
-            input.c
-        } else {
-            1
-        };
+        let groups = if kind == ConvKind::Depthwise { input.c } else { 1 };
         self.layers.push(Layer {
             name,
             role,
@@ -257,12 +240,7 @@ impl Builder<'_> {
                 kernel,
                 stride,
                 dilation,
-                pad: Pad {
-                    top,
-                    bottom,
-                    left,
-                    right,
-                },
+                pad: Pad { top, bottom, left, right },
                 groups,
                 activation,
                 residual,
@@ -279,10 +257,7 @@ impl Plan {
     /// Expands a spec into layers. Fails only if the spec is invalid.
     pub fn new(spec: &Spec) -> Result<Plan> {
         spec.validate()?;
-        let mut b = Builder {
-            spec,
-            layers: Vec::new(),
-        };
+        let mut b = Builder { spec, layers: Vec::new() };
         let mut blocks = Vec::new();
         let relu6 = Activation::Relu6;
 
@@ -324,8 +299,7 @@ impl Plan {
                 };
                 let block_in = x;
                 let hidden = (block_in.c as f64 * t as f64).round() as usize;
-                let residual =
-                    spec.shortcut == Shortcut::Bottleneck && stride == 1 && block_in.c == out_c;
+                let residual = spec.shortcut == Shortcut::Bottleneck && stride == 1 && block_in.c == out_c;
                 let p = format!("features.{index}.conv");
                 let mut li = 0;
                 let expand = if t != 1 {
@@ -404,35 +378,12 @@ impl Plan {
         );
         let pooled = Shape::new(1, 1, x.c);
         let mut push = |name: &str, role, op, input, output| {
-            b.layers.push(Layer {
-                name: name.into(),
-                role,
-                block: None,
-                op,
-                input,
-                output,
-            })
+            b.layers.push(Layer { name: name.into(), role, block: None, op, input, output })
         };
         push("avgpool", Role::Pool, Op::GlobalAvgPool, x, pooled);
-        push(
-            "classifier.0",
-            Role::Dropout,
-            Op::Dropout { p: spec.dropout },
-            pooled,
-            pooled,
-        );
-        push(
-            "classifier.1",
-            Role::Classifier,
-            Op::Linear,
-            pooled,
-            Shape::new(1, 1, spec.classes),
-        );
-        Ok(Plan {
-            spec: spec.clone(),
-            layers: b.layers,
-            blocks,
-        })
+        push("classifier.0", Role::Dropout, Op::Dropout { p: spec.dropout }, pooled, pooled);
+        push("classifier.1", Role::Classifier, Op::Linear, pooled, Shape::new(1, 1, spec.classes));
+        Ok(Plan { spec: spec.clone(), layers: b.layers, blocks })
     }
 
     /// Shape of one input image (channels last).
@@ -455,20 +406,15 @@ impl Plan {
         let missing = |what: String| Error::InvalidSpec(format!("no tap {what} in this network"));
         match tap {
             Tap::Stem => Ok(0),
-            Tap::Block(i) => self
-                .block(i)
-                .map(|b| b.project)
-                .ok_or_else(|| missing(format!("block {i}"))),
+            Tap::Block(i) => self.block(i).map(|b| b.project).ok_or_else(|| missing(format!("block {i}"))),
             Tap::Expansion(i) => self
                 .block(i)
                 .ok_or_else(|| missing(format!("block {i}")))?
                 .expand
                 .ok_or_else(|| missing(format!("expansion of block {i} (t = 1)"))),
-            Tap::LastConv => Ok(self
-                .layers
-                .iter()
-                .position(|l| l.role == Role::LastConv)
-                .expect("a plan has a last conv")),
+            Tap::LastConv => {
+                Ok(self.layers.iter().position(|l| l.role == Role::LastConv).expect("a plan has a last conv"))
+            }
         }
     }
 
@@ -495,39 +441,20 @@ mod tests {
         assert_eq!(outs[10], Shape::new(14, 14, 96));
         assert_eq!(outs[13], Shape::new(7, 7, 160));
         assert_eq!(outs[16], Shape::new(7, 7, 320));
-        let residuals: Vec<usize> = plan
-            .blocks
-            .iter()
-            .filter(|b| b.residual)
-            .map(|b| b.index)
-            .collect();
+        let residuals: Vec<usize> = plan.blocks.iter().filter(|b| b.residual).map(|b| b.index).collect();
         assert_eq!(residuals, vec![3, 5, 6, 8, 9, 10, 12, 13, 15, 16]);
         assert_eq!(plan.output(), Shape::new(1, 1, 1000));
-        assert_eq!(
-            plan.layers[plan.tap_layer(Tap::LastConv).unwrap()].name,
-            "features.18.0"
-        );
+        assert_eq!(plan.layers[plan.tap_layer(Tap::LastConv).unwrap()].name, "features.18.0");
     }
 
     #[test]
     fn torchvision_names() {
         let plan = Plan::new(&Spec::default()).unwrap();
         let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(
-            &names[..4],
-            [
-                "features.0.0",
-                "features.1.conv.0.0",
-                "features.1.conv.1",
-                "features.2.conv.0.0"
-            ]
-        );
+        assert_eq!(&names[..4], ["features.0.0", "features.1.conv.0.0", "features.1.conv.1", "features.2.conv.0.0"]);
         let b2 = plan.block(2).unwrap();
         assert_eq!(plan.layers[b2.project].name, "features.2.conv.2");
-        assert_eq!(
-            plan.layers[b2.project].conv().unwrap().bn,
-            "features.2.conv.3"
-        );
+        assert_eq!(plan.layers[b2.project].conv().unwrap().bn, "features.2.conv.3");
     }
 
     #[test]
@@ -544,15 +471,7 @@ mod tests {
         spec.padding = Padding::Tf;
         let plan = Plan::new(&spec).unwrap();
         let stem = plan.layers[0].conv().unwrap();
-        assert_eq!(
-            stem.pad,
-            Pad {
-                top: 0,
-                bottom: 1,
-                left: 0,
-                right: 1
-            }
-        );
+        assert_eq!(stem.pad, Pad { top: 0, bottom: 1, left: 0, right: 1 });
         let mut odd = spec.clone();
         odd.height = 97;
         let plan = Plan::new(&odd).unwrap();

@@ -130,34 +130,20 @@ pub fn make_divisible(v: f64, divisor: usize) -> usize {
 impl Spec {
     /// The standard network at a width multiplier and square resolution.
     pub fn new(width: f64, resolution: usize) -> Self {
-        Spec {
-            width,
-            height: resolution,
-            width_px: resolution,
-            ..Spec::default()
-        }
+        Spec { width, height: resolution, width_px: resolution, ..Spec::default() }
     }
 
     /// Checks the values that the plan cannot work with.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidSpec(msg));
         if !(self.width.is_finite() && self.width > 0.0 && self.width <= 10.0) {
-            return bad(format!(
-                "width multiplier {} must be in (0, 10]",
-                self.width
-            ));
+            return bad(format!("width multiplier {} must be in (0, 10]", self.width));
         }
         if self.height < 32 || self.width_px < 32 {
-            return bad(format!(
-                "input {}x{} is smaller than the minimum 32x32",
-                self.height, self.width_px
-            ));
+            return bad(format!("input {}x{} is smaller than the minimum 32x32", self.height, self.width_px));
         }
         if self.height > 8192 || self.width_px > 8192 {
-            return bad(format!(
-                "input {}x{} is larger than the supported 8192x8192",
-                self.height, self.width_px
-            ));
+            return bad(format!("input {}x{} is larger than the supported 8192x8192", self.height, self.width_px));
         }
         if self.classes == 0 {
             return bad("number of classes must be at least 1".into());
@@ -179,19 +165,13 @@ impl Spec {
             }
         }
         if ![8, 16, 32].contains(&self.output_stride) {
-            return bad(format!(
-                "output stride {} must be 8, 16 or 32",
-                self.output_stride
-            ));
+            return bad(format!("output stride {} must be 8, 16 or 32", self.output_stride));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
         if !(self.bn_eps > 0.0 && self.bn_eps.is_finite()) {
-            return bad(format!(
-                "BatchNorm epsilon {} must be positive",
-                self.bn_eps
-            ));
+            return bad(format!("BatchNorm epsilon {} must be positive", self.bn_eps));
         }
         Ok(())
     }
@@ -234,10 +214,7 @@ impl Spec {
                 let n = n.trim().parse().map_err(|_| bad())?;
                 Ok((n, n))
             }
-            [h, w] => Ok((
-                h.trim().parse().map_err(|_| bad())?,
-                w.trim().parse().map_err(|_| bad())?,
-            )),
+            [h, w] => Ok((h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?)),
             _ => Err(bad()),
         }
     }

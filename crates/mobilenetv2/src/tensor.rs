@@ -13,19 +13,12 @@ pub struct Batch {
 
 impl Batch {
     pub fn zeros(n: usize, shape: Shape) -> Batch {
-        Batch {
-            n,
-            shape,
-            data: vec![0.0; n * shape.len()],
-        }
+        Batch { n, shape, data: vec![0.0; n * shape.len()] }
     }
 
     pub fn new(n: usize, shape: Shape, data: Vec<f32>) -> Result<Batch> {
         if data.len() != n * shape.len() {
-            return Err(Error::Input(format!(
-                "{} values do not make {n} images of {shape}",
-                data.len()
-            )));
+            return Err(Error::Input(format!("{} values do not make {n} images of {shape}", data.len())));
         }
         Ok(Batch { n, shape, data })
     }
@@ -34,18 +27,10 @@ impl Batch {
     pub fn from_nchw(dims: &[usize], values: &[f32]) -> Result<Batch> {
         let [n, c, h, w] = match dims {
             [n, c, h, w] => [*n, *c, *h, *w],
-            _ => {
-                return Err(Error::Input(format!(
-                    "expected a 4-D NCHW array, got shape {dims:?}"
-                )))
-            }
+            _ => return Err(Error::Input(format!("expected a 4-D NCHW array, got shape {dims:?}"))),
         };
         if values.len() != n * c * h * w {
-            return Err(Error::Input(format!(
-                "shape {dims:?} needs {} values, got {}",
-                n * c * h * w,
-                values.len()
-            )));
+            return Err(Error::Input(format!("shape {dims:?} needs {} values, got {}", n * c * h * w, values.len())));
         }
         let mut data = vec![0.0; values.len()];
         for b in 0..n {
@@ -55,11 +40,7 @@ impl Batch {
                 }
             }
         }
-        Ok(Batch {
-            n,
-            shape: Shape::new(h, w, c),
-            data,
-        })
+        Ok(Batch { n, shape: Shape::new(h, w, c), data })
     }
 
     /// To NCHW values and dims.
@@ -86,11 +67,7 @@ impl Batch {
         if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
             let per = self.shape.len();
             let (b, r) = (i / per, i % per);
-            let (y, x, c) = (
-                r / (self.shape.w * self.shape.c),
-                (r / self.shape.c) % self.shape.w,
-                r % self.shape.c,
-            );
+            let (y, x, c) = (r / (self.shape.w * self.shape.c), (r / self.shape.c) % self.shape.w, r % self.shape.c);
             return Err(Error::Input(format!(
                 "value {} at image {b}, channel {c}, row {y}, column {x} is not finite",
                 self.data[i]

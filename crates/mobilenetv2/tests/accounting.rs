@@ -20,10 +20,7 @@ const SLIM_README: [(f64, usize, u64, f64); 22] = [
 ];
 
 fn slim_spec(width: f64, res: usize) -> Spec {
-    Spec {
-        classes: 1001,
-        ..Spec::new(width, res)
-    }
+    Spec { classes: 1001, ..Spec::new(width, res) }
 }
 
 #[test]
@@ -32,22 +29,11 @@ fn all_30_width_resolution_rows_match_torchvision() {
     let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(rows.len(), 30);
     for r in rows {
-        let (w, res) = (
-            r["width"].as_f64().unwrap(),
-            r["resolution"].as_u64().unwrap() as usize,
-        );
+        let (w, res) = (r["width"].as_f64().unwrap(), r["resolution"].as_u64().unwrap() as usize);
         let a = account(&Plan::new(&slim_spec(w, res)).unwrap());
-        assert_eq!(
-            a.madds,
-            r["madds_1001"].as_u64().unwrap(),
-            "MACs at {w}/{res}"
-        );
+        assert_eq!(a.madds, r["madds_1001"].as_u64().unwrap(), "MACs at {w}/{res}");
         let tv = account(&Plan::new(&Spec::new(w, res)).unwrap());
-        assert_eq!(
-            tv.params,
-            r["params_1000"].as_u64().unwrap(),
-            "params at {w}"
-        );
+        assert_eq!(tv.params, r["params_1000"].as_u64().unwrap(), "params at {w}");
     }
 }
 
@@ -55,12 +41,7 @@ fn all_30_width_resolution_rows_match_torchvision() {
 fn slim_readme_table_reproduced() {
     for (w, res, macs_m, params_m) in SLIM_README {
         let a = account(&Plan::new(&slim_spec(w, res)).unwrap());
-        assert_eq!(
-            a.madds / 1_000_000,
-            macs_m,
-            "MACs(M) at {w}/{res}: {}",
-            a.madds
-        );
+        assert_eq!(a.madds / 1_000_000, macs_m, "MACs(M) at {w}/{res}: {}", a.madds);
         let p = (a.params_no_bn as f64 / 1e4).round() / 100.0;
         assert_eq!(p, params_m, "params(M) at {w}: {}", a.params_no_bn);
     }
@@ -71,8 +52,5 @@ fn paper_headline_numbers() {
     let a = account(&Plan::new(&Spec::default()).unwrap());
     assert_eq!(a.params, 3_504_872);
     assert_eq!(a.madds, 300_774_272);
-    assert_eq!(
-        account(&Plan::new(&Spec::new(1.4, 224)).unwrap()).params,
-        6_108_776
-    );
+    assert_eq!(account(&Plan::new(&Spec::new(1.4, 224)).unwrap()).params, 6_108_776);
 }

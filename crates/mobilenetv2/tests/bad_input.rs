@@ -16,15 +16,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn small() -> Model {
-    Model::init(
-        &Spec {
-            classes: 4,
-            ..Spec::new(0.35, 64)
-        },
-        1,
-        true,
-    )
-    .unwrap()
+    Model::init(&Spec { classes: 4, ..Spec::new(0.35, 64) }, 1, true).unwrap()
 }
 
 /// Writes the model's tensors after `edit` has changed them, without metadata (so the
@@ -39,10 +31,7 @@ fn write_edited(name: &str, edit: impl FnOnce(&mut BTreeMap<String, Tensor>)) ->
 
 fn load_err(p: &Path) -> String {
     let e = Model::load(p).unwrap_err().to_string();
-    assert!(
-        e.contains(&p.display().to_string()),
-        "error does not name the file: {e}"
-    );
+    assert!(e.contains(&p.display().to_string()), "error does not name the file: {e}");
     assert!(!e.contains('\n'), "error is not one line: {e}");
     e
 }
@@ -56,10 +45,7 @@ fn truncated_and_corrupt_safetensors() {
         let q = tmp("cut.safetensors");
         std::fs::write(&q, &bytes[..cut]).unwrap();
         let e = load_err(&q);
-        assert!(
-            e.contains("not a valid") || e.contains("empty"),
-            "cut at {cut}: {e}"
-        );
+        assert!(e.contains("not a valid") || e.contains("empty"), "cut at {cut}: {e}");
     }
     let mut corrupt = bytes.clone();
     corrupt[8..16].copy_from_slice(b"{garbage");
@@ -71,16 +57,10 @@ fn truncated_and_corrupt_safetensors() {
 #[test]
 fn wrong_shape_names_tensor_and_expected_shape() {
     let p = write_edited("shape.safetensors", |t| {
-        t.insert(
-            "features.3.conv.0.0.weight".into(),
-            Tensor::f32(vec![48, 8, 2, 2], vec![0.0; 48 * 32]),
-        );
+        t.insert("features.3.conv.0.0.weight".into(), Tensor::f32(vec![48, 8, 2, 2], vec![0.0; 48 * 32]));
     });
     let e = load_err(&p);
-    assert!(
-        e.contains("features.3.conv.0.0.weight") && e.contains("[48, 8, 1, 1]"),
-        "{e}"
-    );
+    assert!(e.contains("features.3.conv.0.0.weight") && e.contains("[48, 8, 1, 1]"), "{e}");
 }
 
 #[test]
@@ -89,10 +69,7 @@ fn missing_and_unknown_tensors() {
         t.remove("features.5.conv.1.1.running_var");
     });
     let e = load_err(&p);
-    assert!(
-        e.contains("missing tensor `features.5.conv.1.1.running_var`"),
-        "{e}"
-    );
+    assert!(e.contains("missing tensor `features.5.conv.1.1.running_var`"), "{e}");
     let p = write_edited("unknown.safetensors", |t| {
         t.insert("features.99.weight".into(), Tensor::f32(vec![1], vec![0.0]));
     });
@@ -111,20 +88,14 @@ fn wrong_dtype_and_nan_weights() {
         x.data = Data::I64(vec![0; x.numel()]);
     });
     let e = load_err(&p);
-    assert!(
-        e.contains("features.0.1.bias") && e.contains("int64"),
-        "{e}"
-    );
+    assert!(e.contains("features.0.1.bias") && e.contains("int64"), "{e}");
     let p = write_edited("nan.safetensors", |t| {
         if let Data::F32(v) = &mut t.get_mut("features.7.conv.2.weight").unwrap().data {
             v[3] = f32::NAN;
         }
     });
     let e = load_err(&p);
-    assert!(
-        e.contains("features.7.conv.2.weight") && e.contains("non-finite"),
-        "{e}"
-    );
+    assert!(e.contains("features.7.conv.2.weight") && e.contains("non-finite"), "{e}");
 }
 
 #[test]
@@ -157,15 +128,7 @@ fn nan_and_wrong_shape_inputs() {
     let e = engine.run(&b).unwrap_err().to_string();
     assert!(e.contains("not finite"), "{e}");
     let b = Batch::zeros(1, mobilenetv2::plan::Shape::new(64, 64, 4));
-    assert!(engine
-        .run(&b)
-        .unwrap_err()
-        .to_string()
-        .contains("3 channels"));
+    assert!(engine.run(&b).unwrap_err().to_string().contains("3 channels"));
     let b = Batch::zeros(1, mobilenetv2::plan::Shape::new(16, 64, 3));
-    assert!(engine
-        .run(&b)
-        .unwrap_err()
-        .to_string()
-        .contains("minimum 32x32"));
+    assert!(engine.run(&b).unwrap_err().to_string().contains("minimum 32x32"));
 }

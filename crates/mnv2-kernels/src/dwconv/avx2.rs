@@ -38,11 +38,7 @@ impl Tile {
                 a = _mm256_fmadd_ps(v, self.w[ky * 3 + kx], a);
             }
         }
-        _mm256_maskstore_ps(
-            self.out.add(x * self.c),
-            self.mask,
-            _mm256_min_ps(_mm256_max_ps(a, self.lo), self.hi),
-        );
+        _mm256_maskstore_ps(self.out.add(x * self.c), self.mask, _mm256_min_ps(_mm256_max_ps(a, self.lo), self.hi));
     }
 }
 
@@ -56,13 +52,7 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
     for ct in (0..c).step_by(8) {
         let cols = (c - ct).min(8) as i32;
         let t = Tile {
-            rows: std::array::from_fn(|i| {
-                if args.rows[i].is_null() {
-                    args.rows[i]
-                } else {
-                    args.rows[i].add(ct)
-                }
-            }),
+            rows: std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) }),
             out: args.out.add(ct),
             c,
             stride: g.stride,
@@ -71,10 +61,7 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
             w_in: g.w_in,
             w: std::array::from_fn(|k| _mm256_loadu_ps(w.weights.as_ptr().add(k * w.c_pad + ct))),
             bias: _mm256_loadu_ps(w.bias.as_ptr().add(ct)),
-            mask: _mm256_cmpgt_epi32(
-                _mm256_set1_epi32(cols),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            ),
+            mask: _mm256_cmpgt_epi32(_mm256_set1_epi32(cols), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
             lo: _mm256_set1_ps(args.act.min),
             hi: _mm256_set1_ps(args.act.max),
         };

@@ -28,11 +28,7 @@ struct Tile {
 impl Tile {
     #[inline(always)]
     unsafe fn store(&self, x: usize, v: __m512) {
-        _mm512_mask_storeu_ps(
-            self.out.add(x * self.c),
-            self.mask,
-            _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi),
-        );
+        _mm512_mask_storeu_ps(self.out.add(x * self.c), self.mask, _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi));
     }
 
     #[inline(always)]
@@ -90,13 +86,7 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
     for ct in (0..c).step_by(16) {
         let cols = (c - ct).min(16);
         let t = Tile {
-            rows: std::array::from_fn(|i| {
-                if args.rows[i].is_null() {
-                    args.rows[i]
-                } else {
-                    args.rows[i].add(ct)
-                }
-            }),
+            rows: std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) }),
             out: args.out.add(ct),
             c,
             stride: g.stride,
@@ -105,11 +95,7 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
             w_in: g.w_in,
             w: std::array::from_fn(|k| _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))),
             bias: _mm512_load_ps(w.bias.as_ptr().add(ct)),
-            mask: if cols == 16 {
-                0xffff
-            } else {
-                ((1u32 << cols) - 1) as u16
-            },
+            mask: if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 },
             lo: _mm512_set1_ps(args.act.min),
             hi: _mm512_set1_ps(args.act.max),
         };

@@ -45,13 +45,7 @@ impl PackedDw {
         }
         let mut b = AlignedVec::zeros(c_pad);
         b[..c].copy_from_slice(bias);
-        PackedDw {
-            c,
-            isa,
-            c_pad,
-            weights: w,
-            bias: b,
-        }
+        PackedDw { c, isa, c_pad, weights: w, bias: b }
     }
 
     pub fn kernel_name(&self) -> &'static str {
@@ -99,10 +93,7 @@ pub(crate) struct Args {
 pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [f32]) {
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(out.len() >= g.w_out * w.c, "output row too short");
-    assert!(
-        g.w_out == 0 || (g.w_out - 1) * g.stride < g.w_in + g.pad_left,
-        "output wider than the input allows"
-    );
+    assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < g.w_in + g.pad_left, "output wider than the input allows");
     let mut ptrs = [std::ptr::null(); 3];
     for (p, r) in ptrs.iter_mut().zip(rows) {
         if let Some(r) = r {
@@ -110,17 +101,8 @@ pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax
             *p = r.as_ptr();
         }
     }
-    assert!(
-        w.isa.supported(),
-        "weights packed for {} on a CPU without it",
-        w.isa.name()
-    );
-    let args = Args {
-        rows: ptrs,
-        out: out.as_mut_ptr(),
-        g,
-        act,
-    };
+    assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
+    let args = Args { rows: ptrs, out: out.as_mut_ptr(), g, act };
     // SAFETY: sizes checked above; the ISA is supported.
     unsafe {
         match w.isa {
@@ -145,9 +127,7 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
             })
             .collect()
@@ -173,10 +153,7 @@ mod tests {
         let input = vals(h as u64 * 7 + c as u64, h * w_in * c);
         let wts = vals(c as u64, 9 * c);
         let bias = vals(3, c);
-        let act = MinMax {
-            min: -1.0,
-            max: 1.5,
-        };
+        let act = MinMax { min: -1.0, max: 1.5 };
         let g = ConvGeom {
             in_h: h,
             in_w: w_in,
@@ -194,35 +171,21 @@ mod tests {
         let mut want = vec![0.0; out_h * w_out * c];
         reference::conv2d_f32(&g, &input, &wts, &bias, act, None, &mut want);
         let p = PackedDw::new(isa, &wts, c, &bias);
-        let row = DwRow {
-            w_in,
-            w_out,
-            stride,
-            dilation,
-            pad_left,
-        };
+        let row = DwRow { w_in, w_out, stride, dilation, pad_left };
         let mut got = vec![f32::NAN; out_h * w_out * c];
         for oy in 0..out_h {
             let rows: [Option<&[f32]>; 3] = std::array::from_fn(|ky| {
                 let iy = (oy * stride + ky * dilation) as isize - pad_top as isize;
-                (0..h as isize)
-                    .contains(&iy)
-                    .then(|| &input[iy as usize * w_in * c..(iy as usize + 1) * w_in * c])
+                (0..h as isize).contains(&iy).then(|| &input[iy as usize * w_in * c..(iy as usize + 1) * w_in * c])
             });
-            dwconv_row(
-                &p,
-                rows,
-                row,
-                act,
-                &mut got[oy * w_out * c..(oy + 1) * w_out * c],
-            );
+            dwconv_row(&p, rows, row, act, &mut got[oy * w_out * c..(oy + 1) * w_out * c]);
         }
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(err < 1e-5, "{} h={h} w={w_in} c={c} s={stride} d={dilation} pads {pad_top},{pad_left},{pad_b},{pad_r}: err {err}", p.kernel_name());
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(
+            err < 1e-5,
+            "{} h={h} w={w_in} c={c} s={stride} d={dilation} pads {pad_top},{pad_left},{pad_b},{pad_r}: err {err}",
+            p.kernel_name()
+        );
     }
 
     #[test]
@@ -250,37 +213,13 @@ mod tests {
 
     #[test]
     fn interior_range() {
-        let g = DwRow {
-            w_in: 10,
-            w_out: 10,
-            stride: 1,
-            dilation: 1,
-            pad_left: 1,
-        };
+        let g = DwRow { w_in: 10, w_out: 10, stride: 1, dilation: 1, pad_left: 1 };
         assert_eq!(g.interior(), (1, 9));
-        let g = DwRow {
-            w_in: 10,
-            w_out: 5,
-            stride: 2,
-            dilation: 1,
-            pad_left: 1,
-        };
+        let g = DwRow { w_in: 10, w_out: 5, stride: 2, dilation: 1, pad_left: 1 };
         assert_eq!(g.interior(), (1, 5));
-        let g = DwRow {
-            w_in: 10,
-            w_out: 5,
-            stride: 2,
-            dilation: 1,
-            pad_left: 0,
-        };
+        let g = DwRow { w_in: 10, w_out: 5, stride: 2, dilation: 1, pad_left: 0 };
         assert_eq!(g.interior(), (0, 4));
-        let g = DwRow {
-            w_in: 2,
-            w_out: 2,
-            stride: 1,
-            dilation: 2,
-            pad_left: 2,
-        };
+        let g = DwRow { w_in: 2, w_out: 2, stride: 1, dilation: 2, pad_left: 2 };
         assert_eq!(g.interior(), (0, 0));
     }
 }

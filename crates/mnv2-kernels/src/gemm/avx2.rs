@@ -49,11 +49,7 @@ unsafe fn tile<const R: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const 
             _mm256_storeu_ps(buf.as_mut_ptr(), v0);
             _mm256_storeu_ps(buf.as_mut_ptr().add(8), v1);
             for (j, v) in buf.iter().enumerate().take(p.cols) {
-                *cp.add(j) = if r.is_null() {
-                    *v
-                } else {
-                    *v + *r.add(i * p.ldr + j)
-                };
+                *cp.add(j) = if r.is_null() { *v } else { *v + *r.add(i * p.ldr + j) };
             }
         }
     }
@@ -82,11 +78,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             let rows = MR.min(args.m - i);
             let a = args.a.add(i * args.lda);
             let c = args.c.add(i * args.ldc + n0);
-            let r = if args.r.is_null() {
-                args.r
-            } else {
-                args.r.add(i * args.ldr + n0)
-            };
+            let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
             match rows {
                 6 => tile::<6>(&p, a, c, r),
                 5 => tile::<5>(&p, a, c, r),

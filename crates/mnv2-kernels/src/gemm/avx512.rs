@@ -144,11 +144,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             let rows = base + usize::from(t < extra);
             let a = args.a.add(i * args.lda);
             let c = args.c.add(i * args.ldc + n0);
-            let r = if args.r.is_null() {
-                args.r
-            } else {
-                args.r.add(i * args.ldr + n0)
-            };
+            let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
             if nr == 32 {
                 by_rows!(rows, tile32, &p, a, c, r);
             } else {

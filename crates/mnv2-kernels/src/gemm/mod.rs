@@ -53,14 +53,7 @@ impl PackedGemm {
             }
         }
         b[..n].copy_from_slice(bias);
-        PackedGemm {
-            k,
-            n,
-            nr,
-            isa,
-            data,
-            bias: b,
-        }
+        PackedGemm { k, n, nr, isa, data, bias: b }
     }
 
     pub fn panels(&self) -> usize {
@@ -115,29 +108,13 @@ pub fn gemm(
     assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
     let (r, ldr) = match residual {
         Some((r, ldr)) => {
-            assert!(
-                ldr >= w.n && r.len() >= (m - 1) * ldr + w.n,
-                "residual too short"
-            );
+            assert!(ldr >= w.n && r.len() >= (m - 1) * ldr + w.n, "residual too short");
             (r.as_ptr(), ldr)
         }
         None => (std::ptr::null(), 0),
     };
-    assert!(
-        w.isa.supported(),
-        "weights packed for {} on a CPU without it",
-        w.isa.name()
-    );
-    let args = Args {
-        m,
-        a: a.as_ptr(),
-        lda,
-        c: c.as_mut_ptr(),
-        ldc,
-        r,
-        ldr,
-        act,
-    };
+    assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
+    let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act };
     // SAFETY: sizes checked above; the ISA is supported by this CPU.
     unsafe {
         match w.isa {
@@ -161,9 +138,7 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -230,22 +205,12 @@ mod tests {
                     for (act, res) in [
                         (MinMax::NONE, None),
                         (MinMax::RELU6, Some(r.as_slice())),
-                        (
-                            MinMax {
-                                min: -0.5,
-                                max: 0.25,
-                            },
-                            None,
-                        ),
+                        (MinMax { min: -0.5, max: 0.25 }, None),
                     ] {
                         let want = naive(m, k, n, &a, lda, &w, &b, act, res);
                         let mut c = vec![f32::NAN; m * n];
                         gemm(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
-                        let err = c
-                            .iter()
-                            .zip(&want)
-                            .map(|(x, y)| (x - y).abs())
-                            .fold(0.0, f32::max);
+                        let err = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
                         assert!(
                             err <= 1e-5 * (k as f32).sqrt().max(1.0),
                             "{} m={m} k={k} n={n}: err {err}",
@@ -267,11 +232,7 @@ mod tests {
             let mut c = vec![-7.0; m * 24];
             gemm(m, &a, k, &p, &mut c, 24, MinMax::NONE, None);
             for i in 0..m {
-                assert!(
-                    c[i * 24 + 20..i * 24 + 24].iter().all(|v| *v == -7.0),
-                    "{}",
-                    isa.name()
-                );
+                assert!(c[i * 24 + 20..i * 24 + 24].iter().all(|v| *v == -7.0), "{}", isa.name());
             }
         }
     }

@@ -35,8 +35,7 @@ unsafe fn pixels<const NV: usize, const N: usize>(
         for kx in 0..3 {
             for ci in 0..3 {
                 let t = (ky * 3 + kx) * 3 + ci;
-                let wv: [__m512; NV] =
-                    std::array::from_fn(|v| _mm512_load_ps(w.add(t * p.c_pad + v * 16)));
+                let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_load_ps(w.add(t * p.c_pad + v * 16)));
                 for (j, a) in acc.iter_mut().enumerate() {
                     let ix = ((x0 + j) * g.stride + kx) as isize - g.pad_left as isize;
                     if checked && (ix < 0 || ix as usize >= args.img.w) {
@@ -55,16 +54,8 @@ unsafe fn pixels<const NV: usize, const N: usize>(
         let out = args.out.add((x0 + j) * c);
         for (v, x) in a.iter().enumerate() {
             let cols = c.saturating_sub(v * 16).min(16);
-            let mask = if cols == 16 {
-                0xffff
-            } else {
-                ((1u32 << cols) - 1) as u16
-            };
-            _mm512_mask_storeu_ps(
-                out.add(v * 16),
-                mask,
-                _mm512_min_ps(_mm512_max_ps(*x, lo), hi),
-            );
+            let mask = if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
+            _mm512_mask_storeu_ps(out.add(v * 16), mask, _mm512_min_ps(_mm512_max_ps(*x, lo), hi));
         }
     }
 }
@@ -76,11 +67,8 @@ unsafe fn run<const NV: usize>(args: &Args, p: &PackedStem) {
     let hi = _mm512_set1_ps(args.act.max);
     // Interior: every tap of the pixel lies inside the image.
     let x_lo = g.pad_left.div_ceil(g.stride);
-    let x_hi = if args.img.w + g.pad_left >= 3 {
-        ((args.img.w + g.pad_left - 3) / g.stride + 1).min(g.w_out)
-    } else {
-        0
-    };
+    let x_hi =
+        if args.img.w + g.pad_left >= 3 { ((args.img.w + g.pad_left - 3) / g.stride + 1).min(g.w_out) } else { 0 };
     let x_lo = x_lo.min(x_hi);
     for x in 0..x_lo {
         pixels::<NV, 1>(args, p, x, true, lo, hi);

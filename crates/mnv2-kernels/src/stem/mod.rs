@@ -56,11 +56,7 @@ impl PackedStem {
         assert_eq!(weights.len(), 27 * c);
         assert_eq!(bias.len(), c);
         // The AVX-512 kernel holds up to 3 vectors of outputs per pixel.
-        let isa = if isa == Isa::Avx512 && c > 48 {
-            Isa::Scalar
-        } else {
-            isa
-        };
+        let isa = if isa == Isa::Avx512 && c > 48 { Isa::Scalar } else { isa };
         let c_pad = c.next_multiple_of(16);
         let mut w = AlignedVec::zeros(27 * c_pad);
         for t in 0..27 {
@@ -68,13 +64,7 @@ impl PackedStem {
         }
         let mut b = AlignedVec::zeros(c_pad);
         b[..c].copy_from_slice(bias);
-        PackedStem {
-            c,
-            isa,
-            c_pad,
-            weights: w,
-            bias: b,
-        }
+        PackedStem { c, isa, c_pad, weights: w, bias: b }
     }
 
     pub fn kernel_name(&self) -> &'static str {
@@ -106,18 +96,9 @@ pub(crate) struct Args<'a> {
 pub fn stem_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: &mut [f32]) {
     assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
     assert!(out.len() >= g.w_out * p.c, "output row too short");
-    assert!(
-        g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left,
-        "output wider than the image allows"
-    );
+    assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
     assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
-    let args = Args {
-        img,
-        oy,
-        g,
-        act,
-        out: out.as_mut_ptr(),
-    };
+    let args = Args { img, oy, g, act, out: out.as_mut_ptr() };
     match p.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
@@ -148,18 +129,14 @@ mod tests {
             ] {
                 let out_h = (h + pt + pb - 3) / 2 + 1;
                 let w_out = (w + pl + pr - 3) / 2 + 1;
-                let nhwc: Vec<f32> = (0..h * w * 3)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                    .collect();
+                let nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
                 let mut nchw = vec![0.0; nhwc.len()];
                 for p in 0..h * w {
                     for ch in 0..3 {
                         nchw[ch * h * w + p] = nhwc[p * 3 + ch];
                     }
                 }
-                let wts: Vec<f32> = (0..27 * c)
-                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0)
-                    .collect();
+                let wts: Vec<f32> = (0..27 * c).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
                 let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 1.0).collect();
                 let act = MinMax::RELU6;
                 let g = ConvGeom {
@@ -183,31 +160,11 @@ mod tests {
                     let img = Image { data, h, w, layout };
                     let mut got = vec![f32::NAN; want.len()];
                     for oy in 0..out_h {
-                        let sg = StemGeom {
-                            w_out,
-                            stride: 2,
-                            pad_top: pt,
-                            pad_left: pl,
-                        };
-                        stem_row(
-                            &p,
-                            img,
-                            oy,
-                            sg,
-                            act,
-                            &mut got[oy * w_out * c..(oy + 1) * w_out * c],
-                        );
+                        let sg = StemGeom { w_out, stride: 2, pad_top: pt, pad_left: pl };
+                        stem_row(&p, img, oy, sg, act, &mut got[oy * w_out * c..(oy + 1) * w_out * c]);
                     }
-                    let err = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0, f32::max);
-                    assert!(
-                        err < 1e-5,
-                        "{} {layout:?} {h}x{w}x{c}: {err}",
-                        p.kernel_name()
-                    );
+                    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(err < 1e-5, "{} {layout:?} {h}x{w}x{c}: {err}", p.kernel_name());
                 }
             }
         }

@@ -13,9 +13,7 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let model = Model::load(&a.input)?;
-    model
-        .save(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    model.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     let s = model.spec();
     eprintln!(
         "{} -> {}: width {}, {} classes, {} tensors",

@@ -166,10 +166,7 @@ pub fn main(a: Args) -> Result<()> {
         );
     } else {
         s += "Bottleneck tensors that must be materialised (the paper's Table 3, 16-bit activations):\n";
-        s += &format!(
-            "{:>10} {:>9} {:>12} {:>12}\n",
-            "size", "channels", "bytes f16", "bytes f32"
-        );
+        s += &format!("{:>10} {:>9} {:>12} {:>12}\n", "size", "channels", "bytes f16", "bytes f32");
         for r in &mem.table3 {
             s += &format!(
                 "{:>10} {:>9} {:>12} {:>12}\n",

@@ -31,22 +31,9 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let (height, width_px) = Spec::parse_resolution(&a.resolution)?;
-    let spec = Spec {
-        width: a.width,
-        classes: a.classes,
-        height,
-        width_px,
-        expansion: a.expansion,
-        ..Spec::default()
-    };
+    let spec = Spec { width: a.width, classes: a.classes, height, width_px, expansion: a.expansion, ..Spec::default() };
     let model = Model::init(&spec, a.seed, a.randomize_bn)?;
     model.save(&a.out)?;
-    eprintln!(
-        "wrote {} (width {}, {} classes, seed {})",
-        a.out.display(),
-        a.width,
-        a.classes,
-        a.seed
-    );
+    eprintln!("wrote {} (width {}, {} classes, seed {})", a.out.display(), a.width, a.classes, a.seed);
     Ok(())
 }

@@ -20,8 +20,7 @@ pub fn init(plan: &Plan, seed: u64, randomize_bn: bool) -> BTreeMap<String, Vec<
     let mut out = BTreeMap::new();
     for e in expected(plan) {
         let n: usize = e.shape.iter().product();
-        let mut normal =
-            |std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
+        let mut normal = |std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
         let values = match e.kind {
             Kind::ConvWeight => {
                 let fan_out = e.shape[0] * e.shape[2] * e.shape[3];
@@ -29,12 +28,8 @@ pub fn init(plan: &Plan, seed: u64, randomize_bn: bool) -> BTreeMap<String, Vec<
             }
             Kind::LinearWeight => normal(0.01),
             Kind::LinearBias => vec![0.0; n],
-            Kind::BnWeight if randomize_bn => {
-                (0..n).map(|_| (0.5 + rng.uniform()) as f32).collect()
-            }
-            Kind::BnVar if randomize_bn => {
-                (0..n).map(|_| (0.5 + 1.5 * rng.uniform()) as f32).collect()
-            }
+            Kind::BnWeight if randomize_bn => (0..n).map(|_| (0.5 + rng.uniform()) as f32).collect(),
+            Kind::BnVar if randomize_bn => (0..n).map(|_| (0.5 + 1.5 * rng.uniform()) as f32).collect(),
             Kind::BnBias | Kind::BnMean if randomize_bn => normal(0.1),
             Kind::BnWeight | Kind::BnVar => vec![1.0; n],
             Kind::BnBias | Kind::BnMean => vec![0.0; n],

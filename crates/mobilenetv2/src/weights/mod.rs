@@ -58,10 +58,7 @@ pub struct Tensor {
 impl Tensor {
     pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), values.len());
-        Tensor {
-            shape,
-            data: Data::F32(values),
-        }
+        Tensor { shape, data: Data::F32(values) }
     }
 
     pub fn numel(&self) -> usize {
@@ -121,21 +118,11 @@ pub fn load(path: &Path) -> Result<TensorFile> {
 /// renamed over the target, so a crash or a full disk never leaves a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| {
-        Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

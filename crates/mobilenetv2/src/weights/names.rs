@@ -42,14 +42,7 @@ pub fn is_bn_counter(name: &str) -> bool {
 pub fn expected(plan: &Plan) -> Vec<Expected> {
     let mut out = Vec::new();
     for (i, layer) in plan.layers.iter().enumerate() {
-        let mut push = |name: String, shape: Vec<usize>, kind| {
-            out.push(Expected {
-                name,
-                shape,
-                kind,
-                layer: i,
-            })
-        };
+        let mut push = |name: String, shape: Vec<usize>, kind| out.push(Expected { name, shape, kind, layer: i });
         match &layer.op {
             Op::Conv(c) => {
                 let o = layer.output.c;
@@ -64,16 +57,8 @@ pub fn expected(plan: &Plan) -> Vec<Expected> {
                 push(format!("{}.running_var", c.bn), vec![o], Kind::BnVar);
             }
             Op::Linear => {
-                push(
-                    format!("{}.weight", layer.name),
-                    vec![layer.output.c, layer.input.c],
-                    Kind::LinearWeight,
-                );
-                push(
-                    format!("{}.bias", layer.name),
-                    vec![layer.output.c],
-                    Kind::LinearBias,
-                );
+                push(format!("{}.weight", layer.name), vec![layer.output.c, layer.input.c], Kind::LinearWeight);
+                push(format!("{}.bias", layer.name), vec![layer.output.c], Kind::LinearBias);
             }
             Op::GlobalAvgPool | Op::Dropout { .. } => {}
         }

@@ -18,36 +18,18 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     for (name, view) in st.tensors() {
         let raw = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => Data::F32(
-                raw.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            ),
-            Dtype::F64 => Data::F32(
-                raw.chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-            ),
-            Dtype::F16 => Data::F32(
-                raw.chunks_exact(2)
-                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-                    .collect(),
-            ),
-            Dtype::BF16 => Data::F32(
-                raw.chunks_exact(2)
-                    .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-                    .collect(),
-            ),
-            Dtype::I64 => Data::I64(
-                raw.chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            ),
-            Dtype::I32 => Data::I32(
-                raw.chunks_exact(4)
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            ),
+            Dtype::F32 => Data::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
+            Dtype::F64 => {
+                Data::F32(raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect())
+            }
+            Dtype::F16 => {
+                Data::F32(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
+            }
+            Dtype::BF16 => {
+                Data::F32(raw.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
+            }
+            Dtype::I64 => Data::I64(raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()),
+            Dtype::I32 => Data::I32(raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect()),
             Dtype::I8 => Data::I8(raw.iter().map(|&b| b as i8).collect()),
             Dtype::U8 => Data::U8(raw.to_vec()),
             other => {
@@ -59,25 +41,10 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
                 })
             }
         };
-        tensors.insert(
-            name,
-            Tensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+        tensors.insert(name, Tensor { shape: view.shape().to_vec(), data });
     }
-    let metadata = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    Ok(TensorFile {
-        path: path.into(),
-        tensors,
-        metadata,
-    })
+    let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    Ok(TensorFile { path: path.into(), tensors, metadata })
 }
 
 fn le_bytes(data: &Data) -> (Dtype, Vec<u8>) {
@@ -91,10 +58,7 @@ fn le_bytes(data: &Data) -> (Dtype, Vec<u8>) {
 }
 
 /// Serialises tensors and metadata to safetensors bytes.
-pub fn to_bytes(
-    tensors: &BTreeMap<String, Tensor>,
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>> {
+pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let encoded: Vec<(&String, Dtype, &Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -114,10 +78,6 @@ pub fn to_bytes(
 }
 
 /// Writes a safetensors file atomically.
-pub fn write(
-    path: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    metadata: &BTreeMap<String, String>,
-) -> Result<()> {
+pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<()> {
     super::write_atomic(path, &to_bytes(tensors, metadata)?)
 }
