@@ -1,13 +1,13 @@
-//! AVX-512 depthwise 3x3: per 16-channel tile, the 9 weight vectors and the bias stay in
-//! registers while the row is walked; interior pixels go 4 at a time with no bounds checks
-//! (stride and dilation as constants, so overlapping taps are loaded once), edge pixels one
-//! at a time with checks. Channel tails are masked.
+//! AVX-512 depthwise 3x3. Per 16-channel tile the 9 weight vectors and the bias stay in
+//! registers while the row is walked. Interior pixels go XB at a time, fully unrolled with
+//! stride and dilation as constants, so taps shared by neighbouring pixels are loaded once.
+//! A missing (padding) input row is replaced by a present row with zero weights, which keeps
+//! the inner loop free of branches. Edge pixels go one at a time with bounds checks; channel
+//! tails use masked loads and stores.
 
 use std::arch::x86_64::*;
 
 use super::{Args, PackedDw};
-
-const XB: usize = 4;
 
 /// Loop invariants of one 16-channel tile.
 struct Tile {
@@ -27,32 +27,40 @@ struct Tile {
 
 impl Tile {
     #[inline(always)]
-    unsafe fn store(&self, x: usize, v: __m512) {
-        _mm512_mask_storeu_ps(self.out.add(x * self.c), self.mask, _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi));
+    unsafe fn load<const FULL: bool>(&self, p: *const f32) -> __m512 {
+        if FULL {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(self.mask, p)
+        }
     }
 
     #[inline(always)]
-    unsafe fn tap(&self, p: *const f32, t: usize, acc: __m512) -> __m512 {
-        _mm512_fmadd_ps(_mm512_maskz_loadu_ps(self.mask, p), self.w[t], acc)
+    unsafe fn store<const FULL: bool>(&self, x: usize, v: __m512) {
+        let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
+        let p = self.out.add(x * self.c);
+        if FULL {
+            _mm512_storeu_ps(p, v)
+        } else {
+            _mm512_mask_storeu_ps(p, self.mask, v)
+        }
     }
 
     /// XB interior pixels from output column `x0`; S and D are stride and dilation.
     #[inline(always)]
-    unsafe fn interior<const S: usize, const D: usize>(&self, x0: usize) {
+    unsafe fn interior<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, x0: usize) {
         let mut acc = [self.bias; XB];
-        for (ky, &row) in self.rows.iter().enumerate() {
-            if row.is_null() {
-                continue;
-            }
-            let base = row.add((x0 * S - self.pad) * self.c);
+        for ky in 0..3 {
+            let base = self.rows[ky].add((x0 * S - self.pad) * self.c);
             for kx in 0..3 {
+                let w = self.w[ky * 3 + kx];
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = self.tap(base.add((j * S + kx * D) * self.c), ky * 3 + kx, *a);
+                    *a = _mm512_fmadd_ps(self.load::<FULL>(base.add((j * S + kx * D) * self.c)), w, *a);
                 }
             }
         }
         for (j, a) in acc.iter().enumerate() {
-            self.store(x0 + j, *a);
+            self.store::<FULL>(x0 + j, *a);
         }
     }
 
@@ -60,19 +68,27 @@ impl Tile {
     #[inline(always)]
     unsafe fn pixel(&self, x: usize, checked: bool) {
         let mut a = self.bias;
-        for (ky, &row) in self.rows.iter().enumerate() {
-            if row.is_null() {
-                continue;
-            }
+        for ky in 0..3 {
             for kx in 0..3 {
                 let ix = (x * self.stride + kx * self.dilation) as isize - self.pad as isize;
                 if checked && (ix < 0 || ix as usize >= self.w_in) {
                     continue;
                 }
-                a = self.tap(row.add(ix as usize * self.c), ky * 3 + kx, a);
+                let v = _mm512_maskz_loadu_ps(self.mask, self.rows[ky].add(ix as usize * self.c));
+                a = _mm512_fmadd_ps(v, self.w[ky * 3 + kx], a);
             }
         }
-        self.store(x, a);
+        self.store::<false>(x, a);
+    }
+
+    /// Interior pixels `x..hi` in blocks of XB, then singly.
+    #[inline(always)]
+    unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, mut x: usize, hi: usize) -> usize {
+        while x + XB <= hi {
+            self.interior::<S, D, XB, FULL>(x);
+            x += XB;
+        }
+        x
     }
 }
 
@@ -83,17 +99,28 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     let (lo_x, hi_x) = g.interior();
+    // A padding row reads a present row with zero weights (there is always one present).
+    let present = args.rows.iter().position(|r| !r.is_null()).expect("at least one input row");
     for ct in (0..c).step_by(16) {
         let cols = (c - ct).min(16);
         let t = Tile {
-            rows: std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) }),
+            rows: std::array::from_fn(|i| {
+                let r = if args.rows[i].is_null() { args.rows[present] } else { args.rows[i] };
+                r.add(ct)
+            }),
             out: args.out.add(ct),
             c,
             stride: g.stride,
             dilation: g.dilation,
             pad: g.pad_left,
             w_in: g.w_in,
-            w: std::array::from_fn(|k| _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))),
+            w: std::array::from_fn(|k| {
+                if args.rows[k / 3].is_null() {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
+                }
+            }),
             bias: _mm512_load_ps(w.bias.as_ptr().add(ct)),
             mask: if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 },
             lo: _mm512_set1_ps(args.act.min),
@@ -102,25 +129,18 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
         for x in 0..lo_x {
             t.pixel(x, true);
         }
-        let mut x = lo_x;
-        match (g.stride, g.dilation) {
-            (1, 1) => {
-                while x + XB <= hi_x {
-                    t.interior::<1, 1>(x);
-                    x += XB;
-                }
-            }
-            (2, 1) => {
-                while x + XB <= hi_x {
-                    t.interior::<2, 1>(x);
-                    x += XB;
-                }
-            }
-            _ => {}
-        }
-        while x < hi_x {
+        let full = cols == 16;
+        let x = match (g.stride, g.dilation, full) {
+            (1, 1, true) => t.run::<1, 1, 8, true>(lo_x, hi_x),
+            (1, 1, false) => t.run::<1, 1, 8, false>(lo_x, hi_x),
+            (2, 1, true) => t.run::<2, 1, 4, true>(lo_x, hi_x),
+            (2, 1, false) => t.run::<2, 1, 4, false>(lo_x, hi_x),
+            (1, 2, true) => t.run::<1, 2, 4, true>(lo_x, hi_x),
+            (1, 4, true) => t.run::<1, 4, 4, true>(lo_x, hi_x),
+            _ => lo_x,
+        };
+        for x in x..hi_x {
             t.pixel(x, false);
-            x += 1;
         }
         for x in hi_x.max(lo_x)..g.w_out {
             t.pixel(x, true);

@@ -3,8 +3,10 @@
 //! Every reader returns a [`TensorFile`]: tensors by name in PyTorch layout (OIHW convolution
 //! weights) plus string metadata. [`crate::model::Model`] then fits them to a plan.
 
+pub(crate) mod graph;
 pub mod init;
 pub mod names;
+pub mod onnx;
 pub mod pth;
 pub mod safetensors_io;
 
@@ -90,8 +92,9 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Ok(Format::TorchZip);
     }
-    // Legacy torch: a pickled magic number, protocol 2: 0x80 0x02 then LONG1 (0x8a).
-    if head.len() >= 3 && head[0] == 0x80 && head[2] == 0x8a {
+    // Legacy torch: a sequence of pickles starting with the pickled magic number: PROTO
+    // (0x80) and a protocol version 2..=5 (the reader checks the number itself).
+    if head.len() >= 3 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
         return Ok(Format::TorchLegacy);
     }
     if head.len() >= 9 && head[8] == b'{' {
@@ -108,6 +111,10 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
 /// Reads a weight file in any supported format.
 pub fn load(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let safetensors = bytes.len() >= 9 && bytes[8] == b'{';
+    if !safetensors && (onnx::sniff(&bytes) || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))) {
+        return onnx::read(path, &bytes);
+    }
     match sniff(path, &bytes[..bytes.len().min(16)])? {
         Format::Safetensors => safetensors_io::read(path, &bytes),
         Format::TorchZip | Format::TorchLegacy => pth::read(path, &bytes),
