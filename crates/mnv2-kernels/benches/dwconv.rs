@@ -15,12 +15,15 @@ fn bench(c: &mut Criterion) {
         for (w_in, ch, s) in SHAPES {
             let w_out = (w_in - 1) / s + 1;
             let p = PackedDw::new(isa, &vec![0.1; 9 * ch], ch, &vec![0.0; ch]);
-            let rows: Vec<Vec<f32>> = (0..3).map(|r| (0..w_in * ch).map(|i| ((i + r) % 13) as f32 * 0.1).collect()).collect();
+            let rows: Vec<Vec<f32>> =
+                (0..3).map(|r| (0..w_in * ch).map(|i| ((i + r) % 13) as f32 * 0.1).collect()).collect();
             let mut out = vec![0f32; w_out * ch];
             let geom = DwRow { w_in, w_out, stride: s, dilation: 1, pad_left: 1 };
             g.throughput(Throughput::Elements((9 * w_out * ch) as u64));
             g.bench_function(format!("w{w_in}c{ch}s{s}"), |b| {
-                b.iter(|| dwconv_row(&p, [Some(&rows[0]), Some(&rows[1]), Some(&rows[2])], geom, MinMax::RELU6, &mut out))
+                b.iter(|| {
+                    dwconv_row(&p, [Some(&rows[0]), Some(&rows[1]), Some(&rows[2])], geom, MinMax::RELU6, &mut out)
+                })
             });
         }
         g.finish();

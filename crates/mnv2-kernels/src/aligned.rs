@@ -1,74 +1,89 @@
-//! A 64-byte aligned, zero-initialised f32 buffer: packed weights and scratch rows, so vector
-//! loads never split cache lines.
+//! A 64-byte aligned, zero-initialised buffer (f32 by default; also the integer types of the
+//! int8 kernels): packed weights and scratch rows, so vector loads never split cache lines.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-pub struct AlignedVec {
-    ptr: NonNull<f32>,
+/// Element types whose all-zero bit pattern is the value zero.
+///
+/// # Safety
+/// Implementors must be plain data for which all-zero bytes are a valid value.
+pub unsafe trait Zeroable: Copy + Send + Sync + 'static {}
+// SAFETY: all-zero bytes are 0 for each of these.
+unsafe impl Zeroable for f32 {}
+unsafe impl Zeroable for i8 {}
+unsafe impl Zeroable for u8 {}
+unsafe impl Zeroable for i32 {}
+
+pub struct AlignedVec<T: Zeroable = f32> {
+    ptr: NonNull<T>,
     len: usize,
 }
 
-// SAFETY: AlignedVec owns its allocation like a Vec<f32>.
-unsafe impl Send for AlignedVec {}
-unsafe impl Sync for AlignedVec {}
+// SAFETY: AlignedVec owns its allocation like a Vec<T>.
+unsafe impl<T: Zeroable> Send for AlignedVec<T> {}
+unsafe impl<T: Zeroable> Sync for AlignedVec<T> {}
 
 const ALIGN: usize = 64;
 
-impl AlignedVec {
-    pub fn zeros(len: usize) -> AlignedVec {
+impl<T: Zeroable> AlignedVec<T> {
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len.checked_mul(size_of::<T>()).expect("buffer size overflows"), ALIGN)
+            .expect("buffer size overflows")
+    }
+
+    pub fn zeros(len: usize) -> AlignedVec<T> {
         if len == 0 {
             return AlignedVec { ptr: NonNull::dangling(), len: 0 };
         }
-        let layout = Layout::from_size_align(len * 4, ALIGN).expect("buffer size overflows");
-        // SAFETY: layout has non-zero size.
-        let raw = unsafe { alloc_zeroed(layout) } as *mut f32;
+        let layout = Self::layout(len);
+        // SAFETY: layout has non-zero size; zeroed bytes are valid T (Zeroable).
+        let raw = unsafe { alloc_zeroed(layout) } as *mut T;
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedVec { ptr, len }
     }
 
-    pub fn from_slice(v: &[f32]) -> AlignedVec {
+    pub fn from_slice(v: &[T]) -> AlignedVec<T> {
         let mut a = AlignedVec::zeros(v.len());
         a.copy_from_slice(v);
         a
     }
 }
 
-impl Drop for AlignedVec {
+impl<T: Zeroable> Drop for AlignedVec<T> {
     fn drop(&mut self) {
         if self.len > 0 {
-            let layout = Layout::from_size_align(self.len * 4, ALIGN).unwrap();
             // SAFETY: allocated in `zeros` with this layout.
-            unsafe { dealloc(self.ptr.as_ptr() as *mut u8, layout) }
+            unsafe { dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) }
         }
     }
 }
 
-impl Deref for AlignedVec {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        // SAFETY: ptr is valid for len initialised floats (or dangling with len 0).
+impl<T: Zeroable> Deref for AlignedVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: ptr is valid for len initialised values (or dangling with len 0).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl DerefMut for AlignedVec {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: Zeroable> DerefMut for AlignedVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as above, and we hold &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Clone for AlignedVec {
+impl<T: Zeroable> Clone for AlignedVec<T> {
     fn clone(&self) -> Self {
         AlignedVec::from_slice(self)
     }
 }
 
-impl std::fmt::Debug for AlignedVec {
+impl<T: Zeroable> std::fmt::Debug for AlignedVec<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AlignedVec[{}]", self.len)
+        write!(f, "AlignedVec<{}>[{}]", std::any::type_name::<T>(), self.len)
     }
 }
 
@@ -78,12 +93,15 @@ mod tests {
 
     #[test]
     fn aligned_and_zeroed() {
-        let mut v = AlignedVec::zeros(37);
+        let mut v = AlignedVec::<f32>::zeros(37);
         assert_eq!(v.as_ptr() as usize % 64, 0);
         assert!(v.iter().all(|x| *x == 0.0));
         v[36] = 1.0;
         let w = v.clone();
         assert_eq!(w[36], 1.0);
-        assert_eq!(AlignedVec::zeros(0).len(), 0);
+        assert_eq!(AlignedVec::<f32>::zeros(0).len(), 0);
+        let b = AlignedVec::<u8>::zeros(5);
+        assert_eq!(b.as_ptr() as usize % 64, 0);
+        assert_eq!(&b[..], &[0; 5]);
     }
 }

@@ -8,6 +8,7 @@ pub mod aligned;
 pub mod dwconv;
 pub mod gemm;
 pub mod isa;
+pub mod qgemm;
 pub mod reference;
 pub mod stem;
 

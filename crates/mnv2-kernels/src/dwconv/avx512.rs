@@ -7,12 +7,51 @@
 
 use std::arch::x86_64::*;
 
-use super::{Args, PackedDw};
+use super::{Args, Elem, PackedDw};
+
+/// Loading and storing 16 channels of a row element type as f32 vectors.
+trait Io: Elem {
+    unsafe fn load<const FULL: bool>(p: *const Self, mask: u16) -> __m512;
+    unsafe fn store<const FULL: bool>(p: *mut Self, v: __m512, mask: u16, inv: __m512, zero: __m512i);
+}
+
+impl Io for f32 {
+    #[inline(always)]
+    unsafe fn load<const FULL: bool>(p: *const f32, mask: u16) -> __m512 {
+        if FULL {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(mask, p)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store<const FULL: bool>(p: *mut f32, v: __m512, mask: u16, _: __m512, _: __m512i) {
+        if FULL {
+            _mm512_storeu_ps(p, v)
+        } else {
+            _mm512_mask_storeu_ps(p, mask, v)
+        }
+    }
+}
+
+impl Io for u8 {
+    #[inline(always)]
+    unsafe fn load<const FULL: bool>(p: *const u8, mask: u16) -> __m512 {
+        let b = if FULL { _mm_loadu_si128(p as *const __m128i) } else { _mm_maskz_loadu_epi8(mask, p as *const i8) };
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
+    }
+    #[inline(always)]
+    unsafe fn store<const FULL: bool>(p: *mut u8, v: __m512, mask: u16, inv: __m512, zero: __m512i) {
+        let q =
+            _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zero), _mm512_setzero_si512());
+        _mm512_mask_cvtusepi32_storeu_epi8(p as *mut i8, if FULL { 0xffff } else { mask }, q);
+    }
+}
 
 /// Loop invariants of one 16-channel tile.
-struct Tile {
-    rows: [*const f32; 3],
-    out: *mut f32,
+struct Tile<T> {
+    rows: [*const T; 3],
+    out: *mut T,
     c: usize,
     stride: usize,
     dilation: usize,
@@ -23,27 +62,20 @@ struct Tile {
     mask: u16,
     lo: __m512,
     hi: __m512,
+    inv: __m512,
+    zero: __m512i,
 }
 
-impl Tile {
+impl<T: Io> Tile<T> {
     #[inline(always)]
-    unsafe fn load<const FULL: bool>(&self, p: *const f32) -> __m512 {
-        if FULL {
-            _mm512_loadu_ps(p)
-        } else {
-            _mm512_maskz_loadu_ps(self.mask, p)
-        }
+    unsafe fn load<const FULL: bool>(&self, p: *const T) -> __m512 {
+        T::load::<FULL>(p, self.mask)
     }
 
     #[inline(always)]
     unsafe fn store<const FULL: bool>(&self, x: usize, v: __m512) {
         let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
-        let p = self.out.add(x * self.c);
-        if FULL {
-            _mm512_storeu_ps(p, v)
-        } else {
-            _mm512_mask_storeu_ps(p, self.mask, v)
-        }
+        T::store::<FULL>(self.out.add(x * self.c), v, self.mask, self.inv, self.zero);
     }
 
     /// XB interior pixels from output column `x0`; S and D are stride and dilation.
@@ -74,7 +106,7 @@ impl Tile {
                 if checked && (ix < 0 || ix as usize >= self.w_in) {
                     continue;
                 }
-                let v = _mm512_maskz_loadu_ps(self.mask, self.rows[ky].add(ix as usize * self.c));
+                let v = self.load::<false>(self.rows[ky].add(ix as usize * self.c));
                 a = _mm512_fmadd_ps(v, self.w[ky * 3 + kx], a);
             }
         }
@@ -83,7 +115,11 @@ impl Tile {
 
     /// Interior pixels `x..hi` in blocks of XB, then singly.
     #[inline(always)]
-    unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, mut x: usize, hi: usize) -> usize {
+    unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool>(
+        &self,
+        mut x: usize,
+        hi: usize,
+    ) -> usize {
         while x + XB <= hi {
             self.interior::<S, D, XB, FULL>(x);
             x += XB;
@@ -95,7 +131,17 @@ impl Tile {
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
+pub(crate) unsafe fn row<T: Elem>(args: &Args<T>, w: &PackedDw) {
+    // Only f32 and u8 rows exist (`dwconv_row`, `dwconv_row_u8`).
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() {
+        row_io::<u8>(&*(args as *const Args<T> as *const Args<u8>), w)
+    } else {
+        row_io::<f32>(&*(args as *const Args<T> as *const Args<f32>), w)
+    }
+}
+
+#[inline(always)]
+unsafe fn row_io<T: Io>(args: &Args<T>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     let (lo_x, hi_x) = g.interior();
@@ -125,6 +171,8 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
             mask: if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 },
             lo: _mm512_set1_ps(args.act.min),
             hi: _mm512_set1_ps(args.act.max),
+            inv: _mm512_set1_ps(1.0 / args.out_q.scale),
+            zero: _mm512_set1_epi32(args.out_q.zero),
         };
         for x in 0..lo_x {
             t.pixel(x, true);

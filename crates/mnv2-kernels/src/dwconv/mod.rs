@@ -6,9 +6,13 @@
 //! (pixel stride = channels). Stride 1 or 2, any dilation (atrous, for segmentation), any
 //! left padding; the right padding follows from the widths.
 //!
-//! Kernels: `dwconv_f32_minmax_3x3c16_avx512` (weights of a 16-channel tile held in registers,
-//! 4 output pixels per step, masked channel tails), `dwconv_f32_minmax_3x3c8_avx2`, and a
-//! portable scalar twin.
+//! The same kernels run int8 rows: u8 activations (zero point 0, as every depthwise input is
+//! a ReLU6 output) are widened to f32 on load, and the result is requantised to u8 on store,
+//! with the input scale folded into the weights ([`PackedDw::quantized`]).
+//!
+//! Kernels: `dwconv_{f32,u8}_minmax_3x3c16_avx512` (weights of a 16-channel tile held in
+//! registers, 8 or 4 output pixels per step, masked channel tails), `dwconv_f32_minmax_3x3c8_avx2`,
+//! and a portable scalar twin.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -18,7 +22,36 @@ mod scalar;
 
 use crate::aligned::AlignedVec;
 use crate::isa::Isa;
+use crate::qgemm::QParams;
 use crate::MinMax;
+
+/// Element type of depthwise rows: f32, or u8 quantised with zero point 0.
+pub trait Elem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32, q: QParams) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32, _: QParams) -> f32 {
+        v
+    }
+}
+
+impl Elem for u8 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    #[inline(always)]
+    fn from_f32(v: f32, q: QParams) -> u8 {
+        q.quantize(v)
+    }
+}
 
 /// Channels per packed tile (the widest vector); narrower ISAs read half tiles.
 pub const CTILE: usize = 16;
@@ -46,6 +79,15 @@ impl PackedDw {
         let mut b = AlignedVec::zeros(c_pad);
         b[..c].copy_from_slice(bias);
         PackedDw { c, isa, c_pad, weights: w, bias: b }
+    }
+
+    /// For u8 input rows quantised with `input` (zero point 0): the input scale is folded
+    /// into the weights, so the kernel multiplies the raw bytes.
+    pub fn quantized(isa: Isa, weights: &[f32], c: usize, bias: &[f32], input: QParams) -> PackedDw {
+        assert_eq!(input.zero, 0, "depthwise int8 input must have zero point 0");
+        let scaled: Vec<f32> = weights.iter().map(|w| w * input.scale).collect();
+        let isa = if isa == Isa::Avx512 { isa } else { Isa::Scalar };
+        PackedDw::new(isa, &scaled, c, bias)
     }
 
     pub fn kernel_name(&self) -> &'static str {
@@ -81,16 +123,35 @@ impl DwRow {
     }
 }
 
-pub(crate) struct Args {
-    pub rows: [*const f32; 3],
-    pub out: *mut f32,
+pub(crate) struct Args<T> {
+    pub rows: [*const T; 3],
+    pub out: *mut T,
     pub g: DwRow,
     pub act: MinMax,
+    /// Output quantisation (u8 rows only).
+    pub out_q: QParams,
 }
 
 /// One output row: `out[x][ch] = act(bias[ch] + sum_{ky,kx} rows[ky][x*s + kx*d - pad][ch] * w[ky][kx][ch])`.
 /// Each present row must hold `g.w_in * w.c` values; `out` holds `g.w_out * w.c`.
 pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [f32]) {
+    dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 })
+}
+
+/// [`dwconv_row`] on u8 rows (weights packed by [`PackedDw::quantized`]), the result
+/// quantised with `out_q`.
+pub fn dwconv_row_u8(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], out_q: QParams) {
+    dwconv_row_any(w, rows, g, act, out, out_q)
+}
+
+fn dwconv_row_any<T: Elem>(
+    w: &PackedDw,
+    rows: [Option<&[T]>; 3],
+    g: DwRow,
+    act: MinMax,
+    out: &mut [T],
+    out_q: QParams,
+) {
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(out.len() >= g.w_out * w.c, "output row too short");
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < g.w_in + g.pad_left, "output wider than the input allows");
@@ -101,18 +162,18 @@ pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax
             *p = r.as_ptr();
         }
     }
+    assert!(ptrs.iter().any(|p| !p.is_null()), "an output row reads at least one input row");
     assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
-    let args = Args { rows: ptrs, out: out.as_mut_ptr(), g, act };
+    let args = Args { rows: ptrs, out: out.as_mut_ptr(), g, act, out_q };
+    let is_f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
     // SAFETY: sizes checked above; the ISA is supported.
     unsafe {
         match w.isa {
-            Isa::Scalar => scalar::row(&args, w),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::row(&args, w),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => avx512::row(&args, w),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("non-x86 ISA tier"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if is_f32 => avx2::row(&*(&args as *const Args<T> as *const Args<f32>), w),
+            _ => scalar::row(&args, w),
         }
     }
 }
@@ -208,6 +269,43 @@ mod tests {
             }
             check(isa, 8, 112, 32, 1, 1, 1, 1, 1, 1);
             check(isa, 8, 112, 96, 2, 1, 1, 1, 1, 1);
+        }
+    }
+
+    #[test]
+    fn u8_rows_match_f32_and_every_isa_agrees() {
+        let input_q = QParams { scale: 6.0 / 255.0, zero: 0 };
+        let out_q = QParams { scale: 0.03, zero: 0 };
+        for (w_in, c, s, d) in [(9, 40, 1, 1), (14, 96, 2, 1), (17, 16, 1, 1), (12, 24, 1, 2), (112, 32, 1, 1)] {
+            let w_out = (w_in + 2 * d - 2 * d - 1) / s + 1;
+            let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: d };
+            let rows_u8: Vec<Vec<u8>> =
+                (0..3).map(|r| (0..w_in * c).map(|i| ((i * 7 + r * 13) % 256) as u8).collect()).collect();
+            let rows_f: Vec<Vec<f32>> =
+                rows_u8.iter().map(|r| r.iter().map(|&q| input_q.dequantize(q)).collect()).collect();
+            let wts = vals(c as u64 + 1, 9 * c);
+            let bias = vals(5, c);
+            for missing in [None, Some(0), Some(2)] {
+                let pick = |i: usize| missing != Some(i);
+                let fp = PackedDw::new(Isa::Scalar, &wts, c, &bias);
+                let mut want = vec![0f32; w_out * c];
+                let rf: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_f[i].as_slice()));
+                dwconv_row(&fp, rf, g, MinMax::RELU6, &mut want);
+                let mut outs = Vec::new();
+                for isa in available() {
+                    let qp = PackedDw::quantized(isa, &wts, c, &bias, input_q);
+                    let ru: [Option<&[u8]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_u8[i].as_slice()));
+                    let mut got = vec![0u8; w_out * c];
+                    dwconv_row_u8(&qp, ru, g, MinMax::RELU6, &mut got, out_q);
+                    for (q, w) in got.iter().zip(&want) {
+                        assert!(
+                            (out_q.dequantize(*q) - w.min(out_q.dequantize(255))).abs() <= out_q.scale * 0.5 + 1e-4
+                        );
+                    }
+                    outs.push(got);
+                }
+                assert!(outs.windows(2).all(|p| p[0] == p[1]), "u8 depthwise differs between ISAs");
+            }
         }
     }
 

@@ -1,10 +1,11 @@
-//! Portable twin of the depthwise kernels.
+//! Portable twin of the depthwise kernels (f32 and u8 rows), with the taps summed in the same
+//! order as the vector kernels (fused multiply-adds, row by row), so results match them.
 
-use super::{Args, PackedDw};
+use super::{Args, Elem, PackedDw};
 
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`).
-pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
+pub(crate) unsafe fn row<T: Elem>(args: &Args<T>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     let mut acc = vec![0f32; c];
@@ -22,13 +23,13 @@ pub(crate) unsafe fn row(args: &Args, w: &PackedDw) {
                 let px = row.add(ix as usize * c);
                 let wt = &w.weights[(ky * 3 + kx) * w.c_pad..][..c];
                 for ch in 0..c {
-                    acc[ch] += *px.add(ch) * wt[ch];
+                    acc[ch] = (*px.add(ch)).to_f32().mul_add(wt[ch], acc[ch]);
                 }
             }
         }
         let o = args.out.add(x * c);
         for (ch, v) in acc.iter().enumerate() {
-            *o.add(ch) = args.act.apply(*v);
+            *o.add(ch) = T::from_f32(args.act.apply(*v), args.out_q);
         }
     }
 }

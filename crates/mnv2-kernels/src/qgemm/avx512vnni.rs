@@ -1,0 +1,140 @@
+//! AVX-512 VNNI int8 GEMM: MR rows x 32 columns (28 zmm accumulators at MR = 14) or MR x 16
+//! (24 at MR = 24). Per 4 values of k: one or two 64-byte panel loads, MR broadcasts of 4
+//! activation bytes, and `vpdpbusd` per accumulator (64 multiply-adds each). The epilogue
+//! runs on registers: integer zero-point correction, convert, scale and bias (one FMA), clamp,
+//! residual, requantise, saturate to u8 with masked stores.
+
+use std::arch::x86_64::*;
+
+use super::{Args, PackedQGemm};
+
+const MR32: usize = 14;
+const MR16: usize = 24;
+
+/// Loop invariants of one panel.
+struct Panel {
+    groups: usize,
+    lda: usize,
+    b: *const i8,
+    /// Per column vectors (one or two of each).
+    zcs: [__m512i; 2],
+    mul: [__m512; 2],
+    bias: [__m512; 2],
+    mask: [u16; 2],
+    lo: __m512,
+    hi: __m512,
+    inv: __m512,
+    zo: __m512i,
+    rz: __m512i,
+    rs: __m512,
+}
+
+#[inline(always)]
+fn col_mask(cols: usize) -> u16 {
+    if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as u16
+    }
+}
+
+impl Panel {
+    /// Epilogue of one accumulator vector (columns `v * 16..`), stored at `c` (u8 or f32).
+    #[inline(always)]
+    unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
+        let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, self.zcs[v])), self.mul[v], self.bias[v]);
+        x = _mm512_min_ps(_mm512_max_ps(x, self.lo), self.hi);
+        let mask = self.mask[v];
+        if !args.r.is_null() {
+            let r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, args.r.add(row * args.ldr + col) as *const i8));
+            x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, self.rz)), self.rs, x);
+        }
+        if args.f32_out {
+            _mm512_mask_storeu_ps((args.c as *mut f32).add(row * args.ldc + col), mask, x);
+        } else {
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, self.inv)), self.zo);
+            let q = _mm512_max_epi32(q, _mm512_setzero_si512());
+            _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
+    let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+    let mut bp = p.b;
+    let mut ap = args.a.add(i0 * p.lda);
+    for _ in 0..p.groups {
+        let b: [__m512i; NV] = std::array::from_fn(|v| _mm512_load_si512(bp.add(64 * v) as *const _));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_epi32((ap.add(i * p.lda) as *const i32).read_unaligned());
+            for v in 0..NV {
+                row[v] = _mm512_dpbusd_epi32(row[v], a, b[v]);
+            }
+        }
+        bp = bp.add(64 * NV);
+        ap = ap.add(4);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            p.finish(*x, v, args, i0 + i, n0 + 16 * v);
+        }
+    }
+}
+
+macro_rules! by_rows {
+    ($rows:expr, $nv:literal, $($arg:expr),*) => {
+        match $rows {
+            1 => tile::<1, $nv>($($arg),*), 2 => tile::<2, $nv>($($arg),*), 3 => tile::<3, $nv>($($arg),*),
+            4 => tile::<4, $nv>($($arg),*), 5 => tile::<5, $nv>($($arg),*), 6 => tile::<6, $nv>($($arg),*),
+            7 => tile::<7, $nv>($($arg),*), 8 => tile::<8, $nv>($($arg),*), 9 => tile::<9, $nv>($($arg),*),
+            10 => tile::<10, $nv>($($arg),*), 11 => tile::<11, $nv>($($arg),*), 12 => tile::<12, $nv>($($arg),*),
+            13 => tile::<13, $nv>($($arg),*), 14 => tile::<14, $nv>($($arg),*), 15 => tile::<15, $nv>($($arg),*),
+            16 => tile::<16, $nv>($($arg),*), 17 => tile::<17, $nv>($($arg),*), 18 => tile::<18, $nv>($($arg),*),
+            19 => tile::<19, $nv>($($arg),*), 20 => tile::<20, $nv>($($arg),*), 21 => tile::<21, $nv>($($arg),*),
+            22 => tile::<22, $nv>($($arg),*), 23 => tile::<23, $nv>($($arg),*), 24 => tile::<24, $nv>($($arg),*),
+            _ => unreachable!("tile rows"),
+        }
+    };
+}
+
+/// # Safety
+/// `args` must describe valid buffers for `w` (checked by `qgemm`); the CPU must have
+/// AVX-512 F/BW/VL and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
+    let (k, n, nr) = (w.k, w.n, w.nr);
+    let mr = if nr == 32 { MR32 } else { MR16 };
+    let count = args.m.div_ceil(mr);
+    let (base, extra) = (args.m / count, args.m % count);
+    for pi in 0..w.panels() {
+        let n0 = pi * nr;
+        let cols = nr.min(n - n0);
+        let vec = |v: usize| n0 + 16 * v.min(nr / 16 - 1);
+        let p = Panel {
+            groups: k / 4,
+            lda: args.lda,
+            b: w.data.as_ptr().add(pi * k * nr),
+            zcs: std::array::from_fn(|v| _mm512_loadu_si512(w.zcs.as_ptr().add(vec(v)) as *const _)),
+            mul: std::array::from_fn(|v| _mm512_loadu_ps(w.mul.as_ptr().add(vec(v)))),
+            bias: std::array::from_fn(|v| _mm512_loadu_ps(w.bias.as_ptr().add(vec(v)))),
+            mask: [col_mask(cols), col_mask(cols.saturating_sub(16))],
+            lo: _mm512_set1_ps(args.act.min),
+            hi: _mm512_set1_ps(args.act.max),
+            inv: _mm512_set1_ps(1.0 / args.out_q.scale),
+            zo: _mm512_set1_epi32(args.out_q.zero),
+            rz: _mm512_set1_epi32(args.res_q.zero),
+            rs: _mm512_set1_ps(args.res_q.scale),
+        };
+        let mut i = 0;
+        for t in 0..count {
+            let rows = base + usize::from(t < extra);
+            if nr == 32 {
+                by_rows!(rows, 2, &p, args, i, n0);
+            } else {
+                by_rows!(rows, 1, &p, args, i, n0);
+            }
+            i += rows;
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! int8 pointwise (1x1) convolution: u8 activations x s8 weights -> s32, with a fused float
+//! requantisation epilogue.
+//!
+//! Activations are u8 with an affine map `real = scale * (q - zero)`; weights are s8, symmetric
+//! per output channel (`real = w_scale[n] * q`). The product is accumulated exactly in i32,
+//! then the epilogue computes the real value
+//! `v = (acc - zero_a * colsum[n]) * (scale_a * w_scale[n]) + bias[n]`, clamps it (ReLU6),
+//! adds a u8 residual in real units, and either quantises it to u8 with the output's scale and
+//! zero point (round to nearest even, saturate) or stores it as f32. This is XNNPACK's "fp32
+//! requantisation": one rounding, no fixed-point multipliers to overflow.
+//!
+//! Kernels: `qgemm_u8s8s32_requant_14x32_avx512vnni` (`vpdpbusd`, 4 multiply-adds per byte
+//! lane per instruction; 24x16 for narrow layers) and a portable twin that gives identical
+//! results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
+mod scalar;
+
+use crate::aligned::AlignedVec;
+use crate::isa::Isa;
+use crate::MinMax;
+
+/// Affine quantisation of u8 activations: `real = scale * (q - zero)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero: i32,
+}
+
+impl QParams {
+    /// The u8 quantisation of a real interval (widened to contain 0, as an exact zero is
+    /// needed for padding and ReLU).
+    pub fn from_range(min: f32, max: f32) -> QParams {
+        let (min, max) = (min.min(0.0), max.max(0.0));
+        let scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+        let zero = (-min / scale).round().clamp(0.0, 255.0) as i32;
+        QParams { scale, zero }
+    }
+
+    #[inline(always)]
+    pub fn quantize(self, v: f32) -> u8 {
+        ((v * (1.0 / self.scale)).round_ties_even() as i32 + self.zero).clamp(0, 255) as u8
+    }
+
+    #[inline(always)]
+    pub fn dequantize(self, q: u8) -> f32 {
+        self.scale * (q as i32 - self.zero) as f32
+    }
+}
+
+/// Whether this CPU has the AVX-512 VNNI instructions (`vpdpbusd` on zmm).
+pub fn has_avx512vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512.supported() && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The int8 kernel family for an instruction-set tier: VNNI needs the AVX-512 tier.
+pub fn qisa(isa: Isa) -> Isa {
+    if isa == Isa::Avx512 && has_avx512vnni() {
+        Isa::Avx512
+    } else {
+        Isa::Scalar
+    }
+}
+
+/// A 1x1 convolution quantised and packed for the int8 kernels of one ISA.
+#[derive(Clone, Debug)]
+pub struct PackedQGemm {
+    pub k: usize,
+    pub n: usize,
+    pub nr: usize,
+    pub isa: Isa,
+    /// Per output channel weight scales.
+    pub w_scale: Vec<f32>,
+    /// The input's quantisation, folded into `zcs` and `mul`.
+    pub input: QParams,
+    /// `[panels][k / 4][nr][4]`.
+    pub(crate) data: AlignedVec<i8>,
+    /// `zero_a * colsum[n]`, `[panels * nr]`.
+    pub(crate) zcs: AlignedVec<i32>,
+    /// `scale_a * w_scale[n]`, `[panels * nr]`.
+    pub(crate) mul: AlignedVec<f32>,
+    pub(crate) bias: AlignedVec<f32>,
+}
+
+/// Per output channel symmetric quantisation of `[k][n]` weights: (q `[k][n]`, scales `[n]`).
+pub fn quantize_weights(weights: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(weights.len(), k * n);
+    let scales: Vec<f32> = (0..n)
+        .map(|j| {
+            let m = (0..k).map(|i| weights[i * n + j].abs()).fold(0f32, f32::max);
+            if m > 0.0 {
+                m / 127.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let q = (0..k * n).map(|i| (weights[i] / scales[i % n]).round().clamp(-127.0, 127.0) as i8).collect();
+    (q, scales)
+}
+
+impl PackedQGemm {
+    /// Quantises `weights` (`[k][n]` real) per output channel and packs them; `input` is the
+    /// quantisation of the activations this layer reads. `k` must be a multiple of 4.
+    pub fn new(isa: Isa, weights: &[f32], k: usize, n: usize, bias: &[f32], input: QParams) -> PackedQGemm {
+        let (q, s) = quantize_weights(weights, k, n);
+        PackedQGemm::from_quantized(isa, &q, &s, k, n, bias, input)
+    }
+
+    /// Packs weights that are already quantised (`q` is `[k][n]`, `w_scale` is `[n]`).
+    pub fn from_quantized(
+        isa: Isa,
+        q: &[i8],
+        w_scale: &[f32],
+        k: usize,
+        n: usize,
+        bias: &[f32],
+        input: QParams,
+    ) -> PackedQGemm {
+        assert!(k.is_multiple_of(4), "int8 GEMM needs k % 4 == 0, got {k}");
+        assert_eq!(q.len(), k * n);
+        assert_eq!(w_scale.len(), n);
+        assert_eq!(bias.len(), n);
+        let isa = qisa(isa);
+        let nr = if isa == Isa::Avx512 && n <= 16 { 16 } else { 32 };
+        let panels = n.div_ceil(nr);
+        let mut data = AlignedVec::<i8>::zeros(panels * k * nr);
+        let mut zcs = AlignedVec::<i32>::zeros(panels * nr);
+        let mut mul = AlignedVec::<f32>::zeros(panels * nr);
+        let mut b = AlignedVec::<f32>::zeros(panels * nr);
+        for j in 0..n {
+            let (p, jj) = (j / nr, j % nr);
+            let mut colsum = 0i32;
+            for kk in 0..k {
+                let v = q[kk * n + j];
+                colsum += v as i32;
+                data[((p * (k / 4) + kk / 4) * nr + jj) * 4 + kk % 4] = v;
+            }
+            zcs[j] = input.zero * colsum;
+            mul[j] = input.scale * w_scale[j];
+            b[j] = bias[j];
+        }
+        PackedQGemm { k, n, nr, isa, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b }
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+
+    pub fn kernel_name(&self) -> &'static str {
+        match (self.isa, self.nr) {
+            (Isa::Avx512, 32) => "qgemm_u8s8s32_requant_14x32_avx512vnni",
+            (Isa::Avx512, _) => "qgemm_u8s8s32_requant_24x16_avx512vnni",
+            _ => "qgemm_u8s8s32_requant_4x32_scalar",
+        }
+    }
+}
+
+/// Where the epilogue puts its results.
+pub enum QOut<'a> {
+    /// Quantised to u8 with `q`, row stride `ldc`.
+    U8 { c: &'a mut [u8], ldc: usize, q: QParams },
+    /// Real values, row stride `ldc`.
+    F32 { c: &'a mut [f32], ldc: usize },
+}
+
+/// A u8 tensor added (in real units) after the clamp.
+#[derive(Clone, Copy)]
+pub struct QResidual<'a> {
+    pub r: &'a [u8],
+    pub ldr: usize,
+    pub q: QParams,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Args {
+    pub m: usize,
+    pub a: *const u8,
+    pub lda: usize,
+    pub c: *mut u8,
+    pub ldc: usize,
+    /// f32 output (else u8).
+    pub f32_out: bool,
+    pub out_q: QParams,
+    pub r: *const u8,
+    pub ldr: usize,
+    pub res_q: QParams,
+    pub act: MinMax,
+}
+
+/// Rows `0..m` of `a` (u8, row stride `lda`, quantised as `w.input`) times `w`, through the
+/// epilogue into `out`.
+pub fn qgemm(m: usize, a: &[u8], lda: usize, w: &PackedQGemm, out: QOut, act: MinMax, residual: Option<QResidual>) {
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
+    let (c, ldc, f32_out, out_q) = match out {
+        QOut::U8 { c, ldc, q } => {
+            assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
+            (c.as_mut_ptr(), ldc, false, q)
+        }
+        QOut::F32 { c, ldc } => {
+            assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
+            (c.as_mut_ptr() as *mut u8, ldc, true, QParams { scale: 1.0, zero: 0 })
+        }
+    };
+    let (r, ldr, res_q) = match residual {
+        Some(res) => {
+            assert!(res.ldr >= w.n && res.r.len() >= (m - 1) * res.ldr + w.n, "residual too short");
+            (res.r.as_ptr(), res.ldr, res.q)
+        }
+        None => (std::ptr::null(), 0, QParams { scale: 0.0, zero: 0 }),
+    };
+    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, out_q, r, ldr, res_q, act };
+    // SAFETY: sizes checked above; the VNNI path only exists for packings made on a CPU with it.
+    unsafe {
+        match w.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                assert!(has_avx512vnni());
+                avx512vnni::qgemm(&args, w)
+            }
+            _ => scalar::qgemm(&args, w),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::available;
+
+    fn vals(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Straight from the definition, in f64 for the sum.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[u8],
+        p: &PackedQGemm,
+        q: &[i8],
+        s: &[f32],
+        bias: &[f32],
+        act: MinMax,
+        res: Option<(&[u8], QParams)>,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0i64;
+                for kk in 0..k {
+                    acc += (a[i * k + kk] as i64 - p.input.zero as i64) * q[kk * n + j] as i64;
+                }
+                let mut v = act.apply(acc as f32 * p.input.scale * s[j] + bias[j]);
+                if let Some((r, rq)) = res {
+                    v += rq.dequantize(r[i * n + j]);
+                }
+                out[i * n + j] = v;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_isa_matches_the_definition() {
+        let mut isas: Vec<Isa> = available().into_iter().map(qisa).collect();
+        isas.dedup();
+        eprintln!("qgemm tested on: {isas:?} (avx512vnni: {})", has_avx512vnni());
+        let input = QParams { scale: 0.02, zero: 100 };
+        let out_q = QParams { scale: 0.05, zero: 120 };
+        let res_q = QParams { scale: 0.03, zero: 90 };
+        for &(k, n) in &[(4, 1), (16, 96), (24, 144), (144, 24), (32, 16), (8, 16), (96, 33), (960, 160), (320, 1280)] {
+            let w = vals(k as u64 * 7 + n as u64, k * n);
+            let bias = vals(3, n);
+            let (q, s) = quantize_weights(&w, k, n);
+            for &m in &[1, 5, 13, 14, 15, 24, 25, 49, 112] {
+                let a: Vec<u8> = (0..m * k).map(|i| (i * 37 % 256) as u8).collect();
+                let r: Vec<u8> = (0..m * n).map(|i| (i * 11 % 256) as u8).collect();
+                let mut outs: Vec<Vec<u8>> = Vec::new();
+                for &isa in &isas {
+                    let p = PackedQGemm::from_quantized(isa, &q, &s, k, n, &bias, input);
+                    for (act, res) in
+                        [(MinMax::RELU6, None), (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q }))]
+                    {
+                        let mut c = vec![0u8; m * n];
+                        qgemm(m, &a, k, &p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res);
+                        let want = naive(m, k, n, &a, &p, &q, &s, &bias, act, res.map(|x| (x.r, x.q)));
+                        for (i, (g, w)) in c.iter().zip(&want).enumerate() {
+                            // Half a step of the output grid (plus float slack), after saturation.
+                            let w = out_q.dequantize(0).max(w.min(out_q.dequantize(255)));
+                            let err = (out_q.dequantize(*g) - w).abs();
+                            assert!(
+                                err <= out_q.scale * 0.501 + 1e-5,
+                                "{} m={m} k={k} n={n} at {i}: {} vs {w}",
+                                p.kernel_name(),
+                                out_q.dequantize(*g)
+                            );
+                        }
+                        outs.push(c);
+                        let mut f = vec![0f32; m * n];
+                        qgemm(m, &a, k, &p, QOut::F32 { c: &mut f, ldc: n }, act, res);
+                        for (g, w) in f.iter().zip(&want) {
+                            assert!(
+                                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                                "{} f32 out m={m} k={k} n={n}: {g} vs {w}",
+                                p.kernel_name()
+                            );
+                        }
+                    }
+                }
+                // Every ISA gives the same bytes.
+                let per = outs.len() / isas.len();
+                for o in outs.chunks(per).skip(1) {
+                    assert_eq!(o, &outs[..per], "kernels disagree at m={m} k={k} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qparams_round_trip() {
+        let q = QParams::from_range(-1.0, 3.0);
+        assert_eq!(q.zero, 64);
+        assert_eq!(q.quantize(0.0), 64);
+        assert!((q.dequantize(q.quantize(1.234)) - 1.234).abs() <= q.scale / 2.0);
+        assert_eq!(q.quantize(100.0), 255);
+        assert_eq!(q.quantize(-100.0), 0);
+        assert_eq!(QParams::from_range(0.0, 6.0).zero, 0);
+    }
+}
