@@ -26,6 +26,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Convert weights (.pth, .pt, .safetensors) to the project's safetensors format
     Convert(cmd::convert::Args),
+    /// Export weights for other engines: ONNX (fp32, BatchNorm folded)
+    Export(cmd::export::Args),
     /// Time inference: median and p90 latency, images/s, peak RSS, activation memory
     Bench(cmd::bench::Args),
 }
@@ -39,6 +41,7 @@ fn main() {
         Command::Run(a) => cmd::run::main(a),
         Command::Convert(a) => cmd::convert::main(a),
         Command::Bench(a) => cmd::bench::main(a),
+        Command::Export(a) => cmd::export::main(a),
     };
     if let Err(e) = result {
         if e.chain()

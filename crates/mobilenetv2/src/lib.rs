@@ -16,6 +16,7 @@ pub mod accounting;
 pub mod classify;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod labels;
 pub mod model;
 pub mod npy;

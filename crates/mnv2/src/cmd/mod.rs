@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod classify;
 pub mod convert;
+pub mod export;
 pub mod info;
 pub mod init;
 pub mod run;

@@ -1,0 +1,54 @@
+//! `mnv2 export`: weights to a format other engines run (ONNX for now).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use mobilenetv2::export::onnx;
+use mobilenetv2::Model;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weights file (any format `mnv2 run` reads)
+    #[arg(long)]
+    weights: PathBuf,
+    /// Output format
+    #[arg(long, default_value = "onnx", value_parser = ["onnx"])]
+    format: String,
+    /// Output file
+    #[arg(long)]
+    out: PathBuf,
+    /// A symbolic batch dimension instead of batch 1
+    #[arg(long)]
+    dynamic_batch: bool,
+    /// ONNX opset (11 to 21)
+    #[arg(long, default_value_t = onnx::DEFAULT_OPSET)]
+    opset: i64,
+    /// Input resolution, N or HxW (default: the one the weights were made for)
+    #[arg(long)]
+    resolution: Option<String>,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let mut model = Model::load(&a.weights)?;
+    if let Some(r) = &a.resolution {
+        let (height, width_px) = mobilenetv2::Spec::parse_resolution(r)?;
+        model = model.with_spec(&mobilenetv2::Spec { height, width_px, ..model.spec().clone() })?;
+    }
+    if a.format != "onnx" {
+        bail!("unknown format {}", a.format);
+    }
+    let opts = onnx::Options { dynamic_batch: a.dynamic_batch, opset: a.opset };
+    onnx::write(&model, &a.out, opts).with_context(|| format!("writing {}", a.out.display()))?;
+    let s = model.spec();
+    eprintln!(
+        "{} -> {}: ONNX opset {}, input {}x3x{}x{}, {} classes",
+        a.weights.display(),
+        a.out.display(),
+        a.opset,
+        if a.dynamic_batch { "N" } else { "1" },
+        s.height,
+        s.width_px,
+        s.classes
+    );
+    Ok(())
+}

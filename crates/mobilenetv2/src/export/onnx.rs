@@ -1,0 +1,225 @@
+//! ONNX export: the plan as an ONNX graph for fp32 inference.
+//!
+//! Every convolution of the plan becomes `Conv` with BatchNorm folded in (weights and bias
+//! exactly as the engine folds them), ReLU6 becomes `Clip(0, 6)` with its bounds as inputs,
+//! residuals `Add`, then `GlobalAveragePool`, `Flatten` and `Gemm`. Padding is always explicit
+//! (`pads`), so TF-style 'SAME' layers of the plan keep their asymmetric zeros. Nodes and
+//! tensors carry torchvision's names; the model's metadata records the spec, preprocessing and
+//! labels (`mnv2.spec`, `mnv2.preprocess`, `mnv2.labels`) for a lossless re-import.
+
+use std::path::Path;
+
+use prost::Message;
+
+use crate::engine::fold;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::plan::{Activation, Op};
+use crate::weights::onnx::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+
+/// Opsets the exporter can write (the operators it uses have one form from 11 on).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
+pub const DEFAULT_OPSET: i64 = 17;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// A symbolic batch dimension (`batch`) instead of 1.
+    pub dynamic_batch: bool,
+    pub opset: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { dynamic_batch: false, opset: DEFAULT_OPSET }
+    }
+}
+
+/// The IR version that goes with an opset (onnx's `helper.VERSION_TABLE`).
+fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        _ => 10,
+    }
+}
+
+fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DataType::Float as i32),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+    use tensor_shape_proto::dimension::Value;
+    let dim = dims
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Some(v) => Value::DimValue(*v as i64),
+                None => Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The model as an ONNX `ModelProto`.
+pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
+    if !OPSETS.contains(&opts.opset) {
+        return Err(Error::Input(format!(
+            "ONNX opset {} is not supported for export ({}..={})",
+            opts.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        )));
+    }
+    let plan = &model.plan;
+    let mut nodes = Vec::new();
+    let mut inits = vec![tensor("relu6_min", &[], &[0.0]), tensor("relu6_max", &[], &[6.0])];
+    let mut cur = "input".to_string();
+    let mut block_input = cur.clone();
+    for (i, layer) in plan.layers.iter().enumerate() {
+        if plan.block_of(i).is_some_and(|b| b.first_layer() == i) {
+            block_input = cur.clone();
+        }
+        match &layer.op {
+            Op::Conv(c) => {
+                let f = fold::fold_conv(model, layer);
+                let (o, ig, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
+                // The fold is HWIO; ONNX wants OIHW.
+                let mut w = vec![0f32; f.weights.len()];
+                for oc in 0..o {
+                    for ic in 0..ig {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                w[((oc * ig + ic) * k + ky) * k + kx] = f.weights[((ky * k + kx) * ig + ic) * o + oc];
+                            }
+                        }
+                    }
+                }
+                let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                inits.push(tensor(&wn, &[o, ig, k, k], &w));
+                inits.push(tensor(&bn, &[o], &f.bias));
+                let p = c.pad;
+                let attrs = vec![
+                    ints("dilations", &[c.dilation, c.dilation]),
+                    int("group", c.groups as i64),
+                    ints("kernel_shape", &[k, k]),
+                    ints("pads", &[p.top, p.left, p.bottom, p.right]),
+                    ints("strides", &[c.stride, c.stride]),
+                ];
+                let out = format!("{}.conv", layer.name);
+                nodes.push(node("Conv", &layer.name, &[&cur, &wn, &bn], &out, attrs));
+                cur = out;
+                if c.activation == Activation::Relu6 {
+                    let out = format!("{}.relu6", layer.name);
+                    nodes.push(node("Clip", &out, &[&cur, "relu6_min", "relu6_max"], &out, vec![]));
+                    cur = out;
+                }
+                if c.residual {
+                    let out = format!("{}.add", layer.name);
+                    nodes.push(node("Add", &out, &[&cur, &block_input], &out, vec![]));
+                    cur = out;
+                }
+            }
+            Op::GlobalAvgPool => {
+                nodes.push(node("GlobalAveragePool", &layer.name, &[&cur], &layer.name, vec![]));
+                nodes.push(node("Flatten", "flatten", &[&layer.name], "flatten", vec![int("axis", 1)]));
+                cur = "flatten".into();
+            }
+            Op::Dropout { .. } => {}
+            Op::Linear => {
+                let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
+                inits.push(tensor(&bn, &[layer.output.c], model.param(&bn)));
+                nodes.push(node("Gemm", &layer.name, &[&cur, &wn, &bn], "logits", vec![int("transB", 1)]));
+                cur = "logits".into();
+            }
+        }
+    }
+    let batch = if opts.dynamic_batch { None } else { Some(1) };
+    let inp = plan.input();
+    let meta = model.metadata();
+    let metadata_props = ["spec", "preprocess", "labels"]
+        .iter()
+        .filter_map(|k| {
+            meta.get(*k).map(|v| StringStringEntryProto { key: Some(format!("mnv2.{k}")), value: Some(v.clone()) })
+        })
+        .collect();
+    Ok(ModelProto {
+        ir_version: Some(ir_version(opts.opset)),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opts.opset) }],
+        producer_name: Some("mnv2".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(GraphProto {
+            name: Some("mobilenetv2".into()),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("input", &[batch, Some(3), Some(inp.h), Some(inp.w)])],
+            output: vec![value_info(&cur, &[batch, Some(plan.output().c)])],
+            ..Default::default()
+        }),
+        metadata_props,
+        ..Default::default()
+    })
+}
+
+/// The model as ONNX bytes.
+pub fn to_bytes(model: &Model, opts: Options) -> Result<Vec<u8>> {
+    Ok(to_proto(model, opts)?.encode_to_vec())
+}
+
+/// Writes the model as an ONNX file, atomically.
+pub fn write(model: &Model, path: &Path, opts: Options) -> Result<()> {
+    crate::weights::write_atomic(path, &to_bytes(model, opts)?)
+}
