@@ -287,7 +287,7 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
     let expansion = net
         .units
         .get(3)
-        .filter(|u| u.groups == 1 && u.shape[1] > 0 && u.shape[0] % u.shape[1] == 0)
+        .filter(|u| u.groups == 1 && u.shape[1] > 0 && u.shape[0].is_multiple_of(u.shape[1]))
         .map(|u| u.shape[0] / u.shape[1])
         .filter(|&t| t != 6 && (1..=32).contains(&t));
     let bottleneck = match net.units.get(2) {

@@ -5,6 +5,7 @@
 
 pub(crate) mod graph;
 pub mod init;
+pub mod keras;
 pub mod names;
 pub mod onnx;
 pub mod pth;
@@ -111,6 +112,12 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
 /// Reads a weight file in any supported format.
 pub fn load(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if keras::hdf5::sniff(&bytes) {
+        return keras::read_h5(path, &bytes);
+    }
+    if bytes.starts_with(b"PK\x03\x04") && keras::is_archive(&bytes) {
+        return keras::read_archive(path, &bytes);
+    }
     let safetensors = bytes.len() >= 9 && bytes[8] == b'{';
     if !safetensors && (onnx::sniff(&bytes) || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))) {
         return onnx::read(path, &bytes);

@@ -60,7 +60,7 @@ fn tensor_f32(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
     let raw = t.raw_data.as_deref();
     let dtype = t.data_type();
     let values: Vec<f32> = match (DataType::try_from(dtype).ok(), raw) {
-        (Some(DataType::Float), Some(r)) => le_chunks::<4>(path, name, r, n)?.map(|b| f32::from_le_bytes(b)).collect(),
+        (Some(DataType::Float), Some(r)) => le_chunks::<4>(path, name, r, n)?.map(f32::from_le_bytes).collect(),
         (Some(DataType::Float), None) => t.float_data.clone(),
         (Some(DataType::Double), Some(r)) => {
             le_chunks::<8>(path, name, r, n)?.map(|b| f64::from_le_bytes(b) as f32).collect()
@@ -125,6 +125,9 @@ fn le_chunks<'a, const N: usize>(
     Ok(raw.chunks_exact(N).map(|c| c.try_into().expect("chunk of N bytes")))
 }
 
+/// The classifier: node, `[out, in]` shape, weights, bias (missing until MatMul's Add).
+type Fc = (String, [usize; 2], Vec<f32>, Option<Vec<f32>>);
+
 /// What a value of the graph is to the walk.
 #[derive(Clone, Debug)]
 enum Val {
@@ -154,7 +157,7 @@ struct Walk<'a> {
     /// Value ids for [`graph`]: the input is 0, unit i's output is i + 1.
     units: Vec<Unit>,
     pool: Option<(ValueId, String)>,
-    fc: Option<(String, [usize; 2], Vec<f32>, Option<Vec<f32>>)>,
+    fc: Option<Fc>,
     last_unit_state: Vec<UnitState>,
     /// Unit outputs read by later units, the residual adds and the pooling: each must be the
     /// unit's final output (checked once the walk is done).
