@@ -11,6 +11,7 @@ pub mod isa;
 pub mod qgemm;
 pub mod reference;
 pub mod stem;
+pub mod train;
 
 pub use aligned::AlignedVec;
 pub use isa::Isa;

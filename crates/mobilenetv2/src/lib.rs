@@ -25,6 +25,7 @@ pub mod preprocess;
 pub mod rng;
 pub mod spec;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use engine::Engine;
