@@ -10,6 +10,7 @@ pub mod names;
 pub mod onnx;
 pub mod pth;
 pub mod safetensors_io;
+pub mod tflite;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,9 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
 /// Reads a weight file in any supported format.
 pub fn load(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if tflite::sniff(&bytes) {
+        return tflite::read(path, &bytes);
+    }
     if keras::hdf5::sniff(&bytes) {
         return keras::read_h5(path, &bytes);
     }

@@ -1,0 +1,538 @@
+//! TFLite import: MobileNetV2 `.tflite` flatbuffers, fp32 and full-integer (int8/uint8).
+//!
+//! A hand-written reader of the few flatbuffer tables the graph needs (Model, OperatorCode,
+//! SubGraph, Tensor, QuantizationParameters, Operator, Buffer and the options of the
+//! operators below), after the TFLite schema (`schema.fbs`, Apache-2.0). Every offset is
+//! bounds-checked: a corrupt file gives an error, never a panic.
+//!
+//! The graph is walked like the ONNX one: CONV_2D and DEPTHWISE_CONV_2D open a unit (BatchNorm
+//! is already folded into their bias; a fused RELU6 is the unit's activation), PAD before a
+//! VALID convolution becomes its padding, ADD is a residual, MEAN (or AVERAGE_POOL_2D) over H
+//! and W, RESHAPE/SQUEEZE and FULLY_CONNECTED make the classifier; QUANTIZE, DEQUANTIZE and a
+//! final SOFTMAX pass through. Quantized weights are dequantized (`scale * (q - zero_point)`,
+//! per channel where the file says so), so an int8 model runs on the float engine for now;
+//! an int8 engine is a separate issue.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::graph::{self, ConvPad, FitOptions, Head, Network, Unit};
+use super::{f16_to_f32, TensorFile};
+use crate::error::{Error, Result};
+use crate::model::Preprocess;
+use crate::spec::Padding;
+
+/// Does the file carry TFLite's flatbuffer identifier?
+pub fn sniff(head: &[u8]) -> bool {
+    head.len() >= 8 && &head[4..8] == b"TFL3"
+}
+
+/// A flatbuffer table: its position and its vtable.
+#[derive(Clone, Copy)]
+struct Table<'a> {
+    b: &'a [u8],
+    pos: usize,
+    vt: usize,
+    vt_len: usize,
+}
+
+type R<T> = std::result::Result<T, String>;
+
+fn rd<const N: usize>(b: &[u8], at: usize) -> R<[u8; N]> {
+    at.checked_add(N)
+        .and_then(|e| b.get(at..e))
+        .map(|s| s.try_into().expect("N bytes"))
+        .ok_or_else(|| format!("offset {at} is past the end of the file"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> R<usize> {
+    Ok(u32::from_le_bytes(rd::<4>(b, at)?) as usize)
+}
+
+impl<'a> Table<'a> {
+    fn at(b: &'a [u8], pos: usize) -> R<Table<'a>> {
+        let soff = i32::from_le_bytes(rd::<4>(b, pos)?) as i64;
+        let vt = usize::try_from(pos as i64 - soff).map_err(|_| "a vtable before the start of the file".to_string())?;
+        let vt_len = u16::from_le_bytes(rd::<2>(b, vt)?) as usize;
+        if vt_len < 4 || !vt_len.is_multiple_of(2) {
+            return Err(format!("a corrupt vtable at {vt}"));
+        }
+        Ok(Table { b, pos, vt, vt_len })
+    }
+
+    /// Position of field `i`, if present.
+    fn field(&self, i: usize) -> R<Option<usize>> {
+        let e = 4 + 2 * i;
+        if e + 2 > self.vt_len {
+            return Ok(None);
+        }
+        let off = u16::from_le_bytes(rd::<2>(self.b, self.vt + e)?) as usize;
+        Ok((off != 0).then_some(self.pos + off))
+    }
+
+    fn scalar<const N: usize>(&self, i: usize) -> R<Option<[u8; N]>> {
+        self.field(i)?.map(|p| rd::<N>(self.b, p)).transpose()
+    }
+    fn u8(&self, i: usize, d: u8) -> R<u8> {
+        Ok(self.scalar::<1>(i)?.map_or(d, |b| b[0]))
+    }
+    fn i32(&self, i: usize, d: i32) -> R<i32> {
+        Ok(self.scalar::<4>(i)?.map_or(d, i32::from_le_bytes))
+    }
+    fn u64(&self, i: usize) -> R<u64> {
+        Ok(self.scalar::<8>(i)?.map_or(0, u64::from_le_bytes))
+    }
+
+    fn target(&self, i: usize) -> R<Option<usize>> {
+        match self.field(i)? {
+            None => Ok(None),
+            Some(p) => Ok(Some(p.checked_add(u32_at(self.b, p)?).ok_or("offset overflow")?)),
+        }
+    }
+
+    fn table(&self, i: usize) -> R<Option<Table<'a>>> {
+        self.target(i)?.map(|p| Table::at(self.b, p)).transpose()
+    }
+
+    /// A vector's element count and the position of its first element.
+    fn vector(&self, i: usize, elem: usize) -> R<(usize, usize)> {
+        let Some(p) = self.target(i)? else { return Ok((0, 0)) };
+        let n = u32_at(self.b, p)?;
+        let end = n.checked_mul(elem).and_then(|s| s.checked_add(p + 4));
+        if end.is_none_or(|e| e > self.b.len()) {
+            return Err(format!("a vector of {n} elements at {p} runs past the end of the file"));
+        }
+        Ok((n, p + 4))
+    }
+
+    fn tables(&self, i: usize) -> R<Vec<Table<'a>>> {
+        let (n, p) = self.vector(i, 4)?;
+        (0..n).map(|k| Table::at(self.b, p + 4 * k + u32_at(self.b, p + 4 * k)?)).collect()
+    }
+
+    fn bytes(&self, i: usize) -> R<&'a [u8]> {
+        let (n, p) = self.vector(i, 1)?;
+        Ok(&self.b[p..p + n])
+    }
+
+    fn ints(&self, i: usize) -> R<Vec<i32>> {
+        let (n, p) = self.vector(i, 4)?;
+        (0..n).map(|k| Ok(i32::from_le_bytes(rd::<4>(self.b, p + 4 * k)?))).collect()
+    }
+
+    fn floats(&self, i: usize) -> R<Vec<f32>> {
+        Ok(self.ints(i)?.into_iter().map(|v| f32::from_bits(v as u32)).collect())
+    }
+
+    fn longs(&self, i: usize) -> R<Vec<i64>> {
+        let (n, p) = self.vector(i, 8)?;
+        (0..n).map(|k| Ok(i64::from_le_bytes(rd::<8>(self.b, p + 8 * k)?))).collect()
+    }
+
+    fn string(&self, i: usize) -> R<String> {
+        Ok(String::from_utf8_lossy(self.bytes(i)?).into_owned())
+    }
+}
+
+// Builtin operator codes (schema.fbs `BuiltinOperator`).
+const ADD: i32 = 0;
+const AVERAGE_POOL_2D: i32 = 1;
+const CONV_2D: i32 = 3;
+const DEPTHWISE_CONV_2D: i32 = 4;
+const DEQUANTIZE: i32 = 6;
+const FULLY_CONNECTED: i32 = 9;
+const RELU6: i32 = 21;
+const RESHAPE: i32 = 22;
+const SOFTMAX: i32 = 25;
+const PAD: i32 = 34;
+const MEAN: i32 = 40;
+const SQUEEZE: i32 = 43;
+const QUANTIZE: i32 = 114;
+
+fn op_name(code: i32) -> String {
+    match code {
+        ADD => "ADD".into(),
+        AVERAGE_POOL_2D => "AVERAGE_POOL_2D".into(),
+        CONV_2D => "CONV_2D".into(),
+        DEPTHWISE_CONV_2D => "DEPTHWISE_CONV_2D".into(),
+        DEQUANTIZE => "DEQUANTIZE".into(),
+        FULLY_CONNECTED => "FULLY_CONNECTED".into(),
+        RELU6 => "RELU6".into(),
+        RESHAPE => "RESHAPE".into(),
+        SOFTMAX => "SOFTMAX".into(),
+        PAD => "PAD".into(),
+        MEAN => "MEAN".into(),
+        SQUEEZE => "SQUEEZE".into(),
+        QUANTIZE => "QUANTIZE".into(),
+        c => format!("builtin operator {c}"),
+    }
+}
+
+/// A tensor of the subgraph: shape, name, constant values (dequantized) if it has data.
+struct Tens {
+    shape: Vec<usize>,
+    name: String,
+    data: Option<Vec<f32>>,
+    quantized: bool,
+}
+
+fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
+    let shape: Vec<usize> = t
+        .ints(0)?
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
+        .collect::<R<_>>()?;
+    let name = t.string(3)?;
+    let ty = t.u8(1, 0)?;
+    let buf = u32::from_le_bytes(t.scalar::<4>(2)?.unwrap_or([0; 4])) as usize;
+    let raw: &[u8] = match buffers.get(buf) {
+        Some(bt) if buf > 0 => {
+            let data = bt.bytes(0)?;
+            let (off, size) = (bt.u64(1)?, bt.u64(2)?);
+            if data.is_empty() && off > 1 {
+                let (o, s) = (off as usize, size as usize);
+                o.checked_add(s)
+                    .and_then(|e| b.get(o..e))
+                    .ok_or_else(|| format!("tensor `{name}`: data past the end"))?
+            } else {
+                data
+            }
+        }
+        _ => &[],
+    };
+    let q = t.table(4)?;
+    let (scale, zero, qdim) = match &q {
+        Some(q) => (q.floats(2)?, q.longs(3)?, q.i32(6, 0)?),
+        None => (vec![], vec![], 0),
+    };
+    let quantized = !scale.is_empty();
+    if raw.is_empty() {
+        return Ok(Tens { shape, name, data: None, quantized });
+    }
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("implausible shape")?;
+    let size = match ty {
+        0 | 2 => 4,
+        4 | 10 => 8,
+        1 | 7 => 2,
+        3 | 9 => 1,
+        _ => return Err(format!("tensor `{name}` has element type {ty}, which this reader does not handle")),
+    };
+    if raw.len() != n * size {
+        return Err(format!("tensor `{name}` has {} bytes of data, its shape {shape:?} needs {}", raw.len(), n * size));
+    }
+    let ints: Vec<i64> = match ty {
+        2 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
+        4 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
+        7 => raw.chunks_exact(2).map(|c| i16::from_le_bytes(c.try_into().expect("2")) as i64).collect(),
+        3 => raw.iter().map(|&v| v as i64).collect(),
+        9 => raw.iter().map(|&v| v as i8 as i64).collect(),
+        _ => vec![],
+    };
+    let values: Vec<f32> = match ty {
+        0 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
+        10 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32).collect(),
+        1 => raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        _ if quantized => {
+            // Per channel along `quantized_dimension`, or per tensor.
+            let qd = usize::try_from(qdim).ok().filter(|&d| d < shape.len().max(1)).ok_or("bad quantized_dimension")?;
+            let channels = if scale.len() > 1 { shape.get(qd).copied().unwrap_or(1) } else { 1 };
+            if scale.len() != channels || (!zero.is_empty() && zero.len() != scale.len()) {
+                return Err(format!("tensor `{name}`: {} scales for {channels} channels", scale.len()));
+            }
+            let inner: usize = shape.get(qd + 1..).map_or(1, |s| s.iter().product());
+            ints.iter()
+                .enumerate()
+                .map(|(i, &q)| {
+                    let c = if channels > 1 { (i / inner.max(1)) % channels } else { 0 };
+                    let z = zero.get(c).copied().unwrap_or(0);
+                    (scale[c] as f64 * (q - z) as f64) as f32
+                })
+                .collect()
+        }
+        _ => ints.iter().map(|&v| v as f32).collect(),
+    };
+    Ok(Tens { shape, name, data: Some(values), quantized })
+}
+
+/// The classifier: operator, `[out, in]`, weights, bias.
+type Fc = (String, [usize; 2], Vec<f32>, Vec<f32>);
+
+#[derive(Clone, Debug)]
+enum Val {
+    Input,
+    Unit(usize),
+    /// A PAD of a value: the value's id for [`graph`] and the pads (top, left, bottom, right).
+    Padded(usize, [usize; 4]),
+    Pooled,
+    Flat,
+    Logits,
+}
+
+/// Reads a MobileNetV2 `.tflite` model into torchvision-named tensors.
+pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
+    read_inner(path, bytes).map_err(|e| match e {
+        Walk::Format(d) => Error::format(path, "TFLite", d),
+        Walk::Misfit(d) => Error::NoConfig { path: path.into(), detail: d },
+        Walk::Other(e) => e,
+    })
+}
+
+enum Walk {
+    Format(String),
+    Misfit(String),
+    Other(Error),
+}
+
+impl From<String> for Walk {
+    fn from(s: String) -> Walk {
+        Walk::Format(s)
+    }
+}
+
+impl From<&str> for Walk {
+    fn from(s: &str) -> Walk {
+        Walk::Format(s.into())
+    }
+}
+
+fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk> {
+    let model = Table::at(bytes, u32_at(bytes, 0)?)?;
+    let codes: Vec<i32> =
+        model.tables(1)?.iter().map(|c| Ok((c.u8(0, 0)? as i8 as i32).max(c.i32(3, 0)?))).collect::<R<_>>()?;
+    let subgraphs = model.tables(2)?;
+    let sg = subgraphs.first().ok_or("the model has no subgraph")?;
+    let buffers = model.tables(4)?;
+    let tensors: Vec<Tens> = sg.tables(0)?.iter().map(|t| tensor(t, &buffers, bytes)).collect::<R<_>>()?;
+    let tens = |i: i32| -> R<&Tens> {
+        usize::try_from(i).ok().and_then(|i| tensors.get(i)).ok_or_else(|| format!("tensor index {i} out of range"))
+    };
+    let inputs = sg.ints(1)?;
+    let outputs = sg.ints(2)?;
+    let input = *inputs.first().ok_or("the subgraph has no input")?;
+    let it = tens(input)?;
+    let hw = match it.shape[..] {
+        [_, h, w, 3] if h > 0 && w > 0 => Some((h, w)),
+        _ => {
+            return Err(Walk::Format(format!(
+                "input `{}` has shape {:?}, expected NHWC with 3 channels",
+                it.name, it.shape
+            )))
+        }
+    };
+    let mut vals: HashMap<i32, Val> = HashMap::new();
+    vals.insert(input, Val::Input);
+    let mut units: Vec<Unit> = Vec::new();
+    let mut pool: Option<(usize, String)> = None;
+    let mut fc: Option<Fc> = None;
+    for (k, op) in sg.tables(3)?.iter().enumerate() {
+        let code = *usize::try_from(op.i32(0, 0)?).ok().and_then(|i| codes.get(i)).ok_or("bad opcode index")?;
+        let ins = op.ints(1)?;
+        let outs = op.ints(2)?;
+        let out = *outs.first().ok_or("an operator without outputs")?;
+        let label = format!(
+            "operator #{k} ({}{})",
+            op_name(code),
+            tens(out).map(|t| format!(" -> `{}`", t.name)).unwrap_or_default()
+        );
+        let misfit = |d: String| Walk::Misfit(format!("{label} does not fit a MobileNetV2: {d}"));
+        let val = |i: usize| -> std::result::Result<Val, Walk> {
+            let t = *ins.get(i).ok_or_else(|| misfit(format!("input {i} is missing")))?;
+            vals.get(&t).cloned().ok_or_else(|| {
+                misfit(format!("its input `{}` is not produced before it", tens(t).map_or("?", |t| &t.name)))
+            })
+        };
+        let konst = |i: usize| -> std::result::Result<(&Tens, &Vec<f32>), Walk> {
+            let t = tens(*ins.get(i).ok_or_else(|| misfit(format!("input {i} is missing")))?)?;
+            t.data.as_ref().map(|d| (t, d)).ok_or_else(|| misfit(format!("`{}` is not a constant", t.name)))
+        };
+        let opts = op.table(4)?;
+        let fused = |field: usize| -> std::result::Result<bool, Walk> {
+            match opts.map(|o| o.u8(field, 0)).transpose()?.unwrap_or(0) {
+                0 => Ok(false),
+                3 => Ok(true),
+                a => Err(misfit(format!("fused activation {a} is not ReLU6"))),
+            }
+        };
+        let v = match code {
+            QUANTIZE | DEQUANTIZE => val(0)?,
+            CONV_2D | DEPTHWISE_CONV_2D => {
+                let dw = code == DEPTHWISE_CONV_2D;
+                let (x, extra) = match val(0)? {
+                    Val::Input => (0, [0; 4]),
+                    Val::Unit(u) => (u + 1, [0; 4]),
+                    Val::Padded(x, p) => (x, p),
+                    _ => return Err(misfit("its input is not the image or a convolution's output".into())),
+                };
+                let (wt, w) = konst(1)?;
+                let [a, kh, kw, c] = wt.shape[..] else {
+                    return Err(misfit(format!("a filter of shape {:?}", wt.shape)));
+                };
+                let bias = match ins.get(2) {
+                    Some(&b) if b >= 0 => Some(konst(2)?.1.clone()),
+                    _ => None,
+                };
+                let o = opts.ok_or_else(|| misfit("no options".into()))?;
+                let (padding, sw, sh) = (o.u8(0, 0)?, o.i32(1, 1)?, o.i32(2, 1)?);
+                let (act, dwf, dhf) = if dw { (4, 5, 6) } else { (3, 4, 5) };
+                let relu6 = fused(act)?;
+                let (dil_w, dil_h) = (o.i32(dwf, 1)?, o.i32(dhf, 1)?);
+                let pos = |v: i32, what: &str| {
+                    usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| misfit(format!("{what} {v}")))
+                };
+                let stride = [pos(sh, "stride")?, pos(sw, "stride")?];
+                let dilation = [pos(dil_h, "dilation")?, pos(dil_w, "dilation")?];
+                let pad = match (padding, extra) {
+                    (1, p) => ConvPad::Explicit(p),
+                    (0, [0, 0, 0, 0]) => ConvPad::Same,
+                    _ => return Err(misfit("SAME padding after a PAD".into())),
+                };
+                // TFLite filters: OHWI, depthwise 1HWC. To OIHW.
+                let (shape, groups) = if dw {
+                    if a != 1 {
+                        return Err(misfit(format!("a depthwise filter of shape {:?}", wt.shape)));
+                    }
+                    ([c, 1, kh, kw], c)
+                } else {
+                    ([a, c, kh, kw], 1)
+                };
+                let (cout, cin) = (shape[0], shape[1]);
+                let mut oihw = vec![0f32; w.len()];
+                for oc in 0..cout {
+                    for ic in 0..cin {
+                        for y in 0..kh {
+                            for xk in 0..kw {
+                                let src = if dw { (y * kw + xk) * c + oc } else { ((oc * kh + y) * kw + xk) * c + ic };
+                                oihw[((oc * cin + ic) * kh + y) * kw + xk] = w[src];
+                            }
+                        }
+                    }
+                }
+                units.push(Unit {
+                    node: label.clone(),
+                    input: x,
+                    weight: oihw,
+                    shape,
+                    bias,
+                    bn: None,
+                    stride,
+                    dilation,
+                    pad,
+                    groups,
+                    relu6,
+                    residual: None,
+                });
+                Val::Unit(units.len() - 1)
+            }
+            PAD => {
+                let x = match val(0)? {
+                    Val::Input => 0,
+                    Val::Unit(u) => u + 1,
+                    _ => return Err(misfit("it does not pad the image or a convolution's output".into())),
+                };
+                let (_, p) = konst(1)?;
+                let p: Vec<usize> = p.iter().map(|&v| v as usize).collect();
+                match p[..] {
+                    [0, 0, t, b, l, r, 0, 0] => Val::Padded(x, [t, l, b, r]),
+                    _ => return Err(misfit(format!("paddings {p:?} (only height and width may be padded)"))),
+                }
+            }
+            RELU6 => match val(0)? {
+                Val::Unit(u) if !units[u].relu6 && units[u].residual.is_none() => {
+                    units[u].relu6 = true;
+                    Val::Unit(u)
+                }
+                _ => return Err(misfit("a ReLU6 in a place a MobileNetV2 has none".into())),
+            },
+            ADD => match (val(0)?, val(1)?) {
+                (Val::Unit(i), Val::Unit(j)) => {
+                    let (u, other) = if i > j { (i, j) } else { (j, i) };
+                    if units[u].residual.is_some() {
+                        return Err(misfit("a second residual Add".into()));
+                    }
+                    if fused(0)? {
+                        return Err(misfit("a ReLU6 after a residual Add".into()));
+                    }
+                    units[u].residual = Some((other + 1, label.clone()));
+                    Val::Unit(u)
+                }
+                _ => return Err(misfit("an ADD that is not a residual".into())),
+            },
+            MEAN | AVERAGE_POOL_2D => {
+                let Val::Unit(u) = val(0)? else {
+                    return Err(misfit("it does not pool a convolution's output".into()));
+                };
+                if code == MEAN {
+                    let (_, axes) = konst(1)?;
+                    let mut axes: Vec<i64> =
+                        axes.iter().map(|&a| if a < 0.0 { a as i64 + 4 } else { a as i64 }).collect();
+                    axes.sort_unstable();
+                    if axes != [1, 2] {
+                        return Err(misfit(format!("a MEAN over axes {axes:?}, expected height and width")));
+                    }
+                }
+                if pool.is_some() {
+                    return Err(misfit("a second pooling".into()));
+                }
+                pool = Some((u + 1, label.clone()));
+                Val::Pooled
+            }
+            RESHAPE | SQUEEZE => match val(0)? {
+                Val::Pooled | Val::Flat => Val::Flat,
+                _ => return Err(misfit("it does not flatten the pooled features".into())),
+            },
+            FULLY_CONNECTED => {
+                if !matches!(val(0)?, Val::Pooled | Val::Flat) {
+                    return Err(misfit("its input is not the pooled features".into()));
+                }
+                let (wt, w) = konst(1)?;
+                let [o, i] = wt.shape[..] else {
+                    return Err(misfit(format!("weights of shape {:?}", wt.shape)));
+                };
+                let bias = match ins.get(2) {
+                    Some(&b) if b >= 0 => konst(2)?.1.clone(),
+                    _ => vec![0.0; o],
+                };
+                if fused(0)? {
+                    return Err(misfit("a ReLU6 on the logits".into()));
+                }
+                if fc.is_some() {
+                    return Err(misfit("a second fully connected layer".into()));
+                }
+                fc = Some((label.clone(), [o, i], w.clone(), bias));
+                Val::Logits
+            }
+            SOFTMAX => match val(0)? {
+                Val::Logits => Val::Logits,
+                _ => return Err(misfit("a SOFTMAX that is not on the logits".into())),
+            },
+            _ => return Err(misfit("this operator has no place in a MobileNetV2".into())),
+        };
+        vals.insert(out, v);
+    }
+    let out = *outputs.first().ok_or("the subgraph has no output")?;
+    if !matches!(vals.get(&out), Some(Val::Logits)) {
+        return Err(Walk::Misfit(format!("the output `{}` is not the classifier's", tens(out)?.name)));
+    }
+    let (pool_in, pool_node) = pool.ok_or_else(|| Walk::Misfit("no global average pooling".into()))?;
+    let (fc_node, shape, weight, bias) = fc.expect("logits imply a classifier");
+    let quantized = tensors.iter().any(|t| t.quantized && t.data.is_some());
+    let n = units.len();
+    let net = Network {
+        input: 0,
+        hw,
+        units,
+        head: Head { input: pool_in, node: pool_node, fc_node, weight, shape, bias },
+        outputs: (1..=n).collect(),
+    };
+    let opts = FitOptions { paddings: &[Padding::Tf, Padding::Torch], default_eps: 1e-3, dropout: 0.0, hint: None };
+    let (spec, tensors) = graph::fit(path, &net, &opts).map_err(Walk::Other)?;
+    let preprocess = match spec.padding {
+        Padding::Tf => Preprocess::tf(),
+        Padding::Torch => Preprocess::imagenet(spec.height.min(spec.width_px)),
+    };
+    let mut metadata = graph::metadata(&spec, &preprocess, if quantized { "tflite-quantized" } else { "tflite" });
+    if quantized {
+        metadata.insert("dequantized".into(), "weights dequantized from int8/uint8; runs in float".into());
+    }
+    Ok(TensorFile { path: path.into(), tensors, metadata })
+}

@@ -1,0 +1,70 @@
+//! TFLite interop: `.tflite` MobileNetV2s made by tf.lite.TFLiteConverter from Keras
+//! (scripts/fixtures/interop_tflite.py). fp32: the TFLite interpreter's logits to 1e-4.
+//! Full-integer int8: imported as dequantized float weights (the int8 engine is another
+//! issue), so the float engine differs from the int8 interpreter by the activations'
+//! quantization error: held to 5% of the logits' range, with the same top-1.
+
+#[path = "interop_common/mod.rs"]
+mod ic;
+
+use ic::*;
+use mobilenetv2::model::Preprocess;
+use mobilenetv2::spec::Padding;
+use mobilenetv2::Model;
+use serde_json::Value;
+
+/// The issue's tolerance on logits.
+const TOL: f32 = 1e-4;
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+#[test]
+fn tflite_models_match_the_interpreter() {
+    let p = data("tflite/configs.json");
+    let configs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut f32_logits = None;
+    for cfg in configs {
+        let name = cfg["name"].as_str().unwrap();
+        let model =
+            Model::load(&data(&format!("tflite/{}", cfg["file"].as_str().unwrap()))).unwrap_or_else(|e| panic!("{e}"));
+        let s = model.spec();
+        let hw = [cfg["hw"][0].as_u64().unwrap() as usize, cfg["hw"][1].as_u64().unwrap() as usize];
+        assert_eq!((s.width, s.classes, [s.height, s.width_px]), (0.1, cfg["classes"].as_u64().unwrap() as usize, hw));
+        assert_eq!(s.padding, Padding::Tf, "{name}");
+        assert_eq!(model.preprocess, Preprocess::tf(), "{name}");
+        let batch = cfg["batch"].as_u64().unwrap() as usize;
+        let dims = [batch, 3, hw[0], hw[1]];
+        let x = det_input(dims.iter().product(), cfg["seed"].as_u64().unwrap());
+        let got = logits_nchw(&model, &dims, &x);
+        let want = npy(&data(&format!("tflite/{name}.logits.npy"))).data;
+        let err = max_abs_diff(&got, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{name}: max |engine - tflite interpreter| = {err:.3e} (max |logit| {scale:.3})");
+        let classes = s.classes;
+        if cfg["kind"] == "f32" {
+            assert!(err <= TOL, "{name}: {err}");
+            f32_logits = Some(got);
+        } else {
+            assert!(err <= 0.05 * scale, "{name}: {err} is more than 5% of {scale}");
+            for b in 0..batch {
+                let r = b * classes..(b + 1) * classes;
+                assert_eq!(argmax(&got[r.clone()]), argmax(&want[r]), "{name}: top-1 of image {b}");
+            }
+            if let Some(f) = &f32_logits {
+                eprintln!("{name}: max |dequantized engine - fp32 model| = {:.3e}", max_abs_diff(&got, f));
+            }
+        }
+    }
+}
+
+#[test]
+fn mangled_tflite_files_never_panic() {
+    for f in ["tflite_w010_64_f32.tflite", "tflite_w010_64_int8.tflite"] {
+        let bytes = std::fs::read(data(&format!("tflite/{f}"))).unwrap();
+        let refused = mangle(&bytes, "tflite", |p| Model::load(p).map(|_| ()).map_err(|e| e.to_string()));
+        eprintln!("{f}: {refused} of 49 mangled copies refused");
+        assert!(refused > 0);
+    }
+}
