@@ -6,5 +6,7 @@
 
 pub mod net;
 pub mod ops;
+pub mod optim;
 
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};
+pub use optim::{Ema, Method, Optimizer, Schedule};
