@@ -22,6 +22,7 @@ pub mod model;
 pub mod npy;
 pub mod plan;
 pub mod preprocess;
+pub mod quant;
 pub mod rng;
 pub mod spec;
 pub mod tensor;

@@ -49,6 +49,9 @@ pub struct Model {
     pub preprocess: Preprocess,
     /// Where the weights came from (for error messages).
     pub source: PathBuf,
+    /// Present for int8 files: the activation quantisation the int8 engine runs with (the
+    /// parameters then hold the dequantised weights, BatchNorm folded).
+    pub quant: Option<crate::quant::QuantSpec>,
 }
 
 /// Widths tried, in order, when a file does not say which it is.
@@ -97,6 +100,7 @@ impl Model {
             plan,
             params,
             source: PathBuf::from(format!("<init seed {seed}>")),
+            quant: None,
         })
     }
 
@@ -108,45 +112,51 @@ impl Model {
 
     pub fn from_file(file: TensorFile) -> Result<Model> {
         let path = file.path.clone();
+        let quant: Option<crate::quant::QuantSpec> = match file.metadata.get("quantization") {
+            Some(s) => Some(serde_json::from_str(s).map_err(|e| meta_err(&path, "quantization", s, e.to_string()))?),
+            None => None,
+        };
         let spec = match file.metadata.get("spec") {
             Some(s) => {
                 let spec: Spec = serde_json::from_str(s).map_err(|e| meta_err(&path, "spec", s, e.to_string()))?;
                 spec.validate().map_err(|e| meta_err(&path, "spec", s, e.to_string()))?;
-                if let Some((_, err)) = first_misfit(&file, &expected(&Plan::new(&spec)?)) {
-                    return Err(err);
+                if quant.is_none() {
+                    if let Some((_, err)) = first_misfit(&file, &expected(&Plan::new(&spec)?)) {
+                        return Err(err);
+                    }
                 }
                 spec
+            }
+            None if quant.is_some() => {
+                return Err(meta_err(&path, "spec", "(missing)", "an int8 file must record its network spec"))
             }
             None => infer_spec(&file)?,
         };
         let plan = Plan::new(&spec)?;
-        let exp = expected(&plan);
-        // Every tensor must be one the plan needs (or BatchNorm's step counter).
-        for name in file.tensors.keys() {
-            if !is_bn_counter(name) && !exp.iter().any(|e| &e.name == name) {
-                return Err(Error::UnknownTensor { path: path.clone(), name: name.clone() });
-            }
-        }
-        let mut params = BTreeMap::new();
-        let mut tensors = file.tensors;
-        for e in &exp {
-            let t = tensors.remove(&e.name).expect("checked by first_misfit");
-            let values = match t.data {
-                Data::F32(v) => v,
-                other => {
-                    return Err(Error::DType {
-                        path: path.clone(),
-                        name: e.name.clone(),
-                        expected: "a floating point type".into(),
-                        got: other.dtype().into(),
-                    })
+        let params = match &quant {
+            Some(q) => {
+                if q.blocks.len() != plan.blocks.len() {
+                    return Err(meta_err(
+                        &path,
+                        "quantization",
+                        &format!("{} blocks", q.blocks.len()),
+                        format!("the network has {} blocks", plan.blocks.len()),
+                    ));
                 }
-            };
-            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(Error::NonFinite { path: path.clone(), name: e.name.clone(), index, value });
+                if let Some(b) =
+                    q.blocks.iter().find(|b| !(b.scale > 0.0 && b.scale.is_finite() && (0..=255).contains(&b.zero)))
+                {
+                    return Err(meta_err(
+                        &path,
+                        "quantization",
+                        &format!("{b:?}"),
+                        "scales must be positive, zero points in 0..=255",
+                    ));
+                }
+                crate::quant::params_from_file(&file, &plan)?
             }
-            params.insert(e.name.clone(), values);
-        }
+            None => float_params(file.tensors, &plan, &path)?,
+        };
         let labels = match file.metadata.get("labels") {
             Some(s) => {
                 let l: Vec<String> =
@@ -168,7 +178,7 @@ impl Model {
             None if spec.padding == Padding::Tf => Preprocess::tf(),
             None => Preprocess::imagenet(spec.height.min(spec.width_px)),
         };
-        Ok(Model { plan, params, labels, preprocess, source: path })
+        Ok(Model { plan, params, labels, preprocess, source: path, quant })
     }
 
     pub fn spec(&self) -> &Spec {
@@ -239,6 +249,37 @@ impl Model {
     pub fn save(&self, path: &Path) -> Result<()> {
         weights::safetensors_io::write(path, &self.tensors(), &self.metadata())
     }
+}
+
+/// The float parameters of a plan from a file's tensors: every tensor known, every value finite.
+fn float_params(mut tensors: BTreeMap<String, Tensor>, plan: &Plan, path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
+    let exp = expected(plan);
+    // Every tensor must be one the plan needs (or BatchNorm's step counter).
+    for name in tensors.keys() {
+        if !is_bn_counter(name) && !exp.iter().any(|e| &e.name == name) {
+            return Err(Error::UnknownTensor { path: path.into(), name: name.clone() });
+        }
+    }
+    let mut params = BTreeMap::new();
+    for e in &exp {
+        let t = tensors.remove(&e.name).expect("checked by first_misfit");
+        let values = match t.data {
+            Data::F32(v) => v,
+            other => {
+                return Err(Error::DType {
+                    path: path.into(),
+                    name: e.name.clone(),
+                    expected: "a floating point type".into(),
+                    got: other.dtype().into(),
+                })
+            }
+        };
+        if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite { path: path.into(), name: e.name.clone(), index, value });
+        }
+        params.insert(e.name.clone(), values);
+    }
+    Ok(params)
 }
 
 /// Finds width, expansion and classes from tensor shapes (files without `mnv2` metadata).

@@ -232,6 +232,20 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, w: &PackedQGemm, out: QOut, act: Mi
     }
 }
 
+/// `dst[i] = q.quantize(src[i])` (round half to even, saturate), vectorised where possible.
+pub fn quantize_row(src: &[f32], dst: &mut [u8], q: QParams) {
+    assert!(dst.len() >= src.len());
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.supported() && crate::isa::best() >= Isa::Avx512 {
+        // SAFETY: AVX-512 present; lengths checked.
+        unsafe { avx512vnni::quantize_row(src, dst, q) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = q.quantize(*s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +345,17 @@ mod tests {
                     assert_eq!(o, &outs[..per], "kernels disagree at m={m} k={k} n={n}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn quantize_row_matches_scalar() {
+        let q = QParams { scale: 0.037, zero: 17 };
+        let src: Vec<f32> = (0..1000).map(|i| (i as f32 - 300.0) * 0.011).collect();
+        let mut d = vec![0u8; 1000];
+        quantize_row(&src, &mut d, q);
+        for (s, d) in src.iter().zip(&d) {
+            assert_eq!(*d, q.quantize(*s), "{s}");
         }
     }
 

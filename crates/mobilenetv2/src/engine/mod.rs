@@ -74,7 +74,7 @@ pub struct Engine {
     options: Options,
     /// Reference mode: folded weights per plan layer.
     layers: Vec<Compiled>,
-    fast: Option<fast::FastEngine>,
+    fast: Option<Box<dyn fast::Runner>>,
 }
 
 impl Engine {
@@ -90,7 +90,12 @@ impl Engine {
             if !isa.supported() {
                 return Err(Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())));
             }
-            let fast = fast::FastEngine::new(model, isa, options.threads, options.mode == Mode::Streaming)?;
+            let streaming = options.mode == Mode::Streaming;
+            // An int8 model runs on the int8 kernels; everything else in f32.
+            let fast: Box<dyn fast::Runner> = match &model.quant {
+                Some(q) => Box::new(fast::FastEngine::new(fast::QNet::new(model, q, isa)?, options.threads, streaming)),
+                None => Box::new(fast::FastEngine::new(fast::F32Net::new(model, isa)?, options.threads, streaming)),
+            };
             return Ok(Engine { spec: model.spec().clone(), options, layers: Vec::new(), fast: Some(fast) });
         }
         let layers = model
@@ -113,7 +118,7 @@ impl Engine {
     /// The instruction set and the kernels the fast mode picked (empty in reference mode).
     pub fn kernels(&self) -> (Option<Isa>, Vec<&'static str>) {
         match &self.fast {
-            Some(f) => (Some(f.model.isa), fast::kernel_names(&f.model)),
+            Some(f) => (Some(f.isa()), f.kernel_names()),
             None => (None, Vec::new()),
         }
     }

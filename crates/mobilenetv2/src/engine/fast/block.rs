@@ -1,50 +1,56 @@
-//! One band of output rows of a fused inverted residual block.
+//! One band of output rows of a fused inverted residual block, for any [`Net`] (f32 or int8).
 
 use std::ops::Range;
 
-use mnv2_kernels::dwconv::{dwconv_row, DwRow};
-use mnv2_kernels::gemm::gemm;
-use mnv2_kernels::stem::{stem_row, Image};
+use mnv2_kernels::dwconv::DwRow;
+use mnv2_kernels::stem::{Image, StemGeom};
 
-use super::rows::Rows;
+use super::rows::{Rows, SharedBuf};
 use super::schedule::Geo;
-use super::{FastBlock, FastModel};
-use mnv2_kernels::stem::StemGeom;
+use super::Net;
 
 /// Where a block reads its input rows.
-#[derive(Clone, Copy)]
-pub(super) enum Src<'a> {
+pub(super) enum Src<'a, T> {
     /// The stem's output rows, computed from the image on demand.
     Image(Image<'a>, StemGeom),
-    Rows(Rows),
+    Rows(Rows<T>),
 }
 
+impl<T> Clone for Src<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Src<'_, T> {}
+
 /// A block's ring of expanded rows and the first row not computed yet.
-pub(super) struct Hidden<'a> {
-    pub ring: &'a mut [f32],
+pub(super) struct Hidden<'a, T> {
+    pub ring: &'a mut [T],
     pub next: usize,
 }
 
-/// Output rows `oy` of block `b` into `out`: expanded rows (those not already in the ring)
+/// Output rows `oy` of block `k` into `out`: expanded rows (those not already in the ring)
 /// -> depthwise into `band` -> projection with the residual in its epilogue.
 ///
 /// The caller guarantees that the input rows the band reads are present in `src` and that no
-/// other thread writes them or the output rows while this runs.
+/// other thread writes them or the output rows while this runs. `stem` is scratch for one
+/// f32 stem row.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn band(
-    m: &FastModel,
-    b: &FastBlock,
+pub(super) fn band<N: Net>(
+    net: &N,
+    k: usize,
     g: &Geo,
-    src: Src,
-    out: Rows,
+    src: Src<N::T>,
+    out: Rows<N::T>,
     oy: Range<usize>,
-    hidden: &mut Hidden,
-    band: &mut [f32],
+    hidden: &mut Hidden<N::T>,
+    band: &mut [N::T],
+    stem: &mut [f32],
 ) {
     let (oy0, oy1) = (oy.start, oy.end);
     let (lo, hi) = g.hidden_rows(oy.clone());
     let ring_row = g.w_in * g.hidden;
-    let ring = (g.ring > 0).then(|| Rows::new(super::rows::SharedBuf::new(hidden.ring), ring_row, g.ring));
+    let ring = (g.ring > 0).then(|| Rows::new(SharedBuf::new(hidden.ring), ring_row, g.ring));
     // 1. Expanded rows lo..=hi into the ring, each computed once per block.
     if let Some(ring) = ring {
         let mut r = hidden.next.max(lo);
@@ -55,18 +61,17 @@ pub(super) fn band(
             }
             // SAFETY: the ring is this call's own (borrowed mutably through `hidden`).
             let dst = unsafe { ring.rows_mut(r, end) };
-            match (src, &b.expand) {
-                (Src::Image(img, sg), _) => {
+            match src {
+                Src::Image(img, sg) => {
                     for (j, row) in dst.chunks_exact_mut(ring_row).enumerate() {
-                        stem_row(&m.stem.0, img, r + j, sg, m.stem.1, row);
+                        net.stem_row(img, r + j, sg, row, stem);
                     }
                 }
-                (Src::Rows(input), Some((w, act))) => {
+                Src::Rows(input) => {
                     // SAFETY: the caller guarantees the input rows are present and unwritten.
                     let a = unsafe { input.rows(r, end) };
-                    gemm((end - r) * g.w_in, a, g.cin, w, dst, g.hidden, *act, None);
+                    net.expand(k, (end - r) * g.w_in, a, g.cin, dst, g.hidden);
                 }
-                (Src::Rows(_), None) => unreachable!("a ring without an expand conv"),
             }
             r = end;
         }
@@ -76,7 +81,7 @@ pub(super) fn band(
     let band_row = g.w_out * g.hidden;
     let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
     for y in oy0..oy1 {
-        let rows3: [Option<&[f32]>; 3] = std::array::from_fn(|ky| {
+        let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| {
             let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
             if iy < 0 || iy as usize >= g.h_in {
                 return None;
@@ -89,10 +94,9 @@ pub(super) fn band(
                 (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
             })
         });
-        dwconv_row(&b.dw.0, rows3, dwg, b.dw.1, &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row]);
+        net.dw_row(k, rows3, dwg, &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row]);
     }
     // 3. Projection, in runs contiguous in the output (and residual) rows.
-    let (w, act) = &b.project;
     let mut r = oy0;
     while r < oy1 {
         let mut end = out.run_end(r, oy1);
@@ -107,7 +111,7 @@ pub(super) fn band(
         let a = &band[(r - oy0) * band_row..(end - oy0) * band_row];
         // SAFETY: the caller owns output rows oy0..oy1.
         let dst = unsafe { out.rows_mut(r, end) };
-        gemm((end - r) * g.w_out, a, g.hidden, w, dst, g.cout, *act, residual);
+        net.project(k, (end - r) * g.w_out, a, g.hidden, dst, g.cout, residual);
         r = end;
     }
 }

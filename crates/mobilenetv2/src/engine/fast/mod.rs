@@ -18,6 +18,8 @@
 #![allow(unsafe_code)]
 
 mod block;
+mod f32net;
+mod qnet;
 mod rows;
 mod schedule;
 
@@ -25,125 +27,114 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mnv2_kernels::dwconv::PackedDw;
-use mnv2_kernels::gemm::{gemm, PackedGemm};
-use mnv2_kernels::stem::{stem_row, Image, Layout, PackedStem};
+use mnv2_kernels::aligned::Zeroable;
+use mnv2_kernels::dwconv::DwRow;
+use mnv2_kernels::stem::{Image, Layout, StemGeom};
 use mnv2_kernels::{AlignedVec, Isa, MinMax};
 
-use super::fold::{fold_conv, linear};
 use super::pool::{Pool, SpinBarrier};
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::plan::{ConvKind, Op, Plan, Role};
 use block::{Hidden, Src};
 use rows::{Rows, SharedBuf};
 use schedule::Schedule;
+
+pub(crate) use f32net::F32Net;
+pub(crate) use qnet::QNet;
 
 fn minmax(a: crate::plan::Activation) -> MinMax {
     let (min, max) = a.bounds();
     MinMax { min, max }
 }
 
-struct FastBlock {
-    expand: Option<(PackedGemm, MinMax)>,
-    dw: (PackedDw, MinMax),
-    project: (PackedGemm, MinMax),
-}
-
-/// Weights packed for the kernels of one ISA; independent of the input size.
-pub(crate) struct FastModel {
-    pub isa: Isa,
-    stem: (PackedStem, MinMax),
-    blocks: Vec<FastBlock>,
-    last: (PackedGemm, MinMax),
-    classifier: PackedGemm,
-}
-
-/// The kernels a compiled model uses, for logs and profiles.
-pub(crate) fn kernel_names(m: &FastModel) -> Vec<&'static str> {
-    let mut v = vec![m.stem.0.kernel_name()];
-    for b in &m.blocks {
-        if let Some((e, _)) = &b.expand {
-            v.push(e.kernel_name());
-        }
-        v.push(b.dw.0.kernel_name());
-        v.push(b.project.0.kernel_name());
+/// Fails unless the plan is stem, inverted residual blocks (3x3 depthwise), last conv,
+/// pool, dropout, classifier: what the fused executor runs.
+fn check_structure(plan: &Plan) -> Result<()> {
+    let unsupported = |what: &str| Err(Error::Unsupported(format!("the fast engine does not run {what}")));
+    let layers = &plan.layers;
+    let n = layers.len();
+    if n < 5
+        || layers[0].role != Role::Stem
+        || layers[n - 4].role != Role::LastConv
+        || !matches!(layers[n - 3].op, Op::GlobalAvgPool)
+        || !matches!(layers[n - 2].op, Op::Dropout { .. })
+        || !matches!(layers[n - 1].op, Op::Linear)
+    {
+        return unsupported("a network that is not stem, blocks, last conv, pool, classifier");
     }
-    v.push(m.last.0.kernel_name());
-    v.sort();
-    v.dedup();
-    v
+    let stem = layers[0].conv().expect("stem conv");
+    if stem.kind != ConvKind::Full || stem.kernel != 3 || stem.dilation != 1 {
+        return unsupported("a stem that is not a dense 3x3 convolution");
+    }
+    if plan.blocks.iter().any(|b| layers[b.depthwise].conv().expect("depthwise").kernel != 3) {
+        return unsupported("depthwise kernels other than 3x3");
+    }
+    if plan.blocks.is_empty() || plan.blocks[0].input != layers[0].output {
+        return unsupported("a plan whose first block does not follow the stem");
+    }
+    Ok(())
 }
 
-impl FastModel {
-    pub fn new(model: &Model, isa: Isa) -> Result<FastModel> {
-        let plan = &model.plan;
-        let unsupported = |what: &str| Err(Error::Unsupported(format!("the fast engine does not run {what}")));
-        let layers = &plan.layers;
-        let n = layers.len();
-        if n < 5
-            || layers[0].role != Role::Stem
-            || layers[n - 4].role != Role::LastConv
-            || !matches!(layers[n - 3].op, Op::GlobalAvgPool)
-            || !matches!(layers[n - 2].op, Op::Dropout { .. })
-            || !matches!(layers[n - 1].op, Op::Linear)
-        {
-            return unsupported("a network that is not stem, blocks, last conv, pool, classifier");
-        }
-        let conv = |i: usize| {
-            let l = &layers[i];
-            let c = l.conv().expect("conv layer");
-            (fold_conv(model, l), minmax(c.activation), c)
-        };
-        let (f, act, c) = conv(0);
-        if c.kind != ConvKind::Full || c.kernel != 3 || c.dilation != 1 {
-            return unsupported("a stem that is not a dense 3x3 convolution");
-        }
-        let stem = (PackedStem::new(isa, &f.weights, layers[0].output.c, &f.bias), act);
-        let mut blocks = Vec::new();
-        for b in &plan.blocks {
-            let expand = b.expand.map(|i| {
-                let (f, act, _) = conv(i);
-                (PackedGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias), act)
-            });
-            let (f, act, c) = conv(b.depthwise);
-            if c.kernel != 3 {
-                return unsupported("depthwise kernels other than 3x3");
-            }
-            let dw = (PackedDw::new(isa, &f.weights, b.hidden, &f.bias), act);
-            let (f, act, _) = conv(b.project);
-            let project = (PackedGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias), act);
-            blocks.push(FastBlock { expand, dw, project });
-        }
-        if blocks.is_empty() || plan.blocks[0].input != layers[0].output {
-            return unsupported("a plan whose first block does not follow the stem");
-        }
-        let (f, act, _) = conv(n - 4);
-        let last = (PackedGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias), act);
-        let cls = linear(model, &layers[n - 1]);
-        let classifier = PackedGemm::new(isa, &cls.weights, layers[n - 1].input.c, layers[n - 1].output.c, &cls.bias);
-        Ok(FastModel { isa, stem, blocks, last, classifier })
-    }
+/// A network compiled for the fused executor: what each stage computes, in one element type
+/// (f32, or u8 for int8). The executor owns the order, the bands, the buffers and threads.
+pub(crate) trait Net: Send + Sync {
+    /// Activation element.
+    type T: Zeroable + Default;
+    fn isa(&self) -> Isa;
+    fn kernel_names(&self) -> Vec<&'static str>;
+    /// Stem output row `oy` into `out`; `scratch` holds one f32 row.
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
+    /// The expand 1x1 conv of block `k` over `m` pixels.
+    fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
+    /// One output row of block `k`'s depthwise conv.
+    fn dw_row(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
+    /// The projection of block `k` over `m` pixels, with the block input added if `res`.
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &self,
+        k: usize,
+        m: usize,
+        a: &[Self::T],
+        lda: usize,
+        out: &mut [Self::T],
+        ldc: usize,
+        res: Option<(&[Self::T], usize)>,
+    );
+    /// The last 1x1 conv over `m` pixels, its outputs added into `pooled` (real units).
+    fn last_rows(&self, m: usize, a: &[Self::T], lda: usize, pooled: &mut [f32], scratch: &mut [f32]);
+    /// Logits from the pooled features.
+    fn classify(&self, pooled: &[f32], out: &mut [f32]);
 }
 
 /// Per-thread scratch.
-struct Scratch {
-    ring: AlignedVec,
-    band: AlignedVec,
+struct Scratch<T: Zeroable> {
+    ring: AlignedVec<T>,
+    band: AlignedVec<T>,
     last: AlignedVec,
+    stem: AlignedVec,
     pooled: Vec<f32>,
 }
 
-/// Buffers of one image in flight: the ping-pong block outputs and, in streaming mode, the
-/// chained blocks' rings (per chained block: its expanded rows, its output rows).
-struct Acts {
-    x: AlignedVec,
-    y: AlignedVec,
-    chain: Vec<(AlignedVec, AlignedVec)>,
+/// Per chained block (streaming mode): its ring of expanded rows, the ring of its output rows.
+type ChainRings<T> = Vec<(AlignedVec<T>, AlignedVec<T>)>;
+
+/// The activation buffers one forward pass writes: views of the ping-pong block outputs (shared
+/// by the threads of a split image) and the chain rings (the first thread's).
+struct Bufs<'a, T: Zeroable> {
+    x: SharedBuf<T>,
+    y: SharedBuf<T>,
+    chain: &'a mut ChainRings<T>,
 }
 
-impl Acts {
-    fn new(s: &Schedule) -> Acts {
+/// Buffers of one image in flight: the ping-pong block outputs and the chain rings.
+struct Acts<T: Zeroable> {
+    x: AlignedVec<T>,
+    y: AlignedVec<T>,
+    chain: ChainRings<T>,
+}
+
+impl<T: Zeroable> Acts<T> {
+    fn new(s: &Schedule) -> Acts<T> {
         let chain = (0..s.chain)
             .map(|k| {
                 let (h, o) = s.chain_ring_lens(k);
@@ -188,19 +179,19 @@ impl Profile {
     }
 }
 
-/// The fast engine for one model: packed weights, the thread pool and, per input size,
-/// the schedule and buffers (allocated on the first image of that size, then reused).
-pub(crate) struct FastEngine {
-    pub model: FastModel,
+/// The fast engine for one compiled network: the thread pool and, per input size, the
+/// schedule and buffers (allocated on the first image of that size, then reused).
+pub(crate) struct FastEngine<N: Net> {
+    pub net: N,
     streaming: bool,
     pool: Pool,
-    state: Mutex<Option<State>>,
+    state: Mutex<Option<State<N::T>>>,
 }
 
-struct State {
+struct State<T: Zeroable> {
     schedule: Schedule,
-    scratch: Vec<Mutex<Scratch>>,
-    acts: Vec<Mutex<Acts>>,
+    scratch: Vec<Mutex<Scratch<T>>>,
+    acts: Vec<Mutex<Acts<T>>>,
     partial: Mutex<AlignedVec>,
     barrier: SpinBarrier,
 }
@@ -228,17 +219,41 @@ impl Split<'_> {
     }
 }
 
-impl FastEngine {
-    pub fn new(model: &Model, isa: Isa, threads: usize, streaming: bool) -> Result<FastEngine> {
-        Ok(FastEngine {
-            model: FastModel::new(model, isa)?,
-            streaming,
-            pool: Pool::new(threads),
-            state: Mutex::new(None),
-        })
+/// A fast engine with its network type erased, for the `Engine` facade.
+pub(crate) trait Runner: Send + Sync {
+    /// Logits of `n` images (`n * classes` values) of `plan.input()` in `layout`.
+    fn run(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, profile: Option<&mut Profile>) -> Vec<f32>;
+    /// Activation bytes allocated for one image of this plan's size in flight.
+    fn activation_bytes(&self, plan: &Plan) -> usize;
+    fn isa(&self) -> Isa;
+    /// The kernels the network uses, sorted, each once.
+    fn kernel_names(&self) -> Vec<&'static str>;
+}
+
+impl<N: Net> Runner for FastEngine<N> {
+    fn run(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, profile: Option<&mut Profile>) -> Vec<f32> {
+        FastEngine::run(self, plan, images, n, layout, profile)
+    }
+    fn activation_bytes(&self, plan: &Plan) -> usize {
+        FastEngine::activation_bytes(self, plan)
+    }
+    fn isa(&self) -> Isa {
+        self.net.isa()
+    }
+    fn kernel_names(&self) -> Vec<&'static str> {
+        let mut v = self.net.kernel_names();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+impl<N: Net> FastEngine<N> {
+    pub fn new(net: N, threads: usize, streaming: bool) -> FastEngine<N> {
+        FastEngine { net, streaming, pool: Pool::new(threads), state: Mutex::new(None) }
     }
 
-    fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State>) -> &'a State {
+    fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {
         let fits = matches!(guard, Some(s) if s.schedule.image == plan.input());
         if !fits {
             let schedule = Schedule::new(plan, self.streaming);
@@ -249,6 +264,7 @@ impl FastEngine {
                         ring: AlignedVec::zeros(schedule.ring_len),
                         band: AlignedVec::zeros(schedule.band_len),
                         last: AlignedVec::zeros(schedule.last_band),
+                        stem: AlignedVec::zeros(schedule.stem_out.w * schedule.stem_out.c),
                         pooled: vec![0.0; schedule.last_c],
                     })
                 })
@@ -262,7 +278,11 @@ impl FastEngine {
 
     /// Activation bytes allocated for one image of this plan's size in flight.
     pub fn activation_bytes(&self, plan: &Plan) -> usize {
-        4 * Schedule::new(plan, self.streaming).activation_values(self.pool.threads())
+        let s = Schedule::new(plan, self.streaming);
+        let threads = self.pool.threads();
+        // The f32 scratch (last conv band, stem row, pooled sums) is f32 in every network.
+        let f32_values = threads * (s.last_band + s.stem_out.w * s.stem_out.c + s.last_c);
+        size_of::<N::T>() * (s.activation_values(threads) - threads * (s.last_band + s.last_c)) + 4 * f32_values
     }
 
     /// Logits of `n` images (`n * classes` values). `images` holds `n` images of
@@ -292,7 +312,7 @@ impl FastEngine {
             for i in 0..n {
                 let out = &mut logits[i * classes..(i + 1) * classes];
                 let timer = Timer { prof: Some(&mut *p), t: Instant::now() };
-                self.image(sch, img(i), (x, y, &mut acts.chain), &mut sc, &Split::single(), out, timer);
+                self.image(sch, img(i), Bufs { x, y, chain: &mut acts.chain }, &mut sc, &Split::single(), out, timer);
             }
             return logits;
         }
@@ -318,7 +338,15 @@ impl FastEngine {
                     Some(c) => c,
                     None => &mut none,
                 };
-                self.image(sch, img(0), (x, y, chain), &mut sc, &split, out, Timer { prof: None, t: Instant::now() });
+                self.image(
+                    sch,
+                    img(0),
+                    Bufs { x, y, chain },
+                    &mut sc,
+                    &split,
+                    out,
+                    Timer { prof: None, t: Instant::now() },
+                );
             };
             self.pool.run(&job);
             return logits;
@@ -334,7 +362,7 @@ impl FastEngine {
                 // SAFETY: image i's logits are written by one thread only.
                 let o = unsafe { out.slice_mut(i * classes..(i + 1) * classes) };
                 let timer = Timer { prof: None, t: Instant::now() };
-                self.image(sch, img(i), (x, y, &mut acts.chain), &mut sc, &Split::single(), o, timer);
+                self.image(sch, img(i), Bufs { x, y, chain: &mut acts.chain }, &mut sc, &Split::single(), o, timer);
             }
         };
         self.pool.run(&job);
@@ -347,14 +375,14 @@ impl FastEngine {
         &self,
         sch: &Schedule,
         img: Image,
-        bufs: (SharedBuf, SharedBuf, &mut Vec<(AlignedVec, AlignedVec)>),
-        sc: &mut Scratch,
+        bufs: Bufs<N::T>,
+        sc: &mut Scratch<N::T>,
         sp: &Split,
         out: &mut [f32],
         mut timer: Timer,
     ) {
-        let m = &self.model;
-        let (mut x, mut y, chain_bufs) = bufs;
+        let net = &self.net;
+        let Bufs { mut x, mut y, chain: chain_bufs } = bufs;
         let mut src = Src::Image(img, sch.stem_geom);
         if !sch.stem_fused {
             let s = sch.stem_out;
@@ -363,7 +391,7 @@ impl FastEngine {
             // SAFETY: threads write disjoint rows; the barrier orders them before the reads.
             let dst = unsafe { y.slice_mut(rows.start * len..rows.end * len) };
             for (i, oy) in rows.enumerate() {
-                stem_row(&m.stem.0, img, oy, sch.stem_geom, m.stem.1, &mut dst[i * len..(i + 1) * len]);
+                net.stem_row(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
             }
             sp.barrier.wait();
             std::mem::swap(&mut x, &mut y);
@@ -379,11 +407,12 @@ impl FastEngine {
                 let g = &sch.geos[last];
                 let out_rows = Rows::new(y, g.w_out * g.cout, g.h_out);
                 let mut chain = Chain {
-                    m,
+                    net,
                     sch,
                     src,
                     acts: chain_bufs,
                     band: &mut sc.band,
+                    stem: &mut sc.stem,
                     next_out: vec![0; sch.chain],
                     hidden_next: vec![0; sch.chain],
                     prof: timer.prof.as_deref_mut(),
@@ -398,7 +427,7 @@ impl FastEngine {
             k0 = sch.chain;
             timer.t = Instant::now();
         }
-        for k in k0..m.blocks.len() {
+        for k in k0..sch.geos.len() {
             let g = &sch.geos[k];
             let out_rows = Rows::new(y, g.w_out * g.cout, g.h_out);
             let rows = sp.rows(g.h_out);
@@ -406,7 +435,7 @@ impl FastEngine {
             let mut oy = rows.start;
             while oy < rows.end {
                 let end = (oy + g.band).min(rows.end);
-                block::band(m, &m.blocks[k], g, src, out_rows, oy..end, &mut hidden, &mut sc.band);
+                block::band(net, k, g, src, out_rows, oy..end, &mut hidden, &mut sc.band, &mut sc.stem);
                 oy = end;
             }
             sp.barrier.wait();
@@ -414,7 +443,7 @@ impl FastEngine {
             std::mem::swap(&mut x, &mut y);
             timer.tick(first_stage + k, || format!("features.{} block", k + 1));
         }
-        let stages = first_stage + m.blocks.len();
+        let stages = first_stage + sch.geos.len();
         // SAFETY: all threads only read x now.
         let last_in = unsafe { x.slice(0..sch.last_in.len()) };
         sc.pooled.fill(0.0);
@@ -436,49 +465,42 @@ impl FastEngine {
         let inv = 1.0 / (sch.last_in.h * sch.last_in.w) as f32;
         let pooled: Vec<f32> = pooled.iter().map(|v| v * inv).collect();
         timer.tick(stages, || "last conv + pool".into());
-        gemm(1, &pooled, c, &m.classifier, out, sch.classes, MinMax::NONE, None);
+        net.classify(&pooled, out);
         timer.tick(stages + 1, || "classifier".into());
     }
 
     /// Last 1x1 convolution over input rows `rows`, summed into `sc.pooled` band by band.
-    fn last_rows(&self, sch: &Schedule, input: &[f32], rows: Range<usize>, sc: &mut Scratch) {
+    fn last_rows(&self, sch: &Schedule, input: &[N::T], rows: Range<usize>, sc: &mut Scratch<N::T>) {
         let s = sch.last_in;
-        let c = sch.last_c;
-        let band = (sc.last.len() / (s.w * c)).max(1);
-        let (w, act) = &self.model.last;
+        let band = (sc.last.len() / (s.w * sch.last_c)).max(1);
         let mut r0 = rows.start;
         while r0 < rows.end {
             let r1 = (r0 + band).min(rows.end);
-            let px = (r1 - r0) * s.w;
-            let dst = &mut sc.last[..px * c];
-            gemm(px, &input[r0 * s.w * s.c..r1 * s.w * s.c], s.c, w, dst, c, *act, None);
-            for row in dst.chunks_exact(c) {
-                for (p, v) in sc.pooled.iter_mut().zip(row) {
-                    *p += v;
-                }
-            }
+            let a = &input[r0 * s.w * s.c..r1 * s.w * s.c];
+            self.net.last_rows((r1 - r0) * s.w, a, s.c, &mut sc.pooled, &mut sc.last);
             r0 = r1;
         }
     }
 }
 
 /// The streaming chain of leading blocks, pulled from its last block.
-struct Chain<'a, 'p> {
-    m: &'a FastModel,
+struct Chain<'a, 'p, N: Net> {
+    net: &'a N,
     sch: &'a Schedule,
     /// Input of the first chained block.
-    src: Src<'a>,
-    acts: &'a mut Vec<(AlignedVec, AlignedVec)>,
-    band: &'a mut [f32],
+    src: Src<'a, N::T>,
+    acts: &'a mut ChainRings<N::T>,
+    band: &'a mut [N::T],
+    stem: &'a mut [f32],
     next_out: Vec<usize>,
     hidden_next: Vec<usize>,
     prof: Option<&'p mut Profile>,
     first_stage: usize,
 }
 
-impl Chain<'_, '_> {
+impl<N: Net> Chain<'_, '_, N> {
     /// The output rows of chained block `k`: a ring, or `last_out` for the last one.
-    fn out_rows(&mut self, k: usize, last_out: Rows) -> Rows {
+    fn out_rows(&mut self, k: usize, last_out: Rows<N::T>) -> Rows<N::T> {
         let g = &self.sch.geos[k];
         match self.sch.chain_out_cap.get(k) {
             Some(&cap) => Rows::new(SharedBuf::new(&mut self.acts[k].1), g.w_out * g.cout, cap),
@@ -487,7 +509,7 @@ impl Chain<'_, '_> {
     }
 
     /// Makes output rows `..upto` of chained block `k` available.
-    fn produce(&mut self, k: usize, upto: usize, last_out: Rows) {
+    fn produce(&mut self, k: usize, upto: usize, last_out: Rows<N::T>) {
         let g = self.sch.geos[k];
         while self.next_out[k] < upto {
             let oy0 = self.next_out[k];
@@ -502,7 +524,7 @@ impl Chain<'_, '_> {
             let t = Instant::now();
             let out = self.out_rows(k, last_out);
             let mut hidden = Hidden { ring: &mut self.acts[k].0, next: self.hidden_next[k] };
-            block::band(self.m, &self.m.blocks[k], &g, src, out, oy0..oy1, &mut hidden, self.band);
+            block::band(self.net, k, &g, src, out, oy0..oy1, &mut hidden, self.band, self.stem);
             self.hidden_next[k] = hidden.next;
             self.next_out[k] = oy1;
             if let Some(p) = self.prof.as_deref_mut() {

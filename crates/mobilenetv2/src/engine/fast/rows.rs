@@ -4,32 +4,38 @@
 use std::ops::Range;
 
 /// A raw view of a buffer that several threads write in disjoint parts.
-#[derive(Clone, Copy)]
-pub(super) struct SharedBuf {
-    ptr: *mut f32,
+pub(super) struct SharedBuf<T = f32> {
+    ptr: *mut T,
     len: usize,
 }
 
+impl<T> Clone for SharedBuf<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedBuf<T> {}
+
 // SAFETY: used only to hand disjoint row ranges of one buffer to pool threads, and to read
 // whole buffers after a barrier has ordered the writes before the reads.
-unsafe impl Send for SharedBuf {}
-unsafe impl Sync for SharedBuf {}
+unsafe impl<T: Send> Send for SharedBuf<T> {}
+unsafe impl<T: Sync> Sync for SharedBuf<T> {}
 
-impl SharedBuf {
-    pub fn new(v: &mut [f32]) -> SharedBuf {
+impl<T> SharedBuf<T> {
+    pub fn new(v: &mut [T]) -> SharedBuf<T> {
         SharedBuf { ptr: v.as_mut_ptr(), len: v.len() }
     }
 
     /// # Safety
     /// No other thread may access `range` while the slice lives.
-    pub unsafe fn slice_mut<'a>(self, range: Range<usize>) -> &'a mut [f32] {
+    pub unsafe fn slice_mut<'a>(self, range: Range<usize>) -> &'a mut [T] {
         assert!(range.start <= range.end && range.end <= self.len);
         std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len())
     }
 
     /// # Safety
     /// No thread may write `range` while the slice lives.
-    pub unsafe fn slice<'a>(self, range: Range<usize>) -> &'a [f32] {
+    pub unsafe fn slice<'a>(self, range: Range<usize>) -> &'a [T] {
         assert!(range.start <= range.end && range.end <= self.len);
         std::slice::from_raw_parts(self.ptr.add(range.start), range.len())
     }
@@ -38,15 +44,21 @@ impl SharedBuf {
 /// Rows of an NHWC tensor held in `cap` slots: row `r` lives in slot `r % cap`. With `cap`
 /// equal to the height it is the whole tensor; smaller, a ring that a streaming producer
 /// refills while its consumer reads.
-#[derive(Clone, Copy)]
-pub(super) struct Rows {
-    buf: SharedBuf,
+pub(super) struct Rows<T = f32> {
+    buf: SharedBuf<T>,
     pub row_len: usize,
     pub cap: usize,
 }
 
-impl Rows {
-    pub fn new(buf: SharedBuf, row_len: usize, cap: usize) -> Rows {
+impl<T> Clone for Rows<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Rows<T> {}
+
+impl<T> Rows<T> {
+    pub fn new(buf: SharedBuf<T>, row_len: usize, cap: usize) -> Rows<T> {
         assert!(cap >= 1 && cap * row_len <= buf.len, "ring of {cap} rows of {row_len} in {} values", buf.len);
         Rows { buf, row_len, cap }
     }
@@ -64,13 +76,13 @@ impl Rows {
 
     /// # Safety
     /// No thread may write these rows while the slice lives.
-    pub unsafe fn rows<'a>(self, r0: usize, r1: usize) -> &'a [f32] {
+    pub unsafe fn rows<'a>(self, r0: usize, r1: usize) -> &'a [T] {
         self.buf.slice(self.range(r0, r1))
     }
 
     /// # Safety
     /// No other thread may access these rows while the slice lives.
-    pub unsafe fn rows_mut<'a>(self, r0: usize, r1: usize) -> &'a mut [f32] {
+    pub unsafe fn rows_mut<'a>(self, r0: usize, r1: usize) -> &'a mut [T] {
         self.buf.slice_mut(self.range(r0, r1))
     }
 }

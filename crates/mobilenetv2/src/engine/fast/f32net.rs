@@ -1,0 +1,124 @@
+//! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA.
+
+use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
+use mnv2_kernels::gemm::{gemm, PackedGemm};
+use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
+use mnv2_kernels::{Isa, MinMax};
+
+use super::{check_structure, minmax, Net};
+use crate::engine::fold::{fold_conv, linear};
+use crate::error::Result;
+use crate::model::Model;
+
+struct Block {
+    expand: Option<(PackedGemm, MinMax)>,
+    dw: (PackedDw, MinMax),
+    project: (PackedGemm, MinMax),
+}
+
+pub(crate) struct F32Net {
+    isa: Isa,
+    stem: (PackedStem, MinMax),
+    blocks: Vec<Block>,
+    last: (PackedGemm, MinMax),
+    classifier: PackedGemm,
+}
+
+impl F32Net {
+    pub fn new(model: &Model, isa: Isa) -> Result<F32Net> {
+        let plan = &model.plan;
+        check_structure(plan)?;
+        let layers = &plan.layers;
+        let n = layers.len();
+        let conv = |i: usize| {
+            let l = &layers[i];
+            (fold_conv(model, l), minmax(l.conv().expect("conv layer").activation))
+        };
+        let (f, act) = conv(0);
+        let stem = (PackedStem::new(isa, &f.weights, layers[0].output.c, &f.bias), act);
+        let blocks = plan
+            .blocks
+            .iter()
+            .map(|b| {
+                let expand = b.expand.map(|i| {
+                    let (f, act) = conv(i);
+                    (PackedGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias), act)
+                });
+                let (f, act) = conv(b.depthwise);
+                let dw = (PackedDw::new(isa, &f.weights, b.hidden, &f.bias), act);
+                let (f, act) = conv(b.project);
+                let project = (PackedGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias), act);
+                Block { expand, dw, project }
+            })
+            .collect();
+        let (f, act) = conv(n - 4);
+        let last = (PackedGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias), act);
+        let cls = linear(model, &layers[n - 1]);
+        let classifier = PackedGemm::new(isa, &cls.weights, layers[n - 1].input.c, layers[n - 1].output.c, &cls.bias);
+        Ok(F32Net { isa, stem, blocks, last, classifier })
+    }
+}
+
+impl Net for F32Net {
+    type T = f32;
+
+    fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn kernel_names(&self) -> Vec<&'static str> {
+        let mut v = vec![self.stem.0.kernel_name(), self.last.0.kernel_name()];
+        for b in &self.blocks {
+            if let Some((e, _)) = &b.expand {
+                v.push(e.kernel_name());
+            }
+            v.push(b.dw.0.kernel_name());
+            v.push(b.project.0.kernel_name());
+        }
+        v
+    }
+
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32], _: &mut [f32]) {
+        stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
+    }
+
+    fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
+        let (w, act) = self.blocks[k].expand.as_ref().expect("block has an expand conv");
+        gemm(m, a, lda, w, out, ldc, *act, None);
+    }
+
+    fn dw_row(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
+        let (w, act) = &self.blocks[k].dw;
+        dwconv_row(w, rows, g, *act, out);
+    }
+
+    fn project(
+        &self,
+        k: usize,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        out: &mut [f32],
+        ldc: usize,
+        res: Option<(&[f32], usize)>,
+    ) {
+        let (w, act) = &self.blocks[k].project;
+        gemm(m, a, lda, w, out, ldc, *act, res);
+    }
+
+    fn last_rows(&self, m: usize, a: &[f32], lda: usize, pooled: &mut [f32], scratch: &mut [f32]) {
+        let (w, act) = &self.last;
+        let c = w.n;
+        let dst = &mut scratch[..m * c];
+        gemm(m, a, lda, w, dst, c, *act, None);
+        for row in dst.chunks_exact(c) {
+            for (p, v) in pooled.iter_mut().zip(row) {
+                *p += v;
+            }
+        }
+    }
+
+    fn classify(&self, pooled: &[f32], out: &mut [f32]) {
+        gemm(1, pooled, pooled.len(), &self.classifier, out, self.classifier.n, MinMax::NONE, None);
+    }
+}

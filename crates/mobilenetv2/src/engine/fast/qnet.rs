@@ -1,0 +1,164 @@
+//! The int8 network: u8 activations, s8 per-channel weights, VNNI GEMMs, requantisation
+//! fused into every kernel's epilogue (see `crate::quant` for the scheme).
+//!
+//! The stem runs in f32 from the f32 image and quantises its ReLU6 rows; every later tensor
+//! is u8 until the last conv, whose ReLU6 outputs are pooled in f32; the pooled features are
+//! quantised once more for the int8 classifier, whose logits come out in f32.
+
+use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
+use mnv2_kernels::qgemm::{qgemm, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
+use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
+use mnv2_kernels::{Isa, MinMax};
+
+use super::{check_structure, minmax, Net};
+use crate::engine::fold::{fold_conv, linear};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::plan::Activation;
+use crate::quant::{QuantSpec, RELU6};
+
+/// Weights `[k][n]` rounded to the int8 grid of their output channel (`q * scale`): the
+/// stem and depthwise convs compute in f32 but store (and so must use) int8 weights.
+fn int8_grid(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let (q, s) = quantize_weights(w, k, n);
+    q.iter().enumerate().map(|(i, &v)| v as f32 * s[i % n]).collect()
+}
+
+struct Block {
+    expand: Option<PackedQGemm>,
+    dw: (PackedDw, MinMax),
+    project: (PackedQGemm, MinMax),
+    /// Quantisation of the block's input (for the residual) and output.
+    input: QParams,
+    output: QParams,
+}
+
+pub(crate) struct QNet {
+    isa: Isa,
+    stem: (PackedStem, MinMax),
+    blocks: Vec<Block>,
+    last: (PackedQGemm, MinMax),
+    classifier: PackedQGemm,
+}
+
+impl QNet {
+    pub fn new(model: &Model, spec: &QuantSpec, isa: Isa) -> Result<QNet> {
+        let plan = &model.plan;
+        check_structure(plan)?;
+        let unsupported = |what: &str| Err(Error::Unsupported(format!("the int8 engine does not run {what}")));
+        let layers = &plan.layers;
+        let relu6 = |i: usize| layers[i].conv().expect("conv").activation == Activation::Relu6;
+        if !relu6(0) || plan.blocks.iter().any(|b| !relu6(b.depthwise) || b.expand.is_some_and(|e| !relu6(e))) {
+            return unsupported("a network whose stem, expand and depthwise convs are not ReLU6");
+        }
+        if plan.blocks.iter().skip(1).any(|b| b.expand.is_none()) || plan.blocks[0].residual {
+            return unsupported("blocks without an expand conv after the first (their depthwise input is signed)");
+        }
+        if layers
+            .iter()
+            .any(|l| l.conv().is_some_and(|c| c.kind == crate::plan::ConvKind::Pointwise) && l.input.c % 4 != 0)
+        {
+            return unsupported("1x1 convolutions whose input channels are not a multiple of 4");
+        }
+        let n = layers.len();
+        let f = fold_conv(model, &layers[0]);
+        let c0 = layers[0].output.c;
+        let stem = (PackedStem::new(isa, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
+        let mut blocks = Vec::new();
+        let mut input = RELU6; // the first block reads the stem's ReLU6 output
+        for (b, q) in plan.blocks.iter().zip(&spec.blocks) {
+            let output: QParams = (*q).into();
+            let expand = b.expand.map(|i| {
+                let f = fold_conv(model, &layers[i]);
+                PackedQGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias, input)
+            });
+            let f = fold_conv(model, &layers[b.depthwise]);
+            let w = int8_grid(&f.weights, 9, b.hidden);
+            let dw = (PackedDw::quantized(isa, &w, b.hidden, &f.bias, RELU6), minmax(Activation::Relu6));
+            let proj = &layers[b.project];
+            let f = fold_conv(model, proj);
+            let act = minmax(proj.conv().expect("project").activation);
+            let project = (PackedQGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias, RELU6), act);
+            blocks.push(Block { expand, dw, project, input, output });
+            input = output;
+        }
+        let f = fold_conv(model, &layers[n - 4]);
+        let last = (
+            PackedQGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias, input),
+            minmax(Activation::Relu6),
+        );
+        let cls = linear(model, &layers[n - 1]);
+        let classifier =
+            PackedQGemm::new(isa, &cls.weights, layers[n - 1].input.c, layers[n - 1].output.c, &cls.bias, RELU6);
+        Ok(QNet { isa: last.0.isa, stem, blocks, last, classifier })
+    }
+}
+
+impl Net for QNet {
+    type T = u8;
+
+    fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn kernel_names(&self) -> Vec<&'static str> {
+        let mut v = vec![self.stem.0.kernel_name(), self.last.0.kernel_name(), self.classifier.kernel_name()];
+        for b in &self.blocks {
+            if let Some(e) = &b.expand {
+                v.push(e.kernel_name());
+            }
+            v.push(b.dw.0.kernel_name());
+            v.push(b.project.0.kernel_name());
+        }
+        v
+    }
+
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
+        let row = &mut scratch[..out.len()];
+        stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
+        quantize_row(row, out, RELU6);
+    }
+
+    fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
+        let w = self.blocks[k].expand.as_ref().expect("block has an expand conv");
+        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: RELU6 }, MinMax::RELU6, None);
+    }
+
+    fn dw_row(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
+        let (w, act) = &self.blocks[k].dw;
+        dwconv_row_u8(w, rows, g, *act, out, RELU6);
+    }
+
+    fn project(
+        &self,
+        k: usize,
+        m: usize,
+        a: &[u8],
+        lda: usize,
+        out: &mut [u8],
+        ldc: usize,
+        res: Option<(&[u8], usize)>,
+    ) {
+        let b = &self.blocks[k];
+        let residual = res.map(|(r, ldr)| QResidual { r, ldr, q: b.input });
+        qgemm(m, a, lda, &b.project.0, QOut::U8 { c: out, ldc, q: b.output }, b.project.1, residual);
+    }
+
+    fn last_rows(&self, m: usize, a: &[u8], lda: usize, pooled: &mut [f32], scratch: &mut [f32]) {
+        let (w, act) = &self.last;
+        let c = w.n;
+        let dst = &mut scratch[..m * c];
+        qgemm(m, a, lda, w, QOut::F32 { c: dst, ldc: c }, *act, None);
+        for row in dst.chunks_exact(c) {
+            for (p, v) in pooled.iter_mut().zip(row) {
+                *p += v;
+            }
+        }
+    }
+
+    fn classify(&self, pooled: &[f32], out: &mut [f32]) {
+        let mut q = vec![0u8; pooled.len()];
+        quantize_row(pooled, &mut q, RELU6);
+        qgemm(1, &q, q.len(), &self.classifier, QOut::F32 { c: out, ldc: self.classifier.n }, MinMax::NONE, None);
+    }
+}

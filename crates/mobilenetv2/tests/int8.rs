@@ -1,0 +1,85 @@
+//! int8: calibration, the quantised file format, and the int8 engine against fp32.
+
+mod common;
+
+use common::*;
+use mobilenetv2::engine::{Engine, Isa, Mode, Options};
+use mobilenetv2::quant::{self, Method};
+use mobilenetv2::{Batch, Model, Spec};
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn images(spec: &Spec, n: usize, seed: u64) -> Batch {
+    let len = 3 * spec.height * spec.width_px;
+    Batch::from_nchw(&[n, 3, spec.height, spec.width_px], &det_input(n * len, seed)).unwrap()
+}
+
+fn run(model: &Model, x: &Batch, mode: Mode, threads: usize, isa: Option<Isa>) -> Vec<f32> {
+    Engine::new(model, Options { mode, threads, isa }).unwrap().run(x).unwrap().data
+}
+
+#[test]
+fn int8_tracks_fp32_and_is_deterministic() {
+    for (width, res, classes) in [(1.0, 96, 100), (0.35, 64, 10), (0.75, 80, 1000)] {
+        let spec = Spec { classes, ..Spec::new(width, res) };
+        let model = Model::init(&spec, 11, true).unwrap();
+        let calib: Vec<Batch> = (0..4).map(|i| images(&spec, 2, 100 + i)).collect();
+        let qspec = quant::calibrate(&model, &calib, Method::MinMax).unwrap();
+        let mut qmodel = model.clone();
+        qmodel.quant = Some(qspec);
+        let x = images(&spec, 3, 7);
+        let fp32 = run(&model, &x, Mode::Fast, 1, None);
+        let int8 = run(&qmodel, &x, Mode::Fast, 1, None);
+        let c = cosine(&fp32, &int8);
+        eprintln!("width {width} at {res}: cosine(int8, fp32) = {c:.5}");
+        assert!(c >= 0.99, "width {width}: cosine {c}");
+        // The same bytes in every mode and thread count; every ISA within rounding.
+        for (mode, threads) in [(Mode::Fast, 2), (Mode::Streaming, 1), (Mode::Streaming, 2)] {
+            assert_eq!(run(&qmodel, &x, mode, threads, None), int8, "{mode:?} x{threads}");
+        }
+        for isa in mnv2_kernels::isa::available() {
+            let other = run(&qmodel, &x, Mode::Fast, 1, Some(isa));
+            assert!(cosine(&other, &int8) > 0.9999, "{isa:?}");
+        }
+        let one = Batch::new(1, x.shape, x.image(1).to_vec()).unwrap();
+        assert_eq!(run(&qmodel, &one, Mode::Fast, 2, None), int8[classes..2 * classes], "batch of one, split");
+    }
+}
+
+#[test]
+fn quantised_file_round_trip() {
+    let spec = Spec { classes: 7, ..Spec::new(0.5, 64) };
+    let model = Model::init(&spec, 3, true).unwrap();
+    let qspec = quant::calibrate(&model, &[images(&spec, 2, 1)], "percentile:99.9".parse().unwrap()).unwrap();
+    let mut qmodel = model.clone();
+    qmodel.quant = Some(qspec.clone());
+    let dir = std::env::temp_dir().join(format!("mnv2-int8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("q.safetensors");
+    quant::save(&qmodel, &qspec, &path).unwrap();
+    let fp32_size = {
+        let p = dir.join("f.safetensors");
+        model.save(&p).unwrap();
+        std::fs::metadata(&p).unwrap().len()
+    };
+    let q_size = std::fs::metadata(&path).unwrap().len();
+    assert!(q_size * 3 < fp32_size, "int8 file {q_size} vs fp32 {fp32_size}");
+    let loaded = Model::load(&path).unwrap();
+    assert_eq!(loaded.quant.as_ref(), Some(&qspec));
+    let x = images(&spec, 2, 5);
+    let a = run(&qmodel, &x, Mode::Fast, 1, None);
+    let b = run(&loaded, &x, Mode::Fast, 1, None);
+    assert_eq!(a, b, "the file gives the same int8 network");
+    // A corrupt scale is refused.
+    let mut file = mobilenetv2::weights::load(&path).unwrap();
+    file.tensors.get_mut("features.3.conv.0.0.weight_scale").unwrap().shape = vec![1];
+    file.tensors.get_mut("features.3.conv.0.0.weight_scale").unwrap().data = mobilenetv2::weights::Data::F32(vec![1.0]);
+    let e = Model::from_file(file).unwrap_err().to_string();
+    assert!(e.contains("features.3.conv.0.0.weight_scale"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
