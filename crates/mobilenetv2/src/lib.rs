@@ -14,6 +14,7 @@
 
 pub mod accounting;
 pub mod classify;
+pub mod data;
 pub mod engine;
 pub mod error;
 pub mod export;

@@ -3,10 +3,12 @@
 pub mod bench;
 pub mod classify;
 pub mod convert;
+pub mod eval;
 pub mod export;
 pub mod info;
 pub mod init;
 pub mod run;
+pub mod train;
 
 use std::io::Write;
 

@@ -7,6 +7,9 @@
 pub mod net;
 pub mod ops;
 pub mod optim;
+pub mod plot;
+pub mod run;
 
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};
 pub use optim::{Ema, Method, Optimizer, Schedule};
+pub use run::{evaluate, train, Config, EvalReport, Event, Metrics};

@@ -1,0 +1,241 @@
+//! `mnv2 train`: train or fine-tune on a folder of class folders or MNIST-family IDX files.
+//! The loop is `mobilenetv2::train::train`; this file parses options and shows progress.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use mobilenetv2::data::augment::Augment;
+use mobilenetv2::spec::{BottleneckActivation, Shortcut};
+use mobilenetv2::train::{self, Config, Event, Method, Schedule};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Training data: a folder of class folders, a folder with train-images-idx3-ubyte[.gz],
+    /// or an IDX images file
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data (same forms; the IDX folder given to --data means its t10k files)
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Hold out this fraction of --data for validation when there is no --val
+    #[arg(long, default_value_t = 0.0)]
+    val_split: f64,
+    /// Start from these weights (any format `mnv2` reads); the classifier is replaced when
+    /// the number of classes differs
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Width multiplier (training from scratch)
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// Input size in pixels (square)
+    #[arg(long, default_value_t = 224)]
+    resolution: usize,
+    #[arg(long)]
+    epochs: usize,
+    #[arg(long, default_value_t = 96)]
+    batch: usize,
+    /// rmsprop (TensorFlow's rule, the paper's), sgd, adamw
+    #[arg(long, default_value = "rmsprop")]
+    optimizer: String,
+    #[arg(long, default_value_t = 0.045)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Nesterov momentum (sgd)
+    #[arg(long)]
+    nesterov: bool,
+    /// Epsilon: rmsprop adds it inside the square root (TF), adamw outside
+    #[arg(long)]
+    eps: Option<f32>,
+    #[arg(long, default_value_t = 4e-5)]
+    weight_decay: f32,
+    /// Decay BatchNorm parameters and biases too
+    #[arg(long)]
+    decay_all: bool,
+    /// step (lr x --lr-decay per epoch), cosine (after --warmup epochs of linear warm-up), constant
+    #[arg(long, default_value = "step")]
+    schedule: String,
+    #[arg(long, default_value_t = 0.98)]
+    lr_decay: f64,
+    /// Warm-up epochs of the cosine schedule (may be fractional)
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f32,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// standard (random resized crop + flip), crop-flip (resize, pad, random crop + flip), none
+    #[arg(long, default_value = "standard")]
+    augment: Augment,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    shuffle: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train only the classifier (BatchNorm in eval mode) for this many epochs, then all layers
+    #[arg(long, default_value_t = 0)]
+    freeze_backbone: usize,
+    /// Keep an exponential moving average of the weights with this decay; it is saved as final
+    #[arg(long)]
+    ema: Option<f32>,
+    /// Ablation (from scratch): linear or relu6 after the projection
+    #[arg(long, default_value = "linear")]
+    bottleneck: String,
+    /// Ablation (from scratch): bottleneck or none
+    #[arg(long, default_value = "bottleneck")]
+    shortcut: String,
+    /// Also evaluate every this many steps
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
+    /// Also write a checkpoint every this many steps
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u64,
+    /// Unreadable images: skip (warn and count) or stop
+    #[arg(long, default_value = "skip")]
+    bad_images: String,
+    /// Stop after this many steps
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Compute threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder: checkpoint.safetensors, final.safetensors, metrics.jsonl, curves.png
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors (same options)
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn config(a: &Args) -> Result<Config> {
+    let method = match a.optimizer.as_str() {
+        "rmsprop" => Method::RmsProp { decay: 0.9, momentum: a.momentum, eps: a.eps.unwrap_or(1.0) },
+        "sgd" => Method::Sgd { momentum: a.momentum, nesterov: a.nesterov },
+        "adamw" => Method::AdamW { beta1: 0.9, beta2: 0.999, eps: a.eps.unwrap_or(1e-8) },
+        o => bail!("unknown optimizer `{o}` (expected rmsprop, sgd or adamw)"),
+    };
+    let schedule = match a.schedule.as_str() {
+        "step" => Schedule::Step { gamma: a.lr_decay },
+        "cosine" => Schedule::Cosine { warmup: a.warmup },
+        "constant" => Schedule::Constant,
+        s => bail!("unknown schedule `{s}` (expected step, cosine or constant)"),
+    };
+    let bottleneck = match a.bottleneck.as_str() {
+        "linear" => BottleneckActivation::Linear,
+        "relu6" => BottleneckActivation::Relu6,
+        b => bail!("unknown --bottleneck `{b}` (expected linear or relu6)"),
+    };
+    let shortcut = match a.shortcut.as_str() {
+        "bottleneck" => Shortcut::Bottleneck,
+        "none" => Shortcut::None,
+        s => bail!("unknown --shortcut `{s}` (expected bottleneck or none)"),
+    };
+    let skip = match a.bad_images.as_str() {
+        "skip" => true,
+        "stop" => false,
+        s => bail!("unknown --bad-images `{s}` (expected skip or stop)"),
+    };
+    if !(0.0..1.0).contains(&a.val_split) {
+        bail!("--val-split {} must be in [0, 1)", a.val_split);
+    }
+    if !(0.0..1.0).contains(&a.label_smoothing) {
+        bail!("--label-smoothing {} must be in [0, 1)", a.label_smoothing);
+    }
+    Ok(Config {
+        data: a.data.clone(),
+        val: a.val.clone(),
+        val_split: a.val_split,
+        init: a.init.clone(),
+        width: a.width,
+        resolution: a.resolution,
+        epochs: a.epochs,
+        batch: a.batch,
+        method,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        decay_all: a.decay_all,
+        schedule,
+        dropout: a.dropout,
+        label_smoothing: a.label_smoothing,
+        augment: a.augment,
+        shuffle: a.shuffle,
+        seed: a.seed,
+        freeze_backbone: a.freeze_backbone,
+        ema: a.ema,
+        bottleneck,
+        shortcut,
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        skip_bad_images: skip,
+        max_steps: a.max_steps,
+        out: a.out.clone(),
+    })
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let cfg = config(&a)?;
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().ok();
+    let mut bar: Option<ProgressBar> = None;
+    let quiet = a.quiet;
+    let mut on = |e: Event| match e {
+        Event::Start { epoch, steps, done, images, classes, params } => {
+            if epoch == 0 && done == 0 {
+                eprintln!(
+                    "training on {images} images, {classes} classes, {params} parameters, {} epochs of {steps} steps",
+                    cfg.epochs
+                );
+            }
+            if !quiet {
+                let b = ProgressBar::new(steps as u64).with_position(done as u64);
+                b.set_style(
+                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                        .expect("template")
+                        .progress_chars("=> "),
+                );
+                b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+                bar = Some(b);
+            }
+        }
+        Event::Step { step_in_epoch, loss, acc, images_per_s, lr, .. } => {
+            if let Some(b) = &bar {
+                b.set_position(step_in_epoch as u64);
+                b.set_message(format!("loss {loss:.4} acc {:.2}% {images_per_s:.0} img/s lr {lr:.4}", acc * 100.0));
+            }
+        }
+        Event::Eval(m) => {
+            let line = format!(
+                "epoch {:.2} step {}: train loss {:.4} acc {:.2}%{} | {:.0} img/s, {:.0} s training, peak RSS {:.0} MB",
+                m.epoch,
+                m.step,
+                m.train_loss,
+                m.train_acc * 100.0,
+                match (m.val_loss, m.val_top1, m.val_top5) {
+                    (Some(l), Some(t1), Some(t5)) =>
+                        format!(" | val loss {l:.4} top-1 {:.2}% top-5 {:.2}%", t1 * 100.0, t5 * 100.0),
+                    _ => String::new(),
+                },
+                m.images_per_s,
+                m.train_seconds,
+                m.peak_rss_mb
+            );
+            match &bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        Event::Note(n) => match &bar {
+            Some(b) => b.println(n),
+            None => eprintln!("{n}"),
+        },
+    };
+    let out = train::train(&cfg, a.resume, &mut on)?;
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}

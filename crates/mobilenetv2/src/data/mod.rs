@@ -1,0 +1,263 @@
+//! Labelled images for training and evaluation: a folder of class folders (torchvision's
+//! ImageFolder: class index = position of the folder name in sorted order) or the IDX files of
+//! the MNIST family (`*-images-idx3-ubyte[.gz]` with its `*-labels-idx1-ubyte[.gz]`).
+//!
+//! Images come out as 8-bit RGB ([`RgbImage`]); gray images are repeated over the three
+//! channels. [`augment`] turns them into network inputs, [`loader`] does so on worker threads.
+
+pub mod augment;
+pub mod loader;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::preprocess::{self, RgbImage};
+use crate::rng::Rng;
+
+/// What to do with an image file that cannot be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnBad {
+    /// Warn, count it and leave it out.
+    #[default]
+    Skip,
+    /// Stop with an error naming the file.
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    /// `n` gray images of `h x w`, row-major.
+    Idx {
+        pixels: Vec<u8>,
+        h: usize,
+        w: usize,
+    },
+    Files(Vec<PathBuf>),
+}
+
+/// A labelled set of images.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub path: PathBuf,
+    pub classes: Vec<String>,
+    pub labels: Vec<usize>,
+    source: Source,
+}
+
+const FASHION: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::format(path, "gzip", e.to_string()))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// An IDX file: its dimensions and the unsigned-byte payload.
+fn read_idx(path: &Path, dims_wanted: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = read_maybe_gz(path)?;
+    let bad = |d: String| Error::format(path, "IDX", d);
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad("no IDX magic number (00 00 type dims)".into()));
+    }
+    if bytes[2] != 0x08 {
+        return Err(bad(format!("element type 0x{:02x} is not unsigned bytes (0x08)", bytes[2])));
+    }
+    let nd = bytes[3] as usize;
+    if nd != dims_wanted {
+        return Err(bad(format!("{nd} dimensions, expected {dims_wanted}")));
+    }
+    if bytes.len() < 4 + 4 * nd {
+        return Err(bad("truncated header".into()));
+    }
+    let dims: Vec<usize> =
+        (0..nd).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
+    let n: usize = dims.iter().product();
+    let payload = &bytes[4 + 4 * nd..];
+    if payload.len() != n {
+        return Err(bad(format!("header says {dims:?} ({n} bytes) but {} bytes follow", payload.len())));
+    }
+    Ok((dims, payload.to_vec()))
+}
+
+/// The labels file next to an images file (`...-images-idx3-ubyte` -> `...-labels-idx1-ubyte`).
+fn labels_path(images: &Path) -> Option<PathBuf> {
+    let name = images.file_name()?.to_str()?;
+    name.contains("images-idx3").then(|| images.with_file_name(name.replace("images-idx3", "labels-idx1")))
+}
+
+fn find_idx(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    ["", ".gz"].iter().map(|ext| dir.join(format!("{prefix}-images-idx3-ubyte{ext}"))).find(|p| p.is_file())
+}
+
+impl Dataset {
+    /// Opens `path`: an IDX images file, a folder holding `train-images-idx3-ubyte[.gz]`, or a
+    /// folder of class folders.
+    pub fn open(path: &Path, on_bad: OnBad) -> Result<Dataset> {
+        if path.is_file() {
+            return Dataset::open_idx(path);
+        }
+        if !path.is_dir() {
+            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+        }
+        if let Some(p) = find_idx(path, "train") {
+            return Dataset::open_idx(&p);
+        }
+        Dataset::open_folder(path, on_bad)
+    }
+
+    /// The test split of an IDX folder (`t10k-*`), for `--val` given the same folder.
+    pub fn open_test(path: &Path, on_bad: OnBad) -> Result<Dataset> {
+        match (path.is_dir(), find_idx(path, "t10k")) {
+            (true, Some(p)) => Dataset::open_idx(&p),
+            _ => Dataset::open(path, on_bad),
+        }
+    }
+
+    pub fn open_idx(images: &Path) -> Result<Dataset> {
+        let lpath = labels_path(images).ok_or_else(|| {
+            Error::format(images, "IDX", "the file name has no `images-idx3`, so its labels file cannot be found")
+        })?;
+        let (dims, pixels) = read_idx(images, 3)?;
+        let (ldims, raw) = read_idx(&lpath, 1)?;
+        if ldims[0] != dims[0] {
+            return Err(Error::format(&lpath, "IDX", format!("{} labels for {} images", ldims[0], dims[0])));
+        }
+        if dims[0] == 0 {
+            return Err(Error::format(images, "IDX", "no images"));
+        }
+        let labels: Vec<usize> = raw.iter().map(|&l| l as usize).collect();
+        let k = labels.iter().max().map_or(0, |m| m + 1);
+        let classes = if k == 10 && images.to_string_lossy().contains("fashion") {
+            FASHION.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..k).map(|i| i.to_string()).collect()
+        };
+        Ok(Dataset { path: images.into(), classes, labels, source: Source::Idx { pixels, h: dims[1], w: dims[2] } })
+    }
+
+    pub fn open_folder(dir: &Path, on_bad: OnBad) -> Result<Dataset> {
+        let mut classes: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: no class folders (expected one folder of images per class, or IDX files)",
+                dir.display()
+            )));
+        }
+        let (mut files, mut labels, mut bad) = (Vec::new(), Vec::new(), 0usize);
+        for (k, class) in classes.iter().enumerate() {
+            let cdir = dir.join(class);
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&cdir)
+                .map_err(|e| Error::io(&cdir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect();
+            entries.sort();
+            let before = files.len();
+            for p in entries {
+                // Headers only: cheap, and catches files that are not images at all.
+                match image::image_dimensions(&p) {
+                    Ok(_) => {
+                        files.push(p);
+                        labels.push(k);
+                    }
+                    Err(e) => match on_bad {
+                        OnBad::Stop => {
+                            return Err(Error::Image {
+                                path: p,
+                                detail: format!("{e} (use --bad-images skip to leave it out)"),
+                            })
+                        }
+                        OnBad::Skip => {
+                            eprintln!("warning: {}: cannot read image, skipped: {e}", p.display());
+                            bad += 1;
+                        }
+                    },
+                }
+            }
+            if files.len() == before {
+                return Err(Error::Input(format!("{}: class folder `{class}` has no readable images", cdir.display())));
+            }
+        }
+        if bad > 0 {
+            eprintln!("warning: {}: {bad} unreadable image(s) skipped", dir.display());
+        }
+        Ok(Dataset { path: dir.into(), classes, labels, source: Source::Files(files) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Image `i` as 8-bit RGB (gray repeated over three channels).
+    pub fn image(&self, i: usize) -> Result<RgbImage> {
+        match &self.source {
+            Source::Idx { pixels, h, w } => {
+                let px = &pixels[i * h * w..(i + 1) * h * w];
+                RgbImage::new(*w, *h, px.iter().flat_map(|&v| [v, v, v]).collect())
+            }
+            Source::Files(files) => preprocess::decode(&files[i]),
+        }
+    }
+
+    /// Where image `i` comes from, for messages.
+    pub fn describe(&self, i: usize) -> String {
+        match &self.source {
+            Source::Idx { .. } => format!("{} image {i}", self.path.display()),
+            Source::Files(f) => f[i].display().to_string(),
+        }
+    }
+
+    /// Deterministic split of the indices: `(train, held out)` with `fraction` held out.
+    pub fn split(&self, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        Rng::new(seed ^ 0x5151_7e57).shuffle(&mut idx);
+        let held = ((self.len() as f64) * fraction).round() as usize;
+        let mut val = idx.split_off(self.len() - held.min(self.len()));
+        idx.sort();
+        val.sort();
+        (idx, val)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idx_header_errors_are_clear() {
+        let dir = std::env::temp_dir().join(format!("mnv2-idx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("x-images-idx3-ubyte");
+        let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
+        bytes.extend([1u8; 12]);
+        std::fs::write(&img, &bytes).unwrap();
+        std::fs::write(dir.join("x-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 2, 1, 0]).unwrap();
+        let d = Dataset::open_idx(&img).unwrap();
+        assert_eq!((d.len(), d.classes.len()), (2, 2));
+        assert_eq!(d.image(1).unwrap().data.len(), 2 * 3 * 3);
+        std::fs::write(&img, &bytes[..20]).unwrap();
+        let e = Dataset::open_idx(&img).unwrap_err().to_string();
+        assert!(e.contains("x-images-idx3-ubyte") && e.contains("bytes follow"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,566 @@
+//! The training loop: a model from a seed or from weights (classifier replaced for the
+//! dataset's classes), batches from [`crate::data`], steps of [`Net`], an [`Optimizer`] on a
+//! [`Schedule`], evaluation with the inference engine, metrics, plots and checkpoints.
+//!
+//! Checkpoints (`OUT/checkpoint.safetensors`, written atomically) hold the tensors, the
+//! optimizer's state, the EMA, the step, the epoch, the position in the epoch, the RNG state
+//! and the config; data order and augmentation are functions of (seed, epoch, position), so a
+//! resumed run continues bit for bit where the checkpoint was taken.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::net::{BnMode, Net, StepOptions, Tape};
+use super::optim::{Ema, Method, Optimizer, Schedule};
+use super::plot;
+use crate::data::augment::Augment;
+use crate::data::loader::{Loader, Transform};
+use crate::data::{Dataset, OnBad};
+use crate::engine::{Engine, Mode, Options};
+use crate::error::{Error, Result};
+use crate::model::{Model, Preprocess};
+use crate::plan::Role;
+use crate::rng::Rng;
+use crate::spec::{BottleneckActivation, Shortcut, Spec};
+use crate::tensor::Batch as TBatch;
+use crate::weights::{self, Data, Tensor};
+
+/// Everything that determines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    /// Fraction of the training data held out for validation when there is no `val`.
+    pub val_split: f64,
+    pub init: Option<PathBuf>,
+    pub width: f64,
+    pub resolution: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub method: Method,
+    pub lr: f64,
+    pub weight_decay: f32,
+    pub decay_all: bool,
+    pub schedule: Schedule,
+    pub dropout: f32,
+    pub label_smoothing: f32,
+    pub augment: Augment,
+    pub shuffle: bool,
+    pub seed: u64,
+    /// Epochs with the backbone frozen (BatchNorm in eval mode, only the classifier trains).
+    pub freeze_backbone: usize,
+    pub ema: Option<f32>,
+    pub bottleneck: BottleneckActivation,
+    pub shortcut: Shortcut,
+    /// Evaluate every this many steps as well as after each epoch (0: epochs only).
+    pub eval_every: u64,
+    /// Write a checkpoint every this many steps as well as after each epoch (0: epochs only).
+    pub checkpoint_every: u64,
+    pub skip_bad_images: bool,
+    /// Stop after this many steps (benchmarks and tests).
+    pub max_steps: Option<u64>,
+    pub out: PathBuf,
+}
+
+/// What the loop tells its caller.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Start { epoch: usize, steps: usize, done: usize, images: usize, classes: usize, params: usize },
+    Step { epoch: usize, step_in_epoch: usize, loss: f64, acc: f64, images_per_s: f64, lr: f64 },
+    Eval(Metrics),
+    Note(String),
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub epoch: f64,
+    pub step: u64,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: Option<f64>,
+    pub val_top1: Option<f64>,
+    pub val_top5: Option<f64>,
+    pub images_per_s: f64,
+    /// Seconds spent in training steps so far (data waits included, evaluation excluded).
+    pub train_seconds: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Top-1, top-5, loss and the confusion matrix (`[true][predicted]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalReport {
+    pub n: usize,
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub confusion: Vec<Vec<usize>>,
+    pub skipped: usize,
+}
+
+/// Peak resident memory of this process in MB (Linux; 0 elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Evaluates `model` on samples `indices` of `ds` with the fast inference engine.
+pub fn evaluate(
+    model: &Model,
+    ds: Arc<Dataset>,
+    indices: Arc<Vec<usize>>,
+    augment: Augment,
+    batch: usize,
+    threads: usize,
+    skip_bad: bool,
+) -> Result<EvalReport> {
+    let k = model.spec().classes;
+    if let Some(&bad) = indices.iter().map(|&i| &ds.labels[i]).find(|&&l| l >= k) {
+        return Err(Error::Input(format!(
+            "{}: label {bad} is out of range for a classifier of {k} classes",
+            ds.path.display()
+        )));
+    }
+    let engine = Engine::new(model, Options { mode: Mode::Fast, threads: threads.max(1), isa: None })?;
+    let (h, w) = (model.spec().height, model.spec().width_px);
+    let t = Transform {
+        augment,
+        train: false,
+        preprocess: model.preprocess.clone(),
+        height: h,
+        width: w,
+        seed: 0,
+        epoch: 0,
+        on_bad: if skip_bad { OnBad::Skip } else { OnBad::Stop },
+    };
+    let mut rep = EvalReport { n: 0, loss: 0.0, top1: 0.0, top5: 0.0, confusion: vec![vec![0; k]; k], skipped: 0 };
+    let (mut hit1, mut hit5) = (0usize, 0usize);
+    for b in Loader::new(ds, indices, batch, 0, t, 1, 2) {
+        let b = b?;
+        rep.skipped += b.skipped;
+        if b.labels.is_empty() {
+            continue;
+        }
+        let n = b.labels.len();
+        let logits = engine.run(&TBatch::new(n, crate::plan::Shape::new(h, w, 3), b.images)?)?;
+        for (i, &label) in b.labels.iter().enumerate() {
+            let z = &logits.data[i * k..(i + 1) * k];
+            let mx = z.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+            let lse = mx + z.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+            rep.loss += lse - z[label] as f64;
+            let top = crate::classify::top_k(z, 5.min(k));
+            hit1 += (top[0].0 == label) as usize;
+            hit5 += top.iter().any(|t| t.0 == label) as usize;
+            rep.confusion[label][top[0].0] += 1;
+        }
+        rep.n += n;
+    }
+    if rep.n == 0 {
+        return Err(Error::Input("no images to evaluate".into()));
+    }
+    rep.loss /= rep.n as f64;
+    rep.top1 = hit1 as f64 / rep.n as f64;
+    rep.top5 = hit5 as f64 / rep.n as f64;
+    Ok(rep)
+}
+
+/// A model for the run: from the checkpoint's spec, from `init` with the classifier replaced,
+/// or from the seed.
+fn build_model(cfg: &Config, classes: &[String]) -> Result<Model> {
+    let k = classes.len();
+    let mut model = match &cfg.init {
+        Some(path) => {
+            let src = Model::load(path)?;
+            let spec = Spec {
+                height: cfg.resolution,
+                width_px: cfg.resolution,
+                classes: k,
+                dropout: cfg.dropout,
+                ..src.spec().clone()
+            };
+            let mut fresh = Model::init(&spec, cfg.seed, false)?;
+            for (name, v) in &src.params {
+                let keep = !name.starts_with("classifier.") || src.spec().classes == k;
+                if keep && fresh.params.get(name).is_some_and(|f| f.len() == v.len()) {
+                    fresh.params.insert(name.clone(), v.clone());
+                }
+            }
+            fresh.preprocess =
+                Preprocess { resize: Preprocess::imagenet(cfg.resolution).resize, ..src.preprocess.clone() };
+            fresh.source = path.clone();
+            fresh
+        }
+        None => {
+            let spec = Spec {
+                width: cfg.width,
+                classes: k,
+                dropout: cfg.dropout,
+                bottleneck: cfg.bottleneck,
+                shortcut: cfg.shortcut,
+                ..Spec::new(cfg.width, cfg.resolution)
+            };
+            Model::init(&spec, cfg.seed, false)?
+        }
+    };
+    model.labels = Some(classes.to_vec());
+    Ok(model)
+}
+
+/// The training state that a checkpoint holds.
+struct State {
+    model: Model,
+    net: Net,
+    opt: Optimizer,
+    ema: Option<Ema>,
+    step: u64,
+    epoch: usize,
+    batch_in_epoch: usize,
+    rng: Rng,
+    train_seconds: f64,
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+fn save_checkpoint(cfg: &Config, s: &State) -> Result<()> {
+    let mut model = s.model.clone();
+    s.net.store(&mut model);
+    let mut tensors: BTreeMap<String, Tensor> =
+        model.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
+    for (slot, buf) in s.opt.state.iter().enumerate() {
+        for t in s.net.tensors.iter().filter(|t| t.trainable()) {
+            tensors.insert(
+                format!("optim.{slot}.{}", t.name),
+                Tensor::f32(t.shape.clone(), buf[t.offset..t.offset + t.len].to_vec()),
+            );
+        }
+    }
+    if let Some(e) = &s.ema {
+        for t in s.net.tensors.iter().filter(|t| t.trainable()) {
+            tensors.insert(
+                format!("ema.{}", t.name),
+                Tensor::f32(t.shape.clone(), e.params[t.offset..t.offset + t.len].to_vec()),
+            );
+        }
+    }
+    let mut meta = model.metadata();
+    meta.insert("format".into(), "mnv2-train-checkpoint".into());
+    meta.insert("config".into(), serde_json::to_string(cfg).expect("config serialises"));
+    meta.insert("step".into(), s.step.to_string());
+    meta.insert("epoch".into(), s.epoch.to_string());
+    meta.insert("batch_in_epoch".into(), s.batch_in_epoch.to_string());
+    meta.insert("optim_steps".into(), s.opt.steps.to_string());
+    meta.insert("rng".into(), serde_json::to_string(&s.rng.state()).unwrap());
+    meta.insert("train_seconds".into(), s.train_seconds.to_string());
+    weights::safetensors_io::write(&cfg.out.join(CHECKPOINT), &tensors, &meta)
+}
+
+fn load_checkpoint(cfg: &Config, path: &Path) -> Result<State> {
+    let file = weights::load(path)?;
+    let meta = |k: &str| -> Result<String> {
+        file.metadata
+            .get(k)
+            .cloned()
+            .ok_or_else(|| Error::format(path, "checkpoint", format!("no `{k}` in the metadata")))
+    };
+    let bad = |k: &str, e: String| Error::format(path, "checkpoint", format!("metadata `{k}`: {e}"));
+    let stored: Config = serde_json::from_str(&meta("config")?).map_err(|e| bad("config", e.to_string()))?;
+    let mut mine = cfg.clone();
+    mine.max_steps = stored.max_steps;
+    if mine != stored {
+        return Err(Error::Input(format!(
+            "{}: --resume with a different configuration than the checkpoint's (stored: {})",
+            path.display(),
+            serde_json::to_string(&stored).unwrap()
+        )));
+    }
+    let mut tf = weights::TensorFile { path: path.into(), tensors: BTreeMap::new(), metadata: file.metadata.clone() };
+    let mut extra = BTreeMap::new();
+    for (k, v) in file.tensors {
+        match k.strip_prefix("model.") {
+            Some(name) => {
+                tf.tensors.insert(name.to_string(), v);
+            }
+            None => {
+                extra.insert(k, v);
+            }
+        }
+    }
+    tf.metadata.remove("format");
+    let model = Model::from_file(tf)?;
+    let net = Net::new(&model);
+    let mut opt = Optimizer::new(stored.method, stored.weight_decay, stored.decay_all, net.params.len());
+    let f32s = |name: &str| -> Result<Vec<f32>> {
+        match extra.get(name).map(|t| &t.data) {
+            Some(Data::F32(v)) => Ok(v.clone()),
+            _ => Err(Error::format(path, "checkpoint", format!("missing or non-float tensor `{name}`"))),
+        }
+    };
+    for (slot, buf) in opt.state.iter_mut().enumerate() {
+        for t in net.tensors.iter().filter(|t| t.trainable()) {
+            let v = f32s(&format!("optim.{slot}.{}", t.name))?;
+            if v.len() != t.len {
+                return Err(Error::format(
+                    path,
+                    "checkpoint",
+                    format!("optimizer state of `{}` has the wrong size", t.name),
+                ));
+            }
+            buf[t.offset..t.offset + t.len].copy_from_slice(&v);
+        }
+    }
+    let ema = match stored.ema {
+        Some(d) => {
+            let mut e = Ema::new(d, &net.params);
+            for t in net.tensors.iter().filter(|t| t.trainable()) {
+                e.params[t.offset..t.offset + t.len].copy_from_slice(&f32s(&format!("ema.{}", t.name))?);
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let num = |k: &str| -> Result<u64> { meta(k)?.parse().map_err(|e: std::num::ParseIntError| bad(k, e.to_string())) };
+    opt.steps = num("optim_steps")?;
+    let rng: [u64; 4] = serde_json::from_str(&meta("rng")?).map_err(|e| bad("rng", e.to_string()))?;
+    Ok(State {
+        net,
+        opt,
+        ema,
+        step: num("step")?,
+        epoch: num("epoch")? as usize,
+        batch_in_epoch: num("batch_in_epoch")? as usize,
+        rng: Rng::from_state(rng),
+        train_seconds: meta("train_seconds")?.parse().unwrap_or(0.0),
+        model,
+    })
+}
+
+fn append_metrics(cfg: &Config, m: &Metrics) -> Result<()> {
+    let path = cfg.out.join("metrics.jsonl");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    writeln!(f, "{}", serde_json::to_string(m).unwrap()).map_err(|e| Error::io(&path, e))
+}
+
+fn read_metrics(cfg: &Config) -> Vec<Metrics> {
+    std::fs::read_to_string(cfg.out.join("metrics.jsonl"))
+        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Trains as `cfg` says; with `resume`, continues from `OUT/checkpoint.safetensors`.
+/// Returns the path of the final weights.
+pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<PathBuf> {
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(Error::Input("--batch and --epochs must be at least 1".into()));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(Error::Input(format!("learning rate {} must be positive", cfg.lr)));
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let on_bad = if cfg.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
+    let ds = Arc::new(Dataset::open(&cfg.data, on_bad)?);
+    let (train_idx, val) = match &cfg.val {
+        Some(v) => {
+            let vd = if v == &cfg.data { Dataset::open_test(v, on_bad)? } else { Dataset::open(v, on_bad)? };
+            let idx: Vec<usize> = (0..vd.len()).collect();
+            ((0..ds.len()).collect::<Vec<_>>(), Some((Arc::new(vd), Arc::new(idx))))
+        }
+        None if cfg.val_split > 0.0 => {
+            let (t, v) = ds.split(cfg.val_split, cfg.seed);
+            (t, Some((ds.clone(), Arc::new(v))))
+        }
+        None => ((0..ds.len()).collect(), None),
+    };
+    if train_idx.is_empty() {
+        return Err(Error::Input(format!("{}: no training images", cfg.data.display())));
+    }
+    let ckpt = cfg.out.join(CHECKPOINT);
+    let mut s = if resume && ckpt.is_file() {
+        let s = load_checkpoint(cfg, &ckpt)?;
+        on(Event::Note(format!("resuming from {} at step {} (epoch {})", ckpt.display(), s.step, s.epoch + 1)));
+        s
+    } else {
+        if resume {
+            on(Event::Note(format!("no checkpoint in {}: starting from scratch", cfg.out.display())));
+        }
+        let model = build_model(cfg, &ds.classes)?;
+        let net = Net::new(&model);
+        let opt = Optimizer::new(cfg.method, cfg.weight_decay, cfg.decay_all, net.params.len());
+        let ema = cfg.ema.map(|d| Ema::new(d, &net.params));
+        let _ = std::fs::remove_file(cfg.out.join("metrics.jsonl"));
+        State {
+            model,
+            net,
+            opt,
+            ema,
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            rng: Rng::new(cfg.seed),
+            train_seconds: 0.0,
+        }
+    };
+    let k = s.model.spec().classes;
+    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= k) {
+        return Err(Error::Input(format!("{}: label {bad} is out of range for {k} classes", ds.path.display())));
+    }
+    Net::check_plan(&s.net.plan)?;
+    let cls_layer = s.net.plan.layers.iter().position(|l| l.role == Role::Classifier).expect("classifier");
+    let per_epoch = Loader::batches(train_idx.len(), cfg.batch) as u64;
+    let total = per_epoch * cfg.epochs as u64;
+    let mut tape = Tape::new(&s.net.plan, cfg.batch);
+    let (h, w) = (s.model.spec().height, s.model.spec().width_px);
+    let threads = rayon::current_num_threads();
+    let mut history = read_metrics(cfg);
+    let ds_train = ds.clone();
+    let train_idx = Arc::new(train_idx);
+
+    'epochs: while s.epoch < cfg.epochs {
+        let epoch = s.epoch;
+        let mut order = (*train_idx).clone();
+        if cfg.shuffle {
+            Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)).shuffle(&mut order);
+        }
+        let frozen = epoch < cfg.freeze_backbone;
+        let t = Transform {
+            augment: cfg.augment,
+            train: true,
+            preprocess: s.model.preprocess.clone(),
+            height: h,
+            width: w,
+            seed: cfg.seed,
+            epoch: epoch as u64,
+            on_bad,
+        };
+        on(Event::Start {
+            epoch,
+            steps: per_epoch as usize,
+            done: s.batch_in_epoch,
+            images: order.len(),
+            classes: k,
+            params: s.net.params.len(),
+        });
+        let loader = Loader::new(ds_train.clone(), Arc::new(order), cfg.batch, s.batch_in_epoch, t, 1, 3);
+        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        let mut t_epoch = Instant::now();
+        let mut imgs_since = 0usize;
+        for b in loader {
+            let b = b?;
+            if b.labels.is_empty() {
+                s.batch_in_epoch += 1;
+                continue;
+            }
+            let lr = cfg.schedule.lr(cfg.lr, s.step, per_epoch, total);
+            let opts = StepOptions {
+                bn: if frozen { BnMode::Eval } else { BnMode::Train },
+                backbone: !frozen,
+                label_smoothing: cfg.label_smoothing,
+            };
+            let st = s.net.step(&mut tape, &b.images, &b.labels, opts, Some(&mut s.rng))?;
+            if !st.loss.is_finite() {
+                return Err(Error::Input(format!(
+                    "the loss is {} at step {} (epoch {}): training diverged (try a lower --lr); the last good checkpoint {} is kept",
+                    st.loss,
+                    s.step + 1,
+                    epoch + 1,
+                    ckpt.display()
+                )));
+            }
+            let layers = &s.net.tensors;
+            s.opt.step(&mut s.net.params, &s.net.grads, layers, lr as f32, |t| !frozen || t.layer == cls_layer);
+            if let Some(e) = &mut s.ema {
+                e.update(&s.net.params);
+            }
+            s.step += 1;
+            s.batch_in_epoch += 1;
+            let n = b.labels.len();
+            loss_sum += st.loss * n as f64;
+            hits += st.correct;
+            seen += n;
+            imgs_since += n;
+            let dt = t_epoch.elapsed().as_secs_f64();
+            s.train_seconds += dt;
+            t_epoch = Instant::now();
+            on(Event::Step {
+                epoch,
+                step_in_epoch: s.batch_in_epoch,
+                loss: loss_sum / seen as f64,
+                acc: hits as f64 / seen as f64,
+                images_per_s: n as f64 / dt.max(1e-9),
+                lr,
+            });
+            let stop = cfg.max_steps.is_some_and(|m| s.step >= m);
+            let end = s.batch_in_epoch as u64 >= per_epoch;
+            let eval_now = end || stop || (cfg.eval_every > 0 && s.step % cfg.eval_every == 0);
+            if end {
+                s.epoch += 1;
+                s.batch_in_epoch = 0;
+            }
+            if eval_now {
+                let ips =
+                    imgs_since as f64 / (s.train_seconds - history.last().map_or(0.0, |m| m.train_seconds)).max(1e-9);
+                imgs_since = 0;
+                let mut m = Metrics {
+                    epoch: s.step as f64 / per_epoch as f64,
+                    step: s.step,
+                    lr,
+                    train_loss: loss_sum / seen as f64,
+                    train_acc: hits as f64 / seen as f64,
+                    val_loss: None,
+                    val_top1: None,
+                    val_top5: None,
+                    images_per_s: ips,
+                    train_seconds: s.train_seconds,
+                    peak_rss_mb: peak_rss_mb(),
+                };
+                if let Some((vd, vi)) = &val {
+                    let mut model = s.model.clone();
+                    s.net.store(&mut model);
+                    let r =
+                        evaluate(&model, vd.clone(), vi.clone(), cfg.augment, cfg.batch, threads, cfg.skip_bad_images)?;
+                    m.val_loss = Some(r.loss);
+                    m.val_top1 = Some(r.top1);
+                    m.val_top5 = Some(r.top5);
+                }
+                append_metrics(cfg, &m)?;
+                history.push(m.clone());
+                if let Err(e) = plot::curves(&cfg.out.join("curves.png"), &history) {
+                    on(Event::Note(format!("warning: could not draw the curves: {e}")));
+                }
+                on(Event::Eval(m));
+                t_epoch = Instant::now();
+            }
+            let ck_now = end || stop || (cfg.checkpoint_every > 0 && s.step % cfg.checkpoint_every == 0);
+            if ck_now {
+                save_checkpoint(cfg, &s)?;
+                t_epoch = Instant::now();
+            }
+            if stop {
+                break 'epochs;
+            }
+        }
+        if s.batch_in_epoch != 0 {
+            // The loader ended early (only with skipped images at the end).
+            s.epoch += 1;
+            s.batch_in_epoch = 0;
+        }
+    }
+    let mut model = s.model.clone();
+    s.net.store(&mut model);
+    if let Some(e) = &s.ema {
+        let mut ema_net = s.net.clone();
+        ema_net.params.copy_from_slice(&e.params);
+        ema_net.store(&mut model);
+    }
+    let out = cfg.out.join("final.safetensors");
+    model.save(&out)?;
+    Ok(out)
+}
