@@ -54,8 +54,7 @@ fn make(ds: &Dataset, order: &[usize], index: usize, batch: usize, t: &Transform
     let hi = (lo + batch).min(order.len());
     let (h, w) = (t.height, t.width);
     let mut out = Batch { index, images: Vec::with_capacity((hi - lo) * h * w * 3), labels: Vec::new(), skipped: 0 };
-    for pos in lo..hi {
-        let i = order[pos];
+    for (pos, &i) in order.iter().enumerate().take(hi).skip(lo) {
         let img = match ds.image(i) {
             Ok(img) => img,
             Err(e) if t.on_bad == OnBad::Skip => {

@@ -100,8 +100,11 @@ fn fmt_tick(v: f64, pct: bool) -> String {
     }
 }
 
-/// One panel: series of (x, y) points with colours and names.
-fn panel(cv: &mut Canvas, x0: usize, title: &str, series: &[(&str, Rgb, Vec<(f64, f64)>)], pct: bool) {
+/// A named, coloured series of (x, y) points.
+type Series<'a> = (&'a str, Rgb, Vec<(f64, f64)>);
+
+/// One panel of series.
+fn panel(cv: &mut Canvas, x0: usize, title: &str, series: &[Series], pct: bool) {
     let (left, top, pw, ph) = (x0 + 70, 40usize, W / 2 - 100, H - 100);
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.2.iter().copied()).filter(|p| p.1.is_finite()).collect();
     let xmax = pts.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
