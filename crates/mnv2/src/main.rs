@@ -30,6 +30,8 @@ enum Command {
     Export(cmd::export::Args),
     /// Time inference: median and p90 latency, images/s, peak RSS, activation memory
     Bench(cmd::bench::Args),
+    /// Post-training int8 quantisation, calibrated on images or an .npy batch
+    Quantize(cmd::quantize::Args),
     /// Train or fine-tune: image folders or IDX files, checkpoints, metrics, curves
     Train(Box<cmd::train::Args>),
     /// Top-1, top-5 and the confusion matrix on labelled images
@@ -45,6 +47,7 @@ fn main() {
         Command::Run(a) => cmd::run::main(a),
         Command::Convert(a) => cmd::convert::main(a),
         Command::Bench(a) => cmd::bench::main(a),
+        Command::Quantize(a) => cmd::quantize::main(a),
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
         Command::Export(a) => cmd::export::main(a),

@@ -143,9 +143,8 @@ impl Model {
                         format!("the network has {} blocks", plan.blocks.len()),
                     ));
                 }
-                if let Some(b) =
-                    q.blocks.iter().find(|b| !(b.scale > 0.0 && b.scale.is_finite() && (0..=255).contains(&b.zero)))
-                {
+                let mut acts = q.blocks.iter().flat_map(|b| [b.hidden, b.dw, b.output]).chain([q.pooled]);
+                if let Some(b) = acts.find(|b| !(b.scale > 0.0 && b.scale.is_finite() && (0..=255).contains(&b.zero))) {
                     return Err(meta_err(
                         &path,
                         "quantization",
@@ -246,8 +245,12 @@ impl Model {
     }
 
     /// Writes the project's format: safetensors with torchvision names plus metadata, atomically.
+    /// An int8 model is written in the int8 format (see [`crate::quant`]).
     pub fn save(&self, path: &Path) -> Result<()> {
-        weights::safetensors_io::write(path, &self.tensors(), &self.metadata())
+        match &self.quant {
+            Some(q) => crate::quant::save(self, q, path),
+            None => weights::safetensors_io::write(path, &self.tensors(), &self.metadata()),
+        }
     }
 }
 

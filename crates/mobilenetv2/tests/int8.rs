@@ -83,3 +83,38 @@ fn quantised_file_round_trip() {
     assert!(e.contains("features.3.conv.0.0.weight_scale"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The real ImageNet weights, calibrated on photos that are not test photos
+/// (`weights/calib`, fetched by scripts/fetch_assets.sh): the int8 network keeps the fp32
+/// top-1 class on every test photo.
+#[test]
+fn real_weights_keep_top1_on_the_test_photos() {
+    let weights = root().join("weights/mobilenet_v2-b0353104.pth");
+    let calib_dir = root().join("weights/calib");
+    assert!(
+        weights.exists() && calib_dir.exists(),
+        "run scripts/fetch_assets.sh first (needs {weights:?} and {calib_dir:?})"
+    );
+    let model = Model::load(&weights).unwrap();
+    let (h, w) = (model.spec().height, model.spec().width_px);
+    let mut calib: Vec<_> = std::fs::read_dir(&calib_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    calib.sort();
+    let batches: Vec<Batch> =
+        calib.chunks(4).map(|c| mobilenetv2::preprocess::load_batch(c, &model.preprocess, h, w).unwrap()).collect();
+    let qspec = quant::calibrate(&model, &batches, "percentile:99.99".parse().unwrap()).unwrap();
+    let mut qmodel = model.clone();
+    qmodel.quant = Some(qspec);
+    let photos: Vec<_> = ["camera.png", "chelsea.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg"]
+        .iter()
+        .map(|p| root().join("tests/data/images").join(p))
+        .collect();
+    let x = mobilenetv2::preprocess::load_batch(&photos, &model.preprocess, h, w).unwrap();
+    let fp32 = run(&model, &x, Mode::Fast, 2, None);
+    let int8 = run(&qmodel, &x, Mode::Fast, 2, None);
+    for (i, p) in photos.iter().enumerate() {
+        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let (a, b) = (&fp32[i * 1000..(i + 1) * 1000], &int8[i * 1000..(i + 1) * 1000]);
+        eprintln!("{}: fp32 top-1 {} int8 top-1 {} cosine {:.4}", p.display(), argmax(a), argmax(b), cosine(a, b));
+        assert_eq!(argmax(a), argmax(b), "{}", p.display());
+    }
+}

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod info;
 pub mod init;
+pub mod quantize;
 pub mod run;
 pub mod train;
 

@@ -2,12 +2,12 @@
 //!
 //! The scheme (what the int8 engine runs):
 //! - weights: BatchNorm folded, then s8 symmetric per output channel (`w = scale[o] * q`);
-//! - activations: u8 with an affine map `real = scale * (q - zero)`. Every ReLU6 output (the
-//!   stem, each expand and depthwise conv, the last conv, the pooled features) uses the known
-//!   range [0, 6]: scale 6/255, zero point 0. The linear bottleneck outputs (block outputs,
-//!   residual sums included) are signed and calibrated: their ranges come from running the
-//!   float network on calibration images ([`calibrate`]) with min/max, a percentile, or the
-//!   clip range that minimises the quantisation error (MSE);
+//! - activations: u8 with an affine map `real = scale * (q - zero)`, every tensor calibrated
+//!   by running the float network on calibration images ([`calibrate`]) with min/max, a
+//!   percentile, or the clip range that minimises the quantisation error (MSE). ReLU6 outputs
+//!   (the stem, each expand and depthwise conv, the pooled features) keep zero point 0 and a
+//!   range within the known [0, 6] (ReLU6 is what makes these ranges small and fixed); the
+//!   linear bottleneck outputs (block outputs, residual sums included) are signed;
 //! - accumulation in i32, requantisation in f32 fused into the kernels.
 //!
 //! Files: safetensors with, per convolution, `{name}.weight` (I8, PyTorch OIHW layout),
@@ -87,6 +87,17 @@ fn bad_method(s: &str) -> Error {
     Error::Input(format!("calibration method `{s}`: expected minmax, percentile[:P] (P in 50..100) or mse"))
 }
 
+/// The activations of one inverted residual block.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockQuant {
+    /// The expanded tensor (the stem's output for a first block without expand conv).
+    pub hidden: ActQuant,
+    /// The depthwise conv's output.
+    pub dw: ActQuant,
+    /// The block's output (linear bottleneck, residual included).
+    pub output: ActQuant,
+}
+
 /// What a quantised model file records beside its tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantSpec {
@@ -95,8 +106,10 @@ pub struct QuantSpec {
     pub method: Method,
     /// Calibration images used.
     pub images: usize,
-    /// Per block, in plan order: the quantisation of its output.
-    pub blocks: Vec<ActQuant>,
+    /// Per block, in plan order.
+    pub blocks: Vec<BlockQuant>,
+    /// The pooled features (the classifier's input).
+    pub pooled: ActQuant,
 }
 
 /// Values kept per tensor for percentile and MSE ranges.
@@ -147,27 +160,42 @@ impl Stats {
     }
 }
 
-/// Calibrates the block outputs on `images` (NHWC batches in the model's preprocessing),
+/// Calibrates every activation on `images` (NHWC batches in the model's preprocessing),
 /// running the float reference network.
 pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<QuantSpec> {
     if images.is_empty() {
         return Err(Error::Input("calibration needs at least one image".into()));
     }
     let engine = Engine::new(model, Options { mode: Mode::Reference, threads: 2, isa: None })?;
+    let plan = &model.plan;
+    // Per block: hidden, depthwise, output; then the pooled features.
+    let mut taps = Vec::new();
+    for b in &plan.blocks {
+        taps.extend([b.expand.unwrap_or(b.first_layer().saturating_sub(1)), b.depthwise, b.project]);
+    }
+    let pool = plan.layers.iter().position(|l| matches!(l.op, Op::GlobalAvgPool)).expect("a plan has a pool");
+    taps.push(pool);
     let mut stats: Vec<Stats> =
-        vec![Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() }; model.plan.blocks.len()];
+        vec![Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() }; taps.len()];
     let mut count = 0;
     for batch in images {
         let plan = engine.plan_for(batch.shape)?;
-        let taps: Vec<usize> = plan.blocks.iter().map(|b| b.project).collect();
         let outs = engine.run_taps(batch, &plan, &taps)?;
         for (s, o) in stats.iter_mut().zip(&outs) {
             s.add(&o.data);
         }
         count += batch.n;
     }
-    let blocks = stats.iter_mut().map(|s| QParams::from_range(s.range(method).0, s.range(method).1).into()).collect();
-    Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks })
+    let mut range = |i: usize, relu6: bool| -> ActQuant {
+        let (lo, hi) = stats[i].range(method);
+        let q = if relu6 { QParams::from_range(0.0, hi.min(6.0)) } else { QParams::from_range(lo, hi) };
+        q.into()
+    };
+    let blocks = (0..plan.blocks.len())
+        .map(|k| BlockQuant { hidden: range(3 * k, true), dw: range(3 * k + 1, true), output: range(3 * k + 2, false) })
+        .collect();
+    let pooled = range(taps.len() - 1, true);
+    Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks, pooled })
 }
 
 /// The quantised file's tensors: int8 weights in PyTorch layout with per-channel scales and

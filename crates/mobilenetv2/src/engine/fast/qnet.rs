@@ -3,7 +3,8 @@
 //!
 //! The stem runs in f32 from the f32 image and quantises its ReLU6 rows; every later tensor
 //! is u8 until the last conv, whose ReLU6 outputs are pooled in f32; the pooled features are
-//! quantised once more for the int8 classifier, whose logits come out in f32.
+//! quantised once more for the int8 classifier, whose logits come out in f32. The stem and
+//! depthwise convs multiply in f32, with their weights on the int8 grid the file stores.
 
 use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
 use mnv2_kernels::qgemm::{qgemm, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
@@ -14,11 +15,10 @@ use super::{check_structure, minmax, Net};
 use crate::engine::fold::{fold_conv, linear};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::plan::Activation;
-use crate::quant::{QuantSpec, RELU6};
+use crate::plan::{Activation, ConvKind};
+use crate::quant::QuantSpec;
 
-/// Weights `[k][n]` rounded to the int8 grid of their output channel (`q * scale`): the
-/// stem and depthwise convs compute in f32 but store (and so must use) int8 weights.
+/// Weights `[k][n]` rounded to the int8 grid of their output channel (`q * scale`).
 fn int8_grid(w: &[f32], k: usize, n: usize) -> Vec<f32> {
     let (q, s) = quantize_weights(w, k, n);
     q.iter().enumerate().map(|(i, &v)| v as f32 * s[i % n]).collect()
@@ -28,7 +28,10 @@ struct Block {
     expand: Option<PackedQGemm>,
     dw: (PackedDw, MinMax),
     project: (PackedQGemm, MinMax),
-    /// Quantisation of the block's input (for the residual) and output.
+    /// Quantisation of the expanded rows, the depthwise output, the block's input (for the
+    /// residual) and its output.
+    hidden: QParams,
+    dw_out: QParams,
     input: QParams,
     output: QParams,
 }
@@ -36,8 +39,11 @@ struct Block {
 pub(crate) struct QNet {
     isa: Isa,
     stem: (PackedStem, MinMax),
+    /// The stem's output quantisation (the first block's expanded rows).
+    stem_q: QParams,
     blocks: Vec<Block>,
     last: (PackedQGemm, MinMax),
+    pooled: QParams,
     classifier: PackedQGemm,
 }
 
@@ -54,43 +60,50 @@ impl QNet {
         if plan.blocks.iter().skip(1).any(|b| b.expand.is_none()) || plan.blocks[0].residual {
             return unsupported("blocks without an expand conv after the first (their depthwise input is signed)");
         }
-        if layers
-            .iter()
-            .any(|l| l.conv().is_some_and(|c| c.kind == crate::plan::ConvKind::Pointwise) && l.input.c % 4 != 0)
-        {
+        if layers.iter().any(|l| l.conv().is_some_and(|c| c.kind == ConvKind::Pointwise) && l.input.c % 4 != 0) {
             return unsupported("1x1 convolutions whose input channels are not a multiple of 4");
+        }
+        if spec.blocks.len() != plan.blocks.len() {
+            return Err(Error::InvalidSpec(format!(
+                "the quantisation has {} blocks, the network {}",
+                spec.blocks.len(),
+                plan.blocks.len()
+            )));
         }
         let n = layers.len();
         let f = fold_conv(model, &layers[0]);
         let c0 = layers[0].output.c;
         let stem = (PackedStem::new(isa, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
+        let stem_q: QParams = spec.blocks[0].hidden.into();
         let mut blocks = Vec::new();
-        let mut input = RELU6; // the first block reads the stem's ReLU6 output
+        let mut input = stem_q;
         for (b, q) in plan.blocks.iter().zip(&spec.blocks) {
-            let output: QParams = (*q).into();
+            let (hidden, dw_out, output): (QParams, QParams, QParams) = (q.hidden.into(), q.dw.into(), q.output.into());
+            if hidden.zero != 0 || dw_out.zero != 0 {
+                return unsupported("ReLU6 activations with a non-zero zero point");
+            }
             let expand = b.expand.map(|i| {
                 let f = fold_conv(model, &layers[i]);
                 PackedQGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias, input)
             });
             let f = fold_conv(model, &layers[b.depthwise]);
             let w = int8_grid(&f.weights, 9, b.hidden);
-            let dw = (PackedDw::quantized(isa, &w, b.hidden, &f.bias, RELU6), minmax(Activation::Relu6));
+            let dw = (PackedDw::quantized(isa, &w, b.hidden, &f.bias, hidden), minmax(Activation::Relu6));
             let proj = &layers[b.project];
             let f = fold_conv(model, proj);
             let act = minmax(proj.conv().expect("project").activation);
-            let project = (PackedQGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias, RELU6), act);
-            blocks.push(Block { expand, dw, project, input, output });
+            let project = (PackedQGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias, dw_out), act);
+            blocks.push(Block { expand, dw, project, hidden, dw_out, input, output });
             input = output;
         }
         let f = fold_conv(model, &layers[n - 4]);
-        let last = (
-            PackedQGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias, input),
-            minmax(Activation::Relu6),
-        );
+        let (l_in, l_out) = (layers[n - 4].input.c, layers[n - 4].output.c);
+        let last = (PackedQGemm::new(isa, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6));
         let cls = linear(model, &layers[n - 1]);
-        let classifier =
-            PackedQGemm::new(isa, &cls.weights, layers[n - 1].input.c, layers[n - 1].output.c, &cls.bias, RELU6);
-        Ok(QNet { isa: last.0.isa, stem, blocks, last, classifier })
+        let pooled: QParams = spec.pooled.into();
+        let (c_in, c_out) = (layers[n - 1].input.c, layers[n - 1].output.c);
+        let classifier = PackedQGemm::new(isa, &cls.weights, c_in, c_out, &cls.bias, pooled);
+        Ok(QNet { isa: last.0.isa, stem, stem_q, blocks, last, pooled, classifier })
     }
 }
 
@@ -116,17 +129,18 @@ impl Net for QNet {
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
         let row = &mut scratch[..out.len()];
         stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
-        quantize_row(row, out, RELU6);
+        quantize_row(row, out, self.stem_q);
     }
 
     fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
-        let w = self.blocks[k].expand.as_ref().expect("block has an expand conv");
-        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: RELU6 }, MinMax::RELU6, None);
+        let b = &self.blocks[k];
+        let w = b.expand.as_ref().expect("block has an expand conv");
+        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
     }
 
     fn dw_row(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
-        let (w, act) = &self.blocks[k].dw;
-        dwconv_row_u8(w, rows, g, *act, out, RELU6);
+        let b = &self.blocks[k];
+        dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
     }
 
     fn project(
@@ -158,7 +172,7 @@ impl Net for QNet {
 
     fn classify(&self, pooled: &[f32], out: &mut [f32]) {
         let mut q = vec![0u8; pooled.len()];
-        quantize_row(pooled, &mut q, RELU6);
+        quantize_row(pooled, &mut q, self.pooled);
         qgemm(1, &q, q.len(), &self.classifier, QOut::F32 { c: out, ldc: self.classifier.n }, MinMax::NONE, None);
     }
 }

@@ -1,0 +1,84 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use mobilenetv2::quant::{self, Method};
+use mobilenetv2::{npy, preprocess, Batch, Model};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Float weights to quantise
+    #[arg(long)]
+    weights: PathBuf,
+    /// Calibration data: a directory of JPEG/PNG images (searched recursively, preprocessed as
+    /// the model expects) or an NCHW float32 .npy batch
+    #[arg(long)]
+    calib: PathBuf,
+    /// Use at most this many calibration images
+    #[arg(long, default_value_t = 100)]
+    images: usize,
+    /// How activation ranges are chosen: minmax, percentile[:P] (P defaults to 99.99) or mse
+    #[arg(long, default_value = "percentile:99.99")]
+    method: String,
+    /// Output file (safetensors with int8 weights and the quantisation in its metadata)
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            image_files(&p, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let method: Method = a.method.parse()?;
+    if a.images == 0 {
+        bail!("--images must be at least 1");
+    }
+    let mut model = Model::load(&a.weights)?;
+    if model.quant.is_some() {
+        bail!("{}: already quantised", a.weights.display());
+    }
+    let spec = model.spec().clone();
+    let batches: Vec<Batch> = if a.calib.is_dir() {
+        let mut files = Vec::new();
+        image_files(&a.calib, &mut files)?;
+        if files.is_empty() {
+            bail!("{}: no JPEG or PNG images found", a.calib.display());
+        }
+        files.truncate(a.images);
+        files
+            .chunks(8)
+            .map(|c| preprocess::load_batch(c, &model.preprocess, spec.height, spec.width_px))
+            .collect::<mobilenetv2::Result<_>>()?
+    } else {
+        let arr = npy::read(&a.calib)?;
+        let at = |e: mobilenetv2::Error| anyhow::anyhow!("{}: {e}", a.calib.display());
+        let b = Batch::from_nchw(&arr.shape, &arr.data).map_err(at)?;
+        b.check_finite().map_err(at)?;
+        let n = b.n.min(a.images);
+        vec![Batch::new(n, b.shape, b.data[..n * b.shape.len()].to_vec()).map_err(at)?]
+    };
+    let count: usize = batches.iter().map(|b| b.n).sum();
+    eprintln!("calibrating {} blocks on {count} image(s) with {method:?} ...", model.plan.blocks.len());
+    let qspec = quant::calibrate(&model, &batches, method)?;
+    model.quant = Some(qspec.clone());
+    quant::save(&model, &qspec, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {} ({} bytes)", a.out.display(), std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0));
+    Ok(())
+}
