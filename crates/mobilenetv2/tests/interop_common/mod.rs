@@ -68,7 +68,8 @@ pub fn mangle(bytes: &[u8], ext: &str, load: impl Fn(&Path) -> Result<(), String
             state ^= state >> 7;
             state ^= state << 17;
             // Mostly the structure at the start, sometimes anywhere.
-            let at = if state.is_multiple_of(2) { (state >> 8) as usize % n.min(4096) } else { (state >> 8) as usize % n };
+            let at =
+                if state.is_multiple_of(2) { (state >> 8) as usize % n.min(4096) } else { (state >> 8) as usize % n };
             b[at] ^= 1 << ((state >> 3) % 8);
         }
         cases.push(b);
