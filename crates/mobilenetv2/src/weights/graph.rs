@@ -319,7 +319,9 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
             }
         }
     }
-    let mut best: Option<(usize, Error)> = None;
+    // On failure, report the candidate that fitted the most units in order, then the one whose
+    // weight shapes agree most often: the likeliest configuration the file was meant to be.
+    let mut best: Option<((usize, usize), Error)> = None;
     let mut found = None;
     for spec in candidates {
         let Ok(plan) = Plan::new(&spec) else { continue };
@@ -329,8 +331,15 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
                 break;
             }
             Err((i, e)) => {
-                if best.as_ref().is_none_or(|(b, _)| i > *b) {
-                    best = Some((i, e));
+                let exp = expected(&plan);
+                let shapes = net
+                    .units
+                    .iter()
+                    .zip(exp.iter().filter(|e| e.kind == super::names::Kind::ConvWeight))
+                    .filter(|(u, e)| u.shape[..] == e.shape[..])
+                    .count();
+                if best.as_ref().is_none_or(|(b, _)| (i, shapes) > *b) {
+                    best = Some(((i, shapes), e));
                 }
             }
         }

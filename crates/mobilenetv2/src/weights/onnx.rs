@@ -162,6 +162,8 @@ struct Walk<'a> {
     /// Unit outputs read by later units, the residual adds and the pooling: each must be the
     /// unit's final output (checked once the walk is done).
     uses: Vec<(usize, UnitState, String)>,
+    /// Values constants may still be copied (see [`Walk::konst`]).
+    budget: std::cell::Cell<usize>,
 }
 
 /// What has been attached to a unit: later nodes may only add what comes after.
@@ -195,7 +197,12 @@ impl Walk<'_> {
 
     fn konst(&self, label: &str, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         match self.val(label, name)? {
-            Val::Const(d, v) => Ok((d.clone(), v.clone())),
+            Val::Const(d, v) => {
+                // Nodes may share an initializer; copies are bounded by the file's size.
+                let left = self.budget.get().checked_sub(v.len());
+                self.budget.set(left.ok_or_else(|| bad(self.path, "its nodes copy more values than the file holds"))?);
+                Ok((d.clone(), v.clone()))
+            }
             _ => Err(self.err(label, format!("its input `{name}` is not a constant tensor"))),
         }
     }
@@ -253,7 +260,13 @@ impl Walk<'_> {
                 self.set(n, v);
             }
             "Identity" | "Dropout" => {
-                let v = self.val(label, input(0))?.clone();
+                let v = match self.val(label, input(0))? {
+                    Val::Const(..) => {
+                        let (d, v) = self.konst(label, input(0))?;
+                        Val::Const(d, v)
+                    }
+                    v => v.clone(),
+                };
                 self.set(n, v);
             }
             "Shape" | "Gather" | "Unsqueeze" | "Concat" | "Slice" | "Cast" | "Mul" | "Div"
@@ -520,6 +533,7 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
         fc: None,
         last_unit_state: Vec::new(),
         uses: Vec::new(),
+        budget: std::cell::Cell::new(bytes.len() + (1 << 20)),
     };
     for (i, n) in g.node.iter().enumerate() {
         w.node(n, i)?;

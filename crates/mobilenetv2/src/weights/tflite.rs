@@ -302,7 +302,19 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
     let subgraphs = model.tables(2)?;
     let sg = subgraphs.first().ok_or("the model has no subgraph")?;
     let buffers = model.tables(4)?;
-    let tensors: Vec<Tens> = sg.tables(0)?.iter().map(|t| tensor(t, &buffers, bytes)).collect::<R<_>>()?;
+    // Tensors may share a buffer, and operators a tensor: a hostile file could make many share a
+    // big one. Values decoded or copied are bounded by the file's size.
+    let budget = std::cell::Cell::new(2 * bytes.len() + (1 << 20));
+    let spend = |n: usize| -> R<()> {
+        budget.set(budget.get().checked_sub(n).ok_or("its constants hold more values than the file has bytes")?);
+        Ok(())
+    };
+    let mut tensors: Vec<Tens> = Vec::new();
+    for t in sg.tables(0)? {
+        let t = tensor(&t, &buffers, bytes)?;
+        spend(t.data.as_ref().map_or(0, Vec::len))?;
+        tensors.push(t);
+    }
     let tens = |i: i32| -> R<&Tens> {
         usize::try_from(i).ok().and_then(|i| tensors.get(i)).ok_or_else(|| format!("tensor index {i} out of range"))
     };
@@ -343,6 +355,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
         };
         let konst = |i: usize| -> std::result::Result<(&Tens, &Vec<f32>), Walk> {
             let t = tens(*ins.get(i).ok_or_else(|| misfit(format!("input {i} is missing")))?)?;
+            spend(t.data.as_ref().map_or(0, Vec::len))?;
             t.data.as_ref().map(|d| (t, d)).ok_or_else(|| misfit(format!("`{}` is not a constant", t.name)))
         };
         let opts = op.table(4)?;

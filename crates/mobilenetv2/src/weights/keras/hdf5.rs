@@ -21,6 +21,7 @@ const UNDEFINED: u64 = u64::MAX;
 const MAX_DEPTH: usize = 32;
 const MAX_OBJECTS: usize = 100_000;
 const MAX_MESSAGES: usize = 100_000;
+const MAX_WORK: usize = 2_000_000;
 
 /// Does the file start with the HDF5 signature?
 pub fn sniff(head: &[u8]) -> bool {
@@ -54,6 +55,9 @@ pub struct Object {
 }
 
 pub struct File<'a> {
+    /// Steps of work done (objects, B-tree entries, messages, heap objects): bounded so that a
+    /// hostile file whose structures share or repeat children cannot make the reader spin.
+    work: std::cell::Cell<usize>,
     path: &'a Path,
     bytes: &'a [u8],
     base: u64,
@@ -107,6 +111,14 @@ impl<'a> File<'a> {
         Error::format(self.path, "HDF5", detail)
     }
 
+    fn tick(&self) -> Result<()> {
+        self.work.set(self.work.get() + 1);
+        if self.work.get() > MAX_WORK {
+            return Err(self.err("the file's structures are implausibly large or repeat themselves"));
+        }
+        Ok(())
+    }
+
     fn cur(&self, addr: u64) -> Result<Cur<'a>> {
         let a = addr.checked_add(self.base).filter(|&a| a != UNDEFINED).ok_or_else(|| self.err("undefined address"))?;
         let pos = usize::try_from(a).ok().filter(|&p| p < self.bytes.len());
@@ -140,7 +152,7 @@ impl<'a> File<'a> {
         }
         let mut c = Cur { b: bytes, pos: at + 8 };
         let version = c.u8().ok_or_else(|| bad("truncated superblock"))?;
-        let mut f = File { path, bytes, base: 0, so: 8, sl: 8, root: Root::Header(0) };
+        let mut f = File { work: std::cell::Cell::new(0), path, bytes, base: 0, so: 8, sl: 8, root: Root::Header(0) };
         let sizes_ok = |so: usize, sl: usize| [2, 4, 8].contains(&so) && [2, 4, 8].contains(&sl);
         match version {
             0 | 1 => {
@@ -229,6 +241,7 @@ impl<'a> File<'a> {
             }
             let head = if v2 { 4 + if v2_times_flags & 0x04 != 0 { 2 } else { 0 } } else { 8 };
             while c.pos + head <= end {
+                self.tick()?;
                 if out.len() > MAX_MESSAGES {
                     return Err(self.err("too many object header messages"));
                 }
@@ -325,6 +338,7 @@ impl<'a> File<'a> {
         let size = self.len(&mut h)? as usize;
         let end = (h.pos - 8 - self.sl).checked_add(size)?.min(self.bytes.len());
         while h.pos + 8 + self.sl <= end {
+            self.tick().ok()?;
             let id = h.u16()?;
             h.skip(6)?;
             let n = self.len(&mut h)? as usize;
@@ -362,7 +376,7 @@ impl<'a> File<'a> {
         let (_, size, kind) = self.datatype(dt)?;
         let shape = self.dataspace(ds)?;
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
-        if kind == StrKind::No || size == 0 || n > 1 << 20 {
+        if kind == StrKind::No || size == 0 || n > 1 << 16 {
             return Some((name, None));
         }
         let data = c.take(n.checked_mul(size)?)?;
@@ -449,6 +463,7 @@ impl<'a> File<'a> {
         if out.len() > MAX_OBJECTS {
             return Err(self.err("too many objects"));
         }
+        self.tick()?;
         let msgs = self.messages(addr)?;
         let mut attrs = Vec::new();
         let mut links: Vec<(String, u64)> = Vec::new();
@@ -552,6 +567,7 @@ impl<'a> File<'a> {
         self.addr(&mut c).ok_or_else(bad)?;
         self.addr(&mut c).ok_or_else(bad)?;
         for _ in 0..used {
+            self.tick()?;
             self.len(&mut c).ok_or_else(bad)?; // key
             let child = self.addr(&mut c).ok_or_else(bad)?;
             if level > 0 {

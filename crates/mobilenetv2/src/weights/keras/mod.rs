@@ -170,10 +170,16 @@ fn role_of(leaf: &str) -> Option<fn(&mut Layer) -> &mut Option<Var>> {
 }
 
 /// Reads the weights of every dataset (optimizer state excluded).
-fn datasets(path: &Path, f: &hdf5::File, objs: &[hdf5::Object]) -> Result<Vec<Var>> {
+fn datasets(path: &Path, f: &hdf5::File, objs: &[hdf5::Object], bytes_len: usize) -> Result<Vec<Var>> {
     let mut out = Vec::new();
+    let mut total = 0usize;
     for o in objs {
         let Some(d) = &o.dataset else { continue };
+        // Datasets never share bytes in a real file: more values than bytes means aliasing.
+        total = total.saturating_add(d.shape.iter().product::<usize>());
+        if total > bytes_len {
+            return Err(bad(path, "its datasets hold more values than the file has bytes"));
+        }
         if o.path.split('/').any(|c| c.starts_with("optimizer")) {
             continue;
         }
@@ -385,7 +391,7 @@ fn from_h5(path: &Path, bytes: &[u8], config: Option<Value>) -> Result<TensorFil
             .and_then(|(_, v)| v.first())
             .and_then(|s| serde_json::from_str(s).ok())
     });
-    let vars = datasets(path, &f, &objs)?;
+    let vars = datasets(path, &f, &objs, bytes.len())?;
     if vars.is_empty() {
         return Err(bad(path, "the file holds no weights"));
     }
