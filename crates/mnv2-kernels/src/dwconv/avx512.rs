@@ -4,26 +4,23 @@
 //! A missing (padding) input row is replaced by a present row with zero weights, which keeps
 //! the inner loop free of branches. Edge pixels go one at a time with bounds checks; channel
 //! tails use masked loads and stores.
+//!
+//! u8 rows: each input value is read by up to 9 taps, so widening it to f32 at every tap
+//! would cost more than the multiply-adds. Instead the tile's three input rows are widened
+//! once into a small f32 staging area (16 channels per pixel, contiguous), and the f32 loop
+//! runs on that, requantising to u8 as it stores.
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 use super::{Args, Elem, PackedDw};
 
-/// Loading and storing 16 channels of a row element type as f32 vectors.
-trait Io: Elem {
-    unsafe fn load<const FULL: bool>(p: *const Self, mask: u16) -> __m512;
+/// Storing 16 channels of an output element type from an f32 vector.
+trait Out: Elem {
     unsafe fn store<const FULL: bool>(p: *mut Self, v: __m512, mask: u16, inv: __m512, zero: __m512i);
 }
 
-impl Io for f32 {
-    #[inline(always)]
-    unsafe fn load<const FULL: bool>(p: *const f32, mask: u16) -> __m512 {
-        if FULL {
-            _mm512_loadu_ps(p)
-        } else {
-            _mm512_maskz_loadu_ps(mask, p)
-        }
-    }
+impl Out for f32 {
     #[inline(always)]
     unsafe fn store<const FULL: bool>(p: *mut f32, v: __m512, mask: u16, _: __m512, _: __m512i) {
         if FULL {
@@ -34,12 +31,7 @@ impl Io for f32 {
     }
 }
 
-impl Io for u8 {
-    #[inline(always)]
-    unsafe fn load<const FULL: bool>(p: *const u8, mask: u16) -> __m512 {
-        let b = if FULL { _mm_loadu_si128(p as *const __m128i) } else { _mm_maskz_loadu_epi8(mask, p as *const i8) };
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
-    }
+impl Out for u8 {
     #[inline(always)]
     unsafe fn store<const FULL: bool>(p: *mut u8, v: __m512, mask: u16, inv: __m512, zero: __m512i) {
         let q =
@@ -48,11 +40,13 @@ impl Io for u8 {
     }
 }
 
-/// Loop invariants of one 16-channel tile.
-struct Tile<T> {
-    rows: [*const T; 3],
-    out: *mut T,
-    c: usize,
+/// Loop invariants of one 16-channel tile: f32 input rows with pixel stride `in_stride`,
+/// output of type `O` with pixel stride `out_stride`.
+struct Tile<O> {
+    rows: [*const f32; 3],
+    out: *mut O,
+    in_stride: usize,
+    out_stride: usize,
     stride: usize,
     dilation: usize,
     pad: usize,
@@ -66,16 +60,20 @@ struct Tile<T> {
     zero: __m512i,
 }
 
-impl<T: Io> Tile<T> {
+impl<O: Out> Tile<O> {
     #[inline(always)]
-    unsafe fn load<const FULL: bool>(&self, p: *const T) -> __m512 {
-        T::load::<FULL>(p, self.mask)
+    unsafe fn load<const FULL: bool>(&self, p: *const f32) -> __m512 {
+        if FULL {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(self.mask, p)
+        }
     }
 
     #[inline(always)]
     unsafe fn store<const FULL: bool>(&self, x: usize, v: __m512) {
         let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
-        T::store::<FULL>(self.out.add(x * self.c), v, self.mask, self.inv, self.zero);
+        O::store::<FULL>(self.out.add(x * self.out_stride), v, self.mask, self.inv, self.zero);
     }
 
     /// XB interior pixels from output column `x0`; S and D are stride and dilation.
@@ -83,11 +81,11 @@ impl<T: Io> Tile<T> {
     unsafe fn interior<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, x0: usize) {
         let mut acc = [self.bias; XB];
         for ky in 0..3 {
-            let base = self.rows[ky].add((x0 * S - self.pad) * self.c);
+            let base = self.rows[ky].add((x0 * S - self.pad) * self.in_stride);
             for kx in 0..3 {
                 let w = self.w[ky * 3 + kx];
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(self.load::<FULL>(base.add((j * S + kx * D) * self.c)), w, *a);
+                    *a = _mm512_fmadd_ps(self.load::<FULL>(base.add((j * S + kx * D) * self.in_stride)), w, *a);
                 }
             }
         }
@@ -106,14 +104,14 @@ impl<T: Io> Tile<T> {
                 if checked && (ix < 0 || ix as usize >= self.w_in) {
                     continue;
                 }
-                let v = self.load::<false>(self.rows[ky].add(ix as usize * self.c));
+                let v = self.load::<false>(self.rows[ky].add(ix as usize * self.in_stride));
                 a = _mm512_fmadd_ps(v, self.w[ky * 3 + kx], a);
             }
         }
         self.store::<false>(x, a);
     }
 
-    /// Interior pixels `x..hi` in blocks of XB, then singly.
+    /// Interior pixels `x..hi` in blocks of XB; returns where it stopped.
     #[inline(always)]
     unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool>(
         &self,
@@ -126,6 +124,34 @@ impl<T: Io> Tile<T> {
         }
         x
     }
+
+    /// The whole output row of this tile.
+    #[inline(always)]
+    unsafe fn walk(&self, w_out: usize, (lo_x, hi_x): (usize, usize), full: bool) {
+        for x in 0..lo_x {
+            self.pixel(x, true);
+        }
+        let x = match (self.stride, self.dilation, full) {
+            (1, 1, true) => self.run::<1, 1, 8, true>(lo_x, hi_x),
+            (1, 1, false) => self.run::<1, 1, 8, false>(lo_x, hi_x),
+            (2, 1, true) => self.run::<2, 1, 4, true>(lo_x, hi_x),
+            (2, 1, false) => self.run::<2, 1, 4, false>(lo_x, hi_x),
+            (1, 2, true) => self.run::<1, 2, 4, true>(lo_x, hi_x),
+            (1, 4, true) => self.run::<1, 4, 4, true>(lo_x, hi_x),
+            _ => lo_x,
+        };
+        for x in x..hi_x {
+            self.pixel(x, false);
+        }
+        for x in hi_x.max(lo_x)..w_out {
+            self.pixel(x, true);
+        }
+    }
+}
+
+thread_local! {
+    /// f32 staging of the three u8 input rows of one 16-channel tile.
+    static STAGING: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// # Safety
@@ -134,34 +160,79 @@ impl<T: Io> Tile<T> {
 pub(crate) unsafe fn row<T: Elem>(args: &Args<T>, w: &PackedDw) {
     // Only f32 and u8 rows exist (`dwconv_row`, `dwconv_row_u8`).
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() {
-        row_io::<u8>(&*(args as *const Args<T> as *const Args<u8>), w)
+        row_u8(&*(args as *const Args<T> as *const Args<u8>), w)
     } else {
-        row_io::<f32>(&*(args as *const Args<T> as *const Args<f32>), w)
+        let args = &*(args as *const Args<T> as *const Args<f32>);
+        let rows = |ct: usize, _: usize| -> [*const f32; 3] {
+            std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) })
+        };
+        row_tiles(args, w, rows, w.c);
     }
 }
 
+/// The staging area for `len` floats, owned by this thread (grown, never shrunk).
+fn staging(len: usize) -> *mut f32 {
+    STAGING.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        s.as_mut_ptr()
+    })
+}
+
 #[inline(always)]
-unsafe fn row_io<T: Io>(args: &Args<T>, w: &PackedDw) {
+unsafe fn row_u8(args: &Args<u8>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
-    let (lo_x, hi_x) = g.interior();
-    // A padding row reads a present row with zero weights (there is always one present).
-    let present = args.rows.iter().position(|r| !r.is_null()).expect("at least one input row");
+    // Valid until this thread next asks for a larger staging area; nothing else uses it.
+    let stage = staging(3 * g.w_in * 16);
+    let widen = |ct: usize, cols: usize| -> [*const f32; 3] {
+        let mask = if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
+        std::array::from_fn(|i| {
+            let r = args.rows[i];
+            if r.is_null() {
+                return std::ptr::null();
+            }
+            let dst = stage.add(i * g.w_in * 16);
+            for x in 0..g.w_in {
+                let b = _mm_maskz_loadu_epi8(mask, r.add(x * c + ct) as *const i8);
+                _mm512_storeu_ps(dst.add(x * 16), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)));
+            }
+            dst as *const f32
+        })
+    };
+    row_tiles(args, w, widen, 16);
+}
+
+/// Runs every 16-channel tile: `rows_of(ct, cols)` gives the tile's f32 input rows (null for
+/// padding rows) whose pixel stride is `in_stride`.
+#[inline(always)]
+unsafe fn row_tiles<O: Out>(
+    args: &Args<O>,
+    w: &PackedDw,
+    rows_of: impl Fn(usize, usize) -> [*const f32; 3],
+    in_stride: usize,
+) {
+    let g = args.g;
+    let c = w.c;
+    let interior = g.interior();
     for ct in (0..c).step_by(16) {
         let cols = (c - ct).min(16);
+        let rows = rows_of(ct, cols);
+        // A padding row reads a present row with zero weights (there is always one present).
+        let present = rows.iter().copied().find(|r| !r.is_null()).expect("at least one input row");
         let t = Tile {
-            rows: std::array::from_fn(|i| {
-                let r = if args.rows[i].is_null() { args.rows[present] } else { args.rows[i] };
-                r.add(ct)
-            }),
+            rows: std::array::from_fn(|i| if rows[i].is_null() { present } else { rows[i] }),
             out: args.out.add(ct),
-            c,
+            in_stride,
+            out_stride: c,
             stride: g.stride,
             dilation: g.dilation,
             pad: g.pad_left,
             w_in: g.w_in,
             w: std::array::from_fn(|k| {
-                if args.rows[k / 3].is_null() {
+                if rows[k / 3].is_null() {
                     _mm512_setzero_ps()
                 } else {
                     _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
@@ -174,24 +245,6 @@ unsafe fn row_io<T: Io>(args: &Args<T>, w: &PackedDw) {
             inv: _mm512_set1_ps(1.0 / args.out_q.scale),
             zero: _mm512_set1_epi32(args.out_q.zero),
         };
-        for x in 0..lo_x {
-            t.pixel(x, true);
-        }
-        let full = cols == 16;
-        let x = match (g.stride, g.dilation, full) {
-            (1, 1, true) => t.run::<1, 1, 8, true>(lo_x, hi_x),
-            (1, 1, false) => t.run::<1, 1, 8, false>(lo_x, hi_x),
-            (2, 1, true) => t.run::<2, 1, 4, true>(lo_x, hi_x),
-            (2, 1, false) => t.run::<2, 1, 4, false>(lo_x, hi_x),
-            (1, 2, true) => t.run::<1, 2, 4, true>(lo_x, hi_x),
-            (1, 4, true) => t.run::<1, 4, 4, true>(lo_x, hi_x),
-            _ => lo_x,
-        };
-        for x in x..hi_x {
-            t.pixel(x, false);
-        }
-        for x in hi_x.max(lo_x)..g.w_out {
-            t.pixel(x, true);
-        }
+        t.walk(g.w_out, interior, cols == 16);
     }
 }

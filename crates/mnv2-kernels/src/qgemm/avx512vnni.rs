@@ -39,9 +39,9 @@ fn col_mask(cols: usize) -> u16 {
 }
 
 impl Panel {
-    /// Epilogue of one accumulator vector (columns `v * 16..`), stored at `c` (u8 or f32).
+    /// Epilogue of one accumulator vector (columns `v * 16..`): the real values.
     #[inline(always)]
-    unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
+    unsafe fn real(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) -> __m512 {
         let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, self.zcs[v])), self.mul[v], self.bias[v]);
         x = _mm512_min_ps(_mm512_max_ps(x, self.lo), self.hi);
         let mask = self.mask[v];
@@ -49,6 +49,14 @@ impl Panel {
             let r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, args.r.add(row * args.ldr + col) as *const i8));
             x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, self.rz)), self.rs, x);
         }
+        x
+    }
+
+    /// Epilogue of one accumulator vector, stored at `c` (u8 or f32).
+    #[inline(always)]
+    unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
+        let x = self.real(acc, v, args, row, col);
+        let mask = self.mask[v];
         if args.f32_out {
             _mm512_mask_storeu_ps((args.c as *mut f32).add(row * args.ldc + col), mask, x);
         } else {
@@ -74,6 +82,18 @@ unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usi
         }
         bp = bp.add(64 * NV);
         ap = ap.add(4);
+    }
+    if args.pool {
+        // Row after row into the sums, in the scalar twin's order.
+        for v in 0..NV {
+            let sums = (args.c as *mut f32).add(n0 + 16 * v);
+            let mut s = _mm512_maskz_loadu_ps(p.mask[v], sums);
+            for (i, row) in acc.iter().enumerate() {
+                s = _mm512_add_ps(s, p.real(row[v], v, args, i0 + i, n0 + 16 * v));
+            }
+            _mm512_mask_storeu_ps(sums, p.mask[v], s);
+        }
+        return;
     }
     for (i, row) in acc.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {

@@ -168,6 +168,9 @@ pub enum QOut<'a> {
     U8 { c: &'a mut [u8], ldc: usize, q: QParams },
     /// Real values, row stride `ldc`.
     F32 { c: &'a mut [f32], ldc: usize },
+    /// Real values added, row after row, into `sums` (`n` values): global average pooling
+    /// without materialising the layer's output.
+    Pool { sums: &'a mut [f32] },
 }
 
 /// A u8 tensor added (in real units) after the clamp.
@@ -187,6 +190,8 @@ pub(crate) struct Args {
     pub ldc: usize,
     /// f32 output (else u8).
     pub f32_out: bool,
+    /// Sum the rows into the f32 `c` (`n` values) instead of storing them.
+    pub pool: bool,
     pub out_q: QParams,
     pub r: *const u8,
     pub ldr: usize,
@@ -201,14 +206,19 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, w: &PackedQGemm, out: QOut, act: Mi
         return;
     }
     assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
-    let (c, ldc, f32_out, out_q) = match out {
+    let unit = QParams { scale: 1.0, zero: 0 };
+    let (c, ldc, f32_out, pool, out_q) = match out {
         QOut::U8 { c, ldc, q } => {
             assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr(), ldc, false, q)
+            (c.as_mut_ptr(), ldc, false, false, q)
         }
         QOut::F32 { c, ldc } => {
             assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr() as *mut u8, ldc, true, QParams { scale: 1.0, zero: 0 })
+            (c.as_mut_ptr() as *mut u8, ldc, true, false, unit)
+        }
+        QOut::Pool { sums } => {
+            assert!(sums.len() >= w.n, "sums too short");
+            (sums.as_mut_ptr() as *mut u8, 0, true, true, unit)
         }
     };
     let (r, ldr, res_q) = match residual {
@@ -218,7 +228,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, w: &PackedQGemm, out: QOut, act: Mi
         }
         None => (std::ptr::null(), 0, QParams { scale: 0.0, zero: 0 }),
     };
-    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, out_q, r, ldr, res_q, act };
+    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, out_q, r, ldr, res_q, act };
     // SAFETY: sizes checked above; the VNNI path only exists for packings made on a CPU with it.
     unsafe {
         match w.isa {
@@ -346,6 +356,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn pool_output_sums_rows_identically_on_every_isa() {
+        let (m, k, n) = (23, 32, 40);
+        let w = vals(9, k * n);
+        let bias = vals(4, n);
+        let input = QParams { scale: 0.02, zero: 30 };
+        let a: Vec<u8> = (0..m * k).map(|i| (i * 13 % 256) as u8).collect();
+        let mut outs = Vec::new();
+        let mut isas: Vec<Isa> = available().into_iter().map(qisa).collect();
+        isas.dedup();
+        for isa in isas {
+            let p = PackedQGemm::new(isa, &w, k, n, &bias, input);
+            let mut rows = vec![0f32; m * n];
+            qgemm(m, &a, k, &p, QOut::F32 { c: &mut rows, ldc: n }, MinMax::RELU6, None);
+            let mut want = vec![0.5f32; n];
+            for r in rows.chunks(n) {
+                for (s, v) in want.iter_mut().zip(r) {
+                    *s += v;
+                }
+            }
+            let mut sums = vec![0.5f32; n];
+            qgemm(m, &a, k, &p, QOut::Pool { sums: &mut sums }, MinMax::RELU6, None);
+            assert_eq!(sums, want, "{}", p.kernel_name());
+            outs.push(sums);
+        }
+        assert!(outs.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]

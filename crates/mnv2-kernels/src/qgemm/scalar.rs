@@ -30,7 +30,9 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
                     let r = *args.r.add(i * args.ldr + j) as i32;
                     v = ((r - args.res_q.zero) as f32).mul_add(args.res_q.scale, v);
                 }
-                if args.f32_out {
+                if args.pool {
+                    *(args.c as *mut f32).add(j) += v;
+                } else if args.f32_out {
                     *(args.c as *mut f32).add(i * args.ldc + j) = v;
                 } else {
                     let q = ((v * inv).round_ties_even() as i32 + args.out_q.zero).clamp(0, 255);

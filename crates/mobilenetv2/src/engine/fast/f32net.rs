@@ -61,6 +61,8 @@ impl F32Net {
 
 impl Net for F32Net {
     type T = f32;
+    const POOLS_IN_EPILOGUE: bool = false;
+    const DW_STAGING: bool = false;
 
     fn isa(&self) -> Isa {
         self.isa

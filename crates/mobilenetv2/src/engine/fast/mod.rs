@@ -80,6 +80,11 @@ fn check_structure(plan: &Plan) -> Result<()> {
 pub(crate) trait Net: Send + Sync {
     /// Activation element.
     type T: Zeroable + Default;
+    /// The last conv sums its rows in its epilogue (no scratch for its output rows).
+    const POOLS_IN_EPILOGUE: bool;
+    /// The depthwise kernel widens its u8 input rows into a per-thread f32 staging area of
+    /// 3 rows x 16 channels.
+    const DW_STAGING: bool;
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out`; `scratch` holds one f32 row.
@@ -263,7 +268,7 @@ impl<N: Net> FastEngine<N> {
                     Mutex::new(Scratch {
                         ring: AlignedVec::zeros(schedule.ring_len),
                         band: AlignedVec::zeros(schedule.band_len),
-                        last: AlignedVec::zeros(schedule.last_band),
+                        last: AlignedVec::zeros(if N::POOLS_IN_EPILOGUE { 0 } else { schedule.last_band }),
                         stem: AlignedVec::zeros(schedule.stem_out.w * schedule.stem_out.c),
                         pooled: vec![0.0; schedule.last_c],
                     })
@@ -280,8 +285,11 @@ impl<N: Net> FastEngine<N> {
     pub fn activation_bytes(&self, plan: &Plan) -> usize {
         let s = Schedule::new(plan, self.streaming);
         let threads = self.pool.threads();
-        // The f32 scratch (last conv band, stem row, pooled sums) is f32 in every network.
-        let f32_values = threads * (s.last_band + s.stem_out.w * s.stem_out.c + s.last_c);
+        // The last conv band, the stem row, the pooled sums and the depthwise staging are f32
+        // in every network; the rest holds activations.
+        let last_band = if N::POOLS_IN_EPILOGUE { 0 } else { s.last_band };
+        let staging = if N::DW_STAGING { 3 * s.geos.iter().map(|g| g.w_in).max().unwrap_or(0) * 16 } else { 0 };
+        let f32_values = threads * (last_band + s.stem_out.w * s.stem_out.c + s.last_c + staging);
         size_of::<N::T>() * (s.activation_values(threads) - threads * (s.last_band + s.last_c)) + 4 * f32_values
     }
 
@@ -472,7 +480,7 @@ impl<N: Net> FastEngine<N> {
     /// Last 1x1 convolution over input rows `rows`, summed into `sc.pooled` band by band.
     fn last_rows(&self, sch: &Schedule, input: &[N::T], rows: Range<usize>, sc: &mut Scratch<N::T>) {
         let s = sch.last_in;
-        let band = (sc.last.len() / (s.w * sch.last_c)).max(1);
+        let band = if N::POOLS_IN_EPILOGUE { rows.len().max(1) } else { (sc.last.len() / (s.w * sch.last_c)).max(1) };
         let mut r0 = rows.start;
         while r0 < rows.end {
             let r1 = (r0 + band).min(rows.end);

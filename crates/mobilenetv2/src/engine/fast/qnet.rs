@@ -109,6 +109,8 @@ impl QNet {
 
 impl Net for QNet {
     type T = u8;
+    const POOLS_IN_EPILOGUE: bool = true;
+    const DW_STAGING: bool = true;
 
     fn isa(&self) -> Isa {
         self.isa
@@ -158,16 +160,9 @@ impl Net for QNet {
         qgemm(m, a, lda, &b.project.0, QOut::U8 { c: out, ldc, q: b.output }, b.project.1, residual);
     }
 
-    fn last_rows(&self, m: usize, a: &[u8], lda: usize, pooled: &mut [f32], scratch: &mut [f32]) {
+    fn last_rows(&self, m: usize, a: &[u8], lda: usize, pooled: &mut [f32], _: &mut [f32]) {
         let (w, act) = &self.last;
-        let c = w.n;
-        let dst = &mut scratch[..m * c];
-        qgemm(m, a, lda, w, QOut::F32 { c: dst, ldc: c }, *act, None);
-        for row in dst.chunks_exact(c) {
-            for (p, v) in pooled.iter_mut().zip(row) {
-                *p += v;
-            }
-        }
+        qgemm(m, a, lda, w, QOut::Pool { sums: pooled }, *act, None);
     }
 
     fn classify(&self, pooled: &[f32], out: &mut [f32]) {
