@@ -247,9 +247,15 @@ impl Model {
     /// Writes the project's format: safetensors with torchvision names plus metadata, atomically.
     /// An int8 model is written in the int8 format (see [`crate::quant`]).
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_as(path, weights::safetensors_io::FloatStore::F32)
+    }
+
+    /// [`Model::save`] with float tensors stored as `store` (f16 halves the file; weights are
+    /// widened back to f32 when loaded). int8 models keep their int8 format.
+    pub fn save_as(&self, path: &Path, store: weights::safetensors_io::FloatStore) -> Result<()> {
         match &self.quant {
             Some(q) => crate::quant::save(self, q, path),
-            None => weights::safetensors_io::write(path, &self.tensors(), &self.metadata()),
+            None => weights::safetensors_io::write_as(path, &self.tensors(), &self.metadata(), store),
         }
     }
 }

@@ -118,3 +118,28 @@ fn real_weights_keep_top1_on_the_test_photos() {
         assert_eq!(argmax(a), argmax(b), "{}", p.display());
     }
 }
+
+/// f16 storage: half the file, weights within f16 rounding, logits close to f32's.
+#[test]
+fn f16_weight_storage() {
+    use mobilenetv2::weights::safetensors_io::FloatStore;
+    let spec = Spec { classes: 10, ..Spec::new(0.5, 64) };
+    let model = Model::init(&spec, 4, true).unwrap();
+    let dir = std::env::temp_dir().join(format!("mnv2-f16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (p32, p16) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    model.save(&p32).unwrap();
+    model.save_as(&p16, FloatStore::F16).unwrap();
+    let (s32, s16) = (std::fs::metadata(&p32).unwrap().len(), std::fs::metadata(&p16).unwrap().len());
+    assert!(s16 * 10 < s32 * 6, "f16 file {s16} vs f32 {s32}");
+    let half = Model::load(&p16).unwrap();
+    for (name, v) in &model.params {
+        for (a, b) in v.iter().zip(&half.params[name]) {
+            assert!((a - b).abs() <= a.abs() * 1e-3 + 1e-7, "{name}: {a} vs {b}");
+        }
+    }
+    let x = images(&spec, 2, 9);
+    let (a, b) = (run(&model, &x, Mode::Fast, 1, None), run(&half, &x, Mode::Fast, 1, None));
+    assert!(cosine(&a, &b) > 0.9999);
+    std::fs::remove_dir_all(&dir).ok();
+}

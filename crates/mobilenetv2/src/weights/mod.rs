@@ -177,6 +177,43 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// f32 to the nearest f16 bits (ties to even); overflow gives infinity, NaN stays NaN.
+pub fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
+    }
+    // Unbiased exponent, rebiased for f16.
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        // Subnormal (or zero) in f16: shift the full mantissa (with its implicit 1) right.
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut q = m >> shift;
+        if rest > half || (rest == half && q & 1 == 1) {
+            q += 1;
+        }
+        return sign | q as u16;
+    }
+    let mut q = ((e as u32) << 10) | (man >> 13);
+    let rest = man & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && q & 1 == 1) {
+        q += 1; // may carry into the exponent, up to infinity: still correct
+    }
+    sign | q as u16
+}
+
 /// bf16 bits to f32.
 pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
@@ -194,6 +231,25 @@ mod tests {
         assert_eq!(f16_to_f32(0x7bff), 65504.0);
         assert!(f16_to_f32(0x7e00).is_nan());
         assert_eq!(bf16_to_f32(0x3f80), 1.0);
+    }
+
+    #[test]
+    fn f16_round_trip_and_rounding() {
+        // Every finite f16 survives f16 -> f32 -> f16.
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            if f.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(f)).is_nan());
+            } else {
+                assert_eq!(f32_to_f16(f), h, "{h:#06x} {f}");
+            }
+        }
+        // Ties go to even; overflow to infinity; tiny values to zero.
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
+        assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
+        assert_eq!(f32_to_f16(70000.0), 0x7c00);
+        assert_eq!(f32_to_f16(-1e-10), 0x8000);
+        assert_eq!(f32_to_f16(0.1), 0x2e66);
     }
 
     #[test]

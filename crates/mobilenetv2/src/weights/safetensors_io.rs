@@ -47,8 +47,20 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     Ok(TensorFile { path: path.into(), tensors, metadata })
 }
 
-fn le_bytes(data: &Data) -> (Dtype, Vec<u8>) {
+/// How floating-point tensors are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FloatStore {
+    #[default]
+    F32,
+    /// IEEE half precision (round to nearest even): half the file size, widened at load.
+    F16,
+}
+
+fn le_bytes(data: &Data, store: FloatStore) -> (Dtype, Vec<u8>) {
     match data {
+        Data::F32(v) if store == FloatStore::F16 => {
+            (Dtype::F16, v.iter().flat_map(|x| super::f32_to_f16(*x).to_le_bytes()).collect())
+        }
         Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Data::I32(v) => (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
@@ -59,10 +71,19 @@ fn le_bytes(data: &Data) -> (Dtype, Vec<u8>) {
 
 /// Serialises tensors and metadata to safetensors bytes.
 pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    to_bytes_as(tensors, metadata, FloatStore::F32)
+}
+
+/// [`to_bytes`], storing float tensors as `store`.
+pub fn to_bytes_as(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+    store: FloatStore,
+) -> Result<Vec<u8>> {
     let encoded: Vec<(&String, Dtype, &Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let (dt, b) = le_bytes(&t.data);
+            let (dt, b) = le_bytes(&t.data, store);
             (n, dt, &t.shape, b)
         })
         .collect();
@@ -80,4 +101,14 @@ pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, 
 /// Writes a safetensors file atomically.
 pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<()> {
     super::write_atomic(path, &to_bytes(tensors, metadata)?)
+}
+
+/// [`write`], storing float tensors as `store`.
+pub fn write_as(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+    store: FloatStore,
+) -> Result<()> {
+    super::write_atomic(path, &to_bytes_as(tensors, metadata, store)?)
 }
