@@ -79,11 +79,15 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// Builds the engine from the model's weights, which it consumes (they are folded and
+    /// packed, never held twice); the model kept for labels and preprocessing has no
+    /// parameters left.
     pub fn new(model: Model, options: Options) -> Result<Classifier> {
-        let engine = Engine::new(&model, options)?;
+        let (engine, model) = Engine::new_owned(model, options)?;
         Ok(Classifier { model, engine })
     }
 
+    /// The model's plan, labels and preprocessing (its parameters are in the engine).
     pub fn model(&self) -> &Model {
         &self.model
     }

@@ -89,7 +89,7 @@ pub fn main(a: Args) -> Result<()> {
         Some(s) => Some(Isa::parse(s).ok_or_else(|| anyhow::anyhow!("--isa `{s}`: expected scalar, avx2 or avx512"))?),
         None => None,
     };
-    let engine = Engine::new(&model, Options { mode: a.mode.parse()?, threads: a.threads, isa })?;
+    let (engine, _) = Engine::new_owned(model, Options { mode: a.mode.parse()?, threads: a.threads, isa })?;
     let batch = dims[0];
     let image = mobilenetv2::plan::Shape::new(dims[2], dims[3], 3);
     let plan = engine.plan_for(image)?;

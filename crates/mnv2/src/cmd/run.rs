@@ -30,7 +30,7 @@ pub fn main(a: Args) -> Result<()> {
     let at = |e: mobilenetv2::Error| anyhow::anyhow!("{}: {e}", a.input.display());
     // Validate shape and values up front so errors name the input file.
     Batch::from_nchw(&arr.shape, &arr.data).and_then(|b| b.check_finite()).map_err(at)?;
-    let engine = Engine::new(&model, Options { mode: a.mode.parse()?, threads: a.threads, isa: None })?;
+    let (engine, _) = Engine::new_owned(model, Options { mode: a.mode.parse()?, threads: a.threads, isa: None })?;
     let logits = engine.run_nchw(&arr.shape, &arr.data).map_err(at)?;
     let classes = logits.shape.c;
     npy::write(&a.output, &npy::Array { shape: vec![logits.n, classes], data: logits.data })?;

@@ -56,3 +56,57 @@ pub fn linear(model: &Model, layer: &Layer) -> FoldedConv {
     }
     FoldedConv { weights, bias: model.param(&format!("{}.bias", layer.name)).to_vec() }
 }
+
+/// The folded weights of every layer of a plan, each handed out once by [`FoldedLayers::take`].
+pub struct FoldedLayers {
+    layers: Vec<Option<FoldedConv>>,
+}
+
+impl FoldedLayers {
+    /// Folds every convolution and the classifier of `model`.
+    pub fn from_model(model: &Model) -> FoldedLayers {
+        FoldedLayers { layers: model.plan.layers.iter().map(|l| fold_layer(model, l)).collect() }
+    }
+
+    /// Like [`FoldedLayers::from_model`], removing each layer's parameters from `model` once
+    /// folded, so the weights never exist twice (peak memory while an engine is built).
+    pub fn from_owned(model: &mut Model) -> FoldedLayers {
+        let plan = model.plan.clone();
+        let layers = plan
+            .layers
+            .iter()
+            .map(|l| {
+                let f = fold_layer(model, l);
+                let names = match &l.op {
+                    Op::Conv(c) => vec![
+                        format!("{}.weight", l.name),
+                        format!("{}.weight", c.bn),
+                        format!("{}.bias", c.bn),
+                        format!("{}.running_mean", c.bn),
+                        format!("{}.running_var", c.bn),
+                    ],
+                    Op::Linear => vec![format!("{}.weight", l.name), format!("{}.bias", l.name)],
+                    _ => vec![],
+                };
+                for n in names {
+                    model.params.remove(&n);
+                }
+                f
+            })
+            .collect();
+        FoldedLayers { layers }
+    }
+
+    /// The folded weights of plan layer `i`. Panics if the layer has none or was taken.
+    pub fn take(&mut self, i: usize) -> FoldedConv {
+        self.layers[i].take().unwrap_or_else(|| panic!("layer {i} has no folded weights left"))
+    }
+}
+
+fn fold_layer(model: &Model, l: &Layer) -> Option<FoldedConv> {
+    match &l.op {
+        Op::Conv(_) => Some(fold_conv(model, l)),
+        Op::Linear => Some(linear(model, l)),
+        _ => None,
+    }
+}

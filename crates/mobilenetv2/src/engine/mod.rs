@@ -79,12 +79,25 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: &Model, options: Options) -> Result<Engine> {
+        Engine::build(model, &mut fold::FoldedLayers::from_model(model), options)
+    }
+
+    /// [`Engine::new`] that consumes the model: each layer's parameters are freed as soon as
+    /// they are folded, so the weights never exist twice (the least peak memory; what the CLI
+    /// uses). The model's plan, labels and preprocessing come back with empty parameters.
+    pub fn new_owned(mut model: Model, options: Options) -> Result<(Engine, Model)> {
+        let mut folded = fold::FoldedLayers::from_owned(&mut model);
+        Ok((Engine::build(&model, &mut folded, options)?, model))
+    }
+
+    fn build(model: &Model, folded: &mut fold::FoldedLayers, options: Options) -> Result<Engine> {
         if options.threads == 0 {
             return Err(Error::Input("threads must be at least 1".into()));
         }
         if options.threads > 256 {
             return Err(Error::Input(format!("{} threads is more than the supported 256", options.threads)));
         }
+        let plan = &model.plan;
         if matches!(options.mode, Mode::Fast | Mode::Streaming) {
             let isa = options.isa.unwrap_or_else(mnv2_kernels::isa::best);
             if !isa.supported() {
@@ -93,18 +106,22 @@ impl Engine {
             let streaming = options.mode == Mode::Streaming;
             // An int8 model runs on the int8 kernels; everything else in f32.
             let fast: Box<dyn fast::Runner> = match &model.quant {
-                Some(q) => Box::new(fast::FastEngine::new(fast::QNet::new(model, q, isa)?, options.threads, streaming)),
-                None => Box::new(fast::FastEngine::new(fast::F32Net::new(model, isa)?, options.threads, streaming)),
+                Some(q) => {
+                    Box::new(fast::FastEngine::new(fast::QNet::new(plan, folded, q, isa)?, options.threads, streaming))
+                }
+                None => {
+                    Box::new(fast::FastEngine::new(fast::F32Net::new(plan, folded, isa)?, options.threads, streaming))
+                }
             };
             return Ok(Engine { spec: model.spec().clone(), options, layers: Vec::new(), fast: Some(fast) });
         }
-        let layers = model
-            .plan
+        let layers = plan
             .layers
             .iter()
-            .map(|l| match l.op {
-                Op::Conv(_) => Compiled::Conv(fold::fold_conv(model, l)),
-                Op::Linear => Compiled::Linear(fold::linear(model, l)),
+            .enumerate()
+            .map(|(i, l)| match l.op {
+                Op::Conv(_) => Compiled::Conv(folded.take(i)),
+                Op::Linear => Compiled::Linear(folded.take(i)),
                 Op::GlobalAvgPool | Op::Dropout { .. } => Compiled::Pass,
             })
             .collect();

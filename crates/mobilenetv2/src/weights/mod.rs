@@ -112,6 +112,14 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
 
 /// Reads a weight file in any supported format.
 pub fn load(path: &Path) -> Result<TensorFile> {
+    // safetensors is read tensor by tensor, without the whole file in memory.
+    let mut head = [0u8; 9];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| Error::io(path, e))?;
+    if n == 9 && head[8] == b'{' {
+        return safetensors_io::read_path(path);
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if tflite::sniff(&bytes) {
         return tflite::read(path, &bytes);

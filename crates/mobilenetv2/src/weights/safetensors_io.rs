@@ -10,6 +10,104 @@ use safetensors::SafeTensors;
 use super::{bf16_to_f32, f16_to_f32, Data, Tensor, TensorFile};
 use crate::error::{Error, Result};
 
+/// Largest header accepted (the JSON index of tensors), a guard against corrupt sizes.
+const MAX_HEADER: u64 = 100 << 20;
+
+/// Reads a safetensors file tensor by tensor, never holding the whole file in memory: peak
+/// memory is the tensors themselves (the weights of a model are then never in memory twice).
+pub fn read_path(path: &Path) -> Result<TensorFile> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |d: String| Error::format(path, "safetensors", d);
+    let io = |e: std::io::Error| Error::io(path, e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let file_len = f.metadata().map_err(io)?.len();
+    if file_len == 0 {
+        return Err(Error::format(path, "weights", "the file is empty"));
+    }
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8).map_err(|_| bad("truncated before the header size".into()))?;
+    let header_len = u64::from_le_bytes(len8);
+    if header_len > MAX_HEADER || header_len > file_len - 8 {
+        return Err(bad(format!("header size {header_len} does not fit in the file ({file_len} bytes)")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|_| bad("truncated header".into()))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = json.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_len = file_len - 8 - header_len;
+    let mut metadata = BTreeMap::new();
+    let mut entries = Vec::new();
+    for (name, v) in obj {
+        if name == "__metadata__" {
+            let m = v.as_object().ok_or_else(|| bad("__metadata__ is not an object".into()))?;
+            for (k, v) in m {
+                let s = v.as_str().ok_or_else(|| bad(format!("metadata `{k}` is not a string")))?;
+                metadata.insert(k.clone(), s.to_string());
+            }
+            continue;
+        }
+        let field = |f: &str| v.get(f).ok_or_else(|| bad(format!("tensor `{name}` has no `{f}`")));
+        let dtype = field("dtype")?.as_str().ok_or_else(|| bad(format!("tensor `{name}`: dtype is not a string")))?;
+        let shape: Vec<usize> = field("shape")?
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape is not a list of sizes")))?;
+        let offs: Vec<u64> = field("data_offsets")?
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect())
+            .filter(|o: &Vec<u64>| o.len() == 2)
+            .ok_or_else(|| bad(format!("tensor `{name}`: data_offsets is not [begin, end]")))?;
+        let width = match dtype {
+            "F64" | "I64" => 8,
+            "F32" | "I32" => 4,
+            "F16" | "BF16" => 2,
+            "I8" | "U8" => 1,
+            other => {
+                return Err(Error::DType {
+                    path: path.into(),
+                    name: name.clone(),
+                    expected: "a float or integer type".into(),
+                    got: other.into(),
+                })
+            }
+        };
+        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let bytes = numel.and_then(|n| n.checked_mul(width));
+        if offs[0] > offs[1] || offs[1] > data_len || Some(offs[1] - offs[0]) != bytes {
+            return Err(bad(format!(
+                "tensor `{name}` ({dtype} {shape:?}) has data offsets {:?} that do not fit its size or the file's {data_len} data bytes (truncated or corrupt)",
+                offs
+            )));
+        }
+        entries.push((offs[0], offs[1], name.clone(), dtype.to_string(), shape));
+    }
+    entries.sort();
+    if let Some(w) = entries.windows(2).find(|w| w[1].0 < w[0].1) {
+        return Err(bad(format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2)));
+    }
+    let mut tensors = BTreeMap::new();
+    let mut raw = Vec::new();
+    for (begin, end, name, dtype, shape) in entries {
+        f.seek(SeekFrom::Start(8 + header_len + begin)).map_err(io)?;
+        raw.resize((end - begin) as usize, 0);
+        f.read_exact(&mut raw).map_err(|_| bad(format!("truncated in tensor `{name}`")))?;
+        let data = match dtype.as_str() {
+            "F32" => Data::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
+            "F64" => Data::F32(raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()),
+            "F16" => Data::F32(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
+            "BF16" => Data::F32(raw.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
+            "I64" => Data::I64(raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()),
+            "I32" => Data::I32(raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect()),
+            "I8" => Data::I8(raw.iter().map(|&b| b as i8).collect()),
+            _ => Data::U8(raw.clone()),
+        };
+        tensors.insert(name, Tensor { shape, data });
+    }
+    Ok(TensorFile { path: path.into(), tensors, metadata })
+}
+
+/// Parses safetensors bytes already in memory (see [`read_path`] for files).
 pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     let bad = |d: String| Error::format(path, "safetensors", d);
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;

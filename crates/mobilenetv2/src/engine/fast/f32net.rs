@@ -6,9 +6,9 @@ use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
 use super::{check_structure, minmax, Net};
-use crate::engine::fold::{fold_conv, linear};
+use crate::engine::fold::FoldedLayers;
 use crate::error::Result;
-use crate::model::Model;
+use crate::plan::Plan;
 
 struct Block {
     expand: Option<(PackedGemm, MinMax)>,
@@ -25,35 +25,30 @@ pub(crate) struct F32Net {
 }
 
 impl F32Net {
-    pub fn new(model: &Model, isa: Isa) -> Result<F32Net> {
-        let plan = &model.plan;
+    /// Packs the folded weights of `plan`'s layers (taking them out of `folded`).
+    pub fn new(plan: &Plan, folded: &mut FoldedLayers, isa: Isa) -> Result<F32Net> {
         check_structure(plan)?;
         let layers = &plan.layers;
         let n = layers.len();
-        let conv = |i: usize| {
-            let l = &layers[i];
-            (fold_conv(model, l), minmax(l.conv().expect("conv layer").activation))
-        };
-        let (f, act) = conv(0);
-        let stem = (PackedStem::new(isa, &f.weights, layers[0].output.c, &f.bias), act);
-        let blocks = plan
-            .blocks
-            .iter()
-            .map(|b| {
-                let expand = b.expand.map(|i| {
-                    let (f, act) = conv(i);
-                    (PackedGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias), act)
-                });
-                let (f, act) = conv(b.depthwise);
-                let dw = (PackedDw::new(isa, &f.weights, b.hidden, &f.bias), act);
-                let (f, act) = conv(b.project);
-                let project = (PackedGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias), act);
-                Block { expand, dw, project }
-            })
-            .collect();
-        let (f, act) = conv(n - 4);
-        let last = (PackedGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias), act);
-        let cls = linear(model, &layers[n - 1]);
+        let act = |i: usize| minmax(layers[i].conv().expect("conv layer").activation);
+        let f = folded.take(0);
+        let stem = (PackedStem::new(isa, &f.weights, layers[0].output.c, &f.bias), act(0));
+        let mut blocks = Vec::new();
+        for b in &plan.blocks {
+            let expand = b.expand.map(|i| {
+                let f = folded.take(i);
+                (PackedGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
+            });
+            let f = folded.take(b.depthwise);
+            let dw = (PackedDw::new(isa, &f.weights, b.hidden, &f.bias), act(b.depthwise));
+            let f = folded.take(b.project);
+            let project = (PackedGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
+            blocks.push(Block { expand, dw, project });
+        }
+        let f = folded.take(n - 4);
+        let last =
+            (PackedGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias), act(n - 4));
+        let cls = folded.take(n - 1);
         let classifier = PackedGemm::new(isa, &cls.weights, layers[n - 1].input.c, layers[n - 1].output.c, &cls.bias);
         Ok(F32Net { isa, stem, blocks, last, classifier })
     }

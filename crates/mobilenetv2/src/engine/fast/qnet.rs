@@ -12,10 +12,9 @@ use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
 use super::{check_structure, minmax, Net};
-use crate::engine::fold::{fold_conv, linear};
+use crate::engine::fold::FoldedLayers;
 use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::plan::{Activation, ConvKind};
+use crate::plan::{Activation, ConvKind, Plan};
 use crate::quant::QuantSpec;
 
 /// Weights `[k][n]` rounded to the int8 grid of their output channel (`q * scale`).
@@ -48,8 +47,8 @@ pub(crate) struct QNet {
 }
 
 impl QNet {
-    pub fn new(model: &Model, spec: &QuantSpec, isa: Isa) -> Result<QNet> {
-        let plan = &model.plan;
+    /// Quantises and packs the folded weights of `plan`'s layers (taking them out of `folded`).
+    pub fn new(plan: &Plan, folded: &mut FoldedLayers, spec: &QuantSpec, isa: Isa) -> Result<QNet> {
         check_structure(plan)?;
         let unsupported = |what: &str| Err(Error::Unsupported(format!("the int8 engine does not run {what}")));
         let layers = &plan.layers;
@@ -71,7 +70,7 @@ impl QNet {
             )));
         }
         let n = layers.len();
-        let f = fold_conv(model, &layers[0]);
+        let f = folded.take(0);
         let c0 = layers[0].output.c;
         let stem = (PackedStem::new(isa, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
         let stem_q: QParams = spec.blocks[0].hidden.into();
@@ -83,23 +82,23 @@ impl QNet {
                 return unsupported("ReLU6 activations with a non-zero zero point");
             }
             let expand = b.expand.map(|i| {
-                let f = fold_conv(model, &layers[i]);
+                let f = folded.take(i);
                 PackedQGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias, input)
             });
-            let f = fold_conv(model, &layers[b.depthwise]);
+            let f = folded.take(b.depthwise);
             let w = int8_grid(&f.weights, 9, b.hidden);
             let dw = (PackedDw::quantized(isa, &w, b.hidden, &f.bias, hidden), minmax(Activation::Relu6));
             let proj = &layers[b.project];
-            let f = fold_conv(model, proj);
+            let f = folded.take(b.project);
             let act = minmax(proj.conv().expect("project").activation);
             let project = (PackedQGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias, dw_out), act);
             blocks.push(Block { expand, dw, project, hidden, dw_out, input, output });
             input = output;
         }
-        let f = fold_conv(model, &layers[n - 4]);
+        let f = folded.take(n - 4);
         let (l_in, l_out) = (layers[n - 4].input.c, layers[n - 4].output.c);
         let last = (PackedQGemm::new(isa, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6));
-        let cls = linear(model, &layers[n - 1]);
+        let cls = folded.take(n - 1);
         let pooled: QParams = spec.pooled.into();
         let (c_in, c_out) = (layers[n - 1].input.c, layers[n - 1].output.c);
         let classifier = PackedQGemm::new(isa, &cls.weights, c_in, c_out, &cls.bias, pooled);
