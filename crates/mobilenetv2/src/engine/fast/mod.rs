@@ -340,11 +340,13 @@ impl<N: Net> FastEngine<N> {
                 let split = Split { tid, threads, barrier: &st.barrier, partial };
                 // SAFETY: only thread 0 writes the logits (after the last barrier).
                 let out = unsafe { out.slice_mut(0..if tid == 0 { classes } else { 0 }) };
-                let mut none = Vec::new();
-                let mut chain = if tid == 0 { Some(chain0.lock().unwrap()) } else { None };
-                let chain: &mut Vec<_> = match chain.as_deref_mut() {
-                    Some(c) => c,
-                    None => &mut none,
+                // Each thread streams its own share of the chained blocks, in its own rings.
+                let mut own = if tid == 0 { None } else { Some(st.acts[tid].lock().unwrap()) };
+                let mut first = if tid == 0 { Some(chain0.lock().unwrap()) } else { None };
+                let chain: &mut ChainRings<N::T> = match (own.as_deref_mut(), first.as_deref_mut()) {
+                    (Some(a), _) => &mut a.chain,
+                    (None, Some(c)) => c,
+                    (None, None) => unreachable!("thread 0 has the first rings"),
                 };
                 self.image(
                     sch,
@@ -409,10 +411,19 @@ impl<N: Net> FastEngine<N> {
         let first_stage = usize::from(!sch.stem_fused);
         let mut k0 = 0;
         if sch.chain > 0 {
-            // Streaming: the chained blocks run on the first thread, pulled from the last.
-            if sp.tid == 0 {
-                let last = sch.chain - 1;
-                let g = &sch.geos[last];
+            // Streaming: the chained blocks, pulled from the last one; each thread produces its
+            // share of the last one's rows (recomputing the few rows its share's receptive
+            // field shares with the neighbour's).
+            let last = sch.chain - 1;
+            let g = &sch.geos[last];
+            let rows = sp.rows(g.h_out);
+            if !rows.is_empty() {
+                // The first row each chained block produces for this share.
+                let mut next_out = vec![0; sch.chain];
+                next_out[last] = rows.start;
+                for k in (1..sch.chain).rev() {
+                    next_out[k - 1] = sch.geos[k].hidden_rows(next_out[k]..next_out[k] + 1).0;
+                }
                 let out_rows = Rows::new(y, g.w_out * g.cout, g.h_out);
                 let mut chain = Chain {
                     net,
@@ -421,12 +432,12 @@ impl<N: Net> FastEngine<N> {
                     acts: chain_bufs,
                     band: &mut sc.band,
                     stem: &mut sc.stem,
-                    next_out: vec![0; sch.chain],
+                    next_out,
                     hidden_next: vec![0; sch.chain],
                     prof: timer.prof.as_deref_mut(),
                     first_stage,
                 };
-                chain.produce(last, g.h_out, out_rows);
+                chain.produce(last, rows.end, out_rows);
             }
             sp.barrier.wait();
             let g = &sch.geos[sch.chain - 1];

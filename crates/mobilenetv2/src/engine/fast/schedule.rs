@@ -172,11 +172,12 @@ impl Schedule {
         (g.ring_len(), out)
     }
 
-    /// Activation values the engine allocates for one image in flight on each of `threads`.
+    /// Activation values the engine allocates for one image split across `threads` (each
+    /// thread streams its share of the chain in rings of its own).
     pub fn activation_values(&self, threads: usize) -> usize {
         let chain: usize = (0..self.chain).map(|k| self.chain_ring_lens(k)).map(|(a, b)| a + b).sum();
-        let per_thread = self.ring_len + self.band_len + self.last_band + self.last_c;
-        2 * self.act_len + chain + threads * per_thread
+        let per_thread = chain + self.ring_len + self.band_len + self.last_band + self.last_c;
+        2 * self.act_len + threads * per_thread
     }
 }
 #[cfg(test)]
