@@ -105,7 +105,12 @@ pub fn main(a: Args) -> Result<()> {
             if reps >= 5 {
                 match &mut total {
                     None => total = Some(p),
-                    Some(t) => t.stages.iter_mut().zip(p.stages).for_each(|(a, b)| a.1 += b.1),
+                    Some(t) => {
+                        t.stages.iter_mut().zip(p.stages).for_each(|(a, b)| a.1 += b.1);
+                        for (a, b) in t.block_ops.iter_mut().zip(p.block_ops) {
+                            (0..3).for_each(|i| a[i] += b[i]);
+                        }
+                    }
                 }
             }
             reps += 1;
@@ -128,16 +133,40 @@ pub fn main(a: Args) -> Result<()> {
         stage_madds.push(acc.layers[nl - 1].madds);
         let mut s = format!("{:<28} {:>10} {:>8} {:>14} {:>9}\n", "stage", "time (us)", "share", "madds", "GMAC/s");
         let total_s: f64 = t.stages.iter().map(|x| x.1).sum::<f64>() / n;
-        for ((name, secs), m) in t.stages.iter().zip(&stage_madds) {
-            let sec = secs / n;
-            s += &format!(
+        let row = |name: &str, sec: f64, m: u64| {
+            format!(
                 "{:<28} {:>10.1} {:>7.1}% {:>14} {:>9.1}\n",
                 name,
                 sec * 1e6,
                 100.0 * sec / total_s,
                 m,
-                *m as f64 / sec / 1e9
-            );
+                m as f64 / sec / 1e9
+            )
+        };
+        let first_block = usize::from(!stem_fused);
+        for (i, ((name, secs), m)) in t.stages.iter().zip(&stage_madds).enumerate() {
+            s += &row(name, secs / n, *m);
+            // The fused block's layers: expand (or the stem it is fused with), depthwise, project.
+            if let Some(ops) = i.checked_sub(first_block).and_then(|k| t.block_ops.get(k).map(|o| (k, o))) {
+                let (k, ops) = ops;
+                let b = &plan.blocks[k];
+                let first = b.expand.or((k == 0 && stem_fused).then_some(0));
+                let names = [
+                    first.map_or("-", |l| plan.layers[l].name.as_str()),
+                    &plan.layers[b.depthwise].name,
+                    &plan.layers[b.project].name,
+                ];
+                let macs = [
+                    first.map_or(0, |l| acc.layers[l].madds),
+                    acc.layers[b.depthwise].madds,
+                    acc.layers[b.project].madds,
+                ];
+                for j in 0..3 {
+                    if macs[j] > 0 {
+                        s += &row(&format!("  {}", names[j]), ops[j] / n, macs[j]);
+                    }
+                }
+            }
         }
         s += &format!(
             "{:<28} {:>10.1} {:>8} {:>14} {:>9.1}\n",

@@ -1,6 +1,7 @@
 //! One band of output rows of a fused inverted residual block, for any [`Net`] (f32 or int8).
 
 use std::ops::Range;
+use std::time::Instant;
 
 use mnv2_kernels::dwconv::DwRow;
 use mnv2_kernels::stem::{Image, StemGeom};
@@ -23,10 +24,22 @@ impl<T> Clone for Src<'_, T> {
 }
 impl<T> Copy for Src<'_, T> {}
 
-/// A block's ring of expanded rows and the first row not computed yet.
+/// A block's ring of expanded rows and the first row not computed yet; when profiling, the
+/// seconds spent expanding (or in the stem), in the depthwise conv and projecting.
 pub(super) struct Hidden<'a, T> {
     pub ring: &'a mut [T],
     pub next: usize,
+    pub ops: Option<&'a mut [f64; 3]>,
+}
+
+impl<T> Hidden<'_, T> {
+    /// Adds the time since `*t` to operation `op` and restarts `t` (profiling only).
+    fn lap(&mut self, op: usize, t: &mut Option<Instant>) {
+        if let (Some(ops), Some(t0)) = (self.ops.as_deref_mut(), t.as_mut()) {
+            ops[op] += t0.elapsed().as_secs_f64();
+            *t0 = Instant::now();
+        }
+    }
 }
 
 /// Output rows `oy` of block `k` into `out`: expanded rows (those not already in the ring)
@@ -49,6 +62,7 @@ pub(super) fn band<N: Net>(
 ) {
     let (oy0, oy1) = (oy.start, oy.end);
     let (lo, hi) = g.hidden_rows(oy.clone());
+    let mut t = hidden.ops.is_some().then(Instant::now);
     let ring_row = g.w_in * g.hidden;
     let ring = (g.ring > 0).then(|| Rows::new(SharedBuf::new(hidden.ring), ring_row, g.ring));
     // 1. Expanded rows lo..=hi into the ring, each computed once per block.
@@ -77,6 +91,7 @@ pub(super) fn band<N: Net>(
         }
         hidden.next = hidden.next.max(hi + 1);
     }
+    hidden.lap(0, &mut t);
     // 2. Depthwise, one output row at a time, into the band buffer.
     let band_row = g.w_out * g.hidden;
     let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
@@ -96,6 +111,7 @@ pub(super) fn band<N: Net>(
         });
         net.dw_row(k, rows3, dwg, &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row]);
     }
+    hidden.lap(1, &mut t);
     // 3. Projection, in runs contiguous in the output (and residual) rows.
     let mut r = oy0;
     while r < oy1 {
@@ -114,4 +130,5 @@ pub(super) fn band<N: Net>(
         net.project(k, (end - r) * g.w_out, a, g.hidden, dst, g.cout, residual);
         r = end;
     }
+    hidden.lap(2, &mut t);
 }

@@ -170,6 +170,9 @@ impl Timer<'_> {
 pub struct Profile {
     /// (name, seconds) in network order.
     pub stages: Vec<(String, f64)>,
+    /// Per block: seconds in the expand conv (the stem, for a first block fused with it), the
+    /// depthwise conv and the projection.
+    pub block_ops: Vec<[f64; 3]>,
 }
 
 impl Profile {
@@ -450,7 +453,11 @@ impl<N: Net> FastEngine<N> {
             let g = &sch.geos[k];
             let out_rows = Rows::new(y, g.w_out * g.cout, g.h_out);
             let rows = sp.rows(g.h_out);
-            let mut hidden = Hidden { ring: &mut sc.ring, next: 0 };
+            let ops = timer.prof.as_deref_mut().map(|p| {
+                p.block_ops.resize(sch.geos.len(), [0.0; 3]);
+                &mut p.block_ops[k]
+            });
+            let mut hidden = Hidden { ring: &mut sc.ring, next: 0, ops };
             let mut oy = rows.start;
             while oy < rows.end {
                 let end = (oy + g.band).min(rows.end);
@@ -542,7 +549,11 @@ impl<N: Net> Chain<'_, '_, N> {
             };
             let t = Instant::now();
             let out = self.out_rows(k, last_out);
-            let mut hidden = Hidden { ring: &mut self.acts[k].0, next: self.hidden_next[k] };
+            let ops = self.prof.as_deref_mut().map(|p| {
+                p.block_ops.resize(self.sch.geos.len(), [0.0; 3]);
+                &mut p.block_ops[k]
+            });
+            let mut hidden = Hidden { ring: &mut self.acts[k].0, next: self.hidden_next[k], ops };
             block::band(self.net, k, &g, src, out, oy0..oy1, &mut hidden, self.band, self.stem);
             self.hidden_next[k] = hidden.next;
             self.next_out[k] = oy1;
