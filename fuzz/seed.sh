@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Seeds the fuzz corpora with the committed interop fixtures.
+set -euo pipefail
+cd "$(dirname "$0")"
+D=../tests/data/interop
+mkdir -p corpus/onnx corpus/keras_h5 corpus/keras_zip corpus/tflite
+cp "$D"/onnx_import/*.onnx corpus/onnx/
+cp "$D"/keras/*.h5 corpus/keras_h5/
+cp "$D"/keras/*.keras corpus/keras_zip/
+cp "$D"/tflite/*.tflite corpus/tflite/
