@@ -125,3 +125,58 @@ fn run_reports_bad_inputs() {
     ]);
     assert_input_error(&o, "x3.npy");
 }
+
+#[test]
+fn isa_cap_selects_the_portable_kernels_with_the_same_results() {
+    let w = tmp("w_isa.safetensors");
+    assert!(mnv2(&["init", "--width", "0.5", "--classes", "5", "--randomize-bn", "--out", w.to_str().unwrap()])
+        .status
+        .success());
+    let x = tmp("x_isa.npy");
+    let data: Vec<f32> = (0..3 * 64 * 48).map(|i| ((i * 7 % 23) as f32 - 11.0) / 6.0).collect();
+    npy::write(&x, &npy::Array { shape: vec![1, 3, 64, 48], data }).unwrap();
+    let mut outs = Vec::new();
+    for cap in ["scalar", "avx2", "avx512"] {
+        let y = tmp(&format!("y_{cap}.npy"));
+        let o = Command::new(env!("CARGO_BIN_EXE_mnv2"))
+            .args([
+                "run",
+                "--weights",
+                w.to_str().unwrap(),
+                "--input",
+                x.to_str().unwrap(),
+                "--output",
+                y.to_str().unwrap(),
+            ])
+            .env("MNV2_ISA", cap)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(npy::read(&y).unwrap().data);
+    }
+    for o in &outs[1..] {
+        let err = o.iter().zip(&outs[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-5, "ISA caps disagree by {err}");
+    }
+    let o = mnv2(&[
+        "bench",
+        "--weights",
+        w.to_str().unwrap(),
+        "--resolution",
+        "64",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--isa",
+        "scalar",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["isa"], "scalar");
+    assert!(
+        v["median_ms"].as_f64().unwrap() > 0.0 && v["p90_ms"].as_f64().unwrap() >= v["median_ms"].as_f64().unwrap()
+    );
+}

@@ -73,7 +73,11 @@ unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usi
     let mut bp = p.b;
     let mut ap = args.a.add(i0 * p.lda);
     for _ in 0..p.groups {
-        let b: [__m512i; NV] = std::array::from_fn(|v| _mm512_load_si512(bp.add(64 * v) as *const _));
+        // A loop, not array::from_fn: closures do not get the target features.
+        let mut b = [_mm512_setzero_si512(); NV];
+        for (v, x) in b.iter_mut().enumerate() {
+            *x = _mm512_load_si512(bp.add(64 * v) as *const _);
+        }
         for (i, row) in acc.iter_mut().enumerate() {
             let a = _mm512_set1_epi32((ap.add(i * p.lda) as *const i32).read_unaligned());
             for v in 0..NV {

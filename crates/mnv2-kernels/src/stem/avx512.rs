@@ -35,7 +35,11 @@ unsafe fn pixels<const NV: usize, const N: usize>(
         for kx in 0..3 {
             for ci in 0..3 {
                 let t = (ky * 3 + kx) * 3 + ci;
-                let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_load_ps(w.add(t * p.c_pad + v * 16)));
+                // A loop, not array::from_fn: closures do not get the target features.
+                let mut wv = [_mm512_setzero_ps(); NV];
+                for (v, x) in wv.iter_mut().enumerate() {
+                    *x = _mm512_load_ps(w.add(t * p.c_pad + v * 16));
+                }
                 for (j, a) in acc.iter_mut().enumerate() {
                     let ix = ((x0 + j) * g.stride + kx) as isize - g.pad_left as isize;
                     if checked && (ix < 0 || ix as usize >= args.img.w) {
