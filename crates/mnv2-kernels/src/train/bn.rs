@@ -194,6 +194,53 @@ fn backward_apply_impl(
 }
 dispatch!(backward_apply_d, backward_apply_impl, (x: &[f32], g: &mut [f32], c: usize, scale: &[f32], shift: &[f32], lo: f32, hi: f32, ka: &[f32], kb: &[f32], kd: &[f32]));
 
+/// [`backward_apply`] out of place: `out = ka * dz + kb * x + kd` with `dz` the clamp-masked `g`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_apply_to(
+    x: &[f32],
+    g: &[f32],
+    c: usize,
+    scale: &[f32],
+    shift: &[f32],
+    lo: f32,
+    hi: f32,
+    ka: &[f32],
+    kb: &[f32],
+    kd: &[f32],
+    out: &mut [f32],
+) {
+    assert!(c > 0 && x.len().is_multiple_of(c) && g.len() == x.len() && out.len() == x.len());
+    assert!(scale.len() >= c && shift.len() >= c && ka.len() >= c && kb.len() >= c && kd.len() >= c);
+    backward_apply_to_d(x, g, c, scale, shift, lo, hi, ka, kb, kd, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_apply_to_impl(
+    x: &[f32],
+    g: &[f32],
+    c: usize,
+    scale: &[f32],
+    shift: &[f32],
+    lo: f32,
+    hi: f32,
+    ka: &[f32],
+    kb: &[f32],
+    kd: &[f32],
+    out: &mut [f32],
+) {
+    let (scale, shift, ka, kb, kd) = (&scale[..c], &shift[..c], &ka[..c], &kb[..c], &kd[..c]);
+    for ((row, grow), orow) in x.chunks_exact(c).zip(g.chunks_exact(c)).zip(out.chunks_exact_mut(c)) {
+        for j in 0..c {
+            let v = row[j];
+            let z = v * scale[j] + shift[j];
+            let dz = if z > lo && z < hi { grow[j] } else { 0.0 };
+            orow[j] = ka[j] * dz + (kb[j] * v + kd[j]);
+        }
+    }
+}
+dispatch!(backward_apply_to_d, backward_apply_to_impl, (x: &[f32], g: &[f32], c: usize, scale: &[f32], shift: &[f32], lo: f32, hi: f32, ka: &[f32], kb: &[f32], kd: &[f32], out: &mut [f32]));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +273,9 @@ mod tests {
         apply(&x, c, &scale, &shift, 0.0, 6.0, Some(&dy), &mut out);
         let mut g = dy.clone();
         backward_apply(&x, &mut g, c, &scale, &shift, 0.0, 6.0, &scale, &shift, &mean);
+        let mut g2 = vec![f32::NAN; x.len()];
+        backward_apply_to(&x, &dy, c, &scale, &shift, 0.0, 6.0, &scale, &shift, &mean, &mut g2);
+        assert_eq!(g, g2);
         for j in 0..c {
             let (mut ws, mut wq, mut wa, mut wb) = (0f64, 0f64, 0f64, 0f64);
             for r in 0..rows {

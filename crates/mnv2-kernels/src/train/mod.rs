@@ -10,6 +10,8 @@
 
 pub mod bn;
 pub mod dw;
+#[cfg(target_arch = "x86_64")]
+mod dw_avx512;
 pub mod matmul;
 
 /// Compiles an `#[inline(always)]` body three times and picks the widest the CPU allows.

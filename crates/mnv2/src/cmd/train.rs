@@ -179,6 +179,9 @@ pub fn main(a: Args) -> Result<()> {
     let cfg = config(&a)?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().ok();
+    // MNV2_TRAIN_PROFILE=1: time per kind of work, printed at the end.
+    train::prof::enable(std::env::var_os("MNV2_TRAIN_PROFILE").is_some());
+    let mut steps = 0u64;
     let mut bar: Option<ProgressBar> = None;
     let quiet = a.quiet;
     let mut on = |e: Event| match e {
@@ -201,6 +204,7 @@ pub fn main(a: Args) -> Result<()> {
             }
         }
         Event::Step { step_in_epoch, loss, acc, images_per_s, lr, .. } => {
+            steps += 1;
             if let Some(b) = &bar {
                 b.set_position(step_in_epoch as u64);
                 b.set_message(format!("loss {loss:.4} acc {:.2}% {images_per_s:.0} img/s lr {lr:.4}", acc * 100.0));
@@ -237,5 +241,8 @@ pub fn main(a: Args) -> Result<()> {
         b.finish_and_clear();
     }
     eprintln!("wrote {}", out.display());
+    if train::prof::enabled() {
+        eprint!("time per step ({steps} steps, evaluation and checkpoints excluded):\n{}", train::prof::report(steps));
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod net;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod prof;
 pub mod run;
 
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};

@@ -8,14 +8,16 @@
 //! views or small per-step repacks.
 //!
 //! The forward pass keeps, per convolution, its output before BatchNorm (`x`) plus the batch
-//! mean and inverse standard deviation; the inputs of the expansion and projection layers
-//! (BatchNorm + ReLU6 of the layer before) are recomputed from `x` when the backward needs
-//! them, so the wide expanded tensors are stored once, not twice. Block outputs (narrow) are
-//! kept. All buffers live in a [`Tape`] allocated once for the largest batch.
+//! mean and inverse standard deviation, and the (narrow) block outputs. The inputs of the
+//! depthwise and projection layers (BatchNorm + ReLU6 of the layer before) are never stored:
+//! the consuming layer computes them chunk by chunk in cache, forward and backward (see
+//! [`ops`]), so each wide expanded tensor exists once. All buffers live in a [`Tape`]
+//! allocated once for the largest batch.
 
 use mnv2_kernels::{Isa, MinMax};
 
-use super::ops::{self, Geom};
+use super::ops::{self, BnAct, BnBwd, DwBwd, Geom, Grad, InGrad, PwBwd, Src, Work};
+use super::prof::span;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::plan::{Conv, ConvKind, Layer, Op, Plan, Role};
@@ -201,35 +203,31 @@ impl Net {
     }
 
     /// BatchNorm coefficients of layer `l` for the batch in `tape.x[l]`: batch statistics
-    /// (updating the running ones) or the running ones.
-    fn bn_forward(&mut self, tape: &mut Tape, l: usize, m: usize, mode: BnMode) -> Result<()> {
+    /// BatchNorm coefficients of layer `l` over `m` values per channel: from the batch's
+    /// moments (updating the running statistics), or from the running statistics (`None`).
+    fn bn_coef(&mut self, tape: &mut Tape, l: usize, m: usize, moments: Option<ops::Moments>) -> Result<()> {
         let (layer, _, ix) = self.conv(l);
         let c = layer.output.c;
         let eps = self.plan.spec.bn_eps as f64;
-        let (mean, var): (Vec<f64>, Vec<f64>) = match mode {
-            BnMode::Train => {
+        let (mean, var): (Vec<f64>, Vec<f64>) = match moments {
+            Some(mo) => {
                 if m < 2 {
                     return Err(Error::Input(format!(
                         "BatchNorm of `{}` needs more than one value per channel in training (batch {} of {}x{})",
                         layer.name, tape.n, layer.output.h, layer.output.w
                     )));
                 }
-                let x = &tape.x[l][..m * c];
-                let shift = &x[..c];
-                let (s, q) = ops::channel_stats(x, c, shift);
                 let mf = m as f64;
-                let mean: Vec<f64> = (0..c).map(|j| shift[j] as f64 + s[j] / mf).collect();
-                let var: Vec<f64> = (0..c).map(|j| (q[j] / mf - (s[j] / mf).powi(2)).max(0.0)).collect();
                 let unbias = mf / (mf - 1.0);
                 for j in 0..c {
                     let rm = &mut self.stats[ix.rmean + j];
-                    *rm = ((1.0 - BN_MOMENTUM) * *rm as f64 + BN_MOMENTUM * mean[j]) as f32;
+                    *rm = ((1.0 - BN_MOMENTUM) * *rm as f64 + BN_MOMENTUM * mo.mean[j]) as f32;
                     let rv = &mut self.stats[ix.rvar + j];
-                    *rv = ((1.0 - BN_MOMENTUM) * *rv as f64 + BN_MOMENTUM * var[j] * unbias) as f32;
+                    *rv = ((1.0 - BN_MOMENTUM) * *rv as f64 + BN_MOMENTUM * mo.var[j] * unbias) as f32;
                 }
-                (mean, var)
+                (mo.mean, mo.var)
             }
-            BnMode::Eval => (
+            None => (
                 (0..c).map(|j| self.stats[ix.rmean + j] as f64).collect(),
                 (0..c).map(|j| self.stats[ix.rvar + j] as f64).collect(),
             ),
@@ -249,26 +247,16 @@ impl Net {
         Ok(())
     }
 
-    /// `out = act(BN(x_l)) (+ residual)` over `m` rows.
-    fn bn_act(&self, tape: &Tape, l: usize, m: usize, res: Option<&[f32]>, out: &mut [f32]) {
-        let (layer, c, _) = self.conv(l);
-        let ch = layer.output.c;
-        let bn = &tape.bn[l];
-        ops::bn_apply(&tape.x[l][..m * ch], ch, &bn.scale, &bn.shift, act_of(c), res, out);
-    }
-
-    /// BatchNorm + clamp backward of layer `l`, in place on `g` (gradient of the clamp's
-    /// output in, of the convolution's output out); writes gamma's and beta's gradients.
-    fn bn_backward(&mut self, tape: &Tape, l: usize, m: usize, g: &mut [f32]) {
-        let (layer, conv, ix) = self.conv(l);
+    /// From the two reductions of layer `l`'s BatchNorm backward over `m` values per channel:
+    /// gamma's and beta's gradients, and the coefficients of the input gradient.
+    fn bn_grads(&mut self, tape: &mut Tape, l: usize, m: usize, (sdz, sdzx): ops::BnSums) {
+        let (layer, _, ix) = self.conv(l);
         let c = layer.output.c;
-        let act = act_of(conv);
-        let bn = &tape.bn[l];
-        let x = &tape.x[l][..m * c];
-        let g = &mut g[..m * c];
-        let (sdz, sdzx) = ops::bn_backward_sums(x, g, c, &bn.scale, &bn.shift, act, &bn.mean);
+        let bn = &mut tape.bn[l];
         let mf = m as f64;
-        let (mut ka, mut kb, mut kd) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+        bn.ka.clear();
+        bn.kb.clear();
+        bn.kd.clear();
         for j in 0..c {
             let is = bn.invstd[j] as f64;
             let gamma = self.params[ix.gamma + j] as f64;
@@ -278,11 +266,14 @@ impl Net {
             self.grads[ix.beta + j] = dbeta as f32;
             let a = gamma * is;
             let b = -gamma * is * is * dgamma / mf;
-            ka[j] = a as f32;
-            kb[j] = b as f32;
-            kd[j] = (-a * dbeta / mf - b * bn.mean[j] as f64) as f32;
+            bn.ka.push(a as f32);
+            bn.kb.push(b as f32);
+            bn.kd.push((-a * dbeta / mf - b * bn.mean[j] as f64) as f32);
         }
-        ops::bn_backward_apply(x, g, c, &bn.scale, &bn.shift, act, &ka, &kb, &kd);
+    }
+
+    fn act(&self, l: usize) -> MinMax {
+        act_of(self.conv(l).1)
     }
 
     /// Forward pass over `n` NHWC images; leaves the logits in `tape.logits`.
@@ -302,90 +293,13 @@ impl Net {
             return Err(Error::Input(format!("{} values do not make {n} images of {input}", images.len())));
         }
         tape.n = n;
-        // Stem: patches, then a GEMM.
-        let (l0, c0, ix0) = self.conv(0);
-        let (g0, cout0, m0) = (geom(l0, c0), l0.output.c, n * l0.output.h * l0.output.w);
-        ops::im2col3(images, n, g0, &mut tape.cols);
-        let wc = ops::stem_weights_to_cols(&self.params[ix0.w..ix0.w + cout0 * 27], cout0);
-        let mut x = std::mem::take(&mut tape.x[0]);
-        ops::pw_forward(&tape.cols, m0, 27, &wc, cout0, &mut x);
-        tape.x[0] = x;
-        self.bn_forward(tape, 0, m0, bn)?;
-        let mut stem_act = std::mem::take(&mut tape.stem_act);
-        self.bn_act(tape, 0, m0, None, &mut stem_act);
-        tape.stem_act = stem_act;
-
-        let blocks = self.plan.blocks.clone();
-        for (bi, blk) in blocks.iter().enumerate() {
-            let inp =
-                if bi == 0 { std::mem::take(&mut tape.stem_act) } else { std::mem::take(&mut tape.block_out[bi - 1]) };
-            let m_in = n * blk.input.h * blk.input.w;
-            let m_out = n * blk.output.h * blk.output.w;
-            let mut s1 = std::mem::take(&mut tape.s1);
-            if let Some(e) = blk.expand {
-                let (le, _, ixe) = self.conv(e);
-                let (cin, hid) = (le.input.c, le.output.c);
-                let mut x = std::mem::take(&mut tape.x[e]);
-                ops::pw_forward(&inp, m_in, cin, &self.params[ixe.w..ixe.w + hid * cin], hid, &mut x);
-                tape.x[e] = x;
-                self.bn_forward(tape, e, m_in, bn)?;
-                self.bn_act(tape, e, m_in, None, &mut s1);
-            }
-            let d = blk.depthwise;
-            let (ld, cd, ixd) = self.conv(d);
-            let hid = ld.output.c;
-            let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
-            let mut x = std::mem::take(&mut tape.x[d]);
-            let dw_in: &[f32] = if blk.expand.is_some() { &s1 } else { &inp };
-            ops::dw_forward(self.isa, dw_in, n, hid, geom(ld, cd), &w_hwc, &mut x);
-            tape.x[d] = x;
-            self.bn_forward(tape, d, m_out, bn)?;
-            self.bn_act(tape, d, m_out, None, &mut s1);
-            let p = blk.project;
-            let (lp, _, ixp) = self.conv(p);
-            let cout = lp.output.c;
-            let mut x = std::mem::take(&mut tape.x[p]);
-            ops::pw_forward(&s1, m_out, hid, &self.params[ixp.w..ixp.w + cout * hid], cout, &mut x);
-            tape.x[p] = x;
-            self.bn_forward(tape, p, m_out, bn)?;
-            let mut out = std::mem::take(&mut tape.block_out[bi]);
-            self.bn_act(tape, p, m_out, blk.residual.then(|| &inp[..m_out * cout]), &mut out);
-            tape.block_out[bi] = out;
-            tape.s1 = s1;
-            if bi == 0 {
-                tape.stem_act = inp;
-            } else {
-                tape.block_out[bi - 1] = inp;
-            }
-        }
-
-        // Last 1x1 convolution, then the mean over pixels.
-        let lc = self.last_conv();
-        let (ll, _, ixl) = self.conv(lc);
-        let (cin, cl, hw) = (ll.input.c, ll.output.c, ll.output.h * ll.output.w);
-        let ml = n * hw;
-        let mut x = std::mem::take(&mut tape.x[lc]);
-        let last_in = tape.block_out.last().expect("a plan has blocks");
-        ops::pw_forward(last_in, ml, cin, &self.params[ixl.w..ixl.w + cl * cin], cl, &mut x);
-        tape.x[lc] = x;
-        self.bn_forward(tape, lc, ml, bn)?;
-        let mut s1 = std::mem::take(&mut tape.s1);
-        self.bn_act(tape, lc, ml, None, &mut s1);
-        for b in 0..n {
-            let pooled = &mut tape.pooled[b * cl..(b + 1) * cl];
-            pooled.fill(0.0);
-            for px in s1[b * hw * cl..(b + 1) * hw * cl].chunks_exact(cl) {
-                for (p, v) in pooled.iter_mut().zip(px) {
-                    *p += v;
-                }
-            }
-            for p in pooled.iter_mut() {
-                *p /= hw as f32;
-            }
-        }
-        tape.s1 = s1;
-
+        let mut work = std::mem::take(&mut tape.work);
+        let r = self.forward_layers(tape, images, n, bn == BnMode::Train, &mut work);
+        tape.work = work;
+        r?;
+        let _sp = span(4);
         // Dropout and the classifier.
+        let cl = self.plan.layers[self.last_conv()].output.c;
         let p = self.plan.spec.dropout;
         let hidden = &mut tape.hidden[..n * cl];
         match dropout {
@@ -412,6 +326,110 @@ impl Net {
         Ok(())
     }
 
+    /// The convolutions and the pooling of the forward pass.
+    fn forward_layers(
+        &mut self,
+        tape: &mut Tape,
+        images: &[f32],
+        n: usize,
+        train: bool,
+        work: &mut Work,
+    ) -> Result<()> {
+        // Stem: patches times weights, chunk by chunk.
+        let sp = span(0);
+        let (l0, c0, ix0) = self.conv(0);
+        let (g0, cout0, m0) = (geom(l0, c0), l0.output.c, n * l0.output.h * l0.output.w);
+        let wc = ops::stem_weights_to_cols(&self.params[ix0.w..ix0.w + cout0 * 27], cout0);
+        let mut x = std::mem::take(&mut tape.x[0]);
+        let mo = ops::conv_forward(Src::Patches(images, g0), m0, 27, &wc, cout0, &mut x, train, work);
+        tape.x[0] = x;
+        self.bn_coef(tape, 0, m0, mo)?;
+        if !tape.stem_act.is_empty() {
+            let mut out = std::mem::take(&mut tape.stem_act);
+            ops::bn_apply(&tape.x[0][..m0 * cout0], cout0, tape.bnact(0, self.act(0)), None, &mut out);
+            tape.stem_act = out;
+        }
+        drop(sp);
+
+        let blocks = self.plan.blocks.clone();
+        for (bi, blk) in blocks.iter().enumerate() {
+            let inp =
+                if bi == 0 { std::mem::take(&mut tape.stem_act) } else { std::mem::take(&mut tape.block_out[bi - 1]) };
+            let m_in = n * blk.input.h * blk.input.w;
+            let m_out = n * blk.output.h * blk.output.w;
+            let (cin, hid, cout) = (blk.input.c, blk.hidden, blk.output.c);
+            // The layer whose BatchNorm + clamp feeds the depthwise convolution on the fly.
+            let feeder = match blk.expand {
+                Some(e) => {
+                    let sp = span(1);
+                    let ixe = self.conv(e).2;
+                    let mut x = std::mem::take(&mut tape.x[e]);
+                    let w = &self.params[ixe.w..ixe.w + hid * cin];
+                    let mo = ops::conv_forward(Src::Rows(&inp), m_in, cin, w, hid, &mut x, train, work);
+                    tape.x[e] = x;
+                    self.bn_coef(tape, e, m_in, mo)?;
+                    drop(sp);
+                    Some(e)
+                }
+                None if bi == 0 && inp.is_empty() => Some(0),
+                None => None,
+            };
+            let sp = span(3);
+            let d = blk.depthwise;
+            let (ld, cd, ixd) = self.conv(d);
+            let gd = geom(ld, cd);
+            let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
+            let mut x = std::mem::take(&mut tape.x[d]);
+            let src = match feeder {
+                Some(f) => Src::Bn(&tape.x[f], tape.bnact(f, self.act(f))),
+                None => Src::Rows(&inp),
+            };
+            let mo = ops::dw_forward(self.isa, src, n, hid, gd, &w_hwc, &mut x, train, work);
+            tape.x[d] = x;
+            self.bn_coef(tape, d, m_out, mo)?;
+            drop(sp);
+            let sp = span(1);
+            let p = blk.project;
+            let ixp = self.conv(p).2;
+            let mut x = std::mem::take(&mut tape.x[p]);
+            let src = Src::Bn(&tape.x[d], tape.bnact(d, self.act(d)));
+            let mo =
+                ops::conv_forward(src, m_out, hid, &self.params[ixp.w..ixp.w + cout * hid], cout, &mut x, train, work);
+            tape.x[p] = x;
+            self.bn_coef(tape, p, m_out, mo)?;
+            drop(sp);
+            let _sp = span(2);
+            let mut out = std::mem::take(&mut tape.block_out[bi]);
+            let res = blk.residual.then(|| &inp[..m_out * cout]);
+            ops::bn_apply(&tape.x[p][..m_out * cout], cout, tape.bnact(p, self.act(p)), res, &mut out);
+            tape.block_out[bi] = out;
+            if bi == 0 {
+                tape.stem_act = inp;
+            } else {
+                tape.block_out[bi - 1] = inp;
+            }
+        }
+
+        // Last 1x1 convolution, then the mean over pixels of its activation.
+        let sp = span(1);
+        let lc = self.last_conv();
+        let (ll, _, ixl) = self.conv(lc);
+        let (cin, cl, hw) = (ll.input.c, ll.output.c, ll.output.h * ll.output.w);
+        let ml = n * hw;
+        let mut x = std::mem::take(&mut tape.x[lc]);
+        let last_in = tape.block_out.last().expect("a plan has blocks");
+        let w = &self.params[ixl.w..ixl.w + cl * cin];
+        let mo = ops::conv_forward(Src::Rows(last_in), ml, cin, w, cl, &mut x, train, work);
+        tape.x[lc] = x;
+        self.bn_coef(tape, lc, ml, mo)?;
+        drop(sp);
+        let _sp = span(4);
+        let mut pooled = std::mem::take(&mut tape.pooled);
+        ops::pool_forward(&tape.x[lc], n, hw, cl, tape.bnact(lc, self.act(lc)), &mut pooled);
+        tape.pooled = pooled;
+        Ok(())
+    }
+
     /// Softmax cross-entropy (mean over the batch, optional label smoothing) of the logits in
     /// the tape; leaves its gradient in `tape.dlogits`.
     pub fn loss(&self, tape: &mut Tape, labels: &[usize], smoothing: f32) -> Result<StepStats> {
@@ -422,6 +440,7 @@ impl Net {
         if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
             return Err(Error::Input(format!("label {bad} is out of range for {k} classes")));
         }
+        let _sp = span(4);
         let eps = smoothing as f64;
         let (mut total, mut correct) = (0f64, 0usize);
         for (i, &label) in labels.iter().enumerate() {
@@ -442,8 +461,9 @@ impl Net {
     }
 
     /// Backward pass from `tape.dlogits`: fills [`Net::grads`] (all of them; the backbone's
-    /// are zero when `backbone` is false).
+    /// are zero when `backbone` is false). `images` are the forward pass's.
     pub fn backward(&mut self, tape: &mut Tape, images: &[f32], backbone: bool) {
+        let sp = span(4);
         let n = tape.n;
         let cls = self.classifier();
         let lc = self.last_conv();
@@ -457,94 +477,186 @@ impl Net {
             self.grads[..w].fill(0.0);
             return;
         }
+        // Through the classifier and dropout to the mean over pixels: every pixel of an image
+        // gets 1/hw of its gradient.
         let mut dh = std::mem::take(&mut tape.dhidden);
         ops::pw_input_grad(&tape.dlogits, n, k, &self.params[w..w + k * cl], cl, &mut dh);
-        // Dropout, then the mean over pixels: every pixel gets 1/hw of its image's gradient.
         let ll = &self.plan.layers[lc];
         let hw = ll.output.h * ll.output.w;
+        for (d, m) in dh[..n * cl].iter_mut().zip(&tape.mask) {
+            *d = *d * m / hw as f32;
+        }
+        drop(sp);
+        let mut work = std::mem::take(&mut tape.work);
+        let mut gout = std::mem::take(&mut tape.gn_a);
+        let mut gin = std::mem::take(&mut tape.gn_b);
         let mut g1 = std::mem::take(&mut tape.g1);
         let mut g2 = std::mem::take(&mut tape.g2);
-        let mut s1 = std::mem::take(&mut tape.s1);
-        let mut gskip = std::mem::take(&mut tape.gskip);
-        for bi in 0..n {
-            for ch in 0..cl {
-                let v = dh[bi * cl + ch] * tape.mask[bi * cl + ch] / hw as f32;
-                for p in 0..hw {
-                    g1[(bi * hw + p) * cl + ch] = v;
-                }
-            }
-        }
-        tape.dhidden = dh;
-        let ml = n * hw;
-        self.bn_backward(tape, lc, ml, &mut g1);
-        let (_, _, ixl) = self.conv(lc);
-        let cin = self.plan.layers[lc].input.c;
-        let last_in = tape.block_out.last().expect("a plan has blocks");
-        ops::weight_grad(&g1, ml, cl, last_in, cin, &mut self.grads[ixl.w..ixl.w + cl * cin]);
-        ops::pw_input_grad(&g1, ml, cl, &self.params[ixl.w..ixl.w + cl * cin], cin, &mut g2);
 
+        // The last 1x1 convolution.
+        let sp = span(6);
+        let ml = n * hw;
+        let (ixl, cin) = (self.conv(lc).2, ll.input.c);
+        let sums = ops::bn_backward_sums(
+            &tape.x[lc][..ml * cl],
+            Grad::Pooled(&dh, hw),
+            ml,
+            cl,
+            tape.bnact(lc, self.act(lc)),
+            &tape.bn[lc].mean,
+            &mut work,
+        );
+        self.bn_grads(tape, lc, ml, sums);
+        drop(sp);
+        let sp = span(5);
+        let p = PwBwd {
+            grad: Grad::Pooled(&dh, hw),
+            bwd: tape.bnbwd(lc, self.act(lc)),
+            src: Src::Rows(tape.block_out.last().expect("a plan has blocks")),
+            w: &self.params[ixl.w..ixl.w + cl * cin],
+            m: ml,
+            cin,
+            cout: cl,
+        };
+        let din = InGrad { out: &mut gout, residual: None, sums: None };
+        ops::pw_backward(p, &mut self.grads[ixl.w..ixl.w + cl * cin], Some(din), &mut work);
+        drop(sp);
+        tape.dhidden = dh;
+
+        // The blocks; `gout` holds the gradient of the block's output.
+        let mut stem_sums_done = false;
         let blocks = self.plan.blocks.clone();
         for (bi, blk) in blocks.iter().enumerate().rev() {
             let m_in = n * blk.input.h * blk.input.w;
             let m_out = n * blk.output.h * blk.output.w;
             let (cin, cout, hid) = (blk.input.c, blk.output.c, blk.hidden);
-            // g2: gradient of the block's output.
-            if blk.residual {
-                gskip[..m_out * cout].copy_from_slice(&g2[..m_out * cout]);
-            }
-            let p = blk.project;
-            self.bn_backward(tape, p, m_out, &mut g2);
-            let d = blk.depthwise;
-            self.bn_act(tape, d, m_out, None, &mut s1);
-            let (_, _, ixp) = self.conv(p);
-            ops::weight_grad(&g2, m_out, cout, &s1, hid, &mut self.grads[ixp.w..ixp.w + cout * hid]);
-            ops::pw_input_grad(&g2, m_out, cout, &self.params[ixp.w..ixp.w + cout * hid], hid, &mut g1);
-            // g1: gradient of the depthwise layer's activation.
-            self.bn_backward(tape, d, m_out, &mut g1);
+            let (p, d) = (blk.project, blk.depthwise);
+            let sp = span(6);
+            let sums = ops::bn_backward_sums(
+                &tape.x[p][..m_out * cout],
+                Grad::Rows(&gout),
+                m_out,
+                cout,
+                tape.bnact(p, self.act(p)),
+                &tape.bn[p].mean,
+                &mut work,
+            );
+            self.bn_grads(tape, p, m_out, sums);
+            drop(sp);
+            // Projection: the gradient of the depthwise activation, and its BatchNorm's reductions.
+            let sp = span(5);
+            let ixp = self.conv(p).2;
+            let bnd = tape.bnact(d, self.act(d));
+            let pb = PwBwd {
+                grad: Grad::Rows(&gout),
+                bwd: tape.bnbwd(p, self.act(p)),
+                src: Src::Bn(&tape.x[d], bnd),
+                w: &self.params[ixp.w..ixp.w + cout * hid],
+                m: m_out,
+                cin: hid,
+                cout,
+            };
+            let din = InGrad { out: &mut g1, residual: None, sums: Some((&tape.x[d], bnd, &tape.bn[d].mean)) };
+            let sums = ops::pw_backward(pb, &mut self.grads[ixp.w..ixp.w + cout * hid], Some(din), &mut work);
+            self.bn_grads(tape, d, m_out, sums.expect("asked for"));
+            drop(sp);
+            // Depthwise: the gradient of its input, and the reductions of the feeding BatchNorm.
+            let sp = span(7);
             let (ld, cd, ixd) = self.conv(d);
             let gd = geom(ld, cd);
             let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
-            if let Some(e) = blk.expand {
-                self.bn_act(tape, e, m_in, None, &mut s1);
-            }
-            let dw_in: &[f32] = if blk.expand.is_some() { &s1 } else { inp };
-            let dwg = ops::dw_weight_grad(&g1, dw_in, n, hid, gd);
+            let feeder = match blk.expand {
+                Some(e) => Some(e),
+                None if bi == 0 && inp.is_empty() => Some(0),
+                None => None,
+            };
+            let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
+            let (src, sums) = match feeder {
+                Some(f) => {
+                    let bnf = tape.bnact(f, self.act(f));
+                    (Src::Bn(&tape.x[f], bnf), Some((&tape.x[f][..], bnf, &tape.bn[f].mean[..])))
+                }
+                None => (Src::Rows(inp), None),
+            };
+            let db = DwBwd { grad: &g1, bwd: tape.bnbwd(d, self.act(d)), src, w_hwc: &w_hwc, n, c: hid, g: gd };
+            let (dwg, sums) = ops::dw_backward(self.isa, db, InGrad { out: &mut g2, residual: None, sums }, &mut work);
             for ch in 0..hid {
                 for t in 0..9 {
                     self.grads[ixd.w + ch * 9 + t] = dwg[t * hid + ch];
                 }
             }
-            let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
-            ops::dw_input_grad(&g1, n, hid, gd, &w_hwc, &mut g2);
+            drop(sp);
             // g2: gradient of the depthwise input.
-            if let Some(e) = blk.expand {
-                self.bn_backward(tape, e, m_in, &mut g2);
-                let (_, _, ixe) = self.conv(e);
-                let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
-                ops::weight_grad(&g2, m_in, hid, inp, cin, &mut self.grads[ixe.w..ixe.w + hid * cin]);
-                ops::pw_input_grad(&g2, m_in, hid, &self.params[ixe.w..ixe.w + hid * cin], cin, &mut g1);
-                std::mem::swap(&mut g1, &mut g2);
-            }
-            // g2: gradient of the block's input.
-            if blk.residual {
-                for (a, b) in g2[..m_in * cin].iter_mut().zip(&gskip[..m_in * cin]) {
-                    *a += b;
+            match (blk.expand, feeder) {
+                (Some(e), _) => {
+                    let sp = span(6);
+                    self.bn_grads(tape, e, m_in, sums.expect("asked for"));
+                    drop(sp);
+                    let _sp = span(5);
+                    let ixe = self.conv(e).2;
+                    let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
+                    let pb = PwBwd {
+                        grad: Grad::Rows(&g2),
+                        bwd: tape.bnbwd(e, self.act(e)),
+                        src: Src::Rows(inp),
+                        w: &self.params[ixe.w..ixe.w + hid * cin],
+                        m: m_in,
+                        cin,
+                        cout: hid,
+                    };
+                    let din = InGrad { out: &mut gin, residual: blk.residual.then_some(&gout[..]), sums: None };
+                    ops::pw_backward(pb, &mut self.grads[ixe.w..ixe.w + hid * cin], Some(din), &mut work);
+                    std::mem::swap(&mut gin, &mut gout);
+                }
+                (None, Some(f)) => {
+                    // The first block reads the stem's activation on the fly: g2 is its gradient.
+                    debug_assert!(bi == 0 && f == 0 && !blk.residual);
+                    self.bn_grads(tape, f, m_in, sums.expect("asked for"));
+                    stem_sums_done = true;
+                }
+                (None, None) => {
+                    for (i, v) in gin[..m_in * cin].iter_mut().enumerate() {
+                        *v = g2[i] + if blk.residual { gout[i] } else { 0.0 };
+                    }
+                    std::mem::swap(&mut gin, &mut gout);
                 }
             }
         }
 
-        // Stem.
-        let (l0, _, ix0) = self.conv(0);
-        let (cout0, m0) = (l0.output.c, n * l0.output.h * l0.output.w);
-        self.bn_backward(tape, 0, m0, &mut g2);
-        let _ = images; // the patches are still in tape.cols from the forward pass
+        // Stem: its activation's gradient is in g2 (read on the fly by the first block) or gout.
+        let _sp = span(8);
+        let (l0, c0, ix0) = self.conv(0);
+        let (g0, cout0, m0) = (geom(l0, c0), l0.output.c, n * l0.output.h * l0.output.w);
+        let g_stem: &[f32] = if stem_sums_done { &g2 } else { &gout };
+        if !stem_sums_done {
+            let sums = ops::bn_backward_sums(
+                &tape.x[0][..m0 * cout0],
+                Grad::Rows(g_stem),
+                m0,
+                cout0,
+                tape.bnact(0, self.act(0)),
+                &tape.bn[0].mean,
+                &mut work,
+            );
+            self.bn_grads(tape, 0, m0, sums);
+        }
         let mut wc = vec![0f32; cout0 * 27];
-        ops::weight_grad(&g2, m0, cout0, &tape.cols, 27, &mut wc);
+        let pb = PwBwd {
+            grad: Grad::Rows(g_stem),
+            bwd: tape.bnbwd(0, self.act(0)),
+            src: Src::Patches(images, g0),
+            w: &self.params[ix0.w..ix0.w + cout0 * 27],
+            m: m0,
+            cin: 27,
+            cout: cout0,
+        };
+        ops::pw_backward(pb, &mut wc, None, &mut work);
         ops::stem_cols_to_weights(&wc, cout0, &mut self.grads[ix0.w..ix0.w + cout0 * 27]);
+        tape.work = work;
+        tape.gn_a = gout;
+        tape.gn_b = gin;
         tape.g1 = g1;
         tape.g2 = g2;
-        tape.s1 = s1;
-        tape.gskip = gskip;
     }
 
     /// Forward, loss and backward of one batch.
@@ -570,7 +682,7 @@ impl Net {
                 let ok = match c.kind {
                     ConvKind::Full => l.input.c == 3 && c.kernel == 3,
                     ConvKind::Pointwise => c.kernel == 1 && c.stride == 1,
-                    ConvKind::Depthwise => c.kernel == 3,
+                    ConvKind::Depthwise => c.kernel == 3 && 2 * c.dilation < 16,
                 };
                 if !ok {
                     return Err(Error::Unsupported(format!("training layer `{}` of this shape", l.name)));
@@ -581,13 +693,16 @@ impl Net {
     }
 }
 
-/// BatchNorm coefficients of one layer for the current batch.
+/// BatchNorm coefficients of one layer for the current batch, and of its backward.
 #[derive(Clone, Debug, Default)]
 pub struct BnCoef {
     pub mean: Vec<f32>,
     pub invstd: Vec<f32>,
     pub scale: Vec<f32>,
     pub shift: Vec<f32>,
+    pub ka: Vec<f32>,
+    pub kb: Vec<f32>,
+    pub kd: Vec<f32>,
 }
 
 impl BnCoef {
@@ -603,21 +718,26 @@ impl BnCoef {
 pub struct Tape {
     nmax: usize,
     n: usize,
+    /// Per convolution, its output before BatchNorm.
     x: Vec<Vec<f32>>,
     bn: Vec<BnCoef>,
+    /// The stem's activation, stored only when the first block needs it whole (an expansion
+    /// or a residual); otherwise the first block computes it on the fly.
     stem_act: Vec<f32>,
     block_out: Vec<Vec<f32>>,
-    cols: Vec<f32>,
-    s1: Vec<f32>,
+    /// Gradients of wide tensors: the depthwise output's and its input's.
     g1: Vec<f32>,
     g2: Vec<f32>,
-    gskip: Vec<f32>,
+    /// Gradients of narrow tensors: a block's output's and its input's.
+    gn_a: Vec<f32>,
+    gn_b: Vec<f32>,
     pooled: Vec<f32>,
     mask: Vec<f32>,
     hidden: Vec<f32>,
     dhidden: Vec<f32>,
     pub logits: Vec<f32>,
     pub dlogits: Vec<f32>,
+    work: Work,
 }
 
 impl Tape {
@@ -628,11 +748,15 @@ impl Tape {
         for (i, l) in plan.layers.iter().enumerate() {
             if let Op::Conv(_) = l.op {
                 x[i] = vec![0.0; n * l.output.len()];
-                widest = widest.max(l.output.len()).max(if l.role == Role::Stem { 0 } else { l.input.len() });
+                if l.role == Role::Depthwise {
+                    widest = widest.max(l.output.len()).max(l.input.len());
+                }
             }
         }
         let narrow = plan.blocks.iter().map(|b| b.input.len().max(b.output.len())).max().unwrap_or(0);
         let stem = &plan.layers[0];
+        let first = plan.blocks.first();
+        let keep_stem = first.is_some_and(|b| b.expand.is_some() || b.residual);
         let cl = plan.layers.iter().find(|l| l.role == Role::Classifier).map_or(0, |l| l.input.c);
         let k = plan.output().c;
         Tape {
@@ -640,20 +764,29 @@ impl Tape {
             n: 0,
             x,
             bn: vec![BnCoef::default(); plan.layers.len()],
-            stem_act: vec![0.0; n * stem.output.len()],
+            stem_act: if keep_stem { vec![0.0; n * stem.output.len()] } else { Vec::new() },
             block_out: plan.blocks.iter().map(|b| vec![0.0; n * b.output.len()]).collect(),
-            cols: vec![0.0; n * stem.output.h * stem.output.w * 27],
-            s1: vec![0.0; n * widest],
             g1: vec![0.0; n * widest],
             g2: vec![0.0; n * widest],
-            gskip: vec![0.0; n * narrow],
+            gn_a: vec![0.0; n * narrow],
+            gn_b: vec![0.0; n * narrow],
             pooled: vec![0.0; n * cl],
             mask: vec![0.0; n * cl],
             hidden: vec![0.0; n * cl],
             dhidden: vec![0.0; n * cl],
             logits: vec![0.0; n * k],
             dlogits: vec![0.0; n * k],
+            work: Work::default(),
         }
+    }
+
+    fn bnact(&self, l: usize, act: MinMax) -> BnAct<'_> {
+        BnAct { scale: &self.bn[l].scale, shift: &self.bn[l].shift, act }
+    }
+
+    fn bnbwd(&self, l: usize, act: MinMax) -> BnBwd<'_> {
+        let bn = &self.bn[l];
+        BnBwd { x: &self.x[l], fwd: self.bnact(l, act), ka: &bn.ka, kb: &bn.kb, kd: &bn.kd }
     }
 
     /// Bytes held by the buffers.
@@ -661,10 +794,7 @@ impl Tape {
         let v = |b: &Vec<f32>| b.len() * 4;
         self.x.iter().map(v).sum::<usize>()
             + self.block_out.iter().map(v).sum::<usize>()
-            + [&self.stem_act, &self.cols, &self.s1, &self.g1, &self.g2, &self.gskip]
-                .iter()
-                .map(|b| v(b))
-                .sum::<usize>()
+            + [&self.stem_act, &self.g1, &self.g2, &self.gn_a, &self.gn_b].iter().map(|b| v(b)).sum::<usize>()
     }
 
     pub fn batch(&self) -> usize {

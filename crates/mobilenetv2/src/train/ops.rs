@@ -1,161 +1,259 @@
-//! The layers of training over a whole batch: each splits its rows over the rayon pool in
-//! fixed-size chunks and adds per-chunk partial sums in chunk order, so a step gives the same
-//! bits on every run with the same thread count.
+//! The layers of training over a whole batch, fused so that the wide (expanded) tensors cross
+//! memory as few times as possible.
+//!
+//! A BatchNorm in training mode needs the statistics of the whole batch before it can be
+//! applied, so its application cannot live in the layer that produces its input; instead it
+//! moves into the layer that *consumes* its output, which computes BatchNorm + clamp on the
+//! fly, chunk by chunk, in cache:
+//!
+//! * a 1x1 convolution takes its input rows in chunks (stored rows, BatchNorm + clamp of the
+//!   layer before, or the stem's patches), multiplies each chunk as it lies in cache, and
+//!   takes the statistics of the chunk it just wrote ([`conv_forward`]);
+//! * the depthwise convolution keeps a ring of `2 * dilation + 1` activated input rows per
+//!   image and takes the statistics of each output row as it writes it ([`dw_forward`]);
+//! * backward, a 1x1 convolution turns its output gradient into the gradient of its
+//!   pre-BatchNorm output, recomputes its input, and forms both products and the next
+//!   BatchNorm's reductions per chunk ([`pw_backward`]); the depthwise backward does the same
+//!   per image with rings of rows ([`dw_backward`]).
+//!
+//! Per block the wide tensors cross memory 4 times forward (expand writes, depthwise reads
+//! and writes, project reads) and 8 times backward, instead of about 30.
+//!
+//! Determinism: per-channel statistics are summed per chunk (or per image) of fixed size and
+//! merged in order, so they do not depend on the number of threads; weight gradients of 1x1
+//! convolutions are summed per thread over fixed row ranges and added in order, so a step gives
+//! the same bits on every run with the same number of threads.
+
+use std::cell::RefCell;
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
 use mnv2_kernels::train::{bn, dw, matmul as mm};
 use mnv2_kernels::{Isa, MinMax};
 use rayon::prelude::*;
 
-/// Rows per task for element-wise work and per-channel reductions.
+/// Values per chunk of rows in forward passes (per operand: the chunk stays in L2).
+const FWD_CHUNK: usize = 48 * 1024;
+/// Values per chunk of rows in backward passes (larger: the weight gradient is re-read per chunk).
+const BWD_CHUNK: usize = 96 * 1024;
+/// Rows per partial sum of the standalone reductions.
 const ROWS: usize = 512;
-/// Rows of `K` per partial product in weight-gradient GEMMs (`dW = dY^T X` sums over pixels).
-const WGRAD_ROWS: usize = 8192;
 
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Per-channel `(sum (x - shift), sum (x - shift)^2)` in f64 over rows of `c` channels.
-pub fn channel_stats(x: &[f32], c: usize, shift: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let parts: Vec<(Vec<f64>, Vec<f64>)> = x
-        .par_chunks(ROWS * c)
-        .map(|chunk| {
-            let (mut s, mut q, mut tmp) = (vec![0f64; c], vec![0f64; c], vec![0f32; 2 * c]);
-            bn::stats(chunk, c, shift, &mut s, &mut q, &mut tmp);
-            (s, q)
-        })
-        .collect();
-    sum_parts(parts, c)
+fn chunk_rows(values: usize, width: usize) -> usize {
+    (values / width.max(1)).clamp(16, 4096)
 }
 
-fn sum_parts(parts: Vec<(Vec<f64>, Vec<f64>)>, c: usize) -> (Vec<f64>, Vec<f64>) {
-    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
-    for (ps, pq) in parts {
-        for j in 0..c {
-            s[j] += ps[j];
-            q[j] += pq[j];
-        }
+/// Per-thread scratch, grown as needed and never shrunk (no allocation in the steady state).
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    t: Vec<f32>,
+    d: Vec<f64>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch. `f` must not re-enter the rayon pool.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
     }
-    (s, q)
+    &mut v[..len]
 }
 
-/// `out = clamp(x * scale + shift) (+ residual)`.
-pub fn bn_apply(x: &[f32], c: usize, scale: &[f32], shift: &[f32], act: MinMax, res: Option<&[f32]>, out: &mut [f32]) {
-    let out = &mut out[..x.len()];
-    match res {
-        Some(r) => out
-            .par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .zip(r.par_chunks(ROWS * c))
-            .for_each(|((o, x), r)| bn::apply(x, c, scale, shift, act.min, act.max, Some(r), o)),
-        None => out
-            .par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .for_each(|(o, x)| bn::apply(x, c, scale, shift, act.min, act.max, None, o)),
+/// Buffers that outlive a call (partial sums), owned by the tape.
+#[derive(Default)]
+pub struct Work {
+    f64s: Vec<f64>,
+    f32s: Vec<f32>,
+}
+
+/// BatchNorm (as `x * scale + shift`) and clamp of one layer.
+#[derive(Clone, Copy)]
+pub struct BnAct<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: MinMax,
+}
+
+impl BnAct<'_> {
+    fn apply(&self, x: &[f32], c: usize, out: &mut [f32]) {
+        bn::apply(x, c, self.scale, self.shift, self.act.min, self.act.max, None, out)
     }
 }
 
-/// `(sum dz, sum dz * (x - mean))` through the clamp.
-pub fn bn_backward_sums(
-    x: &[f32],
-    dy: &[f32],
-    c: usize,
-    scale: &[f32],
-    shift: &[f32],
-    act: MinMax,
-    mean: &[f32],
-) -> (Vec<f64>, Vec<f64>) {
-    let parts: Vec<(Vec<f64>, Vec<f64>)> = x
-        .par_chunks(ROWS * c)
-        .zip(dy.par_chunks(ROWS * c))
-        .map(|(x, dy)| {
-            let (mut s, mut q, mut tmp) = (vec![0f64; c], vec![0f64; c], vec![0f32; 2 * c]);
-            bn::backward_sums(x, dy, c, scale, shift, act.min, act.max, mean, &mut s, &mut q, &mut tmp);
-            (s, q)
-        })
-        .collect();
-    sum_parts(parts, c)
+/// The backward of BatchNorm + clamp once its reductions are known:
+/// `dx = ka * dz + kb * x + kd` with `dz` the clamp-masked output gradient.
+#[derive(Clone, Copy)]
+pub struct BnBwd<'a> {
+    /// The layer's pre-BatchNorm output.
+    pub x: &'a [f32],
+    pub fwd: BnAct<'a>,
+    pub ka: &'a [f32],
+    pub kb: &'a [f32],
+    pub kd: &'a [f32],
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn bn_backward_apply(
-    x: &[f32],
-    g: &mut [f32],
-    c: usize,
-    scale: &[f32],
-    shift: &[f32],
-    act: MinMax,
-    ka: &[f32],
-    kb: &[f32],
-    kd: &[f32],
-) {
-    g.par_chunks_mut(ROWS * c)
-        .zip(x.par_chunks(ROWS * c))
-        .for_each(|(g, x)| bn::backward_apply(x, g, c, scale, shift, act.min, act.max, ka, kb, kd));
+impl BnBwd<'_> {
+    /// Rows `lo..hi` (`c` wide) of `dx` from those of the output gradient `g`.
+    fn rows_to(&self, lo: usize, hi: usize, c: usize, g: &[f32], out: &mut [f32]) {
+        let f = &self.fwd;
+        let x = &self.x[lo * c..hi * c];
+        bn::backward_apply_to(x, g, c, f.scale, f.shift, f.act.min, f.act.max, self.ka, self.kb, self.kd, out)
+    }
+
+    fn rows_in_place(&self, lo: usize, hi: usize, c: usize, g: &mut [f32]) {
+        let f = &self.fwd;
+        let x = &self.x[lo * c..hi * c];
+        bn::backward_apply(x, g, c, f.scale, f.shift, f.act.min, f.act.max, self.ka, self.kb, self.kd)
+    }
 }
 
-/// `y[m][o] = sum_i a[m][i] * w[o][i]` (1x1 convolution, PyTorch `[out][in]` weights).
-pub fn pw_forward(a: &[f32], m: usize, cin: usize, w: &[f32], cout: usize, y: &mut [f32]) {
-    mm::matmul(
-        &mut y[..m * cout],
-        cout,
-        mm::Mat::row_major(&a[..m * cin], m, cin),
-        mm::Mat::row_major(w, cout, cin).t(),
-        false,
-        threads(),
-    );
+/// Where the input rows of a layer come from.
+#[derive(Clone, Copy)]
+pub enum Src<'a> {
+    /// Stored activations.
+    Rows(&'a [f32]),
+    /// BatchNorm + clamp of the stored pre-BatchNorm output of the layer before.
+    Bn(&'a [f32], BnAct<'a>),
+    /// The stem's 3x3 patches of NHWC images (27 values per output pixel).
+    Patches(&'a [f32], Geom),
 }
 
-/// `da[m][i] = sum_o dy[m][o] * w[o][i]`.
-pub fn pw_input_grad(dy: &[f32], m: usize, cout: usize, w: &[f32], cin: usize, da: &mut [f32]) {
-    mm::matmul(
-        &mut da[..m * cin],
-        cin,
-        mm::Mat::row_major(&dy[..m * cout], m, cout),
-        mm::Mat::row_major(w, cout, cin),
-        false,
-        threads(),
-    );
-}
-
-/// `dw[o][i] = sum_m dy[m][o] * a[m][i]`, summed in fixed chunks of rows.
-pub fn weight_grad(dy: &[f32], m: usize, cout: usize, a: &[f32], cin: usize, dw: &mut [f32]) {
-    let dw = &mut dw[..cout * cin];
-    let chunks = m.div_ceil(WGRAD_ROWS).max(1);
-    let t = threads();
-    let part = |lo: usize, hi: usize, out: &mut [f32], acc: bool, th: usize| {
-        mm::matmul(
-            out,
-            cin,
-            mm::Mat::row_major(&dy[lo * cout..hi * cout], hi - lo, cout).t(),
-            mm::Mat::row_major(&a[lo * cin..hi * cin], hi - lo, cin),
-            acc,
-            th,
-        )
-    };
-    if chunks < 2 * t {
-        for ci in 0..chunks {
-            let (lo, hi) = (ci * WGRAD_ROWS, ((ci + 1) * WGRAD_ROWS).min(m));
-            part(lo, hi, dw, ci > 0, t);
-        }
-    } else {
-        let parts: Vec<Vec<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|ci| {
-                let (lo, hi) = (ci * WGRAD_ROWS, ((ci + 1) * WGRAD_ROWS).min(m));
-                let mut out = vec![0f32; cout * cin];
-                part(lo, hi, &mut out, false, 1);
+impl Src<'_> {
+    /// Rows `lo..hi`, `c` wide: borrowed, or computed into `buf`.
+    fn rows<'b>(&'b self, lo: usize, hi: usize, c: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        match *self {
+            Src::Rows(x) => &x[lo * c..hi * c],
+            Src::Bn(x, bn) => {
+                let out = grow(buf, (hi - lo) * c);
+                bn.apply(&x[lo * c..hi * c], c, out);
                 out
-            })
-            .collect();
-        dw.fill(0.0);
-        for p in parts {
-            for (d, v) in dw.iter_mut().zip(&p) {
-                *d += v;
+            }
+            Src::Patches(img, g) => {
+                let out = grow(buf, (hi - lo) * 27);
+                im2col3_rows(img, g, lo, hi, out);
+                out
             }
         }
     }
+}
+
+/// Where the gradient of a layer's (BatchNorm + clamp) output comes from.
+#[derive(Clone, Copy)]
+pub enum Grad<'a> {
+    Rows(&'a [f32]),
+    /// The mean over each image's pixels: one row of `c` per image, shared by its `hw` pixels.
+    Pooled(&'a [f32], usize),
+}
+
+impl Grad<'_> {
+    fn rows<'b>(&'b self, lo: usize, hi: usize, c: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        match *self {
+            Grad::Rows(g) => &g[lo * c..hi * c],
+            Grad::Pooled(g, hw) => {
+                let out = grow(buf, (hi - lo) * c);
+                broadcast(g, hw, lo, hi, c, out);
+                out
+            }
+        }
+    }
+}
+
+fn broadcast(g: &[f32], hw: usize, lo: usize, hi: usize, c: usize, out: &mut [f32]) {
+    for (r, o) in (lo..hi).zip(out.chunks_exact_mut(c)) {
+        o.copy_from_slice(&g[r / hw * c..][..c]);
+    }
+}
+
+/// The two reductions of a BatchNorm backward per channel: `(sum dz, sum dz * (x - mean))`.
+pub type BnSums = (Vec<f64>, Vec<f64>);
+
+/// Mean and biased variance per channel.
+pub struct Moments {
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+/// Writes the mean and the sum of squared deviations of `x`'s channels to `out[..c]` and
+/// `out[c..2c]`.
+fn moments_of(x: &[f32], c: usize, out: &mut [f64], tmp: &mut Vec<f32>, acc: &mut Vec<f64>) {
+    let rows = x.len() / c;
+    let acc = grow(acc, 2 * c);
+    acc.fill(0.0);
+    let (s, q) = acc.split_at_mut(c);
+    let shift = &x[..c];
+    bn::stats(x, c, shift, s, q, grow(tmp, 2 * c));
+    let n = rows as f64;
+    for j in 0..c {
+        out[j] = shift[j] as f64 + s[j] / n;
+        out[c + j] = (q[j] - s[j] * s[j] / n).max(0.0);
+    }
+}
+
+/// Merges per-part moments (`parts[k]` from [`moments_of`] over `counts[k]` rows), in order.
+fn merge_moments(parts: &[f64], counts: impl Iterator<Item = usize> + Clone, c: usize) -> Moments {
+    let n: usize = counts.clone().sum();
+    let mut mean = vec![0f64; c];
+    for (p, k) in parts.chunks_exact(2 * c).zip(counts.clone()) {
+        for j in 0..c {
+            mean[j] += p[j] * k as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut m2 = vec![0f64; c];
+    for (p, k) in parts.chunks_exact(2 * c).zip(counts) {
+        for j in 0..c {
+            let d = p[j] - mean[j];
+            m2[j] += p[c + j] + k as f64 * d * d;
+        }
+    }
+    Moments { mean, var: m2.into_iter().map(|v| v / n as f64).collect() }
+}
+
+/// `y = a W^T` for a chunk (one thread).
+fn gemm_fwd(a: &[f32], rows: usize, cin: usize, w: &[f32], cout: usize, y: &mut [f32]) {
+    mm::matmul(y, cout, mm::Mat::row_major(a, rows, cin), mm::Mat::row_major(w, cout, cin).t(), false, 1);
+}
+
+/// A 1x1 convolution (or the stem as patches times weights) over `m` rows:
+/// `x = src W^T` with `W` `[cout][cin]`, and, with `stats`, the moments of `x` per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward(
+    src: Src,
+    m: usize,
+    cin: usize,
+    w: &[f32],
+    cout: usize,
+    x: &mut [f32],
+    stats: bool,
+    work: &mut Work,
+) -> Option<Moments> {
+    let rows = chunk_rows(FWD_CHUNK, cin.max(cout));
+    let nch = m.div_ceil(rows);
+    let x = &mut x[..m * cout];
+    let parts = grow(&mut work.f64s, nch * 2 * cout);
+    x.par_chunks_mut(rows * cout).zip(parts.par_chunks_mut(2 * cout)).enumerate().for_each(|(i, (xc, pc))| {
+        with_scratch(|s| {
+            let (lo, hi) = (i * rows, ((i + 1) * rows).min(m));
+            let a = src.rows(lo, hi, cin, &mut s.a);
+            gemm_fwd(a, hi - lo, cin, w, cout, xc);
+            if stats {
+                moments_of(xc, cout, pc, &mut s.t, &mut s.d);
+            }
+        })
+    });
+    stats.then(|| merge_moments(parts, (0..nch).map(|i| ((i + 1) * rows).min(m) - i * rows), cout))
 }
 
 /// Geometry of a 3x3 convolution over one image.
@@ -188,13 +286,437 @@ impl Geom {
     }
     /// Output row that reads input row `iy` through kernel row `ky`, if any.
     fn out_row(&self, iy: usize, ky: usize) -> Option<usize> {
-        let t = (iy + self.pad_top) as isize - (ky * self.dilation) as isize;
-        if t < 0 || !(t as usize).is_multiple_of(self.stride) {
-            return None;
-        }
-        let oy = t as usize / self.stride;
-        (oy < self.out_h).then_some(oy)
+        dw::tap_row(iy, ky, self.stride, self.dilation, self.pad_top, self.out_h)
     }
+}
+
+/// A ring of rows computed on demand: row `r` lives in slot `r % slots` while it is current.
+struct Ring<'a> {
+    data: &'a mut [f32],
+    len: usize,
+    tags: [usize; 16],
+    slots: usize,
+}
+
+impl<'a> Ring<'a> {
+    fn new(buf: &'a mut Vec<f32>, slots: usize, len: usize) -> Ring<'a> {
+        assert!(slots <= 16, "dilation too large for the row ring");
+        Ring { data: grow(buf, slots * len), len, tags: [usize::MAX; 16], slots }
+    }
+
+    /// Makes row `r` current, computing it with `fill` if it is not.
+    fn ensure(&mut self, r: usize, fill: impl FnOnce(&mut [f32])) {
+        let s = r % self.slots;
+        if self.tags[s] != r {
+            fill(&mut self.data[s * self.len..][..self.len]);
+            self.tags[s] = r;
+        }
+    }
+
+    fn get(&self, r: usize) -> &[f32] {
+        let s = r % self.slots;
+        debug_assert_eq!(self.tags[s], r);
+        &self.data[s * self.len..][..self.len]
+    }
+}
+
+/// Depthwise 3x3 forward over `n` images (no bias, no clamp) from `src` (stored rows or
+/// BatchNorm + clamp of the expansion), with the moments of the output when `stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn dw_forward(
+    isa: Isa,
+    src: Src,
+    n: usize,
+    c: usize,
+    g: Geom,
+    w_hwc: &[f32],
+    x: &mut [f32],
+    stats: bool,
+    work: &mut Work,
+) -> Option<Moments> {
+    let packed = PackedDw::new(isa, w_hwc, c, &vec![0.0; c]);
+    let (in_img, out_img, row_in, row_out) = (g.in_h * g.in_w * c, g.out_h * g.out_w * c, g.in_w * c, g.out_w * c);
+    let parts = grow(&mut work.f64s, n * 2 * c);
+    x[..n * out_img].par_chunks_mut(out_img).zip(parts.par_chunks_mut(2 * c)).enumerate().for_each(|(b, (xi, pi))| {
+        with_scratch(|s| {
+            let mut ring = Ring::new(&mut s.a, 2 * g.dilation + 1, row_in);
+            let sums = grow(&mut s.d, 2 * c);
+            sums.fill(0.0);
+            let (sum, sumsq) = sums.split_at_mut(c);
+            let tmp = grow(&mut s.t, 3 * c);
+            let (tmp, shift) = tmp.split_at_mut(2 * c);
+            for oy in 0..g.out_h {
+                let out = &mut xi[oy * row_out..][..row_out];
+                match src {
+                    Src::Bn(pre, bn) => {
+                        let img = &pre[b * in_img..][..in_img];
+                        for ky in 0..3 {
+                            if let Some(iy) = g.in_row(oy, ky) {
+                                ring.ensure(iy, |r| bn.apply(&img[iy * row_in..][..row_in], c, r));
+                            }
+                        }
+                        let rows = std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| ring.get(iy)));
+                        dwconv_row(&packed, rows, g.row(), MinMax::NONE, out);
+                    }
+                    Src::Rows(a) => {
+                        let img = &a[b * in_img..][..in_img];
+                        let rows = std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| &img[iy * row_in..][..row_in]));
+                        dwconv_row(&packed, rows, g.row(), MinMax::NONE, out);
+                    }
+                    Src::Patches(..) => unreachable!("the depthwise convolution reads activations"),
+                }
+                if stats {
+                    if oy == 0 {
+                        shift.copy_from_slice(&out[..c]);
+                    }
+                    bn::stats(out, c, shift, sum, sumsq, tmp);
+                }
+            }
+            if stats {
+                let k = (g.out_h * g.out_w) as f64;
+                for j in 0..c {
+                    pi[j] = shift[j] as f64 + sum[j] / k;
+                    pi[c + j] = (sumsq[j] - sum[j] * sum[j] / k).max(0.0);
+                }
+            }
+        })
+    });
+    stats.then(|| merge_moments(parts, std::iter::repeat_n(g.out_h * g.out_w, n), c))
+}
+
+/// Global average pool of BatchNorm + clamp of `x` (`n` images of `hw` pixels).
+pub fn pool_forward(x: &[f32], n: usize, hw: usize, c: usize, bn: BnAct, pooled: &mut [f32]) {
+    pooled[..n * c].par_chunks_mut(c).enumerate().for_each(|(b, p)| {
+        with_scratch(|s| {
+            let a = grow(&mut s.a, hw * c);
+            bn.apply(&x[b * hw * c..][..hw * c], c, a);
+            p.fill(0.0);
+            for px in a.chunks_exact(c) {
+                for (p, v) in p.iter_mut().zip(px) {
+                    *p += v;
+                }
+            }
+            for p in p.iter_mut() {
+                *p /= hw as f32;
+            }
+        })
+    });
+}
+
+/// `out = clamp(x * scale + shift) (+ residual)` over whole tensors.
+pub fn bn_apply(x: &[f32], c: usize, bn: BnAct, res: Option<&[f32]>, out: &mut [f32]) {
+    let (scale, shift, act) = (bn.scale, bn.shift, bn.act);
+    let out = &mut out[..x.len()];
+    match res {
+        Some(r) => out
+            .par_chunks_mut(ROWS * c)
+            .zip(x.par_chunks(ROWS * c))
+            .zip(r.par_chunks(ROWS * c))
+            .for_each(|((o, x), r)| bn::apply(x, c, scale, shift, act.min, act.max, Some(r), o)),
+        None => out
+            .par_chunks_mut(ROWS * c)
+            .zip(x.par_chunks(ROWS * c))
+            .for_each(|(o, x)| bn::apply(x, c, scale, shift, act.min, act.max, None, o)),
+    }
+}
+
+/// The reductions of a BatchNorm backward, `(sum dz, sum dz * (x - mean))` through the clamp,
+/// over `m` rows of `x` and the output gradient `grad`.
+pub fn bn_backward_sums(x: &[f32], grad: Grad, m: usize, c: usize, bn: BnAct, mean: &[f32], work: &mut Work) -> BnSums {
+    let nch = m.div_ceil(ROWS);
+    let parts = grow(&mut work.f64s, nch * 2 * c);
+    parts.par_chunks_mut(2 * c).enumerate().for_each(|(i, p)| {
+        with_scratch(|s| {
+            let (lo, hi) = (i * ROWS, ((i + 1) * ROWS).min(m));
+            let g = grad.rows(lo, hi, c, &mut s.a);
+            p.fill(0.0);
+            let (a, b) = p.split_at_mut(c);
+            let (lo_, hi_) = (bn.act.min, bn.act.max);
+            bn::backward_sums(
+                &x[lo * c..hi * c],
+                g,
+                c,
+                bn.scale,
+                bn.shift,
+                lo_,
+                hi_,
+                mean,
+                a,
+                b,
+                grow(&mut s.t, 2 * c),
+            );
+        })
+    });
+    sum_parts(parts, c)
+}
+
+fn sum_parts(parts: &[f64], c: usize) -> BnSums {
+    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
+    for p in parts.chunks_exact(2 * c) {
+        for j in 0..c {
+            s[j] += p[j];
+            q[j] += p[c + j];
+        }
+    }
+    (s, q)
+}
+
+/// What [`pw_backward`] differentiates: `y = BN(src W^T)` with `W` `[cout][cin]` over `m` rows.
+#[derive(Clone, Copy)]
+pub struct PwBwd<'a> {
+    /// Gradient of the layer's output (after BatchNorm and clamp).
+    pub grad: Grad<'a>,
+    /// The layer's BatchNorm backward.
+    pub bwd: BnBwd<'a>,
+    pub src: Src<'a>,
+    pub w: &'a [f32],
+    pub m: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+/// Where [`pw_backward`] and [`dw_backward`] send the input gradient, and which BatchNorm
+/// reductions of the layer before they take on the way.
+pub struct InGrad<'a> {
+    pub out: &'a mut [f32],
+    /// Added to the input gradient (the residual's gradient).
+    pub residual: Option<&'a [f32]>,
+    /// The layer before's pre-BatchNorm output, BatchNorm and mean: its reductions are returned.
+    pub sums: Option<(&'a [f32], BnAct<'a>, &'a [f32])>,
+}
+
+/// Backward of a 1x1 convolution (or the stem) with its BatchNorm: writes the weight gradient
+/// to `dw` (`[cout][cin]`) and, with `din`, the input gradient; returns the reductions asked
+/// for in `din.sums`.
+pub fn pw_backward(p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Work) -> Option<BnSums> {
+    let PwBwd { grad, bwd, src, w, m, cin, cout } = p;
+    let rows = chunk_rows(BWD_CHUNK, cin.max(cout));
+    let nch = m.div_ceil(rows);
+    let parts = threads().min(nch).max(1);
+    let bounds: Vec<usize> = (0..=parts).map(|k| k * nch / parts).collect();
+    let nw = cout * cin;
+    let Work { f64s, f32s } = work;
+    let wparts = grow(f32s, parts * nw);
+    let want_sums = din.as_ref().is_some_and(|d| d.sums.is_some());
+    let sums = grow(f64s, if want_sums { nch * 2 * cin } else { 0 });
+    // Split the outputs at part boundaries (in rows and in chunks).
+    let (mut din_parts, mut sum_parts_) = (Vec::with_capacity(parts), Vec::with_capacity(parts));
+    let (residual, feed) = din.as_ref().map_or((None, None), |d| (d.residual, d.sums));
+    let mut rest_din: Option<&mut [f32]> = din.map(|d| &mut d.out[..m * cin]);
+    let mut rest_sums = &mut sums[..];
+    for k in 0..parts {
+        let (c0, c1) = (bounds[k], bounds[k + 1]);
+        let r = (c1 * rows).min(m) - c0 * rows;
+        din_parts.push(rest_din.take().map(|d| {
+            let (a, b) = d.split_at_mut(r * cin);
+            rest_din = Some(b);
+            a
+        }));
+        let take = if want_sums { (c1 - c0) * 2 * cin } else { 0 };
+        let (a, b) = std::mem::take(&mut rest_sums).split_at_mut(take);
+        sum_parts_.push(a);
+        rest_sums = b;
+    }
+    wparts.par_chunks_mut(nw).zip(din_parts).zip(sum_parts_).enumerate().for_each(|(k, ((wp, mut dp), sp))| {
+        with_scratch(|s| {
+            let (c0, c1) = (bounds[k], bounds[k + 1]);
+            let base = c0 * rows;
+            for ci in c0..c1 {
+                let (lo, hi) = (ci * rows, ((ci + 1) * rows).min(m));
+                let r = hi - lo;
+                // The gradient of the pre-BatchNorm output, in scratch b.
+                let gp: &[f32] = match grad {
+                    Grad::Rows(g) => {
+                        let out = grow(&mut s.b, r * cout);
+                        bwd.rows_to(lo, hi, cout, &g[lo * cout..hi * cout], out);
+                        out
+                    }
+                    Grad::Pooled(..) => {
+                        let mut tmp = std::mem::take(&mut s.b);
+                        grad.rows(lo, hi, cout, &mut tmp);
+                        let out = grow(&mut tmp, r * cout);
+                        bwd.rows_in_place(lo, hi, cout, out);
+                        s.b = tmp;
+                        &s.b[..r * cout]
+                    }
+                };
+                let a = src.rows(lo, hi, cin, &mut s.a);
+                mm::matmul(wp, cin, mm::Mat::row_major(gp, r, cout).t(), mm::Mat::row_major(a, r, cin), ci > c0, 1);
+                if let Some(dp) = dp.as_deref_mut() {
+                    let out = &mut dp[(lo - base) * cin..(hi - base) * cin];
+                    if let Some(res) = residual {
+                        out.copy_from_slice(&res[lo * cin..hi * cin]);
+                    }
+                    let gm = mm::Mat::row_major(gp, r, cout);
+                    mm::matmul(out, cin, gm, mm::Mat::row_major(w, cout, cin), residual.is_some(), 1);
+                    if let Some((xf, bnf, mean)) = feed {
+                        let slot = &mut sp[(ci - c0) * 2 * cin..][..2 * cin];
+                        slot.fill(0.0);
+                        let (sa, sb) = slot.split_at_mut(cin);
+                        let (l, h) = (bnf.act.min, bnf.act.max);
+                        let xr = &xf[lo * cin..hi * cin];
+                        bn::backward_sums(
+                            xr,
+                            out,
+                            cin,
+                            bnf.scale,
+                            bnf.shift,
+                            l,
+                            h,
+                            mean,
+                            sa,
+                            sb,
+                            grow(&mut s.t, 2 * cin),
+                        );
+                    }
+                }
+            }
+        })
+    });
+    let dw = &mut dw[..nw];
+    dw.copy_from_slice(&wparts[..nw]);
+    for p in wparts[nw..].chunks_exact(nw) {
+        for (d, v) in dw.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+    want_sums.then(|| sum_parts(sums, cin))
+}
+
+/// What [`dw_backward`] differentiates: `y = BN(dwconv(src))` over `n` images.
+#[derive(Clone, Copy)]
+pub struct DwBwd<'a> {
+    /// Gradient of the layer's output (after BatchNorm and clamp), `n * out_h * out_w * c`.
+    pub grad: &'a [f32],
+    pub bwd: BnBwd<'a>,
+    /// Stored rows or BatchNorm + clamp of the expansion.
+    pub src: Src<'a>,
+    /// Weights `[3][3][c]`.
+    pub w_hwc: &'a [f32],
+    pub n: usize,
+    pub c: usize,
+    pub g: Geom,
+}
+
+/// Backward of the depthwise convolution with its BatchNorm, per image: the output gradient
+/// goes through the BatchNorm backward row by row into a ring, from which the weight gradient
+/// (with the recomputed input rows) and the input gradient rows are formed. Returns the weight
+/// gradient `[3][3][c]` and the reductions asked for in `din.sums`.
+pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32>, Option<BnSums>) {
+    let DwBwd { grad, bwd, src, w_hwc, n, c, g } = p;
+    assert!(din.residual.is_none(), "the depthwise backward adds no residual");
+    let (in_img, out_img, row_in, row_out) = (g.in_h * g.in_w * c, g.out_h * g.out_w * c, g.in_w * c, g.out_w * c);
+    let feed = din.sums;
+    let Work { f64s, f32s } = work;
+    let wparts = grow(f32s, n * 9 * c);
+    let sums = grow(f64s, if feed.is_some() { n * 2 * c } else { n });
+    let sum_stride = sums.len() / n;
+    let out = &mut din.out[..n * in_img];
+    out.par_chunks_mut(in_img)
+        .zip(wparts.par_chunks_mut(9 * c))
+        .zip(sums.par_chunks_mut(sum_stride))
+        .enumerate()
+        .for_each(|(b, ((di, acc), sp))| {
+            with_scratch(|s| {
+                let slots = 2 * g.dilation + 1;
+                let Scratch { a, b: sb, t, .. } = s;
+                let mut gring = Ring::new(sb, slots, row_out);
+                let mut sring = Ring::new(a, slots, row_in);
+                acc.fill(0.0);
+                sp.fill(0.0);
+                let gimg = &grad[b * out_img..][..out_img];
+                let out_base = b * g.out_h;
+                let src_row = |iy: usize, r: &mut [f32]| match src {
+                    Src::Bn(pre, bn) => bn.apply(&pre[(b * g.in_h + iy) * row_in..][..row_in], c, r),
+                    _ => unreachable!("stored rows are read in place"),
+                };
+                let mut next = 0;
+                // Output rows < `upto` through the BatchNorm backward into the ring, and their
+                // weight-gradient contributions.
+                let mut advance = |upto: usize, gring: &mut Ring, sring: &mut Ring| {
+                    while next < upto {
+                        let oy = next;
+                        gring.ensure(oy, |r| {
+                            bwd.rows_to(
+                                (out_base + oy) * g.out_w,
+                                (out_base + oy + 1) * g.out_w,
+                                c,
+                                &gimg[oy * row_out..][..row_out],
+                                r,
+                            )
+                        });
+                        let rows: [Option<&[f32]>; 3] = match src {
+                            Src::Rows(a) => {
+                                let img = &a[b * in_img..][..in_img];
+                                std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| &img[iy * row_in..][..row_in]))
+                            }
+                            _ => {
+                                for ky in 0..3 {
+                                    if let Some(iy) = g.in_row(oy, ky) {
+                                        sring.ensure(iy, |r| src_row(iy, r));
+                                    }
+                                }
+                                std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| sring.get(iy)))
+                            }
+                        };
+                        dw::weight_grad_row(isa, gring.get(oy), rows, c, g.row(), acc);
+                        next += 1;
+                    }
+                };
+                for iy in 0..g.in_h {
+                    let last = (0..3).filter_map(|ky| g.out_row(iy, ky)).max();
+                    if let Some(last) = last {
+                        advance(last + 1, &mut gring, &mut sring);
+                    }
+                    let rows = std::array::from_fn(|ky| g.out_row(iy, ky).map(|oy| gring.get(oy)));
+                    let drow = &mut di[iy * row_in..][..row_in];
+                    dw::input_grad_row(isa, rows, w_hwc, c, g.row(), drow);
+                    if let Some((xf, bnf, mean)) = feed {
+                        let (sa, sb) = sp.split_at_mut(c);
+                        let xr = &xf[(b * g.in_h + iy) * row_in..][..row_in];
+                        let (l, h) = (bnf.act.min, bnf.act.max);
+                        bn::backward_sums(xr, drow, c, bnf.scale, bnf.shift, l, h, mean, sa, sb, grow(t, 2 * c));
+                    }
+                }
+                advance(g.out_h, &mut gring, &mut sring);
+            })
+        });
+    let mut wsum = vec![0f64; 9 * c];
+    for p in wparts.chunks_exact(9 * c) {
+        for (s, v) in wsum.iter_mut().zip(p) {
+            *s += *v as f64;
+        }
+    }
+    (wsum.into_iter().map(|v| v as f32).collect(), feed.map(|_| sum_parts(sums, c)))
+}
+
+/// `da[m][i] = sum_o dy[m][o] * w[o][i]` (the classifier's input gradient; small).
+pub fn pw_input_grad(dy: &[f32], m: usize, cout: usize, w: &[f32], cin: usize, da: &mut [f32]) {
+    mm::matmul(
+        &mut da[..m * cin],
+        cin,
+        mm::Mat::row_major(&dy[..m * cout], m, cout),
+        mm::Mat::row_major(w, cout, cin),
+        false,
+        1,
+    );
+}
+
+/// `y[m][o] = sum_i a[m][i] * w[o][i]` (the classifier; small).
+pub fn pw_forward(a: &[f32], m: usize, cin: usize, w: &[f32], cout: usize, y: &mut [f32]) {
+    gemm_fwd(&a[..m * cin], m, cin, w, cout, &mut y[..m * cout]);
+}
+
+/// `dw[o][i] = sum_m dy[m][o] * a[m][i]` (the classifier's weight gradient; small).
+pub fn weight_grad(dy: &[f32], m: usize, cout: usize, a: &[f32], cin: usize, dw: &mut [f32]) {
+    mm::matmul(
+        &mut dw[..cout * cin],
+        cin,
+        mm::Mat::row_major(&dy[..m * cout], m, cout).t(),
+        mm::Mat::row_major(&a[..m * cin], m, cin),
+        false,
+        1,
+    );
 }
 
 /// PyTorch depthwise weights `[c][1][3][3]` to `[3][3][c]`.
@@ -208,83 +730,29 @@ pub fn dw_weights_hwc(w: &[f32], c: usize) -> Vec<f32> {
     out
 }
 
-/// Depthwise 3x3 forward over `n` images, no bias, no clamp.
-pub fn dw_forward(isa: Isa, a: &[f32], n: usize, c: usize, g: Geom, w_hwc: &[f32], y: &mut [f32]) {
-    let packed = PackedDw::new(isa, w_hwc, c, &vec![0.0; c]);
-    let (in_img, row_len) = (g.in_h * g.in_w * c, g.out_w * c);
-    y[..n * g.out_h * row_len].par_chunks_mut(row_len).enumerate().for_each(|(r, out)| {
-        let (b, oy) = (r / g.out_h, r % g.out_h);
-        let img = &a[b * in_img..][..in_img];
-        let rows: [Option<&[f32]>; 3] =
-            std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| &img[iy * g.in_w * c..][..g.in_w * c]));
-        dwconv_row(&packed, rows, g.row(), MinMax::NONE, out);
-    });
-}
-
-/// Depthwise input gradient: `da` (overwritten) from `dy`.
-pub fn dw_input_grad(dy: &[f32], n: usize, c: usize, g: Geom, w_hwc: &[f32], da: &mut [f32]) {
-    let (out_img, row_in) = (g.out_h * g.out_w * c, g.in_w * c);
-    da[..n * g.in_h * row_in].par_chunks_mut(row_in).enumerate().for_each(|(r, din)| {
-        let (b, iy) = (r / g.in_h, r % g.in_h);
-        din.fill(0.0);
-        let img = &dy[b * out_img..][..out_img];
-        for ky in 0..3 {
-            if let Some(oy) = g.out_row(iy, ky) {
-                dw::input_grad_row(&img[oy * g.out_w * c..][..g.out_w * c], w_hwc, ky, c, g.row(), din);
-            }
-        }
-    });
-}
-
-/// Depthwise weight gradient `[3][3][c]`, per image in f32 then summed in f64.
-pub fn dw_weight_grad(dy: &[f32], a: &[f32], n: usize, c: usize, g: Geom) -> Vec<f32> {
-    let (in_img, out_img) = (g.in_h * g.in_w * c, g.out_h * g.out_w * c);
-    let parts: Vec<Vec<f32>> = (0..n)
-        .into_par_iter()
-        .map(|b| {
-            let mut acc = vec![0f32; 9 * c];
-            let img = &a[b * in_img..][..in_img];
-            for oy in 0..g.out_h {
-                let rows: [Option<&[f32]>; 3] =
-                    std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| &img[iy * g.in_w * c..][..g.in_w * c]));
-                let drow = &dy[b * out_img + oy * g.out_w * c..][..g.out_w * c];
-                dw::weight_grad_row(drow, rows, c, g.row(), &mut acc);
-            }
-            acc
-        })
-        .collect();
-    let mut sum = vec![0f64; 9 * c];
-    for p in parts {
-        for (s, v) in sum.iter_mut().zip(&p) {
-            *s += *v as f64;
-        }
-    }
-    sum.into_iter().map(|v| v as f32).collect()
-}
-
-/// The stem's patches: `cols[pixel][(ky * 3 + kx) * 3 + ci]`, zero where the kernel hangs over
-/// the border.
-pub fn im2col3(img: &[f32], n: usize, g: Geom, cols: &mut [f32]) {
+/// The stem's patches of output pixels `lo..hi` (over the batch):
+/// `cols[pixel][(ky * 3 + kx) * 3 + ci]`, zero where the kernel hangs over the border.
+fn im2col3_rows(img: &[f32], g: Geom, lo: usize, hi: usize, cols: &mut [f32]) {
     let in_img = g.in_h * g.in_w * 3;
-    cols[..n * g.out_h * g.out_w * 27].par_chunks_mut(g.out_w * 27).enumerate().for_each(|(r, row)| {
-        let (b, oy) = (r / g.out_h, r % g.out_h);
+    let per = g.out_h * g.out_w;
+    for (p, row) in (lo..hi).zip(cols.chunks_exact_mut(27)) {
+        let (b, rest) = (p / per, p % per);
+        let (oy, ox) = (rest / g.out_w, rest % g.out_w);
         let im = &img[b * in_img..][..in_img];
-        for ox in 0..g.out_w {
-            for ky in 0..3 {
-                let iy = g.in_row(oy, ky);
-                for kx in 0..3 {
-                    let ix = (ox * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
-                    let dst = &mut row[ox * 27 + (ky * 3 + kx) * 3..][..3];
-                    match iy {
-                        Some(iy) if (0..g.in_w as isize).contains(&ix) => {
-                            dst.copy_from_slice(&im[(iy * g.in_w + ix as usize) * 3..][..3])
-                        }
-                        _ => dst.fill(0.0),
+        for ky in 0..3 {
+            let iy = g.in_row(oy, ky);
+            for kx in 0..3 {
+                let ix = (ox * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
+                let dst = &mut row[(ky * 3 + kx) * 3..][..3];
+                match iy {
+                    Some(iy) if (0..g.in_w as isize).contains(&ix) => {
+                        dst.copy_from_slice(&im[(iy * g.in_w + ix as usize) * 3..][..3])
                     }
+                    _ => dst.fill(0.0),
                 }
             }
         }
-    });
+    }
 }
 
 /// PyTorch stem weights `[o][ci][ky][kx]` to the patch order `[o][(ky * 3 + kx) * 3 + ci]`.

@@ -452,7 +452,11 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         let mut t_epoch = Instant::now();
         let mut imgs_since = 0usize;
-        for b in loader {
+        let mut loader = loader;
+        loop {
+            let wait = super::prof::span(10);
+            let Some(b) = loader.next() else { break };
+            drop(wait);
             let b = b?;
             if b.labels.is_empty() {
                 s.batch_in_epoch += 1;
@@ -474,11 +478,13 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
                     ckpt.display()
                 )));
             }
+            let _sp = super::prof::span(9);
             let layers = &s.net.tensors;
             s.opt.step(&mut s.net.params, &s.net.grads, layers, lr as f32, |t| !frozen || t.layer == cls_layer);
             if let Some(e) = &mut s.ema {
                 e.update(&s.net.params);
             }
+            drop(_sp);
             s.step += 1;
             s.batch_in_epoch += 1;
             let n = b.labels.len();

@@ -1,0 +1,39 @@
+//! A training step does not depend on the number of threads beyond rounding (weight gradients
+//! of 1x1 convolutions are summed per thread), and is bitwise repeatable for a given number.
+
+use mobilenetv2::rng::Rng;
+use mobilenetv2::train::{BnMode, Net, StepOptions, Tape};
+use mobilenetv2::{Model, Spec};
+
+fn step(model: &Model, threads: usize) -> (Vec<f32>, Vec<f32>, f64) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let spec = model.spec();
+        let (n, h, w) = (6, spec.height, spec.width_px);
+        let mut net = Net::new(model);
+        let mut tape = Tape::new(&net.plan, n);
+        let mut rng = Rng::new(3);
+        let images: Vec<f32> = (0..n * h * w * 3).map(|_| rng.normal() as f32).collect();
+        let labels: Vec<usize> = (0..n).map(|i| i % spec.classes).collect();
+        let opts = StepOptions { bn: BnMode::Train, backbone: true, label_smoothing: 0.1 };
+        let st = net.step(&mut tape, &images, &labels, opts, None).unwrap();
+        (net.grads, net.stats, st.loss)
+    })
+}
+
+#[test]
+fn gradients_agree_across_thread_counts_and_repeat_bitwise() {
+    let spec = Spec { classes: 5, dropout: 0.0, ..Spec::new(0.35, 40) };
+    let model = Model::init(&spec, 7, true).unwrap();
+    let (g1, s1, l1) = step(&model, 1);
+    for t in [2, 3] {
+        let (g, s, l) = step(&model, t);
+        assert_eq!(s, s1, "running statistics differ with {t} threads");
+        assert!((l - l1).abs() < 1e-9, "loss differs with {t} threads");
+        let diff = g.iter().zip(&g1).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        let norm = g1.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(diff <= 1e-5 * norm, "gradients with {t} threads differ by {:.2e} of their norm", diff / norm);
+        let (again, _, _) = step(&model, t);
+        assert!(again == g, "two steps with {t} threads differ");
+    }
+}
