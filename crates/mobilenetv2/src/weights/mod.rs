@@ -105,7 +105,7 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
     let detail = if head.is_empty() {
         "the file is empty".to_string()
     } else {
-        "unrecognised header: expected safetensors, a PyTorch .pth/.pt (zip or legacy) file".into()
+        "unrecognised header: expected safetensors, a PyTorch .pth/.pt (zip or legacy), ONNX, Keras .h5/.keras or TFLite file".into()
     };
     Err(Error::format(path, "weights", detail))
 }
