@@ -93,14 +93,16 @@ fn bare_keras3_weights_file_matches_keras() {
 
 #[test]
 fn refuses_what_is_not_a_keras_mobilenetv2() {
-    // A valid HDF5 file whose weights are not a MobileNetV2's: the Keras 3 archive's inner
-    // file with the stem's kernel renamed would be work to build, so use a bare HDF5 header.
+    // A bare HDF5 header.
     let dir = std::env::temp_dir().join(format!("mnv2-interop-keras-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("empty.h5");
     std::fs::write(&p, b"\x89HDF\r\n\x1a\n\x00").unwrap();
     let e = Model::load(&p).unwrap_err().to_string();
     assert!(e.contains("empty.h5") && e.contains("HDF5"), "{e}");
+    // A real Keras model with a `Conv1` and a `predictions` layer, but not a MobileNetV2.
+    let e = Model::load(&data("keras/not_mobilenetv2.h5")).unwrap_err().to_string();
+    assert!(e.contains("not_mobilenetv2.h5") && e.contains("no weights for layer `bn_Conv1`"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -68,3 +68,10 @@ fn mangled_tflite_files_never_panic() {
         assert!(refused > 0);
     }
 }
+
+#[test]
+fn refuses_a_model_that_is_not_mobilenetv2_naming_the_operator() {
+    let e = Model::load(&data("tflite/not_mobilenetv2.tflite")).unwrap_err().to_string();
+    assert!(e.contains("not_mobilenetv2.tflite") && e.contains("operator #0 (CONV_2D"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
