@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::{Args, PackedStem};
 
-const XB: usize = 4;
+const XB: usize = 8;
 
 #[inline(always)]
 unsafe fn pixels<const NV: usize, const N: usize>(
