@@ -2,7 +2,7 @@
 //! of 1x1 convolutions are summed per thread), and is bitwise repeatable for a given number.
 
 use mobilenetv2::rng::Rng;
-use mobilenetv2::train::{BnMode, Net, StepOptions, Tape};
+use mobilenetv2::train::{ops, BnMode, Net, StepOptions, Tape};
 use mobilenetv2::{Model, Spec};
 
 fn step(model: &Model, threads: usize) -> (Vec<f32>, Vec<f32>, f64) {
@@ -36,4 +36,16 @@ fn gradients_agree_across_thread_counts_and_repeat_bitwise() {
         let (again, _, _) = step(&model, t);
         assert!(again == g, "two steps with {t} threads differ");
     }
+}
+
+#[test]
+fn streaming_stores_change_nothing() {
+    let spec = Spec { classes: 5, dropout: 0.0, ..Spec::new(0.35, 40) };
+    let model = Model::init(&spec, 8, true).unwrap();
+    ops::set_stream_min(usize::MAX);
+    let plain = step(&model, 2);
+    ops::set_stream_min(0);
+    let streamed = step(&model, 2);
+    ops::set_stream_min(4 << 20);
+    assert!(plain == streamed, "non-temporal stores changed the step");
 }

@@ -194,6 +194,85 @@ fn backward_apply_impl(
 }
 dispatch!(backward_apply_d, backward_apply_impl, (x: &[f32], g: &mut [f32], c: usize, scale: &[f32], shift: &[f32], lo: f32, hi: f32, ka: &[f32], kb: &[f32], kd: &[f32]));
 
+/// [`backward_sums`] that also leaves the masked gradient `dz` in `g` (in place).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_sums_mask(
+    x: &[f32],
+    g: &mut [f32],
+    c: usize,
+    scale: &[f32],
+    shift: &[f32],
+    lo: f32,
+    hi: f32,
+    mean: &[f32],
+    sum_dz: &mut [f64],
+    sum_dzx: &mut [f64],
+    tmp: &mut [f32],
+) {
+    assert!(c > 0 && x.len().is_multiple_of(c) && g.len() == x.len());
+    assert!(scale.len() >= c && shift.len() >= c && mean.len() >= c);
+    assert!(sum_dz.len() >= c && sum_dzx.len() >= c && tmp.len() >= 2 * c);
+    backward_sums_mask_d(x, g, c, scale, shift, lo, hi, mean, sum_dz, sum_dzx, tmp)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_sums_mask_impl(
+    x: &[f32],
+    g: &mut [f32],
+    c: usize,
+    scale: &[f32],
+    shift: &[f32],
+    lo: f32,
+    hi: f32,
+    mean: &[f32],
+    sum_dz: &mut [f64],
+    sum_dzx: &mut [f64],
+    tmp: &mut [f32],
+) {
+    let (s, q) = tmp[..2 * c].split_at_mut(c);
+    let (scale, shift, mean) = (&scale[..c], &shift[..c], &mean[..c]);
+    for (bx, bd) in x.chunks(BLOCK * c).zip(g.chunks_mut(BLOCK * c)) {
+        s.fill(0.0);
+        q.fill(0.0);
+        for (row, drow) in bx.chunks_exact(c).zip(bd.chunks_exact_mut(c)) {
+            for j in 0..c {
+                let v = row[j];
+                let z = v * scale[j] + shift[j];
+                let dz = if z > lo && z < hi { drow[j] } else { 0.0 };
+                drow[j] = dz;
+                s[j] += dz;
+                q[j] += dz * (v - mean[j]);
+            }
+        }
+        for j in 0..c {
+            sum_dz[j] += s[j] as f64;
+            sum_dzx[j] += q[j] as f64;
+        }
+    }
+}
+dispatch!(backward_sums_mask_d, backward_sums_mask_impl, (x: &[f32], g: &mut [f32], c: usize, scale: &[f32], shift: &[f32], lo: f32, hi: f32, mean: &[f32], sum_dz: &mut [f64], sum_dzx: &mut [f64], tmp: &mut [f32]));
+
+/// The BatchNorm backward from an already masked gradient: `out = ka * dz + kb * x + kd`
+/// (the same arithmetic as [`backward_apply`] inside the clamp).
+#[allow(clippy::too_many_arguments)]
+pub fn affine_to(dz: &[f32], x: &[f32], c: usize, ka: &[f32], kb: &[f32], kd: &[f32], out: &mut [f32]) {
+    assert!(c > 0 && x.len().is_multiple_of(c) && dz.len() == x.len() && out.len() == x.len());
+    assert!(ka.len() >= c && kb.len() >= c && kd.len() >= c);
+    affine_to_d(dz, x, c, ka, kb, kd, out)
+}
+
+#[inline(always)]
+fn affine_to_impl(dz: &[f32], x: &[f32], c: usize, ka: &[f32], kb: &[f32], kd: &[f32], out: &mut [f32]) {
+    let (ka, kb, kd) = (&ka[..c], &kb[..c], &kd[..c]);
+    for ((drow, row), orow) in dz.chunks_exact(c).zip(x.chunks_exact(c)).zip(out.chunks_exact_mut(c)) {
+        for j in 0..c {
+            orow[j] = ka[j] * drow[j] + (kb[j] * row[j] + kd[j]);
+        }
+    }
+}
+dispatch!(affine_to_d, affine_to_impl, (dz: &[f32], x: &[f32], c: usize, ka: &[f32], kb: &[f32], kd: &[f32], out: &mut [f32]));
+
 /// [`backward_apply`] out of place: `out = ka * dz + kb * x + kd` with `dz` the clamp-masked `g`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_apply_to(
@@ -275,6 +354,13 @@ mod tests {
         backward_apply(&x, &mut g, c, &scale, &shift, 0.0, 6.0, &scale, &shift, &mean);
         let mut g2 = vec![f32::NAN; x.len()];
         backward_apply_to(&x, &dy, c, &scale, &shift, 0.0, 6.0, &scale, &shift, &mean, &mut g2);
+        assert_eq!(g, g2);
+        // The same through the masked gradient: sums, then the affine part.
+        let mut dz = dy.clone();
+        let (mut a2, mut b2) = (vec![0f64; c], vec![0f64; c]);
+        backward_sums_mask(&x, &mut dz, c, &scale, &shift, 0.0, 6.0, &mean, &mut a2, &mut b2, &mut tmp);
+        assert_eq!((&a, &b), (&a2, &b2));
+        affine_to(&dz, &x, c, &scale, &shift, &mean, &mut g2);
         assert_eq!(g, g2);
         for j in 0..c {
             let (mut ws, mut wq, mut wa, mut wb) = (0f64, 0f64, 0f64, 0f64);

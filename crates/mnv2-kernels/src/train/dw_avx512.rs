@@ -142,20 +142,18 @@ pub(crate) unsafe fn input_grad_row(rows: [*const f32; 3], w: *const f32, c: usi
     for ct in (0..c).step_by(16) {
         let cols = (c - ct).min(16);
         let mask = mask_of(cols);
-        let t = InTile {
-            rows: std::array::from_fn(|ky| if rows[ky].is_null() { present.add(ct) } else { rows[ky].add(ct) }),
-            out: din.add(ct),
-            c,
-            g,
-            w: std::array::from_fn(|k| {
-                if rows[k / 3].is_null() {
-                    _mm512_setzero_ps()
-                } else {
-                    _mm512_maskz_loadu_ps(mask, w.add(k * c + ct))
+        // Loops, not closures: a closure does not inherit this function's target features.
+        let mut wv = [_mm512_setzero_ps(); 9];
+        let mut rp = [present.add(ct); 3];
+        for ky in 0..3 {
+            if !rows[ky].is_null() {
+                rp[ky] = rows[ky].add(ct);
+                for kx in 0..3 {
+                    wv[ky * 3 + kx] = _mm512_maskz_loadu_ps(mask, w.add((ky * 3 + kx) * c + ct));
                 }
-            }),
-            mask,
-        };
+            }
+        }
+        let t = InTile { rows: rp, out: din.add(ct), c, g, w: wv, mask };
         if cols == 16 {
             t.walk::<true>()
         } else {

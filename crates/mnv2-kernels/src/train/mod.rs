@@ -13,6 +13,7 @@ pub mod dw;
 #[cfg(target_arch = "x86_64")]
 mod dw_avx512;
 pub mod matmul;
+pub mod stream;
 
 /// Compiles an `#[inline(always)]` body three times and picks the widest the CPU allows.
 ///

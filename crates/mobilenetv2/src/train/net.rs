@@ -341,7 +341,7 @@ impl Net {
         let (g0, cout0, m0) = (geom(l0, c0), l0.output.c, n * l0.output.h * l0.output.w);
         let wc = ops::stem_weights_to_cols(&self.params[ix0.w..ix0.w + cout0 * 27], cout0);
         let mut x = std::mem::take(&mut tape.x[0]);
-        let mo = ops::conv_forward(Src::Patches(images, g0), m0, 27, &wc, cout0, &mut x, train, work);
+        let mo = ops::conv_forward(self.isa, Src::Patches(images, g0), m0, 27, &wc, cout0, &mut x, train, work);
         tape.x[0] = x;
         self.bn_coef(tape, 0, m0, mo)?;
         if !tape.stem_act.is_empty() {
@@ -365,7 +365,7 @@ impl Net {
                     let ixe = self.conv(e).2;
                     let mut x = std::mem::take(&mut tape.x[e]);
                     let w = &self.params[ixe.w..ixe.w + hid * cin];
-                    let mo = ops::conv_forward(Src::Rows(&inp), m_in, cin, w, hid, &mut x, train, work);
+                    let mo = ops::conv_forward(self.isa, Src::Rows(&inp), m_in, cin, w, hid, &mut x, train, work);
                     tape.x[e] = x;
                     self.bn_coef(tape, e, m_in, mo)?;
                     drop(sp);
@@ -393,8 +393,17 @@ impl Net {
             let ixp = self.conv(p).2;
             let mut x = std::mem::take(&mut tape.x[p]);
             let src = Src::Bn(&tape.x[d], tape.bnact(d, self.act(d)));
-            let mo =
-                ops::conv_forward(src, m_out, hid, &self.params[ixp.w..ixp.w + cout * hid], cout, &mut x, train, work);
+            let mo = ops::conv_forward(
+                self.isa,
+                src,
+                m_out,
+                hid,
+                &self.params[ixp.w..ixp.w + cout * hid],
+                cout,
+                &mut x,
+                train,
+                work,
+            );
             tape.x[p] = x;
             self.bn_coef(tape, p, m_out, mo)?;
             drop(sp);
@@ -419,7 +428,7 @@ impl Net {
         let mut x = std::mem::take(&mut tape.x[lc]);
         let last_in = tape.block_out.last().expect("a plan has blocks");
         let w = &self.params[ixl.w..ixl.w + cl * cin];
-        let mo = ops::conv_forward(Src::Rows(last_in), ml, cin, w, cl, &mut x, train, work);
+        let mo = ops::conv_forward(self.isa, Src::Rows(last_in), ml, cin, w, cl, &mut x, train, work);
         tape.x[lc] = x;
         self.bn_coef(tape, lc, ml, mo)?;
         drop(sp);
@@ -518,8 +527,8 @@ impl Net {
             cin,
             cout: cl,
         };
-        let din = InGrad { out: &mut gout, residual: None, sums: None };
-        ops::pw_backward(p, &mut self.grads[ixl.w..ixl.w + cl * cin], Some(din), &mut work);
+        let din = InGrad { out: &mut gout, residual: None, sums: None, masked: false };
+        ops::pw_backward(self.isa, p, &mut self.grads[ixl.w..ixl.w + cl * cin], Some(din), &mut work);
         drop(sp);
         tape.dhidden = dh;
 
@@ -556,8 +565,9 @@ impl Net {
                 cin: hid,
                 cout,
             };
-            let din = InGrad { out: &mut g1, residual: None, sums: Some((&tape.x[d], bnd, &tape.bn[d].mean)) };
-            let sums = ops::pw_backward(pb, &mut self.grads[ixp.w..ixp.w + cout * hid], Some(din), &mut work);
+            let sums = Some((&tape.x[d][..], bnd, &tape.bn[d].mean[..]));
+            let din = InGrad { out: &mut g1, residual: None, sums, masked: true };
+            let sums = ops::pw_backward(self.isa, pb, &mut self.grads[ixp.w..ixp.w + cout * hid], Some(din), &mut work);
             self.bn_grads(tape, d, m_out, sums.expect("asked for"));
             drop(sp);
             // Depthwise: the gradient of its input, and the reductions of the feeding BatchNorm.
@@ -578,8 +588,9 @@ impl Net {
                 }
                 None => (Src::Rows(inp), None),
             };
-            let db = DwBwd { grad: &g1, bwd: tape.bnbwd(d, self.act(d)), src, w_hwc: &w_hwc, n, c: hid, g: gd };
-            let (dwg, sums) = ops::dw_backward(self.isa, db, InGrad { out: &mut g2, residual: None, sums }, &mut work);
+            let db = DwBwd { dz: &g1, bwd: tape.bnbwd(d, self.act(d)), src, w_hwc: &w_hwc, n, c: hid, g: gd };
+            let (dwg, sums) =
+                ops::dw_backward(self.isa, db, InGrad { out: &mut g2, residual: None, sums, masked: false }, &mut work);
             for ch in 0..hid {
                 for t in 0..9 {
                     self.grads[ixd.w + ch * 9 + t] = dwg[t * hid + ch];
@@ -604,8 +615,13 @@ impl Net {
                         cin,
                         cout: hid,
                     };
-                    let din = InGrad { out: &mut gin, residual: blk.residual.then_some(&gout[..]), sums: None };
-                    ops::pw_backward(pb, &mut self.grads[ixe.w..ixe.w + hid * cin], Some(din), &mut work);
+                    let din = InGrad {
+                        out: &mut gin,
+                        residual: blk.residual.then_some(&gout[..]),
+                        sums: None,
+                        masked: false,
+                    };
+                    ops::pw_backward(self.isa, pb, &mut self.grads[ixe.w..ixe.w + hid * cin], Some(din), &mut work);
                     std::mem::swap(&mut gin, &mut gout);
                 }
                 (None, Some(f)) => {
@@ -650,7 +666,7 @@ impl Net {
             cin: 27,
             cout: cout0,
         };
-        ops::pw_backward(pb, &mut wc, None, &mut work);
+        ops::pw_backward(self.isa, pb, &mut wc, None, &mut work);
         ops::stem_cols_to_weights(&wc, cout0, &mut self.grads[ix0.w..ix0.w + cout0 * 27]);
         tape.work = work;
         tape.gn_a = gout;

@@ -25,9 +25,11 @@
 //! the same bits on every run with the same number of threads.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
-use mnv2_kernels::train::{bn, dw, matmul as mm};
+use mnv2_kernels::gemm::{gemm, PackedGemm};
+use mnv2_kernels::train::{bn, dw, matmul as mm, stream};
 use mnv2_kernels::{Isa, MinMax};
 use rayon::prelude::*;
 
@@ -37,6 +39,20 @@ const FWD_CHUNK: usize = 48 * 1024;
 const BWD_CHUNK: usize = 96 * 1024;
 /// Rows per partial sum of the standalone reductions.
 const ROWS: usize = 512;
+/// Tensors of at least this many values are written with non-temporal stores (they do not fit
+/// in the last-level cache next to the others, and are read back only by a later pass).
+static STREAM_MIN: AtomicUsize = AtomicUsize::new(4 << 20);
+
+/// Sets the size (in values) from which tensors are written with non-temporal stores; the
+/// results do not depend on it (tests use it to cover both paths on small inputs).
+#[doc(hidden)]
+pub fn set_stream_min(values: usize) {
+    STREAM_MIN.store(values, Ordering::Relaxed);
+}
+
+fn streamed(values: usize) -> bool {
+    values >= STREAM_MIN.load(Ordering::Relaxed)
+}
 
 pub fn threads() -> usize {
     rayon::current_num_threads()
@@ -51,6 +67,7 @@ fn chunk_rows(values: usize, width: usize) -> usize {
 struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    e: Vec<f32>,
     t: Vec<f32>,
     d: Vec<f64>,
 }
@@ -131,6 +148,14 @@ pub enum Src<'a> {
 }
 
 impl Src<'_> {
+    /// Prefetches the stored rows that [`Src::rows`] would read for `lo..hi`.
+    fn prefetch(&self, lo: usize, hi: usize, c: usize) {
+        match *self {
+            Src::Rows(x) | Src::Bn(x, _) => prefetch_row(x, lo * c, (hi - lo) * c),
+            Src::Patches(..) => {}
+        }
+    }
+
     /// Rows `lo..hi`, `c` wide: borrowed, or computed into `buf`.
     fn rows<'b>(&'b self, lo: usize, hi: usize, c: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match *self {
@@ -158,6 +183,12 @@ pub enum Grad<'a> {
 }
 
 impl Grad<'_> {
+    fn prefetch(&self, lo: usize, hi: usize, c: usize) {
+        if let Grad::Rows(g) = *self {
+            prefetch_row(g, lo * c, (hi - lo) * c);
+        }
+    }
+
     fn rows<'b>(&'b self, lo: usize, hi: usize, c: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match *self {
             Grad::Rows(g) => &g[lo * c..hi * c],
@@ -226,10 +257,61 @@ fn gemm_fwd(a: &[f32], rows: usize, cin: usize, w: &[f32], cout: usize, y: &mut 
     mm::matmul(y, cout, mm::Mat::row_major(a, rows, cin), mm::Mat::row_major(w, cout, cin).t(), false, 1);
 }
 
+/// Outputs up to which the inference GEMM kernels (row-major NHWC, 16 or 32 columns per
+/// panel) beat the `gemm` crate, whose micro-kernels are column-major and waste lanes on
+/// narrow outputs.
+const NARROW: usize = 32;
+
+/// A chunk product `y = a B (+ residual)` for `B` `[k][n]`: through packed weights for narrow
+/// outputs, else through the `gemm` crate (`b` as given).
+enum Product<'a> {
+    Packed(PackedGemm),
+    Crate { b: mm::Mat<'a> },
+}
+
+impl<'a> Product<'a> {
+    /// `B = W^T` for `[n][k]` weights `w`.
+    fn transposed(isa: Isa, w: &'a [f32], n: usize, k: usize) -> Product<'a> {
+        if n <= NARROW {
+            let mut wt = vec![0f32; k * n];
+            for o in 0..n {
+                for i in 0..k {
+                    wt[i * n + o] = w[o * k + i];
+                }
+            }
+            Product::Packed(PackedGemm::new(isa, &wt, k, n, &vec![0.0; n]))
+        } else {
+            Product::Crate { b: mm::Mat::row_major(&w[..n * k], n, k).t() }
+        }
+    }
+
+    /// `B = W` for `[k][n]` weights `w`.
+    fn plain(isa: Isa, w: &'a [f32], k: usize, n: usize) -> Product<'a> {
+        if n <= NARROW {
+            Product::Packed(PackedGemm::new(isa, &w[..k * n], k, n, &vec![0.0; n]))
+        } else {
+            Product::Crate { b: mm::Mat::row_major(&w[..k * n], k, n) }
+        }
+    }
+
+    fn run(&self, a: &[f32], rows: usize, y: &mut [f32], residual: Option<&[f32]>) {
+        match self {
+            Product::Packed(p) => gemm(rows, a, p.k, p, y, p.n, MinMax::NONE, residual.map(|r| (r, p.n))),
+            Product::Crate { b } => {
+                if let Some(r) = residual {
+                    y.copy_from_slice(r);
+                }
+                mm::matmul(y, b.cols, mm::Mat::row_major(a, rows, b.rows), *b, residual.is_some(), 1)
+            }
+        }
+    }
+}
+
 /// A 1x1 convolution (or the stem as patches times weights) over `m` rows:
 /// `x = src W^T` with `W` `[cout][cin]`, and, with `stats`, the moments of `x` per channel.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_forward(
+    isa: Isa,
     src: Src,
     m: usize,
     cin: usize,
@@ -242,14 +324,25 @@ pub fn conv_forward(
     let rows = chunk_rows(FWD_CHUNK, cin.max(cout));
     let nch = m.div_ceil(rows);
     let x = &mut x[..m * cout];
+    let prod = Product::transposed(isa, w, cout, cin);
     let parts = grow(&mut work.f64s, nch * 2 * cout);
     x.par_chunks_mut(rows * cout).zip(parts.par_chunks_mut(2 * cout)).enumerate().for_each(|(i, (xc, pc))| {
         with_scratch(|s| {
             let (lo, hi) = (i * rows, ((i + 1) * rows).min(m));
             let a = src.rows(lo, hi, cin, &mut s.a);
-            gemm_fwd(a, hi - lo, cin, w, cout, xc);
-            if stats {
-                moments_of(xc, cout, pc, &mut s.t, &mut s.d);
+            src.prefetch(hi, (hi + rows).min(m), cin);
+            if streamed(m * cout) {
+                let y = grow(&mut s.b, (hi - lo) * cout);
+                prod.run(a, hi - lo, y, None);
+                if stats {
+                    moments_of(y, cout, pc, &mut s.t, &mut s.d);
+                }
+                stream::stream_copy(isa, y, xc);
+            } else {
+                prod.run(a, hi - lo, xc, None);
+                if stats {
+                    moments_of(xc, cout, pc, &mut s.t, &mut s.d);
+                }
             }
         })
     });
@@ -287,6 +380,13 @@ impl Geom {
     /// Output row that reads input row `iy` through kernel row `ky`, if any.
     fn out_row(&self, iy: usize, ky: usize) -> Option<usize> {
         dw::tap_row(iy, ky, self.stride, self.dilation, self.pad_top, self.out_h)
+    }
+}
+
+/// Prefetches `len` values of `data` from `start`, as far as they exist.
+fn prefetch_row(data: &[f32], start: usize, len: usize) {
+    if start < data.len() {
+        stream::prefetch(&data[start..(start + len).min(data.len())]);
     }
 }
 
@@ -336,6 +436,7 @@ pub fn dw_forward(
 ) -> Option<Moments> {
     let packed = PackedDw::new(isa, w_hwc, c, &vec![0.0; c]);
     let (in_img, out_img, row_in, row_out) = (g.in_h * g.in_w * c, g.out_h * g.out_w * c, g.in_w * c, g.out_w * c);
+    let streamed = streamed(n * out_img);
     let parts = grow(&mut work.f64s, n * 2 * c);
     x[..n * out_img].par_chunks_mut(out_img).zip(parts.par_chunks_mut(2 * c)).enumerate().for_each(|(b, (xi, pi))| {
         with_scratch(|s| {
@@ -346,13 +447,17 @@ pub fn dw_forward(
             let tmp = grow(&mut s.t, 3 * c);
             let (tmp, shift) = tmp.split_at_mut(2 * c);
             for oy in 0..g.out_h {
-                let out = &mut xi[oy * row_out..][..row_out];
+                let dst = &mut xi[oy * row_out..][..row_out];
+                let (out, dst) = if streamed { (grow(&mut s.b, row_out), Some(dst)) } else { (dst, None) };
                 match src {
                     Src::Bn(pre, bn) => {
                         let img = &pre[b * in_img..][..in_img];
                         for ky in 0..3 {
                             if let Some(iy) = g.in_row(oy, ky) {
-                                ring.ensure(iy, |r| bn.apply(&img[iy * row_in..][..row_in], c, r));
+                                ring.ensure(iy, |r| {
+                                    bn.apply(&img[iy * row_in..][..row_in], c, r);
+                                    prefetch_row(pre, (b * g.in_h + iy + 1) * row_in, row_in);
+                                });
                             }
                         }
                         let rows = std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| ring.get(iy)));
@@ -370,6 +475,9 @@ pub fn dw_forward(
                         shift.copy_from_slice(&out[..c]);
                     }
                     bn::stats(out, c, shift, sum, sumsq, tmp);
+                }
+                if let Some(dst) = dst {
+                    stream::stream_copy(isa, out, dst);
                 }
             }
             if stats {
@@ -483,26 +591,38 @@ pub struct InGrad<'a> {
     pub residual: Option<&'a [f32]>,
     /// The layer before's pre-BatchNorm output, BatchNorm and mean: its reductions are returned.
     pub sums: Option<(&'a [f32], BnAct<'a>, &'a [f32])>,
+    /// Store the gradient masked by the layer before's clamp (`dz`, what [`dw_backward`]
+    /// takes) rather than the gradient itself (needs `sums`).
+    pub masked: bool,
 }
 
 /// Backward of a 1x1 convolution (or the stem) with its BatchNorm: writes the weight gradient
 /// to `dw` (`[cout][cin]`) and, with `din`, the input gradient; returns the reductions asked
 /// for in `din.sums`.
-pub fn pw_backward(p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Work) -> Option<BnSums> {
+pub fn pw_backward(isa: Isa, p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Work) -> Option<BnSums> {
     let PwBwd { grad, bwd, src, w, m, cin, cout } = p;
     let rows = chunk_rows(BWD_CHUNK, cin.max(cout));
     let nch = m.div_ceil(rows);
     let parts = threads().min(nch).max(1);
     let bounds: Vec<usize> = (0..=parts).map(|k| k * nch / parts).collect();
     let nw = cout * cin;
+    // The weight gradient as `[cin][cout]` when cin is the narrow side (see `Product`).
+    let wt = cin < 64 && cout > cin;
+    let prod = din.as_ref().map(|_| Product::plain(isa, w, cout, cin));
     let Work { f64s, f32s } = work;
     let wparts = grow(f32s, parts * nw);
     let want_sums = din.as_ref().is_some_and(|d| d.sums.is_some());
+    let masked = din.as_ref().is_some_and(|d| d.masked);
+    assert!(!masked || want_sums, "a masked input gradient needs the layer before's BatchNorm");
+    let stream = streamed(m * cin);
     let sums = grow(f64s, if want_sums { nch * 2 * cin } else { 0 });
     // Split the outputs at part boundaries (in rows and in chunks).
     let (mut din_parts, mut sum_parts_) = (Vec::with_capacity(parts), Vec::with_capacity(parts));
     let (residual, feed) = din.as_ref().map_or((None, None), |d| (d.residual, d.sums));
-    let mut rest_din: Option<&mut [f32]> = din.map(|d| &mut d.out[..m * cin]);
+    let mut rest_din: Option<&mut [f32]> = din.map(|d| {
+        let out = d.out;
+        &mut out[..m * cin]
+    });
     let mut rest_sums = &mut sums[..];
     for k in 0..parts {
         let (c0, c1) = (bounds[k], bounds[k + 1]);
@@ -525,60 +645,67 @@ pub fn pw_backward(p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Wor
                 let (lo, hi) = (ci * rows, ((ci + 1) * rows).min(m));
                 let r = hi - lo;
                 // The gradient of the pre-BatchNorm output, in scratch b.
-                let gp: &[f32] = match grad {
-                    Grad::Rows(g) => {
-                        let out = grow(&mut s.b, r * cout);
-                        bwd.rows_to(lo, hi, cout, &g[lo * cout..hi * cout], out);
-                        out
+                let gp = grow(&mut s.b, r * cout);
+                match grad {
+                    Grad::Rows(g) => bwd.rows_to(lo, hi, cout, &g[lo * cout..hi * cout], gp),
+                    Grad::Pooled(g, hw) => {
+                        broadcast(g, hw, lo, hi, cout, gp);
+                        bwd.rows_in_place(lo, hi, cout, gp);
                     }
-                    Grad::Pooled(..) => {
-                        let mut tmp = std::mem::take(&mut s.b);
-                        grad.rows(lo, hi, cout, &mut tmp);
-                        let out = grow(&mut tmp, r * cout);
-                        bwd.rows_in_place(lo, hi, cout, out);
-                        s.b = tmp;
-                        &s.b[..r * cout]
-                    }
-                };
+                }
+                let gp: &[f32] = gp;
                 let a = src.rows(lo, hi, cin, &mut s.a);
-                mm::matmul(wp, cin, mm::Mat::row_major(gp, r, cout).t(), mm::Mat::row_major(a, r, cin), ci > c0, 1);
-                if let Some(dp) = dp.as_deref_mut() {
-                    let out = &mut dp[(lo - base) * cin..(hi - base) * cin];
-                    if let Some(res) = residual {
-                        out.copy_from_slice(&res[lo * cin..hi * cin]);
+                if ci + 1 < c1 {
+                    let next = ((ci + 2) * rows).min(m);
+                    grad.prefetch(hi, next, cout);
+                    prefetch_row(bwd.x, hi * cout, (next - hi) * cout);
+                    src.prefetch(hi, next, cin);
+                }
+                let (gm, am) = (mm::Mat::row_major(gp, r, cout), mm::Mat::row_major(a, r, cin));
+                if wt {
+                    mm::matmul(wp, cout, am.t(), gm, ci > c0, 1);
+                } else {
+                    mm::matmul(wp, cin, gm.t(), am, ci > c0, 1);
+                }
+                let Some(dp) = dp.as_deref_mut() else { continue };
+                let dst = &mut dp[(lo - base) * cin..(hi - base) * cin];
+                let (out, dst) = if stream { (grow(&mut s.e, r * cin), Some(dst)) } else { (dst, None) };
+                let res = residual.map(|res| &res[lo * cin..hi * cin]);
+                prod.as_ref().expect("an input gradient").run(gp, r, out, res);
+                if let Some((xf, bnf, mean)) = feed {
+                    let slot = &mut sp[(ci - c0) * 2 * cin..][..2 * cin];
+                    slot.fill(0.0);
+                    let (sa, sb) = slot.split_at_mut(cin);
+                    let (l, h) = (bnf.act.min, bnf.act.max);
+                    let xr = &xf[lo * cin..hi * cin];
+                    let tmp = grow(&mut s.t, 2 * cin);
+                    if masked {
+                        bn::backward_sums_mask(xr, out, cin, bnf.scale, bnf.shift, l, h, mean, sa, sb, tmp);
+                    } else {
+                        bn::backward_sums(xr, out, cin, bnf.scale, bnf.shift, l, h, mean, sa, sb, tmp);
                     }
-                    let gm = mm::Mat::row_major(gp, r, cout);
-                    mm::matmul(out, cin, gm, mm::Mat::row_major(w, cout, cin), residual.is_some(), 1);
-                    if let Some((xf, bnf, mean)) = feed {
-                        let slot = &mut sp[(ci - c0) * 2 * cin..][..2 * cin];
-                        slot.fill(0.0);
-                        let (sa, sb) = slot.split_at_mut(cin);
-                        let (l, h) = (bnf.act.min, bnf.act.max);
-                        let xr = &xf[lo * cin..hi * cin];
-                        bn::backward_sums(
-                            xr,
-                            out,
-                            cin,
-                            bnf.scale,
-                            bnf.shift,
-                            l,
-                            h,
-                            mean,
-                            sa,
-                            sb,
-                            grow(&mut s.t, 2 * cin),
-                        );
-                    }
+                }
+                if let Some(dst) = dst {
+                    stream::stream_copy(isa, out, dst);
                 }
             }
         })
     });
-    let dw = &mut dw[..nw];
-    dw.copy_from_slice(&wparts[..nw]);
-    for p in wparts[nw..].chunks_exact(nw) {
-        for (d, v) in dw.iter_mut().zip(p) {
+    let (first, rest) = wparts.split_at_mut(nw);
+    for p in rest.chunks_exact(nw) {
+        for (d, v) in first.iter_mut().zip(p) {
             *d += v;
         }
+    }
+    let dw = &mut dw[..nw];
+    if wt {
+        for i in 0..cin {
+            for o in 0..cout {
+                dw[o * cin + i] = first[i * cout + o];
+            }
+        }
+    } else {
+        dw.copy_from_slice(first);
     }
     want_sums.then(|| sum_parts(sums, cin))
 }
@@ -586,8 +713,11 @@ pub fn pw_backward(p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Wor
 /// What [`dw_backward`] differentiates: `y = BN(dwconv(src))` over `n` images.
 #[derive(Clone, Copy)]
 pub struct DwBwd<'a> {
-    /// Gradient of the layer's output (after BatchNorm and clamp), `n * out_h * out_w * c`.
-    pub grad: &'a [f32],
+    /// The output gradient masked by the layer's clamp (`dz`, as [`pw_backward`] stores it
+    /// with `masked`), `n * out_h * out_w * c`.
+    pub dz: &'a [f32],
+    /// The layer's BatchNorm backward coefficients (`x` is not read: the depthwise output is
+    /// recomputed from its input rows, which the weight gradient needs anyway).
     pub bwd: BnBwd<'a>,
     /// Stored rows or BatchNorm + clamp of the expansion.
     pub src: Src<'a>,
@@ -598,14 +728,18 @@ pub struct DwBwd<'a> {
     pub g: Geom,
 }
 
-/// Backward of the depthwise convolution with its BatchNorm, per image: the output gradient
-/// goes through the BatchNorm backward row by row into a ring, from which the weight gradient
-/// (with the recomputed input rows) and the input gradient rows are formed. Returns the weight
+/// Backward of the depthwise convolution with its BatchNorm, per image. For each output row,
+/// the input rows it read are recomputed into a ring (BatchNorm + clamp of the expansion), the
+/// row's pre-BatchNorm output is recomputed from them, and the BatchNorm backward turns the
+/// masked gradient into the convolution's output gradient, kept in a second ring; from these
+/// the weight gradient and, row by row, the input gradient are formed. Returns the weight
 /// gradient `[3][3][c]` and the reductions asked for in `din.sums`.
 pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32>, Option<BnSums>) {
-    let DwBwd { grad, bwd, src, w_hwc, n, c, g } = p;
-    assert!(din.residual.is_none(), "the depthwise backward adds no residual");
+    let DwBwd { dz, bwd, src, w_hwc, n, c, g } = p;
+    assert!(din.residual.is_none() && !din.masked, "the depthwise backward adds no residual and stores no mask");
     let (in_img, out_img, row_in, row_out) = (g.in_h * g.in_w * c, g.out_h * g.out_w * c, g.in_w * c, g.out_w * c);
+    let packed = PackedDw::new(isa, w_hwc, c, &vec![0.0; c]);
+    let stream = streamed(n * in_img);
     let feed = din.sums;
     let Work { f64s, f32s } = work;
     let wparts = grow(f32s, n * 9 * c);
@@ -619,32 +753,26 @@ pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32
         .for_each(|(b, ((di, acc), sp))| {
             with_scratch(|s| {
                 let slots = 2 * g.dilation + 1;
-                let Scratch { a, b: sb, t, .. } = s;
+                let Scratch { a, b: sb, t, e, .. } = s;
                 let mut gring = Ring::new(sb, slots, row_out);
                 let mut sring = Ring::new(a, slots, row_in);
+                let (xrow, rest) = grow(e, row_out + row_in).split_at_mut(row_out);
                 acc.fill(0.0);
                 sp.fill(0.0);
-                let gimg = &grad[b * out_img..][..out_img];
-                let out_base = b * g.out_h;
+                let dzimg = &dz[b * out_img..][..out_img];
                 let src_row = |iy: usize, r: &mut [f32]| match src {
-                    Src::Bn(pre, bn) => bn.apply(&pre[(b * g.in_h + iy) * row_in..][..row_in], c, r),
+                    Src::Bn(pre, bn) => {
+                        bn.apply(&pre[(b * g.in_h + iy) * row_in..][..row_in], c, r);
+                        prefetch_row(pre, (b * g.in_h + iy + 1) * row_in, row_in);
+                    }
                     _ => unreachable!("stored rows are read in place"),
                 };
                 let mut next = 0;
-                // Output rows < `upto` through the BatchNorm backward into the ring, and their
-                // weight-gradient contributions.
+                // Output rows < `upto`: their input rows, their output recomputed, the BatchNorm
+                // backward into the ring, and their weight-gradient contributions.
                 let mut advance = |upto: usize, gring: &mut Ring, sring: &mut Ring| {
                     while next < upto {
                         let oy = next;
-                        gring.ensure(oy, |r| {
-                            bwd.rows_to(
-                                (out_base + oy) * g.out_w,
-                                (out_base + oy + 1) * g.out_w,
-                                c,
-                                &gimg[oy * row_out..][..row_out],
-                                r,
-                            )
-                        });
                         let rows: [Option<&[f32]>; 3] = match src {
                             Src::Rows(a) => {
                                 let img = &a[b * in_img..][..in_img];
@@ -659,6 +787,11 @@ pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32
                                 std::array::from_fn(|ky| g.in_row(oy, ky).map(|iy| sring.get(iy)))
                             }
                         };
+                        dwconv_row(&packed, rows, g.row(), MinMax::NONE, xrow);
+                        gring.ensure(oy, |r| {
+                            bn::affine_to(&dzimg[oy * row_out..][..row_out], xrow, c, bwd.ka, bwd.kb, bwd.kd, r);
+                            prefetch_row(dz, (b * g.out_h + oy + 1) * row_out, row_out);
+                        });
                         dw::weight_grad_row(isa, gring.get(oy), rows, c, g.row(), acc);
                         next += 1;
                     }
@@ -669,13 +802,17 @@ pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32
                         advance(last + 1, &mut gring, &mut sring);
                     }
                     let rows = std::array::from_fn(|ky| g.out_row(iy, ky).map(|oy| gring.get(oy)));
-                    let drow = &mut di[iy * row_in..][..row_in];
+                    let dst = &mut di[iy * row_in..][..row_in];
+                    let (drow, dst) = if stream { (&mut rest[..row_in], Some(dst)) } else { (dst, None) };
                     dw::input_grad_row(isa, rows, w_hwc, c, g.row(), drow);
                     if let Some((xf, bnf, mean)) = feed {
                         let (sa, sb) = sp.split_at_mut(c);
                         let xr = &xf[(b * g.in_h + iy) * row_in..][..row_in];
                         let (l, h) = (bnf.act.min, bnf.act.max);
                         bn::backward_sums(xr, drow, c, bnf.scale, bnf.shift, l, h, mean, sa, sb, grow(t, 2 * c));
+                    }
+                    if let Some(dst) = dst {
+                        stream::stream_copy(isa, drow, dst);
                     }
                 }
                 advance(g.out_h, &mut gring, &mut sring);
