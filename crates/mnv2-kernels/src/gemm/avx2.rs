@@ -60,7 +60,7 @@ unsafe fn tile<const R: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const 
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
     let (k, n, nr) = (w.k, w.n, w.nr);
-    for pi in 0..w.panels() {
+    for pi in args.panels.clone() {
         let n0 = pi * nr;
         let p = Panel {
             k,

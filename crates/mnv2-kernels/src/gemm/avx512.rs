@@ -124,7 +124,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
     let (k, n, nr) = (w.k, w.n, w.nr);
     let mr = if nr == 32 { MR32 } else { MR16 };
     let (count, base, extra) = tiles(args.m, mr);
-    for pi in 0..w.panels() {
+    for pi in args.panels.clone() {
         let n0 = pi * nr;
         let cols = nr.min(n - n0);
         let p = Panel {

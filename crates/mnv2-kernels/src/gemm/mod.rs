@@ -72,7 +72,7 @@ impl PackedGemm {
 }
 
 /// Raw arguments of a GEMM call; built and checked by [`gemm`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Args {
     pub m: usize,
     pub a: *const f32,
@@ -83,6 +83,8 @@ pub(crate) struct Args {
     pub r: *const f32,
     pub ldr: usize,
     pub act: MinMax,
+    /// The panels of output columns to compute.
+    pub panels: std::ops::Range<usize>,
 }
 
 /// `c[i * ldc + j] = act(bias[j] + sum_k a[i * lda + k] * w[k][j]) (+ residual[i * ldr + j])`
@@ -101,7 +103,25 @@ pub fn gemm(
     act: MinMax,
     residual: Option<(&[f32], usize)>,
 ) {
-    if m == 0 || w.n == 0 {
+    gemm_panels(m, a, lda, w, c, ldc, act, residual, 0..w.panels())
+}
+
+/// [`gemm`] restricted to the output columns of `panels` (of `w.nr` columns each): threads
+/// can share one product by columns.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_panels(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: &PackedGemm,
+    c: &mut [f32],
+    ldc: usize,
+    act: MinMax,
+    residual: Option<(&[f32], usize)>,
+    panels: std::ops::Range<usize>,
+) {
+    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
+    if m == 0 || w.n == 0 || panels.is_empty() {
         return;
     }
     assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
@@ -114,7 +134,7 @@ pub fn gemm(
         None => (std::ptr::null(), 0),
     };
     assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
-    let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act };
+    let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels };
     // SAFETY: sizes checked above; the ISA is supported by this CPU.
     unsafe {
         match w.isa {
@@ -219,6 +239,24 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn panel_ranges_compute_only_their_columns() {
+        for isa in available() {
+            let (m, k, n) = (5, 7, 70);
+            let w = lcg(3, k * n);
+            let p = PackedGemm::new(isa, &w, k, n, &vec![0.5; n]);
+            let a = lcg(4, m * k);
+            let mut full = vec![0.0; m * n];
+            gemm(m, &a, k, &p, &mut full, n, MinMax::NONE, None);
+            let mut parts = vec![f32::NAN; m * n];
+            let half = p.panels() / 2;
+            gemm_panels(m, &a, k, &p, &mut parts, n, MinMax::NONE, None, 0..half);
+            assert!(parts[half * p.nr..n].iter().all(|v| v.is_nan()), "{}", isa.name());
+            gemm_panels(m, &a, k, &p, &mut parts, n, MinMax::NONE, None, half..p.panels());
+            assert_eq!(parts, full, "{}", isa.name());
         }
     }
 

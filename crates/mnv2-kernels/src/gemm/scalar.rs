@@ -9,7 +9,7 @@ const MR: usize = 4;
 /// `args` must describe valid, non-overlapping buffers for `w` (checked by `gemm`).
 pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
     let (k, n, nr) = (w.k, w.n, w.nr);
-    for p in 0..w.panels() {
+    for p in args.panels.clone() {
         let n0 = p * nr;
         let cols = nr.min(n - n0);
         let panel = &w.data[p * k * nr..(p + 1) * k * nr];

@@ -1,8 +1,9 @@
 //! AVX-512 VNNI int8 GEMM: MR rows x 32 columns (28 zmm accumulators at MR = 14) or MR x 16
 //! (24 at MR = 24). Per 4 values of k: one or two 64-byte panel loads, MR broadcasts of 4
 //! activation bytes, and `vpdpbusd` per accumulator (64 multiply-adds each). The epilogue
-//! runs on registers: integer zero-point correction, convert, scale and bias (one FMA), clamp,
-//! residual, requantise, saturate to u8 with masked stores.
+//! runs on registers. For u8 outputs it works in the output's quantised units (scale, bias,
+//! zero points and clamp bounds folded per call, see `mod.rs`): convert, one FMA, clamp,
+//! residual (one FMA), round, saturate, masked store. For f32 outputs it computes real values.
 
 use std::arch::x86_64::*;
 
@@ -23,10 +24,15 @@ struct Panel {
     mask: [u16; 2],
     lo: __m512,
     hi: __m512,
-    inv: __m512,
-    zo: __m512i,
     rz: __m512i,
     rs: __m512,
+    /// u8 outputs, in quantised units: `x = acc * qmul + qbias`, clamped to `qlo..qhi`, plus
+    /// `r * qrs`, rounded.
+    qmul: [__m512; 2],
+    qbias: [__m512; 2],
+    qlo: __m512,
+    qhi: __m512,
+    qrs: __m512,
 }
 
 #[inline(always)]
@@ -55,13 +61,18 @@ impl Panel {
     /// Epilogue of one accumulator vector, stored at `c` (u8 or f32).
     #[inline(always)]
     unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
-        let x = self.real(acc, v, args, row, col);
         let mask = self.mask[v];
         if args.f32_out {
+            let x = self.real(acc, v, args, row, col);
             _mm512_mask_storeu_ps((args.c as *mut f32).add(row * args.ldc + col), mask, x);
         } else {
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, self.inv)), self.zo);
-            let q = _mm512_max_epi32(q, _mm512_setzero_si512());
+            let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), self.qmul[v], self.qbias[v]);
+            x = _mm512_min_ps(_mm512_max_ps(x, self.qlo), self.qhi);
+            if !args.r.is_null() {
+                let r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, args.r.add(row * args.ldr + col) as *const i8));
+                x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), self.qrs, x);
+            }
+            let q = _mm512_max_epi32(_mm512_cvtps_epi32(x), _mm512_setzero_si512());
             _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
         }
     }
@@ -131,24 +142,45 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
     let mr = if nr == 32 { MR32 } else { MR16 };
     let count = args.m.div_ceil(mr);
     let (base, extra) = (args.m / count, args.m % count);
-    for pi in 0..w.panels() {
+    for pi in args.panels.clone() {
         let n0 = pi * nr;
         let cols = nr.min(n - n0);
         let vec = |v: usize| n0 + 16 * v.min(nr / 16 - 1);
+        let mut zcs = [_mm512_setzero_si512(); 2];
+        let mut mul = [_mm512_setzero_ps(); 2];
+        let mut bias = [_mm512_setzero_ps(); 2];
+        let mut qmul = [_mm512_setzero_ps(); 2];
+        let mut qbias = [_mm512_setzero_ps(); 2];
+        let f = super::fold_out(args);
+        for v in 0..2 {
+            zcs[v] = _mm512_loadu_si512(w.zcs.as_ptr().add(vec(v)) as *const _);
+            mul[v] = _mm512_loadu_ps(w.mul.as_ptr().add(vec(v)));
+            bias[v] = _mm512_loadu_ps(w.bias.as_ptr().add(vec(v)));
+            // The same operations as `fold_column`, sixteen columns at a time.
+            qmul[v] = _mm512_mul_ps(mul[v], _mm512_set1_ps(f.inv));
+            let t = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(zcs[v]), mul[v], bias[v]);
+            qbias[v] = _mm512_add_ps(
+                _mm512_fmadd_ps(t, _mm512_set1_ps(f.inv), _mm512_set1_ps(f.zo)),
+                _mm512_set1_ps(f.rshift),
+            );
+        }
         let p = Panel {
             groups: k / 4,
             lda: args.lda,
             b: w.data.as_ptr().add(pi * k * nr),
-            zcs: std::array::from_fn(|v| _mm512_loadu_si512(w.zcs.as_ptr().add(vec(v)) as *const _)),
-            mul: std::array::from_fn(|v| _mm512_loadu_ps(w.mul.as_ptr().add(vec(v)))),
-            bias: std::array::from_fn(|v| _mm512_loadu_ps(w.bias.as_ptr().add(vec(v)))),
+            zcs,
+            mul,
+            bias,
             mask: [col_mask(cols), col_mask(cols.saturating_sub(16))],
             lo: _mm512_set1_ps(args.act.min),
             hi: _mm512_set1_ps(args.act.max),
-            inv: _mm512_set1_ps(1.0 / args.out_q.scale),
-            zo: _mm512_set1_epi32(args.out_q.zero),
             rz: _mm512_set1_epi32(args.res_q.zero),
             rs: _mm512_set1_ps(args.res_q.scale),
+            qmul,
+            qbias,
+            qlo: _mm512_set1_ps(f.lo),
+            qhi: _mm512_set1_ps(f.hi),
+            qrs: _mm512_set1_ps(f.rs),
         };
         let mut i = 0;
         for t in 0..count {

@@ -181,7 +181,42 @@ pub struct QResidual<'a> {
     pub q: QParams,
 }
 
-#[derive(Clone, Copy)]
+/// The u8 epilogue in the output's quantised units. With `inv = 1 / out.scale`, per column
+/// `qmul = mul * inv` and `qbias = (bias - zcs * mul) * inv + out.zero + rshift`, where
+/// `rshift = -res.zero * res.scale * inv` (0 without residual); the clamp bounds become
+/// `lo * inv + out.zero + rshift` (likewise `hi`); the residual adds `r * res.scale * inv`.
+/// Then `q = round_half_even(x)` saturated to 0..=255. Both kernels compute exactly this.
+pub(crate) struct OutFold {
+    pub inv: f32,
+    pub zo: f32,
+    pub rshift: f32,
+    pub lo: f32,
+    pub hi: f32,
+    pub rs: f32,
+}
+
+pub(crate) fn fold_out(args: &Args) -> OutFold {
+    let inv = 1.0 / args.out_q.scale;
+    let zo = args.out_q.zero as f32;
+    let rs = args.res_q.scale * inv;
+    let rshift = if args.r.is_null() { 0.0 } else { -(args.res_q.zero as f32) * rs };
+    OutFold {
+        inv,
+        zo,
+        rshift,
+        lo: args.act.min.mul_add(inv, zo) + rshift,
+        hi: args.act.max.mul_add(inv, zo) + rshift,
+        rs,
+    }
+}
+
+/// `(qmul, qbias)` of column `j`: see [`OutFold`].
+pub(crate) fn fold_column(w: &PackedQGemm, j: usize, f: &OutFold) -> (f32, f32) {
+    let t = (-(w.zcs[j] as f32)).mul_add(w.mul[j], w.bias[j]);
+    (w.mul[j] * f.inv, t.mul_add(f.inv, f.zo) + f.rshift)
+}
+
+#[derive(Clone)]
 pub(crate) struct Args {
     pub m: usize,
     pub a: *const u8,
@@ -197,12 +232,30 @@ pub(crate) struct Args {
     pub ldr: usize,
     pub res_q: QParams,
     pub act: MinMax,
+    /// The panels of output columns to compute.
+    pub panels: std::ops::Range<usize>,
 }
 
 /// Rows `0..m` of `a` (u8, row stride `lda`, quantised as `w.input`) times `w`, through the
 /// epilogue into `out`.
 pub fn qgemm(m: usize, a: &[u8], lda: usize, w: &PackedQGemm, out: QOut, act: MinMax, residual: Option<QResidual>) {
-    if m == 0 || w.n == 0 {
+    qgemm_panels(m, a, lda, w, out, act, residual, 0..w.panels())
+}
+
+/// [`qgemm`] restricted to the output columns of `panels` (of `w.nr` columns each).
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_panels(
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    w: &PackedQGemm,
+    out: QOut,
+    act: MinMax,
+    residual: Option<QResidual>,
+    panels: std::ops::Range<usize>,
+) {
+    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
+    if m == 0 || w.n == 0 || panels.is_empty() {
         return;
     }
     assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
@@ -228,7 +281,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, w: &PackedQGemm, out: QOut, act: Mi
         }
         None => (std::ptr::null(), 0, QParams { scale: 0.0, zero: 0 }),
     };
-    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, out_q, r, ldr, res_q, act };
+    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, out_q, r, ldr, res_q, act, panels };
     // SAFETY: sizes checked above; the VNNI path only exists for packings made on a CPU with it.
     unsafe {
         match w.isa {

@@ -7,11 +7,11 @@ use super::{Args, PackedQGemm};
 /// `args` must describe valid buffers for `w` (checked by `qgemm`).
 pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
     let (k, n, nr) = (w.k, w.n, w.nr);
-    let inv = 1.0 / args.out_q.scale;
+    let f = super::fold_out(args);
     let mut acc = vec![0i32; nr];
     for i in 0..args.m {
         let a = args.a.add(i * args.lda);
-        for p in 0..w.panels() {
+        for p in args.panels.clone() {
             acc.fill(0);
             let panel = &w.data[p * k * nr..(p + 1) * k * nr];
             for g in 0..k / 4 {
@@ -24,6 +24,16 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             }
             for (jj, &s) in acc.iter().enumerate().take(nr.min(n - p * nr)) {
                 let j = p * nr + jj;
+                if !args.f32_out {
+                    // Quantised units (see `OutFold`).
+                    let (qmul, qbias) = super::fold_column(w, j, &f);
+                    let mut x = (s as f32).mul_add(qmul, qbias).max(f.lo).min(f.hi);
+                    if !args.r.is_null() {
+                        x = (*args.r.add(i * args.ldr + j) as f32).mul_add(f.rs, x);
+                    }
+                    *args.c.add(i * args.ldc + j) = (x.round_ties_even() as i32).clamp(0, 255) as u8;
+                    continue;
+                }
                 let mut v = ((s - w.zcs[j]) as f32).mul_add(w.mul[j], w.bias[j]);
                 v = v.max(args.act.min).min(args.act.max);
                 if !args.r.is_null() {
@@ -32,11 +42,8 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
                 }
                 if args.pool {
                     *(args.c as *mut f32).add(j) += v;
-                } else if args.f32_out {
-                    *(args.c as *mut f32).add(i * args.ldc + j) = v;
                 } else {
-                    let q = ((v * inv).round_ties_even() as i32 + args.out_q.zero).clamp(0, 255);
-                    *args.c.add(i * args.ldc + j) = q as u8;
+                    *(args.c as *mut f32).add(i * args.ldc + j) = v;
                 }
             }
         }

@@ -16,8 +16,8 @@ pub struct Args {
     /// Use at most this many calibration images
     #[arg(long, default_value_t = 100)]
     images: usize,
-    /// How activation ranges are chosen: minmax, percentile[:P] (P defaults to 99.99) or mse
-    #[arg(long, default_value = "percentile:99.99")]
+    /// How activation ranges are chosen: minmax, percentile[:P] or mse
+    #[arg(long, default_value = "percentile:99.9")]
     method: String,
     /// Output file (safetensors with int8 weights and the quantisation in its metadata)
     #[arg(long)]

@@ -60,6 +60,8 @@ pub enum Method {
     Percentile { percent: f64 },
     /// The clip range (a fraction of min/max) with the least mean squared quantisation error.
     Mse,
+    /// Not calibrated here: the ranges come from an imported int8 model (ONNX QDQ, TFLite).
+    Imported,
 }
 
 impl std::str::FromStr for Method {
@@ -71,7 +73,7 @@ impl std::str::FromStr for Method {
             _ => match s.strip_prefix("percentile") {
                 Some(rest) => {
                     let p = rest.trim_start_matches([':', '=']);
-                    let percent = if p.is_empty() { 99.99 } else { p.parse().map_err(|_| bad_method(s))? };
+                    let percent = if p.is_empty() { 99.9 } else { p.parse().map_err(|_| bad_method(s))? };
                     if !(50.0..=100.0).contains(&percent) {
                         return Err(bad_method(s));
                     }
@@ -135,7 +137,7 @@ impl Stats {
 
     fn range(&mut self, method: Method) -> (f32, f32) {
         match method {
-            Method::MinMax => (self.min, self.max),
+            Method::MinMax | Method::Imported => (self.min, self.max),
             Method::Percentile { percent } => {
                 self.samples.sort_by(f32::total_cmp);
                 let n = self.samples.len();
@@ -181,8 +183,11 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     for batch in images {
         let plan = engine.plan_for(batch.shape)?;
         let outs = engine.run_taps(batch, &plan, &taps)?;
+        // Per image, so the sampled values do not depend on how images are batched.
         for (s, o) in stats.iter_mut().zip(&outs) {
-            s.add(&o.data);
+            for i in 0..o.n {
+                s.add(o.image(i));
+            }
         }
         count += batch.n;
     }
@@ -342,7 +347,7 @@ mod tests {
     fn methods_parse_and_ranges() {
         assert_eq!("minmax".parse::<Method>().unwrap(), Method::MinMax);
         assert_eq!("percentile:99.9".parse::<Method>().unwrap(), Method::Percentile { percent: 99.9 });
-        assert_eq!("percentile".parse::<Method>().unwrap(), Method::Percentile { percent: 99.99 });
+        assert_eq!("percentile".parse::<Method>().unwrap(), Method::Percentile { percent: 99.9 });
         assert!("percentile:20".parse::<Method>().is_err());
         assert!("magic".parse::<Method>().is_err());
         let mut s = Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() };

@@ -1,7 +1,9 @@
 //! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA.
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
-use mnv2_kernels::gemm::{gemm, PackedGemm};
+use std::ops::Range;
+
+use mnv2_kernels::gemm::{gemm, gemm_panels, PackedGemm};
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
@@ -115,7 +117,12 @@ impl Net for F32Net {
         }
     }
 
-    fn classify(&self, pooled: &[f32], out: &mut [f32]) {
-        gemm(1, pooled, pooled.len(), &self.classifier, out, self.classifier.n, MinMax::NONE, None);
+    fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>) {
+        let n = self.classifier.n;
+        gemm_panels(1, pooled, pooled.len(), &self.classifier, out, n, MinMax::NONE, None, panels);
+    }
+
+    fn classifier_panels(&self) -> (usize, usize) {
+        (self.classifier.panels(), self.classifier.nr)
     }
 }

@@ -107,8 +107,11 @@ pub(crate) trait Net: Send + Sync {
     );
     /// The last 1x1 conv over `m` pixels, its outputs added into `pooled` (real units).
     fn last_rows(&self, m: usize, a: &[Self::T], lda: usize, pooled: &mut [f32], scratch: &mut [f32]);
-    /// Logits from the pooled features.
-    fn classify(&self, pooled: &[f32], out: &mut [f32]);
+    /// The classifier's logits of column panels `panels` (of `classifier_panels().1` columns
+    /// each) from the pooled features, into `out` (all the logits; other columns untouched).
+    fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>);
+    /// (number, width) of the classifier's column panels.
+    fn classifier_panels(&self) -> (usize, usize);
 }
 
 /// Per-thread scratch.
@@ -201,7 +204,16 @@ struct State<T: Zeroable> {
     scratch: Vec<Mutex<Scratch<T>>>,
     acts: Vec<Mutex<Acts<T>>>,
     partial: Mutex<AlignedVec>,
+    logits: Mutex<AlignedVec>,
     barrier: SpinBarrier,
+}
+
+/// Thread `tid`'s share of `n` items split as evenly as possible among `threads`.
+fn share(tid: usize, threads: usize, n: usize) -> Range<usize> {
+    let per = n / threads;
+    let extra = n % threads;
+    let start = tid * per + tid.min(extra);
+    start..start + per + usize::from(tid < extra)
 }
 
 /// How one image is shared among the pool's threads.
@@ -209,21 +221,27 @@ struct Split<'a> {
     tid: usize,
     threads: usize,
     barrier: &'a SpinBarrier,
+    /// Per thread: its pooled sums (`last_c` values each).
     partial: SharedBuf,
+    /// Per thread: its columns of the logits (`classes` values each).
+    logits: SharedBuf,
 }
 
 impl Split<'_> {
     fn single() -> Split<'static> {
         static ONE: std::sync::OnceLock<SpinBarrier> = std::sync::OnceLock::new();
-        Split { tid: 0, threads: 1, barrier: ONE.get_or_init(|| SpinBarrier::new(1)), partial: SharedBuf::new(&mut []) }
+        Split {
+            tid: 0,
+            threads: 1,
+            barrier: ONE.get_or_init(|| SpinBarrier::new(1)),
+            partial: SharedBuf::new(&mut []),
+            logits: SharedBuf::new(&mut []),
+        }
     }
 
     /// This thread's share of `n` rows.
     fn rows(&self, n: usize) -> Range<usize> {
-        let per = n / self.threads;
-        let extra = n % self.threads;
-        let start = self.tid * per + self.tid.min(extra);
-        start..start + per + usize::from(self.tid < extra)
+        share(self.tid, self.threads, n)
     }
 }
 
@@ -279,7 +297,8 @@ impl<N: Net> FastEngine<N> {
                 .collect();
             let acts = (0..t).map(|_| Mutex::new(Acts::new(&schedule))).collect();
             let partial = Mutex::new(AlignedVec::zeros(t * schedule.last_c));
-            *guard = Some(State { schedule, scratch, acts, partial, barrier: SpinBarrier::new(t) });
+            let logits = Mutex::new(AlignedVec::zeros(t * schedule.classes));
+            *guard = Some(State { schedule, scratch, acts, partial, logits, barrier: SpinBarrier::new(t) });
         }
         guard.as_ref().expect("state set above")
     }
@@ -331,6 +350,8 @@ impl<N: Net> FastEngine<N> {
             let out = SharedBuf::new(&mut logits);
             let mut partial = st.partial.lock().unwrap();
             let partial = SharedBuf::new(&mut partial);
+            let mut logit_parts = st.logits.lock().unwrap();
+            let logit_parts = SharedBuf::new(&mut logit_parts);
             // Thread 0's buffers hold the image; every thread writes disjoint rows of x and y
             // between barriers, and only thread 0 uses the chain rings.
             let mut acts0 = st.acts[0].lock().unwrap();
@@ -340,7 +361,7 @@ impl<N: Net> FastEngine<N> {
             let job = |tid: usize| {
                 let _g = st.barrier.guard();
                 let mut sc = st.scratch[tid].lock().unwrap();
-                let split = Split { tid, threads, barrier: &st.barrier, partial };
+                let split = Split { tid, threads, barrier: &st.barrier, partial, logits: logit_parts };
                 // SAFETY: only thread 0 writes the logits (after the last barrier).
                 let out = unsafe { out.slice_mut(0..if tid == 0 { classes } else { 0 }) };
                 // Each thread streams its own share of the chained blocks, in its own rings.
@@ -475,24 +496,38 @@ impl<N: Net> FastEngine<N> {
         sc.pooled.fill(0.0);
         self.last_rows(sch, last_in, sp.rows(sch.last_in.h), sc);
         let c = sch.last_c;
-        let pooled: Vec<f32> = if sp.threads > 1 {
-            // SAFETY: each thread writes its own slot.
-            unsafe { sp.partial.slice_mut(sp.tid * c..(sp.tid + 1) * c) }.copy_from_slice(&sc.pooled);
-            sp.barrier.wait();
-            if sp.tid != 0 {
-                return;
-            }
-            // SAFETY: the barrier ordered every slot's write before this read.
-            let parts = unsafe { sp.partial.slice(0..sp.threads * c) };
-            (0..c).map(|j| (0..sp.threads).map(|t| parts[t * c + j]).sum::<f32>()).collect()
-        } else {
-            sc.pooled.clone()
-        };
         let inv = 1.0 / (sch.last_in.h * sch.last_in.w) as f32;
-        let pooled: Vec<f32> = pooled.iter().map(|v| v * inv).collect();
-        timer.tick(stages, || "last conv + pool".into());
-        net.classify(&pooled, out);
-        timer.tick(stages + 1, || "classifier".into());
+        if sp.threads == 1 {
+            let pooled: Vec<f32> = sc.pooled.iter().map(|v| v * inv).collect();
+            timer.tick(stages, || "last conv + pool".into());
+            net.classify(&pooled, out, 0..net.classifier_panels().0);
+            timer.tick(stages + 1, || "classifier".into());
+            return;
+        }
+        // Split image: the pooled sums of every thread's rows, then the classifier shared by
+        // column panels (it streams megabytes of weights; two threads read them twice as fast).
+        // SAFETY: each thread writes its own slot.
+        unsafe { sp.partial.slice_mut(sp.tid * c..(sp.tid + 1) * c) }.copy_from_slice(&sc.pooled);
+        sp.barrier.wait();
+        // SAFETY: the barrier ordered every slot's write before these reads.
+        let parts = unsafe { sp.partial.slice(0..sp.threads * c) };
+        let pooled: Vec<f32> = (0..c).map(|j| (0..sp.threads).map(|t| parts[t * c + j]).sum::<f32>() * inv).collect();
+        let (panels, nr) = net.classifier_panels();
+        let my_panels = share(sp.tid, sp.threads, panels);
+        let classes = sch.classes;
+        // SAFETY: each thread writes its own slot of the logits scratch.
+        let mine = unsafe { sp.logits.slice_mut(sp.tid * classes..(sp.tid + 1) * classes) };
+        net.classify(&pooled, mine, my_panels);
+        sp.barrier.wait();
+        if sp.tid == 0 {
+            // SAFETY: the barrier ordered every thread's logits before these reads.
+            let all = unsafe { sp.logits.slice(0..sp.threads * classes) };
+            for t in 0..sp.threads {
+                let cols = share(t, sp.threads, panels);
+                let (a, b) = ((cols.start * nr).min(classes), (cols.end * nr).min(classes));
+                out[a..b].copy_from_slice(&all[t * classes + a..t * classes + b]);
+            }
+        }
     }
 
     /// Last 1x1 convolution over input rows `rows`, summed into `sc.pooled` band by band.

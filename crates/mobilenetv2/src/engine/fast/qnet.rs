@@ -7,7 +7,9 @@
 //! depthwise convs multiply in f32, with their weights on the int8 grid the file stores.
 
 use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
-use mnv2_kernels::qgemm::{qgemm, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
+use std::ops::Range;
+
+use mnv2_kernels::qgemm::{qgemm, qgemm_panels, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
@@ -56,7 +58,7 @@ impl QNet {
         if !relu6(0) || plan.blocks.iter().any(|b| !relu6(b.depthwise) || b.expand.is_some_and(|e| !relu6(e))) {
             return unsupported("a network whose stem, expand and depthwise convs are not ReLU6");
         }
-        if plan.blocks.iter().skip(1).any(|b| b.expand.is_none()) || plan.blocks[0].residual {
+        if plan.blocks.iter().skip(1).any(|b| b.expand.is_none()) {
             return unsupported("blocks without an expand conv after the first (their depthwise input is signed)");
         }
         if layers.iter().any(|l| l.conv().is_some_and(|c| c.kind == ConvKind::Pointwise) && l.input.c % 4 != 0) {
@@ -164,9 +166,14 @@ impl Net for QNet {
         qgemm(m, a, lda, w, QOut::Pool { sums: pooled }, *act, None);
     }
 
-    fn classify(&self, pooled: &[f32], out: &mut [f32]) {
+    fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>) {
         let mut q = vec![0u8; pooled.len()];
         quantize_row(pooled, &mut q, self.pooled);
-        qgemm(1, &q, q.len(), &self.classifier, QOut::F32 { c: out, ldc: self.classifier.n }, MinMax::NONE, None);
+        let o = QOut::F32 { c: out, ldc: self.classifier.n };
+        qgemm_panels(1, &q, q.len(), &self.classifier, o, MinMax::NONE, None, panels);
+    }
+
+    fn classifier_panels(&self) -> (usize, usize) {
+        (self.classifier.panels(), self.classifier.nr)
     }
 }
