@@ -200,3 +200,50 @@ fn bad_input_stops_with_one_line() {
     assert!(out.join("checkpoint.safetensors").is_file(), "the last good checkpoint is kept");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A full disk (here: a file size limit, which fails writes the same way) while writing a
+/// checkpoint stops the run with one clear line and leaves the previous checkpoint intact.
+#[cfg(target_os = "linux")]
+#[test]
+fn full_disk_keeps_the_previous_checkpoint() {
+    let d = dir("fulldisk");
+    let data = idx_data(&d, 64, 4);
+    let out = d.join("o");
+    let (data, out_s) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = train_args(data, out_s);
+    args.extend(["--max-steps", "2"]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ckpt = out.join("checkpoint.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    assert!(before.len() > 1 << 20, "the checkpoint must exceed the limit below");
+    // Resume with files limited to 512 KiB (ulimit -f counts 512- or 1024-byte blocks by
+    // shell; 512 blocks is at most 512 KiB either way); SIGXFSZ ignored, so the write fails
+    // with EFBIG like a full disk fails with ENOSPC.
+    let mut resume = train_args(data, out_s);
+    resume.push("--resume");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 512 && trap '' XFSZ && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_mnv2"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    one_line_error(&o, "could not write the checkpoint");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("previous checkpoint is kept"), "{e}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the previous checkpoint changed");
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    // And the kept checkpoint still resumes.
+    let mut again = train_args(data, out_s);
+    again.extend(["--resume", "--max-steps", "3"]);
+    let o = run(&again);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&d).unwrap();
+}

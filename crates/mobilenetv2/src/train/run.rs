@@ -546,7 +546,11 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
             }
             let ck_now = end || stop || (cfg.checkpoint_every > 0 && s.step % cfg.checkpoint_every == 0);
             if ck_now {
-                save_checkpoint(cfg, &s)?;
+                let had = ckpt.is_file();
+                save_checkpoint(cfg, &s).map_err(|e| {
+                    let kept = if had { "the previous checkpoint is kept" } else { "no checkpoint was written before" };
+                    write_error(&ckpt, "the checkpoint", e, kept)
+                })?;
                 t_epoch = Instant::now();
             }
             if stop {
@@ -567,6 +571,17 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         ema_net.store(&mut model);
     }
     let out = cfg.out.join("final.safetensors");
-    model.save(&out)?;
+    model.save(&out).map_err(|e| write_error(&out, "the final weights", e, "the last checkpoint is kept"))?;
     Ok(out)
+}
+
+/// A failed write (full disk, file size limit, permissions) as one clear line; the atomic
+/// writer has already removed its temporary file, so nothing half-written is left.
+fn write_error(path: &Path, what: &str, e: Error, kept: &str) -> Error {
+    match e {
+        Error::Io { source, .. } => {
+            Error::Input(format!("could not write {what} {}: {source} (is the disk full?); {kept}", path.display()))
+        }
+        other => other,
+    }
 }
