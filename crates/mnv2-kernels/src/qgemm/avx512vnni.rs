@@ -80,19 +80,20 @@ impl Panel {
 
 #[inline(always)]
 unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
-    let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+    // Two flat accumulator arrays (not [[_; NV]; MR]): LLVM keeps these in registers; the
+    // nested array was spilled to the stack and its broadcasts repeated per vector.
+    let mut acc0 = [_mm512_setzero_si512(); MR];
+    let mut acc1 = [_mm512_setzero_si512(); MR];
     let mut bp = p.b;
     let mut ap = args.a.add(i0 * p.lda);
     for _ in 0..p.groups {
-        // A loop, not array::from_fn: closures do not get the target features.
-        let mut b = [_mm512_setzero_si512(); NV];
-        for (v, x) in b.iter_mut().enumerate() {
-            *x = _mm512_load_si512(bp.add(64 * v) as *const _);
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
+        let b0 = _mm512_load_si512(bp as *const _);
+        let b1 = if NV == 2 { _mm512_load_si512(bp.add(64) as *const _) } else { b0 };
+        for i in 0..MR {
             let a = _mm512_set1_epi32((ap.add(i * p.lda) as *const i32).read_unaligned());
-            for v in 0..NV {
-                row[v] = _mm512_dpbusd_epi32(row[v], a, b[v]);
+            acc0[i] = _mm512_dpbusd_epi32(acc0[i], a, b0);
+            if NV == 2 {
+                acc1[i] = _mm512_dpbusd_epi32(acc1[i], a, b1);
             }
         }
         bp = bp.add(64 * NV);
@@ -101,18 +102,20 @@ unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usi
     if args.pool {
         // Row after row into the sums, in the scalar twin's order.
         for v in 0..NV {
+            let acc = if v == 0 { &acc0 } else { &acc1 };
             let sums = (args.c as *mut f32).add(n0 + 16 * v);
             let mut s = _mm512_maskz_loadu_ps(p.mask[v], sums);
-            for (i, row) in acc.iter().enumerate() {
-                s = _mm512_add_ps(s, p.real(row[v], v, args, i0 + i, n0 + 16 * v));
+            for (i, x) in acc.iter().enumerate() {
+                s = _mm512_add_ps(s, p.real(*x, v, args, i0 + i, n0 + 16 * v));
             }
             _mm512_mask_storeu_ps(sums, p.mask[v], s);
         }
         return;
     }
-    for (i, row) in acc.iter().enumerate() {
-        for (v, x) in row.iter().enumerate() {
-            p.finish(*x, v, args, i0 + i, n0 + 16 * v);
+    for i in 0..MR {
+        p.finish(acc0[i], 0, args, i0 + i, n0);
+        if NV == 2 {
+            p.finish(acc1[i], 1, args, i0 + i, n0 + 16);
         }
     }
 }
