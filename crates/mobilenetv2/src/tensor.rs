@@ -64,7 +64,7 @@ impl Batch {
 
     /// Fails on NaN or infinity, naming the first offending position.
     pub fn check_finite(&self) -> Result<()> {
-        if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = first_non_finite(&self.data) {
             let per = self.shape.len();
             let (b, r) = (i / per, i % per);
             let (y, x, c) = (r / (self.shape.w * self.shape.c), (r / self.shape.c) % self.shape.w, r % self.shape.c);
@@ -75,6 +75,21 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// Index of the first NaN or infinity. A value is not finite exactly when its exponent bits
+/// are all ones; OR-ing that test over a chunk is integer work the compiler vectorises (an
+/// early exit per value would not be), and only a failing chunk is searched.
+pub fn first_non_finite(v: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 256;
+    v.chunks(CHUNK).enumerate().find_map(|(c, chunk)| {
+        let bad = chunk.iter().fold(0u32, |a, x| a | u32::from(x.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+        if bad == 0 {
+            None
+        } else {
+            chunk.iter().position(|x| !x.is_finite()).map(|i| c * CHUNK + i)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -92,6 +107,16 @@ mod tests {
         assert_eq!(d, vec![2, 3, 4, 5]);
         assert_eq!(back, v);
         assert!(Batch::from_nchw(&[2, 3, 4], &v).is_err());
+    }
+
+    #[test]
+    fn non_finite_search() {
+        let mut v = vec![1.5f32; 1000];
+        assert_eq!(first_non_finite(&v), None);
+        v[777] = f32::NEG_INFINITY;
+        v[900] = f32::NAN;
+        assert_eq!(first_non_finite(&v), Some(777));
+        assert_eq!(first_non_finite(&[f32::MAX, -f32::MAX]), None);
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Engine {
         match (&self.fast, dims) {
             (Some(f), [n, 3, h, w]) if values.len() == n * 3 * h * w => {
                 let plan = self.plan_for(Shape::new(*h, *w, 3))?;
-                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                if let Some(i) = crate::tensor::first_non_finite(values) {
                     return Err(Error::Input(format!(
                         "input value {} at flat NCHW index {i} is not finite",
                         values[i]
