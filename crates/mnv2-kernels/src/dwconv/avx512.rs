@@ -196,17 +196,25 @@ thread_local! {
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn row<T: Elem>(args: &Args<T>, w: &PackedDw) {
-    // Only f32 and u8 rows exist (`dwconv_row`, `dwconv_row_u8`).
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() {
-        row_u8(&*(args as *const Args<T> as *const Args<u8>), w)
-    } else {
-        let args = &*(args as *const Args<T> as *const Args<f32>);
-        let rows = |ct: usize, _: usize| -> [*const f32; 3] {
-            std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) })
-        };
-        row_tiles(args, w, rows, w.c);
+pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
+    use std::any::TypeId;
+    // Only f32 -> f32, u8 -> u8 and f32 -> u8 rows exist (`dwconv_row`, `dwconv_row_u8`,
+    // `dwconv_row_f32_u8`).
+    let (i_u8, o_u8) = (TypeId::of::<I>() == TypeId::of::<u8>(), TypeId::of::<O>() == TypeId::of::<u8>());
+    match (i_u8, o_u8) {
+        (true, _) => row_u8(&*(args as *const Args<I, O> as *const Args<u8, u8>), w),
+        (false, false) => row_f32(&*(args as *const Args<I, O> as *const Args<f32, f32>), w),
+        (false, true) => row_f32(&*(args as *const Args<I, O> as *const Args<f32, u8>), w),
     }
+}
+
+/// f32 input rows, output `O`.
+#[inline(always)]
+unsafe fn row_f32<O: Out>(args: &Args<f32, O>, w: &PackedDw) {
+    let rows = |ct: usize, _: usize| -> [*const f32; 3] {
+        std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) })
+    };
+    row_tiles(args, w, rows, w.c);
 }
 
 /// The staging area for `len` floats, owned by this thread (grown, never shrunk).
@@ -221,7 +229,7 @@ fn staging(len: usize) -> *mut f32 {
 }
 
 #[inline(always)]
-unsafe fn row_u8(args: &Args<u8>, w: &PackedDw) {
+unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     // Valid until this thread next asks for a larger staging area; nothing else uses it.
@@ -247,8 +255,8 @@ unsafe fn row_u8(args: &Args<u8>, w: &PackedDw) {
 /// Runs every 16-channel tile: `rows_of(ct, cols)` gives the tile's f32 input rows (null for
 /// padding rows) whose pixel stride is `in_stride`.
 #[inline(always)]
-unsafe fn row_tiles<O: Out>(
-    args: &Args<O>,
+unsafe fn row_tiles<I, O: Out>(
+    args: &Args<I, O>,
     w: &PackedDw,
     rows_of: impl Fn(usize, usize) -> [*const f32; 3],
     in_stride: usize,

@@ -123,9 +123,10 @@ impl DwRow {
     }
 }
 
-pub(crate) struct Args<T> {
-    pub rows: [*const T; 3],
-    pub out: *mut T,
+/// Raw arguments of one row: input rows of `I`, output of `O`.
+pub(crate) struct Args<I, O> {
+    pub rows: [*const I; 3],
+    pub out: *mut O,
     pub g: DwRow,
     pub act: MinMax,
     /// Output quantisation (u8 rows only).
@@ -144,12 +145,25 @@ pub fn dwconv_row_u8(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinM
     dwconv_row_any(w, rows, g, act, out, out_q)
 }
 
-fn dwconv_row_any<T: Elem>(
+/// [`dwconv_row_u8`] whose input rows hold the u8 values as f32 (rows widened once by their
+/// producer, so no staging per call).
+pub fn dwconv_row_f32_u8(
     w: &PackedDw,
-    rows: [Option<&[T]>; 3],
+    rows: [Option<&[f32]>; 3],
     g: DwRow,
     act: MinMax,
-    out: &mut [T],
+    out: &mut [u8],
+    out_q: QParams,
+) {
+    dwconv_row_any(w, rows, g, act, out, out_q)
+}
+
+fn dwconv_row_any<I: Elem, O: Elem>(
+    w: &PackedDw,
+    rows: [Option<&[I]>; 3],
+    g: DwRow,
+    act: MinMax,
+    out: &mut [O],
     out_q: QParams,
 ) {
     assert!(g.stride >= 1 && g.dilation >= 1);
@@ -165,14 +179,15 @@ fn dwconv_row_any<T: Elem>(
     assert!(ptrs.iter().any(|p| !p.is_null()), "an output row reads at least one input row");
     assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
     let args = Args { rows: ptrs, out: out.as_mut_ptr(), g, act, out_q };
-    let is_f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+    let f32_only = std::any::TypeId::of::<I>() == std::any::TypeId::of::<f32>()
+        && std::any::TypeId::of::<O>() == std::any::TypeId::of::<f32>();
     // SAFETY: sizes checked above; the ISA is supported.
     unsafe {
         match w.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => avx512::row(&args, w),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if is_f32 => avx2::row(&*(&args as *const Args<T> as *const Args<f32>), w),
+            Isa::Avx2 if f32_only => avx2::row(&*(&args as *const Args<I, O> as *const Args<f32, f32>), w),
             _ => scalar::row(&args, w),
         }
     }
@@ -297,6 +312,12 @@ mod tests {
                     let ru: [Option<&[u8]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_u8[i].as_slice()));
                     let mut got = vec![0u8; w_out * c];
                     dwconv_row_u8(&qp, ru, g, MinMax::RELU6, &mut got, out_q);
+                    // The same values held as f32 give the same bytes.
+                    let grid: Vec<Vec<f32>> = rows_u8.iter().map(|r| r.iter().map(|&q| q as f32).collect()).collect();
+                    let rg: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| grid[i].as_slice()));
+                    let mut got_f = vec![0u8; w_out * c];
+                    dwconv_row_f32_u8(&qp, rg, g, MinMax::RELU6, &mut got_f, out_q);
+                    assert_eq!(got_f, got, "{isa:?}: f32-held u8 rows");
                     for (q, w) in got.iter().zip(&want) {
                         assert!(
                             (out_q.dequantize(*q) - w.min(out_q.dequantize(255))).abs() <= out_q.scale * 0.5 + 1e-4

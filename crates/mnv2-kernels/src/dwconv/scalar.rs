@@ -5,7 +5,7 @@ use super::{Args, Elem, PackedDw};
 
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`).
-pub(crate) unsafe fn row<T: Elem>(args: &Args<T>, w: &PackedDw) {
+pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     let mut acc = vec![0f32; c];
@@ -29,7 +29,7 @@ pub(crate) unsafe fn row<T: Elem>(args: &Args<T>, w: &PackedDw) {
         }
         let o = args.out.add(x * c);
         for (ch, v) in acc.iter().enumerate() {
-            *o.add(ch) = T::from_f32(args.act.apply(*v), args.out_q);
+            *o.add(ch) = O::from_f32(args.act.apply(*v), args.out_q);
         }
     }
 }

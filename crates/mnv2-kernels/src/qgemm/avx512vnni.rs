@@ -73,7 +73,12 @@ impl Panel {
                 x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), self.qrs, x);
             }
             let q = _mm512_max_epi32(_mm512_cvtps_epi32(x), _mm512_setzero_si512());
-            _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
+            if args.grid_f32 {
+                let q = _mm512_min_epi32(q, _mm512_set1_epi32(255));
+                _mm512_mask_storeu_ps((args.c as *mut f32).add(row * args.ldc + col), mask, _mm512_cvtepi32_ps(q));
+            } else {
+                _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
+            }
         }
     }
 }
@@ -212,5 +217,23 @@ pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams
         let r =
             _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zo), _mm512_setzero_si512());
         _mm512_mask_cvtusepi32_storeu_epi8(dst.as_mut_ptr().add(16 * i) as *mut i8, mask, r);
+    }
+}
+
+/// See `quantize_row_grid`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+pub(crate) unsafe fn quantize_row_grid(src: &[f32], dst: &mut [f32], q: super::QParams) {
+    let inv = _mm512_set1_ps(1.0 / q.scale);
+    let zo = _mm512_set1_epi32(q.zero);
+    for (i, chunk) in src.chunks(16).enumerate() {
+        let mask = if chunk.len() == 16 { 0xffff } else { ((1u32 << chunk.len()) - 1) as u16 };
+        let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
+        let r =
+            _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zo), _mm512_setzero_si512());
+        let r = _mm512_min_epi32(r, _mm512_set1_epi32(255));
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(16 * i), mask, _mm512_cvtepi32_ps(r));
     }
 }

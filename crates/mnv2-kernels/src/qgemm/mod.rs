@@ -171,6 +171,9 @@ pub enum QOut<'a> {
     /// Real values added, row after row, into `sums` (`n` values): global average pooling
     /// without materialising the layer's output.
     Pool { sums: &'a mut [f32] },
+    /// The u8 values `U8` would store, held as f32 (for a consumer that works in f32 and
+    /// reads every value several times, like the depthwise conv).
+    GridF32 { c: &'a mut [f32], ldc: usize, q: QParams },
 }
 
 /// A u8 tensor added (in real units) after the clamp.
@@ -227,6 +230,8 @@ pub(crate) struct Args {
     pub f32_out: bool,
     /// Sum the rows into the f32 `c` (`n` values) instead of storing them.
     pub pool: bool,
+    /// Store the u8 results as f32 values.
+    pub grid_f32: bool,
     pub out_q: QParams,
     pub r: *const u8,
     pub ldr: usize,
@@ -260,18 +265,22 @@ pub fn qgemm_panels(
     }
     assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
     let unit = QParams { scale: 1.0, zero: 0 };
-    let (c, ldc, f32_out, pool, out_q) = match out {
+    let (c, ldc, f32_out, pool, grid_f32, out_q) = match out {
         QOut::U8 { c, ldc, q } => {
             assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr(), ldc, false, false, q)
+            (c.as_mut_ptr(), ldc, false, false, false, q)
         }
         QOut::F32 { c, ldc } => {
             assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr() as *mut u8, ldc, true, false, unit)
+            (c.as_mut_ptr() as *mut u8, ldc, true, false, false, unit)
         }
         QOut::Pool { sums } => {
             assert!(sums.len() >= w.n, "sums too short");
-            (sums.as_mut_ptr() as *mut u8, 0, true, true, unit)
+            (sums.as_mut_ptr() as *mut u8, 0, true, true, false, unit)
+        }
+        QOut::GridF32 { c, ldc, q } => {
+            assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
+            (c.as_mut_ptr() as *mut u8, ldc, false, false, true, q)
         }
     };
     let (r, ldr, res_q) = match residual {
@@ -281,7 +290,7 @@ pub fn qgemm_panels(
         }
         None => (std::ptr::null(), 0, QParams { scale: 0.0, zero: 0 }),
     };
-    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, out_q, r, ldr, res_q, act, panels };
+    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, grid_f32, out_q, r, ldr, res_q, act, panels };
     // SAFETY: sizes checked above; the VNNI path only exists for packings made on a CPU with it.
     unsafe {
         match w.isa {
@@ -292,6 +301,20 @@ pub fn qgemm_panels(
             }
             _ => scalar::qgemm(&args, w),
         }
+    }
+}
+
+/// [`quantize_row`] with the u8 values held as f32.
+pub fn quantize_row_grid(src: &[f32], dst: &mut [f32], q: QParams) {
+    assert!(dst.len() >= src.len());
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.supported() && crate::isa::best() >= Isa::Avx512 {
+        // SAFETY: AVX-512 present; lengths checked.
+        unsafe { avx512vnni::quantize_row_grid(src, dst, q) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = q.quantize(*s) as f32;
     }
 }
 
@@ -378,6 +401,9 @@ mod tests {
                     {
                         let mut c = vec![0u8; m * n];
                         qgemm(m, &a, k, &p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res);
+                        let mut g = vec![0f32; m * n];
+                        qgemm(m, &a, k, &p, QOut::GridF32 { c: &mut g, ldc: n, q: out_q }, act, res);
+                        assert!(g.iter().zip(&c).all(|(x, y)| *x == *y as f32), "{} grid f32", p.kernel_name());
                         let want = naive(m, k, n, &a, &p, &q, &s, &bias, act, res.map(|x| (x.r, x.q)));
                         for (i, (g, w)) in c.iter().zip(&want).enumerate() {
                             // Half a step of the output grid (plus float slack), after saturation.
@@ -448,6 +474,9 @@ mod tests {
         for (s, d) in src.iter().zip(&d) {
             assert_eq!(*d, q.quantize(*s), "{s}");
         }
+        let mut g = vec![0f32; 1000];
+        quantize_row_grid(&src, &mut g, q);
+        assert!(g.iter().zip(&d).all(|(x, y)| *x == *y as f32));
     }
 
     #[test]

@@ -106,9 +106,15 @@ impl Engine {
             let streaming = options.mode == Mode::Streaming;
             // An int8 model runs on the int8 kernels; everything else in f32.
             let fast: Box<dyn fast::Runner> = match &model.quant {
-                Some(q) => {
-                    Box::new(fast::FastEngine::new(fast::QNet::new(plan, folded, q, isa)?, options.threads, streaming))
+                // Streaming keeps the expanded rows in u8 (least memory), fast mode as f32.
+                Some(q) if streaming => {
+                    Box::new(fast::FastEngine::new(fast::QNet::<u8>::new(plan, folded, q, isa)?, options.threads, true))
                 }
+                Some(q) => Box::new(fast::FastEngine::new(
+                    fast::QNet::<f32>::new(plan, folded, q, isa)?,
+                    options.threads,
+                    false,
+                )),
                 None => {
                     Box::new(fast::FastEngine::new(fast::F32Net::new(plan, folded, isa)?, options.threads, streaming))
                 }

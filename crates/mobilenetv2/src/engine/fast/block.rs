@@ -26,13 +26,13 @@ impl<T> Copy for Src<'_, T> {}
 
 /// A block's ring of expanded rows and the first row not computed yet; when profiling, the
 /// seconds spent expanding (or in the stem), in the depthwise conv and projecting.
-pub(super) struct Hidden<'a, T> {
-    pub ring: &'a mut [T],
+pub(super) struct Hidden<'a, H> {
+    pub ring: &'a mut [H],
     pub next: usize,
     pub ops: Option<&'a mut [f64; 3]>,
 }
 
-impl<T> Hidden<'_, T> {
+impl<H> Hidden<'_, H> {
     /// Adds the time since `*t` to operation `op` and restarts `t` (profiling only).
     fn lap(&mut self, op: usize, t: &mut Option<Instant>) {
         if let (Some(ops), Some(t0)) = (self.ops.as_deref_mut(), t.as_mut()) {
@@ -56,7 +56,7 @@ pub(super) fn band<N: Net>(
     src: Src<N::T>,
     out: Rows<N::T>,
     oy: Range<usize>,
-    hidden: &mut Hidden<N::T>,
+    hidden: &mut Hidden<N::H>,
     band: &mut [N::T],
     stem: &mut [f32],
 ) {
@@ -96,20 +96,26 @@ pub(super) fn band<N: Net>(
     let band_row = g.w_out * g.hidden;
     let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
     for y in oy0..oy1 {
-        let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| {
+        let row_of = |ky: usize| -> Option<usize> {
             let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
-            if iy < 0 || iy as usize >= g.h_in {
-                return None;
+            (iy >= 0 && (iy as usize) < g.h_in).then_some(iy as usize)
+        };
+        let dst = &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row];
+        match (ring, src) {
+            (Some(ring), _) => {
+                // SAFETY: rows lo..=hi were computed into the ring above.
+                let rows3: [Option<&[N::H]>; 3] =
+                    std::array::from_fn(|ky| row_of(ky).map(|iy| unsafe { ring.rows(iy, iy + 1) }));
+                net.dw_row(k, rows3, dwg, dst);
             }
-            let iy = iy as usize;
-            // SAFETY: rows lo..=hi are present (computed above, or guaranteed by the caller).
-            Some(match (ring, src) {
-                (Some(ring), _) => unsafe { ring.rows(iy, iy + 1) },
-                (None, Src::Rows(input)) => unsafe { input.rows(iy, iy + 1) },
-                (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
-            })
-        });
-        net.dw_row(k, rows3, dwg, &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row]);
+            (None, Src::Rows(input)) => {
+                // SAFETY: the caller guarantees the input rows are present and unwritten.
+                let rows3: [Option<&[N::T]>; 3] =
+                    std::array::from_fn(|ky| row_of(ky).map(|iy| unsafe { input.rows(iy, iy + 1) }));
+                net.dw_row_input(k, rows3, dwg, dst);
+            }
+            (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
+        }
     }
     hidden.lap(1, &mut t);
     // 3. Projection, in runs contiguous in the output (and residual) rows.

@@ -58,6 +58,7 @@ impl F32Net {
 
 impl Net for F32Net {
     type T = f32;
+    type H = f32;
     const POOLS_IN_EPILOGUE: bool = false;
     const DW_STAGING: bool = false;
 
@@ -81,6 +82,10 @@ impl Net for F32Net {
         stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
     }
 
+    fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32], scratch: &mut [f32]) {
+        self.stem_row(img, oy, g, out, scratch)
+    }
+
     fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
         let (w, act) = self.blocks[k].expand.as_ref().expect("block has an expand conv");
         gemm(m, a, lda, w, out, ldc, *act, None);
@@ -89,6 +94,10 @@ impl Net for F32Net {
     fn dw_row(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
         let (w, act) = &self.blocks[k].dw;
         dwconv_row(w, rows, g, *act, out);
+    }
+
+    fn dw_row_input(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
+        self.dw_row(k, rows, g, out)
     }
 
     fn project(

@@ -75,11 +75,15 @@ fn check_structure(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// A network compiled for the fused executor: what each stage computes, in one element type
-/// (f32, or u8 for int8). The executor owns the order, the bands, the buffers and threads.
+/// A network compiled for the fused executor: what each stage computes, on activations of
+/// element `T` (f32, or u8 for int8) and expanded rows of element `H` (the int8 network may
+/// hold its u8 values as f32 there: the depthwise conv reads each value up to nine times).
+/// The executor owns the order, the bands, the buffers and threads.
 pub(crate) trait Net: Send + Sync {
-    /// Activation element.
+    /// Activation element (block inputs and outputs, depthwise outputs).
     type T: Zeroable + Default;
+    /// Element of the expanded rows (the stem's and the expand convs' outputs).
+    type H: Zeroable + Default;
     /// The last conv sums its rows in its epilogue (no scratch for its output rows).
     const POOLS_IN_EPILOGUE: bool;
     /// The depthwise kernel widens its u8 input rows into a per-thread f32 staging area of
@@ -88,11 +92,16 @@ pub(crate) trait Net: Send + Sync {
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out`; `scratch` holds one f32 row.
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::H], scratch: &mut [f32]);
+    /// [`Net::stem_row`] as a materialised activation (the first block has an expand conv).
+    fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
     /// The expand 1x1 conv of block `k` over `m` pixels.
-    fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
-    /// One output row of block `k`'s depthwise conv.
-    fn dw_row(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
+    fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::H], ldc: usize);
+    /// One output row of block `k`'s depthwise conv, from expanded rows.
+    fn dw_row(&self, k: usize, rows: [Option<&[Self::H]>; 3], g: DwRow, out: &mut [Self::T]);
+    /// One output row of block `k`'s depthwise conv from its input rows (a block without an
+    /// expand conv, after the first).
+    fn dw_row_input(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
     /// The projection of block `k` over `m` pixels, with the block input added if `res`.
     #[allow(clippy::too_many_arguments)]
     fn project(
@@ -115,8 +124,8 @@ pub(crate) trait Net: Send + Sync {
 }
 
 /// Per-thread scratch.
-struct Scratch<T: Zeroable> {
-    ring: AlignedVec<T>,
+struct Scratch<T: Zeroable, H: Zeroable> {
+    ring: AlignedVec<H>,
     band: AlignedVec<T>,
     last: AlignedVec,
     stem: AlignedVec,
@@ -124,25 +133,25 @@ struct Scratch<T: Zeroable> {
 }
 
 /// Per chained block (streaming mode): its ring of expanded rows, the ring of its output rows.
-type ChainRings<T> = Vec<(AlignedVec<T>, AlignedVec<T>)>;
+type ChainRings<T, H> = Vec<(AlignedVec<H>, AlignedVec<T>)>;
 
 /// The activation buffers one forward pass writes: views of the ping-pong block outputs (shared
 /// by the threads of a split image) and the chain rings (the first thread's).
-struct Bufs<'a, T: Zeroable> {
+struct Bufs<'a, T: Zeroable, H: Zeroable> {
     x: SharedBuf<T>,
     y: SharedBuf<T>,
-    chain: &'a mut ChainRings<T>,
+    chain: &'a mut ChainRings<T, H>,
 }
 
 /// Buffers of one image in flight: the ping-pong block outputs and the chain rings.
-struct Acts<T: Zeroable> {
+struct Acts<T: Zeroable, H: Zeroable> {
     x: AlignedVec<T>,
     y: AlignedVec<T>,
-    chain: ChainRings<T>,
+    chain: ChainRings<T, H>,
 }
 
-impl<T: Zeroable> Acts<T> {
-    fn new(s: &Schedule) -> Acts<T> {
+impl<T: Zeroable, H: Zeroable> Acts<T, H> {
+    fn new(s: &Schedule) -> Acts<T, H> {
         let chain = (0..s.chain)
             .map(|k| {
                 let (h, o) = s.chain_ring_lens(k);
@@ -196,13 +205,13 @@ pub(crate) struct FastEngine<N: Net> {
     pub net: N,
     streaming: bool,
     pool: Pool,
-    state: Mutex<Option<State<N::T>>>,
+    state: Mutex<Option<State<N::T, N::H>>>,
 }
 
-struct State<T: Zeroable> {
+struct State<T: Zeroable, H: Zeroable> {
     schedule: Schedule,
-    scratch: Vec<Mutex<Scratch<T>>>,
-    acts: Vec<Mutex<Acts<T>>>,
+    scratch: Vec<Mutex<Scratch<T, H>>>,
+    acts: Vec<Mutex<Acts<T, H>>>,
     partial: Mutex<AlignedVec>,
     logits: Mutex<AlignedVec>,
     barrier: SpinBarrier,
@@ -279,7 +288,7 @@ impl<N: Net> FastEngine<N> {
         FastEngine { net, streaming, pool: Pool::new(threads), state: Mutex::new(None) }
     }
 
-    fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {
+    fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T, N::H>>) -> &'a State<N::T, N::H> {
         let fits = matches!(guard, Some(s) if s.schedule.image == plan.input());
         if !fits {
             let schedule = Schedule::new(plan, self.streaming);
@@ -307,12 +316,16 @@ impl<N: Net> FastEngine<N> {
     pub fn activation_bytes(&self, plan: &Plan) -> usize {
         let s = Schedule::new(plan, self.streaming);
         let threads = self.pool.threads();
-        // The last conv band, the stem row, the pooled sums and the depthwise staging are f32
-        // in every network; the rest holds activations.
+        let (t, h) = (size_of::<N::T>(), size_of::<N::H>());
+        let chain_hidden: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).0).sum();
+        let chain_out: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).1).sum();
+        // f32 in every network: the last conv band, the stem row, the pooled sums, the
+        // depthwise staging of u8 rows.
         let last_band = if N::POOLS_IN_EPILOGUE { 0 } else { s.last_band };
         let staging = if N::DW_STAGING { 3 * s.geos.iter().map(|g| g.w_in).max().unwrap_or(0) * 16 } else { 0 };
-        let f32_values = threads * (last_band + s.stem_out.w * s.stem_out.c + s.last_c + staging);
-        size_of::<N::T>() * (s.activation_values(threads) - threads * (s.last_band + s.last_c)) + 4 * f32_values
+        let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c + staging;
+        let per_thread = h * (chain_hidden + s.ring_len) + t * (chain_out + s.band_len) + 4 * f32_values;
+        2 * t * s.act_len + threads * per_thread
     }
 
     /// Logits of `n` images (`n * classes` values). `images` holds `n` images of
@@ -367,7 +380,7 @@ impl<N: Net> FastEngine<N> {
                 // Each thread streams its own share of the chained blocks, in its own rings.
                 let mut own = if tid == 0 { None } else { Some(st.acts[tid].lock().unwrap()) };
                 let mut first = if tid == 0 { Some(chain0.lock().unwrap()) } else { None };
-                let chain: &mut ChainRings<N::T> = match (own.as_deref_mut(), first.as_deref_mut()) {
+                let chain: &mut ChainRings<N::T, N::H> = match (own.as_deref_mut(), first.as_deref_mut()) {
                     (Some(a), _) => &mut a.chain,
                     (None, Some(c)) => c,
                     (None, None) => unreachable!("thread 0 has the first rings"),
@@ -409,8 +422,8 @@ impl<N: Net> FastEngine<N> {
         &self,
         sch: &Schedule,
         img: Image,
-        bufs: Bufs<N::T>,
-        sc: &mut Scratch<N::T>,
+        bufs: Bufs<N::T, N::H>,
+        sc: &mut Scratch<N::T, N::H>,
         sp: &Split,
         out: &mut [f32],
         mut timer: Timer,
@@ -425,7 +438,7 @@ impl<N: Net> FastEngine<N> {
             // SAFETY: threads write disjoint rows; the barrier orders them before the reads.
             let dst = unsafe { y.slice_mut(rows.start * len..rows.end * len) };
             for (i, oy) in rows.enumerate() {
-                net.stem_row(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
+                net.stem_row_act(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
             }
             sp.barrier.wait();
             std::mem::swap(&mut x, &mut y);
@@ -531,7 +544,7 @@ impl<N: Net> FastEngine<N> {
     }
 
     /// Last 1x1 convolution over input rows `rows`, summed into `sc.pooled` band by band.
-    fn last_rows(&self, sch: &Schedule, input: &[N::T], rows: Range<usize>, sc: &mut Scratch<N::T>) {
+    fn last_rows(&self, sch: &Schedule, input: &[N::T], rows: Range<usize>, sc: &mut Scratch<N::T, N::H>) {
         let s = sch.last_in;
         let band = if N::POOLS_IN_EPILOGUE { rows.len().max(1) } else { (sc.last.len() / (s.w * sch.last_c)).max(1) };
         let mut r0 = rows.start;
@@ -550,7 +563,7 @@ struct Chain<'a, 'p, N: Net> {
     sch: &'a Schedule,
     /// Input of the first chained block.
     src: Src<'a, N::T>,
-    acts: &'a mut ChainRings<N::T>,
+    acts: &'a mut ChainRings<N::T, N::H>,
     band: &'a mut [N::T],
     stem: &'a mut [f32],
     next_out: Vec<usize>,

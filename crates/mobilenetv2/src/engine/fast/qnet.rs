@@ -6,10 +6,15 @@
 //! quantised once more for the int8 classifier, whose logits come out in f32. The stem and
 //! depthwise convs multiply in f32, with their weights on the int8 grid the file stores.
 
-use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
+use std::marker::PhantomData;
+
+use mnv2_kernels::aligned::Zeroable;
+use mnv2_kernels::dwconv::{dwconv_row_f32_u8, dwconv_row_u8, DwRow, PackedDw};
 use std::ops::Range;
 
-use mnv2_kernels::qgemm::{qgemm, qgemm_panels, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
+use mnv2_kernels::qgemm::{
+    qgemm, qgemm_panels, quantize_row, quantize_row_grid, quantize_weights, PackedQGemm, QOut, QParams, QResidual,
+};
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
@@ -18,6 +23,43 @@ use crate::engine::fold::FoldedLayers;
 use crate::error::{Error, Result};
 use crate::plan::{Activation, ConvKind, Plan};
 use crate::quant::QuantSpec;
+
+/// How the int8 network holds its expanded rows: u8 (least memory: streaming mode), or the
+/// same u8 values as f32 (fast mode: the depthwise conv reads each value up to nine times and
+/// would otherwise widen it every time). Both give the same bytes downstream.
+pub(crate) trait RingElem: Zeroable + Default {
+    /// The depthwise kernel stages u8 rows into f32 itself.
+    const STAGED: bool;
+    fn stem(row: &[f32], out: &mut [Self], q: QParams);
+    fn qout(c: &mut [Self], ldc: usize, q: QParams) -> QOut<'_>;
+    fn dw(w: &PackedDw, rows: [Option<&[Self]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams);
+}
+
+impl RingElem for u8 {
+    const STAGED: bool = true;
+    fn stem(row: &[f32], out: &mut [u8], q: QParams) {
+        quantize_row(row, out, q);
+    }
+    fn qout(c: &mut [u8], ldc: usize, q: QParams) -> QOut<'_> {
+        QOut::U8 { c, ldc, q }
+    }
+    fn dw(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams) {
+        dwconv_row_u8(w, rows, g, act, out, q);
+    }
+}
+
+impl RingElem for f32 {
+    const STAGED: bool = false;
+    fn stem(row: &[f32], out: &mut [f32], q: QParams) {
+        quantize_row_grid(row, out, q);
+    }
+    fn qout(c: &mut [f32], ldc: usize, q: QParams) -> QOut<'_> {
+        QOut::GridF32 { c, ldc, q }
+    }
+    fn dw(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams) {
+        dwconv_row_f32_u8(w, rows, g, act, out, q);
+    }
+}
 
 /// Weights `[k][n]` rounded to the int8 grid of their output channel (`q * scale`).
 fn int8_grid(w: &[f32], k: usize, n: usize) -> Vec<f32> {
@@ -37,7 +79,8 @@ struct Block {
     output: QParams,
 }
 
-pub(crate) struct QNet {
+pub(crate) struct QNet<H> {
+    ring: PhantomData<H>,
     isa: Isa,
     stem: (PackedStem, MinMax),
     /// The stem's output quantisation (the first block's expanded rows).
@@ -48,9 +91,9 @@ pub(crate) struct QNet {
     classifier: PackedQGemm,
 }
 
-impl QNet {
+impl<H: RingElem> QNet<H> {
     /// Quantises and packs the folded weights of `plan`'s layers (taking them out of `folded`).
-    pub fn new(plan: &Plan, folded: &mut FoldedLayers, spec: &QuantSpec, isa: Isa) -> Result<QNet> {
+    pub fn new(plan: &Plan, folded: &mut FoldedLayers, spec: &QuantSpec, isa: Isa) -> Result<QNet<H>> {
         check_structure(plan)?;
         let unsupported = |what: &str| Err(Error::Unsupported(format!("the int8 engine does not run {what}")));
         let layers = &plan.layers;
@@ -104,14 +147,15 @@ impl QNet {
         let pooled: QParams = spec.pooled.into();
         let (c_in, c_out) = (layers[n - 1].input.c, layers[n - 1].output.c);
         let classifier = PackedQGemm::new(isa, &cls.weights, c_in, c_out, &cls.bias, pooled);
-        Ok(QNet { isa: last.0.isa, stem, stem_q, blocks, last, pooled, classifier })
+        Ok(QNet { ring: PhantomData, isa: last.0.isa, stem, stem_q, blocks, last, pooled, classifier })
     }
 }
 
-impl Net for QNet {
+impl<H: RingElem> Net for QNet<H> {
     type T = u8;
+    type H = H;
     const POOLS_IN_EPILOGUE: bool = true;
-    const DW_STAGING: bool = true;
+    const DW_STAGING: bool = H::STAGED;
 
     fn isa(&self) -> Isa {
         self.isa
@@ -129,21 +173,31 @@ impl Net for QNet {
         v
     }
 
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [H], scratch: &mut [f32]) {
+        let row = &mut scratch[..out.len()];
+        stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
+        H::stem(row, out, self.stem_q);
+    }
+
+    fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
         let row = &mut scratch[..out.len()];
         stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
         quantize_row(row, out, self.stem_q);
     }
 
-    fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
+    fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [H], ldc: usize) {
         let b = &self.blocks[k];
         let w = b.expand.as_ref().expect("block has an expand conv");
-        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
+        qgemm(m, a, lda, w, H::qout(out, ldc, b.hidden), MinMax::RELU6, None);
     }
 
-    fn dw_row(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
+    fn dw_row(&self, k: usize, rows: [Option<&[H]>; 3], g: DwRow, out: &mut [u8]) {
         let b = &self.blocks[k];
-        dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
+        H::dw(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
+    }
+
+    fn dw_row_input(&self, _: usize, _: [Option<&[u8]>; 3], _: DwRow, _: &mut [u8]) {
+        unreachable!("QNet::new refuses blocks that read their input in the depthwise conv")
     }
 
     fn project(
