@@ -87,8 +87,9 @@ pub(crate) trait Net: Send + Sync {
     /// The last conv sums its rows in its epilogue (no scratch for its output rows).
     const POOLS_IN_EPILOGUE: bool;
     /// The depthwise kernel widens its u8 input rows into a per-thread f32 staging area of
-    /// 3 rows x 16 channels.
+    /// 3 rows x 16 channels (for rows of `H`, and for rows of `T` in [`Net::dw_row_input`]).
     const DW_STAGING: bool;
+    const DW_INPUT_STAGING: bool;
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out`; `scratch` holds one f32 row.
@@ -100,7 +101,7 @@ pub(crate) trait Net: Send + Sync {
     /// One output row of block `k`'s depthwise conv, from expanded rows.
     fn dw_row(&self, k: usize, rows: [Option<&[Self::H]>; 3], g: DwRow, out: &mut [Self::T]);
     /// One output row of block `k`'s depthwise conv from its input rows (a block without an
-    /// expand conv, after the first).
+    /// expand conv that the stem does not feed directly).
     fn dw_row_input(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
     /// The projection of block `k` over `m` pixels, with the block input added if `res`.
     #[allow(clippy::too_many_arguments)]
@@ -322,7 +323,8 @@ impl<N: Net> FastEngine<N> {
         // f32 in every network: the last conv band, the stem row, the pooled sums, the
         // depthwise staging of u8 rows.
         let last_band = if N::POOLS_IN_EPILOGUE { 0 } else { s.last_band };
-        let staging = if N::DW_STAGING { 3 * s.geos.iter().map(|g| g.w_in).max().unwrap_or(0) * 16 } else { 0 };
+        let stages = N::DW_STAGING || (N::DW_INPUT_STAGING && !s.stem_fused);
+        let staging = if stages { 3 * s.geos.iter().map(|g| g.w_in).max().unwrap_or(0) * 16 } else { 0 };
         let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c + staging;
         let per_thread = h * (chain_hidden + s.ring_len) + t * (chain_out + s.band_len) + 4 * f32_values;
         2 * t * s.act_len + threads * per_thread

@@ -156,6 +156,7 @@ impl<H: RingElem> Net for QNet<H> {
     type H = H;
     const POOLS_IN_EPILOGUE: bool = true;
     const DW_STAGING: bool = H::STAGED;
+    const DW_INPUT_STAGING: bool = true;
 
     fn isa(&self) -> Isa {
         self.isa
@@ -196,8 +197,11 @@ impl<H: RingElem> Net for QNet<H> {
         H::dw(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
     }
 
-    fn dw_row_input(&self, _: usize, _: [Option<&[u8]>; 3], _: DwRow, _: &mut [u8]) {
-        unreachable!("QNet::new refuses blocks that read their input in the depthwise conv")
+    /// Only the first block when the stem is not fused into it (its output feeds a residual):
+    /// `QNet::new` refuses later blocks without an expand conv.
+    fn dw_row_input(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
+        let b = &self.blocks[k];
+        dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
     }
 
     fn project(
