@@ -24,9 +24,9 @@ enum Command {
     Init(cmd::init::Args),
     /// Run a raw NCHW float32 .npy batch through the network and write the logits as .npy
     Run(cmd::run::Args),
-    /// Convert weights (.pth, .pt, .safetensors) to the project's safetensors format
+    /// Convert weights (.pth, .pt, .safetensors, .onnx, .h5, .keras, .tflite) to the project's safetensors format
     Convert(cmd::convert::Args),
-    /// Export weights for other engines: ONNX (fp32, BatchNorm folded)
+    /// Export weights for other engines: ONNX (fp32 with BatchNorm folded, or int8 as a QDQ graph)
     Export(cmd::export::Args),
     /// Time inference: median and p90 latency, images/s, peak RSS, activation memory
     Bench(cmd::bench::Args),

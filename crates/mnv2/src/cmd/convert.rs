@@ -6,9 +6,11 @@ use mobilenetv2::Model;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input weights (.pth, .pt, .safetensors, .onnx)
+    /// Input weights: PyTorch (.pth, .pt), safetensors, ONNX (.onnx, fp32 or int8 QDQ), Keras
+    /// (.h5, .keras, .weights.h5) or TFLite (.tflite, fp32 or full-integer int8)
     input: PathBuf,
-    /// Output file (.safetensors with torchvision names and mnv2 metadata)
+    /// Output file (.safetensors with torchvision names and mnv2 metadata; int8 models keep
+    /// their int8 weights and activation quantisation)
     output: PathBuf,
     /// Storage of float tensors: f32, or f16 (half the size, widened back at load)
     #[arg(long, default_value = "f32")]
@@ -21,7 +23,14 @@ pub fn main(a: Args) -> Result<()> {
         "f16" => FloatStore::F16,
         o => bail!("--dtype `{o}`: expected f32 or f16"),
     };
-    let model = Model::load(&a.input)?;
+    let file = mobilenetv2::weights::load(&a.input)?;
+    // What an imported int8 model does not carry over exactly (see docs/bring-your-own-weights.md).
+    if let Some(notes) = file.metadata.get("import_notes") {
+        for n in serde_json::from_str::<Vec<String>>(notes).unwrap_or_default() {
+            eprintln!("note: {n}");
+        }
+    }
+    let model = Model::from_file(file)?;
     model.save_as(&a.output, store).with_context(|| format!("writing {}", a.output.display()))?;
     let s = model.spec();
     eprintln!(

@@ -1,4 +1,5 @@
-//! `mnv2 export`: weights to a format other engines run (ONNX for now).
+//! `mnv2 export`: weights to a format other engines run (ONNX for now; an int8 model as a QDQ
+//! graph).
 
 use std::path::PathBuf;
 
@@ -20,7 +21,7 @@ pub struct Args {
     /// A symbolic batch dimension instead of batch 1
     #[arg(long)]
     dynamic_batch: bool,
-    /// ONNX opset (11 to 21)
+    /// ONNX opset (11 to 21; 13 or later for an int8 model, whose QDQ graph needs per-channel DequantizeLinear)
     #[arg(long, default_value_t = onnx::DEFAULT_OPSET)]
     opset: i64,
     /// Input resolution, N or HxW (default: the one the weights were made for)
@@ -41,10 +42,11 @@ pub fn main(a: Args) -> Result<()> {
     onnx::write(&model, &a.out, opts).with_context(|| format!("writing {}", a.out.display()))?;
     let s = model.spec();
     eprintln!(
-        "{} -> {}: ONNX opset {}, input {}x3x{}x{}, {} classes",
+        "{} -> {}: ONNX opset {}{}, input {}x3x{}x{}, {} classes",
         a.weights.display(),
         a.out.display(),
         a.opset,
+        if model.quant.is_some() { " (int8 QDQ)" } else { "" },
         if a.dynamic_batch { "N" } else { "1" },
         s.height,
         s.width_px,

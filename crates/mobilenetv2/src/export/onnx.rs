@@ -49,7 +49,7 @@ fn ir_version(opset: i64) -> i64 {
     }
 }
 
-fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+pub(super) fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -59,7 +59,7 @@ fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     }
 }
 
-fn ints(name: &str, v: &[usize]) -> AttributeProto {
+pub(super) fn ints(name: &str, v: &[usize]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),
@@ -68,7 +68,7 @@ fn ints(name: &str, v: &[usize]) -> AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Int as i32),
@@ -77,7 +77,7 @@ fn int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+pub(super) fn node(op: &str, name: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         name: Some(name.into()),
@@ -113,16 +113,8 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
     }
 }
 
-/// The model as an ONNX `ModelProto`.
-pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
-    if !OPSETS.contains(&opts.opset) {
-        return Err(Error::Input(format!(
-            "ONNX opset {} is not supported for export ({}..={})",
-            opts.opset,
-            OPSETS.start(),
-            OPSETS.end()
-        )));
-    }
+/// The fp32 graph: nodes, initializers and the output's name.
+fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
     let plan = &model.plan;
     let mut nodes = Vec::new();
     let mut inits = vec![tensor("relu6_min", &[], &[0.0]), tensor("relu6_max", &[], &[6.0])];
@@ -187,15 +179,39 @@ pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
             }
         }
     }
+    (nodes, inits, cur)
+}
+
+/// The model as an ONNX `ModelProto`: fp32, or a QDQ graph for an int8 model (see [`super::qdq`]).
+pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
+    if !OPSETS.contains(&opts.opset) {
+        return Err(Error::Input(format!(
+            "ONNX opset {} is not supported for export ({}..={})",
+            opts.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        )));
+    }
+    let (nodes, inits, cur) = match &model.quant {
+        None => fp32_graph(model),
+        Some(q) => super::qdq::graph(model, q, opts.opset)?,
+    };
+    let plan = &model.plan;
     let batch = if opts.dynamic_batch { None } else { Some(1) };
     let inp = plan.input();
     let meta = model.metadata();
-    let metadata_props = ["spec", "preprocess", "labels"]
+    let mut metadata_props: Vec<StringStringEntryProto> = ["spec", "preprocess", "labels"]
         .iter()
         .filter_map(|k| {
             meta.get(*k).map(|v| StringStringEntryProto { key: Some(format!("mnv2.{k}")), value: Some(v.clone()) })
         })
         .collect();
+    if let Some(q) = &model.quant {
+        metadata_props.push(StringStringEntryProto {
+            key: Some("mnv2.quantization".into()),
+            value: Some(serde_json::to_string(q).expect("the quantisation serialises")),
+        });
+    }
     Ok(ModelProto {
         ir_version: Some(ir_version(opts.opset)),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opts.opset) }],

@@ -13,7 +13,8 @@ use super::names::expected;
 use super::Tensor;
 use crate::error::{Error, Result};
 use crate::model::Preprocess;
-use crate::plan::{Activation, Op, Plan};
+use crate::plan::{Activation, Op, Plan, Role};
+use crate::quant::{ActQuant, BlockQuant, Method, QuantSpec};
 use crate::spec::{BottleneckActivation, Padding, Shortcut, Spec};
 
 /// A value (tensor) of the foreign graph, numbered by the importer.
@@ -62,6 +63,55 @@ pub(crate) struct Unit {
     pub relu6: bool,
     /// The other input of a residual Add after the unit, and the Add node.
     pub residual: Option<(ValueId, String)>,
+    /// What a quantised graph says about the unit (empty for a float graph).
+    pub q: UnitQ,
+}
+
+/// An activation's quantisation as a file states it, in the int8 engine's terms: u8 affine,
+/// `real = scale * (q - zero)` (an int8 tensor maps onto u8 by adding 128 to its zero point:
+/// the same real values, rounding and saturation).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ActQ {
+    pub scale: f32,
+    pub zero: i32,
+    /// The node or tensor that quantises, for messages.
+    pub at: String,
+}
+
+impl ActQ {
+    /// Whether ReLU6 before this quantisation changes nothing (zero point 0, so it clamps at
+    /// 0, and its largest value within half a step of 6 or below): the ReLU6 is folded in.
+    pub fn implies_relu6(&self) -> bool {
+        crate::export::relu6_implied(crate::quant::ActQuant { scale: self.scale, zero: self.zero })
+    }
+
+    fn describe(&self) -> String {
+        format!("scale {}, zero point {} (at {})", self.scale, self.zero, self.at)
+    }
+}
+
+/// What a quantised graph says about one unit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct UnitQ {
+    /// A quantisation straight after the convolution, before any activation or residual add.
+    pub conv: Option<ActQ>,
+    /// The quantisation of the unit's output (after its activation and residual add).
+    pub output: Option<ActQ>,
+    /// The weights' integers (OIHW) when the file holds them as symmetric int8.
+    pub weights: Option<Vec<i64>>,
+}
+
+/// What a quantised graph says about the rest of the network.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct NetQ {
+    pub input: Option<ActQ>,
+    /// The pooled features' quantisations, in graph order (after pooling, after flattening).
+    pub pooled: Vec<ActQ>,
+    pub logits: Option<ActQ>,
+    /// The classifier's weight integers (`[classes, channels]`) when symmetric int8.
+    pub head_weights: Option<Vec<i64>>,
+    /// Tensors the importer saw quantised in a way the int8 engine cannot hold (e.g. int16).
+    pub unsupported: Option<String>,
 }
 
 /// Global average pooling and the fully connected layer.
@@ -90,6 +140,15 @@ pub(crate) struct Network {
     pub head: Head,
     /// Output value of each unit (after its activation and residual add).
     pub outputs: Vec<ValueId>,
+    /// Quantisation beyond the units (empty for a float graph).
+    pub quant: NetQ,
+}
+
+impl Network {
+    /// Whether the graph quantises any activation (not only its weights).
+    pub fn quantizes_activations(&self) -> bool {
+        self.units.iter().any(|u| u.q.conv.is_some() || u.q.output.is_some()) || !self.quant.pooled.is_empty()
+    }
 }
 
 /// What an importer knows about its format's conventions.
@@ -173,11 +232,19 @@ fn check(path: &Path, net: &Network, plan: &Plan) -> std::result::Result<(), (us
                 layer.input.h, layer.input.w
             ));
         }
-        if unit.relu6 != (c.activation == Activation::Relu6) {
+        // A quantisation that clamps to [0, 6] right after the convolution is a folded ReLU6.
+        let folded = c.activation == Activation::Relu6 && unit.q.conv.as_ref().is_some_and(ActQ::implies_relu6);
+        if unit.relu6 != (c.activation == Activation::Relu6) && !folded {
             return bad(if unit.relu6 {
                 "it is followed by ReLU6 where the network has none".into()
             } else {
-                "it is not followed by ReLU6 (Clip 0..6)".into()
+                match &unit.q.conv {
+                    Some(q) => format!(
+                        "it is not followed by ReLU6 (Clip 0..6), nor quantised to a range within [0, 6] ({})",
+                        q.describe()
+                    ),
+                    None => "it is not followed by ReLU6 (Clip 0..6)".into(),
+                }
             });
         }
         let want_input = if i == 0 { net.input } else { net.outputs[i - 1] };
@@ -396,4 +463,197 @@ pub(crate) fn metadata(spec: &Spec, preprocess: &Preprocess, source: &str) -> BT
     m.insert("preprocess".into(), serde_json::to_string(preprocess).expect("preprocess serialises"));
     m.insert("imported_from".into(), source.into());
     m
+}
+
+/// A quantised network mapped onto the int8 engine: the tensors of the project's int8 format
+/// (see [`crate::quant`]), the activation quantisation, and what of the file the mapping does
+/// not represent exactly.
+pub(crate) struct Int8Import {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub quant: QuantSpec,
+    pub notes: Vec<String>,
+}
+
+fn not_int8(path: &Path, detail: String) -> Error {
+    Error::Unsupported(format!("{}: {detail}", path.display()))
+}
+
+/// Maps a fitted quantised network (its float `tensors` from [`fit`]) onto the int8 engine's
+/// scheme: u8 activations with the file's scales and zero points (ReLU6 outputs with zero point
+/// 0), int8 weights per output channel. `None` when the graph quantises no activation (only its
+/// weights): it then runs in float. Refuses a graph that quantises only some activations, or
+/// one whose quantisation the scheme cannot hold.
+pub(crate) fn int8(
+    path: &Path,
+    spec: &Spec,
+    net: &Network,
+    tensors: &BTreeMap<String, Tensor>,
+    hint: Option<&QuantSpec>,
+) -> Result<Option<Int8Import>> {
+    if !net.quantizes_activations() {
+        return Ok(None);
+    }
+    if let Some(what) = &net.quant.unsupported {
+        return Err(not_int8(path, format!("{what}: mnv2's int8 engine holds u8 (or int8) activations")));
+    }
+    let plan = Plan::new(spec)?;
+    let convs: Vec<usize> = (0..plan.layers.len()).filter(|&i| plan.layers[i].conv().is_some()).collect();
+    let mut notes = Vec::new();
+    let need = |u: &Unit| -> Result<ActQ> {
+        u.q.output.clone().ok_or_else(|| {
+            not_int8(
+                path,
+                format!(
+                    "the output of {} is not quantised, while other activations are: a partially quantised graph (mnv2 runs graphs whose activations are all quantised on its int8 engine, and float graphs)",
+                    u.node
+                ),
+            )
+        })
+    };
+    let act = |q: &ActQ| ActQuant { scale: q.scale, zero: q.zero };
+    // ReLU6 outputs: zero point 0 in the engine's scheme.
+    let mut shifted = Vec::new();
+    let relu6 = |u: &Unit, layer: &str, shifted: &mut Vec<String>| -> Result<ActQuant> {
+        let q = need(u)?;
+        let top = (255 - q.zero) as f64 * q.scale as f64;
+        if q.zero == 0 {
+            Ok(act(&q))
+        } else if top >= 6.0 - 0.5 * q.scale as f64 {
+            // [0, 6] holds the same values on (scale, 0): the codes below the zero point go unused.
+            shifted.push(format!("{layer} (zero point {})", q.zero));
+            Ok(ActQuant { scale: q.scale, zero: 0 })
+        } else {
+            Err(not_int8(
+                path,
+                format!(
+                    "{}: its ReLU6 output is quantised with {}, which clips at {top} (below 6) and keeps codes for negative values; mnv2's int8 engine quantises ReLU6 outputs with zero point 0 (the range [0, 255 * scale]) and cannot represent it",
+                    u.node,
+                    q.describe()
+                ),
+            ))
+        }
+    };
+    let empty = BlockQuant {
+        hidden: ActQuant { scale: 1.0, zero: 0 },
+        dw: ActQuant { scale: 1.0, zero: 0 },
+        output: ActQuant { scale: 1.0, zero: 0 },
+    };
+    let mut blocks = vec![empty; plan.blocks.len()];
+    let mut stem = None;
+    let mut pre_add = Vec::new();
+    for (i, &li) in convs.iter().enumerate() {
+        let u = &net.units[i];
+        let layer = &plan.layers[li];
+        let k = plan.blocks.iter().position(|b| b.expand == Some(li) || b.depthwise == li || b.project == li);
+        match (layer.role, k) {
+            (Role::Stem, _) => stem = Some(relu6(u, &layer.name, &mut shifted)?),
+            (Role::Expand, Some(k)) => blocks[k].hidden = relu6(u, &layer.name, &mut shifted)?,
+            (Role::Depthwise, Some(k)) => blocks[k].dw = relu6(u, &layer.name, &mut shifted)?,
+            (Role::Project, Some(k)) => {
+                blocks[k].output = act(&need(u)?);
+                if u.q.conv.is_some() && u.residual.is_some() {
+                    pre_add.push(layer.name.as_str());
+                }
+            }
+            (Role::LastConv, _) => {
+                if let Some(q) = u.q.output.as_ref().or(u.q.conv.as_ref()) {
+                    let top = (255 - q.zero) as f32 * q.scale;
+                    notes.push(format!(
+                        "the last convolution's output quantisation (scale {}, zero point {}{}) is not applied: the engine pools its ReLU6 outputs in float",
+                        q.scale,
+                        q.zero,
+                        if top < 6.0 { format!(", which also clips them at {top}") } else { String::new() }
+                    ));
+                }
+            }
+            _ => unreachable!("the plan's convolutions are stem, expand, depthwise, project and last"),
+        }
+    }
+    if !shifted.is_empty() {
+        notes.push(format!(
+            "ReLU6 outputs quantised with a non-zero zero point are mapped to zero point 0 with the same scale (the same values in [0, 6]): {}",
+            shifted.join(", ")
+        ));
+    }
+    if !pre_add.is_empty() {
+        notes.push(format!(
+            "the projection's own quantisation before the residual add is not applied (the engine adds the block input to the real-valued projection and quantises the sum once) in {} blocks: {}",
+            pre_add.len(),
+            pre_add.join(", ")
+        ));
+    }
+    let stem = stem.expect("a plan starts with the stem");
+    let mut prev = stem;
+    for (b, bq) in plan.blocks.iter().zip(blocks.iter_mut()) {
+        match b.expand {
+            // The engine holds one quantisation for the stem's output and a first expand's.
+            Some(_) if b.index == 1 && bq.hidden != stem => {
+                return Err(not_int8(
+                    path,
+                    "a first block with an expand convolution whose output is quantised unlike the stem's".into(),
+                ))
+            }
+            Some(_) => {}
+            None => bq.hidden = prev,
+        }
+        prev = bq.output;
+    }
+    let pooled = net.quant.pooled.last().ok_or_else(|| {
+        not_int8(path, format!("the pooled features ({}) are not quantised, while the convolutions are", net.head.node))
+    })?;
+    if net.quant.pooled.iter().any(|q| (q.scale, q.zero) != (pooled.scale, pooled.zero)) {
+        notes.push(format!(
+            "the pooled features are quantised twice ({}); the engine quantises them once, with the last",
+            net.quant.pooled.iter().map(ActQ::describe).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    if let Some(q) = &net.quant.input {
+        notes.push(format!(
+            "the input's quantisation (scale {}, zero point {}) is not applied: the engine runs the stem on the float image",
+            q.scale, q.zero
+        ));
+    }
+    if let Some(q) = &net.quant.logits {
+        notes.push(format!(
+            "the logits' quantisation (scale {}, zero point {}) is not applied: the engine's logits are float",
+            q.scale, q.zero
+        ));
+    }
+    let quant = QuantSpec {
+        scheme: "int8".into(),
+        method: hint.map_or(Method::Imported, |h| h.method),
+        images: hint.map_or(0, |h| h.images),
+        blocks,
+        pooled: act(pooled),
+    };
+    // The int8 tensors exactly as the engine quantises the weights (per output channel,
+    // symmetric): the file's own integers when they are on such a grid.
+    let mut model = crate::model::Model::from_file(super::TensorFile {
+        path: path.into(),
+        tensors: tensors.clone(),
+        metadata: metadata(spec, &Preprocess::imagenet(224), "int8 import"),
+    })?;
+    model.quant = Some(quant.clone());
+    let int8 = crate::quant::quantized_tensors(&model);
+    let heads = [(plan.layers.len() - 1, net.quant.head_weights.as_ref())];
+    let units = convs.iter().zip(&net.units).map(|(&li, u)| (li, u.q.weights.as_ref()));
+    let mut requantised = Vec::new();
+    for (li, file_ints) in units.chain(heads) {
+        let name = &plan.layers[li].name;
+        let same = match (&int8[&format!("{name}.weight")].data, file_ints) {
+            (super::Data::I8(q), Some(f)) => q.len() == f.len() && q.iter().zip(f).all(|(&a, &b)| a as i64 == b),
+            _ => false,
+        };
+        if !same {
+            requantised.push(name.as_str());
+        }
+    }
+    if !requantised.is_empty() {
+        let n = convs.len() + 1;
+        notes.push(format!(
+            "the weights of {} are requantised to symmetric int8 per output channel, as the engine runs them (the file's are not on such a grid: per tensor, asymmetric, not int8, or with BatchNorm to fold)",
+            if requantised.len() == n { format!("all {n} layers") } else { format!("{} of {n} layers: {}", requantised.len(), requantised.join(", ")) }
+        ));
+    }
+    Ok(Some(Int8Import { tensors: int8, quant, notes }))
 }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::graph::{self, ConvPad, FitOptions, Head, Network, Unit};
+use super::graph::{self, ActQ, ConvPad, FitOptions, Head, NetQ, Network, Unit, UnitQ};
 use super::{f16_to_f32, TensorFile};
 use crate::error::{Error, Result};
 use crate::model::Preprocess;
@@ -168,13 +168,35 @@ fn op_name(code: i32) -> String {
     }
 }
 
-/// A tensor of the subgraph: shape, name, constant values (dequantized) if it has data.
+/// A tensor of the subgraph: shape, name, constant values (dequantized) if it has data, and
+/// its quantisation.
 struct Tens {
     shape: Vec<usize>,
     name: String,
     data: Option<Vec<f32>>,
     quantized: bool,
+    /// Element type (schema.fbs `TensorType`).
+    ty: u8,
+    /// Per-tensor (one value) or per-channel scales and zero points.
+    scale: Vec<f32>,
+    zero: Vec<i64>,
+    /// The integers of a quantised constant.
+    ints: Option<Vec<i64>>,
 }
+
+impl Tens {
+    /// The quantisation of an activation tensor in the int8 engine's terms (u8; int8 tensors
+    /// map by adding 128 to the zero point).
+    fn act_q(&self, at: &str) -> Option<ActQ> {
+        let (&scale, zero) = (self.scale.first()?, self.zero.first().copied().unwrap_or(0));
+        let zero = zero + if self.ty == INT8 { 128 } else { 0 };
+        Some(ActQ { scale, zero: zero as i32, at: format!("{at} `{}`", self.name) })
+    }
+}
+
+// Tensor types (schema.fbs `TensorType`).
+const UINT8: u8 = 3;
+const INT8: u8 = 9;
 
 fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
     let shape: Vec<usize> = t
@@ -207,7 +229,7 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
     };
     let quantized = !scale.is_empty();
     if raw.is_empty() {
-        return Ok(Tens { shape, name, data: None, quantized });
+        return Ok(Tens { shape, name, data: None, quantized, ty, scale, zero, ints: None });
     }
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("implausible shape")?;
     let size = match ty {
@@ -251,7 +273,8 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
         }
         _ => ints.iter().map(|&v| v as f32).collect(),
     };
-    Ok(Tens { shape, name, data: Some(values), quantized })
+    let ints = (quantized && !ints.is_empty()).then_some(ints);
+    Ok(Tens { shape, name, data: Some(values), quantized, ty, scale, zero, ints })
 }
 
 /// The classifier: operator, `[out, in]`, weights, bias.
@@ -334,6 +357,10 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
     let mut vals: HashMap<i32, Val> = HashMap::new();
     vals.insert(input, Val::Input);
     let mut units: Vec<Unit> = Vec::new();
+    let mut netq = NetQ::default();
+    if it.ty == INT8 || it.ty == UINT8 {
+        netq.input = it.act_q("input");
+    }
     let mut pool: Option<(usize, String)> = None;
     let mut fc: Option<Fc> = None;
     for (k, op) in sg.tables(3)?.iter().enumerate() {
@@ -367,7 +394,20 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
             }
         };
         let v = match code {
-            QUANTIZE | DEQUANTIZE => val(0)?,
+            QUANTIZE | DEQUANTIZE => {
+                let v = val(0)?;
+                if code == QUANTIZE {
+                    // The float image quantised, or an activation requantised.
+                    let q = tens(out)?.act_q(&label);
+                    match v {
+                        Val::Input => netq.input = q,
+                        Val::Unit(u) => units[u].q.output = q,
+                        Val::Pooled | Val::Flat => netq.pooled.extend(q),
+                        _ => {}
+                    }
+                }
+                v
+            }
             CONV_2D | DEPTHWISE_CONV_2D => {
                 let dw = code == DEPTHWISE_CONV_2D;
                 let (x, extra) = match val(0)? {
@@ -420,6 +460,37 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                         }
                     }
                 }
+                // The integers of symmetric int8 weights, per output channel or per tensor.
+                let per_channel = wt.scale.len() == cout && wt.scale.len() > 1;
+                let weights = match &wt.ints {
+                    Some(q)
+                        if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && (per_channel || wt.scale.len() == 1) =>
+                    {
+                        let mut v = vec![0i64; q.len()];
+                        for oc in 0..cout {
+                            for ic in 0..cin {
+                                for y in 0..kh {
+                                    for xk in 0..kw {
+                                        let src = if dw {
+                                            (y * kw + xk) * c + oc
+                                        } else {
+                                            ((oc * kh + y) * kw + xk) * c + ic
+                                        };
+                                        v[((oc * cin + ic) * kh + y) * kw + xk] = q[src];
+                                    }
+                                }
+                            }
+                        }
+                        Some(v)
+                    }
+                    _ => None,
+                };
+                let oq = tens(out)?.act_q(&label);
+                let q = if relu6 {
+                    UnitQ { output: oq, weights, ..UnitQ::default() }
+                } else {
+                    UnitQ { conv: oq.clone(), output: oq, weights }
+                };
                 units.push(Unit {
                     node: label.clone(),
                     input: x,
@@ -433,6 +504,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                     groups,
                     relu6,
                     residual: None,
+                    q,
                 });
                 Val::Unit(units.len() - 1)
             }
@@ -452,6 +524,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
             RELU6 => match val(0)? {
                 Val::Unit(u) if !units[u].relu6 && units[u].residual.is_none() => {
                     units[u].relu6 = true;
+                    units[u].q.output = tens(out)?.act_q(&label);
                     Val::Unit(u)
                 }
                 _ => return Err(misfit("a ReLU6 in a place a MobileNetV2 has none".into())),
@@ -466,6 +539,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                         return Err(misfit("a ReLU6 after a residual Add".into()));
                     }
                     units[u].residual = Some((other + 1, label.clone()));
+                    units[u].q.output = tens(out)?.act_q(&label);
                     Val::Unit(u)
                 }
                 _ => return Err(misfit("an ADD that is not a residual".into())),
@@ -487,10 +561,14 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                     return Err(misfit("a second pooling".into()));
                 }
                 pool = Some((u + 1, label.clone()));
+                netq.pooled.extend(tens(out)?.act_q(&label));
                 Val::Pooled
             }
             RESHAPE | SQUEEZE => match val(0)? {
-                Val::Pooled | Val::Flat => Val::Flat,
+                Val::Pooled | Val::Flat => {
+                    netq.pooled.extend(tens(out)?.act_q(&label));
+                    Val::Flat
+                }
                 _ => return Err(misfit("it does not flatten the pooled features".into())),
             },
             FULLY_CONNECTED => {
@@ -512,6 +590,16 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                     return Err(misfit("a second fully connected layer".into()));
                 }
                 fc = Some((label.clone(), [o, i], w.clone(), bias));
+                netq.head_weights = match &wt.ints {
+                    Some(q) if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && matches!(wt.scale.len(), 1) => {
+                        Some(q.clone())
+                    }
+                    Some(q) if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && wt.scale.len() == o => {
+                        Some(q.clone())
+                    }
+                    _ => None,
+                };
+                netq.logits = tens(out)?.act_q(&label);
                 Val::Logits
             }
             SOFTMAX => match val(0)? {
@@ -520,6 +608,10 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
             },
             _ => return Err(misfit("this operator has no place in a MobileNetV2".into())),
         };
+        if let Some(t) = tens(out).ok().filter(|t| t.data.is_none() && t.quantized && !matches!(t.ty, INT8 | UINT8)) {
+            netq.unsupported
+                .get_or_insert_with(|| format!("{label} holds an activation of type {} (not int8 or uint8)", t.ty));
+        }
         vals.insert(out, v);
     }
     let out = *outputs.first().ok_or("the subgraph has no output")?;
@@ -536,6 +628,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
         units,
         head: Head { input: pool_in, node: pool_node, fc_node, weight, shape, bias },
         outputs: (1..=n).collect(),
+        quant: netq,
     };
     let opts = FitOptions { paddings: &[Padding::Tf, Padding::Torch], default_eps: 1e-3, dropout: 0.0, hint: None };
     let (spec, tensors) = graph::fit(path, &net, &opts).map_err(Walk::Other)?;
@@ -543,9 +636,25 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
         Padding::Tf => Preprocess::tf(),
         Padding::Torch => Preprocess::imagenet(spec.height.min(spec.width_px)),
     };
-    let mut metadata = graph::metadata(&spec, &preprocess, if quantized { "tflite-quantized" } else { "tflite" });
-    if quantized {
-        metadata.insert("dequantized".into(), "weights dequantized from int8/uint8; runs in float".into());
-    }
+    let int8 = graph::int8(path, &spec, &net, &tensors, None).map_err(Walk::Other)?;
+    let source = match (&int8, quantized) {
+        (Some(_), _) => "tflite-int8",
+        (None, true) => "tflite-quantized",
+        (None, false) => "tflite",
+    };
+    let mut metadata = graph::metadata(&spec, &preprocess, source);
+    let tensors = match int8 {
+        Some(imp) => {
+            metadata.insert("quantization".into(), serde_json::to_string(&imp.quant).expect("serialises"));
+            metadata.insert("import_notes".into(), serde_json::to_string(&imp.notes).expect("serialises"));
+            imp.tensors
+        }
+        None => {
+            if quantized {
+                metadata.insert("dequantized".into(), "weights dequantized from int8/uint8; runs in float".into());
+            }
+            tensors
+        }
+    };
     Ok(TensorFile { path: path.into(), tensors, metadata })
 }
