@@ -154,6 +154,53 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
         .sum();
     assert_eq!(total, 120);
     assert!(a.join("metrics.jsonl").is_file() && a.join("curves.png").is_file());
+
+    // Per-image predictions, in data order, agree with the confusion matrix; the model
+    // quantises on the IDX files themselves and the int8 model evaluates the same images.
+    let preds = d.join("fp32.predictions");
+    let final_w = a.join("final.safetensors");
+    let eval_args = |w: &Path, p: &Path| -> Vec<String> {
+        ["eval", "--data", data, "--weights", w.to_str().unwrap(), "--augment", "none", "--predictions"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([p.to_str().unwrap().to_string()])
+            .collect()
+    };
+    let o = mnv2().args(eval_args(&final_w, &preds)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<(usize, usize)> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (x, y) = l.split_once(' ').unwrap();
+            (x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 120);
+    assert!(lines.iter().enumerate().all(|(i, &(label, _))| label == i % 4), "labels in data order");
+    for (t, row) in v["confusion"].as_array().unwrap().iter().enumerate() {
+        for (p, count) in row.as_array().unwrap().iter().enumerate() {
+            let n = lines.iter().filter(|&&x| x == (t, p)).count() as u64;
+            assert_eq!(n, count.as_u64().unwrap(), "confusion[{t}][{p}]");
+        }
+    }
+    let q = d.join("int8.safetensors");
+    let o = run(&[
+        "quantize",
+        "--weights",
+        final_w.to_str().unwrap(),
+        "--calib",
+        data,
+        "--images",
+        "40",
+        "--out",
+        q.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("on 40 image(s)"));
+    let o = mnv2().args(eval_args(&q, &d.join("int8.predictions"))).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(d.join("int8.predictions")).unwrap().lines().count(), 120);
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -33,6 +33,10 @@ pub struct Args {
     /// Print JSON: {"n", "loss", "top1", "top5", "classes", "confusion"}
     #[arg(long)]
     json: bool,
+    /// Also write each image's label and top-1 prediction to this file ("label predicted" per
+    /// line, in data order), e.g. to measure how often two models agree
+    #[arg(long)]
+    predictions: Option<PathBuf>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -41,6 +45,10 @@ pub fn main(a: Args) -> Result<()> {
     let ds = Arc::new(Dataset::open_test(&a.data, on_bad)?);
     let idx = Arc::new((0..ds.len()).collect::<Vec<_>>());
     let r = evaluate(&model, ds.clone(), idx, a.augment, a.batch.max(1), a.threads, a.skip_bad_images)?;
+    if let Some(p) = &a.predictions {
+        let text: String = r.predictions.iter().map(|(l, p)| format!("{l} {p}\n")).collect();
+        mobilenetv2::weights::write_atomic(p, text.as_bytes())?;
+    }
     let names: Vec<String> = (0..model.spec().classes)
         .map(|i| model.label(i).map(str::to_string).or_else(|| ds.classes.get(i).cloned()).unwrap_or(i.to_string()))
         .collect();

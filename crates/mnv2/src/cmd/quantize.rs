@@ -1,6 +1,11 @@
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use mobilenetv2::data::augment::Augment;
+use mobilenetv2::data::loader::{Loader, Transform};
+use mobilenetv2::data::{Dataset, OnBad};
+use mobilenetv2::plan::Shape;
 use mobilenetv2::quant::{self, Method};
 use mobilenetv2::{npy, preprocess, Batch, Model};
 
@@ -10,7 +15,9 @@ pub struct Args {
     #[arg(long)]
     weights: PathBuf,
     /// Calibration data: a directory of JPEG/PNG images (searched recursively, preprocessed as
-    /// the model expects) or an NCHW float32 .npy batch
+    /// the model expects), MNIST-family IDX files (an images file, or a folder holding
+    /// train-images-idx3-ubyte[.gz]; resized to the input, as `mnv2 eval --augment none`) or an
+    /// NCHW float32 .npy batch
     #[arg(long)]
     calib: PathBuf,
     /// Use at most this many calibration images
@@ -45,6 +52,38 @@ fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// An IDX images file, or a folder with the training split of one.
+fn is_idx(p: &Path) -> bool {
+    let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("-idx3-ubyte"));
+    (p.is_file() && name(p))
+        || (p.is_dir() && ["", ".gz"].iter().any(|e| p.join(format!("train-images-idx3-ubyte{e}")).is_file()))
+}
+
+/// The first `n` images of an IDX dataset, preprocessed as evaluation does (`--augment none`).
+fn idx_batches(path: &Path, model: &Model, n: usize) -> Result<Vec<Batch>> {
+    let ds = Arc::new(Dataset::open(path, OnBad::Stop)?);
+    let order = Arc::new((0..ds.len().min(n)).collect::<Vec<_>>());
+    let spec = model.spec();
+    let t = Transform {
+        augment: Augment::None,
+        train: false,
+        preprocess: model.preprocess.clone(),
+        height: spec.height,
+        width: spec.width_px,
+        seed: 0,
+        epoch: 0,
+        on_bad: OnBad::Stop,
+    };
+    let shape = Shape::new(spec.height, spec.width_px, 3);
+    Loader::new(ds, order, 32, 0, t, 2, 2)
+        .map(|b| {
+            let b = b?;
+            Batch::new(b.labels.len(), shape, b.images)
+        })
+        .collect::<mobilenetv2::Result<_>>()
+        .with_context(|| format!("reading calibration images from {}", path.display()))
+}
+
 pub fn main(a: Args) -> Result<()> {
     let method: Method = a.method.parse()?;
     if a.images == 0 {
@@ -55,7 +94,9 @@ pub fn main(a: Args) -> Result<()> {
         bail!("{}: already quantised", a.weights.display());
     }
     let spec = model.spec().clone();
-    let batches: Vec<Batch> = if a.calib.is_dir() {
+    let batches: Vec<Batch> = if is_idx(&a.calib) {
+        idx_batches(&a.calib, &model, a.images)?
+    } else if a.calib.is_dir() {
         let mut files = Vec::new();
         image_files(&a.calib, &mut files)?;
         if files.is_empty() {

@@ -102,6 +102,8 @@ pub struct EvalReport {
     pub top5: f64,
     pub confusion: Vec<Vec<usize>>,
     pub skipped: usize,
+    /// `(label, top-1 prediction)` of every evaluated image, in order (skipped images absent).
+    pub predictions: Vec<(usize, usize)>,
 }
 
 /// Peak resident memory of this process in MB (Linux; 0 elsewhere).
@@ -142,7 +144,15 @@ pub fn evaluate(
         epoch: 0,
         on_bad: if skip_bad { OnBad::Skip } else { OnBad::Stop },
     };
-    let mut rep = EvalReport { n: 0, loss: 0.0, top1: 0.0, top5: 0.0, confusion: vec![vec![0; k]; k], skipped: 0 };
+    let mut rep = EvalReport {
+        n: 0,
+        loss: 0.0,
+        top1: 0.0,
+        top5: 0.0,
+        confusion: vec![vec![0; k]; k],
+        skipped: 0,
+        predictions: vec![],
+    };
     let (mut hit1, mut hit5) = (0usize, 0usize);
     for b in Loader::new(ds, indices, batch, 0, t, 1, 2) {
         let b = b?;
@@ -161,6 +171,7 @@ pub fn evaluate(
             hit1 += (top[0].0 == label) as usize;
             hit5 += top.iter().any(|t| t.0 == label) as usize;
             rep.confusion[label][top[0].0] += 1;
+            rep.predictions.push((label, top[0].0));
         }
         rep.n += n;
     }
