@@ -77,3 +77,69 @@ fn refuses_a_model_that_is_not_mobilenetv2_naming_the_operator() {
     assert!(e.contains("not_mobilenetv2.tflite") && e.contains("operator #0 (CONV_2D"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
+
+/// A mutation of the int8 fixture found by `cargo fuzz run tflite` (a zero point near i64::MAX
+/// overflowed the dequantisation): an error naming the tensor, not a panic.
+#[test]
+fn fuzzed_zero_point_is_an_error() {
+    let mut bytes = std::fs::read(data("tflite/tflite_w010_64_int8.tflite")).unwrap();
+    let patch: [(usize, u8); 47] = [
+        (11, 10),
+        (12691, 191),
+        (15767, 54),
+        (17998, 52),
+        (43937, 102),
+        (43938, 101),
+        (43939, 97),
+        (43940, 116),
+        (43941, 117),
+        (43942, 114),
+        (43943, 101),
+        (43944, 115),
+        (43945, 46),
+        (43946, 57),
+        (43947, 46),
+        (43948, 99),
+        (43949, 111),
+        (43950, 110),
+        (43951, 118),
+        (43952, 46),
+        (43953, 49),
+        (43954, 46),
+        (43955, 48),
+        (43956, 46),
+        (43957, 119),
+        (43958, 101),
+        (43959, 105),
+        (43960, 103),
+        (43961, 104),
+        (43962, 116),
+        (94457, 56),
+        (129520, 41),
+        (145764, 48),
+        (147087, 55),
+        (179584, 59),
+        (191478, 142),
+        (191479, 145),
+        (191480, 144),
+        (191481, 141),
+        (191482, 146),
+        (191483, 208),
+        (191484, 158),
+        (191485, 155),
+        (191767, 9),
+        (195508, 8),
+        (205133, 2),
+        (217607, 128),
+    ];
+    for (at, v) in patch {
+        bytes[at] = v;
+    }
+    let p = std::env::temp_dir().join(format!("mnv2-fuzzed-{}.tflite", std::process::id()));
+    std::fs::write(&p, &bytes).unwrap();
+    let r = Model::load(&p);
+    std::fs::remove_file(&p).unwrap();
+    let e = r.err().expect("the mangled file is refused").to_string();
+    eprintln!("{e}");
+    assert!(e.contains("zero point") && e.contains("outside its element type"), "{e}");
+}

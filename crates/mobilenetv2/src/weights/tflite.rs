@@ -187,10 +187,21 @@ struct Tens {
 impl Tens {
     /// The quantisation of an activation tensor in the int8 engine's terms (u8; int8 tensors
     /// map by adding 128 to the zero point).
-    fn act_q(&self, at: &str) -> Option<ActQ> {
-        let (&scale, zero) = (self.scale.first()?, self.zero.first().copied().unwrap_or(0));
-        let zero = zero + if self.ty == INT8 { 128 } else { 0 };
-        Some(ActQ { scale, zero: zero as i32, at: format!("{at} `{}`", self.name) })
+    /// None for a float tensor; an error for a scale or zero point no u8 tensor can have.
+    fn act_q(&self, at: &str) -> R<Option<ActQ>> {
+        let Some(&scale) = self.scale.first() else { return Ok(None) };
+        let zero = self.zero.first().copied().unwrap_or(0);
+        let shifted = zero.checked_add(if self.ty == INT8 { 128 } else { 0 });
+        let zero = match shifted.and_then(|z| i32::try_from(z).ok()) {
+            Some(z) if (0..=255).contains(&z) && scale.is_finite() && scale > 0.0 => z,
+            _ => {
+                return Err(format!(
+                    "tensor `{}` has an invalid quantisation: scale {scale}, zero point {zero}",
+                    self.name
+                ))
+            }
+        };
+        Ok(Some(ActQ { scale, zero, at: format!("{at} `{}`", self.name) }))
     }
 }
 
@@ -228,6 +239,19 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
         None => (vec![], vec![], 0),
     };
     let quantized = !scale.is_empty();
+    // Zero points are codes of the tensor's own type.
+    let codes: Option<(i64, i64)> = match ty {
+        3 => Some((0, 255)),
+        9 => Some((-128, 127)),
+        7 => Some((i16::MIN.into(), i16::MAX.into())),
+        2 => Some((i32::MIN.into(), i32::MAX.into())),
+        _ => None,
+    };
+    if let Some((lo, hi)) = codes {
+        if let Some(&z) = zero.iter().find(|&&z| z < lo || z > hi) {
+            return Err(format!("tensor `{name}` has zero point {z}, outside its element type's {lo}..={hi}"));
+        }
+    }
     if raw.is_empty() {
         return Ok(Tens { shape, name, data: None, quantized, ty, scale, zero, ints: None });
     }
@@ -239,8 +263,9 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
         3 | 9 => 1,
         _ => return Err(format!("tensor `{name}` has element type {ty}, which this reader does not handle")),
     };
-    if raw.len() != n * size {
-        return Err(format!("tensor `{name}` has {} bytes of data, its shape {shape:?} needs {}", raw.len(), n * size));
+    let bytes = n.checked_mul(size).ok_or("implausible shape")?;
+    if raw.len() != bytes {
+        return Err(format!("tensor `{name}` has {} bytes of data, its shape {shape:?} needs {bytes}", raw.len()));
     }
     let ints: Vec<i64> = match ty {
         2 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
@@ -267,7 +292,7 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
                 .map(|(i, &q)| {
                     let c = if channels > 1 { (i / inner.max(1)) % channels } else { 0 };
                     let z = zero.get(c).copied().unwrap_or(0);
-                    (scale[c] as f64 * (q - z) as f64) as f32
+                    (scale[c] as f64 * (q as f64 - z as f64)) as f32
                 })
                 .collect()
         }
@@ -359,7 +384,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
     let mut units: Vec<Unit> = Vec::new();
     let mut netq = NetQ::default();
     if it.ty == INT8 || it.ty == UINT8 {
-        netq.input = it.act_q("input");
+        netq.input = it.act_q("input")?;
     }
     let mut pool: Option<(usize, String)> = None;
     let mut fc: Option<Fc> = None;
@@ -398,7 +423,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                 let v = val(0)?;
                 if code == QUANTIZE {
                     // The float image quantised, or an activation requantised.
-                    let q = tens(out)?.act_q(&label);
+                    let q = tens(out)?.act_q(&label)?;
                     match v {
                         Val::Input => netq.input = q,
                         Val::Unit(u) => units[u].q.output = q,
@@ -485,7 +510,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                     }
                     _ => None,
                 };
-                let oq = tens(out)?.act_q(&label);
+                let oq = tens(out)?.act_q(&label)?;
                 let q = if relu6 {
                     UnitQ { output: oq, weights, ..UnitQ::default() }
                 } else {
@@ -524,7 +549,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
             RELU6 => match val(0)? {
                 Val::Unit(u) if !units[u].relu6 && units[u].residual.is_none() => {
                     units[u].relu6 = true;
-                    units[u].q.output = tens(out)?.act_q(&label);
+                    units[u].q.output = tens(out)?.act_q(&label)?;
                     Val::Unit(u)
                 }
                 _ => return Err(misfit("a ReLU6 in a place a MobileNetV2 has none".into())),
@@ -539,7 +564,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                         return Err(misfit("a ReLU6 after a residual Add".into()));
                     }
                     units[u].residual = Some((other + 1, label.clone()));
-                    units[u].q.output = tens(out)?.act_q(&label);
+                    units[u].q.output = tens(out)?.act_q(&label)?;
                     Val::Unit(u)
                 }
                 _ => return Err(misfit("an ADD that is not a residual".into())),
@@ -561,12 +586,12 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                     return Err(misfit("a second pooling".into()));
                 }
                 pool = Some((u + 1, label.clone()));
-                netq.pooled.extend(tens(out)?.act_q(&label));
+                netq.pooled.extend(tens(out)?.act_q(&label)?);
                 Val::Pooled
             }
             RESHAPE | SQUEEZE => match val(0)? {
                 Val::Pooled | Val::Flat => {
-                    netq.pooled.extend(tens(out)?.act_q(&label));
+                    netq.pooled.extend(tens(out)?.act_q(&label)?);
                     Val::Flat
                 }
                 _ => return Err(misfit("it does not flatten the pooled features".into())),
@@ -599,7 +624,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
                     }
                     _ => None,
                 };
-                netq.logits = tens(out)?.act_q(&label);
+                netq.logits = tens(out)?.act_q(&label)?;
                 Val::Logits
             }
             SOFTMAX => match val(0)? {
