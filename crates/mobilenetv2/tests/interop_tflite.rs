@@ -139,7 +139,8 @@ fn fuzzed_zero_point_is_an_error() {
     std::fs::write(&p, &bytes).unwrap();
     let r = Model::load(&p);
     std::fs::remove_file(&p).unwrap();
-    let e = r.err().expect("the mangled file is refused").to_string();
+    let Err(e) = r else { panic!("the mangled file is refused") };
+    let e = e.to_string();
     eprintln!("{e}");
     assert!(e.contains("zero point") && e.contains("outside its element type"), "{e}");
 }
