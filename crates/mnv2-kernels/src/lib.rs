@@ -11,6 +11,8 @@ pub mod isa;
 pub mod qgemm;
 pub mod reference;
 pub mod stem;
+#[cfg(test)]
+mod test_vals;
 pub mod train;
 
 pub use aligned::AlignedVec;

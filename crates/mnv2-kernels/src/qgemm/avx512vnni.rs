@@ -203,12 +203,10 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
     }
 }
 
-/// See `quantize_row`.
-///
-/// # Safety
-/// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams) {
+/// `src` quantised to u8 codes (as i32 lanes, round half to even, saturated to 0..=255), 16
+/// values at a time, handed to `store(offset, mask, codes)`.
+#[inline(always)]
+unsafe fn quantize_chunks(src: &[f32], q: super::QParams, mut store: impl FnMut(usize, u16, __m512i)) {
     let inv = _mm512_set1_ps(1.0 / q.scale);
     let zo = _mm512_set1_epi32(q.zero);
     for (i, chunk) in src.chunks(16).enumerate() {
@@ -216,8 +214,19 @@ pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams
         let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
         let r =
             _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zo), _mm512_setzero_si512());
-        _mm512_mask_cvtusepi32_storeu_epi8(dst.as_mut_ptr().add(16 * i) as *mut i8, mask, r);
+        store(16 * i, mask, r);
     }
+}
+
+/// See `quantize_row`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams) {
+    let dst = dst.as_mut_ptr();
+    // The saturating narrow store clamps at 255.
+    quantize_chunks(src, q, |at, mask, r| _mm512_mask_cvtusepi32_storeu_epi8(dst.add(at) as *mut i8, mask, r));
 }
 
 /// See `quantize_row_grid`.
@@ -226,14 +235,9 @@ pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams
 /// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
 pub(crate) unsafe fn quantize_row_grid(src: &[f32], dst: &mut [f32], q: super::QParams) {
-    let inv = _mm512_set1_ps(1.0 / q.scale);
-    let zo = _mm512_set1_epi32(q.zero);
-    for (i, chunk) in src.chunks(16).enumerate() {
-        let mask = if chunk.len() == 16 { 0xffff } else { ((1u32 << chunk.len()) - 1) as u16 };
-        let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
-        let r =
-            _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zo), _mm512_setzero_si512());
+    let dst = dst.as_mut_ptr();
+    quantize_chunks(src, q, |at, mask, r| {
         let r = _mm512_min_epi32(r, _mm512_set1_epi32(255));
-        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(16 * i), mask, _mm512_cvtepi32_ps(r));
-    }
+        _mm512_mask_storeu_ps(dst.add(at), mask, _mm512_cvtepi32_ps(r));
+    });
 }

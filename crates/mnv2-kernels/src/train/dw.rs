@@ -164,13 +164,7 @@ mod tests {
     use crate::isa::available;
 
     fn vals(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::test_vals::uniform(seed, n, -1.0, 2.0)
     }
 
     /// Both gradients over whole images against the definition
