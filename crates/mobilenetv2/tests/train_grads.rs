@@ -10,8 +10,7 @@
 
 mod common;
 
-use common::{det_input, root};
-use mobilenetv2::spec::{BottleneckActivation, Shortcut};
+use common::{det_input, root, spec_of};
 use mobilenetv2::train::{BnMode, Net, StepOptions, Tape};
 use mobilenetv2::weights::names::Kind;
 use mobilenetv2::weights::{self, Data};
@@ -37,28 +36,6 @@ fn f32s(file: &weights::TensorFile, name: &str) -> Vec<f32> {
     }
 }
 
-fn spec_of(cfg: &Value) -> Spec {
-    let mut spec = Spec {
-        width: cfg["width"].as_f64().unwrap(),
-        classes: cfg["classes"].as_u64().unwrap() as usize,
-        height: cfg["hw"][0].as_u64().unwrap() as usize,
-        width_px: cfg["hw"][1].as_u64().unwrap() as usize,
-        dropout: 0.0,
-        ..Spec::default()
-    };
-    let extra = cfg.get("spec").cloned().unwrap_or(Value::Null);
-    if extra.get("bottleneck").and_then(Value::as_str) == Some("relu6") {
-        spec.bottleneck = BottleneckActivation::Relu6;
-    }
-    if extra.get("shortcut").and_then(Value::as_str) == Some("none") {
-        spec.shortcut = Shortcut::None;
-    }
-    if let Some(os) = extra.get("output_stride") {
-        spec.output_stride = os.as_u64().unwrap() as usize;
-    }
-    spec
-}
-
 fn check(name: &str) {
     let file = weights::load(&root().join(format!("tests/data/train/{name}.safetensors"))).unwrap();
     let meta = |k: &str| file.metadata.get(k).unwrap_or_else(|| panic!("metadata {k}")).clone();
@@ -68,7 +45,8 @@ fn check(name: &str) {
     let sample: usize = meta("sample").parse().unwrap();
     let torch_loss: f64 = meta("loss").parse().unwrap();
 
-    let spec = spec_of(&cfg);
+    // Dropout off, as the fixture script trains.
+    let spec = Spec { dropout: 0.0, ..spec_of(&cfg) };
     let (n, seed) = (cfg["batch"].as_u64().unwrap() as usize, cfg["seed"].as_u64().unwrap());
     let model = Model::init(&spec, seed, true).unwrap();
     let mut net = Net::new(&model);

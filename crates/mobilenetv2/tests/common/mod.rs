@@ -34,38 +34,42 @@ pub struct ParityConfig {
     pub seed: u64,
 }
 
+/// The spec of a fixture config (`width`, `classes`, `hw` and an optional `spec` object with
+/// `expansion`, `bottleneck`, `shortcut`, `output_stride`), as the fixture scripts write it.
+pub fn spec_of(c: &Value) -> Spec {
+    let extra = c.get("spec").cloned().unwrap_or(Value::Null);
+    let mut spec = Spec {
+        width: c["width"].as_f64().unwrap(),
+        classes: c["classes"].as_u64().unwrap() as usize,
+        height: c["hw"][0].as_u64().unwrap() as usize,
+        width_px: c["hw"][1].as_u64().unwrap() as usize,
+        ..Spec::default()
+    };
+    if let Some(t) = extra.get("expansion") {
+        spec.expansion = Some(t.as_u64().unwrap() as usize);
+    }
+    if extra.get("bottleneck").and_then(Value::as_str) == Some("relu6") {
+        spec.bottleneck = BottleneckActivation::Relu6;
+    }
+    if extra.get("shortcut").and_then(Value::as_str) == Some("none") {
+        spec.shortcut = Shortcut::None;
+    }
+    if let Some(os) = extra.get("output_stride") {
+        spec.output_stride = os.as_u64().unwrap() as usize;
+    }
+    spec
+}
+
 pub fn parity_configs() -> Vec<ParityConfig> {
     let path = root().join("tests/data/parity/configs.json");
     let text = std::fs::read_to_string(&path).expect("tests/data/parity/configs.json");
     let list: Vec<Value> = serde_json::from_str(&text).unwrap();
     list.iter()
-        .map(|c| {
-            let extra = c.get("spec").cloned().unwrap_or(Value::Null);
-            let mut spec = Spec {
-                width: c["width"].as_f64().unwrap(),
-                classes: c["classes"].as_u64().unwrap() as usize,
-                height: c["hw"][0].as_u64().unwrap() as usize,
-                width_px: c["hw"][1].as_u64().unwrap() as usize,
-                ..Spec::default()
-            };
-            if let Some(t) = extra.get("expansion") {
-                spec.expansion = Some(t.as_u64().unwrap() as usize);
-            }
-            if extra.get("bottleneck").and_then(Value::as_str) == Some("relu6") {
-                spec.bottleneck = BottleneckActivation::Relu6;
-            }
-            if extra.get("shortcut").and_then(Value::as_str) == Some("none") {
-                spec.shortcut = Shortcut::None;
-            }
-            if let Some(os) = extra.get("output_stride") {
-                spec.output_stride = os.as_u64().unwrap() as usize;
-            }
-            ParityConfig {
-                name: c["name"].as_str().unwrap().into(),
-                spec,
-                batch: c["batch"].as_u64().unwrap() as usize,
-                seed: c["seed"].as_u64().unwrap(),
-            }
+        .map(|c| ParityConfig {
+            name: c["name"].as_str().unwrap().into(),
+            spec: spec_of(c),
+            batch: c["batch"].as_u64().unwrap() as usize,
+            seed: c["seed"].as_u64().unwrap(),
         })
         .collect()
 }
@@ -77,6 +81,6 @@ pub fn parity_logits(name: &str) -> Vec<f32> {
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -6,37 +6,17 @@ use std::path::{Path, PathBuf};
 use mobilenetv2::engine::{Engine, Options};
 use mobilenetv2::{Batch, Model};
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{det_input, max_abs_diff, root};
 
 /// tests/data/interop/...
 pub fn data(rel: &str) -> PathBuf {
     root().join("tests/data/interop").join(rel)
 }
 
-/// Values in [-2, 2) from an integer hash of the flat index; the fixture scripts compute the
-/// same numbers, exactly, with numpy (`det_input` in scripts/fixtures/parity.py).
-pub fn det_input(len: usize, seed: u64) -> Vec<f32> {
-    (0..len as u64)
-        .map(|i| {
-            let mut h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(seed);
-            h ^= h >> 29;
-            h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            h ^= h >> 32;
-            ((h >> 40) as f64 / (1u64 << 22) as f64 - 2.0) as f32
-        })
-        .collect()
-}
-
 pub fn npy(path: &Path) -> mobilenetv2::npy::Array {
     mobilenetv2::npy::read(path).unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Logits of the fast engine for an NCHW batch.
