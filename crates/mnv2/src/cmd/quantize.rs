@@ -64,16 +64,7 @@ fn idx_batches(path: &Path, model: &Model, n: usize) -> Result<Vec<Batch>> {
     let ds = Arc::new(Dataset::open(path, OnBad::Stop)?);
     let order = Arc::new((0..ds.len().min(n)).collect::<Vec<_>>());
     let spec = model.spec();
-    let t = Transform {
-        augment: Augment::None,
-        train: false,
-        preprocess: model.preprocess.clone(),
-        height: spec.height,
-        width: spec.width_px,
-        seed: 0,
-        epoch: 0,
-        on_bad: OnBad::Stop,
-    };
+    let t = Transform::eval(model, Augment::None, OnBad::Stop);
     let shape = Shape::new(spec.height, spec.width_px, 3);
     Loader::new(ds, order, 32, 0, t, 2, 2)
         .map(|b| {

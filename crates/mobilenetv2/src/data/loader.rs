@@ -42,6 +42,22 @@ pub struct Transform {
     pub on_bad: OnBad,
 }
 
+impl Transform {
+    /// The evaluation transform for `model`'s input size and preprocessing (no randomness).
+    pub fn eval(model: &crate::Model, augment: Augment, on_bad: OnBad) -> Transform {
+        Transform {
+            augment,
+            train: false,
+            preprocess: model.preprocess.clone(),
+            height: model.spec().height,
+            width: model.spec().width_px,
+            seed: 0,
+            epoch: 0,
+            on_bad,
+        }
+    }
+}
+
 /// The seed of one sample's random choices.
 pub fn sample_seed(seed: u64, epoch: u64, position: u64) -> u64 {
     let mut r =

@@ -134,16 +134,7 @@ pub fn evaluate(
     }
     let engine = Engine::new(model, Options { mode: Mode::Fast, threads: threads.max(1), isa: None })?;
     let (h, w) = (model.spec().height, model.spec().width_px);
-    let t = Transform {
-        augment,
-        train: false,
-        preprocess: model.preprocess.clone(),
-        height: h,
-        width: w,
-        seed: 0,
-        epoch: 0,
-        on_bad: if skip_bad { OnBad::Skip } else { OnBad::Stop },
-    };
+    let t = Transform::eval(model, augment, if skip_bad { OnBad::Skip } else { OnBad::Stop });
     let mut rep = EvalReport {
         n: 0,
         loss: 0.0,
