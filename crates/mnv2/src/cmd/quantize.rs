@@ -52,13 +52,6 @@ fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// An IDX images file, or a folder with the training split of one.
-fn is_idx(p: &Path) -> bool {
-    let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("-idx3-ubyte"));
-    (p.is_file() && name(p))
-        || (p.is_dir() && ["", ".gz"].iter().any(|e| p.join(format!("train-images-idx3-ubyte{e}")).is_file()))
-}
-
 /// The first `n` images of an IDX dataset, preprocessed as evaluation does (`--augment none`).
 fn idx_batches(path: &Path, model: &Model, n: usize) -> Result<Vec<Batch>> {
     let ds = Arc::new(Dataset::open(path, OnBad::Stop)?);
@@ -85,7 +78,7 @@ pub fn main(a: Args) -> Result<()> {
         bail!("{}: already quantised", a.weights.display());
     }
     let spec = model.spec().clone();
-    let batches: Vec<Batch> = if is_idx(&a.calib) {
+    let batches: Vec<Batch> = if Dataset::is_idx(&a.calib) {
         idx_batches(&a.calib, &model, a.images)?
     } else if a.calib.is_dir() {
         let mut files = Vec::new();

@@ -99,6 +99,16 @@ fn find_idx(dir: &Path, prefix: &str) -> Option<PathBuf> {
 }
 
 impl Dataset {
+    /// Whether `path` is what [`Dataset::open`] reads as IDX files: an images file (its name
+    /// has `images-idx3`) or a folder holding `train-images-idx3-ubyte[.gz]`.
+    pub fn is_idx(path: &Path) -> bool {
+        if path.is_dir() {
+            find_idx(path, "train").is_some()
+        } else {
+            path.is_file() && labels_path(path).is_some()
+        }
+    }
+
     /// Opens `path`: an IDX images file, a folder holding `train-images-idx3-ubyte[.gz]`, or a
     /// folder of class folders.
     pub fn open(path: &Path, on_bad: OnBad) -> Result<Dataset> {
