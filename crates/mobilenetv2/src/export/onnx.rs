@@ -59,6 +59,19 @@ pub(super) fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto 
     }
 }
 
+/// The attributes of an ONNX `Conv` node for a plan convolution (explicit pads, so TF-style
+/// asymmetric padding survives).
+pub(super) fn conv_attrs(c: &crate::plan::Conv) -> Vec<AttributeProto> {
+    let (k, p) = (c.kernel, c.pad);
+    vec![
+        ints("dilations", &[c.dilation, c.dilation]),
+        int("group", c.groups as i64),
+        ints("kernel_shape", &[k, k]),
+        ints("pads", &[p.top, p.left, p.bottom, p.right]),
+        ints("strides", &[c.stride, c.stride]),
+    ]
+}
+
 pub(super) fn ints(name: &str, v: &[usize]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
@@ -142,16 +155,8 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                 let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
                 inits.push(tensor(&wn, &[o, ig, k, k], &w));
                 inits.push(tensor(&bn, &[o], &f.bias));
-                let p = c.pad;
-                let attrs = vec![
-                    ints("dilations", &[c.dilation, c.dilation]),
-                    int("group", c.groups as i64),
-                    ints("kernel_shape", &[k, k]),
-                    ints("pads", &[p.top, p.left, p.bottom, p.right]),
-                    ints("strides", &[c.stride, c.stride]),
-                ];
                 let out = format!("{}.conv", layer.name);
-                nodes.push(node("Conv", &layer.name, &[&cur, &wn, &bn], &out, attrs));
+                nodes.push(node("Conv", &layer.name, &[&cur, &wn, &bn], &out, conv_attrs(c)));
                 cur = out;
                 if c.activation == Activation::Relu6 {
                     let out = format!("{}.relu6", layer.name);

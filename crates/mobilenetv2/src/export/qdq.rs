@@ -19,7 +19,7 @@
 //! input to its real-valued output before quantising the sum once, and the last 1x1 conv's
 //! ReLU6 outputs are pooled unquantised. The logits are float.
 
-use super::onnx::{int, ints, node, tensor};
+use super::onnx::{conv_attrs, int, node, tensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::plan::{Activation, Op};
@@ -183,16 +183,8 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
                 // integer kernel. Otherwise the convolution computes in float, as in the engine.
                 let fused = in_q[i].is_some() && out_q[i].is_some() && !c.residual;
                 let b = g.bias(name, &floats(&format!("{name}.bias")), in_q[i].filter(|_| fused), &scales);
-                let (k, p) = (c.kernel, c.pad);
-                let attrs = vec![
-                    ints("dilations", &[c.dilation, c.dilation]),
-                    int("group", c.groups as i64),
-                    ints("kernel_shape", &[k, k]),
-                    ints("pads", &[p.top, p.left, p.bottom, p.right]),
-                    ints("strides", &[c.stride, c.stride]),
-                ];
                 let out = format!("{name}.conv");
-                g.nodes.push(node("Conv", name, &[&cur, &w, &b], &out, attrs));
+                g.nodes.push(node("Conv", name, &[&cur, &w, &b], &out, conv_attrs(c)));
                 cur = out;
                 let folded = fused && c.activation == Activation::Relu6 && out_q[i].is_some_and(relu6_implied);
                 if c.activation == Activation::Relu6 && !folded {
