@@ -8,6 +8,8 @@ pub mod aligned;
 pub mod dwconv;
 pub mod gemm;
 pub mod isa;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 pub mod qgemm;
 pub mod reference;
 pub mod stem;

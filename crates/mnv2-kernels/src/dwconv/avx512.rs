@@ -11,6 +11,8 @@
 //! runs on that, requantising to u8 as it stores.
 
 use std::arch::x86_64::*;
+
+use crate::lanes::mask16;
 use std::cell::RefCell;
 
 use super::{Args, Elem, PackedDw};
@@ -235,7 +237,7 @@ unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
     // Valid until this thread next asks for a larger staging area; nothing else uses it.
     let stage = staging(3 * g.w_in * 16);
     let widen = |ct: usize, cols: usize| -> [*const f32; 3] {
-        let mask = if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
+        let mask = mask16(cols);
         std::array::from_fn(|i| {
             let r = args.rows[i];
             if r.is_null() {
@@ -286,7 +288,7 @@ unsafe fn row_tiles<I, O: Out>(
                 }
             }),
             bias: _mm512_load_ps(w.bias.as_ptr().add(ct)),
-            mask: if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 },
+            mask: mask16(cols),
             lo: _mm512_set1_ps(args.act.min),
             hi: _mm512_set1_ps(args.act.max),
             inv: _mm512_set1_ps(1.0 / args.out_q.scale),

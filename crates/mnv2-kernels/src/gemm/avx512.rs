@@ -5,19 +5,12 @@
 
 use std::arch::x86_64::*;
 
+use crate::lanes::mask16;
+
 use super::{Args, PackedGemm};
 
 const MR32: usize = 14;
 const MR16: usize = 24;
-
-#[inline(always)]
-fn col_mask(cols: usize) -> u16 {
-    if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as u16
-    }
-}
 
 /// Loop invariants of one panel of output columns.
 struct Panel {
@@ -134,8 +127,8 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             ldr: args.ldr,
             b: w.data.as_ptr().add(pi * k * nr),
             bias: w.bias.as_ptr().add(n0),
-            m0: col_mask(cols),
-            m1: col_mask(cols.saturating_sub(16)),
+            m0: mask16(cols),
+            m1: mask16(cols.saturating_sub(16)),
             lo: _mm512_set1_ps(args.act.min),
             hi: _mm512_set1_ps(args.act.max),
         };

@@ -7,6 +7,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::lanes::mask16;
+
 use super::{Args, PackedQGemm};
 
 const MR32: usize = 14;
@@ -33,15 +35,6 @@ struct Panel {
     qlo: __m512,
     qhi: __m512,
     qrs: __m512,
-}
-
-#[inline(always)]
-fn col_mask(cols: usize) -> u16 {
-    if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as u16
-    }
 }
 
 impl Panel {
@@ -179,7 +172,7 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             zcs,
             mul,
             bias,
-            mask: [col_mask(cols), col_mask(cols.saturating_sub(16))],
+            mask: [mask16(cols), mask16(cols.saturating_sub(16))],
             lo: _mm512_set1_ps(args.act.min),
             hi: _mm512_set1_ps(args.act.max),
             rz: _mm512_set1_epi32(args.res_q.zero),
@@ -210,7 +203,7 @@ unsafe fn quantize_chunks(src: &[f32], q: super::QParams, mut store: impl FnMut(
     let inv = _mm512_set1_ps(1.0 / q.scale);
     let zo = _mm512_set1_epi32(q.zero);
     for (i, chunk) in src.chunks(16).enumerate() {
-        let mask = if chunk.len() == 16 { 0xffff } else { ((1u32 << chunk.len()) - 1) as u16 };
+        let mask = mask16(chunk.len());
         let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
         let r =
             _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zo), _mm512_setzero_si512());

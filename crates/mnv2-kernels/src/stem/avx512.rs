@@ -3,6 +3,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::lanes::mask16;
+
 use super::{Args, PackedStem};
 
 const XB: usize = 8;
@@ -58,7 +60,7 @@ unsafe fn pixels<const NV: usize, const N: usize>(
         let out = args.out.add((x0 + j) * c);
         for (v, x) in a.iter().enumerate() {
             let cols = c.saturating_sub(v * 16).min(16);
-            let mask = if cols == 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
+            let mask = mask16(cols);
             _mm512_mask_storeu_ps(out.add(v * 16), mask, _mm512_min_ps(_mm512_max_ps(*x, lo), hi));
         }
     }

@@ -12,16 +12,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::dwconv::DwRow;
+use crate::lanes::mask16;
 
-#[inline(always)]
-fn mask_of(cols: usize) -> u16 {
-    if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as u16
-    }
-}
+use crate::dwconv::DwRow;
 
 #[inline(always)]
 unsafe fn load<const FULL: bool>(p: *const f32, m: u16) -> __m512 {
@@ -141,7 +134,7 @@ pub(crate) unsafe fn input_grad_row(rows: [*const f32; 3], w: *const f32, c: usi
     };
     for ct in (0..c).step_by(16) {
         let cols = (c - ct).min(16);
-        let mask = mask_of(cols);
+        let mask = mask16(cols);
         // Loops, not closures: a closure does not inherit this function's target features.
         let mut wv = [_mm512_setzero_ps(); 9];
         let mut rp = [present.add(ct); 3];
@@ -265,7 +258,7 @@ pub(crate) unsafe fn weight_grad_row(dout: *const f32, rows: [*const f32; 3], c:
             present,
             c,
             g,
-            mask: mask_of(cols),
+            mask: mask16(cols),
         };
         if cols == 16 {
             t.walk::<true>(acc.add(ct))
