@@ -151,6 +151,15 @@ impl<H: RingElem> QNet<H> {
     }
 }
 
+impl<H> QNet<H> {
+    /// Stem output row `oy`, quantised into `out` (u8 codes, or the same codes as f32).
+    fn stem_into<E: RingElem>(&self, img: Image, oy: usize, g: StemGeom, out: &mut [E], scratch: &mut [f32]) {
+        let row = &mut scratch[..out.len()];
+        stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
+        E::stem(row, out, self.stem_q);
+    }
+}
+
 impl<H: RingElem> Net for QNet<H> {
     type T = u8;
     type H = H;
@@ -175,15 +184,11 @@ impl<H: RingElem> Net for QNet<H> {
     }
 
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [H], scratch: &mut [f32]) {
-        let row = &mut scratch[..out.len()];
-        stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
-        H::stem(row, out, self.stem_q);
+        self.stem_into(img, oy, g, out, scratch);
     }
 
     fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
-        let row = &mut scratch[..out.len()];
-        stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
-        quantize_row(row, out, self.stem_q);
+        self.stem_into(img, oy, g, out, scratch);
     }
 
     fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [H], ldc: usize) {
