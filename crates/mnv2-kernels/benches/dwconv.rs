@@ -1,6 +1,8 @@
 //! Depthwise 3x3 rows on MobileNetV2's layer shapes (width 1.0, 224), per ISA.
 //! `cargo bench -p mnv2-kernels --bench dwconv`; throughput is multiply-adds per second.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mnv2_kernels::dwconv::{dwconv_row, dwconv_row_u8, DwRow, PackedDw};
 use mnv2_kernels::qgemm::QParams;
@@ -56,7 +58,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_millis(700));
+    config = common::quick(700);
     targets = bench
 }
 criterion_main!(benches);

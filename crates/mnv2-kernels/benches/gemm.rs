@@ -1,30 +1,17 @@
 //! Pointwise GEMM on MobileNetV2's layer shapes (width 1.0, 224), per ISA.
 //! `cargo bench -p mnv2-kernels --bench gemm`; prints GMAC/s for each shape.
 
+mod common;
+
+use common::POINTWISE_SHAPES;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mnv2_kernels::gemm::{gemm, PackedGemm};
 use mnv2_kernels::{isa, MinMax};
 
-/// (M, K, N): pixels, input channels, output channels of the distinct 1x1 layers.
-const SHAPES: [(usize, usize, usize); 12] = [
-    (12544, 32, 16),
-    (12544, 16, 96),
-    (3136, 24, 144),
-    (3136, 144, 24),
-    (784, 32, 192),
-    (784, 192, 32),
-    (196, 64, 384),
-    (196, 384, 64),
-    (196, 96, 576),
-    (49, 160, 960),
-    (49, 960, 160),
-    (49, 320, 1280),
-];
-
 fn bench(c: &mut Criterion) {
     for isa in isa::available() {
         let mut g = c.benchmark_group(format!("gemm_{}", isa.name()));
-        for (m, k, n) in SHAPES {
+        for (m, k, n) in POINTWISE_SHAPES {
             let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
             let p = PackedGemm::new(isa, &w, k, n, &vec![0.1; n]);
             let a: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 * 0.1).collect();
@@ -40,7 +27,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_millis(800));
+    config = common::quick(800);
     targets = bench
 }
 criterion_main!(benches);
