@@ -8,8 +8,8 @@
 //! then finds the spec. BatchNorm may be kept or folded into convolutions with bias; Clip may
 //! carry its bounds as attributes (opset < 11) or inputs; the batch may be fixed or symbolic.
 //!
-//! Protobuf decoding uses `prost` with code generated from the vendored `proto/onnx.proto`
-//! (Apache-2.0, from the onnx project), see `proto/README.md`.
+//! Protobuf decoding uses `prost` with code generated from the project's own subset of the
+//! ONNX schema, `proto/onnx.proto` (see `proto/README.md`).
 
 use std::collections::HashMap;
 use std::path::Path;
