@@ -18,6 +18,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod fsutil;
 pub mod labels;
 pub mod model;
 pub mod npy;

@@ -94,7 +94,7 @@ pub fn to_bytes(a: &Array) -> Vec<u8> {
 
 /// Writes atomically.
 pub fn write(path: &Path, a: &Array) -> Result<()> {
-    crate::weights::write_atomic(path, &to_bytes(a))
+    crate::fsutil::write_atomic(path, &to_bytes(a))
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub fn main(a: Args) -> Result<()> {
     let r = evaluate(&model, ds.clone(), idx, a.augment, a.batch.max(1), a.threads, a.skip_bad_images)?;
     if let Some(p) = &a.predictions {
         let text: String = r.predictions.iter().map(|(l, p)| format!("{l} {p}\n")).collect();
-        mobilenetv2::weights::write_atomic(p, text.as_bytes())?;
+        mobilenetv2::fsutil::write_atomic(p, text.as_bytes())?;
     }
     let names: Vec<String> = (0..model.spec().classes)
         .map(|i| model.label(i).map(str::to_string).or_else(|| ds.classes.get(i).cloned()).unwrap_or(i.to_string()))

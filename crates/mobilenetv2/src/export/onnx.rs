@@ -242,5 +242,5 @@ pub fn to_bytes(model: &Model, opts: Options) -> Result<Vec<u8>> {
 
 /// Writes the model as an ONNX file, atomically.
 pub fn write(model: &Model, path: &Path, opts: Options) -> Result<()> {
-    crate::weights::write_atomic(path, &to_bytes(model, opts)?)
+    crate::fsutil::write_atomic(path, &to_bytes(model, opts)?)
 }

@@ -169,7 +169,7 @@ pub fn curves(path: &Path, history: &[Metrics]) -> Result<()> {
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&cv.px, W as u32, H as u32, image::ExtendedColorType::Rgb8)
         .map_err(|e| Error::Image { path: path.into(), detail: e.to_string() })?;
-    crate::weights::write_atomic(path, &png)
+    crate::fsutil::write_atomic(path, &png)
 }
 
 use image::ImageEncoder;

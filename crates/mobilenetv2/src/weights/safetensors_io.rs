@@ -198,7 +198,7 @@ pub fn to_bytes_as(
 
 /// Writes a safetensors file atomically.
 pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Result<()> {
-    super::write_atomic(path, &to_bytes(tensors, metadata)?)
+    crate::fsutil::write_atomic(path, &to_bytes(tensors, metadata)?)
 }
 
 /// [`write`], storing float tensors as `store`.
@@ -208,5 +208,5 @@ pub fn write_as(
     metadata: &BTreeMap<String, String>,
     store: FloatStore,
 ) -> Result<()> {
-    super::write_atomic(path, &to_bytes_as(tensors, metadata, store)?)
+    crate::fsutil::write_atomic(path, &to_bytes_as(tensors, metadata, store)?)
 }
