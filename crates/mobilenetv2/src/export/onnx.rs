@@ -11,8 +11,8 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::engine::fold;
 use crate::error::{Error, Result};
+use crate::fold;
 use crate::model::Model;
 use crate::plan::{Activation, Op};
 use crate::weights::onnx::proto::{
@@ -139,7 +139,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
         }
         match &layer.op {
             Op::Conv(c) => {
-                let f = fold::fold_conv(model, layer);
+                let f = fold::fold_conv(&model.params, model.spec().bn_eps, layer);
                 let (o, ig, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
                 // The fold is HWIO; ONNX wants OIHW.
                 let mut w = vec![0f32; f.weights.len()];

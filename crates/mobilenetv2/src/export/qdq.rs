@@ -23,7 +23,7 @@ use super::onnx::{conv_attrs, int, node, tensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::plan::{Activation, Op};
-use crate::quant::{self, ActQuant, QuantSpec};
+use crate::qscheme::{relu6_implied, ActQuant, QuantSpec};
 use crate::weights::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
 use crate::weights::{Data, Tensor};
 
@@ -38,12 +38,6 @@ fn raw(name: &str, dims: &[usize], dtype: DataType, bytes: Vec<u8>) -> TensorPro
         raw_data: Some(bytes),
         ..Default::default()
     }
-}
-
-/// Whether `Clip(0, 6)` before quantising with `q` changes nothing: `q` clamps at 0 (zero point
-/// 0) and its largest value is at most 6 (within half a step: values between round to it).
-pub(crate) fn relu6_implied(q: ActQuant) -> bool {
-    q.zero == 0 && 255.0 * q.scale as f64 <= 6.0 + 0.5 * q.scale as f64
 }
 
 struct Graph {
@@ -150,7 +144,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
             plan.blocks.len()
         )));
     }
-    let tensors = quant::quantized_tensors(model);
+    let tensors = crate::weights::int8::quantized_tensors(&model.plan, &model.params);
     let get = |name: &str| -> (&[usize], &Data) {
         let t: &Tensor = tensors.get(name).unwrap_or_else(|| panic!("quantized_tensors has `{name}`"));
         (&t.shape, &t.data)

@@ -20,9 +20,9 @@ use super::ops::{self, BnAct, BnBwd, DwBwd, Geom, Grad, InGrad, PwBwd, Src, Work
 use super::prof::span;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::names::{expected, Kind};
 use crate::plan::{Conv, ConvKind, Layer, Op, Plan, Role};
 use crate::rng::Rng;
-use crate::weights::names::{expected, Kind};
 
 /// BatchNorm's running-statistics momentum (torchvision's default).
 pub const BN_MOMENTUM: f64 = 0.1;

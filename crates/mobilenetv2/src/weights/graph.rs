@@ -9,20 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::names::expected;
+use super::fit::{float_params, CANDIDATE_WIDTHS};
 use super::Tensor;
 use crate::error::{Error, Result};
-use crate::model::Preprocess;
+use crate::names::expected;
 use crate::plan::{Activation, Op, Plan, Role};
-use crate::quant::{ActQuant, BlockQuant, Method, QuantSpec};
+use crate::preprocess::Preprocess;
+use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec};
 use crate::spec::{BottleneckActivation, Padding, Shortcut, Spec};
 
 /// A value (tensor) of the foreign graph, numbered by the importer.
 pub(crate) type ValueId = usize;
-
-/// Widths tried, in order, when the graph does not say which it is.
-pub(crate) const CANDIDATE_WIDTHS: [f64; 16] =
-    [1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, 0.6, 0.8, 0.9, 1.1, 1.2, 1.5, 1.75, 2.0, 0.1];
 
 /// How a convolution pads its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +79,7 @@ impl ActQ {
     /// Whether ReLU6 before this quantisation changes nothing (zero point 0, so it clamps at
     /// 0, and its largest value within half a step of 6 or below): the ReLU6 is folded in.
     pub fn implies_relu6(&self) -> bool {
-        crate::export::relu6_implied(crate::quant::ActQuant { scale: self.scale, zero: self.zero })
+        crate::qscheme::relu6_implied(ActQuant { scale: self.scale, zero: self.zero })
     }
 
     fn describe(&self) -> String {
@@ -402,7 +399,7 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
                 let shapes = net
                     .units
                     .iter()
-                    .zip(exp.iter().filter(|e| e.kind == super::names::Kind::ConvWeight))
+                    .zip(exp.iter().filter(|e| e.kind == crate::names::Kind::ConvWeight))
                     .filter(|(u, e)| u.shape[..] == e.shape[..])
                     .count();
                 if best.as_ref().is_none_or(|(b, _)| (i, shapes) > *b) {
@@ -628,13 +625,8 @@ pub(crate) fn int8(
     };
     // The int8 tensors exactly as the engine quantises the weights (per output channel,
     // symmetric): the file's own integers when they are on such a grid.
-    let mut model = crate::model::Model::from_file(super::TensorFile {
-        path: path.into(),
-        tensors: tensors.clone(),
-        metadata: metadata(spec, &Preprocess::imagenet(224), "int8 import"),
-    })?;
-    model.quant = Some(quant.clone());
-    let int8 = crate::quant::quantized_tensors(&model);
+    let params = float_params(tensors.clone(), &plan, path)?;
+    let int8 = super::int8::quantized_tensors(&plan, &params);
     let heads = [(plan.layers.len() - 1, net.quant.head_weights.as_ref())];
     let units = convs.iter().zip(&net.units).map(|(&li, u)| (li, u.q.weights.as_ref()));
     let mut requantised = Vec::new();

@@ -8,8 +8,8 @@ use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
 use super::{check_structure, minmax, Net};
-use crate::engine::fold::FoldedLayers;
 use crate::error::Result;
+use crate::fold::FoldedLayers;
 use crate::plan::Plan;
 
 struct Block {

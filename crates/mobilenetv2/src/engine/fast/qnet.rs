@@ -19,10 +19,10 @@ use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
 use super::{check_structure, minmax, Net};
-use crate::engine::fold::FoldedLayers;
 use crate::error::{Error, Result};
+use crate::fold::FoldedLayers;
 use crate::plan::{Activation, ConvKind, Plan};
-use crate::quant::QuantSpec;
+use crate::qscheme::QuantSpec;
 
 /// How the int8 network holds its expanded rows: u8 (least memory: streaming mode), or the
 /// same u8 values as f32 (fast mode: the depthwise conv reads each value up to nine times and

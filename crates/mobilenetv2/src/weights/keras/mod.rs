@@ -21,12 +21,13 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::graph::{self, CANDIDATE_WIDTHS};
-use super::names::expected;
+use super::fit::CANDIDATE_WIDTHS;
+use super::graph;
 use super::{Tensor, TensorFile};
 use crate::error::{Error, Result};
-use crate::model::Preprocess;
+use crate::names::expected;
 use crate::plan::{ConvKind, Op, Plan, Role};
+use crate::preprocess::Preprocess;
 use crate::spec::{Padding, Spec};
 
 /// A Keras weight: its values and Keras shape.
