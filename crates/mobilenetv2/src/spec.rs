@@ -71,6 +71,15 @@ pub enum Padding {
     Tf,
 }
 
+/// Which head sits on the backbone (see [`crate::plan::Head`] for its layers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadSpec {
+    /// Global average pool, dropout and a fully connected layer to [`Spec::classes`] logits.
+    #[default]
+    Classifier,
+}
+
 /// Everything that determines one MobileNetV2 network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
@@ -95,6 +104,9 @@ pub struct Spec {
     pub dropout: f32,
     /// BatchNorm epsilon: 1e-5 for torchvision weights, 1e-3 for TF/Keras.
     pub bn_eps: f32,
+    /// The head on the backbone (files written before heads existed hold classifiers).
+    #[serde(default)]
+    pub head: HeadSpec,
 }
 
 impl Default for Spec {
@@ -112,6 +124,7 @@ impl Default for Spec {
             output_stride: 32,
             dropout: 0.2,
             bn_eps: 1e-5,
+            head: HeadSpec::Classifier,
         }
     }
 }

@@ -121,7 +121,7 @@ pub(crate) fn layer_quant(model: &Model, q: &QuantSpec) -> (Vec<Option<ActQuant>
     }
     for (i, l) in plan.layers.iter().enumerate() {
         match l.op {
-            Op::Conv(_) if i == n - 4 => input[i] = Some(prev),
+            Op::Conv(_) if i == plan.last_conv => input[i] = Some(prev),
             Op::Linear => input[i] = Some(q.pooled),
             _ => {}
         }

@@ -627,7 +627,7 @@ pub(crate) fn int8(
     // symmetric): the file's own integers when they are on such a grid.
     let params = float_params(tensors.clone(), &plan, path)?;
     let int8 = super::int8::quantized_tensors(&plan, &params);
-    let heads = [(plan.layers.len() - 1, net.quant.head_weights.as_ref())];
+    let heads = [(plan.classifier("an int8 import")?.classifier, net.quant.head_weights.as_ref())];
     let units = convs.iter().zip(&net.units).map(|(&li, u)| (li, u.q.weights.as_ref()));
     let mut requantised = Vec::new();
     for (li, file_ints) in units.chain(heads) {
