@@ -80,6 +80,13 @@ pub enum HeadSpec {
     Classifier,
 }
 
+impl HeadSpec {
+    /// Whether this is the classification head.
+    pub fn is_classifier(&self) -> bool {
+        *self == HeadSpec::Classifier
+    }
+}
+
 /// Everything that determines one MobileNetV2 network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
@@ -104,8 +111,9 @@ pub struct Spec {
     pub dropout: f32,
     /// BatchNorm epsilon: 1e-5 for torchvision weights, 1e-3 for TF/Keras.
     pub bn_eps: f32,
-    /// The head on the backbone (files written before heads existed hold classifiers).
-    #[serde(default)]
+    /// The head on the backbone. Not written for a classifier, so files keep the bytes they
+    /// had before heads existed (and such files load as classifiers).
+    #[serde(default, skip_serializing_if = "HeadSpec::is_classifier")]
     pub head: HeadSpec,
 }
 

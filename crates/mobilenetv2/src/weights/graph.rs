@@ -12,7 +12,7 @@ use std::path::Path;
 use super::fit::{float_params, CANDIDATE_WIDTHS};
 use super::Tensor;
 use crate::error::{Error, Result};
-use crate::names::expected;
+use crate::names::{self, expected, BnParam};
 use crate::plan::{Activation, Op, Plan, Role};
 use crate::preprocess::Preprocess;
 use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec};
@@ -421,7 +421,7 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
             Op::Conv(c) => {
                 let u = units.next().expect("checked: one unit per conv");
                 let o = u.shape[0];
-                tensors.insert(format!("{}.weight", layer.name), Tensor::f32(u.shape.to_vec(), u.weight.clone()));
+                tensors.insert(names::weight(layer), Tensor::f32(u.shape.to_vec(), u.weight.clone()));
                 let zeros = vec![0f32; o];
                 let bias = u.bias.as_deref().unwrap_or(&zeros);
                 let (gamma, beta, mean, var) = match &u.bn {
@@ -436,14 +436,14 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
                     // (scale 1 / sqrt((1 - eps) + eps) rounds to 1) and the bias as its shift.
                     None => (vec![1.0; o], bias.to_vec(), zeros.clone(), vec![1.0 - eps; o]),
                 };
-                for (suffix, v) in [("weight", gamma), ("bias", beta), ("running_mean", mean), ("running_var", var)] {
-                    tensors.insert(format!("{}.{suffix}", c.bn), Tensor::f32(vec![o], v));
+                for (p, v) in BnParam::ALL.into_iter().zip([gamma, beta, mean, var]) {
+                    tensors.insert(names::bn(c, p), Tensor::f32(vec![o], v));
                 }
             }
             Op::Linear => {
                 let h = &net.head;
-                tensors.insert(format!("{}.weight", layer.name), Tensor::f32(h.shape.to_vec(), h.weight.clone()));
-                tensors.insert(format!("{}.bias", layer.name), Tensor::f32(vec![h.shape[0]], h.bias.clone()));
+                tensors.insert(names::weight(layer), Tensor::f32(h.shape.to_vec(), h.weight.clone()));
+                tensors.insert(names::bias(layer), Tensor::f32(vec![h.shape[0]], h.bias.clone()));
             }
             Op::GlobalAvgPool | Op::Dropout { .. } => {}
         }
@@ -632,7 +632,7 @@ pub(crate) fn int8(
     let mut requantised = Vec::new();
     for (li, file_ints) in units.chain(heads) {
         let name = &plan.layers[li].name;
-        let same = match (&int8[&format!("{name}.weight")].data, file_ints) {
+        let same = match (&int8[&names::weight(&plan.layers[li])].data, file_ints) {
             (super::Data::I8(q), Some(f)) => q.len() == f.len() && q.iter().zip(f).all(|(&a, &b)| a as i64 == b),
             _ => false,
         };
