@@ -222,7 +222,10 @@ pub struct Plan {
     pub head: Head,
 }
 
-fn conv_pad(padding: Padding, size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
+/// Zeros before and after one spatial axis of a convolution's input under `padding`: the one
+/// place the project computes PyTorch's symmetric and TensorFlow's 'SAME' padding (every
+/// importer and the plan call it).
+pub fn conv_pad(padding: Padding, size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
     let eff = dilation * (kernel - 1) + 1;
     match padding {
         Padding::Torch => (dilation * (kernel - 1) / 2, dilation * (kernel - 1) / 2),

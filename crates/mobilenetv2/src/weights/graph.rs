@@ -13,7 +13,7 @@ use super::fit::{float_params, CANDIDATE_WIDTHS};
 use super::Tensor;
 use crate::error::{Error, Result};
 use crate::names::{self, expected, BnParam};
-use crate::plan::{Activation, Op, Plan, Role};
+use crate::plan::{conv_pad, Activation, Op, Plan, Role};
 use crate::preprocess::Preprocess;
 use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec};
 use crate::spec::{BottleneckActivation, Padding, Shortcut, Spec};
@@ -174,14 +174,6 @@ fn describe(spec: &Spec) -> String {
     )
 }
 
-/// TF 'SAME' padding of one axis.
-fn same_pad(size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
-    let eff = dilation * (kernel - 1) + 1;
-    let out = size.div_ceil(stride);
-    let total = ((out - 1) * stride + eff).saturating_sub(size);
-    (total / 2, total - total / 2)
-}
-
 /// Checks the network against a plan. On failure, how many units fitted and why the next did not.
 fn check(path: &Path, net: &Network, plan: &Plan) -> std::result::Result<(), (usize, Error)> {
     let convs: Vec<usize> = (0..plan.layers.len()).filter(|&i| plan.layers[i].conv().is_some()).collect();
@@ -217,8 +209,8 @@ fn check(path: &Path, net: &Network, plan: &Plan) -> std::result::Result<(), (us
         let pads = match unit.pad {
             ConvPad::Explicit(p) => p,
             ConvPad::Same => {
-                let (t, b) = same_pad(layer.input.h, c.kernel, c.stride, c.dilation);
-                let (l, r) = same_pad(layer.input.w, c.kernel, c.stride, c.dilation);
+                let (t, b) = conv_pad(Padding::Tf, layer.input.h, c.kernel, c.stride, c.dilation);
+                let (l, r) = conv_pad(Padding::Tf, layer.input.w, c.kernel, c.stride, c.dilation);
                 [t, l, b, r]
             }
         };
