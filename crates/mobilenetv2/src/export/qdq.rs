@@ -22,6 +22,7 @@
 use super::onnx::{conv_attrs, int, node, tensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::names;
 use crate::plan::{Activation, Op};
 use crate::qscheme::{relu6_implied, ActQuant, QuantSpec};
 use crate::weights::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
@@ -121,7 +122,7 @@ pub(crate) fn layer_quant(model: &Model, q: &QuantSpec) -> (Vec<Option<ActQuant>
     }
     for (i, l) in plan.layers.iter().enumerate() {
         match l.op {
-            Op::Conv(_) if i == n - 4 => input[i] = Some(prev),
+            Op::Conv(_) if i == plan.last_conv => input[i] = Some(prev),
             Op::Linear => input[i] = Some(q.pooled),
             _ => {}
         }
@@ -164,9 +165,9 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
         }
         let name = &layer.name;
         let weight = |g: &mut Graph| {
-            let (dims, data) = get(&format!("{name}.weight"));
+            let (dims, data) = get(&names::weight(layer));
             let Data::I8(wq) = data else { unreachable!("int8 weights") };
-            let scales = floats(&format!("{name}.weight_scale"));
+            let scales = floats(&names::weight_scale(layer));
             let w = g.weight(name, dims, wq, &scales);
             (w, scales)
         };
@@ -176,7 +177,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
                 // A group of quantised input, weights and output, nothing in between: one
                 // integer kernel. Otherwise the convolution computes in float, as in the engine.
                 let fused = in_q[i].is_some() && out_q[i].is_some() && !c.residual;
-                let b = g.bias(name, &floats(&format!("{name}.bias")), in_q[i].filter(|_| fused), &scales);
+                let b = g.bias(name, &floats(&names::bias(layer)), in_q[i].filter(|_| fused), &scales);
                 let out = format!("{name}.conv");
                 g.nodes.push(node("Conv", name, &[&cur, &w, &b], &out, conv_attrs(c)));
                 cur = out;
@@ -203,7 +204,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
             Op::Dropout { .. } => {}
             Op::Linear => {
                 let (w, scales) = weight(&mut g);
-                let b = g.bias(name, &floats(&format!("{name}.bias")), in_q[i], &scales);
+                let b = g.bias(name, &floats(&names::bias(layer)), in_q[i], &scales);
                 g.nodes.push(node("Gemm", name, &[&cur, &w, &b], "logits", vec![int("transB", 1)]));
                 cur = "logits".into();
             }

@@ -18,7 +18,6 @@ use mnv2_kernels::qgemm::QParams;
 use crate::engine::{Engine, Mode, Options};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::plan::Op;
 pub use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec, RELU6};
 use crate::tensor::Batch;
 
@@ -83,7 +82,7 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     for b in &plan.blocks {
         taps.extend([b.expand.unwrap_or(b.first_layer().saturating_sub(1)), b.depthwise, b.project]);
     }
-    let pool = plan.layers.iter().position(|l| matches!(l.op, Op::GlobalAvgPool)).expect("a plan has a pool");
+    let pool = plan.classifier("int8 calibration")?.pool;
     taps.push(pool);
     let mut stats: Vec<Stats> =
         vec![Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() }; taps.len()];

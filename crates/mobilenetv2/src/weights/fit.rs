@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{Data, Tensor, TensorFile};
 use crate::error::{Error, Result};
-use crate::names::{expected, is_bn_counter, Expected, Params};
+use crate::names::{self, expected, is_bn_counter, Expected, Params};
 use crate::plan::Plan;
 use crate::spec::Spec;
 
@@ -82,13 +82,17 @@ pub fn float_params(mut tensors: BTreeMap<String, Tensor>, plan: &Plan, path: &P
 
 /// Finds width, expansion and classes from tensor shapes (files without `mnv2` metadata).
 pub fn infer_spec(file: &TensorFile) -> Result<Spec> {
-    let cls = "classifier.1.weight";
+    // The tensors that tell classes and expansion, named as Table 2's plan names them.
+    let table2 = Plan::new(&Spec::default())?;
+    let cls = &names::weight(&table2.layers[table2.classifier("a state dict")?.classifier]);
+    let first_expand = table2.block(2).and_then(|b| b.expand).expect("Table 2's block 2 expands");
+    let expand_weight = names::weight(&table2.layers[first_expand]);
     let classes = match file.tensors.get(cls) {
         Some(t) if t.shape.len() == 2 && t.shape[0] > 0 => t.shape[0],
         Some(t) => {
             return Err(Error::ShapeMismatch {
                 path: file.path.clone(),
-                name: cls.into(),
+                name: cls.clone(),
                 expected: vec![0, 1280],
                 got: t.shape.clone(),
             })
@@ -107,7 +111,7 @@ pub fn infer_spec(file: &TensorFile) -> Result<Spec> {
     // The expansion rate is visible in the first expanding block: hidden = in * t.
     let expansion = file
         .tensors
-        .get("features.2.conv.0.0.weight")
+        .get(&expand_weight)
         .filter(|t| t.shape.len() == 4 && t.shape[1] > 0 && t.shape[0] % t.shape[1] == 0)
         .map(|t| t.shape[0] / t.shape[1])
         .filter(|&t| t != 6 && (1..=32).contains(&t));
