@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use mobilenetv2::accounting::{account, Accounting};
 use mobilenetv2::engine::{Engine, Options, Profile};
-use mobilenetv2::plan::{Plan, Shape};
+use mobilenetv2::plan::{Head, Plan, Shape};
 use mobilenetv2::{npy, Batch, Model, Spec};
 use serde_json::json;
 
@@ -156,9 +156,10 @@ fn stage_madds(plan: &Plan, acc: &Accounting) -> Vec<u64> {
         let from = if i == 0 && fused { 0 } else { b.first_layer() };
         m.push((from..=b.project).map(|l| acc.layers[l].madds).sum());
     }
-    let nl = plan.layers.len();
-    m.push(acc.layers[nl - 4].madds);
-    m.push(acc.layers[nl - 1].madds);
+    m.push(acc.layers[plan.last_conv].madds);
+    match plan.head {
+        Head::Classifier(h) => m.push(acc.layers[h.classifier].madds),
+    }
     m
 }
 
