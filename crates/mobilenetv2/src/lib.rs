@@ -21,6 +21,7 @@ pub mod export;
 pub mod fold;
 pub mod fsutil;
 pub mod labels;
+pub mod layout;
 pub mod model;
 pub mod names;
 pub mod npy;
