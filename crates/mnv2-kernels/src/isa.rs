@@ -1,8 +1,17 @@
-//! Instruction-set detection, once per process.
+//! Instruction sets: detected once per process, chosen once per engine or training net, and
+//! held as a proof value.
 //!
-//! `MNV2_ISA=scalar|avx2|avx512` may only lower the tier that the CPU supports; CI uses it to
-//! exercise the portable fallback and AVX2 paths on AVX-512 hosts. Kernels are entered through
-//! safe functions that check [`Isa::supported`] before calling `#[target_feature]` code.
+//! [`Isa`] names a tier for display and configuration (`--isa`, `MNV2_ISA`). A [`Tier`] is
+//! the resolved choice: it holds a zero-sized token ([`Avx2`], [`Avx512`]) that only the
+//! detection code of this module can construct, so a function taking a `Tier` knows the CPU
+//! runs it without checking again. The int8 kernels also need [`Avx512Vnni`], which
+//! [`Tier::vnni`] grants on an AVX-512 tier whose CPU has it.
+//!
+//! `MNV2_ISA=scalar|avx2|avx512` may only lower the tier that the CPU supports ([`best`]).
+//! Every kernel family lists its kernels in a registry (e.g. [`crate::gemm::KERNELS`]) whose
+//! entries say what they need ([`Needs`]); the tests run every entry the host can run and
+//! print `SKIPPED <kernel> (host lacks <isa>)` for the others (`MNV2_REQUIRE_ISA=<isa>` makes
+//! such a skip fail).
 
 use std::sync::OnceLock;
 
@@ -18,6 +27,7 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// The tier's name as `--isa` and `MNV2_ISA` spell it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -26,6 +36,7 @@ impl Isa {
         }
     }
 
+    /// The tier named `s` (case-insensitive; `generic`, `fma` and `avx512f` are aliases).
     pub fn parse(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "generic" => Some(Isa::Scalar),
@@ -37,25 +48,172 @@ impl Isa {
 
     /// Whether this CPU can run the tier (ignores `MNV2_ISA`).
     pub fn supported(self) -> bool {
+        Tier::new(self).is_some()
+    }
+}
+
+/// Proof that the CPU has AVX2 and FMA; only [`Avx2::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx2(());
+
+/// Proof that the CPU has AVX-512 F/BW/VL/DQ (and AVX2); only [`Avx512::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx512(());
+
+/// Proof that the CPU has AVX-512 VNNI on top of [`Avx512`]; only [`Avx512Vnni::detect`]
+/// makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx512Vnni(());
+
+impl Avx2 {
+    /// The token, if this CPU has AVX2 and FMA.
+    pub fn detect() -> Option<Avx2> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+}
+
+impl Avx512 {
+    /// The token, if this CPU has AVX-512 F, BW, VL and DQ (and AVX2).
+    pub fn detect() -> Option<Avx512> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && Avx2::detect().is_some()
+        {
+            return Some(Avx512(()));
+        }
+        None
+    }
+}
+
+impl Avx512Vnni {
+    /// The token, if this CPU has AVX-512 VNNI (`vpdpbusd` on zmm) on top of [`Avx512`].
+    pub fn detect() -> Option<Avx512Vnni> {
+        #[cfg(target_arch = "x86_64")]
+        if Avx512::detect().is_some() && is_x86_feature_detected!("avx512vnni") {
+            return Some(Avx512Vnni(()));
+        }
+        None
+    }
+}
+
+/// A tier the CPU runs, held as proof: what an engine or a training net resolves once and
+/// passes to every kernel it calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Portable code.
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2(Avx2),
+    /// AVX-512 F/BW/VL/DQ.
+    Avx512(Avx512),
+}
+
+impl Tier {
+    /// Exactly tier `isa`, if this CPU runs it (ignores `MNV2_ISA`).
+    pub fn new(isa: Isa) -> Option<Tier> {
+        match isa {
+            Isa::Scalar => Some(Tier::Scalar),
+            Isa::Avx2 => Avx2::detect().map(Tier::Avx2),
+            Isa::Avx512 => Avx512::detect().map(Tier::Avx512),
+        }
+    }
+
+    /// The best tier this process may use ([`best`], capped by `MNV2_ISA`).
+    pub fn best() -> Tier {
+        Tier::new(best()).unwrap_or(Tier::Scalar)
+    }
+
+    /// Every tier this CPU runs, lowest first (ignores `MNV2_ISA`).
+    pub fn host() -> Vec<Tier> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter_map(Tier::new).collect()
+    }
+
+    /// The tier's name.
+    pub fn isa(self) -> Isa {
         match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512dq")
-                    && Isa::Avx2.supported()
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Tier::Scalar => Isa::Scalar,
+            Tier::Avx2(_) => Isa::Avx2,
+            Tier::Avx512(_) => Isa::Avx512,
+        }
+    }
+
+    /// The VNNI token, on an AVX-512 tier whose CPU has VNNI.
+    pub fn vnni(self) -> Option<Avx512Vnni> {
+        match self {
+            Tier::Avx512(_) => Avx512Vnni::detect(),
+            _ => None,
         }
     }
 }
 
-/// Every tier this process may use, lowest first (capped by `MNV2_ISA`); tests run all of them.
+/// What a kernel needs from the CPU: the entry of a kernel registry that says when the kernel
+/// may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Needs {
+    /// Any CPU.
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 F/BW/VL/DQ.
+    Avx512,
+    /// AVX-512 with VNNI.
+    Avx512Vnni,
+}
+
+impl Needs {
+    /// The name `MNV2_REQUIRE_ISA` and the `SKIPPED` lines of the tests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Needs::Scalar => "scalar",
+            Needs::Avx2 => "avx2",
+            Needs::Avx512 => "avx512",
+            Needs::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// What a kernel of tier `isa` needs (no extension).
+    pub fn of(isa: Isa) -> Needs {
+        match isa {
+            Isa::Scalar => Needs::Scalar,
+            Isa::Avx2 => Needs::Avx2,
+            Isa::Avx512 => Needs::Avx512,
+        }
+    }
+
+    /// The tier a kernel with these needs belongs to.
+    pub fn tier(self) -> Isa {
+        match self {
+            Needs::Scalar => Isa::Scalar,
+            Needs::Avx2 => Isa::Avx2,
+            Needs::Avx512 | Needs::Avx512Vnni => Isa::Avx512,
+        }
+    }
+
+    /// Whether a caller that resolved `tier` may run a kernel with these needs: the kernel's
+    /// tier is at most `tier`, and the CPU has any extension it needs.
+    pub fn granted(self, tier: Tier) -> bool {
+        match self {
+            Needs::Scalar => true,
+            Needs::Avx2 => tier.isa() >= Isa::Avx2,
+            Needs::Avx512 => tier.isa() >= Isa::Avx512,
+            Needs::Avx512Vnni => tier.vnni().is_some(),
+        }
+    }
+
+    /// Whether this CPU has what the kernel needs (ignores `MNV2_ISA`).
+    pub fn on_host(self) -> bool {
+        Tier::host().into_iter().any(|t| self.granted(t))
+    }
+}
+
+/// Every tier this process may use, lowest first (capped by `MNV2_ISA`).
 pub fn available() -> Vec<Isa> {
     let best = best();
     [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| *i <= best && i.supported()).collect()
@@ -75,4 +233,21 @@ pub fn best() -> Isa {
             None => detected,
         }
     })
+}
+
+/// For tests of a kernel registry: whether the host runs a kernel needing `needs`. If not,
+/// prints `SKIPPED <name> (host lacks <isa>)`, and panics when `MNV2_REQUIRE_ISA` names that
+/// ISA (a comma-separated list; CI sets it on hosts that must run those kernels).
+pub fn runs_or_skips(name: &str, needs: Needs) -> bool {
+    if needs.on_host() {
+        return true;
+    }
+    println!("SKIPPED {name} (host lacks {})", needs.name());
+    eprintln!("SKIPPED {name} (host lacks {})", needs.name());
+    if let Ok(req) = std::env::var("MNV2_REQUIRE_ISA") {
+        if req.split(',').any(|r| r.trim().eq_ignore_ascii_case(needs.name())) {
+            panic!("MNV2_REQUIRE_ISA={req}, but this host cannot run {name}");
+        }
+    }
+    false
 }

@@ -15,7 +15,7 @@
 //! pixels unrolled, masked channel tails), and portable twins compiled for AVX2 and for any CPU.
 
 use crate::dwconv::DwRow;
-use crate::isa::Isa;
+use crate::isa::{Isa, Tier};
 
 /// Output columns `ox` with `0 <= ox * stride + kx * dilation - pad_left < w_in`, as a range.
 fn columns(g: &DwRow, kx: usize) -> (usize, usize) {
@@ -63,27 +63,26 @@ pub fn weight_grad_kernel(isa: Isa) -> &'static str {
 /// One input-gradient row (overwritten): `rows[ky]` is the output-gradient row that read this
 /// input row through kernel row `ky` ([`tap_row`]), `None` if none did. `din` holds
 /// `g.w_in * c` values, each present row `g.w_out * c`.
-pub fn input_grad_row(isa: Isa, rows: [Option<&[f32]>; 3], w: &[f32], c: usize, g: DwRow, din: &mut [f32]) {
+pub fn input_grad_row(tier: Tier, rows: [Option<&[f32]>; 3], w: &[f32], c: usize, g: DwRow, din: &mut [f32]) {
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(w.len() >= 9 * c && din.len() >= g.w_in * c);
     for r in rows.iter().flatten() {
         assert!(r.len() >= g.w_out * c, "output-gradient row too short");
     }
-    assert!(isa.supported(), "{} on a CPU without it", isa.name());
-    match isa {
+    match tier {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        Tier::Avx512(_) => {
             let ptrs = rows.map(|r| r.map_or(std::ptr::null(), |r| r.as_ptr()));
-            // SAFETY: lengths checked above; the CPU has AVX-512.
+            // SAFETY: lengths checked above; the token proves AVX-512.
             unsafe { super::dw_avx512::input_grad_row(ptrs, w.as_ptr(), c, g, din.as_mut_ptr()) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Tier::Avx2(_) => {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2(rows: [Option<&[f32]>; 3], w: &[f32], c: usize, g: DwRow, din: &mut [f32]) {
                 input_grad_portable(rows, w, c, g, din)
             }
-            // SAFETY: the CPU has AVX2 and FMA.
+            // SAFETY: the token proves AVX2 and FMA.
             unsafe { avx2(rows, w, c, g, din) }
         }
         _ => input_grad_portable(rows, w, c, g, din),
@@ -112,27 +111,26 @@ fn input_grad_portable(rows: [Option<&[f32]>; 3], w: &[f32], c: usize, g: DwRow,
 /// Adds one output row's contribution to the weight gradient:
 /// `acc[ky][kx] += dout[ox] * rows[ky][ox * s + kx * d - pad]` for the kernel rows whose
 /// input row exists (`None` is padding). `acc` holds `9 * c` values.
-pub fn weight_grad_row(isa: Isa, dout: &[f32], rows: [Option<&[f32]>; 3], c: usize, g: DwRow, acc: &mut [f32]) {
+pub fn weight_grad_row(tier: Tier, dout: &[f32], rows: [Option<&[f32]>; 3], c: usize, g: DwRow, acc: &mut [f32]) {
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(acc.len() >= 9 * c && dout.len() >= g.w_out * c);
     for r in rows.iter().flatten() {
         assert!(r.len() >= g.w_in * c, "input row too short");
     }
-    assert!(isa.supported(), "{} on a CPU without it", isa.name());
-    match isa {
+    match tier {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        Tier::Avx512(_) => {
             let ptrs = rows.map(|r| r.map_or(std::ptr::null(), |r| r.as_ptr()));
-            // SAFETY: lengths checked above; the CPU has AVX-512.
+            // SAFETY: lengths checked above; the token proves AVX-512.
             unsafe { super::dw_avx512::weight_grad_row(dout.as_ptr(), ptrs, c, g, acc.as_mut_ptr()) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Tier::Avx2(_) => {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2(dout: &[f32], rows: [Option<&[f32]>; 3], c: usize, g: DwRow, acc: &mut [f32]) {
                 weight_grad_portable(dout, rows, c, g, acc)
             }
-            // SAFETY: the CPU has AVX2 and FMA.
+            // SAFETY: the token proves AVX2 and FMA.
             unsafe { avx2(dout, rows, c, g, acc) }
         }
         _ => weight_grad_portable(dout, rows, c, g, acc),
@@ -161,7 +159,6 @@ fn weight_grad_portable(dout: &[f32], rows: [Option<&[f32]>; 3], c: usize, g: Dw
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::available;
 
     fn vals(seed: u64, n: usize) -> Vec<f32> {
         crate::test_vals::uniform(seed, n, -1.0, 2.0)
@@ -170,7 +167,7 @@ mod tests {
     /// Both gradients over whole images against the definition
     /// `out[oy][ox] = sum in[oy * s + ky * d - pt][ox * s + kx * d - pl] * w[ky][kx]`.
     #[allow(clippy::too_many_arguments)]
-    fn check(isa: Isa, h: usize, wi: usize, c: usize, s: usize, d: usize, pt: usize, pl: usize, pb: usize, pr: usize) {
+    fn check(isa: Tier, h: usize, wi: usize, c: usize, s: usize, d: usize, pt: usize, pl: usize, pb: usize, pr: usize) {
         let oh = (h + pt + pb - 2 * d - 1) / s + 1;
         let ow = (wi + pl + pr - 2 * d - 1) / s + 1;
         let input = vals(1 + c as u64, h * wi * c);
@@ -214,7 +211,7 @@ mod tests {
                 }
             }
         }
-        let what = format!("{} h={h} w={wi} c={c} s={s} d={d} pads {pt},{pl},{pb},{pr}", input_grad_kernel(isa));
+        let what = format!("{} h={h} w={wi} c={c} s={s} d={d} pads {pt},{pl},{pb},{pr}", input_grad_kernel(isa.isa()));
         for (a, b) in din.iter().zip(&want_din) {
             assert!((*a as f64 - b).abs() < 1e-5, "{what}: input grad {a} vs {b}");
         }
@@ -225,8 +222,15 @@ mod tests {
 
     #[test]
     fn gradients_match_the_definition_on_every_isa() {
-        let isas = available();
+        let isas = Tier::host();
         eprintln!("depthwise gradients tested on: {isas:?}");
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            if Tier::new(isa).is_none() {
+                for name in [input_grad_kernel(isa), weight_grad_kernel(isa)] {
+                    crate::isa::runs_or_skips(name, crate::isa::Needs::of(isa));
+                }
+            }
+        }
         for isa in isas {
             for c in [1, 3, 16, 17, 40] {
                 for w in [1, 2, 3, 5, 8, 11, 13] {
@@ -251,7 +255,7 @@ mod tests {
     fn rows_nobody_reads_get_zero() {
         // TF 'SAME', stride 2 on an even size without top padding: ... no output row reads
         // beyond the last input row, and a row with no taps must come out zero.
-        for isa in available() {
+        for isa in Tier::host() {
             let g = DwRow { w_in: 4, w_out: 2, stride: 2, dilation: 1, pad_left: 0 };
             let mut din = vec![f32::NAN; 4 * 5];
             input_grad_row(isa, [None, None, None], &[1.0; 45], 5, g, &mut din);

@@ -3,7 +3,6 @@
 
 mod fast;
 pub mod fold;
-pub mod pool;
 mod reference;
 
 pub use fast::Profile;
