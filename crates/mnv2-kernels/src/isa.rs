@@ -239,15 +239,54 @@ pub fn best() -> Isa {
 /// prints `SKIPPED <name> (host lacks <isa>)`, and panics when `MNV2_REQUIRE_ISA` names that
 /// ISA (a comma-separated list; CI sets it on hosts that must run those kernels).
 pub fn runs_or_skips(name: &str, needs: Needs) -> bool {
-    if needs.on_host() {
-        return true;
-    }
-    println!("SKIPPED {name} (host lacks {})", needs.name());
-    eprintln!("SKIPPED {name} (host lacks {})", needs.name());
-    if let Ok(req) = std::env::var("MNV2_REQUIRE_ISA") {
-        if req.split(',').any(|r| r.trim().eq_ignore_ascii_case(needs.name())) {
-            panic!("MNV2_REQUIRE_ISA={req}, but this host cannot run {name}");
+    let require = std::env::var("MNV2_REQUIRE_ISA").ok();
+    match skip_verdict(name, needs, needs.on_host(), require.as_deref()) {
+        Ok(true) => true,
+        Ok(false) => {
+            println!("SKIPPED {name} (host lacks {})", needs.name());
+            eprintln!("SKIPPED {name} (host lacks {})", needs.name());
+            false
         }
+        Err(e) => panic!("{e}"),
     }
-    false
+}
+
+/// Whether to run a kernel (`Ok(true)`), skip it (`Ok(false)`), or fail because the host lacks
+/// an ISA that `require` (the value of `MNV2_REQUIRE_ISA`) names.
+fn skip_verdict(name: &str, needs: Needs, on_host: bool, require: Option<&str>) -> Result<bool, String> {
+    if on_host {
+        return Ok(true);
+    }
+    match require {
+        Some(req) if req.split(',').any(|r| r.trim().eq_ignore_ascii_case(needs.name())) => {
+            Err(format!("MNV2_REQUIRE_ISA={req}, but this host cannot run {name} (it lacks {})", needs.name()))
+        }
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_is_an_error_only_when_required() {
+        let k = "qgemm_u8s8s32_requant_14x32_avx512vnni";
+        assert_eq!(skip_verdict(k, Needs::Avx512Vnni, true, Some("avx512vnni")), Ok(true));
+        assert_eq!(skip_verdict(k, Needs::Avx512Vnni, false, None), Ok(false));
+        assert_eq!(skip_verdict(k, Needs::Avx512Vnni, false, Some("avx2")), Ok(false));
+        assert!(skip_verdict(k, Needs::Avx512Vnni, false, Some("avx2, AVX512VNNI")).is_err());
+    }
+
+    #[test]
+    fn tiers_grant_what_they_hold() {
+        assert!(Needs::Scalar.granted(Tier::Scalar));
+        assert!(!Needs::Avx2.granted(Tier::Scalar));
+        for t in Tier::host() {
+            assert_eq!(Tier::new(t.isa()), Some(t));
+            assert!(Needs::of(t.isa()).granted(t) && Needs::of(t.isa()).on_host());
+            assert_eq!(Needs::Avx512Vnni.granted(t), t.isa() == Isa::Avx512 && Avx512Vnni::detect().is_some());
+        }
+        assert!(Tier::best().isa() <= best());
+    }
 }

@@ -39,6 +39,10 @@ struct Panel {
 
 impl Panel {
     /// Epilogue of one accumulator vector (columns `v * 16..`): the real values.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
+    /// the rows and columns passed lie within them (column tails masked).
     #[inline(always)]
     unsafe fn real(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) -> __m512 {
         let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, self.zcs[v])), self.mul[v], self.bias[v]);
@@ -52,6 +56,10 @@ impl Panel {
     }
 
     /// Epilogue of one accumulator vector, stored at `c` (u8 or f32).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
+    /// the rows and columns passed lie within them (column tails masked).
     #[inline(always)]
     unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
         let mask = self.mask[v];
@@ -76,6 +84,9 @@ impl Panel {
     }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
+/// the rows and columns passed lie within them (column tails masked).
 #[inline(always)]
 unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
     // Two flat accumulator arrays (not [[_; NV]; MR]): LLVM keeps these in registers; the

@@ -78,6 +78,8 @@ pub fn input_grad_row(tier: Tier, rows: [Option<&[f32]>; 3], w: &[f32], c: usize
         }
         #[cfg(target_arch = "x86_64")]
         Tier::Avx2(_) => {
+            /// # Safety
+            /// The CPU has AVX2 and FMA (the tier's token was matched just before the call).
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2(rows: [Option<&[f32]>; 3], w: &[f32], c: usize, g: DwRow, din: &mut [f32]) {
                 input_grad_portable(rows, w, c, g, din)
@@ -126,6 +128,8 @@ pub fn weight_grad_row(tier: Tier, dout: &[f32], rows: [Option<&[f32]>; 3], c: u
         }
         #[cfg(target_arch = "x86_64")]
         Tier::Avx2(_) => {
+            /// # Safety
+            /// The CPU has AVX2 and FMA (the tier's token was matched just before the call).
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2(dout: &[f32], rows: [Option<&[f32]>; 3], c: usize, g: DwRow, acc: &mut [f32]) {
                 weight_grad_portable(dout, rows, c, g, acc)
