@@ -20,9 +20,9 @@ use super::ops::{self, BnAct, BnBwd, DwBwd, Geom, Grad, InGrad, PwBwd, Src, Work
 use super::prof::span;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::names::{expected, Kind};
 use crate::plan::{Conv, ConvKind, Layer, Op, Plan, Role};
 use crate::rng::Rng;
-use crate::weights::names::{expected, Kind};
 
 /// BatchNorm's running-statistics momentum (torchvision's default).
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -198,11 +198,11 @@ impl Net {
     }
 
     fn classifier(&self) -> usize {
-        self.plan.layers.iter().rposition(|l| l.role == Role::Classifier).expect("a plan has a classifier")
+        self.plan.classifier("training").expect("checked by Net::check_plan").classifier
     }
 
     fn last_conv(&self) -> usize {
-        self.plan.layers.iter().position(|l| l.role == Role::LastConv).expect("a plan has a last conv")
+        self.plan.last_conv
     }
 
     /// BatchNorm coefficients of layer `l` for the batch in `tape.x[l]`: batch statistics
@@ -696,6 +696,7 @@ impl Net {
     /// Only the kind of convolution matters to the kernels; this checks the plan has none
     /// they do not cover.
     pub fn check_plan(plan: &Plan) -> Result<()> {
+        plan.classifier("training")?;
         for l in &plan.layers {
             if let Op::Conv(c) = &l.op {
                 let ok = match c.kind {
@@ -776,7 +777,7 @@ impl Tape {
         let stem = &plan.layers[0];
         let first = plan.blocks.first();
         let keep_stem = first.is_some_and(|b| b.expand.is_some() || b.residual);
-        let cl = plan.layers.iter().find(|l| l.role == Role::Classifier).map_or(0, |l| l.input.c);
+        let cl = plan.classifier("training").map_or(0, |h| plan.layers[h.classifier].input.c);
         let k = plan.output().c;
         Tape {
             nmax,

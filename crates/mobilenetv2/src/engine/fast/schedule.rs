@@ -123,8 +123,7 @@ impl Schedule {
                 })
                 .collect()
         };
-        let n = plan.layers.len();
-        let last = &plan.layers[n - 4];
+        let last = &plan.layers[plan.last_conv];
         let build = |chain: usize| {
             let geos = geos_for(chain);
             let chain_out_cap: Vec<usize> =
