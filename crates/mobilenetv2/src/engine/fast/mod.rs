@@ -598,3 +598,37 @@ impl<N: Net> Chain<'_, '_, N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{Engine, Isa, Mode, Options};
+    use crate::quant::{self, Method};
+    use crate::{Batch, Model, Spec};
+
+    /// Every kernel an engine packs is one the ISA it was asked for grants: a scalar engine
+    /// runs scalar kernels only (int8 included), and the names say what runs.
+    #[test]
+    fn engines_run_the_isa_they_are_given() {
+        let spec = Spec { classes: 5, ..Spec::new(0.35, 32) };
+        let model = Model::init(&spec, 1, true).unwrap();
+        let x = Batch::from_nchw(&[1, 3, 32, 32], &vec![0.5; 3 * 32 * 32]).unwrap();
+        let mut qmodel = model.clone();
+        qmodel.quant = Some(quant::calibrate(&model, std::slice::from_ref(&x), Method::MinMax).unwrap());
+        for isa in mnv2_kernels::isa::available() {
+            for m in [&model, &qmodel] {
+                let e = Engine::new(m, Options { mode: Mode::Fast, threads: 1, isa: Some(isa) }).unwrap();
+                let (_, names) = e.kernels();
+                assert!(!names.is_empty());
+                for n in names {
+                    let tier = n.rsplit('_').next().unwrap();
+                    let ok = match isa {
+                        Isa::Scalar => tier == "scalar",
+                        Isa::Avx2 => tier == "scalar" || tier == "avx2",
+                        Isa::Avx512 => tier != "avx2",
+                    };
+                    assert!(ok, "{n} in an engine asked for {}", isa.name());
+                }
+            }
+        }
+    }
+}
