@@ -11,6 +11,7 @@
 //! assert_eq!(a.params, 3_504_872);
 //! assert_eq!(a.madds, 300_774_272);
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod accounting;
 pub mod classify;

@@ -14,7 +14,7 @@
 //! [`ops`]), so each wide expanded tensor exists once. All buffers live in a [`Tape`]
 //! allocated once for the largest batch.
 
-use mnv2_kernels::{Isa, MinMax};
+use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::ops::{self, BnAct, BnBwd, DwBwd, Geom, Grad, InGrad, PwBwd, Src, Work};
 use super::prof::span;
@@ -75,7 +75,8 @@ pub struct Net {
     /// Running means and variances.
     pub stats: Vec<f32>,
     ix: Vec<Ix>,
-    isa: Isa,
+    /// The tier every kernel runs on, resolved once.
+    isa: Tier,
 }
 
 /// How BatchNorm behaves in a forward pass.
@@ -133,7 +134,9 @@ impl Net {
         Net::with_isa(model, mnv2_kernels::isa::best())
     }
 
+    /// [`Net::new`] with every kernel on tier `isa`. Panics if this CPU cannot run it.
     pub fn with_isa(model: &Model, isa: Isa) -> Net {
+        let isa = Tier::new(isa).unwrap_or_else(|| panic!("this CPU cannot run {} kernels", isa.name()));
         let plan = model.plan.clone();
         let (mut params, mut stats, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
         let mut ix = vec![Ix::Pass; plan.layers.len()];
@@ -356,7 +359,7 @@ impl Net {
         self.bn_coef(tape, 0, m0, mo)?;
         if !self.plan.stem_feeds_first_block() {
             let mut out = std::mem::take(&mut tape.stem_act);
-            ops::bn_apply(&tape.x[0][..m0 * cout0], cout0, tape.bnact(0, self.act(0)), None, &mut out);
+            ops::bn_apply(self.isa, &tape.x[0][..m0 * cout0], cout0, tape.bnact(0, self.act(0)), None, &mut out);
             tape.stem_act = out;
         }
         Ok(())
@@ -418,7 +421,7 @@ impl Net {
         let _sp = span(2);
         let mut out = std::mem::take(&mut tape.block_out[bi]);
         let res = blk.residual.then(|| &inp[..m_out * cout]);
-        ops::bn_apply(&tape.x[p][..m_out * cout], cout, tape.bnact(p, self.act(p)), res, &mut out);
+        ops::bn_apply(self.isa, &tape.x[p][..m_out * cout], cout, tape.bnact(p, self.act(p)), res, &mut out);
         tape.block_out[bi] = out;
         if bi == 0 {
             tape.stem_act = inp;
@@ -444,7 +447,7 @@ impl Net {
         drop(sp);
         let _sp = span(4);
         let mut pooled = std::mem::take(&mut tape.pooled);
-        ops::pool_forward(&tape.x[lc], n, hw, cl, tape.bnact(lc, self.act(lc)), &mut pooled);
+        ops::pool_forward(self.isa, &tape.x[lc], n, hw, cl, tape.bnact(lc, self.act(lc)), &mut pooled);
         tape.pooled = pooled;
         Ok(())
     }
@@ -534,9 +537,9 @@ impl Net {
         let ml = n * hw;
         let (ixl, cin) = (self.conv(lc).2, ll.input.c);
         let sums = ops::bn_backward_sums(
+            self.isa,
             &tape.x[lc][..ml * cl],
             Grad::Pooled(dh, hw),
-            ml,
             cl,
             tape.bnact(lc, self.act(lc)),
             &tape.bn[lc].mean,
@@ -570,9 +573,9 @@ impl Net {
         let (p, d) = (blk.project, blk.depthwise);
         let sp = span(6);
         let sums = ops::bn_backward_sums(
+            self.isa,
             &tape.x[p][..m_out * cout],
             Grad::Rows(&g.out),
-            m_out,
             cout,
             tape.bnact(p, self.act(p)),
             &tape.bn[p].mean,
@@ -675,9 +678,9 @@ impl Net {
         let g_stem: &[f32] = if stem_sums_done { &g.dw_in } else { &g.out };
         if !stem_sums_done {
             let sums = ops::bn_backward_sums(
+                self.isa,
                 &tape.x[0][..m0 * cout0],
                 Grad::Rows(g_stem),
-                m0,
                 cout0,
                 tape.bnact(0, self.act(0)),
                 &tape.bn[0].mean,
