@@ -36,6 +36,8 @@ enum Command {
     Train(Box<cmd::train::Args>),
     /// Top-1, top-5 and the confusion matrix on labelled images
     Eval(cmd::eval::Args),
+    /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
+    Serve(cmd::serve::Args),
 }
 
 fn main() {
@@ -51,6 +53,7 @@ fn main() {
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
         Command::Export(a) => cmd::export::main(a),
+        Command::Serve(a) => cmd::serve::main(a),
     };
     if let Err(e) = result {
         if e.chain()
