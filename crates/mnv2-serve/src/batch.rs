@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mobilenetv2::plan::Shape;
 use mobilenetv2::{Batch, Engine};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::metrics::Metrics;
 
@@ -30,6 +30,8 @@ pub struct Job {
     pub shape: Shape,
     pub data: Vec<f32>,
     pub reply: oneshot::Sender<Reply>,
+    /// Released once the image is copied into its batch (bounds the images held).
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The handle requests submit through; closing it lets the worker drain and stop.
@@ -51,13 +53,19 @@ impl Batcher {
         Batcher { tx: Mutex::new(Some(tx)), worker: Mutex::new(Some(worker)), metrics }
     }
 
-    /// Queues one image; `None` once the server is shutting down.
-    pub fn submit(&self, shape: Shape, data: Vec<f32>) -> Option<oneshot::Receiver<Reply>> {
+    /// Queues one image; `None` once the server is shutting down. `slot` is released when
+    /// the worker has taken the image.
+    pub fn submit(
+        &self,
+        shape: Shape,
+        data: Vec<f32>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<oneshot::Receiver<Reply>> {
         let (reply, rx) = oneshot::channel();
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let tx = guard.as_ref()?;
         self.metrics.queue_add(1);
-        if tx.send(Job { shape, data, reply }).is_err() {
+        if tx.send(Job { shape, data, reply, slot }).is_err() {
             self.metrics.queue_add(-1);
             return None;
         }
@@ -103,38 +111,51 @@ fn work(rx: Receiver<Job>, engine: Engine, max_batch: usize, wait: Duration, met
     }
 }
 
-/// Runs jobs of one shape as one batch and replies to each. If the batch fails, each image
-/// runs alone, so that every request gets its own error.
+/// Runs jobs of one shape as one batch and replies to each. Each image is moved into the
+/// batch and freed (its slot released) at once. If the batch fails, each image runs alone,
+/// so that every request gets its own error.
 fn run(engine: &Engine, jobs: Vec<Job>, metrics: &Metrics) {
     let n = jobs.len();
     let shape = jobs[0].shape;
     let mut data = Vec::with_capacity(n * shape.len());
-    for j in &jobs {
+    let mut replies = Vec::with_capacity(n);
+    for j in jobs {
         data.extend_from_slice(&j.data);
+        replies.push(j.reply);
     }
+    run_batch(engine, replies, shape, data, metrics);
+}
+
+fn run_batch(engine: &Engine, replies: Vec<oneshot::Sender<Reply>>, shape: Shape, data: Vec<f32>, metrics: &Metrics) {
+    let n = replies.len();
+    let batch = match Batch::new(n, shape, data) {
+        Ok(b) => b,
+        Err(e) => {
+            for r in replies {
+                let _ = r.send(Err(e.to_string()));
+            }
+            return;
+        }
+    };
     let t = Instant::now();
-    match infer(engine, n, shape, data) {
+    // A panic in the engine fails this batch, not the server.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&batch)))
+        .map_err(|_| "the engine panicked on this batch".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match result {
         Ok(logits) => {
             metrics.batch(n, t.elapsed().as_secs_f64());
-            for (i, j) in jobs.into_iter().enumerate() {
-                let _ = j.reply.send(Ok(logits.image(i).to_vec()));
+            for (i, r) in replies.into_iter().enumerate() {
+                let _ = r.send(Ok(logits.image(i).to_vec()));
             }
         }
         Err(e) if n == 1 => {
-            let _ = jobs.into_iter().next().map(|j| j.reply.send(Err(e)));
+            let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
         }
         Err(_) => {
-            for j in jobs {
-                run(engine, vec![j], metrics);
+            for (i, r) in replies.into_iter().enumerate() {
+                run_batch(engine, vec![r], shape, batch.image(i).to_vec(), metrics);
             }
         }
     }
-}
-
-fn infer(engine: &Engine, n: usize, shape: Shape, data: Vec<f32>) -> Result<Batch, String> {
-    let batch = Batch::new(n, shape, data).map_err(|e| e.to_string())?;
-    // A panic in the engine fails this batch, not the server.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&batch)))
-        .map_err(|_| "the engine panicked on this batch".to_string())?
-        .map_err(|e| e.to_string())
 }

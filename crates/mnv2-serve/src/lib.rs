@@ -87,6 +87,8 @@ pub struct App {
     batcher: batch::Batcher,
     admission: Arc<Semaphore>,
     decoders: Arc<Semaphore>,
+    /// Preprocessed images allowed to wait for the engine.
+    slots: Arc<Semaphore>,
 }
 
 impl App {
@@ -101,6 +103,7 @@ impl App {
         Ok(Arc::new(App {
             admission: Arc::new(Semaphore::new(config.queue)),
             decoders: Arc::new(Semaphore::new(config.threads.max(1))),
+            slots: Arc::new(Semaphore::new(2 * config.max_batch)),
             config,
             model: Arc::new(model),
             metrics,
@@ -152,7 +155,10 @@ impl App {
     }
 
     /// Logits of encoded images: each is checked, decoded and preprocessed on the blocking
-    /// pool, then queued for the engine; all under the request's deadline.
+    /// pool, then queued for the engine at once; all under the request's deadline. At most
+    /// `2 * max_batch` preprocessed images wait for the engine (a slot is taken before
+    /// decoding and released when the worker takes the image), so a long queue holds
+    /// compressed bodies, not 600 KB tensors.
     pub(crate) async fn logits_of_images(
         &self,
         images: Vec<(String, Bytes)>,
@@ -160,20 +166,23 @@ impl App {
     ) -> Result<Vec<Vec<f32>>, ApiError> {
         let spec = self.model.spec();
         let shape = mobilenetv2::plan::Shape::new(spec.height, spec.width_px, 3);
-        let mut inputs = Vec::with_capacity(images.len());
+        let mut pending = Vec::with_capacity(images.len());
         let work = async {
             for (name, bytes) in images {
-                let _permit = self.decoders.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
+                let closed = || ApiError::unavailable("the server is shutting down");
+                let slot = self.slots.clone().acquire_owned().await.map_err(|_| closed())?;
+                let permit = self.decoders.acquire().await.map_err(|_| closed())?;
                 let (model, max_pixels) = (self.model.clone(), self.config.max_pixels);
                 let data = tokio::task::spawn_blocking(move || images::load(&bytes, &name, &model, max_pixels))
                     .await
                     .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))??;
-                inputs.push((shape, data));
+                drop(permit);
+                pending.push(self.batcher.submit(shape, data, Some(slot)).ok_or_else(closed)?);
             }
             Ok::<_, ApiError>(())
         };
         self.within(deadline, work).await?;
-        self.logits(inputs, deadline).await
+        self.wait(pending, deadline).await
     }
 
     /// Queues preprocessed images (NHWC) and waits for their logits until `deadline`.
@@ -185,9 +194,19 @@ impl App {
         let mut pending = Vec::with_capacity(inputs.len());
         for (shape, data) in inputs {
             pending.push(
-                self.batcher.submit(shape, data).ok_or_else(|| ApiError::unavailable("the server is shutting down"))?,
+                self.batcher
+                    .submit(shape, data, None)
+                    .ok_or_else(|| ApiError::unavailable("the server is shutting down"))?,
             );
         }
+        self.wait(pending, deadline).await
+    }
+
+    async fn wait(
+        &self,
+        pending: Vec<tokio::sync::oneshot::Receiver<batch::Reply>>,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<f32>>, ApiError> {
         let work = async {
             let mut out = Vec::with_capacity(pending.len());
             for rx in pending {
