@@ -10,6 +10,8 @@
 //! their images are decoded on the blocking pool and batched for the engine by one worker
 //! thread ([`batch`]). Everything is testable in process through [`App::router`].
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod error;
 pub mod images;
