@@ -10,6 +10,7 @@ pub mod names;
 pub mod onnx;
 pub mod pth;
 pub mod safetensors_io;
+pub mod tfgraph;
 pub mod tflite;
 
 use std::collections::BTreeMap;
@@ -139,7 +140,6 @@ pub fn load(path: &Path) -> Result<TensorFile> {
         Format::TorchZip | Format::TorchLegacy => pth::read(path, &bytes),
     }
 }
-
 
 /// f16 bits to f32 (IEEE 754 half precision).
 pub fn f16_to_f32(h: u16) -> f32 {
