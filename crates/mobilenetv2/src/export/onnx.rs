@@ -11,9 +11,10 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::engine::fold;
 use crate::error::{Error, Result};
+use crate::fold;
 use crate::model::Model;
+use crate::names;
 use crate::plan::{Activation, Op};
 use crate::weights::onnx::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
@@ -139,7 +140,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
         }
         match &layer.op {
             Op::Conv(c) => {
-                let f = fold::fold_conv(model, layer);
+                let f = fold::fold_conv(&model.params, model.spec().bn_eps, layer);
                 let (o, ig, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
                 // The fold is HWIO; ONNX wants OIHW.
                 let mut w = vec![0f32; f.weights.len()];
@@ -152,7 +153,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                         }
                     }
                 }
-                let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[o, ig, k, k], &w));
                 inits.push(tensor(&bn, &[o], &f.bias));
                 let out = format!("{}.conv", layer.name);
@@ -176,7 +177,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
             }
             Op::Dropout { .. } => {}
             Op::Linear => {
-                let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
                 inits.push(tensor(&bn, &[layer.output.c], model.param(&bn)));
                 nodes.push(node("Gemm", &layer.name, &[&cur, &wn, &bn], "logits", vec![int("transB", 1)]));

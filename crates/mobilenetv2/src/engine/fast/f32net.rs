@@ -8,8 +8,8 @@ use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
 use super::{check_structure, minmax, Net};
-use crate::engine::fold::FoldedLayers;
 use crate::error::Result;
+use crate::fold::FoldedLayers;
 use crate::plan::Plan;
 
 struct Block {
@@ -31,7 +31,7 @@ impl F32Net {
     pub fn new(plan: &Plan, folded: &mut FoldedLayers, isa: Isa) -> Result<F32Net> {
         check_structure(plan)?;
         let layers = &plan.layers;
-        let n = layers.len();
+        let (last_conv, cls) = (plan.last_conv, plan.classifier("the fast engine")?.classifier);
         let act = |i: usize| minmax(layers[i].conv().expect("conv layer").activation);
         let f = folded.take(0);
         let stem = (PackedStem::new(isa, &f.weights, layers[0].output.c, &f.bias), act(0));
@@ -47,11 +47,11 @@ impl F32Net {
             let project = (PackedGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
             blocks.push(Block { expand, dw, project });
         }
-        let f = folded.take(n - 4);
-        let last =
-            (PackedGemm::new(isa, &f.weights, layers[n - 4].input.c, layers[n - 4].output.c, &f.bias), act(n - 4));
-        let cls = folded.take(n - 1);
-        let classifier = PackedGemm::new(isa, &cls.weights, layers[n - 1].input.c, layers[n - 1].output.c, &cls.bias);
+        let f = folded.take(last_conv);
+        let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
+        let last = (PackedGemm::new(isa, &f.weights, l_in, l_out, &f.bias), act(last_conv));
+        let f = folded.take(cls);
+        let classifier = PackedGemm::new(isa, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias);
         Ok(F32Net { isa, stem, blocks, last, classifier })
     }
 }

@@ -34,7 +34,7 @@ use mnv2_kernels::{AlignedVec, Isa, MinMax};
 
 use super::pool::{Pool, SpinBarrier};
 use crate::error::{Error, Result};
-use crate::plan::{ConvKind, Op, Plan, Role};
+use crate::plan::{ConvKind, Plan, Role};
 use block::{Hidden, Src};
 use rows::{Rows, SharedBuf};
 use schedule::Schedule;
@@ -52,13 +52,13 @@ fn minmax(a: crate::plan::Activation) -> MinMax {
 fn check_structure(plan: &Plan) -> Result<()> {
     let unsupported = |what: &str| Err(Error::Unsupported(format!("the fast engine does not run {what}")));
     let layers = &plan.layers;
-    let n = layers.len();
-    if n < 5
-        || layers[0].role != Role::Stem
-        || layers[n - 4].role != Role::LastConv
-        || !matches!(layers[n - 3].op, Op::GlobalAvgPool)
-        || !matches!(layers[n - 2].op, Op::Dropout { .. })
-        || !matches!(layers[n - 1].op, Op::Linear)
+    let head = plan.classifier("the fast engine")?;
+    let chain = [plan.last_conv, head.pool, head.dropout, head.classifier];
+    if layers[plan.stem()].role != Role::Stem
+        || layers[plan.last_conv].role != Role::LastConv
+        || chain.windows(2).any(|w| w[1] != w[0] + 1)
+        || chain[3] + 1 != layers.len()
+        || layers.iter().any(|l| l.source.is_some())
     {
         return unsupported("a network that is not stem, blocks, last conv, pool, classifier");
     }

@@ -19,10 +19,10 @@ use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax};
 
 use super::{check_structure, minmax, Net};
-use crate::engine::fold::FoldedLayers;
 use crate::error::{Error, Result};
+use crate::fold::FoldedLayers;
 use crate::plan::{Activation, ConvKind, Plan};
-use crate::quant::QuantSpec;
+use crate::qscheme::QuantSpec;
 
 /// How the int8 network holds its expanded rows: u8 (least memory: streaming mode), or the
 /// same u8 values as f32 (fast mode: the depthwise conv reads each value up to nine times and
@@ -114,7 +114,6 @@ impl<H: RingElem> QNet<H> {
                 plan.blocks.len()
             )));
         }
-        let n = layers.len();
         let f = folded.take(0);
         let c0 = layers[0].output.c;
         let stem = (PackedStem::new(isa, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
@@ -140,12 +139,13 @@ impl<H: RingElem> QNet<H> {
             blocks.push(Block { expand, dw, project, hidden, dw_out, input, output });
             input = output;
         }
-        let f = folded.take(n - 4);
-        let (l_in, l_out) = (layers[n - 4].input.c, layers[n - 4].output.c);
+        let (last_conv, cls_layer) = (plan.last_conv, plan.classifier("the int8 engine")?.classifier);
+        let f = folded.take(last_conv);
+        let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
         let last = (PackedQGemm::new(isa, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6));
-        let cls = folded.take(n - 1);
+        let cls = folded.take(cls_layer);
         let pooled: QParams = spec.pooled.into();
-        let (c_in, c_out) = (layers[n - 1].input.c, layers[n - 1].output.c);
+        let (c_in, c_out) = (layers[cls_layer].input.c, layers[cls_layer].output.c);
         let classifier = PackedQGemm::new(isa, &cls.weights, c_in, c_out, &cls.bias, pooled);
         Ok(QNet { ring: PhantomData, isa: last.0.isa, stem, stem_q, blocks, last, pooled, classifier })
     }

@@ -4,29 +4,32 @@
 //! weights `w * s` and bias `beta - mean * s` with `s = gamma / sqrt(var + eps)`. The fold is
 //! computed in f64 and rounded once.
 
-use crate::model::Model;
-use crate::plan::{Layer, Op};
+use crate::names::{self, param, BnParam, Params};
+use crate::plan::{Layer, Op, Plan};
 
 /// A convolution with BatchNorm folded in: weights `[kh][kw][cin / groups][cout]` (HWIO).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FoldedConv {
+    /// HWIO weights (`[in][out]` for the classifier).
     pub weights: Vec<f32>,
+    /// One bias per output channel.
     pub bias: Vec<f32>,
 }
 
-/// Folds the BatchNorm of a convolution layer. Panics if `layer` is not a convolution of
-/// `model`'s plan (a bug, not an input error).
-pub fn fold_conv(model: &Model, layer: &Layer) -> FoldedConv {
+/// Folds the BatchNorm (epsilon `bn_eps`) of a convolution layer. Panics if `layer` is not a
+/// convolution whose tensors are in `params` (a bug, not an input error: loaders check files
+/// against the plan).
+pub fn fold_conv(params: &Params, bn_eps: f32, layer: &Layer) -> FoldedConv {
     let c = match &layer.op {
         Op::Conv(c) => c,
         _ => panic!("fold_conv on {}", layer.name),
     };
-    let eps = model.spec().bn_eps as f64;
-    let w = model.param(&format!("{}.weight", layer.name));
-    let gamma = model.param(&format!("{}.weight", c.bn));
-    let beta = model.param(&format!("{}.bias", c.bn));
-    let mean = model.param(&format!("{}.running_mean", c.bn));
-    let var = model.param(&format!("{}.running_var", c.bn));
+    let eps = bn_eps as f64;
+    let w = param(params, &names::weight(layer));
+    let gamma = param(params, &names::bn(c, BnParam::Weight));
+    let beta = param(params, &names::bn(c, BnParam::Bias));
+    let mean = param(params, &names::bn(c, BnParam::Mean));
+    let var = param(params, &names::bn(c, BnParam::Var));
     let (cout, cin_g, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
     let scale: Vec<f64> = (0..cout).map(|o| gamma[o] as f64 / (var[o] as f64 + eps).sqrt()).collect();
     let mut weights = vec![0f32; k * k * cin_g * cout];
@@ -45,8 +48,8 @@ pub fn fold_conv(model: &Model, layer: &Layer) -> FoldedConv {
 }
 
 /// The classifier as `[in][out]` weights and a bias.
-pub fn linear(model: &Model, layer: &Layer) -> FoldedConv {
-    let w = model.param(&format!("{}.weight", layer.name));
+pub fn linear(params: &Params, layer: &Layer) -> FoldedConv {
+    let w = param(params, &names::weight(layer));
     let (n_in, n_out) = (layer.input.c, layer.output.c);
     let mut weights = vec![0f32; n_in * n_out];
     for o in 0..n_out {
@@ -54,7 +57,7 @@ pub fn linear(model: &Model, layer: &Layer) -> FoldedConv {
             weights[i * n_out + o] = w[o * n_in + i];
         }
     }
-    FoldedConv { weights, bias: model.param(&format!("{}.bias", layer.name)).to_vec() }
+    FoldedConv { weights, bias: param(params, &names::bias(layer)).to_vec() }
 }
 
 /// The folded weights of every layer of a plan, each handed out once by [`FoldedLayers::take`].
@@ -63,33 +66,21 @@ pub struct FoldedLayers {
 }
 
 impl FoldedLayers {
-    /// Folds every convolution and the classifier of `model`.
-    pub fn from_model(model: &Model) -> FoldedLayers {
-        FoldedLayers { layers: model.plan.layers.iter().map(|l| fold_layer(model, l)).collect() }
+    /// Folds every convolution and the classifier of `plan`.
+    pub fn new(plan: &Plan, params: &Params) -> FoldedLayers {
+        FoldedLayers { layers: plan.layers.iter().map(|l| fold_layer(params, plan.spec.bn_eps, l)).collect() }
     }
 
-    /// Like [`FoldedLayers::from_model`], removing each layer's parameters from `model` once
-    /// folded, so the weights never exist twice (peak memory while an engine is built).
-    pub fn from_owned(model: &mut Model) -> FoldedLayers {
-        let plan = model.plan.clone();
+    /// Like [`FoldedLayers::new`], removing each layer's parameters from `params` once folded,
+    /// so the weights never exist twice (peak memory while an engine is built).
+    pub fn from_owned(plan: &Plan, params: &mut Params) -> FoldedLayers {
         let layers = plan
             .layers
             .iter()
             .map(|l| {
-                let f = fold_layer(model, l);
-                let names = match &l.op {
-                    Op::Conv(c) => vec![
-                        format!("{}.weight", l.name),
-                        format!("{}.weight", c.bn),
-                        format!("{}.bias", c.bn),
-                        format!("{}.running_mean", c.bn),
-                        format!("{}.running_var", c.bn),
-                    ],
-                    Op::Linear => vec![format!("{}.weight", l.name), format!("{}.bias", l.name)],
-                    _ => vec![],
-                };
-                for n in names {
-                    model.params.remove(&n);
+                let f = fold_layer(params, plan.spec.bn_eps, l);
+                for n in names::of_layer(l) {
+                    params.remove(&n);
                 }
                 f
             })
@@ -103,10 +94,10 @@ impl FoldedLayers {
     }
 }
 
-fn fold_layer(model: &Model, l: &Layer) -> Option<FoldedConv> {
+fn fold_layer(params: &Params, bn_eps: f32, l: &Layer) -> Option<FoldedConv> {
     match &l.op {
-        Op::Conv(_) => Some(fold_conv(model, l)),
-        Op::Linear => Some(linear(model, l)),
+        Op::Conv(_) => Some(fold_conv(params, bn_eps, l)),
+        Op::Linear => Some(linear(params, l)),
         _ => None,
     }
 }
