@@ -9,6 +9,7 @@
 //! - [`boxcoder`]: the Faster R-CNN box coder (scales 10, 10, 5, 5);
 //! - [`postprocess`], [`nms`]: sigmoid scores and per-class NMS, clipped to the image;
 //! - [`tfconfig`]: all of the above read from a frozen graph's constants;
+//! - [`tfimport`]: the graph's MobileNetV2 backbone on the plan;
 //! - [`heads`]: parameter and multiply-add accounting of the SSDLite and SSD heads.
 
 pub mod anchors;
@@ -18,6 +19,7 @@ pub mod nms;
 pub mod postprocess;
 pub mod resize;
 pub mod tfconfig;
+pub mod tfimport;
 
 pub use anchors::{AnchorGenerator, BoxSpec};
 pub use boxcoder::BoxCoder;
