@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod labels;
+pub mod limits;
 pub mod model;
 pub mod npy;
 pub mod plan;

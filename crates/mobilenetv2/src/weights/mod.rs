@@ -140,7 +140,6 @@ pub fn load(path: &Path) -> Result<TensorFile> {
     }
 }
 
-
 /// f16 bits to f32 (IEEE 754 half precision).
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
