@@ -21,8 +21,9 @@ pub const MAX_DECODED_PIXELS: u64 = 1 << 25;
 pub const MAX_IMAGE_SIDE: u32 = 1 << 20;
 /// Bytes the image decoder may allocate for one image (8 bytes per pixel: 16-bit RGBA).
 pub const MAX_DECODER_ALLOC: u64 = MAX_DECODED_PIXELS * 8;
-/// Pixels of any resize output or crop window the preprocessing materialises.
-pub const MAX_RESIZED_PIXELS: u64 = 1 << 24;
+/// Pixels of any resize output or crop window the preprocessing materialises (8192 x 8192,
+/// the largest input a spec allows).
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 /// Largest `Resize(size)` a weight file's preprocessing metadata may ask for.
 pub const MAX_RESIZE: usize = 1 << 14;
 /// Nesting depth of pickle tuples (a state dict nests three deep; torch's rebuild arguments

@@ -37,6 +37,19 @@ impl Preprocess {
     pub fn tf() -> Self {
         Preprocess { resize: None, mean: [0.5; 3], std: [0.5; 3] }
     }
+
+    /// Checks values read from a file: a resize of 1..=`limits::MAX_RESIZE`, finite means,
+    /// finite positive stds (`std: 0` divided by zero; a resize of 2^62 overflowed).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let max = crate::limits::MAX_RESIZE;
+        if let Some(r) = self.resize.filter(|&r| r == 0 || r > max) {
+            return Err(format!("resize {r} is outside 1..={max}"));
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) || !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err("mean must be finite and std finite and positive".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -86,7 +99,8 @@ fn first_misfit(file: &TensorFile, exp: &[Expected]) -> Option<(usize, Error)> {
 }
 
 fn meta_err(path: &Path, key: &str, value: &str, detail: impl Into<String>) -> Error {
-    Error::Metadata { path: path.into(), key: key.into(), value: value.into(), detail: detail.into() }
+    let value = crate::limits::clip(value, 200);
+    Error::Metadata { path: path.into(), key: key.into(), value, detail: detail.into() }
 }
 
 impl Model {
@@ -173,7 +187,12 @@ impl Model {
             None => None,
         };
         let preprocess = match file.metadata.get("preprocess") {
-            Some(s) => serde_json::from_str(s).map_err(|e| meta_err(&path, "preprocess", s, e.to_string()))?,
+            Some(s) => {
+                let p: Preprocess =
+                    serde_json::from_str(s).map_err(|e| meta_err(&path, "preprocess", s, e.to_string()))?;
+                p.validate().map_err(|e| meta_err(&path, "preprocess", s, e))?;
+                p
+            }
             None if spec.padding == Padding::Tf => Preprocess::tf(),
             None => Preprocess::imagenet(spec.height.min(spec.width_px)),
         };

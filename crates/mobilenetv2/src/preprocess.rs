@@ -713,7 +713,7 @@ mod tests {
         assert!(e.starts_with("huge.png: ") && e.contains("60000x60000"), "{e}");
         // A network input over the resize budget is refused, not allocated.
         let img = RgbImage::new(1, 1, vec![1, 2, 3]).unwrap();
-        let e = transform(&img, &Preprocess::tf(), 1 << 13, 1 << 13).unwrap_err().to_string();
+        let e = transform(&img, &Preprocess::tf(), 1 << 14, 1 << 13).unwrap_err().to_string();
         assert!(e.contains("pixels"), "{e}");
     }
 
