@@ -88,3 +88,88 @@ fn devices_and_fifos_are_not_read() {
     assert!(e.contains("not a regular file"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Every file of the committed fuzz corpus (`tests/data/fuzz/<target>/`, written by
+/// `scripts/fuzz/hostile_corpus.py` plus what fuzzing found) through the reader its fuzz
+/// target drives, exactly as the target does: none may panic (a panic fails this test; an
+/// abort or stack overflow kills it). Runs on stable, no fuzzer needed.
+#[test]
+fn fuzz_corpus_replays_without_panics() {
+    use mobilenetv2::model::Preprocess;
+    use mobilenetv2::preprocess::{self, RgbImage};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fuzz");
+    let targets = ["pth", "safetensors", "npy", "image", "idx", "weights_load", "metadata"];
+    let base = Model::init(&Spec::new(0.35, 96), 1, false).unwrap();
+    let mut replayed = 0;
+    for target in targets {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(root.join(target)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert!(!files.is_empty(), "no corpus for {target}");
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            let p = Path::new("corpus");
+            match target {
+                "pth" => {
+                    if let Ok(file) = mobilenetv2::weights::pth::read(p, &data) {
+                        let _ = Model::from_file(file);
+                    }
+                }
+                "safetensors" => {
+                    if let Ok(file) = mobilenetv2::weights::safetensors_io::read(p, &data) {
+                        let _ = Model::from_file(file);
+                    }
+                }
+                "npy" => {
+                    let _ = mobilenetv2::npy::parse(p, &data);
+                }
+                "image" => {
+                    if let Ok(img) = preprocess::decode_bytes(&data, p) {
+                        for (pre, h, w) in [(Preprocess::imagenet(224), 224, 224), (Preprocess::tf(), 96, 128)] {
+                            if let Ok(out) = preprocess::transform(&img, &pre, h, w) {
+                                assert_eq!(out.data.len(), h * w * 3);
+                            }
+                        }
+                    }
+                }
+                "idx" => {
+                    if let Ok((dims, px)) = mobilenetv2::data::parse_idx(p, data.clone(), 3) {
+                        let (h, w) = (dims[1], dims[2]);
+                        if dims[0] > 0 && h > 0 && w > 0 && h * w <= 1 << 20 {
+                            let img =
+                                RgbImage::new(w, h, px[..h * w].iter().flat_map(|&v| [v, v, v]).collect()).unwrap();
+                            let _ = preprocess::transform(&img, &Preprocess::imagenet(32), 32, 32);
+                        }
+                    }
+                }
+                "weights_load" => {
+                    let d = scratch("replay");
+                    let path = d.join(f.file_name().unwrap());
+                    std::fs::write(&path, &data).unwrap();
+                    if let Ok(file) = mobilenetv2::weights::load(&path) {
+                        let _ = Model::from_file(file);
+                    }
+                    std::fs::remove_dir_all(&d).unwrap();
+                }
+                _ => {
+                    let mut metadata = std::collections::BTreeMap::new();
+                    for part in data.split(|&b| b == 0xff) {
+                        let Some((&k, v)) = part.split_first() else { continue };
+                        let key = ["spec", "preprocess", "labels", "quantization"][k as usize % 4];
+                        metadata.insert(key.to_string(), String::from_utf8_lossy(v).into_owned());
+                    }
+                    let file =
+                        mobilenetv2::weights::TensorFile { path: "corpus".into(), tensors: base.tensors(), metadata };
+                    if let Ok(model) = Model::from_file(file) {
+                        let img = RgbImage::new(3, 2, vec![9; 18]).unwrap();
+                        let s = model.spec();
+                        let _ = preprocess::transform(&img, &model.preprocess, s.height, s.width_px);
+                    }
+                }
+            }
+            replayed += 1;
+        }
+    }
+    eprintln!("replayed {replayed} corpus files");
+    assert!(replayed >= 7);
+}

@@ -52,7 +52,11 @@ const FASHION: [&str; 10] =
 /// The file's bytes, gunzipped if it is gzip; both the file and what it expands to are bounded
 /// by [`MAX_FILE_BYTES`] (a 4.7 MB gzip can expand to 4.5 GiB).
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = crate::limits::read_file(path, MAX_FILE_BYTES)?;
+    gunzip_bounded(path, crate::limits::read_file(path, MAX_FILE_BYTES)?)
+}
+
+/// `raw` gunzipped if it is gzip (at most [`MAX_FILE_BYTES`] out), else `raw`.
+fn gunzip_bounded(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -70,7 +74,13 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 
 /// An IDX file: its dimensions and the unsigned-byte payload.
 fn read_idx(path: &Path, dims_wanted: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = read_maybe_gz(path)?;
+    parse_idx(path, read_maybe_gz(path)?, dims_wanted)
+}
+
+/// An IDX file's bytes (gzipped or not) with `dims_wanted` dimensions: its dimensions and its
+/// payload; `path` only names it in errors. (Public for the fuzz target and corpus replay.)
+pub fn parse_idx(path: &Path, bytes: Vec<u8>, dims_wanted: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = gunzip_bounded(path, bytes)?;
     let bad = |d: String| Error::format(path, "IDX", d);
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("no IDX magic number (00 00 type dims)".into()));
