@@ -11,6 +11,7 @@
 //! assert_eq!(a.params, 3_504_872);
 //! assert_eq!(a.madds, 300_774_272);
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod accounting;
 pub mod classify;
@@ -18,13 +19,17 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod fold;
 pub mod fsutil;
 pub mod labels;
+pub mod layout;
 pub mod limits;
 pub mod model;
+pub mod names;
 pub mod npy;
 pub mod plan;
 pub mod preprocess;
+pub mod qscheme;
 pub mod quant;
 pub mod rng;
 pub mod spec;

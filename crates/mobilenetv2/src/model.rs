@@ -4,59 +4,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
+use crate::names::{expected, Params};
 use crate::plan::Plan;
+pub use crate::preprocess::Preprocess;
+use crate::qscheme::QuantSpec;
 use crate::spec::{Padding, Spec};
-use crate::weights::names::{expected, is_bn_counter, Expected};
-use crate::weights::{self, Data, Tensor, TensorFile};
-
-/// How an image becomes the network's input.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Preprocess {
-    /// Shorter side after resizing; `None` resizes straight to the input size (Keras).
-    pub resize: Option<usize>,
-    /// Per-channel mean and std applied to values in [0, 1].
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Preprocess {
-    /// torchvision's ImageNet evaluation transform: resize the shorter side to 256 (for a
-    /// 224 crop), center crop, mean/std normalisation.
-    pub fn imagenet(crop: usize) -> Self {
-        Preprocess {
-            resize: Some((crop as f64 * 256.0 / 224.0).round() as usize),
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
-    }
-
-    /// Keras `mobilenet_v2.preprocess_input`: resize to the input size, scale to [-1, 1].
-    pub fn tf() -> Self {
-        Preprocess { resize: None, mean: [0.5; 3], std: [0.5; 3] }
-    }
-
-    /// Checks values read from a file: a resize of 1..=`limits::MAX_RESIZE`, finite means,
-    /// finite positive stds (`std: 0` divided by zero; a resize of 2^62 overflowed).
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let max = crate::limits::MAX_RESIZE;
-        if let Some(r) = self.resize.filter(|&r| r == 0 || r > max) {
-            return Err(format!("resize {r} is outside 1..={max}"));
-        }
-        if !self.mean.iter().all(|m| m.is_finite()) || !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
-            return Err("mean must be finite and std finite and positive".into());
-        }
-        Ok(())
-    }
-}
+use crate::weights::fit::{first_misfit, float_params, infer_spec};
+use crate::weights::{self, Tensor, TensorFile};
 
 #[derive(Clone, Debug)]
 pub struct Model {
     pub plan: Plan,
     /// Parameters and BatchNorm statistics by torchvision name, in PyTorch layout.
-    pub params: BTreeMap<String, Vec<f32>>,
+    pub params: Params,
     /// Class names, if known.
     pub labels: Option<Vec<String>>,
     pub preprocess: Preprocess,
@@ -64,38 +25,7 @@ pub struct Model {
     pub source: PathBuf,
     /// Present for int8 files: the activation quantisation the int8 engine runs with (the
     /// parameters then hold the dequantised weights, BatchNorm folded).
-    pub quant: Option<crate::quant::QuantSpec>,
-}
-
-/// Widths tried, in order, when a file does not say which it is.
-const CANDIDATE_WIDTHS: [f64; 16] =
-    [1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, 0.6, 0.8, 0.9, 1.1, 1.2, 1.5, 1.75, 2.0, 0.1];
-
-/// The first expected tensor a file does not have right, or `None` if all fit.
-fn first_misfit(file: &TensorFile, exp: &[Expected]) -> Option<(usize, Error)> {
-    for (i, e) in exp.iter().enumerate() {
-        match file.tensors.get(&e.name) {
-            None => {
-                return Some((
-                    i,
-                    Error::MissingTensor { path: file.path.clone(), name: e.name.clone(), expected: e.shape.clone() },
-                ))
-            }
-            Some(t) if t.shape != e.shape => {
-                return Some((
-                    i,
-                    Error::ShapeMismatch {
-                        path: file.path.clone(),
-                        name: e.name.clone(),
-                        expected: e.shape.clone(),
-                        got: t.shape.clone(),
-                    },
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    None
+    pub quant: Option<QuantSpec>,
 }
 
 fn meta_err(path: &Path, key: &str, value: &str, detail: impl Into<String>) -> Error {
@@ -126,7 +56,7 @@ impl Model {
 
     pub fn from_file(file: TensorFile) -> Result<Model> {
         let path = file.path.clone();
-        let quant: Option<crate::quant::QuantSpec> = match file.metadata.get("quantization") {
+        let quant: Option<QuantSpec> = match file.metadata.get("quantization") {
             Some(s) => Some(serde_json::from_str(s).map_err(|e| meta_err(&path, "quantization", s, e.to_string()))?),
             None => None,
         };
@@ -166,7 +96,7 @@ impl Model {
                         "scales must be positive, zero points in 0..=255",
                     ));
                 }
-                crate::quant::params_from_file(&file, &plan)?
+                weights::int8::params_from_file(&file, &plan)?
             }
             None => float_params(file.tensors, &plan, &path)?,
         };
@@ -273,86 +203,8 @@ impl Model {
     /// widened back to f32 when loaded). int8 models keep their int8 format.
     pub fn save_as(&self, path: &Path, store: weights::safetensors_io::FloatStore) -> Result<()> {
         match &self.quant {
-            Some(q) => crate::quant::save(self, q, path),
+            Some(q) => weights::int8::write(path, &self.plan, &self.params, q, &self.metadata()),
             None => weights::safetensors_io::write_as(path, &self.tensors(), &self.metadata(), store),
         }
     }
-}
-
-/// The float parameters of a plan from a file's tensors: every tensor known, every value finite.
-fn float_params(mut tensors: BTreeMap<String, Tensor>, plan: &Plan, path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
-    let exp = expected(plan);
-    // Every tensor must be one the plan needs (or BatchNorm's step counter).
-    for name in tensors.keys() {
-        if !is_bn_counter(name) && !exp.iter().any(|e| &e.name == name) {
-            return Err(Error::UnknownTensor { path: path.into(), name: name.clone() });
-        }
-    }
-    let mut params = BTreeMap::new();
-    for e in &exp {
-        let t = tensors.remove(&e.name).expect("checked by first_misfit");
-        let values = match t.data {
-            Data::F32(v) => v,
-            other => {
-                return Err(Error::DType {
-                    path: path.into(),
-                    name: e.name.clone(),
-                    expected: "a floating point type".into(),
-                    got: other.dtype().into(),
-                })
-            }
-        };
-        if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite { path: path.into(), name: e.name.clone(), index, value });
-        }
-        params.insert(e.name.clone(), values);
-    }
-    Ok(params)
-}
-
-/// Finds width, expansion and classes from tensor shapes (files without `mnv2` metadata).
-fn infer_spec(file: &TensorFile) -> Result<Spec> {
-    let cls = "classifier.1.weight";
-    let classes = match file.tensors.get(cls) {
-        Some(t) if t.shape.len() == 2 && t.shape[0] > 0 => t.shape[0],
-        Some(t) => {
-            return Err(Error::ShapeMismatch {
-                path: file.path.clone(),
-                name: cls.into(),
-                expected: vec![0, 1280],
-                got: t.shape.clone(),
-            })
-        }
-        None => {
-            return Err(Error::NoConfig {
-                path: file.path.clone(),
-                detail: format!(
-                    "there is no `{cls}` tensor, so this is not a torchvision MobileNetV2 state dict ({} tensors{})",
-                    file.tensors.len(),
-                    file.tensors.keys().next().map(|k| format!(", the first is `{k}`")).unwrap_or_default()
-                ),
-            })
-        }
-    };
-    // The expansion rate is visible in the first expanding block: hidden = in * t.
-    let expansion = file
-        .tensors
-        .get("features.2.conv.0.0.weight")
-        .filter(|t| t.shape.len() == 4 && t.shape[1] > 0 && t.shape[0] % t.shape[1] == 0)
-        .map(|t| t.shape[0] / t.shape[1])
-        .filter(|&t| t != 6 && (1..=32).contains(&t));
-    let mut best: Option<(usize, Error)> = None;
-    for width in CANDIDATE_WIDTHS {
-        let spec = Spec { width, classes, expansion, ..Spec::default() };
-        let plan = Plan::new(&spec)?;
-        match first_misfit(file, &expected(&plan)) {
-            None => return Ok(spec),
-            Some((i, err)) => {
-                if best.as_ref().is_none_or(|(b, _)| i > *b) {
-                    best = Some((i, err));
-                }
-            }
-        }
-    }
-    Err(best.expect("at least one candidate").1)
 }

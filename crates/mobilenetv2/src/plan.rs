@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::spec::{BottleneckActivation, Padding, Shortcut, Spec};
+use crate::spec::{BottleneckActivation, HeadSpec, Padding, Shortcut, Spec};
 
 /// Spatial size and channels of one image's activation (stored NHWC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -117,15 +117,24 @@ pub enum Role {
     Classifier,
 }
 
+/// One layer of the network: what it computes, where it sits, its input and output shapes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Layer {
     /// torchvision module path of the layer's weights (`features.2.conv.0.0`, `classifier.1`).
     pub name: String,
+    /// What the layer is in the network.
     pub role: Role,
     /// torchvision `features` index of the inverted residual block holding the layer.
     pub block: Option<usize>,
+    /// The layer whose output this layer reads; `None` for the layer before it (the image for
+    /// the first). Heads that read several feature maps (detection, segmentation) set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<usize>,
+    /// The computation.
     pub op: Op,
+    /// Shape of one image's input.
     pub input: Shape,
+    /// Shape of one image's output.
     pub output: Shape,
 }
 
@@ -176,15 +185,47 @@ pub enum Tap {
     LastConv,
 }
 
+/// The classification head: torchvision's `avgpool` and `classifier` (dropout, linear), as
+/// indices into [`Plan::layers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassifierHead {
+    /// Global average pooling of the last conv's output.
+    pub pool: usize,
+    /// Dropout (identity at inference).
+    pub dropout: usize,
+    /// The fully connected layer with bias: the logits.
+    pub classifier: usize,
+}
+
+/// What the network computes on top of the backbone, as indices into [`Plan::layers`]. Which
+/// head a plan has is chosen by [`Spec::head`]; a head's layers follow the backbone's in
+/// [`Plan::layers`] and read it through [`Layer::source`] where they do not simply follow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Head {
+    /// ImageNet-style classification.
+    Classifier(ClassifierHead),
+}
+
 /// The network expanded into layers with shapes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
+    /// The spec this plan expands.
     pub spec: Spec,
+    /// Every layer, in execution order: stem, blocks, last conv, then the head's.
     pub layers: Vec<Layer>,
+    /// The inverted residual blocks, in order.
     pub blocks: Vec<Block>,
+    /// The last 1x1 convolution of the backbone (`features.18` for Table 2).
+    pub last_conv: usize,
+    /// The layers on top of the backbone.
+    pub head: Head,
 }
 
-fn conv_pad(padding: Padding, size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
+/// Zeros before and after one spatial axis of a convolution's input under `padding`: the one
+/// place the project computes PyTorch's symmetric and TensorFlow's 'SAME' padding (every
+/// importer and the plan call it).
+pub fn conv_pad(padding: Padding, size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
     let eff = dilation * (kernel - 1) + 1;
     match padding {
         Padding::Torch => (dilation * (kernel - 1) / 2, dilation * (kernel - 1) / 2),
@@ -235,6 +276,7 @@ impl Builder<'_> {
             name,
             role,
             block,
+            source: None,
             op: Op::Conv(Conv {
                 kind,
                 kernel,
@@ -376,14 +418,21 @@ impl Plan {
             relu6,
             false,
         );
+        let last_conv = b.layers.len() - 1;
         let pooled = Shape::new(1, 1, x.c);
         let mut push = |name: &str, role, op, input, output| {
-            b.layers.push(Layer { name: name.into(), role, block: None, op, input, output })
+            b.layers.push(Layer { name: name.into(), role, block: None, source: None, op, input, output })
         };
-        push("avgpool", Role::Pool, Op::GlobalAvgPool, x, pooled);
-        push("classifier.0", Role::Dropout, Op::Dropout { p: spec.dropout }, pooled, pooled);
-        push("classifier.1", Role::Classifier, Op::Linear, pooled, Shape::new(1, 1, spec.classes));
-        Ok(Plan { spec: spec.clone(), layers: b.layers, blocks })
+        let head = match spec.head {
+            HeadSpec::Classifier => {
+                push("avgpool", Role::Pool, Op::GlobalAvgPool, x, pooled);
+                push("classifier.0", Role::Dropout, Op::Dropout { p: spec.dropout }, pooled, pooled);
+                push("classifier.1", Role::Classifier, Op::Linear, pooled, Shape::new(1, 1, spec.classes));
+                let n = b.layers.len();
+                Head::Classifier(ClassifierHead { pool: n - 3, dropout: n - 2, classifier: n - 1 })
+            }
+        };
+        Ok(Plan { spec: spec.clone(), layers: b.layers, blocks, last_conv, head })
     }
 
     /// Shape of one input image (channels last).
@@ -394,6 +443,33 @@ impl Plan {
     /// Shape of the logits of one image.
     pub fn output(&self) -> Shape {
         self.layers.last().expect("a plan has layers").output
+    }
+
+    /// Index of the stem convolution (`features.0`).
+    pub fn stem(&self) -> usize {
+        0
+    }
+
+    /// Whether the first block reads the stem's output on the fly, so that the stem's
+    /// activation never has to exist whole: it has no expand conv and no residual (either
+    /// would read the stem's output twice). The fused engine and training both ask this.
+    pub fn stem_feeds_first_block(&self) -> bool {
+        self.blocks.first().is_some_and(|b| b.expand.is_none() && !b.residual)
+    }
+
+    /// The classification head, or an error naming `what` needs one (the fast engines, the
+    /// int8 scheme and the exporters run classifiers today).
+    pub fn classifier(&self, what: &str) -> Result<ClassifierHead> {
+        #[allow(unreachable_patterns)] // the detection and segmentation heads are next
+        match self.head {
+            Head::Classifier(h) => Ok(h),
+            _ => Err(Error::Unsupported(format!("{what} needs a classification head"))),
+        }
+    }
+
+    /// The index of the layer with this torchvision module name.
+    pub fn layer_named(&self, name: &str) -> Option<usize> {
+        self.layers.iter().position(|l| l.name == name)
     }
 
     /// The block with a torchvision `features` index.
@@ -412,9 +488,7 @@ impl Plan {
                 .ok_or_else(|| missing(format!("block {i}")))?
                 .expand
                 .ok_or_else(|| missing(format!("expansion of block {i} (t = 1)"))),
-            Tap::LastConv => {
-                Ok(self.layers.iter().position(|l| l.role == Role::LastConv).expect("a plan has a last conv"))
-            }
+            Tap::LastConv => Ok(self.last_conv),
         }
     }
 

@@ -18,16 +18,56 @@
 //! 4. **Normalise** ([`to_tensor`]): `ToTensor` (`v / 255` in f32) then `Normalize`
 //!    (`(x - mean) / std` in f32), written channels-last for [`Batch`].
 //!
-//! [`crate::model::Preprocess`] says which resize applies: `Some(s)` is torchvision's
+//! [`Preprocess`] says which resize applies: `Some(s)` is torchvision's
 //! `Resize(s)` (shorter side to `s`, the longer to `int(s * long / short)`) followed by
 //! `CenterCrop((height, width))`; `None` resizes straight to the input size (Keras).
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::Preprocess;
 use crate::plan::Shape;
 use crate::tensor::Batch;
+use serde::{Deserialize, Serialize};
+
+/// How an image becomes the network's input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// Shorter side after resizing; `None` resizes straight to the input size (Keras).
+    pub resize: Option<usize>,
+    /// Per-channel mean and std applied to values in [0, 1].
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// torchvision's ImageNet evaluation transform: resize the shorter side to 256 (for a
+    /// 224 crop), center crop, mean/std normalisation.
+    pub fn imagenet(crop: usize) -> Self {
+        Preprocess {
+            resize: Some((crop as f64 * 256.0 / 224.0).round() as usize),
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
+    /// Keras `mobilenet_v2.preprocess_input`: resize to the input size, scale to [-1, 1].
+    pub fn tf() -> Self {
+        Preprocess { resize: None, mean: [0.5; 3], std: [0.5; 3] }
+    }
+
+    /// Checks values read from a file: a resize of 1..=`limits::MAX_RESIZE`, finite means,
+    /// finite positive stds (`std: 0` divided by zero; a resize of 2^62 overflowed).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let max = crate::limits::MAX_RESIZE;
+        if let Some(r) = self.resize.filter(|&r| r == 0 || r > max) {
+            return Err(format!("resize {r} is outside 1..={max}"));
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) || !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err("mean must be finite and std finite and positive".into());
+        }
+        Ok(())
+    }
+}
 
 /// An 8-bit RGB image: rows top to bottom, pixels interleaved R, G, B.
 #[derive(Clone, Debug, PartialEq, Eq)]

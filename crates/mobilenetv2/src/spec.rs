@@ -71,6 +71,22 @@ pub enum Padding {
     Tf,
 }
 
+/// Which head sits on the backbone (see [`crate::plan::Head`] for its layers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadSpec {
+    /// Global average pool, dropout and a fully connected layer to [`Spec::classes`] logits.
+    #[default]
+    Classifier,
+}
+
+impl HeadSpec {
+    /// Whether this is the classification head.
+    pub fn is_classifier(&self) -> bool {
+        *self == HeadSpec::Classifier
+    }
+}
+
 /// Everything that determines one MobileNetV2 network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
@@ -95,6 +111,10 @@ pub struct Spec {
     pub dropout: f32,
     /// BatchNorm epsilon: 1e-5 for torchvision weights, 1e-3 for TF/Keras.
     pub bn_eps: f32,
+    /// The head on the backbone. Not written for a classifier, so files keep the bytes they
+    /// had before heads existed (and such files load as classifiers).
+    #[serde(default, skip_serializing_if = "HeadSpec::is_classifier")]
+    pub head: HeadSpec,
 }
 
 impl Default for Spec {
@@ -112,6 +132,7 @@ impl Default for Spec {
             output_stride: 32,
             dropout: 0.2,
             bn_eps: 1e-5,
+            head: HeadSpec::Classifier,
         }
     }
 }

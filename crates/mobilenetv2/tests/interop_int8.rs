@@ -24,7 +24,7 @@ use mobilenetv2::export::onnx::{self, Options};
 use mobilenetv2::plan::Op;
 use mobilenetv2::quant::{self, ActQuant, Method};
 use mobilenetv2::weights::onnx::proto;
-use mobilenetv2::weights::{Data, Tensor};
+use mobilenetv2::weights::{self, Data, Tensor};
 use mobilenetv2::{Batch, Model, Spec};
 use prost::Message;
 use serde_json::Value;
@@ -115,7 +115,10 @@ fn qdq_export_runs_on_onnxruntime_int8_kernels_and_matches() {
         let back = Model::load(&path).unwrap();
         assert_eq!(back.spec(), model.spec(), "{name}");
         assert_eq!(back.quant, model.quant, "{name}: quantisation round trip");
-        let (a, b) = (quant::quantized_tensors(&back), quant::quantized_tensors(&model));
+        let (a, b) = (
+            weights::int8::quantized_tensors(&back.plan, &back.params),
+            weights::int8::quantized_tensors(&model.plan, &model.params),
+        );
         for (k, t) in a.iter().filter(|(k, _)| k.ends_with(".weight") || k.ends_with(".weight_scale")) {
             assert_eq!(Some(t), b.get(k), "{name}: {k} round trip");
         }
@@ -178,7 +181,7 @@ fn quantize_static_qdq_graphs_run_on_the_int8_engine() {
             assert!(notes.iter().any(|n| n.contains(what)), "{name}: a note on {what}: {notes:?}");
         }
         // The engine runs the file's own weight integers when they are per output channel.
-        let ints = quant::quantized_tensors(&model);
+        let ints = weights::int8::quantized_tensors(&model.plan, &model.params);
         let engine: Vec<&Tensor> = model
             .plan
             .layers

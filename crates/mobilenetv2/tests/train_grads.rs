@@ -11,8 +11,8 @@
 mod common;
 
 use common::{det_input, root, spec_of};
+use mobilenetv2::names::Kind;
 use mobilenetv2::train::{BnMode, Net, StepOptions, Tape};
-use mobilenetv2::weights::names::Kind;
 use mobilenetv2::weights::{self, Data};
 use mobilenetv2::{Batch, Model, Spec};
 use serde_json::Value;

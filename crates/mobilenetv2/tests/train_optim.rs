@@ -5,9 +5,9 @@
 mod common;
 
 use common::root;
+use mobilenetv2::names::Kind;
 use mobilenetv2::train::net::TensorInfo;
 use mobilenetv2::train::{Method, Optimizer, Schedule};
-use mobilenetv2::weights::names::Kind;
 use mobilenetv2::weights::{self, Data};
 
 fn f32s(file: &weights::TensorFile, name: &str) -> Vec<f32> {

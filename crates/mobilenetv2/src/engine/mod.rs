@@ -2,8 +2,6 @@
 //! then run on batches of NHWC images of any size.
 
 mod fast;
-pub mod fold;
-pub mod pool;
 mod reference;
 
 pub use fast::Profile;
@@ -15,7 +13,7 @@ use crate::plan::{Op, Plan, Shape, Tap};
 use crate::spec::Spec;
 use crate::tensor::Batch;
 
-pub use fold::FoldedConv;
+use crate::fold::{FoldedConv, FoldedLayers};
 
 /// How the engine executes the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -79,18 +77,18 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: &Model, options: Options) -> Result<Engine> {
-        Engine::build(model, &mut fold::FoldedLayers::from_model(model), options)
+        Engine::build(model, &mut FoldedLayers::new(&model.plan, &model.params), options)
     }
 
     /// [`Engine::new`] that consumes the model: each layer's parameters are freed as soon as
     /// they are folded, so the weights never exist twice (the least peak memory; what the CLI
     /// uses). The model's plan, labels and preprocessing come back with empty parameters.
     pub fn new_owned(mut model: Model, options: Options) -> Result<(Engine, Model)> {
-        let mut folded = fold::FoldedLayers::from_owned(&mut model);
+        let mut folded = FoldedLayers::from_owned(&model.plan.clone(), &mut model.params);
         Ok((Engine::build(&model, &mut folded, options)?, model))
     }
 
-    fn build(model: &Model, folded: &mut fold::FoldedLayers, options: Options) -> Result<Engine> {
+    fn build(model: &Model, folded: &mut FoldedLayers, options: Options) -> Result<Engine> {
         if options.threads == 0 {
             return Err(Error::Input("threads must be at least 1".into()));
         }

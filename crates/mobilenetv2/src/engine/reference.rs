@@ -31,7 +31,12 @@ fn run_image(layers: &[Compiled], plan: &Plan, image: &[f32], taps: &[usize]) ->
     let mut cur = image.to_vec();
     let mut block_input: Vec<f32> = Vec::new();
     let last_tap = taps.iter().copied().max().unwrap_or(0);
+    // Outputs that a later layer reads through `Layer::source` (a head's taps) are kept.
+    let mut kept: Vec<Option<Vec<f32>>> = vec![None; plan.layers.len()];
     for (i, layer) in plan.layers.iter().enumerate().take(last_tap + 1) {
+        if let Some(src) = layer.source {
+            cur = kept[src].clone().expect("a layer's source runs before it");
+        }
         if plan.block_of(i).is_some_and(|b| b.first_layer() == i) {
             block_input = cur.clone();
         }
@@ -50,6 +55,9 @@ fn run_image(layers: &[Compiled], plan: &Plan, image: &[f32], taps: &[usize]) ->
             _ => unreachable!("compiled layer {i} does not match the plan"),
         }
         cur = out;
+        if plan.layers.iter().any(|l| l.source == Some(i)) {
+            kept[i] = Some(cur.clone());
+        }
         for (t, o) in taps.iter().zip(outs.iter_mut()) {
             if *t == i {
                 *o = cur.clone();

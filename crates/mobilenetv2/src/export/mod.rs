@@ -2,5 +2,3 @@
 
 pub mod onnx;
 mod qdq;
-
-pub(crate) use qdq::relu6_implied;

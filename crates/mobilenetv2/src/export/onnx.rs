@@ -11,9 +11,11 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::engine::fold;
 use crate::error::{Error, Result};
+use crate::fold;
+use crate::layout::{hwio_to_oihw, ConvDims};
 use crate::model::Model;
+use crate::names;
 use crate::plan::{Activation, Op};
 use crate::weights::onnx::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
@@ -139,20 +141,11 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
         }
         match &layer.op {
             Op::Conv(c) => {
-                let f = fold::fold_conv(model, layer);
+                let f = fold::fold_conv(&model.params, model.spec().bn_eps, layer);
                 let (o, ig, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
                 // The fold is HWIO; ONNX wants OIHW.
-                let mut w = vec![0f32; f.weights.len()];
-                for oc in 0..o {
-                    for ic in 0..ig {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                w[((oc * ig + ic) * k + ky) * k + kx] = f.weights[((ky * k + kx) * ig + ic) * o + oc];
-                            }
-                        }
-                    }
-                }
-                let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                let w = hwio_to_oihw(&f.weights, ConvDims { o, i: ig, k });
+                let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[o, ig, k, k], &w));
                 inits.push(tensor(&bn, &[o], &f.bias));
                 let out = format!("{}.conv", layer.name);
@@ -176,7 +169,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
             }
             Op::Dropout { .. } => {}
             Op::Linear => {
-                let (wn, bn) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
                 inits.push(tensor(&bn, &[layer.output.c], model.param(&bn)));
                 nodes.push(node("Gemm", &layer.name, &[&cur, &wn, &bn], "logits", vec![int("transB", 1)]));

@@ -22,8 +22,9 @@
 use super::onnx::{conv_attrs, int, node, tensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::names;
 use crate::plan::{Activation, Op};
-use crate::quant::{self, ActQuant, QuantSpec};
+use crate::qscheme::{relu6_implied, ActQuant, QuantSpec};
 use crate::weights::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
 use crate::weights::{Data, Tensor};
 
@@ -38,12 +39,6 @@ fn raw(name: &str, dims: &[usize], dtype: DataType, bytes: Vec<u8>) -> TensorPro
         raw_data: Some(bytes),
         ..Default::default()
     }
-}
-
-/// Whether `Clip(0, 6)` before quantising with `q` changes nothing: `q` clamps at 0 (zero point
-/// 0) and its largest value is at most 6 (within half a step: values between round to it).
-pub(crate) fn relu6_implied(q: ActQuant) -> bool {
-    q.zero == 0 && 255.0 * q.scale as f64 <= 6.0 + 0.5 * q.scale as f64
 }
 
 struct Graph {
@@ -127,7 +122,7 @@ pub(crate) fn layer_quant(model: &Model, q: &QuantSpec) -> (Vec<Option<ActQuant>
     }
     for (i, l) in plan.layers.iter().enumerate() {
         match l.op {
-            Op::Conv(_) if i == n - 4 => input[i] = Some(prev),
+            Op::Conv(_) if i == plan.last_conv => input[i] = Some(prev),
             Op::Linear => input[i] = Some(q.pooled),
             _ => {}
         }
@@ -150,7 +145,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
             plan.blocks.len()
         )));
     }
-    let tensors = quant::quantized_tensors(model);
+    let tensors = crate::weights::int8::quantized_tensors(&model.plan, &model.params);
     let get = |name: &str| -> (&[usize], &Data) {
         let t: &Tensor = tensors.get(name).unwrap_or_else(|| panic!("quantized_tensors has `{name}`"));
         (&t.shape, &t.data)
@@ -170,9 +165,9 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
         }
         let name = &layer.name;
         let weight = |g: &mut Graph| {
-            let (dims, data) = get(&format!("{name}.weight"));
+            let (dims, data) = get(&names::weight(layer));
             let Data::I8(wq) = data else { unreachable!("int8 weights") };
-            let scales = floats(&format!("{name}.weight_scale"));
+            let scales = floats(&names::weight_scale(layer));
             let w = g.weight(name, dims, wq, &scales);
             (w, scales)
         };
@@ -182,7 +177,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
                 // A group of quantised input, weights and output, nothing in between: one
                 // integer kernel. Otherwise the convolution computes in float, as in the engine.
                 let fused = in_q[i].is_some() && out_q[i].is_some() && !c.residual;
-                let b = g.bias(name, &floats(&format!("{name}.bias")), in_q[i].filter(|_| fused), &scales);
+                let b = g.bias(name, &floats(&names::bias(layer)), in_q[i].filter(|_| fused), &scales);
                 let out = format!("{name}.conv");
                 g.nodes.push(node("Conv", name, &[&cur, &w, &b], &out, conv_attrs(c)));
                 cur = out;
@@ -209,7 +204,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
             Op::Dropout { .. } => {}
             Op::Linear => {
                 let (w, scales) = weight(&mut g);
-                let b = g.bias(name, &floats(&format!("{name}.bias")), in_q[i], &scales);
+                let b = g.bias(name, &floats(&names::bias(layer)), in_q[i], &scales);
                 g.nodes.push(node("Gemm", name, &[&cur, &w, &b], "logits", vec![int("transB", 1)]));
                 cur = "logits".into();
             }

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::net::TensorInfo;
-use crate::weights::names::Kind;
+use crate::names::Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

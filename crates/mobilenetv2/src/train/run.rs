@@ -24,7 +24,6 @@ use crate::data::{Dataset, OnBad};
 use crate::engine::{Engine, Mode, Options};
 use crate::error::{Error, Result};
 use crate::model::{Model, Preprocess};
-use crate::plan::Role;
 use crate::rng::Rng;
 use crate::spec::{BottleneckActivation, Shortcut, Spec};
 use crate::tensor::Batch as TBatch;
@@ -452,7 +451,7 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         return Err(Error::Input(format!("{}: label {bad} is out of range for {k} classes", ds.path.display())));
     }
     Net::check_plan(&s.net.plan)?;
-    let cls_layer = s.net.plan.layers.iter().position(|l| l.role == Role::Classifier).expect("classifier");
+    let cls_layer = s.net.plan.classifier("training")?.classifier;
     let per_epoch = Loader::batches(train_idx.len(), cfg.batch) as u64;
     let total = per_epoch * cfg.epochs as u64;
     let mut tape = Tape::new(&s.net.plan, cfg.batch);

@@ -9,20 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::names::expected;
+use super::fit::{float_params, CANDIDATE_WIDTHS};
 use super::Tensor;
 use crate::error::{Error, Result};
-use crate::model::Preprocess;
-use crate::plan::{Activation, Op, Plan, Role};
-use crate::quant::{ActQuant, BlockQuant, Method, QuantSpec};
+use crate::names::{self, expected, BnParam};
+use crate::plan::{conv_pad, Activation, Op, Plan, Role};
+use crate::preprocess::Preprocess;
+use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec};
 use crate::spec::{BottleneckActivation, Padding, Shortcut, Spec};
 
 /// A value (tensor) of the foreign graph, numbered by the importer.
 pub(crate) type ValueId = usize;
-
-/// Widths tried, in order, when the graph does not say which it is.
-pub(crate) const CANDIDATE_WIDTHS: [f64; 16] =
-    [1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, 0.6, 0.8, 0.9, 1.1, 1.2, 1.5, 1.75, 2.0, 0.1];
 
 /// How a convolution pads its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +79,7 @@ impl ActQ {
     /// Whether ReLU6 before this quantisation changes nothing (zero point 0, so it clamps at
     /// 0, and its largest value within half a step of 6 or below): the ReLU6 is folded in.
     pub fn implies_relu6(&self) -> bool {
-        crate::export::relu6_implied(crate::quant::ActQuant { scale: self.scale, zero: self.zero })
+        crate::qscheme::relu6_implied(ActQuant { scale: self.scale, zero: self.zero })
     }
 
     fn describe(&self) -> String {
@@ -177,14 +174,6 @@ fn describe(spec: &Spec) -> String {
     )
 }
 
-/// TF 'SAME' padding of one axis.
-fn same_pad(size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
-    let eff = dilation * (kernel - 1) + 1;
-    let out = size.div_ceil(stride);
-    let total = ((out - 1) * stride + eff).saturating_sub(size);
-    (total / 2, total - total / 2)
-}
-
 /// Checks the network against a plan. On failure, how many units fitted and why the next did not.
 fn check(path: &Path, net: &Network, plan: &Plan) -> std::result::Result<(), (usize, Error)> {
     let convs: Vec<usize> = (0..plan.layers.len()).filter(|&i| plan.layers[i].conv().is_some()).collect();
@@ -220,8 +209,8 @@ fn check(path: &Path, net: &Network, plan: &Plan) -> std::result::Result<(), (us
         let pads = match unit.pad {
             ConvPad::Explicit(p) => p,
             ConvPad::Same => {
-                let (t, b) = same_pad(layer.input.h, c.kernel, c.stride, c.dilation);
-                let (l, r) = same_pad(layer.input.w, c.kernel, c.stride, c.dilation);
+                let (t, b) = conv_pad(Padding::Tf, layer.input.h, c.kernel, c.stride, c.dilation);
+                let (l, r) = conv_pad(Padding::Tf, layer.input.w, c.kernel, c.stride, c.dilation);
                 [t, l, b, r]
             }
         };
@@ -402,7 +391,7 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
                 let shapes = net
                     .units
                     .iter()
-                    .zip(exp.iter().filter(|e| e.kind == super::names::Kind::ConvWeight))
+                    .zip(exp.iter().filter(|e| e.kind == crate::names::Kind::ConvWeight))
                     .filter(|(u, e)| u.shape[..] == e.shape[..])
                     .count();
                 if best.as_ref().is_none_or(|(b, _)| (i, shapes) > *b) {
@@ -424,7 +413,7 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
             Op::Conv(c) => {
                 let u = units.next().expect("checked: one unit per conv");
                 let o = u.shape[0];
-                tensors.insert(format!("{}.weight", layer.name), Tensor::f32(u.shape.to_vec(), u.weight.clone()));
+                tensors.insert(names::weight(layer), Tensor::f32(u.shape.to_vec(), u.weight.clone()));
                 let zeros = vec![0f32; o];
                 let bias = u.bias.as_deref().unwrap_or(&zeros);
                 let (gamma, beta, mean, var) = match &u.bn {
@@ -439,14 +428,14 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
                     // (scale 1 / sqrt((1 - eps) + eps) rounds to 1) and the bias as its shift.
                     None => (vec![1.0; o], bias.to_vec(), zeros.clone(), vec![1.0 - eps; o]),
                 };
-                for (suffix, v) in [("weight", gamma), ("bias", beta), ("running_mean", mean), ("running_var", var)] {
-                    tensors.insert(format!("{}.{suffix}", c.bn), Tensor::f32(vec![o], v));
+                for (p, v) in BnParam::ALL.into_iter().zip([gamma, beta, mean, var]) {
+                    tensors.insert(names::bn(c, p), Tensor::f32(vec![o], v));
                 }
             }
             Op::Linear => {
                 let h = &net.head;
-                tensors.insert(format!("{}.weight", layer.name), Tensor::f32(h.shape.to_vec(), h.weight.clone()));
-                tensors.insert(format!("{}.bias", layer.name), Tensor::f32(vec![h.shape[0]], h.bias.clone()));
+                tensors.insert(names::weight(layer), Tensor::f32(h.shape.to_vec(), h.weight.clone()));
+                tensors.insert(names::bias(layer), Tensor::f32(vec![h.shape[0]], h.bias.clone()));
             }
             Op::GlobalAvgPool | Op::Dropout { .. } => {}
         }
@@ -628,19 +617,14 @@ pub(crate) fn int8(
     };
     // The int8 tensors exactly as the engine quantises the weights (per output channel,
     // symmetric): the file's own integers when they are on such a grid.
-    let mut model = crate::model::Model::from_file(super::TensorFile {
-        path: path.into(),
-        tensors: tensors.clone(),
-        metadata: metadata(spec, &Preprocess::imagenet(224), "int8 import"),
-    })?;
-    model.quant = Some(quant.clone());
-    let int8 = crate::quant::quantized_tensors(&model);
-    let heads = [(plan.layers.len() - 1, net.quant.head_weights.as_ref())];
+    let params = float_params(tensors.clone(), &plan, path)?;
+    let int8 = super::int8::quantized_tensors(&plan, &params);
+    let heads = [(plan.classifier("an int8 import")?.classifier, net.quant.head_weights.as_ref())];
     let units = convs.iter().zip(&net.units).map(|(&li, u)| (li, u.q.weights.as_ref()));
     let mut requantised = Vec::new();
     for (li, file_ints) in units.chain(heads) {
         let name = &plan.layers[li].name;
-        let same = match (&int8[&format!("{name}.weight")].data, file_ints) {
+        let same = match (&int8[&names::weight(&plan.layers[li])].data, file_ints) {
             (super::Data::I8(q), Some(f)) => q.len() == f.len() && q.iter().zip(f).all(|(&a, &b)| a as i64 == b),
             _ => false,
         };

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::names::{expected, Kind};
+use crate::names::{expected, Kind};
 use crate::plan::Plan;
 use crate::rng::Rng;
 

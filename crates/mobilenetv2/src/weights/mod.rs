@@ -3,10 +3,11 @@
 //! Every reader returns a [`TensorFile`]: tensors by name in PyTorch layout (OIHW convolution
 //! weights) plus string metadata. [`crate::model::Model`] then fits them to a plan.
 
+pub mod fit;
 pub(crate) mod graph;
 pub mod init;
+pub mod int8;
 pub mod keras;
-pub mod names;
 pub mod onnx;
 pub mod pth;
 pub mod safetensors_io;

@@ -19,7 +19,7 @@ use std::path::Path;
 use super::graph::{self, ActQ, ConvPad, FitOptions, Head, NetQ, Network, Unit, UnitQ};
 use super::{f16_to_f32, TensorFile};
 use crate::error::{Error, Result};
-use crate::model::Preprocess;
+use crate::preprocess::Preprocess;
 use crate::spec::Padding;
 
 /// Does the file carry TFLite's flatbuffer identifier?

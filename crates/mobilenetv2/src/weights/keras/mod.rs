@@ -21,12 +21,13 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::graph::{self, CANDIDATE_WIDTHS};
-use super::names::expected;
+use super::fit::CANDIDATE_WIDTHS;
+use super::graph;
 use super::{Tensor, TensorFile};
 use crate::error::{Error, Result};
-use crate::model::Preprocess;
+use crate::names::{self, expected, BnParam};
 use crate::plan::{ConvKind, Op, Plan, Role};
+use crate::preprocess::Preprocess;
 use crate::spec::{Padding, Spec};
 
 /// A Keras weight: its values and Keras shape.
@@ -331,7 +332,7 @@ fn tensors_for(plan: &Plan, src: &mut dyn Source) -> std::result::Result<BTreeMa
                         }
                     }
                 }
-                out.insert(format!("{}.weight", layer.name), Tensor::f32(vec![o, i, ks, ks], w));
+                out.insert(names::weight(layer), Tensor::f32(vec![o, i, ks, ks], w));
                 let mut stats = Vec::new();
                 for (v, what) in
                     [(&bn.gamma, "gamma"), (&bn.beta, "beta"), (&bn.mean, "moving_mean"), (&bn.var, "moving_variance")]
@@ -349,8 +350,8 @@ fn tensors_for(plan: &Plan, src: &mut dyn Source) -> std::result::Result<BTreeMa
                     // bn(conv + b): the bias moves the mean.
                     stats[2] = stats[2].iter().zip(&b.values).map(|(m, b)| m - b).collect();
                 }
-                for (suffix, v) in ["weight", "bias", "running_mean", "running_var"].iter().zip(stats) {
-                    out.insert(format!("{}.{suffix}", c.bn), Tensor::f32(vec![o], v));
+                for (p, v) in BnParam::ALL.into_iter().zip(stats) {
+                    out.insert(names::bn(c, p), Tensor::f32(vec![o], v));
                 }
             }
             Op::Linear => {
@@ -370,8 +371,8 @@ fn tensors_for(plan: &Plan, src: &mut dyn Source) -> std::result::Result<BTreeMa
                         w[o * n_in + i] = k.values[i * n_out + o];
                     }
                 }
-                out.insert(format!("{}.weight", layer.name), Tensor::f32(vec![n_out, n_in], w));
-                out.insert(format!("{}.bias", layer.name), Tensor::f32(vec![n_out], b.values.clone()));
+                out.insert(names::weight(layer), Tensor::f32(vec![n_out, n_in], w));
+                out.insert(names::bias(layer), Tensor::f32(vec![n_out], b.values.clone()));
             }
             Op::GlobalAvgPool | Op::Dropout { .. } => {}
         }
