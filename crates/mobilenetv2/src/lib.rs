@@ -24,6 +24,7 @@ pub mod fold;
 pub mod fsutil;
 pub mod labels;
 pub mod layout;
+pub mod limits;
 pub mod model;
 pub mod names;
 pub mod npy;
