@@ -36,6 +36,8 @@ enum Command {
     Train(Box<cmd::train::Args>),
     /// Top-1, top-5 and the confusion matrix on labelled images
     Eval(cmd::eval::Args),
+    /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
+    Segment(cmd::segment::Args),
 }
 
 fn main() {
@@ -51,6 +53,7 @@ fn main() {
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
         Command::Export(a) => cmd::export::main(a),
+        Command::Segment(a) => cmd::segment::main(a),
     };
     if let Err(e) = result {
         if e.chain()

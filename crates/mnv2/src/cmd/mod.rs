@@ -9,6 +9,7 @@ pub mod info;
 pub mod init;
 pub mod quantize;
 pub mod run;
+pub mod segment;
 pub mod train;
 
 use std::io::Write;
