@@ -124,6 +124,21 @@ fn segment_writes_masks_overlays_and_json() {
 }
 
 #[test]
+fn segment_multi_scale() {
+    let weights = root().join("tests/data/deeplab/w035.safetensors");
+    let image = root().join("tests/data/images/chelsea.png");
+    let out = tmp("ms");
+    let args =
+        ["segment", "--weights", weights.to_str().unwrap(), image.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let o = mnv2(&[&args[..], &["--json", "--multi-scale"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v[0]["width"].as_u64(), v[0]["height"].as_u64()), (Some(451), Some(300)));
+    let mask = decode(&out.join("chelsea.png")).unwrap();
+    assert_eq!((mask.width, mask.height), (451, 300));
+}
+
+#[test]
 fn segment_errors_name_the_file() {
     let weights = root().join("tests/data/deeplab/w035.safetensors");
     let out = tmp("err");

@@ -140,3 +140,24 @@ fn segmenter_refuses_classifiers() {
     let e = Segmenter::new(m, Options::default()).err().unwrap().to_string();
     assert!(e.contains("needs a DeepLab head"), "{e}");
 }
+
+#[test]
+fn multi_scale_matches_pytorch() {
+    // TF DeepLab's MF inference (6 scales x 2 flips, softmax averaged) against the fixture's
+    // PyTorch version: mean probabilities at every 4th pixel.
+    let exp = Expected::load();
+    let input = exp.batch("input");
+    let want = exp.batch("os16.mf_prob_s4");
+    let seg = Segmenter::new(model(false, 16), Options::default()).unwrap();
+    let probs = seg.multi_scale_probabilities(&input).unwrap();
+    assert_eq!(probs.shape, mobilenetv2::plan::Shape::new(129, 129, 21));
+    let e = max_err(&subsample4(&probs), &want.data);
+    println!("multi-scale + flips: max |err| of the mean probabilities {e:.2e}");
+    assert!(e <= TOL, "{e}");
+    // Not the single-scale probabilities (the comparison would be vacuous otherwise).
+    let single = seg.logits(&input).unwrap();
+    let single_probs: Vec<f32> = single.data.chunks_exact(21).flat_map(mobilenetv2::classify::softmax).collect();
+    let d = max_err(&single_probs, &probs.data);
+    println!("multi-scale vs single-scale probabilities: max |diff| {d:.2e}");
+    assert!(d > 1e-3, "{d}");
+}

@@ -27,6 +27,10 @@ pub struct Args {
     /// Print one JSON array: [{"image", "width", "height", "mask", "overlay", "classes": [{"class", "fraction"}]}]
     #[arg(long)]
     json: bool,
+    /// TF DeepLab's multi-scale (0.5..1.75) + left-right-flip inference: 12 passes, the
+    /// class probabilities averaged (Table 7's MF)
+    #[arg(long)]
+    multi_scale: bool,
     /// Worker threads
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -48,7 +52,7 @@ pub fn main(a: Args) -> Result<()> {
     let mut text = String::new();
     for path in &a.images {
         let name = stem(path)?;
-        let (photo, seg) = segmenter.segment_file(path)?;
+        let (photo, seg) = segmenter.segment_file(path, a.multi_scale)?;
         let (mask, overlay) = (a.out.join(format!("{name}.png")), a.out.join(format!("{name}_overlay.png")));
         write_atomic(&mask, &seg.to_png()?)?;
         write_atomic(&overlay, &seg.overlay_png(&photo)?)?;

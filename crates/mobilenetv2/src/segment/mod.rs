@@ -32,6 +32,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::engine::{Engine, Mode, Options};
+use mnv2_kernels::reference as k;
+
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::plan::Shape;
@@ -92,6 +94,24 @@ pub fn argmax(logits: &[f32], classes: usize) -> Vec<u8> {
             best as u8
         })
         .collect()
+}
+
+/// An NHWC image (`w` columns of `c` values per row) mirrored left to right.
+fn mirror(data: &[f32], w: usize, c: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len());
+    for row in data.chunks_exact(w * c) {
+        for px in row.chunks_exact(c).rev() {
+            out.extend_from_slice(px);
+        }
+    }
+    out
+}
+
+/// Per-pixel probabilities of one pixel's logits, `exp(x - max) / sum`.
+fn softmax(logits: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
+    logits.iter().map(move |&x| (x - max).exp() / sum)
 }
 
 impl Segmentation {
@@ -203,10 +223,8 @@ impl Segmenter {
         self.engine.run(batch)
     }
 
-    /// The class of every pixel of a decoded photo, normalised with the model's mean and std
-    /// at its own size (or scaled down to the longest side allowed, see
-    /// [`Segmenter::with_max_side`]).
-    pub fn segment_image(&self, photo: &RgbImage) -> Result<Segmentation> {
+    /// The image the network sees: the photo, or scaled down to [`Segmenter::with_max_side`].
+    fn network_input(&self, photo: &RgbImage) -> Result<RgbImage> {
         if photo.width < 32 || photo.height < 32 {
             return Err(Error::Input(format!(
                 "image is {}x{}, smaller than the network's minimum 32x32",
@@ -214,24 +232,21 @@ impl Segmenter {
             )));
         }
         let longer = photo.width.max(photo.height);
-        let input = if longer > self.max_side {
+        Ok(if longer > self.max_side {
             let scale = self.max_side as f64 / longer as f64;
             let (w, h) =
                 ((photo.width as f64 * scale).round() as usize, (photo.height as f64 * scale).round() as usize);
             preprocess::resize_bilinear(photo, w.max(32), h.max(32))
         } else {
             photo.clone()
-        };
-        let pre = &self.model.preprocess;
-        let data = preprocess::to_tensor(&input, pre);
-        let batch = Batch::new(1, Shape::new(input.height, input.width, 3), data)?;
-        let logits = self.logits(&batch)?;
-        let classes = self.model.spec().classes;
-        let map = argmax(&logits.data, classes);
+        })
+    }
+
+    /// A class map of the network input at the photo's size (nearest neighbour).
+    fn back_to_photo(&self, photo: &RgbImage, input: &RgbImage, map: Vec<u8>) -> Segmentation {
         let map = if (input.width, input.height) == (photo.width, photo.height) {
             map
         } else {
-            // Nearest neighbour back to the photo's size.
             let mut out = Vec::with_capacity(photo.width * photo.height);
             for y in 0..photo.height {
                 let sy = (y * input.height / photo.height).min(input.height - 1);
@@ -242,7 +257,83 @@ impl Segmenter {
             }
             out
         };
-        Ok(Segmentation { width: photo.width, height: photo.height, num_classes: classes, classes: map })
+        let num_classes = self.model.spec().classes;
+        Segmentation { width: photo.width, height: photo.height, num_classes, classes: map }
+    }
+
+    /// The class of every pixel of a decoded photo, normalised with the model's mean and std
+    /// at its own size (or scaled down to the longest side allowed, see
+    /// [`Segmenter::with_max_side`]).
+    pub fn segment_image(&self, photo: &RgbImage) -> Result<Segmentation> {
+        let input = self.network_input(photo)?;
+        let data = preprocess::to_tensor(&input, &self.model.preprocess);
+        let batch = Batch::new(1, Shape::new(input.height, input.width, 3), data)?;
+        let logits = self.logits(&batch)?;
+        Ok(self.back_to_photo(photo, &input, argmax(&logits.data, self.model.spec().classes)))
+    }
+
+    /// TF DeepLab's multi-scale + left-right-flip inference (Table 7's "MF" rows,
+    /// `predict_labels_multi_scale`) of one normalised NHWC image: the image is resized
+    /// (bilinear, align_corners) to each of [`HeadSpec::MULTI_SCALES`] at TF's
+    /// `scale_dimension` size, run as is and mirrored; each pass's logits at the feature size
+    /// (`head.logits`, mirrored back) are resized straight to the image size
+    /// (align_corners) and turned into per-pixel probabilities (softmax). Returns their mean
+    /// (`1 x h x w x classes`). Scales that would make a side smaller than 32 pixels are left
+    /// out. Costs 12 passes.
+    pub fn multi_scale_probabilities(&self, image: &Batch) -> Result<Batch> {
+        if image.n != 1 || image.shape.c != 3 {
+            return Err(Error::Input(format!(
+                "multi-scale inference takes one RGB image, not {} of {}",
+                image.n, image.shape
+            )));
+        }
+        image.check_finite()?;
+        let (h, w) = (image.shape.h, image.shape.w);
+        let classes = self.model.spec().classes;
+        let mut sum = vec![0f32; h * w * classes];
+        let mut resized = vec![0f32; h * w * classes];
+        let mut passes = 0;
+        for &scale in HeadSpec::MULTI_SCALES.iter() {
+            let (sh, sw) = (HeadSpec::scale_dimension(h, scale), HeadSpec::scale_dimension(w, scale));
+            if sh < 32 || sw < 32 {
+                continue;
+            }
+            let mut scaled = vec![0f32; sh * sw * 3];
+            k::resize_bilinear_f32(&image.data, h, w, 3, sh, sw, true, &mut scaled);
+            for flip in [false, true] {
+                let data = if flip { mirror(&scaled, sw, 3) } else { scaled.clone() };
+                let batch = Batch::new(1, Shape::new(sh, sw, 3), data)?;
+                let plan = self.engine.plan_for(batch.shape)?;
+                let head = plan.deeplab("segmentation")?;
+                let logits = self.engine.run_taps(&batch, &plan, &[head.logits])?.remove(0);
+                let f = logits.shape;
+                let feat = if flip { mirror(&logits.data, f.w, classes) } else { logits.data };
+                k::resize_bilinear_f32(&feat, f.h, f.w, classes, h, w, true, &mut resized);
+                for (acc, px) in sum.chunks_exact_mut(classes).zip(resized.chunks_exact(classes)) {
+                    for (a, p) in acc.iter_mut().zip(softmax(px)) {
+                        *a += p;
+                    }
+                }
+                passes += 1;
+            }
+        }
+        if passes == 0 {
+            return Err(Error::Input(format!(
+                "image is {h}x{w}: every scale of the multi-scale inference is below 32x32"
+            )));
+        }
+        let inv = 1.0 / passes as f32;
+        sum.iter_mut().for_each(|v| *v *= inv);
+        Batch::new(1, Shape::new(h, w, classes), sum)
+    }
+
+    /// [`Segmenter::segment_image`] with [`Segmenter::multi_scale_probabilities`]: the class
+    /// of each pixel is the argmax of the mean probabilities.
+    pub fn segment_image_multi_scale(&self, photo: &RgbImage) -> Result<Segmentation> {
+        let input = self.network_input(photo)?;
+        let data = preprocess::to_tensor(&input, &self.model.preprocess);
+        let probs = self.multi_scale_probabilities(&Batch::new(1, Shape::new(input.height, input.width, 3), data)?)?;
+        Ok(self.back_to_photo(photo, &input, argmax(&probs.data, self.model.spec().classes)))
     }
 
     /// [`Segmentation::fractions`] with the model's class names.
@@ -253,10 +344,12 @@ impl Segmenter {
             .collect()
     }
 
-    /// Decodes and segments an image file; errors name the file.
-    pub fn segment_file(&self, path: &Path) -> Result<(RgbImage, Segmentation)> {
+    /// Decodes and segments an image file (with [`Segmenter::segment_image_multi_scale`]
+    /// when `multi_scale`); errors name the file.
+    pub fn segment_file(&self, path: &Path, multi_scale: bool) -> Result<(RgbImage, Segmentation)> {
         let photo = preprocess::decode(path)?;
-        let seg = self.segment_image(&photo).map_err(|e| match e {
+        let seg = if multi_scale { self.segment_image_multi_scale(&photo) } else { self.segment_image(&photo) };
+        let seg = seg.map_err(|e| match e {
             Error::Input(detail) => Error::Image { path: path.to_path_buf(), detail },
             other => other,
         })?;
