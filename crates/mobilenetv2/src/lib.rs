@@ -11,6 +11,7 @@
 //! assert_eq!(a.params, 3_504_872);
 //! assert_eq!(a.madds, 300_774_272);
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod accounting;
 pub mod classify;
@@ -21,6 +22,7 @@ pub mod export;
 pub mod fold;
 pub mod fsutil;
 pub mod labels;
+pub mod layout;
 pub mod model;
 pub mod names;
 pub mod npy;
