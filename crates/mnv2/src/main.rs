@@ -43,6 +43,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
     Segment(cmd::segment::Args),
+    /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
+    Serve(cmd::serve::Args),
 }
 
 fn main() {
@@ -61,6 +63,7 @@ fn main() {
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),
         Command::Segment(a) => cmd::segment::main(a),
+        Command::Serve(a) => cmd::serve::main(a),
     };
     exit::finish(result)
 }

@@ -12,6 +12,7 @@ pub mod init;
 pub mod quantize;
 pub mod run;
 pub mod segment;
+pub mod serve;
 pub mod train;
 
 use std::io::Write;
