@@ -161,3 +161,29 @@ fn multi_scale_matches_pytorch() {
     println!("multi-scale vs single-scale probabilities: max |diff| {d:.2e}");
     assert!(d > 1e-3, "{d}");
 }
+
+#[test]
+fn large_images_are_scaled_down_and_mapped_back() {
+    let photo = mobilenetv2::preprocess::decode(&data("../images/chelsea.png")).unwrap();
+    let seg = Segmenter::new(model(false, 16), Options::default()).unwrap().with_max_side(96);
+    let s = seg.segment_image(&photo).unwrap();
+    assert_eq!((s.width, s.height, s.classes.len()), (451, 300, 451 * 300));
+    // The same as segmenting the 96x64 network input itself, mapped back by nearest neighbour
+    // (source pixel = floor(pixel * 64 / 300), floor(pixel * 96 / 451)).
+    let small = mobilenetv2::preprocess::resize_bilinear(&photo, 96, 64);
+    let direct = seg.segment_image(&small).unwrap();
+    assert_eq!(s.classes[0], direct.classes[0]);
+    assert_eq!(s.classes[299 * 451 + 450], direct.classes[63 * 96 + 95]);
+    assert_eq!(s.classes[150 * 451 + 225], direct.classes[32 * 96 + 47]);
+}
+
+#[test]
+fn deeplab_weights_round_trip_through_the_project_format() {
+    let m = model(true, 8);
+    let path = std::env::temp_dir().join(format!("deeplab-rt-{}.safetensors", std::process::id()));
+    m.save(&path).unwrap();
+    let back = Model::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(back.spec(), m.spec());
+    assert_eq!(back.params, m.params);
+}
