@@ -168,6 +168,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                 cur = "flatten".into();
             }
             Op::Dropout { .. } => {}
+            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("to_proto checks for a classifier"),
             Op::Linear => {
                 let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
@@ -182,6 +183,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
 
 /// The model as an ONNX `ModelProto`: fp32, or a QDQ graph for an int8 model (see [`super::qdq`]).
 pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
+    model.plan.classifier("ONNX export")?;
     if !OPSETS.contains(&opts.opset) {
         return Err(Error::Input(format!(
             "ONNX opset {} is not supported for export ({}..={})",
