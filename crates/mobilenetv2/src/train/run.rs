@@ -387,6 +387,41 @@ fn read_metrics(cfg: &Config) -> Vec<Metrics> {
 /// Trains as `cfg` says; with `resume`, continues from `OUT/checkpoint.safetensors`.
 /// Returns the path of the final weights.
 pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<PathBuf> {
+    check_config(cfg)?;
+    let on_bad = if cfg.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
+    let (ds, train_idx, val) = open_data(cfg, on_bad)?;
+    let mut s = initial_state(cfg, resume, &ds, on)?;
+    let k = s.model.spec().classes;
+    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= k) {
+        return Err(Error::Input(format!("{}: label {bad} is out of range for {k} classes", ds.path.display())));
+    }
+    Net::check_plan(&s.net.plan)?;
+    let per_epoch = Loader::batches(train_idx.len(), cfg.batch) as u64;
+    let mut run = Run {
+        cfg,
+        on_bad,
+        ds,
+        train_idx: Arc::new(train_idx),
+        val,
+        ckpt: cfg.out.join(CHECKPOINT),
+        cls_layer: s.net.plan.classifier("training")?.classifier,
+        per_epoch,
+        total: per_epoch * cfg.epochs as u64,
+        tape: Tape::new(&s.net.plan, cfg.batch),
+        threads: rayon::current_num_threads(),
+        history: read_metrics(cfg),
+    };
+    while s.epoch < cfg.epochs {
+        if run.epoch(&mut s, on)? == Flow::Stop {
+            break;
+        }
+    }
+    finish(cfg, &s)
+}
+
+/// Arguments no run can start with; an output folder that cannot be written is found now,
+/// not at the first checkpoint an epoch later.
+fn check_config(cfg: &Config) -> Result<()> {
     if cfg.batch == 0 || cfg.epochs == 0 {
         return Err(Error::Input("--batch and --epochs must be at least 1".into()));
     }
@@ -394,7 +429,6 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         return Err(Error::Input(format!("learning rate {} must be positive", cfg.lr)));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    // A read-only output folder is found now, not at the first checkpoint an epoch later.
     let probe = cfg.out.join(".mnv2-writable");
     crate::fsutil::write_atomic(&probe, b"").map_err(|e| match e {
         Error::Io { source, .. } => {
@@ -403,7 +437,15 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         other => other,
     })?;
     let _ = std::fs::remove_file(&probe);
-    let on_bad = if cfg.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
+    Ok(())
+}
+
+/// Validation images: a dataset and the indices of the images in it.
+type Val = Option<(Arc<Dataset>, Arc<Vec<usize>>)>;
+
+/// The training set, the indices trained on, and the validation images (`--val`, or a
+/// `--val-split` of the training set).
+fn open_data(cfg: &Config, on_bad: OnBad) -> Result<(Arc<Dataset>, Vec<usize>, Val)> {
     let ds = Arc::new(Dataset::open(&cfg.data, on_bad)?);
     let (train_idx, val) = match &cfg.val {
         Some(v) => {
@@ -420,77 +462,101 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
     if train_idx.is_empty() {
         return Err(Error::Input(format!("{}: no training images", cfg.data.display())));
     }
+    Ok((ds, train_idx, val))
+}
+
+/// The state to start from: the checkpoint when resuming, else a new model and optimiser.
+fn initial_state(cfg: &Config, resume: bool, ds: &Dataset, on: &mut dyn FnMut(Event)) -> Result<State> {
     let ckpt = cfg.out.join(CHECKPOINT);
-    let mut s = if resume && ckpt.is_file() {
+    if resume && ckpt.is_file() {
         let s = load_checkpoint(cfg, &ckpt)?;
         on(Event::Note(format!("resuming from {} at step {} (epoch {})", ckpt.display(), s.step, s.epoch + 1)));
-        s
-    } else {
-        if resume {
-            on(Event::Note(format!("no checkpoint in {}: starting from scratch", cfg.out.display())));
-        }
-        let model = build_model(cfg, &ds.classes)?;
-        let net = Net::new(&model);
-        let opt = Optimizer::new(cfg.method, cfg.weight_decay, cfg.decay_all, net.params.len());
-        let ema = cfg.ema.map(|d| Ema::new(d, &net.params));
-        let _ = std::fs::remove_file(cfg.out.join("metrics.jsonl"));
-        State {
-            model,
-            net,
-            opt,
-            ema,
-            step: 0,
-            epoch: 0,
-            batch_in_epoch: 0,
-            rng: Rng::new(cfg.seed),
-            train_seconds: 0.0,
-        }
-    };
-    let k = s.model.spec().classes;
-    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= k) {
-        return Err(Error::Input(format!("{}: label {bad} is out of range for {k} classes", ds.path.display())));
+        return Ok(s);
     }
-    Net::check_plan(&s.net.plan)?;
-    let cls_layer = s.net.plan.classifier("training")?.classifier;
-    let per_epoch = Loader::batches(train_idx.len(), cfg.batch) as u64;
-    let total = per_epoch * cfg.epochs as u64;
-    let mut tape = Tape::new(&s.net.plan, cfg.batch);
-    let (h, w) = (s.model.spec().height, s.model.spec().width_px);
-    let threads = rayon::current_num_threads();
-    let mut history = read_metrics(cfg);
-    let ds_train = ds.clone();
-    let train_idx = Arc::new(train_idx);
+    if resume {
+        on(Event::Note(format!("no checkpoint in {}: starting from scratch", cfg.out.display())));
+    }
+    let model = build_model(cfg, &ds.classes)?;
+    let net = Net::new(&model);
+    let opt = Optimizer::new(cfg.method, cfg.weight_decay, cfg.decay_all, net.params.len());
+    let ema = cfg.ema.map(|d| Ema::new(d, &net.params));
+    let _ = std::fs::remove_file(cfg.out.join("metrics.jsonl"));
+    Ok(State {
+        model,
+        net,
+        opt,
+        ema,
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        rng: Rng::new(cfg.seed),
+        train_seconds: 0.0,
+    })
+}
 
-    'epochs: while s.epoch < cfg.epochs {
+/// Whether the run goes on after an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// What stays the same for every epoch of a run.
+struct Run<'c> {
+    cfg: &'c Config,
+    on_bad: OnBad,
+    ds: Arc<Dataset>,
+    train_idx: Arc<Vec<usize>>,
+    val: Val,
+    ckpt: PathBuf,
+    cls_layer: usize,
+    per_epoch: u64,
+    total: u64,
+    tape: Tape,
+    threads: usize,
+    history: Vec<Metrics>,
+}
+
+/// Running sums of an epoch, for the progress line and the metrics.
+struct Sums {
+    loss: f64,
+    hits: usize,
+    seen: usize,
+    /// Images since the last evaluation (for its images/s).
+    since_eval: usize,
+}
+
+impl Run<'_> {
+    /// One epoch (or what is left of it after a resume): its batches, evaluations and
+    /// checkpoints as configured.
+    fn epoch(&mut self, s: &mut State, on: &mut dyn FnMut(Event)) -> Result<Flow> {
+        let cfg = self.cfg;
         let epoch = s.epoch;
-        let mut order = (*train_idx).clone();
+        let mut order = (*self.train_idx).clone();
         if cfg.shuffle {
             Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)).shuffle(&mut order);
         }
-        let frozen = epoch < cfg.freeze_backbone;
         let t = Transform {
             augment: cfg.augment,
             train: true,
             preprocess: s.model.preprocess.clone(),
-            height: h,
-            width: w,
+            height: s.model.spec().height,
+            width: s.model.spec().width_px,
             seed: cfg.seed,
             epoch: epoch as u64,
-            on_bad,
+            on_bad: self.on_bad,
         };
         on(Event::Start {
             epoch,
-            steps: per_epoch as usize,
+            steps: self.per_epoch as usize,
             done: s.batch_in_epoch,
             images: order.len(),
-            classes: k,
+            classes: s.model.spec().classes,
             params: s.net.params.len(),
         });
-        let loader = Loader::new(ds_train.clone(), Arc::new(order), cfg.batch, s.batch_in_epoch, t, 1, 3);
-        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        let mut loader = Loader::new(self.ds.clone(), Arc::new(order), cfg.batch, s.batch_in_epoch, t, 1, 3);
+        let mut sums = Sums { loss: 0.0, hits: 0, seen: 0, since_eval: 0 };
         let mut t_epoch = Instant::now();
-        let mut imgs_since = 0usize;
-        let mut loader = loader;
         loop {
             let wait = super::prof::span(10);
             let Some(b) = loader.next() else { break };
@@ -500,99 +566,39 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
                 s.batch_in_epoch += 1;
                 continue;
             }
-            let lr = cfg.schedule.lr(cfg.lr, s.step, per_epoch, total);
-            let opts = StepOptions {
-                bn: if frozen { BnMode::Eval } else { BnMode::Train },
-                backbone: !frozen,
-                label_smoothing: cfg.label_smoothing,
-            };
-            let st = s.net.step(&mut tape, &b.images, &b.labels, opts, Some(&mut s.rng))?;
-            if !st.loss.is_finite() {
-                return Err(Error::Input(format!(
-                    "the loss is {} at step {} (epoch {}): training diverged (try a lower --lr); the last good checkpoint {} is kept",
-                    st.loss,
-                    s.step + 1,
-                    epoch + 1,
-                    ckpt.display()
-                )));
-            }
-            let _sp = super::prof::span(9);
-            let layers = &s.net.tensors;
-            s.opt.step(&mut s.net.params, &s.net.grads, layers, lr as f32, |t| !frozen || t.layer == cls_layer);
-            if let Some(e) = &mut s.ema {
-                e.update(&s.net.params);
-            }
-            drop(_sp);
-            s.step += 1;
-            s.batch_in_epoch += 1;
-            let n = b.labels.len();
-            loss_sum += st.loss * n as f64;
-            hits += st.correct;
-            seen += n;
-            imgs_since += n;
+            let lr = self.step(s, &b.images, &b.labels, &mut sums)?;
             let dt = t_epoch.elapsed().as_secs_f64();
             s.train_seconds += dt;
             t_epoch = Instant::now();
             on(Event::Step {
                 epoch,
                 step_in_epoch: s.batch_in_epoch,
-                loss: loss_sum / seen as f64,
-                acc: hits as f64 / seen as f64,
-                images_per_s: n as f64 / dt.max(1e-9),
+                loss: sums.loss / sums.seen as f64,
+                acc: sums.hits as f64 / sums.seen as f64,
+                images_per_s: b.labels.len() as f64 / dt.max(1e-9),
                 lr,
             });
             let stop = cfg.max_steps.is_some_and(|m| s.step >= m);
-            let end = s.batch_in_epoch as u64 >= per_epoch;
-            let eval_now = end || stop || (cfg.eval_every > 0 && s.step % cfg.eval_every == 0);
+            let end = s.batch_in_epoch as u64 >= self.per_epoch;
+            let eval_now = end || stop || (cfg.eval_every > 0 && s.step.is_multiple_of(cfg.eval_every));
             if end {
                 s.epoch += 1;
                 s.batch_in_epoch = 0;
             }
             if eval_now {
-                let ips =
-                    imgs_since as f64 / (s.train_seconds - history.last().map_or(0.0, |m| m.train_seconds)).max(1e-9);
-                imgs_since = 0;
-                let mut m = Metrics {
-                    epoch: s.step as f64 / per_epoch as f64,
-                    step: s.step,
-                    lr,
-                    train_loss: loss_sum / seen as f64,
-                    train_acc: hits as f64 / seen as f64,
-                    val_loss: None,
-                    val_top1: None,
-                    val_top5: None,
-                    images_per_s: ips,
-                    train_seconds: s.train_seconds,
-                    peak_rss_mb: peak_rss_mb(),
-                };
-                if let Some((vd, vi)) = &val {
-                    let mut model = s.model.clone();
-                    s.net.store(&mut model);
-                    let r =
-                        evaluate(&model, vd.clone(), vi.clone(), cfg.augment, cfg.batch, threads, cfg.skip_bad_images)?;
-                    m.val_loss = Some(r.loss);
-                    m.val_top1 = Some(r.top1);
-                    m.val_top5 = Some(r.top5);
-                }
-                append_metrics(cfg, &m)?;
-                history.push(m.clone());
-                if let Err(e) = plot::curves(&cfg.out.join("curves.png"), &history) {
-                    on(Event::Note(format!("warning: could not draw the curves: {e}")));
-                }
-                on(Event::Eval(m));
+                self.evaluate(s, lr, &mut sums, on)?;
                 t_epoch = Instant::now();
             }
-            let ck_now = end || stop || (cfg.checkpoint_every > 0 && s.step % cfg.checkpoint_every == 0);
-            if ck_now {
-                let had = ckpt.is_file();
-                save_checkpoint(cfg, &s).map_err(|e| {
+            if end || stop || (cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every)) {
+                let had = self.ckpt.is_file();
+                save_checkpoint(cfg, s).map_err(|e| {
                     let kept = if had { "the previous checkpoint is kept" } else { "no checkpoint was written before" };
-                    write_error(&ckpt, "the checkpoint", e, kept)
+                    write_error(&self.ckpt, "the checkpoint", e, kept)
                 })?;
                 t_epoch = Instant::now();
             }
             if stop {
-                break 'epochs;
+                return Ok(Flow::Stop);
             }
         }
         if s.batch_in_epoch != 0 {
@@ -600,7 +606,86 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
             s.epoch += 1;
             s.batch_in_epoch = 0;
         }
+        Ok(Flow::Continue)
     }
+
+    /// One optimisation step on a batch; returns the learning rate it used.
+    fn step(&mut self, s: &mut State, images: &[f32], labels: &[usize], sums: &mut Sums) -> Result<f64> {
+        let cfg = self.cfg;
+        let lr = cfg.schedule.lr(cfg.lr, s.step, self.per_epoch, self.total);
+        let frozen = s.epoch < cfg.freeze_backbone;
+        let opts = StepOptions {
+            bn: if frozen { BnMode::Eval } else { BnMode::Train },
+            backbone: !frozen,
+            label_smoothing: cfg.label_smoothing,
+        };
+        let st = s.net.step(&mut self.tape, images, labels, opts, Some(&mut s.rng))?;
+        if !st.loss.is_finite() {
+            return Err(Error::Input(format!(
+                "the loss is {} at step {} (epoch {}): training diverged (try a lower --lr); the last good checkpoint {} is kept",
+                st.loss,
+                s.step + 1,
+                s.epoch + 1,
+                self.ckpt.display()
+            )));
+        }
+        let _sp = super::prof::span(9);
+        let cls_layer = self.cls_layer;
+        s.opt.step(&mut s.net.params, &s.net.grads, &s.net.tensors, lr as f32, |t| !frozen || t.layer == cls_layer);
+        if let Some(e) = &mut s.ema {
+            e.update(&s.net.params);
+        }
+        s.step += 1;
+        s.batch_in_epoch += 1;
+        let n = labels.len();
+        sums.loss += st.loss * n as f64;
+        sums.hits += st.correct;
+        sums.seen += n;
+        sums.since_eval += n;
+        Ok(lr)
+    }
+
+    /// Metrics now: the running training sums, validation if there is a validation set; appended
+    /// to metrics.jsonl, drawn into curves.png and reported.
+    fn evaluate(&mut self, s: &State, lr: f64, sums: &mut Sums, on: &mut dyn FnMut(Event)) -> Result<()> {
+        let cfg = self.cfg;
+        let since = s.train_seconds - self.history.last().map_or(0.0, |m| m.train_seconds);
+        let ips = sums.since_eval as f64 / since.max(1e-9);
+        sums.since_eval = 0;
+        let mut m = Metrics {
+            epoch: s.step as f64 / self.per_epoch as f64,
+            step: s.step,
+            lr,
+            train_loss: sums.loss / sums.seen as f64,
+            train_acc: sums.hits as f64 / sums.seen as f64,
+            val_loss: None,
+            val_top1: None,
+            val_top5: None,
+            images_per_s: ips,
+            train_seconds: s.train_seconds,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        if let Some((vd, vi)) = &self.val {
+            let mut model = s.model.clone();
+            s.net.store(&mut model);
+            let r =
+                evaluate(&model, vd.clone(), vi.clone(), cfg.augment, cfg.batch, self.threads, cfg.skip_bad_images)?;
+            m.val_loss = Some(r.loss);
+            m.val_top1 = Some(r.top1);
+            m.val_top5 = Some(r.top5);
+        }
+        append_metrics(cfg, &m)?;
+        self.history.push(m.clone());
+        if let Err(e) = plot::curves(&cfg.out.join("curves.png"), &self.history) {
+            on(Event::Note(format!("warning: could not draw the curves: {e}")));
+        }
+        on(Event::Eval(m));
+        Ok(())
+    }
+}
+
+/// The final weights (the EMA's where there is one), checked finite, written atomically.
+fn finish(cfg: &Config, s: &State) -> Result<PathBuf> {
     let mut model = s.model.clone();
     s.net.store(&mut model);
     if let Some(e) = &s.ema {
@@ -609,7 +694,7 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         ema_net.store(&mut model);
     }
     let out = cfg.out.join("final.safetensors");
-    check_finite(&s)?;
+    check_finite(s)?;
     model.save(&out).map_err(|e| write_error(&out, "the final weights", e, "the last checkpoint is kept"))?;
     Ok(out)
 }
