@@ -18,7 +18,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod export;
-pub mod fold;
+pub(crate) mod fold;
 pub mod fsutil;
 pub mod labels;
 pub mod model;
