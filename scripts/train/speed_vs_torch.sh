@@ -10,7 +10,9 @@
 # Usage: scripts/train/speed_vs_torch.sh [OUT] (default out/speed); writes OUT/summary.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-py=${PYTHON:-/work/pyenv/bin/python}
+# PyTorch from $PYTHON, else the torch virtualenv of scripts/lib/venv.sh (made on first use).
+source scripts/lib/venv.sh
+py="$(mnv2_python torch)"
 out=${1:-out/speed}
 reps=${REPS:-3}
 mkdir -p "$out"

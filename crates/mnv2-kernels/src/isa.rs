@@ -1,8 +1,17 @@
-//! Instruction-set detection, once per process.
+//! Instruction sets: detected once per process, chosen once per engine or training net, and
+//! held as a proof value.
 //!
-//! `MNV2_ISA=scalar|avx2|avx512` may only lower the tier that the CPU supports; CI uses it to
-//! exercise the portable fallback and AVX2 paths on AVX-512 hosts. Kernels are entered through
-//! safe functions that check [`Isa::supported`] before calling `#[target_feature]` code.
+//! [`Isa`] names a tier for display and configuration (`--isa`, `MNV2_ISA`). A [`Tier`] is
+//! the resolved choice: it holds a zero-sized token ([`Avx2`], [`Avx512`]) that only the
+//! detection code of this module can construct, so a function taking a `Tier` knows the CPU
+//! runs it without checking again. The int8 kernels also need [`Avx512Vnni`], which
+//! [`Tier::vnni`] grants on an AVX-512 tier whose CPU has it.
+//!
+//! `MNV2_ISA=scalar|avx2|avx512` may only lower the tier that the CPU supports ([`best`]).
+//! Every kernel family lists its kernels in a registry (e.g. [`crate::gemm::KERNELS`]) whose
+//! entries say what they need ([`Needs`]); the tests run every entry the host can run and
+//! print `SKIPPED <kernel> (host lacks <isa>)` for the others (`MNV2_REQUIRE_ISA=<isa>` makes
+//! such a skip fail).
 
 use std::sync::OnceLock;
 
@@ -18,6 +27,7 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// The tier's name as `--isa` and `MNV2_ISA` spell it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -26,6 +36,7 @@ impl Isa {
         }
     }
 
+    /// The tier named `s` (case-insensitive; `generic`, `fma` and `avx512f` are aliases).
     pub fn parse(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "generic" => Some(Isa::Scalar),
@@ -37,25 +48,172 @@ impl Isa {
 
     /// Whether this CPU can run the tier (ignores `MNV2_ISA`).
     pub fn supported(self) -> bool {
+        Tier::new(self).is_some()
+    }
+}
+
+/// Proof that the CPU has AVX2 and FMA; only [`Avx2::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx2(());
+
+/// Proof that the CPU has AVX-512 F/BW/VL/DQ (and AVX2); only [`Avx512::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx512(());
+
+/// Proof that the CPU has AVX-512 VNNI on top of [`Avx512`]; only [`Avx512Vnni::detect`]
+/// makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx512Vnni(());
+
+impl Avx2 {
+    /// The token, if this CPU has AVX2 and FMA.
+    pub fn detect() -> Option<Avx2> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+}
+
+impl Avx512 {
+    /// The token, if this CPU has AVX-512 F, BW, VL and DQ (and AVX2).
+    pub fn detect() -> Option<Avx512> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && Avx2::detect().is_some()
+        {
+            return Some(Avx512(()));
+        }
+        None
+    }
+}
+
+impl Avx512Vnni {
+    /// The token, if this CPU has AVX-512 VNNI (`vpdpbusd` on zmm) on top of [`Avx512`].
+    pub fn detect() -> Option<Avx512Vnni> {
+        #[cfg(target_arch = "x86_64")]
+        if Avx512::detect().is_some() && is_x86_feature_detected!("avx512vnni") {
+            return Some(Avx512Vnni(()));
+        }
+        None
+    }
+}
+
+/// A tier the CPU runs, held as proof: what an engine or a training net resolves once and
+/// passes to every kernel it calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Portable code.
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2(Avx2),
+    /// AVX-512 F/BW/VL/DQ.
+    Avx512(Avx512),
+}
+
+impl Tier {
+    /// Exactly tier `isa`, if this CPU runs it (ignores `MNV2_ISA`).
+    pub fn new(isa: Isa) -> Option<Tier> {
+        match isa {
+            Isa::Scalar => Some(Tier::Scalar),
+            Isa::Avx2 => Avx2::detect().map(Tier::Avx2),
+            Isa::Avx512 => Avx512::detect().map(Tier::Avx512),
+        }
+    }
+
+    /// The best tier this process may use ([`best`], capped by `MNV2_ISA`).
+    pub fn best() -> Tier {
+        Tier::new(best()).unwrap_or(Tier::Scalar)
+    }
+
+    /// Every tier this CPU runs, lowest first (ignores `MNV2_ISA`).
+    pub fn host() -> Vec<Tier> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter_map(Tier::new).collect()
+    }
+
+    /// The tier's name.
+    pub fn isa(self) -> Isa {
         match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512dq")
-                    && Isa::Avx2.supported()
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Tier::Scalar => Isa::Scalar,
+            Tier::Avx2(_) => Isa::Avx2,
+            Tier::Avx512(_) => Isa::Avx512,
+        }
+    }
+
+    /// The VNNI token, on an AVX-512 tier whose CPU has VNNI.
+    pub fn vnni(self) -> Option<Avx512Vnni> {
+        match self {
+            Tier::Avx512(_) => Avx512Vnni::detect(),
+            _ => None,
         }
     }
 }
 
-/// Every tier this process may use, lowest first (capped by `MNV2_ISA`); tests run all of them.
+/// What a kernel needs from the CPU: the entry of a kernel registry that says when the kernel
+/// may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Needs {
+    /// Any CPU.
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 F/BW/VL/DQ.
+    Avx512,
+    /// AVX-512 with VNNI.
+    Avx512Vnni,
+}
+
+impl Needs {
+    /// The name `MNV2_REQUIRE_ISA` and the `SKIPPED` lines of the tests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Needs::Scalar => "scalar",
+            Needs::Avx2 => "avx2",
+            Needs::Avx512 => "avx512",
+            Needs::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// What a kernel of tier `isa` needs (no extension).
+    pub fn of(isa: Isa) -> Needs {
+        match isa {
+            Isa::Scalar => Needs::Scalar,
+            Isa::Avx2 => Needs::Avx2,
+            Isa::Avx512 => Needs::Avx512,
+        }
+    }
+
+    /// The tier a kernel with these needs belongs to.
+    pub fn tier(self) -> Isa {
+        match self {
+            Needs::Scalar => Isa::Scalar,
+            Needs::Avx2 => Isa::Avx2,
+            Needs::Avx512 | Needs::Avx512Vnni => Isa::Avx512,
+        }
+    }
+
+    /// Whether a caller that resolved `tier` may run a kernel with these needs: the kernel's
+    /// tier is at most `tier`, and the CPU has any extension it needs.
+    pub fn granted(self, tier: Tier) -> bool {
+        match self {
+            Needs::Scalar => true,
+            Needs::Avx2 => tier.isa() >= Isa::Avx2,
+            Needs::Avx512 => tier.isa() >= Isa::Avx512,
+            Needs::Avx512Vnni => tier.vnni().is_some(),
+        }
+    }
+
+    /// Whether this CPU has what the kernel needs (ignores `MNV2_ISA`).
+    pub fn on_host(self) -> bool {
+        Tier::host().into_iter().any(|t| self.granted(t))
+    }
+}
+
+/// Every tier this process may use, lowest first (capped by `MNV2_ISA`).
 pub fn available() -> Vec<Isa> {
     let best = best();
     [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| *i <= best && i.supported()).collect()
@@ -75,4 +233,60 @@ pub fn best() -> Isa {
             None => detected,
         }
     })
+}
+
+/// For tests of a kernel registry: whether the host runs a kernel needing `needs`. If not,
+/// prints `SKIPPED <name> (host lacks <isa>)`, and panics when `MNV2_REQUIRE_ISA` names that
+/// ISA (a comma-separated list; CI sets it on hosts that must run those kernels).
+pub fn runs_or_skips(name: &str, needs: Needs) -> bool {
+    let require = std::env::var("MNV2_REQUIRE_ISA").ok();
+    match skip_verdict(name, needs, needs.on_host(), require.as_deref()) {
+        Ok(true) => true,
+        Ok(false) => {
+            println!("SKIPPED {name} (host lacks {})", needs.name());
+            eprintln!("SKIPPED {name} (host lacks {})", needs.name());
+            false
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Whether to run a kernel (`Ok(true)`), skip it (`Ok(false)`), or fail because the host lacks
+/// an ISA that `require` (the value of `MNV2_REQUIRE_ISA`) names.
+fn skip_verdict(name: &str, needs: Needs, on_host: bool, require: Option<&str>) -> Result<bool, String> {
+    if on_host {
+        return Ok(true);
+    }
+    match require {
+        Some(req) if req.split(',').any(|r| r.trim().eq_ignore_ascii_case(needs.name())) => {
+            Err(format!("MNV2_REQUIRE_ISA={req}, but this host cannot run {name} (it lacks {})", needs.name()))
+        }
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_is_an_error_only_when_required() {
+        let k = "qgemm_u8s8s32_requant_14x32_avx512vnni";
+        assert_eq!(skip_verdict(k, Needs::Avx512Vnni, true, Some("avx512vnni")), Ok(true));
+        assert_eq!(skip_verdict(k, Needs::Avx512Vnni, false, None), Ok(false));
+        assert_eq!(skip_verdict(k, Needs::Avx512Vnni, false, Some("avx2")), Ok(false));
+        assert!(skip_verdict(k, Needs::Avx512Vnni, false, Some("avx2, AVX512VNNI")).is_err());
+    }
+
+    #[test]
+    fn tiers_grant_what_they_hold() {
+        assert!(Needs::Scalar.granted(Tier::Scalar));
+        assert!(!Needs::Avx2.granted(Tier::Scalar));
+        for t in Tier::host() {
+            assert_eq!(Tier::new(t.isa()), Some(t));
+            assert!(Needs::of(t.isa()).granted(t) && Needs::of(t.isa()).on_host());
+            assert_eq!(Needs::Avx512Vnni.granted(t), t.isa() == Isa::Avx512 && Avx512Vnni::detect().is_some());
+        }
+        assert!(Tier::best().isa() <= best());
+    }
 }

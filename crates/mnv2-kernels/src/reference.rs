@@ -95,6 +95,70 @@ pub fn linear_f32(input: &[f32], weights: &[f32], bias: &[f32], output: &mut [f3
     }
 }
 
+/// The pointwise GEMM straight from its definition (f64 sums):
+/// `out[i][j] = act(b[j] + sum_k a[i * lda + k] * w[k][j]) (+ r[i][j])`, `m x n`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    b: &[f32],
+    act: MinMax,
+    r: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = b[j] as f64;
+            for kk in 0..k {
+                s += a[i * lda + kk] as f64 * w[kk * n + j] as f64;
+            }
+            let mut v = act.apply(s as f32);
+            if let Some(r) = r {
+                v += r[i * n + j];
+            }
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
+/// The int8 pointwise GEMM in real units, straight from its definition (exact i64 sums):
+/// `act((sum_k (a[i][k] - zero_a) * q[k][j]) * scale_a * w_scale[j] + bias[j])` plus the
+/// dequantised residual, `m x n` (`a` is `m x k` u8, `q` is `[k][n]` s8).
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_u8s8s32(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[u8],
+    input: crate::qgemm::QParams,
+    q: &[i8],
+    w_scale: &[f32],
+    bias: &[f32],
+    act: MinMax,
+    res: Option<(&[u8], crate::qgemm::QParams)>,
+) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0i64;
+            for kk in 0..k {
+                acc += (a[i * k + kk] as i64 - input.zero as i64) * q[kk * n + j] as i64;
+            }
+            let mut v = act.apply(acc as f32 * input.scale * w_scale[j] + bias[j]);
+            if let Some((r, rq)) = res {
+                v += rq.dequantize(r[i * n + j]);
+            }
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

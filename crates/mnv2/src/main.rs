@@ -1,9 +1,11 @@
 //! `mnv2`: the MobileNetV2 command line. A thin layer over the `mobilenetv2` library.
 //!
-//! Exit codes: 0 success, 1 bad input or usage (a one-line error names the file and the
-//! problem), 2 internal failure. A closed stdout (e.g. `| head`) ends quietly.
+//! Exit codes ([`exit`]): 0 success, 1 bad input or usage (a one-line error names the file or
+//! the option and the problem), 2 internal failure (a bug: a panic or a broken invariant). A
+//! closed stdout (e.g. `| head`) ends quietly with 0.
 
 mod cmd;
+mod exit;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,9 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Export weights for other engines: ONNX (fp32 with BatchNorm folded, or int8 as a QDQ graph)
     Export(cmd::export::Args),
+    /// Download torchvision's ImageNet weights (sha256-checked) to the weights home, which the
+    /// subcommands use when --weights is absent: $MNV2_HOME, else ~/.cache/mnv2
+    Fetch(cmd::fetch::Args),
     /// Time inference: median and p90 latency, images/s, peak RSS, activation memory
     Bench(cmd::bench::Args),
     /// Post-training int8 quantisation, calibrated on images or an .npy batch
@@ -39,7 +44,8 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    exit::install_panic_hook();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit::usage(e));
     let result = match cli.command {
         Command::Classify(a) => cmd::classify::main(a),
         Command::Info(a) => cmd::info::main(a),
@@ -51,15 +57,7 @@ fn main() {
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
         Command::Export(a) => cmd::export::main(a),
+        Command::Fetch(a) => cmd::fetch::main(a),
     };
-    if let Err(e) = result {
-        if e.chain()
-            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-        {
-            std::process::exit(0);
-        }
-        eprintln!("error: {e:#}");
-        let internal = e.chain().any(|c| c.downcast_ref::<cmd::Internal>().is_some());
-        std::process::exit(if internal { 2 } else { 1 });
-    }
+    exit::finish(result)
 }

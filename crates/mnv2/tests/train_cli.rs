@@ -3,10 +3,13 @@
 //! with a one-line error; evaluation reports top-1 and a confusion matrix.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mobilenetv2::weights::{self, Data};
+
+mod common;
+use common::{assert_one_error_line, mnv2, mnv2_cmd};
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mnv2-train-{}-{name}", std::process::id()));
@@ -73,14 +76,6 @@ fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn mnv2() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mnv2"))
-}
-
-fn run(args: &[&str]) -> Output {
-    mnv2().args(args).output().expect("mnv2 runs")
-}
-
 fn tensors(p: &Path) -> Vec<(String, Vec<f32>)> {
     weights::load(p)
         .unwrap()
@@ -99,10 +94,10 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     let data = idx_data(&d, 120, 4);
     let data = data.to_str().unwrap();
     let (a, b) = (d.join("a"), d.join("b"));
-    let o = run(&train_args(data, a.to_str().unwrap()));
+    let o = mnv2(&train_args(data, a.to_str().unwrap()));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let mut child = mnv2().args(train_args(data, b.to_str().unwrap())).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = mnv2_cmd().args(train_args(data, b.to_str().unwrap())).stderr(Stdio::null()).spawn().unwrap();
     let ckpt = b.join("checkpoint.safetensors");
     let t0 = Instant::now();
     while !ckpt.exists() {
@@ -115,7 +110,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     assert!(!b.join("final.safetensors").exists(), "the run finished before it was killed");
     let mut args = train_args(data, b.to_str().unwrap());
     args.push("--resume");
-    let o = run(&args);
+    let o = mnv2(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("resuming from"), "{err}");
@@ -131,7 +126,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     assert!(init.iter().any(|(n, _)| n.starts_with("optim.")));
 
     // The trained model is evaluated, and loads in `mnv2 classify` form.
-    let o = run(&[
+    let o = mnv2(&[
         "eval",
         "--data",
         data,
@@ -166,7 +161,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
             .chain([p.to_str().unwrap().to_string()])
             .collect()
     };
-    let o = mnv2().args(eval_args(&final_w, &preds)).output().unwrap();
+    let o = mnv2_cmd().args(eval_args(&final_w, &preds)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines: Vec<(usize, usize)> = std::fs::read_to_string(&preds)
         .unwrap()
@@ -185,7 +180,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
         }
     }
     let q = d.join("int8.safetensors");
-    let o = run(&[
+    let o = mnv2(&[
         "quantize",
         "--weights",
         final_w.to_str().unwrap(),
@@ -198,20 +193,10 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("on 40 image(s)"));
-    let o = mnv2().args(eval_args(&q, &d.join("int8.predictions"))).output().unwrap();
+    let o = mnv2_cmd().args(eval_args(&q, &d.join("int8.predictions"))).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(d.join("int8.predictions")).unwrap().lines().count(), 120);
     std::fs::remove_dir_all(&d).unwrap();
-}
-
-fn one_line_error(o: &Output, needle: &str) {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(e.contains(needle), "`{needle}` not in: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{e}");
-    assert!(errors[0].contains(needle), "{e}");
 }
 
 #[test]
@@ -220,7 +205,7 @@ fn bad_input_stops_with_one_line() {
     // An empty class folder.
     std::fs::create_dir_all(d.join("folders/cat")).unwrap();
     std::fs::create_dir_all(d.join("folders/dog")).unwrap();
-    let png = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/formats");
+    let png = common::root().join("tests/data/images/formats");
     let any = std::fs::read_dir(&png)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -230,20 +215,20 @@ fn bad_input_stops_with_one_line() {
     std::fs::copy(&any, d.join("folders/cat").join(any.file_name().unwrap())).unwrap();
     let out = d.join("o");
     let folders = d.join("folders");
-    let o = run(&train_args(folders.to_str().unwrap(), out.to_str().unwrap()));
-    one_line_error(&o, "class folder `dog` has no readable images");
+    let o = mnv2(&train_args(folders.to_str().unwrap(), out.to_str().unwrap()));
+    assert_one_error_line(&o, "class folder `dog` has no readable images");
     // An unreadable image, with --bad-images stop.
     std::fs::write(d.join("folders/dog/broken.jpg"), b"not a jpeg").unwrap();
     let mut args = train_args(folders.to_str().unwrap(), out.to_str().unwrap());
     args.extend(["--bad-images", "stop"]);
-    one_line_error(&run(&args), "broken.jpg");
+    assert_one_error_line(&mnv2(&args), "broken.jpg");
     // A diverging run stops on the NaN and keeps its last checkpoint.
     let data = idx_data(&d, 64, 4);
     let mut args = train_args(data.to_str().unwrap(), out.to_str().unwrap());
     let i = args.iter().position(|a| *a == "0.05").unwrap();
     args[i] = "1e30";
-    let o = run(&args);
-    one_line_error(&o, "diverged");
+    let o = mnv2(&args);
+    assert_one_error_line(&o, "diverged");
     assert!(out.join("checkpoint.safetensors").is_file(), "the last good checkpoint is kept");
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -259,7 +244,7 @@ fn full_disk_keeps_the_previous_checkpoint() {
     let (data, out_s) = (data.to_str().unwrap(), out.to_str().unwrap());
     let mut args = train_args(data, out_s);
     args.extend(["--max-steps", "2"]);
-    let o = run(&args);
+    let o = mnv2(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ckpt = out.join("checkpoint.safetensors");
     let before = std::fs::read(&ckpt).unwrap();
@@ -276,7 +261,7 @@ fn full_disk_keeps_the_previous_checkpoint() {
         .args(&resume)
         .output()
         .unwrap();
-    one_line_error(&o, "could not write the checkpoint");
+    assert_one_error_line(&o, "could not write the checkpoint");
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("previous checkpoint is kept"), "{e}");
     assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the previous checkpoint changed");
@@ -290,7 +275,7 @@ fn full_disk_keeps_the_previous_checkpoint() {
     // And the kept checkpoint still resumes.
     let mut again = train_args(data, out_s);
     again.extend(["--resume", "--max-steps", "3"]);
-    let o = run(&again);
+    let o = mnv2(&again);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
 }

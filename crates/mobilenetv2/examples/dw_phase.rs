@@ -17,7 +17,7 @@ fn main() {
     let zeros = vec![0f32; c];
     let bn = BnAct { scale: &ones, shift: &zeros, act: MinMax::RELU6 };
     let mut work = Work::default();
-    let isa = mnv2_kernels::isa::best();
+    let isa = mnv2_kernels::Tier::best();
     let reps = 10;
     let t = Instant::now();
     for _ in 0..reps {

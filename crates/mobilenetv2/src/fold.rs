@@ -4,6 +4,7 @@
 //! weights `w * s` and bias `beta - mean * s` with `s = gamma / sqrt(var + eps)`. The fold is
 //! computed in f64 and rounded once.
 
+use crate::layout::{oihw_to_hwio, ConvDims};
 use crate::names::{self, param, BnParam, Params};
 use crate::plan::{Layer, Op, Plan};
 
@@ -32,17 +33,9 @@ pub fn fold_conv(params: &Params, bn_eps: f32, layer: &Layer) -> FoldedConv {
     let var = param(params, &names::bn(c, BnParam::Var));
     let (cout, cin_g, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
     let scale: Vec<f64> = (0..cout).map(|o| gamma[o] as f64 / (var[o] as f64 + eps).sqrt()).collect();
-    let mut weights = vec![0f32; k * k * cin_g * cout];
-    for o in 0..cout {
-        for i in 0..cin_g {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let v = w[((o * cin_g + i) * k + ky) * k + kx] as f64 * scale[o];
-                    weights[((ky * k + kx) * cin_g + i) * cout + o] = v as f32;
-                }
-            }
-        }
-    }
+    let per_out = cin_g * k * k;
+    let scaled: Vec<f32> = w.iter().enumerate().map(|(j, &v)| (v as f64 * scale[j / per_out]) as f32).collect();
+    let weights = oihw_to_hwio(&scaled, ConvDims { o: cout, i: cin_g, k });
     let bias = (0..cout).map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32).collect();
     FoldedConv { weights, bias }
 }
@@ -50,13 +43,7 @@ pub fn fold_conv(params: &Params, bn_eps: f32, layer: &Layer) -> FoldedConv {
 /// The classifier as `[in][out]` weights and a bias.
 pub fn linear(params: &Params, layer: &Layer) -> FoldedConv {
     let w = param(params, &names::weight(layer));
-    let (n_in, n_out) = (layer.input.c, layer.output.c);
-    let mut weights = vec![0f32; n_in * n_out];
-    for o in 0..n_out {
-        for i in 0..n_in {
-            weights[i * n_out + o] = w[o * n_in + i];
-        }
-    }
+    let weights = oihw_to_hwio(w, ConvDims { o: layer.output.c, i: layer.input.c, k: 1 });
     FoldedConv { weights, bias: param(params, &names::bias(layer)).to_vec() }
 }
 

@@ -46,6 +46,8 @@
 //! # Ok::<(), mobilenetv2::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod accounting;
 pub mod classify;
 pub mod data;
@@ -55,6 +57,7 @@ pub mod export;
 pub(crate) mod fold;
 pub mod fsutil;
 pub mod labels;
+pub mod layout;
 pub mod model;
 pub mod names;
 pub mod npy;

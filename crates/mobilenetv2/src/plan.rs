@@ -526,6 +526,13 @@ impl Plan {
         0
     }
 
+    /// Whether the first block reads the stem's output on the fly, so that the stem's
+    /// activation never has to exist whole: it has no expand conv and no residual (either
+    /// would read the stem's output twice). The fused engine and training both ask this.
+    pub fn stem_feeds_first_block(&self) -> bool {
+        self.blocks.first().is_some_and(|b| b.expand.is_none() && !b.residual)
+    }
+
     /// The classification head, or an error naming `what` needs one (the fast engines, the
     /// int8 scheme and the exporters run classifiers today).
     pub fn classifier(&self, what: &str) -> Result<ClassifierHead> {

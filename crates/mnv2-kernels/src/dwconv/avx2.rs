@@ -22,6 +22,9 @@ struct Tile {
 }
 
 impl Tile {
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the pointers this reads and writes are the rows `dwconv_row` checked, and
+    /// `x` is an output column of the row (taps outside the input row only when `checked`).
     #[inline(always)]
     unsafe fn pixel(&self, x: usize, checked: bool) {
         let mut a = self.bias;

@@ -19,10 +19,18 @@ use super::{Args, Elem, PackedDw};
 
 /// Storing 16 channels of an output element type from an f32 vector.
 trait Out: Elem {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     unsafe fn store<const FULL: bool>(p: *mut Self, v: __m512, mask: u16, inv: __m512, zero: __m512i);
 }
 
 impl Out for f32 {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn store<const FULL: bool>(p: *mut f32, v: __m512, mask: u16, _: __m512, _: __m512i) {
         if FULL {
@@ -34,6 +42,10 @@ impl Out for f32 {
 }
 
 impl Out for u8 {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn store<const FULL: bool>(p: *mut u8, v: __m512, mask: u16, inv: __m512, zero: __m512i) {
         let q =
@@ -63,6 +75,10 @@ struct Tile<O> {
 }
 
 impl<O: Out> Tile<O> {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn load<const FULL: bool>(&self, p: *const f32) -> __m512 {
         if FULL {
@@ -72,6 +88,10 @@ impl<O: Out> Tile<O> {
         }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn store<const FULL: bool>(&self, x: usize, v: __m512) {
         let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
@@ -79,6 +99,11 @@ impl<O: Out> Tile<O> {
     }
 
     /// XB interior pixels from output column `x0`; S and D are stride and dilation.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn interior<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, x0: usize) {
         let mut acc = [self.bias; XB];
@@ -97,6 +122,11 @@ impl<O: Out> Tile<O> {
     }
 
     /// One pixel; with `checked`, taps outside the row are skipped.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn pixel(&self, x: usize, checked: bool) {
         let mut a = self.bias;
@@ -114,6 +144,11 @@ impl<O: Out> Tile<O> {
     }
 
     /// Interior pixels `x..hi` in blocks of XB; returns where it stopped.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool>(
         &self,
@@ -129,6 +164,11 @@ impl<O: Out> Tile<O> {
 
     /// One pixel whose taps `kx` in `K0..K1` lie inside the row (the others are padding):
     /// the left and right edge of dilation-1 rows, unrolled with no bounds checks.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn edge<const K0: usize, const K1: usize>(&self, x: usize) {
         let mut a = self.bias;
@@ -142,6 +182,11 @@ impl<O: Out> Tile<O> {
     }
 
     /// An edge pixel: the unrolled forms where they apply, else checked taps.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn edge_pixel(&self, x: usize) {
         let first = (x * self.stride) as isize - self.pad as isize;
@@ -156,6 +201,11 @@ impl<O: Out> Tile<O> {
     }
 
     /// Interior pixels `x..hi`: blocks of 8 (stride 1; no gain measured at stride 2), 4, 2, then 1.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn cascade<const S: usize, const D: usize, const FULL: bool>(&self, x: usize, hi: usize) -> usize {
         let x = if S == 1 { self.run::<S, D, 8, FULL>(x, hi) } else { x };
@@ -165,6 +215,11 @@ impl<O: Out> Tile<O> {
     }
 
     /// The whole output row of this tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+    /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+    /// masks passed stay within them.
     #[inline(always)]
     unsafe fn walk(&self, w_out: usize, (lo_x, hi_x): (usize, usize), full: bool) {
         for x in 0..lo_x {
@@ -211,6 +266,11 @@ pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
 }
 
 /// f32 input rows, output `O`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+/// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+/// masks passed stay within them.
 #[inline(always)]
 unsafe fn row_f32<O: Out>(args: &Args<f32, O>, w: &PackedDw) {
     let rows = |ct: usize, _: usize| -> [*const f32; 3] {
@@ -230,6 +290,10 @@ fn staging(len: usize) -> *mut f32 {
     })
 }
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+/// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+/// masks passed stay within them.
 #[inline(always)]
 unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
     let g = args.g;
@@ -256,6 +320,11 @@ unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
 
 /// Runs every 16-channel tile: `rows_of(ct, cols)` gives the tile's f32 input rows (null for
 /// padding rows) whose pixel stride is `in_stride`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
+/// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
+/// masks passed stay within them.
 #[inline(always)]
 unsafe fn row_tiles<I, O: Out>(
     args: &Args<I, O>,

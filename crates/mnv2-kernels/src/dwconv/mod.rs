@@ -20,14 +20,18 @@ mod avx2;
 mod avx512;
 mod scalar;
 
-use crate::aligned::AlignedVec;
-use crate::isa::Isa;
+use crate::isa::{Isa, Needs, Tier};
 use crate::qgemm::QParams;
+use crate::taps::PackedTaps;
 use crate::MinMax;
+
+pub use crate::taps::CTILE;
 
 /// Element type of depthwise rows: f32, or u8 quantised with zero point 0.
 pub trait Elem: Copy + Send + Sync + 'static {
+    /// The value as f32 (u8: the raw code).
     fn to_f32(self) -> f32;
+    /// `v` as this type (u8: quantised with `q`).
     fn from_f32(v: f32, q: QParams) -> Self;
 }
 
@@ -53,49 +57,115 @@ impl Elem for u8 {
     }
 }
 
-/// Channels per packed tile (the widest vector); narrower ISAs read half tiles.
-pub const CTILE: usize = 16;
-
-/// Depthwise 3x3 weights with bias, packed `[9][c_pad]` (taps row-major) for one ISA.
-#[derive(Clone, Debug)]
-pub struct PackedDw {
-    pub c: usize,
-    pub isa: Isa,
-    pub(crate) c_pad: usize,
-    pub(crate) weights: AlignedVec,
-    pub(crate) bias: AlignedVec,
+/// The code of a depthwise kernel, by the element types it reads and writes.
+#[derive(Debug)]
+pub(crate) enum DwCode {
+    /// f32 rows to f32 rows.
+    F32(unsafe fn(&Args<f32, f32>, &PackedDw)),
+    /// u8 output rows: from u8 rows, and from u8 values held as f32.
+    U8(unsafe fn(&Args<u8, u8>, &PackedDw), unsafe fn(&Args<f32, u8>, &PackedDw)),
 }
 
+/// One depthwise 3x3 kernel: its name (the identity of the code), what it needs, its code.
+#[derive(Debug)]
+pub struct DwKernel {
+    /// The kernel's name, as profiles and `mnv2 bench` print it.
+    pub name: &'static str,
+    /// What the CPU must have.
+    pub needs: Needs,
+    /// # Safety (of the functions)
+    /// The arguments describe rows valid for the packing, and the CPU has `needs`.
+    code: DwCode,
+}
+
+/// Every f32 depthwise kernel built for this target, best first.
+pub static KERNELS: &[DwKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_f32_minmax_3x3c16_avx512",
+        needs: Needs::Avx512,
+        code: DwCode::F32(avx512::row::<f32, f32>),
+    },
+    #[cfg(target_arch = "x86_64")]
+    DwKernel { name: "dwconv_f32_minmax_3x3c8_avx2", needs: Needs::Avx2, code: DwCode::F32(avx2::row) },
+    DwKernel { name: "dwconv_f32_minmax_3x3_scalar", needs: Needs::Scalar, code: DwCode::F32(scalar::row::<f32, f32>) },
+];
+
+/// Every int8 (u8 output) depthwise kernel built for this target, best first. There is no
+/// AVX2 one: AVX2 hosts run the scalar twin, and its name says so.
+pub static KERNELS_U8: &[DwKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_u8_minmax_3x3c16_avx512",
+        needs: Needs::Avx512,
+        code: DwCode::U8(avx512::row::<u8, u8>, avx512::row::<f32, u8>),
+    },
+    DwKernel {
+        name: "dwconv_u8_minmax_3x3_scalar",
+        needs: Needs::Scalar,
+        code: DwCode::U8(scalar::row::<u8, u8>, scalar::row::<f32, u8>),
+    },
+];
+
+/// The kernels of `registry` that a caller holding `tier` may run, best first.
+pub fn supported(registry: &'static [DwKernel], tier: Tier) -> impl Iterator<Item = &'static DwKernel> {
+    registry.iter().filter(move |k| k.needs.granted(tier))
+}
+
+/// Depthwise 3x3 weights with bias, packed `[9][c_pad]` (taps row-major) for one kernel.
+pub type PackedDw = PackedTaps<DwKernel, 9>;
+
 impl PackedDw {
-    /// `weights` are `[3][3][c]` (HWIO with one input channel per group), `bias` is `[c]`.
-    pub fn new(isa: Isa, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        assert_eq!(weights.len(), 9 * c);
-        assert_eq!(bias.len(), c);
-        let c_pad = c.next_multiple_of(CTILE);
-        let mut w = AlignedVec::zeros(9 * c_pad);
-        for t in 0..9 {
-            w[t * c_pad..t * c_pad + c].copy_from_slice(&weights[t * c..(t + 1) * c]);
-        }
-        let mut b = AlignedVec::zeros(c_pad);
-        b[..c].copy_from_slice(bias);
-        PackedDw { c, isa, c_pad, weights: w, bias: b }
+    /// `weights` are `[3][3][c]` (HWIO with one input channel per group), `bias` is `[c]`:
+    /// for the best f32 kernel of `tier`.
+    pub fn new(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        let k = supported(KERNELS, tier).next().expect("the scalar kernel");
+        PackedDw::for_kernel(tier, k, weights, c, bias)
     }
 
-    /// For u8 input rows quantised with `input` (zero point 0): the input scale is folded
-    /// into the weights, so the kernel multiplies the raw bytes.
-    pub fn quantized(isa: Isa, weights: &[f32], c: usize, bias: &[f32], input: QParams) -> PackedDw {
+    /// Packs for `kernel` (of [`KERNELS`] or [`KERNELS_U8`]), which `tier` must grant.
+    pub fn for_kernel(tier: Tier, kernel: &'static DwKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        assert!(
+            kernel.needs.granted(tier),
+            "{} needs {}, the caller holds {:?}",
+            kernel.name,
+            kernel.needs.name(),
+            tier
+        );
+        PackedTaps::pack(kernel, weights, c, bias)
+    }
+
+    /// For u8 input rows quantised with `input` (zero point 0), on the best int8 kernel of
+    /// `tier`: the input scale is folded into the weights, so the kernel multiplies the raw
+    /// bytes.
+    pub fn quantized(tier: Tier, weights: &[f32], c: usize, bias: &[f32], input: QParams) -> PackedDw {
+        let k = supported(KERNELS_U8, tier).next().expect("the scalar kernel");
+        PackedDw::quantized_for(tier, k, weights, c, bias, input)
+    }
+
+    /// [`PackedDw::quantized`] for `kernel` (of [`KERNELS_U8`]), which `tier` must grant.
+    pub fn quantized_for(
+        tier: Tier,
+        kernel: &'static DwKernel,
+        weights: &[f32],
+        c: usize,
+        bias: &[f32],
+        input: QParams,
+    ) -> PackedDw {
         assert_eq!(input.zero, 0, "depthwise int8 input must have zero point 0");
+        assert!(matches!(kernel.code, DwCode::U8(..)), "{} is not an int8 kernel", kernel.name);
         let scaled: Vec<f32> = weights.iter().map(|w| w * input.scale).collect();
-        let isa = if isa == Isa::Avx512 { isa } else { Isa::Scalar };
-        PackedDw::new(isa, &scaled, c, bias)
+        PackedDw::for_kernel(tier, kernel, &scaled, c, bias)
     }
 
+    /// Name of the kernel this packing is for.
     pub fn kernel_name(&self) -> &'static str {
-        match self.isa {
-            Isa::Avx512 => "dwconv_f32_minmax_3x3c16_avx512",
-            Isa::Avx2 => "dwconv_f32_minmax_3x3c8_avx2",
-            Isa::Scalar => "dwconv_f32_minmax_3x3_scalar",
-        }
+        self.kernel.name
+    }
+
+    /// The tier of the kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.needs.tier()
     }
 }
 
@@ -134,15 +204,18 @@ pub(crate) struct Args<I, O> {
 }
 
 /// One output row: `out[x][ch] = act(bias[ch] + sum_{ky,kx} rows[ky][x*s + kx*d - pad][ch] * w[ky][kx][ch])`.
-/// Each present row must hold `g.w_in * w.c` values; `out` holds `g.w_out * w.c`.
+/// Each present row must hold `g.w_in * w.c` values; `out` holds `g.w_out * w.c`. Panics if
+/// `w` was packed for an int8 kernel.
 pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [f32]) {
-    dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 })
+    let DwCode::F32(run) = w.kernel.code else { panic!("{} does not write f32 rows", w.kernel.name) };
+    dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
 }
 
 /// [`dwconv_row`] on u8 rows (weights packed by [`PackedDw::quantized`]), the result
 /// quantised with `out_q`.
 pub fn dwconv_row_u8(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], out_q: QParams) {
-    dwconv_row_any(w, rows, g, act, out, out_q)
+    let DwCode::U8(run, _) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
+    dwconv_row_any(w, rows, g, act, out, out_q, run)
 }
 
 /// [`dwconv_row_u8`] whose input rows hold the u8 values as f32 (rows widened once by their
@@ -155,7 +228,8 @@ pub fn dwconv_row_f32_u8(
     out: &mut [u8],
     out_q: QParams,
 ) {
-    dwconv_row_any(w, rows, g, act, out, out_q)
+    let DwCode::U8(_, run) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
+    dwconv_row_any(w, rows, g, act, out, out_q, run)
 }
 
 fn dwconv_row_any<I: Elem, O: Elem>(
@@ -165,6 +239,7 @@ fn dwconv_row_any<I: Elem, O: Elem>(
     act: MinMax,
     out: &mut [O],
     out_q: QParams,
+    run: unsafe fn(&Args<I, O>, &PackedDw),
 ) {
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(out.len() >= g.w_out * w.c, "output row too short");
@@ -177,27 +252,23 @@ fn dwconv_row_any<I: Elem, O: Elem>(
         }
     }
     assert!(ptrs.iter().any(|p| !p.is_null()), "an output row reads at least one input row");
-    assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
     let args = Args { rows: ptrs, out: out.as_mut_ptr(), g, act, out_q };
-    let f32_only = std::any::TypeId::of::<I>() == std::any::TypeId::of::<f32>()
-        && std::any::TypeId::of::<O>() == std::any::TypeId::of::<f32>();
-    // SAFETY: sizes checked above; the ISA is supported.
-    unsafe {
-        match w.isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => avx512::row(&args, w),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if f32_only => avx2::row(&*(&args as *const Args<I, O> as *const Args<f32, f32>), w),
-            _ => scalar::row(&args, w),
-        }
-    }
+    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
+    // that this CPU runs it.
+    unsafe { run(&args, w) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::available;
     use crate::{reference, ConvGeom};
+
+    /// The kernels of `registry` the host runs, with the host's best tier; the others print
+    /// `SKIPPED`.
+    fn host_kernels(registry: &'static [DwKernel]) -> Vec<(Tier, &'static DwKernel)> {
+        let tier = *Tier::host().last().expect("scalar");
+        registry.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
+    }
 
     fn vals(seed: u64, n: usize) -> Vec<f32> {
         crate::test_vals::uniform(seed, n, -2.0, 4.0)
@@ -206,7 +277,7 @@ mod tests {
     /// Whole-image depthwise through `dwconv_row` against the reference convolution.
     #[allow(clippy::too_many_arguments)]
     fn check(
-        isa: Isa,
+        (tier, kern): (Tier, &'static DwKernel),
         h: usize,
         w_in: usize,
         c: usize,
@@ -240,7 +311,7 @@ mod tests {
         };
         let mut want = vec![0.0; out_h * w_out * c];
         reference::conv2d_f32(&g, &input, &wts, &bias, act, None, &mut want);
-        let p = PackedDw::new(isa, &wts, c, &bias);
+        let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
         let row = DwRow { w_in, w_out, stride, dilation, pad_left };
         let mut got = vec![f32::NAN; out_h * w_out * c];
         for oy in 0..out_h {
@@ -259,11 +330,10 @@ mod tests {
     }
 
     #[test]
-    fn every_isa_matches_reference() {
-        let isas = available();
-        eprintln!("dwconv tested on: {isas:?}");
-        for isa in isas {
-            for c in [1, 8, 16, 24, 32, 40, 96, 144] {
+    fn every_kernel_matches_reference() {
+        for isa in host_kernels(KERNELS) {
+            // Channel edges of the 16- and 8-wide tiles, and the depthwise widths of MobileNetV2.
+            for c in [1, 7, 8, 9, 15, 16, 17, 24, 32, 40, 96, 144] {
                 for w in [1, 2, 3, 4, 5, 7, 9, 14, 17] {
                     check(isa, 5, w, c, 1, 1, 1, 1, 1, 1); // torch stride 1
                     if w >= 2 {
@@ -276,13 +346,17 @@ mod tests {
                     }
                 }
             }
-            check(isa, 8, 112, 32, 1, 1, 1, 1, 1, 1);
-            check(isa, 8, 112, 96, 2, 1, 1, 1, 1, 1);
+            // Real MobileNetV2 224 depthwise layers (a few rows of each).
+            for (w, c, s) in [(112, 32, 1), (112, 96, 2), (56, 144, 1), (56, 144, 2), (28, 192, 2), (14, 384, 1)] {
+                check(isa, 4, w, c, s, 1, 1, 1, 1, 1);
+            }
+            check(isa, 4, 7, 960, 1, 1, 1, 1, 1, 1);
         }
     }
 
     #[test]
-    fn u8_rows_match_f32_and_every_isa_agrees() {
+    fn u8_rows_match_f32_and_every_kernel_agrees() {
+        let kernels = host_kernels(KERNELS_U8);
         let input_q = QParams { scale: 6.0 / 255.0, zero: 0 };
         let out_q = QParams { scale: 0.03, zero: 0 };
         for (w_in, c, s, d) in [(9, 40, 1, 1), (14, 96, 2, 1), (17, 16, 1, 1), (12, 24, 1, 2), (112, 32, 1, 1)] {
@@ -296,13 +370,13 @@ mod tests {
             let bias = vals(5, c);
             for missing in [None, Some(0), Some(2)] {
                 let pick = |i: usize| missing != Some(i);
-                let fp = PackedDw::new(Isa::Scalar, &wts, c, &bias);
+                let fp = PackedDw::new(Tier::Scalar, &wts, c, &bias);
                 let mut want = vec![0f32; w_out * c];
                 let rf: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_f[i].as_slice()));
                 dwconv_row(&fp, rf, g, MinMax::RELU6, &mut want);
                 let mut outs = Vec::new();
-                for isa in available() {
-                    let qp = PackedDw::quantized(isa, &wts, c, &bias, input_q);
+                for &(tier, kern) in &kernels {
+                    let qp = PackedDw::quantized_for(tier, kern, &wts, c, &bias, input_q);
                     let ru: [Option<&[u8]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_u8[i].as_slice()));
                     let mut got = vec![0u8; w_out * c];
                     dwconv_row_u8(&qp, ru, g, MinMax::RELU6, &mut got, out_q);
@@ -311,7 +385,7 @@ mod tests {
                     let rg: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| grid[i].as_slice()));
                     let mut got_f = vec![0u8; w_out * c];
                     dwconv_row_f32_u8(&qp, rg, g, MinMax::RELU6, &mut got_f, out_q);
-                    assert_eq!(got_f, got, "{isa:?}: f32-held u8 rows");
+                    assert_eq!(got_f, got, "{}: f32-held u8 rows", kern.name);
                     for (q, w) in got.iter().zip(&want) {
                         assert!(
                             (out_q.dequantize(*q) - w.min(out_q.dequantize(255))).abs() <= out_q.scale * 0.5 + 1e-4
@@ -319,7 +393,7 @@ mod tests {
                     }
                     outs.push(got);
                 }
-                assert!(outs.windows(2).all(|p| p[0] == p[1]), "u8 depthwise differs between ISAs");
+                assert!(outs.windows(2).all(|p| p[0] == p[1]), "u8 depthwise differs between kernels");
             }
         }
     }

@@ -20,6 +20,9 @@ struct Panel {
     hi: __m256,
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA; `a`, `c` and `r` (null for none) address `R` rows of the panel's
+/// columns with the strides `gemm` checked.
 #[inline(always)]
 unsafe fn tile<const R: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
     let mut acc0 = [_mm256_loadu_ps(p.bias); R];

@@ -28,6 +28,9 @@ struct Panel {
 }
 
 impl Panel {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; `a`, `c` and `r` (null for none) address the tile's rows and the
+    /// panel's columns (masked by `mask`) with the strides `gemm` checked.
     #[inline(always)]
     unsafe fn finish(&self, v: __m512, r: *const f32, mask: u16) -> __m512 {
         let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
@@ -40,6 +43,10 @@ impl Panel {
 }
 
 /// One tile of MR rows x 32 columns.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ; `a`, `c` and `r` (null for none) address the tile's rows and the
+/// panel's columns (masked by `mask`) with the strides `gemm` checked.
 #[inline(always)]
 unsafe fn tile32<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
     let mut acc0 = [_mm512_load_ps(p.bias); MR];
@@ -67,6 +74,10 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *con
 }
 
 /// One tile of MR rows x 16 columns.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ; `a`, `c` and `r` (null for none) address the tile's rows and the
+/// panel's columns (masked by `mask`) with the strides `gemm` checked.
 #[inline(always)]
 unsafe fn tile16<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
     let mut acc = [_mm512_load_ps(p.bias); MR];

@@ -16,17 +16,82 @@ mod avx512;
 mod scalar;
 
 use crate::aligned::AlignedVec;
-use crate::isa::Isa;
+use crate::isa::{Isa, Needs, Tier};
 use crate::MinMax;
 
-/// 1x1 convolution weights packed for one ISA's kernels.
+/// One f32 GEMM micro-kernel: its name (the identity of the code: `{op}_{dtype}_{epilogue}_
+/// {mr}x{nr}_{isa}`), what it needs, its panel width and the code itself.
+#[derive(Debug)]
+pub struct GemmKernel {
+    /// The kernel's name, as profiles and `mnv2 bench` print it.
+    pub name: &'static str,
+    /// What the CPU must have.
+    pub needs: Needs,
+    /// Rows (pixels) per register tile.
+    pub mr: usize,
+    /// Output channels per packed panel.
+    pub nr: usize,
+    /// The kernel is chosen only for layers with more outputs than this (a wide tile wastes
+    /// lanes on narrow layers).
+    pub min_n: usize,
+    /// # Safety
+    /// `args` describe buffers valid for the packing, and the CPU has `needs`.
+    run: unsafe fn(&Args, &PackedGemm),
+}
+
+/// Every f32 GEMM kernel built for this target, best first.
+pub static KERNELS: &[GemmKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    GemmKernel {
+        name: "gemm_f32_minmaxres_14x32_avx512",
+        needs: Needs::Avx512,
+        mr: 14,
+        nr: 32,
+        min_n: 16,
+        run: avx512::gemm,
+    },
+    #[cfg(target_arch = "x86_64")]
+    GemmKernel {
+        name: "gemm_f32_minmaxres_24x16_avx512",
+        needs: Needs::Avx512,
+        mr: 24,
+        nr: 16,
+        min_n: 0,
+        run: avx512::gemm,
+    },
+    #[cfg(target_arch = "x86_64")]
+    GemmKernel { name: "gemm_f32_minmaxres_6x16_avx2", needs: Needs::Avx2, mr: 6, nr: 16, min_n: 0, run: avx2::gemm },
+    GemmKernel {
+        name: "gemm_f32_minmaxres_4x16_scalar",
+        needs: Needs::Scalar,
+        mr: 4,
+        nr: 16,
+        min_n: 0,
+        run: scalar::gemm,
+    },
+];
+
+/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
+pub fn supported(tier: Tier) -> impl Iterator<Item = &'static GemmKernel> {
+    KERNELS.iter().filter(move |k| k.needs.granted(tier))
+}
+
+/// The best kernel for a layer of `n` outputs on `tier`.
+pub fn select(tier: Tier, n: usize) -> &'static GemmKernel {
+    supported(tier).find(|k| n > k.min_n).expect("the scalar kernel serves every layer")
+}
+
+/// 1x1 convolution weights packed for one kernel.
 #[derive(Clone, Debug)]
 pub struct PackedGemm {
+    /// Input channels.
     pub k: usize,
+    /// Output channels.
     pub n: usize,
     /// Output channels per panel.
     pub nr: usize,
-    pub isa: Isa,
+    /// The kernel, granted by the tier it was packed with.
+    kernel: &'static GemmKernel,
     /// `[panels][k][nr]`.
     pub(crate) data: AlignedVec,
     /// `[panels * nr]`.
@@ -34,14 +99,30 @@ pub struct PackedGemm {
 }
 
 impl PackedGemm {
-    /// Packs `weights` (`[k][n]`, row-major) and `bias` (`[n]`) for `isa`.
-    pub fn new(isa: Isa, weights: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedGemm {
+    /// Packs `weights` (`[k][n]`, row-major) and `bias` (`[n]`) for the best kernel of `tier`.
+    pub fn new(tier: Tier, weights: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedGemm {
+        PackedGemm::for_kernel(tier, select(tier, n), weights, k, n, bias)
+    }
+
+    /// Packs for `kernel`, which `tier` must grant (panics otherwise).
+    pub fn for_kernel(
+        tier: Tier,
+        kernel: &'static GemmKernel,
+        weights: &[f32],
+        k: usize,
+        n: usize,
+        bias: &[f32],
+    ) -> PackedGemm {
+        assert!(
+            kernel.needs.granted(tier),
+            "{} needs {}, the caller holds {:?}",
+            kernel.name,
+            kernel.needs.name(),
+            tier
+        );
         assert_eq!(weights.len(), k * n, "weights are k x n");
         assert_eq!(bias.len(), n, "one bias per output");
-        let nr = match isa {
-            Isa::Avx512 if n > 16 => 32,
-            _ => 16,
-        };
+        let nr = kernel.nr;
         let panels = n.div_ceil(nr);
         let mut data = AlignedVec::zeros(panels * k * nr);
         let mut b = AlignedVec::zeros(panels * nr);
@@ -53,21 +134,22 @@ impl PackedGemm {
             }
         }
         b[..n].copy_from_slice(bias);
-        PackedGemm { k, n, nr, isa, data, bias: b }
+        PackedGemm { k, n, nr, kernel, data, bias: b }
     }
 
+    /// Panels of `nr` output channels.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(self.nr)
     }
 
     /// Name of the micro-kernel this packing is for.
     pub fn kernel_name(&self) -> &'static str {
-        match (self.isa, self.nr) {
-            (Isa::Avx512, 32) => "gemm_f32_minmaxres_14x32_avx512",
-            (Isa::Avx512, _) => "gemm_f32_minmaxres_24x16_avx512",
-            (Isa::Avx2, _) => "gemm_f32_minmaxres_6x16_avx2",
-            (Isa::Scalar, _) => "gemm_f32_minmaxres_4x16_scalar",
-        }
+        self.kernel.name
+    }
+
+    /// The tier of the kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.needs.tier()
     }
 }
 
@@ -90,8 +172,7 @@ pub(crate) struct Args {
 /// `c[i * ldc + j] = act(bias[j] + sum_k a[i * lda + k] * w[k][j]) (+ residual[i * ldr + j])`
 /// for `i < m`, `j < w.n`.
 ///
-/// Panics if a slice is too short for the strides, or if `w` was packed for an ISA this CPU
-/// lacks (a bug in the caller; the engine checks both when it compiles a model).
+/// Panics if a slice is too short for the strides.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -133,85 +214,43 @@ pub fn gemm_panels(
         }
         None => (std::ptr::null(), 0),
     };
-    assert!(w.isa.supported(), "weights packed for {} on a CPU without it", w.isa.name());
     let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels };
-    // SAFETY: sizes checked above; the ISA is supported by this CPU.
-    unsafe {
-        match w.isa {
-            Isa::Scalar => scalar::gemm(&args, w),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::gemm(&args, w),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => avx512::gemm(&args, w),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("non-x86 ISA tier"),
-        }
-    }
+    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
+    // that this CPU runs it.
+    unsafe { (w.kernel.run)(&args, w) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::available;
 
     fn lcg(seed: u64, n: usize) -> Vec<f32> {
         crate::test_vals::uniform(seed, n, -1.0, 2.0)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn naive(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        lda: usize,
-        w: &[f32],
-        b: &[f32],
-        act: MinMax,
-        r: Option<&[f32]>,
-    ) -> Vec<f32> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = b[j] as f64;
-                for kk in 0..k {
-                    s += a[i * lda + kk] as f64 * w[kk * n + j] as f64;
-                }
-                let mut v = act.apply(s as f32);
-                if let Some(r) = r {
-                    v += r[i * n + j];
-                }
-                out[i * n + j] = v;
-            }
-        }
-        out
+    /// Every kernel of the registry the host runs, with the host's best tier (which grants it);
+    /// the others print `SKIPPED`.
+    fn host_kernels() -> Vec<(Tier, &'static GemmKernel)> {
+        let tier = *Tier::host().last().expect("scalar");
+        KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
     }
 
     #[test]
-    fn every_isa_matches_naive_on_odd_and_real_shapes() {
-        let isas = available();
-        eprintln!("gemm tested on: {:?}", isas);
-        let ms = [1, 2, 5, 6, 7, 13, 14, 15, 23, 24, 25, 28, 29, 49, 112];
-        let kns = [
-            (1, 1),
-            (3, 5),
-            (16, 96),
-            (24, 144),
-            (144, 24),
-            (32, 16),
-            (17, 33),
-            (96, 24),
-            (7, 47),
-            (160, 960),
-            (320, 1280),
-            (8, 16),
-            (16, 8),
-        ];
-        for isa in isas {
+    fn every_kernel_matches_the_reference_on_edge_and_real_shapes() {
+        let kernels = host_kernels();
+        eprintln!("gemm kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
+        for (tier, kern) in kernels {
+            let (mr, nr) = (kern.mr, kern.nr);
+            let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
+            ms.dedup();
+            let mut kns = vec![(1, 1), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1)];
+            // Every distinct pointwise shape class of MobileNetV2 224/1.0 (k, n).
+            kns.extend([(16, 96), (24, 144), (144, 24), (32, 16), (96, 24), (160, 960), (320, 1280), (8, 16)]);
             for &(k, n) in &kns {
                 let w = lcg(k as u64 * 31 + n as u64, k * n);
                 let b = lcg(7 + n as u64, n);
-                let p = PackedGemm::new(isa, &w, k, n, &b);
+                let p = PackedGemm::for_kernel(tier, kern, &w, k, n, &b);
+                assert_eq!(p.kernel_name(), kern.name);
                 for &m in &ms {
                     let lda = k + 3;
                     let a = lcg(m as u64, m * lda);
@@ -221,15 +260,11 @@ mod tests {
                         (MinMax::RELU6, Some(r.as_slice())),
                         (MinMax { min: -0.5, max: 0.25 }, None),
                     ] {
-                        let want = naive(m, k, n, &a, lda, &w, &b, act, res);
+                        let want = crate::reference::gemm_f32(m, k, n, &a, lda, &w, &b, act, res);
                         let mut c = vec![f32::NAN; m * n];
                         gemm(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
                         let err = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-                        assert!(
-                            err <= 1e-5 * (k as f32).sqrt().max(1.0),
-                            "{} m={m} k={k} n={n}: err {err}",
-                            p.kernel_name()
-                        );
+                        assert!(err <= 1e-5 * (k as f32).sqrt().max(1.0), "{} m={m} k={k} n={n}: err {err}", kern.name);
                     }
                 }
             }
@@ -237,34 +272,48 @@ mod tests {
     }
 
     #[test]
+    fn selection_follows_the_tier_and_the_width() {
+        assert_eq!(select(Tier::Scalar, 100).name, "gemm_f32_minmaxres_4x16_scalar");
+        for tier in Tier::host() {
+            for n in [1, 16, 17, 1280] {
+                let k = select(tier, n);
+                assert!(k.needs.granted(tier) && n > k.min_n, "{} for n={n} on {tier:?}", k.name);
+                // Best first: no earlier entry would have served.
+                let first = KERNELS.iter().position(|e| e.name == k.name).unwrap();
+                assert!(KERNELS[..first].iter().all(|e| !e.needs.granted(tier) || n <= e.min_n));
+            }
+        }
+    }
+
+    #[test]
     fn panel_ranges_compute_only_their_columns() {
-        for isa in available() {
+        for (tier, kern) in host_kernels() {
             let (m, k, n) = (5, 7, 70);
             let w = lcg(3, k * n);
-            let p = PackedGemm::new(isa, &w, k, n, &vec![0.5; n]);
+            let p = PackedGemm::for_kernel(tier, kern, &w, k, n, &vec![0.5; n]);
             let a = lcg(4, m * k);
             let mut full = vec![0.0; m * n];
             gemm(m, &a, k, &p, &mut full, n, MinMax::NONE, None);
             let mut parts = vec![f32::NAN; m * n];
             let half = p.panels() / 2;
             gemm_panels(m, &a, k, &p, &mut parts, n, MinMax::NONE, None, 0..half);
-            assert!(parts[half * p.nr..n].iter().all(|v| v.is_nan()), "{}", isa.name());
+            assert!(parts[half * p.nr..n].iter().all(|v| v.is_nan()), "{}", kern.name);
             gemm_panels(m, &a, k, &p, &mut parts, n, MinMax::NONE, None, half..p.panels());
-            assert_eq!(parts, full, "{}", isa.name());
+            assert_eq!(parts, full, "{}", kern.name);
         }
     }
 
     #[test]
     fn strided_output_leaves_gaps_untouched() {
-        for isa in available() {
+        for (tier, kern) in host_kernels() {
             let (m, k, n) = (9, 5, 20);
             let w = lcg(1, k * n);
-            let p = PackedGemm::new(isa, &w, k, n, &vec![0.0; n]);
+            let p = PackedGemm::for_kernel(tier, kern, &w, k, n, &vec![0.0; n]);
             let a = lcg(2, m * k);
             let mut c = vec![-7.0; m * 24];
             gemm(m, &a, k, &p, &mut c, 24, MinMax::NONE, None);
             for i in 0..m {
-                assert!(c[i * 24 + 20..i * 24 + 24].iter().all(|v| *v == -7.0), "{}", isa.name());
+                assert!(c[i * 24 + 20..i * 24 + 24].iter().all(|v| *v == -7.0), "{}", kern.name);
             }
         }
     }

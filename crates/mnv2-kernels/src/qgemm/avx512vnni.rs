@@ -39,6 +39,10 @@ struct Panel {
 
 impl Panel {
     /// Epilogue of one accumulator vector (columns `v * 16..`): the real values.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
+    /// the rows and columns passed lie within them (column tails masked).
     #[inline(always)]
     unsafe fn real(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) -> __m512 {
         let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, self.zcs[v])), self.mul[v], self.bias[v]);
@@ -52,6 +56,10 @@ impl Panel {
     }
 
     /// Epilogue of one accumulator vector, stored at `c` (u8 or f32).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
+    /// the rows and columns passed lie within them (column tails masked).
     #[inline(always)]
     unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
         let mask = self.mask[v];
@@ -76,6 +84,9 @@ impl Panel {
     }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
+/// the rows and columns passed lie within them (column tails masked).
 #[inline(always)]
 unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
     // Two flat accumulator arrays (not [[_; NV]; MR]): LLVM keeps these in registers; the
@@ -194,43 +205,4 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             i += rows;
         }
     }
-}
-
-/// `src` quantised to u8 codes (as i32 lanes, round half to even, saturated to 0..=255), 16
-/// values at a time, handed to `store(offset, mask, codes)`.
-#[inline(always)]
-unsafe fn quantize_chunks(src: &[f32], q: super::QParams, mut store: impl FnMut(usize, u16, __m512i)) {
-    let inv = _mm512_set1_ps(1.0 / q.scale);
-    let zo = _mm512_set1_epi32(q.zero);
-    for (i, chunk) in src.chunks(16).enumerate() {
-        let mask = mask16(chunk.len());
-        let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
-        let r =
-            _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zo), _mm512_setzero_si512());
-        store(16 * i, mask, r);
-    }
-}
-
-/// See `quantize_row`.
-///
-/// # Safety
-/// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams) {
-    let dst = dst.as_mut_ptr();
-    // The saturating narrow store clamps at 255.
-    quantize_chunks(src, q, |at, mask, r| _mm512_mask_cvtusepi32_storeu_epi8(dst.add(at) as *mut i8, mask, r));
-}
-
-/// See `quantize_row_grid`.
-///
-/// # Safety
-/// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-pub(crate) unsafe fn quantize_row_grid(src: &[f32], dst: &mut [f32], q: super::QParams) {
-    let dst = dst.as_mut_ptr();
-    quantize_chunks(src, q, |at, mask, r| {
-        let r = _mm512_min_epi32(r, _mm512_set1_epi32(255));
-        _mm512_mask_storeu_ps(dst.add(at), mask, _mm512_cvtepi32_ps(r));
-    });
 }

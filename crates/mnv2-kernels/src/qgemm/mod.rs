@@ -14,11 +14,13 @@
 //! results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
 
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
 mod avx512vnni;
 mod scalar;
 
 use crate::aligned::AlignedVec;
-use crate::isa::Isa;
+use crate::isa::{Isa, Needs, Tier};
 use crate::MinMax;
 
 /// Affine quantisation of u8 activations: `real = scale * (q - zero)`.
@@ -51,21 +53,67 @@ impl QParams {
 
 /// Whether this CPU has the AVX-512 VNNI instructions (`vpdpbusd` on zmm).
 pub fn has_avx512vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        Isa::Avx512.supported() && is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::isa::Avx512Vnni::detect().is_some()
 }
 
-/// The int8 kernel family for an instruction-set tier: VNNI needs the AVX-512 tier.
-pub fn qisa(isa: Isa) -> Isa {
-    if isa == Isa::Avx512 && has_avx512vnni() {
-        Isa::Avx512
-    } else {
-        Isa::Scalar
-    }
+/// One int8 GEMM micro-kernel: its name (the identity of the code), what it needs, its tile
+/// and its code.
+#[derive(Debug)]
+pub struct QGemmKernel {
+    /// The kernel's name, as profiles and `mnv2 bench` print it.
+    pub name: &'static str,
+    /// What the CPU must have.
+    pub needs: Needs,
+    /// Rows (pixels) per register tile.
+    pub mr: usize,
+    /// Output channels per packed panel.
+    pub nr: usize,
+    /// The kernel is chosen only for layers with more outputs than this.
+    pub min_n: usize,
+    /// # Safety
+    /// `args` describe buffers valid for the packing, and the CPU has `needs`.
+    run: unsafe fn(&Args, &PackedQGemm),
+}
+
+/// Every int8 GEMM kernel built for this target, best first. There is no AVX2 or AVX-VNNI
+/// kernel: other CPUs run the scalar twin (the same bytes), and its name says so.
+pub static KERNELS: &[QGemmKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    QGemmKernel {
+        name: "qgemm_u8s8s32_requant_14x32_avx512vnni",
+        needs: Needs::Avx512Vnni,
+        mr: 14,
+        nr: 32,
+        min_n: 16,
+        run: avx512vnni::qgemm,
+    },
+    #[cfg(target_arch = "x86_64")]
+    QGemmKernel {
+        name: "qgemm_u8s8s32_requant_24x16_avx512vnni",
+        needs: Needs::Avx512Vnni,
+        mr: 24,
+        nr: 16,
+        min_n: 0,
+        run: avx512vnni::qgemm,
+    },
+    QGemmKernel {
+        name: "qgemm_u8s8s32_requant_1x32_scalar",
+        needs: Needs::Scalar,
+        mr: 1,
+        nr: 32,
+        min_n: 0,
+        run: scalar::qgemm,
+    },
+];
+
+/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
+pub fn supported(tier: Tier) -> impl Iterator<Item = &'static QGemmKernel> {
+    KERNELS.iter().filter(move |k| k.needs.granted(tier))
+}
+
+/// The best kernel for a layer of `n` outputs on `tier`.
+pub fn select(tier: Tier, n: usize) -> &'static QGemmKernel {
+    supported(tier).find(|k| n > k.min_n).expect("the scalar kernel serves every layer")
 }
 
 /// A 1x1 convolution quantised and packed for the int8 kernels of one ISA.
@@ -74,7 +122,8 @@ pub struct PackedQGemm {
     pub k: usize,
     pub n: usize,
     pub nr: usize,
-    pub isa: Isa,
+    /// The kernel, granted by the tier it was packed with.
+    kernel: &'static QGemmKernel,
     /// Per output channel weight scales.
     pub w_scale: Vec<f32>,
     /// The input's quantisation, folded into `zcs` and `mul`.
@@ -108,14 +157,17 @@ pub fn quantize_weights(weights: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f3
 impl PackedQGemm {
     /// Quantises `weights` (`[k][n]` real) per output channel and packs them; `input` is the
     /// quantisation of the activations this layer reads. `k` must be a multiple of 4.
-    pub fn new(isa: Isa, weights: &[f32], k: usize, n: usize, bias: &[f32], input: QParams) -> PackedQGemm {
+    pub fn new(tier: Tier, weights: &[f32], k: usize, n: usize, bias: &[f32], input: QParams) -> PackedQGemm {
         let (q, s) = quantize_weights(weights, k, n);
-        PackedQGemm::from_quantized(isa, &q, &s, k, n, bias, input)
+        PackedQGemm::from_quantized(select(tier, n), tier, &q, &s, k, n, bias, input)
     }
 
-    /// Packs weights that are already quantised (`q` is `[k][n]`, `w_scale` is `[n]`).
+    /// Packs weights that are already quantised (`q` is `[k][n]`, `w_scale` is `[n]`) for
+    /// `kernel`, which `tier` must grant.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_quantized(
-        isa: Isa,
+        kernel: &'static QGemmKernel,
+        tier: Tier,
         q: &[i8],
         w_scale: &[f32],
         k: usize,
@@ -123,12 +175,18 @@ impl PackedQGemm {
         bias: &[f32],
         input: QParams,
     ) -> PackedQGemm {
+        assert!(
+            kernel.needs.granted(tier),
+            "{} needs {}, the caller holds {:?}",
+            kernel.name,
+            kernel.needs.name(),
+            tier
+        );
         assert!(k.is_multiple_of(4), "int8 GEMM needs k % 4 == 0, got {k}");
         assert_eq!(q.len(), k * n);
         assert_eq!(w_scale.len(), n);
         assert_eq!(bias.len(), n);
-        let isa = qisa(isa);
-        let nr = if isa == Isa::Avx512 && n <= 16 { 16 } else { 32 };
+        let nr = kernel.nr;
         let panels = n.div_ceil(nr);
         let mut data = AlignedVec::<i8>::zeros(panels * k * nr);
         let mut zcs = AlignedVec::<i32>::zeros(panels * nr);
@@ -146,19 +204,22 @@ impl PackedQGemm {
             mul[j] = input.scale * w_scale[j];
             b[j] = bias[j];
         }
-        PackedQGemm { k, n, nr, isa, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b }
+        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b }
     }
 
+    /// Panels of `nr` output channels.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(self.nr)
     }
 
+    /// Name of the micro-kernel this packing is for.
     pub fn kernel_name(&self) -> &'static str {
-        match (self.isa, self.nr) {
-            (Isa::Avx512, 32) => "qgemm_u8s8s32_requant_14x32_avx512vnni",
-            (Isa::Avx512, _) => "qgemm_u8s8s32_requant_24x16_avx512vnni",
-            _ => "qgemm_u8s8s32_requant_4x32_scalar",
-        }
+        self.kernel.name
+    }
+
+    /// The tier of the kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.needs.tier()
     }
 }
 
@@ -291,105 +352,97 @@ pub fn qgemm_panels(
         None => (std::ptr::null(), 0, QParams { scale: 0.0, zero: 0 }),
     };
     let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, grid_f32, out_q, r, ldr, res_q, act, panels };
-    // SAFETY: sizes checked above; the VNNI path only exists for packings made on a CPU with it.
-    unsafe {
-        match w.isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                assert!(has_avx512vnni());
-                avx512vnni::qgemm(&args, w)
-            }
-            _ => scalar::qgemm(&args, w),
-        }
+    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
+    // that this CPU runs it.
+    unsafe { (w.kernel.run)(&args, w) }
+}
+
+/// Name of the kernel [`quantize_row`] and [`quantize_row_grid`] run on `tier`.
+pub fn quantize_kernel_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Avx512(_) => "quantize_f32_u8_avx512",
+        _ => "quantize_f32_u8_scalar",
     }
 }
 
 /// [`quantize_row`] with the u8 values held as f32.
-pub fn quantize_row_grid(src: &[f32], dst: &mut [f32], q: QParams) {
+pub fn quantize_row_grid(tier: Tier, src: &[f32], dst: &mut [f32], q: QParams) {
     assert!(dst.len() >= src.len());
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.supported() && crate::isa::best() >= Isa::Avx512 {
-        // SAFETY: AVX-512 present; lengths checked.
-        unsafe { avx512vnni::quantize_row_grid(src, dst, q) };
-        return;
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = q.quantize(*s) as f32;
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX-512; lengths checked.
+        Tier::Avx512(_) => unsafe { avx512::quantize_row_grid(src, dst, q) },
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = q.quantize(*s) as f32;
+            }
+        }
     }
 }
 
-/// `dst[i] = q.quantize(src[i])` (round half to even, saturate), vectorised where possible.
-pub fn quantize_row(src: &[f32], dst: &mut [u8], q: QParams) {
+/// `dst[i] = q.quantize(src[i])` (round half to even, saturate), on the kernel of `tier`.
+pub fn quantize_row(tier: Tier, src: &[f32], dst: &mut [u8], q: QParams) {
     assert!(dst.len() >= src.len());
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.supported() && crate::isa::best() >= Isa::Avx512 {
-        // SAFETY: AVX-512 present; lengths checked.
-        unsafe { avx512vnni::quantize_row(src, dst, q) };
-        return;
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = q.quantize(*s);
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX-512; lengths checked.
+        Tier::Avx512(_) => unsafe { avx512::quantize_row(src, dst, q) },
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = q.quantize(*s);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::available;
+
+    /// Every kernel of the registry the host runs, with the host's best tier; the others
+    /// print `SKIPPED`.
+    fn host_kernels() -> Vec<(Tier, &'static QGemmKernel)> {
+        let tier = *Tier::host().last().expect("scalar");
+        KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
+    }
 
     fn vals(seed: u64, n: usize) -> Vec<f32> {
         crate::test_vals::uniform(seed, n, -1.0, 2.0)
     }
 
-    /// Straight from the definition, in f64 for the sum.
-    #[allow(clippy::too_many_arguments)]
-    fn naive(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[u8],
-        p: &PackedQGemm,
-        q: &[i8],
-        s: &[f32],
-        bias: &[f32],
-        act: MinMax,
-        res: Option<(&[u8], QParams)>,
-    ) -> Vec<f32> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = 0i64;
-                for kk in 0..k {
-                    acc += (a[i * k + kk] as i64 - p.input.zero as i64) * q[kk * n + j] as i64;
-                }
-                let mut v = act.apply(acc as f32 * p.input.scale * s[j] + bias[j]);
-                if let Some((r, rq)) = res {
-                    v += rq.dequantize(r[i * n + j]);
-                }
-                out[i * n + j] = v;
-            }
-        }
-        out
-    }
-
     #[test]
-    fn every_isa_matches_the_definition() {
-        let mut isas: Vec<Isa> = available().into_iter().map(qisa).collect();
-        isas.dedup();
-        eprintln!("qgemm tested on: {isas:?} (avx512vnni: {})", has_avx512vnni());
+    fn every_kernel_matches_the_definition() {
+        let kernels = host_kernels();
+        eprintln!("qgemm kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
         let input = QParams { scale: 0.02, zero: 100 };
         let out_q = QParams { scale: 0.05, zero: 120 };
         let res_q = QParams { scale: 0.03, zero: 90 };
-        for &(k, n) in &[(4, 1), (16, 96), (24, 144), (144, 24), (32, 16), (8, 16), (96, 33), (960, 160), (320, 1280)] {
+        let shapes = [
+            (4, 1),
+            (4, 15),
+            (8, 16),
+            (12, 17),
+            (4, 31),
+            (8, 32),
+            (4, 33),
+            (16, 96),
+            (24, 144),
+            (144, 24),
+            (32, 16),
+            (96, 33),
+            (960, 160),
+            (320, 1280),
+        ];
+        for &(k, n) in &shapes {
             let w = vals(k as u64 * 7 + n as u64, k * n);
             let bias = vals(3, n);
             let (q, s) = quantize_weights(&w, k, n);
-            for &m in &[1, 5, 13, 14, 15, 24, 25, 49, 112] {
+            for &m in &[0, 1, 5, 13, 14, 15, 23, 24, 25, 49, 112] {
                 let a: Vec<u8> = (0..m * k).map(|i| (i * 37 % 256) as u8).collect();
                 let r: Vec<u8> = (0..m * n).map(|i| (i * 11 % 256) as u8).collect();
                 let mut outs: Vec<Vec<u8>> = Vec::new();
-                for &isa in &isas {
-                    let p = PackedQGemm::from_quantized(isa, &q, &s, k, n, &bias, input);
+                for &(tier, kern) in &kernels {
+                    let p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
                     for (act, res) in
                         [(MinMax::RELU6, None), (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q }))]
                     {
@@ -398,7 +451,8 @@ mod tests {
                         let mut g = vec![0f32; m * n];
                         qgemm(m, &a, k, &p, QOut::GridF32 { c: &mut g, ldc: n, q: out_q }, act, res);
                         assert!(g.iter().zip(&c).all(|(x, y)| *x == *y as f32), "{} grid f32", p.kernel_name());
-                        let want = naive(m, k, n, &a, &p, &q, &s, &bias, act, res.map(|x| (x.r, x.q)));
+                        let res_ref = res.map(|x| (x.r, x.q));
+                        let want = crate::reference::qgemm_u8s8s32(m, k, n, &a, input, &q, &s, &bias, act, res_ref);
                         for (i, (g, w)) in c.iter().zip(&want).enumerate() {
                             // Half a step of the output grid (plus float slack), after saturation.
                             let w = out_q.dequantize(0).max(w.min(out_q.dequantize(255)));
@@ -422,8 +476,8 @@ mod tests {
                         }
                     }
                 }
-                // Every ISA gives the same bytes.
-                let per = outs.len() / isas.len();
+                // Every kernel gives the same bytes.
+                let per = outs.len() / kernels.len();
                 for o in outs.chunks(per).skip(1) {
                     assert_eq!(o, &outs[..per], "kernels disagree at m={m} k={k} n={n}");
                 }
@@ -439,10 +493,9 @@ mod tests {
         let input = QParams { scale: 0.02, zero: 30 };
         let a: Vec<u8> = (0..m * k).map(|i| (i * 13 % 256) as u8).collect();
         let mut outs = Vec::new();
-        let mut isas: Vec<Isa> = available().into_iter().map(qisa).collect();
-        isas.dedup();
-        for isa in isas {
-            let p = PackedQGemm::new(isa, &w, k, n, &bias, input);
+        let (q, s) = quantize_weights(&w, k, n);
+        for (tier, kern) in host_kernels() {
+            let p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
             let mut rows = vec![0f32; m * n];
             qgemm(m, &a, k, &p, QOut::F32 { c: &mut rows, ldc: n }, MinMax::RELU6, None);
             let mut want = vec![0.5f32; n];
@@ -460,17 +513,24 @@ mod tests {
     }
 
     #[test]
-    fn quantize_row_matches_scalar() {
+    fn quantize_row_matches_scalar_on_every_tier() {
         let q = QParams { scale: 0.037, zero: 17 };
-        let src: Vec<f32> = (0..1000).map(|i| (i as f32 - 300.0) * 0.011).collect();
-        let mut d = vec![0u8; 1000];
-        quantize_row(&src, &mut d, q);
-        for (s, d) in src.iter().zip(&d) {
-            assert_eq!(*d, q.quantize(*s), "{s}");
+        for tier in Tier::host() {
+            for len in [0, 1, 15, 16, 17, 1000] {
+                let src: Vec<f32> = (0..len).map(|i| (i as f32 - 300.0) * 0.011).collect();
+                let mut d = vec![0u8; len];
+                quantize_row(tier, &src, &mut d, q);
+                for (s, d) in src.iter().zip(&d) {
+                    assert_eq!(*d, q.quantize(*s), "{} at {s}", quantize_kernel_name(tier));
+                }
+                let mut g = vec![0f32; len];
+                quantize_row_grid(tier, &src, &mut g, q);
+                assert!(g.iter().zip(&d).all(|(x, y)| *x == *y as f32), "{}", quantize_kernel_name(tier));
+            }
         }
-        let mut g = vec![0f32; 1000];
-        quantize_row_grid(&src, &mut g, q);
-        assert!(g.iter().zip(&d).all(|(x, y)| *x == *y as f32));
+        if Tier::new(Isa::Avx512).is_none() {
+            println!("SKIPPED quantize_f32_u8_avx512 (host lacks avx512)");
+        }
     }
 
     #[test]

@@ -9,6 +9,9 @@ use super::{Args, PackedStem};
 
 const XB: usize = 8;
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ; `args` describes an image and output row `stem_row` checked, and
+/// the pixels computed lie within the output row.
 #[inline(always)]
 unsafe fn pixels<const NV: usize, const N: usize>(
     args: &Args,
@@ -66,6 +69,9 @@ unsafe fn pixels<const NV: usize, const N: usize>(
     }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ; `args` describes an image and output row `stem_row` checked, and
+/// the pixels computed lie within the output row.
 #[inline(always)]
 unsafe fn run<const NV: usize>(args: &Args, p: &PackedStem) {
     let g = args.g;

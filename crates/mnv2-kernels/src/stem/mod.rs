@@ -10,8 +10,8 @@
 mod avx512;
 mod scalar;
 
-use crate::aligned::AlignedVec;
-use crate::isa::Isa;
+use crate::isa::{Isa, Needs, Tier};
+use crate::taps::PackedTaps;
 use crate::MinMax;
 
 /// Memory layout of a 3-channel image.
@@ -40,38 +40,66 @@ impl Image<'_> {
     }
 }
 
-/// Stem weights `[ky][kx][ci][co]` packed as `[27][c_pad]` with bias.
-#[derive(Clone, Debug)]
-pub struct PackedStem {
-    pub c: usize,
-    pub isa: Isa,
-    pub(crate) c_pad: usize,
-    pub(crate) weights: AlignedVec,
-    pub(crate) bias: AlignedVec,
+/// One stem kernel: its name (the identity of the code), what it needs, the widest layer it
+/// serves, its code.
+#[derive(Debug)]
+pub struct StemKernel {
+    /// The kernel's name, as profiles and `mnv2 bench` print it.
+    pub name: &'static str,
+    /// What the CPU must have.
+    pub needs: Needs,
+    /// Most output channels the kernel holds in registers.
+    pub max_c: usize,
+    /// # Safety
+    /// The arguments are valid for the packing, and the CPU has `needs`.
+    run: unsafe fn(&Args, &PackedStem),
 }
 
+/// Every stem kernel built for this target, best first. There is no AVX2 stem (3.6% of the
+/// network's multiply-adds): AVX2 hosts and stems wider than 48 channels run the scalar twin,
+/// and its name says so.
+pub static KERNELS: &[StemKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    StemKernel { name: "stem_f32_minmax_3x3s2_avx512", needs: Needs::Avx512, max_c: 48, run: avx512::row },
+    StemKernel { name: "stem_f32_minmax_3x3s2_scalar", needs: Needs::Scalar, max_c: usize::MAX, run: scalar::row },
+];
+
+/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
+pub fn supported(tier: Tier) -> impl Iterator<Item = &'static StemKernel> {
+    KERNELS.iter().filter(move |k| k.needs.granted(tier))
+}
+
+/// Stem weights `[ky][kx][ci][co]` packed as `[27][c_pad]` with bias, for one kernel.
+pub type PackedStem = PackedTaps<StemKernel, 27>;
+
 impl PackedStem {
-    /// `weights` are HWIO `[3][3][3][c]`.
-    pub fn new(isa: Isa, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
-        assert_eq!(weights.len(), 27 * c);
-        assert_eq!(bias.len(), c);
-        // The AVX-512 kernel holds up to 3 vectors of outputs per pixel.
-        let isa = if isa == Isa::Avx512 && c > 48 { Isa::Scalar } else { isa };
-        let c_pad = c.next_multiple_of(16);
-        let mut w = AlignedVec::zeros(27 * c_pad);
-        for t in 0..27 {
-            w[t * c_pad..t * c_pad + c].copy_from_slice(&weights[t * c..(t + 1) * c]);
-        }
-        let mut b = AlignedVec::zeros(c_pad);
-        b[..c].copy_from_slice(bias);
-        PackedStem { c, isa, c_pad, weights: w, bias: b }
+    /// `weights` are HWIO `[3][3][3][c]`: for the best kernel of `tier` that holds `c` outputs.
+    pub fn new(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
+        let k = supported(tier).find(|k| c <= k.max_c).expect("the scalar kernel serves every width");
+        PackedStem::for_kernel(tier, k, weights, c, bias)
     }
 
+    /// Packs for `kernel`, which `tier` must grant and which must hold `c` outputs.
+    pub fn for_kernel(tier: Tier, kernel: &'static StemKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
+        assert!(
+            kernel.needs.granted(tier),
+            "{} needs {}, the caller holds {:?}",
+            kernel.name,
+            kernel.needs.name(),
+            tier
+        );
+        assert!(c <= kernel.max_c, "{} holds at most {} outputs, not {c}", kernel.name, kernel.max_c);
+        PackedTaps::pack(kernel, weights, c, bias)
+    }
+
+    /// Name of the kernel this packing is for.
     pub fn kernel_name(&self) -> &'static str {
-        match self.isa {
-            Isa::Avx512 => "stem_f32_minmax_3x3s2_avx512",
-            _ => "stem_f32_minmax_3x3s2_scalar",
-        }
+        self.kernel.name
+    }
+
+    /// The tier of the kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.needs.tier()
     }
 }
 
@@ -99,27 +127,27 @@ pub fn stem_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax,
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
     assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
     let args = Args { img, oy, g, act, out: out.as_mut_ptr() };
-    match p.isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            assert!(Isa::Avx512.supported());
-            // SAFETY: sizes checked above; AVX-512 present.
-            unsafe { avx512::row(&args, p) }
-        }
-        _ => scalar::row(&args, p),
-    }
+    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
+    // that this CPU runs it.
+    unsafe { (p.kernel.run)(&args, p) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::available;
     use crate::{reference, ConvGeom};
 
     #[test]
-    fn every_isa_and_layout_matches_reference() {
-        for isa in available() {
+    fn every_kernel_and_layout_matches_reference() {
+        let tier = *Tier::host().last().expect("scalar");
+        for kern in KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
             for (h, w, c, pt, pl, pb, pr) in [
+                (9, 11, 1, 1, 1, 1, 1),
+                (9, 11, 15, 1, 1, 1, 1),
+                (9, 11, 17, 1, 1, 1, 1),
+                (9, 11, 47, 1, 1, 1, 1),
+                (4, 224, 32, 1, 1, 1, 1),
+                (3, 225, 32, 0, 0, 1, 1),
                 (9, 11, 32, 1, 1, 1, 1),
                 (8, 8, 16, 0, 0, 1, 1),
                 (7, 33, 48, 1, 1, 1, 1),
@@ -127,6 +155,9 @@ mod tests {
                 (5, 5, 8, 1, 1, 1, 1),
                 (6, 6, 56, 1, 1, 1, 1),
             ] {
+                if c > kern.max_c {
+                    continue;
+                }
                 let out_h = (h + pt + pb - 3) / 2 + 1;
                 let w_out = (w + pl + pr - 3) / 2 + 1;
                 let nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
@@ -155,7 +186,7 @@ mod tests {
                 };
                 let mut want = vec![0.0; out_h * w_out * c];
                 reference::conv2d_f32(&g, &nhwc, &wts, &bias, act, None, &mut want);
-                let p = PackedStem::new(isa, &wts, c, &bias);
+                let p = PackedStem::for_kernel(tier, kern, &wts, c, &bias);
                 for (data, layout) in [(&nchw, Layout::Nchw), (&nhwc, Layout::Nhwc)] {
                     let img = Image { data, h, w, layout };
                     let mut got = vec![f32::NAN; want.len()];

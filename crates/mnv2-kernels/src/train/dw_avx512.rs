@@ -16,6 +16,9 @@ use crate::lanes::mask16;
 
 use crate::dwconv::DwRow;
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+/// gradient function checked, and the columns and masks passed stay within them.
 #[inline(always)]
 unsafe fn load<const FULL: bool>(p: *const f32, m: u16) -> __m512 {
     if FULL {
@@ -25,6 +28,9 @@ unsafe fn load<const FULL: bool>(p: *const f32, m: u16) -> __m512 {
     }
 }
 
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+/// gradient function checked, and the columns and masks passed stay within them.
 #[inline(always)]
 unsafe fn store<const FULL: bool>(p: *mut f32, m: u16, v: __m512) {
     if FULL {
@@ -47,6 +53,10 @@ struct InTile {
 
 impl InTile {
     /// One input pixel with every tap checked.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn pixel<const FULL: bool>(&self, ix: usize) {
         let g = &self.g;
@@ -65,6 +75,10 @@ impl InTile {
     }
 
     /// XB interior pixels from `ix0` at stride 1, dilation D: every tap present.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn interior<const D: usize, const XB: usize, const FULL: bool>(&self, ix0: usize) {
         let mut acc = [_mm512_setzero_ps(); XB];
@@ -85,6 +99,9 @@ impl InTile {
         }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn run<const D: usize, const FULL: bool>(&self, mut ix: usize, hi: usize) -> usize {
         while ix + 8 <= hi {
@@ -94,6 +111,9 @@ impl InTile {
         ix
     }
 
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn walk<const FULL: bool>(&self) {
         let g = &self.g;
@@ -167,6 +187,10 @@ struct WTile {
 
 impl WTile {
     /// Output pixel `ox` into `a`; with `checked`, taps outside the input row are skipped.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn pixel<const FULL: bool>(&self, ox: usize, checked: bool, a: &mut [__m512; 9]) {
         let g = &self.g;
@@ -187,6 +211,10 @@ impl WTile {
     }
 
     /// Interior pixels `lo..hi` at stride S, dilation D (constants).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn interior<const S: usize, const D: usize, const FULL: bool>(
         &self,
@@ -211,6 +239,9 @@ impl WTile {
         }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
+    /// gradient function checked, and the columns and masks passed stay within them.
     #[inline(always)]
     unsafe fn walk<const FULL: bool>(&self, acc: *mut f32) {
         let g = &self.g;

@@ -4,9 +4,9 @@
 //!
 //! Like the inference kernels they take slices and geometry and know nothing of networks or
 //! threads: the caller splits rows over threads and reduces per-channel partial sums itself.
-//! Element-wise loops are written once as plain Rust over a channel row and compiled three
-//! times (portable, AVX2 and AVX-512, see [`dispatch!`]), so the autovectoriser emits the widest
-//! vectors the CPU has; [`crate::isa::best`] picks one at run time.
+//! Element-wise loops are written once as plain Rust over a channel row and compiled for the
+//! tier the caller holds ([`on_tier`]: portable, AVX2 or AVX-512), so the autovectoriser emits
+//! that tier's vectors.
 
 pub mod bn;
 pub mod dw;
@@ -15,36 +15,39 @@ mod dw_avx512;
 pub mod matmul;
 pub mod stream;
 
-/// Compiles an `#[inline(always)]` body three times and picks the widest the CPU allows.
-///
-/// `dispatch!(impl_fn(args...))` calls `impl_fn` inside a `#[target_feature]` wrapper for
-/// AVX-512 or AVX2 when [`crate::isa::best`] allows it, else directly.
-macro_rules! dispatch {
-    ($name:ident, $imp:ident, ($($arg:ident : $ty:ty),* $(,)?)) => {
-        #[allow(clippy::too_many_arguments)]
-        #[inline]
-        pub(crate) fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[allow(clippy::too_many_arguments)]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) {
-                $imp($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[allow(clippy::too_many_arguments)]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
-                $imp($($arg),*)
-            }
-            match $crate::isa::best() {
-                // SAFETY: `best` only returns tiers this CPU supports.
-                #[cfg(target_arch = "x86_64")]
-                $crate::Isa::Avx512 => unsafe { avx512($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
-                $crate::Isa::Avx2 => unsafe { avx2($($arg),*) },
-                _ => $imp($($arg),*),
-            }
-        }
-    };
+use crate::isa::Tier;
+
+/// A loop to compile for each tier: its whole body is inlined into [`on_tier`]'s
+/// `#[target_feature]` functions.
+pub(crate) trait TierOp {
+    /// The loop (`#[inline(always)]` in every implementation).
+    fn run(self);
 }
-pub(crate) use dispatch;
+
+/// Runs `op` compiled for `tier`'s instructions.
+#[inline(always)]
+pub(crate) fn on_tier<O: TierOp>(tier: Tier, op: O) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ.
+    unsafe fn avx512<O: TierOp>(op: O) {
+        op.run()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    unsafe fn avx2<O: TierOp>(op: O) {
+        op.run()
+    }
+    match tier {
+        // SAFETY: the token proves the CPU has AVX-512.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512(_) => unsafe { avx512(op) },
+        // SAFETY: the token proves the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2(_) => unsafe { avx2(op) },
+        _ => op.run(),
+    }
+}

@@ -11,16 +11,15 @@
 //! end so the data is visible to any thread that synchronises with this one afterwards); the
 //! portable twin is a plain copy.
 
-use crate::isa::Isa;
+use crate::isa::{Isa, Tier};
 
 /// `dst.copy_from_slice(src)`, with non-temporal stores on AVX-512.
-pub fn stream_copy(isa: Isa, src: &[f32], dst: &mut [f32]) {
+pub fn stream_copy(tier: Tier, src: &[f32], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "stream_copy lengths");
-    assert!(isa.supported(), "{} on a CPU without it", isa.name());
-    match isa {
+    match tier {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: equal lengths checked above; the CPU has AVX-512.
-        Isa::Avx512 => unsafe { avx512(src, dst) },
+        // SAFETY: equal lengths checked above; the token proves AVX-512.
+        Tier::Avx512(_) => unsafe { avx512(src, dst) },
         _ => dst.copy_from_slice(src),
     }
 }
@@ -72,17 +71,21 @@ pub fn prefetch(data: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::available;
 
     #[test]
     fn copies_every_length_and_offset_on_every_isa() {
         let src: Vec<f32> = (0..300).map(|i| i as f32 * 0.5 - 7.0).collect();
-        for isa in available() {
+        for isa in Tier::host() {
             for off in 0..17 {
                 for len in [0, 1, 15, 16, 17, 31, 33, 64, 100, 283 - off] {
                     let mut dst = vec![f32::NAN; 300];
                     stream_copy(isa, &src[off..off + len], &mut dst[off..off + len]);
-                    assert_eq!(&dst[off..off + len], &src[off..off + len], "{} off {off} len {len}", kernel_name(isa));
+                    assert_eq!(
+                        &dst[off..off + len],
+                        &src[off..off + len],
+                        "{} off {off} len {len}",
+                        kernel_name(isa.isa())
+                    );
                     assert!(dst[..off].iter().chain(&dst[off + len..]).all(|v| v.is_nan()), "wrote outside");
                 }
             }

@@ -1,17 +1,22 @@
+//! `mnv2 bench`: latency, throughput and memory of the engine, or a per-stage profile.
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use mobilenetv2::accounting::account;
-use mobilenetv2::engine::{Engine, Isa, Options};
-use mobilenetv2::{npy, Model, Spec};
+use mobilenetv2::accounting::{account, Accounting};
+use mobilenetv2::engine::{Engine, Options, Profile};
+use mobilenetv2::plan::{Head, Plan, Shape};
+use mobilenetv2::{npy, Batch, Model, Spec};
 use serde_json::json;
 
-use super::out;
+use super::args::{self, IsaArg, ModeArg};
+use super::{out, Internal};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights file; without it, random weights of --width
+    /// Weights file; without it, random weights of --width (timing does not depend on the
+    /// values, so bench needs no download and measures any width)
     #[arg(long)]
     weights: Option<PathBuf>,
     /// NCHW float32 .npy input batch; without it, a random batch of --batch images
@@ -26,8 +31,9 @@ pub struct Args {
     /// Images per batch, for a random batch
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Threads
-    #[arg(long, default_value_t = 1)]
+    /// Threads. Default 1, not all cores (unlike classify, run and eval): a latency is only
+    /// comparable at a stated thread count, and every figure in BENCHMARKS.md states it
+    #[arg(long, default_value_t = 1, value_parser = super::args::threads)]
     threads: usize,
     /// Timed runs after the warm-up
     #[arg(long, default_value_t = 100)]
@@ -35,12 +41,12 @@ pub struct Args {
     /// Minimum warm-up time in seconds
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Engine mode: fast or reference
-    #[arg(long, default_value = "fast")]
-    mode: String,
-    /// Kernel instruction set (scalar, avx2, avx512); default: the best this CPU has
-    #[arg(long)]
-    isa: Option<String>,
+    /// Engine mode
+    #[arg(long, value_enum, default_value_t = ModeArg::Fast)]
+    mode: ModeArg,
+    /// Kernel instruction set; default: the best this CPU has
+    #[arg(long, value_enum, ignore_case = true)]
+    isa: Option<IsaArg>,
     /// Print a per-stage time profile (one thread) with GMAC/s per stage
     #[arg(long)]
     profile: bool,
@@ -50,7 +56,7 @@ pub struct Args {
 }
 
 /// Peak resident set size of this process in bytes (Linux), if known.
-pub fn peak_rss() -> Option<u64> {
+fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -62,126 +68,157 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-pub fn main(a: Args) -> Result<()> {
-    let model = match &a.weights {
+/// The weights: the file, or random ones of `--width`.
+fn model(a: &Args) -> Result<Model> {
+    Ok(match &a.weights {
         Some(w) => Model::load(w)?,
         None => Model::init(&Spec::new(a.width, 224), 0, true)?,
-    };
-    let (dims, data) = match &a.input {
+    })
+}
+
+/// The NCHW input: the file, or a seeded random batch of `--batch` images at `--resolution`.
+fn input(a: &Args) -> Result<(Vec<usize>, Vec<f32>)> {
+    match &a.input {
         Some(p) => {
             let arr = npy::read(p)?;
             if arr.shape.len() != 4 || arr.shape[1] != 3 {
                 bail!("{}: expected an N x 3 x H x W array, got shape {:?}", p.display(), arr.shape);
             }
-            (arr.shape, arr.data)
+            Ok((arr.shape, arr.data))
         }
         None => {
             let (h, w) = Spec::parse_resolution(&a.resolution)?;
             let n = a.batch * 3 * h * w;
             let mut rng = mobilenetv2::rng::Rng::new(1);
-            (vec![a.batch, 3, h, w], (0..n).map(|_| rng.normal() as f32).collect())
+            Ok((vec![a.batch, 3, h, w], (0..n).map(|_| rng.normal() as f32).collect()))
         }
-    };
+    }
+}
+
+pub fn main(a: Args) -> Result<()> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let isa = match &a.isa {
-        Some(s) => Some(Isa::parse(s).ok_or_else(|| anyhow::anyhow!("--isa `{s}`: expected scalar, avx2 or avx512"))?),
-        None => None,
-    };
-    let (engine, _) = Engine::new_owned(model, Options { mode: a.mode.parse()?, threads: a.threads, isa })?;
-    let batch = dims[0];
-    let image = mobilenetv2::plan::Shape::new(dims[2], dims[3], 3);
+    let model = model(&a)?;
+    let (dims, data) = input(&a)?;
+    let options = Options { mode: a.mode.into(), threads: a.threads, isa: a.isa.map(Into::into) };
+    let (engine, _) = Engine::new_owned(model, options)?;
+    let image = Shape::new(dims[2], dims[3], 3);
     let plan = engine.plan_for(image)?;
-    let madds = account(&plan).madds;
-
     if a.profile {
-        let input = mobilenetv2::Batch::from_nchw(&[1, 3, dims[2], dims[3]], &data[..3 * dims[2] * dims[3]])?;
-        let mut total = None::<mobilenetv2::engine::Profile>;
-        let start = Instant::now();
-        let mut reps = 0;
-        while start.elapsed().as_secs_f64() < a.warmup.max(0.5) || reps < 20 {
-            let p = engine.profile(&input)?;
-            if reps >= 5 {
-                match &mut total {
-                    None => total = Some(p),
-                    Some(t) => {
-                        t.stages.iter_mut().zip(p.stages).for_each(|(a, b)| a.1 += b.1);
-                        for (a, b) in t.block_ops.iter_mut().zip(p.block_ops) {
-                            (0..3).for_each(|i| a[i] += b[i]);
-                        }
-                    }
-                }
-            }
-            reps += 1;
-        }
-        let t = total.expect("profiled");
-        let n = (reps - 5) as f64;
-        // Multiply-adds per stage, from the plan: stem, blocks, last conv + pool, classifier.
-        let acc = account(&plan);
-        let mut stage_madds = Vec::new();
-        let stem_fused = plan.blocks[0].expand.is_none() && !plan.blocks[0].residual;
-        if !stem_fused {
-            stage_madds.push(acc.layers[0].madds);
-        }
-        for (i, b) in plan.blocks.iter().enumerate() {
-            let from = if i == 0 && stem_fused { 0 } else { b.first_layer() };
-            stage_madds.push((from..=b.project).map(|l| acc.layers[l].madds).sum());
-        }
-        let nl = plan.layers.len();
-        stage_madds.push(acc.layers[nl - 4].madds);
-        stage_madds.push(acc.layers[nl - 1].madds);
-        let mut s = format!("{:<28} {:>10} {:>8} {:>14} {:>9}\n", "stage", "time (us)", "share", "madds", "GMAC/s");
-        let total_s: f64 = t.stages.iter().map(|x| x.1).sum::<f64>() / n;
-        let row = |name: &str, sec: f64, m: u64| {
-            format!(
-                "{:<28} {:>10.1} {:>7.1}% {:>14} {:>9.1}\n",
-                name,
-                sec * 1e6,
-                100.0 * sec / total_s,
-                m,
-                m as f64 / sec / 1e9
-            )
-        };
-        let first_block = usize::from(!stem_fused);
-        for (i, ((name, secs), m)) in t.stages.iter().zip(&stage_madds).enumerate() {
-            s += &row(name, secs / n, *m);
-            // The fused block's layers: expand (or the stem it is fused with), depthwise, project.
-            if let Some(ops) = i.checked_sub(first_block).and_then(|k| t.block_ops.get(k).map(|o| (k, o))) {
-                let (k, ops) = ops;
-                let b = &plan.blocks[k];
-                let first = b.expand.or((k == 0 && stem_fused).then_some(0));
-                let names = [
-                    first.map_or("-", |l| plan.layers[l].name.as_str()),
-                    &plan.layers[b.depthwise].name,
-                    &plan.layers[b.project].name,
-                ];
-                let macs = [
-                    first.map_or(0, |l| acc.layers[l].madds),
-                    acc.layers[b.depthwise].madds,
-                    acc.layers[b.project].madds,
-                ];
-                for j in 0..3 {
-                    if macs[j] > 0 {
-                        s += &row(&format!("  {}", names[j]), ops[j] / n, macs[j]);
-                    }
-                }
-            }
-        }
-        s += &format!(
-            "{:<28} {:>10.1} {:>8} {:>14} {:>9.1}\n",
-            "total",
-            total_s * 1e6,
-            "",
-            madds,
-            madds as f64 / total_s / 1e9
-        );
-        let (isa, kernels) = engine.kernels();
-        s += &format!("isa: {}; kernels: {}\n", isa.map_or("reference", |i| i.name()), kernels.join(", "));
-        return out(&s);
+        let first = Batch::from_nchw(&[1, 3, dims[2], dims[3]], &data[..3 * dims[2] * dims[3]])?;
+        let (profile, reps) = profile(&engine, &first, a.warmup)?;
+        return out(&profile_table(&engine, &plan, &profile, reps));
     }
+    let times = time(&a, || engine.run_nchw(&dims, &data).map(|_| ()))?;
+    report(&a, &engine, &plan, &dims, &times)
+}
 
-    let run = || engine.run_nchw(&dims, &data).map(|_| ());
+/// Profiles repeatedly for at least `warmup` seconds (0.5 at least, 20 runs at least) and sums
+/// the per-stage times of all runs but the first 5; returns the sum and how many runs it holds.
+fn profile(engine: &Engine, input: &Batch, warmup: f64) -> Result<(Profile, usize)> {
+    const SKIP: usize = 5;
+    let mut total = None::<Profile>;
+    let start = Instant::now();
+    let mut reps = 0;
+    while start.elapsed().as_secs_f64() < warmup.max(0.5) || reps < 20 {
+        let p = engine.profile(input)?;
+        if reps >= SKIP {
+            match &mut total {
+                None => total = Some(p),
+                Some(t) => {
+                    t.stages.iter_mut().zip(p.stages).for_each(|(a, b)| a.1 += b.1);
+                    for (a, b) in t.block_ops.iter_mut().zip(p.block_ops) {
+                        (0..3).for_each(|i| a[i] += b[i]);
+                    }
+                }
+            }
+        }
+        reps += 1;
+    }
+    let total = total.ok_or_else(|| Internal("the profile loop ran no counted repetition".into()))?;
+    Ok((total, reps - SKIP))
+}
+
+/// Whether the first block is fused with the stem (it has no expansion and no residual).
+fn stem_fused(plan: &Plan) -> bool {
+    plan.blocks[0].expand.is_none() && !plan.blocks[0].residual
+}
+
+/// Multiply-adds per profiled stage, from the plan: stem, blocks, last conv + pool, classifier.
+fn stage_madds(plan: &Plan, acc: &Accounting) -> Vec<u64> {
+    let fused = stem_fused(plan);
+    let mut m = Vec::new();
+    if !fused {
+        m.push(acc.layers[0].madds);
+    }
+    for (i, b) in plan.blocks.iter().enumerate() {
+        let from = if i == 0 && fused { 0 } else { b.first_layer() };
+        m.push((from..=b.project).map(|l| acc.layers[l].madds).sum());
+    }
+    m.push(acc.layers[plan.last_conv].madds);
+    match plan.head {
+        Head::Classifier(h) => m.push(acc.layers[h.classifier].madds),
+    }
+    m
+}
+
+/// The per-stage table, with each fused block's three convolutions under it.
+fn profile_table(engine: &Engine, plan: &Plan, t: &Profile, reps: usize) -> String {
+    let n = reps as f64;
+    let acc = account(plan);
+    let madds = acc.madds;
+    let stage_madds = stage_madds(plan, &acc);
+    let mut s = format!("{:<28} {:>10} {:>8} {:>14} {:>9}\n", "stage", "time (us)", "share", "madds", "GMAC/s");
+    let total_s: f64 = t.stages.iter().map(|x| x.1).sum::<f64>() / n;
+    let row = |name: &str, sec: f64, m: u64| {
+        format!(
+            "{:<28} {:>10.1} {:>7.1}% {:>14} {:>9.1}\n",
+            name,
+            sec * 1e6,
+            100.0 * sec / total_s,
+            m,
+            m as f64 / sec / 1e9
+        )
+    };
+    let fused = stem_fused(plan);
+    let first_block = usize::from(!fused);
+    for (i, ((name, secs), m)) in t.stages.iter().zip(&stage_madds).enumerate() {
+        s += &row(name, secs / n, *m);
+        // The fused block's layers: expand (or the stem it is fused with), depthwise, project.
+        if let Some((k, ops)) = i.checked_sub(first_block).and_then(|k| t.block_ops.get(k).map(|o| (k, o))) {
+            let b = &plan.blocks[k];
+            let first = b.expand.or((k == 0 && fused).then_some(0));
+            let names = [
+                first.map_or("-", |l| plan.layers[l].name.as_str()),
+                &plan.layers[b.depthwise].name,
+                &plan.layers[b.project].name,
+            ];
+            let macs =
+                [first.map_or(0, |l| acc.layers[l].madds), acc.layers[b.depthwise].madds, acc.layers[b.project].madds];
+            for j in 0..3 {
+                if macs[j] > 0 {
+                    s += &row(&format!("  {}", names[j]), ops[j] / n, macs[j]);
+                }
+            }
+        }
+    }
+    s += &format!(
+        "{:<28} {:>10.1} {:>8} {:>14} {:>9.1}\n",
+        "total",
+        total_s * 1e6,
+        "",
+        madds,
+        madds as f64 / total_s / 1e9
+    );
+    let (isa, kernels) = engine.kernels();
+    s += &format!("isa: {}; kernels: {}\n", isa.map_or("reference", |i| i.name()), kernels.join(", "));
+    s
+}
+
+/// Warms up (at least `--warmup` seconds and 10 runs), then times `--runs` runs; the times in
+/// milliseconds, sorted.
+fn time(a: &Args, run: impl Fn() -> mobilenetv2::Result<()>) -> Result<Vec<f64>> {
     let start = Instant::now();
     let mut warm = 0;
     while start.elapsed() < Duration::from_secs_f64(a.warmup) || warm < 10 {
@@ -194,24 +231,32 @@ pub fn main(a: Args) -> Result<()> {
         run()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let median = percentile(&times, 0.5);
-    let p90 = percentile(&times, 0.9);
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// The summary line (unless `--json`) and the JSON object.
+fn report(a: &Args, engine: &Engine, plan: &Plan, dims: &[usize], times: &[f64]) -> Result<()> {
+    let batch = dims[0];
+    let madds = account(plan).madds;
+    let median = percentile(times, 0.5);
+    let p90 = percentile(times, 0.9);
     let rss = peak_rss();
-    let act = engine.activation_bytes(image)?;
+    let act = engine.activation_bytes(Shape::new(dims[2], dims[3], 3))?;
     let (isa, _) = engine.kernels();
     let ips = batch as f64 / (median / 1e3);
+    let mode = args::name(&a.mode);
     if !a.json {
         out(&format!(
             "{} image(s) of {}x{}, {} thread(s), {} mode ({}): median {:.3} ms, p90 {:.3} ms, min {:.3} ms, {:.1} images/s, {:.1} GMAC/s\npeak RSS {:.1} MB, activation buffers {:.1} KB\n",
-            batch, dims[2], dims[3], a.threads, a.mode, isa.map_or("reference", |i| i.name()), median, p90, times[0], ips,
+            batch, dims[2], dims[3], a.threads, mode, isa.map_or("reference", |i| i.name()), median, p90, times[0], ips,
             madds as f64 * batch as f64 / (median / 1e3) / 1e9,
             rss.unwrap_or(0) as f64 / 1e6, act as f64 / 1e3
         ))?;
     }
     let v = json!({
         "median_ms": median, "p90_ms": p90, "min_ms": times[0], "runs": a.runs, "batch": batch,
-        "threads": a.threads, "mode": a.mode, "isa": isa.map(|i| i.name()), "images_per_s": ips,
+        "threads": a.threads, "mode": mode, "isa": isa.map(|i| i.name()), "images_per_s": ips,
         "peak_rss_bytes": rss, "activation_bytes": act, "madds": madds,
     });
     out(&format!("{v}\n"))

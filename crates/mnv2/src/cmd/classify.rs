@@ -16,23 +16,25 @@ pub struct Args {
     /// JPEG or PNG images
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// Weights file (.pth, .pt, .safetensors)
+    /// Weights file (any format `mnv2 convert` reads); default: the ImageNet weights in the
+    /// weights home ($MNV2_HOME, else ~/.cache/mnv2; `mnv2 fetch` puts them there)
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     /// How many classes to show per image
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     top: u64,
     /// Print one JSON array: [{"image": PATH, "top": [{"index", "label", "prob"}, ...]}, ...]
     #[arg(long)]
     json: bool,
-    /// Worker threads
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Worker threads [default: all available cores]
+    #[arg(long, value_parser = super::args::threads)]
+    threads: Option<usize>,
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let model = Model::load(&a.weights)?;
-    let classifier = Classifier::new(model, Options { threads: a.threads, ..Options::default() })?;
+    let model = Model::load(&super::fetch::weights_or_default(a.weights)?)?;
+    let threads = a.threads.unwrap_or_else(super::args::cores);
+    let classifier = Classifier::new(model, Options { threads, ..Options::default() })?;
     let results = classifier.classify_files(&a.images, a.top as usize)?;
     if a.json {
         out(&(serde_json::to_string_pretty(&results)? + "\n"))

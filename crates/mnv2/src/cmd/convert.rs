@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mobilenetv2::weights::safetensors_io::FloatStore;
 use mobilenetv2::Model;
+
+use super::args::DtypeArg;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -12,17 +14,13 @@ pub struct Args {
     /// Output file (.safetensors with torchvision names and mnv2 metadata; int8 models keep
     /// their int8 weights and activation quantisation)
     output: PathBuf,
-    /// Storage of float tensors: f32, or f16 (half the size, widened back at load)
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Storage of float tensors
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let store = match a.dtype.as_str() {
-        "f32" => FloatStore::F32,
-        "f16" => FloatStore::F16,
-        o => bail!("--dtype `{o}`: expected f32 or f16"),
-    };
+    let store: FloatStore = a.dtype.into();
     let file = mobilenetv2::weights::load(&a.input)?;
     // What an imported int8 model does not carry over exactly (see docs/bring-your-own-weights.md).
     if let Some(notes) = file.metadata.get("import_notes") {

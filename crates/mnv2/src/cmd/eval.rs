@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use mobilenetv2::data::augment::Augment;
 use mobilenetv2::data::{Dataset, OnBad};
 use mobilenetv2::train::evaluate;
 use mobilenetv2::Model;
 
+use super::args::{self, AugmentArg};
 use super::out;
 
 #[derive(clap::Args)]
@@ -17,16 +17,19 @@ pub struct Args {
     /// Labelled data: a folder of class folders, an IDX folder (its t10k files) or IDX file
     #[arg(long)]
     data: PathBuf,
-    /// Weights file
+    /// Weights file (any format `mnv2 convert` reads); default: the ImageNet weights in the
+    /// weights home ($MNV2_HOME, else ~/.cache/mnv2; `mnv2 fetch` puts them there)
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     /// standard: resize + center crop (ImageNet); none or crop-flip: resize to the input size
-    #[arg(long, default_value = "standard")]
-    augment: Augment,
+    #[arg(long, value_enum, default_value_t = AugmentArg::Standard)]
+    augment: AugmentArg,
+    /// Images per batch
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Worker threads [default: all available cores]
+    #[arg(long, value_parser = super::args::threads)]
+    threads: Option<usize>,
     /// Skip unreadable images (warn and count) instead of stopping
     #[arg(long)]
     skip_bad_images: bool,
@@ -40,11 +43,12 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let model = Model::load(&a.weights)?;
+    let model = Model::load(&super::fetch::weights_or_default(a.weights)?)?;
+    let threads = a.threads.unwrap_or_else(args::cores);
     let on_bad = if a.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
     let ds = Arc::new(Dataset::open_test(&a.data, on_bad)?);
     let idx = Arc::new((0..ds.len()).collect::<Vec<_>>());
-    let r = evaluate(&model, ds.clone(), idx, a.augment, a.batch.max(1), a.threads, a.skip_bad_images)?;
+    let r = evaluate(&model, ds.clone(), idx, a.augment.into(), a.batch.max(1), threads, a.skip_bad_images)?;
     if let Some(p) = &a.predictions {
         let text: String = r.predictions.iter().map(|(l, p)| format!("{l} {p}\n")).collect();
         mobilenetv2::fsutil::write_atomic(p, text.as_bytes())?;

@@ -1,10 +1,10 @@
 use anyhow::Result;
 use mobilenetv2::accounting::{account, memory};
 use mobilenetv2::plan::{ConvKind, Op, Plan};
-use mobilenetv2::spec::{BottleneckActivation, Padding, Shortcut};
 use mobilenetv2::Spec;
 use serde_json::json;
 
+use super::args::{BottleneckArg, PaddingArg, ShortcutArg};
 use super::out;
 
 #[derive(clap::Args)]
@@ -21,15 +21,15 @@ pub struct Args {
     /// Expansion rate for every expanding block (Table 2 uses 6)
     #[arg(long)]
     expansion: Option<usize>,
-    /// Activation after each block's projection: linear (the paper) or relu6 (ablation)
-    #[arg(long, default_value = "linear")]
-    bottleneck: String,
-    /// Residual connections: bottleneck (the paper) or none (ablation)
-    #[arg(long, default_value = "bottleneck")]
-    shortcut: String,
-    /// Padding convention: torch or tf
-    #[arg(long, default_value = "torch")]
-    padding: String,
+    /// Activation after each block's projection
+    #[arg(long, value_enum, default_value_t = BottleneckArg::Linear)]
+    bottleneck: BottleneckArg,
+    /// Residual connections
+    #[arg(long, value_enum, default_value_t = ShortcutArg::Bottleneck)]
+    shortcut: ShortcutArg,
+    /// Padding convention
+    #[arg(long, value_enum, default_value_t = PaddingArg::Torch)]
+    padding: PaddingArg,
     /// Output stride: 32 (classification), 16 or 8 (dilated, for segmentation)
     #[arg(long, default_value_t = 32)]
     output_stride: usize,
@@ -43,30 +43,15 @@ pub struct Args {
 
 pub fn spec_from(a: &Args) -> Result<Spec> {
     let (height, width_px) = Spec::parse_resolution(&a.resolution)?;
-    let bottleneck = match a.bottleneck.as_str() {
-        "linear" => BottleneckActivation::Linear,
-        "relu6" => BottleneckActivation::Relu6,
-        o => anyhow::bail!("--bottleneck `{o}`: expected linear or relu6"),
-    };
-    let shortcut = match a.shortcut.as_str() {
-        "bottleneck" => Shortcut::Bottleneck,
-        "none" => Shortcut::None,
-        o => anyhow::bail!("--shortcut `{o}`: expected bottleneck or none"),
-    };
-    let padding = match a.padding.as_str() {
-        "torch" => Padding::Torch,
-        "tf" => Padding::Tf,
-        o => anyhow::bail!("--padding `{o}`: expected torch or tf"),
-    };
     Ok(Spec {
         width: a.width,
         height,
         width_px,
         classes: a.classes,
         expansion: a.expansion,
-        bottleneck,
-        shortcut,
-        padding,
+        bottleneck: a.bottleneck.into(),
+        shortcut: a.shortcut.into(),
+        padding: a.padding.into(),
         output_stride: a.output_stride,
         ..Spec::default()
     })

@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
+pub mod args;
 pub mod bench;
 pub mod classify;
 pub mod convert;
 pub mod eval;
 pub mod export;
+pub mod fetch;
 pub mod info;
 pub mod init;
 pub mod quantize;

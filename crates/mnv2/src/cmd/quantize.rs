@@ -11,9 +11,10 @@ use mobilenetv2::{npy, preprocess, Batch, Model};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float weights to quantise
+    /// Float weights to quantise; default: the ImageNet weights in the weights home
+    /// ($MNV2_HOME, else ~/.cache/mnv2; `mnv2 fetch` puts them there)
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     /// Calibration data: a directory of JPEG/PNG images (searched recursively, preprocessed as
     /// the model expects), MNIST-family IDX files (an images file, or a folder holding
     /// train-images-idx3-ubyte[.gz]; resized to the input, as `mnv2 eval --augment none`) or an
@@ -24,8 +25,8 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     images: usize,
     /// How activation ranges are chosen: minmax, percentile[:P] or mse
-    #[arg(long, default_value = "percentile:99.9")]
-    method: String,
+    #[arg(long, default_value = "percentile:99.9", value_parser = super::args::method)]
+    method: Method,
     /// Output file (safetensors with int8 weights and the quantisation in its metadata)
     #[arg(long)]
     out: PathBuf,
@@ -69,13 +70,14 @@ fn idx_batches(path: &Path, model: &Model, n: usize) -> Result<Vec<Batch>> {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let method: Method = a.method.parse()?;
+    let method = a.method;
     if a.images == 0 {
         bail!("--images must be at least 1");
     }
-    let mut model = Model::load(&a.weights)?;
+    let weights = super::fetch::weights_or_default(a.weights)?;
+    let mut model = Model::load(&weights)?;
     if model.quant.is_some() {
-        bail!("{}: already quantised", a.weights.display());
+        bail!("{}: already quantised", weights.display());
     }
     let spec = model.spec().clone();
     let batches: Vec<Batch> = if Dataset::is_idx(&a.calib) {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mobilenetv2::data::augment::Augment;
-use mobilenetv2::spec::{BottleneckActivation, Shortcut};
 use mobilenetv2::train::{self, Config, Event, Method, Schedule};
+
+use super::args::{AugmentArg, BottleneckArg, ShortcutArg};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,9 +35,9 @@ pub struct Args {
     epochs: usize,
     #[arg(long, default_value_t = 96)]
     batch: usize,
-    /// rmsprop (TensorFlow's rule, the paper's), sgd, adamw
-    #[arg(long, default_value = "rmsprop")]
-    optimizer: String,
+    /// The update rule
+    #[arg(long, value_enum, default_value_t = Optimizer::Rmsprop)]
+    optimizer: Optimizer,
     #[arg(long, default_value_t = 0.045)]
     lr: f64,
     #[arg(long, default_value_t = 0.9)]
@@ -53,9 +53,9 @@ pub struct Args {
     /// Decay BatchNorm parameters and biases too
     #[arg(long)]
     decay_all: bool,
-    /// step (lr x --lr-decay per epoch), cosine (after --warmup epochs of linear warm-up), constant
-    #[arg(long, default_value = "step")]
-    schedule: String,
+    /// The learning-rate schedule
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Step)]
+    schedule: ScheduleArg,
     #[arg(long, default_value_t = 0.98)]
     lr_decay: f64,
     /// Warm-up epochs of the cosine schedule (may be fractional)
@@ -65,9 +65,9 @@ pub struct Args {
     dropout: f32,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
-    /// standard (random resized crop + flip), crop-flip (resize, pad, random crop + flip), none
-    #[arg(long, default_value = "standard")]
-    augment: Augment,
+    /// Training augmentation
+    #[arg(long, value_enum, default_value_t = AugmentArg::Standard)]
+    augment: AugmentArg,
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     shuffle: bool,
     #[arg(long, default_value_t = 0)]
@@ -78,26 +78,26 @@ pub struct Args {
     /// Keep an exponential moving average of the weights with this decay; it is saved as final
     #[arg(long)]
     ema: Option<f32>,
-    /// Ablation (from scratch): linear or relu6 after the projection
-    #[arg(long, default_value = "linear")]
-    bottleneck: String,
-    /// Ablation (from scratch): bottleneck or none
-    #[arg(long, default_value = "bottleneck")]
-    shortcut: String,
+    /// Ablation (from scratch): the activation after each block's projection
+    #[arg(long, value_enum, default_value_t = BottleneckArg::Linear)]
+    bottleneck: BottleneckArg,
+    /// Ablation (from scratch): residual connections
+    #[arg(long, value_enum, default_value_t = ShortcutArg::Bottleneck)]
+    shortcut: ShortcutArg,
     /// Also evaluate every this many steps
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
     /// Also write a checkpoint every this many steps
     #[arg(long, default_value_t = 0)]
     checkpoint_every: u64,
-    /// Unreadable images: skip (warn and count) or stop
-    #[arg(long, default_value = "skip")]
-    bad_images: String,
+    /// Unreadable images
+    #[arg(long, value_enum, default_value_t = BadImages::Skip)]
+    bad_images: BadImages,
     /// Stop after this many steps
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Compute threads (default: all cores)
-    #[arg(long)]
+    /// Compute threads [default: all available cores]
+    #[arg(long, value_parser = super::args::threads)]
     threads: Option<usize>,
     /// Output folder: checkpoint.safetensors, final.safetensors, metrics.jsonl, curves.png
     #[arg(long)]
@@ -110,33 +110,47 @@ pub struct Args {
     quiet: bool,
 }
 
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Optimizer {
+    /// RMSProp with TensorFlow's rule (the paper's)
+    Rmsprop,
+    /// SGD with momentum (--nesterov for Nesterov's)
+    Sgd,
+    /// AdamW
+    Adamw,
+}
+
+/// `--schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// lr x --lr-decay per epoch
+    Step,
+    /// Cosine, after --warmup epochs of linear warm-up
+    Cosine,
+    /// Constant
+    Constant,
+}
+
+/// `--bad-images`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BadImages {
+    /// Warn, count and go on
+    Skip,
+    /// Stop with an error
+    Stop,
+}
+
 fn config(a: &Args) -> Result<Config> {
-    let method = match a.optimizer.as_str() {
-        "rmsprop" => Method::RmsProp { decay: 0.9, momentum: a.momentum, eps: a.eps.unwrap_or(1.0) },
-        "sgd" => Method::Sgd { momentum: a.momentum, nesterov: a.nesterov },
-        "adamw" => Method::AdamW { beta1: 0.9, beta2: 0.999, eps: a.eps.unwrap_or(1e-8) },
-        o => bail!("unknown optimizer `{o}` (expected rmsprop, sgd or adamw)"),
+    let method = match a.optimizer {
+        Optimizer::Rmsprop => Method::RmsProp { decay: 0.9, momentum: a.momentum, eps: a.eps.unwrap_or(1.0) },
+        Optimizer::Sgd => Method::Sgd { momentum: a.momentum, nesterov: a.nesterov },
+        Optimizer::Adamw => Method::AdamW { beta1: 0.9, beta2: 0.999, eps: a.eps.unwrap_or(1e-8) },
     };
-    let schedule = match a.schedule.as_str() {
-        "step" => Schedule::Step { gamma: a.lr_decay },
-        "cosine" => Schedule::Cosine { warmup: a.warmup },
-        "constant" => Schedule::Constant,
-        s => bail!("unknown schedule `{s}` (expected step, cosine or constant)"),
-    };
-    let bottleneck = match a.bottleneck.as_str() {
-        "linear" => BottleneckActivation::Linear,
-        "relu6" => BottleneckActivation::Relu6,
-        b => bail!("unknown --bottleneck `{b}` (expected linear or relu6)"),
-    };
-    let shortcut = match a.shortcut.as_str() {
-        "bottleneck" => Shortcut::Bottleneck,
-        "none" => Shortcut::None,
-        s => bail!("unknown --shortcut `{s}` (expected bottleneck or none)"),
-    };
-    let skip = match a.bad_images.as_str() {
-        "skip" => true,
-        "stop" => false,
-        s => bail!("unknown --bad-images `{s}` (expected skip or stop)"),
+    let schedule = match a.schedule {
+        ScheduleArg::Step => Schedule::Step { gamma: a.lr_decay },
+        ScheduleArg::Cosine => Schedule::Cosine { warmup: a.warmup },
+        ScheduleArg::Constant => Schedule::Constant,
     };
     if !(0.0..1.0).contains(&a.val_split) {
         bail!("--val-split {} must be in [0, 1)", a.val_split);
@@ -160,16 +174,16 @@ fn config(a: &Args) -> Result<Config> {
         schedule,
         dropout: a.dropout,
         label_smoothing: a.label_smoothing,
-        augment: a.augment,
+        augment: a.augment.into(),
         shuffle: a.shuffle,
         seed: a.seed,
         freeze_backbone: a.freeze_backbone,
         ema: a.ema,
-        bottleneck,
-        shortcut,
+        bottleneck: a.bottleneck.into(),
+        shortcut: a.shortcut.into(),
         eval_every: a.eval_every,
         checkpoint_every: a.checkpoint_every,
-        skip_bad_images: skip,
+        skip_bad_images: a.bad_images == BadImages::Skip,
         max_steps: a.max_steps,
         out: a.out.clone(),
     })
@@ -177,8 +191,8 @@ fn config(a: &Args) -> Result<Config> {
 
 pub fn main(a: Args) -> Result<()> {
     let cfg = config(&a)?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().ok();
+    let threads = a.threads.unwrap_or_else(super::args::cores);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
     // MNV2_TRAIN_PROFILE=1: time per kind of work, printed at the end.
     train::prof::enable(std::env::var_os("MNV2_TRAIN_PROFILE").is_some());
     let mut steps = 0u64;
@@ -196,7 +210,7 @@ pub fn main(a: Args) -> Result<()> {
                 let b = ProgressBar::new(steps as u64).with_position(done as u64);
                 b.set_style(
                     ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                        .expect("template")
+                        .expect("the progress template is valid")
                         .progress_chars("=> "),
                 );
                 b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));

@@ -2,7 +2,6 @@
 //! then run on batches of NHWC images of any size.
 
 mod fast;
-pub mod pool;
 mod reference;
 
 pub use fast::Profile;

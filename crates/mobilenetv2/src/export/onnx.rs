@@ -13,6 +13,7 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::fold;
+use crate::layout::{hwio_to_oihw, ConvDims};
 use crate::model::Model;
 use crate::names;
 use crate::plan::{Activation, Op};
@@ -146,16 +147,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                 let f = fold::fold_conv(&model.params, model.spec().bn_eps, layer);
                 let (o, ig, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
                 // The fold is HWIO; ONNX wants OIHW.
-                let mut w = vec![0f32; f.weights.len()];
-                for oc in 0..o {
-                    for ic in 0..ig {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                w[((oc * ig + ic) * k + ky) * k + kx] = f.weights[((ky * k + kx) * ig + ic) * o + oc];
-                            }
-                        }
-                    }
-                }
+                let w = hwio_to_oihw(&f.weights, ConvDims { o, i: ig, k });
                 let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[o, ig, k, k], &w));
                 inits.push(tensor(&bn, &[o], &f.bias));

@@ -14,7 +14,7 @@
 //! [`ops`]), so each wide expanded tensor exists once. All buffers live in a [`Tape`]
 //! allocated once for the largest batch.
 
-use mnv2_kernels::{Isa, MinMax};
+use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::ops::{self, BnAct, BnBwd, DwBwd, Geom, Grad, InGrad, PwBwd, Src, Work};
 use super::prof::span;
@@ -111,7 +111,8 @@ pub struct Net {
     /// Running means and variances.
     pub stats: Vec<f32>,
     ix: Vec<Ix>,
-    isa: Isa,
+    /// The tier every kernel runs on, resolved once.
+    isa: Tier,
 }
 
 /// How BatchNorm behaves in a forward pass.
@@ -174,8 +175,9 @@ impl Net {
         Net::with_isa(model, mnv2_kernels::isa::best())
     }
 
-    /// [`Net::new`] with the kernels of a given instruction set (tests compare ISAs).
+    /// [`Net::new`] with every kernel on tier `isa`. Panics if this CPU cannot run it.
     pub fn with_isa(model: &Model, isa: Isa) -> Net {
+        let isa = Tier::new(isa).unwrap_or_else(|| panic!("this CPU cannot run {} kernels", isa.name()));
         let plan = model.plan.clone();
         let (mut params, mut stats, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
         let mut ix = vec![Ix::Pass; plan.layers.len()];
@@ -368,7 +370,8 @@ impl Net {
         Ok(())
     }
 
-    /// The convolutions and the pooling of the forward pass.
+    /// The convolutions and the pooling of the forward pass: one step per layer kind, driven
+    /// by the plan's blocks.
     fn forward_layers(
         &mut self,
         tape: &mut Tape,
@@ -377,8 +380,17 @@ impl Net {
         train: bool,
         work: &mut Work,
     ) -> Result<()> {
-        // Stem: patches times weights, chunk by chunk.
-        let sp = span(0);
+        self.stem_forward(tape, images, n, train, work)?;
+        for bi in 0..self.plan.blocks.len() {
+            self.block_forward(tape, bi, n, train, work)?;
+        }
+        self.last_conv_forward(tape, n, train, work)
+    }
+
+    /// Stem: patches times weights, chunk by chunk; its activation is materialised only when
+    /// the first block does not read it on the fly.
+    fn stem_forward(&mut self, tape: &mut Tape, images: &[f32], n: usize, train: bool, work: &mut Work) -> Result<()> {
+        let _sp = span(0);
         let (l0, c0, ix0) = self.conv(0);
         let (g0, cout0, m0) = (geom(l0, c0), l0.output.c, n * l0.output.h * l0.output.w);
         let wc = ops::stem_weights_to_cols(&self.params[ix0.w..ix0.w + cout0 * 27], cout0);
@@ -386,82 +398,82 @@ impl Net {
         let mo = ops::conv_forward(self.isa, Src::Patches(images, g0), m0, 27, &wc, cout0, &mut x, train, work);
         tape.x[0] = x;
         self.bn_coef(tape, 0, m0, mo)?;
-        if !tape.stem_act.is_empty() {
+        if !self.plan.stem_feeds_first_block() {
             let mut out = std::mem::take(&mut tape.stem_act);
-            ops::bn_apply(&tape.x[0][..m0 * cout0], cout0, tape.bnact(0, self.act(0)), None, &mut out);
+            ops::bn_apply(self.isa, &tape.x[0][..m0 * cout0], cout0, tape.bnact(0, self.act(0)), None, &mut out);
             tape.stem_act = out;
         }
-        drop(sp);
+        Ok(())
+    }
 
-        let blocks = self.plan.blocks.clone();
-        for (bi, blk) in blocks.iter().enumerate() {
-            let inp =
-                if bi == 0 { std::mem::take(&mut tape.stem_act) } else { std::mem::take(&mut tape.block_out[bi - 1]) };
-            let m_in = n * blk.input.h * blk.input.w;
-            let m_out = n * blk.output.h * blk.output.w;
-            let (cin, hid, cout) = (blk.input.c, blk.hidden, blk.output.c);
-            // The layer whose BatchNorm + clamp feeds the depthwise convolution on the fly.
-            let feeder = match blk.expand {
-                Some(e) => {
-                    let sp = span(1);
-                    let ixe = self.conv(e).2;
-                    let mut x = std::mem::take(&mut tape.x[e]);
-                    let w = &self.params[ixe.w..ixe.w + hid * cin];
-                    let mo = ops::conv_forward(self.isa, Src::Rows(&inp), m_in, cin, w, hid, &mut x, train, work);
-                    tape.x[e] = x;
-                    self.bn_coef(tape, e, m_in, mo)?;
-                    drop(sp);
-                    Some(e)
-                }
-                None if bi == 0 && inp.is_empty() => Some(0),
-                None => None,
-            };
-            let sp = span(3);
-            let d = blk.depthwise;
-            let (ld, cd, ixd) = self.conv(d);
-            let gd = geom(ld, cd);
-            let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
-            let mut x = std::mem::take(&mut tape.x[d]);
-            let src = match feeder {
-                Some(f) => Src::Bn(&tape.x[f], tape.bnact(f, self.act(f))),
-                None => Src::Rows(&inp),
-            };
-            let mo = ops::dw_forward(self.isa, src, n, hid, gd, &w_hwc, &mut x, train, work);
-            tape.x[d] = x;
-            self.bn_coef(tape, d, m_out, mo)?;
-            drop(sp);
-            let sp = span(1);
-            let p = blk.project;
-            let ixp = self.conv(p).2;
-            let mut x = std::mem::take(&mut tape.x[p]);
-            let src = Src::Bn(&tape.x[d], tape.bnact(d, self.act(d)));
-            let mo = ops::conv_forward(
-                self.isa,
-                src,
-                m_out,
-                hid,
-                &self.params[ixp.w..ixp.w + cout * hid],
-                cout,
-                &mut x,
-                train,
-                work,
-            );
-            tape.x[p] = x;
-            self.bn_coef(tape, p, m_out, mo)?;
-            drop(sp);
-            let _sp = span(2);
-            let mut out = std::mem::take(&mut tape.block_out[bi]);
-            let res = blk.residual.then(|| &inp[..m_out * cout]);
-            ops::bn_apply(&tape.x[p][..m_out * cout], cout, tape.bnact(p, self.act(p)), res, &mut out);
-            tape.block_out[bi] = out;
-            if bi == 0 {
-                tape.stem_act = inp;
-            } else {
-                tape.block_out[bi - 1] = inp;
-            }
+    /// The layer whose BatchNorm + clamp feeds block `bi`'s depthwise convolution on the fly:
+    /// its expand conv, or the stem for a first block that reads it directly.
+    fn feeder(&self, bi: usize) -> Option<usize> {
+        let blk = &self.plan.blocks[bi];
+        match blk.expand {
+            Some(e) => Some(e),
+            None if bi == 0 && self.plan.stem_feeds_first_block() => Some(self.plan.stem()),
+            None => None,
         }
+    }
 
-        // Last 1x1 convolution, then the mean over pixels of its activation.
+    /// One inverted residual block: expand, depthwise, project, residual.
+    fn block_forward(&mut self, tape: &mut Tape, bi: usize, n: usize, train: bool, work: &mut Work) -> Result<()> {
+        let blk = self.plan.blocks[bi].clone();
+        let inp =
+            if bi == 0 { std::mem::take(&mut tape.stem_act) } else { std::mem::take(&mut tape.block_out[bi - 1]) };
+        let m_in = n * blk.input.h * blk.input.w;
+        let m_out = n * blk.output.h * blk.output.w;
+        let (cin, hid, cout) = (blk.input.c, blk.hidden, blk.output.c);
+        if let Some(e) = blk.expand {
+            let _sp = span(1);
+            let ixe = self.conv(e).2;
+            let mut x = std::mem::take(&mut tape.x[e]);
+            let w = &self.params[ixe.w..ixe.w + hid * cin];
+            let mo = ops::conv_forward(self.isa, Src::Rows(&inp), m_in, cin, w, hid, &mut x, train, work);
+            tape.x[e] = x;
+            self.bn_coef(tape, e, m_in, mo)?;
+        }
+        let feeder = self.feeder(bi);
+        let sp = span(3);
+        let d = blk.depthwise;
+        let (ld, cd, ixd) = self.conv(d);
+        let gd = geom(ld, cd);
+        let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
+        let mut x = std::mem::take(&mut tape.x[d]);
+        let src = match feeder {
+            Some(f) => Src::Bn(&tape.x[f], tape.bnact(f, self.act(f))),
+            None => Src::Rows(&inp),
+        };
+        let mo = ops::dw_forward(self.isa, src, n, hid, gd, &w_hwc, &mut x, train, work);
+        tape.x[d] = x;
+        self.bn_coef(tape, d, m_out, mo)?;
+        drop(sp);
+        let sp = span(1);
+        let p = blk.project;
+        let ixp = self.conv(p).2;
+        let mut x = std::mem::take(&mut tape.x[p]);
+        let src = Src::Bn(&tape.x[d], tape.bnact(d, self.act(d)));
+        let w = &self.params[ixp.w..ixp.w + cout * hid];
+        let mo = ops::conv_forward(self.isa, src, m_out, hid, w, cout, &mut x, train, work);
+        tape.x[p] = x;
+        self.bn_coef(tape, p, m_out, mo)?;
+        drop(sp);
+        let _sp = span(2);
+        let mut out = std::mem::take(&mut tape.block_out[bi]);
+        let res = blk.residual.then(|| &inp[..m_out * cout]);
+        ops::bn_apply(self.isa, &tape.x[p][..m_out * cout], cout, tape.bnact(p, self.act(p)), res, &mut out);
+        tape.block_out[bi] = out;
+        if bi == 0 {
+            tape.stem_act = inp;
+        } else {
+            tape.block_out[bi - 1] = inp;
+        }
+        Ok(())
+    }
+
+    /// The last 1x1 convolution, then the mean over pixels of its activation.
+    fn last_conv_forward(&mut self, tape: &mut Tape, n: usize, train: bool, work: &mut Work) -> Result<()> {
         let sp = span(1);
         let lc = self.last_conv();
         let (ll, _, ixl) = self.conv(lc);
@@ -476,7 +488,7 @@ impl Net {
         drop(sp);
         let _sp = span(4);
         let mut pooled = std::mem::take(&mut tape.pooled);
-        ops::pool_forward(&tape.x[lc], n, hw, cl, tape.bnact(lc, self.act(lc)), &mut pooled);
+        ops::pool_forward(self.isa, &tape.x[lc], n, hw, cl, tape.bnact(lc, self.act(lc)), &mut pooled);
         tape.pooled = pooled;
         Ok(())
     }
@@ -512,9 +524,26 @@ impl Net {
     }
 
     /// Backward pass from `tape.dlogits`: fills [`Net::grads`] (all of them; the backbone's
-    /// are zero when `backbone` is false). `images` are the forward pass's.
+    /// are zero when `backbone` is false). `images` are the forward pass's. One step per
+    /// layer kind, from the head down through the plan's blocks to the stem.
     pub fn backward(&mut self, tape: &mut Tape, images: &[f32], backbone: bool) {
-        let sp = span(4);
+        let Some(dh) = self.head_backward(tape, backbone) else { return };
+        let mut g = GradBufs::take(tape);
+        self.last_conv_backward(tape, &dh, &mut g);
+        tape.dhidden = dh;
+        // `g.out` holds the gradient of each block's output, from the last block down.
+        let mut stem_sums_done = false;
+        for bi in (0..self.plan.blocks.len()).rev() {
+            stem_sums_done |= self.block_backward(tape, bi, &mut g);
+        }
+        self.stem_backward(tape, images, stem_sums_done, &mut g);
+        g.put_back(tape);
+    }
+
+    /// The classifier's gradients, then (for the backbone) the gradient of the pooled features
+    /// through dropout, spread over the pixels: every pixel of an image gets 1/hw of it.
+    fn head_backward(&mut self, tape: &mut Tape, backbone: bool) -> Option<Vec<f32>> {
+        let _sp = span(4);
         let n = tape.n;
         let cls = self.classifier();
         let lc = self.last_conv();
@@ -526,10 +555,8 @@ impl Net {
         }
         if !backbone {
             self.grads[..w].fill(0.0);
-            return;
+            return None;
         }
-        // Through the classifier and dropout to the mean over pixels: every pixel of an image
-        // gets 1/hw of its gradient.
         let mut dh = std::mem::take(&mut tape.dhidden);
         ops::pw_input_grad(&tape.dlogits, n, k, &self.params[w..w + k * cl], cl, &mut dh);
         let ll = &self.plan.layers[lc];
@@ -537,31 +564,33 @@ impl Net {
         for (d, m) in dh[..n * cl].iter_mut().zip(&tape.mask) {
             *d = *d * m / hw as f32;
         }
-        drop(sp);
-        let mut work = std::mem::take(&mut tape.work);
-        let mut gout = std::mem::take(&mut tape.gn_a);
-        let mut gin = std::mem::take(&mut tape.gn_b);
-        let mut g1 = std::mem::take(&mut tape.g1);
-        let mut g2 = std::mem::take(&mut tape.g2);
+        Some(dh)
+    }
 
-        // The last 1x1 convolution.
+    /// The last 1x1 convolution, from the pooled gradient `dh`; leaves the gradient of the last
+    /// block's output in `g.out`.
+    fn last_conv_backward(&mut self, tape: &mut Tape, dh: &[f32], g: &mut GradBufs) {
+        let n = tape.n;
+        let lc = self.last_conv();
+        let ll = &self.plan.layers[lc];
+        let (cl, hw) = (ll.output.c, ll.output.h * ll.output.w);
         let sp = span(6);
         let ml = n * hw;
         let (ixl, cin) = (self.conv(lc).2, ll.input.c);
         let sums = ops::bn_backward_sums(
+            self.isa,
             &tape.x[lc][..ml * cl],
-            Grad::Pooled(&dh, hw),
-            ml,
+            Grad::Pooled(dh, hw),
             cl,
             tape.bnact(lc, self.act(lc)),
             &tape.bn[lc].mean,
-            &mut work,
+            &mut g.work,
         );
         self.bn_grads(tape, lc, ml, sums);
         drop(sp);
-        let sp = span(5);
+        let _sp = span(5);
         let p = PwBwd {
-            grad: Grad::Pooled(&dh, hw),
+            grad: Grad::Pooled(dh, hw),
             bwd: tape.bnbwd(lc, self.act(lc)),
             src: Src::Rows(tape.block_out.last().expect("a plan has blocks")),
             w: &self.params[ixl.w..ixl.w + cl * cin],
@@ -569,132 +598,134 @@ impl Net {
             cin,
             cout: cl,
         };
-        let din = InGrad { out: &mut gout, residual: None, sums: None, masked: false };
-        ops::pw_backward(self.isa, p, &mut self.grads[ixl.w..ixl.w + cl * cin], Some(din), &mut work);
-        drop(sp);
-        tape.dhidden = dh;
+        let din = InGrad { out: &mut g.out, residual: None, sums: None, masked: false };
+        ops::pw_backward(self.isa, p, &mut self.grads[ixl.w..ixl.w + cl * cin], Some(din), &mut g.work);
+    }
 
-        // The blocks; `gout` holds the gradient of the block's output.
-        let mut stem_sums_done = false;
-        let blocks = self.plan.blocks.clone();
-        for (bi, blk) in blocks.iter().enumerate().rev() {
-            let m_in = n * blk.input.h * blk.input.w;
-            let m_out = n * blk.output.h * blk.output.w;
-            let (cin, cout, hid) = (blk.input.c, blk.output.c, blk.hidden);
-            let (p, d) = (blk.project, blk.depthwise);
-            let sp = span(6);
-            let sums = ops::bn_backward_sums(
-                &tape.x[p][..m_out * cout],
-                Grad::Rows(&gout),
-                m_out,
-                cout,
-                tape.bnact(p, self.act(p)),
-                &tape.bn[p].mean,
-                &mut work,
-            );
-            self.bn_grads(tape, p, m_out, sums);
-            drop(sp);
-            // Projection: the gradient of the depthwise activation, and its BatchNorm's reductions.
-            let sp = span(5);
-            let ixp = self.conv(p).2;
-            let bnd = tape.bnact(d, self.act(d));
-            let pb = PwBwd {
-                grad: Grad::Rows(&gout),
-                bwd: tape.bnbwd(p, self.act(p)),
-                src: Src::Bn(&tape.x[d], bnd),
-                w: &self.params[ixp.w..ixp.w + cout * hid],
-                m: m_out,
-                cin: hid,
-                cout,
-            };
-            let sums = Some((&tape.x[d][..], bnd, &tape.bn[d].mean[..]));
-            let din = InGrad { out: &mut g1, residual: None, sums, masked: true };
-            let sums = ops::pw_backward(self.isa, pb, &mut self.grads[ixp.w..ixp.w + cout * hid], Some(din), &mut work);
-            self.bn_grads(tape, d, m_out, sums.expect("asked for"));
-            drop(sp);
-            // Depthwise: the gradient of its input, and the reductions of the feeding BatchNorm.
-            let sp = span(7);
-            let (ld, cd, ixd) = self.conv(d);
-            let gd = geom(ld, cd);
-            let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
-            let feeder = match blk.expand {
-                Some(e) => Some(e),
-                None if bi == 0 && inp.is_empty() => Some(0),
-                None => None,
-            };
-            let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
-            let (src, sums) = match feeder {
-                Some(f) => {
-                    let bnf = tape.bnact(f, self.act(f));
-                    (Src::Bn(&tape.x[f], bnf), Some((&tape.x[f][..], bnf, &tape.bn[f].mean[..])))
-                }
-                None => (Src::Rows(inp), None),
-            };
-            let db = DwBwd { dz: &g1, bwd: tape.bnbwd(d, self.act(d)), src, w_hwc: &w_hwc, n, c: hid, g: gd };
-            let (dwg, sums) =
-                ops::dw_backward(self.isa, db, InGrad { out: &mut g2, residual: None, sums, masked: false }, &mut work);
-            for ch in 0..hid {
-                for t in 0..9 {
-                    self.grads[ixd.w + ch * 9 + t] = dwg[t * hid + ch];
-                }
+    /// Block `bi`, from the gradient of its output in `g.out` to the gradient of its input in
+    /// `g.out` (or, for a first block that reads the stem on the fly, the gradient of the stem's
+    /// activation in `g.dw_in`, with the stem's BatchNorm sums done: then it returns true).
+    fn block_backward(&mut self, tape: &mut Tape, bi: usize, g: &mut GradBufs) -> bool {
+        let blk = self.plan.blocks[bi].clone();
+        let n = tape.n;
+        let m_in = n * blk.input.h * blk.input.w;
+        let m_out = n * blk.output.h * blk.output.w;
+        let (cin, cout, hid) = (blk.input.c, blk.output.c, blk.hidden);
+        let (p, d) = (blk.project, blk.depthwise);
+        let sp = span(6);
+        let sums = ops::bn_backward_sums(
+            self.isa,
+            &tape.x[p][..m_out * cout],
+            Grad::Rows(&g.out),
+            cout,
+            tape.bnact(p, self.act(p)),
+            &tape.bn[p].mean,
+            &mut g.work,
+        );
+        self.bn_grads(tape, p, m_out, sums);
+        drop(sp);
+        // Projection: the gradient of the depthwise activation, and its BatchNorm's reductions.
+        let sp = span(5);
+        let ixp = self.conv(p).2;
+        let bnd = tape.bnact(d, self.act(d));
+        let pb = PwBwd {
+            grad: Grad::Rows(&g.out),
+            bwd: tape.bnbwd(p, self.act(p)),
+            src: Src::Bn(&tape.x[d], bnd),
+            w: &self.params[ixp.w..ixp.w + cout * hid],
+            m: m_out,
+            cin: hid,
+            cout,
+        };
+        let sums = Some((&tape.x[d][..], bnd, &tape.bn[d].mean[..]));
+        let din = InGrad { out: &mut g.dw_out, residual: None, sums, masked: true };
+        let sums = ops::pw_backward(self.isa, pb, &mut self.grads[ixp.w..ixp.w + cout * hid], Some(din), &mut g.work);
+        self.bn_grads(tape, d, m_out, sums.expect("asked for"));
+        drop(sp);
+        // Depthwise: the gradient of its input, and the reductions of the feeding BatchNorm.
+        let sp = span(7);
+        let (ld, cd, ixd) = self.conv(d);
+        let gd = geom(ld, cd);
+        let feeder = self.feeder(bi);
+        let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
+        let w_hwc = ops::dw_weights_hwc(&self.params[ixd.w..ixd.w + 9 * hid], hid);
+        let (src, sums) = match feeder {
+            Some(f) => {
+                let bnf = tape.bnact(f, self.act(f));
+                (Src::Bn(&tape.x[f], bnf), Some((&tape.x[f][..], bnf, &tape.bn[f].mean[..])))
             }
-            drop(sp);
-            // g2: gradient of the depthwise input.
-            match (blk.expand, feeder) {
-                (Some(e), _) => {
-                    let sp = span(6);
-                    self.bn_grads(tape, e, m_in, sums.expect("asked for"));
-                    drop(sp);
-                    let _sp = span(5);
-                    let ixe = self.conv(e).2;
-                    let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
-                    let pb = PwBwd {
-                        grad: Grad::Rows(&g2),
-                        bwd: tape.bnbwd(e, self.act(e)),
-                        src: Src::Rows(inp),
-                        w: &self.params[ixe.w..ixe.w + hid * cin],
-                        m: m_in,
-                        cin,
-                        cout: hid,
-                    };
-                    let din = InGrad {
-                        out: &mut gin,
-                        residual: blk.residual.then_some(&gout[..]),
-                        sums: None,
-                        masked: false,
-                    };
-                    ops::pw_backward(self.isa, pb, &mut self.grads[ixe.w..ixe.w + hid * cin], Some(din), &mut work);
-                    std::mem::swap(&mut gin, &mut gout);
-                }
-                (None, Some(f)) => {
-                    // The first block reads the stem's activation on the fly: g2 is its gradient.
-                    debug_assert!(bi == 0 && f == 0 && !blk.residual);
-                    self.bn_grads(tape, f, m_in, sums.expect("asked for"));
-                    stem_sums_done = true;
-                }
-                (None, None) => {
-                    for (i, v) in gin[..m_in * cin].iter_mut().enumerate() {
-                        *v = g2[i] + if blk.residual { gout[i] } else { 0.0 };
-                    }
-                    std::mem::swap(&mut gin, &mut gout);
-                }
+            None => (Src::Rows(inp), None),
+        };
+        let db = DwBwd { dz: &g.dw_out, bwd: tape.bnbwd(d, self.act(d)), src, w_hwc: &w_hwc, n, c: hid, g: gd };
+        let din = InGrad { out: &mut g.dw_in, residual: None, sums, masked: false };
+        let (dwg, sums) = ops::dw_backward(self.isa, db, din, &mut g.work);
+        for ch in 0..hid {
+            for t in 0..9 {
+                self.grads[ixd.w + ch * 9 + t] = dwg[t * hid + ch];
             }
         }
+        drop(sp);
+        // g.dw_in: gradient of the depthwise input.
+        match (blk.expand, feeder) {
+            (Some(e), _) => {
+                let sp = span(6);
+                self.bn_grads(tape, e, m_in, sums.expect("asked for"));
+                drop(sp);
+                let _sp = span(5);
+                let ixe = self.conv(e).2;
+                let inp: &[f32] = if bi == 0 { &tape.stem_act } else { &tape.block_out[bi - 1] };
+                let pb = PwBwd {
+                    grad: Grad::Rows(&g.dw_in),
+                    bwd: tape.bnbwd(e, self.act(e)),
+                    src: Src::Rows(inp),
+                    w: &self.params[ixe.w..ixe.w + hid * cin],
+                    m: m_in,
+                    cin,
+                    cout: hid,
+                };
+                let din = InGrad {
+                    out: &mut g.input,
+                    residual: blk.residual.then_some(&g.out[..]),
+                    sums: None,
+                    masked: false,
+                };
+                ops::pw_backward(self.isa, pb, &mut self.grads[ixe.w..ixe.w + hid * cin], Some(din), &mut g.work);
+                std::mem::swap(&mut g.input, &mut g.out);
+                false
+            }
+            (None, Some(f)) => {
+                // The first block reads the stem's activation on the fly: g.dw_in is its gradient.
+                debug_assert!(bi == 0 && f == 0 && !blk.residual);
+                self.bn_grads(tape, f, m_in, sums.expect("asked for"));
+                true
+            }
+            (None, None) => {
+                for (i, v) in g.input[..m_in * cin].iter_mut().enumerate() {
+                    *v = g.dw_in[i] + if blk.residual { g.out[i] } else { 0.0 };
+                }
+                std::mem::swap(&mut g.input, &mut g.out);
+                false
+            }
+        }
+    }
 
-        // Stem: its activation's gradient is in g2 (read on the fly by the first block) or gout.
+    /// Stem: its activation's gradient is in `g.dw_in` (read on the fly by the first block,
+    /// BatchNorm sums already done) or `g.out`.
+    fn stem_backward(&mut self, tape: &mut Tape, images: &[f32], stem_sums_done: bool, g: &mut GradBufs) {
         let _sp = span(8);
+        let n = tape.n;
         let (l0, c0, ix0) = self.conv(0);
         let (g0, cout0, m0) = (geom(l0, c0), l0.output.c, n * l0.output.h * l0.output.w);
-        let g_stem: &[f32] = if stem_sums_done { &g2 } else { &gout };
+        let g_stem: &[f32] = if stem_sums_done { &g.dw_in } else { &g.out };
         if !stem_sums_done {
             let sums = ops::bn_backward_sums(
+                self.isa,
                 &tape.x[0][..m0 * cout0],
                 Grad::Rows(g_stem),
-                m0,
                 cout0,
                 tape.bnact(0, self.act(0)),
                 &tape.bn[0].mean,
-                &mut work,
+                &mut g.work,
             );
             self.bn_grads(tape, 0, m0, sums);
         }
@@ -708,13 +739,8 @@ impl Net {
             cin: 27,
             cout: cout0,
         };
-        ops::pw_backward(self.isa, pb, &mut wc, None, &mut work);
+        ops::pw_backward(self.isa, pb, &mut wc, None, &mut g.work);
         ops::stem_cols_to_weights(&wc, cout0, &mut self.grads[ix0.w..ix0.w + cout0 * 27]);
-        tape.work = work;
-        tape.gn_a = gout;
-        tape.gn_b = gin;
-        tape.g1 = g1;
-        tape.g2 = g2;
     }
 
     /// Forward, loss and backward of one batch.
@@ -780,6 +806,41 @@ impl BnCoef {
     }
 }
 
+/// The gradient buffers of the backward pass, taken out of the tape for its duration so the
+/// steps can borrow them beside the tape's activations.
+struct GradBufs {
+    /// Gradient of the current block's output (narrow).
+    out: Vec<f32>,
+    /// Gradient of the current block's input (narrow); swapped with `out` after each block.
+    input: Vec<f32>,
+    /// Gradient of the depthwise conv's output (wide).
+    dw_out: Vec<f32>,
+    /// Gradient of the depthwise conv's input (wide).
+    dw_in: Vec<f32>,
+    /// Kernel scratch.
+    work: Work,
+}
+
+impl GradBufs {
+    fn take(tape: &mut Tape) -> GradBufs {
+        GradBufs {
+            out: std::mem::take(&mut tape.gn_a),
+            input: std::mem::take(&mut tape.gn_b),
+            dw_out: std::mem::take(&mut tape.g1),
+            dw_in: std::mem::take(&mut tape.g2),
+            work: std::mem::take(&mut tape.work),
+        }
+    }
+
+    fn put_back(self, tape: &mut Tape) {
+        tape.gn_a = self.out;
+        tape.gn_b = self.input;
+        tape.g1 = self.dw_out;
+        tape.g2 = self.dw_in;
+        tape.work = self.work;
+    }
+}
+
 /// Every buffer of a training step, allocated once for batches of up to `nmax` images.
 pub struct Tape {
     nmax: usize,
@@ -825,7 +886,7 @@ impl Tape {
         let narrow = plan.blocks.iter().map(|b| b.input.len().max(b.output.len())).max().unwrap_or(0);
         let stem = &plan.layers[0];
         let first = plan.blocks.first();
-        let keep_stem = first.is_some_and(|b| b.expand.is_some() || b.residual);
+        let keep_stem = first.is_some() && !plan.stem_feeds_first_block();
         let cl = plan.classifier("training").map_or(0, |h| plan.layers[h.classifier].input.c);
         let k = plan.output().c;
         Tape {

@@ -29,8 +29,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
 use mnv2_kernels::gemm::{gemm, PackedGemm};
-use mnv2_kernels::train::{bn, dw, matmul as mm, stream};
-use mnv2_kernels::{Isa, MinMax};
+use mnv2_kernels::train::bn::{self, Grad as BnGrad, Sums};
+use mnv2_kernels::train::{dw, matmul as mm, stream};
+use mnv2_kernels::{MinMax, Tier};
+
+pub use mnv2_kernels::train::bn::{BnAct, BnBwd};
 use rayon::prelude::*;
 
 /// Values per chunk of rows in forward passes (per operand: the chunk stays in L2).
@@ -95,47 +98,6 @@ pub struct Work {
     f32s: Vec<f32>,
 }
 
-/// BatchNorm (as `x * scale + shift`) and clamp of one layer.
-#[derive(Clone, Copy)]
-pub struct BnAct<'a> {
-    pub scale: &'a [f32],
-    pub shift: &'a [f32],
-    pub act: MinMax,
-}
-
-impl BnAct<'_> {
-    fn apply(&self, x: &[f32], c: usize, out: &mut [f32]) {
-        bn::apply(x, c, self.scale, self.shift, self.act.min, self.act.max, None, out)
-    }
-}
-
-/// The backward of BatchNorm + clamp once its reductions are known:
-/// `dx = ka * dz + kb * x + kd` with `dz` the clamp-masked output gradient.
-#[derive(Clone, Copy)]
-pub struct BnBwd<'a> {
-    /// The layer's pre-BatchNorm output.
-    pub x: &'a [f32],
-    pub fwd: BnAct<'a>,
-    pub ka: &'a [f32],
-    pub kb: &'a [f32],
-    pub kd: &'a [f32],
-}
-
-impl BnBwd<'_> {
-    /// Rows `lo..hi` (`c` wide) of `dx` from those of the output gradient `g`.
-    fn rows_to(&self, lo: usize, hi: usize, c: usize, g: &[f32], out: &mut [f32]) {
-        let f = &self.fwd;
-        let x = &self.x[lo * c..hi * c];
-        bn::backward_apply_to(x, g, c, f.scale, f.shift, f.act.min, f.act.max, self.ka, self.kb, self.kd, out)
-    }
-
-    fn rows_in_place(&self, lo: usize, hi: usize, c: usize, g: &mut [f32]) {
-        let f = &self.fwd;
-        let x = &self.x[lo * c..hi * c];
-        bn::backward_apply(x, g, c, f.scale, f.shift, f.act.min, f.act.max, self.ka, self.kb, self.kd)
-    }
-}
-
 /// Where the input rows of a layer come from.
 #[derive(Clone, Copy)]
 pub enum Src<'a> {
@@ -156,13 +118,13 @@ impl Src<'_> {
         }
     }
 
-    /// Rows `lo..hi`, `c` wide: borrowed, or computed into `buf`.
-    fn rows<'b>(&'b self, lo: usize, hi: usize, c: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    /// Rows `lo..hi`, `c` wide: borrowed, or computed into `buf` on `tier`.
+    fn rows<'b>(&'b self, tier: Tier, lo: usize, hi: usize, c: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match *self {
             Src::Rows(x) => &x[lo * c..hi * c],
             Src::Bn(x, bn) => {
                 let out = grow(buf, (hi - lo) * c);
-                bn.apply(&x[lo * c..hi * c], c, out);
+                bn.apply(tier, &x[lo * c..hi * c], c, None, out);
                 out
             }
             Src::Patches(img, g) => {
@@ -218,13 +180,13 @@ pub struct Moments {
 
 /// Writes the mean and the sum of squared deviations of `x`'s channels to `out[..c]` and
 /// `out[c..2c]`.
-fn moments_of(x: &[f32], c: usize, out: &mut [f64], tmp: &mut Vec<f32>, acc: &mut Vec<f64>) {
+fn moments_of(tier: Tier, x: &[f32], c: usize, out: &mut [f64], tmp: &mut Vec<f32>, acc: &mut Vec<f64>) {
     let rows = x.len() / c;
     let acc = grow(acc, 2 * c);
     acc.fill(0.0);
     let (s, q) = acc.split_at_mut(c);
     let shift = &x[..c];
-    bn::stats(x, c, shift, s, q, grow(tmp, 2 * c));
+    bn::stats(tier, x, c, shift, s, q, grow(tmp, 2 * c));
     let n = rows as f64;
     for j in 0..c {
         out[j] = shift[j] as f64 + s[j] / n;
@@ -271,7 +233,7 @@ enum Product<'a> {
 
 impl<'a> Product<'a> {
     /// `B = W^T` for `[n][k]` weights `w`.
-    fn transposed(isa: Isa, w: &'a [f32], n: usize, k: usize) -> Product<'a> {
+    fn transposed(isa: Tier, w: &'a [f32], n: usize, k: usize) -> Product<'a> {
         if n <= NARROW {
             let mut wt = vec![0f32; k * n];
             for o in 0..n {
@@ -286,7 +248,7 @@ impl<'a> Product<'a> {
     }
 
     /// `B = W` for `[k][n]` weights `w`.
-    fn plain(isa: Isa, w: &'a [f32], k: usize, n: usize) -> Product<'a> {
+    fn plain(isa: Tier, w: &'a [f32], k: usize, n: usize) -> Product<'a> {
         if n <= NARROW {
             Product::Packed(PackedGemm::new(isa, &w[..k * n], k, n, &vec![0.0; n]))
         } else {
@@ -311,7 +273,7 @@ impl<'a> Product<'a> {
 /// `x = src W^T` with `W` `[cout][cin]`, and, with `stats`, the moments of `x` per channel.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_forward(
-    isa: Isa,
+    isa: Tier,
     src: Src,
     m: usize,
     cin: usize,
@@ -329,19 +291,19 @@ pub fn conv_forward(
     x.par_chunks_mut(rows * cout).zip(parts.par_chunks_mut(2 * cout)).enumerate().for_each(|(i, (xc, pc))| {
         with_scratch(|s| {
             let (lo, hi) = (i * rows, ((i + 1) * rows).min(m));
-            let a = src.rows(lo, hi, cin, &mut s.a);
+            let a = src.rows(isa, lo, hi, cin, &mut s.a);
             src.prefetch(hi, (hi + rows).min(m), cin);
             if streamed(m * cout) {
                 let y = grow(&mut s.b, (hi - lo) * cout);
                 prod.run(a, hi - lo, y, None);
                 if stats {
-                    moments_of(y, cout, pc, &mut s.t, &mut s.d);
+                    moments_of(isa, y, cout, pc, &mut s.t, &mut s.d);
                 }
                 stream::stream_copy(isa, y, xc);
             } else {
                 prod.run(a, hi - lo, xc, None);
                 if stats {
-                    moments_of(xc, cout, pc, &mut s.t, &mut s.d);
+                    moments_of(isa, xc, cout, pc, &mut s.t, &mut s.d);
                 }
             }
         })
@@ -424,7 +386,7 @@ impl<'a> Ring<'a> {
 /// BatchNorm + clamp of the expansion), with the moments of the output when `stats`.
 #[allow(clippy::too_many_arguments)]
 pub fn dw_forward(
-    isa: Isa,
+    isa: Tier,
     src: Src,
     n: usize,
     c: usize,
@@ -455,7 +417,7 @@ pub fn dw_forward(
                         for ky in 0..3 {
                             if let Some(iy) = g.in_row(oy, ky) {
                                 ring.ensure(iy, |r| {
-                                    bn.apply(&img[iy * row_in..][..row_in], c, r);
+                                    bn.apply(isa, &img[iy * row_in..][..row_in], c, None, r);
                                     prefetch_row(pre, (b * g.in_h + iy + 1) * row_in, row_in);
                                 });
                             }
@@ -474,7 +436,7 @@ pub fn dw_forward(
                     if oy == 0 {
                         shift.copy_from_slice(&out[..c]);
                     }
-                    bn::stats(out, c, shift, sum, sumsq, tmp);
+                    bn::stats(isa, out, c, shift, sum, sumsq, tmp);
                 }
                 if let Some(dst) = dst {
                     stream::stream_copy(isa, out, dst);
@@ -493,11 +455,11 @@ pub fn dw_forward(
 }
 
 /// Global average pool of BatchNorm + clamp of `x` (`n` images of `hw` pixels).
-pub fn pool_forward(x: &[f32], n: usize, hw: usize, c: usize, bn: BnAct, pooled: &mut [f32]) {
+pub fn pool_forward(isa: Tier, x: &[f32], n: usize, hw: usize, c: usize, bn: BnAct, pooled: &mut [f32]) {
     pooled[..n * c].par_chunks_mut(c).enumerate().for_each(|(b, p)| {
         with_scratch(|s| {
             let a = grow(&mut s.a, hw * c);
-            bn.apply(&x[b * hw * c..][..hw * c], c, a);
+            bn.apply(isa, &x[b * hw * c..][..hw * c], c, None, a);
             p.fill(0.0);
             for px in a.chunks_exact(c) {
                 for (p, v) in p.iter_mut().zip(px) {
@@ -512,25 +474,32 @@ pub fn pool_forward(x: &[f32], n: usize, hw: usize, c: usize, bn: BnAct, pooled:
 }
 
 /// `out = clamp(x * scale + shift) (+ residual)` over whole tensors.
-pub fn bn_apply(x: &[f32], c: usize, bn: BnAct, res: Option<&[f32]>, out: &mut [f32]) {
-    let (scale, shift, act) = (bn.scale, bn.shift, bn.act);
+pub fn bn_apply(isa: Tier, x: &[f32], c: usize, bn: BnAct, res: Option<&[f32]>, out: &mut [f32]) {
     let out = &mut out[..x.len()];
     match res {
         Some(r) => out
             .par_chunks_mut(ROWS * c)
             .zip(x.par_chunks(ROWS * c))
             .zip(r.par_chunks(ROWS * c))
-            .for_each(|((o, x), r)| bn::apply(x, c, scale, shift, act.min, act.max, Some(r), o)),
-        None => out
-            .par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .for_each(|(o, x)| bn::apply(x, c, scale, shift, act.min, act.max, None, o)),
+            .for_each(|((o, x), r)| bn.apply(isa, x, c, Some(r), o)),
+        None => {
+            out.par_chunks_mut(ROWS * c).zip(x.par_chunks(ROWS * c)).for_each(|(o, x)| bn.apply(isa, x, c, None, o))
+        }
     }
 }
 
 /// The reductions of a BatchNorm backward, `(sum dz, sum dz * (x - mean))` through the clamp,
-/// over `m` rows of `x` and the output gradient `grad`.
-pub fn bn_backward_sums(x: &[f32], grad: Grad, m: usize, c: usize, bn: BnAct, mean: &[f32], work: &mut Work) -> BnSums {
+/// over the rows of `x` (`c` wide) and the output gradient `grad`.
+pub fn bn_backward_sums(
+    isa: Tier,
+    x: &[f32],
+    grad: Grad,
+    c: usize,
+    bn: BnAct,
+    mean: &[f32],
+    work: &mut Work,
+) -> BnSums {
+    let m = x.len() / c;
     let nch = m.div_ceil(ROWS);
     let parts = grow(&mut work.f64s, nch * 2 * c);
     parts.par_chunks_mut(2 * c).enumerate().for_each(|(i, p)| {
@@ -539,20 +508,8 @@ pub fn bn_backward_sums(x: &[f32], grad: Grad, m: usize, c: usize, bn: BnAct, me
             let g = grad.rows(lo, hi, c, &mut s.a);
             p.fill(0.0);
             let (a, b) = p.split_at_mut(c);
-            let (lo_, hi_) = (bn.act.min, bn.act.max);
-            bn::backward_sums(
-                &x[lo * c..hi * c],
-                g,
-                c,
-                bn.scale,
-                bn.shift,
-                lo_,
-                hi_,
-                mean,
-                a,
-                b,
-                grow(&mut s.t, 2 * c),
-            );
+            let sums = Sums { dz: a, dzx: b, tmp: grow(&mut s.t, 2 * c) };
+            bn.backward_sums(isa, &x[lo * c..hi * c], BnGrad::In(g), c, mean, sums);
         })
     });
     sum_parts(parts, c)
@@ -599,7 +556,7 @@ pub struct InGrad<'a> {
 /// Backward of a 1x1 convolution (or the stem) with its BatchNorm: writes the weight gradient
 /// to `dw` (`[cout][cin]`) and, with `din`, the input gradient; returns the reductions asked
 /// for in `din.sums`.
-pub fn pw_backward(isa: Isa, p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Work) -> Option<BnSums> {
+pub fn pw_backward(isa: Tier, p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work: &mut Work) -> Option<BnSums> {
     let PwBwd { grad, bwd, src, w, m, cin, cout } = p;
     let rows = chunk_rows(BWD_CHUNK, cin.max(cout));
     let nch = m.div_ceil(rows);
@@ -647,14 +604,14 @@ pub fn pw_backward(isa: Isa, p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work
                 // The gradient of the pre-BatchNorm output, in scratch b.
                 let gp = grow(&mut s.b, r * cout);
                 match grad {
-                    Grad::Rows(g) => bwd.rows_to(lo, hi, cout, &g[lo * cout..hi * cout], gp),
+                    Grad::Rows(g) => bwd.rows_to(isa, lo, hi, cout, &g[lo * cout..hi * cout], gp),
                     Grad::Pooled(g, hw) => {
                         broadcast(g, hw, lo, hi, cout, gp);
-                        bwd.rows_in_place(lo, hi, cout, gp);
+                        bwd.rows_in_place(isa, lo, hi, cout, gp);
                     }
                 }
                 let gp: &[f32] = gp;
-                let a = src.rows(lo, hi, cin, &mut s.a);
+                let a = src.rows(isa, lo, hi, cin, &mut s.a);
                 if ci + 1 < c1 {
                     let next = ((ci + 2) * rows).min(m);
                     grad.prefetch(hi, next, cout);
@@ -676,14 +633,10 @@ pub fn pw_backward(isa: Isa, p: PwBwd, dw: &mut [f32], din: Option<InGrad>, work
                     let slot = &mut sp[(ci - c0) * 2 * cin..][..2 * cin];
                     slot.fill(0.0);
                     let (sa, sb) = slot.split_at_mut(cin);
-                    let (l, h) = (bnf.act.min, bnf.act.max);
                     let xr = &xf[lo * cin..hi * cin];
-                    let tmp = grow(&mut s.t, 2 * cin);
-                    if masked {
-                        bn::backward_sums_mask(xr, out, cin, bnf.scale, bnf.shift, l, h, mean, sa, sb, tmp);
-                    } else {
-                        bn::backward_sums(xr, out, cin, bnf.scale, bnf.shift, l, h, mean, sa, sb, tmp);
-                    }
+                    let sums = Sums { dz: sa, dzx: sb, tmp: grow(&mut s.t, 2 * cin) };
+                    let g = if masked { BnGrad::Mask(&mut *out) } else { BnGrad::In(&*out) };
+                    bnf.backward_sums(isa, xr, g, cin, mean, sums);
                 }
                 if let Some(dst) = dst {
                     stream::stream_copy(isa, out, dst);
@@ -734,7 +687,7 @@ pub struct DwBwd<'a> {
 /// masked gradient into the convolution's output gradient, kept in a second ring; from these
 /// the weight gradient and, row by row, the input gradient are formed. Returns the weight
 /// gradient `[3][3][c]` and the reductions asked for in `din.sums`.
-pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32>, Option<BnSums>) {
+pub fn dw_backward(isa: Tier, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32>, Option<BnSums>) {
     let DwBwd { dz, bwd, src, w_hwc, n, c, g } = p;
     assert!(din.residual.is_none() && !din.masked, "the depthwise backward adds no residual and stores no mask");
     let (in_img, out_img, row_in, row_out) = (g.in_h * g.in_w * c, g.out_h * g.out_w * c, g.in_w * c, g.out_w * c);
@@ -762,7 +715,7 @@ pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32
                 let dzimg = &dz[b * out_img..][..out_img];
                 let src_row = |iy: usize, r: &mut [f32]| match src {
                     Src::Bn(pre, bn) => {
-                        bn.apply(&pre[(b * g.in_h + iy) * row_in..][..row_in], c, r);
+                        bn.apply(isa, &pre[(b * g.in_h + iy) * row_in..][..row_in], c, None, r);
                         prefetch_row(pre, (b * g.in_h + iy + 1) * row_in, row_in);
                     }
                     _ => unreachable!("stored rows are read in place"),
@@ -789,7 +742,7 @@ pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32
                         };
                         dwconv_row(&packed, rows, g.row(), MinMax::NONE, xrow);
                         gring.ensure(oy, |r| {
-                            bn::affine_to(&dzimg[oy * row_out..][..row_out], xrow, c, bwd.ka, bwd.kb, bwd.kd, r);
+                            bwd.affine_to(isa, &dzimg[oy * row_out..][..row_out], xrow, c, r);
                             prefetch_row(dz, (b * g.out_h + oy + 1) * row_out, row_out);
                         });
                         dw::weight_grad_row(isa, gring.get(oy), rows, c, g.row(), acc);
@@ -808,8 +761,8 @@ pub fn dw_backward(isa: Isa, p: DwBwd, din: InGrad, work: &mut Work) -> (Vec<f32
                     if let Some((xf, bnf, mean)) = feed {
                         let (sa, sb) = sp.split_at_mut(c);
                         let xr = &xf[(b * g.in_h + iy) * row_in..][..row_in];
-                        let (l, h) = (bnf.act.min, bnf.act.max);
-                        bn::backward_sums(xr, drow, c, bnf.scale, bnf.shift, l, h, mean, sa, sb, grow(t, 2 * c));
+                        let sums = Sums { dz: sa, dzx: sb, tmp: grow(t, 2 * c) };
+                        bnf.backward_sums(isa, xr, BnGrad::In(&*drow), c, mean, sums);
                     }
                     if let Some(dst) = dst {
                         stream::stream_copy(isa, drow, dst);

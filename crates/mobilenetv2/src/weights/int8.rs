@@ -11,6 +11,7 @@ use mnv2_kernels::qgemm::quantize_weights;
 use super::{Data, Tensor, TensorFile};
 use crate::error::{Error, Result};
 use crate::fold::{fold_conv, linear};
+use crate::layout::{hwio_to_oihw, ConvDims};
 use crate::names::{self, BnParam, Params};
 use crate::plan::{Op, Plan};
 use crate::qscheme::QuantSpec;
@@ -27,33 +28,15 @@ pub fn quantized_tensors(plan: &Plan, params: &Params) -> BTreeMap<String, Tenso
         };
         let n = layer.output.c;
         let (q, scales) = quantize_weights(&folded.weights, k, n);
-        // Kernels hold weights as [k][n] (HWIO / [in][out]); files as PyTorch [n][k] (OIHW).
-        let mut q_nk = vec![0i8; k * n];
-        for kk in 0..k {
-            for j in 0..n {
-                q_nk[j * k + kk] = q[kk * n + j];
-            }
-        }
-        let shape = match &layer.op {
-            Op::Conv(c) => vec![n, layer.input.c / c.groups, c.kernel, c.kernel],
-            _ => vec![n, k],
-        };
-        // OIHW order of the kernel's taps: HWIO row index kk = (ky * k + kx) * cin + i.
-        let q_oihw = match &layer.op {
+        // Kernels hold weights as HWIO ([in][out] for the classifier); files as PyTorch's OIHW.
+        let (dims, shape) = match &layer.op {
             Op::Conv(c) => {
-                let (ks, cin) = (c.kernel, layer.input.c / c.groups);
-                let mut v = vec![0i8; k * n];
-                for o in 0..n {
-                    for i in 0..cin {
-                        for t in 0..ks * ks {
-                            v[(o * cin + i) * ks * ks + t] = q_nk[o * k + t * cin + i];
-                        }
-                    }
-                }
-                v
+                let d = ConvDims { o: n, i: layer.input.c / c.groups, k: c.kernel };
+                (d, vec![d.o, d.i, d.k, d.k])
             }
-            _ => q_nk,
+            _ => (ConvDims { o: n, i: k, k: 1 }, vec![n, k]),
         };
+        let q_oihw = hwio_to_oihw(&q, dims);
         out.insert(names::weight(layer), Tensor { shape, data: Data::I8(q_oihw) });
         out.insert(names::weight_scale(layer), Tensor::f32(vec![n], scales));
         out.insert(names::bias(layer), Tensor::f32(vec![n], folded.bias));

@@ -451,6 +451,282 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// `Constant`: a numeric constant.
+    fn constant(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let v = if let Some(t) = attr(n, "value").and_then(|a| a.t.as_ref()) {
+            let (d, v) = tensor_f32(self.path, t)?;
+            Val::Const(d, v)
+        } else if let Some(a) = attr(n, "value_float") {
+            Val::Const(vec![], vec![a.f()])
+        } else if let Some(a) = attr(n, "value_floats") {
+            Val::Const(vec![a.floats.len()], a.floats.clone())
+        } else if let Some(a) = attr(n, "value_int") {
+            Val::Const(vec![], vec![a.i() as f32])
+        } else if let Some(a) = attr(n, "value_ints") {
+            Val::Const(vec![a.ints.len()], a.ints.iter().map(|&i| i as f32).collect())
+        } else {
+            return Err(self.err(label, "a Constant without a numeric value"));
+        };
+        self.set(n, v);
+        Ok(())
+    }
+
+    /// `Identity` and `Dropout`: the value passes through.
+    fn identity(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        let v = match self.val(label, input(0))? {
+            Val::Const(..) => {
+                let (d, v) = self.konst(label, input(0))?;
+                Val::Const(d, v)
+            }
+            v => v.clone(),
+        };
+        self.set(n, v);
+        Ok(())
+    }
+
+    /// `Conv`: a new convolution unit, reading the image or a unit's output.
+    fn conv(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        let x = match self.val(label, input(0))?.clone() {
+            Val::Input => 0,
+            Val::Unit(i, s) => {
+                self.uses.push((i, s, label.to_string()));
+                i + 1
+            }
+            _ => return Err(self.err(label, "its input is neither the image nor a convolution's output")),
+        };
+        let (wd, w) = self.konst(label, input(1))?;
+        let [o, i, kh, kw] = wd[..] else {
+            return Err(self.err(label, format!("weights of rank {}, expected 4", wd.len())));
+        };
+        let weights = match self.dq_weights.get(input(1)) {
+            Some((q, None | Some(0))) => Some(q.clone()),
+            _ => None,
+        };
+        let bias = match input(2) {
+            "" => None,
+            b => Some(self.konst(label, b)?.1),
+        };
+        let kernel = self.ints(n, label, "kernel_shape", vec![kh as i64, kw as i64])?;
+        if kernel != [kh, kw] {
+            return Err(self.err(label, format!("kernel_shape {kernel:?} disagrees with weights {wd:?}")));
+        }
+        let two = |v: Vec<usize>, what: &str| -> Result<[usize; 2]> {
+            match v[..] {
+                [a, b] if a > 0 && b > 0 => Ok([a, b]),
+                _ => Err(self.err(label, format!("{what} {v:?} is not two positive values"))),
+            }
+        };
+        let stride = two(self.ints(n, label, "strides", vec![1, 1])?, "strides")?;
+        let dilation = two(self.ints(n, label, "dilations", vec![1, 1])?, "dilations")?;
+        let auto = attr(n, "auto_pad").map(|a| String::from_utf8_lossy(a.s()).into_owned());
+        let pad = match auto.as_deref() {
+            None | Some("NOTSET") | Some("") => match self.ints(n, label, "pads", vec![0; 4])?[..] {
+                // ONNX order: begins (top, left) then ends (bottom, right).
+                [t, l, b, r] => ConvPad::Explicit([t, l, b, r]),
+                ref p => return Err(self.err(label, format!("pads {p:?} are not 4 values"))),
+            },
+            Some("VALID") => ConvPad::Explicit([0; 4]),
+            Some("SAME_UPPER") => ConvPad::Same,
+            Some(other) => {
+                return Err(self.err(label, format!("auto_pad {other} (MobileNetV2 pads SAME_UPPER or explicitly)")))
+            }
+        };
+        let groups = attr(n, "group").map_or(1, |a| a.i());
+        let groups = usize::try_from(groups)
+            .ok()
+            .filter(|&g| g > 0)
+            .ok_or_else(|| self.err(label, format!("group {groups}")))?;
+        self.units.push(Unit {
+            node: label.to_string(),
+            input: x,
+            weight: w,
+            shape: [o, i, kh, kw],
+            bias,
+            bn: None,
+            stride,
+            dilation,
+            pad,
+            groups,
+            relu6: false,
+            residual: None,
+            q: UnitQ { weights, ..UnitQ::default() },
+        });
+        self.last_unit_state.push(UnitState::Conv);
+        self.unit_qs.push(Vec::new());
+        self.set(n, Val::Unit(self.units.len() - 1, UnitState::Conv));
+        Ok(())
+    }
+
+    /// `BatchNormalization` after a convolution.
+    fn batch_norm(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        let u = self.unit_for(label, input(0), UnitState::Bn)?;
+        if attr(n, "training_mode").is_some_and(|a| a.i() != 0) {
+            return Err(self.err(label, "BatchNormalization in training mode"));
+        }
+        let mut p = Vec::new();
+        for k in 1..=4 {
+            p.push(self.konst(label, input(k))?.1);
+        }
+        let eps = attr(n, "epsilon").map_or(1e-5, |a| a.f());
+        let [gamma, beta, mean, var]: [Vec<f32>; 4] = p.try_into().expect("four inputs");
+        self.units[u].bn = Some(Bn { gamma, beta, mean, var, eps, node: label.to_string() });
+        self.last_unit_state[u] = UnitState::Bn;
+        self.set(n, Val::Unit(u, UnitState::Bn));
+        Ok(())
+    }
+
+    /// `Clip` (ReLU6) after a convolution or its BatchNorm.
+    fn clip(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        let u = self.unit_for(label, input(0), UnitState::Act)?;
+        let (lo, hi) = if self.opset < 11 {
+            (attr(n, "min").map_or(f32::NEG_INFINITY, |a| a.f()), attr(n, "max").map_or(f32::INFINITY, |a| a.f()))
+        } else {
+            let bound = |i: usize, d: f32| -> Result<f32> {
+                match input(i) {
+                    "" => Ok(d),
+                    name => match self.konst(label, name)?.1[..] {
+                        [v] => Ok(v),
+                        _ => Err(self.err(label, "a Clip bound that is not a scalar")),
+                    },
+                }
+            };
+            (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?)
+        };
+        if (lo, hi) != (0.0, 6.0) {
+            return Err(self.err(label, format!("Clip({lo}, {hi}) is not ReLU6")));
+        }
+        self.units[u].relu6 = true;
+        self.last_unit_state[u] = UnitState::Act;
+        self.set(n, Val::Unit(u, UnitState::Act));
+        Ok(())
+    }
+
+    /// `Add`: a residual between two block outputs, or a bias.
+    fn add(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        let (a, b) = (input(0), input(1));
+        match (self.val(label, a)?.clone(), self.val(label, b)?.clone()) {
+            (Val::Unit(i, si), Val::Unit(j, sj)) => {
+                let ((u, su), (o, so)) = if i > j { ((i, si), (j, sj)) } else { ((j, sj), (i, si)) };
+                if su != self.last_unit_state[u] || su == UnitState::Add {
+                    return Err(
+                        self.err(label, format!("it adds to {} in a place a MobileNetV2 does not", self.units[u].node))
+                    );
+                }
+                self.uses.push((o, so, label.to_string()));
+                self.units[u].residual = Some((o + 1, label.to_string()));
+                self.last_unit_state[u] = UnitState::Add;
+                self.set(n, Val::Unit(u, UnitState::Add));
+            }
+            (Val::Matmul, Val::Const(_, v)) | (Val::Const(_, v), Val::Matmul) => {
+                let fc = self.fc.as_mut().expect("MatMul recorded");
+                fc.3 = Some(v);
+                self.set(n, Val::Logits);
+            }
+            _ => return Err(self.err(label, "an Add that is neither a residual nor the classifier's bias")),
+        }
+        Ok(())
+    }
+
+    /// `GlobalAveragePool` / `ReduceMean`: the pooled features.
+    fn pool(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        let u = match self.val(label, input(0))?.clone() {
+            Val::Unit(i, s) => {
+                self.uses.push((i, s, label.to_string()));
+                i
+            }
+            _ => return Err(self.err(label, "it does not pool a convolution's output")),
+        };
+        let keep = if n.op_type() == "ReduceMean" {
+            let axes: Vec<i64> = if self.opset >= 18 {
+                match input(1) {
+                    "" => vec![],
+                    name => self.konst(label, name)?.1.iter().map(|&v| v as i64).collect(),
+                }
+            } else {
+                attr(n, "axes").map_or(vec![], |a| a.ints.clone())
+            };
+            let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
+            axes.sort_unstable();
+            if axes != [2, 3] {
+                return Err(self.err(label, format!("ReduceMean over axes {axes:?}, expected H and W")));
+            }
+            attr(n, "keepdims").is_none_or(|a| a.i() != 0)
+        } else {
+            true
+        };
+        if self.pool.is_some() {
+            return Err(self.err(label, "a second pooling"));
+        }
+        self.pool = Some((u + 1, label.to_string()));
+        self.set(n, Val::Pooled { keep });
+        Ok(())
+    }
+
+    /// `Gemm` / `MatMul`: the classifier.
+    fn fully_connected(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
+
+        match self.val(label, input(0))? {
+            Val::Flat | Val::Pooled { keep: false } => {}
+            _ => return Err(self.err(label, "its input is not the pooled, flattened features")),
+        }
+        let (wd, w) = self.konst(label, input(1))?;
+        let [r, c] = wd[..] else {
+            return Err(self.err(label, format!("weights of rank {}, expected 2", wd.len())));
+        };
+        let float = |name: &str, d: f32| attr(n, name).map_or(d, |a| a.f());
+        let int = |name: &str| attr(n, name).map_or(0, |a| a.i());
+        let gemm = n.op_type() == "Gemm";
+        if gemm && (int("transA") != 0 || float("alpha", 1.0) != 1.0 || float("beta", 1.0) != 1.0) {
+            return Err(self.err(label, "a Gemm with transA, alpha or beta"));
+        }
+        let trans_b = gemm && int("transB") != 0;
+        // To `[out, in]`.
+        let transpose = |w: &[f32]| {
+            let mut t = vec![0f32; r * c];
+            for i in 0..r {
+                for o in 0..c {
+                    t[o * r + i] = w[i * c + o];
+                }
+            }
+            t
+        };
+        // The integers of int8 weights quantised per output channel (or per tensor).
+        self.netq.head_weights = match self.dq_weights.get(input(1)) {
+            Some((q, None | Some(0))) if trans_b => Some(q.clone()),
+            Some((q, None | Some(1))) if !trans_b => {
+                let t = transpose(&q.iter().map(|&v| v as f32).collect::<Vec<_>>());
+                Some(t.iter().map(|&v| v as i64).collect())
+            }
+            _ => None,
+        };
+        let (weight, shape) = if trans_b { (w, [r, c]) } else { (transpose(&w), [c, r]) };
+        let bias = match (gemm, input(2)) {
+            (true, "") => Some(vec![0.0; shape[0]]),
+            (true, b) => Some(self.konst(label, b)?.1),
+            (false, _) => None,
+        };
+        if self.fc.is_some() {
+            return Err(self.err(label, "a second fully connected layer"));
+        }
+        self.fc = Some((label.to_string(), shape, weight, bias));
+        self.set(n, if gemm { Val::Logits } else { Val::Matmul });
+        Ok(())
+    }
+
+    /// One node of the graph: dispatched by operator to the methods above.
     fn node(&mut self, n: &NodeProto, index: usize) -> Result<()> {
         let label = node_label(n, index);
         let label = label.as_str();
@@ -460,33 +736,8 @@ impl Walk<'_> {
         }
         let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
         match n.op_type() {
-            "Constant" => {
-                let v = if let Some(t) = attr(n, "value").and_then(|a| a.t.as_ref()) {
-                    let (d, v) = tensor_f32(self.path, t)?;
-                    Val::Const(d, v)
-                } else if let Some(a) = attr(n, "value_float") {
-                    Val::Const(vec![], vec![a.f()])
-                } else if let Some(a) = attr(n, "value_floats") {
-                    Val::Const(vec![a.floats.len()], a.floats.clone())
-                } else if let Some(a) = attr(n, "value_int") {
-                    Val::Const(vec![], vec![a.i() as f32])
-                } else if let Some(a) = attr(n, "value_ints") {
-                    Val::Const(vec![a.ints.len()], a.ints.iter().map(|&i| i as f32).collect())
-                } else {
-                    return Err(self.err(label, "a Constant without a numeric value"));
-                };
-                self.set(n, v);
-            }
-            "Identity" | "Dropout" => {
-                let v = match self.val(label, input(0))? {
-                    Val::Const(..) => {
-                        let (d, v) = self.konst(label, input(0))?;
-                        Val::Const(d, v)
-                    }
-                    v => v.clone(),
-                };
-                self.set(n, v);
-            }
+            "Constant" => self.constant(n, label)?,
+            "Identity" | "Dropout" => self.identity(n, label)?,
             "Shape" | "Gather" | "Unsqueeze" | "Concat" | "Slice" | "Cast" | "Mul" | "Div"
                 if n.input.iter().filter(|i| !i.is_empty()).all(|i| {
                     matches!(self.vals.get(i), Some(Val::ShapeCalc | Val::Const(..)))
@@ -495,175 +746,11 @@ impl Walk<'_> {
             {
                 self.set(n, Val::ShapeCalc);
             }
-            "Conv" => {
-                let x = match self.val(label, input(0))?.clone() {
-                    Val::Input => 0,
-                    Val::Unit(i, s) => {
-                        self.uses.push((i, s, label.to_string()));
-                        i + 1
-                    }
-                    _ => return Err(self.err(label, "its input is neither the image nor a convolution's output")),
-                };
-                let (wd, w) = self.konst(label, input(1))?;
-                let [o, i, kh, kw] = wd[..] else {
-                    return Err(self.err(label, format!("weights of rank {}, expected 4", wd.len())));
-                };
-                let weights = match self.dq_weights.get(input(1)) {
-                    Some((q, None | Some(0))) => Some(q.clone()),
-                    _ => None,
-                };
-                let bias = match input(2) {
-                    "" => None,
-                    b => Some(self.konst(label, b)?.1),
-                };
-                let kernel = self.ints(n, label, "kernel_shape", vec![kh as i64, kw as i64])?;
-                if kernel != [kh, kw] {
-                    return Err(self.err(label, format!("kernel_shape {kernel:?} disagrees with weights {wd:?}")));
-                }
-                let two = |v: Vec<usize>, what: &str| -> Result<[usize; 2]> {
-                    match v[..] {
-                        [a, b] if a > 0 && b > 0 => Ok([a, b]),
-                        _ => Err(self.err(label, format!("{what} {v:?} is not two positive values"))),
-                    }
-                };
-                let stride = two(self.ints(n, label, "strides", vec![1, 1])?, "strides")?;
-                let dilation = two(self.ints(n, label, "dilations", vec![1, 1])?, "dilations")?;
-                let auto = attr(n, "auto_pad").map(|a| String::from_utf8_lossy(a.s()).into_owned());
-                let pad = match auto.as_deref() {
-                    None | Some("NOTSET") | Some("") => match self.ints(n, label, "pads", vec![0; 4])?[..] {
-                        // ONNX order: begins (top, left) then ends (bottom, right).
-                        [t, l, b, r] => ConvPad::Explicit([t, l, b, r]),
-                        ref p => return Err(self.err(label, format!("pads {p:?} are not 4 values"))),
-                    },
-                    Some("VALID") => ConvPad::Explicit([0; 4]),
-                    Some("SAME_UPPER") => ConvPad::Same,
-                    Some(other) => {
-                        return Err(
-                            self.err(label, format!("auto_pad {other} (MobileNetV2 pads SAME_UPPER or explicitly)"))
-                        )
-                    }
-                };
-                let groups = attr(n, "group").map_or(1, |a| a.i());
-                let groups = usize::try_from(groups)
-                    .ok()
-                    .filter(|&g| g > 0)
-                    .ok_or_else(|| self.err(label, format!("group {groups}")))?;
-                self.units.push(Unit {
-                    node: label.to_string(),
-                    input: x,
-                    weight: w,
-                    shape: [o, i, kh, kw],
-                    bias,
-                    bn: None,
-                    stride,
-                    dilation,
-                    pad,
-                    groups,
-                    relu6: false,
-                    residual: None,
-                    q: UnitQ { weights, ..UnitQ::default() },
-                });
-                self.last_unit_state.push(UnitState::Conv);
-                self.unit_qs.push(Vec::new());
-                self.set(n, Val::Unit(self.units.len() - 1, UnitState::Conv));
-            }
-            "BatchNormalization" => {
-                let u = self.unit_for(label, input(0), UnitState::Bn)?;
-                if attr(n, "training_mode").is_some_and(|a| a.i() != 0) {
-                    return Err(self.err(label, "BatchNormalization in training mode"));
-                }
-                let mut p = Vec::new();
-                for k in 1..=4 {
-                    p.push(self.konst(label, input(k))?.1);
-                }
-                let eps = attr(n, "epsilon").map_or(1e-5, |a| a.f());
-                let [gamma, beta, mean, var]: [Vec<f32>; 4] = p.try_into().expect("four inputs");
-                self.units[u].bn = Some(Bn { gamma, beta, mean, var, eps, node: label.to_string() });
-                self.last_unit_state[u] = UnitState::Bn;
-                self.set(n, Val::Unit(u, UnitState::Bn));
-            }
-            "Clip" => {
-                let u = self.unit_for(label, input(0), UnitState::Act)?;
-                let (lo, hi) = if self.opset < 11 {
-                    (
-                        attr(n, "min").map_or(f32::NEG_INFINITY, |a| a.f()),
-                        attr(n, "max").map_or(f32::INFINITY, |a| a.f()),
-                    )
-                } else {
-                    let bound = |i: usize, d: f32| -> Result<f32> {
-                        match input(i) {
-                            "" => Ok(d),
-                            name => match self.konst(label, name)?.1[..] {
-                                [v] => Ok(v),
-                                _ => Err(self.err(label, "a Clip bound that is not a scalar")),
-                            },
-                        }
-                    };
-                    (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?)
-                };
-                if (lo, hi) != (0.0, 6.0) {
-                    return Err(self.err(label, format!("Clip({lo}, {hi}) is not ReLU6")));
-                }
-                self.units[u].relu6 = true;
-                self.last_unit_state[u] = UnitState::Act;
-                self.set(n, Val::Unit(u, UnitState::Act));
-            }
-            "Add" => {
-                let (a, b) = (input(0), input(1));
-                match (self.val(label, a)?.clone(), self.val(label, b)?.clone()) {
-                    (Val::Unit(i, si), Val::Unit(j, sj)) => {
-                        let ((u, su), (o, so)) = if i > j { ((i, si), (j, sj)) } else { ((j, sj), (i, si)) };
-                        if su != self.last_unit_state[u] || su == UnitState::Add {
-                            return Err(self.err(
-                                label,
-                                format!("it adds to {} in a place a MobileNetV2 does not", self.units[u].node),
-                            ));
-                        }
-                        self.uses.push((o, so, label.to_string()));
-                        self.units[u].residual = Some((o + 1, label.to_string()));
-                        self.last_unit_state[u] = UnitState::Add;
-                        self.set(n, Val::Unit(u, UnitState::Add));
-                    }
-                    (Val::Matmul, Val::Const(_, v)) | (Val::Const(_, v), Val::Matmul) => {
-                        let fc = self.fc.as_mut().expect("MatMul recorded");
-                        fc.3 = Some(v);
-                        self.set(n, Val::Logits);
-                    }
-                    _ => return Err(self.err(label, "an Add that is neither a residual nor the classifier's bias")),
-                }
-            }
-            "GlobalAveragePool" | "ReduceMean" => {
-                let u = match self.val(label, input(0))?.clone() {
-                    Val::Unit(i, s) => {
-                        self.uses.push((i, s, label.to_string()));
-                        i
-                    }
-                    _ => return Err(self.err(label, "it does not pool a convolution's output")),
-                };
-                let keep = if n.op_type() == "ReduceMean" {
-                    let axes: Vec<i64> = if self.opset >= 18 {
-                        match input(1) {
-                            "" => vec![],
-                            name => self.konst(label, name)?.1.iter().map(|&v| v as i64).collect(),
-                        }
-                    } else {
-                        attr(n, "axes").map_or(vec![], |a| a.ints.clone())
-                    };
-                    let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
-                    axes.sort_unstable();
-                    if axes != [2, 3] {
-                        return Err(self.err(label, format!("ReduceMean over axes {axes:?}, expected H and W")));
-                    }
-                    attr(n, "keepdims").is_none_or(|a| a.i() != 0)
-                } else {
-                    true
-                };
-                if self.pool.is_some() {
-                    return Err(self.err(label, "a second pooling"));
-                }
-                self.pool = Some((u + 1, label.to_string()));
-                self.set(n, Val::Pooled { keep });
-            }
+            "Conv" => self.conv(n, label)?,
+            "BatchNormalization" => self.batch_norm(n, label)?,
+            "Clip" => self.clip(n, label)?,
+            "Add" => self.add(n, label)?,
+            "GlobalAveragePool" | "ReduceMean" => self.pool(n, label)?,
             "Flatten" | "Reshape" | "Squeeze" => match self.val(label, input(0))? {
                 Val::Pooled { .. } | Val::Flat => {
                     if n.op_type() == "Flatten" && attr(n, "axis").is_some_and(|a| a.i() != 1) {
@@ -673,53 +760,7 @@ impl Walk<'_> {
                 }
                 _ => return Err(self.err(label, "it does not flatten the pooled features")),
             },
-            "Gemm" | "MatMul" => {
-                match self.val(label, input(0))? {
-                    Val::Flat | Val::Pooled { keep: false } => {}
-                    _ => return Err(self.err(label, "its input is not the pooled, flattened features")),
-                }
-                let (wd, w) = self.konst(label, input(1))?;
-                let [r, c] = wd[..] else {
-                    return Err(self.err(label, format!("weights of rank {}, expected 2", wd.len())));
-                };
-                let float = |name: &str, d: f32| attr(n, name).map_or(d, |a| a.f());
-                let int = |name: &str| attr(n, name).map_or(0, |a| a.i());
-                let gemm = n.op_type() == "Gemm";
-                if gemm && (int("transA") != 0 || float("alpha", 1.0) != 1.0 || float("beta", 1.0) != 1.0) {
-                    return Err(self.err(label, "a Gemm with transA, alpha or beta"));
-                }
-                let trans_b = gemm && int("transB") != 0;
-                // To `[out, in]`.
-                let transpose = |w: &[f32]| {
-                    let mut t = vec![0f32; r * c];
-                    for i in 0..r {
-                        for o in 0..c {
-                            t[o * r + i] = w[i * c + o];
-                        }
-                    }
-                    t
-                };
-                // The integers of int8 weights quantised per output channel (or per tensor).
-                self.netq.head_weights = match self.dq_weights.get(input(1)) {
-                    Some((q, None | Some(0))) if trans_b => Some(q.clone()),
-                    Some((q, None | Some(1))) if !trans_b => {
-                        let t = transpose(&q.iter().map(|&v| v as f32).collect::<Vec<_>>());
-                        Some(t.iter().map(|&v| v as i64).collect())
-                    }
-                    _ => None,
-                };
-                let (weight, shape) = if trans_b { (w, [r, c]) } else { (transpose(&w), [c, r]) };
-                let bias = match (gemm, input(2)) {
-                    (true, "") => Some(vec![0.0; shape[0]]),
-                    (true, b) => Some(self.konst(label, b)?.1),
-                    (false, _) => None,
-                };
-                if self.fc.is_some() {
-                    return Err(self.err(label, "a second fully connected layer"));
-                }
-                self.fc = Some((label.to_string(), shape, weight, bias));
-                self.set(n, if gemm { Val::Logits } else { Val::Matmul });
-            }
+            "Gemm" | "MatMul" => self.fully_connected(n, label)?,
             "QuantizeLinear" => self.quantize(n, label)?,
             "DequantizeLinear" => self.dequantize(n, label)?,
             "Softmax" => match self.val(label, input(0))? {

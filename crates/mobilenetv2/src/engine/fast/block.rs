@@ -4,9 +4,9 @@ use std::ops::Range;
 use std::time::Instant;
 
 use mnv2_kernels::dwconv::DwRow;
+use mnv2_kernels::exec::{Rows, RowsMut};
 use mnv2_kernels::stem::{Image, StemGeom};
 
-use super::rows::{Rows, SharedBuf};
 use super::schedule::Geo;
 use super::Net;
 
@@ -14,7 +14,7 @@ use super::Net;
 pub(super) enum Src<'a, T> {
     /// The stem's output rows, computed from the image on demand.
     Image(Image<'a>, StemGeom),
-    Rows(Rows<T>),
+    Rows(Rows<'a, T>),
 }
 
 impl<T> Clone for Src<'_, T> {
@@ -32,29 +32,26 @@ pub(super) struct Hidden<'a, H> {
     pub ops: Option<&'a mut [f64; 3]>,
 }
 
-impl<H> Hidden<'_, H> {
-    /// Adds the time since `*t` to operation `op` and restarts `t` (profiling only).
-    fn lap(&mut self, op: usize, t: &mut Option<Instant>) {
-        if let (Some(ops), Some(t0)) = (self.ops.as_deref_mut(), t.as_mut()) {
-            ops[op] += t0.elapsed().as_secs_f64();
-            *t0 = Instant::now();
-        }
+/// Adds the time since `*t` to operation `op` and restarts `t` (profiling only).
+fn lap(ops: &mut Option<&mut [f64; 3]>, op: usize, t: &mut Option<Instant>) {
+    if let (Some(ops), Some(t0)) = (ops.as_deref_mut(), t.as_mut()) {
+        ops[op] += t0.elapsed().as_secs_f64();
+        *t0 = Instant::now();
     }
 }
 
 /// Output rows `oy` of block `k` into `out`: expanded rows (those not already in the ring)
 /// -> depthwise into `band` -> projection with the residual in its epilogue.
 ///
-/// The caller guarantees that the input rows the band reads are present in `src` and that no
-/// other thread writes them or the output rows while this runs. `stem` is scratch for one
-/// f32 stem row.
+/// The input rows the band reads must be present in `src`. `stem` is scratch for one f32
+/// stem row.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn band<N: Net>(
     net: &N,
     k: usize,
     g: &Geo,
     src: Src<N::T>,
-    out: Rows<N::T>,
+    out: &mut RowsMut<N::T>,
     oy: Range<usize>,
     hidden: &mut Hidden<N::H>,
     band: &mut [N::T],
@@ -64,17 +61,16 @@ pub(super) fn band<N: Net>(
     let (lo, hi) = g.hidden_rows(oy.clone());
     let mut t = hidden.ops.is_some().then(Instant::now);
     let ring_row = g.w_in * g.hidden;
-    let ring = (g.ring > 0).then(|| Rows::new(SharedBuf::new(hidden.ring), ring_row, g.ring));
+    let mut ring = (g.ring > 0).then(|| RowsMut::new(&mut *hidden.ring, ring_row, g.ring));
     // 1. Expanded rows lo..=hi into the ring, each computed once per block.
-    if let Some(ring) = ring {
+    if let Some(ring) = ring.as_mut() {
         let mut r = hidden.next.max(lo);
         while r <= hi {
             let mut end = ring.run_end(r, hi + 1);
             if let Src::Rows(input) = src {
                 end = input.run_end(r, end);
             }
-            // SAFETY: the ring is this call's own (borrowed mutably through `hidden`).
-            let dst = unsafe { ring.rows_mut(r, end) };
+            let dst = ring.rows_mut(r, end);
             match src {
                 Src::Image(img, sg) => {
                     for (j, row) in dst.chunks_exact_mut(ring_row).enumerate() {
@@ -82,8 +78,7 @@ pub(super) fn band<N: Net>(
                     }
                 }
                 Src::Rows(input) => {
-                    // SAFETY: the caller guarantees the input rows are present and unwritten.
-                    let a = unsafe { input.rows(r, end) };
+                    let a = input.rows(r, end);
                     net.expand(k, (end - r) * g.w_in, a, g.cin, dst, g.hidden);
                 }
             }
@@ -91,10 +86,11 @@ pub(super) fn band<N: Net>(
         }
         hidden.next = hidden.next.max(hi + 1);
     }
-    hidden.lap(0, &mut t);
+    lap(&mut hidden.ops, 0, &mut t);
     // 2. Depthwise, one output row at a time, into the band buffer.
     let band_row = g.w_out * g.hidden;
     let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
+    let ring = ring.as_ref().map(|r| r.as_rows());
     for y in oy0..oy1 {
         let row_of = |ky: usize| -> Option<usize> {
             let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
@@ -103,21 +99,17 @@ pub(super) fn band<N: Net>(
         let dst = &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row];
         match (ring, src) {
             (Some(ring), _) => {
-                // SAFETY: rows lo..=hi were computed into the ring above.
-                let rows3: [Option<&[N::H]>; 3] =
-                    std::array::from_fn(|ky| row_of(ky).map(|iy| unsafe { ring.rows(iy, iy + 1) }));
+                let rows3: [Option<&[N::H]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| ring.rows(iy, iy + 1)));
                 net.dw_row(k, rows3, dwg, dst);
             }
             (None, Src::Rows(input)) => {
-                // SAFETY: the caller guarantees the input rows are present and unwritten.
-                let rows3: [Option<&[N::T]>; 3] =
-                    std::array::from_fn(|ky| row_of(ky).map(|iy| unsafe { input.rows(iy, iy + 1) }));
+                let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| input.rows(iy, iy + 1)));
                 net.dw_row_input(k, rows3, dwg, dst);
             }
             (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
         }
     }
-    hidden.lap(1, &mut t);
+    lap(&mut hidden.ops, 1, &mut t);
     // 3. Projection, in runs contiguous in the output (and residual) rows.
     let mut r = oy0;
     while r < oy1 {
@@ -125,16 +117,14 @@ pub(super) fn band<N: Net>(
         let residual = match src {
             Src::Rows(input) if g.residual => {
                 end = input.run_end(r, end);
-                // SAFETY: residual rows are input rows r..end, present and unwritten.
-                Some((unsafe { input.rows(r, end) }, g.cin))
+                Some((input.rows(r, end), g.cin))
             }
             _ => None,
         };
         let a = &band[(r - oy0) * band_row..(end - oy0) * band_row];
-        // SAFETY: the caller owns output rows oy0..oy1.
-        let dst = unsafe { out.rows_mut(r, end) };
+        let dst = out.rows_mut(r, end);
         net.project(k, (end - r) * g.w_out, a, g.hidden, dst, g.cout, residual);
         r = end;
     }
-    hidden.lap(2, &mut t);
+    lap(&mut hidden.ops, 2, &mut t);
 }

@@ -5,10 +5,10 @@ use std::ops::Range;
 
 use mnv2_kernels::gemm::{gemm, gemm_panels, PackedGemm};
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
-use mnv2_kernels::{Isa, MinMax};
+use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::{check_structure, minmax, Net};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
 use crate::plan::Plan;
 
@@ -30,28 +30,30 @@ impl F32Net {
     /// Packs the folded weights of `plan`'s layers (taking them out of `folded`).
     pub fn new(plan: &Plan, folded: &mut FoldedLayers, isa: Isa) -> Result<F32Net> {
         check_structure(plan)?;
+        let tier =
+            Tier::new(isa).ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
         let layers = &plan.layers;
         let (last_conv, cls) = (plan.last_conv, plan.classifier("the fast engine")?.classifier);
         let act = |i: usize| minmax(layers[i].conv().expect("conv layer").activation);
         let f = folded.take(0);
-        let stem = (PackedStem::new(isa, &f.weights, layers[0].output.c, &f.bias), act(0));
+        let stem = (PackedStem::new(tier, &f.weights, layers[0].output.c, &f.bias), act(0));
         let mut blocks = Vec::new();
         for b in &plan.blocks {
             let expand = b.expand.map(|i| {
                 let f = folded.take(i);
-                (PackedGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
+                (PackedGemm::new(tier, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
             });
             let f = folded.take(b.depthwise);
-            let dw = (PackedDw::new(isa, &f.weights, b.hidden, &f.bias), act(b.depthwise));
+            let dw = (PackedDw::new(tier, &f.weights, b.hidden, &f.bias), act(b.depthwise));
             let f = folded.take(b.project);
-            let project = (PackedGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
+            let project = (PackedGemm::new(tier, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
             blocks.push(Block { expand, dw, project });
         }
         let f = folded.take(last_conv);
         let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
-        let last = (PackedGemm::new(isa, &f.weights, l_in, l_out, &f.bias), act(last_conv));
+        let last = (PackedGemm::new(tier, &f.weights, l_in, l_out, &f.bias), act(last_conv));
         let f = folded.take(cls);
-        let classifier = PackedGemm::new(isa, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias);
+        let classifier = PackedGemm::new(tier, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias);
         Ok(F32Net { isa, stem, blocks, last, classifier })
     }
 }

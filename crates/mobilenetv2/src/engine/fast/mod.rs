@@ -15,12 +15,10 @@
 //! synchronisation. A single image is split by output rows inside every block (each thread
 //! recomputes the one or two expanded rows at the seam), with a barrier between blocks; in
 //! streaming mode the chained blocks run on the first thread.
-#![allow(unsafe_code)]
 
 mod block;
 mod f32net;
 mod qnet;
-mod rows;
 mod schedule;
 
 use std::ops::Range;
@@ -32,11 +30,11 @@ use mnv2_kernels::dwconv::DwRow;
 use mnv2_kernels::stem::{Image, Layout, StemGeom};
 use mnv2_kernels::{AlignedVec, Isa, MinMax};
 
-use super::pool::{Pool, SpinBarrier};
+use mnv2_kernels::exec::{share, Phase, Pool, Rows, RowsMut, Team, Turns};
+
 use crate::error::{Error, Result};
 use crate::plan::{ConvKind, Plan, Role};
 use block::{Hidden, Src};
-use rows::{Rows, SharedBuf};
 use schedule::Schedule;
 
 pub(crate) use f32net::F32Net;
@@ -136,14 +134,6 @@ struct Scratch<T: Zeroable, H: Zeroable> {
 /// Per chained block (streaming mode): its ring of expanded rows, the ring of its output rows.
 type ChainRings<T, H> = Vec<(AlignedVec<H>, AlignedVec<T>)>;
 
-/// The activation buffers one forward pass writes: views of the ping-pong block outputs (shared
-/// by the threads of a split image) and the chain rings (the first thread's).
-struct Bufs<'a, T: Zeroable, H: Zeroable> {
-    x: SharedBuf<T>,
-    y: SharedBuf<T>,
-    chain: &'a mut ChainRings<T, H>,
-}
-
 /// Buffers of one image in flight: the ping-pong block outputs and the chain rings.
 struct Acts<T: Zeroable, H: Zeroable> {
     x: AlignedVec<T>,
@@ -211,47 +201,45 @@ pub(crate) struct FastEngine<N: Net> {
 
 struct State<T: Zeroable, H: Zeroable> {
     schedule: Schedule,
+    /// The phases of one image split across the threads (see [`phases`]).
+    phases: Vec<Phase>,
     scratch: Vec<Mutex<Scratch<T, H>>>,
     acts: Vec<Mutex<Acts<T, H>>>,
-    partial: Mutex<AlignedVec>,
-    logits: Mutex<AlignedVec>,
-    barrier: SpinBarrier,
+    /// Per thread: its pooled sums, then its columns of the logits (two halves).
+    slots: Mutex<Vec<f32>>,
 }
 
-/// Thread `tid`'s share of `n` items split as evenly as possible among `threads`.
-fn share(tid: usize, threads: usize, n: usize) -> Range<usize> {
-    let per = n / threads;
-    let extra = n % threads;
-    let start = tid * per + tid.min(extra);
-    start..start + per + usize::from(tid < extra)
-}
-
-/// How one image is shared among the pool's threads.
-struct Split<'a> {
-    tid: usize,
-    threads: usize,
-    barrier: &'a SpinBarrier,
-    /// Per thread: its pooled sums (`last_c` values each).
-    partial: SharedBuf,
-    /// Per thread: its columns of the logits (`classes` values each).
-    logits: SharedBuf,
-}
-
-impl Split<'_> {
-    fn single() -> Split<'static> {
-        static ONE: std::sync::OnceLock<SpinBarrier> = std::sync::OnceLock::new();
-        Split {
-            tid: 0,
-            threads: 1,
-            barrier: ONE.get_or_init(|| SpinBarrier::new(1)),
-            partial: SharedBuf::new(&mut []),
-            logits: SharedBuf::new(&mut []),
-        }
+/// The phases of one image in the order [`FastEngine::image`] runs them: the stem (unless the
+/// first block computes it), the chained blocks (streaming), every other block, the pooled
+/// sums and the logits.
+fn phases(s: &Schedule) -> Vec<Phase> {
+    let mut v = Vec::new();
+    if !s.stem_fused {
+        v.push(Phase::Rows { rows: s.stem_out.h, row_len: s.stem_out.w * s.stem_out.c });
     }
+    let out = |g: &schedule::Geo| Phase::Rows { rows: g.h_out, row_len: g.w_out * g.cout };
+    if s.chain > 0 {
+        v.push(out(&s.geos[s.chain - 1]));
+    }
+    v.extend(s.geos[s.chain..].iter().map(out));
+    v.push(Phase::Gather { len: s.last_c });
+    v.push(Phase::Gather { len: s.classes });
+    v
+}
 
-    /// This thread's share of `n` rows.
-    fn rows(&self, n: usize) -> Range<usize> {
-        share(self.tid, self.threads, n)
+/// Where a phase reads its input rows: the image, or the buffer the previous phase wrote.
+#[derive(Clone, Copy)]
+enum Prev {
+    Image,
+    Rows { row_len: usize, cap: usize },
+}
+
+impl Prev {
+    fn src<'a, T>(self, img: Image<'a>, sch: &Schedule, input: &'a [T]) -> Src<'a, T> {
+        match self {
+            Prev::Image => Src::Image(img, sch.stem_geom),
+            Prev::Rows { row_len, cap } => Src::Rows(Rows::new(input, row_len, cap)),
+        }
     }
 }
 
@@ -306,9 +294,9 @@ impl<N: Net> FastEngine<N> {
                 })
                 .collect();
             let acts = (0..t).map(|_| Mutex::new(Acts::new(&schedule))).collect();
-            let partial = Mutex::new(AlignedVec::zeros(t * schedule.last_c));
-            let logits = Mutex::new(AlignedVec::zeros(t * schedule.classes));
-            *guard = Some(State { schedule, scratch, acts, partial, logits, barrier: SpinBarrier::new(t) });
+            let slots = Mutex::new(vec![0f32; 2 * t * schedule.last_c.max(schedule.classes)]);
+            let phases = phases(&schedule);
+            *guard = Some(State { schedule, phases, scratch, acts, slots });
         }
         guard.as_ref().expect("state set above")
     }
@@ -352,99 +340,89 @@ impl<N: Net> FastEngine<N> {
             // Profiling: one thread, one image at a time, timed stage by stage.
             let mut sc = st.scratch[0].lock().unwrap();
             let mut acts = st.acts[0].lock().unwrap();
-            let acts = &mut *acts;
-            let (x, y) = (SharedBuf::new(&mut acts.x), SharedBuf::new(&mut acts.y));
+            let Acts { x, y, chain } = &mut *acts;
             for i in 0..n {
                 let out = &mut logits[i * classes..(i + 1) * classes];
                 let timer = Timer { prof: Some(&mut *p), t: Instant::now() };
-                self.image(sch, img(i), Bufs { x, y, chain: &mut acts.chain }, &mut sc, &Split::single(), out, timer);
+                let team = Team::new(x, y, &mut [], 1, &st.phases);
+                self.image(sch, img(i), &mut team.member(0), chain, &mut sc, out, timer);
             }
             return logits;
         }
         if n == 1 && threads > 1 {
-            let out = SharedBuf::new(&mut logits);
-            let mut partial = st.partial.lock().unwrap();
-            let partial = SharedBuf::new(&mut partial);
-            let mut logit_parts = st.logits.lock().unwrap();
-            let logit_parts = SharedBuf::new(&mut logit_parts);
-            // Thread 0's buffers hold the image; every thread writes disjoint rows of x and y
-            // between barriers, and only thread 0 uses the chain rings.
+            let mut slots = st.slots.lock().unwrap();
+            // Thread 0's buffers hold the image: every thread writes its rows of x and y in
+            // turns (see `Team`), and only thread 0 uses the chain rings.
             let mut acts0 = st.acts[0].lock().unwrap();
-            let acts0 = &mut *acts0;
-            let (x, y) = (SharedBuf::new(&mut acts0.x), SharedBuf::new(&mut acts0.y));
-            let chain0 = Mutex::new(&mut acts0.chain);
+            let Acts { x, y, chain } = &mut *acts0;
+            let team = Team::new(x, y, &mut slots, threads, &st.phases);
+            let chain0 = Mutex::new(Some(chain));
+            // Only thread 0 writes the logits (after the last phase).
+            let out0 = Mutex::new(Some(&mut logits[..]));
             let job = |tid: usize| {
-                let _g = st.barrier.guard();
+                let mut turns = team.member(tid);
                 let mut sc = st.scratch[tid].lock().unwrap();
-                let split = Split { tid, threads, barrier: &st.barrier, partial, logits: logit_parts };
-                // SAFETY: only thread 0 writes the logits (after the last barrier).
-                let out = unsafe { out.slice_mut(0..if tid == 0 { classes } else { 0 }) };
+                let out = if tid == 0 { out0.lock().unwrap().take() } else { None };
                 // Each thread streams its own share of the chained blocks, in its own rings.
                 let mut own = if tid == 0 { None } else { Some(st.acts[tid].lock().unwrap()) };
-                let mut first = if tid == 0 { Some(chain0.lock().unwrap()) } else { None };
-                let chain: &mut ChainRings<N::T, N::H> = match (own.as_deref_mut(), first.as_deref_mut()) {
+                let first = if tid == 0 { chain0.lock().unwrap().take() } else { None };
+                let chain: &mut ChainRings<N::T, N::H> = match (own.as_deref_mut(), first) {
                     (Some(a), _) => &mut a.chain,
                     (None, Some(c)) => c,
                     (None, None) => unreachable!("thread 0 has the first rings"),
                 };
-                self.image(
-                    sch,
-                    img(0),
-                    Bufs { x, y, chain },
-                    &mut sc,
-                    &split,
-                    out,
-                    Timer { prof: None, t: Instant::now() },
-                );
+                let out: &mut [f32] = out.unwrap_or(&mut []);
+                let timer = Timer { prof: None, t: Instant::now() };
+                self.image(sch, img(0), &mut turns, chain, &mut sc, out, timer);
             };
             self.pool.run(&job);
             return logits;
         }
         // Several images (or one thread): each thread takes whole images.
-        let out = SharedBuf::new(&mut logits);
+        let outs: Vec<Mutex<&mut [f32]>> = logits.chunks_mut(classes.max(1)).map(Mutex::new).collect();
         let job = |tid: usize| {
             let mut sc = st.scratch[tid].lock().unwrap();
             let mut acts = st.acts[tid].lock().unwrap();
-            let acts = &mut *acts;
-            let (x, y) = (SharedBuf::new(&mut acts.x), SharedBuf::new(&mut acts.y));
+            let Acts { x, y, chain } = &mut *acts;
             for i in (tid..n).step_by(threads) {
-                // SAFETY: image i's logits are written by one thread only.
-                let o = unsafe { out.slice_mut(i * classes..(i + 1) * classes) };
+                // Image i's logits are written by this thread only.
+                let mut o = outs[i].lock().unwrap();
                 let timer = Timer { prof: None, t: Instant::now() };
-                self.image(sch, img(i), Bufs { x, y, chain: &mut acts.chain }, &mut sc, &Split::single(), o, timer);
+                let team = Team::new(&mut *x, &mut *y, &mut [], 1, &st.phases);
+                self.image(sch, img(i), &mut team.member(0), chain, &mut sc, &mut o, timer);
             }
         };
         self.pool.run(&job);
+        drop(outs);
         logits
     }
 
-    /// One image, on one thread or split across the pool's threads (`sp`).
+    /// One image, on one thread or split across the threads of a team (`turns`).
     #[allow(clippy::too_many_arguments)]
     fn image(
         &self,
         sch: &Schedule,
         img: Image,
-        bufs: Bufs<N::T, N::H>,
+        turns: &mut Turns<N::T>,
+        chain_bufs: &mut ChainRings<N::T, N::H>,
         sc: &mut Scratch<N::T, N::H>,
-        sp: &Split,
         out: &mut [f32],
         mut timer: Timer,
     ) {
         let net = &self.net;
-        let Bufs { mut x, mut y, chain: chain_bufs } = bufs;
-        let mut src = Src::Image(img, sch.stem_geom);
+        let (tid, threads) = (turns.tid(), turns.threads());
+        let mut prev = Prev::Image;
         if !sch.stem_fused {
             let s = sch.stem_out;
-            let rows = sp.rows(s.h);
             let len = s.w * s.c;
-            // SAFETY: threads write disjoint rows; the barrier orders them before the reads.
-            let dst = unsafe { y.slice_mut(rows.start * len..rows.end * len) };
-            for (i, oy) in rows.enumerate() {
-                net.stem_row_act(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
-            }
-            sp.barrier.wait();
-            std::mem::swap(&mut x, &mut y);
-            src = Src::Rows(Rows::new(x, len, s.h));
+            turns.rows(|_, mut dst| {
+                let rows = dst.window_rows();
+                let dst = dst.values_mut();
+                for (i, oy) in rows.enumerate() {
+                    net.stem_row_act(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
+                }
+            });
+            prev = Prev::Rows { row_len: len, cap: s.h };
             timer.tick(0, || "features.0 stem".into());
         }
         let first_stage = usize::from(!sch.stem_fused);
@@ -454,65 +432,65 @@ impl<N: Net> FastEngine<N> {
             // share of the last one's rows (recomputing the few rows its share's receptive
             // field shares with the neighbour's).
             let last = sch.chain - 1;
-            let g = &sch.geos[last];
-            let rows = sp.rows(g.h_out);
-            if !rows.is_empty() {
+            let prof = timer.prof.as_deref_mut();
+            turns.rows(|input, mut out_rows| {
+                let rows = out_rows.window_rows();
+                if rows.is_empty() {
+                    return;
+                }
                 // The first row each chained block produces for this share.
                 let mut next_out = vec![0; sch.chain];
                 next_out[last] = rows.start;
                 for k in (1..sch.chain).rev() {
                     next_out[k - 1] = sch.geos[k].hidden_rows(next_out[k]..next_out[k] + 1).0;
                 }
-                let out_rows = Rows::new(y, g.w_out * g.cout, g.h_out);
                 let mut chain = Chain {
                     net,
                     sch,
-                    src,
+                    src: prev.src(img, sch, input),
                     acts: chain_bufs,
                     band: &mut sc.band,
                     stem: &mut sc.stem,
                     next_out,
                     hidden_next: vec![0; sch.chain],
-                    prof: timer.prof.as_deref_mut(),
+                    prof,
                     first_stage,
                 };
-                chain.produce(last, rows.end, out_rows);
-            }
-            sp.barrier.wait();
-            let g = &sch.geos[sch.chain - 1];
-            std::mem::swap(&mut x, &mut y);
-            src = Src::Rows(Rows::new(x, g.w_out * g.cout, g.h_out));
+                chain.produce(last, rows.end, &mut out_rows);
+            });
+            let g = &sch.geos[last];
+            prev = Prev::Rows { row_len: g.w_out * g.cout, cap: g.h_out };
             k0 = sch.chain;
             timer.t = Instant::now();
         }
         for k in k0..sch.geos.len() {
             let g = &sch.geos[k];
-            let out_rows = Rows::new(y, g.w_out * g.cout, g.h_out);
-            let rows = sp.rows(g.h_out);
             let ops = timer.prof.as_deref_mut().map(|p| {
                 p.block_ops.resize(sch.geos.len(), [0.0; 3]);
                 &mut p.block_ops[k]
             });
-            let mut hidden = Hidden { ring: &mut sc.ring, next: 0, ops };
-            let mut oy = rows.start;
-            while oy < rows.end {
-                let end = (oy + g.band).min(rows.end);
-                block::band(net, k, g, src, out_rows, oy..end, &mut hidden, &mut sc.band, &mut sc.stem);
-                oy = end;
-            }
-            sp.barrier.wait();
-            src = Src::Rows(out_rows);
-            std::mem::swap(&mut x, &mut y);
+            turns.rows(|input, mut out_rows| {
+                let src = prev.src(img, sch, input);
+                let rows = out_rows.window_rows();
+                let mut hidden = Hidden { ring: &mut sc.ring, next: 0, ops };
+                let mut oy = rows.start;
+                while oy < rows.end {
+                    let end = (oy + g.band).min(rows.end);
+                    block::band(net, k, g, src, &mut out_rows, oy..end, &mut hidden, &mut sc.band, &mut sc.stem);
+                    oy = end;
+                }
+            });
+            prev = Prev::Rows { row_len: g.w_out * g.cout, cap: g.h_out };
             timer.tick(first_stage + k, || format!("features.{} block", k + 1));
         }
         let stages = first_stage + sch.geos.len();
-        // SAFETY: all threads only read x now.
-        let last_in = unsafe { x.slice(0..sch.last_in.len()) };
+        let last_len = sch.last_in.len();
+        let my_rows = share(tid, threads, sch.last_in.h);
         sc.pooled.fill(0.0);
-        self.last_rows(sch, last_in, sp.rows(sch.last_in.h), sc);
         let c = sch.last_c;
         let inv = 1.0 / (sch.last_in.h * sch.last_in.w) as f32;
-        if sp.threads == 1 {
+        if threads == 1 {
+            turns.read(|x| self.last_rows(sch, &x[..last_len], my_rows, sc));
             let pooled: Vec<f32> = sc.pooled.iter().map(|v| v * inv).collect();
             timer.tick(stages, || "last conv + pool".into());
             net.classify(&pooled, out, 0..net.classifier_panels().0);
@@ -521,28 +499,28 @@ impl<N: Net> FastEngine<N> {
         }
         // Split image: the pooled sums of every thread's rows, then the classifier shared by
         // column panels (it streams megabytes of weights; two threads read them twice as fast).
-        // SAFETY: each thread writes its own slot.
-        unsafe { sp.partial.slice_mut(sp.tid * c..(sp.tid + 1) * c) }.copy_from_slice(&sc.pooled);
-        sp.barrier.wait();
-        // SAFETY: the barrier ordered every slot's write before these reads.
-        let parts = unsafe { sp.partial.slice(0..sp.threads * c) };
-        let pooled: Vec<f32> = (0..c).map(|j| (0..sp.threads).map(|t| parts[t * c + j]).sum::<f32>() * inv).collect();
+        let pooled: Vec<f32> = turns.gather(
+            |x, slot| {
+                self.last_rows(sch, &x[..last_len], my_rows, sc);
+                slot.copy_from_slice(&sc.pooled);
+            },
+            |parts| (0..c).map(|j| (0..threads).map(|t| parts[t * c + j]).sum::<f32>() * inv).collect(),
+        );
         let (panels, nr) = net.classifier_panels();
-        let my_panels = share(sp.tid, sp.threads, panels);
+        let my_panels = share(tid, threads, panels);
         let classes = sch.classes;
-        // SAFETY: each thread writes its own slot of the logits scratch.
-        let mine = unsafe { sp.logits.slice_mut(sp.tid * classes..(sp.tid + 1) * classes) };
-        net.classify(&pooled, mine, my_panels);
-        sp.barrier.wait();
-        if sp.tid == 0 {
-            // SAFETY: the barrier ordered every thread's logits before these reads.
-            let all = unsafe { sp.logits.slice(0..sp.threads * classes) };
-            for t in 0..sp.threads {
-                let cols = share(t, sp.threads, panels);
-                let (a, b) = ((cols.start * nr).min(classes), (cols.end * nr).min(classes));
-                out[a..b].copy_from_slice(&all[t * classes + a..t * classes + b]);
-            }
-        }
+        turns.gather(
+            |_, mine| net.classify(&pooled, mine, my_panels),
+            |all| {
+                if tid == 0 {
+                    for t in 0..threads {
+                        let cols = share(t, threads, panels);
+                        let (a, b) = ((cols.start * nr).min(classes), (cols.end * nr).min(classes));
+                        out[a..b].copy_from_slice(&all[t * classes + a..t * classes + b]);
+                    }
+                }
+            },
+        );
     }
 
     /// Last 1x1 convolution over input rows `rows`, summed into `sc.pooled` band by band.
@@ -575,36 +553,39 @@ struct Chain<'a, 'p, N: Net> {
 }
 
 impl<N: Net> Chain<'_, '_, N> {
-    /// The output rows of chained block `k`: a ring, or `last_out` for the last one.
-    fn out_rows(&mut self, k: usize, last_out: Rows<N::T>) -> Rows<N::T> {
-        let g = &self.sch.geos[k];
-        match self.sch.chain_out_cap.get(k) {
-            Some(&cap) => Rows::new(SharedBuf::new(&mut self.acts[k].1), g.w_out * g.cout, cap),
-            None => last_out,
-        }
-    }
-
-    /// Makes output rows `..upto` of chained block `k` available.
-    fn produce(&mut self, k: usize, upto: usize, last_out: Rows<N::T>) {
+    /// Makes output rows `..upto` of chained block `k` available: in its ring, or in
+    /// `last_out` for the last one.
+    fn produce(&mut self, k: usize, upto: usize, last_out: &mut RowsMut<N::T>) {
         let g = self.sch.geos[k];
         while self.next_out[k] < upto {
             let oy0 = self.next_out[k];
             let oy1 = (oy0 + g.band).min(g.h_out);
             let (_, hi) = g.hidden_rows(oy0..oy1);
-            let src = if k == 0 {
-                self.src
-            } else {
+            if k > 0 {
                 self.produce(k - 1, hi + 1, last_out);
-                Src::Rows(self.out_rows(k - 1, last_out))
-            };
+            }
             let t = Instant::now();
-            let out = self.out_rows(k, last_out);
             let ops = self.prof.as_deref_mut().map(|p| {
                 p.block_ops.resize(self.sch.geos.len(), [0.0; 3]);
                 &mut p.block_ops[k]
             });
-            let mut hidden = Hidden { ring: &mut self.acts[k].0, next: self.hidden_next[k], ops };
-            block::band(self.net, k, &g, src, out, oy0..oy1, &mut hidden, self.band, self.stem);
+            let (before, rest) = self.acts.split_at_mut(k);
+            let src = if k == 0 {
+                self.src
+            } else {
+                let gp = &self.sch.geos[k - 1];
+                Src::Rows(Rows::new(&before[k - 1].1[..], gp.w_out * gp.cout, self.sch.chain_out_cap[k - 1]))
+            };
+            let (hidden_ring, out_ring) = &mut rest[0];
+            let mut hidden = Hidden { ring: &mut hidden_ring[..], next: self.hidden_next[k], ops };
+            let (band, stem) = (&mut *self.band, &mut *self.stem);
+            match self.sch.chain_out_cap.get(k) {
+                Some(&cap) => {
+                    let mut out = RowsMut::new(&mut out_ring[..], g.w_out * g.cout, cap);
+                    block::band(self.net, k, &g, src, &mut out, oy0..oy1, &mut hidden, band, stem);
+                }
+                None => block::band(self.net, k, &g, src, last_out, oy0..oy1, &mut hidden, band, stem),
+            }
             self.hidden_next[k] = hidden.next;
             self.next_out[k] = oy1;
             if let Some(p) = self.prof.as_deref_mut() {
@@ -613,6 +594,40 @@ impl<N: Net> Chain<'_, '_, N> {
                     || format!("features.{} block (streamed)", k + 1),
                     t.elapsed().as_secs_f64(),
                 );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{Engine, Isa, Mode, Options};
+    use crate::quant::{self, Method};
+    use crate::{Batch, Model, Spec};
+
+    /// Every kernel an engine packs is one the ISA it was asked for grants: a scalar engine
+    /// runs scalar kernels only (int8 included), and the names say what runs.
+    #[test]
+    fn engines_run_the_isa_they_are_given() {
+        let spec = Spec { classes: 5, ..Spec::new(0.35, 32) };
+        let model = Model::init(&spec, 1, true).unwrap();
+        let x = Batch::from_nchw(&[1, 3, 32, 32], &vec![0.5; 3 * 32 * 32]).unwrap();
+        let mut qmodel = model.clone();
+        qmodel.quant = Some(quant::calibrate(&model, std::slice::from_ref(&x), Method::MinMax).unwrap());
+        for isa in mnv2_kernels::isa::available() {
+            for m in [&model, &qmodel] {
+                let e = Engine::new(m, Options { mode: Mode::Fast, threads: 1, isa: Some(isa) }).unwrap();
+                let (_, names) = e.kernels();
+                assert!(!names.is_empty());
+                for n in names {
+                    let tier = n.rsplit('_').next().unwrap();
+                    let ok = match isa {
+                        Isa::Scalar => tier == "scalar",
+                        Isa::Avx2 => tier == "scalar" || tier == "avx2",
+                        Isa::Avx512 => tier != "avx2",
+                    };
+                    assert!(ok, "{n} in an engine asked for {}", isa.name());
+                }
             }
         }
     }

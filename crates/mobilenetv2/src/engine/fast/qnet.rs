@@ -16,7 +16,7 @@ use mnv2_kernels::qgemm::{
     qgemm, qgemm_panels, quantize_row, quantize_row_grid, quantize_weights, PackedQGemm, QOut, QParams, QResidual,
 };
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
-use mnv2_kernels::{Isa, MinMax};
+use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::{check_structure, minmax, Net};
 use crate::error::{Error, Result};
@@ -30,15 +30,15 @@ use crate::qscheme::QuantSpec;
 pub(crate) trait RingElem: Zeroable + Default {
     /// The depthwise kernel stages u8 rows into f32 itself.
     const STAGED: bool;
-    fn stem(row: &[f32], out: &mut [Self], q: QParams);
+    fn stem(tier: Tier, row: &[f32], out: &mut [Self], q: QParams);
     fn qout(c: &mut [Self], ldc: usize, q: QParams) -> QOut<'_>;
     fn dw(w: &PackedDw, rows: [Option<&[Self]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams);
 }
 
 impl RingElem for u8 {
     const STAGED: bool = true;
-    fn stem(row: &[f32], out: &mut [u8], q: QParams) {
-        quantize_row(row, out, q);
+    fn stem(tier: Tier, row: &[f32], out: &mut [u8], q: QParams) {
+        quantize_row(tier, row, out, q);
     }
     fn qout(c: &mut [u8], ldc: usize, q: QParams) -> QOut<'_> {
         QOut::U8 { c, ldc, q }
@@ -50,8 +50,8 @@ impl RingElem for u8 {
 
 impl RingElem for f32 {
     const STAGED: bool = false;
-    fn stem(row: &[f32], out: &mut [f32], q: QParams) {
-        quantize_row_grid(row, out, q);
+    fn stem(tier: Tier, row: &[f32], out: &mut [f32], q: QParams) {
+        quantize_row_grid(tier, row, out, q);
     }
     fn qout(c: &mut [f32], ldc: usize, q: QParams) -> QOut<'_> {
         QOut::GridF32 { c, ldc, q }
@@ -82,6 +82,8 @@ struct Block {
 pub(crate) struct QNet<H> {
     ring: PhantomData<H>,
     isa: Isa,
+    /// The tier every kernel call runs on.
+    tier: Tier,
     stem: (PackedStem, MinMax),
     /// The stem's output quantisation (the first block's expanded rows).
     stem_q: QParams,
@@ -95,6 +97,8 @@ impl<H: RingElem> QNet<H> {
     /// Quantises and packs the folded weights of `plan`'s layers (taking them out of `folded`).
     pub fn new(plan: &Plan, folded: &mut FoldedLayers, spec: &QuantSpec, isa: Isa) -> Result<QNet<H>> {
         check_structure(plan)?;
+        let tier =
+            Tier::new(isa).ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
         let unsupported = |what: &str| Err(Error::Unsupported(format!("the int8 engine does not run {what}")));
         let layers = &plan.layers;
         let relu6 = |i: usize| layers[i].conv().expect("conv").activation == Activation::Relu6;
@@ -116,7 +120,7 @@ impl<H: RingElem> QNet<H> {
         }
         let f = folded.take(0);
         let c0 = layers[0].output.c;
-        let stem = (PackedStem::new(isa, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
+        let stem = (PackedStem::new(tier, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
         let stem_q: QParams = spec.blocks[0].hidden.into();
         let mut blocks = Vec::new();
         let mut input = stem_q;
@@ -127,27 +131,27 @@ impl<H: RingElem> QNet<H> {
             }
             let expand = b.expand.map(|i| {
                 let f = folded.take(i);
-                PackedQGemm::new(isa, &f.weights, b.input.c, b.hidden, &f.bias, input)
+                PackedQGemm::new(tier, &f.weights, b.input.c, b.hidden, &f.bias, input)
             });
             let f = folded.take(b.depthwise);
             let w = int8_grid(&f.weights, 9, b.hidden);
-            let dw = (PackedDw::quantized(isa, &w, b.hidden, &f.bias, hidden), minmax(Activation::Relu6));
+            let dw = (PackedDw::quantized(tier, &w, b.hidden, &f.bias, hidden), minmax(Activation::Relu6));
             let proj = &layers[b.project];
             let f = folded.take(b.project);
             let act = minmax(proj.conv().expect("project").activation);
-            let project = (PackedQGemm::new(isa, &f.weights, b.hidden, b.output.c, &f.bias, dw_out), act);
+            let project = (PackedQGemm::new(tier, &f.weights, b.hidden, b.output.c, &f.bias, dw_out), act);
             blocks.push(Block { expand, dw, project, hidden, dw_out, input, output });
             input = output;
         }
         let (last_conv, cls_layer) = (plan.last_conv, plan.classifier("the int8 engine")?.classifier);
         let f = folded.take(last_conv);
         let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
-        let last = (PackedQGemm::new(isa, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6));
+        let last = (PackedQGemm::new(tier, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6));
         let cls = folded.take(cls_layer);
         let pooled: QParams = spec.pooled.into();
         let (c_in, c_out) = (layers[cls_layer].input.c, layers[cls_layer].output.c);
-        let classifier = PackedQGemm::new(isa, &cls.weights, c_in, c_out, &cls.bias, pooled);
-        Ok(QNet { ring: PhantomData, isa: last.0.isa, stem, stem_q, blocks, last, pooled, classifier })
+        let classifier = PackedQGemm::new(tier, &cls.weights, c_in, c_out, &cls.bias, pooled);
+        Ok(QNet { ring: PhantomData, isa: last.0.isa(), tier, stem, stem_q, blocks, last, pooled, classifier })
     }
 }
 
@@ -156,7 +160,7 @@ impl<H> QNet<H> {
     fn stem_into<E: RingElem>(&self, img: Image, oy: usize, g: StemGeom, out: &mut [E], scratch: &mut [f32]) {
         let row = &mut scratch[..out.len()];
         stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
-        E::stem(row, out, self.stem_q);
+        E::stem(self.tier, row, out, self.stem_q);
     }
 }
 
@@ -231,7 +235,7 @@ impl<H: RingElem> Net for QNet<H> {
 
     fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>) {
         let mut q = vec![0u8; pooled.len()];
-        quantize_row(pooled, &mut q, self.pooled);
+        quantize_row(self.tier, pooled, &mut q, self.pooled);
         let o = QOut::F32 { c: out, ldc: self.classifier.n };
         qgemm_panels(1, &q, q.len(), &self.classifier, o, MinMax::NONE, None, panels);
     }

@@ -90,7 +90,7 @@ impl Schedule {
         let stem = l0.conv().expect("stem");
         // The stem's output rows can feed the first block directly unless that block reads
         // them twice (an expand conv, or a residual).
-        let stem_fused = plan.blocks[0].expand.is_none() && !plan.blocks[0].residual;
+        let stem_fused = plan.stem_feeds_first_block();
         let band_pixels = if streaming { 14 } else { 64 };
         let geos_for = |chain: usize| -> Vec<Geo> {
             plan.blocks

@@ -1,13 +1,12 @@
 //! The engine's one thread pool: persistent workers that spin while work is coming.
 //!
 //! A batch-1 forward pass is ~20 parallel regions of 10-200 us each. Measured on the 2-core
-//! target VM (shared/design/dependencies.md section 5), rayon regions entered from outside
+//! target VM (the project's dependency notes), rayon regions entered from outside
 //! the pool were barely faster than sequential, and slower once its workers had parked,
 //! while a spinning helper stayed within 1.5-8% of ideal. So [`Pool::run`] hands one closure
 //! to every worker for a whole forward pass; inside it, threads meet at a [`SpinBarrier`]
 //! between layers. Idle workers spin briefly, then yield, then park on a condvar, so an idle
 //! engine costs no CPU.
-#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -39,6 +38,7 @@ struct SendJob(Job);
 // has finished with it.
 unsafe impl Send for SendJob {}
 
+/// A fixed set of threads that run one job at a time (see the module doc).
 pub struct Pool {
     threads: usize,
     shared: Arc<Shared>,
@@ -94,6 +94,7 @@ impl Pool {
         Pool { threads, shared, workers, running: Mutex::new(()) }
     }
 
+    /// Threads in all, the caller's included.
     pub fn threads(&self) -> usize {
         self.threads
     }
@@ -203,6 +204,7 @@ impl Drop for PoisonGuard<'_> {
 }
 
 impl SpinBarrier {
+    /// A barrier for `threads` threads.
     pub fn new(threads: usize) -> SpinBarrier {
         SpinBarrier {
             threads,
@@ -217,6 +219,8 @@ impl SpinBarrier {
         PoisonGuard(self)
     }
 
+    /// Returns once all `threads` threads have called `wait` (panics if the barrier is
+    /// poisoned).
     pub fn wait(&self) {
         if self.threads <= 1 {
             return;

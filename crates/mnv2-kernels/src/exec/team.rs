@@ -1,0 +1,264 @@
+//! The turns in which the threads of one pool job share two activation buffers.
+//!
+//! A split forward pass runs layer after layer on every thread: in each phase, every thread
+//! writes its own share of the rows of one buffer while reading anything of the other, and a
+//! barrier ends the phase; then the buffers swap roles. A [`Team`] holds the two buffers (and
+//! per-thread slots for reductions) for the length of the job, and hands each thread a
+//! [`Turns`] whose methods are the phases. Which rows a thread writes, and which buffer, come
+//! from the team's phase table and the phase count, never from the caller, so the writes of
+//! a phase are disjoint by construction and every read of a phase sees only data that the
+//! barrier ordered before it.
+
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::pool::SpinBarrier;
+use super::rows::RowsMut;
+
+/// Thread `tid`'s share of `n` items split as evenly as possible among `threads`.
+pub fn share(tid: usize, threads: usize, n: usize) -> Range<usize> {
+    let per = n / threads;
+    let extra = n % threads;
+    let start = tid * per + tid.min(extra);
+    start..start + per + usize::from(tid < extra)
+}
+
+/// What the threads do in one phase of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Each thread writes its share of `rows` rows of `row_len` values of the output buffer.
+    Rows {
+        /// Rows of the tensor written.
+        rows: usize,
+        /// Values per row.
+        row_len: usize,
+    },
+    /// Each thread writes its slot of `len` values; after the barrier every thread reads all
+    /// the slots.
+    Gather {
+        /// Values per thread.
+        len: usize,
+    },
+}
+
+/// A raw slice the team shares among its threads.
+struct Raw<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+/// Two ping-pong buffers and the reduction slots of one job, borrowed for its length.
+pub struct Team<'a, T> {
+    bufs: [Raw<T>; 2],
+    slots: Raw<f32>,
+    threads: usize,
+    phases: &'a [Phase],
+    barrier: SpinBarrier,
+    claimed: Vec<AtomicBool>,
+    _borrow: PhantomData<(&'a mut [T], &'a mut [f32], UnsafeCell<()>)>,
+}
+
+// SAFETY: the team hands its buffers out only through `Turns`, whose phases give each thread
+// disjoint writes and order every read after the writes it sees (see the module doc); `T:
+// Send` because another thread writes the values.
+unsafe impl<T: Send> Sync for Team<'_, T> {}
+// SAFETY: as above; the team owns mutable borrows of its buffers.
+unsafe impl<T: Send> Send for Team<'_, T> {}
+
+impl<'a, T> Team<'a, T> {
+    /// A team of `threads` threads over the buffers `x` (read in the first phase) and `y`
+    /// (written in the first phase), whose phases are `phases` in order. `slots` holds the
+    /// reductions: two halves of `threads` slots of the largest `Gather` phase (unused with
+    /// one thread).
+    pub fn new(
+        x: &'a mut [T],
+        y: &'a mut [T],
+        slots: &'a mut [f32],
+        threads: usize,
+        phases: &'a [Phase],
+    ) -> Team<'a, T> {
+        assert!(threads >= 1);
+        for p in phases {
+            match *p {
+                Phase::Rows { rows, row_len } => {
+                    assert!(rows * row_len <= x.len().min(y.len()), "phase {p:?} needs more than the buffers hold")
+                }
+                Phase::Gather { len } => {
+                    assert!(threads == 1 || 2 * threads * len <= slots.len(), "phase {p:?} needs more slots")
+                }
+            }
+        }
+        let raw = |v: &mut [T]| Raw { ptr: v.as_mut_ptr(), len: v.len() };
+        Team {
+            bufs: [raw(x), raw(y)],
+            slots: Raw { ptr: slots.as_mut_ptr(), len: slots.len() },
+            threads,
+            phases,
+            barrier: SpinBarrier::new(threads),
+            claimed: (0..threads).map(|_| AtomicBool::new(false)).collect(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The turns of thread `tid` (each `tid < threads` once; panics otherwise).
+    pub fn member(&self, tid: usize) -> Turns<'_, 'a, T> {
+        assert!(tid < self.threads, "thread {tid} of a team of {}", self.threads);
+        assert!(!self.claimed[tid].swap(true, Ordering::SeqCst), "thread {tid} joined the team twice");
+        Turns { team: self, tid, phase: 0, _guard: self.barrier.guard() }
+    }
+}
+
+/// One thread's side of a [`Team`]: its phases, in the order of the team's table.
+pub struct Turns<'t, 'a, T> {
+    team: &'t Team<'a, T>,
+    tid: usize,
+    phase: usize,
+    /// Poisons the barrier if this thread panics, so the others stop waiting.
+    _guard: super::pool::PoisonGuard<'t>,
+}
+
+impl<T> Turns<'_, '_, T> {
+    /// This thread's index in the team.
+    pub fn tid(&self) -> usize {
+        self.tid
+    }
+
+    /// Threads in the team.
+    pub fn threads(&self) -> usize {
+        self.team.threads
+    }
+
+    /// The current phase, checked against the kind the caller runs.
+    fn next(&self, what: &str) -> Phase {
+        let p = *self.team.phases.get(self.phase).unwrap_or_else(|| panic!("{what} past the last phase"));
+        p
+    }
+
+    /// The buffer this phase reads, whole.
+    fn input(&self) -> &[T] {
+        let b = &self.team.bufs[self.phase % 2];
+        // SAFETY: in this phase no thread writes this buffer (writes go to the other one, and
+        // gather phases write only slots); the barrier that ended the previous phase ordered
+        // its writes before this read; the slice does not outlive the phase (the callers'
+        // closures borrow it only for their call).
+        unsafe { std::slice::from_raw_parts(b.ptr, b.len) }
+    }
+
+    /// Reads the buffer written in the previous phase, without ending this phase (nobody
+    /// writes it in this phase).
+    pub fn read<R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
+        f(self.input())
+    }
+
+    /// Runs a `Rows` phase: `f(input, mine)` with the whole buffer written in the previous
+    /// phase and this thread's share of the rows of the other buffer, then waits for every
+    /// thread. Panics if the phase table says otherwise.
+    pub fn rows<R>(&mut self, f: impl FnOnce(&[T], RowsMut<'_, T>) -> R) -> R {
+        let Phase::Rows { rows, row_len } = self.next("a rows phase") else {
+            panic!("phase {} is not a rows phase", self.phase)
+        };
+        let mine = share(self.tid, self.team.threads, rows);
+        let out = &self.team.bufs[(self.phase + 1) % 2];
+        assert!(mine.end * row_len <= out.len);
+        // SAFETY: the shares of one phase are disjoint (`share` over the same table entry for
+        // every thread, whose tids are distinct), nobody reads this buffer in this phase, and
+        // the slice does not outlive the closure call, which returns before the barrier.
+        let data = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(mine.start * row_len), mine.len() * row_len) };
+        let r = f(self.input(), RowsMut::window(data, row_len, rows, mine));
+        self.wait();
+        r
+    }
+
+    /// Runs a `Gather` phase: `mine(input, slot)` fills this thread's slot (the buffer written
+    /// last is readable), the threads meet, and `all(slots)` reads every thread's slot in
+    /// order (`threads * len` values).
+    pub fn gather<R>(&mut self, mine: impl FnOnce(&[T], &mut [f32]), all: impl FnOnce(&[f32]) -> R) -> R {
+        let Phase::Gather { len } = self.next("a gather phase") else {
+            panic!("phase {} is not a gather phase", self.phase)
+        };
+        let threads = self.team.threads;
+        let slots = &self.team.slots;
+        // Two fixed halves, whatever the lengths of the phases that use them.
+        let half = (self.phase % 2) * (slots.len / 2);
+        assert!(threads * len <= slots.len / 2, "slots too short");
+        {
+            // SAFETY: each thread writes its own slot of this phase's half; the half of a phase
+            // is read only in the next phase, and written again two phases later, after every
+            // thread has passed the barrier that ends those reads.
+            let slot = unsafe { std::slice::from_raw_parts_mut(slots.ptr.add(half + self.tid * len), len) };
+            mine(self.input(), slot);
+        }
+        self.wait();
+        // SAFETY: the barrier ordered every slot's write before this read; in this phase the
+        // threads write only the other half.
+        let all_slots = unsafe { std::slice::from_raw_parts(slots.ptr.add(half), threads * len) };
+        all(all_slots)
+    }
+
+    fn wait(&mut self) {
+        self.team.barrier.wait();
+        self.phase += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Pool;
+
+    #[test]
+    fn phases_write_disjoint_shares_and_read_after_the_barrier() {
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            let (mut x, mut y) = (vec![0u32; 40], vec![0u32; 40]);
+            let mut slots = vec![0f32; 2 * threads * 4];
+            let phases = [
+                Phase::Rows { rows: 10, row_len: 4 },
+                Phase::Rows { rows: 7, row_len: 5 },
+                Phase::Gather { len: 4 },
+                Phase::Gather { len: 2 },
+            ];
+            let team = Team::new(&mut x, &mut y, &mut slots, threads, &phases);
+            let sums = std::sync::Mutex::new(Vec::new());
+            pool.run(&|tid| {
+                let mut t = team.member(tid);
+                t.rows(|_, mut out| {
+                    for r in share(tid, threads, 10) {
+                        out.rows_mut(r, r + 1).fill(r as u32 + 1);
+                    }
+                });
+                t.rows(|input, mut out| {
+                    // Every row of the previous phase is visible, whoever wrote it.
+                    assert!((0..10).all(|r| input[r * 4..r * 4 + 4].iter().all(|&v| v == r as u32 + 1)));
+                    for r in share(tid, threads, 7) {
+                        out.rows_mut(r, r + 1).fill(100 + r as u32);
+                    }
+                });
+                let total = t.gather(
+                    |input, slot| slot.fill(input[..35].iter().sum::<u32>() as f32 + tid as f32),
+                    |all| all.iter().sum::<f32>(),
+                );
+                t.gather(|_, slot| slot.fill(tid as f32), |all| assert_eq!(all.len(), 2 * threads));
+                sums.lock().unwrap().push(total);
+            });
+            let want: u32 = (0..7).map(|r| 5 * (100 + r)).sum();
+            let tids: u32 = (0..threads as u32).sum();
+            for s in sums.into_inner().unwrap() {
+                assert_eq!(s, 4.0 * (threads as u32 * want + tids) as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_joins_once() {
+        let (mut x, mut y) = (vec![0f32; 4], vec![0f32; 4]);
+        let team = Team::new(&mut x, &mut y, &mut [], 1, &[]);
+        let _a = team.member(0);
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.member(0);
+        }))
+        .is_err());
+    }
+}
