@@ -23,13 +23,13 @@ use crate::error::{Error, Result};
 pub enum Data {
     /// Floating point (f16, bf16 and f64 files are converted).
     F32(Vec<f32>),
-    /// 64-bit integers (BatchNorm's `num_batches_tracked`, ONNX shapes).
+    /// 64-bit integers (BatchNorm's `num_batches_tracked` in PyTorch files).
     I64(Vec<i64>),
-    /// 32-bit integers (int8 biases).
+    /// 32-bit integers, as stored.
     I32(Vec<i32>),
-    /// Signed bytes (int8 weights).
+    /// Signed bytes (the int8 format's weights).
     I8(Vec<i8>),
-    /// Unsigned bytes (int8 activations' zero points).
+    /// Unsigned bytes, as stored.
     U8(Vec<u8>),
 }
 
