@@ -9,3 +9,13 @@ cp "$D"/keras/*.h5 corpus/keras_h5/
 cp "$D"/keras/*.keras corpus/keras_zip/
 cp "$D"/tflite/*.tflite "$D"/int8/*.tflite corpus/tflite/
 cp ../tests/data/ssdlite/subgraph.pb corpus/tfgraph/
+# Issue 17's readers: the committed hostile corpus plus the fixtures.
+for t in pth safetensors npy image idx weights_load metadata; do
+  mkdir -p corpus/$t
+  cp ../tests/data/fuzz/$t/* corpus/$t/
+done
+cp ../tests/data/pth/*.pth corpus/pth/
+cp ../tests/data/pth/*.pth ../tests/data/train/optim.safetensors corpus/weights_load/
+cp ../tests/data/train/optim.safetensors corpus/safetensors/
+cp ../tests/data/pth/mnv2_w035_c10.logits.npy corpus/npy/
+cp ../tests/data/images/formats/* corpus/image/

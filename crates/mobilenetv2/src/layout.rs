@@ -66,6 +66,20 @@ pub fn hwio_to_oihw<T: Copy + Default>(w: &[T], d: ConvDims) -> Vec<T> {
     out
 }
 
+/// `OHWI` (TFLite's convolution filters) to `OIHW`.
+pub fn ohwi_to_oihw<T: Copy + Default>(w: &[T], d: ConvDims) -> Vec<T> {
+    assert_eq!(w.len(), d.len(), "weights of {d:?}");
+    let mut out = vec![T::default(); w.len()];
+    for o in 0..d.o {
+        for i in 0..d.i {
+            for t in 0..d.k * d.k {
+                out[d.oihw(o, i, t)] = w[(o * d.k * d.k + t) * d.i + i];
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +95,9 @@ mod tests {
             let src = ((o * d.i + i) * d.k + ky) * d.k + kx;
             let dst = ((ky * d.k + kx) * d.i + i) * d.o + o;
             assert_eq!(h[dst], w[src]);
+            // OHWI value (o, ky, kx, i) lands at OIHW (o, i, ky, kx).
+            let ohwi_src = ((o * d.k + ky) * d.k + kx) * d.i + i;
+            assert_eq!(ohwi_to_oihw(&w, d)[src], w[ohwi_src]);
         }
     }
 }

@@ -59,6 +59,7 @@ pub(crate) mod fold;
 pub mod fsutil;
 pub mod labels;
 pub mod layout;
+pub mod limits;
 pub mod model;
 pub mod names;
 pub mod npy;

@@ -62,7 +62,8 @@ pub struct Model {
 }
 
 fn meta_err(path: &Path, key: &str, value: &str, detail: impl Into<String>) -> Error {
-    Error::Metadata { path: path.into(), key: key.into(), value: value.into(), detail: detail.into() }
+    let value = crate::limits::clip(value, 200);
+    Error::Metadata { path: path.into(), key: key.into(), value, detail: detail.into() }
 }
 
 impl Model {
@@ -156,7 +157,12 @@ impl Model {
             None => None,
         };
         let preprocess = match file.metadata.get("preprocess") {
-            Some(s) => serde_json::from_str(s).map_err(|e| meta_err(&path, "preprocess", s, e.to_string()))?,
+            Some(s) => {
+                let p: Preprocess =
+                    serde_json::from_str(s).map_err(|e| meta_err(&path, "preprocess", s, e.to_string()))?;
+                p.validate().map_err(|e| meta_err(&path, "preprocess", s, e))?;
+                p
+            }
             None if spec.padding == Padding::Tf => Preprocess::tf(),
             None => Preprocess::imagenet(spec.height.min(spec.width_px)),
         };

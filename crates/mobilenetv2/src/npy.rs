@@ -59,10 +59,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
         .collect::<Result<Vec<_>>>()?;
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
     let body = &bytes[start + hlen..];
-    if body.len() != n * 4 {
+    let need = n.checked_mul(4).ok_or_else(|| bad(&format!("shape {shape:?} overflows")))?;
+    if body.len() != need {
         return Err(bad(&format!(
-            "shape {shape:?} needs {} data bytes, the file has {} (truncated or corrupt)",
-            n * 4,
+            "shape {shape:?} needs {need} data bytes, the file has {} (truncated or corrupt)",
             body.len()
         )));
     }
@@ -71,7 +71,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
 }
 
 pub fn read(path: &Path) -> Result<Array> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::limits::read_file(path, crate::limits::MAX_FILE_BYTES)?;
     parse(path, &bytes)
 }
 
@@ -115,5 +115,17 @@ mod tests {
         f8[at + 2] = b'8';
         assert!(parse(p, &f8).unwrap_err().to_string().contains("float32"));
         assert!(parse(p, b"garbage").is_err());
+    }
+
+    /// Defect 11: a shape whose element count fits but whose byte count (`n * 4`) overflows
+    /// used to overflow (a panic in debug builds, a wrong comparison in release).
+    #[test]
+    fn byte_count_overflow_is_an_error() {
+        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", usize::MAX / 2);
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((header.len() as u16).to_le_bytes());
+        b.extend(header.as_bytes());
+        let e = parse(Path::new("o.npy"), &b).unwrap_err().to_string();
+        assert!(e.starts_with("o.npy: ") && e.contains("overflows"), "{e}");
     }
 }

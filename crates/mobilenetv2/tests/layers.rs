@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("L0 foundations", &["error", "rng", "labels", "fsutil", "spec"]),
+    ("L0 foundations", &["error", "rng", "labels", "fsutil", "limits", "spec"]),
     ("L1 the one description", &["plan", "tensor"]),
     ("L2 pure functions of the plan", &["names", "layout", "fold", "accounting", "qscheme", "preprocess"]),
     ("L3 file formats", &["weights", "npy"]),
     ("L4 a network with weights", &["model"]),
     ("L5 execution", &["engine"]),
-    ("L6 applications", &["classify", "quant", "export", "data"]),
+    ("L6 applications", &["classify", "quant", "export", "data", "detect"]),
     ("L7 training", &["train"]),
 ];
 

@@ -32,24 +32,14 @@ pub struct Args {
     out: PathBuf,
 }
 
+/// The JPEG and PNG files under `dir`, sorted; symlink cycles end (each folder is read once).
 fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", dir.display()))?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            image_files(&p, out)?;
-        } else if p
-            .extension()
+    let is_image = |p: &Path| {
+        p.extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
-        }
-    }
+    };
+    out.extend(mobilenetv2::fsutil::walk_files(dir, is_image)?);
     Ok(())
 }
 

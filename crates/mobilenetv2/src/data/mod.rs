@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_FILE_BYTES;
 use crate::preprocess::{self, RgbImage};
 use crate::rng::Rng;
 
@@ -48,13 +49,23 @@ pub struct Dataset {
 const FASHION: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
+/// The file's bytes, gunzipped if it is gzip; both the file and what it expands to are bounded
+/// by [`MAX_FILE_BYTES`] (a 4.7 MB gzip can expand to 4.5 GiB).
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    gunzip_bounded(path, crate::limits::read_file(path, MAX_FILE_BYTES)?)
+}
+
+/// `raw` gunzipped if it is gzip (at most [`MAX_FILE_BYTES`] out), else `raw`.
+fn gunzip_bounded(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::format(path, "gzip", e.to_string()))?;
+        if out.len() as u64 > MAX_FILE_BYTES {
+            return Err(Error::format(path, "gzip", format!("expands to more than {MAX_FILE_BYTES} bytes")));
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -63,7 +74,13 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 
 /// An IDX file: its dimensions and the unsigned-byte payload.
 fn read_idx(path: &Path, dims_wanted: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = read_maybe_gz(path)?;
+    parse_idx(path, read_maybe_gz(path)?, dims_wanted)
+}
+
+/// An IDX file's bytes (gzipped or not) with `dims_wanted` dimensions: its dimensions and its
+/// payload; `path` only names it in errors. (Public for the fuzz target and corpus replay.)
+pub fn parse_idx(path: &Path, bytes: Vec<u8>, dims_wanted: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = gunzip_bounded(path, bytes)?;
     let bad = |d: String| Error::format(path, "IDX", d);
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("no IDX magic number (00 00 type dims)".into()));
@@ -80,7 +97,8 @@ fn read_idx(path: &Path, dims_wanted: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     }
     let dims: Vec<usize> =
         (0..nd).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let n = n.ok_or_else(|| bad(format!("header dimensions {dims:?} overflow")))?;
     let payload = &bytes[4 + 4 * nd..];
     if payload.len() != n {
         return Err(bad(format!("header says {dims:?} ({n} bytes) but {} bytes follow", payload.len())));
@@ -144,6 +162,9 @@ impl Dataset {
         if dims[0] == 0 {
             return Err(Error::format(images, "IDX", "no images"));
         }
+        if dims[1] == 0 || dims[2] == 0 {
+            return Err(Error::format(images, "IDX", format!("images of {}x{} pixels", dims[1], dims[2])));
+        }
         let labels: Vec<usize> = raw.iter().map(|&l| l as usize).collect();
         let k = labels.iter().max().map_or(0, |m| m + 1);
         let classes = if k == 10 && images.to_string_lossy().contains("fashion") {
@@ -155,14 +176,16 @@ impl Dataset {
     }
 
     pub fn open_folder(dir: &Path, on_bad: OnBad) -> Result<Dataset> {
-        let mut classes: Vec<String> = std::fs::read_dir(dir)
+        // Folder names as the OS gives them (not necessarily UTF-8); lossy text only as labels.
+        let mut folders: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
+            .map(|e| e.file_name())
+            .filter(|n| !n.as_encoded_bytes().starts_with(b"."))
             .collect();
-        classes.sort();
+        folders.sort();
+        let classes: Vec<String> = folders.iter().map(|f| f.to_string_lossy().into_owned()).collect();
         if classes.is_empty() {
             return Err(Error::Input(format!(
                 "{}: no class folders (expected one folder of images per class, or IDX files)",
@@ -171,7 +194,7 @@ impl Dataset {
         }
         let (mut files, mut labels, mut bad) = (Vec::new(), Vec::new(), 0usize);
         for (k, class) in classes.iter().enumerate() {
-            let cdir = dir.join(class);
+            let cdir = dir.join(&folders[k]);
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&cdir)
                 .map_err(|e| Error::io(&cdir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -268,6 +291,75 @@ mod tests {
         std::fs::write(&img, &bytes[..20]).unwrap();
         let e = Dataset::open_idx(&img).unwrap_err().to_string();
         assert!(e.contains("x-images-idx3-ubyte") && e.contains("bytes follow"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn idx_pair(dir: &Path, images: &[u8], labels: &[u8]) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let img = dir.join("h-images-idx3-ubyte");
+        std::fs::write(&img, images).unwrap();
+        std::fs::write(dir.join("h-labels-idx1-ubyte"), labels).unwrap();
+        img
+    }
+
+    /// Defect 5: a 0x0 image size used to panic later in the loader thread, and a size
+    /// product that overflows was unchecked; both are header errors naming the file now.
+    #[test]
+    fn idx_zero_and_overflowing_sizes_are_errors() {
+        let dir = std::env::temp_dir().join(format!("mnv2-idx5-{}", std::process::id()));
+        let labels = [0u8, 0, 8, 1, 0, 0, 0, 2, 1, 0];
+        let img = idx_pair(&dir, &[0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0], &labels);
+        let e = Dataset::open_idx(&img).unwrap_err().to_string();
+        assert!(e.contains("h-images-idx3-ubyte") && e.contains("0x0"), "{e}");
+        let img = idx_pair(
+            &dir,
+            &[0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &labels,
+        );
+        let e = Dataset::open_idx(&img).unwrap_err().to_string();
+        assert!(e.contains("h-images-idx3-ubyte"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Defect 8: a small gzip that expands past the file budget is refused after reading
+    /// the budget, not expanded whole (a 4.7 MB gzip expanded to 4.5 GiB).
+    #[test]
+    fn idx_gzip_bombs_are_bounded() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("mnv2-idx8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&[0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0]).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_FILE_BYTES >> 20) + 1 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+        let img = dir.join("b-images-idx3-ubyte.gz");
+        std::fs::write(&img, &bomb).unwrap();
+        let e = read_idx(&img, 3).unwrap_err().to_string();
+        assert!(e.contains("b-images-idx3-ubyte.gz") && e.contains("expands to more than"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Defect 14: a class folder whose name is not UTF-8 made the dataset unopenable (the
+    /// lossy name was joined back into a path that does not exist).
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_class_folders_open() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("mnv2-utf8-{}", std::process::id()));
+        let odd = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        std::fs::create_dir_all(&odd).unwrap();
+        std::fs::create_dir_all(dir.join("dog")).unwrap();
+        let png = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/formats/rgba8.png");
+        std::fs::copy(&png, odd.join("a.png")).unwrap();
+        std::fs::copy(&png, dir.join("dog/b.png")).unwrap();
+        let d = Dataset::open_folder(&dir, OnBad::Stop).unwrap();
+        assert_eq!(d.classes, ["caf\u{fffd}", "dog"]);
+        assert_eq!(d.labels, [0, 1]);
+        assert!(d.image(0).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -231,7 +231,25 @@ struct State {
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
+/// Refuses to save weights, optimizer state or EMA that hold NaN or infinity: the file could
+/// not be loaded again (the loaders refuse non-finite weights), so the previous one is kept.
+fn check_finite(s: &State) -> Result<()> {
+    let bad =
+        |what: &str| Err(Error::Input(format!("training diverged: the {what} hold non-finite values; not saved")));
+    if s.net.params.iter().any(|v| !v.is_finite()) {
+        return bad("weights");
+    }
+    if s.opt.state.iter().flatten().any(|v| !v.is_finite()) {
+        return bad("optimizer state");
+    }
+    if s.ema.as_ref().is_some_and(|e| e.params.iter().any(|v| !v.is_finite())) {
+        return bad("EMA weights");
+    }
+    Ok(())
+}
+
 fn save_checkpoint(cfg: &Config, s: &State) -> Result<()> {
+    check_finite(s)?;
     let mut model = s.model.clone();
     s.net.store(&mut model);
     let mut tensors: BTreeMap<String, Tensor> =
@@ -318,16 +336,26 @@ fn load_checkpoint(cfg: &Config, path: &Path) -> Result<State> {
             buf[t.offset..t.offset + t.len].copy_from_slice(&v);
         }
     }
+    if let Some(i) = opt.state.iter().flatten().position(|v| !v.is_finite()) {
+        return Err(Error::format(path, "checkpoint", format!("optimizer state holds a non-finite value at {i}")));
+    }
     let ema = match stored.ema {
         Some(d) => {
             let mut e = Ema::new(d, &net.params);
             for t in net.tensors.iter().filter(|t| t.trainable()) {
-                e.params[t.offset..t.offset + t.len].copy_from_slice(&f32s(&format!("ema.{}", t.name))?);
+                let v = f32s(&format!("ema.{}", t.name))?;
+                if v.len() != t.len {
+                    return Err(Error::format(path, "checkpoint", format!("EMA of `{}` has the wrong size", t.name)));
+                }
+                e.params[t.offset..t.offset + t.len].copy_from_slice(&v);
             }
             Some(e)
         }
         None => None,
     };
+    if ema.as_ref().is_some_and(|e: &Ema| e.params.iter().any(|v| !v.is_finite())) {
+        return Err(Error::format(path, "checkpoint", "the EMA weights hold a non-finite value"));
+    }
     let num = |k: &str| -> Result<u64> { meta(k)?.parse().map_err(|e: std::num::ParseIntError| bad(k, e.to_string())) };
     opt.steps = num("optim_steps")?;
     let rng: [u64; 4] = serde_json::from_str(&meta("rng")?).map_err(|e| bad("rng", e.to_string()))?;
@@ -366,6 +394,15 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         return Err(Error::Input(format!("learning rate {} must be positive", cfg.lr)));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    // A read-only output folder is found now, not at the first checkpoint an epoch later.
+    let probe = cfg.out.join(".mnv2-writable");
+    crate::fsutil::write_atomic(&probe, b"").map_err(|e| match e {
+        Error::Io { source, .. } => {
+            Error::io(&cfg.out, std::io::Error::new(source.kind(), format!("output folder is not writable: {source}")))
+        }
+        other => other,
+    })?;
+    let _ = std::fs::remove_file(&probe);
     let on_bad = if cfg.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
     let ds = Arc::new(Dataset::open(&cfg.data, on_bad)?);
     let (train_idx, val) = match &cfg.val {
@@ -572,6 +609,7 @@ pub fn train(cfg: &Config, resume: bool, on: &mut dyn FnMut(Event)) -> Result<Pa
         ema_net.store(&mut model);
     }
     let out = cfg.out.join("final.safetensors");
+    check_finite(&s)?;
     model.save(&out).map_err(|e| write_error(&out, "the final weights", e, "the last checkpoint is kept"))?;
     Ok(out)
 }

@@ -135,13 +135,18 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
 pub fn load(path: &Path) -> Result<TensorFile> {
     // safetensors is read tensor by tensor, without the whole file in memory.
     let mut head = [0u8; 9];
+    // A FIFO would block the open and a device (`/dev/zero`) never end: regular files only.
+    if !std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(Error::io(path, e));
+    }
     let n = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .map_err(|e| Error::io(path, e))?;
     if n == 9 && head[8] == b'{' {
         return safetensors_io::read_path(path);
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::limits::read_file(path, crate::limits::MAX_FILE_BYTES)?;
     if tflite::sniff(&bytes) {
         return tflite::read(path, &bytes);
     }

@@ -11,7 +11,61 @@ use super::{bf16_to_f32, f16_to_f32, Data, Tensor, TensorFile};
 use crate::error::{Error, Result};
 
 /// Largest header accepted (the JSON index of tensors), a guard against corrupt sizes.
-const MAX_HEADER: u64 = 100 << 20;
+const MAX_HEADER: u64 = crate::limits::MAX_JSON_BYTES;
+
+/// Refuses JSON whose objects name a key twice: `serde_json` keeps the last one silently,
+/// so two readers of the same file could disagree about a tensor. serde_json's own recursion
+/// limit (128) bounds the nesting.
+pub(crate) fn no_duplicate_keys(json: &[u8]) -> std::result::Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    struct Check;
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> std::result::Result<(), A::Error> {
+            while a.next_element_seed(Check)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                m.next_value_seed(Check)?;
+                if !seen.insert(k) {
+                    return Err(A::Error::custom("an object names the same key twice"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    Check.deserialize(&mut de).map_err(|e| e.to_string())
+}
 
 /// Reads a safetensors file tensor by tensor, never holding the whole file in memory: peak
 /// memory is the tensors themselves (the weights of a model are then never in memory twice).
@@ -34,6 +88,10 @@ pub fn read_path(path: &Path) -> Result<TensorFile> {
     f.read_exact(&mut header).map_err(|_| bad("truncated header".into()))?;
     let json: serde_json::Value =
         serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    no_duplicate_keys(&header).map_err(|e| bad(format!("header: {e}")))?;
+    if json.as_object().is_some_and(|o| o.len() > crate::limits::MAX_TENSORS) {
+        return Err(bad(format!("more than {} tensors", crate::limits::MAX_TENSORS)));
+    }
     let obj = json.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_len = file_len - 8 - header_len;
     let mut metadata = BTreeMap::new();
@@ -110,6 +168,10 @@ pub fn read_path(path: &Path) -> Result<TensorFile> {
 /// Parses safetensors bytes already in memory (see [`read_path`] for files).
 pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     let bad = |d: String| Error::format(path, "safetensors", d);
+    let header_len = bytes.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+    if let Some(h) = bytes.get(8..8usize.saturating_add(header_len)) {
+        no_duplicate_keys(h).map_err(|e| bad(format!("header: {e}")))?;
+    }
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
     let mut tensors = BTreeMap::new();

@@ -20,6 +20,7 @@ use std::path::Path;
 use super::graph::{self, ActQ, ConvPad, FitOptions, Head, NetQ, Network, Unit, UnitQ};
 use super::{f16_to_f32, TensorFile};
 use crate::error::{Error, Result};
+use crate::layout::{hwio_to_oihw, ohwi_to_oihw, ConvDims};
 use crate::preprocess::Preprocess;
 use crate::spec::Padding;
 
@@ -344,33 +345,333 @@ impl From<&str> for Walk {
     }
 }
 
-fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk> {
+type W<T> = std::result::Result<T, Walk>;
+
+/// The graph walk's state: the subgraph's tensors, what each value is to the network, and the
+/// network built so far.
+struct Walker<'t> {
+    tensors: &'t [Tens],
+    /// Values decoded or copied so far may not exceed this (a hostile file could make many
+    /// operators share one big constant).
+    budget: usize,
+    vals: HashMap<i32, Val>,
+    units: Vec<Unit>,
+    netq: NetQ,
+    pool: Option<(usize, String)>,
+    fc: Option<Fc>,
+}
+
+/// One operator as the walk sees it.
+struct OpAt<'a> {
+    code: i32,
+    label: String,
+    ins: Vec<i32>,
+    out: i32,
+    opts: Option<Table<'a>>,
+}
+
+impl OpAt<'_> {
+    fn misfit(&self, d: impl std::fmt::Display) -> Walk {
+        Walk::Misfit(format!("{} does not fit a MobileNetV2: {d}", self.label))
+    }
+
+    /// Whether the fused activation in options field `field` is ReLU6 (none is false).
+    fn fused(&self, field: usize) -> W<bool> {
+        match self.opts.map(|o| o.u8(field, 0)).transpose()?.unwrap_or(0) {
+            0 => Ok(false),
+            3 => Ok(true),
+            a => Err(self.misfit(format!("fused activation {a} is not ReLU6"))),
+        }
+    }
+}
+
+impl<'t> Walker<'t> {
+    fn tens(&self, i: i32) -> R<&'t Tens> {
+        let tensors = self.tensors;
+        usize::try_from(i).ok().and_then(|i| tensors.get(i)).ok_or_else(|| format!("tensor index {i} out of range"))
+    }
+
+    fn spend(&mut self, n: usize) -> R<()> {
+        self.budget = self.budget.checked_sub(n).ok_or("its constants hold more values than the file has bytes")?;
+        Ok(())
+    }
+
+    /// What input `i` of `op` is to the network.
+    fn val(&self, op: &OpAt, i: usize) -> W<Val> {
+        let t = *op.ins.get(i).ok_or_else(|| op.misfit(format!("input {i} is missing")))?;
+        self.vals.get(&t).cloned().ok_or_else(|| {
+            op.misfit(format!("its input `{}` is not produced before it", self.tens(t).map_or("?", |t| &t.name)))
+        })
+    }
+
+    /// Input `i` of `op` as a constant, charged to the budget.
+    fn konst(&mut self, op: &OpAt, i: usize) -> W<(&'t Tens, &'t Vec<f32>)> {
+        let t = self.tens(*op.ins.get(i).ok_or_else(|| op.misfit(format!("input {i} is missing")))?)?;
+        self.spend(t.data.as_ref().map_or(0, Vec::len))?;
+        t.data.as_ref().map(|d| (t, d)).ok_or_else(|| op.misfit(format!("`{}` is not a constant", t.name)))
+    }
+
+    /// The quantisation of `op`'s output tensor, if any.
+    fn out_q(&self, op: &OpAt) -> W<Option<ActQ>> {
+        Ok(self.tens(op.out)?.act_q(&op.label)?)
+    }
+
+    /// One operator: dispatched by code to the methods below; returns what its output is.
+    fn op(&mut self, op: &OpAt) -> W<Val> {
+        match op.code {
+            QUANTIZE | DEQUANTIZE => self.quantize(op),
+            CONV_2D | DEPTHWISE_CONV_2D => self.conv(op),
+            PAD => self.pad(op),
+            RELU6 => self.relu6(op),
+            ADD => self.add(op),
+            MEAN | AVERAGE_POOL_2D => self.pool(op),
+            RESHAPE | SQUEEZE => self.flatten(op),
+            FULLY_CONNECTED => self.fully_connected(op),
+            SOFTMAX => match self.val(op, 0)? {
+                Val::Logits => Ok(Val::Logits),
+                _ => Err(op.misfit("a SOFTMAX that is not on the logits")),
+            },
+            _ => Err(op.misfit("this operator has no place in a MobileNetV2")),
+        }
+    }
+
+    /// QUANTIZE (the float image quantised, or an activation requantised) and DEQUANTIZE:
+    /// the value passes through.
+    fn quantize(&mut self, op: &OpAt) -> W<Val> {
+        let v = self.val(op, 0)?;
+        if op.code == QUANTIZE {
+            let q = self.out_q(op)?;
+            match v {
+                Val::Input => self.netq.input = q,
+                Val::Unit(u) => self.units[u].q.output = q,
+                Val::Pooled | Val::Flat => self.netq.pooled.extend(q),
+                _ => {}
+            }
+        }
+        Ok(v)
+    }
+
+    /// CONV_2D and DEPTHWISE_CONV_2D: a new convolution unit.
+    fn conv(&mut self, op: &OpAt) -> W<Val> {
+        let dw = op.code == DEPTHWISE_CONV_2D;
+        let (x, extra) = match self.val(op, 0)? {
+            Val::Input => (0, [0; 4]),
+            Val::Unit(u) => (u + 1, [0; 4]),
+            Val::Padded(x, p) => (x, p),
+            _ => return Err(op.misfit("its input is not the image or a convolution's output")),
+        };
+        let (wt, w) = self.konst(op, 1)?;
+        let [a, kh, kw, c] = wt.shape[..] else {
+            return Err(op.misfit(format!("a filter of shape {:?}", wt.shape)));
+        };
+        let bias = match op.ins.get(2) {
+            Some(&b) if b >= 0 => Some(self.konst(op, 2)?.1.clone()),
+            _ => None,
+        };
+        let o = op.opts.ok_or_else(|| op.misfit("no options"))?;
+        let (padding, sw, sh) = (o.u8(0, 0)?, o.i32(1, 1)?, o.i32(2, 1)?);
+        let (act, dwf, dhf) = if dw { (4, 5, 6) } else { (3, 4, 5) };
+        let relu6 = op.fused(act)?;
+        let (dil_w, dil_h) = (o.i32(dwf, 1)?, o.i32(dhf, 1)?);
+        let pos = |v: i32, what: &str| {
+            usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| op.misfit(format!("{what} {v}")))
+        };
+        let stride = [pos(sh, "stride")?, pos(sw, "stride")?];
+        let dilation = [pos(dil_h, "dilation")?, pos(dil_w, "dilation")?];
+        let pad = match (padding, extra) {
+            (1, p) => ConvPad::Explicit(p),
+            (0, [0, 0, 0, 0]) => ConvPad::Same,
+            _ => return Err(op.misfit("SAME padding after a PAD")),
+        };
+        if kh != kw {
+            return Err(op.misfit(format!("a {kh}x{kw} filter (only square ones)")));
+        }
+        // TFLite filters: OHWI, depthwise 1HWC (which is HWIO with one input). To OIHW.
+        let (shape, groups) = if dw {
+            if a != 1 {
+                return Err(op.misfit(format!("a depthwise filter of shape {:?}", wt.shape)));
+            }
+            ([c, 1, kh, kw], c)
+        } else {
+            ([a, c, kh, kw], 1)
+        };
+        let dims = ConvDims { o: shape[0], i: shape[1], k: kh };
+        let to_oihw = |v: &[f32]| if dw { hwio_to_oihw(v, dims) } else { ohwi_to_oihw(v, dims) };
+        let oihw = to_oihw(w);
+        // The integers of symmetric int8 weights, per output channel or per tensor.
+        let per_channel = wt.scale.len() == dims.o && wt.scale.len() > 1;
+        let weights = match &wt.ints {
+            Some(q) if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && (per_channel || wt.scale.len() == 1) => {
+                Some(if dw { hwio_to_oihw(q, dims) } else { ohwi_to_oihw(q, dims) })
+            }
+            _ => None,
+        };
+        let oq = self.out_q(op)?;
+        let q = if relu6 {
+            UnitQ { output: oq, weights, ..UnitQ::default() }
+        } else {
+            UnitQ { conv: oq.clone(), output: oq, weights }
+        };
+        self.units.push(Unit {
+            node: op.label.clone(),
+            input: x,
+            weight: oihw,
+            shape,
+            bias,
+            bn: None,
+            stride,
+            dilation,
+            pad,
+            groups,
+            relu6,
+            residual: None,
+            q,
+        });
+        Ok(Val::Unit(self.units.len() - 1))
+    }
+
+    /// PAD of the image or a unit's output: becomes the next convolution's padding.
+    fn pad(&mut self, op: &OpAt) -> W<Val> {
+        let x = match self.val(op, 0)? {
+            Val::Input => 0,
+            Val::Unit(u) => u + 1,
+            _ => return Err(op.misfit("it does not pad the image or a convolution's output")),
+        };
+        let (_, p) = self.konst(op, 1)?;
+        let p: Vec<usize> = p.iter().map(|&v| v as usize).collect();
+        match p[..] {
+            [0, 0, t, b, l, r, 0, 0] => Ok(Val::Padded(x, [t, l, b, r])),
+            _ => Err(op.misfit(format!("paddings {p:?} (only height and width may be padded)"))),
+        }
+    }
+
+    /// A separate RELU6: the unit's activation.
+    fn relu6(&mut self, op: &OpAt) -> W<Val> {
+        match self.val(op, 0)? {
+            Val::Unit(u) if !self.units[u].relu6 && self.units[u].residual.is_none() => {
+                self.units[u].relu6 = true;
+                self.units[u].q.output = self.out_q(op)?;
+                Ok(Val::Unit(u))
+            }
+            _ => Err(op.misfit("a ReLU6 in a place a MobileNetV2 has none")),
+        }
+    }
+
+    /// ADD of two units' outputs: the later unit's residual.
+    fn add(&mut self, op: &OpAt) -> W<Val> {
+        match (self.val(op, 0)?, self.val(op, 1)?) {
+            (Val::Unit(i), Val::Unit(j)) => {
+                let (u, other) = if i > j { (i, j) } else { (j, i) };
+                if self.units[u].residual.is_some() {
+                    return Err(op.misfit("a second residual Add"));
+                }
+                if op.fused(0)? {
+                    return Err(op.misfit("a ReLU6 after a residual Add"));
+                }
+                self.units[u].residual = Some((other + 1, op.label.clone()));
+                self.units[u].q.output = self.out_q(op)?;
+                Ok(Val::Unit(u))
+            }
+            _ => Err(op.misfit("an ADD that is not a residual")),
+        }
+    }
+
+    /// MEAN over height and width, or AVERAGE_POOL_2D: the pooled features.
+    fn pool(&mut self, op: &OpAt) -> W<Val> {
+        let Val::Unit(u) = self.val(op, 0)? else {
+            return Err(op.misfit("it does not pool a convolution's output"));
+        };
+        if op.code == MEAN {
+            let (_, axes) = self.konst(op, 1)?;
+            let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0.0 { a as i64 + 4 } else { a as i64 }).collect();
+            axes.sort_unstable();
+            if axes != [1, 2] {
+                return Err(op.misfit(format!("a MEAN over axes {axes:?}, expected height and width")));
+            }
+        }
+        if self.pool.is_some() {
+            return Err(op.misfit("a second pooling"));
+        }
+        self.pool = Some((u + 1, op.label.clone()));
+        let q = self.out_q(op)?;
+        self.netq.pooled.extend(q);
+        Ok(Val::Pooled)
+    }
+
+    /// RESHAPE or SQUEEZE of the pooled features.
+    fn flatten(&mut self, op: &OpAt) -> W<Val> {
+        match self.val(op, 0)? {
+            Val::Pooled | Val::Flat => {
+                let q = self.out_q(op)?;
+                self.netq.pooled.extend(q);
+                Ok(Val::Flat)
+            }
+            _ => Err(op.misfit("it does not flatten the pooled features")),
+        }
+    }
+
+    /// FULLY_CONNECTED on the pooled features: the classifier.
+    fn fully_connected(&mut self, op: &OpAt) -> W<Val> {
+        if !matches!(self.val(op, 0)?, Val::Pooled | Val::Flat) {
+            return Err(op.misfit("its input is not the pooled features"));
+        }
+        let (wt, w) = self.konst(op, 1)?;
+        let [o, i] = wt.shape[..] else {
+            return Err(op.misfit(format!("weights of shape {:?}", wt.shape)));
+        };
+        let bias = match op.ins.get(2) {
+            Some(&b) if b >= 0 => self.konst(op, 2)?.1.clone(),
+            _ => vec![0.0; o],
+        };
+        if op.fused(0)? {
+            return Err(op.misfit("a ReLU6 on the logits"));
+        }
+        if self.fc.is_some() {
+            return Err(op.misfit("a second fully connected layer"));
+        }
+        self.fc = Some((op.label.clone(), [o, i], w.clone(), bias));
+        self.netq.head_weights = match &wt.ints {
+            Some(q)
+                if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && (wt.scale.len() == 1 || wt.scale.len() == o) =>
+            {
+                Some(q.clone())
+            }
+            _ => None,
+        };
+        self.netq.logits = self.out_q(op)?;
+        Ok(Val::Logits)
+    }
+}
+
+fn read_inner(path: &Path, bytes: &[u8]) -> W<TensorFile> {
     let model = Table::at(bytes, u32_at(bytes, 0)?)?;
     let codes: Vec<i32> =
         model.tables(1)?.iter().map(|c| Ok((c.u8(0, 0)? as i8 as i32).max(c.i32(3, 0)?))).collect::<R<_>>()?;
     let subgraphs = model.tables(2)?;
     let sg = subgraphs.first().ok_or("the model has no subgraph")?;
     let buffers = model.tables(4)?;
-    // Tensors may share a buffer, and operators a tensor: a hostile file could make many share a
-    // big one. Values decoded or copied are bounded by the file's size.
-    let budget = std::cell::Cell::new(2 * bytes.len() + (1 << 20));
-    let spend = |n: usize| -> R<()> {
-        budget.set(budget.get().checked_sub(n).ok_or("its constants hold more values than the file has bytes")?);
-        Ok(())
-    };
+    let mut budget = 2 * bytes.len() + (1 << 20);
     let mut tensors: Vec<Tens> = Vec::new();
     for t in sg.tables(0)? {
         let t = tensor(&t, &buffers, bytes)?;
-        spend(t.data.as_ref().map_or(0, Vec::len))?;
+        budget = budget
+            .checked_sub(t.data.as_ref().map_or(0, Vec::len))
+            .ok_or("its constants hold more values than the file has bytes")?;
         tensors.push(t);
     }
-    let tens = |i: i32| -> R<&Tens> {
-        usize::try_from(i).ok().and_then(|i| tensors.get(i)).ok_or_else(|| format!("tensor index {i} out of range"))
+    let mut walk = Walker {
+        tensors: &tensors,
+        budget,
+        vals: HashMap::new(),
+        units: Vec::new(),
+        netq: NetQ::default(),
+        pool: None,
+        fc: None,
     };
     let inputs = sg.ints(1)?;
     let outputs = sg.ints(2)?;
     let input = *inputs.first().ok_or("the subgraph has no input")?;
-    let it = tens(input)?;
+    let it = walk.tens(input)?;
     let hw = match it.shape[..] {
         [_, h, w, 3] if h > 0 && w > 0 => Some((h, w)),
         _ => {
@@ -380,281 +681,50 @@ fn read_inner(path: &Path, bytes: &[u8]) -> std::result::Result<TensorFile, Walk
             )))
         }
     };
-    let mut vals: HashMap<i32, Val> = HashMap::new();
-    vals.insert(input, Val::Input);
-    let mut units: Vec<Unit> = Vec::new();
-    let mut netq = NetQ::default();
+    walk.vals.insert(input, Val::Input);
     if it.ty == INT8 || it.ty == UINT8 {
-        netq.input = it.act_q("input")?;
+        walk.netq.input = it.act_q("input")?;
     }
-    let mut pool: Option<(usize, String)> = None;
-    let mut fc: Option<Fc> = None;
     for (k, op) in sg.tables(3)?.iter().enumerate() {
         let code = *usize::try_from(op.i32(0, 0)?).ok().and_then(|i| codes.get(i)).ok_or("bad opcode index")?;
         let ins = op.ints(1)?;
-        let outs = op.ints(2)?;
-        let out = *outs.first().ok_or("an operator without outputs")?;
+        let out = *op.ints(2)?.first().ok_or("an operator without outputs")?;
         let label = format!(
             "operator #{k} ({}{})",
             op_name(code),
-            tens(out).map(|t| format!(" -> `{}`", t.name)).unwrap_or_default()
+            walk.tens(out).map(|t| format!(" -> `{}`", t.name)).unwrap_or_default()
         );
-        let misfit = |d: String| Walk::Misfit(format!("{label} does not fit a MobileNetV2: {d}"));
-        let val = |i: usize| -> std::result::Result<Val, Walk> {
-            let t = *ins.get(i).ok_or_else(|| misfit(format!("input {i} is missing")))?;
-            vals.get(&t).cloned().ok_or_else(|| {
-                misfit(format!("its input `{}` is not produced before it", tens(t).map_or("?", |t| &t.name)))
-            })
-        };
-        let konst = |i: usize| -> std::result::Result<(&Tens, &Vec<f32>), Walk> {
-            let t = tens(*ins.get(i).ok_or_else(|| misfit(format!("input {i} is missing")))?)?;
-            spend(t.data.as_ref().map_or(0, Vec::len))?;
-            t.data.as_ref().map(|d| (t, d)).ok_or_else(|| misfit(format!("`{}` is not a constant", t.name)))
-        };
-        let opts = op.table(4)?;
-        let fused = |field: usize| -> std::result::Result<bool, Walk> {
-            match opts.map(|o| o.u8(field, 0)).transpose()?.unwrap_or(0) {
-                0 => Ok(false),
-                3 => Ok(true),
-                a => Err(misfit(format!("fused activation {a} is not ReLU6"))),
-            }
-        };
-        let v = match code {
-            QUANTIZE | DEQUANTIZE => {
-                let v = val(0)?;
-                if code == QUANTIZE {
-                    // The float image quantised, or an activation requantised.
-                    let q = tens(out)?.act_q(&label)?;
-                    match v {
-                        Val::Input => netq.input = q,
-                        Val::Unit(u) => units[u].q.output = q,
-                        Val::Pooled | Val::Flat => netq.pooled.extend(q),
-                        _ => {}
-                    }
-                }
-                v
-            }
-            CONV_2D | DEPTHWISE_CONV_2D => {
-                let dw = code == DEPTHWISE_CONV_2D;
-                let (x, extra) = match val(0)? {
-                    Val::Input => (0, [0; 4]),
-                    Val::Unit(u) => (u + 1, [0; 4]),
-                    Val::Padded(x, p) => (x, p),
-                    _ => return Err(misfit("its input is not the image or a convolution's output".into())),
-                };
-                let (wt, w) = konst(1)?;
-                let [a, kh, kw, c] = wt.shape[..] else {
-                    return Err(misfit(format!("a filter of shape {:?}", wt.shape)));
-                };
-                let bias = match ins.get(2) {
-                    Some(&b) if b >= 0 => Some(konst(2)?.1.clone()),
-                    _ => None,
-                };
-                let o = opts.ok_or_else(|| misfit("no options".into()))?;
-                let (padding, sw, sh) = (o.u8(0, 0)?, o.i32(1, 1)?, o.i32(2, 1)?);
-                let (act, dwf, dhf) = if dw { (4, 5, 6) } else { (3, 4, 5) };
-                let relu6 = fused(act)?;
-                let (dil_w, dil_h) = (o.i32(dwf, 1)?, o.i32(dhf, 1)?);
-                let pos = |v: i32, what: &str| {
-                    usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| misfit(format!("{what} {v}")))
-                };
-                let stride = [pos(sh, "stride")?, pos(sw, "stride")?];
-                let dilation = [pos(dil_h, "dilation")?, pos(dil_w, "dilation")?];
-                let pad = match (padding, extra) {
-                    (1, p) => ConvPad::Explicit(p),
-                    (0, [0, 0, 0, 0]) => ConvPad::Same,
-                    _ => return Err(misfit("SAME padding after a PAD".into())),
-                };
-                // TFLite filters: OHWI, depthwise 1HWC. To OIHW.
-                let (shape, groups) = if dw {
-                    if a != 1 {
-                        return Err(misfit(format!("a depthwise filter of shape {:?}", wt.shape)));
-                    }
-                    ([c, 1, kh, kw], c)
-                } else {
-                    ([a, c, kh, kw], 1)
-                };
-                let (cout, cin) = (shape[0], shape[1]);
-                let mut oihw = vec![0f32; w.len()];
-                for oc in 0..cout {
-                    for ic in 0..cin {
-                        for y in 0..kh {
-                            for xk in 0..kw {
-                                let src = if dw { (y * kw + xk) * c + oc } else { ((oc * kh + y) * kw + xk) * c + ic };
-                                oihw[((oc * cin + ic) * kh + y) * kw + xk] = w[src];
-                            }
-                        }
-                    }
-                }
-                // The integers of symmetric int8 weights, per output channel or per tensor.
-                let per_channel = wt.scale.len() == cout && wt.scale.len() > 1;
-                let weights = match &wt.ints {
-                    Some(q)
-                        if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && (per_channel || wt.scale.len() == 1) =>
-                    {
-                        let mut v = vec![0i64; q.len()];
-                        for oc in 0..cout {
-                            for ic in 0..cin {
-                                for y in 0..kh {
-                                    for xk in 0..kw {
-                                        let src = if dw {
-                                            (y * kw + xk) * c + oc
-                                        } else {
-                                            ((oc * kh + y) * kw + xk) * c + ic
-                                        };
-                                        v[((oc * cin + ic) * kh + y) * kw + xk] = q[src];
-                                    }
-                                }
-                            }
-                        }
-                        Some(v)
-                    }
-                    _ => None,
-                };
-                let oq = tens(out)?.act_q(&label)?;
-                let q = if relu6 {
-                    UnitQ { output: oq, weights, ..UnitQ::default() }
-                } else {
-                    UnitQ { conv: oq.clone(), output: oq, weights }
-                };
-                units.push(Unit {
-                    node: label.clone(),
-                    input: x,
-                    weight: oihw,
-                    shape,
-                    bias,
-                    bn: None,
-                    stride,
-                    dilation,
-                    pad,
-                    groups,
-                    relu6,
-                    residual: None,
-                    q,
-                });
-                Val::Unit(units.len() - 1)
-            }
-            PAD => {
-                let x = match val(0)? {
-                    Val::Input => 0,
-                    Val::Unit(u) => u + 1,
-                    _ => return Err(misfit("it does not pad the image or a convolution's output".into())),
-                };
-                let (_, p) = konst(1)?;
-                let p: Vec<usize> = p.iter().map(|&v| v as usize).collect();
-                match p[..] {
-                    [0, 0, t, b, l, r, 0, 0] => Val::Padded(x, [t, l, b, r]),
-                    _ => return Err(misfit(format!("paddings {p:?} (only height and width may be padded)"))),
-                }
-            }
-            RELU6 => match val(0)? {
-                Val::Unit(u) if !units[u].relu6 && units[u].residual.is_none() => {
-                    units[u].relu6 = true;
-                    units[u].q.output = tens(out)?.act_q(&label)?;
-                    Val::Unit(u)
-                }
-                _ => return Err(misfit("a ReLU6 in a place a MobileNetV2 has none".into())),
-            },
-            ADD => match (val(0)?, val(1)?) {
-                (Val::Unit(i), Val::Unit(j)) => {
-                    let (u, other) = if i > j { (i, j) } else { (j, i) };
-                    if units[u].residual.is_some() {
-                        return Err(misfit("a second residual Add".into()));
-                    }
-                    if fused(0)? {
-                        return Err(misfit("a ReLU6 after a residual Add".into()));
-                    }
-                    units[u].residual = Some((other + 1, label.clone()));
-                    units[u].q.output = tens(out)?.act_q(&label)?;
-                    Val::Unit(u)
-                }
-                _ => return Err(misfit("an ADD that is not a residual".into())),
-            },
-            MEAN | AVERAGE_POOL_2D => {
-                let Val::Unit(u) = val(0)? else {
-                    return Err(misfit("it does not pool a convolution's output".into()));
-                };
-                if code == MEAN {
-                    let (_, axes) = konst(1)?;
-                    let mut axes: Vec<i64> =
-                        axes.iter().map(|&a| if a < 0.0 { a as i64 + 4 } else { a as i64 }).collect();
-                    axes.sort_unstable();
-                    if axes != [1, 2] {
-                        return Err(misfit(format!("a MEAN over axes {axes:?}, expected height and width")));
-                    }
-                }
-                if pool.is_some() {
-                    return Err(misfit("a second pooling".into()));
-                }
-                pool = Some((u + 1, label.clone()));
-                netq.pooled.extend(tens(out)?.act_q(&label)?);
-                Val::Pooled
-            }
-            RESHAPE | SQUEEZE => match val(0)? {
-                Val::Pooled | Val::Flat => {
-                    netq.pooled.extend(tens(out)?.act_q(&label)?);
-                    Val::Flat
-                }
-                _ => return Err(misfit("it does not flatten the pooled features".into())),
-            },
-            FULLY_CONNECTED => {
-                if !matches!(val(0)?, Val::Pooled | Val::Flat) {
-                    return Err(misfit("its input is not the pooled features".into()));
-                }
-                let (wt, w) = konst(1)?;
-                let [o, i] = wt.shape[..] else {
-                    return Err(misfit(format!("weights of shape {:?}", wt.shape)));
-                };
-                let bias = match ins.get(2) {
-                    Some(&b) if b >= 0 => konst(2)?.1.clone(),
-                    _ => vec![0.0; o],
-                };
-                if fused(0)? {
-                    return Err(misfit("a ReLU6 on the logits".into()));
-                }
-                if fc.is_some() {
-                    return Err(misfit("a second fully connected layer".into()));
-                }
-                fc = Some((label.clone(), [o, i], w.clone(), bias));
-                netq.head_weights = match &wt.ints {
-                    Some(q) if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && matches!(wt.scale.len(), 1) => {
-                        Some(q.clone())
-                    }
-                    Some(q) if wt.ty == INT8 && wt.zero.iter().all(|&z| z == 0) && wt.scale.len() == o => {
-                        Some(q.clone())
-                    }
-                    _ => None,
-                };
-                netq.logits = tens(out)?.act_q(&label)?;
-                Val::Logits
-            }
-            SOFTMAX => match val(0)? {
-                Val::Logits => Val::Logits,
-                _ => return Err(misfit("a SOFTMAX that is not on the logits".into())),
-            },
-            _ => return Err(misfit("this operator has no place in a MobileNetV2".into())),
-        };
-        if let Some(t) = tens(out).ok().filter(|t| t.data.is_none() && t.quantized && !matches!(t.ty, INT8 | UINT8)) {
-            netq.unsupported
-                .get_or_insert_with(|| format!("{label} holds an activation of type {} (not int8 or uint8)", t.ty));
+        let at = OpAt { code, label, ins, out, opts: op.table(4)? };
+        let v = walk.op(&at)?;
+        if let Some(t) =
+            walk.tens(out).ok().filter(|t| t.data.is_none() && t.quantized && !matches!(t.ty, INT8 | UINT8))
+        {
+            walk.netq.unsupported.get_or_insert_with(|| {
+                format!("{} holds an activation of type {} (not int8 or uint8)", at.label, t.ty)
+            });
         }
-        vals.insert(out, v);
+        walk.vals.insert(out, v);
     }
     let out = *outputs.first().ok_or("the subgraph has no output")?;
-    if !matches!(vals.get(&out), Some(Val::Logits)) {
-        return Err(Walk::Misfit(format!("the output `{}` is not the classifier's", tens(out)?.name)));
+    if !matches!(walk.vals.get(&out), Some(Val::Logits)) {
+        return Err(Walk::Misfit(format!("the output `{}` is not the classifier's", walk.tens(out)?.name)));
     }
-    let (pool_in, pool_node) = pool.ok_or_else(|| Walk::Misfit("no global average pooling".into()))?;
-    let (fc_node, shape, weight, bias) = fc.expect("logits imply a classifier");
+    finish(path, &tensors, hw, walk)
+}
+
+/// The walked network fitted to a plan, with the int8 import where the file is int8.
+fn finish(path: &Path, tensors: &[Tens], hw: Option<(usize, usize)>, walk: Walker) -> W<TensorFile> {
+    let (pool_in, pool_node) = walk.pool.ok_or_else(|| Walk::Misfit("no global average pooling".into()))?;
+    let (fc_node, shape, weight, bias) = walk.fc.expect("logits imply a classifier");
     let quantized = tensors.iter().any(|t| t.quantized && t.data.is_some());
-    let n = units.len();
+    let n = walk.units.len();
     let net = Network {
         input: 0,
         hw,
-        units,
+        units: walk.units,
         head: Head { input: pool_in, node: pool_node, fc_node, weight, shape, bias },
         outputs: (1..=n).collect(),
-        quant: netq,
+        quant: walk.netq,
     };
     let opts = FitOptions { paddings: &[Padding::Tf, Padding::Torch], default_eps: 1e-3, dropout: 0.0, hint: None };
     let (spec, tensors) = graph::fit(path, &net, &opts).map_err(Walk::Other)?;
