@@ -47,6 +47,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accounting;
 pub mod classify;
