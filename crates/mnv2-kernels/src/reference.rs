@@ -95,6 +95,60 @@ pub fn linear_f32(input: &[f32], weights: &[f32], bias: &[f32], output: &mut [f3
     }
 }
 
+/// Bilinear resize of one `in_h x in_w x c` image (NHWC) to `out_h x out_w x c`.
+///
+/// With `align_corners` (TF's `resize_bilinear(align_corners=True)`, PyTorch's
+/// `interpolate(mode="bilinear", align_corners=True)`) output pixel `o` samples the input at
+/// `o * (in - 1) / (out - 1)` (0 when `out` is 1); without, at half-pixel centres
+/// `(o + 0.5) * in / out - 0.5` clamped at 0 (PyTorch's default). The two nearest input
+/// rows and columns are blended, the far one clamped to the edge.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_bilinear_f32(
+    input: &[f32],
+    in_h: usize,
+    in_w: usize,
+    c: usize,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+    output: &mut [f32],
+) {
+    assert_eq!(input.len(), in_h * in_w * c, "input size");
+    assert_eq!(output.len(), out_h * out_w * c, "output size");
+    // (first index, second index, weight of the second) per output coordinate.
+    let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
+        (0..n_out)
+            .map(|o| {
+                let src = if align_corners {
+                    if n_out > 1 {
+                        o as f32 * ((n_in - 1) as f32 / (n_out - 1) as f32)
+                    } else {
+                        0.0
+                    }
+                } else {
+                    ((o as f32 + 0.5) * (n_in as f32 / n_out as f32) - 0.5).max(0.0)
+                };
+                let i0 = (src as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(in_h, out_h), taps(in_w, out_w));
+    for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
+        for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
+            let px = |y: usize, x: usize| &input[(y * in_w + x) * c..][..c];
+            let (a, b, d, e) = (px(y0, x0), px(y0, x1), px(y1, x0), px(y1, x1));
+            let out = &mut output[(oy * out_w + ox) * c..][..c];
+            for ch in 0..c {
+                let top = a[ch] * (1.0 - fx) + b[ch] * fx;
+                let bottom = d[ch] * (1.0 - fx) + e[ch] * fx;
+                out[ch] = top * (1.0 - fy) + bottom * fy;
+            }
+        }
+    }
+}
+
 /// The pointwise GEMM straight from its definition (f64 sums):
 /// `out[i][j] = act(b[j] + sum_k a[i * lda + k] * w[k][j]) (+ r[i][j])`, `m x n`.
 #[allow(clippy::too_many_arguments)]
@@ -197,5 +251,21 @@ mod tests {
         let mut o = [0.0; 3];
         linear_f32(&p, &[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], &[0.0, 1.0, -1.0], &mut o);
         assert_eq!(o, [2.0, 5.0, 5.0]);
+    }
+
+    #[test]
+    fn bilinear_align_corners() {
+        // 2x2 -> 3x3 with corners aligned: the centre is the mean, edges the pair means.
+        let mut o = [0.0; 9];
+        resize_bilinear_f32(&[0.0, 2.0, 4.0, 6.0], 2, 2, 1, 3, 3, true, &mut o);
+        assert_eq!(o, [0.0, 1.0, 2.0, 2.0, 3.0, 4.0, 4.0, 5.0, 6.0]);
+        // 1x1 -> 2x2 broadcasts (DeepLab's image pooling).
+        let mut b = [0.0; 8];
+        resize_bilinear_f32(&[1.5, -2.0], 1, 1, 2, 2, 2, true, &mut b);
+        assert_eq!(b, [1.5, -2.0, 1.5, -2.0, 1.5, -2.0, 1.5, -2.0]);
+        // Half-pixel centres: 2 -> 4 samples at -0.25 (clamped), 0.25, 0.75, 1.25.
+        let mut h = [0.0; 4];
+        resize_bilinear_f32(&[0.0, 4.0], 1, 2, 1, 1, 4, false, &mut h);
+        assert_eq!(h, [0.0, 1.0, 3.0, 4.0]);
     }
 }

@@ -41,6 +41,8 @@ enum Command {
     Train(Box<cmd::train::Args>),
     /// Top-1, top-5 and the confusion matrix on labelled images
     Eval(cmd::eval::Args),
+    /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
+    Segment(cmd::segment::Args),
     /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
     Serve(cmd::serve::Args),
 }
@@ -60,6 +62,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::main(a),
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),
+        Command::Segment(a) => cmd::segment::main(a),
         Command::Serve(a) => cmd::serve::main(a),
     };
     exit::finish(result)

@@ -4,12 +4,16 @@
 //! - parameters count conv and linear weights, the linear bias and BatchNorm's gamma and beta
 //!   (torchvision's `num_params`); `params_no_bn` leaves BatchNorm out (the slim README);
 //! - multiply-adds count convolutions and the classifier only, no BatchNorm, activation,
-//!   pooling or residual add (the paper and slim: 300,774,272 at 224/1.0 with 1000 classes);
+//!   pooling, residual add, concatenation or bilinear upsampling (the paper and slim:
+//!   300,774,272 at 224/1.0 with 1000 classes); a convolution's own bias (DeepLab's logits)
+//!   is a parameter but no multiply-add;
 //! - memory follows the paper's Table 3: the bottleneck tensors that must be materialised.
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::plan::{Layer, Op, Plan, Shape};
+use crate::spec::{HeadSpec, Spec};
 
 /// Cost of one layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,10 +40,14 @@ pub fn layer_cost(layer: &Layer) -> LayerCost {
     match &layer.op {
         Op::Conv(c) => {
             let per_out = (i.c / c.groups * c.kernel * c.kernel) as u64;
-            LayerCost { weights: o.c as u64 * per_out, bn: 2 * o.c as u64, madds: (o.h * o.w * o.c) as u64 * per_out }
+            let madds = (o.h * o.w * o.c) as u64 * per_out;
+            match c.bn {
+                Some(_) => LayerCost { weights: o.c as u64 * per_out, bn: 2 * o.c as u64, madds },
+                None => LayerCost { weights: o.c as u64 * (per_out + 1), bn: 0, madds },
+            }
         }
         Op::Linear => LayerCost { weights: (i.c * o.c + o.c) as u64, bn: 0, madds: (i.c * o.c) as u64 },
-        Op::GlobalAvgPool | Op::Dropout { .. } => LayerCost::default(),
+        Op::GlobalAvgPool | Op::Dropout { .. } | Op::Concat { .. } | Op::Upsample { .. } => LayerCost::default(),
     }
 }
 
@@ -83,6 +91,42 @@ pub fn account(plan: &Plan) -> Accounting {
         madds: layers.iter().map(|l| l.madds).sum(),
         layers,
     }
+}
+
+/// One input size of a multi-scale evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScaleCost {
+    pub scale: f64,
+    pub height: usize,
+    pub width: usize,
+    /// Multiply-adds of one pass at this size.
+    pub madds: u64,
+}
+
+/// Multiply-adds of TF DeepLab's multi-scale + left-right-flip inference (Table 7's "MF"):
+/// one pass per scale of [`HeadSpec::MULTI_SCALES`] at TF's `scale_dimension` size of the
+/// plan's input, each twice (the image and its mirror). The bilinear resizes and the softmax
+/// averaging are not counted (the conventions above).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MultiScale {
+    pub scales: Vec<ScaleCost>,
+    /// Passes per scale: 2 (flips).
+    pub passes_per_scale: u64,
+    pub madds: u64,
+}
+
+pub fn multi_scale(spec: &Spec) -> Result<MultiScale> {
+    let scales = HeadSpec::MULTI_SCALES
+        .iter()
+        .map(|&scale| {
+            let (height, width) =
+                (HeadSpec::scale_dimension(spec.height, scale), HeadSpec::scale_dimension(spec.width_px, scale));
+            let plan = Plan::new(&Spec { height, width_px: width, ..spec.clone() })?;
+            Ok(ScaleCost { scale, height, width, madds: account(&plan).madds })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let madds = scales.iter().map(|s| 2 * s.madds).sum();
+    Ok(MultiScale { scales, passes_per_scale: 2, madds })
 }
 
 /// One row of the paper's Table 3: the widest bottleneck tensor at a spatial size.
@@ -161,7 +205,6 @@ pub fn memory(plan: &Plan) -> Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Spec;
 
     #[test]
     fn torchvision_counts() {

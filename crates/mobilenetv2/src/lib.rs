@@ -69,6 +69,7 @@ pub mod preprocess;
 pub mod qscheme;
 pub mod quant;
 pub mod rng;
+pub mod segment;
 pub mod spec;
 pub mod tensor;
 pub mod train;

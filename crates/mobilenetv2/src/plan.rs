@@ -65,7 +65,7 @@ pub struct Pad {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvKind {
-    /// Dense 3x3 convolution (the stem).
+    /// Dense 3x3 convolution (the stem, DeepLab's atrous ASPP branches).
     Full,
     /// 1x1 convolution: a matrix product over channels.
     Pointwise,
@@ -81,6 +81,8 @@ pub enum Activation {
     None,
     /// `min(max(x, 0), 6)`.
     Relu6,
+    /// Plain ReLU (DeepLab's head).
+    Relu,
 }
 
 impl Activation {
@@ -89,12 +91,13 @@ impl Activation {
         match self {
             Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
             Activation::Relu6 => (0.0, 6.0),
+            Activation::Relu => (0.0, f32::INFINITY),
         }
     }
 }
 
-/// A convolution followed by BatchNorm (folded at inference), an optional activation and an
-/// optional residual add of the enclosing block's input, in that order.
+/// A convolution followed by BatchNorm (folded at inference) or its own bias, an optional
+/// activation and an optional residual add of the enclosing block's input, in that order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Conv {
     /// Full, pointwise or depthwise.
@@ -114,8 +117,9 @@ pub struct Conv {
     /// Whether the block's input is added after the activation (projection layers of blocks
     /// with a shortcut).
     pub residual: bool,
-    /// torchvision name of the BatchNorm module after the convolution.
-    pub bn: String,
+    /// torchvision name of the BatchNorm module after the convolution; `None` for a
+    /// convolution with its own bias (`<name>.bias`) and no BatchNorm (DeepLab's logits).
+    pub bn: Option<String>,
 }
 
 /// What a layer computes.
@@ -133,6 +137,19 @@ pub enum Op {
     },
     /// Fully connected layer with bias.
     Linear,
+    /// Channel concatenation of the outputs of these plan layers, in order (DeepLab's
+    /// branches). The layer's own [`Layer::source`] is unused.
+    Concat {
+        sources: Vec<usize>,
+    },
+    /// Bilinear resize of the input to the layer's output size. `align_corners: true` is TF
+    /// DeepLab's convention (`tf.image.resize_bilinear(..., align_corners=True)`, PyTorch's
+    /// `F.interpolate(..., mode="bilinear", align_corners=True)`): corner pixels map onto
+    /// corner pixels, source = destination * (in - 1) / (out - 1). `false` is half-pixel
+    /// centres (PyTorch's default, TF2's `tf.image.resize`).
+    Upsample {
+        align_corners: bool,
+    },
 }
 
 /// What a layer is in the network, for reports and for finding taps.
@@ -155,6 +172,18 @@ pub enum Role {
     Dropout,
     /// The fully connected layer that produces the logits.
     Classifier,
+    /// DeepLab: the image-pooling branch's 1x1 convolution.
+    ImagePool,
+    /// DeepLab: an ASPP branch (the 1x1 `aspp0` or a 3x3 atrous one).
+    Aspp,
+    /// DeepLab: the concatenation of the branches.
+    Concat,
+    /// DeepLab: the 1x1 projection of the concatenation.
+    Projection,
+    /// DeepLab: the 1x1 convolution with bias to the per-pixel logits.
+    Logits,
+    /// DeepLab: a bilinear upsampling.
+    Upsample,
 }
 
 /// One layer of the network: what it computes, where it sits, its input and output shapes.
@@ -246,6 +275,43 @@ pub struct ClassifierHead {
     pub classifier: usize,
 }
 
+/// Mobile DeepLabv3 (the paper's section 6.3) as indices into [`Plan::layers`]. Layer names
+/// follow TF DeepLab's scopes under `head.` (torchvision-style `.0` conv / `.1` BatchNorm):
+///
+/// | layer | name | op |
+/// |---|---|---|
+/// | `pool` | `head.pool` | global average pool of the features |
+/// | `image_pool` | `head.image_pooling.0` (BN `.1`) | 1x1 conv 256 + BN + ReLU |
+/// | `image_pool_upsample` | `head.image_pooling_upsample` | bilinear (a broadcast) to the features' size |
+/// | `aspp[0]` | `head.aspp0.0` (BN `.1`) | 1x1 conv 256 + BN + ReLU on the features |
+/// | `aspp[1..4]` | `head.aspp1.0` .. `head.aspp3.0` | 3x3 conv 256, dilation 6/12/18 at OS 16 (x2 at OS 8) + BN + ReLU (ASPP only) |
+/// | `concat` | `head.concat` | channels: image pooling, aspp0, aspp1.. (TF DeepLab's order) |
+/// | `projection` | `head.concat_projection.0` (BN `.1`) | 1x1 conv 256 + BN + ReLU |
+/// | `dropout` | `head.dropout` | p = 0.1 (TF DeepLab's keep_prob 0.9); identity at inference |
+/// | `logits` | `head.logits` | 1x1 conv with bias to [`Spec::classes`] |
+/// | `upsample` | `head.upsample` | bilinear, align_corners (TF DeepLab), to the input size |
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeepLabHead {
+    /// The backbone layer whose output the head reads: the last block's projection (the
+    /// 320-channel "second last feature map", TF's `layer_18`).
+    pub features: usize,
+    pub pool: usize,
+    pub image_pool: usize,
+    pub image_pool_upsample: usize,
+    /// `aspp0` (1x1), then the atrous 3x3 branches if any.
+    pub aspp: Vec<usize>,
+    pub concat: usize,
+    pub projection: usize,
+    pub dropout: usize,
+    pub logits: usize,
+    pub upsample: usize,
+}
+
+/// DeepLab's dropout before the logits (TF DeepLab: `keep_prob=0.9`).
+pub const DEEPLAB_DROPOUT: f32 = 0.1;
+/// Channels of every DeepLab branch and of the projection.
+pub const DEEPLAB_DEPTH: usize = 256;
+
 /// What the network computes on top of the backbone, as indices into [`Plan::layers`]. Which
 /// head a plan has is chosen by [`Spec::head`]; a head's layers follow the backbone's in
 /// [`Plan::layers`] and read it through [`Layer::source`] where they do not simply follow.
@@ -254,6 +320,8 @@ pub struct ClassifierHead {
 pub enum Head {
     /// ImageNet-style classification.
     Classifier(ClassifierHead),
+    /// Semantic segmentation: per-pixel logits at the input size.
+    DeepLab(DeepLabHead),
 }
 
 /// The network expanded into layers with shapes: a backbone (stem, [`Plan::blocks`], last
@@ -292,7 +360,10 @@ pub struct Plan {
     pub layers: Vec<Layer>,
     /// The inverted residual blocks, in order.
     pub blocks: Vec<Block>,
-    /// The last 1x1 convolution of the backbone (`features.18` for Table 2).
+    /// The last layer of the backbone: the last 1x1 convolution (`features.18` for Table 2),
+    /// or, for DeepLab, which reads the second last feature map and has no last conv, the
+    /// last block's projection (its role says which; [`Tap::LastConv`] exists only for the
+    /// former).
     pub last_conv: usize,
     /// The layers on top of the backbone.
     pub head: Head,
@@ -328,7 +399,7 @@ impl Builder<'_> {
     fn conv(
         &mut self,
         name: String,
-        bn: String,
+        bn: Option<String>,
         role: Role,
         block: Option<usize>,
         kind: ConvKind,
@@ -338,6 +409,26 @@ impl Builder<'_> {
         dilation: usize,
         activation: Activation,
         residual: bool,
+    ) -> Shape {
+        self.conv_k(name, bn, role, block, kind, input, out_c, stride, dilation, activation, residual, None)
+    }
+
+    /// [`Builder::conv`] reading the output of plan layer `source` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_k(
+        &mut self,
+        name: String,
+        bn: Option<String>,
+        role: Role,
+        block: Option<usize>,
+        kind: ConvKind,
+        input: Shape,
+        out_c: usize,
+        stride: usize,
+        dilation: usize,
+        activation: Activation,
+        residual: bool,
+        source: Option<usize>,
     ) -> Shape {
         let kernel = if kind == ConvKind::Pointwise { 1 } else { 3 };
         let (top, bottom) = conv_pad(self.spec.padding, input.h, kernel, stride, dilation);
@@ -352,7 +443,7 @@ impl Builder<'_> {
             name,
             role,
             block,
-            source: None,
+            source,
             op: Op::Conv(Conv {
                 kind,
                 kernel,
@@ -371,6 +462,60 @@ impl Builder<'_> {
     }
 }
 
+/// Pushes DeepLab's layers (see [`DeepLabHead`]) reading `features` (shape `x`).
+fn deeplab(b: &mut Builder, features: usize, x: Shape, image: Shape) -> DeepLabHead {
+    let spec = b.spec;
+    let d = DEEPLAB_DEPTH;
+    let relu = Activation::Relu;
+    let push = |b: &mut Builder, name: &str, role, source, op, input, output| {
+        b.layers.push(Layer { name: name.into(), role, block: None, source, op, input, output });
+        b.layers.len() - 1
+    };
+    let pooled = Shape::new(1, 1, x.c);
+    let pool = push(b, "head.pool", Role::Pool, None, Op::GlobalAvgPool, x, pooled);
+    let conv = |b: &mut Builder, scope: &str, role, kind, input, out_c, dilation, activation, bn: bool, source| {
+        let name = if bn { format!("{scope}.0") } else { scope.to_string() };
+        let bn = bn.then(|| format!("{scope}.1"));
+        b.conv_k(name, bn, role, None, kind, input, out_c, 1, dilation, activation, false, source);
+        b.layers.len() - 1
+    };
+    let image_pool =
+        conv(b, "head.image_pooling", Role::ImagePool, ConvKind::Pointwise, pooled, d, 1, relu, true, None);
+    let image_pool_upsample = push(
+        b,
+        "head.image_pooling_upsample",
+        Role::Upsample,
+        None,
+        Op::Upsample { align_corners: true },
+        Shape::new(1, 1, d),
+        Shape::new(x.h, x.w, d),
+    );
+    let mut aspp = vec![conv(b, "head.aspp0", Role::Aspp, ConvKind::Pointwise, x, d, 1, relu, true, Some(features))];
+    for (i, rate) in spec.head.atrous_rates(spec.output_stride).into_iter().enumerate() {
+        let scope = format!("head.aspp{}", i + 1);
+        aspp.push(conv(b, &scope, Role::Aspp, ConvKind::Full, x, d, rate, relu, true, Some(features)));
+    }
+    let sources: Vec<usize> = std::iter::once(image_pool_upsample).chain(aspp.iter().copied()).collect();
+    let cat = Shape::new(x.h, x.w, d * sources.len());
+    let concat = push(b, "head.concat", Role::Concat, None, Op::Concat { sources }, cat, cat);
+    let projection =
+        conv(b, "head.concat_projection", Role::Projection, ConvKind::Pointwise, cat, d, 1, relu, true, None);
+    let feat = Shape::new(x.h, x.w, d);
+    let dropout = push(b, "head.dropout", Role::Dropout, None, Op::Dropout { p: DEEPLAB_DROPOUT }, feat, feat);
+    let logits =
+        conv(b, "head.logits", Role::Logits, ConvKind::Pointwise, feat, spec.classes, 1, Activation::None, false, None);
+    let upsample = push(
+        b,
+        "head.upsample",
+        Role::Upsample,
+        None,
+        Op::Upsample { align_corners: true },
+        Shape::new(x.h, x.w, spec.classes),
+        Shape::new(image.h, image.w, spec.classes),
+    );
+    DeepLabHead { features, pool, image_pool, image_pool_upsample, aspp, concat, projection, dropout, logits, upsample }
+}
+
 impl Plan {
     /// Expands a spec into layers. Fails only if the spec is invalid ([`Error::InvalidSpec`]).
     pub fn new(spec: &Spec) -> Result<Plan> {
@@ -382,7 +527,7 @@ impl Plan {
         let input = Shape::new(spec.height, spec.width_px, 3);
         let mut x = b.conv(
             "features.0.0".into(),
-            "features.0.1".into(),
+            Some("features.0.1".into()),
             Role::Stem,
             None,
             ConvKind::Full,
@@ -423,7 +568,7 @@ impl Plan {
                 let expand = if t != 1 {
                     x = b.conv(
                         format!("{p}.0.0"),
-                        format!("{p}.0.1"),
+                        Some(format!("{p}.0.1")),
                         Role::Expand,
                         Some(index),
                         ConvKind::Pointwise,
@@ -441,7 +586,7 @@ impl Plan {
                 };
                 x = b.conv(
                     format!("{p}.{li}.0"),
-                    format!("{p}.{li}.1"),
+                    Some(format!("{p}.{li}.1")),
                     Role::Depthwise,
                     Some(index),
                     ConvKind::Depthwise,
@@ -455,7 +600,7 @@ impl Plan {
                 let depthwise = b.layers.len() - 1;
                 x = b.conv(
                     format!("{p}.{}", li + 1),
-                    format!("{p}.{}", li + 2),
+                    Some(format!("{p}.{}", li + 2)),
                     Role::Project,
                     Some(index),
                     ConvKind::Pointwise,
@@ -481,32 +626,35 @@ impl Plan {
                 index += 1;
             }
         }
-        x = b.conv(
-            format!("features.{index}.0"),
-            format!("features.{index}.1"),
-            Role::LastConv,
-            None,
-            ConvKind::Pointwise,
-            x,
-            spec.last_channels(),
-            1,
-            1,
-            relu6,
-            false,
-        );
+        if spec.head.is_classifier() {
+            x = b.conv(
+                format!("features.{index}.0"),
+                Some(format!("features.{index}.1")),
+                Role::LastConv,
+                None,
+                ConvKind::Pointwise,
+                x,
+                spec.last_channels(),
+                1,
+                1,
+                relu6,
+                false,
+            );
+        }
         let last_conv = b.layers.len() - 1;
-        let pooled = Shape::new(1, 1, x.c);
-        let mut push = |name: &str, role, op, input, output| {
-            b.layers.push(Layer { name: name.into(), role, block: None, source: None, op, input, output })
-        };
         let head = match spec.head {
             HeadSpec::Classifier => {
+                let pooled = Shape::new(1, 1, x.c);
+                let mut push = |name: &str, role, op, input, output| {
+                    b.layers.push(Layer { name: name.into(), role, block: None, source: None, op, input, output })
+                };
                 push("avgpool", Role::Pool, Op::GlobalAvgPool, x, pooled);
                 push("classifier.0", Role::Dropout, Op::Dropout { p: spec.dropout }, pooled, pooled);
                 push("classifier.1", Role::Classifier, Op::Linear, pooled, Shape::new(1, 1, spec.classes));
                 let n = b.layers.len();
                 Head::Classifier(ClassifierHead { pool: n - 3, dropout: n - 2, classifier: n - 1 })
             }
+            HeadSpec::DeepLab { .. } => Head::DeepLab(deeplab(&mut b, last_conv, x, input)),
         };
         Ok(Plan { spec: spec.clone(), layers: b.layers, blocks, last_conv, head })
     }
@@ -536,10 +684,17 @@ impl Plan {
     /// The classification head, or an error naming `what` needs one (the fast engines, the
     /// int8 scheme and the exporters run classifiers today).
     pub fn classifier(&self, what: &str) -> Result<ClassifierHead> {
-        #[allow(unreachable_patterns)] // the detection and segmentation heads are next
         match self.head {
             Head::Classifier(h) => Ok(h),
             _ => Err(Error::Unsupported(format!("{what} needs a classification head"))),
+        }
+    }
+
+    /// The DeepLab head, or an error naming `what` needs one.
+    pub fn deeplab(&self, what: &str) -> Result<&DeepLabHead> {
+        match &self.head {
+            Head::DeepLab(h) => Ok(h),
+            _ => Err(Error::Unsupported(format!("{what} needs a DeepLab head"))),
         }
     }
 
@@ -565,7 +720,8 @@ impl Plan {
                 .ok_or_else(|| missing(format!("block {i}")))?
                 .expand
                 .ok_or_else(|| missing(format!("expansion of block {i} (t = 1)"))),
-            Tap::LastConv => Ok(self.last_conv),
+            Tap::LastConv if self.layers[self.last_conv].role == Role::LastConv => Ok(self.last_conv),
+            Tap::LastConv => Err(missing("last conv (this head reads the last block)".into())),
         }
     }
 
@@ -605,7 +761,7 @@ mod tests {
         assert_eq!(&names[..4], ["features.0.0", "features.1.conv.0.0", "features.1.conv.1", "features.2.conv.0.0"]);
         let b2 = plan.block(2).unwrap();
         assert_eq!(plan.layers[b2.project].name, "features.2.conv.2");
-        assert_eq!(plan.layers[b2.project].conv().unwrap().bn, "features.2.conv.3");
+        assert_eq!(plan.layers[b2.project].conv().unwrap().bn.as_deref(), Some("features.2.conv.3"));
     }
 
     #[test]

@@ -82,12 +82,41 @@ pub enum HeadSpec {
     /// Global average pool, dropout and a fully connected layer to [`Spec::classes`] logits.
     #[default]
     Classifier,
+    /// Mobile DeepLabv3 (the paper's section 6.3, Table 7's "MNet V2*"): on the last block's
+    /// output (the "second last feature map", no last 1x1 conv) at [`Spec::output_stride`]
+    /// 16 or 8, a 1x1 branch and an image-pooling branch of 256 channels, with `aspp` also
+    /// three 3x3 atrous branches (rates [`HeadSpec::atrous_rates`]), concatenated, projected
+    /// to 256, dropout, 1x1 logits with bias, bilinear upsampling to the input size.
+    #[serde(rename = "deeplab")]
+    DeepLab {
+        /// Atrous Spatial Pyramid Pooling: the three 3x3 atrous convolutions.
+        aspp: bool,
+    },
 }
 
 impl HeadSpec {
     /// Whether this is the classification head.
     pub fn is_classifier(&self) -> bool {
         *self == HeadSpec::Classifier
+    }
+
+    /// TF DeepLab's multi-scale evaluation (`eval_scales = [0.5:0.25:1.75]`), used with
+    /// left-right flips for Table 7's "MF" rows.
+    pub const MULTI_SCALES: [f64; 6] = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75];
+
+    /// TF DeepLab's `scale_dimension`: a side of `dim` pixels at `scale` is
+    /// `int((dim - 1) * scale + 1)` (so 513 gives 257, 385, 513, 641, 769, 897).
+    pub fn scale_dimension(dim: usize, scale: f64) -> usize {
+        ((dim as f64 - 1.0) * scale + 1.0) as usize
+    }
+
+    /// The dilation rates of DeepLab's three 3x3 ASPP branches at an output stride: TF
+    /// DeepLab's 6, 12, 18 at output stride 16, doubled at 8. Empty without ASPP.
+    pub fn atrous_rates(&self, output_stride: usize) -> Vec<usize> {
+        match *self {
+            HeadSpec::DeepLab { aspp: true } => [6, 12, 18].iter().map(|r| r * 16 / output_stride).collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -125,7 +154,7 @@ pub struct Spec {
     pub height: usize,
     /// Input width in pixels (>= 32).
     pub width_px: usize,
-    /// Number of classifier outputs.
+    /// Number of classifier outputs (classes per pixel for DeepLab).
     pub classes: usize,
     /// The stage table; Table 2 unless changed.
     pub stages: Vec<Stage>,
@@ -222,6 +251,14 @@ impl Spec {
         }
         if ![8, 16, 32].contains(&self.output_stride) {
             return bad(format!("output stride {} must be 8, 16 or 32", self.output_stride));
+        }
+        if let HeadSpec::DeepLab { aspp } = self.head {
+            if ![8, 16].contains(&self.output_stride) {
+                return bad(format!(
+                    "the DeepLab head needs output stride 16 or 8, not {} (aspp: {aspp})",
+                    self.output_stride
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));

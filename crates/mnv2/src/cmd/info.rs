@@ -1,6 +1,7 @@
 use anyhow::Result;
-use mobilenetv2::accounting::{account, memory};
+use mobilenetv2::accounting::{account, memory, multi_scale};
 use mobilenetv2::plan::{ConvKind, Op, Plan};
+use mobilenetv2::spec::HeadSpec;
 use mobilenetv2::Spec;
 use serde_json::json;
 
@@ -33,6 +34,16 @@ pub struct Args {
     /// Output stride: 32 (classification), 16 or 8 (dilated, for segmentation)
     #[arg(long, default_value_t = 32)]
     output_stride: usize,
+    /// Head: classifier, or deeplab (Mobile DeepLabv3, the paper's Table 7; needs
+    /// --output-stride 16 or 8)
+    #[arg(long, default_value = "classifier")]
+    head: String,
+    /// DeepLab with ASPP (three 3x3 atrous branches)
+    #[arg(long)]
+    aspp: bool,
+    /// Also count TF DeepLab's multi-scale (0.5..1.75) + left-right-flip inference (Table 7's MF)
+    #[arg(long)]
+    multi_scale: bool,
     /// Show the activation memory report (the paper's Table 3)
     #[arg(long)]
     memory: bool,
@@ -43,7 +54,17 @@ pub struct Args {
 
 pub fn spec_from(a: &Args) -> Result<Spec> {
     let (height, width_px) = Spec::parse_resolution(&a.resolution)?;
+    let head = match (a.head.as_str(), a.aspp) {
+        ("classifier", false) => HeadSpec::Classifier,
+        ("deeplab", aspp) => HeadSpec::DeepLab { aspp },
+        ("classifier", true) => anyhow::bail!("--aspp needs --head deeplab"),
+        (o, _) => anyhow::bail!("--head `{o}`: expected classifier or deeplab"),
+    };
+    if a.multi_scale && head.is_classifier() {
+        anyhow::bail!("--multi-scale needs --head deeplab");
+    }
     Ok(Spec {
+        head,
         width: a.width,
         height,
         width_px,
@@ -72,8 +93,16 @@ fn op_name(op: &Op) -> String {
             if c.dilation > 1 {
                 s += &format!(" d{}", c.dilation);
             }
-            if c.activation == mobilenetv2::plan::Activation::Relu6 {
-                s += " relu6";
+            if c.kernel == 3 && c.kind == ConvKind::Full && c.stride == 1 {
+                s = s.replace("conv3x3", "atrous3x3");
+            }
+            match c.activation {
+                mobilenetv2::plan::Activation::Relu6 => s += " relu6",
+                mobilenetv2::plan::Activation::Relu => s += " relu",
+                mobilenetv2::plan::Activation::None => {}
+            }
+            if c.bn.is_none() {
+                s += " +bias";
             }
             if c.residual {
                 s += " +res";
@@ -83,6 +112,10 @@ fn op_name(op: &Op) -> String {
         Op::GlobalAvgPool => "avgpool".into(),
         Op::Dropout { p } => format!("dropout {p}"),
         Op::Linear => "linear".into(),
+        Op::Concat { sources } => format!("concat x{}", sources.len()),
+        Op::Upsample { align_corners } => {
+            format!("bilinear{}", if *align_corners { " ac" } else { "" })
+        }
     }
 }
 
@@ -103,6 +136,7 @@ pub fn main(a: Args) -> Result<()> {
     let plan = Plan::new(&spec)?;
     let acc = account(&plan);
     let mem = memory(&plan);
+    let ms = if a.multi_scale { Some(multi_scale(&spec)?) } else { None };
     if a.json {
         let layers: Vec<_> = plan
             .layers
@@ -123,6 +157,9 @@ pub fn main(a: Args) -> Result<()> {
         });
         if a.memory {
             v["memory"] = serde_json::to_value(&mem)?;
+        }
+        if let Some(ms) = &ms {
+            v["multi_scale"] = serde_json::to_value(ms)?;
         }
         return out(&format!("{v}\n"));
     }
@@ -149,6 +186,16 @@ pub fn main(a: Args) -> Result<()> {
             thousands(acc.params_no_bn),
             thousands(acc.madds)
         );
+        if let Some(ms) = &ms {
+            let sizes: Vec<String> = ms.scales.iter().map(|s| format!("{}x{}", s.height, s.width)).collect();
+            s += &format!(
+                "multi-scale + flips: {} multiply-adds ({:.1}B; {} passes: {} at scales 0.5..1.75, each also flipped)\n",
+                thousands(ms.madds),
+                ms.madds as f64 / 1e9,
+                ms.scales.len() as u64 * ms.passes_per_scale,
+                sizes.join(", ")
+            );
+        }
     } else {
         s += "Bottleneck tensors that must be materialised (the paper's Table 3, 16-bit activations):\n";
         s += &format!("{:>10} {:>9} {:>12} {:>12}\n", "size", "channels", "bytes f16", "bytes f32");

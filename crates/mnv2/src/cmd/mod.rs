@@ -11,6 +11,7 @@ pub mod info;
 pub mod init;
 pub mod quantize;
 pub mod run;
+pub mod segment;
 pub mod serve;
 pub mod train;
 

@@ -138,7 +138,7 @@ impl Engine {
             .map(|(i, l)| match l.op {
                 Op::Conv(_) => Compiled::Conv(folded.take(i)),
                 Op::Linear => Compiled::Linear(folded.take(i)),
-                Op::GlobalAvgPool | Op::Dropout { .. } => Compiled::Pass,
+                Op::GlobalAvgPool | Op::Dropout { .. } | Op::Concat { .. } | Op::Upsample { .. } => Compiled::Pass,
             })
             .collect();
         Ok(Engine { spec: model.spec().clone(), options, layers, fast: None })

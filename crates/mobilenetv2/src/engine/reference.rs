@@ -31,7 +31,15 @@ fn run_image(layers: &[Compiled], plan: &Plan, image: &[f32], taps: &[usize]) ->
     let mut cur = image.to_vec();
     let mut block_input: Vec<f32> = Vec::new();
     let last_tap = taps.iter().copied().max().unwrap_or(0);
-    // Outputs that a later layer reads through `Layer::source` (a head's taps) are kept.
+    // Outputs that a later layer reads through `Layer::source` or concatenates (a head's
+    // taps and branches) are kept.
+    let mut read_later = vec![false; plan.layers.len()];
+    for l in &plan.layers {
+        l.source.into_iter().for_each(|s| read_later[s] = true);
+        if let Op::Concat { sources } = &l.op {
+            sources.iter().for_each(|&s| read_later[s] = true);
+        }
+    }
     let mut kept: Vec<Option<Vec<f32>>> = vec![None; plan.layers.len()];
     for (i, layer) in plan.layers.iter().enumerate().take(last_tap + 1) {
         if let Some(src) = layer.source {
@@ -52,10 +60,26 @@ fn run_image(layers: &[Compiled], plan: &Plan, image: &[f32], taps: &[usize]) ->
             }
             (Op::Dropout { .. }, _) => out.copy_from_slice(&cur),
             (Op::Linear, Compiled::Linear(f)) => k::linear_f32(&cur, &f.weights, &f.bias, &mut out),
+            (Op::Concat { sources }, _) => {
+                // Channels of each source in turn, pixel by pixel (NHWC).
+                let mut offset = 0;
+                for &s in sources {
+                    let src = kept[s].as_deref().expect("a concatenated layer runs before the concat");
+                    let c = plan.layers[s].output.c;
+                    for (px, o) in src.chunks_exact(c).zip(out.chunks_exact_mut(layer.output.c)) {
+                        o[offset..offset + c].copy_from_slice(px);
+                    }
+                    offset += c;
+                }
+            }
+            (Op::Upsample { align_corners }, _) => {
+                let (i, o) = (layer.input, layer.output);
+                k::resize_bilinear_f32(&cur, i.h, i.w, i.c, o.h, o.w, *align_corners, &mut out)
+            }
             _ => unreachable!("compiled layer {i} does not match the plan"),
         }
         cur = out;
-        if plan.layers.iter().any(|l| l.source == Some(i)) {
+        if read_later[i] {
             kept[i] = Some(cur.clone());
         }
         for (t, o) in taps.iter().zip(outs.iter_mut()) {

@@ -171,6 +171,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                 cur = "flatten".into();
             }
             Op::Dropout { .. } => {}
+            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("to_proto checks for a classifier"),
             Op::Linear => {
                 let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
@@ -188,6 +189,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
 /// graphs; use [`to_bytes`] or [`write`].
 #[doc(hidden)]
 pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
+    model.plan.classifier("ONNX export")?;
     if !OPSETS.contains(&opts.opset) {
         return Err(Error::Input(format!(
             "ONNX opset {} is not supported for export ({}..={})",

@@ -138,6 +138,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
         )));
     }
     let plan = &model.plan;
+    plan.classifier("int8 ONNX export")?;
     if q.blocks.len() != plan.blocks.len() {
         return Err(Error::InvalidSpec(format!(
             "the quantisation has {} blocks, the network {}",
@@ -202,6 +203,7 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
                 cur = g.qdq("flatten", "pooled", q.pooled);
             }
             Op::Dropout { .. } => {}
+            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("checked for a classifier above"),
             Op::Linear => {
                 let (w, scales) = weight(&mut g);
                 let b = g.bias(name, &floats(&names::bias(layer)), in_q[i], &scales);

@@ -438,6 +438,7 @@ pub(crate) fn fit(path: &Path, net: &Network, opts: &FitOptions) -> Result<(Spec
                 tensors.insert(names::bias(layer), Tensor::f32(vec![h.shape[0]], h.bias.clone()));
             }
             Op::GlobalAvgPool | Op::Dropout { .. } => {}
+            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("the graph importers fit classifier plans"),
         }
     }
     debug_assert_eq!(tensors.len(), exp.len());

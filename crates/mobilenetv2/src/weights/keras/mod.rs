@@ -375,6 +375,7 @@ fn tensors_for(plan: &Plan, src: &mut dyn Source) -> std::result::Result<BTreeMa
                 out.insert(names::bias(layer), Tensor::f32(vec![n_out], b.values.clone()));
             }
             Op::GlobalAvgPool | Op::Dropout { .. } => {}
+            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("the Keras importer fits classifier plans"),
         }
     }
     debug_assert_eq!(out.len(), exp.len());
