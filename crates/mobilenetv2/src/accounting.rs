@@ -96,8 +96,11 @@ pub fn account(plan: &Plan) -> Accounting {
 /// One input size of a multi-scale evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ScaleCost {
+    /// The scale factor of the plan's input size.
     pub scale: f64,
+    /// Input height at this scale, pixels.
     pub height: usize,
+    /// Input width at this scale, pixels.
     pub width: usize,
     /// Multiply-adds of one pass at this size.
     pub madds: u64,
@@ -109,12 +112,16 @@ pub struct ScaleCost {
 /// averaging are not counted (the conventions above).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MultiScale {
+    /// One entry per scale.
     pub scales: Vec<ScaleCost>,
     /// Passes per scale: 2 (flips).
     pub passes_per_scale: u64,
+    /// Total multiply-adds of the whole evaluation of one image.
     pub madds: u64,
 }
 
+/// The multi-scale evaluation cost of a segmentation `spec` (see [`MultiScale`]); fails if a
+/// scaled size makes no valid plan.
 pub fn multi_scale(spec: &Spec) -> Result<MultiScale> {
     let scales = HeadSpec::MULTI_SCALES
         .iter()

@@ -140,6 +140,7 @@ pub enum Op {
     /// Channel concatenation of the outputs of these plan layers, in order (DeepLab's
     /// branches). The layer's own [`Layer::source`] is unused.
     Concat {
+        /// Indices into [`Plan::layers`] of the concatenated outputs.
         sources: Vec<usize>,
     },
     /// Bilinear resize of the input to the layer's output size. `align_corners: true` is TF
@@ -148,6 +149,7 @@ pub enum Op {
     /// corner pixels, source = destination * (in - 1) / (out - 1). `false` is half-pixel
     /// centres (PyTorch's default, TF2's `tf.image.resize`).
     Upsample {
+        /// Corner-aligned (TF DeepLab) rather than half-pixel sampling.
         align_corners: bool,
     },
 }
@@ -295,15 +297,23 @@ pub struct DeepLabHead {
     /// The backbone layer whose output the head reads: the last block's projection (the
     /// 320-channel "second last feature map", TF's `layer_18`).
     pub features: usize,
+    /// Global average pooling of the features (the image-pooling branch).
     pub pool: usize,
+    /// The image-pooling branch's 1x1 conv (on the pooled features).
     pub image_pool: usize,
+    /// The pooled branch broadcast back to the feature map's size.
     pub image_pool_upsample: usize,
     /// `aspp0` (1x1), then the atrous 3x3 branches if any.
     pub aspp: Vec<usize>,
+    /// Concatenation of the branches along channels.
     pub concat: usize,
+    /// The 1x1 projection of the concatenation.
     pub projection: usize,
+    /// Dropout (identity at inference).
     pub dropout: usize,
+    /// The 1x1 conv to per-pixel logits.
     pub logits: usize,
+    /// Bilinear upsampling of the logits to the input size.
     pub upsample: usize,
 }
 
