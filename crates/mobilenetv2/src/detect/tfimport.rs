@@ -104,7 +104,7 @@ pub fn backbone(g: &TfGraph, height: usize, width: usize) -> Result<Model> {
                 tensors.insert(names::weight(layer), Tensor::f32(vec![o, i], vec![0.0; o * i]));
                 tensors.insert(names::bias(layer), Tensor::f32(vec![o], vec![0.0; o]));
             }
-            Op::GlobalAvgPool | Op::Dropout { .. } => {}
+            Op::GlobalAvgPool | Op::Dropout { .. } | Op::Concat { .. } | Op::Upsample { .. } => {}
         }
     }
     let mut metadata = BTreeMap::new();
