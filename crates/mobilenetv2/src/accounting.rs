@@ -22,6 +22,8 @@ pub struct LayerCost {
     pub weights: u64,
     /// BatchNorm gamma and beta after the layer.
     pub bn: u64,
+    /// Multiply-adds for one image (convolutions and the classifier; zero for pooling and
+    /// dropout).
     pub madds: u64,
 }
 
@@ -32,6 +34,7 @@ impl LayerCost {
     }
 }
 
+/// The cost of one layer of a plan, under the conventions of the module documentation.
 pub fn layer_cost(layer: &Layer) -> LayerCost {
     let (i, o) = (layer.input, layer.output);
     match &layer.op {
@@ -61,6 +64,25 @@ pub struct Accounting {
     pub layers: Vec<LayerCost>,
 }
 
+/// Parameters and multiply-adds of a whole plan, per layer and in total.
+///
+/// ```
+/// use mobilenetv2::accounting::{account, memory};
+/// use mobilenetv2::{Plan, Spec};
+///
+/// let plan = Plan::new(&Spec::new(1.0, 224))?;
+/// let a = account(&plan);
+/// assert_eq!(a.params, 3_504_872); // torchvision's sum(p.numel() for p in parameters())
+/// assert_eq!(a.madds, 300_774_272); // the paper's "300M"
+/// // The stem: 32 filters of 3x3x3 at 112x112, plus BatchNorm's gamma and beta.
+/// assert_eq!(a.layers[0].weights, 32 * 27);
+/// assert_eq!(a.layers[0].bn, 2 * 32);
+/// assert_eq!(a.layers[0].madds, 112 * 112 * 32 * 27);
+/// assert_eq!(a.layers.iter().map(|l| l.madds).sum::<u64>(), a.madds);
+/// // Table 3 of the paper: at most 400K bytes of 16-bit activations.
+/// assert_eq!(memory(&plan).table3_max_bytes_f16, 401_408);
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 pub fn account(plan: &Plan) -> Accounting {
     let layers: Vec<LayerCost> = plan.layers.iter().map(layer_cost).collect();
     Accounting {
@@ -74,8 +96,11 @@ pub fn account(plan: &Plan) -> Accounting {
 /// One input size of a multi-scale evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ScaleCost {
+    /// The scale factor of the plan's input size.
     pub scale: f64,
+    /// Input height at this scale, pixels.
     pub height: usize,
+    /// Input width at this scale, pixels.
     pub width: usize,
     /// Multiply-adds of one pass at this size.
     pub madds: u64,
@@ -87,12 +112,16 @@ pub struct ScaleCost {
 /// averaging are not counted (the conventions above).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MultiScale {
+    /// One entry per scale.
     pub scales: Vec<ScaleCost>,
     /// Passes per scale: 2 (flips).
     pub passes_per_scale: u64,
+    /// Total multiply-adds of the whole evaluation of one image.
     pub madds: u64,
 }
 
+/// The multi-scale evaluation cost of a segmentation `spec` (see [`MultiScale`]); fails if a
+/// scaled size makes no valid plan.
 pub fn multi_scale(spec: &Spec) -> Result<MultiScale> {
     let scales = HeadSpec::MULTI_SCALES
         .iter()
@@ -110,8 +139,11 @@ pub fn multi_scale(spec: &Spec) -> Result<MultiScale> {
 /// One row of the paper's Table 3: the widest bottleneck tensor at a spatial size.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemoryRow {
+    /// Height of the tensors of this row.
     pub h: usize,
+    /// Width of the tensors of this row.
     pub w: usize,
+    /// Channels of the widest bottleneck tensor at this size.
     pub channels: usize,
     /// Bytes at 16-bit activations, as the paper assumes.
     pub bytes_f16: u64,
@@ -129,8 +161,9 @@ pub struct Memory {
     /// Largest entry of `table3` (401,408 bytes = the paper's "400K" at 224/1.0).
     pub table3_max_bytes_f16: u64,
     /// Eq. (2) of the paper with each block as one operation: the largest input + output of a
-    /// block (block index, values).
+    /// block: the block's torchvision `features` index.
     pub eq2_block: usize,
+    /// That block's input plus output, in values (not bytes).
     pub eq2_values: u64,
     /// Largest single tensor when every layer's output is materialised (naive engines).
     pub largest_tensor_values: u64,
@@ -138,6 +171,7 @@ pub struct Memory {
     pub layerwise_peak_values: u64,
 }
 
+/// Activation memory of one image for `plan` (see [`Memory`] for the three measures).
 pub fn memory(plan: &Plan) -> Memory {
     let mut rows: Vec<MemoryRow> = Vec::new();
     let mut add = |s: Shape| {

@@ -21,6 +21,7 @@ pub struct Prediction {
     pub index: usize,
     /// Class name, when the model has names (ImageNet's for 1000 classes).
     pub label: Option<String>,
+    /// Softmax probability, in [0, 1].
     pub prob: f32,
 }
 
@@ -29,6 +30,7 @@ pub struct Prediction {
 pub struct Classification {
     /// The image's path as given.
     pub image: String,
+    /// The `k` most probable classes, most probable first.
     pub top: Vec<Prediction>,
 }
 
@@ -72,7 +74,29 @@ pub fn predictions(model: &Model, logits: &[f32], k: usize) -> Vec<Prediction> {
 /// overheads, few enough to keep memory small for long file lists.
 const CHUNK: usize = 8;
 
-/// A model compiled for inference plus its preprocessing.
+/// A model compiled for inference plus its preprocessing: the library's entry point for
+/// "which classes are in this photo".
+///
+/// ```
+/// use mobilenetv2::classify::Classifier;
+/// use mobilenetv2::engine::Options;
+/// use mobilenetv2::preprocess::RgbImage;
+/// use mobilenetv2::{Model, Spec};
+///
+/// // Random weights, so no download is needed; `Model::load("weights.safetensors")` for real ones.
+/// let model = Model::init(&Spec::new(0.35, 64), 7, false)?;
+/// let classifier = Classifier::new(model, Options::default())?;
+/// assert_eq!(classifier.input_size(), (64, 64));
+///
+/// // A 100x80 grey image (width, height, RGB bytes row by row); files go through
+/// // `classify_files`.
+/// let image = RgbImage::new(100, 80, vec![128; 100 * 80 * 3])?;
+/// let top = &classifier.classify_images(&[image], 5)?[0];
+/// assert_eq!(top.len(), 5);
+/// assert!(top.windows(2).all(|p| p[0].prob >= p[1].prob));
+/// assert!(top[0].label.is_some()); // ImageNet's names, for 1000 classes
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 pub struct Classifier {
     model: Model,
     engine: Engine,

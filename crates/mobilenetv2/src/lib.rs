@@ -11,7 +11,43 @@
 //! assert_eq!(a.params, 3_504_872);
 //! assert_eq!(a.madds, 300_774_272);
 //! ```
+//!
+//! # The five-minute tour
+//!
+//! - [`Spec`] → [`Plan`]: the network as data; [`accounting`] counts it.
+//! - [`Model`]: a plan with weights. [`Model::load`] reads safetensors, PyTorch `.pth`, ONNX,
+//!   TFLite and Keras files (see [`weights`]); [`Model::init`] makes random ones;
+//!   [`Model::save`] writes the project's format.
+//! - [`Engine`]: a model compiled for inference, run on a [`Batch`] of NHWC images (or NCHW
+//!   values with [`Engine::run_nchw`]). [`classify::Classifier`] adds preprocessing
+//!   ([`preprocess`]) and top-k labels.
+//! - [`quant`]: int8 post-training quantisation; [`export`]: ONNX; [`train`]: training and
+//!   fine-tuning; [`data`]: labelled datasets.
+//! - Every failure is an [`Error`] whose message names the file or request and the problem.
+//!
+//! Layouts: activations are NHWC per image ([`plan::Shape`] is height x width x channels);
+//! weights keep PyTorch's layout and torchvision's names (OIHW convolutions, `[out, in]`
+//! classifier), whatever the file format they came from.
+//!
+//! ```
+//! use mobilenetv2::engine::{Engine, Options};
+//! use mobilenetv2::plan::Shape;
+//! use mobilenetv2::{Batch, Model, Spec};
+//!
+//! // A width-0.35 network at 64x64 with random weights (no download needed).
+//! let model = Model::init(&Spec::new(0.35, 64), 0, false)?;
+//! let engine = Engine::new(&model, Options { threads: 2, ..Options::default() })?;
+//! let images = Batch::zeros(3, Shape::new(64, 64, 3)); // 3 images, NHWC
+//! let logits = engine.run(&images)?;
+//! assert_eq!((logits.n, logits.shape), (3, Shape::new(1, 1, 1000)));
+//! // The engine accepts other input sizes too: the plan is re-derived for them.
+//! let bigger = engine.run(&Batch::zeros(1, Shape::new(96, 80, 3)))?;
+//! assert_eq!(bigger.shape, Shape::new(1, 1, 1000));
+//! # Ok::<(), mobilenetv2::Error>(())
+//! ```
+
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accounting;
 pub mod classify;
@@ -20,7 +56,7 @@ pub mod detect;
 pub mod engine;
 pub mod error;
 pub mod export;
-pub mod fold;
+pub(crate) mod fold;
 pub mod fsutil;
 pub mod labels;
 pub mod layout;

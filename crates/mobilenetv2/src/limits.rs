@@ -53,6 +53,7 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget of `total` units.
     pub fn new(total: usize) -> Budget {
         Budget { left: total, total }
     }

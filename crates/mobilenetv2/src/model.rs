@@ -13,13 +13,46 @@ use crate::spec::{Padding, Spec};
 use crate::weights::fit::{first_misfit, float_params, infer_spec};
 use crate::weights::{self, Tensor, TensorFile};
 
+/// A network with its weights: the [`Plan`], the parameters by torchvision name, the class
+/// names and the preprocessing the weights expect. Load one with [`Model::load`] (any
+/// supported format: safetensors, PyTorch `.pth`, ONNX, TFLite, Keras), make one with
+/// [`Model::init`], save it with [`Model::save`]; run it with an
+/// [`Engine`](crate::Engine) or a [`Classifier`](crate::classify::Classifier).
+///
+/// Invariant: `params` holds exactly the tensors [`names::expected`](crate::names::expected)
+/// lists for `plan`, with those shapes; every constructor checks it, so code that changes the
+/// public fields must keep it.
+///
+/// ```
+/// use mobilenetv2::{Model, Spec};
+///
+/// let model = Model::init(&Spec::new(0.35, 64), 42, false)?;
+/// assert_eq!(model.param("features.0.0.weight").len(), 16 * 3 * 3 * 3); // OIHW
+/// assert_eq!(model.label(1), Some("goldfish")); // ImageNet's names for 1000 classes
+///
+/// // Save and load back (the project's format: safetensors plus metadata).
+/// let path = std::env::temp_dir().join(format!("mnv2-doctest-{}.safetensors", std::process::id()));
+/// model.save(&path)?;
+/// let back = Model::load(&path)?;
+/// assert_eq!(back.spec(), model.spec());
+/// assert_eq!(back.params, model.params);
+/// # std::fs::remove_file(&path).ok();
+///
+/// // The same weights at another input size.
+/// let bigger = model.with_spec(&Spec::new(0.35, 96))?;
+/// assert_eq!(bigger.plan.input().h, 96);
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The network's layers and shapes.
     pub plan: Plan,
     /// Parameters and BatchNorm statistics by torchvision name, in PyTorch layout.
     pub params: Params,
     /// Class names, if known.
     pub labels: Option<Vec<String>>,
+    /// How images are turned into network inputs (resize, crop, normalisation) for these
+    /// weights.
     pub preprocess: Preprocess,
     /// Where the weights came from (for error messages).
     pub source: PathBuf,
@@ -34,7 +67,10 @@ fn meta_err(path: &Path, key: &str, value: &str, detail: impl Into<String>) -> E
 }
 
 impl Model {
-    /// Random weights with torchvision's initialisation (see [`weights::init`]).
+    /// Random weights with torchvision's initialisation (Kaiming-normal convolutions, a
+    /// `N(0, 0.01)` classifier, zero biases) from `seed`; BatchNorm is the identity unless
+    /// `randomize_bn` draws its statistics too (for tests where the fold must matter).
+    /// Fails only on an invalid spec.
     pub fn init(spec: &Spec, seed: u64, randomize_bn: bool) -> Result<Model> {
         let plan = Plan::new(spec)?;
         let params = weights::init::init(&plan, seed, randomize_bn);
@@ -54,6 +90,10 @@ impl Model {
         Model::from_file(weights::load(path)?)
     }
 
+    /// Fits tensors already read (by [`weights::load`] or a format's reader) to a network:
+    /// from the file's `spec` metadata if present, otherwise the configuration the tensor
+    /// shapes imply. Every tensor is checked against the plan (names, shapes, finiteness), so
+    /// a `Model` never holds weights that do not fit it.
     pub fn from_file(file: TensorFile) -> Result<Model> {
         let path = file.path.clone();
         let quant: Option<QuantSpec> = match file.metadata.get("quantization") {
@@ -129,6 +169,7 @@ impl Model {
         Ok(Model { plan, params, labels, preprocess, source: path, quant })
     }
 
+    /// The spec of the plan.
     pub fn spec(&self) -> &Spec {
         &self.plan.spec
     }
@@ -142,7 +183,12 @@ impl Model {
         }
     }
 
-    /// A parameter by torchvision name.
+    /// A parameter by torchvision name, flattened in PyTorch layout.
+    ///
+    /// # Panics
+    ///
+    /// If the model has no such tensor: use `model.params.get(name)` for names that come from
+    /// outside the plan.
     pub fn param(&self, name: &str) -> &[f32] {
         self.params.get(name).unwrap_or_else(|| panic!("model has no parameter `{name}`: plan and params disagree"))
     }

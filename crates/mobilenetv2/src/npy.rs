@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 /// A float32 array read from or written to `.npy`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
+    /// Dimensions, outermost first (C order).
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<f32>,
 }
 
@@ -24,6 +26,8 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
+/// Parses `.npy` bytes (`path` names the file in errors); only little-endian float32 in
+/// C order is accepted.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
     let bad = |d: &str| Error::format(path, "npy", d.to_string());
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
@@ -70,11 +74,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Array> {
     Ok(Array { shape, data })
 }
 
+/// Reads a `.npy` file of little-endian float32.
 pub fn read(path: &Path) -> Result<Array> {
     let bytes = crate::limits::read_file(path, crate::limits::MAX_FILE_BYTES)?;
     parse(path, &bytes)
 }
 
+/// The array as `.npy` 1.0 bytes (`<f4`, C order).
 pub fn to_bytes(a: &Array) -> Vec<u8> {
     let shape = match a.shape.len() {
         1 => format!("({},)", a.shape[0]),

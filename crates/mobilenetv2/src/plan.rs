@@ -12,12 +12,16 @@ use crate::spec::{BottleneckActivation, HeadSpec, Padding, Shortcut, Spec};
 /// Spatial size and channels of one image's activation (stored NHWC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Shape {
+    /// Height in pixels (rows).
     pub h: usize,
+    /// Width in pixels (columns).
     pub w: usize,
+    /// Channels.
     pub c: usize,
 }
 
 impl Shape {
+    /// A shape of `h` rows, `w` columns and `c` channels.
     pub fn new(h: usize, w: usize, c: usize) -> Self {
         Shape { h, w, c }
     }
@@ -25,8 +29,16 @@ impl Shape {
     pub fn len(&self) -> usize {
         self.h * self.w * self.c
     }
+    /// Whether the shape holds no value.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl From<Shape> for [usize; 3] {
+    /// `[h, w, c]`.
+    fn from(s: Shape) -> [usize; 3] {
+        [s.h, s.w, s.c]
     }
 }
 
@@ -39,12 +51,17 @@ impl std::fmt::Display for Shape {
 /// Zeros added around the input of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Pad {
+    /// Rows of zeros above.
     pub top: usize,
+    /// Rows of zeros below.
     pub bottom: usize,
+    /// Columns of zeros on the left.
     pub left: usize,
+    /// Columns of zeros on the right.
     pub right: usize,
 }
 
+/// The three kinds of convolution MobileNetV2 uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvKind {
@@ -56,10 +73,13 @@ pub enum ConvKind {
     Depthwise,
 }
 
+/// The activation after a convolution's BatchNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
+    /// None: the linear bottleneck (projection) layers.
     None,
+    /// `min(max(x, 0), 6)`.
     Relu6,
     /// Plain ReLU (DeepLab's head).
     Relu,
@@ -80,27 +100,39 @@ impl Activation {
 /// activation and an optional residual add of the enclosing block's input, in that order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Conv {
+    /// Full, pointwise or depthwise.
     pub kind: ConvKind,
+    /// Kernel size (square): 3, or 1 for pointwise.
     pub kernel: usize,
+    /// Stride along both axes.
     pub stride: usize,
+    /// Dilation along both axes (above 1 only with an output stride below 32).
     pub dilation: usize,
+    /// Zeros around the input, from [`conv_pad`] under the spec's padding.
     pub pad: Pad,
+    /// Channel groups: the input channels for depthwise, 1 otherwise.
     pub groups: usize,
+    /// The activation after BatchNorm.
     pub activation: Activation,
+    /// Whether the block's input is added after the activation (projection layers of blocks
+    /// with a shortcut).
     pub residual: bool,
     /// torchvision name of the BatchNorm module after the convolution; `None` for a
     /// convolution with its own bias (`<name>.bias`) and no BatchNorm (DeepLab's logits).
     pub bn: Option<String>,
 }
 
+/// What a layer computes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Op {
+    /// A convolution with BatchNorm and activation.
     Conv(Conv),
     /// Mean over the spatial extent.
     GlobalAvgPool,
     /// Identity at inference.
     Dropout {
+        /// Probability of zeroing a value in training.
         p: f32,
     },
     /// Fully connected layer with bias.
@@ -108,6 +140,7 @@ pub enum Op {
     /// Channel concatenation of the outputs of these plan layers, in order (DeepLab's
     /// branches). The layer's own [`Layer::source`] is unused.
     Concat {
+        /// Indices into [`Plan::layers`] of the concatenated outputs.
         sources: Vec<usize>,
     },
     /// Bilinear resize of the input to the layer's output size. `align_corners: true` is TF
@@ -116,6 +149,7 @@ pub enum Op {
     /// corner pixels, source = destination * (in - 1) / (out - 1). `false` is half-pixel
     /// centres (PyTorch's default, TF2's `tf.image.resize`).
     Upsample {
+        /// Corner-aligned (TF DeepLab) rather than half-pixel sampling.
         align_corners: bool,
     },
 }
@@ -124,13 +158,21 @@ pub enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// The first 3x3 stride-2 convolution (`features.0`).
     Stem,
+    /// A block's 1x1 expansion to `t` times its input channels.
     Expand,
+    /// A block's 3x3 depthwise convolution.
     Depthwise,
+    /// A block's 1x1 linear projection (the bottleneck).
     Project,
+    /// The 1x1 convolution to 1280 (times the width multiplier, if above 1) channels.
     LastConv,
+    /// Global average pooling.
     Pool,
+    /// Dropout before the classifier.
     Dropout,
+    /// The fully connected layer that produces the logits.
     Classifier,
     /// DeepLab: the image-pooling branch's 1x1 convolution.
     ImagePool,
@@ -168,6 +210,7 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The convolution, if the layer is one.
     pub fn conv(&self) -> Option<&Conv> {
         match &self.op {
             Op::Conv(c) => Some(c),
@@ -181,15 +224,23 @@ impl Layer {
 pub struct Block {
     /// torchvision `features` index (1 for the first block).
     pub index: usize,
+    /// The 1x1 expansion layer; `None` when the expansion factor is 1 (the first block).
     pub expand: Option<usize>,
+    /// The 3x3 depthwise layer.
     pub depthwise: usize,
+    /// The 1x1 linear projection layer.
     pub project: usize,
+    /// Shape of one image's input to the block.
     pub input: Shape,
     /// Channels of the expanded tensor.
     pub hidden: usize,
+    /// Shape of one image's output of the block.
     pub output: Shape,
+    /// Stride of the depthwise layer.
     pub stride: usize,
+    /// Dilation of the depthwise layer.
     pub dilation: usize,
+    /// Whether the block adds its input to its output (stride 1, same channels).
     pub residual: bool,
 }
 
@@ -246,15 +297,23 @@ pub struct DeepLabHead {
     /// The backbone layer whose output the head reads: the last block's projection (the
     /// 320-channel "second last feature map", TF's `layer_18`).
     pub features: usize,
+    /// Global average pooling of the features (the image-pooling branch).
     pub pool: usize,
+    /// The image-pooling branch's 1x1 conv (on the pooled features).
     pub image_pool: usize,
+    /// The pooled branch broadcast back to the feature map's size.
     pub image_pool_upsample: usize,
     /// `aspp0` (1x1), then the atrous 3x3 branches if any.
     pub aspp: Vec<usize>,
+    /// Concatenation of the branches along channels.
     pub concat: usize,
+    /// The 1x1 projection of the concatenation.
     pub projection: usize,
+    /// Dropout (identity at inference).
     pub dropout: usize,
+    /// The 1x1 conv to per-pixel logits.
     pub logits: usize,
+    /// Bilinear upsampling of the logits to the input size.
     pub upsample: usize,
 }
 
@@ -275,7 +334,34 @@ pub enum Head {
     DeepLab(DeepLabHead),
 }
 
-/// The network expanded into layers with shapes.
+/// The network expanded into layers with shapes: a backbone (stem, [`Plan::blocks`], last
+/// conv) plus a [`Head`]. Shapes are per image, NHWC; layer names are torchvision's.
+///
+/// ```
+/// use mobilenetv2::plan::{Head, Op, Role, Shape, Tap};
+/// use mobilenetv2::{Plan, Spec};
+///
+/// let plan = Plan::new(&Spec::new(1.0, 224))?;
+/// assert_eq!(plan.input(), Shape::new(224, 224, 3));
+/// assert_eq!(plan.output(), Shape::new(1, 1, 1000));
+/// assert_eq!(plan.blocks.len(), 17);
+///
+/// // Blocks are addressed by torchvision `features` index; taps resolve to layers.
+/// let b14 = plan.block(14).unwrap();
+/// assert_eq!((b14.input.c, b14.hidden, b14.output.c), (96, 576, 160));
+/// let l = plan.tap_layer(Tap::Expansion(14))?;
+/// assert_eq!(plan.layers[l].name, "features.14.conv.0.0");
+/// assert_eq!(plan.layers[l].role, Role::Expand);
+/// assert_eq!(plan.layers[l].output, Shape::new(14, 14, 576));
+///
+/// // The head: `plan.head` is data; `classifier` hands out the classification head's layers.
+/// assert!(matches!(plan.head, Head::Classifier(_)));
+/// let head = plan.classifier("this example")?;
+/// assert!(matches!(plan.layers[head.pool].op, Op::GlobalAvgPool));
+/// assert_eq!(plan.layers[head.classifier].name, "classifier.1");
+/// assert_eq!(plan.layers[plan.last_conv].output, Shape::new(7, 7, 1280));
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
     /// The spec this plan expands.
@@ -441,7 +527,7 @@ fn deeplab(b: &mut Builder, features: usize, x: Shape, image: Shape) -> DeepLabH
 }
 
 impl Plan {
-    /// Expands a spec into layers. Fails only if the spec is invalid.
+    /// Expands a spec into layers. Fails only if the spec is invalid ([`Error::InvalidSpec`]).
     pub fn new(spec: &Spec) -> Result<Plan> {
         spec.validate()?;
         let mut b = Builder { spec, layers: Vec::new() };
@@ -632,7 +718,8 @@ impl Plan {
         self.blocks.iter().find(|b| b.index == index)
     }
 
-    /// Index of the layer whose output is the tap.
+    /// Index of the layer whose output is the tap; [`Error::InvalidSpec`] if the network has
+    /// no such block (or, for [`Tap::Expansion`], the block has no expansion).
     pub fn tap_layer(&self, tap: Tap) -> Result<usize> {
         let missing = |what: String| Error::InvalidSpec(format!("no tap {what} in this network"));
         match tap {

@@ -36,6 +36,7 @@ pub struct Preprocess {
     pub resize: Option<usize>,
     /// Per-channel mean and std applied to values in [0, 1].
     pub mean: [f32; 3],
+    /// Per-channel standard deviation: `x = (v / 255 - mean) / std`.
     pub std: [f32; 3],
 }
 
@@ -72,13 +73,17 @@ impl Preprocess {
 /// An 8-bit RGB image: rows top to bottom, pixels interleaved R, G, B.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
     /// `height * width * 3` bytes.
     pub data: Vec<u8>,
 }
 
 impl RgbImage {
+    /// An image from `height * width * 3` bytes (rows top to bottom, RGB interleaved);
+    /// [`Error::Input`] if the length differs.
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<RgbImage> {
         if width.checked_mul(height).and_then(|n| n.checked_mul(3)) != Some(data.len()) {
             return Err(Error::Input(format!("{} bytes do not make a {width}x{height} RGB image", data.len())));

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 /// Quantisation of one activation tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActQuant {
+    /// Real value of one quantisation step: `real = scale * (q - zero)`.
     pub scale: f32,
+    /// The u8 value (0..=255) that stands for 0.0.
     pub zero: i32,
 }
 
@@ -41,13 +43,18 @@ pub enum Method {
     /// The smallest and largest value seen.
     MinMax,
     /// The given percentile of each tail (e.g. 99.99), ignoring rare outliers.
-    Percentile { percent: f64 },
+    Percentile {
+        /// The percentile, in [50, 100].
+        percent: f64,
+    },
     /// The clip range (a fraction of min/max) with the least mean squared quantisation error.
     Mse,
     /// Not calibrated here: the ranges come from an imported int8 model (ONNX QDQ, TFLite).
     Imported,
 }
 
+/// Parses `minmax`, `mse`, `percentile` (99.9) or `percentile:P` with P in [50, 100], as
+/// `mnv2 quantize --method` takes them.
 impl std::str::FromStr for Method {
     type Err = Error;
     fn from_str(s: &str) -> Result<Method> {
@@ -89,6 +96,7 @@ pub struct BlockQuant {
 pub struct QuantSpec {
     /// `int8`: u8 affine activations, s8 per-channel weights.
     pub scheme: String,
+    /// How the ranges were chosen.
     pub method: Method,
     /// Calibration images used.
     pub images: usize,

@@ -14,9 +14,13 @@ use crate::error::{Error, Result};
 /// the first with stride `s` and the others with stride 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
+    /// Expansion factor: the hidden layer has `t` times the block's input channels.
     pub t: usize,
+    /// Output channels before the width multiplier.
     pub c: usize,
+    /// Number of blocks.
     pub n: usize,
+    /// Stride of the first block (1 or 2).
     pub s: usize,
 }
 
@@ -117,6 +121,31 @@ impl HeadSpec {
 }
 
 /// Everything that determines one MobileNetV2 network.
+///
+/// [`Spec::new`] gives the paper's network at a width multiplier and a square resolution;
+/// the other fields are public for ablations and imported weights (and are checked by
+/// [`Spec::validate`], which [`Plan::new`](crate::Plan::new) calls). Note the two widths:
+/// [`width`](Spec::width) is the *multiplier*, [`width_px`](Spec::width_px) the input's
+/// width in pixels.
+///
+/// ```
+/// use mobilenetv2::spec::{Shortcut, TABLE2};
+/// use mobilenetv2::Spec;
+///
+/// let spec = Spec::new(0.35, 96);
+/// assert_eq!((spec.height, spec.width_px, spec.classes), (96, 96, 1000));
+/// assert_eq!(spec.stem_channels(), 16); // 32 * 0.35 rounded to a multiple of 8
+/// assert_eq!(spec.last_channels(), 1280); // not scaled below width 1
+/// assert_eq!(spec.num_blocks(), 17);
+///
+/// // An ablation of Figure 6b: no residual connections, 10 classes, a 160x128 input.
+/// let (height, width_px) = Spec::parse_resolution("160x128")?;
+/// let ablated = Spec { shortcut: Shortcut::None, classes: 10, height, width_px, ..Spec::new(1.0, 224) };
+/// ablated.validate()?;
+/// assert_eq!(ablated.stages, TABLE2.to_vec());
+/// assert!(Spec::new(0.0, 224).validate().is_err());
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
     /// Width multiplier (the paper explores 0.35 to 1.4).
@@ -131,8 +160,11 @@ pub struct Spec {
     pub stages: Vec<Stage>,
     /// Replaces t for every stage whose t is not 1 (the paper: 5 to 10 behave alike).
     pub expansion: Option<usize>,
+    /// Activation after each block's projection (linear in the paper).
     pub bottleneck: BottleneckActivation,
+    /// Whether blocks have residual connections.
     pub shortcut: Shortcut,
+    /// Padding convention of the framework the weights come from.
     pub padding: Padding,
     /// 32 for classification; 16 or 8 turn later strides into dilation (DeepLabv3).
     pub output_stride: usize,
@@ -178,12 +210,15 @@ pub fn make_divisible(v: f64, divisor: usize) -> usize {
 }
 
 impl Spec {
-    /// The standard network at a width multiplier and square resolution.
+    /// The standard network (Table 2, 1000 classes, PyTorch padding) at a width multiplier
+    /// and a square resolution in pixels.
     pub fn new(width: f64, resolution: usize) -> Self {
         Spec { width, height: resolution, width_px: resolution, ..Spec::default() }
     }
 
-    /// Checks the values that the plan cannot work with.
+    /// Checks the values that the plan cannot work with: [`Error::InvalidSpec`] naming the
+    /// first one (width in (0, 10], input 32 to 8192 pixels per side, at least one class, a
+    /// valid stage table, output stride 8, 16 or 32, dropout in [0, 1), positive epsilon).
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidSpec(msg));
         if !(self.width.is_finite() && self.width > 0.0 && self.width <= 10.0) {
@@ -263,7 +298,7 @@ impl Spec {
         self.stages.iter().map(|s| s.n).sum()
     }
 
-    /// Parses "W" or "HxW" into (height, width).
+    /// Parses `"N"` or `"HxW"` (pixels) into (height, width); [`Error::InvalidSpec`] otherwise.
     pub fn parse_resolution(s: &str) -> Result<(usize, usize)> {
         let bad = || Error::InvalidSpec(format!("resolution `{s}` is not N or HxW"));
         let parts: Vec<&str> = s.split(['x', 'X']).collect();

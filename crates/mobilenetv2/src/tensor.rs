@@ -1,29 +1,48 @@
 //! A batch of activations, stored NHWC (channels last).
+//!
+//! ```
+//! use mobilenetv2::plan::Shape;
+//! use mobilenetv2::Batch;
+//! // Two 1x2 RGB images given in PyTorch's NCHW order...
+//! let nchw: Vec<f32> = (0..12).map(|v| v as f32).collect();
+//! let b = Batch::from_nchw(&[2, 3, 1, 2], &nchw).unwrap();
+//! assert_eq!((b.n, b.shape), (2, Shape::new(1, 2, 3)));
+//! // ...are stored channels last: pixel (0, 0) of image 0 holds R, G, B = 0, 2, 4.
+//! assert_eq!(&b.image(0)[..3], &[0.0, 2.0, 4.0]);
+//! assert_eq!(b.to_nchw(), (vec![2, 3, 1, 2], nchw));
+//! ```
 
 use crate::error::{Error, Result};
 use crate::plan::Shape;
 
+/// `n` images (or activations) of one shape, NHWC: the engines' input and output type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// Number of images.
     pub n: usize,
+    /// The shape of one image: height, width and channels.
     pub shape: Shape,
     /// `n * h * w * c` values, image after image, each NHWC.
     pub data: Vec<f32>,
 }
 
 impl Batch {
+    /// `n` images of `shape`, all zero.
     pub fn zeros(n: usize, shape: Shape) -> Batch {
         Batch { n, shape, data: vec![0.0; n * shape.len()] }
     }
 
+    /// `n` images of `shape` from NHWC values; fails with [`Error::BatchLen`] unless
+    /// `data.len() == n * shape.len()`.
     pub fn new(n: usize, shape: Shape, data: Vec<f32>) -> Result<Batch> {
         if data.len() != n * shape.len() {
-            return Err(Error::Input(format!("{} values do not make {n} images of {shape}", data.len())));
+            return Err(Error::BatchLen { values: data.len(), images: n, shape: shape.into() });
         }
         Ok(Batch { n, shape, data })
     }
 
-    /// From NCHW values (PyTorch's layout, `.npy` inputs).
+    /// From NCHW values (PyTorch's layout, `.npy` inputs) with dims `[n, c, h, w]`; fails with
+    /// [`Error::Input`] unless `dims` has four entries whose product is `values.len()`.
     pub fn from_nchw(dims: &[usize], values: &[f32]) -> Result<Batch> {
         let [n, c, h, w] = match dims {
             [n, c, h, w] => [*n, *c, *h, *w],
@@ -43,7 +62,7 @@ impl Batch {
         Ok(Batch { n, shape: Shape::new(h, w, c), data })
     }
 
-    /// To NCHW values and dims.
+    /// To NCHW values and their dims `[n, c, h, w]` (the inverse of [`Batch::from_nchw`]).
     pub fn to_nchw(&self) -> (Vec<usize>, Vec<f32>) {
         let Shape { h, w, c } = self.shape;
         let mut out = vec![0.0; self.data.len()];

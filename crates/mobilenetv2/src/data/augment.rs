@@ -17,12 +17,16 @@ use crate::model::Preprocess;
 use crate::preprocess::{self, RgbImage};
 use crate::rng::Rng;
 
+/// Which augmentation training uses (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Augment {
+    /// ImageNet's random resized crop and horizontal flip.
     #[default]
     Standard,
+    /// Resize, zero-pad by an eighth, random crop and flip (small images).
     CropFlip,
+    /// Resize only.
     None,
 }
 

@@ -22,7 +22,9 @@ use crate::rng::Rng;
 pub struct Batch {
     /// Position of the batch in the epoch.
     pub index: usize,
+    /// The inputs, NHWC, image after image.
     pub images: Vec<f32>,
+    /// Class index of each image.
     pub labels: Vec<usize>,
     /// Samples left out because they could not be decoded.
     pub skipped: usize,
@@ -31,14 +33,21 @@ pub struct Batch {
 /// How samples become inputs.
 #[derive(Clone, Debug)]
 pub struct Transform {
+    /// The augmentation (and, in evaluation, the resize rule) of the dataset.
     pub augment: Augment,
     /// Random augmentation (training) or the evaluation transform.
     pub train: bool,
+    /// The model's normalisation (and evaluation resize).
     pub preprocess: Preprocess,
+    /// Network input height in pixels.
     pub height: usize,
+    /// Network input width in pixels.
     pub width: usize,
+    /// The run's seed; each sample's random choices derive from (seed, epoch, position).
     pub seed: u64,
+    /// The epoch, for the per-sample seeds.
     pub epoch: u64,
+    /// What to do with an image that cannot be decoded.
     pub on_bad: OnBad,
 }
 
@@ -92,6 +101,7 @@ fn make(ds: &Dataset, order: &[usize], index: usize, batch: usize, t: &Transform
     Ok(out)
 }
 
+/// Batches made on worker threads, handed out in order (an iterator of `Result<Batch>`).
 pub struct Loader {
     rx: Option<Receiver<(usize, Result<Batch>)>>,
     workers: Vec<JoinHandle<()>>,

@@ -40,8 +40,11 @@ enum Source {
 /// A labelled set of images.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The images file or folder the dataset was opened from.
     pub path: PathBuf,
+    /// Class names in label order (folder names, Fashion-MNIST's names, or the digits).
     pub classes: Vec<String>,
+    /// Per sample, its class index into `classes`.
     pub labels: Vec<usize>,
     source: Source,
 }
@@ -150,6 +153,7 @@ impl Dataset {
         }
     }
 
+    /// An IDX images file (`*-images-idx3-ubyte[.gz]`) with the labels file beside it.
     pub fn open_idx(images: &Path) -> Result<Dataset> {
         let lpath = labels_path(images).ok_or_else(|| {
             Error::format(images, "IDX", "the file name has no `images-idx3`, so its labels file cannot be found")
@@ -175,6 +179,8 @@ impl Dataset {
         Ok(Dataset { path: images.into(), classes, labels, source: Source::Idx { pixels, h: dims[1], w: dims[2] } })
     }
 
+    /// A folder of class folders (torchvision's ImageFolder); `on_bad` decides whether an
+    /// empty or unreadable class folder is an error.
     pub fn open_folder(dir: &Path, on_bad: OnBad) -> Result<Dataset> {
         // Folder names as the OS gives them (not necessarily UTF-8); lossy text only as labels.
         let mut folders: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
@@ -233,10 +239,12 @@ impl Dataset {
         Ok(Dataset { path: dir.into(), classes, labels, source: Source::Files(files) })
     }
 
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

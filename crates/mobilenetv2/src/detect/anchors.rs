@@ -21,12 +21,17 @@ use crate::error::{Error, Result};
 /// arithmetic, which decides the last bit of some scales (0.7211102, not 0.7211103).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnchorGenerator {
+    /// Number of feature maps (6 for SSDLite).
     pub num_layers: usize,
+    /// Scale of the first map's boxes, as a fraction of the image's shorter side.
     pub min_scale: f32,
+    /// Scale of the last map's boxes.
     pub max_scale: f32,
+    /// Width / height ratios of the boxes at each scale.
     pub aspect_ratios: Vec<f32>,
     /// Aspect ratio of the extra box at the interpolated scale; 0 for none.
     pub interpolated_scale_aspect_ratio: f32,
+    /// Give the first map only (0.1, 1), (s_0, 2) and (s_0, 0.5).
     pub reduce_boxes_in_lowest_layer: bool,
     /// `[height, width]` of a scale-1 box, in units of the image's shorter side.
     pub base_anchor_size: [f64; 2],
@@ -51,7 +56,9 @@ impl Default for AnchorGenerator {
 /// One anchor shape: scale and aspect ratio (width / height), as f32 like the graph holds them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BoxSpec {
+    /// Scale, as a fraction of the base anchor size.
     pub scale: f32,
+    /// Width / height.
     pub aspect_ratio: f32,
 }
 

@@ -8,6 +8,7 @@
 /// The coder's scale factors `(y, x, h, w)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BoxCoder {
+    /// The factors `(sy, sx, sh, sw)` the encodings were multiplied by.
     pub scales: [f32; 4],
 }
 

@@ -41,8 +41,11 @@ pub enum HeadKind {
 /// A feature map: height, width, channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Map {
+    /// Height.
     pub h: usize,
+    /// Width.
     pub w: usize,
+    /// Channels.
     pub c: usize,
 }
 
@@ -51,11 +54,15 @@ pub struct Map {
 pub struct HeadLayer {
     /// TF Object Detection API scope of its weights.
     pub name: String,
+    /// Kernel size (square): 1 or 3.
     pub kernel: usize,
+    /// Stride along both axes.
     pub stride: usize,
     /// 1 for a regular conv, `c_in` for a depthwise one.
     pub groups: usize,
+    /// The map it reads.
     pub input: Map,
+    /// The map it makes.
     pub output: Map,
     /// BatchNorm + ReLU6 follow (otherwise a bias and no activation: a predictor's last conv).
     pub bn: bool,
@@ -72,7 +79,9 @@ pub struct HeadCost {
     pub bn: u64,
     /// BatchNorm moving mean and variance (not trained).
     pub bn_stats: u64,
+    /// Biases (the predictors' last convs).
     pub biases: u64,
+    /// Multiply-adds for one image.
     pub madds: u64,
 }
 
@@ -99,6 +108,7 @@ impl HeadCost {
 }
 
 impl HeadLayer {
+    /// The layer's parameters and multiply-adds.
     pub fn cost(&self) -> HeadCost {
         let per_out = (self.input.c / self.groups * self.kernel * self.kernel) as u64;
         let c = self.output.c as u64;
@@ -115,12 +125,15 @@ impl HeadLayer {
 /// A head's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HeadSpec {
+    /// SSDLite or SSD.
     pub kind: HeadKind,
     /// Logits per anchor (classes + background).
     pub logits: usize,
     /// Extra layers' depths before the multiplier.
     pub extra_depths: Vec<usize>,
+    /// Depth multiplier of the extra layers (the backbone's width).
     pub width: f64,
+    /// No extra layer gets fewer channels than this.
     pub min_depth: usize,
     /// Anchors per location of each of the six maps.
     pub anchors: Vec<usize>,

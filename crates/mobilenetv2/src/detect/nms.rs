@@ -14,17 +14,24 @@
 /// (0-based among the foreground classes; TF's `detection_classes` is this + 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Detection {
+    /// The box, normalised (ymin, xmin, ymax, xmax).
     pub bbox: [f32; 4],
+    /// Its score for `class`.
     pub score: f32,
+    /// Foreground class, 0-based.
     pub class: usize,
 }
 
 /// The NMS settings (TF's `batch_non_max_suppression` message).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Nms {
+    /// Boxes of a class overlapping a kept one by more than this IoU are dropped.
     pub iou_threshold: f32,
+    /// Scores at or below this are dropped first.
     pub score_threshold: f32,
+    /// Most detections kept per class.
     pub max_per_class: usize,
+    /// Most detections kept in all.
     pub max_total: usize,
 }
 

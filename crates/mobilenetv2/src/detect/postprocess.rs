@@ -7,20 +7,26 @@ use super::nms::{self, Detection, Nms};
 /// How logits become scores (TF's `score_converter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScoreFn {
+    /// `1 / (1 + exp(-x))` per logit (SSDLite's).
     Sigmoid,
+    /// Softmax over each anchor's logits.
     Softmax,
+    /// The logits themselves.
     Identity,
 }
 
 /// The post-processing of a TF Object Detection API SSD.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PostProcess {
+    /// Decodes box encodings against the anchors.
     pub coder: BoxCoder,
+    /// How logits become scores.
     pub score_fn: ScoreFn,
     /// Logits are divided by this first (`logit_scale`).
     pub logit_scale: f32,
     /// Logit column 0 is the background class (dropped after scoring).
     pub background: bool,
+    /// The multi-class non-maximum suppression.
     pub nms: Nms,
     /// Boxes are clipped to this (normalised ymin, xmin, ymax, xmax).
     pub window: [f32; 4],

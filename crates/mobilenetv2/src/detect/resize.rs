@@ -51,9 +51,13 @@ pub fn resize_bilinear_legacy(src: &[f32], in_h: usize, in_w: usize, c: usize, o
 /// `height x width` and mapped by `x * scale - offset`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TfPreprocess {
+    /// Network input height in pixels.
     pub height: usize,
+    /// Network input width in pixels.
     pub width: usize,
+    /// Multiplies each 0..=255 value (2/255 for the OD API's [-1, 1]).
     pub scale: f32,
+    /// Subtracted after scaling (1 for [-1, 1]).
     pub offset: f32,
 }
 

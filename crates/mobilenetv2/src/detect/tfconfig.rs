@@ -29,9 +29,11 @@ use crate::weights::tfgraph::{node_name, Node, TfGraph};
 /// Everything around the network of an OD API SSD.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SsdConfig {
+    /// How an image becomes the network input.
     pub preprocess: TfPreprocess,
     /// Box specs per feature map.
     pub box_specs: Vec<Vec<BoxSpec>>,
+    /// From raw outputs to detections.
     pub post: PostProcess,
     /// Foreground classes.
     pub classes: usize,
@@ -56,6 +58,9 @@ fn input<'a>(g: &'a TfGraph, n: &Node, k: usize) -> Result<&'a Node> {
 }
 
 impl SsdConfig {
+    /// Reads the configuration from the constants and nodes of an exported OD API graph
+    /// (preprocessing, box coder scales, score function, NMS settings, anchors); a format error
+    /// names what is missing.
     pub fn from_graph(g: &TfGraph) -> Result<SsdConfig> {
         let post = PostProcess {
             coder: BoxCoder {

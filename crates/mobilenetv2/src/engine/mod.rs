@@ -15,6 +15,9 @@ use crate::tensor::Batch;
 
 use crate::fold::{FoldedConv, FoldedLayers};
 
+/// The most threads an engine runs on.
+pub const MAX_THREADS: usize = 256;
+
 /// How the engine executes the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -43,8 +46,11 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// How an [`Engine`] runs: mode, threads and instruction set. The default is the fast
+/// mode on one thread with the best ISA this CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
+    /// Fast (the default), streaming or reference.
     pub mode: Mode,
     /// Threads (>= 1), the caller's included.
     pub threads: usize,
@@ -67,6 +73,9 @@ pub(crate) enum Compiled {
     Pass,
 }
 
+/// A [`Model`] compiled for inference. Build it once with [`Engine::new`], then [`run`](Engine::run)
+/// batches of NHWC images of any size (the plan is re-derived per input size; the weights do
+/// not depend on it). The crate documentation has an example.
 pub struct Engine {
     spec: Spec,
     options: Options,
@@ -76,6 +85,9 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Compiles `model` for inference: BatchNorm folded, weights laid out for the kernels of
+    /// the chosen ISA (int8 kernels for an int8 model). Fails with [`Error::Threads`] for 0 or
+    /// more than 256 threads, and [`Error::Unsupported`] for an ISA this CPU lacks.
     pub fn new(model: &Model, options: Options) -> Result<Engine> {
         Engine::build(model, &mut FoldedLayers::new(&model.plan, &model.params), options)
     }
@@ -90,10 +102,10 @@ impl Engine {
 
     fn build(model: &Model, folded: &mut FoldedLayers, options: Options) -> Result<Engine> {
         if options.threads == 0 {
-            return Err(Error::Input("threads must be at least 1".into()));
+            return Err(Error::Threads { got: 0, max: MAX_THREADS });
         }
-        if options.threads > 256 {
-            return Err(Error::Input(format!("{} threads is more than the supported 256", options.threads)));
+        if options.threads > MAX_THREADS {
+            return Err(Error::Threads { got: options.threads, max: MAX_THREADS });
         }
         let plan = &model.plan;
         if matches!(options.mode, Mode::Fast | Mode::Streaming) {
@@ -132,6 +144,7 @@ impl Engine {
         Ok(Engine { spec: model.spec().clone(), options, layers, fast: None })
     }
 
+    /// The options the engine was built with.
     pub fn options(&self) -> Options {
         self.options
     }
@@ -183,6 +196,7 @@ impl Engine {
         Ok(p)
     }
 
+    /// The spec of the model the engine was built from (at the model's input size).
     pub fn spec(&self) -> &Spec {
         &self.spec
     }
@@ -201,7 +215,7 @@ impl Engine {
         let plan = self.plan_for(input.shape)?;
         if let Some(f) = &self.fast {
             if input.shape != plan.input() {
-                return Err(Error::Input(format!("input is {}, the plan expects {}", input.shape, plan.input())));
+                return Err(Error::BatchShape { expected: plan.input().into(), got: input.shape.into() });
             }
             input.check_finite()?;
             let logits = f.run(&plan, &input.data, input.n, mnv2_kernels::stem::Layout::Nhwc, None);
@@ -214,7 +228,7 @@ impl Engine {
     /// Outputs of the given plan layers (see [`Plan::tap_layer`]).
     pub fn run_taps(&self, input: &Batch, plan: &Plan, layers: &[usize]) -> Result<Vec<Batch>> {
         if input.shape != plan.input() {
-            return Err(Error::Input(format!("input is {}, the plan expects {}", input.shape, plan.input())));
+            return Err(Error::BatchShape { expected: plan.input().into(), got: input.shape.into() });
         }
         input.check_finite()?;
         match self.options.mode {

@@ -25,12 +25,15 @@ use crate::weights::onnx::proto::{
 
 /// Opsets the exporter can write (the operators it uses have one form from 11 on).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
+/// The opset written unless [`Options::opset`] says otherwise.
 pub const DEFAULT_OPSET: i64 = 17;
 
+/// How the graph is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// A symbolic batch dimension (`batch`) instead of 1.
     pub dynamic_batch: bool,
+    /// The ONNX opset to declare, within [`OPSETS`].
     pub opset: i64,
 }
 
@@ -181,7 +184,10 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
     (nodes, inits, cur)
 }
 
-/// The model as an ONNX `ModelProto`: fp32, or a QDQ graph for an int8 model (see [`super::qdq`]).
+/// The model as an ONNX `ModelProto`: fp32, or a QDQ graph for an int8 model (QuantizeLinear /
+/// DequantizeLinear pairs around fp32 operators). Public for the tests that edit exported
+/// graphs; use [`to_bytes`] or [`write`].
+#[doc(hidden)]
 pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
     model.plan.classifier("ONNX export")?;
     if !OPSETS.contains(&opts.opset) {
@@ -230,7 +236,20 @@ pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
     })
 }
 
-/// The model as ONNX bytes.
+/// The model as ONNX bytes (a serialised `ModelProto`): fp32, or a QDQ graph for an int8
+/// model.
+///
+/// ```
+/// use mobilenetv2::export::onnx::{self, Options};
+/// use mobilenetv2::{Model, Spec};
+///
+/// let model = Model::init(&Spec::new(0.35, 64), 1, false)?;
+/// let bytes = onnx::to_bytes(&model, Options { dynamic_batch: true, ..Options::default() })?;
+/// // Read back by the project's own ONNX importer: the same network.
+/// let back = Model::from_file(mobilenetv2::weights::onnx::read("m.onnx".as_ref(), &bytes)?)?;
+/// assert_eq!(back.spec(), model.spec());
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 pub fn to_bytes(model: &Model, opts: Options) -> Result<Vec<u8>> {
     Ok(to_proto(model, opts)?.encode_to_vec())
 }

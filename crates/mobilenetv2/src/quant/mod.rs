@@ -70,7 +70,35 @@ impl Stats {
 }
 
 /// Calibrates every activation on `images` (NHWC batches in the model's preprocessing),
-/// running the float reference network.
+/// running the float reference network. The model needs a classification head;
+/// [`Error::Input`] if `images` is empty.
+///
+/// ```
+/// use mobilenetv2::engine::{Engine, Options};
+/// use mobilenetv2::plan::Shape;
+/// use mobilenetv2::quant::{self, Method};
+/// use mobilenetv2::rng::Rng;
+/// use mobilenetv2::{Batch, Model, Spec};
+///
+/// let model = Model::init(&Spec::new(0.35, 64), 3, true)?;
+/// // Calibration images as the model's preprocessing makes them (here: random values).
+/// let mut rng = Rng::new(5);
+/// let data: Vec<f32> = (0..2 * 64 * 64 * 3).map(|_| rng.normal() as f32).collect();
+/// let images = [Batch::new(2, Shape::new(64, 64, 3), data)?];
+/// let q = quant::calibrate(&model, &images, Method::Percentile { percent: 99.9 })?;
+/// assert_eq!((q.images, q.blocks.len()), (2, 17));
+/// assert!(q.blocks.iter().all(|b| b.dw.zero == 0)); // ReLU6 outputs: zero point 0
+///
+/// // An int8 model file; loading it gives a model the engine runs on the int8 kernels.
+/// let path = std::env::temp_dir().join(format!("mnv2-doctest-int8-{}.safetensors", std::process::id()));
+/// quant::save(&model, &q, &path)?;
+/// let int8 = Model::load(&path)?;
+/// # std::fs::remove_file(&path).ok();
+/// assert_eq!(int8.quant.as_ref(), Some(&q));
+/// let logits = Engine::new(&int8, Options::default())?.run(&images[0])?;
+/// assert_eq!((logits.n, logits.shape), (2, Shape::new(1, 1, 1000)));
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<QuantSpec> {
     if images.is_empty() {
         return Err(Error::Input("calibration needs at least one image".into()));

@@ -62,7 +62,9 @@ pub fn voc_color(class: u8) -> [u8; 3] {
 /// The class at every pixel of one image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segmentation {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
     /// Classes of the model.
     pub num_classes: usize,
@@ -73,10 +75,12 @@ pub struct Segmentation {
 /// The share of an image's pixels given to one class.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClassFraction {
+    /// The class index.
     pub class: usize,
     /// The model's name for the class, if it has names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Its share of the pixels, in [0, 1].
     pub fraction: f64,
 }
 

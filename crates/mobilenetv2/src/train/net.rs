@@ -30,17 +30,22 @@ pub const BN_MOMENTUM: f64 = 0.1;
 /// One tensor of the network, torchvision name and shape, and where its values are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// torchvision name (`features.0.1.running_mean`).
     pub name: String,
+    /// Shape in PyTorch layout (OIHW for convolutions).
     pub shape: Vec<usize>,
+    /// What the tensor is to its layer (weight, BatchNorm parameter or statistic, bias).
     pub kind: Kind,
     /// Index of the plan layer that owns it.
     pub layer: usize,
     /// Offset into [`Net::params`] (trainable) or [`Net::stats`] (running statistics).
     pub offset: usize,
+    /// Number of values.
     pub len: usize,
 }
 
 impl TensorInfo {
+    /// Whether the tensor lives in [`Net::params`] (true) or [`Net::stats`] (false).
     pub fn trainable(&self) -> bool {
         self.kind.trainable()
     }
@@ -62,9 +67,40 @@ enum Ix {
     Pass,
 }
 
-/// The trainable network: parameters, their gradients and BatchNorm's running statistics.
+/// The trainable network: parameters, their gradients and BatchNorm's running statistics,
+/// each in one flat vector. A step is [`Net::step`] (forward, loss, backward) on a [`Tape`],
+/// then an [`Optimizer`](super::Optimizer) update of `params` from `grads`; [`Net::store`]
+/// writes the result back into a [`Model`]. [`train`](super::train) runs the whole loop.
+///
+/// ```
+/// use mobilenetv2::rng::Rng;
+/// use mobilenetv2::train::{Method, Net, Optimizer, StepOptions, Tape};
+/// use mobilenetv2::{Model, Spec};
+///
+/// let mut model = Model::init(&Spec { classes: 10, ..Spec::new(0.35, 32) }, 1, false)?;
+/// let mut net = Net::new(&model);
+/// let mut tape = Tape::new(&net.plan, 4); // room for batches of up to 4 images
+/// let mut rng = Rng::new(2);
+/// let images: Vec<f32> = (0..4 * 32 * 32 * 3).map(|_| rng.normal() as f32).collect(); // NHWC
+/// let labels = [0, 3, 5, 9];
+///
+/// let method = Method::Sgd { momentum: 0.9, nesterov: false };
+/// let mut opt = Optimizer::new(method, 4e-5, false, net.params.len());
+/// let mut losses = Vec::new();
+/// for _ in 0..6 {
+///     let stats = net.step(&mut tape, &images, &labels, StepOptions::default(), None)?;
+///     assert!(stats.correct <= 4);
+///     losses.push(stats.loss);
+///     // Train every tensor at learning rate 0.002.
+///     opt.step(&mut net.params, &net.grads, &net.tensors, 0.002, |_| true);
+/// }
+/// assert!(losses[5] < losses[0], "{losses:?}"); // the four images are being learnt
+/// net.store(&mut model);
+/// # Ok::<(), mobilenetv2::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Net {
+    /// The plan the network was made from.
     pub plan: Plan,
     /// Every tensor of [`expected`], in its order.
     pub tensors: Vec<TensorInfo>,
@@ -91,9 +127,12 @@ pub enum BnMode {
 /// What a training step computes.
 #[derive(Clone, Copy, Debug)]
 pub struct StepOptions {
+    /// Batch or running BatchNorm statistics.
     pub bn: BnMode,
     /// Whether gradients flow into the backbone (false: classifier only, as when frozen).
     pub backbone: bool,
+    /// Label smoothing in [0, 1): the target gives `1 - s + s / k` to the true class and
+    /// `s / k` to the others.
     pub label_smoothing: f32,
 }
 
@@ -106,7 +145,9 @@ impl Default for StepOptions {
 /// Loss and top-1 hits of one batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
+    /// Mean cross-entropy over the batch (with label smoothing, if any).
     pub loss: f64,
+    /// Images whose largest logit is their label's.
     pub correct: usize,
 }
 
@@ -293,7 +334,7 @@ impl Net {
             return Err(Error::Input(format!("batch of {n} images; this tape holds 1 to {}", tape.nmax)));
         }
         if images.len() != n * input.len() {
-            return Err(Error::Input(format!("{} values do not make {n} images of {input}", images.len())));
+            return Err(Error::BatchLen { values: images.len(), images: n, shape: input.into() });
         }
         tape.n = n;
         let mut work = std::mem::take(&mut tape.work);
@@ -460,7 +501,7 @@ impl Net {
             return Err(Error::Input(format!("{} labels for {n} images", labels.len())));
         }
         if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
-            return Err(Error::Input(format!("label {bad} is out of range for {k} classes")));
+            return Err(Error::LabelOutOfRange { label: bad, classes: k });
         }
         let _sp = span(4);
         let eps = smoothing as f64;
@@ -739,13 +780,20 @@ impl Net {
 
 /// BatchNorm coefficients of one layer for the current batch, and of its backward.
 #[derive(Clone, Debug, Default)]
-pub struct BnCoef {
+pub(crate) struct BnCoef {
+    /// Per channel: the batch (or running) mean.
     pub mean: Vec<f32>,
+    /// Per channel: `1 / sqrt(var + eps)`.
     pub invstd: Vec<f32>,
+    /// Per channel: `gamma * invstd`, so BatchNorm is `x * scale + shift`.
     pub scale: Vec<f32>,
+    /// Per channel: `beta - mean * scale`.
     pub shift: Vec<f32>,
+    /// Backward coefficients: `dx = ka * dy + kb * x + kd`.
     pub ka: Vec<f32>,
+    /// See `ka`.
     pub kb: Vec<f32>,
+    /// See `ka`.
     pub kd: Vec<f32>,
 }
 
@@ -814,12 +862,15 @@ pub struct Tape {
     mask: Vec<f32>,
     hidden: Vec<f32>,
     dhidden: Vec<f32>,
+    /// Logits of the last forward pass, `nmax x classes` (the first `n` rows valid).
     pub logits: Vec<f32>,
+    /// Gradient of the loss with respect to `logits`, set by [`Net::loss`].
     pub dlogits: Vec<f32>,
     work: Work,
 }
 
 impl Tape {
+    /// Buffers for `plan` and batches of 1 to `nmax` images.
     pub fn new(plan: &Plan, nmax: usize) -> Tape {
         let n = nmax;
         let mut x = vec![Vec::new(); plan.layers.len()];
@@ -876,6 +927,7 @@ impl Tape {
             + [&self.stem_act, &self.g1, &self.g2, &self.gn_a, &self.gn_b].iter().map(|b| v(b)).sum::<usize>()
     }
 
+    /// The number of images of the last forward pass.
     pub fn batch(&self) -> usize {
         self.n
     }

@@ -21,12 +21,35 @@ use serde::{Deserialize, Serialize};
 use super::net::TensorInfo;
 use crate::names::Kind;
 
+/// The update rule (see the module documentation for the exact formulas).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Method {
-    Sgd { momentum: f32, nesterov: bool },
-    RmsProp { decay: f32, momentum: f32, eps: f32 },
-    AdamW { beta1: f32, beta2: f32, eps: f32 },
+    /// Stochastic gradient descent, as `torch.optim.SGD`.
+    Sgd {
+        /// Momentum factor (0 for none).
+        momentum: f32,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// RMSProp with TensorFlow's rule (the paper's optimizer).
+    RmsProp {
+        /// Decay of the mean square (`rho`; the paper: 0.9).
+        decay: f32,
+        /// Momentum factor (the paper: 0.9).
+        momentum: f32,
+        /// Added inside the square root (TF's default 1e-10; slim uses 1.0).
+        eps: f32,
+    },
+    /// Adam with decoupled weight decay, as `torch.optim.AdamW`.
+    AdamW {
+        /// Decay of the first moment.
+        beta1: f32,
+        /// Decay of the second moment.
+        beta2: f32,
+        /// Added to the denominator.
+        eps: f32,
+    },
 }
 
 impl Method {
@@ -45,9 +68,12 @@ pub fn decays(kind: Kind) -> bool {
     matches!(kind, Kind::ConvWeight | Kind::LinearWeight)
 }
 
+/// An optimizer's settings and state for one flat parameter vector.
 #[derive(Clone, Debug)]
 pub struct Optimizer {
+    /// The update rule.
     pub method: Method,
+    /// Weight decay (L2 for SGD and RMSProp, decoupled for AdamW).
     pub weight_decay: f32,
     /// Decay BatchNorm parameters and biases too.
     pub decay_all: bool,
@@ -58,6 +84,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// A fresh optimizer for `params` values (RMSProp's mean square starts at 1, the rest at 0).
     pub fn new(method: Method, weight_decay: f32, decay_all: bool, params: usize) -> Optimizer {
         let init = |i: usize| match (method, i) {
             (Method::RmsProp { .. }, 0) => 1.0,
@@ -131,14 +158,17 @@ impl Optimizer {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Schedule {
+    /// The base rate throughout.
     Constant,
     /// `lr * gamma^epoch` (the paper: 0.98 per epoch).
     Step {
+        /// Factor per epoch.
         gamma: f64,
     },
     /// Linear warm-up over `warmup` epochs (`lr * (step + 1) / warmup_steps`), then a cosine
     /// from `lr` to 0 over the remaining steps.
     Cosine {
+        /// Warm-up length in epochs (may be fractional).
         warmup: f64,
     },
 }
@@ -166,15 +196,19 @@ impl Schedule {
 /// Exponential moving average of the parameters (and a copy of the running statistics).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ema {
+    /// Weight of the old average per update (e.g. 0.9999).
     pub decay: f32,
+    /// The averaged values, laid out as the parameters.
     pub params: Vec<f32>,
 }
 
 impl Ema {
+    /// An average that starts at `params`.
     pub fn new(decay: f32, params: &[f32]) -> Ema {
         Ema { decay, params: params.to_vec() }
     }
 
+    /// `avg = decay * avg + (1 - decay) * params`.
     pub fn update(&mut self, params: &[f32]) {
         let d = self.decay;
         for (e, p) in self.params.iter_mut().zip(params) {

@@ -28,10 +28,12 @@ pub const NAMES: [&str; 12] = [
 static NANOS: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
 static COUNT: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
 
+/// Turns profiling on or off for the whole process.
 pub fn enable(on: bool) {
     ON.store(on, Ordering::Relaxed);
 }
 
+/// Whether profiling is on.
 pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
@@ -42,6 +44,7 @@ pub struct Span {
     t: Option<Instant>,
 }
 
+/// Starts timing category `cat` (an index of [`NAMES`]) until the returned guard drops.
 pub fn span(cat: usize) -> Span {
     Span { cat, t: enabled().then(Instant::now) }
 }
@@ -55,6 +58,7 @@ impl Drop for Span {
     }
 }
 
+/// Sets every total back to zero.
 pub fn reset() {
     for (n, c) in NANOS.iter().zip(&COUNT) {
         n.store(0, Ordering::Relaxed);

@@ -32,74 +32,145 @@ use crate::weights::{self, Data, Tensor};
 /// Everything that determines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
+    /// Training data: a folder of class folders, or IDX files (see [`Dataset::open`]).
     pub data: PathBuf,
+    /// Validation data, in the same forms; `None` splits `val_split` off `data`.
     pub val: Option<PathBuf>,
     /// Fraction of the training data held out for validation when there is no `val`.
     pub val_split: f64,
+    /// Weights to start from (any format [`Model::load`] reads; the classifier is replaced
+    /// when the dataset has another number of classes); `None` for torchvision's random
+    /// initialisation.
     pub init: Option<PathBuf>,
+    /// Width multiplier of a network made from scratch.
     pub width: f64,
+    /// Input size in pixels (square).
     pub resolution: usize,
+    /// Passes over the training data.
     pub epochs: usize,
+    /// Images per step.
     pub batch: usize,
+    /// The optimizer.
     pub method: Method,
+    /// Base learning rate (the schedule scales it).
     pub lr: f64,
+    /// Weight decay (see [`Optimizer`]).
     pub weight_decay: f32,
+    /// Decay BatchNorm parameters and biases too.
     pub decay_all: bool,
+    /// Learning rate over the run.
     pub schedule: Schedule,
+    /// Dropout before the classifier.
     pub dropout: f32,
+    /// Label smoothing in [0, 1).
     pub label_smoothing: f32,
+    /// Training augmentation (and the matching evaluation resize).
     pub augment: Augment,
+    /// Shuffle the data every epoch (from `seed` and the epoch).
     pub shuffle: bool,
+    /// Seed of initialisation, data order, augmentation and dropout: a run is a function of
+    /// its config.
     pub seed: u64,
     /// Epochs with the backbone frozen (BatchNorm in eval mode, only the classifier trains).
     pub freeze_backbone: usize,
+    /// Decay of an exponential moving average of the weights, evaluated and saved beside them.
     pub ema: Option<f32>,
+    /// The paper's linear bottleneck, or the ReLU6 ablation.
     pub bottleneck: BottleneckActivation,
+    /// Residual connections, or the no-shortcut ablation.
     pub shortcut: Shortcut,
     /// Evaluate every this many steps as well as after each epoch (0: epochs only).
     pub eval_every: u64,
     /// Write a checkpoint every this many steps as well as after each epoch (0: epochs only).
     pub checkpoint_every: u64,
+    /// Skip (and count) images that cannot be decoded instead of stopping.
     pub skip_bad_images: bool,
     /// Stop after this many steps (benchmarks and tests).
     pub max_steps: Option<u64>,
+    /// Output folder: weights, checkpoint, `metrics.jsonl`, plots.
     pub out: PathBuf,
 }
 
 /// What the loop tells its caller.
 #[derive(Clone, Debug)]
 pub enum Event {
-    Start { epoch: usize, steps: usize, done: usize, images: usize, classes: usize, params: usize },
-    Step { epoch: usize, step_in_epoch: usize, loss: f64, acc: f64, images_per_s: f64, lr: f64 },
+    /// The run starts (or resumes).
+    Start {
+        /// The epoch it starts in (0-based).
+        epoch: usize,
+        /// Steps in the whole run.
+        steps: usize,
+        /// Steps already done (a resumed run).
+        done: usize,
+        /// Training images.
+        images: usize,
+        /// Classes of the dataset.
+        classes: usize,
+        /// Trainable parameters.
+        params: usize,
+    },
+    /// A training step finished.
+    Step {
+        /// Epoch (0-based).
+        epoch: usize,
+        /// Step within the epoch (0-based).
+        step_in_epoch: usize,
+        /// The batch's loss.
+        loss: f64,
+        /// The batch's top-1 accuracy in [0, 1].
+        acc: f64,
+        /// Recent training throughput.
+        images_per_s: f64,
+        /// The step's learning rate.
+        lr: f64,
+    },
+    /// An evaluation finished (also written to `metrics.jsonl`).
     Eval(Metrics),
+    /// Something worth telling the user (resuming, a replaced classifier).
     Note(String),
 }
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
+    /// Epochs done, fractional.
     pub epoch: f64,
+    /// Steps done.
     pub step: u64,
+    /// Learning rate of the last step.
     pub lr: f64,
+    /// Mean training loss since the last evaluation.
     pub train_loss: f64,
+    /// Training top-1 accuracy since the last evaluation, in [0, 1].
     pub train_acc: f64,
+    /// Validation loss, if there is validation data.
     pub val_loss: Option<f64>,
+    /// Validation top-1 accuracy in [0, 1].
     pub val_top1: Option<f64>,
+    /// Validation top-5 accuracy in [0, 1].
     pub val_top5: Option<f64>,
+    /// Training throughput since the last evaluation.
     pub images_per_s: f64,
     /// Seconds spent in training steps so far (data waits included, evaluation excluded).
     pub train_seconds: f64,
+    /// Peak resident memory of the process so far, MB.
     pub peak_rss_mb: f64,
 }
 
 /// Top-1, top-5, loss and the confusion matrix (`[true][predicted]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalReport {
+    /// Images evaluated.
     pub n: usize,
+    /// Mean cross-entropy.
     pub loss: f64,
+    /// Top-1 accuracy in [0, 1].
     pub top1: f64,
+    /// Top-5 accuracy in [0, 1].
     pub top5: f64,
+    /// Counts by `[true class][predicted class]`.
     pub confusion: Vec<Vec<usize>>,
+    /// Images skipped as undecodable.
     pub skipped: usize,
     /// `(label, top-1 prediction)` of every evaluated image, in order (skipped images absent).
     pub predictions: Vec<(usize, usize)>,

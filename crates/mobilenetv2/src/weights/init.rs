@@ -15,6 +15,7 @@ use crate::names::{expected, Kind};
 use crate::plan::Plan;
 use crate::rng::Rng;
 
+/// Every tensor of [`expected`]`(plan)` drawn as described above, by torchvision name.
 pub fn init(plan: &Plan, seed: u64, randomize_bn: bool) -> BTreeMap<String, Vec<f32>> {
     let mut rng = Rng::new(seed);
     let mut out = BTreeMap::new();

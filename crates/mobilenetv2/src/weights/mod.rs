@@ -3,9 +3,9 @@
 //! Every reader returns a [`TensorFile`]: tensors by name in PyTorch layout (OIHW convolution
 //! weights) plus string metadata. [`crate::model::Model`] then fits them to a plan.
 
-pub mod fit;
+pub(crate) mod fit;
 pub(crate) mod graph;
-pub mod init;
+pub(crate) mod init;
 pub mod int8;
 pub mod keras;
 pub mod onnx;
@@ -22,14 +22,20 @@ use crate::error::{Error, Result};
 /// Values of a tensor, in the element type of the file (floats widened to f32).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
+    /// Floating point (f16, bf16 and f64 files are converted).
     F32(Vec<f32>),
+    /// 64-bit integers (BatchNorm's `num_batches_tracked` in PyTorch files).
     I64(Vec<i64>),
+    /// 32-bit integers, as stored.
     I32(Vec<i32>),
+    /// Signed bytes (the int8 format's weights).
     I8(Vec<i8>),
+    /// Unsigned bytes, as stored.
     U8(Vec<u8>),
 }
 
 impl Data {
+    /// The element type's name, as safetensors and numpy spell it (`float32`, `int8`, ...).
     pub fn dtype(&self) -> &'static str {
         match self {
             Data::F32(_) => "float32",
@@ -40,6 +46,7 @@ impl Data {
         }
     }
 
+    /// Number of values.
     pub fn len(&self) -> usize {
         match self {
             Data::F32(v) => v.len(),
@@ -50,23 +57,29 @@ impl Data {
         }
     }
 
+    /// Whether there are no values.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// One named tensor of a weight file: its shape and row-major values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first (PyTorch layout after import: OIHW for convolutions).
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Data,
 }
 
 impl Tensor {
+    /// An f32 tensor; `values.len()` must be the product of `shape`.
     pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), values.len());
         Tensor { shape, data: Data::F32(values) }
     }
 
+    /// The number of values the shape holds.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -75,14 +88,19 @@ impl Tensor {
 /// Tensors by name plus string metadata, as read from one file.
 #[derive(Clone, Debug, Default)]
 pub struct TensorFile {
+    /// The file it was read from (for error messages).
     pub path: PathBuf,
+    /// Tensors by name (torchvision's after import).
     pub tensors: BTreeMap<String, Tensor>,
+    /// String metadata (`spec`, `labels`, `preprocess`, `quantization` for the project's own
+    /// files; what importers could learn from other formats).
     pub metadata: BTreeMap<String, String>,
 }
 
 /// The on-disk formats the project reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// safetensors (the project's own format).
     Safetensors,
     /// PyTorch >= 1.6 zip archive (`torch.save` default).
     TorchZip,
@@ -112,7 +130,8 @@ pub fn sniff(path: &Path, head: &[u8]) -> Result<Format> {
     Err(Error::format(path, "weights", detail))
 }
 
-/// Reads a weight file in any supported format.
+/// Reads a weight file in any supported format (safetensors, PyTorch `.pth`/`.pt`, ONNX, Keras
+/// `.h5`/`.keras`, TFLite), found from its first bytes.
 pub fn load(path: &Path) -> Result<TensorFile> {
     // safetensors is read tensor by tensor, without the whole file in memory.
     let mut head = [0u8; 9];

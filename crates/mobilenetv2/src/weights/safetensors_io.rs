@@ -210,6 +210,7 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
 /// How floating-point tensors are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FloatStore {
+    /// 32-bit floats, exactly as computed.
     #[default]
     F32,
     /// IEEE half precision (round to nearest even): half the file size, widened at load.
@@ -263,7 +264,7 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMa
     crate::fsutil::write_atomic(path, &to_bytes(tensors, metadata)?)
 }
 
-/// [`write`], storing float tensors as `store`.
+/// [`write()`], storing float tensors as `store`.
 pub fn write_as(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,

@@ -50,7 +50,9 @@ fn bad(path: &Path, detail: impl Into<String>) -> Error {
 /// One node of the graph.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// The node's name (its scope path).
     pub name: String,
+    /// The TensorFlow op (`Conv2D`, `Const`, ...).
     pub op: String,
     /// `"producer"` (output 0), `"producer:k"` (output k) or `"^producer"` (control dependency).
     pub inputs: Vec<String>,
@@ -78,6 +80,7 @@ impl Node {
         }
     }
 
+    /// An integer attribute; a format error naming the node if absent or not an integer.
     pub fn attr_int(&self, path: &Path, key: &str) -> Result<i64> {
         match self.attr(path, key)? {
             AttrKind::I(i) => Ok(*i),
@@ -85,6 +88,7 @@ impl Node {
         }
     }
 
+    /// A float attribute; a format error naming the node if absent or not a float.
     pub fn attr_float(&self, path: &Path, key: &str) -> Result<f32> {
         match self.attr(path, key)? {
             AttrKind::F(f) => Ok(*f),
@@ -126,6 +130,7 @@ impl Node {
 /// A decoded GraphDef.
 #[derive(Clone, Debug)]
 pub struct TfGraph {
+    /// The file it was read from (for error messages).
     pub path: PathBuf,
     /// All nodes, in file order.
     pub nodes: Vec<Node>,

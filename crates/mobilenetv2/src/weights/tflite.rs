@@ -10,8 +10,9 @@
 //! VALID convolution becomes its padding, ADD is a residual, MEAN (or AVERAGE_POOL_2D) over H
 //! and W, RESHAPE/SQUEEZE and FULLY_CONNECTED make the classifier; QUANTIZE, DEQUANTIZE and a
 //! final SOFTMAX pass through. Quantized weights are dequantized (`scale * (q - zero_point)`,
-//! per channel where the file says so), so an int8 model runs on the float engine for now;
-//! an int8 engine is a separate issue.
+//! per channel where the file says so). A full-integer model (every activation quantised)
+//! then maps onto the project's int8 scheme and runs on the int8 engine; a model that
+//! quantises only its weights runs in float.
 
 use std::collections::HashMap;
 use std::path::Path;

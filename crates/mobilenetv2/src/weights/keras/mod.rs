@@ -14,7 +14,7 @@
 //! (Keras 3) datasets. Keras 3's own format numbers layers by class in model order
 //! (`layers/conv2d_3/vars/0`), which follows the plan's order of layers.
 
-pub mod hdf5;
+pub(crate) mod hdf5;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -29,12 +29,12 @@
 //!
 //! Nothing here may panic, recurse or allocate without bound on hostile input: every read is
 //! bounds-checked, the machine's work, memo, MARKs and tuple nesting are capped
-//! ([`pickle`]), zip entries that share bytes or names are refused and storages are read
+//! (`pickle.rs`), zip entries that share bytes or names are refused and storages are read
 //! only as far as they are needed, and the bytes the gathered tensors may allocate are
 //! bounded by the file's size ([`crate::limits::load_alloc_budget`]).
 //!
-//! The code: [`pickle`] (the virtual machine), [`torch`] (what torch's globals and persistent
-//! ids mean, the state dict), [`gather`] (strided tensors to row-major), this file (the two
+//! The code: `pickle.rs` (the virtual machine), `torch.rs` (what torch's globals and persistent
+//! ids mean, the state dict), `gather.rs` (strided tensors to row-major), this file (the two
 //! containers).
 
 mod gather;
