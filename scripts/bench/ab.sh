@@ -73,5 +73,16 @@ for r in $(seq "$reps"); do
   best_old=$(python3 -c "print(min($best_old, $a))"); best_new=$(python3 -c "print(min($best_new, $b))")
 done
 python3 -c "print(f'training (6 epochs, 96x96, 2 threads): old {$best_old:.2f} s, new {$best_new:.2f} s, new/old {$best_new/$best_old:.3f}')"
-cmp -s "$out/train-old-1/final.safetensors" "$out/train-new-1/final.safetensors" &&
-  echo "trained weights: identical" || echo "trained weights: DIFFER"
+# The safetensors header lists metadata in hash-map order (different from run to run, for
+# either binary), so the files are compared as tensors and metadata, not as bytes.
+python3 - "$out/train-old-1/final.safetensors" "$out/train-new-1/final.safetensors" <<'PY'
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    meta = h.pop("__metadata__", {})
+    return meta, {k: (v["dtype"], v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in h.items()}
+(ma, ta), (mb, tb) = load(sys.argv[1]), load(sys.argv[2])
+print("trained weights: identical" if (ma, ta) == (mb, tb) else "trained weights: DIFFER")
+PY
