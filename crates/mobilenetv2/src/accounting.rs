@@ -5,6 +5,7 @@
 //!   (torchvision's `num_params`); `params_no_bn` leaves BatchNorm out (the slim README);
 //! - multiply-adds count convolutions and the classifier only, no BatchNorm, activation,
 //!   pooling or residual add (the paper and slim: 300,774,272 at 224/1.0 with 1000 classes);
+//!   a convolution's own bias (SSD's predictors) is a parameter but no multiply-add;
 //! - memory follows the paper's Table 3: the bottleneck tensors that must be materialised.
 
 use serde::Serialize;
@@ -33,7 +34,11 @@ pub fn layer_cost(layer: &Layer) -> LayerCost {
     match &layer.op {
         Op::Conv(c) => {
             let per_out = (i.c / c.groups * c.kernel * c.kernel) as u64;
-            LayerCost { weights: o.c as u64 * per_out, bn: 2 * o.c as u64, madds: (o.h * o.w * o.c) as u64 * per_out }
+            let madds = (o.h * o.w * o.c) as u64 * per_out;
+            match c.bn {
+                Some(_) => LayerCost { weights: o.c as u64 * per_out, bn: 2 * o.c as u64, madds },
+                None => LayerCost { weights: o.c as u64 * (per_out + 1), bn: 0, madds },
+            }
         }
         Op::Linear => LayerCost { weights: (i.c * o.c + o.c) as u64, bn: 0, madds: (i.c * o.c) as u64 },
         Op::GlobalAvgPool | Op::Dropout { .. } => LayerCost::default(),

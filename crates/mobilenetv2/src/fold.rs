@@ -25,13 +25,18 @@ pub fn fold_conv(params: &Params, bn_eps: f32, layer: &Layer) -> FoldedConv {
         Op::Conv(c) => c,
         _ => panic!("fold_conv on {}", layer.name),
     };
-    let eps = bn_eps as f64;
     let w = param(params, &names::weight(layer));
+    let (cout, cin_g, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
+    if c.bn.is_none() {
+        // Its own bias, no BatchNorm: only the relayout.
+        let weights = oihw_to_hwio(w, ConvDims { o: cout, i: cin_g, k });
+        return FoldedConv { weights, bias: param(params, &names::bias(layer)).to_vec() };
+    }
+    let eps = bn_eps as f64;
     let gamma = param(params, &names::bn(c, BnParam::Weight));
     let beta = param(params, &names::bn(c, BnParam::Bias));
     let mean = param(params, &names::bn(c, BnParam::Mean));
     let var = param(params, &names::bn(c, BnParam::Var));
-    let (cout, cin_g, k) = (layer.output.c, layer.input.c / c.groups, c.kernel);
     let scale: Vec<f64> = (0..cout).map(|o| gamma[o] as f64 / (var[o] as f64 + eps).sqrt()).collect();
     let per_out = cin_g * k * k;
     let scaled: Vec<f32> = w.iter().enumerate().map(|(j, &v)| (v as f64 * scale[j / per_out]) as f32).collect();

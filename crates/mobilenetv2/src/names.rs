@@ -37,7 +37,8 @@ pub fn weight(layer: &Layer) -> String {
     format!("{}.weight", layer.name)
 }
 
-/// The bias of a linear layer, or of an int8 file's convolution (BatchNorm folded).
+/// The bias of a linear layer, of a convolution without BatchNorm (SSD's predictors), or of
+/// an int8 file's convolution (BatchNorm folded).
 pub fn bias(layer: &Layer) -> String {
     format!("{}.bias", layer.name)
 }
@@ -47,7 +48,8 @@ pub fn weight_scale(layer: &Layer) -> String {
     format!("{}.weight_scale", layer.name)
 }
 
-/// A BatchNorm tensor of a convolution (`features.0.1.running_mean`).
+/// A BatchNorm tensor of a convolution (`features.0.1.running_mean`). Panics for a
+/// convolution without BatchNorm (`conv.bn` is `None`): asking is a bug.
 pub fn bn(conv: &Conv, param: BnParam) -> String {
     let suffix = match param {
         BnParam::Weight => "weight",
@@ -55,12 +57,14 @@ pub fn bn(conv: &Conv, param: BnParam) -> String {
         BnParam::Mean => "running_mean",
         BnParam::Var => "running_var",
     };
-    format!("{}.{suffix}", conv.bn)
+    let module = conv.bn.as_deref().expect("names::bn on a convolution without BatchNorm");
+    format!("{module}.{suffix}")
 }
 
 /// The names of every tensor a layer owns in a float file (weight, BatchNorm or bias).
 pub fn of_layer(layer: &Layer) -> Vec<String> {
     match &layer.op {
+        Op::Conv(c) if c.bn.is_none() => vec![weight(layer), bias(layer)],
         Op::Conv(c) => std::iter::once(weight(layer)).chain(BnParam::ALL.map(|p| bn(c, p))).collect(),
         Op::Linear => vec![weight(layer), bias(layer)],
         Op::GlobalAvgPool | Op::Dropout { .. } => Vec::new(),
@@ -90,6 +94,8 @@ pub enum Kind {
     LinearWeight,
     /// The classifier's bias.
     LinearBias,
+    /// The bias of a convolution without BatchNorm (SSD's predictors).
+    ConvBias,
 }
 
 impl Kind {
@@ -126,6 +132,10 @@ pub fn expected(plan: &Plan) -> Vec<Expected> {
             Op::Conv(c) => {
                 let o = layer.output.c;
                 push(weight(layer), vec![o, layer.input.c / c.groups, c.kernel, c.kernel], Kind::ConvWeight);
+                if c.bn.is_none() {
+                    push(bias(layer), vec![o], Kind::ConvBias);
+                    continue;
+                }
                 push(bn(c, BnParam::Weight), vec![o], Kind::BnWeight);
                 push(bn(c, BnParam::Bias), vec![o], Kind::BnBias);
                 push(bn(c, BnParam::Mean), vec![o], Kind::BnMean);

@@ -27,7 +27,7 @@ pub fn init(plan: &Plan, seed: u64, randomize_bn: bool) -> BTreeMap<String, Vec<
                 normal((2.0 / fan_out as f64).sqrt())
             }
             Kind::LinearWeight => normal(0.01),
-            Kind::LinearBias => vec![0.0; n],
+            Kind::LinearBias | Kind::ConvBias => vec![0.0; n],
             Kind::BnWeight if randomize_bn => (0..n).map(|_| (0.5 + rng.uniform()) as f32).collect(),
             Kind::BnVar if randomize_bn => (0..n).map(|_| (0.5 + 1.5 * rng.uniform()) as f32).collect(),
             Kind::BnBias | Kind::BnMean if randomize_bn => normal(0.1),
