@@ -157,8 +157,8 @@ fn stage_madds(plan: &Plan, acc: &Accounting) -> Vec<u64> {
         m.push((from..=b.project).map(|l| acc.layers[l].madds).sum());
     }
     m.push(acc.layers[plan.last_conv].madds);
-    match plan.head {
-        Head::Classifier(h) => m.push(acc.layers[h.classifier].madds),
+    if let Head::Classifier(h) = &plan.head {
+        m.push(acc.layers[h.classifier].madds);
     }
     m
 }

@@ -114,12 +114,18 @@ impl Detector {
         Ok(Detector { engine, model, options, anchors, taps })
     }
 
-    /// The detector of a TF Object Detection API frozen graph: network and settings from the graph.
+    /// The detector of a TF Object Detection API frozen graph: network and settings from the
+    /// graph. Without `options.labels`, a one-class graph's class is labelled `person`.
     pub fn from_graph(path: &Path, options: DetectorOptions) -> Result<Detector> {
         let g = TfGraph::read_path(path)?;
         let config = SsdConfig::from_graph(&g)?;
         let model = tfimport::model(&g, config.preprocess.height, config.preprocess.width)?;
-        Detector::new(model, DetectorOptions { config, ..options })
+        let mut labels = options.labels.clone();
+        if labels.is_empty() && config.classes == 1 {
+            // The graph holds no label map; its one-class models are the OD API's person detectors.
+            labels = vec!["person".to_string()];
+        }
+        Detector::new(model, DetectorOptions { config, labels, ..options })
     }
 
     pub fn model(&self) -> &Model {
@@ -191,4 +197,31 @@ fn to_pixels(found: &[Detection], width: usize, height: usize, threshold: f32) -
         .collect();
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
     out
+}
+
+/// Writes `image` as a PNG at `path` (atomically) with each detection's box drawn, 3 px wide,
+/// in a colour per class. Labels and scores are not drawn (no font yet).
+pub fn draw_png(image: &RgbImage, found: &[PixelDetection], path: &Path) -> Result<()> {
+    use image::ImageEncoder;
+    const COLOURS: [[u8; 3]; 4] = [[255, 40, 40], [40, 200, 40], [40, 90, 255], [240, 200, 0]];
+    let (w, h) = (image.width, image.height);
+    let mut px = image.data.clone();
+    for d in found {
+        let c = COLOURS[d.class % COLOURS.len()];
+        let clamp = |v: f32, n: usize| (v.round().max(0.0) as usize).min(n.saturating_sub(1));
+        let (x0, y0, x1, y1) = (clamp(d.bbox[0], w), clamp(d.bbox[1], h), clamp(d.bbox[2], w), clamp(d.bbox[3], h));
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let edge = x < x0 + 3 || x + 3 > x1 || y < y0 + 3 || y + 3 > y1;
+                if edge {
+                    px[(y * w + x) * 3..][..3].copy_from_slice(&c);
+                }
+            }
+        }
+    }
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&px, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Image { path: path.into(), detail: e.to_string() })?;
+    crate::fsutil::write_atomic(path, &png)
 }
