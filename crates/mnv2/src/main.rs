@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Detect objects in photos with an SSD detector (TF frozen graph)
+    Detect(cmd::detect::Args),
     /// Classify JPEG/PNG photos: the top-k classes, preprocessed as torchvision does
     Classify(cmd::classify::Args),
     /// Per-layer table of shapes, parameters and multiply-adds; activation memory
@@ -52,6 +54,7 @@ fn main() {
     let cli = Cli::try_parse().unwrap_or_else(|e| exit::usage(e));
     let result = match cli.command {
         Command::Classify(a) => cmd::classify::main(a),
+        Command::Detect(a) => cmd::detect::main(a),
         Command::Info(a) => cmd::info::main(a),
         Command::Init(a) => cmd::init::main(a),
         Command::Run(a) => cmd::run::main(a),

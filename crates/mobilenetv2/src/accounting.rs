@@ -5,7 +5,7 @@
 //!   (torchvision's `num_params`); `params_no_bn` leaves BatchNorm out (the slim README);
 //! - multiply-adds count convolutions and the classifier only, no BatchNorm, activation,
 //!   pooling, residual add, concatenation or bilinear upsampling (the paper and slim:
-//!   300,774,272 at 224/1.0 with 1000 classes); a convolution's own bias (DeepLab's logits)
+//!   300,774,272 at 224/1.0 with 1000 classes); a convolution's own bias (DeepLab's logits, SSD's predictors)
 //!   is a parameter but no multiply-add;
 //! - memory follows the paper's Table 3: the bottleneck tensors that must be materialised.
 

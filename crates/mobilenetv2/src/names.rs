@@ -37,7 +37,7 @@ pub fn weight(layer: &Layer) -> String {
     format!("{}.weight", layer.name)
 }
 
-/// The bias of a linear layer, of a convolution without BatchNorm (DeepLab's logits), or of
+/// The bias of a linear layer, of a convolution without BatchNorm (DeepLab's logits, SSD's predictors), or of
 /// an int8 file's convolution (BatchNorm folded).
 pub fn bias(layer: &Layer) -> String {
     format!("{}.bias", layer.name)
@@ -94,7 +94,7 @@ pub enum Kind {
     LinearWeight,
     /// The classifier's bias.
     LinearBias,
-    /// The bias of a convolution without BatchNorm (DeepLab's logits).
+    /// The bias of a convolution without BatchNorm (DeepLab's logits, SSD's predictors).
     ConvBias,
 }
 

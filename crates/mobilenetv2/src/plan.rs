@@ -118,7 +118,8 @@ pub struct Conv {
     /// with a shortcut).
     pub residual: bool,
     /// torchvision name of the BatchNorm module after the convolution; `None` for a
-    /// convolution with its own bias (`<name>.bias`) and no BatchNorm (DeepLab's logits).
+    /// convolution with its own bias (`<name>.bias`) and no BatchNorm (DeepLab's logits, SSD's
+    /// predictors).
     pub bn: Option<String>,
 }
 
@@ -186,6 +187,10 @@ pub enum Role {
     Logits,
     /// DeepLab: a bilinear upsampling.
     Upsample,
+    /// SSD: a layer of the extra feature maps (`layer_19_*`).
+    Extra,
+    /// SSD: a layer of a box or class predictor (`BoxPredictor_k/*`).
+    Predictor,
 }
 
 /// One layer of the network: what it computes, where it sits, its input and output shapes.
@@ -322,6 +327,43 @@ pub const DEEPLAB_DROPOUT: f32 = 0.1;
 /// Channels of every DeepLab branch and of the projection.
 pub const DEEPLAB_DEPTH: usize = 256;
 
+/// SSDLite / SSD (the paper's section 6.2) as the TF Object Detection API builds it, as indices
+/// into [`Plan::layers`]. Six feature maps: block 14's expansion output ([`Tap::Expansion`],
+/// TF's `layer_15/expansion_output`, output stride 16), the last conv (`layer_19`, stride 32)
+/// and four extra layers on it; each extra layer is a 1x1 conv to `d/2`, then a 3x3 stride-2
+/// layer to `d` (SSDLite: a depthwise 3x3 and a 1x1 to `d`; SSD: a regular 3x3), `d` = 512,
+/// 256, 256, 128 times the width multiplier (at least 16), BatchNorm and ReLU6 after each.
+/// Per map a box predictor (4 numbers per anchor) and a class predictor ([`Spec::classes`]
+/// logits per anchor): SSDLite: a 3x3 depthwise + BatchNorm + ReLU6 then a 1x1 conv with bias;
+/// SSD: a 3x3 conv with bias. Anchors per location: [`SSD_ANCHORS`].
+///
+/// Layer names are the TF scopes under `head.` with `/` as `.`, convs `.0` and their BatchNorm
+/// `.1` (`head.layer_19_1_Conv2d_2_1x1_256.0`, `head.BoxPredictor_0.ClassPredictor_depthwise.0`),
+/// a predictor's last conv without suffix (`head.BoxPredictor_0.ClassPredictor`, bias `.bias`).
+/// The predictors' outputs in map order, each read as `[h * w * anchors, 4 | classes]`, are
+/// TF's raw `box_encodings` and class logits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SsdHead {
+    /// The layers whose outputs are the six feature maps.
+    pub maps: Vec<usize>,
+    /// The extra layers, in order.
+    pub extra: Vec<usize>,
+    /// Per map, the box predictor's last layer (`[h, w, 4 * anchors]`).
+    pub boxes: Vec<usize>,
+    /// Per map, the class predictor's last layer (`[h, w, classes * anchors]`).
+    pub classes: Vec<usize>,
+    /// Anchors per location of each map.
+    pub anchors: Vec<usize>,
+}
+
+/// The TF Object Detection API's anchors per location of SSD's six maps
+/// (`reduce_boxes_in_lowest_layer`: 3 on the first, 6 on the others).
+pub const SSD_ANCHORS: [usize; 6] = [3, 6, 6, 6, 6, 6];
+/// Depths of SSD's four extra layers before the width multiplier.
+pub const SSD_EXTRA_DEPTHS: [usize; 4] = [512, 256, 256, 128];
+/// Minimum depth of an extra layer (the TF Object Detection API's `min_depth`).
+pub const SSD_MIN_DEPTH: usize = 16;
+
 /// What the network computes on top of the backbone, as indices into [`Plan::layers`]. Which
 /// head a plan has is chosen by [`Spec::head`]; a head's layers follow the backbone's in
 /// [`Plan::layers`] and read it through [`Layer::source`] where they do not simply follow.
@@ -332,6 +374,9 @@ pub enum Head {
     Classifier(ClassifierHead),
     /// Semantic segmentation: per-pixel logits at the input size.
     DeepLab(DeepLabHead),
+    /// Object detection: SSDLite's (or SSD's) raw box encodings and class logits.
+    #[serde(rename = "ssdlite")]
+    SsdLite(SsdHead),
 }
 
 /// The network expanded into layers with shapes: a backbone (stem, [`Plan::blocks`], last
@@ -526,6 +571,99 @@ fn deeplab(b: &mut Builder, features: usize, x: Shape, image: Shape) -> DeepLabH
     DeepLabHead { features, pool, image_pool, image_pool_upsample, aspp, concat, projection, dropout, logits, upsample }
 }
 
+/// Pushes SSD's layers (see [`SsdHead`]) on the maps `t16` (layer index, shape) and `t32`.
+fn ssd(b: &mut Builder, separable: bool, t16: (usize, Shape), t32: (usize, Shape)) -> SsdHead {
+    let (width, classes) = (b.spec.width, b.spec.classes);
+    let relu6 = Activation::Relu6;
+    // A conv + BN + ReLU6 named after its TF scope, reading `source` (`None`: the layer before).
+    let conv = |b: &mut Builder, scope: &str, role, kind, input, out_c, stride, source| {
+        let name = format!("head.{}", scope.replace('/', "."));
+        b.conv_k(
+            format!("{name}.0"),
+            Some(format!("{name}.1")),
+            role,
+            None,
+            kind,
+            input,
+            out_c,
+            stride,
+            1,
+            relu6,
+            false,
+            source,
+        );
+        b.layers.len() - 1
+    };
+    let mut maps = vec![t16, t32];
+    let mut extra = Vec::new();
+    let (mut prev, mut prev_shape) = t32;
+    for (i, &d) in SSD_EXTRA_DEPTHS.iter().enumerate() {
+        let idx = i + 2;
+        let depth = |d: usize| ((d as f64 * width) as usize).max(SSD_MIN_DEPTH);
+        let (half, full) = (depth(d / 2), depth(d));
+        let first = conv(
+            b,
+            &format!("layer_19_1_Conv2d_{idx}_1x1_{half}"),
+            Role::Extra,
+            ConvKind::Pointwise,
+            prev_shape,
+            half,
+            1,
+            Some(prev),
+        );
+        extra.push(first);
+        let mid = b.layers[first].output;
+        let scope = format!("layer_19_2_Conv2d_{idx}_3x3_s2_{full}");
+        if separable {
+            let dw = conv(b, &format!("{scope}_depthwise"), Role::Extra, ConvKind::Depthwise, mid, half, 2, None);
+            extra.push(dw);
+            let x = b.layers[dw].output;
+            extra.push(conv(b, &scope, Role::Extra, ConvKind::Pointwise, x, full, 1, None));
+        } else {
+            extra.push(conv(b, &scope, Role::Extra, ConvKind::Full, mid, full, 2, None));
+        }
+        prev = b.layers.len() - 1;
+        prev_shape = b.layers[prev].output;
+        maps.push((prev, prev_shape));
+    }
+    let (mut boxes, mut class_layers) = (Vec::new(), Vec::new());
+    for (k, (&(src, shape), &a)) in maps.iter().zip(&SSD_ANCHORS).enumerate() {
+        for (what, n) in [("BoxEncodingPredictor", 4 * a), ("ClassPredictor", classes * a)] {
+            let scope = format!("BoxPredictor_{k}/{what}");
+            let name = format!("head.{}", scope.replace('/', "."));
+            let (kind, source) = if separable {
+                conv(
+                    b,
+                    &format!("{scope}_depthwise"),
+                    Role::Predictor,
+                    ConvKind::Depthwise,
+                    shape,
+                    shape.c,
+                    1,
+                    Some(src),
+                );
+                (ConvKind::Pointwise, None)
+            } else {
+                (ConvKind::Full, Some(src))
+            };
+            b.conv_k(name, None, Role::Predictor, None, kind, shape, n, 1, 1, Activation::None, false, source);
+            let last = b.layers.len() - 1;
+            if what == "ClassPredictor" {
+                class_layers.push(last)
+            } else {
+                boxes.push(last)
+            }
+        }
+    }
+    SsdHead {
+        maps: maps.iter().map(|m| m.0).collect(),
+        extra,
+        boxes,
+        classes: class_layers,
+        anchors: SSD_ANCHORS.to_vec(),
+    }
+}
+
 impl Plan {
     /// Expands a spec into layers. Fails only if the spec is invalid ([`Error::InvalidSpec`]).
     pub fn new(spec: &Spec) -> Result<Plan> {
@@ -636,7 +774,7 @@ impl Plan {
                 index += 1;
             }
         }
-        if spec.head.is_classifier() {
+        if !matches!(spec.head, HeadSpec::DeepLab { .. }) {
             x = b.conv(
                 format!("features.{index}.0"),
                 Some(format!("features.{index}.1")),
@@ -665,6 +803,13 @@ impl Plan {
                 Head::Classifier(ClassifierHead { pool: n - 3, dropout: n - 2, classifier: n - 1 })
             }
             HeadSpec::DeepLab { .. } => Head::DeepLab(deeplab(&mut b, last_conv, x, input)),
+            HeadSpec::SsdLite { separable } => {
+                let e = blocks.iter().find(|bl| bl.index == 14).and_then(|bl| bl.expand).ok_or_else(|| {
+                    Error::InvalidSpec("the SSD head reads block 14's expansion: the stage table has none".into())
+                })?;
+                let t16 = (e, b.layers[e].output);
+                Head::SsdLite(ssd(&mut b, separable, t16, (last_conv, x)))
+            }
         };
         Ok(Plan { spec: spec.clone(), layers: b.layers, blocks, last_conv, head })
     }
@@ -705,6 +850,14 @@ impl Plan {
         match &self.head {
             Head::DeepLab(h) => Ok(h),
             _ => Err(Error::Unsupported(format!("{what} needs a DeepLab head"))),
+        }
+    }
+
+    /// The SSD head, or an error naming `what` needs one.
+    pub fn ssd(&self, what: &str) -> Result<&SsdHead> {
+        match &self.head {
+            Head::SsdLite(h) => Ok(h),
+            _ => Err(Error::Unsupported(format!("{what} needs an SSD head"))),
         }
     }
 

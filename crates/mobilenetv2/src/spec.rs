@@ -92,6 +92,16 @@ pub enum HeadSpec {
         /// Atrous Spatial Pyramid Pooling: the three 3x3 atrous convolutions.
         aspp: bool,
     },
+    /// SSDLite (the paper's section 6.2), as the TF Object Detection API builds it, on block
+    /// 14's expansion output and the last 1x1 conv: four extra layers and per feature map a box
+    /// and a class predictor (see [`crate::plan::SsdHead`]). [`Spec::classes`] counts the
+    /// logits per anchor, background included (81 for COCO, 2 for the person model).
+    /// `separable: false` is the regular SSD head of Table 5 (3x3 convolutions).
+    #[serde(rename = "ssdlite")]
+    SsdLite {
+        /// Depthwise-separable extra layers and predictors (SSDLite); regular 3x3 convs if false.
+        separable: bool,
+    },
 }
 
 impl HeadSpec {
@@ -154,7 +164,8 @@ pub struct Spec {
     pub height: usize,
     /// Input width in pixels (>= 32).
     pub width_px: usize,
-    /// Number of classifier outputs (classes per pixel for DeepLab).
+    /// Number of classifier outputs (classes per pixel for DeepLab; logits per anchor,
+    /// background included, for SSDLite).
     pub classes: usize,
     /// The stage table; Table 2 unless changed.
     pub stages: Vec<Stage>,

@@ -28,7 +28,7 @@ fn fetched(rel: &str) -> PathBuf {
 #[test]
 fn backbone_taps_match_tensorflow() {
     let g = TfGraph::read_path(&fetched("weights/ssdlite_mobilenet_v2_person.pb")).unwrap();
-    let model = tfimport::backbone(&g, 300, 300).unwrap_or_else(|e| panic!("{e}"));
+    let model = tfimport::model(&g, 300, 300).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.spec().bn_eps, 1e-3);
     let img = preprocess::decode(&fetched("weights/calib/astronaut.png")).unwrap();
     let x = Batch::new(1, Shape::new(300, 300, 3), TfPreprocess::default().apply(&img)).unwrap();
@@ -58,6 +58,6 @@ fn backbone_taps_match_tensorflow() {
 #[test]
 fn a_graph_without_the_backbone_is_refused() {
     let g = TfGraph::read_path(&root().join("tests/data/ssdlite/subgraph.pb")).unwrap();
-    let e = tfimport::backbone(&g, 300, 300).unwrap_err().to_string();
+    let e = tfimport::model(&g, 300, 300).unwrap_err().to_string();
     assert!(e.contains("subgraph.pb") && e.contains("FeatureExtractor/MobilenetV2/Conv/weights"), "{e}");
 }

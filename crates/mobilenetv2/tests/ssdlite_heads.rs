@@ -9,10 +9,9 @@
 
 use std::path::PathBuf;
 
-use mobilenetv2::accounting::layer_cost;
-use mobilenetv2::detect::heads::{HeadCost, HeadKind, HeadSpec, Map};
+use mobilenetv2::accounting::account;
+use mobilenetv2::detect::heads::{spec, DetectorCost, HeadKind};
 use mobilenetv2::plan::{Plan, Role};
-use mobilenetv2::spec::{Padding, Spec};
 use serde_json::Value;
 
 fn convs(res: usize) -> Vec<Value> {
@@ -21,37 +20,8 @@ fn convs(res: usize) -> Vec<Value> {
     v["convs"][res.to_string()].as_array().unwrap().clone()
 }
 
-/// The backbone up to `layer_19` (no classifier) with TF padding: (weights, BN gamma/beta,
-/// madds) and the two taps.
-struct Backbone {
-    weights: u64,
-    bn: u64,
-    madds: u64,
-    t16: Map,
-    t32: Map,
-}
-
-fn backbone(res: usize, width: f64) -> Backbone {
-    let spec = Spec { padding: Padding::Tf, bn_eps: 1e-3, ..Spec::new(width, res) };
-    let plan = Plan::new(&spec).unwrap();
-    let mut b = Backbone { weights: 0, bn: 0, madds: 0, t16: Map { h: 0, w: 0, c: 0 }, t32: Map { h: 0, w: 0, c: 0 } };
-    for l in &plan.layers {
-        if matches!(l.role, Role::Pool | Role::Dropout | Role::Classifier) {
-            continue;
-        }
-        let c = layer_cost(l);
-        b.weights += c.weights;
-        b.bn += c.bn;
-        b.madds += c.madds;
-        let m = Map { h: l.output.h, w: l.output.w, c: l.output.c };
-        if l.role == Role::Expand && l.block == Some(14) {
-            b.t16 = m;
-        }
-        if l.role == Role::LastConv {
-            b.t32 = m;
-        }
-    }
-    b
+fn plan(kind: HeadKind, logits: usize, res: usize) -> Plan {
+    Plan::new(&spec(kind, logits, 1.0, res)).unwrap()
 }
 
 fn tf_madds(rows: &[Value], head: bool) -> u64 {
@@ -67,11 +37,15 @@ fn tf_madds(rows: &[Value], head: bool) -> u64 {
 #[test]
 fn head_layers_match_tensorflow_at_300_and_320() {
     for res in [300, 320] {
-        let bb = backbone(res, 1.0);
-        assert_eq!(bb.t16.c, 576);
-        assert_eq!(bb.t32, Map { h: res.div_ceil(32), w: res.div_ceil(32), c: 1280 });
+        let p = plan(HeadKind::SsdLite, 2, res);
+        let ssd = p.ssd("test").unwrap();
+        assert_eq!(p.layers[ssd.maps[0]].output.c, 576);
+        assert_eq!(
+            p.layers[ssd.maps[1]].output,
+            mobilenetv2::plan::Shape::new(res.div_ceil(32), res.div_ceil(32), 1280)
+        );
         let rows = convs(res);
-        let layers = HeadSpec::new(HeadKind::SsdLite, 2, 1.0).layers(bb.t16, bb.t32);
+        let layers: Vec<_> = p.layers.iter().filter(|l| matches!(l.role, Role::Extra | Role::Predictor)).collect();
         let tf: Vec<&Value> = rows
             .iter()
             .filter(|r| {
@@ -80,19 +54,23 @@ fn head_layers_match_tensorflow_at_300_and_320() {
             .collect();
         assert_eq!(layers.len(), tf.len(), "{res}: number of head convs");
         for l in &layers {
+            let scope = mobilenetv2::detect::tfimport::tf_scope(l).unwrap();
             let r = tf
                 .iter()
-                .find(|r| r[0].as_str().unwrap().trim_start_matches("FeatureExtractor/MobilenetV2/") == l.name)
+                .find(|r| r[0].as_str().unwrap() == scope)
                 .unwrap_or_else(|| panic!("{res}: TF has no conv `{}`", l.name));
             let u = |i: usize| r[i].as_u64().unwrap() as usize;
-            assert_eq!(r[1].as_bool().unwrap(), l.groups > 1, "{}: depthwise", l.name);
-            assert_eq!((u(2), u(3), u(4)), (l.kernel, l.kernel, l.input.c), "{}: kernel", l.name);
+            let c = l.conv().unwrap();
+            assert_eq!(r[1].as_bool().unwrap(), c.groups > 1, "{}: depthwise", l.name);
+            assert_eq!((u(2), u(3), u(4)), (c.kernel, c.kernel, l.input.c), "{}: kernel", l.name);
             assert_eq!((u(6), u(7), u(8)), (l.output.h, l.output.w, l.output.c), "{}: output", l.name);
         }
         // The backbone's and the head's multiply-adds equal TF's conv shapes'.
-        let head: HeadCost = HeadSpec::new(HeadKind::SsdLite, 2, 1.0).cost(bb.t16, bb.t32);
+        let cost = DetectorCost::of(&p).unwrap();
+        let (bb, head) = (cost.backbone, cost.head());
         assert_eq!(bb.madds, tf_madds(&rows, false), "{res}: backbone madds");
         assert_eq!(head.madds, tf_madds(&rows, true), "{res}: head madds");
+        assert_eq!(account(&p).madds, bb.madds + head.madds);
         println!("real model at {res}: backbone {} + head {} = {} MAdds", bb.madds, head.madds, bb.madds + head.madds);
     }
 }
@@ -101,16 +79,15 @@ fn head_layers_match_tensorflow_at_300_and_320() {
 fn real_model_counts() {
     // ssdlite-real-model.md §2.8: 3,045,126 trainable (weights + BN gamma/beta + biases),
     // 3,095,878 floats with the BN moving statistics.
-    let bb = backbone(300, 1.0);
-    let head = HeadSpec::new(HeadKind::SsdLite, 2, 1.0).cost(bb.t16, bb.t32);
-    let trainable = bb.weights + bb.bn + head.params();
-    println!(
-        "real model: {trainable} trainable params, {} floats with BN statistics",
-        trainable + bb.bn + head.bn_stats
-    );
+    let p = plan(HeadKind::SsdLite, 2, 300);
+    let t = DetectorCost::of(&p).unwrap().total();
+    let trainable = t.params();
+    println!("real model: {trainable} trainable params, {} floats with BN statistics", trainable + t.bn_stats);
     assert_eq!(trainable, 3_045_126);
-    assert_eq!(trainable + bb.bn + head.bn_stats, 3_095_878);
-    assert_eq!(bb.madds + head.madds, 616_952_240);
+    assert_eq!(trainable + t.bn_stats, 3_095_878);
+    assert_eq!(t.madds, 616_952_240);
+    let a = account(&p);
+    assert_eq!((a.params, a.madds), (3_045_126, 616_952_240));
 }
 
 fn round_to(x: u64, unit: f64) -> f64 {
@@ -119,12 +96,14 @@ fn round_to(x: u64, unit: f64) -> f64 {
 
 #[test]
 fn paper_tables_5_and_6() {
-    let bb = backbone(320, 1.0);
-    let lite = HeadSpec::new(HeadKind::SsdLite, 81, 1.0).cost(bb.t16, bb.t32);
-    let ssd = HeadSpec::new(HeadKind::Ssd, 81, 1.0).cost(bb.t16, bb.t32);
-    let total_no_bn = bb.weights + lite.params_no_bn();
-    let total = bb.weights + bb.bn + lite.params();
-    let madds = bb.madds + lite.madds;
+    let lite_plan = plan(HeadKind::SsdLite, 81, 320);
+    let lite_cost = DetectorCost::of(&lite_plan).unwrap();
+    let lite = lite_cost.head();
+    let ssd = DetectorCost::of(&plan(HeadKind::Ssd, 81, 320)).unwrap().head();
+    let (total_no_bn, total, madds) =
+        (lite_cost.total().params_no_bn(), lite_cost.total().params(), lite_cost.total().madds);
+    let a = account(&lite_plan);
+    assert_eq!((a.params_no_bn, a.params, a.madds), (total_no_bn, total, madds));
     println!("Table 6, MNet V2 + SSDLite @320, 81 logits: {total_no_bn} params (weights + biases), {total} (+ BN gamma/beta), {madds} MAdds");
     println!(
         "Table 5 SSD head @320: {} params (weights + biases), {} (+ BN), {} MAdds",

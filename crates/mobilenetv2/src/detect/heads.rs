@@ -1,16 +1,5 @@
-//! SSDLite and SSD heads on MobileNetV2 as layer lists with exact costs: the arithmetic behind
-//! the paper's Tables 5 and 6, and the layers a detector adds to the backbone.
-//!
-//! The head reads two backbone taps: block 14's expansion output (slim's
-//! `layer_15/expansion_output`, output stride 16) and the last 1x1 conv (`layer_19`, output
-//! stride 32). Four extra layers follow the second tap; each is a 1x1 conv to `d/2`, then a
-//! 3x3 stride-2 layer to `d` (SSDLite: a depthwise 3x3 then a 1x1 to `d`; SSD: a regular 3x3
-//! conv), with `d` = 512, 256, 256, 128 times the width multiplier (at least 16), BatchNorm
-//! and ReLU6 after every conv. Each of the six feature maps then has a box predictor (4 numbers
-//! per anchor) and a class predictor (one logit per class and anchor, background included):
-//! SSDLite: a 3x3 depthwise + BatchNorm + ReLU6 and a 1x1 conv with bias; SSD: a 3x3 conv with
-//! bias. Layers are named as the TF Object Detection API names their scopes, so a frozen graph's
-//! weights map onto them by name.
+//! Costs of the SSDLite and SSD heads ([`crate::plan::SsdHead`]), read off the plan through
+//! [`crate::accounting`]: the arithmetic behind the paper's Tables 5 and 6.
 //!
 //! Costs ([`HeadCost`]) keep apart conv weights, BatchNorm gamma/beta, BatchNorm moving
 //! statistics and biases, so every counting convention can be stated: a layer's multiply-adds
@@ -28,6 +17,11 @@
 
 use serde::Serialize;
 
+use crate::accounting::layer_cost;
+use crate::error::Result;
+use crate::plan::{Layer, Op, Plan, Role};
+use crate::spec::{HeadSpec, Padding, Spec};
+
 /// Which head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,36 +32,16 @@ pub enum HeadKind {
     Ssd,
 }
 
-/// A feature map: height, width, channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Map {
-    /// Height.
-    pub h: usize,
-    /// Width.
-    pub w: usize,
-    /// Channels.
-    pub c: usize,
-}
-
-/// One conv of a head.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HeadLayer {
-    /// TF Object Detection API scope of its weights.
-    pub name: String,
-    /// Kernel size (square): 1 or 3.
-    pub kernel: usize,
-    /// Stride along both axes.
-    pub stride: usize,
-    /// 1 for a regular conv, `c_in` for a depthwise one.
-    pub groups: usize,
-    /// The map it reads.
-    pub input: Map,
-    /// The map it makes.
-    pub output: Map,
-    /// BatchNorm + ReLU6 follow (otherwise a bias and no activation: a predictor's last conv).
-    pub bn: bool,
-    /// Index of the feature map a predictor belongs to (extra layers: the map they make).
-    pub map: usize,
+/// The spec of an SSD detector as the TF Object Detection API builds it: TF 'SAME' padding,
+/// BatchNorm epsilon 1e-3, `logits` per anchor (background included), square `resolution`.
+pub fn spec(kind: HeadKind, logits: usize, width: f64, resolution: usize) -> Spec {
+    Spec {
+        padding: Padding::Tf,
+        bn_eps: 1e-3,
+        classes: logits,
+        head: HeadSpec::SsdLite { separable: kind == HeadKind::SsdLite },
+        ..Spec::new(width, resolution)
+    }
 }
 
 /// Costs, kept apart by kind.
@@ -96,6 +70,17 @@ impl HeadCost {
         self.weights + self.biases
     }
 
+    /// The cost of one plan layer, from [`crate::accounting::layer_cost`].
+    pub fn of_layer(layer: &Layer) -> HeadCost {
+        let c = layer_cost(layer);
+        let biases = match &layer.op {
+            Op::Conv(conv) if conv.bn.is_none() => layer.output.c as u64,
+            Op::Linear => layer.output.c as u64,
+            _ => 0,
+        };
+        HeadCost { weights: c.weights - biases, bn: c.bn, bn_stats: c.bn, biases, madds: c.madds }
+    }
+
     fn add(self, o: HeadCost) -> HeadCost {
         HeadCost {
             weights: self.weights + o.weights,
@@ -107,161 +92,78 @@ impl HeadCost {
     }
 }
 
-impl HeadLayer {
-    /// The layer's parameters and multiply-adds.
-    pub fn cost(&self) -> HeadCost {
-        let per_out = (self.input.c / self.groups * self.kernel * self.kernel) as u64;
-        let c = self.output.c as u64;
-        HeadCost {
-            weights: c * per_out,
-            bn: if self.bn { 2 * c } else { 0 },
-            bn_stats: if self.bn { 2 * c } else { 0 },
-            biases: if self.bn { 0 } else { c },
-            madds: (self.output.h * self.output.w) as u64 * c * per_out,
-        }
-    }
+/// A detector's costs split as the paper's tables need them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DetectorCost {
+    /// Stem, blocks and the last conv (`layer_19`).
+    pub backbone: HeadCost,
+    /// The extra layers (`layer_19_*`).
+    pub extra: HeadCost,
+    /// The box and class predictors.
+    pub predictors: HeadCost,
 }
 
-/// A head's configuration.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HeadSpec {
-    /// SSDLite or SSD.
-    pub kind: HeadKind,
-    /// Logits per anchor (classes + background).
-    pub logits: usize,
-    /// Extra layers' depths before the multiplier.
-    pub extra_depths: Vec<usize>,
-    /// Depth multiplier of the extra layers (the backbone's width).
-    pub width: f64,
-    /// No extra layer gets fewer channels than this.
-    pub min_depth: usize,
-    /// Anchors per location of each of the six maps.
-    pub anchors: Vec<usize>,
-}
-
-impl HeadSpec {
-    /// The TF Object Detection API's SSDLite (or SSD) on MobileNetV2: extra depths 512, 256,
-    /// 256, 128, min depth 16, 3 anchors on the first map and 6 on the others.
-    pub fn new(kind: HeadKind, logits: usize, width: f64) -> HeadSpec {
-        HeadSpec {
-            kind,
-            logits,
-            extra_depths: vec![512, 256, 256, 128],
-            width,
-            min_depth: 16,
-            anchors: vec![3, 6, 6, 6, 6, 6],
-        }
+impl DetectorCost {
+    /// Of a plan with an SSD head.
+    pub fn of(plan: &Plan) -> Result<DetectorCost> {
+        plan.ssd("SSD head accounting")?;
+        let sum = |f: &dyn Fn(Role) -> bool| {
+            plan.layers.iter().filter(|l| f(l.role)).map(HeadCost::of_layer).fold(HeadCost::default(), HeadCost::add)
+        };
+        Ok(DetectorCost {
+            backbone: sum(&|r| !matches!(r, Role::Extra | Role::Predictor)),
+            extra: sum(&|r| r == Role::Extra),
+            predictors: sum(&|r| r == Role::Predictor),
+        })
     }
 
-    fn depth(&self, d: usize) -> usize {
-        ((d as f64 * self.width) as usize).max(self.min_depth)
+    /// The head: extra layers and predictors.
+    pub fn head(&self) -> HeadCost {
+        self.extra.add(self.predictors)
     }
 
-    /// The head's layers for taps `t16` (block 14's expansion) and `t32` (the last conv), in
-    /// the order the graph computes them: extra layers, then each map's box and class predictors.
-    pub fn layers(&self, t16: Map, t32: Map) -> Vec<HeadLayer> {
-        let same = |x: usize, s: usize| x.div_ceil(s);
-        let mut out = Vec::new();
-        let mut maps = vec![t16, t32];
-        let mut prev = t32;
-        for (i, &d) in self.extra_depths.iter().enumerate() {
-            let idx = i + 2;
-            let (half, full) = (self.depth(d / 2), self.depth(d));
-            let m1 = Map { c: half, ..prev };
-            out.push(layer(format!("layer_19_1_Conv2d_{idx}_1x1_{half}"), 1, 1, 1, prev, m1, true, idx));
-            let down = Map { h: same(prev.h, 2), w: same(prev.w, 2), c: half };
-            let name = format!("layer_19_2_Conv2d_{idx}_3x3_s2_{full}");
-            let m2 = Map { c: full, ..down };
-            match self.kind {
-                HeadKind::SsdLite => {
-                    out.push(layer(format!("{name}_depthwise"), 3, 2, half, m1, down, true, idx));
-                    out.push(layer(name, 1, 1, 1, down, m2, true, idx));
-                }
-                HeadKind::Ssd => out.push(layer(name, 3, 2, 1, m1, m2, true, idx)),
-            }
-            maps.push(m2);
-            prev = m2;
-        }
-        for (k, (&m, &a)) in maps.iter().zip(&self.anchors).enumerate() {
-            for (what, n) in [("BoxEncodingPredictor", 4 * a), ("ClassPredictor", self.logits * a)] {
-                let name = format!("BoxPredictor_{k}/{what}");
-                let o = Map { c: n, ..m };
-                match self.kind {
-                    HeadKind::SsdLite => {
-                        out.push(layer(format!("{name}_depthwise"), 3, 1, m.c, m, m, true, k));
-                        out.push(layer(name, 1, 1, 1, m, o, false, k));
-                    }
-                    HeadKind::Ssd => out.push(layer(name, 3, 1, 1, m, o, false, k)),
-                }
-            }
-        }
-        out
+    /// Backbone and head.
+    pub fn total(&self) -> HeadCost {
+        self.backbone.add(self.head())
     }
-
-    /// Total cost of the head.
-    pub fn cost(&self, t16: Map, t32: Map) -> HeadCost {
-        self.layers(t16, t32).iter().map(HeadLayer::cost).fold(HeadCost::default(), HeadCost::add)
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn layer(
-    name: String,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
-    input: Map,
-    output: Map,
-    bn: bool,
-    map: usize,
-) -> HeadLayer {
-    HeadLayer { name, kernel, stride, groups, input, output, bn, map }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const T16: Map = Map { h: 19, w: 19, c: 576 };
-    const T32: Map = Map { h: 10, w: 10, c: 1280 };
+    use crate::plan::Shape;
 
     #[test]
     fn real_model_head_shapes() {
         // ssdlite-real-model.md §2.7/§2.8: extra layers 656,960 trainable, predictors 164,294.
-        let h = HeadSpec::new(HeadKind::SsdLite, 2, 1.0);
-        let layers = h.layers(T16, T32);
-        assert_eq!(layers.len(), 12 + 24);
-        let extra = layers
-            .iter()
-            .filter(|l| l.name.starts_with("layer_19"))
-            .map(HeadLayer::cost)
-            .fold(HeadCost::default(), HeadCost::add);
-        let pred = layers
-            .iter()
-            .filter(|l| l.name.starts_with("BoxPredictor"))
-            .map(HeadLayer::cost)
-            .fold(HeadCost::default(), HeadCost::add);
-        assert_eq!(extra.params(), 656_960);
-        assert_eq!(pred.params(), 164_294);
-        assert_eq!(pred.biases, 198);
-        let last = layers.iter().find(|l| l.name == "layer_19_2_Conv2d_5_3x3_s2_128").unwrap();
-        assert_eq!(last.output, Map { h: 1, w: 1, c: 128 });
-        let c0 = layers.iter().find(|l| l.name == "BoxPredictor_0/ClassPredictor").unwrap();
-        assert_eq!(c0.output, Map { h: 19, w: 19, c: 6 });
+        let plan = Plan::new(&spec(HeadKind::SsdLite, 2, 1.0, 300)).unwrap();
+        let ssd = plan.ssd("test").unwrap();
+        assert_eq!(ssd.extra.len(), 12);
+        let n = plan.layers.iter().filter(|l| l.role == Role::Predictor).count();
+        assert_eq!(n, 24);
+        let cost = DetectorCost::of(&plan).unwrap();
+        assert_eq!(cost.extra.params(), 656_960);
+        assert_eq!(cost.predictors.params(), 164_294);
+        assert_eq!(cost.predictors.biases, 198);
+        let last = plan.layer_named("head.layer_19_2_Conv2d_5_3x3_s2_128.0").unwrap();
+        assert_eq!(plan.layers[last].output, Shape::new(1, 1, 128));
+        let c0 = plan.layer_named("head.BoxPredictor_0.ClassPredictor").unwrap();
+        assert_eq!(plan.layers[c0].output, Shape::new(19, 19, 6));
+        assert_eq!(ssd.classes[0], c0);
     }
 
     #[test]
     fn width_multiplier_keeps_min_depth() {
-        let h = HeadSpec::new(HeadKind::SsdLite, 2, 0.1);
-        let names: Vec<String> =
-            h.layers(T16, T32).into_iter().map(|l| l.name).filter(|n| n.starts_with("layer_19_1")).collect();
+        let plan = Plan::new(&spec(HeadKind::SsdLite, 2, 0.1, 300)).unwrap();
+        let names: Vec<&str> =
+            plan.layers.iter().map(|l| l.name.as_str()).filter(|n| n.starts_with("head.layer_19_1")).collect();
         assert_eq!(
             names,
             [
-                "layer_19_1_Conv2d_2_1x1_25",
-                "layer_19_1_Conv2d_3_1x1_16",
-                "layer_19_1_Conv2d_4_1x1_16",
-                "layer_19_1_Conv2d_5_1x1_16"
+                "head.layer_19_1_Conv2d_2_1x1_25.0",
+                "head.layer_19_1_Conv2d_3_1x1_16.0",
+                "head.layer_19_1_Conv2d_4_1x1_16.0",
+                "head.layer_19_1_Conv2d_5_1x1_16.0"
             ]
         );
     }

@@ -10,10 +10,12 @@
 //! - [`postprocess`], [`nms`]: sigmoid scores and per-class NMS, clipped to the image;
 //! - [`tfconfig`]: all of the above read from a frozen graph's constants;
 //! - [`tfimport`]: the graph's MobileNetV2 backbone on the plan;
-//! - [`heads`]: parameter and multiply-add accounting of the SSDLite and SSD heads.
+//! - [`heads`]: parameter and multiply-add accounting of the SSDLite and SSD heads (from the plan);
+//! - [`detector`]: [`Detector`], the model and all of the above: images in, boxes in pixels out.
 
 pub mod anchors;
 pub mod boxcoder;
+pub mod detector;
 pub mod heads;
 pub mod nms;
 pub mod postprocess;
@@ -23,6 +25,7 @@ pub mod tfimport;
 
 pub use anchors::{AnchorGenerator, BoxSpec};
 pub use boxcoder::BoxCoder;
+pub use detector::{draw_png, Detector, DetectorOptions, PixelDetection, RawOutputs};
 pub use nms::{Detection, Nms};
 pub use postprocess::{PostProcess, ScoreFn};
 pub use resize::TfPreprocess;

@@ -57,6 +57,18 @@ fn input<'a>(g: &'a TfGraph, n: &Node, k: usize) -> Result<&'a Node> {
     g.resolve(i)
 }
 
+impl Default for SsdConfig {
+    /// `ssdlite_mobilenet_v2_coco.config`'s settings with one foreground class.
+    fn default() -> Self {
+        SsdConfig {
+            preprocess: TfPreprocess::default(),
+            box_specs: super::AnchorGenerator::default().box_specs(),
+            post: PostProcess::default(),
+            classes: 1,
+        }
+    }
+}
+
 impl SsdConfig {
     /// Reads the configuration from the constants and nodes of an exported OD API graph
     /// (preprocessing, box coder scales, score function, NMS settings, anchors); a format error

@@ -1,24 +1,25 @@
-//! The MobileNetV2 backbone of a TF Object Detection API SSD graph
-//! (`FeatureExtractor/MobilenetV2/...`) mapped onto the project's plan, so the reference engine
-//! computes the feature maps the SSD head reads ([`crate::plan::Tap::Expansion`] of block 14
-//! and [`crate::plan::Tap::LastConv`]).
+//! A TF Object Detection API SSD graph on MobileNetV2 mapped onto the project's plan with its
+//! SSDLite head ([`crate::plan::SsdHead`]): the backbone (`FeatureExtractor/MobilenetV2/...`),
+//! the extra layers (`FeatureExtractor/MobilenetV2/layer_19_*`) and the predictors
+//! (`BoxPredictor_k/...`), so the reference engine computes TF's raw box encodings and class
+//! logits.
 //!
 //! Plan layers map to TF scopes by role and block: the stem is `Conv`, block `b` (torchvision
 //! `features.b`) is `expanded_conv` for b = 1 and `expanded_conv_{b-1}` after, with `/expand`,
-//! `/depthwise` and `/project`; the last conv is `Conv_1`. Kernels are transposed from TF's
+//! `/depthwise` and `/project`; the last conv is `Conv_1`; head layers are named after their
+//! TF scopes (see [`crate::plan::SsdHead`]), predictors' last convs with `biases`. Kernels are transposed from TF's
 //! HWIO (`[kh, kw, cin, cout]`; depthwise `[kh, kw, C, 1]`) to OIHW; BatchNorm keeps its four
 //! tensors and the graph's own epsilon (every `FusedBatchNorm` must agree); the padding is TF's
-//! 'SAME' ([`Padding::Tf`]). A graph that is not a MobileNetV2 SSD fails naming the node.
-//!
-//! Until the plan has a detection head, the model carries the classifier every plan has today:
-//! one class with zero weights, which [`crate::Engine::features`] never runs.
+//! 'SAME' ([`Padding::Tf`]). The logits per anchor (background included) are read from
+//! `BoxPredictor_0/ClassPredictor/biases`. A graph that is not a MobileNetV2 SSD fails naming
+//! the node.
 
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::names::{self, BnParam};
-use crate::plan::{Layer, Op, Plan, Role};
-use crate::spec::{Padding, Spec};
+use crate::plan::{ConvKind, Layer, Op, Plan, Role, SSD_ANCHORS};
+use crate::spec::{HeadSpec, Padding, Spec};
 use crate::weights::tfgraph::TfGraph;
 use crate::weights::{Tensor, TensorFile};
 use crate::Model;
@@ -38,15 +39,20 @@ pub fn tf_scope(layer: &Layer) -> Option<String> {
         (Role::Depthwise, Some(b)) => format!("{}/depthwise", block(b)),
         (Role::Project, Some(b)) => format!("{}/project", block(b)),
         (Role::LastConv, _) => "Conv_1".to_string(),
+        (Role::Extra | Role::Predictor, _) => {
+            let n = layer.name.strip_prefix("head.")?;
+            let scope = n.strip_suffix(".0").unwrap_or(n).replace('.', "/");
+            return Some(if layer.role == Role::Extra { format!("{PREFIX}{scope}") } else { scope });
+        }
         _ => return None,
     };
     Some(format!("{PREFIX}{s}"))
 }
 
-/// The BatchNorm epsilon of the graph's backbone (all its FusedBatchNorm nodes must agree).
+/// The BatchNorm epsilon of the graph (all its FusedBatchNorm nodes must agree).
 fn bn_eps(g: &TfGraph) -> Result<f32> {
     let mut eps = None;
-    for n in g.nodes.iter().filter(|n| n.op.starts_with("FusedBatchNorm") && n.name.starts_with(PREFIX)) {
+    for n in g.nodes.iter().filter(|n| n.op.starts_with("FusedBatchNorm")) {
         let e = n.attr_float(&g.path, "epsilon")?;
         if n.attr_bool(&g.path, "is_training")? == Some(true) {
             return Err(bad(g, format!("node `{}` normalises with batch statistics (is_training=true)", n.name)));
@@ -59,8 +65,8 @@ fn bn_eps(g: &TfGraph) -> Result<f32> {
     eps.ok_or_else(|| bad(g, format!("no FusedBatchNorm under `{PREFIX}`: not a MobileNetV2 feature extractor")))
 }
 
-/// The backbone as a [`Model`] for `height x width` inputs.
-pub fn backbone(g: &TfGraph, height: usize, width: usize) -> Result<Model> {
+/// The detector (backbone and SSDLite head) as a [`Model`] for `height x width` inputs.
+pub fn model(g: &TfGraph, height: usize, width: usize) -> Result<Model> {
     let stem = g.f32s(&format!("{PREFIX}Conv/weights"), None)?;
     let stem_out = stem.len() / 27;
     if stem.len() != 27 * stem_out {
@@ -68,15 +74,27 @@ pub fn backbone(g: &TfGraph, height: usize, width: usize) -> Result<Model> {
     }
     // Table 2's stem has 32 channels at width 1 (make_divisible(32 w, 8)).
     let width_mult = stem_out as f64 / 32.0;
-    let spec =
-        Spec { padding: Padding::Tf, bn_eps: bn_eps(g)?, classes: 1, width_px: width, ..Spec::new(width_mult, height) };
+    let cls = "BoxPredictor_0/ClassPredictor/biases";
+    let n = g.f32s(cls, None)?.len();
+    let a0 = SSD_ANCHORS[0];
+    if n == 0 || n % a0 != 0 {
+        return Err(bad(g, format!("node `{cls}` has {n} values, not {a0} anchors x classes")));
+    }
+    let spec = Spec {
+        padding: Padding::Tf,
+        bn_eps: bn_eps(g)?,
+        classes: n / a0,
+        width_px: width,
+        head: HeadSpec::SsdLite { separable: true },
+        ..Spec::new(width_mult, height)
+    };
     let plan = Plan::new(&spec)?;
     let mut tensors = BTreeMap::new();
     for layer in &plan.layers {
         match &layer.op {
             Op::Conv(c) => {
-                let scope = tf_scope(layer).expect("every conv of the backbone has a TF scope");
-                let dw = layer.role == Role::Depthwise;
+                let scope = tf_scope(layer).expect("every conv of the detector has a TF scope");
+                let dw = c.kind == ConvKind::Depthwise;
                 let kname = format!("{scope}/{}", if dw { "depthwise_weights" } else { "weights" });
                 let (k, ci, co) = (c.kernel, layer.input.c / c.groups, layer.output.c);
                 let hwio = if dw { [k, k, co, 1] } else { [k, k, ci, co] };
@@ -94,17 +112,19 @@ pub fn backbone(g: &TfGraph, height: usize, width: usize) -> Result<Model> {
                     }
                 }
                 tensors.insert(names::weight(layer), Tensor::f32(vec![co, ci, k, k], oihw));
+                if c.bn.is_none() {
+                    let b = g.f32s(&format!("{scope}/biases"), Some(&[co]))?;
+                    tensors.insert(names::bias(layer), Tensor::f32(vec![co], b.to_vec()));
+                    continue;
+                }
                 for (p, tf) in BnParam::ALL.into_iter().zip(["gamma", "beta", "moving_mean", "moving_variance"]) {
                     let v = g.f32s(&format!("{scope}/BatchNorm/{tf}"), Some(&[co]))?;
                     tensors.insert(names::bn(c, p), Tensor::f32(vec![co], v.to_vec()));
                 }
             }
-            Op::Linear => {
-                let (i, o) = (layer.input.c, layer.output.c);
-                tensors.insert(names::weight(layer), Tensor::f32(vec![o, i], vec![0.0; o * i]));
-                tensors.insert(names::bias(layer), Tensor::f32(vec![o], vec![0.0; o]));
+            Op::Linear | Op::GlobalAvgPool | Op::Dropout { .. } | Op::Concat { .. } | Op::Upsample { .. } => {
+                unreachable!("an SSD plan has no classifier or DeepLab layers")
             }
-            Op::GlobalAvgPool | Op::Dropout { .. } | Op::Concat { .. } | Op::Upsample { .. } => {}
         }
     }
     let mut metadata = BTreeMap::new();

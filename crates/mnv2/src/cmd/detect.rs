@@ -1,0 +1,72 @@
+//! `mnv2 detect`: objects in photos with an SSD detector (a TF Object Detection API frozen
+//! graph). All the work is in `mobilenetv2::detect`; this file parses and prints.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use mobilenetv2::detect::{draw_png, Detector, DetectorOptions, PixelDetection};
+use mobilenetv2::preprocess;
+use serde_json::json;
+
+use super::out;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// JPEG or PNG images
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// The detector: a TF Object Detection API SSD frozen graph (.pb)
+    #[arg(long)]
+    weights: PathBuf,
+    /// Detections scoring below this are not shown
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Print one JSON array: [{"image", "size": [W, H], "detections": [{"box": [x0, y0, x1, y1], "score", "class", "label"}]}]
+    #[arg(long)]
+    json: bool,
+    /// Write each image as DIR/<name>.png with its boxes drawn (boxes only, no text yet)
+    #[arg(long, value_name = "DIR")]
+    draw: Option<PathBuf>,
+    /// Worker threads [default: all available cores]
+    #[arg(long, value_parser = super::args::threads)]
+    threads: Option<usize>,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.threshold) {
+        anyhow::bail!("--threshold {} must be in [0, 1]", a.threshold);
+    }
+    let threads = a.threads.unwrap_or_else(super::args::cores);
+    let det =
+        Detector::from_graph(&a.weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
+    if let Some(dir) = &a.draw {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+    }
+    let mut results = Vec::new();
+    let mut text = String::new();
+    for path in &a.images {
+        let image = preprocess::decode(path)?;
+        let found = det.detect(&image)?;
+        if let Some(dir) = &a.draw {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            draw_png(&image, &found, &dir.join(format!("{stem}.png")))?;
+        }
+        let row = |d: &PixelDetection| json!({"box": d.bbox, "score": d.score, "class": d.class, "label": det.label(d.class)});
+        results.push(json!({
+            "image": path.display().to_string(),
+            "size": [image.width, image.height],
+            "detections": found.iter().map(row).collect::<Vec<_>>(),
+        }));
+        let _ = writeln!(text, "{} ({}x{}): {} detections", path.display(), image.width, image.height, found.len());
+        for d in &found {
+            let [x0, y0, x1, y1] = d.bbox;
+            let _ = writeln!(text, "  {:.4}  {:<10} [{x0:.1}, {y0:.1}, {x1:.1}, {y1:.1}]", d.score, det.label(d.class));
+        }
+    }
+    if a.json {
+        out(&(serde_json::to_string_pretty(&results)? + "\n"))
+    } else {
+        out(&text)
+    }
+}

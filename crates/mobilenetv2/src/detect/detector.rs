@@ -1,0 +1,230 @@
+//! [`Detector`]: a model with an SSD head ([`crate::plan::SsdHead`]) and the TF Object
+//! Detection API's pre- and post-processing ([`SsdConfig`]): images in, boxes in pixels out.
+//!
+//! ```no_run
+//! use mobilenetv2::detect::{Detector, DetectorOptions};
+//! use mobilenetv2::preprocess;
+//! # fn main() -> mobilenetv2::Result<()> {
+//! let detector = Detector::from_graph("weights/ssdlite_mobilenet_v2_person.pb".as_ref(), DetectorOptions::default())?;
+//! let image = preprocess::decode("weights/calib/astronaut.png".as_ref())?;
+//! for d in detector.detect(&image)? {
+//!     let [x0, y0, x1, y1] = d.bbox;
+//!     println!("{} {:.3} at ({x0:.0}, {y0:.0})-({x1:.0}, {y1:.0})", detector.label(d.class), d.score);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::Path;
+
+use super::anchors;
+use super::nms::Detection;
+use super::tfconfig::SsdConfig;
+use super::tfimport;
+use crate::engine::{Mode, Options};
+use crate::error::{Error, Result};
+use crate::plan::Shape;
+use crate::preprocess::RgbImage;
+use crate::weights::tfgraph::TfGraph;
+use crate::{Batch, Engine, Model};
+
+/// How a [`Detector`] runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectorOptions {
+    /// Detections scoring below this are dropped (TF's own NMS keeps scores above 1e-8).
+    pub threshold: f32,
+    /// Threads (>= 1); images of a batch are shared out over them.
+    pub threads: usize,
+    /// Resize, anchors, box coder, scores and NMS; [`Detector::from_graph`] reads them from the
+    /// graph, [`Default`] is `ssdlite_mobilenet_v2_coco.config`'s.
+    pub config: SsdConfig,
+    /// Names of the foreground classes (class `k` is `labels[k]`); empty: `class k`.
+    pub labels: Vec<String>,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions { threshold: 0.5, threads: 1, config: SsdConfig::default(), labels: Vec::new() }
+    }
+}
+
+/// One detection in pixels of the image it was found in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelDetection {
+    /// `[x0, y0, x1, y1]` in pixels of the original image, clipped to it.
+    pub bbox: [f32; 4],
+    /// The class's sigmoid score, in (0, 1).
+    pub score: f32,
+    /// 0-based among the foreground classes (TF's `detection_classes` is this + 1).
+    pub class: usize,
+}
+
+/// TF's two raw outputs for one image, all anchors of all maps in the graph's order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawOutputs {
+    /// `[anchors, 4]` box encodings (ty, tx, th, tw).
+    pub box_encodings: Vec<f32>,
+    /// `[anchors, classes]` class logits, background first.
+    pub class_logits: Vec<f32>,
+}
+
+/// A model with an SSD head and its post-processing.
+pub struct Detector {
+    engine: Engine,
+    model: Model,
+    options: DetectorOptions,
+    anchors: Vec<[f32; 4]>,
+    /// Box predictor layers, then class predictor layers, in map order.
+    taps: Vec<usize>,
+}
+
+impl Detector {
+    /// A detector on `model` (which must have an SSD head) with `options`.
+    pub fn new(model: Model, options: DetectorOptions) -> Result<Detector> {
+        let plan = &model.plan;
+        let ssd = plan.ssd("a detector")?;
+        let pre = &options.config.preprocess;
+        let input = plan.input();
+        if (pre.height, pre.width) != (input.h, input.w) {
+            return Err(Error::Input(format!(
+                "the detector resizes to {}x{} but the model's input is {}x{}",
+                pre.height, pre.width, input.h, input.w
+            )));
+        }
+        if options.config.classes + 1 != plan.spec.classes {
+            return Err(Error::Input(format!(
+                "the post-processing has {} foreground classes, the model {} logits per anchor",
+                options.config.classes, plan.spec.classes
+            )));
+        }
+        let per_location = anchors::anchors_per_location(&options.config.box_specs);
+        if per_location != ssd.anchors {
+            return Err(Error::Input(format!(
+                "the anchor generator makes {per_location:?} anchors per location, the head predicts {:?}",
+                ssd.anchors
+            )));
+        }
+        let grids: Vec<(usize, usize)> =
+            ssd.maps.iter().map(|&m| (plan.layers[m].output.h, plan.layers[m].output.w)).collect();
+        let anchors = anchors::generate(&options.config.box_specs, &grids, input.h, input.w, [1.0, 1.0])?;
+        let taps = ssd.boxes.iter().chain(&ssd.classes).copied().collect();
+        let engine = Engine::new(
+            &model,
+            Options { mode: Mode::Reference, threads: options.threads.max(1), ..Options::default() },
+        )?;
+        Ok(Detector { engine, model, options, anchors, taps })
+    }
+
+    /// The detector of a TF Object Detection API frozen graph: network and settings from the
+    /// graph. Without `options.labels`, a one-class graph's class is labelled `person`.
+    pub fn from_graph(path: &Path, options: DetectorOptions) -> Result<Detector> {
+        let g = TfGraph::read_path(path)?;
+        let config = SsdConfig::from_graph(&g)?;
+        let model = tfimport::model(&g, config.preprocess.height, config.preprocess.width)?;
+        let mut labels = options.labels.clone();
+        if labels.is_empty() && config.classes == 1 {
+            // The graph holds no label map; its one-class models are the OD API's person detectors.
+            labels = vec!["person".to_string()];
+        }
+        Detector::new(model, DetectorOptions { config, labels, ..options })
+    }
+
+    /// The detector's network (its plan has the SSD head).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The options it was made with (threshold, threads, post-processing, labels).
+    pub fn options(&self) -> &DetectorOptions {
+        &self.options
+    }
+
+    /// The anchors, normalised (ymin, xmin, ymax, xmax).
+    pub fn anchors(&self) -> &[[f32; 4]] {
+        &self.anchors
+    }
+
+    /// The name of a foreground class.
+    pub fn label(&self, class: usize) -> String {
+        self.options.labels.get(class).cloned().unwrap_or_else(|| format!("class {class}"))
+    }
+
+    /// The raw box encodings and class logits of each image, after the graph's resize.
+    pub fn raw_outputs(&self, images: &[RgbImage]) -> Result<Vec<RawOutputs>> {
+        let pre = &self.options.config.preprocess;
+        let shape = Shape::new(pre.height, pre.width, 3);
+        let data: Vec<f32> = images.iter().flat_map(|im| pre.apply(im)).collect();
+        let outs = self.engine.run_taps(&Batch::new(images.len(), shape, data)?, &self.model.plan, &self.taps)?;
+        let maps = self.taps.len() / 2;
+        Ok((0..images.len())
+            .map(|b| {
+                let cat = |o: &[Batch]| o.iter().flat_map(|t| t.image(b).iter().copied()).collect::<Vec<f32>>();
+                RawOutputs { box_encodings: cat(&outs[..maps]), class_logits: cat(&outs[maps..]) }
+            })
+            .collect())
+    }
+
+    /// The detections of each image, sorted by score, in pixels of that image.
+    pub fn detect_batch(&self, images: &[RgbImage]) -> Result<Vec<Vec<PixelDetection>>> {
+        let raw = self.raw_outputs(images)?;
+        let post = &self.options.config.post;
+        let logits = self.model.plan.spec.classes;
+        Ok(raw
+            .iter()
+            .zip(images)
+            .map(|(r, im)| {
+                let found = post.run(&self.anchors, &r.box_encodings, &r.class_logits, logits);
+                to_pixels(&found, im.width, im.height, self.options.threshold)
+            })
+            .collect())
+    }
+
+    /// The detections of one image, sorted by score, in pixels of the image.
+    pub fn detect(&self, image: &RgbImage) -> Result<Vec<PixelDetection>> {
+        Ok(self.detect_batch(std::slice::from_ref(image))?.pop().unwrap_or_default())
+    }
+}
+
+/// Normalised (ymin, xmin, ymax, xmax) detections to `[x0, y0, x1, y1]` pixels, those scoring
+/// at least `threshold`, sorted by score (stable: TF's order among equal scores).
+fn to_pixels(found: &[Detection], width: usize, height: usize, threshold: f32) -> Vec<PixelDetection> {
+    let (w, h) = (width as f32, height as f32);
+    let mut out: Vec<PixelDetection> = found
+        .iter()
+        .filter(|d| d.score >= threshold)
+        .map(|d| PixelDetection {
+            bbox: [d.bbox[1] * w, d.bbox[0] * h, d.bbox[3] * w, d.bbox[2] * h],
+            score: d.score,
+            class: d.class,
+        })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out
+}
+
+/// Writes `image` as a PNG at `path` (atomically) with each detection's box drawn, 3 px wide,
+/// in a colour per class. Labels and scores are not drawn (no font yet).
+pub fn draw_png(image: &RgbImage, found: &[PixelDetection], path: &Path) -> Result<()> {
+    use image::ImageEncoder;
+    const COLOURS: [[u8; 3]; 4] = [[255, 40, 40], [40, 200, 40], [40, 90, 255], [240, 200, 0]];
+    let (w, h) = (image.width, image.height);
+    let mut px = image.data.clone();
+    for d in found {
+        let c = COLOURS[d.class % COLOURS.len()];
+        let clamp = |v: f32, n: usize| (v.round().max(0.0) as usize).min(n.saturating_sub(1));
+        let (x0, y0, x1, y1) = (clamp(d.bbox[0], w), clamp(d.bbox[1], h), clamp(d.bbox[2], w), clamp(d.bbox[3], h));
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let edge = x < x0 + 3 || x + 3 > x1 || y < y0 + 3 || y + 3 > y1;
+                if edge {
+                    px[(y * w + x) * 3..][..3].copy_from_slice(&c);
+                }
+            }
+        }
+    }
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&px, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Image { path: path.into(), detail: e.to_string() })?;
+    crate::fsutil::write_atomic(path, &png)
+}
