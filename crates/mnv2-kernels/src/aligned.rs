@@ -16,6 +16,8 @@ unsafe impl Zeroable for i8 {}
 unsafe impl Zeroable for u8 {}
 unsafe impl Zeroable for i32 {}
 
+/// A zero-initialised buffer aligned to 64 bytes (a cache line, an AVX-512 vector), which
+/// dereferences to a slice.
 pub struct AlignedVec<T: Zeroable = f32> {
     ptr: NonNull<T>,
     len: usize,
@@ -33,6 +35,7 @@ impl<T: Zeroable> AlignedVec<T> {
             .expect("buffer size overflows")
     }
 
+    /// `len` zeros.
     pub fn zeros(len: usize) -> AlignedVec<T> {
         if len == 0 {
             return AlignedVec { ptr: NonNull::dangling(), len: 0 };
@@ -44,6 +47,7 @@ impl<T: Zeroable> AlignedVec<T> {
         AlignedVec { ptr, len }
     }
 
+    /// A copy of `v`.
     pub fn from_slice(v: &[T]) -> AlignedVec<T> {
         let mut a = AlignedVec::zeros(v.len());
         a.copy_from_slice(v);

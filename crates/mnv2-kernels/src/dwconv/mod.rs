@@ -172,10 +172,15 @@ impl PackedDw {
 /// Geometry of one output row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DwRow {
+    /// Input width.
     pub w_in: usize,
+    /// Output width.
     pub w_out: usize,
+    /// Horizontal stride.
     pub stride: usize,
+    /// Horizontal dilation.
     pub dilation: usize,
+    /// Zero columns left of the input.
     pub pad_left: usize,
 }
 

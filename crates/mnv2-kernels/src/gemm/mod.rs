@@ -187,7 +187,7 @@ pub fn gemm(
     gemm_panels(m, a, lda, w, c, ldc, act, residual, 0..w.panels())
 }
 
-/// [`gemm`] restricted to the output columns of `panels` (of `w.nr` columns each): threads
+/// [`gemm()`] restricted to the output columns of `panels` (of `w.nr` columns each): threads
 /// can share one product by columns.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_panels(

@@ -26,7 +26,9 @@ use crate::MinMax;
 /// Affine quantisation of u8 activations: `real = scale * (q - zero)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QParams {
+    /// Real units per step.
     pub scale: f32,
+    /// The code of real 0 (0..=255).
     pub zero: i32,
 }
 
@@ -40,11 +42,13 @@ impl QParams {
         QParams { scale, zero }
     }
 
+    /// The nearest code of `v` (ties to even), clamped to 0..=255.
     #[inline(always)]
     pub fn quantize(self, v: f32) -> u8 {
         ((v * (1.0 / self.scale)).round_ties_even() as i32 + self.zero).clamp(0, 255) as u8
     }
 
+    /// The real value of code `q`.
     #[inline(always)]
     pub fn dequantize(self, q: u8) -> f32 {
         self.scale * (q as i32 - self.zero) as f32
@@ -119,8 +123,11 @@ pub fn select(tier: Tier, n: usize) -> &'static QGemmKernel {
 /// A 1x1 convolution quantised and packed for the int8 kernels of one ISA.
 #[derive(Clone, Debug)]
 pub struct PackedQGemm {
+    /// Input channels (the reduction).
     pub k: usize,
+    /// Output channels.
     pub n: usize,
+    /// Columns per packed panel (the kernel's register tile width).
     pub nr: usize,
     /// The kernel, granted by the tier it was packed with.
     kernel: &'static QGemmKernel,
@@ -226,22 +233,47 @@ impl PackedQGemm {
 /// Where the epilogue puts its results.
 pub enum QOut<'a> {
     /// Quantised to u8 with `q`, row stride `ldc`.
-    U8 { c: &'a mut [u8], ldc: usize, q: QParams },
+    U8 {
+        /// Output rows.
+        c: &'a mut [u8],
+        /// Row stride of `c`.
+        ldc: usize,
+        /// The output's quantisation.
+        q: QParams,
+    },
     /// Real values, row stride `ldc`.
-    F32 { c: &'a mut [f32], ldc: usize },
+    F32 {
+        /// Output rows.
+        c: &'a mut [f32],
+        /// Row stride of `c`.
+        ldc: usize,
+    },
     /// Real values added, row after row, into `sums` (`n` values): global average pooling
     /// without materialising the layer's output.
-    Pool { sums: &'a mut [f32] },
+    Pool {
+        /// One running sum per output channel.
+        sums: &'a mut [f32],
+    },
     /// The u8 values `U8` would store, held as f32 (for a consumer that works in f32 and
     /// reads every value several times, like the depthwise conv).
-    GridF32 { c: &'a mut [f32], ldc: usize, q: QParams },
+    GridF32 {
+        /// Output rows.
+        c: &'a mut [f32],
+        /// Row stride of `c`.
+        ldc: usize,
+        /// The grid's quantisation.
+        q: QParams,
+    },
 }
 
 /// A u8 tensor added (in real units) after the clamp.
 #[derive(Clone, Copy)]
 pub struct QResidual<'a> {
+    /// The residual's rows.
     pub r: &'a [u8],
+    /// Row stride of `r`.
     pub ldr: usize,
+    /// The residual's quantisation.
     pub q: QParams,
 }
 

@@ -17,16 +17,22 @@ use crate::MinMax;
 /// Memory layout of a 3-channel image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
+    /// Planar: channel, row, column.
     Nchw,
+    /// Interleaved: row, column, channel.
     Nhwc,
 }
 
 /// One image: `3 * h * w` values.
 #[derive(Clone, Copy, Debug)]
 pub struct Image<'a> {
+    /// The values.
     pub data: &'a [f32],
+    /// Height.
     pub h: usize,
+    /// Width.
     pub w: usize,
+    /// How `data` is laid out.
     pub layout: Layout,
 }
 
@@ -106,9 +112,13 @@ impl PackedStem {
 /// Geometry of the stem's output rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StemGeom {
+    /// Output width.
     pub w_out: usize,
+    /// Stride along both axes.
     pub stride: usize,
+    /// Zero rows above the image.
     pub pad_top: usize,
+    /// Zero columns left of the image.
     pub pad_left: usize,
 }
 

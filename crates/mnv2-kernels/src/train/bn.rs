@@ -8,7 +8,7 @@
 //!
 //! The loops are written once, generic over where the gradient is read and written
 //! ([`Grad`], in place or out of place), and compiled for the tier the caller holds
-//! ([`super::on_tier`]): the autovectoriser emits that tier's vectors. None of them fuses a
+//! (`super::on_tier`): the autovectoriser emits that tier's vectors. None of them fuses a
 //! multiply-add, so every tier gives the same bits.
 
 use super::{on_tier, TierOp};

@@ -7,10 +7,15 @@
 /// A matrix view: element `(i, j)` is at `offset + i * rs + j * cs` of the slice.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
+    /// The values.
     pub data: &'a [f32],
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// Row stride.
     pub rs: usize,
+    /// Column stride.
     pub cs: usize,
 }
 

@@ -5,7 +5,7 @@
 //! Like the inference kernels they take slices and geometry and know nothing of networks or
 //! threads: the caller splits rows over threads and reduces per-channel partial sums itself.
 //! Element-wise loops are written once as plain Rust over a channel row and compiled for the
-//! tier the caller holds ([`on_tier`]: portable, AVX2 or AVX-512), so the autovectoriser emits
+//! tier the caller holds (`on_tier`: portable, AVX2 or AVX-512), so the autovectoriser emits
 //! that tier's vectors.
 
 pub mod bn;
