@@ -11,6 +11,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+#[path = "support/idx.rs"]
+mod idx;
+use idx::idx_data;
 use mobilenetv2::data::augment::Augment;
 use mobilenetv2::train::{self, Config, Event, Method, Schedule};
 use mobilenetv2::weights::{self, safetensors_io, Data, Tensor};
@@ -22,34 +25,11 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-/// `n` 28x28 gray IDX images in `d`: class k is a bright square at a class-dependent place.
-fn idx_data(d: &Path, n: usize, classes: usize) -> PathBuf {
-    let mut img = vec![0u8, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        img.extend(v.to_be_bytes());
-    }
-    let mut lab = vec![0u8, 0, 8, 1];
-    lab.extend((n as u32).to_be_bytes());
-    for i in 0..n {
-        let k = i % classes;
-        let mut px = [0u8; 28 * 28];
-        for y in 0..10 {
-            for x in 0..10 {
-                px[(2 + 2 * k + y) * 28 + 3 + x + (i * 7) % 5] = 200 + (i % 50) as u8;
-            }
-        }
-        img.extend(px);
-        lab.push(k as u8);
-    }
-    std::fs::write(d.join("train-images-idx3-ubyte"), img).unwrap();
-    std::fs::write(d.join("train-labels-idx1-ubyte"), lab).unwrap();
-    d.to_path_buf()
-}
-
 /// 8 images, batch 8: one step per epoch.
 fn config(name: &str) -> Config {
     let d = dir(name);
-    let data = idx_data(&mkdir(d.join("data")), 8, 2);
+    let data = mkdir(d.join("data"));
+    idx_data(&data, 8, 2);
     Config {
         data,
         val: None,
