@@ -196,6 +196,12 @@ impl Needs {
         }
     }
 
+    /// Panics, naming `kernel`, unless [`Needs::granted`]: packing a kernel for a tier that
+    /// may not run it is a bug of the caller, caught before any instruction runs.
+    pub fn assert_granted(self, kernel: &str, tier: Tier) {
+        assert!(self.granted(tier), "{kernel} needs {}, the caller holds {tier:?}", self.name());
+    }
+
     /// Whether a caller that resolved `tier` may run a kernel with these needs: the kernel's
     /// tier is at most `tier`, and the CPU has any extension it needs.
     pub fn granted(self, tier: Tier) -> bool {

@@ -125,13 +125,7 @@ impl PackedDw {
 
     /// Packs for `kernel` (of [`KERNELS`] or [`KERNELS_U8`]), which `tier` must grant.
     pub fn for_kernel(tier: Tier, kernel: &'static DwKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        assert!(
-            kernel.needs.granted(tier),
-            "{} needs {}, the caller holds {:?}",
-            kernel.name,
-            kernel.needs.name(),
-            tier
-        );
+        kernel.needs.assert_granted(kernel.name, tier);
         PackedTaps::pack(kernel, weights, c, bias)
     }
 

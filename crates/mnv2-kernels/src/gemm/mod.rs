@@ -113,13 +113,7 @@ impl PackedGemm {
         n: usize,
         bias: &[f32],
     ) -> PackedGemm {
-        assert!(
-            kernel.needs.granted(tier),
-            "{} needs {}, the caller holds {:?}",
-            kernel.name,
-            kernel.needs.name(),
-            tier
-        );
+        kernel.needs.assert_granted(kernel.name, tier);
         assert_eq!(weights.len(), k * n, "weights are k x n");
         assert_eq!(bias.len(), n, "one bias per output");
         let nr = kernel.nr;

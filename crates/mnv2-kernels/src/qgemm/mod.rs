@@ -182,13 +182,7 @@ impl PackedQGemm {
         bias: &[f32],
         input: QParams,
     ) -> PackedQGemm {
-        assert!(
-            kernel.needs.granted(tier),
-            "{} needs {}, the caller holds {:?}",
-            kernel.name,
-            kernel.needs.name(),
-            tier
-        );
+        kernel.needs.assert_granted(kernel.name, tier);
         assert!(k.is_multiple_of(4), "int8 GEMM needs k % 4 == 0, got {k}");
         assert_eq!(q.len(), k * n);
         assert_eq!(w_scale.len(), n);

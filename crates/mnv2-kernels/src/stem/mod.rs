@@ -87,13 +87,7 @@ impl PackedStem {
 
     /// Packs for `kernel`, which `tier` must grant and which must hold `c` outputs.
     pub fn for_kernel(tier: Tier, kernel: &'static StemKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
-        assert!(
-            kernel.needs.granted(tier),
-            "{} needs {}, the caller holds {:?}",
-            kernel.name,
-            kernel.needs.name(),
-            tier
-        );
+        kernel.needs.assert_granted(kernel.name, tier);
         assert!(c <= kernel.max_c, "{} holds at most {} outputs, not {c}", kernel.name, kernel.max_c);
         PackedTaps::pack(kernel, weights, c, bias)
     }

@@ -156,7 +156,7 @@ pub fn input_grad_row_on(
     g: DwRow,
     din: &mut [f32],
 ) {
-    assert!(kernel.needs.granted(tier), "{} needs {}, the caller holds {tier:?}", kernel.name, kernel.needs.name());
+    kernel.needs.assert_granted(kernel.name, tier);
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(w.len() >= 9 * c && din.len() >= g.w_in * c);
     for r in rows.iter().flatten() {
@@ -202,7 +202,7 @@ pub fn weight_grad_row_on(
     g: DwRow,
     acc: &mut [f32],
 ) {
-    assert!(kernel.needs.granted(tier), "{} needs {}, the caller holds {tier:?}", kernel.name, kernel.needs.name());
+    kernel.needs.assert_granted(kernel.name, tier);
     assert!(g.stride >= 1 && g.dilation >= 1);
     assert!(acc.len() >= 9 * c && dout.len() >= g.w_out * c);
     for r in rows.iter().flatten() {
