@@ -12,9 +12,15 @@
 //! - [`tfimport`]: the graph's MobileNetV2 backbone on the plan;
 //! - [`heads`]: parameter and multiply-add accounting of the SSDLite and SSD heads (from the plan);
 //! - [`detector`]: [`Detector`], the model and all of the above: images in, boxes in pixels out.
+//!
+//! Measuring a detector:
+//!
+//! - [`cocoeval`]: COCO box evaluation, equal to pycocotools' `COCOeval` (tests/coco_eval.rs).
 
 pub mod anchors;
 pub mod boxcoder;
+mod coco;
+pub mod cocoeval;
 pub mod detector;
 pub mod heads;
 pub mod nms;
