@@ -15,12 +15,15 @@
 //!
 //! Measuring a detector:
 //!
-//! - [`cocoeval`]: COCO box evaluation, equal to pycocotools' `COCOeval` (tests/coco_eval.rs).
+//! - [`cocoeval`]: COCO box evaluation, equal to pycocotools' `COCOeval` (tests/coco_eval.rs);
+//! - [`dataset`]: [`DetectionDataset`], boxes from COCO JSON or Pascal VOC XML, bad records
+//!   stopped or skipped ([`BadAnnotations`]).
 
 pub mod anchors;
 pub mod boxcoder;
 mod coco;
 pub mod cocoeval;
+pub mod dataset;
 pub mod detector;
 pub mod heads;
 pub mod nms;
@@ -31,6 +34,7 @@ pub mod tfimport;
 
 pub use anchors::{AnchorGenerator, BoxSpec};
 pub use boxcoder::BoxCoder;
+pub use dataset::{BadAnnotations, DetectionDataset};
 pub use detector::{draw_png, Detector, DetectorOptions, PixelDetection, RawOutputs};
 pub use nms::{Detection, Nms};
 pub use postprocess::{PostProcess, ScoreFn};
