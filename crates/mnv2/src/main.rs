@@ -43,6 +43,8 @@ enum Command {
     Train(Box<cmd::train::Args>),
     /// Top-1, top-5 and the confusion matrix on labelled images
     Eval(cmd::eval::Args),
+    /// COCO box AP/AR of detections against ground truth, as pycocotools' COCOeval computes them
+    CocoEval(cmd::coco_eval::Args),
     /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
     Segment(cmd::segment::Args),
     /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
@@ -63,6 +65,7 @@ fn main() {
         Command::Quantize(a) => cmd::quantize::main(a),
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
+        Command::CocoEval(a) => cmd::coco_eval::main(a),
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),
         Command::Segment(a) => cmd::segment::main(a),
