@@ -58,3 +58,55 @@ fn bad_files_are_one_line_errors() {
     assert_input_error(&mnv2(&["coco-eval", d, d]), "not a valid COCO annotations file");
     assert_input_error(&mnv2(&["coco-eval", "/nonexistent.json", d]), "/nonexistent.json");
 }
+
+/// `mnv2 eval --task detection` on a one-image COCO dataset (the CC0 astronaut, one person box
+/// drawn by hand around her) with the real SSDLite person detector: AP50 is 1, and the
+/// detections it writes give `mnv2 coco-eval` the same numbers.
+#[test]
+fn eval_detection_writes_results_that_coco_eval_reads() {
+    let pb = common::root().join("weights/ssdlite_mobilenet_v2_person.pb");
+    let photo = common::root().join("weights/calib/astronaut.png");
+    assert!(
+        pb.is_file() && photo.is_file(),
+        "run scripts/fetch_assets.sh: the person detector and astronaut.png are fetched"
+    );
+    let dir = tmp("astronaut-set");
+    std::fs::create_dir_all(dir.join("val/images")).unwrap();
+    std::fs::copy(&photo, dir.join("val/images/astronaut.png")).unwrap();
+    let gt = dir.join("val/instances.json");
+    std::fs::write(
+        &gt,
+        r#"{"images": [{"id": 7, "file_name": "astronaut.png", "width": 512, "height": 512}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [5, 30, 370, 480], "area": 120000, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "person"}]}"#,
+    )
+    .unwrap();
+    let out = dir.join("detections.json");
+    let (d, w, o) = (dir.to_str().unwrap(), pb.to_str().unwrap(), out.to_str().unwrap());
+    let r = mnv2(&["eval", "--task", "detection", "--weights", w, "--data", d, "--out", o, "--json", "--threads", "1"]);
+    ok(&r);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["images"], 1);
+    assert!((v["AP50"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{v}");
+    let r2 = mnv2(&["coco-eval", gt.to_str().unwrap(), o, "--json"]);
+    ok(&r2);
+    let v2: serde_json::Value = serde_json::from_slice(&r2.stdout).unwrap();
+    for n in ["AP", "AP50", "AP75", "AR1", "AR100", "APl"] {
+        assert_eq!(v[n], v2[n], "{n}");
+    }
+    // A dataset with a bad record stops with its file and record, or is skipped with a count.
+    std::fs::write(
+        &gt,
+        r#"{"images": [{"id": 7, "file_name": "astronaut.png", "width": 512, "height": 512}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [5, 30, 370, 480]},
+                            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [500, 30, 370, 480]}],
+            "categories": [{"id": 1, "name": "person"}]}"#,
+    )
+    .unwrap();
+    let args = ["eval", "--task", "detection", "--weights", w, "--data", d, "--json", "--threads", "1"];
+    assert_input_error(&mnv2(&args), "annotation 2 (image 7): box [500, 30, 870, 510] lies outside the 512x512 image");
+    let r = mnv2(&[&args[..], &["--skip-bad-annotations"]].concat());
+    ok(&r);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["skipped"], 1);
+}

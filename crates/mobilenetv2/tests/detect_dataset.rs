@@ -167,6 +167,16 @@ fn coco_defects() -> Vec<(&'static str, String, &'static str)> {
             "annotation 30 (image 2): segmentation: RLE `counts` string",
         ),
         (
+            "negative-area",
+            ann(r#"{"id": 31, "image_id": 2, "category_id": 1, "bbox": [4, 4, 5, 5], "area": -1}"#),
+            "annotation 31 (image 2): area -1e0 is not a finite non-negative number",
+        ),
+        (
+            "huge-area",
+            ann(r#"{"id": 32, "image_id": 2, "category_id": 1, "bbox": [4, 4, 5, 5], "area": 1e300}"#),
+            "annotation 32 (image 2): area 1e300 is not",
+        ),
+        (
             "missing-file",
             coco_text(
                 &format!(r#"{IMAGES}, {{"id": 3, "file_name": "c.jpg", "width": 5, "height": 5}}"#),

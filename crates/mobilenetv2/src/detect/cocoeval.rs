@@ -218,6 +218,16 @@ pub fn load_detections(path: &Path, gt: &GroundTruth) -> Result<Vec<DetectionRes
     Ok(out)
 }
 
+/// Detections as a COCO results file: `[{"image_id", "category_id", "bbox": [x, y, w, h],
+/// "score"}]`, what [`load_detections`] and pycocotools' `loadRes` read.
+pub fn results_json(dets: &[DetectionResult]) -> String {
+    let v: Vec<serde_json::Value> = dets
+        .iter()
+        .map(|d| serde_json::json!({"image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score}))
+        .collect();
+    serde_json::Value::Array(v).to_string()
+}
+
 /// pycocotools' `bbIou` of one detection and one ground truth (both `[x, y, w, h]`), in its
 /// operation order.
 fn box_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {

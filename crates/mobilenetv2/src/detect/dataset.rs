@@ -28,7 +28,8 @@ use std::path::{Component, Path, PathBuf};
 
 pub use super::coco::MAX_COCO_JSON_BYTES;
 use super::coco::{read_json, InstancesFile, Segmentation};
-use super::cocoeval::{GroundTruth, GtAnnotation};
+use super::cocoeval::{DetectionResult, GroundTruth, GtAnnotation};
+use super::detector::PixelDetection;
 use crate::error::{Error, Result};
 use crate::limits;
 
@@ -127,6 +128,8 @@ pub struct DetImage {
 pub struct DetectionDataset {
     /// The format it was read from.
     pub format: DatasetFormat,
+    /// What it was read from: the COCO JSON file, or the VOC root folder.
+    pub source: PathBuf,
     /// The classes; a box's `class` indexes this.
     pub categories: Vec<Category>,
     /// The images, in file order (COCO) or split-list order (VOC).
@@ -274,8 +277,8 @@ impl DetectionDataset {
                     v => return Err(format!("iscrowd is {v}, not 0 or 1")),
                 };
                 let area = a.area.unwrap_or(w * h);
-                if !(area.is_finite() && area >= 0.0) {
-                    return Err(format!("area {area} is not a finite non-negative number"));
+                if !(area.is_finite() && area >= 0.0 && (area as f32).is_finite()) {
+                    return Err(format!("area {area:e} is not a finite non-negative number (as f32)"));
                 }
                 match &a.segmentation {
                     Some(Segmentation::Invalid(why)) => return Err(format!("segmentation: {why}")),
@@ -298,6 +301,7 @@ impl DetectionDataset {
         }
         Ok(DetectionDataset {
             format: DatasetFormat::Coco,
+            source: annotations.to_path_buf(),
             categories: cats,
             images,
             skipped: bad.skipped,
@@ -354,6 +358,7 @@ impl DetectionDataset {
         let categories = names.into_iter().enumerate().map(|(k, name)| Category { id: k as i64 + 1, name }).collect();
         Ok(DetectionDataset {
             format: DatasetFormat::Voc,
+            source: root.to_path_buf(),
             categories,
             images,
             skipped: bad.skipped,
@@ -388,6 +393,33 @@ impl DetectionDataset {
     /// Number of boxes, over all images.
     pub fn num_boxes(&self) -> usize {
         self.images.iter().map(|i| i.boxes.len()).sum()
+    }
+
+    /// COCO results records of what a detector found in image `image` (an index into
+    /// [`DetectionDataset::images`]): boxes as `[x, y, w, h]`, the detector's class `k` as the
+    /// `k`-th category (the TF Object Detection API's contiguous numbering of the categories by
+    /// id). A class past the categories is an error.
+    pub fn results_for(&self, image: usize, found: &[PixelDetection]) -> Result<Vec<DetectionResult>> {
+        let im = &self.images[image];
+        found
+            .iter()
+            .map(|d| {
+                let cat = self.categories.get(d.class).ok_or_else(|| {
+                    Error::Input(format!(
+                        "the detector's class {} has no category: the dataset has {}",
+                        d.class,
+                        self.categories.len()
+                    ))
+                })?;
+                let [x0, y0, x1, y1] = d.bbox.map(|v| v as f64);
+                Ok(DetectionResult {
+                    image_id: im.id,
+                    category_id: cat.id,
+                    bbox: [x0, y0, x1 - x0, y1 - y0],
+                    score: d.score as f64,
+                })
+            })
+            .collect()
     }
 
     /// The dataset as ground truth for [`super::cocoeval::evaluate`]: boxes as `[x, y, w, h]`,
