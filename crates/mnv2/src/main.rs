@@ -41,8 +41,11 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Train or fine-tune: image folders or IDX files, checkpoints, metrics, curves
     Train(Box<cmd::train::Args>),
-    /// Top-1, top-5 and the confusion matrix on labelled images
+    /// Top-1, top-5 and the confusion matrix on labelled images; mIoU on segmentation masks
     Eval(cmd::eval::Args),
+    /// Build datasets: `compose` pastes Fashion-MNIST items onto real photos (COCO boxes and
+    /// RLE masks, VOC-style class masks)
+    Dataset(cmd::dataset::Args),
     /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
     Segment(cmd::segment::Args),
     /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
@@ -63,6 +66,7 @@ fn main() {
         Command::Quantize(a) => cmd::quantize::main(a),
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
+        Command::Dataset(a) => cmd::dataset::main(a),
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),
         Command::Segment(a) => cmd::segment::main(a),

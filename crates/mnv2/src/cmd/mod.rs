@@ -4,6 +4,7 @@ pub mod args;
 pub mod bench;
 pub mod classify;
 pub mod convert;
+pub mod dataset;
 pub mod detect;
 pub mod eval;
 pub mod export;
