@@ -1,22 +1,44 @@
-//! `mnv2 eval`: top-1, top-5 and the confusion matrix of weights on labelled data.
+//! `mnv2 eval`: top-1, top-5 and the confusion matrix of weights on labelled data
+//! (`--task classification`), or mIoU, per-class IoU and pixel accuracy of a DeepLab model on
+//! a VOC-style or composed segmentation dataset (`--task segmentation`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mobilenetv2::data::{Dataset, OnBad};
+use mobilenetv2::engine::Options;
+use mobilenetv2::segment::dataset::SegmentationSet;
+use mobilenetv2::segment::metric::ConfusionMatrix;
+use mobilenetv2::segment::Segmenter;
 use mobilenetv2::train::evaluate;
 use mobilenetv2::Model;
 
 use super::args::{self, AugmentArg};
 use super::out;
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    /// Top-1/top-5 of a classifier on labelled images
+    Classification,
+    /// mIoU of a DeepLab model on images with class masks
+    Segmentation,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Labelled data: a folder of class folders, an IDX folder (its t10k files) or IDX file
+    /// What the weights do
+    #[arg(long, value_enum, default_value_t = Task::Classification)]
+    task: Task,
+    /// Labelled data: a folder of class folders, an IDX folder (its t10k files) or IDX file;
+    /// for segmentation, a VOC-style dataset (JPEGImages/, SegmentationClass/,
+    /// ImageSets/Segmentation/) or one written by `mnv2 dataset compose`
     #[arg(long)]
     data: PathBuf,
+    /// Segmentation: the split (its list in ImageSets/Segmentation/SPLIT.txt)
+    #[arg(long, default_value = "val")]
+    split: String,
     /// Weights file (any format `mnv2 convert` reads); default: the ImageNet weights in the
     /// weights home ($MNV2_HOME, else ~/.cache/mnv2; `mnv2 fetch` puts them there)
     #[arg(long)]
@@ -33,7 +55,8 @@ pub struct Args {
     /// Skip unreadable images (warn and count) instead of stopping
     #[arg(long)]
     skip_bad_images: bool,
-    /// Print JSON: {"n", "loss", "top1", "top5", "classes", "confusion"}
+    /// Print JSON: {"n", "loss", "top1", "top5", "classes", "confusion"}; segmentation:
+    /// {"n", "mean_iou", "pixel_accuracy", "pixels", "classes": [{"class", "name", "iou"}], "confusion"}
     #[arg(long)]
     json: bool,
     /// Also write each image's label and top-1 prediction to this file ("label predicted" per
@@ -43,6 +66,9 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.task == Task::Segmentation {
+        return segmentation(a);
+    }
     let model = Model::load(&super::fetch::weights_or_default(a.weights)?)?;
     let threads = a.threads.unwrap_or_else(args::cores);
     let on_bad = if a.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
@@ -86,4 +112,81 @@ pub fn main(a: Args) -> Result<()> {
         }
     }
     out(&s)
+}
+
+/// `--task segmentation`: every image of the split segmented at its own size, its mask counted
+/// in one confusion matrix.
+fn segmentation(a: Args) -> Result<()> {
+    let weights = a.weights.context("--task segmentation needs --weights (a DeepLab model)")?;
+    let model = Model::load(&weights)?;
+    let classes = model.spec().classes;
+    let set = SegmentationSet::open(&a.data, &a.split)?;
+    let threads = a.threads.unwrap_or_else(args::cores);
+    let segmenter = Segmenter::new(model, Options { threads, ..Options::default() })
+        .with_context(|| format!("{}", weights.display()))?;
+    if set.class_names.len() != classes {
+        eprintln!(
+            "warning: {}: the dataset has {} classes, the model {classes}; labels must stay below {classes}",
+            a.data.display(),
+            set.class_names.len()
+        );
+    }
+    let mut cm = ConfusionMatrix::new(classes);
+    let bar = indicatif::ProgressBar::new(set.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    for i in 0..set.len() {
+        let sample = set.load(i, classes)?;
+        let seg = segmenter.segment_image(&sample.image).map_err(|e| match e {
+            mobilenetv2::Error::Input(d) => anyhow::anyhow!("{}: {d}", set.image_path(i).display()),
+            e => e.into(),
+        })?;
+        cm.add(&sample.mask, &seg.classes).with_context(|| format!("{}", set.mask_path(i).display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let s = cm.scores();
+    let name = |c: usize| {
+        segmenter
+            .model()
+            .label(c)
+            .map(str::to_string)
+            .or_else(|| set.class_names.get(c).cloned())
+            .unwrap_or(c.to_string())
+    };
+    if a.json {
+        let per: Vec<_> =
+            s.iou.iter().enumerate().map(|(c, v)| serde_json::json!({"class": c, "name": name(c), "iou": v})).collect();
+        let v = serde_json::json!({
+            "n": set.len(), "split": a.split, "mean_iou": nan_null(s.mean_iou),
+            "pixel_accuracy": nan_null(s.pixel_accuracy), "pixels": s.pixels, "classes": per,
+            "confusion": cm.rows(), "ignore_label": 255,
+        });
+        return out(&(serde_json::to_string_pretty(&v)? + "\n"));
+    }
+    let mut t = String::new();
+    writeln!(
+        t,
+        "{} images ({} split), {} pixels scored (label 255 ignored): mIoU {:.2}%, pixel accuracy {:.2}%",
+        set.len(),
+        a.split,
+        s.pixels,
+        100.0 * s.mean_iou,
+        100.0 * s.pixel_accuracy
+    )?;
+    writeln!(t, "per-class IoU (classes absent from both ground truth and prediction: -, left out of the mean):")?;
+    for (c, v) in s.iou.iter().enumerate() {
+        match v {
+            Some(v) => writeln!(t, "  {c:>3}  {:>7.2}%  {}", 100.0 * v, name(c))?,
+            None => writeln!(t, "  {c:>3}  {:>8}  {}", "-", name(c))?,
+        }
+    }
+    out(&t)
+}
+
+fn nan_null(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
