@@ -129,17 +129,21 @@ fn composed_layout_reads_its_masks() {
     let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/coffee.png");
     std::fs::copy(photo, bg.join("coffee.png")).unwrap();
     let src = Sources::open(&idx, &bg).unwrap();
-    let cfg = ComposeConfig { train: 3, val: 2, ..ComposeConfig::for_size(64) };
-    compose(&cfg, &src, &dir.join("set"), &|_, _| {}).unwrap();
-    for (split, n) in [("train", 3), ("val", 2)] {
-        let set = SegmentationSet::open(&dir.join("set"), split).unwrap();
-        assert_eq!((set.layout, set.len()), (Layout::Composed, n));
-        assert_eq!(set.class_names.len(), 11);
-        assert_eq!(set.class_names[0], "background");
-        for i in 0..n {
-            let s = set.load(i, 11).unwrap();
-            assert_eq!((s.image.width, s.image.height, s.mask.len()), (64, 64, 64 * 64));
-            assert!(s.mask.iter().all(|&c| c <= 10));
+    for (name, jpeg) in [("png", None), ("jpg", Some(90))] {
+        let cfg = ComposeConfig { train: 3, val: 2, jpeg_quality: jpeg, ..ComposeConfig::for_size(64) };
+        let set_dir = dir.join(name);
+        compose(&cfg, &src, &set_dir, &|_, _| {}).unwrap();
+        for (split, n) in [("train", 3), ("val", 2)] {
+            let set = SegmentationSet::open(&set_dir, split).unwrap();
+            assert_eq!((set.layout, set.len()), (Layout::Composed, n));
+            assert_eq!(set.class_names.len(), 11);
+            assert_eq!(set.class_names[0], "background");
+            assert!(set.image_path(0).to_string_lossy().ends_with(&format!("000001.{name}")));
+            for i in 0..n {
+                let s = set.load(i, 11).unwrap();
+                assert_eq!((s.image.width, s.image.height, s.mask.len()), (64, 64, 64 * 64));
+                assert!(s.mask.iter().all(|&c| c <= 10));
+            }
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();

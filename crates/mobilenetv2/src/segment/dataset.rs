@@ -5,7 +5,7 @@
 //!   (one per line), the image `ROOT/JPEGImages/NAME.jpg` (`.jpeg` or `.png` also taken) and
 //!   the mask `ROOT/SegmentationClass/NAME.png`.
 //! * **Composed** (`ROOT/SPLIT/images/`): the names in `ROOT/ImageSets/Segmentation/SPLIT.txt`,
-//!   the image `ROOT/SPLIT/images/NAME.png` and the mask `ROOT/SPLIT/masks/NAME.png`; class
+//!   the image `ROOT/SPLIT/images/NAME.png` (or `.jpg`) and the mask `ROOT/SPLIT/masks/NAME.png`; class
 //!   names from `ROOT/dataset.json`.
 //!
 //! Masks are 8-bit PNGs whose pixel values are class indices: palette PNGs (VOC's; the palette
@@ -132,8 +132,13 @@ impl SegmentationSet {
                     (image, root.join("SegmentationClass").join(format!("{name}.png")))
                 }
                 Layout::Composed => {
-                    let dir = root.join(split);
-                    (dir.join("images").join(format!("{name}.png")), dir.join("masks").join(format!("{name}.png")))
+                    let dir = root.join(split).join("images");
+                    let image = ["png", "jpg"]
+                        .iter()
+                        .map(|e| dir.join(format!("{name}.{e}")))
+                        .find(|p| p.is_file())
+                        .ok_or_else(|| missing(&dir.join(format!("{name}.png")), "image"))?;
+                    (image, root.join(split).join("masks").join(format!("{name}.png")))
                 }
             };
             if !image.is_file() {
