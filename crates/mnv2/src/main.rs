@@ -51,6 +51,7 @@ enum Command {
 
 fn main() {
     exit::install_panic_hook();
+    exit::catch_file_size_signal();
     let cli = Cli::try_parse().unwrap_or_else(|e| exit::usage(e));
     let result = match cli.command {
         Command::Classify(a) => cmd::classify::main(a),
