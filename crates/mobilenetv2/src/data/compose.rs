@@ -41,6 +41,7 @@
 //! The whole tree is written into a hidden sibling folder and renamed to `DIR` when complete,
 //! so a half-written dataset never looks like one.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -506,72 +507,92 @@ fn write_all(
         }
         let done = std::sync::atomic::AtomicUsize::new(0);
         let left = std::sync::atomic::AtomicUsize::new(0);
-        let per_image: Vec<(Value, Vec<Value>)> = (0..n)
-            .into_par_iter()
-            .map(|i| -> Result<_> {
-                let scene = compose_scene(cfg, src, split, i);
-                let id = i + 1;
-                let ext = if cfg.jpeg_quality.is_some() { "jpg" } else { "png" };
-                let file = format!("{id:06}.{ext}");
-                let path = dir.join("images").join(&file);
-                std::fs::write(&path, encode(&scene.image, cfg.jpeg_quality)?).map_err(io(&path))?;
-                let mask = Segmentation {
-                    width: cfg.size,
-                    height: cfg.size,
-                    num_classes: src.classes.len() + 1,
-                    classes: scene.class_map(),
-                };
-                let path = dir.join("masks").join(format!("{id:06}.png"));
-                std::fs::write(&path, mask.to_png()?).map_err(io(&path))?;
-                let image = json!({"id": id, "file_name": file, "width": cfg.size, "height": cfg.size,
-                                   "background": scene.background});
-                let items = match split {
-                    Split::Train => &src.train,
-                    Split::Val => &src.val,
-                };
-                let source = items.file.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                let anns = scene
-                    .instances
-                    .iter()
-                    .map(|a| {
-                        json!({"image_id": id, "category_id": a.label + 1, "bbox": a.bbox, "area": a.area,
-                               "iscrowd": 0, "segmentation": {"counts": a.rle, "size": [cfg.size, cfg.size]},
-                               "unoccluded_area": a.unoccluded_area, "source": {"file": source, "index": a.item}})
-                    })
-                    .collect::<Vec<_>>();
-                let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                progress(split, d);
-                left.fetch_add(scene.left_out, std::sync::atomic::Ordering::Relaxed);
-                Ok((image, anns))
-            })
-            .collect::<Result<_>>()?;
-        let mut images = Vec::with_capacity(n);
-        let mut annotations = Vec::new();
-        for (image, anns) in per_image {
-            images.push(image);
-            for mut a in anns {
-                a["id"] = json!(annotations.len() + 1);
-                annotations.push(a);
-            }
-        }
+        let items = match split {
+            Split::Train => &src.train,
+            Split::Val => &src.val,
+        };
+        let source = items.file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let json_err = |e: serde_json::Error| Error::Input(format!("cannot write COCO JSON: {e}"));
+        // instances.json is streamed: annotations are written chunk by chunk as the images are
+        // made (memory stays bounded by a chunk), the small image entries are kept for the end.
+        let path = dir.join("instances.json");
+        let file = std::fs::File::create(&path).map_err(io(&path))?;
+        let mut coco = std::io::BufWriter::new(file);
         let categories: Vec<Value> = src
             .classes
             .iter()
             .enumerate()
             .map(|(k, name)| json!({"id": k + 1, "name": name, "supercategory": "fashion"}))
             .collect();
-        let coco = json!({
-            "info": {"description": "mnv2 dataset compose: Fashion-MNIST items on real photographs",
-                     "seed": cfg.seed, "split": split.name()},
-            "images": images, "annotations": annotations, "categories": categories,
-        });
-        let path = dir.join("instances.json");
-        let text = serde_json::to_vec(&coco).map_err(|e| Error::Input(format!("cannot write COCO JSON: {e}")))?;
-        std::fs::write(&path, text).map_err(io(&path))?;
+        let info = json!({"description": "mnv2 dataset compose: Fashion-MNIST items on real photographs",
+                          "seed": cfg.seed, "split": split.name()});
+        let head = format!(
+            "{{\"info\":{},\"categories\":{},\"annotations\":[",
+            serde_json::to_string(&info).map_err(json_err)?,
+            serde_json::to_string(&categories).map_err(json_err)?
+        );
+        let mut images: Vec<String> = Vec::with_capacity(n);
+        let mut annotations = 0usize;
+        const CHUNK: usize = 256;
+        for chunk in (0..n).step_by(CHUNK) {
+            let per_image: Vec<(String, Vec<String>)> = (chunk..(chunk + CHUNK).min(n))
+                .into_par_iter()
+                .map(|i| -> Result<_> {
+                    let scene = compose_scene(cfg, src, split, i);
+                    let id = i + 1;
+                    let ext = if cfg.jpeg_quality.is_some() { "jpg" } else { "png" };
+                    let file = format!("{id:06}.{ext}");
+                    let path = dir.join("images").join(&file);
+                    std::fs::write(&path, encode(&scene.image, cfg.jpeg_quality)?).map_err(io(&path))?;
+                    let mask = Segmentation {
+                        width: cfg.size,
+                        height: cfg.size,
+                        num_classes: src.classes.len() + 1,
+                        classes: scene.class_map(),
+                    };
+                    let path = dir.join("masks").join(format!("{id:06}.png"));
+                    std::fs::write(&path, mask.to_png()?).map_err(io(&path))?;
+                    let image = json!({"id": id, "file_name": file, "width": cfg.size, "height": cfg.size,
+                                       "background": scene.background});
+                    let anns = scene
+                        .instances
+                        .iter()
+                        .map(|a| {
+                            serde_json::to_string(&json!({
+                                "image_id": id, "category_id": a.label + 1, "bbox": a.bbox, "area": a.area,
+                                "iscrowd": 0, "segmentation": {"counts": a.rle, "size": [cfg.size, cfg.size]},
+                                "unoccluded_area": a.unoccluded_area, "source": {"file": source, "index": a.item}}))
+                            .map_err(json_err)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    progress(split, d);
+                    left.fetch_add(scene.left_out, std::sync::atomic::Ordering::Relaxed);
+                    Ok((serde_json::to_string(&image).map_err(json_err)?, anns))
+                })
+                .collect::<Result<_>>()?;
+            let mut text = if chunk == 0 { head.clone() } else { String::new() };
+            for (image, anns) in per_image {
+                images.push(image);
+                for a in anns {
+                    annotations += 1;
+                    // `a` is an object `{...}` without an id: the id goes first.
+                    let sep = if annotations > 1 { "," } else { "" };
+                    text.push_str(&format!("{sep}{{\"id\":{annotations},{}", &a[1..]));
+                }
+            }
+            coco.write_all(text.as_bytes()).map_err(io(&path))?;
+        }
+        if n == 0 {
+            coco.write_all(head.as_bytes()).map_err(io(&path))?;
+        }
+        coco.write_all(format!("],\"images\":[{}]}}", images.join(",")).as_bytes()).map_err(io(&path))?;
+        coco.flush().map_err(io(&path))?;
+        drop(coco);
         let list: String = (1..=n).map(|id| format!("{id:06}\n")).collect();
         let path = sets.join(format!("{}.txt", split.name()));
         std::fs::write(&path, list).map_err(io(&path))?;
-        counts.push((n, annotations.len(), left.into_inner()));
+        counts.push((n, annotations, left.into_inner()));
     }
     let meta = json!({
         "generator": "mnv2 dataset compose",
