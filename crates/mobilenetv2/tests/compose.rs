@@ -210,6 +210,13 @@ fn existing_output_is_refused_and_failures_leave_nothing() {
     std::fs::create_dir_all(&out).unwrap();
     let e = compose(&config(1), &src, &out, &|_, _| {}).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
+    // A killed run's hidden folder (no process has this id: above Linux's pid_max) is
+    // cleaned by the next run into the same parent folder.
+    let dead = dir.join(".done.partial-999999999");
+    std::fs::create_dir_all(dead.join("train/images")).unwrap();
+    compose(&config(1), &src, &dir.join("done"), &|_, _| {}).unwrap();
+    assert!(dir.join("done/dataset.json").is_file());
+    assert!(!dead.exists() || !cfg!(target_os = "linux"));
     let e = compose(&ComposeConfig { scale: (50, 90), ..config(1) }, &src, &dir.join("x"), &|_, _| {})
         .unwrap_err()
         .to_string();

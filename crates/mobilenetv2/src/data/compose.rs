@@ -38,8 +38,9 @@
 //! * `DIR/ImageSets/Segmentation/{train,val}.txt`: the image names per split, one per line;
 //! * `DIR/dataset.json`: the configuration, the backgrounds and the counts.
 //!
-//! The whole tree is written into a hidden sibling folder and renamed to `DIR` when complete,
-//! so a half-written dataset never looks like one.
+//! The whole tree is written into a hidden sibling folder (`.DIR.partial-PID`) and renamed to
+//! `DIR` when complete, so a half-written dataset never looks like one; such folders left by
+//! killed runs are removed by the next run (on Linux, once their process is gone).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -474,7 +475,9 @@ pub fn compose(
     let name = out.file_name().ok_or_else(|| Error::Input(format!("{}: not a folder name", out.display())))?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    remove_dead_partials(parent, &prefix);
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
@@ -487,6 +490,26 @@ pub fn compose(
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
+        }
+    }
+}
+
+/// Removes the hidden folders `PREFIX<pid>` that runs killed before they finished left, when
+/// their process no longer runs (Linux's /proc tells; elsewhere nothing is removed). A
+/// symlink with that name is left alone.
+fn remove_dead_partials(parent: &Path, prefix: &str) {
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(prefix)) else { continue };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if !Path::new("/proc").join(pid).exists() && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
