@@ -1,0 +1,75 @@
+"""Type stubs of the native module (crates/mnv2-py); import ``mobilenetv2``, not this."""
+
+import os
+from typing import Any, List, Optional, Sequence, Tuple, TypedDict, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class Error(ValueError):
+    """A failure of the engine or of its input, with the library's one-line message."""
+
+class Prediction(TypedDict):
+    index: int
+    label: Optional[str]
+    prob: float
+
+class Classification(TypedDict):
+    image: Optional[str]
+    top: List[Prediction]
+
+PathLike = Union[str, "os.PathLike[str]"]
+# A path, encoded JPEG/PNG bytes, a PIL image or an HxWx3 uint8 array.
+ImageLike = Union[PathLike, bytes, bytearray, npt.NDArray[np.uint8], Any]
+
+class Model:
+    """MobileNetV2 weights compiled for inference (immutable, thread-safe)."""
+
+    @staticmethod
+    def load(path: PathLike, threads: Optional[int] = None, mode: str = "fast") -> "Model": ...
+    @staticmethod
+    def init(
+        width: float = 1.0,
+        resolution: Union[int, str, None] = None,
+        classes: int = 1000,
+        seed: int = 0,
+        threads: Optional[int] = None,
+        mode: str = "fast",
+    ) -> "Model": ...
+    def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    def classify(
+        self, images: Union[ImageLike, Sequence[ImageLike]], top: int = 5
+    ) -> List[Classification]: ...
+    def quantize(
+        self,
+        calib: Union[PathLike, Sequence[PathLike], npt.NDArray[np.float32]],
+        method: str = "percentile:99.9",
+        images: int = 100,
+    ) -> "Model": ...
+    def save(self, path: PathLike, dtype: str = "f32") -> None: ...
+    def export(
+        self,
+        path: PathLike,
+        format: str = "onnx",
+        dynamic_batch: bool = False,
+        opset: int = 17,
+        resolution: Union[int, str, None] = None,
+    ) -> None: ...
+    @property
+    def input_size(self) -> Tuple[int, int]: ...
+    @property
+    def classes(self) -> int: ...
+    @property
+    def width(self) -> float: ...
+    @property
+    def labels(self) -> Optional[List[str]]: ...
+    @property
+    def quantized(self) -> bool: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def source(self) -> str: ...
