@@ -23,6 +23,9 @@ What is here:
   HxWx3 uint8 arrays and returns what ``mnv2 classify --json`` prints, as dicts;
   ``model.quantize(calib)`` calibrates an int8 model; ``model.save(path)`` and
   ``model.export(path)`` (ONNX) write files.
+- :class:`Detector`: ``Detector.load(graph.pb, threshold=0.5)`` reads an SSDLite/SSD frozen
+  graph (TF Object Detection API); ``detector.detect(images)`` returns what ``mnv2 detect
+  --json`` prints, as dicts.
 - :class:`Error`: every failure of the engine or of its input (a ``ValueError``), with the
   library's one-line message naming the file.
 
@@ -30,6 +33,6 @@ Models are immutable and thread-safe; ``run`` and ``classify`` release the GIL w
 engine computes. For bulk inference on Ray Data see ``examples/ray_bulk_classify.py``.
 """
 
-from ._native import Error, Model, __version__
+from ._native import Detector, Error, Model, __version__
 
-__all__ = ["Error", "Model", "__version__"]
+__all__ = ["Detector", "Error", "Model", "__version__"]

@@ -73,3 +73,22 @@ class Model:
     def mode(self) -> str: ...
     @property
     def source(self) -> str: ...
+
+# "class" (the 0-based foreground class) is a keyword, hence the functional form.
+Detection = TypedDict("Detection", {"box": List[float], "score": float, "class": int, "label": str})
+
+class Detections(TypedDict):
+    image: Optional[str]
+    size: List[int]
+    detections: List[Detection]
+
+class Detector:
+    """An SSDLite/SSD detector from a TF Object Detection API frozen graph (thread-safe)."""
+
+    @staticmethod
+    def load(path: PathLike, threshold: float = 0.5, threads: Optional[int] = None) -> "Detector": ...
+    def detect(self, images: Union[ImageLike, Sequence[ImageLike]]) -> List[Detections]: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def input_size(self) -> Tuple[int, int]: ...

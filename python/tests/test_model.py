@@ -227,3 +227,28 @@ def test_help_is_useful():
         assert needle in text, needle
     assert "Bit-identical" in pydoc.render_doc(mobilenetv2.Model.run, renderer=pydoc.plaintext).replace("\n", " ")
     assert mobilenetv2.__version__.count(".") == 2
+
+
+def test_detector_equals_mnv2_detect_json(mnv2):
+    from conftest import ROOT
+
+    graph = ROOT / "weights" / "ssdlite_mobilenet_v2_person.pb"
+    photos = [ROOT / "weights" / "calib" / "astronaut.png", PHOTOS / "chelsea.png"]
+    assert graph.is_file(), f"{graph} is missing: run `bash scripts/fetch_assets.sh`"
+    cli = json.loads(mnv2("detect", "--weights", graph, "--json", "--threshold", 0.3, "--threads", 2, *photos))
+    det = mobilenetv2.Detector.load(graph, threshold=0.3, threads=2)
+    got = det.detect([str(p) for p in photos])
+    assert len(got) == len(cli) == 2
+    for g, c in zip(got, cli):
+        assert (g["image"], g["size"]) == (c["image"], c["size"])
+        assert [(d["class"], d["label"]) for d in g["detections"]] == [(d["class"], d["label"]) for d in c["detections"]]
+        for dg, dc in zip(g["detections"], c["detections"]):
+            assert np.array_equal(np.float32(dg["box"]), np.float32(dc["box"]))
+            assert np.float32(dg["score"]) == np.float32(dc["score"])
+    assert any(d["label"] == "person" for d in got[0]["detections"])
+    # The same pixels in memory give the same boxes.
+    assert det.detect((photos[0]).read_bytes())[0]["detections"] == got[0]["detections"]
+    with pytest.raises(mobilenetv2.Error, match="threshold"):
+        mobilenetv2.Detector.load(graph, threshold=2.0)
+    with pytest.raises(mobilenetv2.Error, match="nope.pb"):
+        mobilenetv2.Detector.load(graph.parent / "nope.pb")

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use mobilenetv2::classify::{Classifier, Prediction};
+use mobilenetv2::detect::{Detector, DetectorOptions, PixelDetection};
 use mobilenetv2::engine::{Engine, Mode, Options};
 use mobilenetv2::export::onnx;
 use mobilenetv2::preprocess::{self, RgbImage};
@@ -167,6 +168,15 @@ fn source(obj: &Bound<'_, PyAny>, i: usize) -> PyResult<Source> {
     )))
 }
 
+/// `images` as sources: one image, or a list or tuple of them.
+fn sources(images: &Bound<'_, PyAny>) -> PyResult<Vec<Source>> {
+    if images.cast::<PyList>().is_ok() || images.cast::<pyo3::types::PyTuple>().is_ok() {
+        images.try_iter()?.enumerate().map(|(i, o)| source(&o?, i)).collect()
+    } else {
+        Ok(vec![source(images, 0)?])
+    }
+}
+
 fn prediction<'py>(py: Python<'py>, p: &Prediction) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("index", p.index)?;
@@ -297,13 +307,7 @@ impl PyModel {
         if top == 0 {
             return Err(input_err("top must be at least 1"));
         }
-        let single = images.cast::<PyList>().is_err() && images.cast::<pyo3::types::PyTuple>().is_err()
-            || images.cast::<PyBytes>().is_ok();
-        let sources: Vec<Source> = if single {
-            vec![source(images, 0)?]
-        } else {
-            images.try_iter()?.enumerate().map(|(i, o)| source(&o?, i)).collect::<PyResult<_>>()?
-        };
+        let sources = sources(images)?;
         let classifier = self.classifier()?;
         let results: Vec<(Option<String>, Vec<Prediction>)> = py
             .detach(|| -> mobilenetv2::Result<_> {
@@ -500,10 +504,110 @@ impl PyModel {
     }
 }
 
+/// An SSDLite / SSD object detector (MobileNetV2 backbone) from a TF Object Detection API
+/// frozen graph, as ``mnv2 detect`` runs it.
+///
+/// ``Detector.load(path, threshold=0.5, threads=None)``; ``detector.detect(images)`` returns,
+/// per image, ``{"image", "size": [W, H], "detections": [{"box": [x0, y0, x1, y1], "score",
+/// "class", "label"}]}`` (boxes in pixels of the original image), what ``mnv2 detect --json``
+/// prints. Thread-safe; the GIL is released while the engine runs.
+#[pyclass(name = "Detector", module = "mobilenetv2", frozen)]
+struct PyDetector {
+    detector: Detector,
+}
+
+fn detection<'py>(py: Python<'py>, det: &Detector, d: &PixelDetection) -> PyResult<Bound<'py, PyDict>> {
+    let o = PyDict::new(py);
+    o.set_item("box", d.bbox.to_vec())?;
+    o.set_item("score", d.score)?;
+    o.set_item("class", d.class)?;
+    o.set_item("label", det.label(d.class))?;
+    Ok(o)
+}
+
+#[pymethods]
+impl PyDetector {
+    /// Detector.load(path, threshold=0.5, threads=None)
+    ///
+    /// Reads a TF Object Detection API SSD frozen graph (``.pb``): the backbone, the head,
+    /// the anchors, the box coder and the NMS settings all come from the graph. Detections
+    /// scoring below ``threshold`` are dropped.
+    #[staticmethod]
+    #[pyo3(signature = (path, threshold=0.5, threads=None))]
+    fn load(py: Python<'_>, path: PathBuf, threshold: f32, threads: Option<usize>) -> PyResult<PyDetector> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(input_err(format!("threshold {threshold} must be in [0, 1]")));
+        }
+        let options = DetectorOptions { threshold, threads: threads.unwrap_or_else(cores), ..Default::default() };
+        let detector = py.detach(|| Detector::from_graph(&path, options)).map_err(err)?;
+        Ok(PyDetector { detector })
+    }
+
+    /// detector.detect(images) -> list[dict]
+    ///
+    /// Objects in each image (one image or a list; paths, JPEG/PNG bytes, PIL images or
+    /// HxWx3 uint8 arrays), in order: ``{"image": path or None, "size": [W, H], "detections":
+    /// [{"box": [x0, y0, x1, y1], "score", "class", "label"}, ...]}``.
+    fn detect<'py>(&self, py: Python<'py>, images: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let sources = sources(images)?;
+        let det = &self.detector;
+        let results = py
+            .detach(|| -> mobilenetv2::Result<Vec<_>> {
+                sources
+                    .into_iter()
+                    .map(|s| {
+                        let name = s.name();
+                        let image = s.decode()?;
+                        let found = det.detect(&image)?;
+                        Ok((name, (image.width, image.height), found))
+                    })
+                    .collect()
+            })
+            .map_err(err)?;
+        let list = PyList::empty(py);
+        for (name, (w, h), found) in &results {
+            let o = PyDict::new(py);
+            o.set_item("image", name.as_deref())?;
+            o.set_item("size", vec![*w, *h])?;
+            let rows = PyList::empty(py);
+            for d in found {
+                rows.append(detection(py, det, d)?)?;
+            }
+            o.set_item("detections", rows)?;
+            list.append(o)?;
+        }
+        Ok(list)
+    }
+
+    /// Detections scoring below this are dropped.
+    #[getter]
+    fn threshold(&self) -> f32 {
+        self.detector.options().threshold
+    }
+
+    /// The input size of the network, ``(height, width)``.
+    #[getter]
+    fn input_size(&self) -> (usize, usize) {
+        let s = self.detector.model().spec();
+        (s.height, s.width_px)
+    }
+
+    fn __repr__(&self) -> String {
+        let (h, w) = self.input_size();
+        format!(
+            "mobilenetv2.Detector(source={:?}, input={h}x{w}, threshold={}, threads={})",
+            self.detector.model().source.display().to_string(),
+            self.detector.options().threshold,
+            self.detector.options().threads
+        )
+    }
+}
+
 /// The native half of the `mobilenetv2` package (import `mobilenetv2`, not this).
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
+    m.add_class::<PyDetector>()?;
     m.add("Error", m.py().get_type::<Error>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
