@@ -110,8 +110,7 @@ def classify_dir(images, weights, out, engine="mnv2", batch_size=32, concurrency
     # Each actor holds `threads` CPUs for the whole run. Reading (decoding) and writing are
     # light next to the network and reserve no CPU, so they run beside the actors instead of
     # waiting forever for a CPU the actors never give back (Ray Data's backpressure bounds them).
-    light = {"num_cpus": 0}
-    ds = ray.data.read_images(images, include_paths=True, mode="RGB", ray_remote_args=light)
+    ds = ray.data.read_images(images, include_paths=True, mode="RGB", num_cpus=0)
     preds = ds.map_batches(
         cls,
         fn_constructor_kwargs={"weights": str(weights), "threads": threads, "top": top},
@@ -120,7 +119,7 @@ def classify_dir(images, weights, out, engine="mnv2", batch_size=32, concurrency
         num_cpus=threads,
         batch_format="numpy",
     )
-    preds.write_parquet(str(out), ray_remote_args=light)
+    preds.write_parquet(str(out), ray_remote_args={"num_cpus": 0})
     seconds = time.perf_counter() - start
     return ray.data.read_parquet(str(out)).count(), seconds
 
