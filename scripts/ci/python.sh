@@ -44,8 +44,9 @@ fi
 step "building the wheel as pip install . does (PEP 517, maturin, release, abi3)"
 WHEELS=$TARGET/wheels
 rm -f "$WHEELS"/mobilenetv2-*.whl
-# --no-build-isolation: the venv's maturin instead of a fresh download per run.
-CARGO_TARGET_DIR=$TARGET timeout 1800 "$VENV/bin/pip" wheel --quiet --disable-pip-version-check \
+# --no-build-isolation: the venv's maturin (found on PATH by its PEP 517 hook) instead of a
+# fresh download per run.
+PATH=$VENV/bin:$PATH CARGO_TARGET_DIR=$TARGET timeout 1800 "$VENV/bin/pip" wheel --quiet --disable-pip-version-check \
   --no-build-isolation --no-deps -w "$WHEELS" .
 WHEEL=$(ls "$WHEELS"/mobilenetv2-*.whl)
 ls -l "$WHEEL"
@@ -53,4 +54,4 @@ ls -l "$WHEEL"
 
 step "pytest"
 # `import mobilenetv2` is the installed wheel: the sources are in python/, not on sys.path.
-timeout 900 "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests
+timeout 900 "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider python/tests
