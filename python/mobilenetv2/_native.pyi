@@ -54,7 +54,7 @@ class Model:
         path: PathLike,
         format: str = "onnx",
         dynamic_batch: bool = False,
-        opset: int = 17,
+        opset: Optional[int] = None,
         resolution: Union[int, str, None] = None,
     ) -> None: ...
     @property

@@ -403,19 +403,20 @@ impl PyModel {
         py.detach(|| self.model.save_as(&path, store)).map_err(err)
     }
 
-    /// model.export(path, format="onnx", dynamic_batch=False, opset=17, resolution=None)
+    /// model.export(path, format="onnx", dynamic_batch=False, opset=None, resolution=None)
     ///
     /// Writes the model for another engine, as ``mnv2 export``: ONNX (fp32 with BatchNorm
     /// folded, or an int8 model as a QDQ graph). ``dynamic_batch`` makes the batch dimension
-    /// symbolic; ``resolution`` (``N`` or ``"HxW"``) changes the input size.
-    #[pyo3(signature = (path, format="onnx", dynamic_batch=false, opset=onnx::DEFAULT_OPSET, resolution=None))]
+    /// symbolic; ``opset``: 11 to 21 (default 17; 13 or later for an int8 model);
+    /// ``resolution`` (``N`` or ``"HxW"``) changes the input size.
+    #[pyo3(signature = (path, format="onnx", dynamic_batch=false, opset=None, resolution=None))]
     fn export(
         &self,
         py: Python<'_>,
         path: PathBuf,
         format: &str,
         dynamic_batch: bool,
-        opset: i64,
+        opset: Option<i64>,
         resolution: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         if format != "onnx" {
@@ -433,7 +434,7 @@ impl PyModel {
                 &resized
             }
         };
-        let opts = onnx::Options { dynamic_batch, opset };
+        let opts = onnx::Options { dynamic_batch, opset: opset.unwrap_or(onnx::DEFAULT_OPSET) };
         py.detach(|| onnx::write(model, &path, opts)).map_err(err)
     }
 
