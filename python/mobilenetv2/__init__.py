@@ -26,6 +26,9 @@ What is here:
 - :class:`Detector`: ``Detector.load(graph.pb, threshold=0.5)`` reads an SSDLite/SSD frozen
   graph (TF Object Detection API); ``detector.detect(images)`` returns what ``mnv2 detect
   --json`` prints, as dicts.
+- :class:`Segmenter`: ``Segmenter.load(deeplab.safetensors)``; ``segmenter.segment(images)``
+  gives each image's class map as an HxW uint8 array and the share of each class, as ``mnv2
+  segment`` computes them.
 - :class:`Error`: every failure of the engine or of its input (a ``ValueError``), with the
   library's one-line message naming the file.
 
@@ -33,6 +36,6 @@ Models are immutable and thread-safe; ``run`` and ``classify`` release the GIL w
 engine computes. For bulk inference on Ray Data see ``examples/ray_bulk_classify.py``.
 """
 
-from ._native import Detector, Error, Model, __version__
+from ._native import Detector, Error, Model, Segmenter, __version__
 
-__all__ = ["Detector", "Error", "Model", "__version__"]
+__all__ = ["Detector", "Error", "Model", "Segmenter", "__version__"]

@@ -92,3 +92,24 @@ class Detector:
     def threshold(self) -> float: ...
     @property
     def input_size(self) -> Tuple[int, int]: ...
+
+# "label" is absent for a class without a name.
+ClassFraction = TypedDict("ClassFraction", {"class": int, "label": str, "fraction": float}, total=False)
+
+class Segmentation(TypedDict):
+    image: Optional[str]
+    width: int
+    height: int
+    mask: npt.NDArray[np.uint8]
+    classes: List[ClassFraction]
+
+class Segmenter:
+    """A Mobile DeepLabv3 segmenter (MobileNetV2 backbone, DeepLab head; thread-safe)."""
+
+    @staticmethod
+    def load(path: PathLike, threads: Optional[int] = None) -> "Segmenter": ...
+    def segment(
+        self, images: Union[ImageLike, Sequence[ImageLike]], multi_scale: bool = False
+    ) -> List[Segmentation]: ...
+    @property
+    def classes(self) -> int: ...

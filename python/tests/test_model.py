@@ -261,3 +261,23 @@ def test_signatures_show_their_defaults():
     sig = inspect.signature(mobilenetv2.Model.export)
     assert str(sig) == "(self, /, path, format='onnx', dynamic_batch=False, opset=None, resolution=None)"
     assert str(inspect.signature(mobilenetv2.Model.load)) == "(path, threads=None, mode='fast')"
+
+
+def test_segmenter_equals_mnv2_segment(mnv2, tmp_path):
+    from PIL import Image
+
+    from conftest import ROOT
+
+    weights = ROOT / "tests" / "data" / "deeplab" / "w035.safetensors"  # a small DeepLab fixture
+    photo = PHOTOS / "coffee.png"
+    cli = json.loads(mnv2("segment", "--weights", weights, "--out", tmp_path, "--json", "--threads", 1, photo))[0]
+    seg = mobilenetv2.Segmenter.load(weights, threads=1)
+    got = seg.segment(str(photo))[0]
+    assert (got["image"], got["width"], got["height"]) == (cli["image"], cli["width"], cli["height"])
+    mask = np.asarray(Image.open(cli["mask"]))  # the palette PNG's indices are the classes
+    assert got["mask"].dtype == np.uint8 and got["mask"].shape == (cli["height"], cli["width"])
+    assert np.array_equal(got["mask"], mask)
+    assert got["classes"] == cli["classes"]
+    assert seg.segment(photo.read_bytes())[0]["classes"] == cli["classes"]
+    with pytest.raises(mobilenetv2.Error, match="mobilenet_v2-b0353104.pth"):
+        mobilenetv2.Segmenter.load(ROOT / "weights" / "mobilenet_v2-b0353104.pth")  # no DeepLab head
