@@ -1,11 +1,18 @@
 //! [`Detector`]: a model with an SSD head ([`crate::plan::SsdHead`]) and the TF Object
 //! Detection API's pre- and post-processing ([`SsdConfig`]): images in, boxes in pixels out.
 //!
+//! A detector is read from a TF Object Detection API frozen graph (`.pb`) or from the
+//! project's safetensors file that [`Detector::save`] writes (`mnv2 convert model.pb
+//! detector.safetensors`): the tensors and `spec` metadata of any [`Model`] plus a `detector`
+//! entry holding the [`SsdConfig`] (input size and mapping, anchor box specs, box coder
+//! scales, score function, NMS settings) and the labels, so the file alone rebuilds it.
+//! [`Detector::load`] picks by the file's first bytes.
+//!
 //! ```no_run
 //! use mobilenetv2::detect::{Detector, DetectorOptions};
 //! use mobilenetv2::preprocess;
 //! # fn main() -> mobilenetv2::Result<()> {
-//! let detector = Detector::from_graph("weights/ssdlite_mobilenet_v2_person.pb".as_ref(), DetectorOptions::default())?;
+//! let detector = Detector::load("weights/ssdlite_mobilenet_v2_person.pb".as_ref(), DetectorOptions::default())?;
 //! let image = preprocess::decode("weights/calib/astronaut.png".as_ref())?;
 //! for d in detector.detect(&image)? {
 //!     let [x0, y0, x1, y1] = d.bbox;
@@ -25,8 +32,36 @@ use crate::engine::{Mode, Options};
 use crate::error::{Error, Result};
 use crate::plan::Shape;
 use crate::preprocess::RgbImage;
+use crate::weights::safetensors_io::FloatStore;
 use crate::weights::tfgraph::TfGraph;
 use crate::{Batch, Engine, Model};
+
+/// The metadata key of a detector's post-processing in its safetensors file.
+pub const DETECTOR_KEY: &str = "detector";
+
+/// What a safetensors detector holds besides its model.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorMeta {
+    config: SsdConfig,
+    labels: Vec<String>,
+}
+
+/// Whether the file at `path` is a TF GraphDef (a frozen graph) rather than safetensors or
+/// another weights format, from its first bytes.
+pub fn is_graph(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(Error::io(path, e));
+    }
+    let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
+    let head = &head[..n];
+    let safetensors = head.len() >= 9 && head[8] == b'{';
+    Ok(!safetensors && crate::weights::tfgraph::sniff(head))
+}
 
 /// How a [`Detector`] runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +162,62 @@ impl Detector {
             labels = vec!["person".to_string()];
         }
         Detector::new(model, DetectorOptions { config, labels, ..options })
+    }
+
+    /// The detector of a file: a frozen graph ([`Detector::from_graph`]) or the project's
+    /// safetensors detector ([`Detector::from_safetensors`]), told apart by the first bytes.
+    /// `options.threshold` and `options.threads` apply; the post-processing and (unless
+    /// `options.labels` is given) the labels are the file's.
+    pub fn load(path: &Path, options: DetectorOptions) -> Result<Detector> {
+        if is_graph(path)? {
+            Detector::from_graph(path, options)
+        } else {
+            Detector::from_safetensors(path, options)
+        }
+    }
+
+    /// The detector of a file written by [`Detector::save`]: the model from its tensors and
+    /// `spec`, the post-processing and labels from its `detector` metadata.
+    pub fn from_safetensors(path: &Path, options: DetectorOptions) -> Result<Detector> {
+        let file = crate::weights::load(path)?;
+        let meta_err = |value: &str, detail: String| Error::Metadata {
+            path: path.into(),
+            key: DETECTOR_KEY.into(),
+            value: crate::limits::clip(value, 200),
+            detail,
+        };
+        let Some(text) = file.metadata.get(DETECTOR_KEY).cloned() else {
+            return Err(Error::format(
+                path,
+                "detector",
+                format!(
+                    "no `{DETECTOR_KEY}` metadata: not a detector (`mnv2 convert GRAPH.pb OUT.safetensors` makes one)"
+                ),
+            ));
+        };
+        let text = text.as_str();
+        let meta: DetectorMeta = serde_json::from_str(text).map_err(|e| meta_err(text, e.to_string()))?;
+        if !meta.labels.is_empty() && meta.labels.len() != meta.config.classes {
+            return Err(meta_err(
+                &format!("{} labels", meta.labels.len()),
+                format!("the detector has {} foreground classes", meta.config.classes),
+            ));
+        }
+        let model = Model::from_file(file)?;
+        let labels = if options.labels.is_empty() { meta.labels } else { options.labels.clone() };
+        Detector::new(model, DetectorOptions { config: meta.config, labels, ..options })
+            .map_err(|e| meta_err(text, e.to_string()))
+    }
+
+    /// Writes the detector in the project's format (atomically): safetensors with the model's
+    /// tensors and metadata, plus a `detector` entry with the post-processing and labels, from
+    /// which [`Detector::from_safetensors`] rebuilds the same detector. Float tensors are stored
+    /// as `store` (f16 halves the file but changes the outputs).
+    pub fn save(&self, path: &Path, store: FloatStore) -> Result<()> {
+        let mut metadata = self.model.metadata();
+        let meta = DetectorMeta { config: self.options.config.clone(), labels: self.options.labels.clone() };
+        metadata.insert(DETECTOR_KEY.into(), serde_json::to_string(&meta).expect("the detector config serialises"));
+        crate::weights::safetensors_io::write_as(path, &self.model.tensors(), &metadata, store)
     }
 
     /// The detector's network (its plan has the SSD head).
