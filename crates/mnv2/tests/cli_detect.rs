@@ -132,6 +132,27 @@ fn detect_with_the_converted_safetensors_equals_the_graph() {
     let top = &v[0]["detections"][0];
     assert_eq!(top["label"], "person");
     assert!(top["score"].as_f64().unwrap() > 0.9, "{top}");
+    // --draw: the box and its label "person 0.90", white on the class colour, above the box
+    // (font 17 px on a 512 px image: a 21-row band over the box's top edge at y = 32).
+    let dir = tmp("drawn");
+    let o = mnv2(&["detect", "--weights", st.to_str().unwrap(), &image, "--draw", dir.to_str().unwrap()]);
+    ok(&o);
+    let drawn = mobilenetv2::preprocess::decode(&dir.join("astronaut.png")).unwrap();
+    let photo = mobilenetv2::preprocess::decode(std::path::Path::new(&image)).unwrap();
+    assert_eq!((drawn.width, drawn.height), (512, 512));
+    let px = |im: &mobilenetv2::preprocess::RgbImage, x: usize, y: usize| {
+        let i = (y * im.width + x) * 3;
+        [im.data[i], im.data[i + 1], im.data[i + 2]]
+    };
+    let red = mobilenetv2::draw::PALETTE[0];
+    let band: Vec<[u8; 3]> =
+        (11..32).flat_map(|y| (6..60).map(move |x| (x, y))).map(|(x, y)| px(&drawn, x, y)).collect();
+    let white = band.iter().filter(|p| p.iter().all(|&v| v > 200)).count();
+    let background = band.iter().filter(|&&p| p == red).count();
+    assert!(white > 60 && background > 400, "label band: {white} white, {background} background pixels");
+    assert_eq!(px(&drawn, 5, 300), red, "the box's left edge");
+    assert_eq!(px(&drawn, 200, 300), px(&photo, 200, 300), "inside the box untouched");
+    assert_eq!(px(&drawn, 450, 5), px(&photo, 450, 5), "outside untouched");
     // A classifier is not a detector.
     let w = small_weights("detect");
     let o = mnv2(&["detect", "--weights", &w, &image]);

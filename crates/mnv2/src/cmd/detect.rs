@@ -26,7 +26,7 @@ pub struct Args {
     /// Print one JSON array: [{"image", "size": [W, H], "detections": [{"box": [x0, y0, x1, y1], "score", "class", "label"}]}]
     #[arg(long)]
     json: bool,
-    /// Write each image as DIR/<name>.png with its boxes drawn (boxes only, no text yet)
+    /// Write each image as DIR/<name>.png with its boxes drawn, labelled with class and score
     #[arg(long, value_name = "DIR")]
     draw: Option<PathBuf>,
     /// Worker threads [default: all available cores]
@@ -50,7 +50,7 @@ pub fn main(a: Args) -> Result<()> {
         let found = det.detect(&image)?;
         if let Some(dir) = &a.draw {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-            draw_png(&image, &found, &dir.join(format!("{stem}.png")))?;
+            draw_png(&image, &found, &|k| det.label(k), &dir.join(format!("{stem}.png")))?;
         }
         let row = |d: &PixelDetection| json!({"box": d.bbox, "score": d.score, "class": d.class, "label": det.label(d.class)});
         results.push(json!({

@@ -28,6 +28,7 @@ use super::anchors;
 use super::nms::Detection;
 use super::tfconfig::SsdConfig;
 use super::tfimport;
+use crate::draw::{self, LabelledBox};
 use crate::engine::{Mode, Options};
 use crate::error::{Error, Result};
 use crate::plan::Shape;
@@ -293,29 +294,22 @@ fn to_pixels(found: &[Detection], width: usize, height: usize, threshold: f32) -
     out
 }
 
-/// Writes `image` as a PNG at `path` (atomically) with each detection's box drawn, 3 px wide,
-/// in a colour per class. Labels and scores are not drawn (no font yet).
-pub fn draw_png(image: &RgbImage, found: &[PixelDetection], path: &Path) -> Result<()> {
-    use image::ImageEncoder;
-    const COLOURS: [[u8; 3]; 4] = [[255, 40, 40], [40, 200, 40], [40, 90, 255], [240, 200, 0]];
-    let (w, h) = (image.width, image.height);
-    let mut px = image.data.clone();
-    for d in found {
-        let c = COLOURS[d.class % COLOURS.len()];
-        let clamp = |v: f32, n: usize| (v.round().max(0.0) as usize).min(n.saturating_sub(1));
-        let (x0, y0, x1, y1) = (clamp(d.bbox[0], w), clamp(d.bbox[1], h), clamp(d.bbox[2], w), clamp(d.bbox[3], h));
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                let edge = x < x0 + 3 || x + 3 > x1 || y < y0 + 3 || y + 3 > y1;
-                if edge {
-                    px[(y * w + x) * 3..][..3].copy_from_slice(&c);
-                }
-            }
-        }
-    }
-    let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(&px, w as u32, h as u32, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::Image { path: path.into(), detail: e.to_string() })?;
-    crate::fsutil::write_atomic(path, &png)
+/// Writes `image` as a PNG at `path` (atomically) with each detection's box drawn in a colour
+/// per class and labelled with `label(class)` and its score (two decimals), in the font of
+/// [`crate::draw`].
+pub fn draw_png(
+    image: &RgbImage,
+    found: &[PixelDetection],
+    label: &dyn Fn(usize) -> String,
+    path: &Path,
+) -> Result<()> {
+    let boxes: Vec<LabelledBox> = found
+        .iter()
+        .map(|d| LabelledBox {
+            bbox: d.bbox,
+            colour: draw::PALETTE[d.class % draw::PALETTE.len()],
+            label: format!("{} {:.2}", label(d.class), d.score),
+        })
+        .collect();
+    draw::write_png(&draw::boxes(image, &boxes)?, path)
 }
