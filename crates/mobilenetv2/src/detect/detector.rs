@@ -246,9 +246,15 @@ impl Detector {
         let pre = &self.options.config.preprocess;
         let shape = Shape::new(pre.height, pre.width, 3);
         let data: Vec<f32> = images.iter().flat_map(|im| pre.apply(im)).collect();
-        let outs = self.engine.run_taps(&Batch::new(images.len(), shape, data)?, &self.model.plan, &self.taps)?;
+        self.network_outputs(&Batch::new(images.len(), shape, data)?)
+    }
+
+    /// The raw box encodings and class logits of each image of a network input (NHWC, the
+    /// model's input size, already resized and mapped).
+    pub fn network_outputs(&self, input: &Batch) -> Result<Vec<RawOutputs>> {
+        let outs = self.engine.run_taps(input, &self.model.plan, &self.taps)?;
         let maps = self.taps.len() / 2;
-        Ok((0..images.len())
+        Ok((0..input.n)
             .map(|b| {
                 let cat = |o: &[Batch]| o.iter().flat_map(|t| t.image(b).iter().copied()).collect::<Vec<f32>>();
                 RawOutputs { box_encodings: cat(&outs[..maps]), class_logits: cat(&outs[maps..]) }
