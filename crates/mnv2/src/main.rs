@@ -24,6 +24,8 @@ enum Command {
     Classify(cmd::classify::Args),
     /// Per-layer table of shapes, parameters and multiply-adds; activation memory
     Info(cmd::info::Args),
+    /// The paper's numbers (Tables 2-7, TF-slim's MACs) beside the project's, with verdicts
+    Paper(cmd::paper::Args),
     /// Write randomly initialised weights (torchvision's initialisation) from a seed
     Init(cmd::init::Args),
     /// Run a raw NCHW float32 .npy batch through the network and write the logits as .npy
@@ -51,12 +53,14 @@ enum Command {
 
 fn main() {
     exit::install_panic_hook();
+    exit::catch_file_size_signal();
     let cli = Cli::try_parse().unwrap_or_else(|e| exit::usage(e));
     let result = match cli.command {
         Command::Classify(a) => cmd::classify::main(a),
         Command::Detect(a) => cmd::detect::main(a),
         Command::Info(a) => cmd::info::main(a),
         Command::Init(a) => cmd::init::main(a),
+        Command::Paper(a) => cmd::paper::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Convert(a) => cmd::convert::main(a),
         Command::Bench(a) => cmd::bench::main(a),

@@ -65,6 +65,7 @@ pub mod limits;
 pub mod model;
 pub mod names;
 pub mod npy;
+pub mod paper;
 pub mod plan;
 pub mod preprocess;
 pub mod qscheme;

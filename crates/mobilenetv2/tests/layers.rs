@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("L3 file formats", &["weights", "npy"]),
     ("L4 a network with weights", &["model"]),
     ("L5 execution", &["engine"]),
-    ("L6 applications", &["classify", "quant", "export", "data", "detect", "segment"]),
+    ("L6 applications", &["classify", "quant", "export", "data", "detect", "segment", "paper"]),
     ("L7 training", &["train"]),
 ];
 

@@ -10,6 +10,7 @@ pub mod export;
 pub mod fetch;
 pub mod info;
 pub mod init;
+pub mod paper;
 pub mod quantize;
 pub mod run;
 pub mod segment;
