@@ -53,6 +53,7 @@ pub mod accounting;
 pub mod classify;
 pub mod data;
 pub mod detect;
+pub mod draw;
 pub mod engine;
 pub mod error;
 pub mod export;
