@@ -6,7 +6,7 @@
 set -euo pipefail
 # shellcheck source=lib/venv.sh
 source "$(dirname "$0")/lib/venv.sh"
-set_name="${1:?usage: scripts/py.sh torch|interop SCRIPT [ARGS...]}"
+set_name="${1:?usage: scripts/py.sh torch|interop|coco SCRIPT [ARGS...]}"
 shift
 py="$(mnv2_python "$set_name")"
 exec "$py" "$@"

@@ -12,6 +12,7 @@
 #   interop  the other engines' references (ONNX, Keras, TFLite fixtures): numpy, onnx,
 #            onnxruntime, safetensors, tensorflow-cpu, keras, tf_keras, ai-edge-litert, pillow,
 #            torch, torchvision
+#   coco     the COCO evaluation reference (pycocotools): pycocotools, numpy
 #
 # Progress goes to stderr; stdout is only the interpreter's path.
 
@@ -19,19 +20,20 @@ mnv2_venv_packages() {
     case "$1" in
         torch) echo "torch torchvision pillow numpy safetensors" ;;
         interop) echo "numpy onnx onnxruntime safetensors tensorflow-cpu keras tf_keras ai-edge-litert pillow torch torchvision" ;;
+        coco) echo "pycocotools numpy" ;;
         *) return 1 ;;
     esac
 }
 
 mnv2_python() {
-    local set="${1:?usage: mnv2_python torch|interop}"
+    local set="${1:?usage: mnv2_python torch|interop|coco}"
     if [[ -n "${PYTHON:-}" ]]; then
         echo "$PYTHON"
         return
     fi
     local pkgs
     pkgs="$(mnv2_venv_packages "$set")" || {
-        echo "mnv2_python: unknown package set '$set' (torch or interop)" >&2
+        echo "mnv2_python: unknown package set '$set' (torch, interop or coco)" >&2
         return 1
     }
     local root

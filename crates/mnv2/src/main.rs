@@ -48,6 +48,8 @@ enum Command {
     /// Build datasets: `compose` pastes Fashion-MNIST items onto real photos (COCO boxes and
     /// RLE masks, VOC-style class masks)
     Dataset(cmd::dataset::Args),
+    /// COCO box AP/AR of detections against ground truth, as pycocotools' COCOeval computes them
+    CocoEval(cmd::coco_eval::Args),
     /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
     Segment(cmd::segment::Args),
     /// HTTP inference server: JSON API, Open Inference Protocol v2, metrics, a web page
@@ -71,6 +73,7 @@ fn main() {
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
         Command::Dataset(a) => cmd::dataset::main(a),
+        Command::CocoEval(a) => cmd::coco_eval::main(a),
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),
         Command::Segment(a) => cmd::segment::main(a),

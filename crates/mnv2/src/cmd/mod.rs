@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bench;
 pub mod classify;
+pub mod coco_eval;
 pub mod convert;
 pub mod dataset;
 pub mod detect;

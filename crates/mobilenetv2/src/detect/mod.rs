@@ -12,9 +12,18 @@
 //! - [`tfimport`]: the graph's MobileNetV2 backbone on the plan;
 //! - [`heads`]: parameter and multiply-add accounting of the SSDLite and SSD heads (from the plan);
 //! - [`detector`]: [`Detector`], the model and all of the above: images in, boxes in pixels out.
+//!
+//! Measuring a detector:
+//!
+//! - [`cocoeval`]: COCO box evaluation, equal to pycocotools' `COCOeval` (tests/coco_eval.rs);
+//! - [`dataset`]: [`DetectionDataset`], boxes from COCO JSON or Pascal VOC XML, bad records
+//!   stopped or skipped ([`BadAnnotations`]).
 
 pub mod anchors;
 pub mod boxcoder;
+mod coco;
+pub mod cocoeval;
+pub mod dataset;
 pub mod detector;
 pub mod heads;
 pub mod nms;
@@ -25,6 +34,7 @@ pub mod tfimport;
 
 pub use anchors::{AnchorGenerator, BoxSpec};
 pub use boxcoder::BoxCoder;
+pub use dataset::{BadAnnotations, DetectionDataset};
 pub use detector::{draw_png, is_graph, Detector, DetectorOptions, PixelDetection, RawOutputs};
 pub use nms::{Detection, Nms};
 pub use postprocess::{PostProcess, ScoreFn};
