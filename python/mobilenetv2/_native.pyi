@@ -83,7 +83,7 @@ class Detections(TypedDict):
     detections: List[Detection]
 
 class Detector:
-    """An SSDLite/SSD detector from a TF Object Detection API frozen graph (thread-safe)."""
+    """An SSDLite/SSD detector from a TF Object Detection API frozen graph or its safetensors conversion (thread-safe)."""
 
     @staticmethod
     def load(path: PathLike, threshold: float = 0.5, threads: Optional[int] = None) -> "Detector": ...

@@ -531,9 +531,10 @@ fn detection<'py>(py: Python<'py>, det: &Detector, d: &PixelDetection) -> PyResu
 impl PyDetector {
     /// Detector.load(path, threshold=0.5, threads=None)
     ///
-    /// Reads a TF Object Detection API SSD frozen graph (``.pb``): the backbone, the head,
-    /// the anchors, the box coder and the NMS settings all come from the graph. Detections
-    /// scoring below ``threshold`` are dropped.
+    /// Reads a TF Object Detection API SSD frozen graph (``.pb``), or the same detector saved
+    /// by ``mnv2 convert GRAPH.pb OUT.safetensors``: the backbone, the head, the anchors, the
+    /// box coder and the NMS settings all come from the file. Detections scoring below
+    /// ``threshold`` are dropped.
     #[staticmethod]
     #[pyo3(signature = (path, threshold=0.5, threads=None))]
     fn load(py: Python<'_>, path: PathBuf, threshold: f32, threads: Option<usize>) -> PyResult<PyDetector> {
@@ -541,7 +542,7 @@ impl PyDetector {
             return Err(input_err(format!("threshold {threshold} must be in [0, 1]")));
         }
         let options = DetectorOptions { threshold, threads: threads.unwrap_or_else(cores), ..Default::default() };
-        let detector = py.detach(|| Detector::from_graph(&path, options)).map_err(err)?;
+        let detector = py.detach(|| Detector::load(&path, options)).map_err(err)?;
         Ok(PyDetector { detector })
     }
 
