@@ -10,7 +10,7 @@ cp "$D"/keras/*.keras corpus/keras_zip/
 cp "$D"/tflite/*.tflite "$D"/int8/*.tflite corpus/tflite/
 cp ../tests/data/ssdlite/subgraph.pb corpus/tfgraph/
 # Issue 17's readers: the committed hostile corpus plus the fixtures.
-for t in pth safetensors npy image idx weights_load metadata; do
+for t in pth safetensors npy image idx weights_load metadata serve_v2; do
   mkdir -p corpus/$t
   cp ../tests/data/fuzz/$t/* corpus/$t/
 done

@@ -2,12 +2,15 @@
 # Fine-tunes torchvision's ImageNet MobileNetV2 on Fashion-MNIST with mnv2 and with tuned PyTorch
 # (same recipe, same machine, one after the other; see fashion_mnist_vs_torch.py), then prints
 # the time each needed to reach 93% test accuracy, their ratio, final accuracies and peak RSS.
-# Usage: scripts/train/fashion_mnist_vs_torch.sh [OUT] (default out/fashion-mnist). ~40 minutes
-# on 2 cores. PYTHON may point at a Python with torch and torchvision; without it the script
+# Usage: scripts/train/fashion_mnist_vs_torch.sh [OUT] [SEED] (default out/fashion-mnist, seed 0;
+# the seed goes to both engines: data order, augmentation and the new classifier). ~20 minutes
+# on 2 cores. scripts/train/fashion_mnist_seeds.sh runs it over several seeds. PYTHON may
+# point at a Python with torch and torchvision; without it the script
 # makes its own virtualenv (scripts/lib/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-out/fashion-mnist}
+seed=${2:-0}
 source scripts/lib/venv.sh
 py="$(mnv2_python torch)"
 mkdir -p "$out"
@@ -23,11 +26,11 @@ echo "== mnv2"
   --init weights/mobilenet_v2-b0353104.pth --resolution 64 --batch 128 --epochs 6 \
   --optimizer sgd --nesterov --momentum 0.9 --lr 0.05 --schedule cosine --warmup 0.25 \
   --label-smoothing 0.1 --weight-decay 4e-5 --dropout 0.2 --augment crop-flip --eval-every "$steps" \
-  --threads 2 --quiet --out "$out/mnv2"
+  --seed "$seed" --threads 2 --quiet --out "$out/mnv2"
 
 echo "== torch (tuned allocator, channels_last, 2 threads)"
 GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \
-  /usr/bin/time -f "%M" -o "$out/torch.maxrss" "$py" scripts/train/fashion_mnist_vs_torch.py --threads 2 \
+  /usr/bin/time -f "%M" -o "$out/torch.maxrss" "$py" scripts/train/fashion_mnist_vs_torch.py --threads 2 --seed "$seed" \
   | tee "$out/torch_metrics.jsonl"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 

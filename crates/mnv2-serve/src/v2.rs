@@ -157,14 +157,51 @@ async fn run_infer(app: Arc<App>, req: Request) -> Result<Response, ApiError> {
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
     let body = app.read_body(body, admitted.deadline).await?;
-    let (request, mut binary) = parse(&parts.headers, &body)?;
+    let call = decode_infer(&parts.headers, &body, app.model.spec(), &app.config)?;
+    drop(body);
+    let logits = match call.input {
+        InferData::Tensor(inputs) => app.logits(inputs, admitted.deadline).await?,
+        InferData::Images(images) => app.logits_of_images(images, admitted.deadline).await?,
+    };
+    respond(&app, call.id, logits, call.binary_output)
+}
+
+/// An inference request, checked and decoded, ready for the engine.
+pub struct InferCall {
+    /// The request's `id`, echoed in the response.
+    pub id: Option<String>,
+    /// Whether `logits` goes back as Triton binary data.
+    pub binary_output: bool,
+    /// What to run.
+    pub input: InferData,
+}
+
+/// The one input of an inference request.
+pub enum InferData {
+    /// `input` (FP32 NCHW), one NHWC image per element.
+    Tensor(Vec<(Shape, Vec<f32>)>),
+    /// `image` (BYTES), the encoded images with their names for error messages.
+    Images(Vec<(String, Bytes)>),
+}
+
+/// Parses and checks a v2 inference request (headers and whole body) against the network
+/// and the limits, without running anything: every malformed request ends here as a 4xx.
+/// The server calls it for `POST /v2/models/{name}/infer`; the fuzz target `serve_v2` calls it
+/// with arbitrary bytes.
+pub fn decode_infer(
+    headers: &HeaderMap,
+    body: &Bytes,
+    spec: &Spec,
+    config: &crate::Config,
+) -> Result<InferCall, ApiError> {
+    let (request, mut binary) = parse(headers, body)?;
     let [input] = request.inputs.as_slice() else {
         return Err(ApiError::bad_request(format!(
             "the request has {} inputs; give exactly one, `input` (FP32) or `image` (BYTES)",
             request.inputs.len()
         )));
     };
-    let want_binary = output_binary(&request)?;
+    let binary_output = output_binary(&request)?;
     let raw = take_binary(input, &mut binary)?;
     if !binary.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -172,21 +209,16 @@ async fn run_infer(app: Arc<App>, req: Request) -> Result<Response, ApiError> {
             binary.len()
         )));
     }
-    let logits = match (input.name.as_str(), input.datatype.as_str()) {
+    let input = match (input.name.as_str(), input.datatype.as_str()) {
         ("input", "FP32") => {
-            let (dims, values) = fp32_input(input, raw, app.model.spec(), &app.config)?;
+            let (dims, values) = fp32_input(input, raw, spec, config)?;
             let [n, c, h, w] = dims;
             let nhwc = mobilenetv2::Batch::from_nchw(&[n, c, h, w], &values)
                 .map_err(|e| ApiError::bad_request(format!("input `input`: {e}")))?;
             let shape = Shape::new(h, w, 3);
-            let inputs = (0..n).map(|i| (shape, nhwc.image(i).to_vec())).collect();
-            drop(values);
-            app.logits(inputs, admitted.deadline).await?
+            InferData::Tensor((0..n).map(|i| (shape, nhwc.image(i).to_vec())).collect())
         }
-        ("image", "BYTES") => {
-            let images = bytes_input(input, raw, app.config.max_images)?;
-            app.logits_of_images(images, admitted.deadline).await?
-        }
+        ("image", "BYTES") => InferData::Images(bytes_input(input, raw, config.max_images)?),
         ("input" | "image", dt) => {
             return Err(ApiError::bad_request(format!(
                 "input `{}` has datatype {dt}; `input` is FP32 and `image` is BYTES",
@@ -199,7 +231,28 @@ async fn run_infer(app: Arc<App>, req: Request) -> Result<Response, ApiError> {
             )))
         }
     };
-    respond(&app, request.id, logits, want_binary)
+    Ok(InferCall { id: request.id, binary_output, input })
+}
+
+/// [`decode_infer`] on one byte string, for the fuzz target `serve_v2` and the replay of its
+/// committed corpus (tests/fuzz_corpus.rs): the first byte picks the content type (bits 0-1)
+/// and whether an Inference-Header-Content-Length header is sent (bit 2), taken then from the
+/// next two bytes (little-endian); the rest is the body. The limits are small (4 images of
+/// 65,536 pixels) so that inputs reach them. `None` for an empty input.
+pub fn decode_harness(data: &[u8]) -> Option<Result<InferCall, ApiError>> {
+    let (&mode, rest) = data.split_first()?;
+    let mut headers = HeaderMap::new();
+    let types = ["application/json", "application/octet-stream", "text/plain", "application/json; charset=utf-8"];
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(types[(mode & 3) as usize]));
+    let body = match rest {
+        [a, b, body @ ..] if mode & 4 != 0 => {
+            headers.insert(HEADER_LENGTH, HeaderValue::from(u16::from_le_bytes([*a, *b])));
+            body
+        }
+        _ => rest,
+    };
+    let config = crate::Config { max_images: 4, max_pixels: 1 << 16, ..crate::Config::default() };
+    Some(decode_infer(&headers, &Bytes::copy_from_slice(body), &Spec::new(1.0, 224), &config))
 }
 
 /// The JSON part of the body and the binary data after it (Triton's extension).
@@ -291,7 +344,7 @@ fn fp32_input(
             config.max_images
         )));
     }
-    if (h as u64) * (w as u64) > config.max_pixels {
+    if (h as u64).checked_mul(w as u64).is_none_or(|p| p > config.max_pixels) {
         return Err(ApiError::too_large(format!(
             "input `input`: {h}x{w} images, more than the limit of {} pixels (--max-pixels)",
             config.max_pixels
@@ -422,4 +475,50 @@ fn respond(app: &App, id: Option<String>, logits: Vec<Vec<f32>>, binary: bool) -
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(json_len));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str) -> Result<InferCall, ApiError> {
+        decode_infer(&HeaderMap::new(), &Bytes::from(body.to_owned()), &Spec::new(1.0, 224), &crate::Config::default())
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused_before_any_allocation() {
+        // H x W overflows 64 bits: refused as too large (this panicked on the overflow before).
+        let huge = 1u64 << 32;
+        let e = decode(&format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,3,{huge},{huge}],"datatype":"FP32","data":[0]}}]}}"#
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.message);
+        assert!(e.message.contains("pixels"), "{}", e.message);
+        for shape in ["[0,3,2,2]", "[1,3,-1,2]", "[1,4,2,2]", "[1,3,2]"] {
+            let e =
+                decode(&format!(r#"{{"inputs":[{{"name":"input","shape":{shape},"datatype":"FP32","data":[0]}}]}}"#))
+                    .err()
+                    .unwrap();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{shape}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_small_fp32_request_decodes_to_nhwc() {
+        let data: Vec<String> = (0..3 * 32 * 32).map(|i| (i % 7).to_string()).collect();
+        let call = decode(&format!(
+            r#"{{"id":"a","inputs":[{{"name":"input","shape":[1,3,32,32],"datatype":"FP32","data":[{}]}}]}}"#,
+            data.join(",")
+        ))
+        .ok()
+        .unwrap();
+        assert_eq!(call.id.as_deref(), Some("a"));
+        let InferData::Tensor(t) = call.input else { panic!("not a tensor") };
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].0, Shape::new(32, 32, 3));
+        // NCHW (c, y, x) -> NHWC: pixel (0, 1) channel 1 is flat NCHW index 1024 + 1.
+        assert_eq!(t[0].1[3 + 1], ((1024 + 1) % 7) as f32);
+    }
 }

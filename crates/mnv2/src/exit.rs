@@ -15,6 +15,19 @@ pub const INPUT: i32 = 1;
 /// Exit code of an internal failure.
 pub const INTERNAL: i32 = 2;
 
+/// Makes exceeding the file-size limit (`ulimit -f`, RLIMIT_FSIZE) an ordinary write error.
+/// By default the kernel kills the process with SIGXFSZ; with the signal caught, the write
+/// that crosses the limit fails with EFBIG instead, so it reads like a full disk: one line
+/// naming the file, the previous file kept, the temporary file removed (tests/train_cli.rs).
+pub fn catch_file_size_signal() {
+    #[cfg(unix)]
+    {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Registration only fails for signals that cannot be caught; SIGXFSZ can.
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, flag);
+    }
+}
+
 /// Makes a panic anywhere (any thread) an internal failure: one line, exit code 2.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {

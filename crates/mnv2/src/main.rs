@@ -24,6 +24,8 @@ enum Command {
     Classify(cmd::classify::Args),
     /// Per-layer table of shapes, parameters and multiply-adds; activation memory
     Info(cmd::info::Args),
+    /// The paper's numbers (Tables 2-7, TF-slim's MACs) beside the project's, with verdicts
+    Paper(cmd::paper::Args),
     /// Write randomly initialised weights (torchvision's initialisation) from a seed
     Init(cmd::init::Args),
     /// Run a raw NCHW float32 .npy batch through the network and write the logits as .npy
@@ -41,8 +43,11 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Train or fine-tune: image folders or IDX files, checkpoints, metrics, curves
     Train(Box<cmd::train::Args>),
-    /// Top-1, top-5 and the confusion matrix on labelled images
+    /// Top-1, top-5 and the confusion matrix on labelled images; mIoU on segmentation masks
     Eval(cmd::eval::Args),
+    /// Build datasets: `compose` pastes Fashion-MNIST items onto real photos (COCO boxes and
+    /// RLE masks, VOC-style class masks)
+    Dataset(cmd::dataset::Args),
     /// COCO box AP/AR of detections against ground truth, as pycocotools' COCOeval computes them
     CocoEval(cmd::coco_eval::Args),
     /// Segment photos with a DeepLab model: class-index PNGs (VOC palette), overlays, class fractions
@@ -53,18 +58,21 @@ enum Command {
 
 fn main() {
     exit::install_panic_hook();
+    exit::catch_file_size_signal();
     let cli = Cli::try_parse().unwrap_or_else(|e| exit::usage(e));
     let result = match cli.command {
         Command::Classify(a) => cmd::classify::main(a),
         Command::Detect(a) => cmd::detect::main(a),
         Command::Info(a) => cmd::info::main(a),
         Command::Init(a) => cmd::init::main(a),
+        Command::Paper(a) => cmd::paper::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Convert(a) => cmd::convert::main(a),
         Command::Bench(a) => cmd::bench::main(a),
         Command::Quantize(a) => cmd::quantize::main(a),
         Command::Train(a) => cmd::train::main(*a),
         Command::Eval(a) => cmd::eval::main(a),
+        Command::Dataset(a) => cmd::dataset::main(a),
         Command::CocoEval(a) => cmd::coco_eval::main(a),
         Command::Export(a) => cmd::export::main(a),
         Command::Fetch(a) => cmd::fetch::main(a),

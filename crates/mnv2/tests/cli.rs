@@ -25,6 +25,24 @@ fn info_json_has_the_totals() {
 }
 
 #[test]
+fn paper_prints_every_row_with_a_verdict_and_none_unexplained() {
+    let o = mnv2(&["paper", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 44);
+    for r in &rows {
+        let v = r["verdict"].as_str().unwrap();
+        assert!(["match", "close", "explained"].contains(&v), "{r}");
+        assert!(r["ours"].as_u64().unwrap() > 0, "{r}");
+    }
+    let t6 = rows.iter().find(|r| r["item"] == "MNet V2 + SSDLite @320: multiply-adds").unwrap();
+    assert_eq!((t6["paper"].as_str(), t6["ours"].as_u64()), (Some("0.8B"), Some(788_830_144)));
+    let o = mnv2(&["paper"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("44 rows:") && text.contains("0 unexplained"), "{text}");
+}
+
+#[test]
 fn info_rejects_bad_options() {
     assert_input_error(&mnv2(&["info", "--resolution", "20"]), "minimum 32x32");
     assert_input_error(&mnv2(&["info", "--bottleneck", "tanh"]), "--bottleneck");

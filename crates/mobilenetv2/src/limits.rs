@@ -33,6 +33,10 @@ pub const MAX_PICKLE_DEPTH: usize = 32;
 pub const MAX_TENSORS: usize = 1 << 16;
 /// Bytes of JSON header or metadata in one file (a real safetensors header is ~30 KB).
 pub const MAX_JSON_BYTES: u64 = 16 << 20;
+/// Classes (logits per pixel or per anchor for the dense heads) a spec may ask for: ImageNet-21k
+/// has 21,843, Open Images about 20,000; the classifier of 100,000 classes at width 1.0 is
+/// 512 MB of float32 weights, so a file or a flag cannot make the model larger than that.
+pub const MAX_CLASSES: usize = 100_000;
 /// Directory levels a folder walk descends.
 pub const MAX_WALK_DEPTH: usize = 32;
 /// Files a folder walk collects.

@@ -241,8 +241,8 @@ impl Spec {
         if self.height > 8192 || self.width_px > 8192 {
             return bad(format!("input {}x{} is larger than the supported 8192x8192", self.height, self.width_px));
         }
-        if self.classes == 0 {
-            return bad("number of classes must be at least 1".into());
+        if self.classes == 0 || self.classes > crate::limits::MAX_CLASSES {
+            return bad(format!("number of classes {} must be in 1..={}", self.classes, crate::limits::MAX_CLASSES));
         }
         if self.stages.is_empty() {
             return bad("the stage table is empty".into());
@@ -362,6 +362,12 @@ mod tests {
         s = Spec::new(f64::NAN, 224);
         assert!(s.validate().is_err());
         assert!(Spec::new(0.35, 97).validate().is_ok());
+        // A class count from a flag or a file's metadata is bounded before any classifier is
+        // allocated: 2^40 classes would be a 5 TB weight matrix.
+        for (classes, ok) in [(0, false), (1, true), (100_000, true), (100_001, false), (1 << 40, false)] {
+            let s = Spec { classes, ..Spec::new(1.0, 224) };
+            assert_eq!(s.validate().is_ok(), ok, "{classes} classes");
+        }
     }
 
     #[test]

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("L0 foundations", &["error", "rng", "labels", "fsutil", "limits", "spec"]),
     ("L1 the one description", &["plan", "tensor"]),
-    ("L2 pure functions of the plan", &["names", "layout", "fold", "accounting", "qscheme", "preprocess"]),
+    ("L2 pure functions of the plan", &["names", "layout", "fold", "accounting", "qscheme", "preprocess", "draw"]),
     ("L3 file formats", &["weights", "npy"]),
     ("L4 a network with weights", &["model"]),
     ("L5 execution", &["engine"]),
-    ("L6 applications", &["classify", "quant", "export", "data", "detect", "segment"]),
+    ("L6 applications", &["classify", "quant", "export", "data", "detect", "segment", "paper"]),
     ("L7 training", &["train"]),
 ];
 

@@ -1,5 +1,5 @@
 //! `mnv2 detect`: objects in photos with an SSD detector (a TF Object Detection API frozen
-//! graph). All the work is in `mobilenetv2::detect`; this file parses and prints.
+//! graph, or the project's safetensors detector made from one by `mnv2 convert`). All the work is in `mobilenetv2::detect`; this file parses and prints.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -16,7 +16,8 @@ pub struct Args {
     /// JPEG or PNG images
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// The detector: a TF Object Detection API SSD frozen graph (.pb)
+    /// The detector: a TF Object Detection API SSD frozen graph (.pb) or a safetensors
+    /// detector written by `mnv2 convert GRAPH.pb OUT.safetensors`
     #[arg(long)]
     weights: PathBuf,
     /// Detections scoring below this are not shown
@@ -25,7 +26,7 @@ pub struct Args {
     /// Print one JSON array: [{"image", "size": [W, H], "detections": [{"box": [x0, y0, x1, y1], "score", "class", "label"}]}]
     #[arg(long)]
     json: bool,
-    /// Write each image as DIR/<name>.png with its boxes drawn (boxes only, no text yet)
+    /// Write each image as DIR/<name>.png with its boxes drawn, labelled with class and score
     #[arg(long, value_name = "DIR")]
     draw: Option<PathBuf>,
     /// Worker threads [default: all available cores]
@@ -38,8 +39,7 @@ pub fn main(a: Args) -> Result<()> {
         anyhow::bail!("--threshold {} must be in [0, 1]", a.threshold);
     }
     let threads = a.threads.unwrap_or_else(super::args::cores);
-    let det =
-        Detector::from_graph(&a.weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
+    let det = Detector::load(&a.weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
     if let Some(dir) = &a.draw {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
     }
@@ -50,7 +50,7 @@ pub fn main(a: Args) -> Result<()> {
         let found = det.detect(&image)?;
         if let Some(dir) = &a.draw {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-            draw_png(&image, &found, &dir.join(format!("{stem}.png")))?;
+            draw_png(&image, &found, &|k| det.label(k), &dir.join(format!("{stem}.png")))?;
         }
         let row = |d: &PixelDetection| json!({"box": d.bbox, "score": d.score, "class": d.class, "label": det.label(d.class)});
         results.push(json!({

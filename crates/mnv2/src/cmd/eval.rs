@@ -1,47 +1,57 @@
-//! `mnv2 eval`: top-1, top-5 and the confusion matrix of weights on labelled data; with
-//! `--task detection`, COCO AP/AR of a detector on a COCO or Pascal VOC dataset.
+//! `mnv2 eval`: top-1, top-5 and the confusion matrix of weights on labelled data
+//! (`--task classification`), mIoU, per-class IoU and pixel accuracy of a DeepLab model on
+//! a VOC-style or composed segmentation dataset (`--task segmentation`), or COCO AP/AR of an SSD
+//! detector on a COCO or Pascal VOC dataset (`--task detection`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mobilenetv2::data::{Dataset, OnBad};
+use mobilenetv2::engine::Options;
+use mobilenetv2::segment::dataset::SegmentationSet;
+use mobilenetv2::segment::metric::ConfusionMatrix;
+use mobilenetv2::segment::Segmenter;
 use mobilenetv2::train::evaluate;
 use mobilenetv2::Model;
 
 use super::args::{self, AugmentArg};
 use super::out;
 
-/// What `mnv2 eval` measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Task {
-    /// A classifier: top-1, top-5, confusion matrix
-    Classify,
-    /// A detector (--weights: an SSD frozen graph): COCO AP/AR, as pycocotools computes them
+    /// Top-1/top-5 of a classifier on labelled images
+    Classification,
+    /// mIoU of a DeepLab model on images with class masks
+    Segmentation,
+    /// COCO AP/AR of an SSD detector (--weights: a frozen graph or its safetensors conversion) on a COCO or VOC dataset
     Detection,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// What the weights do
+    #[arg(long, value_enum, default_value_t = Task::Classification)]
+    task: Task,
     /// Labelled data: a folder of class folders, an IDX folder (its t10k files) or IDX file;
-    /// for --task detection a COCO or Pascal VOC dataset folder (see --split)
+    /// for segmentation, a VOC-style dataset (JPEGImages/, SegmentationClass/,
+    /// ImageSets/Segmentation/) or one written by `mnv2 dataset compose`; for detection, a COCO
+    /// or Pascal VOC dataset folder (see --split)
     #[arg(long)]
     data: PathBuf,
-    /// What to measure
-    #[arg(long, value_enum, default_value_t = Task::Classify)]
-    task: Task,
-    /// --task detection: the split: DATA/SPLIT/instances.json, DATA/annotations/instances_SPLIT.json
-    /// (COCO) or DATA/ImageSets/Main/SPLIT.txt (VOC)
+    /// Segmentation: the split (its list in ImageSets/Segmentation/SPLIT.txt); detection:
+    /// DATA/SPLIT/instances.json, DATA/annotations/instances_SPLIT.json (COCO) or
+    /// DATA/ImageSets/Main/SPLIT.txt (VOC)
     #[arg(long, default_value = "val")]
     split: String,
-    /// --task detection: write the detections here as a COCO results file
+    /// Detection: write the detections here as a COCO results file
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// --task detection: detections scoring below this are not kept
+    /// Detection: detections scoring below this are not kept
     #[arg(long, default_value_t = 0.01)]
     threshold: f32,
-    /// --task detection: skip malformed annotations (counted) instead of stopping
+    /// Detection: skip malformed annotations (counted) instead of stopping
     #[arg(long)]
     skip_bad_annotations: bool,
     /// Weights file (any format `mnv2 convert` reads); default: the ImageNet weights in the
@@ -60,8 +70,9 @@ pub struct Args {
     /// Skip unreadable images (warn and count) instead of stopping
     #[arg(long)]
     skip_bad_images: bool,
-    /// Print JSON: {"n", "loss", "top1", "top5", "classes", "confusion"}; --task detection:
-    /// as `mnv2 coco-eval --json` plus "images", "skipped"
+    /// Print JSON: {"n", "loss", "top1", "top5", "classes", "confusion"}; segmentation:
+    /// {"n", "mean_iou", "pixel_accuracy", "pixels", "classes": [{"class", "name", "iou"}], "confusion"};
+    /// detection: as `mnv2 coco-eval --json` plus "images", "skipped", "detections"
     #[arg(long)]
     json: bool,
     /// Also write each image's label and top-1 prediction to this file ("label predicted" per
@@ -71,6 +82,9 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.task == Task::Segmentation {
+        return segmentation(a);
+    }
     if a.task == Task::Detection {
         return detection(a);
     }
@@ -119,6 +133,83 @@ pub fn main(a: Args) -> Result<()> {
     out(&s)
 }
 
+/// `--task segmentation`: every image of the split segmented at its own size, its mask counted
+/// in one confusion matrix.
+fn segmentation(a: Args) -> Result<()> {
+    let weights = a.weights.context("--task segmentation needs --weights (a DeepLab model)")?;
+    let model = Model::load(&weights)?;
+    let classes = model.spec().classes;
+    let set = SegmentationSet::open(&a.data, &a.split)?;
+    let threads = a.threads.unwrap_or_else(args::cores);
+    let segmenter = Segmenter::new(model, Options { threads, ..Options::default() })
+        .with_context(|| format!("{}", weights.display()))?;
+    if set.class_names.len() != classes {
+        eprintln!(
+            "warning: {}: the dataset has {} classes, the model {classes}; labels must stay below {classes}",
+            a.data.display(),
+            set.class_names.len()
+        );
+    }
+    let mut cm = ConfusionMatrix::new(classes);
+    let bar = indicatif::ProgressBar::new(set.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    for i in 0..set.len() {
+        let sample = set.load(i, classes)?;
+        let seg = segmenter.segment_image(&sample.image).map_err(|e| match e {
+            mobilenetv2::Error::Input(d) => anyhow::anyhow!("{}: {d}", set.image_path(i).display()),
+            e => e.into(),
+        })?;
+        cm.add(&sample.mask, &seg.classes).with_context(|| format!("{}", set.mask_path(i).display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let s = cm.scores();
+    let name = |c: usize| {
+        segmenter
+            .model()
+            .label(c)
+            .map(str::to_string)
+            .or_else(|| set.class_names.get(c).cloned())
+            .unwrap_or(c.to_string())
+    };
+    if a.json {
+        let per: Vec<_> =
+            s.iou.iter().enumerate().map(|(c, v)| serde_json::json!({"class": c, "name": name(c), "iou": v})).collect();
+        let v = serde_json::json!({
+            "n": set.len(), "split": a.split, "mean_iou": nan_null(s.mean_iou),
+            "pixel_accuracy": nan_null(s.pixel_accuracy), "pixels": s.pixels, "classes": per,
+            "confusion": cm.rows(), "ignore_label": 255,
+        });
+        return out(&(serde_json::to_string_pretty(&v)? + "\n"));
+    }
+    let mut t = String::new();
+    writeln!(
+        t,
+        "{} images ({} split), {} pixels scored (label 255 ignored): mIoU {:.2}%, pixel accuracy {:.2}%",
+        set.len(),
+        a.split,
+        s.pixels,
+        100.0 * s.mean_iou,
+        100.0 * s.pixel_accuracy
+    )?;
+    writeln!(t, "per-class IoU (classes absent from both ground truth and prediction: -, left out of the mean):")?;
+    for (c, v) in s.iou.iter().enumerate() {
+        match v {
+            Some(v) => writeln!(t, "  {c:>3}  {:>7.2}%  {}", 100.0 * v, name(c))?,
+            None => writeln!(t, "  {c:>3}  {:>8}  {}", "-", name(c))?,
+        }
+    }
+    out(&t)
+}
+
+fn nan_null(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
 /// `--task detection`: runs the detector over the dataset's images, writes the detections
 /// (COCO results) if asked, and prints pycocotools' table. A COCO dataset read whole is
 /// evaluated against its own JSON (exactly what `mnv2 coco-eval` does); VOC, or COCO with
@@ -128,7 +219,9 @@ fn detection(a: Args) -> Result<()> {
     use mobilenetv2::detect::{BadAnnotations, DetectionDataset, Detector, DetectorOptions};
 
     let Some(weights) = &a.weights else {
-        anyhow::bail!("--task detection needs --weights (an SSD frozen graph, .pb)")
+        anyhow::bail!(
+            "--task detection needs --weights (an SSD detector: a frozen graph .pb or its .safetensors conversion)"
+        )
     };
     if !(0.0..=1.0).contains(&a.threshold) {
         anyhow::bail!("--threshold {} must be in [0, 1]", a.threshold);
@@ -139,7 +232,7 @@ fn detection(a: Args) -> Result<()> {
         eprintln!("warning: skipped: {m}");
     }
     let threads = a.threads.unwrap_or_else(args::cores);
-    let det = Detector::from_graph(weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
+    let det = Detector::load(weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
     let mut results = Vec::new();
     for (i, im) in ds.images.iter().enumerate() {
         let image = mobilenetv2::preprocess::decode(&im.path)?;

@@ -1,9 +1,12 @@
+use std::path::PathBuf;
+
 use anyhow::Result;
 use mobilenetv2::accounting::{account, memory, multi_scale};
+use mobilenetv2::detect::heads::{self, DetectorCost, HeadCost, HeadKind};
 use mobilenetv2::plan::{ConvKind, Op, Plan};
 use mobilenetv2::spec::HeadSpec;
 use mobilenetv2::Spec;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::args::{BottleneckArg, PaddingArg, ShortcutArg};
 use super::out;
@@ -13,12 +16,13 @@ pub struct Args {
     /// Width multiplier (0.35 .. 1.4 in the paper)
     #[arg(long, default_value_t = 1.0)]
     width: f64,
-    /// Input resolution, N or HxW
-    #[arg(long, default_value = "224")]
-    resolution: String,
-    /// Number of classes
-    #[arg(long, default_value_t = 1000)]
-    classes: usize,
+    /// Input resolution, N or HxW [default: 224; 300 for the SSD heads]
+    #[arg(long)]
+    resolution: Option<String>,
+    /// Number of classes [default: 1000; for the SSD heads 80 foreground classes (COCO, the
+    /// paper's Table 6), plus the background logit]
+    #[arg(long)]
+    classes: Option<usize>,
     /// Expansion rate for every expanding block (Table 2 uses 6)
     #[arg(long)]
     expansion: Option<usize>,
@@ -28,16 +32,25 @@ pub struct Args {
     /// Residual connections
     #[arg(long, value_enum, default_value_t = ShortcutArg::Bottleneck)]
     shortcut: ShortcutArg,
-    /// Padding convention
-    #[arg(long, value_enum, default_value_t = PaddingArg::Torch)]
-    padding: PaddingArg,
+    /// Padding convention [default: torch; tf for the SSD heads, as the TF Object Detection API]
+    #[arg(long, value_enum)]
+    padding: Option<PaddingArg>,
     /// Output stride: 32 (classification), 16 or 8 (dilated, for segmentation)
     #[arg(long, default_value_t = 32)]
     output_stride: usize,
-    /// Head: classifier, or deeplab (Mobile DeepLabv3, the paper's Table 7; needs
-    /// --output-stride 16 or 8)
+    /// Head: classifier; deeplab (Mobile DeepLabv3, the paper's Table 7; needs
+    /// --output-stride 16 or 8); ssdlite or ssd (the detectors of Tables 5 and 6: TF padding,
+    /// BatchNorm epsilon 1e-3, --classes foreground classes plus background)
     #[arg(long, default_value = "classifier")]
     head: String,
+    /// Account for the network of a weights file instead of a spec: any file the project loads
+    /// (safetensors, .pth, ONNX, Keras, TFLite) or a detector (a TF Object Detection API SSD
+    /// frozen graph .pb, or one converted to safetensors)
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "width", "resolution", "classes", "expansion", "bottleneck", "shortcut", "padding",
+        "output_stride", "head", "aspp", "multi_scale",
+    ])]
+    weights: Option<PathBuf>,
     /// DeepLab with ASPP (three 3x3 atrous branches)
     #[arg(long)]
     aspp: bool,
@@ -53,29 +66,74 @@ pub struct Args {
 }
 
 pub fn spec_from(a: &Args) -> Result<Spec> {
-    let (height, width_px) = Spec::parse_resolution(&a.resolution)?;
-    let head = match (a.head.as_str(), a.aspp) {
-        ("classifier", false) => HeadSpec::Classifier,
-        ("deeplab", aspp) => HeadSpec::DeepLab { aspp },
-        ("classifier", true) => anyhow::bail!("--aspp needs --head deeplab"),
-        (o, _) => anyhow::bail!("--head `{o}`: expected classifier or deeplab"),
+    let ssd = match a.head.as_str() {
+        "ssdlite" => Some(HeadKind::SsdLite),
+        "ssd" => Some(HeadKind::Ssd),
+        _ => None,
     };
-    if a.multi_scale && head.is_classifier() {
+    let default_res = if ssd.is_some() { "300" } else { "224" };
+    let (height, width_px) = Spec::parse_resolution(a.resolution.as_deref().unwrap_or(default_res))?;
+    if a.aspp && a.head != "deeplab" {
+        anyhow::bail!("--aspp needs --head deeplab");
+    }
+    if a.multi_scale && a.head != "deeplab" {
         anyhow::bail!("--multi-scale needs --head deeplab");
     }
+    let head = match a.head.as_str() {
+        "classifier" => HeadSpec::Classifier,
+        "deeplab" => HeadSpec::DeepLab { aspp: a.aspp },
+        _ if ssd.is_some() => HeadSpec::Classifier, // replaced below
+        o => anyhow::bail!("--head `{o}`: expected classifier, deeplab, ssdlite or ssd"),
+    };
+    // The detectors' conventions (TF padding, BatchNorm epsilon 1e-3, background logit) are
+    // detect::heads::spec's; the flags given override the rest.
+    let base = match ssd {
+        Some(kind) => {
+            let foreground = a.classes.unwrap_or(80);
+            if foreground == 0 {
+                anyhow::bail!("--classes must be at least 1 for a detector");
+            }
+            heads::spec(kind, foreground + 1, a.width, height)
+        }
+        None => Spec { head, classes: a.classes.unwrap_or(1000), ..Spec::default() },
+    };
+    let padding = a.padding.map(Into::into).unwrap_or(base.padding);
     Ok(Spec {
-        head,
         width: a.width,
         height,
         width_px,
-        classes: a.classes,
         expansion: a.expansion,
         bottleneck: a.bottleneck.into(),
         shortcut: a.shortcut.into(),
-        padding: a.padding.into(),
+        padding,
         output_stride: a.output_stride,
-        ..Spec::default()
+        ..base
     })
+}
+
+/// A detector's cost split as JSON: each part with both parameter readings.
+fn cost_json(c: &HeadCost) -> Value {
+    json!({
+        "params": c.params(), "params_no_bn": c.params_no_bn(), "madds": c.madds,
+        "weights": c.weights, "biases": c.biases, "bn": c.bn, "bn_stats": c.bn_stats,
+    })
+}
+
+fn detector_json(d: &DetectorCost) -> Value {
+    json!({
+        "backbone": cost_json(&d.backbone), "extra": cost_json(&d.extra),
+        "predictors": cost_json(&d.predictors), "head": cost_json(&d.head()), "total": cost_json(&d.total()),
+    })
+}
+
+/// The plan of a weights file: a TF Object Detection API graph through the detector's import,
+/// anything else through `Model::load`.
+fn plan_of_file(path: &std::path::Path) -> Result<Plan> {
+    if mobilenetv2::detect::is_graph(path)? {
+        let det = mobilenetv2::detect::Detector::load(path, Default::default())?;
+        return Ok(det.model().plan.clone());
+    }
+    Ok(mobilenetv2::Model::load(path)?.plan)
 }
 
 fn op_name(op: &Op) -> String {
@@ -132,9 +190,13 @@ fn thousands(v: u64) -> String {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let spec = spec_from(&a)?;
-    let plan = Plan::new(&spec)?;
+    let plan = match &a.weights {
+        Some(path) => plan_of_file(path)?,
+        None => Plan::new(&spec_from(&a)?)?,
+    };
+    let spec = plan.spec.clone();
     let acc = account(&plan);
+    let det = plan.ssd("").is_ok().then(|| DetectorCost::of(&plan)).transpose()?;
     let mem = memory(&plan);
     let ms = if a.multi_scale { Some(multi_scale(&spec)?) } else { None };
     if a.json {
@@ -155,6 +217,12 @@ pub fn main(a: Args) -> Result<()> {
             "spec": spec, "params": acc.params, "params_no_bn": acc.params_no_bn,
             "madds": acc.madds, "layers": layers,
         });
+        if let Some(path) = &a.weights {
+            v["weights"] = json!(path.display().to_string());
+        }
+        if let Some(d) = &det {
+            v["detector"] = detector_json(d);
+        }
         if a.memory {
             v["memory"] = serde_json::to_value(&mem)?;
         }
@@ -165,13 +233,15 @@ pub fn main(a: Args) -> Result<()> {
     }
     let mut s = String::new();
     if !a.memory {
+        // Columns as wide as the longest name (the SSD head's are TF scopes).
+        let nw = plan.layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(22);
         s += &format!(
-            "{:<22} {:<22} {:>14} {:>14} {:>11} {:>13}\n",
+            "{:<nw$} {:<22} {:>14} {:>14} {:>11} {:>13}\n",
             "layer", "operator", "input", "output", "params", "madds"
         );
         for (l, c) in plan.layers.iter().zip(&acc.layers) {
             s += &format!(
-                "{:<22} {:<22} {:>14} {:>14} {:>11} {:>13}\n",
+                "{:<nw$} {:<22} {:>14} {:>14} {:>11} {:>13}\n",
                 l.name,
                 op_name(&l.op),
                 l.input.to_string(),
@@ -186,6 +256,16 @@ pub fn main(a: Args) -> Result<()> {
             thousands(acc.params_no_bn),
             thousands(acc.madds)
         );
+        if let Some(d) = &det {
+            for (part, c) in [("backbone", d.backbone), ("extra layers", d.extra), ("predictors", d.predictors)] {
+                s += &format!(
+                    "  {part:<13} {:>11} parameters ({:>11} without BatchNorm), {:>13} multiply-adds\n",
+                    thousands(c.params()),
+                    thousands(c.params_no_bn()),
+                    thousands(c.madds)
+                );
+            }
+        }
         if let Some(ms) = &ms {
             let sizes: Vec<String> = ms.scales.iter().map(|s| format!("{}x{}", s.height, s.width)).collect();
             s += &format!(

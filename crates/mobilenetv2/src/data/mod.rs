@@ -4,8 +4,10 @@
 //!
 //! Images come out as 8-bit RGB ([`RgbImage`]); gray images are repeated over the three
 //! channels. [`augment`] turns them into network inputs, [`loader`] does so on worker threads.
+//! [`compose`] builds a detection and segmentation scene set from Fashion-MNIST items and photos.
 
 pub mod augment;
+pub mod compose;
 pub mod loader;
 
 use std::io::Read;

@@ -54,7 +54,8 @@ impl Default for AnchorGenerator {
 }
 
 /// One anchor shape: scale and aspect ratio (width / height), as f32 like the graph holds them.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BoxSpec {
     /// Scale, as a fraction of the base anchor size.
     pub scale: f32,

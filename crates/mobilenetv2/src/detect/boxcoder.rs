@@ -6,7 +6,8 @@
 //! clipped. The SSD configs use scales `(sy, sx, sh, sw) = (10, 10, 5, 5)`.
 
 /// The coder's scale factors `(y, x, h, w)`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BoxCoder {
     /// The factors `(sy, sx, sh, sw)` the encodings were multiplied by.
     pub scales: [f32; 4],

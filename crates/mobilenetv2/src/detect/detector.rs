@@ -1,11 +1,18 @@
 //! [`Detector`]: a model with an SSD head ([`crate::plan::SsdHead`]) and the TF Object
 //! Detection API's pre- and post-processing ([`SsdConfig`]): images in, boxes in pixels out.
 //!
+//! A detector is read from a TF Object Detection API frozen graph (`.pb`) or from the
+//! project's safetensors file that [`Detector::save`] writes (`mnv2 convert model.pb
+//! detector.safetensors`): the tensors and `spec` metadata of any [`Model`] plus a `detector`
+//! entry holding the [`SsdConfig`] (input size and mapping, anchor box specs, box coder
+//! scales, score function, NMS settings) and the labels, so the file alone rebuilds it.
+//! [`Detector::load`] picks by the file's first bytes.
+//!
 //! ```no_run
 //! use mobilenetv2::detect::{Detector, DetectorOptions};
 //! use mobilenetv2::preprocess;
 //! # fn main() -> mobilenetv2::Result<()> {
-//! let detector = Detector::from_graph("weights/ssdlite_mobilenet_v2_person.pb".as_ref(), DetectorOptions::default())?;
+//! let detector = Detector::load("weights/ssdlite_mobilenet_v2_person.pb".as_ref(), DetectorOptions::default())?;
 //! let image = preprocess::decode("weights/calib/astronaut.png".as_ref())?;
 //! for d in detector.detect(&image)? {
 //!     let [x0, y0, x1, y1] = d.bbox;
@@ -21,12 +28,41 @@ use super::anchors;
 use super::nms::Detection;
 use super::tfconfig::SsdConfig;
 use super::tfimport;
+use crate::draw::{self, LabelledBox};
 use crate::engine::{Mode, Options};
 use crate::error::{Error, Result};
 use crate::plan::Shape;
 use crate::preprocess::RgbImage;
+use crate::weights::safetensors_io::FloatStore;
 use crate::weights::tfgraph::TfGraph;
 use crate::{Batch, Engine, Model};
+
+/// The metadata key of a detector's post-processing in its safetensors file.
+pub const DETECTOR_KEY: &str = "detector";
+
+/// What a safetensors detector holds besides its model.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorMeta {
+    config: SsdConfig,
+    labels: Vec<String>,
+}
+
+/// Whether the file at `path` is a TF GraphDef (a frozen graph) rather than safetensors or
+/// another weights format, from its first bytes.
+pub fn is_graph(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(Error::io(path, e));
+    }
+    let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
+    let head = &head[..n];
+    let safetensors = head.len() >= 9 && head[8] == b'{';
+    Ok(!safetensors && crate::weights::tfgraph::sniff(head))
+}
 
 /// How a [`Detector`] runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,6 +165,62 @@ impl Detector {
         Detector::new(model, DetectorOptions { config, labels, ..options })
     }
 
+    /// The detector of a file: a frozen graph ([`Detector::from_graph`]) or the project's
+    /// safetensors detector ([`Detector::from_safetensors`]), told apart by the first bytes.
+    /// `options.threshold` and `options.threads` apply; the post-processing and (unless
+    /// `options.labels` is given) the labels are the file's.
+    pub fn load(path: &Path, options: DetectorOptions) -> Result<Detector> {
+        if is_graph(path)? {
+            Detector::from_graph(path, options)
+        } else {
+            Detector::from_safetensors(path, options)
+        }
+    }
+
+    /// The detector of a file written by [`Detector::save`]: the model from its tensors and
+    /// `spec`, the post-processing and labels from its `detector` metadata.
+    pub fn from_safetensors(path: &Path, options: DetectorOptions) -> Result<Detector> {
+        let file = crate::weights::load(path)?;
+        let meta_err = |value: &str, detail: String| Error::Metadata {
+            path: path.into(),
+            key: DETECTOR_KEY.into(),
+            value: crate::limits::clip(value, 200),
+            detail,
+        };
+        let Some(text) = file.metadata.get(DETECTOR_KEY).cloned() else {
+            return Err(Error::format(
+                path,
+                "detector",
+                format!(
+                    "no `{DETECTOR_KEY}` metadata: not a detector (`mnv2 convert GRAPH.pb OUT.safetensors` makes one)"
+                ),
+            ));
+        };
+        let text = text.as_str();
+        let meta: DetectorMeta = serde_json::from_str(text).map_err(|e| meta_err(text, e.to_string()))?;
+        if !meta.labels.is_empty() && meta.labels.len() != meta.config.classes {
+            return Err(meta_err(
+                &format!("{} labels", meta.labels.len()),
+                format!("the detector has {} foreground classes", meta.config.classes),
+            ));
+        }
+        let model = Model::from_file(file)?;
+        let labels = if options.labels.is_empty() { meta.labels } else { options.labels.clone() };
+        Detector::new(model, DetectorOptions { config: meta.config, labels, ..options })
+            .map_err(|e| meta_err(text, e.to_string()))
+    }
+
+    /// Writes the detector in the project's format (atomically): safetensors with the model's
+    /// tensors and metadata, plus a `detector` entry with the post-processing and labels, from
+    /// which [`Detector::from_safetensors`] rebuilds the same detector. Float tensors are stored
+    /// as `store` (f16 halves the file but changes the outputs).
+    pub fn save(&self, path: &Path, store: FloatStore) -> Result<()> {
+        let mut metadata = self.model.metadata();
+        let meta = DetectorMeta { config: self.options.config.clone(), labels: self.options.labels.clone() };
+        metadata.insert(DETECTOR_KEY.into(), serde_json::to_string(&meta).expect("the detector config serialises"));
+        crate::weights::safetensors_io::write_as(path, &self.model.tensors(), &metadata, store)
+    }
+
     /// The detector's network (its plan has the SSD head).
     pub fn model(&self) -> &Model {
         &self.model
@@ -154,9 +246,15 @@ impl Detector {
         let pre = &self.options.config.preprocess;
         let shape = Shape::new(pre.height, pre.width, 3);
         let data: Vec<f32> = images.iter().flat_map(|im| pre.apply(im)).collect();
-        let outs = self.engine.run_taps(&Batch::new(images.len(), shape, data)?, &self.model.plan, &self.taps)?;
+        self.network_outputs(&Batch::new(images.len(), shape, data)?)
+    }
+
+    /// The raw box encodings and class logits of each image of a network input (NHWC, the
+    /// model's input size, already resized and mapped).
+    pub fn network_outputs(&self, input: &Batch) -> Result<Vec<RawOutputs>> {
+        let outs = self.engine.run_taps(input, &self.model.plan, &self.taps)?;
         let maps = self.taps.len() / 2;
-        Ok((0..images.len())
+        Ok((0..input.n)
             .map(|b| {
                 let cat = |o: &[Batch]| o.iter().flat_map(|t| t.image(b).iter().copied()).collect::<Vec<f32>>();
                 RawOutputs { box_encodings: cat(&outs[..maps]), class_logits: cat(&outs[maps..]) }
@@ -202,29 +300,22 @@ fn to_pixels(found: &[Detection], width: usize, height: usize, threshold: f32) -
     out
 }
 
-/// Writes `image` as a PNG at `path` (atomically) with each detection's box drawn, 3 px wide,
-/// in a colour per class. Labels and scores are not drawn (no font yet).
-pub fn draw_png(image: &RgbImage, found: &[PixelDetection], path: &Path) -> Result<()> {
-    use image::ImageEncoder;
-    const COLOURS: [[u8; 3]; 4] = [[255, 40, 40], [40, 200, 40], [40, 90, 255], [240, 200, 0]];
-    let (w, h) = (image.width, image.height);
-    let mut px = image.data.clone();
-    for d in found {
-        let c = COLOURS[d.class % COLOURS.len()];
-        let clamp = |v: f32, n: usize| (v.round().max(0.0) as usize).min(n.saturating_sub(1));
-        let (x0, y0, x1, y1) = (clamp(d.bbox[0], w), clamp(d.bbox[1], h), clamp(d.bbox[2], w), clamp(d.bbox[3], h));
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                let edge = x < x0 + 3 || x + 3 > x1 || y < y0 + 3 || y + 3 > y1;
-                if edge {
-                    px[(y * w + x) * 3..][..3].copy_from_slice(&c);
-                }
-            }
-        }
-    }
-    let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(&px, w as u32, h as u32, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::Image { path: path.into(), detail: e.to_string() })?;
-    crate::fsutil::write_atomic(path, &png)
+/// Writes `image` as a PNG at `path` (atomically) with each detection's box drawn in a colour
+/// per class and labelled with `label(class)` and its score (two decimals), in the font of
+/// [`crate::draw`].
+pub fn draw_png(
+    image: &RgbImage,
+    found: &[PixelDetection],
+    label: &dyn Fn(usize) -> String,
+    path: &Path,
+) -> Result<()> {
+    let boxes: Vec<LabelledBox> = found
+        .iter()
+        .map(|d| LabelledBox {
+            bbox: d.bbox,
+            colour: draw::PALETTE[d.class % draw::PALETTE.len()],
+            label: format!("{} {:.2}", label(d.class), d.score),
+        })
+        .collect();
+    draw::write_png(&draw::boxes(image, &boxes)?, path)
 }

@@ -35,7 +35,7 @@ pub mod tfimport;
 pub use anchors::{AnchorGenerator, BoxSpec};
 pub use boxcoder::BoxCoder;
 pub use dataset::{BadAnnotations, DetectionDataset};
-pub use detector::{draw_png, Detector, DetectorOptions, PixelDetection, RawOutputs};
+pub use detector::{draw_png, is_graph, Detector, DetectorOptions, PixelDetection, RawOutputs};
 pub use nms::{Detection, Nms};
 pub use postprocess::{PostProcess, ScoreFn};
 pub use resize::TfPreprocess;

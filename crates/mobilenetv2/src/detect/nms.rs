@@ -23,16 +23,47 @@ pub struct Detection {
 }
 
 /// The NMS settings (TF's `batch_non_max_suppression` message).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Nms {
     /// Boxes of a class overlapping a kept one by more than this IoU are dropped.
     pub iou_threshold: f32,
-    /// Scores at or below this are dropped first.
+    /// Scores at or below this are dropped first (`-inf` for `NonMaxSuppressionV2`, which has
+    /// none; stored as the string `"-inf"` in JSON, which has no infinities).
+    #[serde(with = "non_finite")]
     pub score_threshold: f32,
     /// Most detections kept per class.
     pub max_per_class: usize,
     /// Most detections kept in all.
     pub max_total: usize,
+}
+
+/// serde for an f32 that may be infinite: finite values as numbers, `"inf"`/`"-inf"` as strings.
+mod non_finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            f32::INFINITY => s.serialize_str("inf"),
+            f32::NEG_INFINITY => s.serialize_str("-inf"),
+            v => s.serialize_f32(v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum F {
+            N(f32),
+            S(String),
+        }
+        match F::deserialize(d)? {
+            F::N(v) => Ok(v),
+            F::S(s) if s == "inf" => Ok(f32::INFINITY),
+            F::S(s) if s == "-inf" => Ok(f32::NEG_INFINITY),
+            F::S(s) => Err(serde::de::Error::custom(format!("`{s}` is not a number, `inf` or `-inf`"))),
+        }
+    }
 }
 
 impl Default for Nms {

@@ -5,7 +5,7 @@ use super::boxcoder::BoxCoder;
 use super::nms::{self, Detection, Nms};
 
 /// How logits become scores (TF's `score_converter`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ScoreFn {
     /// `1 / (1 + exp(-x))` per logit (SSDLite's).
     Sigmoid,
@@ -16,7 +16,8 @@ pub enum ScoreFn {
 }
 
 /// The post-processing of a TF Object Detection API SSD.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PostProcess {
     /// Decodes box encodings against the anchors.
     pub coder: BoxCoder,

@@ -49,7 +49,8 @@ pub fn resize_bilinear_legacy(src: &[f32], in_h: usize, in_w: usize, c: usize, o
 
 /// The network input of an SSD exported by the TF Object Detection API: the image resized to
 /// `height x width` and mapped by `x * scale - offset`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TfPreprocess {
     /// Network input height in pixels.
     pub height: usize,

@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 use crate::weights::tfgraph::{node_name, Node, TfGraph};
 
 /// Everything around the network of an OD API SSD.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SsdConfig {
     /// How an image becomes the network input.
     pub preprocess: TfPreprocess,

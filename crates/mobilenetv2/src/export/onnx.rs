@@ -1,5 +1,9 @@
 //! ONNX export: the plan as an ONNX graph for fp32 inference.
 //!
+//! A classifier ends in `logits`; a detector (a plan with an SSD head) in its two raw outputs,
+//! `box_encodings` and `class_logits` for all anchors (see [`SSD_OUTPUTS`]); the pre- and
+//! post-processing (resize, anchors, box decoding, NMS) stay outside the graph.
+//!
 //! Every convolution of the plan becomes `Conv` with BatchNorm folded in (weights and bias
 //! exactly as the engine folds them), ReLU6 becomes `Clip(0, 6)` with its bounds as inputs,
 //! residuals `Add`, then `GlobalAveragePool`, `Flatten` and `Gemm`. Padding is always explicit
@@ -131,14 +135,20 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
     }
 }
 
-/// The fp32 graph: nodes, initializers and the output's name.
-fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
+/// The fp32 graph: nodes, initializers and each layer's output name. A layer reads the
+/// output of its [`crate::plan::Layer::source`] when it has one (the SSD head's taps), else
+/// the layer before it's.
+fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, Vec<String>) {
     let plan = &model.plan;
     let mut nodes = Vec::new();
     let mut inits = vec![tensor("relu6_min", &[], &[0.0]), tensor("relu6_max", &[], &[6.0])];
-    let mut cur = "input".to_string();
-    let mut block_input = cur.clone();
+    let mut outputs: Vec<String> = Vec::with_capacity(plan.layers.len());
+    let mut block_input = "input".to_string();
     for (i, layer) in plan.layers.iter().enumerate() {
+        let mut cur = match layer.source {
+            Some(j) => outputs[j].clone(),
+            None => outputs.last().cloned().unwrap_or_else(|| "input".into()),
+        };
         if plan.block_of(i).is_some_and(|b| b.first_layer() == i) {
             block_input = cur.clone();
         }
@@ -171,7 +181,7 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                 cur = "flatten".into();
             }
             Op::Dropout { .. } => {}
-            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("to_proto checks for a classifier"),
+            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("to_proto checks for a classifier or an SSD head"),
             Op::Linear => {
                 let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
@@ -180,8 +190,54 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
                 cur = "logits".into();
             }
         }
+        outputs.push(cur);
     }
-    (nodes, inits, cur)
+    (nodes, inits, outputs)
+}
+
+/// Names of the SSD graph's two outputs.
+pub const SSD_OUTPUTS: [&str; 2] = ["box_encodings", "class_logits"];
+
+/// An SSD head's raw outputs as TF's exported graphs give them: each predictor's NCHW output
+/// transposed to NHWC, reshaped to `[batch, h * w * anchors, k]` (anchors innermost, as the
+/// anchor generator orders them) and the maps concatenated: `box_encodings` `[batch, anchors, 4]`
+/// and `class_logits` `[batch, anchors, logits]`.
+fn ssd_outputs(
+    model: &Model,
+    nodes: &mut Vec<NodeProto>,
+    inits: &mut Vec<TensorProto>,
+    outputs: &[String],
+    batch: Option<usize>,
+) -> Result<Vec<ValueInfoProto>> {
+    let plan = &model.plan;
+    let ssd = plan.ssd("ONNX export")?;
+    let anchors: usize =
+        ssd.maps.iter().zip(&ssd.anchors).map(|(&m, a)| plan.layers[m].output.h * plan.layers[m].output.w * a).sum();
+    let mut infos = Vec::new();
+    for (name, layers, k) in [(SSD_OUTPUTS[0], &ssd.boxes, 4), (SSD_OUTPUTS[1], &ssd.classes, plan.spec.classes)] {
+        let shape = format!("{name}.shape");
+        // 0 copies the batch dimension (Reshape's allowzero is 0).
+        inits.push(TensorProto {
+            name: Some(shape.clone()),
+            dims: vec![3],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![0, -1, k as i64],
+            ..Default::default()
+        });
+        let mut parts = Vec::new();
+        for &l in layers {
+            let src = &outputs[l];
+            let nhwc = format!("{src}.nhwc");
+            nodes.push(node("Transpose", &nhwc, &[src], &nhwc, vec![ints("perm", &[0, 2, 3, 1])]));
+            let flat = format!("{src}.flat");
+            nodes.push(node("Reshape", &flat, &[&nhwc, &shape], &flat, vec![]));
+            parts.push(flat);
+        }
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        nodes.push(node("Concat", name, &refs, name, vec![int("axis", 1)]));
+        infos.push(value_info(name, &[batch, Some(anchors), Some(k)]));
+    }
+    Ok(infos)
 }
 
 /// The model as an ONNX `ModelProto`: fp32, or a QDQ graph for an int8 model (QuantizeLinear /
@@ -189,7 +245,12 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, String) {
 /// graphs; use [`to_bytes`] or [`write`].
 #[doc(hidden)]
 pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
-    model.plan.classifier("ONNX export")?;
+    let ssd = model.plan.ssd("").is_ok();
+    if !ssd {
+        model.plan.classifier("ONNX export")?;
+    } else if model.quant.is_some() {
+        return Err(Error::Unsupported("ONNX export of an int8 detector".into()));
+    }
     if !OPSETS.contains(&opts.opset) {
         return Err(Error::Input(format!(
             "ONNX opset {} is not supported for export ({}..={})",
@@ -198,12 +259,24 @@ pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
             OPSETS.end()
         )));
     }
-    let (nodes, inits, cur) = match &model.quant {
-        None => fp32_graph(model),
-        Some(q) => super::qdq::graph(model, q, opts.opset)?,
-    };
     let plan = &model.plan;
     let batch = if opts.dynamic_batch { None } else { Some(1) };
+    let (nodes, inits, output) = match &model.quant {
+        None if ssd => {
+            let (mut nodes, mut inits, outputs) = fp32_graph(model);
+            let infos = ssd_outputs(model, &mut nodes, &mut inits, &outputs, batch)?;
+            (nodes, inits, infos)
+        }
+        None => {
+            let (nodes, inits, outputs) = fp32_graph(model);
+            let cur = outputs.last().cloned().unwrap_or_else(|| "input".into());
+            (nodes, inits, vec![value_info(&cur, &[batch, Some(plan.output().c)])])
+        }
+        Some(q) => {
+            let (nodes, inits, cur) = super::qdq::graph(model, q, opts.opset)?;
+            (nodes, inits, vec![value_info(&cur, &[batch, Some(plan.output().c)])])
+        }
+    };
     let inp = plan.input();
     let meta = model.metadata();
     let mut metadata_props: Vec<StringStringEntryProto> = ["spec", "preprocess", "labels"]
@@ -228,7 +301,7 @@ pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
             node: nodes,
             initializer: inits,
             input: vec![value_info("input", &[batch, Some(3), Some(inp.h), Some(inp.w)])],
-            output: vec![value_info(&cur, &[batch, Some(plan.output().c)])],
+            output,
             ..Default::default()
         }),
         metadata_props,

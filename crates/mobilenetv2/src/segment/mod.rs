@@ -7,6 +7,9 @@
 //! layer upsamples the logits to it (bilinear, align_corners, as TF DeepLab). The per-pixel
 //! class is the argmax of the logits.
 //!
+//! [`metric`] scores class maps against ground truth (confusion matrix, IoU, mIoU, pixel
+//! accuracy); [`dataset`] reads VOC-style and composed segmentation datasets.
+//!
 //! ```
 //! use mobilenetv2::engine::Options;
 //! use mobilenetv2::preprocess::RgbImage;
@@ -26,6 +29,9 @@
 //! assert_eq!(&png[1..4], b"PNG");
 //! # Ok::<(), mobilenetv2::Error>(())
 //! ```
+
+pub mod dataset;
+pub mod metric;
 
 use std::path::Path;
 

@@ -211,7 +211,10 @@ impl Tens {
 const UINT8: u8 = 3;
 const INT8: u8 = 9;
 
-fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
+/// One tensor, its constant data decoded. `budget` is the number of values all tensors may
+/// still decode; this tensor's are charged before any is allocated, so buffers shared by many
+/// tensors cannot multiply memory.
+fn tensor(t: &Table, buffers: &[Table], b: &[u8], budget: &mut usize) -> R<Tens> {
     let shape: Vec<usize> = t
         .ints(0)?
         .iter()
@@ -269,6 +272,7 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8]) -> R<Tens> {
     if raw.len() != bytes {
         return Err(format!("tensor `{name}` has {} bytes of data, its shape {shape:?} needs {bytes}", raw.len()));
     }
+    *budget = budget.checked_sub(n).ok_or("its constants hold more values than the file has bytes")?;
     let ints: Vec<i64> = match ty {
         2 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
         4 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
@@ -650,15 +654,16 @@ fn read_inner(path: &Path, bytes: &[u8]) -> W<TensorFile> {
     let subgraphs = model.tables(2)?;
     let sg = subgraphs.first().ok_or("the model has no subgraph")?;
     let buffers = model.tables(4)?;
-    let mut budget = 2 * bytes.len() + (1 << 20);
+    // Every constant value takes at least one byte of the file unless buffers are shared, so
+    // all tensors together may decode as many values as the file has bytes (plus slack): at
+    // most 12 bytes of memory per byte of file (f32 values and i64 codes).
+    let budget = bytes.len() + (1 << 20);
+    let mut left = budget;
     let mut tensors: Vec<Tens> = Vec::new();
     for t in sg.tables(0)? {
-        let t = tensor(&t, &buffers, bytes)?;
-        budget = budget
-            .checked_sub(t.data.as_ref().map_or(0, Vec::len))
-            .ok_or("its constants hold more values than the file has bytes")?;
-        tensors.push(t);
+        tensors.push(tensor(&t, &buffers, bytes, &mut left)?);
     }
+    // The network's copies of the constants get a budget of their own, the same size.
     let mut walk = Walker {
         tensors: &tensors,
         budget,
