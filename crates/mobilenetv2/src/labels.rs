@@ -8,6 +8,32 @@ pub static IMAGENET: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     include_str!("../data/imagenet_classes.txt").lines().map(|l| l.split(", ").next().unwrap_or(l)).collect()
 });
 
+/// PASCAL VOC's classes in the devkit's order, background first: the 21 labels of VOC 2012
+/// segmentation masks; the 20 object classes of its detection annotations are `VOC[1..]`.
+pub const VOC: [&str; 21] = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
 #[cfg(test)]
 mod tests {
     #[test]

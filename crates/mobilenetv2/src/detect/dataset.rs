@@ -39,29 +39,8 @@ pub const MAX_VOC_XML_BYTES: u64 = 1 << 20;
 /// Messages of skipped records kept for the caller to show (the count goes on).
 const MAX_SKIP_MESSAGES: usize = 100;
 
-/// The 20 Pascal VOC classes, in the order of the VOC devkit.
-pub const VOC_CLASSES: [&str; 20] = [
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-];
+/// The 20 Pascal VOC object classes, in the order of the VOC devkit.
+pub const VOC_CLASSES: &[&str] = crate::labels::VOC.split_at(1).1;
 
 /// What to do with a malformed record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -22,29 +22,7 @@ use crate::preprocess::{self, RgbImage};
 use super::metric::IGNORE;
 
 /// PASCAL VOC 2012's 21 segmentation classes, background first.
-pub const VOC_CLASSES: [&str; 21] = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-];
+pub const VOC_CLASSES: [&str; 21] = crate::labels::VOC;
 
 /// Which layout a dataset was found in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
