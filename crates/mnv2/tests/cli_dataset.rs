@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../../mobilenetv2/tests/support/idx.rs"]
+mod idx;
+
 fn mnv2(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mnv2")).args(args).output().expect("mnv2 runs")
 }
@@ -19,25 +22,16 @@ fn tmp(name: &str) -> PathBuf {
 fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
     let idx = dir.join("idx");
     std::fs::create_dir_all(&idx).unwrap();
-    for (prefix, n) in [("train", 20u32), ("t10k", 10)] {
-        let mut img = vec![0u8, 0, 8, 3];
-        for v in [n, 28, 28] {
-            img.extend(v.to_be_bytes());
-        }
-        let mut lab = vec![0u8, 0, 8, 1];
-        lab.extend(n.to_be_bytes());
-        for i in 0..n as usize {
+    for (prefix, n) in [("train", 20), ("t10k", 10)] {
+        idx::write_idx(&idx, prefix, n, |i| {
             let mut px = [0u8; 28 * 28];
             for y in 4..24 {
                 for x in 4 + i % 4..20 + i % 5 {
                     px[y * 28 + x] = 180;
                 }
             }
-            img.extend(px);
-            lab.push((i % 10) as u8);
-        }
-        std::fs::write(idx.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
-        std::fs::write(idx.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+            (px, (i % 10) as u8)
+        });
     }
     let bg = dir.join("bg");
     std::fs::create_dir_all(&bg).unwrap();

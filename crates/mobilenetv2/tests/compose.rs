@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use mobilenetv2::data::compose::{compose, compose_scene, ComposeConfig, Sources, Split};
 use serde_json::Value;
 
+#[path = "support/idx.rs"]
+mod idx;
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mnv2-compose-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -18,14 +21,8 @@ fn tmp(name: &str) -> PathBuf {
 
 /// `n` 28x28 items, label = `labels[i % labels.len()]`: a bright blob (a rectangle with a
 /// notch, so masks are not boxes) whose place and size vary with `i`.
-fn write_idx(dir: &Path, prefix: &str, n: usize, labels: &[u8]) {
-    let mut img = vec![0u8, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        img.extend(v.to_be_bytes());
-    }
-    let mut lab = vec![0u8, 0, 8, 1];
-    lab.extend((n as u32).to_be_bytes());
-    for i in 0..n {
+fn write_items(dir: &Path, prefix: &str, n: usize, labels: &[u8]) {
+    idx::write_idx(dir, prefix, n, |i| {
         let mut px = [0u8; 28 * 28];
         let (y0, x0, h, w) = (2 + i % 5, 3 + (i * 3) % 6, 14 + i % 9, 12 + (i * 5) % 10);
         for y in y0..y0 + h {
@@ -36,19 +33,16 @@ fn write_idx(dir: &Path, prefix: &str, n: usize, labels: &[u8]) {
                 }
             }
         }
-        img.extend(px);
-        lab.push(labels[i % labels.len()]);
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+        (px, labels[i % labels.len()])
+    });
 }
 
 /// IDX files (train labels 0..5, test labels 5..10) and three test photos as backgrounds.
 fn sources(dir: &Path) -> Sources {
     let idx = dir.join("idx");
     std::fs::create_dir_all(&idx).unwrap();
-    write_idx(&idx, "train", 40, &[0, 1, 2, 3, 4]);
-    write_idx(&idx, "t10k", 15, &[5, 6, 7, 8, 9]);
+    write_items(&idx, "train", 40, &[0, 1, 2, 3, 4]);
+    write_items(&idx, "t10k", 15, &[5, 6, 7, 8, 9]);
     let bg = dir.join("bg");
     std::fs::create_dir_all(&bg).unwrap();
     let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images");

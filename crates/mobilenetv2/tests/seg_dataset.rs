@@ -8,6 +8,9 @@ use mobilenetv2::data::compose::{compose, ComposeConfig, Sources};
 use mobilenetv2::segment::dataset::{read_mask, Layout, SegmentationSet};
 use mobilenetv2::segment::Segmentation;
 
+#[path = "support/idx.rs"]
+mod idx;
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mnv2-segds-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -106,23 +109,14 @@ fn composed_layout_reads_its_masks() {
     let dir = tmp("composed");
     let idx = dir.join("idx");
     std::fs::create_dir_all(&idx).unwrap();
-    for (prefix, n) in [("train", 12u32), ("t10k", 6)] {
-        let mut img = vec![0u8, 0, 8, 3];
-        for v in [n, 28, 28] {
-            img.extend(v.to_be_bytes());
-        }
-        let mut lab = vec![0u8, 0, 8, 1];
-        lab.extend(n.to_be_bytes());
-        for i in 0..n as usize {
+    for (prefix, n) in [("train", 12), ("t10k", 6)] {
+        idx::write_idx(&idx, prefix, n, |i| {
             let mut px = [0u8; 28 * 28];
             for p in px.iter_mut().skip(28 * 6).take(28 * 16).skip(i % 3) {
                 *p = 200;
             }
-            img.extend(px);
-            lab.push((i % 10) as u8);
-        }
-        std::fs::write(idx.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
-        std::fs::write(idx.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+            (px, (i % 10) as u8)
+        });
     }
     let bg = dir.join("bg");
     std::fs::create_dir_all(&bg).unwrap();
