@@ -54,14 +54,14 @@ impl TensorInfo {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct ConvIx {
-    w: usize,
-    gamma: usize,
-    beta: usize,
+pub(super) struct ConvIx {
+    pub(super) w: usize,
+    pub(super) gamma: usize,
+    pub(super) beta: usize,
     rmean: usize,
     rvar: usize,
     /// The bias of a convolution without BatchNorm (DeepLab's logits).
-    bias: usize,
+    pub(super) bias: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +116,7 @@ pub struct Net {
     pub stats: Vec<f32>,
     ix: Vec<Ix>,
     /// The tier every kernel runs on, resolved once.
-    isa: Tier,
+    pub(super) isa: Tier,
 }
 
 /// How BatchNorm behaves in a forward pass.
@@ -235,7 +235,7 @@ impl Net {
         Some(&self.grads[t.offset..t.offset + t.len])
     }
 
-    fn conv(&self, l: usize) -> (&Layer, &Conv, ConvIx) {
+    pub(super) fn conv(&self, l: usize) -> (&Layer, &Conv, ConvIx) {
         let layer = &self.plan.layers[l];
         match (&layer.op, self.ix[l]) {
             (Op::Conv(c), Ix::Conv(ix)) => (layer, c, ix),
@@ -254,7 +254,7 @@ impl Net {
     /// BatchNorm coefficients of layer `l` for the batch in `tape.x[l]`: batch statistics
     /// BatchNorm coefficients of layer `l` over `m` values per channel: from the batch's
     /// moments (updating the running statistics), or from the running statistics (`None`).
-    fn bn_coef(&mut self, tape: &mut Tape, l: usize, m: usize, moments: Option<ops::Moments>) -> Result<()> {
+    pub(super) fn bn_coef(&mut self, tape: &mut Tape, l: usize, m: usize, moments: Option<ops::Moments>) -> Result<()> {
         let (layer, _, ix) = self.conv(l);
         let c = layer.output.c;
         let eps = self.plan.spec.bn_eps as f64;
@@ -298,7 +298,7 @@ impl Net {
 
     /// From the two reductions of layer `l`'s BatchNorm backward over `m` values per channel:
     /// gamma's and beta's gradients, and the coefficients of the input gradient.
-    fn bn_grads(&mut self, tape: &mut Tape, l: usize, m: usize, (sdz, sdzx): ops::BnSums) {
+    pub(super) fn bn_grads(&mut self, tape: &mut Tape, l: usize, m: usize, (sdz, sdzx): ops::BnSums) {
         let (layer, _, ix) = self.conv(l);
         let c = layer.output.c;
         let bn = &mut tape.bn[l];
@@ -321,7 +321,7 @@ impl Net {
         }
     }
 
-    fn act(&self, l: usize) -> MinMax {
+    pub(super) fn act(&self, l: usize) -> MinMax {
         act_of(self.conv(l).1)
     }
 
@@ -967,15 +967,15 @@ impl GradBufs {
 
 /// Every buffer of a training step, allocated once for batches of up to `nmax` images.
 pub struct Tape {
-    nmax: usize,
-    n: usize,
+    pub(super) nmax: usize,
+    pub(super) n: usize,
     /// Per convolution, its output before BatchNorm.
-    x: Vec<Vec<f32>>,
-    bn: Vec<BnCoef>,
+    pub(super) x: Vec<Vec<f32>>,
+    pub(super) bn: Vec<BnCoef>,
     /// The stem's activation, stored only when the first block needs it whole (an expansion
     /// or a residual); otherwise the first block computes it on the fly.
     stem_act: Vec<f32>,
-    block_out: Vec<Vec<f32>>,
+    pub(super) block_out: Vec<Vec<f32>>,
     /// Gradients of wide tensors: the depthwise output's and its input's.
     g1: Vec<f32>,
     g2: Vec<f32>,
@@ -990,7 +990,7 @@ pub struct Tape {
     pub logits: Vec<f32>,
     /// Gradient of the loss with respect to `logits`, set by [`Net::loss`].
     pub dlogits: Vec<f32>,
-    work: Work,
+    pub(super) work: Work,
 }
 
 impl Tape {
@@ -1034,11 +1034,11 @@ impl Tape {
         }
     }
 
-    fn bnact(&self, l: usize, act: MinMax) -> BnAct<'_> {
+    pub(super) fn bnact(&self, l: usize, act: MinMax) -> BnAct<'_> {
         BnAct { scale: &self.bn[l].scale, shift: &self.bn[l].shift, act }
     }
 
-    fn bnbwd(&self, l: usize, act: MinMax) -> BnBwd<'_> {
+    pub(super) fn bnbwd(&self, l: usize, act: MinMax) -> BnBwd<'_> {
         let bn = &self.bn[l];
         BnBwd { x: &self.x[l], fwd: self.bnact(l, act), ka: &bn.ka, kb: &bn.kb, kd: &bn.kd }
     }
