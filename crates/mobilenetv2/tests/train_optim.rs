@@ -89,4 +89,9 @@ fn schedules() {
     let st = Schedule::Step { gamma: 0.98 };
     assert_eq!(st.lr(0.045, 99, 100, 600), 0.045);
     assert!((st.lr(0.045, 250, 100, 600) - 0.045 * 0.98 * 0.98).abs() < 1e-12);
+    // DeepLab's poly: lr (1 - step / total)^0.9.
+    let p = Schedule::Poly { power: 0.9 };
+    assert_eq!(p.lr(0.007, 0, 100, 30_000), 0.007);
+    assert!((p.lr(0.007, 15_000, 100, 30_000) - 0.007 * 0.5f64.powf(0.9)).abs() < 1e-15);
+    assert_eq!(p.lr(0.007, 30_000, 100, 30_000), 0.0);
 }

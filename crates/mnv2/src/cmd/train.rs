@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mobilenetv2::train::{self, Config, Event, Method, Schedule};
+use mobilenetv2::train::{self, Config, Event, Method, Schedule, SegConfig};
 
 use super::args::{AugmentArg, BottleneckArg, ShortcutArg};
 
@@ -31,8 +31,39 @@ pub struct Args {
     /// Input size in pixels (square)
     #[arg(long, default_value_t = 224)]
     resolution: usize,
+    /// Epochs (classification)
     #[arg(long)]
-    epochs: usize,
+    epochs: Option<usize>,
+    /// What to train: a classifier on labelled images, or a DeepLab segmentation model on a
+    /// VOC-style or composed dataset with class masks (--data: its root, train and val splits)
+    #[arg(long, value_enum, default_value_t = TrainTask::Classification)]
+    task: TrainTask,
+    /// Segmentation: the head (DeepLabv3, the paper's section 6.3)
+    #[arg(long, value_enum, default_value_t = HeadArg::Deeplab)]
+    head: HeadArg,
+    /// Segmentation: the ASPP head (not trainable yet: refused)
+    #[arg(long)]
+    aspp: bool,
+    /// Segmentation: output stride of the backbone (16 or 8)
+    #[arg(long, default_value_t = 16)]
+    output_stride: usize,
+    /// Segmentation: square training crop in pixels (TF DeepLab: 513)
+    #[arg(long, default_value_t = 513)]
+    crop: usize,
+    /// Segmentation: training steps (the poly schedule runs over them)
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Segmentation: power of the poly learning-rate schedule
+    #[arg(long, default_value_t = 0.9)]
+    power: f64,
+    /// Segmentation: random scale range of the augmentation
+    #[arg(long, default_value_t = 0.5)]
+    min_scale: f64,
+    #[arg(long, default_value_t = 2.0)]
+    max_scale: f64,
+    /// Segmentation: evaluate mIoU on at most this many val images (0: all)
+    #[arg(long, default_value_t = 0)]
+    val_images: usize,
     #[arg(long, default_value_t = 96)]
     batch: usize,
     /// The update rule
@@ -110,6 +141,22 @@ pub struct Args {
     quiet: bool,
 }
 
+/// `--task`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainTask {
+    /// A classifier
+    Classification,
+    /// Semantic segmentation (SGD momentum, poly schedule; see docs/segmentation.md)
+    Segmentation,
+}
+
+/// `--head`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadArg {
+    /// Mobile DeepLabv3 on the last block's output
+    Deeplab,
+}
+
 /// `--optimizer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Optimizer {
@@ -165,7 +212,7 @@ fn config(a: &Args) -> Result<Config> {
         init: a.init.clone(),
         width: a.width,
         resolution: a.resolution,
-        epochs: a.epochs,
+        epochs: a.epochs.context("--epochs is required (classification)")?,
         batch: a.batch,
         method,
         lr: a.lr,
@@ -189,7 +236,102 @@ fn config(a: &Args) -> Result<Config> {
     })
 }
 
+fn seg_config(a: &Args) -> Result<SegConfig> {
+    if a.optimizer != Optimizer::Sgd {
+        bail!("--task segmentation trains with SGD and momentum (DeepLab's recipe): pass --optimizer sgd");
+    }
+    Ok(SegConfig {
+        data: a.data.clone(),
+        init: a.init.clone(),
+        width: a.width,
+        output_stride: a.output_stride,
+        aspp: a.aspp,
+        crop: a.crop,
+        steps: a.steps.context("--task segmentation needs --steps")?,
+        batch: a.batch,
+        lr: a.lr,
+        power: a.power,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        min_scale: a.min_scale,
+        max_scale: a.max_scale,
+        eval_every: a.eval_every,
+        val_images: a.val_images,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+        out: a.out.clone(),
+    })
+}
+
+/// `--task segmentation`: the loop is `mobilenetv2::train::train_segmentation`.
+fn main_segmentation(a: Args) -> Result<()> {
+    let HeadArg::Deeplab = a.head;
+    let cfg = seg_config(&a)?;
+    let threads = a.threads.unwrap_or_else(super::args::cores);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    let mut bar: Option<ProgressBar> = None;
+    let quiet = a.quiet;
+    let mut on = |e: Event| match e {
+        Event::Start { steps, done, images, classes, params, .. } => {
+            if done == 0 {
+                eprintln!("training DeepLab on {images} images, {classes} classes, {params} parameters, {steps} steps");
+            }
+            if !quiet {
+                let b = ProgressBar::new(steps as u64).with_position(done as u64);
+                b.set_style(
+                    ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                        .expect("the progress template is valid")
+                        .progress_chars("=> "),
+                );
+                bar = Some(b);
+            }
+        }
+        Event::Step { loss, acc, images_per_s, lr, .. } => {
+            if let Some(b) = &bar {
+                b.inc(1);
+                b.set_message(format!(
+                    "loss {loss:.4} pixel acc {:.2}% {images_per_s:.1} img/s lr {lr:.5}",
+                    acc * 100.0
+                ));
+            }
+        }
+        Event::Eval(m) => {
+            let line = format!(
+                "step {}: train loss {:.4} pixel acc {:.2}%{} | {:.1} img/s, {:.0} s training, peak RSS {:.0} MB",
+                m.step,
+                m.train_loss,
+                m.train_acc * 100.0,
+                match (m.val_miou, m.val_top1) {
+                    (Some(miou), Some(acc)) =>
+                        format!(" | val mIoU {:.2}% pixel acc {:.2}%", miou * 100.0, acc * 100.0),
+                    _ => String::new(),
+                },
+                m.images_per_s,
+                m.train_seconds,
+                m.peak_rss_mb
+            );
+            match &bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        Event::Note(n) => match &bar {
+            Some(b) => b.println(n),
+            None => eprintln!("{n}"),
+        },
+    };
+    let out = train::train_segmentation(&cfg, a.resume, &mut on)?;
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 pub fn main(a: Args) -> Result<()> {
+    if a.task == TrainTask::Segmentation {
+        return main_segmentation(a);
+    }
     let cfg = config(&a)?;
     let threads = a.threads.unwrap_or_else(super::args::cores);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();

@@ -171,6 +171,11 @@ pub enum Schedule {
         /// Warm-up length in epochs (may be fractional).
         warmup: f64,
     },
+    /// DeepLab's poly schedule: `lr * (1 - step / total)^power` (power 0.9).
+    Poly {
+        /// The exponent.
+        power: f64,
+    },
 }
 
 impl Schedule {
@@ -178,6 +183,7 @@ impl Schedule {
     pub fn lr(&self, base: f64, step: u64, per_epoch: u64, total: u64) -> f64 {
         match *self {
             Schedule::Constant => base,
+            Schedule::Poly { power } => base * (1.0 - (step as f64 / total.max(1) as f64).min(1.0)).powf(power),
             Schedule::Step { gamma } => base * gamma.powi((step / per_epoch.max(1)) as i32),
             Schedule::Cosine { warmup } => {
                 let w = (warmup * per_epoch as f64).round() as u64;

@@ -11,6 +11,7 @@ const W: usize = 960;
 const H: usize = 420;
 const BLUE: Rgb = [31, 119, 180];
 const ORANGE: Rgb = [255, 127, 14];
+const GREEN: Rgb = [44, 160, 44];
 
 /// Writes the loss and accuracy curves of `history` to `path` (atomically).
 pub fn curves(path: &Path, history: &[Metrics]) -> Result<()> {
@@ -33,7 +34,16 @@ pub fn curves(path: &Path, history: &[Metrics]) -> Result<()> {
         percent: true,
         series: vec![
             series("train", BLUE, get(&|m| Some(m.train_acc))),
-            series("validation top-1", ORANGE, get(&|m| m.val_top1)),
+            series(
+                if history.iter().any(|m| m.val_miou.is_some()) {
+                    "validation pixel accuracy"
+                } else {
+                    "validation top-1"
+                },
+                ORANGE,
+                get(&|m| m.val_top1),
+            ),
+            series("validation mIoU", GREEN, get(&|m| m.val_miou)),
         ],
     };
     draw::write_png(&draw::charts(W, H, &[loss, accuracy])?, path)

@@ -149,6 +149,9 @@ pub struct Metrics {
     pub val_top1: Option<f64>,
     /// Validation top-5 accuracy in [0, 1].
     pub val_top5: Option<f64>,
+    /// Validation mean IoU in [0, 1] (segmentation; `val_top1` then holds pixel accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_miou: Option<f64>,
     /// Training throughput since the last evaluation.
     pub images_per_s: f64,
     /// Seconds spent in training steps so far (data waits included, evaluation excluded).
@@ -732,6 +735,7 @@ impl Run<'_> {
             val_loss: None,
             val_top1: None,
             val_top5: None,
+            val_miou: None,
             images_per_s: ips,
             train_seconds: s.train_seconds,
             peak_rss_mb: peak_rss_mb(),

@@ -1,0 +1,162 @@
+//! `mnv2 train --task segmentation --head deeplab` on a tiny composed dataset: a few steps from
+//! a (random) ImageNet-style backbone write metrics.jsonl with a val mIoU and a finite loss,
+//! curves.png, a checkpoint and final.safetensors; `--resume` continues from the checkpoint;
+//! `mnv2 segment` loads the result; ASPP and one-image batches are refused in one line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+#[path = "../../mobilenetv2/tests/support/idx.rs"]
+mod idx;
+
+fn mnv2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mnv2")).args(args).output().expect("mnv2 runs")
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "mnv2 failed: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mnv2-cli-segtrain-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A composed scene set (4 train, 2 val images of 64x64) from IDX blobs and one photo.
+fn dataset(dir: &Path) -> PathBuf {
+    let idx_dir = dir.join("idx");
+    std::fs::create_dir_all(&idx_dir).unwrap();
+    for (prefix, n) in [("train", 20), ("t10k", 10)] {
+        idx::write_idx(&idx_dir, prefix, n, |i| {
+            let mut px = [0u8; 28 * 28];
+            for y in 4..24 {
+                for x in 4 + i % 4..20 + i % 5 {
+                    px[y * 28 + x] = 180;
+                }
+            }
+            (px, (i % 10) as u8)
+        });
+    }
+    let bg = dir.join("bg");
+    std::fs::create_dir_all(&bg).unwrap();
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/chelsea.png");
+    std::fs::copy(photo, bg.join("chelsea.png")).unwrap();
+    let out = dir.join("set");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(mnv2(&[
+        "dataset",
+        "compose",
+        "--fashion-mnist",
+        &s(&idx_dir),
+        "--backgrounds",
+        &s(&bg),
+        "--out",
+        &s(&out),
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--size",
+        "64",
+    ]));
+    out
+}
+
+fn train(data: &Path, init: &Path, out: &Path, steps: &str, batch: &str, extra: &[&str]) -> Output {
+    let base = [
+        "train",
+        "--task",
+        "segmentation",
+        "--head",
+        "deeplab",
+        "--data",
+        data.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "--width",
+        "0.35",
+        "--crop",
+        "48",
+        "--steps",
+        steps,
+        "--batch",
+        batch,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    mnv2(&[&base[..], extra].concat())
+}
+
+#[test]
+fn trains_resumes_and_segment_loads_the_result() {
+    let dir = tmp("run");
+    let data = dataset(&dir);
+    let init = dir.join("init.safetensors");
+    ok(mnv2(&["init", "--width", "0.35", "--classes", "10", "--seed", "4", "--out", init.to_str().unwrap()]));
+    let out = dir.join("run");
+    let o = ok(train(&data, &init, &out, "3", "2", &[]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("backbone: ") && err.contains("tensors from"), "{err}");
+    for f in ["metrics.jsonl", "curves.png", "checkpoint.safetensors", "final.safetensors"] {
+        assert!(out.join(f).is_file(), "{f} missing: {err}");
+    }
+    let lines = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let m = lines(&out);
+    assert_eq!(m.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3], "{m:?}");
+    for l in &m {
+        assert!(l["train_loss"].as_f64().unwrap().is_finite() && l["train_loss"].as_f64().unwrap() > 0.0, "{l}");
+        let miou = l["val_miou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&miou), "{l}");
+    }
+
+    // Resume to step 5: the run continues from step 3.
+    let o = ok(train(&data, &init, &out, "5", "2", &["--resume"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("resuming from") && err.contains("at step 3"), "{err}");
+    let m = lines(&out);
+    assert_eq!(m.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3, 4, 5], "{m:?}");
+
+    // `mnv2 segment` loads the trained model.
+    let seg = dir.join("seg");
+    let img = std::fs::read_dir(data.join("val/images")).unwrap().next().unwrap().unwrap().path();
+    let w = out.join("final.safetensors");
+    ok(mnv2(&["segment", "--weights", w.to_str().unwrap(), "--out", seg.to_str().unwrap(), img.to_str().unwrap()]));
+    let stem = img.file_stem().unwrap().to_str().unwrap();
+    assert!(seg.join(format!("{stem}.png")).is_file());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn aspp_and_single_image_batches_are_refused() {
+    let dir = tmp("refuse");
+    let data = dataset(&dir);
+    let init = dir.join("init.safetensors");
+    ok(mnv2(&["init", "--width", "0.35", "--classes", "10", "--out", init.to_str().unwrap()]));
+    for (batch, extra, needle) in [("2", &["--aspp"][..], "ASPP"), ("1", &[][..], "two or more images")] {
+        let o = train(&data, &init, &dir.join("x"), "2", batch, extra);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle) && err.trim().lines().count() == 1, "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
