@@ -26,6 +26,7 @@ use super::ops::{self, Grad, InGrad, PwBwd, Src};
 use crate::error::{Error, Result};
 use crate::plan::{DeepLabHead, Op, Plan, Tap};
 use crate::rng::Rng;
+use rayon::prelude::*;
 
 /// The label of pixels that count for nothing (VOC's object borders, crop padding).
 pub const IGNORE: u8 = 255;
@@ -300,38 +301,46 @@ impl Net {
         let dl = &mut seg.dlogits[..n * hw * k];
         dl.fill(0.0);
         let (ty, tx) = (taps(seg.fh, ih), taps(seg.fw, iw));
-        let (mut total, mut correct) = (0f64, 0usize);
-        let mut z = vec![0f32; k];
         let scale = 1.0 / pixels.max(1) as f64;
-        for i in 0..n {
-            let lg = &seg.logits[i * hw * k..(i + 1) * hw * k];
-            let dli = &mut dl[i * hw * k..(i + 1) * hw * k];
-            for (y, &ry) in ty.iter().enumerate() {
-                for (x, &rx) in tx.iter().enumerate() {
-                    let label = labels[(i * ih + y) * iw + x];
-                    if label == IGNORE {
-                        continue;
-                    }
-                    let label = label as usize;
-                    interp(lg, seg.fw, k, ry, rx, &mut z);
-                    correct += (argmax(&z) == label) as usize;
-                    let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                    let se: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();
-                    let lse = mx + se.ln();
-                    total += lse - z[label] as f64;
-                    for (p, wgt) in corners(ry, rx, seg.fw) {
-                        if wgt == 0.0 {
+        let (fw, logits) = (seg.fw, &seg.logits);
+        // One image per task; the sums are added in image order (the same on any thread count).
+        let parts: Vec<(f64, usize)> = dl
+            .par_chunks_mut(hw * k)
+            .enumerate()
+            .map(|(i, dli)| {
+                let lg = &logits[i * hw * k..(i + 1) * hw * k];
+                let (mut total, mut correct) = (0f64, 0usize);
+                let mut z = vec![0f32; k];
+                for (y, &ry) in ty.iter().enumerate() {
+                    for (x, &rx) in tx.iter().enumerate() {
+                        let label = labels[(i * ih + y) * iw + x];
+                        if label == IGNORE {
                             continue;
                         }
-                        let row = &mut dli[p * k..(p + 1) * k];
-                        for (j, g) in row.iter_mut().enumerate() {
-                            let q = ((z[j] as f64 - lse).exp() - (j == label) as u8 as f64) * scale;
-                            *g += (q * wgt as f64) as f32;
+                        let label = label as usize;
+                        interp(lg, fw, k, ry, rx, &mut z);
+                        correct += (argmax(&z) == label) as usize;
+                        let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                        let se: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();
+                        let lse = mx + se.ln();
+                        total += lse - z[label] as f64;
+                        for (p, wgt) in corners(ry, rx, fw) {
+                            if wgt == 0.0 {
+                                continue;
+                            }
+                            let row = &mut dli[p * k..(p + 1) * k];
+                            for (j, g) in row.iter_mut().enumerate() {
+                                let q = ((z[j] as f64 - lse).exp() - (j == label) as u8 as f64) * scale;
+                                *g += (q * wgt as f64) as f32;
+                            }
                         }
                     }
                 }
-            }
-        }
+                (total, correct)
+            })
+            .collect();
+        let total: f64 = parts.iter().map(|p| p.0).sum();
+        let correct: usize = parts.iter().map(|p| p.1).sum();
         Ok(SegStats { loss: total * scale, pixels, correct })
     }
 

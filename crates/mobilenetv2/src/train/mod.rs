@@ -8,6 +8,13 @@
 //! evaluation, checkpoints, plots, all in [`Config::out`]); [`Net`] takes single steps for
 //! callers with their own loop (see its example).
 //!
+//! Heads other than the classifier train on the backbone's tap API: [`Net::forward_backbone`],
+//! [`Net::tap_value`] (a plan layer's output after BatchNorm and activation: a block's output,
+//! a block's expansion, the last 1x1 conv) and [`Net::backward_from_taps`] (gradients injected
+//! at those taps). [`deeplab`] is the DeepLabv3 head on it ([`Net::seg_step`]), and
+//! [`train_segmentation`] the segmentation loop (`mnv2 train --task segmentation`, see
+//! docs/segmentation.md); its parity with PyTorch is `tests/deeplab_train.rs`.
+//!
 //! ```
 //! use mobilenetv2::data::augment::Augment;
 //! use mobilenetv2::spec::{BottleneckActivation, Shortcut};
