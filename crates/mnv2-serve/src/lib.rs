@@ -1,8 +1,10 @@
 //! `mnv2 serve`: MobileNetV2 behind HTTP.
 //!
 //! - `POST /v1/classify?top=5`: a JPEG/PNG body (or `multipart/form-data` with `image` parts)
-//!   -> the JSON `mnv2 classify --json` prints; `/v1/detect` and `/v1/segment` are reserved
-//!   for the detection and segmentation heads (501 until a model for them is loaded);
+//!   -> the JSON `mnv2 classify --json` prints; `POST /v1/detect?threshold=0.5` and
+//!   `POST /v1/segment` the JSON of `mnv2 detect --json` and `mnv2 segment --json` (or the
+//!   class-index PNG), when the server has a detector or a segmenter ([`Heads`]; 501 without);
+//!   `GET /v1/models` says which;
 //! - the Open Inference Protocol (KServe v2 / Triton) over HTTP under `/v2` ([`v2`]);
 //! - `GET /metrics` (Prometheus), `GET /openapi.json`, `GET /` (a web page, assets embedded).
 //!
@@ -33,7 +35,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
+use mobilenetv2::detect::Detector;
 use mobilenetv2::engine::Options;
+use mobilenetv2::segment::Segmenter;
 use mobilenetv2::{Engine, Model};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -79,6 +83,16 @@ impl Default for Config {
     }
 }
 
+/// The optional models behind `/v1/detect` and `/v1/segment`.
+#[derive(Default)]
+pub struct Heads {
+    /// The detector; make it with `threshold: 0.0` (each request filters with its own
+    /// `?threshold=`, default 0.5, exactly as `mnv2 detect --threshold` does).
+    pub detector: Option<Detector>,
+    /// The segmenter (single-scale inference, as `mnv2 segment` without `--multi-scale`).
+    pub segmenter: Option<Segmenter>,
+}
+
 /// The running server's state: the model (labels, preprocessing), the batching worker, the
 /// limits and the metrics.
 pub struct App {
@@ -91,11 +105,21 @@ pub struct App {
     decoders: Arc<Semaphore>,
     /// Preprocessed images allowed to wait for the engine.
     slots: Arc<Semaphore>,
+    pub(crate) detector: Option<Arc<Detector>>,
+    pub(crate) segmenter: Option<Arc<Segmenter>>,
+    /// One detection or segmentation runs at a time (each uses all `--threads`), so their
+    /// decoded photos and activations are bounded by one request's.
+    heads_gate: Arc<Semaphore>,
 }
 
 impl App {
-    /// Compiles the engine and starts the batching worker.
+    /// Compiles the engine and starts the batching worker (classification only).
     pub fn new(model: Model, config: Config) -> mobilenetv2::Result<Arc<App>> {
+        App::with_heads(model, Heads::default(), config)
+    }
+
+    /// [`App::new`] with a detector and/or a segmenter for `/v1/detect` and `/v1/segment`.
+    pub fn with_heads(model: Model, heads: Heads, config: Config) -> mobilenetv2::Result<Arc<App>> {
         if config.max_batch == 0 || config.queue == 0 || config.max_images == 0 {
             return Err(mobilenetv2::Error::Input("--max-batch, --queue and --max-images must be at least 1".into()));
         }
@@ -110,6 +134,9 @@ impl App {
             model: Arc::new(model),
             metrics,
             batcher,
+            detector: heads.detector.map(Arc::new),
+            segmenter: heads.segmenter.map(Arc::new),
+            heads_gate: Arc::new(Semaphore::new(1)),
         }))
     }
 
@@ -122,6 +149,7 @@ impl App {
             .route("/v1/classify", post(v1::classify))
             .route("/v1/detect", post(v1::detect))
             .route("/v1/segment", post(v1::segment))
+            .route("/v1/models", get(v1::models))
             .route("/v2", get(v2::server_metadata))
             .route("/v2/health/live", get(v2::live))
             .route("/v2/health/ready", get(v2::ready))
@@ -185,6 +213,28 @@ impl App {
         };
         self.within(deadline, work).await?;
         self.wait(pending, deadline).await
+    }
+
+    /// Runs `work` (a detection or a segmentation) on the blocking pool, one at a time, all
+    /// before `deadline`. The gate's permit moves into the work, so a request that times out
+    /// still holds it until its work has finished: never more than one runs.
+    pub(crate) async fn on_head<T: Send + 'static>(
+        &self,
+        deadline: Instant,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let gate = self.heads_gate.clone();
+        let run = async move {
+            let permit =
+                gate.acquire_owned().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("inference failed: {e}")))?
+        };
+        self.within(deadline, run).await
     }
 
     /// Queues preprocessed images (NHWC) and waits for their logits until `deadline`.
@@ -316,11 +366,12 @@ pub enum StartError {
 /// serves until SIGINT or SIGTERM, drains and returns.
 pub fn run(
     model: Model,
+    heads: Heads,
     config: Config,
     addr: SocketAddr,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
-    let app = App::new(model, config)?;
+    let app = App::with_heads(model, heads, config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(StartError::Runtime)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;

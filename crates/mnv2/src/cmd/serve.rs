@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use mobilenetv2::detect::{Detector, DetectorOptions};
+use mobilenetv2::engine::Options;
+use mobilenetv2::segment::Segmenter;
 use mobilenetv2::Model;
 
 #[derive(clap::Args)]
@@ -43,25 +46,34 @@ pub struct Args {
     /// The model's name in the Open Inference Protocol routes (/v2/models/NAME)
     #[arg(long, default_value = "mobilenet_v2")]
     model_name: String,
-    /// Detection model for /v1/detect (not available in this build yet)
+    /// Detector for POST /v1/detect: a TF Object Detection API SSD frozen graph (.pb) or a
+    /// safetensors detector (as `mnv2 detect --weights`)
     #[arg(long)]
     detector: Option<PathBuf>,
-    /// Segmentation model for /v1/segment (not available in this build yet)
+    /// Segmenter for POST /v1/segment: a DeepLab model (as `mnv2 segment --weights`)
     #[arg(long)]
     segmenter: Option<PathBuf>,
 }
 
 pub fn main(a: Args) -> Result<()> {
-    if let Some(p) = a.detector.as_ref().or(a.segmenter.as_ref()) {
-        bail!(
-            "{}: the detection and segmentation heads are not in this build yet; serve without --detector/--segmenter",
-            p.display()
-        );
-    }
     let model = Model::load(&a.weights)?;
     let defaults = mnv2_serve::Config::default();
+    let threads = a.threads.map_or(defaults.threads, |t| t as usize);
+    let mut heads = mnv2_serve::Heads::default();
+    if let Some(p) = &a.detector {
+        // Threshold 0: each request filters with its own ?threshold= (default 0.5).
+        let options = DetectorOptions { threshold: 0.0, threads, ..DetectorOptions::default() };
+        heads.detector = Some(Detector::load(p, options).with_context(|| format!("--detector {}", p.display()))?);
+    }
+    if let Some(p) = &a.segmenter {
+        let m = Model::load(p)?;
+        heads.segmenter = Some(
+            Segmenter::new(m, Options { threads, ..Options::default() })
+                .with_context(|| format!("--segmenter {}", p.display()))?,
+        );
+    }
     let config = mnv2_serve::Config {
-        threads: a.threads.map_or(defaults.threads, |t| t as usize),
+        threads,
         max_batch: a.max_batch as usize,
         batch_wait: Duration::from_millis(a.batch_wait_ms),
         queue: a.queue as usize,
@@ -71,9 +83,16 @@ pub fn main(a: Args) -> Result<()> {
         max_images: a.max_images as usize,
         model_name: a.model_name,
     };
-    let threads = config.threads;
-    mnv2_serve::run(model, config, a.addr, |addr| {
-        eprintln!("mnv2 serve: listening on http://{addr} ({threads} engine threads); Ctrl-C or SIGTERM stops");
+    let routes = match (heads.detector.is_some(), heads.segmenter.is_some()) {
+        (false, false) => "classify",
+        (true, false) => "classify, detect",
+        (false, true) => "classify, segment",
+        (true, true) => "classify, detect, segment",
+    };
+    mnv2_serve::run(model, heads, config, a.addr, |addr| {
+        eprintln!(
+            "mnv2 serve: listening on http://{addr} ({threads} engine threads; {routes}); Ctrl-C or SIGTERM stops"
+        );
     })?;
     Ok(())
 }
