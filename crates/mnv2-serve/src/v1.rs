@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,7 +31,7 @@ pub async fn classify(
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
     let bytes = app.read_body(body, admitted.deadline).await?;
-    let images = images_of(&parts.headers, bytes, app.config.max_images).await?;
+    let images = images_of(&parts, bytes, app.config.max_images).await?;
     let names: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
     let logits = app.logits_of_images(images, admitted.deadline).await?;
     let out: Vec<Classification> = names
@@ -63,11 +64,8 @@ fn parse_top(query: Option<&str>, classes: usize) -> Result<usize, ApiError> {
 /// The encoded images of a request: the body itself (`image/jpeg`, `image/png`,
 /// `application/octet-stream` or no content type), or the `image` parts of a
 /// `multipart/form-data` body, named by their file names.
-pub(crate) async fn images_of(
-    headers: &HeaderMap,
-    body: Bytes,
-    max_images: usize,
-) -> Result<Vec<(String, Bytes)>, ApiError> {
+pub(crate) async fn images_of(parts: &Parts, body: Bytes, max_images: usize) -> Result<Vec<(String, Bytes)>, ApiError> {
+    let headers = &parts.headers;
     let ctype = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)").to_owned());
     let essence = ctype.as_deref().map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match essence.as_deref() {
@@ -77,7 +75,7 @@ pub(crate) async fn images_of(
             }
             Ok(vec![(BODY_NAME.to_owned(), body)])
         }
-        Some("multipart/form-data") => multipart_images(headers, body, max_images).await,
+        Some("multipart/form-data") => multipart_images(parts, body, max_images).await,
         Some(other) => Err(ApiError::unsupported_media(format!(
             "content type `{other}` is not accepted: send image/jpeg, image/png, application/octet-stream, \
              or multipart/form-data with `image` parts"
@@ -85,13 +83,13 @@ pub(crate) async fn images_of(
     }
 }
 
-async fn multipart_images(
-    headers: &HeaderMap,
-    body: Bytes,
-    max_images: usize,
-) -> Result<Vec<(String, Bytes)>, ApiError> {
+async fn multipart_images(parts: &Parts, body: Bytes, max_images: usize) -> Result<Vec<(String, Bytes)>, ApiError> {
     let mut req = Request::new(axum::body::Body::from(body));
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = parts.headers.clone();
+    // The router's `DefaultBodyLimit::disable()` travels in the extensions: without it the
+    // multipart parser would apply axum's default 2 MB limit to a body already read under
+    // `--max-body` (and call a 3 MB upload of several photos malformed).
+    *req.extensions_mut() = parts.extensions.clone();
     let mut mp = Multipart::from_request(req, &())
         .await
         .map_err(|e| ApiError::bad_request(format!("malformed multipart request: {}", e.body_text())))?;
@@ -196,7 +194,7 @@ pub async fn detect(
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
     let bytes = app.read_body(body, admitted.deadline).await?;
-    let images = images_of(&parts.headers, bytes, app.config.max_images).await?;
+    let images = images_of(&parts, bytes, app.config.max_images).await?;
     let max_pixels = app.config.max_pixels;
     let out = app
         .on_head(admitted.deadline, move || {
@@ -245,7 +243,7 @@ pub async fn segment(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     let (parts, body) = req.into_parts();
     let png = wants_png(&parts.headers);
     let bytes = app.read_body(body, admitted.deadline).await?;
-    let images = images_of(&parts.headers, bytes, app.config.max_images).await?;
+    let images = images_of(&parts, bytes, app.config.max_images).await?;
     if png && images.len() > 1 {
         return Err(ApiError::bad_request(format!(
             "Accept: image/png answers with one mask, but the request has {} images: send one, or ask for JSON",

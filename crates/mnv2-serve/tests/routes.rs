@@ -288,6 +288,29 @@ async fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     assert_eq!(json_of(&b)[0]["top"][0]["label"], "Egyptian cat");
 }
 
+/// Multipart bodies above axum's default 2 MB limit are read under --max-body only (they
+/// were refused as malformed before).
+#[tokio::test]
+async fn a_large_multipart_body_under_max_body() {
+    let router = app(config()).router();
+    let png = read("chelsea.png");
+    let parts: Vec<(&str, Option<&str>, &[u8])> = (0..12).map(|_| ("image", Some("c.png"), &png[..])).collect();
+    let body = multipart(&parts);
+    assert!(body.len() > 2 << 20);
+    let (s, _, b) = call(&router, post("/v1/classify?top=1", Some(&multipart_type()), body.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let v = json_of(&b);
+    assert_eq!(v.as_array().unwrap().len(), 12);
+    assert!(v.as_array().unwrap().iter().all(|e| e["top"][0]["label"] == "Egyptian cat"), "{v}");
+    // And --max-body still applies to it.
+    let small = app(Config { max_body: 1 << 20, ..config() }).router();
+    assert_error(
+        call(&small, post("/v1/classify", Some(&multipart_type()), body)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "--max-body",
+    );
+}
+
 #[tokio::test]
 async fn too_many_images_in_one_request() {
     let router = app(Config { max_images: 2, ..config() }).router();
