@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::HttpBody;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -71,7 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_batch: 16,
+            max_batch: 8,
             batch_wait: Duration::from_millis(2),
             queue: 256,
             timeout: Duration::from_secs(30),
@@ -105,6 +106,8 @@ pub struct App {
     decoders: Arc<Semaphore>,
     /// Preprocessed images allowed to wait for the engine.
     slots: Arc<Semaphore>,
+    /// Requests reading and decoding their bodies at once ([`App::reading`]).
+    readers: Arc<Semaphore>,
     pub(crate) detector: Option<Arc<Detector>>,
     pub(crate) segmenter: Option<Arc<Segmenter>>,
     /// One detection or segmentation runs at a time (each uses all `--threads`), so their
@@ -129,7 +132,8 @@ impl App {
         Ok(Arc::new(App {
             admission: Arc::new(Semaphore::new(config.queue)),
             decoders: Arc::new(Semaphore::new(config.threads.max(1))),
-            slots: Arc::new(Semaphore::new(2 * config.max_batch)),
+            slots: Arc::new(Semaphore::new(config.max_batch + config.threads.max(1))),
+            readers: Arc::new(Semaphore::new(config.max_batch)),
             config,
             model: Arc::new(model),
             metrics,
@@ -186,12 +190,15 @@ impl App {
 
     /// Logits of encoded images: each is checked, decoded and preprocessed on the blocking
     /// pool, then queued for the engine at once; all under the request's deadline. At most
-    /// `2 * max_batch` preprocessed images wait for the engine (a slot is taken before
-    /// decoding and released when the worker takes the image), so a long queue holds
-    /// compressed bodies, not 600 KB tensors.
+    /// `max_batch + threads` preprocessed images wait for the engine (a slot is taken before
+    /// decoding and released when the worker takes the image: the next batch fills while one
+    /// runs), and at most `max_batch` requests read and decode their bodies at once
+    /// ([`App::reading`], released here once every image is queued), so a long queue holds
+    /// neither bodies nor 600 KB tensors.
     pub(crate) async fn logits_of_images(
         &self,
         images: Vec<(String, Bytes)>,
+        reading: OwnedSemaphorePermit,
         deadline: Instant,
     ) -> Result<Vec<Vec<f32>>, ApiError> {
         let spec = self.model.spec();
@@ -212,6 +219,8 @@ impl App {
             Ok::<_, ApiError>(())
         };
         self.within(deadline, work).await?;
+        // Every image is decoded and queued: the next request may read its body.
+        drop(reading);
         self.wait(pending, deadline).await
     }
 
@@ -286,20 +295,49 @@ impl App {
         })
     }
 
-    /// The whole body, at most `max_body` bytes, arriving before `deadline`.
+    /// A place among the requests whose bodies are read and decoded now (at most
+    /// `max_batch`, enough to keep the engine's batches full), waited for until `deadline`.
+    /// The other admitted requests wait before reading their bodies, whose bytes stay in the
+    /// kernel's socket buffers, not in the server's memory. Drop it once the images are
+    /// decoded.
+    pub(crate) async fn reading(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, ApiError> {
+        let wait = async {
+            self.readers.clone().acquire_owned().await.map_err(|_| ApiError::unavailable("the server is shutting down"))
+        };
+        self.within(deadline, wait).await
+    }
+
+    /// The whole body, at most `max_body` bytes, arriving before `deadline`. A body whose
+    /// declared length (Content-Length) is over the limit is refused before any byte is read;
+    /// otherwise the bytes are gathered into one buffer of that length as they arrive.
     pub(crate) async fn read_body(&self, body: Body, deadline: Instant) -> Result<Bytes, ApiError> {
         let limit = self.config.max_body;
-        let read = http_body_util::Limited::new(body, limit).collect();
+        let too_large =
+            || ApiError::too_large(format!("the request body is larger than the limit of {limit} bytes (--max-body)"));
+        let declared = body.size_hint().lower();
+        if declared > limit as u64 {
+            return Err(too_large());
+        }
+        let read = async move {
+            let mut body = body;
+            let mut buf = Vec::with_capacity(declared as usize);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(too_large());
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Bytes::from(buf))
+        };
         match tokio::time::timeout_at(deadline.into(), read).await {
             Err(_) => Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the request body did not arrive within {} ms (--timeout-ms)", self.config.timeout.as_millis()),
             )),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(format!(
-                "the request body is larger than the limit of {limit} bytes (--max-body)"
-            ))),
-            Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(r) => r,
         }
     }
 }
@@ -372,7 +410,18 @@ pub fn run(
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
     let app = App::with_heads(model, heads, config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(StartError::Runtime)?;
+    // The runtime's threads only parse HTTP and move bytes (decoding runs on the blocking
+    // pool, inference on the engine's threads): two workers keep up with far more requests than
+    // the engine can answer, and every extra thread is one more glibc malloc arena holding
+    // freed memory. The blocking pool runs at most `threads` decodes, one detection or
+    // segmentation and the final drain.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.min(2))
+        .max_blocking_threads(app.config.threads + 2)
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         on_listen(listener.local_addr().map_err(StartError::Serve)?);

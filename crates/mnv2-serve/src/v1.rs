@@ -30,10 +30,11 @@ pub async fn classify(
     let top = parse_top(query.as_deref(), app.model.spec().classes)?;
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
+    let reading = app.reading(admitted.deadline).await?;
     let bytes = app.read_body(body, admitted.deadline).await?;
     let images = images_of(&parts, bytes, app.config.max_images).await?;
     let names: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
-    let logits = app.logits_of_images(images, admitted.deadline).await?;
+    let logits = app.logits_of_images(images, reading, admitted.deadline).await?;
     let out: Vec<Classification> = names
         .into_iter()
         .zip(logits)
@@ -193,11 +194,13 @@ pub async fn detect(
     let threshold = parse_threshold(query.as_deref())?;
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
+    let reading = app.reading(admitted.deadline).await?;
     let bytes = app.read_body(body, admitted.deadline).await?;
     let images = images_of(&parts, bytes, app.config.max_images).await?;
     let max_pixels = app.config.max_pixels;
     let out = app
         .on_head(admitted.deadline, move || {
+            let _reading = reading;
             let mut out = Vec::with_capacity(images.len());
             for (name, bytes) in images {
                 let image = crate::images::decode(&bytes, &name, max_pixels)?;
@@ -242,6 +245,7 @@ pub async fn segment(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
     let png = wants_png(&parts.headers);
+    let reading = app.reading(admitted.deadline).await?;
     let bytes = app.read_body(body, admitted.deadline).await?;
     let images = images_of(&parts, bytes, app.config.max_images).await?;
     if png && images.len() > 1 {
@@ -253,6 +257,7 @@ pub async fn segment(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     let max_pixels = app.config.max_pixels;
     let out = app
         .on_head(admitted.deadline, move || {
+            let _reading = reading;
             let mut out = Vec::with_capacity(images.len());
             for (name, bytes) in images {
                 let photo = crate::images::decode(&bytes, &name, max_pixels)?;

@@ -847,3 +847,38 @@ async fn segment_equals_the_library_as_json_and_png() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(json_of(&b)["segment"]["classes"], 21);
 }
+
+/// At most `max_batch` requests read and decode their bodies at once: here one, held by a
+/// client that sends its body slowly; another request waits (its body stays in the socket,
+/// not in the server), and is answered once the slow one is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_batch_wait_to_read_their_bodies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app(Config { max_batch: 1, ..config() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(mnv2_serve::serve(listener, app.clone(), std::future::pending()));
+    let body = b"not an image, sent slowly".to_vec();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..5]).await.unwrap();
+    while app.metrics.inflight() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let router = app.router();
+    let fast = tokio::spawn(async move { call(&router, post("/v1/classify?top=1", None, read("chelsea.png"))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fast.is_finished(), "answered while the only reader was taken");
+    assert_eq!(app.metrics.inflight(), 2);
+    slow.write_all(&body[5..]).await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    let (s, _, b) = fast.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json_of(&b)[0]["top"][0]["label"], "Egyptian cat");
+}

@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
     /// Most images per engine batch
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_batch: u64,
     /// How long the first image of a batch waits for others, in milliseconds
     #[arg(long, default_value_t = 2)]
@@ -56,6 +56,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    tune_malloc();
     let model = Model::load(&a.weights)?;
     let defaults = mnv2_serve::Config::default();
     let threads = a.threads.map_or(defaults.threads, |t| t as usize);
@@ -96,3 +97,31 @@ pub fn main(a: Args) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// glibc's malloc, left to its defaults, keeps a server's freed memory: one arena per thread
+/// (up to 8 per core) each holding its own free pages, and a "dynamic" mmap threshold that,
+/// once a large block has been freed, serves the next large blocks (bodies, decoded photos,
+/// 600 KB input tensors) from those arenas, where they fragment instead of going back to the
+/// system. Under 64 connections that doubles the resident memory (129 MB against 78 MB of live
+/// peak). Its tunables are read from the environment when the process starts, so unless the
+/// user set them, `mnv2 serve` replaces itself (exec: same process id, nothing has run yet)
+/// with two arenas and a fixed 128 KiB mmap threshold. `MALLOC_ARENA_MAX` set to anything,
+/// even its default, keeps the process as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("MALLOC_ARENA_MAX", "2")
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
+        .exec();
+    // Only returns on failure: serve with the defaults.
+    eprintln!("mnv2 serve: could not restart with malloc tuned ({err}); going on without");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
