@@ -373,18 +373,63 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight (the batching worker
-/// answers everything queued) and returns.
+/// Largest read buffer of one connection. hyper's default (about 400 KB) is kept by every
+/// keep-alive connection once one upload has filled it: 64 connections then hold 26 MB of
+/// buffers. Bodies are gathered by [`App::read_body`] anyway, so 64 KB reads cost nothing.
+const CONNECTION_BUFFER: usize = 64 << 10;
+
+/// Serves HTTP/1.1 until `shutdown` resolves, then stops accepting, lets every connection
+/// finish the request it is answering (and close), the batching worker answer everything
+/// queued, and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let r = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown).await;
+    let router = app.router();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(CONNECTION_BUFFER);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Each connection task holds a sender; `recv` answers None once they have all ended.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors and the like: the listener is fine, try again shortly.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let (mut stop, open) = (stop_rx.clone(), open_tx.clone());
+        tokio::spawn(async move {
+            let _open = open;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
     let a = app.clone();
     // Joining the worker blocks; not on the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || a.close()).await;
-    r
+    Ok(())
 }
 
 /// Why the server could not start.
