@@ -22,7 +22,7 @@ pub struct Args {
     /// Engine threads (and images decoded at once); default: the available cores
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
-    /// Most images per engine batch
+    /// Most images per engine batch; also how many requests read and decode their bodies at once
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_batch: u64,
     /// How long the first image of a batch waits for others, in milliseconds
