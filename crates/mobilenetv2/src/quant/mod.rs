@@ -110,8 +110,13 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     for b in &plan.blocks {
         taps.extend([b.expand.unwrap_or(b.first_layer().saturating_sub(1)), b.depthwise, b.project]);
     }
-    let pool = plan.classifier("int8 calibration")?.pool;
-    taps.push(pool);
+    // The classifier's pooled features; for a detection head the last conv's output, which it
+    // reads (a segmentation head's backbone ends with the last block, already calibrated).
+    let pooled_tap = match plan.classifier("int8 calibration") {
+        Ok(h) => h.pool,
+        Err(_) => plan.last_conv,
+    };
+    taps.push(pooled_tap);
     let mut stats: Vec<Stats> =
         vec![Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() }; taps.len()];
     let mut count = 0;
