@@ -1,5 +1,6 @@
-"""Detector (SSDLite-MobileNetV2, the network to its raw outputs) timed in mnv2 beside ONNX
-Runtime and OpenVINO running the same network (mnv2's ONNX export), in one run on one machine.
+"""A network (the SSDLite-MobileNetV2 detector to its raw outputs, or a DeepLab segmenter to
+its upsampled logits) timed in mnv2 beside ONNX Runtime and OpenVINO running the same network
+(mnv2's ONNX export), in one run on one machine.
 
 Driven by scripts/bench/detect_vs_peers.sh, which builds mnv2, converts and exports the model
 and installs the peers. Every (engine, batch, threads) runs in a fresh process: batch 1 on 1
@@ -127,7 +128,7 @@ def main():
     ap.add_argument("--engines", default="mnv2,ort,openvino")
     ap.add_argument("--mnv2-modes", default="fast", help="comma-separated mnv2 engine modes (fast, streaming)")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--batch8-threads", type=int, default=2)
+    ap.add_argument("--batch8-threads", type=int, default=2, help="0: no batch-8 rows")
     ap.add_argument("--runs-b1", type=int, default=100)
     ap.add_argument("--runs-b8", type=int, default=30)
     ap.add_argument("--passes", type=int, default=3, help="repeat the suite; the best median per row is kept")
@@ -143,7 +144,7 @@ def main():
     os.makedirs(a.workdir, exist_ok=True)
     r = a.resolution
     inputs = {}
-    for n, seed in [(1, 0), (8, 1)]:
+    for n, seed in [(1, 0), (8, 1)][:1 if a.batch8_threads == 0 else 2]:
         # A network input as the graph's mapping makes it: values in [-1, 1].
         x = np.random.default_rng(seed).uniform(-1, 1, (n, 3, r, r)).astype(np.float32)
         path = os.path.join(a.workdir, f"input_{n}x3x{r}x{r}.npy")
@@ -159,7 +160,7 @@ def main():
     rows = []  # (engine label, batch, threads)
     for e in engines:
         for label in ([f"mnv2 {m}" for m in modes] if e == "mnv2" else [e]):
-            rows += [(label, 1, t) for t in threads] + [(label, 8, a.batch8_threads)]
+            rows += [(label, 1, t) for t in threads] + ([(label, 8, a.batch8_threads)] if a.batch8_threads else [])
 
     def command(label, batch, t, runs, out_npz):
         if label.startswith("mnv2"):
