@@ -18,6 +18,7 @@ use mnv2_kernels::qgemm::QParams;
 use crate::engine::{Engine, Mode, Options};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::plan::Activation;
 pub use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec, RELU6};
 use crate::tensor::Batch;
 
@@ -139,7 +140,10 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     let blocks = (0..plan.blocks.len())
         .map(|k| BlockQuant { hidden: range(3 * k, true), dw: range(3 * k + 1, true), output: range(3 * k + 2, false) })
         .collect();
-    let pooled = range(taps.len() - 1, true);
+    // The classifier's pooled ReLU6 features, SSD's ReLU6 last conv; DeepLab's last block
+    // output is signed (only a classifier uses this range).
+    let relu6 = plan.layers[pooled_tap].conv().is_none_or(|c| c.activation == Activation::Relu6);
+    let pooled = range(taps.len() - 1, relu6);
     Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks, pooled })
 }
 
