@@ -70,7 +70,9 @@ pub mod plot;
 #[doc(hidden)]
 pub mod prof;
 pub mod run;
+pub mod ssd;
 
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};
 pub use optim::{Ema, Method, Optimizer, Schedule};
 pub use run::{evaluate, train, Config, EvalReport, Event, Metrics};
+pub use ssd::{HeadTape, SsdHeadTrainer};
