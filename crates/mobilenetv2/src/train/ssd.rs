@@ -5,13 +5,13 @@
 //! depthwise with the plan's TF 'SAME' padding and stride) followed either by BatchNorm and
 //! the plan's activation (ReLU6) or, for the 12 predictor outputs, by a bias. BatchNorm runs on
 //! batch statistics ([`BnMode::Train`], running statistics updated with
-//! [`BN_MOMENTUM`](super::net::BN_MOMENTUM) as the backbone's) or on the running statistics
+//! [`BN_MOMENTUM`] as the backbone's) or on the running statistics
 //! ([`BnMode::Eval`], frozen). The predictors' outputs are laid out as TF's
 //! `concat`/`concat_1`: per image, anchors of map 0 then 1..5, anchor `(y W + x) A + a`, with
 //! `(ty, tx, th, tw)` codes and `classes + 1` logits (background first).
 //!
 //! Parameters, gradients and running statistics live in the same flat vectors as
-//! [`Net`](super::Net)'s (`params`, `grads`, `stats`), at the offsets [`expected`] gives, so
+//! [`Net`]'s (`params`, `grads`, `stats`), at the offsets [`expected`] gives, so
 //! one optimizer and one checkpoint cover backbone and head. This is plain code (the largest
 //! head tensor is the first map's 19 x 19 x 576 per image), checked by finite differences here
 //! and against PyTorch autograd in `tests/ssd_train.rs`.
