@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Load test, loopback only: `mnv2 serve` against the typical Python deployment of the same
-# model (ONNX Runtime behind FastAPI on uvicorn, scripts/bench/serve_onnx_fastapi.py, the
-# model exported by `mnv2 export --format onnx`). Both get the same engine threads and the
-# same requests: chelsea.png posted raw to POST /v1/classify, by wrk at 1, 8 and 64
-# connections. Reported per run: images/s, p50 and p99 latency, errors (non-2xx, socket
-# errors), and the server's peak RSS (VmHWM since it started).
+# Load test, loopback only (issue 15's protocol): `mnv2 serve` against the typical Python
+# deployment of the same model (ONNX Runtime behind FastAPI on uvicorn,
+# scripts/bench/serve_onnx_fastapi.py, the model exported by `mnv2 export --format onnx`). Both
+# get the same engine threads and the same requests: chelsea.png posted raw to
+# POST /v1/classify by wrk, at 1, 8 and 64 connections, DURATION seconds each (30 by default),
+# after a 2 s warm-up. Each server is started fresh for each connection count, so its peak RSS
+# (VmHWM) is that run's (loading the model included). Reported per run: images/s, p50 and p99
+# latency, errors (non-2xx and socket errors), peak RSS and RSS at the end. Writes
+# $OUT/serve_load.json and $OUT/serve_load.md and prints the table and the images/s ratio.
 #
-# Usage: scripts/bench/serve_load.sh          (env: DURATION=10 seconds per run, THREADS=2,
-#        CONNS="1 8 64", MNV2=binary, SERVE_LOAD_CACHE, SERVE_LOAD_OUT)
-# The load generator shares the machine with the servers: on a small machine it takes CPU
-# from them, so compare the two servers with each other, not with `mnv2 bench`.
+# Usage: scripts/bench/serve_load.sh          (env: DURATION=30, THREADS=2, CONNS="1 8 64",
+#        MNV2=binary, SERVE_LOAD_CACHE, SERVE_LOAD_OUT, SERVERS="mnv2 onnx")
+# On a machine with few cores the load generator takes CPU from the servers: run it on an
+# otherwise idle machine, and compare the two servers with each other, not with `mnv2 bench`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-30}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-"1 8 64"}
+SERVERS=${SERVERS:-"mnv2 onnx"}
 CACHE=${SERVE_LOAD_CACHE:-$HOME/.cache/mnv2-serve-load}
 OUT=${SERVE_LOAD_OUT:-$TARGET/serve-load}
 WEIGHTS=$ROOT/weights/mobilenet_v2-b0353104.pth
@@ -69,46 +73,72 @@ wait_ready() {  # URL PID
   return 1
 }
 
-# RUN NAME URL PID: one table row per connection count.
-run() {
-  local name=$1 url=$2 pid=$3
-  case $url in "http://$HOST:"*) ;; *) echo "not loopback: $url"; exit 1 ;; esac
-  timeout 60 wrk -t 2 -c 8 -d 2s --timeout 30s -s "$OUT/post.lua" "$url" >/dev/null  # warm-up
-  for c in $CONNS; do
-    local t=$(( c < 2 ? c : 2 ))
-    local line
-    line=$(timeout $((DURATION + 60)) wrk -t "$t" -c "$c" -d "${DURATION}s" --timeout 30s -s "$OUT/post.lua" "$url" | grep '^RESULT')
-    read -r _ n secs status sock p50 p99 <<<"$line"
-    local rss
-    rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
-    printf '| %s | %d | %.1f | %.1f | %.1f | %d | %s |\n' "$name" "$c" "$(echo "$n / $secs" | bc -l)" "$p50" "$p99" \
-      $((status + sock)) "$rss"
-  done
+start_server() {  # NAME -> PID, URL, LOG
+  case $1 in
+    mnv2)
+      LOG=$OUT/mnv2.log
+      "$MNV2" serve --weights "$WEIGHTS" --addr $HOST:18080 --threads "$THREADS" >"$LOG" 2>&1 &
+      PID=$!
+      URL=http://$HOST:18080/v1/classify ;;
+    onnx)
+      LOG=$OUT/fastapi.log
+      MODEL=$ONNX THREADS=$THREADS "$CACHE/venv/bin/python" -m uvicorn --app-dir "$ROOT/scripts/bench" \
+        serve_onnx_fastapi:app --host $HOST --port 18081 --log-level warning >"$LOG" 2>&1 &
+      PID=$!
+      URL=http://$HOST:18081/v1/classify ;;
+  esac
+  wait_ready "$URL" $PID || { cat "$LOG"; exit 1; }
 }
 
-TABLE=$OUT/serve_load.md
-{
-  echo "DURATION=${DURATION}s per run, THREADS=$THREADS, CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores"
-  echo
-  echo "| server | connections | images/s | p50 ms | p99 ms | errors | peak RSS MB |"
-  echo "|---|---|---|---|---|---|---|"
-} >"$TABLE"
+label() { case $1 in mnv2) echo "mnv2 serve" ;; onnx) echo "onnxruntime+fastapi" ;; esac; }
 
-step "mnv2 serve --threads $THREADS"
-"$MNV2" serve --weights "$WEIGHTS" --addr $HOST:18080 --threads "$THREADS" >"$OUT/mnv2.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-wait_ready "http://$HOST:18080/v1/classify" $PID || { cat "$OUT/mnv2.log"; exit 1; }
-run "mnv2 serve" "http://$HOST:18080/v1/classify" $PID | tee -a "$TABLE"
-kill -TERM $PID; wait $PID || true
-
-step "ONNX Runtime + FastAPI/uvicorn, $THREADS intra-op threads"
-MODEL=$ONNX THREADS=$THREADS "$CACHE/venv/bin/python" -m uvicorn --app-dir "$ROOT/scripts/bench" serve_onnx_fastapi:app \
-  --host $HOST --port 18081 --log-level warning >"$OUT/fastapi.log" 2>&1 &
-PID=$!
-wait_ready "http://$HOST:18081/v1/classify" $PID || { cat "$OUT/fastapi.log"; exit 1; }
-run "onnxruntime+fastapi" "http://$HOST:18081/v1/classify" $PID | tee -a "$TABLE"
-kill -TERM $PID; wait $PID || true
+JSONL=$OUT/serve_load.jsonl
+: >"$JSONL"
+PID=""
+trap '[ -n "$PID" ] && kill $PID 2>/dev/null || true' EXIT
+for server in $SERVERS; do
+  for c in $CONNS; do
+    step "$(label $server): $c connections, ${DURATION}s"
+    start_server "$server"
+    case $URL in "http://$HOST:"*) ;; *) echo "not loopback: $URL"; exit 1 ;; esac
+    timeout 60 wrk -t 2 -c 8 -d 2s --timeout 30s -s "$OUT/post.lua" "$URL" >/dev/null  # warm-up
+    t=$(( c < 2 ? c : 2 ))
+    line=$(timeout $((DURATION + 60)) wrk -t "$t" -c "$c" -d "${DURATION}s" --timeout 30s -s "$OUT/post.lua" "$URL" | grep '^RESULT')
+    read -r _ n secs status sock p50 p99 <<<"$line"
+    hwm=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$PID/status")
+    rss=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$PID/status")
+    kill -TERM $PID; wait $PID || true
+    PID=""
+    printf '{"server": "%s", "connections": %d, "duration_s": %s, "requests": %d, "images_per_s": %.2f, "p50_ms": %s, "p99_ms": %s, "errors": %d, "peak_rss_mb": %s, "rss_end_mb": %s}\n' \
+      "$(label $server)" "$c" "$secs" "$n" "$(echo "$n / $secs" | bc -l)" "$p50" "$p99" $((status + sock)) "$hwm" "$rss" >>"$JSONL"
+  done
+done
 trap - EXIT
-step "table in $TABLE"
-cat "$TABLE"
+
+CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)
+"$CACHE/venv/bin/python" - "$JSONL" "$OUT" "$DURATION" "$THREADS" "$CPU" "$(nproc)" <<'PY'
+import json, sys, datetime
+jsonl, out, duration, threads, cpu, cores = sys.argv[1:]
+runs = [json.loads(l) for l in open(jsonl) if l.strip()]
+doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "duration_s": int(duration),
+       "threads": int(threads), "cpu": cpu, "cores": int(cores), "runs": runs}
+by = {(r["server"], r["connections"]): r for r in runs}
+ratio = {}
+for (server, c), r in by.items():
+    other = by.get(("onnxruntime+fastapi", c))
+    if server == "mnv2 serve" and other and other["images_per_s"] > 0:
+        ratio[str(c)] = round(r["images_per_s"] / other["images_per_s"], 2)
+doc["images_per_s_ratio_mnv2_over_onnx"] = ratio
+json.dump(doc, open(f"{out}/serve_load.json", "w"), indent=1)
+lines = [f"{doc['date']}: {duration} s per run, THREADS={threads}, CPU: {cpu}, {cores} cores", "",
+         "| server | connections | images/s | p50 ms | p99 ms | errors | peak RSS MB | RSS at end MB |",
+         "|---|---|---|---|---|---|---|---|"]
+for r in runs:
+    lines.append(f"| {r['server']} | {r['connections']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                 f"{r['errors']} | {r['peak_rss_mb']:.1f} | {r['rss_end_mb']:.1f} |")
+if ratio:
+    lines += ["", "images/s, mnv2 serve / onnxruntime+fastapi: " + ", ".join(f"{c} connections {v}x" for c, v in ratio.items())]
+open(f"{out}/serve_load.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+step "results in $OUT/serve_load.json and $OUT/serve_load.md"

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end tests of `mnv2 serve` against a real server on loopback:
+# End-to-end tests of `mnv2 serve` against a real server on loopback, started with the real
+# SSDLite person detector (--detector) and the small DeepLab test model (--segmenter):
 #   1. tritonclient[http] from PyPI (crates/mnv2-serve/tests/py/tritonclient_test.py);
-#   2. the web page in headless Chromium via playwright-core (crates/mnv2-serve/tests/browser/);
-#   3. SIGTERM: the server exits 0 after draining.
+#   2. the web page in headless Chromium via playwright-core (crates/mnv2-serve/tests/browser/):
+#      chelsea.png -> "Egyptian cat"; astronaut.png -> a "person" box and the mask drawn;
+#   3. schemathesis against /openapi.json, bounded (SERVE_E2E_FUZZ_EXAMPLES per operation and
+#      phase, default 100, about 30 s; killed after SERVE_E2E_FUZZ_SECONDS, default 300): no
+#      5xx, no crash, and the server still answers afterwards;
+#   4. SIGTERM: the server exits 0 after draining.
 # Installs what it needs once (Debian chromium, npm playwright-core, a Python venv with
-# tritonclient[http] and Pillow) into $SERVE_E2E_CACHE; later runs reuse them. Each step is
-# bounded by `timeout`; after the installs the whole run takes well under 5 minutes.
+# tritonclient[http], Pillow and schemathesis) into $SERVE_E2E_CACHE; later runs reuse them.
+# Each step is bounded by `timeout`; after the installs the whole run takes a few minutes.
 #
 # Env: MNV2 (the binary; default: built with cargo --release), SERVE_E2E_CACHE (default
 # ~/.cache/mnv2-serve-e2e), SERVE_E2E_OUT (screenshots and logs; default
@@ -18,11 +23,14 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CACHE=${SERVE_E2E_CACHE:-$HOME/.cache/mnv2-serve-e2e}
 OUT=${SERVE_E2E_OUT:-$TARGET/serve-e2e}
 WEIGHTS=$ROOT/weights/mobilenet_v2-b0353104.pth
+DETECTOR=$ROOT/weights/ssdlite_mobilenet_v2_person.pb
+SEGMENTER=$ROOT/tests/data/deeplab/w035.safetensors
+SCHEMATHESIS_VERSION=4.32.5
 mkdir -p "$CACHE" "$OUT"
 
 step() { echo "== serve_e2e: $*"; }
 
-[ -f "$WEIGHTS" ] || bash scripts/fetch_assets.sh
+[ -f "$WEIGHTS" ] && [ -f "$DETECTOR" ] && [ -f weights/calib/astronaut.png ] || bash scripts/fetch_assets.sh
 if [ -z "${MNV2:-}" ]; then
   step "building mnv2 (release)"
   timeout 1800 cargo build --release -q -p mnv2
@@ -48,11 +56,18 @@ if [ ! -f "$CACHE/venv/.ok" ]; then
   timeout 900 "$CACHE/venv/bin/pip" install -q "tritonclient[http]" pillow numpy
   touch "$CACHE/venv/.ok"
 fi
+if [ ! -f "$CACHE/venv/.schemathesis-$SCHEMATHESIS_VERSION" ]; then
+  step "installing schemathesis $SCHEMATHESIS_VERSION into the venv"
+  timeout 900 "$CACHE/venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  touch "$CACHE/venv/.schemathesis-$SCHEMATHESIS_VERSION"
+fi
 
 # --- the server ---
 LOG=$OUT/server.log
+: >"$LOG"
 step "starting $MNV2 serve"
-"$MNV2" serve --weights "$WEIGHTS" --addr 127.0.0.1:0 --threads "${SERVE_E2E_THREADS:-2}" >"$LOG" 2>&1 &
+"$MNV2" serve --weights "$WEIGHTS" --detector "$DETECTOR" --segmenter "$SEGMENTER" --addr 127.0.0.1:0 \
+  --threads "${SERVE_E2E_THREADS:-2}" >"$LOG" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 ADDR=""
@@ -71,10 +86,26 @@ timeout 120 "$CACHE/venv/bin/python" crates/mnv2-serve/tests/py/tritonclient_tes
 step "browser (chromium + playwright-core)"
 PLAYWRIGHT_CORE=$CACHE/node/node_modules/playwright-core timeout 120 \
   node crates/mnv2-serve/tests/browser/classify.cjs "http://$ADDR/" "$ROOT/tests/data/images/chelsea.png" "$OUT"
+PLAYWRIGHT_CORE=$CACHE/node/node_modules/playwright-core timeout 240 \
+  node crates/mnv2-serve/tests/browser/detect.cjs "http://$ADDR/" "$ROOT/weights/calib/astronaut.png" "$OUT"
 if [ "${SERVE_E2E_SCREENSHOT:-0}" = 1 ]; then
   cp "$OUT/serve-desktop.png" docs/serve.png
-  step "docs/serve.png updated"
+  cp "$OUT/serve-detect.png" docs/serve-detect.png
+  step "docs/serve.png and docs/serve-detect.png updated"
 fi
+
+step "schemathesis against /openapi.json (no 5xx, no crash)"
+t0=$(date +%s)
+rc=0
+# From $OUT: schemathesis keeps a .schemathesis/ directory where it runs.
+(cd "$OUT" && timeout "${SERVE_E2E_FUZZ_SECONDS:-300}" "$CACHE/venv/bin/schemathesis" run "http://$ADDR/openapi.json" \
+  --checks not_a_server_error --max-examples "${SERVE_E2E_FUZZ_EXAMPLES:-100}" --workers 1 --seed 15 \
+  --generation-database none --request-timeout 60 --no-color --report junit --report-dir "$OUT/schemathesis") || rc=$?
+step "schemathesis took $(( $(date +%s) - t0 )) s"
+kill -0 $PID 2>/dev/null || { cat "$LOG"; echo "serve_e2e: the server died under schemathesis"; exit 1; }
+[ $rc = 0 ] || { echo "serve_e2e: schemathesis found failures (exit $rc; report in $OUT/schemathesis)"; exit 1; }
+curl -sf -o /dev/null --data-binary @tests/data/images/chelsea.png -H 'Content-Type: image/png' "http://$ADDR/v1/classify" \
+  || { echo "serve_e2e: the server stopped answering after schemathesis"; exit 1; }
 
 step "SIGTERM drains and exits 0"
 kill -TERM $PID

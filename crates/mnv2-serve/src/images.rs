@@ -4,7 +4,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use mobilenetv2::preprocess;
+use mobilenetv2::preprocess::{self, RgbImage};
 use mobilenetv2::Model;
 
 use crate::error::ApiError;
@@ -27,9 +27,9 @@ pub fn dimensions(bytes: &[u8], what: &str) -> Result<(u32, u32), ApiError> {
     })
 }
 
-/// Decodes `bytes` (refusing more than `max_pixels` before decoding) and applies the model's
-/// evaluation transform: NHWC values of the network's input size.
-pub fn load(bytes: &[u8], what: &str, model: &Model, max_pixels: u64) -> Result<Vec<f32>, ApiError> {
+/// Decodes `bytes` to RGB, refusing more than `max_pixels` (read from the header) before
+/// decoding anything.
+pub fn decode(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage, ApiError> {
     let (w, h) = dimensions(bytes, what)?;
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
@@ -37,7 +37,13 @@ pub fn load(bytes: &[u8], what: &str, model: &Model, max_pixels: u64) -> Result<
             "{what}: the image is {w}x{h} = {pixels} pixels, more than the limit of {max_pixels} (--max-pixels)"
         )));
     }
-    let img = preprocess::decode_bytes(bytes, Path::new(what)).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    preprocess::decode_bytes(bytes, Path::new(what)).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Decodes `bytes` (see [`decode`]) and applies the model's evaluation transform: NHWC values
+/// of the network's input size.
+pub fn load(bytes: &[u8], what: &str, model: &Model, max_pixels: u64) -> Result<Vec<f32>, ApiError> {
+    let img = decode(bytes, what, max_pixels)?;
     let spec = model.spec();
     let pre = &model.preprocess;
     let t = preprocess::transform(&img, pre, spec.height, spec.width_px)

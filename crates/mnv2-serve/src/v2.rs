@@ -156,12 +156,16 @@ pub async fn infer_version(
 async fn run_infer(app: Arc<App>, req: Request) -> Result<Response, ApiError> {
     let admitted = app.admit()?;
     let (parts, body) = req.into_parts();
+    let reading = app.reading(admitted.deadline).await?;
     let body = app.read_body(body, admitted.deadline).await?;
     let call = decode_infer(&parts.headers, &body, app.model.spec(), &app.config)?;
     drop(body);
     let logits = match call.input {
-        InferData::Tensor(inputs) => app.logits(inputs, admitted.deadline).await?,
-        InferData::Images(images) => app.logits_of_images(images, admitted.deadline).await?,
+        InferData::Tensor(inputs) => {
+            drop(reading);
+            app.logits(inputs, admitted.deadline).await?
+        }
+        InferData::Images(images) => app.logits_of_images(images, reading, admitted.deadline).await?,
     };
     respond(&app, call.id, logits, call.binary_output)
 }

@@ -17,9 +17,11 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use mnv2_serve::{App, Config};
+use mnv2_serve::{App, Config, Heads};
 use mobilenetv2::classify::Classifier;
+use mobilenetv2::detect::{Detector, DetectorOptions, PixelDetection};
 use mobilenetv2::engine::Options;
+use mobilenetv2::segment::Segmenter;
 use mobilenetv2::{preprocess, Model};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -286,6 +288,29 @@ async fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     assert_eq!(json_of(&b)[0]["top"][0]["label"], "Egyptian cat");
 }
 
+/// Multipart bodies above axum's default 2 MB limit are read under --max-body only (they
+/// were refused as malformed before).
+#[tokio::test]
+async fn a_large_multipart_body_under_max_body() {
+    let router = app(config()).router();
+    let png = read("chelsea.png");
+    let parts: Vec<(&str, Option<&str>, &[u8])> = (0..12).map(|_| ("image", Some("c.png"), &png[..])).collect();
+    let body = multipart(&parts);
+    assert!(body.len() > 2 << 20);
+    let (s, _, b) = call(&router, post("/v1/classify?top=1", Some(&multipart_type()), body.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let v = json_of(&b);
+    assert_eq!(v.as_array().unwrap().len(), 12);
+    assert!(v.as_array().unwrap().iter().all(|e| e["top"][0]["label"] == "Egyptian cat"), "{v}");
+    // And --max-body still applies to it.
+    let small = app(Config { max_body: 1 << 20, ..config() }).router();
+    assert_error(
+        call(&small, post("/v1/classify", Some(&multipart_type()), body)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "--max-body",
+    );
+}
+
 #[tokio::test]
 async fn too_many_images_in_one_request() {
     let router = app(Config { max_images: 2, ..config() }).router();
@@ -299,7 +324,7 @@ async fn too_many_images_in_one_request() {
 }
 
 #[tokio::test]
-async fn detect_and_segment_are_designed_in_but_not_loaded() {
+async fn detect_and_segment_without_their_models_answer_501() {
     let router = app(config()).router();
     let png = read("chelsea.png");
     assert_error(
@@ -679,4 +704,181 @@ async fn shutdown_drains_the_request_in_flight() {
     server.await.unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
     assert!(app.metrics.render().contains("mnv2_batch_size_count 1\n"));
+}
+
+// ---- /v1/detect and /v1/segment, with their models ----
+
+fn detector(threshold: f32) -> Detector {
+    let path = root().join("weights/ssdlite_mobilenet_v2_person.pb");
+    Detector::load(&path, DetectorOptions { threshold, threads: 1, ..DetectorOptions::default() }).unwrap()
+}
+
+fn segmenter() -> Segmenter {
+    let m = Model::load(&root().join("tests/data/deeplab/w035.safetensors")).unwrap();
+    Segmenter::new(m, Options { threads: 1, ..Options::default() }).unwrap()
+}
+
+fn astronaut() -> PathBuf {
+    root().join("weights/calib/astronaut.png")
+}
+
+/// What `mnv2 detect --json --threshold T` prints for one photo (its code, with the library's
+/// own threshold), `image` renamed, through text as a client reads it.
+fn detect_cli_json(path: &std::path::Path, name: &str, threshold: f32) -> Value {
+    let det = detector(threshold);
+    let image = preprocess::decode(path).unwrap();
+    let found = det.detect(&image).unwrap();
+    let row =
+        |d: &PixelDetection| json!({"box": d.bbox, "score": d.score, "class": d.class, "label": det.label(d.class)});
+    let v = json!({"image": name, "size": [image.width, image.height], "detections": found.iter().map(row).collect::<Vec<_>>()});
+    serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn detect_equals_the_library_at_each_threshold() {
+    let heads = Heads { detector: Some(detector(0.0)), segmenter: None };
+    let app = App::with_heads(Model::load(&weights()).unwrap(), heads, config()).unwrap();
+    let router = app.router();
+    let png = std::fs::read(astronaut()).unwrap();
+    let (s, _, b) = call(&router, post("/v1/detect", Some("image/png"), png.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let got = json_of(&b);
+    assert_eq!(got, json!([detect_cli_json(&astronaut(), "body", 0.5)]));
+    // The real person detector finds the astronaut.
+    let dets = got[0]["detections"].as_array().unwrap();
+    assert!(!dets.is_empty() && dets[0]["label"] == "person", "{got}");
+    for t in [0.05f32, 0.3, 0.9] {
+        let (s, _, b) = call(&router, post(&format!("/v1/detect?threshold={t}"), Some("image/png"), png.clone())).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(json_of(&b), json!([detect_cli_json(&astronaut(), "body", t)]), "threshold {t}");
+    }
+    // Two photos in one multipart request, in order.
+    let body = multipart(&[("image", Some("a.png"), &png), ("image", Some("cat.png"), &read("chelsea.png"))]);
+    let (s, _, b) = call(&router, post("/v1/detect?threshold=0.3", Some(&multipart_type()), body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        json_of(&b),
+        json!([detect_cli_json(&astronaut(), "a.png", 0.3), detect_cli_json(&photo("chelsea.png"), "cat.png", 0.3)])
+    );
+    // Bad requests: JSON errors, and still serving.
+    assert_error(
+        call(&router, post("/v1/detect?threshold=2", Some("image/png"), png.clone())).await,
+        StatusCode::BAD_REQUEST,
+        "threshold=`2`",
+    );
+    assert_error(
+        call(&router, post("/v1/detect", Some("image/png"), "not a png")).await,
+        StatusCode::BAD_REQUEST,
+        "body",
+    );
+    assert_error(
+        call(&router, post("/v1/detect", Some("image/png"), png_header(60000, 60000))).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "60000x60000",
+    );
+    assert_error(
+        call(&router, post("/v1/detect", Some("text/plain"), "x")).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "text/plain",
+    );
+    let (s, _, _) = call(&router, post("/v1/detect", Some("image/png"), png)).await;
+    assert_eq!(s, StatusCode::OK);
+    // Segmentation is not loaded on this server.
+    assert_error(
+        call(&router, post("/v1/segment", Some("image/png"), read("chelsea.png"))).await,
+        StatusCode::NOT_IMPLEMENTED,
+        "--segmenter",
+    );
+    let (s, _, b) = call(&router, get("/v1/models")).await;
+    assert_eq!(s, StatusCode::OK);
+    let m = json_of(&b);
+    assert_eq!(m["detect"], json!({"classes": 1, "labels": ["person"]}));
+    assert_eq!(m["segment"], Value::Null);
+    assert_eq!(m["classify"], json!({"name": "mobilenet_v2", "classes": 1000}));
+}
+
+#[tokio::test]
+async fn segment_equals_the_library_as_json_and_png() {
+    use base64::Engine as _;
+    let heads = Heads { detector: None, segmenter: Some(segmenter()) };
+    let app = App::with_heads(Model::load(&weights()).unwrap(), heads, config()).unwrap();
+    let router = app.router();
+    let lib = segmenter();
+    let photo_rgb = preprocess::decode(&photo("chelsea.png")).unwrap();
+    let want = lib.segment_image(&photo_rgb).unwrap();
+    let want_png = want.to_png().unwrap();
+
+    let (s, h, b) = call(&router, post("/v1/segment", Some("image/png"), read("chelsea.png"))).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(h[header::CONTENT_TYPE], "application/json");
+    let got = json_of(&b);
+    let fractions: Value = serde_json::from_str(&serde_json::to_string(&lib.fractions(&want)).unwrap()).unwrap();
+    assert_eq!(got[0]["image"], "body");
+    assert_eq!(
+        (got[0]["width"].as_u64(), got[0]["height"].as_u64()),
+        (Some(want.width as u64), Some(want.height as u64))
+    );
+    assert_eq!(got[0]["classes"], fractions);
+    let mask = got[0]["mask"].as_str().unwrap().strip_prefix("data:image/png;base64,").unwrap();
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(mask).unwrap(), want_png);
+
+    let mut req = post("/v1/segment", Some("image/png"), read("chelsea.png"));
+    req.headers_mut().insert(header::ACCEPT, "image/png".parse().unwrap());
+    let (s, h, b) = call(&router, req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "image/png");
+    assert_eq!(b.to_vec(), want_png);
+
+    // One mask per PNG answer; images the network cannot take; still serving.
+    let two =
+        multipart(&[("image", Some("a.png"), &read("chelsea.png")), ("image", Some("b.png"), &read("chelsea.png"))]);
+    let mut req = post("/v1/segment", Some(&multipart_type()), two);
+    req.headers_mut().insert(header::ACCEPT, "image/png".parse().unwrap());
+    assert_error(call(&router, req).await, StatusCode::BAD_REQUEST, "2 images");
+    let mut tiny = Vec::new();
+    image::RgbImage::new(8, 8).write_to(&mut std::io::Cursor::new(&mut tiny), image::ImageFormat::Png).unwrap();
+    assert_error(call(&router, post("/v1/segment", None, tiny)).await, StatusCode::BAD_REQUEST, "8x8");
+    assert_error(
+        call(&router, post("/v1/detect", Some("image/png"), read("chelsea.png"))).await,
+        StatusCode::NOT_IMPLEMENTED,
+        "--detector",
+    );
+    let (s, _, b) = call(&router, get("/v1/models")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json_of(&b)["segment"]["classes"], 21);
+}
+
+/// At most `max_batch` requests read and decode their bodies at once: here one, held by a
+/// client that sends its body slowly; another request waits (its body stays in the socket,
+/// not in the server), and is answered once the slow one is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_batch_wait_to_read_their_bodies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app(Config { max_batch: 1, ..config() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(mnv2_serve::serve(listener, app.clone(), std::future::pending()));
+    let body = b"not an image, sent slowly".to_vec();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..5]).await.unwrap();
+    while app.metrics.inflight() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let router = app.router();
+    let fast = tokio::spawn(async move { call(&router, post("/v1/classify?top=1", None, read("chelsea.png"))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fast.is_finished(), "answered while the only reader was taken");
+    assert_eq!(app.metrics.inflight(), 2);
+    slow.write_all(&body[5..]).await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    let (s, _, b) = fast.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json_of(&b)[0]["top"][0]["label"], "Egyptian cat");
 }

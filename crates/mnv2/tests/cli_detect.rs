@@ -132,6 +132,18 @@ fn detect_with_the_converted_safetensors_equals_the_graph() {
     let top = &v[0]["detections"][0];
     assert_eq!(top["label"], "person");
     assert!(top["score"].as_f64().unwrap() > 0.9, "{top}");
+    // --mode: the streaming engine and the layer-by-layer reference find the same person.
+    for mode in ["streaming", "reference"] {
+        let o = mnv2(&["detect", "--weights", &pb, &image, "--threshold", "0.5", "--json", "--mode", mode]);
+        ok(&o);
+        let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let other = &m[0]["detections"][0];
+        for k in 0..4 {
+            let (p, q) = (top["box"][k].as_f64().unwrap(), other["box"][k].as_f64().unwrap());
+            assert!((p - q).abs() <= 0.01, "{mode}: {top} vs {other}");
+        }
+        assert!((top["score"].as_f64().unwrap() - other["score"].as_f64().unwrap()).abs() <= 1e-4, "{mode}: {other}");
+    }
     // --draw: the box and its label "person 0.90", white on the class colour, above the box
     // (font 17 px on a 512 px image: a 21-row band over the box's top edge at y = 32).
     let dir = tmp("drawn");

@@ -27,6 +27,9 @@ async function check(context, name, viewport) {
   page.on("request", (r) => { if (!r.url().startsWith(url) && !/^(blob|data):/.test(r.url())) failed.push("external request: " + r.url()); });
   page.on("pageerror", (e) => failed.push("page error: " + e.message));
   await page.goto(url, { waitUntil: "load", timeout: 15000 });
+  // Classes only (a server with a segmenter would otherwise paint its mask on the screenshot).
+  await page.locator("body[data-models]").waitFor({ timeout: 15000 });
+  await page.evaluate(() => { for (const id of ["want-detect", "want-segment"]) document.getElementById(id).checked = false; });
   await page.setInputFiles("#file", photo);
   const row = page.locator("#results .row").first();
   await row.locator(".label", { hasText: "Egyptian cat" }).waitFor({ timeout: 20000 });

@@ -15,8 +15,10 @@ use super::{out, Internal};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights file; without it, random weights of --width (timing does not depend on the
-    /// values, so bench needs no download and measures any width)
+    /// Weights file (a classifier, a DeepLab segmenter, or a detector: its network to the raw
+    /// outputs, from a TF frozen graph or `mnv2 convert`'s file); without it, random weights
+    /// of --width (timing does not depend on the values, so bench needs no download and
+    /// measures any width)
     #[arg(long)]
     weights: Option<PathBuf>,
     /// NCHW float32 .npy input batch; without it, a random batch of --batch images
@@ -68,9 +70,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// The weights: the file, or random ones of `--width`.
+/// The weights: the file (a detector's TF frozen graph too: its network to the raw outputs),
+/// or random ones of `--width`.
 fn model(a: &Args) -> Result<Model> {
     Ok(match &a.weights {
+        Some(w) if mobilenetv2::detect::is_graph(w)? => {
+            let g = mobilenetv2::weights::tfgraph::TfGraph::read_path(w)?;
+            let pre = mobilenetv2::detect::SsdConfig::from_graph(&g)?.preprocess;
+            mobilenetv2::detect::tfimport::model(&g, pre.height, pre.width)?
+        }
         Some(w) => Model::load(w)?,
         None => Model::init(&Spec::new(a.width, 224), 0, true)?,
     })

@@ -32,6 +32,10 @@ pub struct Args {
     /// Worker threads [default: all available cores]
     #[arg(long, value_parser = super::args::threads)]
     threads: Option<usize>,
+    /// Engine mode: fast (fused blocks, the head on the fast kernels), streaming (least
+    /// activation memory) or reference (layer by layer, the oracle; slow)
+    #[arg(long, value_enum, default_value_t = super::args::ModeArg::Fast)]
+    mode: super::args::ModeArg,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -39,7 +43,10 @@ pub fn main(a: Args) -> Result<()> {
         anyhow::bail!("--threshold {} must be in [0, 1]", a.threshold);
     }
     let threads = a.threads.unwrap_or_else(super::args::cores);
-    let det = Detector::load(&a.weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
+    let det = Detector::load(
+        &a.weights,
+        DetectorOptions { threshold: a.threshold, threads, mode: a.mode.into(), ..Default::default() },
+    )?;
     if let Some(dir) = &a.draw {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
     }

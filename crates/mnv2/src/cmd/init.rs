@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use mobilenetv2::spec::HeadSpec;
 use mobilenetv2::{Model, Spec};
 
 #[derive(clap::Args)]
@@ -24,6 +25,12 @@ pub struct Args {
     /// torchvision's identity BatchNorm hides folding errors)
     #[arg(long)]
     randomize_bn: bool,
+    /// Head: classifier, deeplab (Mobile DeepLabv3, the paper's chosen head) or deeplab-aspp
+    #[arg(long, default_value = "classifier")]
+    head: String,
+    /// Output stride of a DeepLab head's backbone (16 or 8; 32 for a classifier)
+    #[arg(long)]
+    output_stride: Option<usize>,
     /// Output file (.safetensors)
     #[arg(long)]
     out: PathBuf,
@@ -31,7 +38,23 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let (height, width_px) = Spec::parse_resolution(&a.resolution)?;
-    let spec = Spec { width: a.width, classes: a.classes, height, width_px, expansion: a.expansion, ..Spec::default() };
+    let head = match a.head.as_str() {
+        "classifier" => HeadSpec::Classifier,
+        "deeplab" => HeadSpec::DeepLab { aspp: false },
+        "deeplab-aspp" => HeadSpec::DeepLab { aspp: true },
+        h => bail!("--head {h}: expected classifier, deeplab or deeplab-aspp"),
+    };
+    let output_stride = a.output_stride.unwrap_or(if head == HeadSpec::Classifier { 32 } else { 16 });
+    let spec = Spec {
+        width: a.width,
+        classes: a.classes,
+        height,
+        width_px,
+        expansion: a.expansion,
+        head,
+        output_stride,
+        ..Spec::default()
+    };
     let model = Model::init(&spec, a.seed, a.randomize_bn)?;
     model.save(&a.out)?;
     eprintln!("wrote {} (width {}, {} classes, seed {})", a.out.display(), a.width, a.classes, a.seed);

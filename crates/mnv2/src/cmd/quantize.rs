@@ -5,14 +5,17 @@ use anyhow::{bail, Context, Result};
 use mobilenetv2::data::augment::Augment;
 use mobilenetv2::data::loader::{Loader, Transform};
 use mobilenetv2::data::{Dataset, OnBad};
+use mobilenetv2::detect::{self, Detector, DetectorOptions};
+use mobilenetv2::engine::Mode;
 use mobilenetv2::plan::Shape;
 use mobilenetv2::quant::{self, Method};
 use mobilenetv2::{npy, preprocess, Batch, Model};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float weights to quantise; default: the ImageNet weights in the weights home
-    /// ($MNV2_HOME, else ~/.cache/mnv2; `mnv2 fetch` puts them there)
+    /// Float weights to quantise (a classifier, or a detector: a TF frozen graph or a file of
+    /// `mnv2 convert`); default: the ImageNet weights in the weights home ($MNV2_HOME, else
+    /// ~/.cache/mnv2; `mnv2 fetch` puts them there)
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Calibration data: a directory of JPEG/PNG images (searched recursively, preprocessed as
@@ -59,13 +62,49 @@ fn idx_batches(path: &Path, model: &Model, n: usize) -> Result<Vec<Batch>> {
         .with_context(|| format!("reading calibration images from {}", path.display()))
 }
 
+/// A detector (a TF frozen graph or the project's detector file): calibrated on the photos
+/// of `--calib` (a directory) as the detector feeds them to its network, written as an int8
+/// detector file that `mnv2 detect` runs.
+fn quantize_detector(a: &Args, weights: &Path) -> Result<()> {
+    let det = Detector::load(weights, DetectorOptions { mode: Mode::Reference, ..DetectorOptions::default() })?;
+    if det.model().quant.is_some() {
+        bail!("{}: already quantised", weights.display());
+    }
+    if !a.calib.is_dir() {
+        bail!("{}: a detector is calibrated on a directory of photos (JPEG or PNG)", a.calib.display());
+    }
+    let mut files = Vec::new();
+    image_files(&a.calib, &mut files)?;
+    if files.is_empty() {
+        bail!("{}: no JPEG or PNG images found", a.calib.display());
+    }
+    files.truncate(a.images);
+    let photos = files.iter().map(|f| preprocess::decode(f)).collect::<mobilenetv2::Result<Vec<_>>>()?;
+    eprintln!(
+        "calibrating the detector's {} blocks on {} photo(s) with {:?} ...",
+        det.model().plan.blocks.len(),
+        photos.len(),
+        a.method
+    );
+    let qspec = det.calibrate(&photos, a.method)?;
+    det.save_int8(&a.out, &qspec).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {} ({} bytes)", a.out.display(), std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0));
+    Ok(())
+}
+
 pub fn main(a: Args) -> Result<()> {
     let method = a.method;
     if a.images == 0 {
         bail!("--images must be at least 1");
     }
-    let weights = super::fetch::weights_or_default(a.weights)?;
+    let weights = super::fetch::weights_or_default(a.weights.clone())?;
+    if detect::is_graph(&weights)? {
+        return quantize_detector(&a, &weights);
+    }
     let mut model = Model::load(&weights)?;
+    if model.plan.ssd("").is_ok() {
+        return quantize_detector(&a, &weights);
+    }
     if model.quant.is_some() {
         bail!("{}: already quantised", weights.display());
     }

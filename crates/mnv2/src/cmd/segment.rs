@@ -34,6 +34,10 @@ pub struct Args {
     /// Worker threads
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Engine mode: fast (fused blocks, the head on the fast kernels), streaming (least
+    /// activation memory) or reference (layer by layer, the oracle; slow)
+    #[arg(long, value_enum, default_value_t = super::args::ModeArg::Fast)]
+    mode: super::args::ModeArg,
 }
 
 fn stem(p: &Path) -> Result<String> {
@@ -44,7 +48,7 @@ fn stem(p: &Path) -> Result<String> {
 
 pub fn main(a: Args) -> Result<()> {
     let model = Model::load(&a.weights)?;
-    let segmenter = Segmenter::new(model, Options { threads: a.threads, ..Options::default() })
+    let segmenter = Segmenter::new(model, Options { threads: a.threads, mode: a.mode.into(), ..Options::default() })
         .with_context(|| format!("{}", a.weights.display()))?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create the output directory", a.out.display()))?;

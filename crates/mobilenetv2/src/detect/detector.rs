@@ -33,6 +33,8 @@ use crate::engine::{Mode, Options};
 use crate::error::{Error, Result};
 use crate::plan::Shape;
 use crate::preprocess::RgbImage;
+use crate::qscheme::QuantSpec;
+use crate::quant::Method;
 use crate::weights::safetensors_io::FloatStore;
 use crate::weights::tfgraph::TfGraph;
 use crate::{Batch, Engine, Model};
@@ -69,8 +71,12 @@ pub fn is_graph(path: &Path) -> Result<bool> {
 pub struct DetectorOptions {
     /// Detections scoring below this are dropped (TF's own NMS keeps scores above 1e-8).
     pub threshold: f32,
-    /// Threads (>= 1); images of a batch are shared out over them.
+    /// Threads (>= 1): a batch's images are shared out over them; one image is split by rows.
     pub threads: usize,
+    /// The engine: fast (the default: the backbone's fused blocks, the tapped tensors
+    /// materialised once, the head on the fast kernels), streaming, or the layer-by-layer
+    /// reference (the oracle the tests compare the others with).
+    pub mode: Mode,
     /// Resize, anchors, box coder, scores and NMS; [`Detector::from_graph`] reads them from the
     /// graph, [`Default`] is `ssdlite_mobilenet_v2_coco.config`'s.
     pub config: SsdConfig,
@@ -80,7 +86,13 @@ pub struct DetectorOptions {
 
 impl Default for DetectorOptions {
     fn default() -> Self {
-        DetectorOptions { threshold: 0.5, threads: 1, config: SsdConfig::default(), labels: Vec::new() }
+        DetectorOptions {
+            threshold: 0.5,
+            threads: 1,
+            mode: Mode::Fast,
+            config: SsdConfig::default(),
+            labels: Vec::new(),
+        }
     }
 }
 
@@ -144,10 +156,8 @@ impl Detector {
             ssd.maps.iter().map(|&m| (plan.layers[m].output.h, plan.layers[m].output.w)).collect();
         let anchors = anchors::generate(&options.config.box_specs, &grids, input.h, input.w, [1.0, 1.0])?;
         let taps = ssd.boxes.iter().chain(&ssd.classes).copied().collect();
-        let engine = Engine::new(
-            &model,
-            Options { mode: Mode::Reference, threads: options.threads.max(1), ..Options::default() },
-        )?;
+        let engine =
+            Engine::new(&model, Options { mode: options.mode, threads: options.threads.max(1), ..Options::default() })?;
         Ok(Detector { engine, model, options, anchors, taps })
     }
 
@@ -167,7 +177,7 @@ impl Detector {
 
     /// The detector of a file: a frozen graph ([`Detector::from_graph`]) or the project's
     /// safetensors detector ([`Detector::from_safetensors`]), told apart by the first bytes.
-    /// `options.threshold` and `options.threads` apply; the post-processing and (unless
+    /// `options.threshold`, `options.threads` and `options.mode` apply; the post-processing and (unless
     /// `options.labels` is given) the labels are the file's.
     pub fn load(path: &Path, options: DetectorOptions) -> Result<Detector> {
         if is_graph(path)? {
@@ -219,6 +229,38 @@ impl Detector {
         let meta = DetectorMeta { config: self.options.config.clone(), labels: self.options.labels.clone() };
         metadata.insert(DETECTOR_KEY.into(), serde_json::to_string(&meta).expect("the detector config serialises"));
         crate::weights::safetensors_io::write_as(path, &self.model.tensors(), &metadata, store)
+    }
+
+    /// Activation ranges of the backbone for int8 inference ([`crate::quant::calibrate`]),
+    /// measured on `photos` as the detector feeds them to the network (the graph's resize and
+    /// mapping). The head stays in f32 (on int8-grid weights in the file).
+    pub fn calibrate(&self, photos: &[RgbImage], method: Method) -> Result<QuantSpec> {
+        if self.model.quant.is_some() {
+            return Err(Error::Unsupported("calibrating a detector that is already int8".into()));
+        }
+        let pre = &self.options.config.preprocess;
+        let shape = Shape::new(pre.height, pre.width, 3);
+        let batches = photos
+            .chunks(8)
+            .map(|c| Batch::new(c.len(), shape, c.iter().flat_map(|im| pre.apply(im)).collect()))
+            .collect::<Result<Vec<_>>>()?;
+        crate::quant::calibrate(&self.model, &batches, method)
+    }
+
+    /// Writes the detector as an int8 model file (atomically): the int8 format of
+    /// [`crate::weights::int8`] with the quantisation `spec` (from [`Detector::calibrate`]) and
+    /// the `detector` entry of [`Detector::save`], so [`Detector::load`] rebuilds it running
+    /// its backbone on the int8 kernels.
+    pub fn save_int8(&self, path: &Path, spec: &QuantSpec) -> Result<()> {
+        let mut metadata = self.model.metadata();
+        let meta = DetectorMeta { config: self.options.config.clone(), labels: self.options.labels.clone() };
+        metadata.insert(DETECTOR_KEY.into(), serde_json::to_string(&meta).expect("the detector config serialises"));
+        crate::weights::int8::write(path, &self.model.plan, &self.model.params, spec, &metadata)
+    }
+
+    /// The instruction set and kernels its engine runs (none in reference mode).
+    pub fn kernels(&self) -> (Option<crate::engine::Isa>, Vec<&'static str>) {
+        self.engine.kernels()
     }
 
     /// The detector's network (its plan has the SSD head).

@@ -9,7 +9,7 @@ pub use mnv2_kernels::Isa;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::plan::{Op, Plan, Shape, Tap};
+use crate::plan::{Head, Op, Plan, Shape, Tap};
 use crate::spec::Spec;
 use crate::tensor::Batch;
 
@@ -114,19 +114,24 @@ impl Engine {
                 return Err(Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())));
             }
             let streaming = options.mode == Mode::Streaming;
+            let threads = options.threads;
             // An int8 model runs on the int8 kernels; everything else in f32.
             let fast: Box<dyn fast::Runner> = match &model.quant {
                 // Streaming keeps the expanded rows in u8 (least memory), fast mode as f32.
                 Some(q) if streaming => {
-                    Box::new(fast::FastEngine::new(fast::QNet::<u8>::new(plan, folded, q, isa)?, options.threads, true))
+                    let net = fast::QNet::<u8>::new(plan, folded, q, isa)?;
+                    let head = Engine::head(plan, folded, isa)?;
+                    Box::new(fast::FastEngine::new(net, head, threads, true))
                 }
-                Some(q) => Box::new(fast::FastEngine::new(
-                    fast::QNet::<f32>::new(plan, folded, q, isa)?,
-                    options.threads,
-                    false,
-                )),
+                Some(q) => {
+                    let net = fast::QNet::<f32>::new(plan, folded, q, isa)?;
+                    let head = Engine::head(plan, folded, isa)?;
+                    Box::new(fast::FastEngine::new(net, head, threads, false))
+                }
                 None => {
-                    Box::new(fast::FastEngine::new(fast::F32Net::new(plan, folded, isa)?, options.threads, streaming))
+                    let net = fast::F32Net::new(plan, folded, isa)?;
+                    let head = Engine::head(plan, folded, isa)?;
+                    Box::new(fast::FastEngine::new(net, head, threads, streaming))
                 }
             };
             return Ok(Engine { spec: model.spec().clone(), options, layers: Vec::new(), fast: Some(fast) });
@@ -142,6 +147,17 @@ impl Engine {
             })
             .collect();
         Ok(Engine { spec: model.spec().clone(), options, layers, fast: None })
+    }
+
+    /// The head layers of a detection or segmentation plan packed for the fast kernels (after
+    /// the backbone took its layers out of `folded`); `None` for a classifier.
+    fn head(plan: &Plan, folded: &mut FoldedLayers, isa: Isa) -> Result<Option<fast::HeadNet>> {
+        if matches!(plan.head, Head::Classifier(_)) {
+            return Ok(None);
+        }
+        let tier = mnv2_kernels::Tier::new(isa)
+            .ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
+        Ok(Some(fast::HeadNet::new(plan, folded, tier)?))
     }
 
     /// The options the engine was built with.
@@ -171,7 +187,9 @@ impl Engine {
     /// Logits from NCHW values (PyTorch's layout), without a transposing pass in fast mode.
     pub fn run_nchw(&self, dims: &[usize], values: &[f32]) -> Result<Batch> {
         match (&self.fast, dims) {
-            (Some(f), [n, 3, h, w]) if values.len() == n * 3 * h * w => {
+            (Some(f), [n, 3, h, w])
+                if values.len() == n * 3 * h * w && matches!(self.spec.head, crate::spec::HeadSpec::Classifier) =>
+            {
                 let plan = self.plan_for(Shape::new(*h, *w, 3))?;
                 if let Some(i) = crate::tensor::first_non_finite(values) {
                     return Err(Error::Input(format!(
@@ -190,6 +208,7 @@ impl Engine {
     pub fn profile(&self, input: &Batch) -> Result<Profile> {
         let f = self.fast.as_ref().ok_or_else(|| Error::Unsupported("profiling the reference mode".into()))?;
         let plan = self.plan_for(input.shape)?;
+        plan.classifier("profiling")?;
         input.check_finite()?;
         let mut p = Profile::default();
         f.run(&plan, &input.data, input.n, mnv2_kernels::stem::Layout::Nhwc, Some(&mut p));
@@ -210,10 +229,11 @@ impl Engine {
             .map_err(|e| Error::Input(format!("input {}x{}: {e}", shape.h, shape.w)))
     }
 
-    /// Logits, `n x 1 x 1 x classes`.
+    /// The output of the plan's last layer: logits `n x 1 x 1 x classes` for a classifier,
+    /// the last layer of another head (DeepLab's upsampled logits, SSD's last predictor).
     pub fn run(&self, input: &Batch) -> Result<Batch> {
         let plan = self.plan_for(input.shape)?;
-        if let Some(f) = &self.fast {
+        if let (Some(f), Head::Classifier(_)) = (&self.fast, &plan.head) {
             if input.shape != plan.input() {
                 return Err(Error::BatchShape { expected: plan.input().into(), got: input.shape.into() });
             }
@@ -225,16 +245,26 @@ impl Engine {
         Ok(self.run_taps(input, &plan, &[last])?.remove(0))
     }
 
-    /// Outputs of the given plan layers (see [`Plan::tap_layer`]).
+    /// Outputs of the given plan layers (see [`Plan::tap_layer`]). The reference mode returns
+    /// any layer's; the fast and streaming modes the head layers of a detection or segmentation
+    /// plan (they never materialise most backbone tensors: [`Error::Unsupported`] otherwise).
     pub fn run_taps(&self, input: &Batch, plan: &Plan, layers: &[usize]) -> Result<Vec<Batch>> {
         if input.shape != plan.input() {
             return Err(Error::BatchShape { expected: plan.input().into(), got: input.shape.into() });
         }
         input.check_finite()?;
-        match self.options.mode {
-            Mode::Reference => reference::run(&self.layers, plan, input, layers, self.options.threads),
-            Mode::Fast | Mode::Streaming => {
-                Err(Error::Unsupported("feature taps in fast mode (use the reference mode)".into()))
+        match &self.fast {
+            None => reference::run(&self.layers, plan, input, layers, self.options.threads),
+            Some(f) => {
+                if matches!(plan.head, Head::Classifier(_)) || layers.iter().any(|&l| l <= plan.last_conv) {
+                    return Err(Error::Unsupported(
+                        "backbone taps in fast mode (the fast engine returns head layers; use the reference mode)"
+                            .into(),
+                    ));
+                }
+                let layout = mnv2_kernels::stem::Layout::Nhwc;
+                let outs = f.run_layers(plan, &input.data, input.n, layout, layers);
+                layers.iter().zip(outs).map(|(&l, data)| Batch::new(input.n, plan.layers[l].output, data)).collect()
             }
         }
     }

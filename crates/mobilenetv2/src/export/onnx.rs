@@ -20,7 +20,7 @@ use crate::fold;
 use crate::layout::{hwio_to_oihw, ConvDims};
 use crate::model::Model;
 use crate::names;
-use crate::plan::{Activation, Op};
+use crate::plan::{Activation, Head, Op};
 use crate::weights::onnx::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
     ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
@@ -86,6 +86,15 @@ pub(super) fn ints(name: &str, v: &[usize]) -> AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),
         ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(v.as_bytes().to_vec()),
         ..Default::default()
     }
 }
@@ -169,6 +178,11 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, Vec<String>) 
                     nodes.push(node("Clip", &out, &[&cur, "relu6_min", "relu6_max"], &out, vec![]));
                     cur = out;
                 }
+                if c.activation == Activation::Relu {
+                    let out = format!("{}.relu", layer.name);
+                    nodes.push(node("Relu", &out, &[&cur], &out, vec![]));
+                    cur = out;
+                }
                 if c.residual {
                     let out = format!("{}.add", layer.name);
                     nodes.push(node("Add", &out, &[&cur, &block_input], &out, vec![]));
@@ -177,11 +191,43 @@ fn fp32_graph(model: &Model) -> (Vec<NodeProto>, Vec<TensorProto>, Vec<String>) 
             }
             Op::GlobalAvgPool => {
                 nodes.push(node("GlobalAveragePool", &layer.name, &[&cur], &layer.name, vec![]));
-                nodes.push(node("Flatten", "flatten", &[&layer.name], "flatten", vec![int("axis", 1)]));
-                cur = "flatten".into();
+                cur = layer.name.clone();
+                if matches!(plan.head, Head::Classifier(_)) {
+                    nodes.push(node("Flatten", "flatten", &[&layer.name], "flatten", vec![int("axis", 1)]));
+                    cur = "flatten".into();
+                }
             }
             Op::Dropout { .. } => {}
-            Op::Concat { .. } | Op::Upsample { .. } => unreachable!("to_proto checks for a classifier or an SSD head"),
+            Op::Concat { sources } => {
+                let parts: Vec<&str> = sources.iter().map(|&j| outputs[j].as_str()).collect();
+                nodes.push(node("Concat", &layer.name, &parts, &layer.name, vec![int("axis", 1)]));
+                cur = layer.name.clone();
+            }
+            Op::Upsample { align_corners } => {
+                // Resize to [batch, c, h, w]: the batch (and channels) from the input's shape,
+                // the size from the plan, so a dynamic batch works and no scale is rounded.
+                let n = &layer.name;
+                let (shape, nc, hw, sizes) =
+                    (format!("{n}.shape"), format!("{n}.nc"), format!("{n}.hw"), format!("{n}.sizes"));
+                let i64s = |name: &str, v: &[i64]| TensorProto {
+                    name: Some(name.into()),
+                    dims: vec![v.len() as i64],
+                    data_type: Some(DataType::Int64 as i32),
+                    int64_data: v.to_vec(),
+                    ..Default::default()
+                };
+                inits.push(i64s(&format!("{n}.start"), &[0]));
+                inits.push(i64s(&format!("{n}.end"), &[2]));
+                inits.push(i64s(&hw, &[layer.output.h as i64, layer.output.w as i64]));
+                nodes.push(node("Shape", &shape, &[&cur], &shape, vec![]));
+                let (start, end) = (format!("{n}.start"), format!("{n}.end"));
+                nodes.push(node("Slice", &nc, &[&shape, &start, &end], &nc, vec![]));
+                nodes.push(node("Concat", &sizes, &[&nc, &hw], &sizes, vec![int("axis", 0)]));
+                let mode = if *align_corners { "align_corners" } else { "half_pixel" };
+                let attrs = vec![string("mode", "linear"), string("coordinate_transformation_mode", mode)];
+                nodes.push(node("Resize", n, &[&cur, "", "", &sizes], n, attrs));
+                cur = n.clone();
+            }
             Op::Linear => {
                 let (wn, bn) = (names::weight(layer), names::bias(layer));
                 inits.push(tensor(&wn, &[layer.output.c, layer.input.c], model.param(&wn)));
@@ -246,10 +292,11 @@ fn ssd_outputs(
 #[doc(hidden)]
 pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
     let ssd = model.plan.ssd("").is_ok();
-    if !ssd {
+    let deeplab = model.plan.deeplab("").is_ok();
+    if !ssd && !deeplab {
         model.plan.classifier("ONNX export")?;
     } else if model.quant.is_some() {
-        return Err(Error::Unsupported("ONNX export of an int8 detector".into()));
+        return Err(Error::Unsupported("ONNX export of an int8 detector or segmenter".into()));
     }
     if !OPSETS.contains(&opts.opset) {
         return Err(Error::Input(format!(
@@ -259,6 +306,12 @@ pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
             OPSETS.end()
         )));
     }
+    if deeplab && opts.opset < 13 {
+        return Err(Error::Unsupported(format!(
+            "ONNX export of a segmenter at opset {} (its Resize needs opset 13 or later)",
+            opts.opset
+        )));
+    }
     let plan = &model.plan;
     let batch = if opts.dynamic_batch { None } else { Some(1) };
     let (nodes, inits, output) = match &model.quant {
@@ -266,6 +319,13 @@ pub fn to_proto(model: &Model, opts: Options) -> Result<ModelProto> {
             let (mut nodes, mut inits, outputs) = fp32_graph(model);
             let infos = ssd_outputs(model, &mut nodes, &mut inits, &outputs, batch)?;
             (nodes, inits, infos)
+        }
+        None if deeplab => {
+            // The upsampled per-pixel logits, NCHW.
+            let (nodes, inits, outputs) = fp32_graph(model);
+            let cur = outputs.last().cloned().unwrap_or_else(|| "input".into());
+            let o = plan.output();
+            (nodes, inits, vec![value_info(&cur, &[batch, Some(o.c), Some(o.h), Some(o.w)])])
         }
         None => {
             let (nodes, inits, outputs) = fp32_graph(model);

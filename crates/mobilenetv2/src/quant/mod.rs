@@ -18,6 +18,7 @@ use mnv2_kernels::qgemm::QParams;
 use crate::engine::{Engine, Mode, Options};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::plan::Activation;
 pub use crate::qscheme::{ActQuant, BlockQuant, Method, QuantSpec, RELU6};
 use crate::tensor::Batch;
 
@@ -110,8 +111,13 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     for b in &plan.blocks {
         taps.extend([b.expand.unwrap_or(b.first_layer().saturating_sub(1)), b.depthwise, b.project]);
     }
-    let pool = plan.classifier("int8 calibration")?.pool;
-    taps.push(pool);
+    // The classifier's pooled features; for a detection head the last conv's output, which it
+    // reads (a segmentation head's backbone ends with the last block, already calibrated).
+    let pooled_tap = match plan.classifier("int8 calibration") {
+        Ok(h) => h.pool,
+        Err(_) => plan.last_conv,
+    };
+    taps.push(pooled_tap);
     let mut stats: Vec<Stats> =
         vec![Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() }; taps.len()];
     let mut count = 0;
@@ -134,7 +140,10 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     let blocks = (0..plan.blocks.len())
         .map(|k| BlockQuant { hidden: range(3 * k, true), dw: range(3 * k + 1, true), output: range(3 * k + 2, false) })
         .collect();
-    let pooled = range(taps.len() - 1, true);
+    // The classifier's pooled ReLU6 features, SSD's ReLU6 last conv; DeepLab's last block
+    // output is signed (only a classifier uses this range).
+    let relu6 = plan.layers[pooled_tap].conv().is_none_or(|c| c.activation == Activation::Relu6);
+    let pooled = range(taps.len() - 1, relu6);
     Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks, pooled })
 }
 

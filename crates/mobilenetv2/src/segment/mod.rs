@@ -1,11 +1,12 @@
 //! Semantic segmentation with the DeepLabv3 head (the paper's section 6.3): image files in,
 //! a class per pixel out, written as a VOC-palette PNG and an overlay on the photo.
 //!
-//! [`Segmenter`] runs a model whose spec has [`HeadSpec::DeepLab`] on the reference engine
-//! (the layer-by-layer oracle, the only one that runs the head today) at each image's own
-//! size: the plan is made for the input, so any size from 32x32 works, and the head's last
-//! layer upsamples the logits to it (bilinear, align_corners, as TF DeepLab). The per-pixel
-//! class is the argmax of the logits.
+//! [`Segmenter`] runs a model whose spec has [`HeadSpec::DeepLab`] on the engine its options
+//! name (fast by default: the fused dilated backbone, its last block's output materialised
+//! once, the head on the fast kernels; streaming; or the layer-by-layer reference, the oracle)
+//! at each image's own size: the plan is made for the input, so any size from 32x32 works,
+//! and the head's last layer upsamples the logits to it (bilinear, align_corners, as TF
+//! DeepLab). The per-pixel class is the argmax of the logits.
 //!
 //! [`metric`] scores class maps against ground truth (confusion matrix, IoU, mIoU, pixel
 //! accuracy); [`dataset`] reads VOC-style and composed segmentation datasets.
@@ -37,7 +38,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::{Engine, Mode, Options};
+use crate::engine::{Engine, Options};
 use mnv2_kernels::reference as k;
 
 use crate::error::{Error, Result};
@@ -48,8 +49,9 @@ use crate::spec::HeadSpec;
 use crate::tensor::Batch;
 
 /// The largest image side segmented at full size: the reference engine materialises every
-/// tensor (at 1024x1024 the widest is 512x512x96 floats, 100 MB), so larger images are
-/// scaled down to this side for the network and the class map is scaled back.
+/// tensor (at 1024x1024 the widest is 512x512x96 floats, 100 MB) and every engine the
+/// upsampled logits, so larger images are scaled down to this side for the network and the
+/// class map is scaled back.
 pub const DEFAULT_MAX_SIDE: usize = 1024;
 
 /// The PASCAL VOC colour of a class index (the devkit's `labelcolormap`: the bits of the
@@ -198,8 +200,8 @@ pub struct Segmenter {
 
 impl Segmenter {
     /// Builds the engine from a model with a DeepLab head (an error names what is missing
-    /// otherwise). The reference engine runs it whatever `options.mode` says (the fast
-    /// engines run classifiers only); `options.threads` shares a batch's images out.
+    /// otherwise) in `options.mode`; `options.threads` shares a batch's images out, or splits
+    /// one image by rows (fast and streaming modes).
     pub fn new(model: Model, options: Options) -> Result<Segmenter> {
         model.plan.deeplab("segmentation")?;
         if model.spec().classes > 256 {
@@ -208,7 +210,7 @@ impl Segmenter {
                 model.spec().classes
             )));
         }
-        let (engine, model) = Engine::new_owned(model, Options { mode: Mode::Reference, ..options })?;
+        let (engine, model) = Engine::new_owned(model, options)?;
         Ok(Segmenter { model, engine, max_side: DEFAULT_MAX_SIDE })
     }
 

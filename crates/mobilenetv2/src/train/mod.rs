@@ -79,9 +79,11 @@ pub mod plot;
 pub mod prof;
 pub mod run;
 pub mod segrun;
+pub mod ssd;
 
 pub use deeplab::{SegStats, SegTape};
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};
 pub use optim::{Ema, Method, Optimizer, Schedule};
 pub use run::{evaluate, train, Config, EvalReport, Event, Metrics};
 pub use segrun::{evaluate_segmentation, train_segmentation, SegConfig, SegEval};
+pub use ssd::{HeadTape, SsdHeadTrainer};

@@ -95,7 +95,7 @@ pub(crate) struct UnitQ {
     /// The quantisation of the unit's output (after its activation and residual add).
     pub output: Option<ActQ>,
     /// The weights' integers (OIHW) when the file holds them as symmetric int8.
-    pub weights: Option<Vec<i64>>,
+    pub weights: Option<Vec<i8>>,
 }
 
 /// What a quantised graph says about the rest of the network.
@@ -106,7 +106,7 @@ pub(crate) struct NetQ {
     pub pooled: Vec<ActQ>,
     pub logits: Option<ActQ>,
     /// The classifier's weight integers (`[classes, channels]`) when symmetric int8.
-    pub head_weights: Option<Vec<i64>>,
+    pub head_weights: Option<Vec<i8>>,
     /// Tensors the importer saw quantised in a way the int8 engine cannot hold (e.g. int16).
     pub unsupported: Option<String>,
 }
@@ -145,6 +145,16 @@ impl Network {
     /// Whether the graph quantises any activation (not only its weights).
     pub fn quantizes_activations(&self) -> bool {
         self.units.iter().any(|u| u.q.conv.is_some() || u.q.output.is_some()) || !self.quant.pooled.is_empty()
+    }
+
+    /// Frees the float weights once [`fit`] has turned them into tensors (what [`int8`] reads,
+    /// the quantisation and the weights' integers, stays), so a big file's weights are not
+    /// held twice while the import finishes.
+    pub fn release_weights(&mut self) {
+        for u in &mut self.units {
+            u.weight = Vec::new();
+        }
+        self.head.weight = Vec::new();
     }
 }
 
@@ -464,6 +474,12 @@ pub(crate) struct Int8Import {
     pub notes: Vec<String>,
 }
 
+/// What [`int8`] made of a fitted graph: the int8 import, or the float tensors back unchanged.
+pub(crate) enum Imported {
+    Int8(Int8Import),
+    Float(BTreeMap<String, Tensor>),
+}
+
 fn not_int8(path: &Path, detail: String) -> Error {
     Error::Unsupported(format!("{}: {detail}", path.display()))
 }
@@ -477,11 +493,11 @@ pub(crate) fn int8(
     path: &Path,
     spec: &Spec,
     net: &Network,
-    tensors: &BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, Tensor>,
     hint: Option<&QuantSpec>,
-) -> Result<Option<Int8Import>> {
+) -> Result<Imported> {
     if !net.quantizes_activations() {
-        return Ok(None);
+        return Ok(Imported::Float(tensors));
     }
     if let Some(what) = &net.quant.unsupported {
         return Err(not_int8(path, format!("{what}: mnv2's int8 engine holds u8 (or int8) activations")));
@@ -618,7 +634,8 @@ pub(crate) fn int8(
     };
     // The int8 tensors exactly as the engine quantises the weights (per output channel,
     // symmetric): the file's own integers when they are on such a grid.
-    let params = float_params(tensors.clone(), &plan, path)?;
+    // The float tensors are consumed: a big file's weights are not held twice.
+    let params = float_params(tensors, &plan, path)?;
     let int8 = super::int8::quantized_tensors(&plan, &params);
     let heads = [(plan.classifier("an int8 import")?.classifier, net.quant.head_weights.as_ref())];
     let units = convs.iter().zip(&net.units).map(|(&li, u)| (li, u.q.weights.as_ref()));
@@ -626,7 +643,7 @@ pub(crate) fn int8(
     for (li, file_ints) in units.chain(heads) {
         let name = &plan.layers[li].name;
         let same = match (&int8[&names::weight(&plan.layers[li])].data, file_ints) {
-            (super::Data::I8(q), Some(f)) => q.len() == f.len() && q.iter().zip(f).all(|(&a, &b)| a as i64 == b),
+            (super::Data::I8(q), Some(f)) => q == f,
             _ => false,
         };
         if !same {
@@ -640,5 +657,5 @@ pub(crate) fn int8(
             if requantised.len() == n { format!("all {n} layers") } else { format!("{} of {n} layers: {}", requantised.len(), requantised.join(", ")) }
         ));
     }
-    Ok(Some(Int8Import { tensors: int8, quant, notes }))
+    Ok(Imported::Int8(Int8Import { tensors: int8, quant, notes }))
 }

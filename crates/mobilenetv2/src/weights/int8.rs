@@ -125,7 +125,9 @@ pub fn params_from_file(file: &TensorFile, plan: &Plan) -> Result<Params> {
         known.extend([wname.clone(), sname, bname]);
         params.insert(wname, w);
         match &layer.op {
-            Op::Conv(c) => {
+            // A conv with its own bias and no BatchNorm (DeepLab's logits, SSD's predictors)
+            // takes the bias as is.
+            Op::Conv(c) if c.bn.is_some() => {
                 params.insert(names::bn(c, BnParam::Weight), vec![1.0; n]);
                 params.insert(names::bn(c, BnParam::Bias), bias);
                 params.insert(names::bn(c, BnParam::Mean), vec![0.0; n]);

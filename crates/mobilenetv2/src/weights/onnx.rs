@@ -16,7 +16,7 @@ use std::path::Path;
 
 use prost::Message;
 
-use super::graph::{self, ActQ, Bn, ConvPad, FitOptions, Head, NetQ, Network, Unit, UnitQ, ValueId};
+use super::graph::{self, ActQ, Bn, ConvPad, FitOptions, Head, Imported, NetQ, Network, Unit, UnitQ, ValueId};
 use super::{bf16_to_f32, f16_to_f32, TensorFile};
 use crate::error::{Error, Result};
 use crate::preprocess::Preprocess;
@@ -49,8 +49,8 @@ fn bad(path: &Path, detail: impl Into<String>) -> Error {
     Error::format(path, "ONNX", detail)
 }
 
-/// A tensor's values as f32 (floats) with its dims.
-fn tensor_f32(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
+/// A tensor's dims and number of values, checked; its data must be inside the file.
+fn checked_dims(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, usize)> {
     let name = t.name();
     let dims = dims_of(path, t)?;
     let n = numel(path, name, &dims)?;
@@ -60,6 +60,13 @@ fn tensor_f32(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
             format!("tensor `{name}` keeps its data in an external file, which is not supported (save the model with its data inside)"),
         ));
     }
+    Ok((dims, n))
+}
+
+/// A tensor's values as f32 (floats) with its dims.
+fn tensor_f32(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
+    let name = t.name();
+    let (dims, n) = checked_dims(path, t)?;
     let raw = t.raw_data.as_deref();
     let dtype = t.data_type();
     let values: Vec<f32> = match (DataType::try_from(dtype).ok(), raw) {
@@ -103,27 +110,25 @@ fn tensor_f32(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((dims, values))
 }
 
-/// The exact values of an integer tensor (quantised weights, biases and zero points).
-fn int_values(path: &Path, t: &TensorProto, n: usize) -> Result<Vec<i64>> {
+/// The exact values of an integer tensor of a quantised type, at most 32 bits (quantised
+/// weights, biases and zero points), kept in an `i32` each (not wider: an int8 file would
+/// otherwise take many bytes of memory per byte).
+fn int_values(path: &Path, t: &TensorProto, n: usize) -> Result<Vec<i32>> {
     let name = t.name();
     let raw = t.raw_data.as_deref();
-    let v: Vec<i64> = match (DataType::try_from(t.data_type()).ok(), raw) {
-        (Some(DataType::Int8), Some(r)) => le_chunks::<1>(path, name, r, n)?.map(|b| b[0] as i8 as i64).collect(),
-        (Some(DataType::Uint8), Some(r)) => le_chunks::<1>(path, name, r, n)?.map(|b| b[0] as i64).collect(),
+    let v: Vec<i32> = match (DataType::try_from(t.data_type()).ok(), raw) {
+        (Some(DataType::Int8), Some(r)) => le_chunks::<1>(path, name, r, n)?.map(|b| b[0] as i8 as i32).collect(),
+        (Some(DataType::Uint8), Some(r)) => le_chunks::<1>(path, name, r, n)?.map(|b| b[0] as i32).collect(),
         (Some(DataType::Int16), Some(r)) => {
-            le_chunks::<2>(path, name, r, n)?.map(|b| i16::from_le_bytes(b) as i64).collect()
+            le_chunks::<2>(path, name, r, n)?.map(|b| i16::from_le_bytes(b) as i32).collect()
         }
         (Some(DataType::Uint16), Some(r)) => {
-            le_chunks::<2>(path, name, r, n)?.map(|b| u16::from_le_bytes(b) as i64).collect()
+            le_chunks::<2>(path, name, r, n)?.map(|b| u16::from_le_bytes(b) as i32).collect()
         }
-        (Some(DataType::Int32), Some(r)) => {
-            le_chunks::<4>(path, name, r, n)?.map(|b| i32::from_le_bytes(b) as i64).collect()
-        }
-        (Some(DataType::Int64), Some(r)) => le_chunks::<8>(path, name, r, n)?.map(i64::from_le_bytes).collect(),
-        (Some(DataType::Int64), None) => t.int64_data.clone(),
+        (Some(DataType::Int32), Some(r)) => le_chunks::<4>(path, name, r, n)?.map(i32::from_le_bytes).collect(),
         // Without raw data, ONNX keeps the small integer types in int32_data.
-        (Some(_), None) => t.int32_data.iter().map(|&v| v as i64).collect(),
-        _ => return Err(bad(path, format!("tensor `{name}` is not an integer tensor"))),
+        (Some(d), None) if int_range(d).is_some() => t.int32_data.clone(),
+        _ => return Err(bad(path, format!("tensor `{name}` is not an integer tensor of a quantised type"))),
     };
     if v.len() != n {
         return Err(bad(path, format!("tensor `{name}` has {} values, its dims need {n}", v.len())));
@@ -203,7 +208,7 @@ struct Walk<'a> {
     /// QuantizeLinear outputs: scale, zero point, element type.
     qouts: HashMap<String, (f32, i64, DataType)>,
     /// DequantizeLinear outputs of symmetric int8 constants: the integers and the channel axis.
-    dq_weights: HashMap<String, (Vec<i64>, Option<usize>)>,
+    dq_weights: HashMap<String, (Vec<i8>, Option<usize>)>,
     /// Per unit, the quantisations of its output, with the unit's state when quantised.
     unit_qs: Vec<Vec<(UnitState, ActQ)>>,
     netq: NetQ,
@@ -214,7 +219,7 @@ struct Walk<'a> {
 struct IntConst {
     dtype: DataType,
     dims: Vec<usize>,
-    values: Vec<i64>,
+    values: Vec<i32>,
 }
 
 /// The integer range of a quantised element type.
@@ -312,7 +317,7 @@ impl Walk<'_> {
                 (vec![0; scale.len()], DataType::try_from(dt).unwrap_or(DataType::Undefined))
             }
             name => match self.ints.get(name) {
-                Some(z) => (z.values.clone(), z.dtype),
+                Some(z) => (z.values.iter().map(|&v| v.into()).collect(), z.dtype),
                 None => return Err(self.err(label, format!("its zero point `{name}` is not an integer constant"))),
             },
         };
@@ -360,7 +365,8 @@ impl Walk<'_> {
                 .enumerate()
                 .map(|(i, &x)| {
                     let c = (i / inner.max(1)) % channels;
-                    ((x / scale[c]).round_ties_even() as i64 + zero[c]).clamp(lo, hi)
+                    // Within the element type's range, which fits an i32.
+                    ((x / scale[c]).round_ties_even() as i64 + zero[c]).clamp(lo, hi) as i32
                 })
                 .collect();
             self.ints.insert(out.clone(), IntConst { dtype, dims: dims.clone(), values });
@@ -401,7 +407,8 @@ impl Walk<'_> {
         let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
         let (scale, zero, zdtype) = self.qparams(n, label)?;
         if let Some(c) = self.ints.get(input(0)) {
-            let IntConst { dtype, dims, values } = c.clone();
+            // Read in place (a weight tensor is not copied as integers).
+            let (dtype, dims, values) = (c.dtype, c.dims.clone(), &c.values);
             let left = self.budget.get().checked_sub(values.len());
             self.budget.set(left.ok_or_else(|| bad(self.path, "its nodes copy more values than the file holds"))?);
             if !input(2).is_empty() && zdtype != dtype {
@@ -422,12 +429,13 @@ impl Walk<'_> {
                 .enumerate()
                 .map(|(i, &q)| {
                     let c = (i / inner.max(1)) % channels;
-                    ((q - zero[c]) as f64 * scale[c] as f64) as f32
+                    ((i64::from(q) - zero[c]) as f64 * scale[c] as f64) as f32
                 })
                 .collect();
             let out = n.output.first().cloned().unwrap_or_default();
             if dtype == DataType::Int8 && zero.iter().all(|&z| z == 0) {
-                self.dq_weights.insert(out, (values, axis));
+                // Int8 data: every value is in -128..=127 (checked when it was read).
+                self.dq_weights.insert(out, (values.iter().map(|&v| v as i8).collect(), axis));
             }
             self.set(n, Val::Const(dims, real));
             return Ok(());
@@ -694,25 +702,22 @@ impl Walk<'_> {
         }
         let trans_b = gemm && int("transB") != 0;
         // To `[out, in]`.
-        let transpose = |w: &[f32]| {
-            let mut t = vec![0f32; r * c];
+        fn transpose<T: Copy + Default>(w: &[T], r: usize, c: usize) -> Vec<T> {
+            let mut t = vec![T::default(); r * c];
             for i in 0..r {
                 for o in 0..c {
                     t[o * r + i] = w[i * c + o];
                 }
             }
             t
-        };
+        }
         // The integers of int8 weights quantised per output channel (or per tensor).
         self.netq.head_weights = match self.dq_weights.get(input(1)) {
             Some((q, None | Some(0))) if trans_b => Some(q.clone()),
-            Some((q, None | Some(1))) if !trans_b => {
-                let t = transpose(&q.iter().map(|&v| v as f32).collect::<Vec<_>>());
-                Some(t.iter().map(|&v| v as i64).collect())
-            }
+            Some((q, None | Some(1))) if !trans_b => Some(transpose(q, r, c)),
             _ => None,
         };
-        let (weight, shape) = if trans_b { (w, [r, c]) } else { (transpose(&w), [c, r]) };
+        let (weight, shape) = if trans_b { (w, [r, c]) } else { (transpose(&w, r, c), [c, r]) };
         let bias = match (gemm, input(2)) {
             (true, "") => Some(vec![0.0; shape[0]]),
             (true, b) => Some(self.konst(label, b)?.1),
@@ -786,21 +791,52 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     if !(7..=23).contains(&opset) {
         return Err(bad(path, format!("opset {opset} is not supported (7..=23)")));
     }
+    // How many times each value is read (node inputs, graph outputs): a value is dropped after
+    // its last reader, so a big file's constants are not held twice while the network takes
+    // its own copies of them.
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for name in g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).chain(g.output.iter().map(|o| o.name()))
+    {
+        *readers.entry(name).or_default() += 1;
+    }
+    // Integer constants only read by Q/DQ nodes as their integers (DequantizeLinear's input,
+    // a zero point) are not also converted to floats.
+    let mut float_readers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.node {
+        for (k, name) in n.input.iter().enumerate() {
+            let qdq = matches!((n.op_type(), k), ("DequantizeLinear", 0) | ("DequantizeLinear" | "QuantizeLinear", 2));
+            if !qdq {
+                *float_readers.entry(name.as_str()).or_default() += 1;
+            }
+        }
+    }
     let mut vals = HashMap::new();
     let mut ints = HashMap::new();
     for t in &g.initializer {
-        let (d, v) = tensor_f32(path, t)?;
-        if let Some(dtype) = DataType::try_from(t.data_type()).ok().filter(|&d| int_range(d).is_some()) {
-            let values = int_values(path, t, v.len())?;
-            ints.insert(t.name().to_string(), IntConst { dtype, dims: d.clone(), values });
+        let int = DataType::try_from(t.data_type()).ok().filter(|&d| int_range(d).is_some());
+        match int {
+            Some(dtype) => {
+                let (d, n) = checked_dims(path, t)?;
+                let values = int_values(path, t, n)?;
+                if float_readers.contains_key(t.name()) {
+                    vals.insert(
+                        t.name().to_string(),
+                        Val::Const(d.clone(), values.iter().map(|&v| v as f32).collect()),
+                    );
+                }
+                ints.insert(t.name().to_string(), IntConst { dtype, dims: d, values });
+            }
+            None => {
+                let (d, v) = tensor_f32(path, t)?;
+                vals.insert(t.name().to_string(), Val::Const(d, v));
+            }
         }
-        vals.insert(t.name().to_string(), Val::Const(d, v));
     }
     // The image: the first graph input that is not an initializer.
     let input = g
         .input
         .iter()
-        .find(|i| !vals.contains_key(i.name()))
+        .find(|i| !vals.contains_key(i.name()) && !ints.contains_key(i.name()))
         .ok_or_else(|| bad(path, "the graph has no input besides its initializers"))?;
     let hw = image_size(path, input)?;
     vals.insert(input.name().to_string(), Val::Input);
@@ -822,6 +858,14 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     };
     for (i, n) in g.node.iter().enumerate() {
         w.node(n, i)?;
+        for name in &n.input {
+            let left = readers.get_mut(name.as_str()).expect("counted above");
+            *left -= 1;
+            if *left == 0 {
+                w.vals.remove(name);
+                w.ints.remove(name);
+            }
+        }
     }
     for (u, s, label) in &w.uses {
         if *s != w.last_unit_state[*u] {
@@ -836,7 +880,7 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
         return Err(w.err(&format!("graph output `{}`", out.name()), "it is not the classifier's output"));
     }
     let (pool_in, pool_node) = w.pool.clone().ok_or_else(|| w.err("the graph", "no global average pooling"))?;
-    let (fc_node, shape, weight, bias) = w.fc.clone().expect("logits imply a classifier");
+    let (fc_node, shape, weight, bias) = w.fc.take().expect("logits imply a classifier");
     let bias = bias.ok_or_else(|| w.err(&fc_node, "the classifier has no bias"))?;
     let outputs = (1..=w.units.len()).collect();
     // Each unit's quantisations: straight after the convolution, and of its final output.
@@ -850,7 +894,7 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
             }
         }
     }
-    let net = Network {
+    let mut net = Network {
         input: 0,
         hw,
         units: w.units,
@@ -863,30 +907,32 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
     let preprocess: Option<Preprocess> = meta.get("mnv2.preprocess").and_then(|s| serde_json::from_str(s).ok());
     let opts = FitOptions { paddings: &[Padding::Torch, Padding::Tf], default_eps: 1e-5, dropout: 0.2, hint };
     let (spec, tensors) = graph::fit(path, &net, &opts)?;
+    net.release_weights();
     let preprocess = preprocess.unwrap_or_else(|| match spec.padding {
         Padding::Tf => Preprocess::tf(),
         Padding::Torch => Preprocess::imagenet(spec.height.min(spec.width_px)),
     });
     let qhint: Option<QuantSpec> = meta.get("mnv2.quantization").and_then(|s| serde_json::from_str(s).ok());
-    let int8 = graph::int8(path, &spec, &net, &tensors, qhint.as_ref())?;
-    let mut metadata = graph::metadata(&spec, &preprocess, if int8.is_some() { "onnx-qdq" } else { "onnx" });
+    let int8 = graph::int8(path, &spec, &net, tensors, qhint.as_ref())?;
+    let mut metadata =
+        graph::metadata(&spec, &preprocess, if matches!(int8, Imported::Int8(_)) { "onnx-qdq" } else { "onnx" });
     if let Some(l) = meta.get("mnv2.labels") {
         metadata.insert("labels".into(), l.to_string());
     }
     let tensors = match int8 {
-        Some(imp) => {
+        Imported::Int8(imp) => {
             metadata.insert("quantization".into(), serde_json::to_string(&imp.quant).expect("serialises"));
             metadata.insert("import_notes".into(), serde_json::to_string(&imp.notes).expect("serialises"));
             imp.tensors
         }
-        None if !w.dq_weights.is_empty() => {
+        Imported::Float(tensors) if !w.dq_weights.is_empty() => {
             metadata.insert(
                 "dequantized".into(),
                 "weights dequantized from a QDQ graph without quantised activations; runs in float".into(),
             );
             tensors
         }
-        None => tensors,
+        Imported::Float(tensors) => tensors,
     };
     Ok(TensorFile { path: path.into(), tensors, metadata })
 }

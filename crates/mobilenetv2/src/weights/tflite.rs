@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::graph::{self, ActQ, ConvPad, FitOptions, Head, NetQ, Network, Unit, UnitQ};
+use super::graph::{self, ActQ, ConvPad, FitOptions, Head, Imported, NetQ, Network, Unit, UnitQ};
 use super::{f16_to_f32, TensorFile};
 use crate::error::{Error, Result};
 use crate::layout::{hwio_to_oihw, ohwi_to_oihw, ConvDims};
@@ -182,8 +182,8 @@ struct Tens {
     /// Per-tensor (one value) or per-channel scales and zero points.
     scale: Vec<f32>,
     zero: Vec<i64>,
-    /// The integers of a quantised constant.
-    ints: Option<Vec<i64>>,
+    /// The integers of an int8 quantised constant.
+    ints: Option<Vec<i8>>,
 }
 
 impl Tens {
@@ -273,13 +273,16 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8], budget: &mut usize) -> R<Tens>
         return Err(format!("tensor `{name}` has {} bytes of data, its shape {shape:?} needs {bytes}", raw.len()));
     }
     *budget = budget.checked_sub(n).ok_or("its constants hold more values than the file has bytes")?;
-    let ints: Vec<i64> = match ty {
-        2 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
-        4 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
-        7 => raw.chunks_exact(2).map(|c| i16::from_le_bytes(c.try_into().expect("2")) as i64).collect(),
-        3 => raw.iter().map(|&v| v as i64).collect(),
-        9 => raw.iter().map(|&v| v as i8 as i64).collect(),
-        _ => vec![],
+    // The integer code of element `i` of an integer tensor, read in place: no widened copy of
+    // the tensor is ever made (an int8 file would otherwise take 8 more bytes per byte).
+    let code = |i: usize| -> i64 {
+        match ty {
+            2 => i32::from_le_bytes(raw[4 * i..4 * i + 4].try_into().expect("4")).into(),
+            4 => i64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().expect("8")),
+            7 => i16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]).into(),
+            3 => raw[i].into(),
+            _ => (raw[i] as i8).into(),
+        }
     };
     let values: Vec<f32> = match ty {
         0 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
@@ -293,18 +296,19 @@ fn tensor(t: &Table, buffers: &[Table], b: &[u8], budget: &mut usize) -> R<Tens>
                 return Err(format!("tensor `{name}`: {} scales for {channels} channels", scale.len()));
             }
             let inner: usize = shape.get(qd + 1..).map_or(1, |s| s.iter().product());
-            ints.iter()
-                .enumerate()
-                .map(|(i, &q)| {
+            (0..n)
+                .map(|i| {
                     let c = if channels > 1 { (i / inner.max(1)) % channels } else { 0 };
                     let z = zero.get(c).copied().unwrap_or(0);
-                    (scale[c] as f64 * (q as f64 - z as f64)) as f32
+                    (scale[c] as f64 * (code(i) as f64 - z as f64)) as f32
                 })
                 .collect()
         }
-        _ => ints.iter().map(|&v| v as f32).collect(),
+        _ => (0..n).map(|i| code(i) as f32).collect(),
     };
-    let ints = (quantized && !ints.is_empty()).then_some(ints);
+    // Only symmetric int8 weights are kept as integers (the int8 engine can take them as they
+    // are); one byte each.
+    let ints = (quantized && ty == INT8).then(|| raw.iter().map(|&v| v as i8).collect());
     Ok(Tens { shape, name, data: Some(values), quantized, ty, scale, zero, ints })
 }
 
@@ -656,7 +660,7 @@ fn read_inner(path: &Path, bytes: &[u8]) -> W<TensorFile> {
     let buffers = model.tables(4)?;
     // Every constant value takes at least one byte of the file unless buffers are shared, so
     // all tensors together may decode as many values as the file has bytes (plus slack): at
-    // most 12 bytes of memory per byte of file (f32 values and i64 codes).
+    // most 5 bytes of memory per byte of file (f32 values, and int8 codes kept as they are).
     let budget = bytes.len() + (1 << 20);
     let mut left = budget;
     let mut tensors: Vec<Tens> = Vec::new();
@@ -714,43 +718,55 @@ fn read_inner(path: &Path, bytes: &[u8]) -> W<TensorFile> {
     if !matches!(walk.vals.get(&out), Some(Val::Logits)) {
         return Err(Walk::Misfit(format!("the output `{}` is not the classifier's", walk.tens(out)?.name)));
     }
-    finish(path, &tensors, hw, walk)
+    let quantized = tensors.iter().any(|t| t.quantized && t.data.is_some());
+    let Walker { units, netq, pool, fc, .. } = walk;
+    // The decoded constants are not needed any more: the network holds its own copies.
+    drop(tensors);
+    finish(path, quantized, hw, units, netq, pool, fc)
 }
 
 /// The walked network fitted to a plan, with the int8 import where the file is int8.
-fn finish(path: &Path, tensors: &[Tens], hw: Option<(usize, usize)>, walk: Walker) -> W<TensorFile> {
-    let (pool_in, pool_node) = walk.pool.ok_or_else(|| Walk::Misfit("no global average pooling".into()))?;
-    let (fc_node, shape, weight, bias) = walk.fc.expect("logits imply a classifier");
-    let quantized = tensors.iter().any(|t| t.quantized && t.data.is_some());
-    let n = walk.units.len();
-    let net = Network {
+fn finish(
+    path: &Path,
+    quantized: bool,
+    hw: Option<(usize, usize)>,
+    units: Vec<Unit>,
+    netq: NetQ,
+    pool: Option<(usize, String)>,
+    fc: Option<Fc>,
+) -> W<TensorFile> {
+    let (pool_in, pool_node) = pool.ok_or_else(|| Walk::Misfit("no global average pooling".into()))?;
+    let (fc_node, shape, weight, bias) = fc.expect("logits imply a classifier");
+    let n = units.len();
+    let mut net = Network {
         input: 0,
         hw,
-        units: walk.units,
+        units,
         head: Head { input: pool_in, node: pool_node, fc_node, weight, shape, bias },
         outputs: (1..=n).collect(),
-        quant: walk.netq,
+        quant: netq,
     };
     let opts = FitOptions { paddings: &[Padding::Tf, Padding::Torch], default_eps: 1e-3, dropout: 0.0, hint: None };
     let (spec, tensors) = graph::fit(path, &net, &opts).map_err(Walk::Other)?;
+    net.release_weights();
     let preprocess = match spec.padding {
         Padding::Tf => Preprocess::tf(),
         Padding::Torch => Preprocess::imagenet(spec.height.min(spec.width_px)),
     };
-    let int8 = graph::int8(path, &spec, &net, &tensors, None).map_err(Walk::Other)?;
+    let int8 = graph::int8(path, &spec, &net, tensors, None).map_err(Walk::Other)?;
     let source = match (&int8, quantized) {
-        (Some(_), _) => "tflite-int8",
-        (None, true) => "tflite-quantized",
-        (None, false) => "tflite",
+        (Imported::Int8(_), _) => "tflite-int8",
+        (Imported::Float(_), true) => "tflite-quantized",
+        (Imported::Float(_), false) => "tflite",
     };
     let mut metadata = graph::metadata(&spec, &preprocess, source);
     let tensors = match int8 {
-        Some(imp) => {
+        Imported::Int8(imp) => {
             metadata.insert("quantization".into(), serde_json::to_string(&imp.quant).expect("serialises"));
             metadata.insert("import_notes".into(), serde_json::to_string(&imp.notes).expect("serialises"));
             imp.tensors
         }
-        None => {
+        Imported::Float(tensors) => {
             if quantized {
                 metadata.insert("dequantized".into(), "weights dequantized from int8/uint8; runs in float".into());
             }

@@ -7,10 +7,10 @@ use mnv2_kernels::gemm::{gemm, gemm_panels, PackedGemm};
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
-use super::{check_structure, minmax, Net};
+use super::{check_structure, minmax, Net, TapAt};
 use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
-use crate::plan::Plan;
+use crate::plan::{Head, Plan, Role};
 
 struct Block {
     expand: Option<(PackedGemm, MinMax)>,
@@ -22,8 +22,10 @@ pub(crate) struct F32Net {
     isa: Isa,
     stem: (PackedStem, MinMax),
     blocks: Vec<Block>,
-    last: (PackedGemm, MinMax),
-    classifier: PackedGemm,
+    /// The last 1x1 conv (absent when the backbone ends with the last block, as DeepLab's).
+    last: Option<(PackedGemm, MinMax)>,
+    /// Absent for detection and segmentation heads (`super::head::HeadNet` runs those).
+    classifier: Option<PackedGemm>,
 }
 
 impl F32Net {
@@ -33,7 +35,6 @@ impl F32Net {
         let tier =
             Tier::new(isa).ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
         let layers = &plan.layers;
-        let (last_conv, cls) = (plan.last_conv, plan.classifier("the fast engine")?.classifier);
         let act = |i: usize| minmax(layers[i].conv().expect("conv layer").activation);
         let f = folded.take(0);
         let stem = (PackedStem::new(tier, &f.weights, layers[0].output.c, &f.bias), act(0));
@@ -49,12 +50,28 @@ impl F32Net {
             let project = (PackedGemm::new(tier, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
             blocks.push(Block { expand, dw, project });
         }
-        let f = folded.take(last_conv);
-        let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
-        let last = (PackedGemm::new(tier, &f.weights, l_in, l_out, &f.bias), act(last_conv));
-        let f = folded.take(cls);
-        let classifier = PackedGemm::new(tier, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias);
+        let last_conv = plan.last_conv;
+        let last = (layers[last_conv].role == Role::LastConv).then(|| {
+            let f = folded.take(last_conv);
+            let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
+            (PackedGemm::new(tier, &f.weights, l_in, l_out, &f.bias), act(last_conv))
+        });
+        let classifier = match plan.head {
+            Head::Classifier(h) => {
+                let (cls, f) = (h.classifier, folded.take(h.classifier));
+                Some(PackedGemm::new(tier, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias))
+            }
+            _ => None,
+        };
         Ok(F32Net { isa, stem, blocks, last, classifier })
+    }
+
+    fn last(&self) -> &(PackedGemm, MinMax) {
+        self.last.as_ref().expect("the schedule runs the last conv only when the network has one")
+    }
+
+    fn classifier(&self) -> &PackedGemm {
+        self.classifier.as_ref().expect("the schedule classifies only with a classification head")
     }
 }
 
@@ -70,7 +87,8 @@ impl Net for F32Net {
     }
 
     fn kernel_names(&self) -> Vec<&'static str> {
-        let mut v = vec![self.stem.0.kernel_name(), self.last.0.kernel_name()];
+        let mut v = vec![self.stem.0.kernel_name()];
+        v.extend(self.last.as_ref().map(|l| l.0.kernel_name()));
         for b in &self.blocks {
             if let Some((e, _)) = &b.expand {
                 v.push(e.kernel_name());
@@ -118,7 +136,7 @@ impl Net for F32Net {
     }
 
     fn last_rows(&self, m: usize, a: &[f32], lda: usize, pooled: &mut [f32], scratch: &mut [f32]) {
-        let (w, act) = &self.last;
+        let (w, act) = self.last();
         let c = w.n;
         let dst = &mut scratch[..m * c];
         gemm(m, a, lda, w, dst, c, *act, None);
@@ -130,11 +148,24 @@ impl Net for F32Net {
     }
 
     fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>) {
-        let n = self.classifier.n;
-        gemm_panels(1, pooled, pooled.len(), &self.classifier, out, n, MinMax::NONE, None, panels);
+        let c = self.classifier();
+        gemm_panels(1, pooled, pooled.len(), c, out, c.n, MinMax::NONE, None, panels);
     }
 
     fn classifier_panels(&self) -> (usize, usize) {
-        (self.classifier.panels(), self.classifier.nr)
+        (self.classifier().panels(), self.classifier().nr)
+    }
+
+    fn expand_act(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
+        self.expand(k, m, a, lda, out, ldc)
+    }
+
+    fn last_conv_rows(&self, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
+        let (w, act) = self.last();
+        gemm(m, a, lda, w, out, ldc, *act, None);
+    }
+
+    fn tap_values(&self, _: TapAt, src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }

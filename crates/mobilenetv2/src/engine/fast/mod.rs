@@ -18,6 +18,7 @@
 
 mod block;
 mod f32net;
+mod head;
 mod qnet;
 mod schedule;
 
@@ -38,6 +39,7 @@ use block::{Hidden, Src};
 use schedule::Schedule;
 
 pub(crate) use f32net::F32Net;
+pub(crate) use head::HeadNet;
 pub(crate) use qnet::QNet;
 
 fn minmax(a: crate::plan::Activation) -> MinMax {
@@ -45,20 +47,88 @@ fn minmax(a: crate::plan::Activation) -> MinMax {
     MinMax { min, max }
 }
 
-/// Fails unless the plan is stem, inverted residual blocks (3x3 depthwise), last conv,
-/// pool, dropout, classifier: what the fused executor runs.
+/// A backbone tensor that a detection or segmentation head reads, materialised once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TapAt {
+    /// The expanded tensor (after its activation) of block `k` (position in `plan.blocks`).
+    Expansion(usize),
+    /// The output of block `k`.
+    Block(usize),
+    /// The output of the last 1x1 convolution.
+    LastConv,
+}
+
+/// The backbone layers the head of a non-classifier plan reads (through [`Layer::source`],
+/// a concatenation, or by following the backbone), in layer order, with where each is in the
+/// fused schedule.
+///
+/// [`Layer::source`]: crate::plan::Layer::source
+pub(crate) fn head_taps(plan: &Plan) -> Result<Vec<(usize, TapAt)>> {
+    let last = plan.last_conv;
+    let mut read: Vec<usize> = Vec::new();
+    for (i, l) in plan.layers.iter().enumerate().skip(last + 1) {
+        read.push(l.source.unwrap_or(i - 1));
+        if let crate::plan::Op::Concat { sources } = &l.op {
+            read.extend(sources);
+        }
+    }
+    read.retain(|&i| i <= last);
+    read.sort_unstable();
+    read.dedup();
+    read.into_iter()
+        .map(|i| {
+            let at = if i == last && plan.layers[i].role == Role::LastConv {
+                Some(TapAt::LastConv)
+            } else {
+                plan.blocks.iter().position(|b| b.expand == Some(i) || b.project == i).map(|k| {
+                    if plan.blocks[k].project == i {
+                        TapAt::Block(k)
+                    } else {
+                        TapAt::Expansion(k)
+                    }
+                })
+            };
+            match at {
+                Some(TapAt::Expansion(k)) if plan.blocks[k].residual => Err(Error::Unsupported(format!(
+                    "the fast engine does not tap the expansion of block {} (it has a shortcut)",
+                    plan.blocks[k].index
+                ))),
+                Some(at) => Ok((i, at)),
+                None => Err(Error::Unsupported(format!(
+                    "the fast engine does not tap layer {} (only expansions, block outputs and the last conv)",
+                    plan.layers[i].name
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Fails unless the plan is stem, inverted residual blocks (3x3 depthwise), then either the
+/// last conv, pool, dropout and classifier, or a head reading backbone tensors that
+/// [`head_taps`] can materialise: what the fused executor runs.
 fn check_structure(plan: &Plan) -> Result<()> {
     let unsupported = |what: &str| Err(Error::Unsupported(format!("the fast engine does not run {what}")));
     let layers = &plan.layers;
-    let head = plan.classifier("the fast engine")?;
-    let chain = [plan.last_conv, head.pool, head.dropout, head.classifier];
-    if layers[plan.stem()].role != Role::Stem
-        || layers[plan.last_conv].role != Role::LastConv
-        || chain.windows(2).any(|w| w[1] != w[0] + 1)
-        || chain[3] + 1 != layers.len()
-        || layers.iter().any(|l| l.source.is_some())
-    {
-        return unsupported("a network that is not stem, blocks, last conv, pool, classifier");
+    match plan.head {
+        crate::plan::Head::Classifier(head) => {
+            let chain = [plan.last_conv, head.pool, head.dropout, head.classifier];
+            if layers[plan.last_conv].role != Role::LastConv
+                || chain.windows(2).any(|w| w[1] != w[0] + 1)
+                || chain[3] + 1 != layers.len()
+                || layers.iter().any(|l| l.source.is_some())
+            {
+                return unsupported("a network that is not stem, blocks, last conv, pool, classifier");
+            }
+        }
+        _ => {
+            if layers[..=plan.last_conv].iter().any(|l| l.source.is_some()) {
+                return unsupported("a backbone whose layers do not follow each other");
+            }
+            head_taps(plan)?;
+        }
+    }
+    if layers[plan.stem()].role != Role::Stem {
+        return unsupported("a network that does not start with its stem");
     }
     let stem = layers[0].conv().expect("stem conv");
     if stem.kind != ConvKind::Full || stem.kernel != 3 || stem.dilation != 1 {
@@ -120,6 +190,13 @@ pub(crate) trait Net: Send + Sync {
     fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>);
     /// (number, width) of the classifier's column panels.
     fn classifier_panels(&self) -> (usize, usize);
+    /// The expand 1x1 conv of block `k` over `m` pixels into activation rows (the expanded
+    /// tensor materialised whole because a head reads it).
+    fn expand_act(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
+    /// The last 1x1 conv over `m` pixels, its outputs (real units) into `out` (row stride `ldc`).
+    fn last_conv_rows(&self, m: usize, a: &[Self::T], lda: usize, out: &mut [f32], ldc: usize);
+    /// Activation values of a tapped tensor in real units.
+    fn tap_values(&self, tap: TapAt, src: &[Self::T], dst: &mut [f32]);
 }
 
 /// Per-thread scratch.
@@ -194,6 +271,8 @@ impl Profile {
 /// schedule and buffers (allocated on the first image of that size, then reused).
 pub(crate) struct FastEngine<N: Net> {
     pub net: N,
+    /// The head layers of a detection or segmentation plan (after the backbone).
+    head: Option<HeadNet>,
     streaming: bool,
     pool: Pool,
     state: Mutex<Option<State<N::T, N::H>>>,
@@ -221,7 +300,16 @@ fn phases(s: &Schedule) -> Vec<Phase> {
     if s.chain > 0 {
         v.push(out(&s.geos[s.chain - 1]));
     }
-    v.extend(s.geos[s.chain..].iter().map(out));
+    for g in &s.geos[s.chain..] {
+        if g.split {
+            v.push(Phase::Rows { rows: g.h_in, row_len: g.w_in * g.hidden });
+        }
+        v.push(out(g));
+    }
+    if s.taps.is_some() {
+        // The last conv (if tapped) writes its tap, not a shared buffer.
+        return v;
+    }
     v.push(Phase::Gather { len: s.last_c });
     v.push(Phase::Gather { len: s.classes });
     v
@@ -247,6 +335,9 @@ impl Prev {
 pub(crate) trait Runner: Send + Sync {
     /// Logits of `n` images (`n * classes` values) of `plan.input()` in `layout`.
     fn run(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, profile: Option<&mut Profile>) -> Vec<f32>;
+    /// The outputs of the head layers `wanted` (per layer `n` images' values) of `n` images of
+    /// `plan.input()` in `layout`, for a plan with a detection or segmentation head.
+    fn run_layers(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, wanted: &[usize]) -> Vec<Vec<f32>>;
     /// Activation bytes allocated for one image of this plan's size in flight.
     fn activation_bytes(&self, plan: &Plan) -> usize;
     fn isa(&self) -> Isa;
@@ -258,6 +349,9 @@ impl<N: Net> Runner for FastEngine<N> {
     fn run(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, profile: Option<&mut Profile>) -> Vec<f32> {
         FastEngine::run(self, plan, images, n, layout, profile)
     }
+    fn run_layers(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, wanted: &[usize]) -> Vec<Vec<f32>> {
+        FastEngine::run_layers(self, plan, images, n, layout, wanted)
+    }
     fn activation_bytes(&self, plan: &Plan) -> usize {
         FastEngine::activation_bytes(self, plan)
     }
@@ -266,6 +360,7 @@ impl<N: Net> Runner for FastEngine<N> {
     }
     fn kernel_names(&self) -> Vec<&'static str> {
         let mut v = self.net.kernel_names();
+        v.extend(self.head.iter().flat_map(HeadNet::kernel_names));
         v.sort();
         v.dedup();
         v
@@ -273,8 +368,8 @@ impl<N: Net> Runner for FastEngine<N> {
 }
 
 impl<N: Net> FastEngine<N> {
-    pub fn new(net: N, threads: usize, streaming: bool) -> FastEngine<N> {
-        FastEngine { net, streaming, pool: Pool::new(threads), state: Mutex::new(None) }
+    pub fn new(net: N, head: Option<HeadNet>, threads: usize, streaming: bool) -> FastEngine<N> {
+        FastEngine { net, head, streaming, pool: Pool::new(threads), state: Mutex::new(None) }
     }
 
     fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T, N::H>>) -> &'a State<N::T, N::H> {
@@ -315,7 +410,98 @@ impl<N: Net> FastEngine<N> {
         let staging = if stages { 3 * s.geos.iter().map(|g| g.w_in).max().unwrap_or(0) * 16 } else { 0 };
         let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c + staging;
         let per_thread = h * (chain_hidden + s.ring_len) + t * (chain_out + s.band_len) + 4 * f32_values;
-        2 * t * s.act_len + threads * per_thread
+        // A head's backbone tensors (f32, whole) and the head's own live tensors.
+        let head = match (&s.taps, &self.head) {
+            (Some(taps), Some(head)) => {
+                let taps: usize = taps.iter().map(|t| plan.layers[t.0].output.len()).sum();
+                4 * (taps + head.peak_values(plan, &[plan.layers.len() - 1]))
+            }
+            _ => 0,
+        };
+        2 * t * s.act_len + threads * per_thread + head
+    }
+
+    /// The outputs of the head layers `wanted` of `n` images (per layer, the images' values
+    /// one after the other): the backbone fused as for classification, the tensors the head
+    /// reads materialised once, then the head. One image on several threads is split by rows
+    /// (backbone and head); several images are shared out whole.
+    pub fn run_layers(&self, plan: &Plan, images: &[f32], n: usize, layout: Layout, wanted: &[usize]) -> Vec<Vec<f32>> {
+        let head = self.head.as_ref().expect("an engine for a head's plan has the head");
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.state_for(plan, &mut guard);
+        let sch = &st.schedule;
+        let tap_list = sch.taps.as_ref().expect("a head's schedule has taps");
+        let tap_shapes: Vec<crate::plan::Shape> = tap_list.iter().map(|t| plan.layers[t.0].output).collect();
+        let per = sch.image.len();
+        let threads = self.pool.threads();
+        let img = |i: usize| Image { data: &images[i * per..(i + 1) * per], h: sch.image.h, w: sch.image.w, layout };
+        let new_taps = || -> Vec<Vec<f32>> { tap_shapes.iter().map(|s| vec![0f32; s.len()]).collect() };
+        fn as_taps<'b>(list: &[(usize, TapAt)], bufs: &'b [Vec<f32>]) -> Vec<(usize, &'b [f32])> {
+            list.iter().zip(bufs).map(|(t, b)| (t.0, &b[..])).collect()
+        }
+        if n == 1 && threads > 1 {
+            let mut bufs = new_taps();
+            {
+                // Each thread writes its share of the rows of every tap.
+                let mut pieces: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
+                for (buf, shape) in bufs.iter_mut().zip(&tap_shapes) {
+                    let mut rest = &mut buf[..];
+                    for (t, p) in pieces.iter_mut().enumerate() {
+                        let rows = share(t, threads, shape.h);
+                        let (mine, tail) = rest.split_at_mut(rows.len() * shape.w * shape.c);
+                        p.push(mine);
+                        rest = tail;
+                    }
+                }
+                let pieces: Vec<Mutex<Vec<&mut [f32]>>> = pieces.into_iter().map(Mutex::new).collect();
+                let mut acts0 = st.acts[0].lock().unwrap();
+                let Acts { x, y, chain } = &mut *acts0;
+                let team = Team::new(x, y, &mut [], threads, &st.phases);
+                let chain0 = Mutex::new(Some(chain));
+                let job = |tid: usize| {
+                    let mut turns = team.member(tid);
+                    let mut sc = st.scratch[tid].lock().unwrap();
+                    let mut own = if tid == 0 { None } else { Some(st.acts[tid].lock().unwrap()) };
+                    let first = if tid == 0 { chain0.lock().unwrap().take() } else { None };
+                    let chain: &mut ChainRings<N::T, N::H> = match (own.as_deref_mut(), first) {
+                        (Some(a), _) => &mut a.chain,
+                        (None, Some(c)) => c,
+                        (None, None) => unreachable!("thread 0 has the first rings"),
+                    };
+                    let mut mine = pieces[tid].lock().unwrap();
+                    let timer = Timer { prof: None, t: Instant::now() };
+                    self.image(sch, img(0), &mut turns, chain, &mut sc, &mut [], &mut mine, timer);
+                };
+                self.pool.run(&job);
+            }
+            return head.run(plan, &as_taps(tap_list, &bufs), wanted, Some(&self.pool));
+        }
+        // Several images (or one thread): each thread takes whole images, head included.
+        let done: Vec<Mutex<Vec<Vec<f32>>>> = (0..n).map(|_| Mutex::new(Vec::new())).collect();
+        let job = |tid: usize| {
+            let mut sc = st.scratch[tid].lock().unwrap();
+            let mut acts = st.acts[tid].lock().unwrap();
+            let Acts { x, y, chain } = &mut *acts;
+            let mut bufs = new_taps();
+            for i in (tid..n).step_by(threads) {
+                {
+                    let mut mine: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                    let timer = Timer { prof: None, t: Instant::now() };
+                    let team = Team::new(&mut *x, &mut *y, &mut [], 1, &st.phases);
+                    self.image(sch, img(i), &mut team.member(0), chain, &mut sc, &mut [], &mut mine, timer);
+                }
+                *done[i].lock().unwrap() = head.run(plan, &as_taps(tap_list, &bufs), wanted, None);
+            }
+        };
+        self.pool.run(&job);
+        let mut out: Vec<Vec<f32>> =
+            wanted.iter().map(|&w| Vec::with_capacity(n * plan.layers[w].output.len())).collect();
+        for d in done {
+            for (o, v) in out.iter_mut().zip(d.into_inner().unwrap()) {
+                o.extend_from_slice(&v);
+            }
+        }
+        out
     }
 
     /// Logits of `n` images (`n * classes` values). `images` holds `n` images of
@@ -345,7 +531,7 @@ impl<N: Net> FastEngine<N> {
                 let out = &mut logits[i * classes..(i + 1) * classes];
                 let timer = Timer { prof: Some(&mut *p), t: Instant::now() };
                 let team = Team::new(x, y, &mut [], 1, &st.phases);
-                self.image(sch, img(i), &mut team.member(0), chain, &mut sc, out, timer);
+                self.image(sch, img(i), &mut team.member(0), chain, &mut sc, out, &mut [], timer);
             }
             return logits;
         }
@@ -373,7 +559,7 @@ impl<N: Net> FastEngine<N> {
                 };
                 let out: &mut [f32] = out.unwrap_or(&mut []);
                 let timer = Timer { prof: None, t: Instant::now() };
-                self.image(sch, img(0), &mut turns, chain, &mut sc, out, timer);
+                self.image(sch, img(0), &mut turns, chain, &mut sc, out, &mut [], timer);
             };
             self.pool.run(&job);
             return logits;
@@ -389,7 +575,7 @@ impl<N: Net> FastEngine<N> {
                 let mut o = outs[i].lock().unwrap();
                 let timer = Timer { prof: None, t: Instant::now() };
                 let team = Team::new(&mut *x, &mut *y, &mut [], 1, &st.phases);
-                self.image(sch, img(i), &mut team.member(0), chain, &mut sc, &mut o, timer);
+                self.image(sch, img(i), &mut team.member(0), chain, &mut sc, &mut o, &mut [], timer);
             }
         };
         self.pool.run(&job);
@@ -407,9 +593,12 @@ impl<N: Net> FastEngine<N> {
         chain_bufs: &mut ChainRings<N::T, N::H>,
         sc: &mut Scratch<N::T, N::H>,
         out: &mut [f32],
+        taps: &mut [&mut [f32]],
         mut timer: Timer,
     ) {
         let net = &self.net;
+        // This thread's rows of a tapped tensor, in real units, into its share of the tap.
+        let tap_index = |at: TapAt| sch.taps.iter().flatten().position(|t| t.1 == at);
         let (tid, threads) = (turns.tid(), turns.threads());
         let mut prev = Prev::Image;
         if !sch.stem_fused {
@@ -465,6 +654,20 @@ impl<N: Net> FastEngine<N> {
         }
         for k in k0..sch.geos.len() {
             let g = &sch.geos[k];
+            if g.split {
+                // The expanded tensor, whole (a head reads it); the block reads it directly.
+                let j = tap_index(TapAt::Expansion(k)).expect("a split block is tapped");
+                let Prev::Rows { row_len: in_len, .. } = prev else { unreachable!("a tapped block follows a block") };
+                turns.rows(|input, mut out_rows| {
+                    let rows = out_rows.window_rows();
+                    let a = &input[rows.start * in_len..rows.end * in_len];
+                    let dst = out_rows.values_mut();
+                    net.expand_act(k, rows.len() * g.w_in, a, g.cin, dst, g.hidden);
+                    net.tap_values(TapAt::Expansion(k), dst, &mut taps[j][..]);
+                });
+                prev = Prev::Rows { row_len: g.w_in * g.hidden, cap: g.h_in };
+            }
+            let tap_out = tap_index(TapAt::Block(k));
             let ops = timer.prof.as_deref_mut().map(|p| {
                 p.block_ops.resize(sch.geos.len(), [0.0; 3]);
                 &mut p.block_ops[k]
@@ -479,11 +682,27 @@ impl<N: Net> FastEngine<N> {
                     block::band(net, k, g, src, &mut out_rows, oy..end, &mut hidden, &mut sc.band, &mut sc.stem);
                     oy = end;
                 }
+                if let Some(j) = tap_out {
+                    net.tap_values(TapAt::Block(k), out_rows.values_mut(), &mut taps[j][..]);
+                }
             });
             prev = Prev::Rows { row_len: g.w_out * g.cout, cap: g.h_out };
             timer.tick(first_stage + k, || format!("features.{} block", k + 1));
         }
         let stages = first_stage + sch.geos.len();
+        if sch.taps.is_some() {
+            // A head's backbone: the last conv, if tapped, straight into its tap.
+            if let Some(j) = tap_index(TapAt::LastConv) {
+                let s = sch.last_in;
+                let rows = share(tid, threads, s.h);
+                turns.read(|x| {
+                    let a = &x[rows.start * s.w * s.c..rows.end * s.w * s.c];
+                    net.last_conv_rows(rows.len() * s.w, a, s.c, &mut taps[j][..], sch.last_c);
+                });
+                timer.tick(stages, || "last conv".into());
+            }
+            return;
+        }
         let last_len = sch.last_in.len();
         let my_rows = share(tid, threads, sch.last_in.h);
         sc.pooled.fill(0.0);

@@ -18,10 +18,10 @@ use mnv2_kernels::qgemm::{
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
-use super::{check_structure, minmax, Net};
+use super::{check_structure, minmax, Net, TapAt};
 use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
-use crate::plan::{Activation, ConvKind, Plan};
+use crate::plan::{Activation, ConvKind, Head, Plan, Role};
 use crate::qscheme::QuantSpec;
 
 /// How the int8 network holds its expanded rows: u8 (least memory: streaming mode), or the
@@ -88,9 +88,11 @@ pub(crate) struct QNet<H> {
     /// The stem's output quantisation (the first block's expanded rows).
     stem_q: QParams,
     blocks: Vec<Block>,
-    last: (PackedQGemm, MinMax),
+    /// The last 1x1 conv (absent when the backbone ends with the last block, as DeepLab's).
+    last: Option<(PackedQGemm, MinMax)>,
     pooled: QParams,
-    classifier: PackedQGemm,
+    /// Absent for detection and segmentation heads.
+    classifier: Option<PackedQGemm>,
 }
 
 impl<H: RingElem> QNet<H> {
@@ -143,15 +145,32 @@ impl<H: RingElem> QNet<H> {
             blocks.push(Block { expand, dw, project, hidden, dw_out, input, output });
             input = output;
         }
-        let (last_conv, cls_layer) = (plan.last_conv, plan.classifier("the int8 engine")?.classifier);
-        let f = folded.take(last_conv);
-        let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
-        let last = (PackedQGemm::new(tier, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6));
-        let cls = folded.take(cls_layer);
+        let last_conv = plan.last_conv;
+        let last = (layers[last_conv].role == Role::LastConv).then(|| {
+            let f = folded.take(last_conv);
+            let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
+            (PackedQGemm::new(tier, &f.weights, l_in, l_out, &f.bias, input), minmax(Activation::Relu6))
+        });
         let pooled: QParams = spec.pooled.into();
-        let (c_in, c_out) = (layers[cls_layer].input.c, layers[cls_layer].output.c);
-        let classifier = PackedQGemm::new(tier, &cls.weights, c_in, c_out, &cls.bias, pooled);
-        Ok(QNet { ring: PhantomData, isa: last.0.isa(), tier, stem, stem_q, blocks, last, pooled, classifier })
+        // A detection or segmentation head runs in f32 on the taps (`super::head`).
+        let classifier = match plan.head {
+            Head::Classifier(h) => {
+                let (cls_layer, cls) = (h.classifier, folded.take(h.classifier));
+                let (c_in, c_out) = (layers[cls_layer].input.c, layers[cls_layer].output.c);
+                Some(PackedQGemm::new(tier, &cls.weights, c_in, c_out, &cls.bias, pooled))
+            }
+            _ => None,
+        };
+        let isa = blocks.last().map_or(isa, |b| b.project.0.isa());
+        Ok(QNet { ring: PhantomData, isa, tier, stem, stem_q, blocks, last, pooled, classifier })
+    }
+
+    fn last(&self) -> &(PackedQGemm, MinMax) {
+        self.last.as_ref().expect("the schedule runs the last conv only when the network has one")
+    }
+
+    fn classifier(&self) -> &PackedQGemm {
+        self.classifier.as_ref().expect("the schedule classifies only with a classification head")
     }
 }
 
@@ -176,7 +195,9 @@ impl<H: RingElem> Net for QNet<H> {
     }
 
     fn kernel_names(&self) -> Vec<&'static str> {
-        let mut v = vec![self.stem.0.kernel_name(), self.last.0.kernel_name(), self.classifier.kernel_name()];
+        let mut v = vec![self.stem.0.kernel_name()];
+        v.extend(self.last.as_ref().map(|l| l.0.kernel_name()));
+        v.extend(self.classifier.as_ref().map(|c| c.kernel_name()));
         for b in &self.blocks {
             if let Some(e) = &b.expand {
                 v.push(e.kernel_name());
@@ -229,18 +250,41 @@ impl<H: RingElem> Net for QNet<H> {
     }
 
     fn last_rows(&self, m: usize, a: &[u8], lda: usize, pooled: &mut [f32], _: &mut [f32]) {
-        let (w, act) = &self.last;
+        let (w, act) = self.last();
         qgemm(m, a, lda, w, QOut::Pool { sums: pooled }, *act, None);
     }
 
     fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>) {
         let mut q = vec![0u8; pooled.len()];
         quantize_row(self.tier, pooled, &mut q, self.pooled);
-        let o = QOut::F32 { c: out, ldc: self.classifier.n };
-        qgemm_panels(1, &q, q.len(), &self.classifier, o, MinMax::NONE, None, panels);
+        let c = self.classifier();
+        let o = QOut::F32 { c: out, ldc: c.n };
+        qgemm_panels(1, &q, q.len(), c, o, MinMax::NONE, None, panels);
     }
 
     fn classifier_panels(&self) -> (usize, usize) {
-        (self.classifier.panels(), self.classifier.nr)
+        (self.classifier().panels(), self.classifier().nr)
+    }
+
+    fn expand_act(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
+        let b = &self.blocks[k];
+        let w = b.expand.as_ref().expect("block has an expand conv");
+        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
+    }
+
+    fn last_conv_rows(&self, m: usize, a: &[u8], lda: usize, out: &mut [f32], ldc: usize) {
+        let (w, act) = self.last();
+        qgemm(m, a, lda, w, QOut::F32 { c: out, ldc }, *act, None);
+    }
+
+    fn tap_values(&self, tap: TapAt, src: &[u8], dst: &mut [f32]) {
+        let q = match tap {
+            TapAt::Expansion(k) => self.blocks[k].hidden,
+            TapAt::Block(k) => self.blocks[k].output,
+            TapAt::LastConv => unreachable!("the last conv writes real values (`last_conv_rows`)"),
+        };
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = (v as i32 - q.zero) as f32 * q.scale;
+        }
     }
 }

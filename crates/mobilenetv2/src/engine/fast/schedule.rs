@@ -5,7 +5,8 @@ use std::ops::Range;
 
 use mnv2_kernels::stem::StemGeom;
 
-use crate::plan::{Plan, Shape};
+use super::TapAt;
+use crate::plan::{Head, Plan, Shape};
 
 /// Geometry of one block at one input size.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +27,9 @@ pub(super) struct Geo {
     pub band: usize,
     /// Rows in the ring of expanded rows (0 when the block reads its input rows directly).
     pub ring: usize,
+    /// The expand conv runs as a phase of its own that materialises the expanded tensor
+    /// (a head reads it); the block then reads those rows directly.
+    pub split: bool,
 }
 
 impl Geo {
@@ -74,6 +78,9 @@ pub(super) struct Schedule {
     pub last_in: Shape,
     pub last_c: usize,
     pub classes: usize,
+    /// The backbone layers a detection or segmentation head reads (materialised once, in
+    /// real units), with where each is in the schedule; `None` for a classifier.
+    pub taps: Option<Vec<(usize, TapAt)>>,
     /// Values of the ring shared by the blocks outside the chain (per thread).
     pub ring_len: usize,
     /// Values of the depthwise band buffer (per thread).
@@ -86,6 +93,11 @@ pub(super) struct Schedule {
 
 impl Schedule {
     pub fn new(plan: &Plan, streaming: bool) -> Schedule {
+        let taps = match plan.head {
+            Head::Classifier(_) => None,
+            _ => Some(super::head_taps(plan).expect("checked when the engine was built")),
+        };
+        let split = |k: usize| taps.iter().flatten().any(|t| t.1 == TapAt::Expansion(k));
         let l0 = &plan.layers[0];
         let stem = l0.conv().expect("stem");
         // The stem's output rows can feed the first block directly unless that block reads
@@ -99,7 +111,7 @@ impl Schedule {
                 .map(|(k, b)| {
                     let dw = plan.layers[b.depthwise].conv().expect("depthwise");
                     let band = if k < chain { 1 } else { band_rows(b.output.w, b.output.h, band_pixels) };
-                    let reads_input = b.expand.is_none() && !(stem_fused && k == 0);
+                    let reads_input = (b.expand.is_none() && !(stem_fused && k == 0)) || split(k);
                     let mut g = Geo {
                         h_in: b.input.h,
                         w_in: b.input.w,
@@ -115,6 +127,7 @@ impl Schedule {
                         residual: b.residual,
                         band,
                         ring: 0,
+                        split: split(k),
                     };
                     if !reads_input {
                         g.ring = g.span();
@@ -132,6 +145,9 @@ impl Schedule {
             for (k, b) in plan.blocks.iter().enumerate() {
                 if k + 1 >= chain {
                     act_len = act_len.max(b.output.len());
+                }
+                if geos[k].split {
+                    act_len = act_len.max(b.input.h * b.input.w * b.hidden);
                 }
             }
             Schedule {
@@ -151,16 +167,36 @@ impl Schedule {
                 geos,
                 last_in: last.input,
                 last_c: last.output.c,
-                classes: plan.output().c,
-                last_band: band_rows(last.output.w, last.output.h, band_pixels) * last.output.w * last.output.c,
+                classes: if taps.is_some() { 0 } else { plan.output().c },
+                // With a head, the last conv writes its tap directly.
+                last_band: if taps.is_some() {
+                    0
+                } else {
+                    band_rows(last.output.w, last.output.h, band_pixels) * last.output.w * last.output.c
+                },
                 act_len,
+                taps: taps.clone(),
             }
         };
         if !streaming {
             return build(0);
         }
-        // Streaming: chain as many leading blocks as keeps the total smallest.
-        (1..plan.blocks.len()).map(build).min_by_key(|s| s.activation_values(1)).expect("a plan has blocks")
+        // Streaming: chain as many leading blocks as keeps the total smallest, stopping before
+        // the first block a head taps (its tensors must exist whole).
+        let first_tapped = taps
+            .iter()
+            .flatten()
+            .map(|t| match t.1 {
+                TapAt::Expansion(k) | TapAt::Block(k) => k,
+                TapAt::LastConv => plan.blocks.len(),
+            })
+            .min()
+            .unwrap_or(plan.blocks.len());
+        let most = first_tapped.min(plan.blocks.len() - 1);
+        if most == 0 {
+            return build(0);
+        }
+        (1..=most).map(build).min_by_key(|s| s.activation_values(1)).expect("a plan has blocks")
     }
 
     /// Values of the rings private to chain block `k` (its expanded rows, and its output
