@@ -18,6 +18,11 @@
 //! - [`cocoeval`]: COCO box evaluation, equal to pycocotools' `COCOeval` (tests/coco_eval.rs);
 //! - [`dataset`]: [`DetectionDataset`], boxes from COCO JSON or Pascal VOC XML, bad records
 //!   stopped or skipped ([`BadAnnotations`]).
+//!
+//! Training one:
+//!
+//! - [`loss`]: the SSD loss of `ssdlite_mobilenet_v2_coco.config` (argmax matcher, sigmoid
+//!   classification, smooth L1, hard example mining) and its gradient.
 
 pub mod anchors;
 pub mod boxcoder;
@@ -26,6 +31,7 @@ pub mod cocoeval;
 pub mod dataset;
 pub mod detector;
 pub mod heads;
+pub mod loss;
 pub mod nms;
 pub mod postprocess;
 pub mod resize;

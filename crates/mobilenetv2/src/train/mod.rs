@@ -62,6 +62,7 @@
 //! # Ok::<(), mobilenetv2::Error>(())
 //! ```
 
+pub mod deeplab;
 pub mod net;
 #[doc(hidden)]
 pub mod ops;
@@ -70,7 +71,10 @@ pub mod plot;
 #[doc(hidden)]
 pub mod prof;
 pub mod run;
+pub mod ssd;
 
+pub use deeplab::{SegStats, SegTape};
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};
 pub use optim::{Ema, Method, Optimizer, Schedule};
 pub use run::{evaluate, train, Config, EvalReport, Event, Metrics};
+pub use ssd::{HeadTape, SsdHeadTrainer};

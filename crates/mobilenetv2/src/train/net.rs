@@ -14,6 +14,8 @@
 //! [`ops`]), so each wide expanded tensor exists once. All buffers live in a [`Tape`]
 //! allocated once for the largest batch.
 
+use std::borrow::Cow;
+
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::ops::{self, BnAct, BnBwd, DwBwd, Geom, Grad, InGrad, PwBwd, Src, Work};
@@ -21,7 +23,7 @@ use super::prof::span;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::names::{expected, Kind};
-use crate::plan::{Conv, ConvKind, Layer, Op, Plan, Role};
+use crate::plan::{Conv, ConvKind, Layer, Op, Plan, Role, Tap};
 use crate::rng::Rng;
 
 /// BatchNorm's running-statistics momentum (torchvision's default).
@@ -52,12 +54,14 @@ impl TensorInfo {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct ConvIx {
-    w: usize,
-    gamma: usize,
-    beta: usize,
+pub(super) struct ConvIx {
+    pub(super) w: usize,
+    pub(super) gamma: usize,
+    pub(super) beta: usize,
     rmean: usize,
     rvar: usize,
+    /// The bias of a convolution without BatchNorm (DeepLab's logits).
+    pub(super) bias: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -112,7 +116,7 @@ pub struct Net {
     pub stats: Vec<f32>,
     ix: Vec<Ix>,
     /// The tier every kernel runs on, resolved once.
-    isa: Tier,
+    pub(super) isa: Tier,
 }
 
 /// How BatchNorm behaves in a forward pass.
@@ -192,6 +196,7 @@ impl Net {
                 (Ix::Conv(c), Kind::BnBias) => c.beta = offset,
                 (Ix::Conv(c), Kind::BnMean) => c.rmean = offset,
                 (Ix::Conv(c), Kind::BnVar) => c.rvar = offset,
+                (Ix::Conv(c), Kind::ConvBias) => c.bias = offset,
                 (i @ Ix::Pass, Kind::LinearWeight) => *i = Ix::Linear { w: offset, b: 0 },
                 (Ix::Linear { b, .. }, Kind::LinearBias) => *b = offset,
                 (_, k) => panic!("tensor {} ({k:?}) out of the expected order", e.name),
@@ -230,7 +235,7 @@ impl Net {
         Some(&self.grads[t.offset..t.offset + t.len])
     }
 
-    fn conv(&self, l: usize) -> (&Layer, &Conv, ConvIx) {
+    pub(super) fn conv(&self, l: usize) -> (&Layer, &Conv, ConvIx) {
         let layer = &self.plan.layers[l];
         match (&layer.op, self.ix[l]) {
             (Op::Conv(c), Ix::Conv(ix)) => (layer, c, ix),
@@ -249,7 +254,7 @@ impl Net {
     /// BatchNorm coefficients of layer `l` for the batch in `tape.x[l]`: batch statistics
     /// BatchNorm coefficients of layer `l` over `m` values per channel: from the batch's
     /// moments (updating the running statistics), or from the running statistics (`None`).
-    fn bn_coef(&mut self, tape: &mut Tape, l: usize, m: usize, moments: Option<ops::Moments>) -> Result<()> {
+    pub(super) fn bn_coef(&mut self, tape: &mut Tape, l: usize, m: usize, moments: Option<ops::Moments>) -> Result<()> {
         let (layer, _, ix) = self.conv(l);
         let c = layer.output.c;
         let eps = self.plan.spec.bn_eps as f64;
@@ -293,7 +298,7 @@ impl Net {
 
     /// From the two reductions of layer `l`'s BatchNorm backward over `m` values per channel:
     /// gamma's and beta's gradients, and the coefficients of the input gradient.
-    fn bn_grads(&mut self, tape: &mut Tape, l: usize, m: usize, (sdz, sdzx): ops::BnSums) {
+    pub(super) fn bn_grads(&mut self, tape: &mut Tape, l: usize, m: usize, (sdz, sdzx): ops::BnSums) {
         let (layer, _, ix) = self.conv(l);
         let c = layer.output.c;
         let bn = &mut tape.bn[l];
@@ -316,7 +321,7 @@ impl Net {
         }
     }
 
-    fn act(&self, l: usize) -> MinMax {
+    pub(super) fn act(&self, l: usize) -> MinMax {
         act_of(self.conv(l).1)
     }
 
@@ -329,19 +334,13 @@ impl Net {
         bn: BnMode,
         dropout: Option<&mut Rng>,
     ) -> Result<()> {
-        let input = self.plan.input();
-        if n == 0 || n > tape.nmax {
-            return Err(Error::Input(format!("batch of {n} images; this tape holds 1 to {}", tape.nmax)));
-        }
-        if images.len() != n * input.len() {
-            return Err(Error::BatchLen { values: images.len(), images: n, shape: input.into() });
-        }
-        tape.n = n;
-        let mut work = std::mem::take(&mut tape.work);
-        let r = self.forward_layers(tape, images, n, bn == BnMode::Train, &mut work);
-        tape.work = work;
-        r?;
+        self.forward_backbone(tape, images, n, bn)?;
         let _sp = span(4);
+        let lc = self.last_conv();
+        let (ll, hw) = (&self.plan.layers[lc], self.plan.layers[lc].output.h * self.plan.layers[lc].output.w);
+        let mut pooled = std::mem::take(&mut tape.pooled);
+        ops::pool_forward(self.isa, &tape.x[lc], n, hw, ll.output.c, tape.bnact(lc, self.act(lc)), &mut pooled);
+        tape.pooled = pooled;
         // Dropout and the classifier.
         let cl = self.plan.layers[self.last_conv()].output.c;
         let p = self.plan.spec.dropout;
@@ -370,8 +369,111 @@ impl Net {
         Ok(())
     }
 
-    /// The convolutions and the pooling of the forward pass: one step per layer kind, driven
-    /// by the plan's blocks.
+    /// Forward pass of the backbone only (stem, blocks, and the last 1x1 conv if the plan has
+    /// one) over `n` NHWC images: what a head reads through [`Net::tap_value`]. A head's own
+    /// layers are the caller's; [`Net::backward_from_taps`] then takes the gradients the head
+    /// sends back to the taps.
+    pub fn forward_backbone(&mut self, tape: &mut Tape, images: &[f32], n: usize, bn: BnMode) -> Result<()> {
+        let input = self.plan.input();
+        if n == 0 || n > tape.nmax {
+            return Err(Error::Input(format!("batch of {n} images; this tape holds 1 to {}", tape.nmax)));
+        }
+        if images.len() != n * input.len() {
+            return Err(Error::BatchLen { values: images.len(), images: n, shape: input.into() });
+        }
+        tape.n = n;
+        let mut work = std::mem::take(&mut tape.work);
+        let r = self.forward_layers(tape, images, n, bn == BnMode::Train, &mut work);
+        tape.work = work;
+        r
+    }
+
+    /// The plan layer whose post-activation output is `tap`, checked against what training
+    /// supports: block outputs, block expansions and the last conv ([`Tap::Stem`] is
+    /// [`Error::Unsupported`]).
+    pub fn tap_layer(&self, tap: Tap) -> Result<usize> {
+        if tap == Tap::Stem {
+            return Err(Error::Unsupported("training with a head on the stem's output".into()));
+        }
+        self.plan.tap_layer(tap)
+    }
+
+    /// The value of a tap after [`Net::forward_backbone`] (or [`Net::forward`]): the tap
+    /// layer's output after BatchNorm, activation and residual, `n x h x w x c` NHWC for the
+    /// batch's `n` images. Block outputs are borrowed from the tape; an expansion's or the last
+    /// conv's activation is computed from the stored pre-BatchNorm values.
+    pub fn tap_value<'t>(&self, tape: &'t Tape, tap: Tap) -> Result<Cow<'t, [f32]>> {
+        let l = self.tap_layer(tap)?;
+        let layer = &self.plan.layers[l];
+        let len = tape.n * layer.output.len();
+        if let Tap::Block(i) = tap {
+            let bi = self.plan.blocks.iter().position(|b| b.index == i).expect("tap_layer found it");
+            return Ok(Cow::Borrowed(&tape.block_out[bi][..len]));
+        }
+        let mut out = vec![0f32; len];
+        ops::bn_apply(self.isa, &tape.x[l][..len], layer.output.c, tape.bnact(l, self.act(l)), None, &mut out);
+        Ok(Cow::Owned(out))
+    }
+
+    /// Backward pass of the backbone from gradients injected at taps (each `n x h x w x c`,
+    /// the gradient of the loss with respect to [`Net::tap_value`]), after
+    /// [`Net::forward_backbone`] on `images` in [`BnMode::Train`]. Fills the gradients of
+    /// every backbone tensor (the layers up to [`Plan::last_conv`]; zero for layers above the
+    /// deepest tap) and leaves the head's entries of [`Net::grads`] as they are. Gradients at
+    /// the same tap add up.
+    pub fn backward_from_taps(&mut self, tape: &mut Tape, images: &[f32], grads: &[(Tap, &[f32])]) -> Result<()> {
+        let n = tape.n;
+        let mut top: Option<usize> = None; // deepest block (position in plan.blocks) reached
+        let mut last = None;
+        for &(tap, g) in grads {
+            let l = self.tap_layer(tap)?;
+            let want = n * self.plan.layers[l].output.len();
+            if g.len() != want {
+                return Err(Error::Input(format!("gradient of tap {tap:?}: {} values, expected {want}", g.len())));
+            }
+            let bi = match tap {
+                Tap::LastConv => {
+                    last = Some(g);
+                    self.plan.blocks.len() - 1
+                }
+                Tap::Block(i) | Tap::Expansion(i) => {
+                    self.plan.blocks.iter().position(|b| b.index == i).expect("tap_layer found it")
+                }
+                Tap::Stem => unreachable!("refused by tap_layer"),
+            };
+            top = Some(top.map_or(bi, |t: usize| t.max(bi)));
+        }
+        let Some(top) = top else { return Err(Error::Input("backward from no tap".into())) };
+        // Layers above the deepest tap (and the last conv unless tapped) get no gradient.
+        let first_zero = if last.is_some() { self.last_conv() + 1 } else { self.plan.blocks[top].project + 1 };
+        let lc = self.last_conv();
+        for t in self.tensors.iter().filter(|t| t.trainable() && t.layer >= first_zero && t.layer <= lc) {
+            self.grads[t.offset..t.offset + t.len].fill(0.0);
+        }
+        let mut g = GradBufs::take(tape);
+        match last {
+            Some(dl) => self.last_conv_backward(tape, Grad::Rows(dl), &mut g),
+            None => g.out[..n * self.plan.blocks[top].output.len()].fill(0.0),
+        }
+        let mut stem_sums_done = false;
+        for bi in (0..=top).rev() {
+            let index = self.plan.blocks[bi].index;
+            let m = n * self.plan.blocks[bi].output.len();
+            for &(_, d) in grads.iter().filter(|(t, _)| *t == Tap::Block(index)) {
+                for (o, v) in g.out[..m].iter_mut().zip(d) {
+                    *o += v;
+                }
+            }
+            let exp: Vec<&[f32]> = grads.iter().filter(|(t, _)| *t == Tap::Expansion(index)).map(|&(_, d)| d).collect();
+            stem_sums_done |= self.block_backward(tape, bi, &mut g, &exp);
+        }
+        self.stem_backward(tape, images, stem_sums_done, &mut g);
+        g.put_back(tape);
+        Ok(())
+    }
+
+    /// The convolutions of the backbone's forward pass: one step per layer kind, driven by the
+    /// plan's blocks.
     fn forward_layers(
         &mut self,
         tape: &mut Tape,
@@ -384,7 +486,10 @@ impl Net {
         for bi in 0..self.plan.blocks.len() {
             self.block_forward(tape, bi, n, train, work)?;
         }
-        self.last_conv_forward(tape, n, train, work)
+        if self.plan.layers[self.last_conv()].role == Role::LastConv {
+            self.last_conv_forward(tape, n, train, work)?;
+        }
+        Ok(())
     }
 
     /// Stem: patches times weights, chunk by chunk; its activation is materialised only when
@@ -472,25 +577,19 @@ impl Net {
         Ok(())
     }
 
-    /// The last 1x1 convolution, then the mean over pixels of its activation.
+    /// The last 1x1 convolution.
     fn last_conv_forward(&mut self, tape: &mut Tape, n: usize, train: bool, work: &mut Work) -> Result<()> {
-        let sp = span(1);
+        let _sp = span(1);
         let lc = self.last_conv();
         let (ll, _, ixl) = self.conv(lc);
-        let (cin, cl, hw) = (ll.input.c, ll.output.c, ll.output.h * ll.output.w);
-        let ml = n * hw;
+        let (cin, cl) = (ll.input.c, ll.output.c);
+        let ml = n * ll.output.h * ll.output.w;
         let mut x = std::mem::take(&mut tape.x[lc]);
         let last_in = tape.block_out.last().expect("a plan has blocks");
         let w = &self.params[ixl.w..ixl.w + cl * cin];
         let mo = ops::conv_forward(self.isa, Src::Rows(last_in), ml, cin, w, cl, &mut x, train, work);
         tape.x[lc] = x;
-        self.bn_coef(tape, lc, ml, mo)?;
-        drop(sp);
-        let _sp = span(4);
-        let mut pooled = std::mem::take(&mut tape.pooled);
-        ops::pool_forward(self.isa, &tape.x[lc], n, hw, cl, tape.bnact(lc, self.act(lc)), &mut pooled);
-        tape.pooled = pooled;
-        Ok(())
+        self.bn_coef(tape, lc, ml, mo)
     }
 
     /// Softmax cross-entropy (mean over the batch, optional label smoothing) of the logits in
@@ -529,12 +628,16 @@ impl Net {
     pub fn backward(&mut self, tape: &mut Tape, images: &[f32], backbone: bool) {
         let Some(dh) = self.head_backward(tape, backbone) else { return };
         let mut g = GradBufs::take(tape);
-        self.last_conv_backward(tape, &dh, &mut g);
+        let hw = {
+            let ll = &self.plan.layers[self.last_conv()];
+            ll.output.h * ll.output.w
+        };
+        self.last_conv_backward(tape, Grad::Pooled(&dh, hw), &mut g);
         tape.dhidden = dh;
         // `g.out` holds the gradient of each block's output, from the last block down.
         let mut stem_sums_done = false;
         for bi in (0..self.plan.blocks.len()).rev() {
-            stem_sums_done |= self.block_backward(tape, bi, &mut g);
+            stem_sums_done |= self.block_backward(tape, bi, &mut g, &[]);
         }
         self.stem_backward(tape, images, stem_sums_done, &mut g);
         g.put_back(tape);
@@ -567,9 +670,9 @@ impl Net {
         Some(dh)
     }
 
-    /// The last 1x1 convolution, from the pooled gradient `dh`; leaves the gradient of the last
-    /// block's output in `g.out`.
-    fn last_conv_backward(&mut self, tape: &mut Tape, dh: &[f32], g: &mut GradBufs) {
+    /// The last 1x1 convolution, from the gradient of its activation (pooled, or per pixel);
+    /// leaves the gradient of the last block's output in `g.out`.
+    fn last_conv_backward(&mut self, tape: &mut Tape, grad: Grad, g: &mut GradBufs) {
         let n = tape.n;
         let lc = self.last_conv();
         let ll = &self.plan.layers[lc];
@@ -580,7 +683,7 @@ impl Net {
         let sums = ops::bn_backward_sums(
             self.isa,
             &tape.x[lc][..ml * cl],
-            Grad::Pooled(dh, hw),
+            grad,
             cl,
             tape.bnact(lc, self.act(lc)),
             &tape.bn[lc].mean,
@@ -590,7 +693,7 @@ impl Net {
         drop(sp);
         let _sp = span(5);
         let p = PwBwd {
-            grad: Grad::Pooled(dh, hw),
+            grad,
             bwd: tape.bnbwd(lc, self.act(lc)),
             src: Src::Rows(tape.block_out.last().expect("a plan has blocks")),
             w: &self.params[ixl.w..ixl.w + cl * cin],
@@ -605,7 +708,8 @@ impl Net {
     /// Block `bi`, from the gradient of its output in `g.out` to the gradient of its input in
     /// `g.out` (or, for a first block that reads the stem on the fly, the gradient of the stem's
     /// activation in `g.dw_in`, with the stem's BatchNorm sums done: then it returns true).
-    fn block_backward(&mut self, tape: &mut Tape, bi: usize, g: &mut GradBufs) -> bool {
+    /// `expansion` are gradients injected at the expansion's activation ([`Tap::Expansion`]).
+    fn block_backward(&mut self, tape: &mut Tape, bi: usize, g: &mut GradBufs, expansion: &[&[f32]]) -> bool {
         let blk = self.plan.blocks[bi].clone();
         let n = tape.n;
         let m_in = n * blk.input.h * blk.input.w;
@@ -657,8 +761,21 @@ impl Net {
             None => (Src::Rows(inp), None),
         };
         let db = DwBwd { dz: &g.dw_out, bwd: tape.bnbwd(d, self.act(d)), src, w_hwc: &w_hwc, n, c: hid, g: gd };
-        let din = InGrad { out: &mut g.dw_in, residual: None, sums, masked: false };
-        let (dwg, sums) = ops::dw_backward(self.isa, db, din, &mut g.work);
+        // With a gradient injected at the expansion, the feeder's reductions come after adding it.
+        let injected = !expansion.is_empty();
+        let din = InGrad { out: &mut g.dw_in, residual: None, sums: if injected { None } else { sums }, masked: false };
+        let (dwg, mut sums) = ops::dw_backward(self.isa, db, din, &mut g.work);
+        if let (true, Some(f)) = (injected, feeder) {
+            for d in expansion {
+                for (o, v) in g.dw_in[..m_in * hid].iter_mut().zip(d.iter()) {
+                    *o += v;
+                }
+            }
+            let bnf = tape.bnact(f, self.act(f));
+            let x = &tape.x[f][..m_in * hid];
+            sums =
+                Some(ops::bn_backward_sums(self.isa, x, Grad::Rows(&g.dw_in), hid, bnf, &tape.bn[f].mean, &mut g.work));
+        }
         for ch in 0..hid {
             for t in 0..9 {
                 self.grads[ixd.w + ch * 9 + t] = dwg[t * hid + ch];
@@ -759,10 +876,17 @@ impl Net {
     }
 
     /// Only the kind of convolution matters to the kernels; this checks the plan has none
-    /// they do not cover.
+    /// they do not cover, and a classification head ([`Net::step`] trains classifiers).
     pub fn check_plan(plan: &Plan) -> Result<()> {
         plan.classifier("training")?;
-        for l in &plan.layers {
+        Net::check_backbone(plan)
+    }
+
+    /// [`Net::check_plan`] for the backbone alone (the layers up to [`Plan::last_conv`]), for
+    /// a head trained by its own code through [`Net::forward_backbone`] and
+    /// [`Net::backward_from_taps`].
+    pub fn check_backbone(plan: &Plan) -> Result<()> {
+        for l in &plan.layers[..=plan.last_conv] {
             if let Op::Conv(c) = &l.op {
                 let ok = match c.kind {
                     ConvKind::Full => l.input.c == 3 && c.kernel == 3,
@@ -843,15 +967,15 @@ impl GradBufs {
 
 /// Every buffer of a training step, allocated once for batches of up to `nmax` images.
 pub struct Tape {
-    nmax: usize,
-    n: usize,
+    pub(super) nmax: usize,
+    pub(super) n: usize,
     /// Per convolution, its output before BatchNorm.
-    x: Vec<Vec<f32>>,
-    bn: Vec<BnCoef>,
+    pub(super) x: Vec<Vec<f32>>,
+    pub(super) bn: Vec<BnCoef>,
     /// The stem's activation, stored only when the first block needs it whole (an expansion
     /// or a residual); otherwise the first block computes it on the fly.
     stem_act: Vec<f32>,
-    block_out: Vec<Vec<f32>>,
+    pub(super) block_out: Vec<Vec<f32>>,
     /// Gradients of wide tensors: the depthwise output's and its input's.
     g1: Vec<f32>,
     g2: Vec<f32>,
@@ -866,7 +990,7 @@ pub struct Tape {
     pub logits: Vec<f32>,
     /// Gradient of the loss with respect to `logits`, set by [`Net::loss`].
     pub dlogits: Vec<f32>,
-    work: Work,
+    pub(super) work: Work,
 }
 
 impl Tape {
@@ -910,11 +1034,11 @@ impl Tape {
         }
     }
 
-    fn bnact(&self, l: usize, act: MinMax) -> BnAct<'_> {
+    pub(super) fn bnact(&self, l: usize, act: MinMax) -> BnAct<'_> {
         BnAct { scale: &self.bn[l].scale, shift: &self.bn[l].shift, act }
     }
 
-    fn bnbwd(&self, l: usize, act: MinMax) -> BnBwd<'_> {
+    pub(super) fn bnbwd(&self, l: usize, act: MinMax) -> BnBwd<'_> {
         let bn = &self.bn[l];
         BnBwd { x: &self.x[l], fwd: self.bnact(l, act), ka: &bn.ka, kb: &bn.kb, kd: &bn.kd }
     }

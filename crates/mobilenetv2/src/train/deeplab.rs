@@ -1,0 +1,432 @@
+//! The DeepLabv3 head (the paper's section 6.3, [`DeepLabHead`]) in training form, on the
+//! backbone's tap API ([`Net::forward_backbone`], [`Net::backward_from_taps`]).
+//!
+//! Forward, in the plan's order: on the last block's output `F` (`m = n h w` rows, the
+//! "second last feature map" at output stride 16 or 8): the image-pooling branch (global
+//! average pool, 1x1 conv 256 + BatchNorm + ReLU, broadcast back to every pixel) and `aspp0`
+//! (1x1 conv 256 + BatchNorm + ReLU), concatenated in that order; the 1x1 projection to 256 +
+//! BatchNorm + ReLU; dropout (elementwise, kept values scaled by `1 / (1 - p)`); the 1x1 conv
+//! with bias to the classes. The loss upsamples the logits to the input size (bilinear,
+//! align_corners, as TF DeepLab and the inference path) pixel by pixel, without storing the
+//! upsampled tensor, and takes the softmax cross-entropy at every pixel whose label is not
+//! [`IGNORE`], averaged over those pixels (PyTorch's `cross_entropy(ignore_index=255)`).
+//!
+//! Backward is the same chain reversed with the existing kernels (the upsampling's transpose
+//! scatters each pixel's gradient onto its four feature-map neighbours), ending in
+//! [`Net::backward_from_taps`] at the last block. BatchNorm uses batch statistics in
+//! [`BnMode::Train`] (the image-pooling BatchNorm sees one value per image, so a batch needs two
+//! or more images, as in PyTorch). Gradients match PyTorch autograd to 1e-4 per tensor
+//! (`tests/deeplab_train.rs`, `scripts/fixtures/deeplab_train.py`).
+//!
+//! The ASPP variant (three 3x3 atrous convolutions of 256) is not trainable yet: the training
+//! kernels have no dense 3x3 convolution beyond the 3-channel stem, and [`check`] refuses it.
+
+use super::net::{BnMode, Net, Tape};
+use super::ops::{self, Grad, InGrad, PwBwd, Src};
+use crate::error::{Error, Result};
+use crate::plan::{DeepLabHead, Op, Plan, Tap};
+use crate::rng::Rng;
+
+/// The label of pixels that count for nothing (VOC's object borders, crop padding).
+pub const IGNORE: u8 = 255;
+
+/// Whether `plan` is a DeepLab network this module trains: a DeepLab head without ASPP on a
+/// backbone [`Net::check_backbone`] accepts.
+pub fn check(plan: &Plan) -> Result<()> {
+    let h = plan.deeplab("segmentation training")?;
+    if h.aspp.len() > 1 {
+        return Err(Error::Unsupported(
+            "training the DeepLab head with ASPP (3x3 atrous branches); train without --aspp".into(),
+        ));
+    }
+    Net::check_backbone(plan)
+}
+
+/// The head's buffers for batches of up to `nmax` images (the backbone's are in [`Tape`]).
+#[derive(Clone, Debug)]
+pub struct SegTape {
+    head: DeepLabHead,
+    /// Images of the last forward pass.
+    n: usize,
+    /// Feature map: `h, w, c` per image.
+    fh: usize,
+    fw: usize,
+    fc: usize,
+    /// Input size.
+    ih: usize,
+    iw: usize,
+    classes: usize,
+    pooled: Vec<f32>,
+    /// Image-pooling activation, one row per image.
+    pool_act: Vec<f32>,
+    /// The concatenation `[pooling, aspp0]`, `m x 512`.
+    cat: Vec<f32>,
+    /// Dropout's scale per value of the projection's activation (0 or `1 / (1 - p)`).
+    mask: Vec<f32>,
+    /// The logits' input (projection activation after dropout), `m x 256`.
+    hidden: Vec<f32>,
+    /// Logits at the feature size, `m x classes`.
+    logits: Vec<f32>,
+    dlogits: Vec<f32>,
+    dhidden: Vec<f32>,
+    dcat: Vec<f32>,
+    dbranch: Vec<f32>,
+    dpool: Vec<f32>,
+    dpooled: Vec<f32>,
+    dfeat: Vec<f32>,
+}
+
+/// Loss and pixel counts of one segmentation batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SegStats {
+    /// Mean cross-entropy over the labelled pixels (0 when every pixel is ignored).
+    pub loss: f64,
+    /// Pixels whose label is not [`IGNORE`].
+    pub pixels: usize,
+    /// Labelled pixels whose largest logit is their label's.
+    pub correct: usize,
+}
+
+impl SegTape {
+    /// Buffers for `plan` (a DeepLab plan, see [`check`]) and batches of 1 to `nmax` images.
+    pub fn new(plan: &Plan, nmax: usize) -> Result<SegTape> {
+        check(plan)?;
+        let head = plan.deeplab("segmentation training")?.clone();
+        let f = plan.layers[head.features].output;
+        let input = plan.input();
+        let k = plan.spec.classes;
+        let d = plan.layers[head.projection].output.c;
+        let cat = plan.layers[head.concat].output.c;
+        let m = nmax * f.h * f.w;
+        Ok(SegTape {
+            n: 0,
+            fh: f.h,
+            fw: f.w,
+            fc: f.c,
+            ih: input.h,
+            iw: input.w,
+            classes: k,
+            pooled: vec![0.0; nmax * f.c],
+            pool_act: vec![0.0; nmax * d],
+            cat: vec![0.0; m * cat],
+            mask: vec![0.0; m * d],
+            hidden: vec![0.0; m * d],
+            logits: vec![0.0; m * k],
+            dlogits: vec![0.0; m * k],
+            dhidden: vec![0.0; m * d],
+            dcat: vec![0.0; m * cat],
+            dbranch: vec![0.0; m * d],
+            dpool: vec![0.0; nmax * d],
+            dpooled: vec![0.0; nmax * f.c],
+            dfeat: vec![0.0; m * f.c],
+            head,
+        })
+    }
+
+    /// The logits of the last forward pass at the feature map's size, `n x h x w x classes`
+    /// (the plan's `head.logits` output).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits[..self.n * self.fh * self.fw * self.classes]
+    }
+
+    /// The class of every input pixel of image `i` of the last forward pass: the argmax of
+    /// the logits upsampled to the input size (bilinear, align_corners), `h * w` values.
+    pub fn predict(&self, i: usize) -> Vec<u8> {
+        let (k, hw) = (self.classes, self.fh * self.fw);
+        let lg = &self.logits[i * hw * k..(i + 1) * hw * k];
+        let (ty, tx) = (taps(self.fh, self.ih), taps(self.fw, self.iw));
+        let mut z = vec![0f32; k];
+        let mut out = Vec::with_capacity(self.ih * self.iw);
+        for &(y0, y1, fy) in &ty {
+            for &(x0, x1, fx) in &tx {
+                interp(lg, self.fw, k, (y0, y1, fy), (x0, x1, fx), &mut z);
+                out.push(argmax(&z) as u8);
+            }
+        }
+        out
+    }
+}
+
+/// Per output coordinate: (first input index, second, weight of the second), align_corners
+/// (the reference kernel's `resize_bilinear_f32` convention).
+fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    (0..n_out)
+        .map(|o| {
+            let src = if n_out > 1 { o as f32 * ((n_in - 1) as f32 / (n_out - 1) as f32) } else { 0.0 };
+            let i0 = (src as usize).min(n_in - 1);
+            (i0, (i0 + 1).min(n_in - 1), src - i0 as f32)
+        })
+        .collect()
+}
+
+/// The four neighbours' weights of one output pixel, in the order (y0,x0), (y0,x1), (y1,x0),
+/// (y1,x1) (the reference kernel blends columns first, then rows).
+fn corners(ty: (usize, usize, f32), tx: (usize, usize, f32), fw: usize) -> [(usize, f32); 4] {
+    let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
+    [
+        (y0 * fw + x0, (1.0 - fx) * (1.0 - fy)),
+        (y0 * fw + x1, fx * (1.0 - fy)),
+        (y1 * fw + x0, (1.0 - fx) * fy),
+        (y1 * fw + x1, fx * fy),
+    ]
+}
+
+fn interp(lg: &[f32], fw: usize, k: usize, ty: (usize, usize, f32), tx: (usize, usize, f32), z: &mut [f32]) {
+    let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
+    let px = |y: usize, x: usize| &lg[(y * fw + x) * k..][..k];
+    let (a, b, d, e) = (px(y0, x0), px(y0, x1), px(y1, x0), px(y1, x1));
+    for c in 0..k {
+        let top = a[c] * (1.0 - fx) + b[c] * fx;
+        let bottom = d[c] * (1.0 - fx) + e[c] * fx;
+        z[c] = top * (1.0 - fy) + bottom * fy;
+    }
+}
+
+fn argmax(z: &[f32]) -> usize {
+    z.iter().enumerate().fold(0, |best, (j, &v)| if v > z[best] { j } else { best })
+}
+
+impl Net {
+    /// Forward pass of the backbone and the DeepLab head over `n` NHWC images; leaves the
+    /// logits at the feature size in `seg` ([`SegTape::logits`]). Dropout runs with `dropout`
+    /// (its rate is the plan's `head.dropout`); without, it is the identity.
+    pub fn seg_forward(
+        &mut self,
+        tape: &mut Tape,
+        seg: &mut SegTape,
+        images: &[f32],
+        n: usize,
+        bn: BnMode,
+        dropout: Option<&mut Rng>,
+    ) -> Result<()> {
+        self.forward_backbone(tape, images, n, bn)?;
+        let train = bn == BnMode::Train;
+        let h = seg.head.clone();
+        let (hw, fc) = (seg.fh * seg.fw, seg.fc);
+        let m = n * hw;
+        let d = self.plan.layers[h.projection].output.c;
+        let k = seg.classes;
+        seg.n = n;
+        let mut work = std::mem::take(&mut tape.work);
+        let r = (|| -> Result<()> {
+            let feat = &tape.block_out.last().expect("a plan has blocks")[..m * fc];
+            // Image pooling: mean of the features per image, 1x1 conv + BN + ReLU.
+            for (i, p) in seg.pooled[..n * fc].chunks_exact_mut(fc).enumerate() {
+                p.fill(0.0);
+                for px in feat[i * hw * fc..(i + 1) * hw * fc].chunks_exact(fc) {
+                    for (a, v) in p.iter_mut().zip(px) {
+                        *a += v;
+                    }
+                }
+                for a in p.iter_mut() {
+                    *a /= hw as f32;
+                }
+            }
+            let mut conv_bn = |net: &mut Net, tape: &mut Tape, l: usize, src: &[f32], rows: usize, cin: usize| {
+                let ix = net.conv(l).2;
+                let cout = net.plan.layers[l].output.c;
+                let mut x = std::mem::take(&mut tape.x[l]);
+                let w = &net.params[ix.w..ix.w + cout * cin];
+                let mo = ops::conv_forward(net.isa, Src::Rows(src), rows, cin, w, cout, &mut x, train, &mut work);
+                tape.x[l] = x;
+                net.bn_coef(tape, l, rows, mo)
+            };
+            conv_bn(self, tape, h.image_pool, &seg.pooled[..n * fc], n, fc)?;
+            let ip = h.image_pool;
+            ops::bn_apply(self.isa, &tape.x[ip][..n * d], d, tape.bnact(ip, self.act(ip)), None, &mut seg.pool_act);
+            let a0 = h.aspp[0];
+            let feat = &tape.block_out.last().expect("a plan has blocks")[..m * fc];
+            let feat = feat.to_vec();
+            conv_bn(self, tape, a0, &feat, m, fc)?;
+            let mut branch = std::mem::take(&mut seg.dbranch);
+            ops::bn_apply(self.isa, &tape.x[a0][..m * d], d, tape.bnact(a0, self.act(a0)), None, &mut branch);
+            let cw = 2 * d;
+            for (r, row) in seg.cat[..m * cw].chunks_exact_mut(cw).enumerate() {
+                row[..d].copy_from_slice(&seg.pool_act[r / hw * d..][..d]);
+                row[d..].copy_from_slice(&branch[r * d..][..d]);
+            }
+            seg.dbranch = branch;
+            let pj = h.projection;
+            let cat = std::mem::take(&mut seg.cat);
+            let r = conv_bn(self, tape, pj, &cat[..m * cw], m, cw);
+            seg.cat = cat;
+            r?;
+            ops::bn_apply(self.isa, &tape.x[pj][..m * d], d, tape.bnact(pj, self.act(pj)), None, &mut seg.hidden);
+            Ok(())
+        })();
+        tape.work = work;
+        r?;
+        // Dropout.
+        let p = match self.plan.layers[h.dropout].op {
+            Op::Dropout { p } => p,
+            _ => 0.0,
+        };
+        match dropout {
+            Some(rng) if p > 0.0 => {
+                let keep = 1.0 / (1.0 - p);
+                for (mk, v) in seg.mask[..m * d].iter_mut().zip(seg.hidden[..m * d].iter_mut()) {
+                    *mk = if rng.uniform() < p as f64 { 0.0 } else { keep };
+                    *v *= *mk;
+                }
+            }
+            _ => seg.mask[..m * d].fill(1.0),
+        }
+        // Logits: 1x1 conv with bias.
+        let ix = self.conv(h.logits).2;
+        ops::pw_forward(&seg.hidden[..m * d], m, d, &self.params[ix.w..ix.w + k * d], k, &mut seg.logits);
+        let bias = &self.params[ix.bias..ix.bias + k];
+        for row in seg.logits[..m * k].chunks_exact_mut(k) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pixel-wise softmax cross-entropy of the last forward pass's logits, upsampled to the
+    /// input size, against `labels` (`n x h x w` class indices at the input size, [`IGNORE`]
+    /// for none), averaged over the labelled pixels; leaves the gradient of the feature-size
+    /// logits in `seg`.
+    pub fn seg_loss(&self, seg: &mut SegTape, labels: &[u8]) -> Result<SegStats> {
+        let (n, k, hw) = (seg.n, seg.classes, seg.fh * seg.fw);
+        let (ih, iw) = (seg.ih, seg.iw);
+        if labels.len() != n * ih * iw {
+            return Err(Error::Input(format!("{} labels for {n} images of {ih}x{iw}", labels.len())));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE && l as usize >= k) {
+            return Err(Error::LabelOutOfRange { label: bad as usize, classes: k });
+        }
+        let pixels = labels.iter().filter(|&&l| l != IGNORE).count();
+        let dl = &mut seg.dlogits[..n * hw * k];
+        dl.fill(0.0);
+        let (ty, tx) = (taps(seg.fh, ih), taps(seg.fw, iw));
+        let (mut total, mut correct) = (0f64, 0usize);
+        let mut z = vec![0f32; k];
+        let scale = 1.0 / pixels.max(1) as f64;
+        for i in 0..n {
+            let lg = &seg.logits[i * hw * k..(i + 1) * hw * k];
+            let dli = &mut dl[i * hw * k..(i + 1) * hw * k];
+            for (y, &ry) in ty.iter().enumerate() {
+                for (x, &rx) in tx.iter().enumerate() {
+                    let label = labels[(i * ih + y) * iw + x];
+                    if label == IGNORE {
+                        continue;
+                    }
+                    let label = label as usize;
+                    interp(lg, seg.fw, k, ry, rx, &mut z);
+                    correct += (argmax(&z) == label) as usize;
+                    let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                    let se: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();
+                    let lse = mx + se.ln();
+                    total += lse - z[label] as f64;
+                    for (p, wgt) in corners(ry, rx, seg.fw) {
+                        if wgt == 0.0 {
+                            continue;
+                        }
+                        let row = &mut dli[p * k..(p + 1) * k];
+                        for (j, g) in row.iter_mut().enumerate() {
+                            let q = ((z[j] as f64 - lse).exp() - (j == label) as u8 as f64) * scale;
+                            *g += (q * wgt as f64) as f32;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(SegStats { loss: total * scale, pixels, correct })
+    }
+
+    /// Backward pass of the head and the backbone from the gradient [`Net::seg_loss`] left in
+    /// `seg`: fills every gradient of [`Net::grads`]. `images` are the forward pass's.
+    pub fn seg_backward(&mut self, tape: &mut Tape, seg: &mut SegTape, images: &[f32]) -> Result<()> {
+        let h = seg.head.clone();
+        let n = seg.n;
+        let (hw, fc, k) = (seg.fh * seg.fw, seg.fc, seg.classes);
+        let m = n * hw;
+        let d = self.plan.layers[h.projection].output.c;
+        let cw = 2 * d;
+        // Logits: weight, bias, and the gradient of their input through dropout.
+        let ix = self.conv(h.logits).2;
+        let dl = &seg.dlogits[..m * k];
+        ops::weight_grad(dl, m, k, &seg.hidden[..m * d], d, &mut self.grads[ix.w..ix.w + k * d]);
+        for j in 0..k {
+            self.grads[ix.bias + j] = dl.chunks_exact(k).map(|r| r[j] as f64).sum::<f64>() as f32;
+        }
+        ops::pw_input_grad(dl, m, k, &self.params[ix.w..ix.w + k * d], d, &mut seg.dhidden);
+        for (g, mk) in seg.dhidden[..m * d].iter_mut().zip(&seg.mask) {
+            *g *= mk;
+        }
+        let mut work = std::mem::take(&mut tape.work);
+        // A 1x1 conv + BN + ReLU from the gradient of its activation `grad`: its weight and
+        // BatchNorm gradients, and (with `din`) its input's gradient.
+        let mut conv_bwd = |net: &mut Net,
+                            tape: &mut Tape,
+                            l: usize,
+                            grad: &[f32],
+                            src: &[f32],
+                            rows: usize,
+                            din: Option<&mut [f32]>| {
+            let cin = net.plan.layers[l].input.c;
+            let cout = net.plan.layers[l].output.c;
+            let act = net.act(l);
+            let sums = ops::bn_backward_sums(
+                net.isa,
+                &tape.x[l][..rows * cout],
+                Grad::Rows(grad),
+                cout,
+                tape.bnact(l, act),
+                &tape.bn[l].mean,
+                &mut work,
+            );
+            net.bn_grads(tape, l, rows, sums);
+            let ix = net.conv(l).2;
+            let p = PwBwd {
+                grad: Grad::Rows(grad),
+                bwd: tape.bnbwd(l, act),
+                src: Src::Rows(src),
+                w: &net.params[ix.w..ix.w + cout * cin],
+                m: rows,
+                cin,
+                cout,
+            };
+            let din = din.map(|out| InGrad { out, residual: None, sums: None, masked: false });
+            ops::pw_backward(net.isa, p, &mut net.grads[ix.w..ix.w + cout * cin], din, &mut work);
+        };
+        conv_bwd(self, tape, h.projection, &seg.dhidden[..m * d], &seg.cat[..m * cw], m, Some(&mut seg.dcat));
+        // Split the concatenation's gradient: the pooled branch sums over its pixels.
+        seg.dpool[..n * d].fill(0.0);
+        for (r, row) in seg.dcat[..m * cw].chunks_exact(cw).enumerate() {
+            for (a, v) in seg.dpool[r / hw * d..][..d].iter_mut().zip(&row[..d]) {
+                *a += v;
+            }
+            seg.dbranch[r * d..(r + 1) * d].copy_from_slice(&row[d..]);
+        }
+        let feat = tape.block_out.last().expect("a plan has blocks")[..m * fc].to_vec();
+        conv_bwd(self, tape, h.aspp[0], &seg.dbranch[..m * d], &feat, m, Some(&mut seg.dfeat));
+        conv_bwd(self, tape, h.image_pool, &seg.dpool[..n * d], &seg.pooled[..n * fc], n, Some(&mut seg.dpooled));
+        tape.work = work;
+        for (r, row) in seg.dfeat[..m * fc].chunks_exact_mut(fc).enumerate() {
+            for (a, v) in row.iter_mut().zip(&seg.dpooled[r / hw * fc..][..fc]) {
+                *a += v / hw as f32;
+            }
+        }
+        let last = self.plan.blocks.last().expect("a plan has blocks").index;
+        self.backward_from_taps(tape, images, &[(Tap::Block(last), &seg.dfeat[..m * fc])])
+    }
+
+    /// Forward, loss and backward of one segmentation batch: `images` NHWC at the plan's input
+    /// size, `labels` one class index per pixel ([`IGNORE`] for none).
+    pub fn seg_step(
+        &mut self,
+        tape: &mut Tape,
+        seg: &mut SegTape,
+        images: &[f32],
+        labels: &[u8],
+        n: usize,
+        dropout: Option<&mut Rng>,
+    ) -> Result<SegStats> {
+        self.seg_forward(tape, seg, images, n, BnMode::Train, dropout)?;
+        let stats = self.seg_loss(seg, labels)?;
+        self.seg_backward(tape, seg, images)?;
+        Ok(stats)
+    }
+}
