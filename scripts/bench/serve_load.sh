@@ -35,12 +35,8 @@ if [ -z "${MNV2:-}" ]; then
   timeout 1800 cargo build --release -q -p mnv2
   MNV2=$TARGET/release/mnv2
 fi
-if ! command -v wrk >/dev/null; then
-  step "installing wrk (apt)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  timeout 600 $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq --no-install-recommends wrk
-fi
+source scripts/lib/wrk.sh
+ensure_wrk
 if [ ! -f "$CACHE/venv/.ok" ]; then
   step "creating the Python venv (onnxruntime, fastapi, uvicorn, pillow)"
   rm -rf "$CACHE/venv"
@@ -51,18 +47,7 @@ fi
 ONNX=$OUT/mobilenet_v2.onnx
 [ -f "$ONNX" ] || "$MNV2" export --weights "$WEIGHTS" --format onnx --dynamic-batch --out "$ONNX" >&2
 
-cat >"$OUT/post.lua" <<LUA
-local f = assert(io.open("$PHOTO", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "image/png"
-done = function(s, latency, requests)
-  local e = s.errors
-  io.write(string.format("RESULT %d %.3f %d %d %.1f %.1f\n", s.requests, s.duration / 1e6, e.status,
-    e.connect + e.read + e.write + e.timeout, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
-end
-LUA
+wrk_post_lua "$OUT/post.lua" "$PHOTO"
 
 wait_ready() {  # URL PID
   for _ in $(seq 1 300); do

@@ -33,18 +33,9 @@ if [ -z "${MNV2:-}" ]; then
   timeout 1800 cargo build --release -q -p mnv2
   MNV2=$TARGET/release/mnv2
 fi
+source scripts/lib/wrk.sh
 command -v wrk >/dev/null || fail "wrk is not installed (apt-get install wrk)"
-cat >"$OUT/post.lua" <<LUA
-local f = assert(io.open("$PHOTO", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "image/png"
-done = function(s, latency, requests)
-  local e = s.errors
-  io.write(string.format("RESULT %d %d %d\n", s.requests, e.status, e.connect + e.read + e.write + e.timeout))
-end
-LUA
+wrk_post_lua "$OUT/post.lua" "$PHOTO"
 
 "$MNV2" serve --weights "$WEIGHTS" --addr "127.0.0.1:$PORT" --threads "$THREADS" >"$OUT/server.log" 2>&1 &
 PID=$!
@@ -69,7 +60,7 @@ while kill -0 $WRK 2>/dev/null; do
 done
 wait $WRK || fail "wrk failed: $(cat "$OUT/wrk.txt")"
 kill -0 $PID 2>/dev/null || fail "the server died"
-read -r _ n status sock <<<"$(grep '^RESULT' "$OUT/wrk.txt")"
+read -r _ n _ status sock _ <<<"$(grep '^RESULT' "$OUT/wrk.txt")"
 echo "$(( $(date +%s) - t0 )),$(rss)" >>"$OUT/serve_soak.csv"
 verdict=$(awk -F, -v w="$WARMUP" -v slack="$SLACK_MB" 'NR > 1 && $1 >= w {
     if (base == "") base = $2; if ($2 > max) max = $2; last = $2; n++ }

@@ -31,23 +31,9 @@ if [ -z "${MNV2:-}" ]; then
   MNV2=$TARGET/release/mnv2
 fi
 MNV2=$(realpath "$MNV2")
-if ! command -v wrk >/dev/null; then
-  step "installing wrk (apt)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  timeout 600 $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq --no-install-recommends wrk
-fi
-cat >"$OUT/post.lua" <<LUA
-local f = assert(io.open("$PHOTO", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "image/png"
-done = function(s, latency, requests)
-  local e = s.errors
-  io.write(string.format("RESULT %d %d %d\n", s.requests, e.status, e.connect + e.read + e.write + e.timeout))
-end
-LUA
+source scripts/lib/wrk.sh
+ensure_wrk
+wrk_post_lua "$OUT/post.lua" "$PHOTO"
 
 # The server runs in an empty directory of its own: anything it wrote would show there.
 RUNDIR=$(mktemp -d)
@@ -92,7 +78,7 @@ start "$OUT/server2.log"
 step "ready again in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 classify_ok || fail "the restarted server does not classify chelsea.png"
 line=$(timeout 60 wrk -t 2 -c 8 -d 4s --timeout 10s -s "$OUT/post.lua" "$URL/v1/classify" | grep '^RESULT')
-read -r _ n status sock <<<"$line"
+read -r _ n _ status sock _ <<<"$line"
 [ "$n" -gt 0 ] && [ "$status" = 0 ] && [ "$sock" = 0 ] || fail "after restart: $n requests, $status non-2xx, $sock socket errors"
 step "after restart: $n requests, 0 errors"
 
