@@ -18,28 +18,6 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// IDX train and t10k files of 28x28 blobs, and one background photo.
-fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
-    let idx = dir.join("idx");
-    std::fs::create_dir_all(&idx).unwrap();
-    for (prefix, n) in [("train", 20), ("t10k", 10)] {
-        idx::write_idx(&idx, prefix, n, |i| {
-            let mut px = [0u8; 28 * 28];
-            for y in 4..24 {
-                for x in 4 + i % 4..20 + i % 5 {
-                    px[y * 28 + x] = 180;
-                }
-            }
-            (px, (i % 10) as u8)
-        });
-    }
-    let bg = dir.join("bg");
-    std::fs::create_dir_all(&bg).unwrap();
-    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/chelsea.png");
-    std::fs::copy(photo, bg.join("chelsea.png")).unwrap();
-    (idx, bg)
-}
-
 fn compose(idx: &Path, bg: &Path, out: &Path, extra: &[&str]) -> Output {
     let base = [
         "dataset",
@@ -63,7 +41,7 @@ fn compose(idx: &Path, bg: &Path, out: &Path, extra: &[&str]) -> Output {
 #[test]
 fn compose_writes_the_set_and_is_deterministic() {
     let dir = tmp("ok");
-    let (idx, bg) = inputs(&dir);
+    let (idx, bg) = idx::compose_inputs(&dir);
     let o = compose(&idx, &bg, &dir.join("a"), &["--seed", "3", "--json", "--items-per-image", "1..4"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -90,7 +68,7 @@ fn one_line_error(o: &Output, needle: &str) {
 #[test]
 fn compose_errors_are_one_line() {
     let dir = tmp("bad");
-    let (idx, bg) = inputs(&dir);
+    let (idx, bg) = idx::compose_inputs(&dir);
     one_line_error(&compose(&idx, &bg, &dir.join("x"), &["--items-per-image", "5..2"]), "items per image");
     one_line_error(&compose(&idx, &bg, &dir.join("x"), &["--items-per-image", "a..b"]), "--items-per-image");
     one_line_error(&compose(&idx, &bg, &dir.join("x"), &["--jpeg", "0"]), "JPEG quality");

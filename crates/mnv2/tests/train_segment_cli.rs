@@ -27,23 +27,7 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A composed scene set (4 train, 2 val images of 64x64) from IDX blobs and one photo.
 fn dataset(dir: &Path) -> PathBuf {
-    let idx_dir = dir.join("idx");
-    std::fs::create_dir_all(&idx_dir).unwrap();
-    for (prefix, n) in [("train", 20), ("t10k", 10)] {
-        idx::write_idx(&idx_dir, prefix, n, |i| {
-            let mut px = [0u8; 28 * 28];
-            for y in 4..24 {
-                for x in 4 + i % 4..20 + i % 5 {
-                    px[y * 28 + x] = 180;
-                }
-            }
-            (px, (i % 10) as u8)
-        });
-    }
-    let bg = dir.join("bg");
-    std::fs::create_dir_all(&bg).unwrap();
-    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/chelsea.png");
-    std::fs::copy(photo, bg.join("chelsea.png")).unwrap();
+    let (idx_dir, bg) = idx::compose_inputs(dir);
     let out = dir.join("set");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     ok(mnv2(&[

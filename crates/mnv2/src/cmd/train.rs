@@ -264,6 +264,22 @@ fn seg_config(a: &Args) -> Result<SegConfig> {
 }
 
 /// `--task segmentation`: the loop is `mobilenetv2::train::train_segmentation`.
+/// A progress bar over `steps` steps, `done` of them already (a resumed run), drawn with
+/// `template`.
+fn progress_bar(steps: usize, done: usize, template: &str) -> ProgressBar {
+    let b = ProgressBar::new(steps as u64).with_position(done as u64);
+    b.set_style(ProgressStyle::with_template(template).expect("the progress template is valid").progress_chars("=> "));
+    b
+}
+
+/// A line for the user: above the progress bar when there is one, else on stderr.
+fn say(bar: &Option<ProgressBar>, line: impl AsRef<str>) {
+    match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{}", line.as_ref()),
+    }
+}
+
 fn main_segmentation(a: Args) -> Result<()> {
     let HeadArg::Deeplab = a.head;
     let cfg = seg_config(&a)?;
@@ -277,13 +293,7 @@ fn main_segmentation(a: Args) -> Result<()> {
                 eprintln!("training DeepLab on {images} images, {classes} classes, {params} parameters, {steps} steps");
             }
             if !quiet {
-                let b = ProgressBar::new(steps as u64).with_position(done as u64);
-                b.set_style(
-                    ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                        .expect("the progress template is valid")
-                        .progress_chars("=> "),
-                );
-                bar = Some(b);
+                bar = Some(progress_bar(steps, done, "[{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})"));
             }
         }
         Event::Step { loss, acc, images_per_s, lr, .. } => {
@@ -310,15 +320,9 @@ fn main_segmentation(a: Args) -> Result<()> {
                 m.train_seconds,
                 m.peak_rss_mb
             );
-            match &bar {
-                Some(b) => b.println(line),
-                None => eprintln!("{line}"),
-            }
+            say(&bar, line);
         }
-        Event::Note(n) => match &bar {
-            Some(b) => b.println(n),
-            None => eprintln!("{n}"),
-        },
+        Event::Note(n) => say(&bar, n),
     };
     let out = train::train_segmentation(&cfg, a.resume, &mut on)?;
     if let Some(b) = bar.take() {
@@ -349,12 +353,7 @@ pub fn main(a: Args) -> Result<()> {
                 );
             }
             if !quiet {
-                let b = ProgressBar::new(steps as u64).with_position(done as u64);
-                b.set_style(
-                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                        .expect("the progress template is valid")
-                        .progress_chars("=> "),
-                );
+                let b = progress_bar(steps, done, "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})");
                 b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
                 bar = Some(b);
             }
@@ -382,15 +381,9 @@ pub fn main(a: Args) -> Result<()> {
                 m.train_seconds,
                 m.peak_rss_mb
             );
-            match &bar {
-                Some(b) => b.println(line),
-                None => eprintln!("{line}"),
-            }
+            say(&bar, line);
         }
-        Event::Note(n) => match &bar {
-            Some(b) => b.println(n),
-            None => eprintln!("{n}"),
-        },
+        Event::Note(n) => say(&bar, n),
     };
     let out = train::train(&cfg, a.resume, &mut on)?;
     if let Some(b) = bar.take() {

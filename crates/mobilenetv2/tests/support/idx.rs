@@ -37,3 +37,28 @@ pub fn idx_data(d: &Path, n: usize, classes: usize) -> PathBuf {
         (px, k as u8)
     })
 }
+
+/// The inputs of `mnv2 dataset compose` for tests: IDX `train` (20) and `t10k` (10) files of
+/// 28x28 blobs of ten classes under `DIR/idx`, and one background photo (chelsea.png) under
+/// `DIR/bg`; returns the two folders.
+#[allow(dead_code)] // not every test that includes this file composes
+pub fn compose_inputs(dir: &Path) -> (PathBuf, PathBuf) {
+    let idx = dir.join("idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    for (prefix, n) in [("train", 20), ("t10k", 10)] {
+        write_idx(&idx, prefix, n, |i| {
+            let mut px = [0u8; 28 * 28];
+            for y in 4..24 {
+                for x in 4 + i % 4..20 + i % 5 {
+                    px[y * 28 + x] = 180;
+                }
+            }
+            (px, (i % 10) as u8)
+        });
+    }
+    let bg = dir.join("bg");
+    std::fs::create_dir_all(&bg).unwrap();
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/images/chelsea.png");
+    std::fs::copy(photo, bg.join("chelsea.png")).unwrap();
+    (idx, bg)
+}
