@@ -19,11 +19,11 @@
 
 mod common;
 
-use common::{det_input, root};
+use common::{det_input, f32s, root};
 use mobilenetv2::names::Kind;
 use mobilenetv2::spec::HeadSpec;
 use mobilenetv2::train::{Method, Net, Optimizer, SegTape, Tape};
-use mobilenetv2::weights::{self, Data};
+use mobilenetv2::weights;
 use mobilenetv2::{Batch, Model, Spec};
 use serde_json::Value;
 
@@ -37,13 +37,6 @@ fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
     assert_eq!(ours.len(), theirs.len());
     let d: f64 = ours.iter().zip(theirs).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
     d / norm(theirs).max(1e-300)
-}
-
-fn f32s(file: &weights::TensorFile, name: &str) -> Vec<f32> {
-    match &file.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).data {
-        Data::F32(v) => v.clone(),
-        other => panic!("{name}: {}", other.dtype()),
-    }
 }
 
 fn check(cfg_name: &str) {

@@ -7,26 +7,9 @@
 
 mod common;
 
-use common::root;
+use common::{f32s, rel_err, root};
 use mobilenetv2::detect::loss::{ssd_loss, LabeledBox, LossConfig};
-use mobilenetv2::weights::{self, Data};
-
-fn f32s(file: &weights::TensorFile, name: &str) -> Vec<f32> {
-    match &file.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).data {
-        Data::F32(v) => v.clone(),
-        other => panic!("{name}: {}", other.dtype()),
-    }
-}
-
-fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    let (mut d, mut r) = (0f64, 0f64);
-    for (a, b) in ours.iter().zip(theirs) {
-        d += (*a as f64 - *b as f64).powi(2);
-        r += (*b as f64).powi(2);
-    }
-    (d / r.max(1e-300)).sqrt()
-}
+use mobilenetv2::weights;
 
 #[test]
 fn loss_and_gradients_match_pytorch() {

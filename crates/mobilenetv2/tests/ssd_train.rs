@@ -11,34 +11,17 @@
 
 mod common;
 
-use common::root;
+use common::{f32s, rel_err, root};
 use mobilenetv2::detect::heads::{spec, HeadKind};
 use mobilenetv2::detect::loss::{ssd_loss, LabeledBox, LossConfig};
 use mobilenetv2::names::{expected, Kind};
 use mobilenetv2::train::net::TensorInfo;
 use mobilenetv2::train::{BnMode, HeadTape, Method, Optimizer, SsdHeadTrainer};
-use mobilenetv2::weights::{self, Data};
+use mobilenetv2::weights;
 use mobilenetv2::Model;
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
-
-fn f32s(file: &weights::TensorFile, name: &str) -> Vec<f32> {
-    match &file.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).data {
-        Data::F32(v) => v.clone(),
-        other => panic!("{name}: {}", other.dtype()),
-    }
-}
-
-fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    let (mut d, mut r) = (0f64, 0f64);
-    for (a, b) in ours.iter().zip(theirs) {
-        d += (*a as f64 - *b as f64).powi(2);
-        r += (*b as f64).powi(2);
-    }
-    (d / r.max(1e-300)).sqrt()
-}
 
 /// The fixture's deterministic values: `sin(0.7853 i + 0.01 sum(bytes(name)))` (0.7853 is the
 /// fixture's step, not pi / 4).

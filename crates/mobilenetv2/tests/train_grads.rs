@@ -10,31 +10,14 @@
 
 mod common;
 
-use common::{det_input, root, spec_of};
+use common::{det_input, f32s, rel_err, root, spec_of};
 use mobilenetv2::names::Kind;
 use mobilenetv2::train::{BnMode, Net, StepOptions, Tape};
-use mobilenetv2::weights::{self, Data};
+use mobilenetv2::weights;
 use mobilenetv2::{Batch, Model, Spec};
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
-
-fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    let (mut d, mut r) = (0f64, 0f64);
-    for (a, b) in ours.iter().zip(theirs) {
-        d += (*a as f64 - *b as f64).powi(2);
-        r += (*b as f64).powi(2);
-    }
-    (d / r.max(1e-300)).sqrt()
-}
-
-fn f32s(file: &weights::TensorFile, name: &str) -> Vec<f32> {
-    match &file.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).data {
-        Data::F32(v) => v.clone(),
-        other => panic!("{name}: {}", other.dtype()),
-    }
-}
 
 fn check(name: &str) {
     let file = weights::load(&root().join(format!("tests/data/train/{name}.safetensors"))).unwrap();

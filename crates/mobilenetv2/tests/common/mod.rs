@@ -84,3 +84,22 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// The f32 tensor `name` of a committed fixture file (a panic naming it when absent or not f32).
+pub fn f32s(file: &mobilenetv2::weights::TensorFile, name: &str) -> Vec<f32> {
+    match &file.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).data {
+        mobilenetv2::weights::Data::F32(v) => v.clone(),
+        other => panic!("{name}: {}", other.dtype()),
+    }
+}
+
+/// Relative error `||ours - theirs||_2 / ||theirs||_2`, accumulated in f64.
+pub fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
+    assert_eq!(ours.len(), theirs.len());
+    let (mut d, mut r) = (0f64, 0f64);
+    for (a, b) in ours.iter().zip(theirs) {
+        d += (*a as f64 - *b as f64).powi(2);
+        r += (*b as f64).powi(2);
+    }
+    (d / r.max(1e-300)).sqrt()
+}
