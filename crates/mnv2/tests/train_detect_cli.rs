@@ -2,8 +2,9 @@
 //! from a seeded `mnv2 init` backbone): the run writes metrics.jsonl (loss, its two parts, val
 //! COCO AP), curves.png, a checkpoint and final.safetensors; `mnv2 detect` and `mnv2 eval
 //! --task detection` load the result; a run stopped by `--max-steps` and `--resume`d ends on
-//! the same weights as an uninterrupted one; the loss falls when overfitting four images; bad
-//! options and data get one-line errors.
+//! the same weights as an uninterrupted one; the loss falls when overfitting four images, and a
+//! detector trained on two images finds their boxes (AP50 >= 0.9); a time
+//! budget ends a run early with its outputs; bad options and data get one-line errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -197,6 +198,24 @@ fn loss_falls_when_overfitting_four_images() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// End to end geometry: a detector trained on two images finds their boxes there (COCO AP of
+/// `mnv2 eval --task detection --split train`), which fails if training and inference disagree
+/// on box coordinates, anchors, input mapping or class numbering.
+#[test]
+fn a_detector_trained_on_two_images_finds_their_boxes() {
+    let dir = tmp("find");
+    let (data, init) = setup(&dir, 2, 1);
+    let out = dir.join("run");
+    ok(&train(&data, &init, &out, "80", &["--det-augment", "none", "--eval-every", "80", "--val-images", "1"]));
+    let w = s(&out.join("final.safetensors"));
+    let o = mnv2(&["eval", "--task", "detection", "--split", "train", "--weights", &w, "--data", &s(&data), "--json"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    eprintln!("train-split AP after 80 steps: {v}");
+    assert!(v["AP50"].as_f64().unwrap() >= 0.9 && v["AP"].as_f64().unwrap() >= 0.5, "{v}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn bad_options_and_data_get_one_line_errors() {
     let dir = tmp("bad");
@@ -214,6 +233,15 @@ fn bad_options_and_data_get_one_line_errors() {
     ok(&mnv2(&["init", "--width", "0.5", "--classes", "10", "--out", &s(&wide)]));
     let o = train(&data, &wide, &out, "2", &[]);
     assert_one_error_line(&o, "width 0.5");
+    let o = train(&data, &init, &out, "2", &["--budget-minutes", "0"]);
+    assert_one_error_line(&o, "--budget-minutes 0 must be positive");
+    // A time budget spent after the first step ends the run there, with its outputs.
+    let budget = dir.join("budget");
+    let o = train(&data, &init, &budget, "1000", &["--budget-minutes", "1e-6"]);
+    ok(&o);
+    assert!(stderr(&o).contains("time budget"), "{}", stderr(&o));
+    assert!(budget.join("final.safetensors").is_file());
+    assert_eq!(metrics(&budget).iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1]);
     // A truncated annotation file names itself.
     std::fs::write(data.join("train/instances.json"), "{\"images\": [").unwrap();
     let o = train(&data, &init, &out, "2", &[]);

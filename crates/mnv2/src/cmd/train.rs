@@ -147,6 +147,10 @@ pub struct Args {
     /// Stop after this many steps
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Detection: end the run (final evaluation, final.safetensors) after this many minutes of
+    /// training steps, even before --steps
+    #[arg(long)]
+    budget_minutes: Option<f64>,
     /// Compute threads [default: all available cores]
     #[arg(long, value_parser = super::args::threads)]
     threads: Option<usize>,
@@ -416,6 +420,10 @@ fn det_config(a: &Args) -> Result<DetConfig> {
         val_images: a.val_images,
         checkpoint_every: a.checkpoint_every,
         max_steps: a.max_steps,
+        budget_seconds: match a.budget_minutes {
+            Some(m) if !(m.is_finite() && m > 0.0) => bail!("--budget-minutes {m} must be positive"),
+            m => m.map(|m| m * 60.0),
+        },
         skip_bad_annotations: a.bad_annotations == BadImages::Skip,
         threads: a.threads.unwrap_or_else(super::args::cores),
         out: a.out.clone(),

@@ -112,6 +112,10 @@ pub struct DetConfig {
     /// Stop (with a checkpoint) after this many steps of the run without ending it: the
     /// schedule still runs over `steps`, and `--resume` continues.
     pub max_steps: Option<u64>,
+    /// End the run (final evaluation and `final.safetensors`) once this many seconds of
+    /// training steps (evaluation excluded; a resumed run's earlier time included) are spent,
+    /// even before `steps`: a results run on a stated time budget.
+    pub budget_seconds: Option<f64>,
     /// Skip malformed annotations (counted) instead of stopping.
     pub skip_bad_annotations: bool,
     /// Threads of the evaluation's detector.
@@ -308,6 +312,7 @@ fn same_run(stored: &DetConfig, cfg: &DetConfig) -> bool {
         val_images: 0,
         checkpoint_every: 0,
         max_steps: None,
+        budget_seconds: None,
         threads: 1,
         out: PathBuf::new(),
         ..c.clone()
@@ -346,7 +351,7 @@ fn load_checkpoint(cfg: &DetConfig, path: &Path, labels: &[String]) -> Result<St
 
 /// Trains as `cfg` says; with `resume`, continues from `OUT/checkpoint.safetensors`. Returns
 /// the path of `final.safetensors` (or of the checkpoint when `max_steps` stopped the run
-/// before its end).
+/// before its end; `budget_seconds` ends it with `final.safetensors`).
 pub fn train_detection(cfg: &DetConfig, resume: bool, on: &mut dyn FnMut(Event)) -> Result<PathBuf> {
     check_config(cfg)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -403,7 +408,7 @@ pub fn train_detection(cfg: &DetConfig, resume: bool, on: &mut dyn FnMut(Event))
     let (mut sums, mut since, mut t_since) = ([0f64; 3], 0u64, 0f64);
     let per_epoch = (train.images.len() / cfg.batch).max(1) as u64;
     let stop_at = cfg.max_steps.map_or(cfg.steps, |m| m.min(cfg.steps));
-    while s.step < stop_at {
+    while s.step < stop_at && !cfg.budget_seconds.is_some_and(|b| s.train_seconds >= b) {
         let t0 = Instant::now();
         let (mut x, mut boxes) = (Vec::with_capacity(cfg.batch * pre.height * pre.width * 3), Vec::new());
         for _ in 0..cfg.batch {
@@ -440,7 +445,8 @@ pub fn train_detection(cfg: &DetConfig, resume: bool, on: &mut dyn FnMut(Event))
             images_per_s: cfg.batch as f64 / dt.max(1e-9),
             lr,
         });
-        let end = s.step == stop_at;
+        let over_budget = cfg.budget_seconds.is_some_and(|b| s.train_seconds >= b);
+        let end = s.step == stop_at || over_budget;
         if end || (cfg.eval_every > 0 && s.step.is_multiple_of(cfg.eval_every)) {
             let ev = match &val {
                 Some(v) => {
@@ -475,8 +481,16 @@ pub fn train_detection(cfg: &DetConfig, resume: bool, on: &mut dyn FnMut(Event))
         if end || (cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every)) {
             save_checkpoint(cfg, &s)?;
         }
+        if over_budget {
+            on(Event::Note(format!(
+                "time budget of {:.0} s spent after step {} of {}: finishing",
+                s.train_seconds, s.step, cfg.steps
+            )));
+            break;
+        }
     }
-    if s.step < cfg.steps {
+    let budget_spent = cfg.budget_seconds.is_some_and(|b| s.train_seconds >= b);
+    if s.step < cfg.steps && !budget_spent {
         on(Event::Note(format!("stopped at step {} of {} (--max-steps): continue with --resume", s.step, cfg.steps)));
         return Ok(ckpt_path);
     }

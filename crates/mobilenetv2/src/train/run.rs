@@ -466,9 +466,7 @@ fn append_metrics(cfg: &Config, m: &Metrics) -> Result<()> {
 }
 
 fn read_metrics(cfg: &Config) -> Vec<Metrics> {
-    std::fs::read_to_string(cfg.out.join("metrics.jsonl"))
-        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default()
+    super::ckpt::read_metrics(&cfg.out)
 }
 
 /// Trains as `cfg` says; with `resume`, continues from `OUT/checkpoint.safetensors`.
