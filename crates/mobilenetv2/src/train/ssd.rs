@@ -20,9 +20,11 @@ use crate::detect::anchors::{self, AnchorGenerator};
 use crate::detect::loss::{ssd_loss, LabeledBox, LossConfig, SsdLoss};
 use crate::error::{Error, Result};
 use crate::names::{expected, Kind};
-use crate::plan::{ConvKind, Op, Plan, Role, SsdHead, Tap};
+use crate::plan::{ConvKind, Op, Plan, Role, Shape, SsdHead, Tap};
+use mnv2_kernels::train::matmul as mm;
 
 use super::net::{BnMode, Net, Tape, BN_MOMENTUM};
+use super::ops::threads;
 
 /// One head layer: where its tensors are and what it reads.
 #[derive(Clone, Debug)]
@@ -245,6 +247,8 @@ impl SsdHeadTrainer {
             let inp = &tape.y[h.src];
             if h.depthwise {
                 dw_forward(inp, n, li.h, li.w, cout, lo.h, lo.w, h.stride, h.pad, &params[h.w..h.w + 9 * cout], &mut x);
+            } else if fast(lo) {
+                pw_forward32(inp, m, cin, &params[h.w..h.w + cout * cin], cout, &mut x);
             } else {
                 pw_forward64(inp, m, cin, &params[h.w..h.w + cout * cin], cout, &mut x);
             }
@@ -433,6 +437,17 @@ impl SsdHeadTrainer {
                     &mut grads[h.w..h.w + 9 * cout],
                     &mut din,
                 );
+            } else if fast(lo) {
+                pw_backward32(
+                    &dx,
+                    inp,
+                    m,
+                    cin,
+                    &params[h.w..h.w + cout * cin],
+                    cout,
+                    &mut grads[h.w..h.w + cout * cin],
+                    &mut din,
+                );
             } else {
                 pw_backward64(
                     &dx,
@@ -454,6 +469,33 @@ impl SsdHeadTrainer {
         tape.dy = dy;
         Ok(out)
     }
+}
+
+/// Output pixels per image from which a 1x1 head conv runs on the training GEMM (f32
+/// accumulation, all threads) instead of the f64 loops: the maps of 19x19, 10x10 and 5x5 at
+/// 300x300, which hold almost all of the head's multiply-adds. The smaller maps (3x3 and
+/// below) have BatchNorm over a few values per channel, where f32 accumulation error becomes
+/// visible gradient error; they are cheap in f64.
+const FAST_MIN_PIXELS: usize = 25;
+
+/// Whether a layer with output `lo` runs its 1x1 conv on the training GEMM.
+fn fast(lo: Shape) -> bool {
+    lo.h * lo.w >= FAST_MIN_PIXELS
+}
+
+/// `y[m][o] = sum_i a[m][i] w[o][i]` on the training GEMM (f32, every thread).
+fn pw_forward32(a: &[f32], m: usize, cin: usize, w: &[f32], cout: usize, y: &mut [f32]) {
+    let (a, w) = (mm::Mat::row_major(&a[..m * cin], m, cin), mm::Mat::row_major(w, cout, cin));
+    mm::matmul(&mut y[..m * cout], cout, a, w.t(), false, threads());
+}
+
+/// The backward of [`pw_forward32`]: `dw[o][i] = sum_m dy[m][o] a[m][i]` and
+/// `da[m][i] = sum_o dy[m][o] w[o][i]` (both overwritten).
+#[allow(clippy::too_many_arguments)]
+fn pw_backward32(dy: &[f32], a: &[f32], m: usize, cin: usize, w: &[f32], cout: usize, dw: &mut [f32], da: &mut [f32]) {
+    let g = mm::Mat::row_major(&dy[..m * cout], m, cout);
+    mm::matmul(&mut dw[..cout * cin], cin, g.t(), mm::Mat::row_major(&a[..m * cin], m, cin), false, threads());
+    mm::matmul(&mut da[..m * cin], cin, g, mm::Mat::row_major(w, cout, cin), false, threads());
 }
 
 /// `y[m][o] = sum_i a[m][i] w[o][i]`, accumulated in f64: BatchNorm over the small late maps
