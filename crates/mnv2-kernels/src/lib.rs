@@ -24,6 +24,7 @@ pub mod isa;
 mod lanes;
 pub mod qgemm;
 pub mod reference;
+pub mod resize;
 pub mod stem;
 mod taps;
 #[cfg(test)]

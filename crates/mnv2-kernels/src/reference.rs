@@ -115,26 +115,8 @@ pub fn resize_bilinear_f32(
 ) {
     assert_eq!(input.len(), in_h * in_w * c, "input size");
     assert_eq!(output.len(), out_h * out_w * c, "output size");
-    // (first index, second index, weight of the second) per output coordinate.
-    let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
-        (0..n_out)
-            .map(|o| {
-                let src = if align_corners {
-                    if n_out > 1 {
-                        o as f32 * ((n_in - 1) as f32 / (n_out - 1) as f32)
-                    } else {
-                        0.0
-                    }
-                } else {
-                    ((o as f32 + 0.5) * (n_in as f32 / n_out as f32) - 0.5).max(0.0)
-                };
-                let i0 = (src as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let (ty, tx) = (taps(in_h, out_h), taps(in_w, out_w));
+    // The coordinate convention is shared with the fast kernel; the blending is not.
+    let (ty, tx) = (crate::resize::taps(in_h, out_h, align_corners), crate::resize::taps(in_w, out_w, align_corners));
     for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
         for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
             let px = |y: usize, x: usize| &input[(y * in_w + x) * c..][..c];

@@ -1,11 +1,13 @@
-//! `mnv2 train`: train or fine-tune on a folder of class folders or MNIST-family IDX files.
-//! The loop is `mobilenetv2::train::train`; this file parses options and shows progress.
+//! `mnv2 train`: train or fine-tune a classifier on a folder of class folders or MNIST-family
+//! IDX files (`mobilenetv2::train::train`), a DeepLab segmenter (`train_segmentation`) or an
+//! SSDLite detector (`train_detection`); this file parses options and shows progress.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mobilenetv2::train::{self, Config, Event, Method, Schedule, SegConfig};
+use mobilenetv2::detect::augment::SsdAugment;
+use mobilenetv2::train::{self, Config, DetConfig, DetInit, Event, Method, Schedule, SegConfig};
 
 use super::args::{AugmentArg, BottleneckArg, ShortcutArg};
 
@@ -22,25 +24,32 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     val_split: f64,
     /// Start from these weights (any format `mnv2` reads); the classifier is replaced when
-    /// the number of classes differs
+    /// the number of classes differs. Segmentation and detection: the ImageNet backbone
+    /// (e.g. mobilenet_v2-b0353104.pth)
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Detection: fine-tune this detector instead (a TF frozen graph such as
+    /// ssdlite_mobilenet_v2_person.pb, or a detector .safetensors)
+    #[arg(long)]
+    detector_init: Option<PathBuf>,
     /// Width multiplier (training from scratch)
     #[arg(long, default_value_t = 1.0)]
     width: f64,
-    /// Input size in pixels (square)
-    #[arg(long, default_value_t = 224)]
-    resolution: usize,
+    /// Input size in pixels (square) [default: 224; detection 300]
+    #[arg(long)]
+    resolution: Option<usize>,
     /// Epochs (classification)
     #[arg(long)]
     epochs: Option<usize>,
-    /// What to train: a classifier on labelled images, or a DeepLab segmentation model on a
-    /// VOC-style or composed dataset with class masks (--data: its root, train and val splits)
+    /// What to train: a classifier on labelled images, a DeepLab segmentation model on a
+    /// VOC-style or composed dataset with class masks, or an SSDLite detector on a COCO, VOC or
+    /// composed detection dataset (--data: its root, train and val splits)
     #[arg(long, value_enum, default_value_t = TrainTask::Classification)]
     task: TrainTask,
-    /// Segmentation: the head (DeepLabv3, the paper's section 6.3)
-    #[arg(long, value_enum, default_value_t = HeadArg::Deeplab)]
-    head: HeadArg,
+    /// The head: deeplab (segmentation, the paper's section 6.3) or ssdlite (detection, 6.2)
+    /// [default: deeplab; detection ssdlite]
+    #[arg(long, value_enum)]
+    head: Option<HeadArg>,
     /// Segmentation: the ASPP head (not trainable yet: refused)
     #[arg(long)]
     aspp: bool,
@@ -50,7 +59,7 @@ pub struct Args {
     /// Segmentation: square training crop in pixels (TF DeepLab: 513)
     #[arg(long, default_value_t = 513)]
     crop: usize,
-    /// Segmentation: training steps (the poly schedule runs over them)
+    /// Segmentation and detection: training steps (the schedule runs over them)
     #[arg(long)]
     steps: Option<u64>,
     /// Segmentation: power of the poly learning-rate schedule
@@ -61,16 +70,18 @@ pub struct Args {
     min_scale: f64,
     #[arg(long, default_value_t = 2.0)]
     max_scale: f64,
-    /// Segmentation: evaluate mIoU on at most this many val images (0: all)
+    /// Segmentation and detection: evaluate (mIoU, COCO AP) on at most this many val images (0: all)
     #[arg(long, default_value_t = 0)]
     val_images: usize,
-    #[arg(long, default_value_t = 96)]
-    batch: usize,
+    /// Images per step [default: 96; detection 24]
+    #[arg(long)]
+    batch: Option<usize>,
     /// The update rule
     #[arg(long, value_enum, default_value_t = Optimizer::Rmsprop)]
     optimizer: Optimizer,
-    #[arg(long, default_value_t = 0.045)]
-    lr: f64,
+    /// Base learning rate [default: 0.045; detection 0.004 (ssdlite_mobilenet_v2_coco.config)]
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
     /// Nesterov momentum (sgd)
@@ -84,9 +95,9 @@ pub struct Args {
     /// Decay BatchNorm parameters and biases too
     #[arg(long)]
     decay_all: bool,
-    /// The learning-rate schedule
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Step)]
-    schedule: ScheduleArg,
+    /// The learning-rate schedule [default: step; detection constant]
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
     #[arg(long, default_value_t = 0.98)]
     lr_decay: f64,
     /// Warm-up epochs of the cosine schedule (may be fractional)
@@ -96,9 +107,18 @@ pub struct Args {
     dropout: f32,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
-    /// Training augmentation
+    /// Training augmentation (classification)
     #[arg(long, value_enum, default_value_t = AugmentArg::Standard)]
     augment: AugmentArg,
+    /// Detection: training augmentation
+    #[arg(long, value_enum, default_value_t = DetAugmentArg::Ssd)]
+    det_augment: DetAugmentArg,
+    /// Detection: BatchNorm frozen on its running statistics (else trained on batch statistics)
+    #[arg(long)]
+    freeze_bn: bool,
+    /// Detection: malformed annotations
+    #[arg(long, value_enum, default_value_t = BadImages::Stop)]
+    bad_annotations: BadImages,
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     shuffle: bool,
     #[arg(long, default_value_t = 0)]
@@ -148,6 +168,8 @@ pub enum TrainTask {
     Classification,
     /// Semantic segmentation (SGD momentum, poly schedule; see docs/segmentation.md)
     Segmentation,
+    /// Object detection with SSDLite (see docs/detection-training.md)
+    Detection,
 }
 
 /// `--head`.
@@ -155,6 +177,21 @@ pub enum TrainTask {
 pub enum HeadArg {
     /// Mobile DeepLabv3 on the last block's output
     Deeplab,
+    /// SSDLite (detection)
+    Ssdlite,
+}
+
+/// `--det-augment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetAugmentArg {
+    /// ssd_random_crop, horizontal flip and photometric jitter
+    Ssd,
+    /// ssd_random_crop and horizontal flip (ssdlite_mobilenet_v2_coco.config's two)
+    Tf,
+    /// Horizontal flip only
+    Flip,
+    /// None: the whole image, resized
+    None,
 }
 
 /// `--optimizer`.
@@ -188,17 +225,25 @@ pub enum BadImages {
     Stop,
 }
 
-fn config(a: &Args) -> Result<Config> {
-    let method = match a.optimizer {
+fn method(a: &Args) -> Method {
+    match a.optimizer {
         Optimizer::Rmsprop => Method::RmsProp { decay: 0.9, momentum: a.momentum, eps: a.eps.unwrap_or(1.0) },
         Optimizer::Sgd => Method::Sgd { momentum: a.momentum, nesterov: a.nesterov },
         Optimizer::Adamw => Method::AdamW { beta1: 0.9, beta2: 0.999, eps: a.eps.unwrap_or(1e-8) },
-    };
-    let schedule = match a.schedule {
+    }
+}
+
+fn schedule(a: &Args, default: ScheduleArg) -> Schedule {
+    match a.schedule.unwrap_or(default) {
         ScheduleArg::Step => Schedule::Step { gamma: a.lr_decay },
         ScheduleArg::Cosine => Schedule::Cosine { warmup: a.warmup },
         ScheduleArg::Constant => Schedule::Constant,
-    };
+    }
+}
+
+fn config(a: &Args) -> Result<Config> {
+    let method = method(a);
+    let schedule = schedule(a, ScheduleArg::Step);
     if !(0.0..1.0).contains(&a.val_split) {
         bail!("--val-split {} must be in [0, 1)", a.val_split);
     }
@@ -211,11 +256,11 @@ fn config(a: &Args) -> Result<Config> {
         val_split: a.val_split,
         init: a.init.clone(),
         width: a.width,
-        resolution: a.resolution,
+        resolution: a.resolution.unwrap_or(224),
         epochs: a.epochs.context("--epochs is required (classification)")?,
-        batch: a.batch,
+        batch: a.batch.unwrap_or(96),
         method,
-        lr: a.lr,
+        lr: a.lr.unwrap_or(0.045),
         weight_decay: a.weight_decay,
         decay_all: a.decay_all,
         schedule,
@@ -248,8 +293,8 @@ fn seg_config(a: &Args) -> Result<SegConfig> {
         aspp: a.aspp,
         crop: a.crop,
         steps: a.steps.context("--task segmentation needs --steps")?,
-        batch: a.batch,
-        lr: a.lr,
+        batch: a.batch.unwrap_or(96),
+        lr: a.lr.unwrap_or(0.045),
         power: a.power,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -281,7 +326,9 @@ fn say(bar: &Option<ProgressBar>, line: impl AsRef<str>) {
 }
 
 fn main_segmentation(a: Args) -> Result<()> {
-    let HeadArg::Deeplab = a.head;
+    if a.head.unwrap_or(HeadArg::Deeplab) != HeadArg::Deeplab {
+        bail!("--task segmentation trains the deeplab head (--head ssdlite is for --task detection)");
+    }
     let cfg = seg_config(&a)?;
     let threads = a.threads.unwrap_or_else(super::args::cores);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
@@ -332,9 +379,102 @@ fn main_segmentation(a: Args) -> Result<()> {
     Ok(())
 }
 
+fn det_config(a: &Args) -> Result<DetConfig> {
+    if a.head.unwrap_or(HeadArg::Ssdlite) != HeadArg::Ssdlite {
+        bail!("--task detection trains the ssdlite head (--head deeplab is for --task segmentation)");
+    }
+    if a.optimizer == Optimizer::Adamw {
+        bail!("--task detection trains with --optimizer rmsprop (TF's config) or sgd");
+    }
+    let init = match (&a.init, &a.detector_init) {
+        (Some(p), None) => DetInit::Backbone(p.clone()),
+        (None, Some(p)) => DetInit::Detector(p.clone()),
+        (None, None) => DetInit::Random,
+        (Some(_), Some(_)) => bail!("give --init (an ImageNet backbone) or --detector-init (a detector), not both"),
+    };
+    let augment = match a.det_augment {
+        DetAugmentArg::Ssd => SsdAugment::default(),
+        DetAugmentArg::Tf => SsdAugment { photometric: false, ..SsdAugment::default() },
+        DetAugmentArg::Flip => SsdAugment { flip: true, ..SsdAugment::none() },
+        DetAugmentArg::None => SsdAugment::none(),
+    };
+    Ok(DetConfig {
+        data: a.data.clone(),
+        init,
+        width: a.width,
+        resolution: a.resolution.unwrap_or(300),
+        batch: a.batch.unwrap_or(24),
+        steps: a.steps.context("--task detection needs --steps")?,
+        method: method(a),
+        lr: a.lr.unwrap_or(0.004),
+        schedule: schedule(a, ScheduleArg::Constant),
+        weight_decay: a.weight_decay,
+        freeze_bn: a.freeze_bn,
+        augment,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        val_images: a.val_images,
+        checkpoint_every: a.checkpoint_every,
+        max_steps: a.max_steps,
+        skip_bad_annotations: a.bad_annotations == BadImages::Skip,
+        threads: a.threads.unwrap_or_else(super::args::cores),
+        out: a.out.clone(),
+    })
+}
+
+/// `--task detection`: the loop is `mobilenetv2::train::train_detection`.
+fn main_detection(a: Args) -> Result<()> {
+    let cfg = det_config(&a)?;
+    rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build_global().ok();
+    let mut bar: Option<ProgressBar> = None;
+    let quiet = a.quiet;
+    let mut on = |e: Event| match e {
+        Event::Start { steps, done, images, classes, params, .. } => {
+            if done == 0 {
+                eprintln!("training SSDLite on {images} images, {classes} classes, {params} parameters, {steps} steps");
+            }
+            if !quiet {
+                bar = Some(progress_bar(steps, done, "[{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})"));
+            }
+        }
+        Event::Step { loss, images_per_s, lr, .. } => {
+            if let Some(b) = &bar {
+                b.inc(1);
+                b.set_message(format!("loss {loss:.4} {images_per_s:.1} img/s lr {lr:.5}"));
+            }
+        }
+        Event::Eval(m) => {
+            let line = format!(
+                "step {}: train loss {:.4} (classification {:.4}, localisation {:.4}){} | {:.1} img/s, {:.0} s training, peak RSS {:.0} MB",
+                m.step,
+                m.train_loss,
+                m.cls_loss.unwrap_or(f64::NAN),
+                m.loc_loss.unwrap_or(f64::NAN),
+                match (m.val_map, m.val_ap50) {
+                    (Some(map), Some(ap50)) => format!(" | val mAP {:.2}% AP50 {:.2}%", map * 100.0, ap50 * 100.0),
+                    _ => String::new(),
+                },
+                m.images_per_s,
+                m.train_seconds,
+                m.peak_rss_mb
+            );
+            say(&bar, line);
+        }
+        Event::Note(n) => say(&bar, n),
+    };
+    let out = train::train_detection(&cfg, a.resume, &mut on)?;
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 pub fn main(a: Args) -> Result<()> {
-    if a.task == TrainTask::Segmentation {
-        return main_segmentation(a);
+    match a.task {
+        TrainTask::Segmentation => return main_segmentation(a),
+        TrainTask::Detection => return main_detection(a),
+        TrainTask::Classification => {}
     }
     let cfg = config(&a)?;
     let threads = a.threads.unwrap_or_else(super::args::cores);

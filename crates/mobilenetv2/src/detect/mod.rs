@@ -22,9 +22,12 @@
 //! Training one:
 //!
 //! - [`loss`]: the SSD loss of `ssdlite_mobilenet_v2_coco.config` (argmax matcher, sigmoid
-//!   classification, smooth L1, hard example mining) and its gradient.
+//!   classification, smooth L1, hard example mining) and its gradient;
+//! - [`augment`]: SSD augmentation (`ssd_random_crop`, flip, photometric jitter) ending in the
+//!   detector's resize; the loop is `crate::train::detrun` (`mnv2 train --task detection`).
 
 pub mod anchors;
+pub mod augment;
 pub mod boxcoder;
 mod coco;
 pub mod cocoeval;

@@ -69,7 +69,9 @@
 //! # Ok::<(), mobilenetv2::Error>(())
 //! ```
 
+mod ckpt;
 pub mod deeplab;
+pub mod detrun;
 pub mod net;
 #[doc(hidden)]
 pub mod ops;
@@ -82,6 +84,7 @@ pub mod segrun;
 pub mod ssd;
 
 pub use deeplab::{SegStats, SegTape};
+pub use detrun::{evaluate_detection, train_detection, DetConfig, DetEval, DetInit};
 pub use net::{BnMode, Net, StepOptions, StepStats, Tape};
 pub use optim::{Ema, Method, Optimizer, Schedule};
 pub use run::{evaluate, train, Config, EvalReport, Event, Metrics};

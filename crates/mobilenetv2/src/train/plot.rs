@@ -1,5 +1,5 @@
 //! Training curves as a PNG: loss (left) and accuracy (right) against epochs, train and
-//! validation, drawn by [`crate::draw::charts`] (plotters, text in the embedded DejaVu Sans).
+//! validation (detection: loss parts and COCO AP against steps), drawn by [`crate::draw::charts`] (plotters, text in the embedded DejaVu Sans).
 
 use std::path::Path;
 
@@ -19,6 +19,9 @@ pub fn curves(path: &Path, history: &[Metrics]) -> Result<()> {
         history.iter().filter_map(|m| f(m).map(|v| (m.epoch, v))).collect()
     };
     let series = |name: &str, colour, points| Series { name: name.into(), colour, points };
+    if history.iter().any(|m| m.cls_loss.is_some()) {
+        return detection(path, history);
+    }
     let loss = Chart {
         title: "loss".into(),
         x_label: "epoch".into(),
@@ -47,4 +50,29 @@ pub fn curves(path: &Path, history: &[Metrics]) -> Result<()> {
         ],
     };
     draw::write_png(&draw::charts(W, H, &[loss, accuracy])?, path)
+}
+
+/// Detection's curves: the loss and its two parts (left), validation mAP and AP50 (right).
+fn detection(path: &Path, history: &[Metrics]) -> Result<()> {
+    let get = |f: &dyn Fn(&Metrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        history.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect()
+    };
+    let series = |name: &str, colour, points| Series { name: name.into(), colour, points };
+    let loss = Chart {
+        title: "training loss".into(),
+        x_label: "step".into(),
+        percent: false,
+        series: vec![
+            series("total", BLUE, get(&|m| Some(m.train_loss))),
+            series("classification", ORANGE, get(&|m| m.cls_loss)),
+            series("localisation", GREEN, get(&|m| m.loc_loss)),
+        ],
+    };
+    let ap = Chart {
+        title: "validation COCO AP".into(),
+        x_label: "step".into(),
+        percent: true,
+        series: vec![series("AP@[.5:.95]", BLUE, get(&|m| m.val_map)), series("AP50", ORANGE, get(&|m| m.val_ap50))],
+    };
+    draw::write_png(&draw::charts(W, H, &[loss, ap])?, path)
 }

@@ -141,7 +141,8 @@ pub struct Metrics {
     pub lr: f64,
     /// Mean training loss since the last evaluation.
     pub train_loss: f64,
-    /// Training top-1 accuracy since the last evaluation, in [0, 1].
+    /// Training top-1 accuracy since the last evaluation, in [0, 1] (segmentation: pixel
+    /// accuracy; detection: 0, it has none).
     pub train_acc: f64,
     /// Validation loss, if there is validation data.
     pub val_loss: Option<f64>,
@@ -152,6 +153,18 @@ pub struct Metrics {
     /// Validation mean IoU in [0, 1] (segmentation; `val_top1` then holds pixel accuracy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_miou: Option<f64>,
+    /// Detection: mean classification part of the training loss since the last evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cls_loss: Option<f64>,
+    /// Detection: mean localisation part of the training loss since the last evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loc_loss: Option<f64>,
+    /// Detection: COCO AP@[.5:.95] on the validation images, in [0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_map: Option<f64>,
+    /// Detection: COCO AP at IoU 0.5 on the validation images, in [0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_ap50: Option<f64>,
     /// Training throughput since the last evaluation.
     pub images_per_s: f64,
     /// Seconds spent in training steps so far (data waits included, evaluation excluded).
@@ -736,6 +749,10 @@ impl Run<'_> {
             val_top1: None,
             val_top5: None,
             val_miou: None,
+            cls_loss: None,
+            loc_loss: None,
+            val_map: None,
+            val_ap50: None,
             images_per_s: ips,
             train_seconds: s.train_seconds,
             peak_rss_mb: peak_rss_mb(),

@@ -17,12 +17,12 @@
 //! `final.safetensors`, a DeepLab model that [`crate::segment::Segmenter`] (and `mnv2 segment
 //! --weights`) loads.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::ckpt;
 use super::deeplab::{SegTape, IGNORE};
 use super::net::{BnMode, Net, Tape};
 use super::optim::{Method, Optimizer, Schedule};
@@ -34,7 +34,6 @@ use crate::rng::Rng;
 use crate::segment::dataset::{Sample, SegmentationSet};
 use crate::segment::metric::ConfusionMatrix;
 use crate::spec::{HeadSpec, Spec};
-use crate::weights::{self, Tensor};
 
 /// A segmentation training run.
 #[derive(Clone, Debug, Serialize)]
@@ -140,77 +139,30 @@ fn build_model(cfg: &SegConfig, classes: usize) -> Result<(Model, usize)> {
     Ok((model, copied))
 }
 
+const FORMAT: &str = "mnv2-segtrain-checkpoint";
+
 fn save_checkpoint(cfg: &SegConfig, s: &State) -> Result<()> {
-    if s.net.params.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Input("training diverged: the weights hold non-finite values; not saved".into()));
-    }
-    let mut model = s.model.clone();
-    s.net.store(&mut model);
-    let mut tensors: BTreeMap<String, Tensor> =
-        model.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
-    for (slot, buf) in s.opt.state.iter().enumerate() {
-        for t in s.net.tensors.iter().filter(|t| t.trainable()) {
-            tensors.insert(
-                format!("optim.{slot}.{}", t.name),
-                Tensor::f32(t.shape.clone(), buf[t.offset..t.offset + t.len].to_vec()),
-            );
-        }
-    }
-    let mut meta = model.metadata();
-    meta.insert("format".into(), "mnv2-segtrain-checkpoint".into());
-    meta.insert("config".into(), serde_json::to_string(cfg).expect("config serialises"));
-    meta.insert("step".into(), s.step.to_string());
-    meta.insert("optim_steps".into(), s.opt.steps.to_string());
-    meta.insert("rng".into(), serde_json::to_string(&s.rng.state()).expect("serialises"));
-    meta.insert("train_seconds".into(), s.train_seconds.to_string());
-    weights::safetensors_io::write(&cfg.out.join(CHECKPOINT), &tensors, &meta)
+    let config = serde_json::to_string(cfg).expect("config serialises");
+    ckpt::save(
+        &cfg.out.join(CHECKPOINT),
+        FORMAT,
+        &s.model,
+        &s.net,
+        &s.opt,
+        s.step,
+        &s.rng,
+        s.train_seconds,
+        &[("config", config)],
+    )
 }
 
 fn load_checkpoint(cfg: &SegConfig, path: &Path, classes: usize) -> Result<State> {
-    let file = weights::load(path)?;
-    let bad = |what: String| Error::format(path, "checkpoint", what);
-    let meta = |k: &str| file.metadata.get(k).cloned().ok_or_else(|| bad(format!("no `{k}` in the metadata")));
-    if meta("format")? != "mnv2-segtrain-checkpoint" {
-        return Err(bad("not a segmentation training checkpoint".into()));
-    }
-    let num = |k: &str| -> Result<u64> { meta(k)?.parse().map_err(|e| bad(format!("metadata `{k}`: {e}"))) };
-    let (step, optim_steps) = (num("step")?, num("optim_steps")?);
-    let rng: [u64; 4] = serde_json::from_str(&meta("rng")?).map_err(|e| bad(format!("metadata `rng`: {e}")))?;
-    let train_seconds: f64 = meta("train_seconds")?.parse().map_err(|e| bad(format!("train_seconds: {e}")))?;
     let (mut model, _) = build_model(&SegConfig { init: None, ..cfg.clone() }, classes)?;
     let mut net = Net::new(&model);
     let mut opt = Optimizer::new(method(cfg), cfg.weight_decay, false, net.params.len());
-    let get = |name: &str| -> Result<Vec<f32>> {
-        match file.tensors.get(name).map(|t| &t.data) {
-            Some(weights::Data::F32(v)) => Ok(v.clone()),
-            _ => Err(bad(format!("missing or non-float tensor `{name}`"))),
-        }
-    };
-    for t in net.tensors.clone() {
-        let v = get(&format!("model.{}", t.name))?;
-        if v.len() != t.len {
-            return Err(bad(format!(
-                "`{}` has {} values, expected {} (another --crop/--width?)",
-                t.name,
-                v.len(),
-                t.len
-            )));
-        }
-        let dst = if t.trainable() { &mut net.params } else { &mut net.stats };
-        dst[t.offset..t.offset + t.len].copy_from_slice(&v);
-        if t.trainable() {
-            for (slot, buf) in opt.state.iter_mut().enumerate() {
-                let v = get(&format!("optim.{slot}.{}", t.name))?;
-                if v.len() != t.len {
-                    return Err(bad(format!("optimizer state of `{}` has the wrong size", t.name)));
-                }
-                buf[t.offset..t.offset + t.len].copy_from_slice(&v);
-            }
-        }
-    }
-    opt.steps = optim_steps;
+    let r = ckpt::load(path, FORMAT, &mut net, &mut opt, "another --crop/--width?")?;
     net.store(&mut model);
-    Ok(State { model, net, opt, step, rng: Rng::from_state(rng), train_seconds })
+    Ok(State { model, net, opt, step: r.step, rng: r.rng, train_seconds: r.train_seconds })
 }
 
 /// One training sample after TF DeepLab's augmentation: scaled, padded, cropped, flipped;
@@ -334,9 +286,7 @@ pub fn train_segmentation(cfg: &SegConfig, resume: bool, on: &mut dyn FnMut(Even
         classes,
         params,
     });
-    let mut history: Vec<Metrics> = std::fs::read_to_string(cfg.out.join("metrics.jsonl"))
-        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default();
+    let mut history: Vec<Metrics> = ckpt::read_metrics(&cfg.out);
     let (mut loss_sum, mut acc_sum, mut since, mut t_since) = (0f64, 0f64, 0u64, 0f64);
     let per_epoch = (train.len() / cfg.batch).max(1) as u64;
     while s.step < cfg.steps {
@@ -385,20 +335,15 @@ pub fn train_segmentation(cfg: &SegConfig, resume: bool, on: &mut dyn FnMut(Even
                 val_top1: ev.as_ref().map(|e| e.pixel_acc),
                 val_top5: None,
                 val_miou: ev.as_ref().map(|e| e.miou),
+                cls_loss: None,
+                loc_loss: None,
+                val_map: None,
+                val_ap50: None,
                 images_per_s: (since as f64 * cfg.batch as f64) / t_since.max(1e-9),
                 train_seconds: s.train_seconds,
                 peak_rss_mb: peak_rss_mb(),
             };
-            let line = serde_json::to_string(&m).expect("metrics serialise") + "\n";
-            let path = cfg.out.join("metrics.jsonl");
-            let mut all = std::fs::read(&path).unwrap_or_default();
-            all.extend_from_slice(line.as_bytes());
-            crate::fsutil::write_atomic(&path, &all)?;
-            history.push(m.clone());
-            if let Err(e) = super::plot::curves(&cfg.out.join("curves.png"), &history) {
-                on(Event::Note(format!("warning: could not draw the curves: {e}")));
-            }
-            on(Event::Eval(m));
+            ckpt::record(&cfg.out, &mut history, m, on)?;
             (loss_sum, acc_sum, since, t_since) = (0.0, 0.0, 0, 0.0);
         }
         if end || (cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every)) {

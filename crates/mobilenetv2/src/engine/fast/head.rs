@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
 use mnv2_kernels::exec::{share, Pool};
+use mnv2_kernels::resize::Bilinear;
 use mnv2_kernels::{reference as k, MinMax, Tier};
 
 use super::minmax;
@@ -190,7 +191,8 @@ impl HeadNet {
                 HeadOp::GlobalAvgPool => k::global_avg_pool_f32(input, l.input.h * l.input.w, l.input.c, &mut out),
                 HeadOp::Upsample { align_corners } => {
                     let (a, b) = (l.input, l.output);
-                    k::resize_bilinear_f32(input, a.h, a.w, a.c, b.h, b.w, *align_corners, &mut out)
+                    let r = Bilinear::new(a.h, a.w, a.c, b.h, b.w, *align_corners);
+                    split_rows(pool, b.h, b.w * b.c, &mut out, SPLIT_MIN_ROWS, &|rows, dst| r.rows(input, rows, dst));
                 }
                 HeadOp::Concat(sources) => {
                     let mut offset = 0;
@@ -208,7 +210,14 @@ impl HeadNet {
                 }
                 HeadOp::Identity => out.copy_from_slice(input),
             }
-            for (r, _) in results.iter_mut().zip(wanted).filter(|(_, &w)| w == i) {
+            let mut asked = results.iter_mut().zip(wanted).filter(|(_, &w)| w == i).map(|(r, _)| r).peekable();
+            while let Some(r) = asked.next() {
+                // The last layer (usually the only one wanted, and the largest: DeepLab's
+                // upsampled logits) is moved out rather than copied.
+                if i == end && asked.peek().is_none() {
+                    *r = out;
+                    return results;
+                }
                 r.clone_from(&out);
             }
             held[i] = Some(out);

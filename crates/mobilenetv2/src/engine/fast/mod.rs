@@ -495,6 +495,9 @@ impl<N: Net> FastEngine<N> {
             }
         };
         self.pool.run(&job);
+        if n == 1 {
+            return done.into_iter().next().map(|d| d.into_inner().unwrap()).unwrap_or_default();
+        }
         let mut out: Vec<Vec<f32>> =
             wanted.iter().map(|&w| Vec::with_capacity(n * plan.layers[w].output.len())).collect();
         for d in done {
