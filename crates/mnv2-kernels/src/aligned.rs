@@ -15,6 +15,8 @@ unsafe impl Zeroable for f32 {}
 unsafe impl Zeroable for i8 {}
 unsafe impl Zeroable for u8 {}
 unsafe impl Zeroable for i32 {}
+unsafe impl Zeroable for u16 {}
+unsafe impl Zeroable for u32 {}
 
 /// A zero-initialised buffer aligned to 64 bytes (a cache line, an AVX-512 vector), which
 /// dereferences to a slice.

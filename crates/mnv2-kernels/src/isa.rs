@@ -5,9 +5,12 @@
 //! the resolved choice: it holds a zero-sized token ([`Avx2`], [`Avx512`]) that only the
 //! detection code of this module can construct, so a function taking a `Tier` knows the CPU
 //! runs it without checking again. The int8 kernels also need [`Avx512Vnni`], which
-//! [`Tier::vnni`] grants on an AVX-512 tier whose CPU has it.
+//! [`Tier::vnni`] grants on an AVX-512 tier whose CPU has it; the bf16 kernels need
+//! [`Avx512Bf16`] ([`Tier::bf16`]).
 //!
-//! `MNV2_ISA=scalar|avx2|avx512` may only lower the tier that the CPU supports ([`best`]).
+//! `MNV2_ISA=scalar|avx2|avx512|avx512bf16` may only lower the tier that the CPU supports
+//! ([`best`]); the bf16 extension is used only when `MNV2_ISA` is unset or names it
+//! ([`bf16_enabled`]), so `MNV2_ISA=avx512` lowers a bf16 engine to its scalar twin.
 //! Every kernel family lists its kernels in a registry (e.g. [`crate::gemm::KERNELS`]) whose
 //! entries say what they need ([`Needs`]); the tests run every entry the host can run and
 //! print `SKIPPED <kernel> (host lacks <isa>)` for the others (`MNV2_REQUIRE_ISA=<isa>` makes
@@ -36,12 +39,13 @@ impl Isa {
         }
     }
 
-    /// The tier named `s` (case-insensitive; `generic`, `fma` and `avx512f` are aliases).
+    /// The tier named `s` (case-insensitive; `generic`, `fma` and `avx512f` are aliases;
+    /// `avx512bf16` is the AVX-512 tier with the bf16 extension allowed, see [`bf16_enabled`]).
     pub fn parse(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "generic" => Some(Isa::Scalar),
             "avx2" | "fma" => Some(Isa::Avx2),
-            "avx512" | "avx512f" => Some(Isa::Avx512),
+            "avx512" | "avx512f" | "avx512bf16" => Some(Isa::Avx512),
             _ => None,
         }
     }
@@ -64,6 +68,22 @@ pub struct Avx512(());
 /// makes one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Avx512Vnni(());
+
+/// Proof that the CPU has AVX-512 BF16 (`vdpbf16ps`, `vcvtne2ps2bf16` on zmm) on top of
+/// [`Avx512`]; only [`Avx512Bf16::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Avx512Bf16(());
+
+impl Avx512Bf16 {
+    /// The token, if this CPU has AVX-512 BF16 on top of [`Avx512`] (ignores `MNV2_ISA`).
+    pub fn detect() -> Option<Avx512Bf16> {
+        #[cfg(target_arch = "x86_64")]
+        if Avx512::detect().is_some() && is_x86_feature_detected!("avx512bf16") {
+            return Some(Avx512Bf16(()));
+        }
+        None
+    }
+}
 
 impl Avx2 {
     /// The token, if this CPU has AVX2 and FMA.
@@ -151,6 +171,15 @@ impl Tier {
             _ => None,
         }
     }
+
+    /// The BF16 token, on an AVX-512 tier whose CPU has AVX-512 BF16 (ignores `MNV2_ISA`:
+    /// selection checks [`bf16_enabled`]).
+    pub fn bf16(self) -> Option<Avx512Bf16> {
+        match self {
+            Tier::Avx512(_) => Avx512Bf16::detect(),
+            _ => None,
+        }
+    }
 }
 
 /// What a kernel needs from the CPU: the entry of a kernel registry that says when the kernel
@@ -165,6 +194,8 @@ pub enum Needs {
     Avx512,
     /// AVX-512 with VNNI.
     Avx512Vnni,
+    /// AVX-512 with BF16.
+    Avx512Bf16,
 }
 
 impl Needs {
@@ -175,6 +206,7 @@ impl Needs {
             Needs::Avx2 => "avx2",
             Needs::Avx512 => "avx512",
             Needs::Avx512Vnni => "avx512vnni",
+            Needs::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -192,7 +224,7 @@ impl Needs {
         match self {
             Needs::Scalar => Isa::Scalar,
             Needs::Avx2 => Isa::Avx2,
-            Needs::Avx512 | Needs::Avx512Vnni => Isa::Avx512,
+            Needs::Avx512 | Needs::Avx512Vnni | Needs::Avx512Bf16 => Isa::Avx512,
         }
     }
 
@@ -210,6 +242,7 @@ impl Needs {
             Needs::Avx2 => tier.isa() >= Isa::Avx2,
             Needs::Avx512 => tier.isa() >= Isa::Avx512,
             Needs::Avx512Vnni => tier.vnni().is_some(),
+            Needs::Avx512Bf16 => tier.bf16().is_some(),
         }
     }
 
@@ -233,12 +266,31 @@ pub fn best() -> Isa {
         match std::env::var("MNV2_ISA").ok().as_deref().map(Isa::parse) {
             Some(Some(cap)) => cap.min(detected),
             Some(None) => {
-                eprintln!("warning: MNV2_ISA is not one of scalar, avx2, avx512; using {}", detected.name());
+                eprintln!(
+                    "warning: MNV2_ISA is not one of scalar, avx2, avx512, avx512bf16; using {}",
+                    detected.name()
+                );
                 detected
             }
             None => detected,
         }
     })
+}
+
+/// Whether the bf16 kernels may be chosen: the CPU has AVX-512 BF16, the tier cap of
+/// [`best`] is AVX-512, and `MNV2_ISA` is unset or names `avx512bf16` (any other value lowers
+/// bf16 engines to the scalar twin).
+pub fn bf16_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let env = std::env::var("MNV2_ISA").ok();
+        bf16_allowed_by(env.as_deref()) && best() == Isa::Avx512 && Avx512Bf16::detect().is_some()
+    })
+}
+
+/// Whether an `MNV2_ISA` value (`None`: unset) leaves the bf16 extension on.
+fn bf16_allowed_by(env: Option<&str>) -> bool {
+    env.is_none_or(|v| v.trim().eq_ignore_ascii_case("avx512bf16"))
 }
 
 /// For tests of a kernel registry: whether the host runs a kernel needing `needs`. If not,
@@ -294,5 +346,15 @@ mod tests {
             assert_eq!(Needs::Avx512Vnni.granted(t), t.isa() == Isa::Avx512 && Avx512Vnni::detect().is_some());
         }
         assert!(Tier::best().isa() <= best());
+        for t in Tier::host() {
+            assert_eq!(Needs::Avx512Bf16.granted(t), t.isa() == Isa::Avx512 && Avx512Bf16::detect().is_some());
+        }
+    }
+
+    #[test]
+    fn only_an_unset_or_bf16_cap_allows_bf16() {
+        assert!(bf16_allowed_by(None) && bf16_allowed_by(Some("AVX512BF16")));
+        assert!(!bf16_allowed_by(Some("avx512")) && !bf16_allowed_by(Some("scalar")));
+        assert_eq!(Isa::parse("avx512bf16"), Some(Isa::Avx512));
     }
 }

@@ -162,6 +162,43 @@ pub fn gemm_f32(
     out
 }
 
+/// The bf16 pointwise GEMM straight from its definition: both operands rounded to bf16 (to
+/// nearest even), products summed in f32 from the bias in `vdpbf16ps` order (per pair of
+/// channels `2p, 2p + 1`: the odd one's product, then the even one's), then
+/// `act(..) (+ r[i][j])`, `m x n`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    b: &[f32],
+    act: MinMax,
+    r: Option<&[f32]>,
+) -> Vec<f32> {
+    use crate::bf16gemm::round_bf16;
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = b[j];
+            for p in (0..k).step_by(2) {
+                if p + 1 < k {
+                    s += round_bf16(a[i * lda + p + 1]) * round_bf16(w[(p + 1) * n + j]);
+                }
+                s += round_bf16(a[i * lda + p]) * round_bf16(w[p * n + j]);
+            }
+            let mut v = act.apply(s);
+            if let Some(r) = r {
+                v += r[i * n + j];
+            }
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
 /// The int8 pointwise GEMM in real units, straight from its definition (exact i64 sums):
 /// `act((sum_k (a[i][k] - zero_a) * q[k][j]) * scale_a * w_scale[j] + bias[j])` plus the
 /// dequantised residual, `m x n` (`a` is `m x k` u8, `q` is `[k][n]` s8).

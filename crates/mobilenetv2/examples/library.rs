@@ -28,7 +28,7 @@ fn main() {
 fn classify_one(weights: &Path, image: &Path) -> mobilenetv2::Result<()> {
     // --- README snippet ---
     let model = Model::load(weights)?;
-    let engine = Engine::new(&model, Options { mode: Mode::Fast, threads: 2, isa: None })?;
+    let engine = Engine::new(&model, Options { mode: Mode::Fast, threads: 2, isa: None, precision: None })?;
     let (h, w) = (model.spec().height, model.spec().width_px);
     // The image resized, cropped and normalised as the weights expect: NHWC values.
     let pixels = preprocess::load(image, &model.preprocess, h, w)?;

@@ -116,6 +116,11 @@ impl Classifier {
         &self.model
     }
 
+    /// The engine it runs (its options, precision and kernels).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The network input size, `(height, width)`.
     pub fn input_size(&self) -> (usize, usize) {
         let s = self.model.spec();

@@ -82,3 +82,39 @@ fn batch_and_single_image_agree() {
     let probs: f32 = classify::softmax(&[0.0; 1000]).iter().sum();
     assert!((probs - 1.0).abs() < 1e-5);
 }
+
+/// bf16 precision on the real weights and photos: the same top-1 class as fp32 (and
+/// torchvision) for every photo; the largest logit difference to fp32 is printed.
+#[test]
+fn bf16_keeps_the_top_class_of_every_photo() {
+    use mobilenetv2::engine::Precision;
+    let fx = expected();
+    let cases = fx["images"].as_array().unwrap();
+    let paths: Vec<PathBuf> =
+        cases.iter().map(|c| root().join("tests/data/images").join(c["image"].as_str().unwrap())).collect();
+    let images: Vec<_> = paths.iter().map(|p| mobilenetv2::preprocess::decode(p).unwrap()).collect();
+    let logits = |precision| {
+        let model = Model::load(&real_weights()).unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            Classifier::new(model, Options { threads: 2, precision: Some(precision), ..Options::default() }).unwrap();
+        assert_eq!(c.engine().precision(), Some(precision));
+        c.logits(&images).unwrap()
+    };
+    let (fp32, bf16) = (logits(Precision::Fp32), logits(Precision::Bf16));
+    let classes = fp32.shape.c;
+    let (mut worst, mut scale) = (0f32, 0f32);
+    for (i, case) in cases.iter().enumerate() {
+        let name = case["image"].as_str().unwrap();
+        let (f, b) = (&fp32.data[i * classes..][..classes], &bf16.data[i * classes..][..classes]);
+        let top = |v: &[f32]| classify::top_k(v, 1)[0].0;
+        let want = case["top"][0]["index"].as_u64().unwrap() as usize;
+        assert_eq!(top(f), want, "{name}: fp32 top-1");
+        assert_eq!(top(b), want, "{name}: bf16 top-1 {} differs from fp32/torchvision {want}", top(b));
+        let d = f.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d > 0.0, "{name}: bf16 logits equal fp32 ones: the bf16 path did not run");
+        worst = worst.max(d);
+        scale = scale.max(f.iter().fold(0f32, |m, v| m.max(v.abs())));
+        eprintln!("{name}: top-1 {want} in fp32 and bf16; max |logit diff| {d:.3e}");
+    }
+    println!("bf16 vs fp32 on the real photos: top-1 unchanged, max |logit diff| {worst:.3e} (max |logit| {scale:.2})");
+}

@@ -61,6 +61,31 @@ fn fast_engine_matches_reference_engine() {
     }
 }
 
+/// bf16 precision on DeepLab (backbone and head 1x1 convs on the bf16 GEMMs): fast and
+/// streaming within 2e-2 of the largest logit of the f32 reference, and not equal to it.
+#[test]
+fn bf16_deeplab_stays_near_the_reference() {
+    use mobilenetv2::engine::Precision;
+    let (h, w) = (65, 49);
+    let mut rng = Rng::new(11);
+    let data: Vec<f32> = (0..h * w * 3).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect();
+    let batch = Batch::new(1, Shape::new(h, w, 3), data).unwrap();
+    for (os, aspp) in [(16, true), (8, false)] {
+        let model = Model::init(&spec(0.5, h, os, aspp), 5, true).unwrap();
+        let reference = Engine::new(&model, Options { mode: Mode::Reference, ..Options::default() }).unwrap();
+        let want = reference.run(&batch).unwrap();
+        let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for mode in [Mode::Fast, Mode::Streaming] {
+            let o = Options { mode, threads: 2, precision: Some(Precision::Bf16), ..Options::default() };
+            let e = Engine::new(&model, o).unwrap();
+            assert!(e.kernels().1.iter().any(|k| k.starts_with("gemm_bf16")));
+            let err = max_abs(&e.run(&batch).unwrap().data, &want.data);
+            println!("OS {os} {mode:?} bf16: max |bf16 - f32 reference| {err:.2e} (largest logit {scale:.2})");
+            assert!(err > 0.0 && err <= 2e-2 * scale, "OS {os} {mode:?} bf16: {err}");
+        }
+    }
+}
+
 /// Peak activation bytes of one 512x512 image at OS 16 (the paper's chosen head, 21
 /// classes): the fused engine materialises only block outputs (and the head's small
 /// tensors), the streaming one not even the high-resolution block outputs, while the

@@ -102,8 +102,8 @@ fn batches_and_threads_agree() {
     }
     let two = Batch::new(2, s, [one.data.clone(), flipped.clone()].concat()).unwrap();
     let m = model(true, 16);
-    let single = Engine::new(&m, Options { mode: Mode::Reference, threads: 1, isa: None }).unwrap();
-    let threaded = Engine::new(&m, Options { mode: Mode::Reference, threads: 2, isa: None }).unwrap();
+    let single = Engine::new(&m, Options { mode: Mode::Reference, threads: 1, isa: None, precision: None }).unwrap();
+    let threaded = Engine::new(&m, Options { mode: Mode::Reference, threads: 2, isa: None, precision: None }).unwrap();
     let a = single.run(&two).unwrap();
     let b = threaded.run(&two).unwrap();
     assert_eq!(a, b);

@@ -20,7 +20,7 @@ fn images(spec: &Spec, n: usize, seed: u64) -> Batch {
 }
 
 fn run(model: &Model, x: &Batch, mode: Mode, threads: usize, isa: Option<Isa>) -> Vec<f32> {
-    Engine::new(model, Options { mode, threads, isa }).unwrap().run(x).unwrap().data
+    Engine::new(model, Options { mode, threads, isa, precision: None }).unwrap().run(x).unwrap().data
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use clap::ValueEnum;
 use mobilenetv2::data::augment::Augment;
-use mobilenetv2::engine::{Isa, Mode};
+use mobilenetv2::engine::{Engine, Isa, Mode, Precision};
 use mobilenetv2::quant::Method;
 use mobilenetv2::spec::{BottleneckActivation, Padding, Shortcut};
 use mobilenetv2::weights::safetensors_io::FloatStore;
@@ -32,6 +32,39 @@ impl From<ModeArg> for Mode {
             ModeArg::Streaming => Mode::Streaming,
             ModeArg::Reference => Mode::Reference,
         }
+    }
+}
+
+/// `--precision`: the number format of the fast engine's convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 everywhere
+    Fp32,
+    /// bf16 products with f32 sums in the 1x1 convolutions (AVX512-BF16; other CPUs run a slow
+    /// scalar twin, with a warning)
+    Bf16,
+    /// The int8 kernels (needs an int8 weights file from `mnv2 quantize`)
+    Int8,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Int8 => Precision::Int8,
+        }
+    }
+}
+
+/// Warns on stderr when a bf16 engine runs its 1x1 convolutions on the scalar twin (the CPU
+/// lacks AVX512-BF16, or `MNV2_ISA` lowered the choice): the same numbers, far slower.
+pub fn warn_slow_bf16(engine: &Engine) {
+    let slow = engine.kernels().1.iter().any(|k| k.starts_with("gemm_bf16") && k.ends_with("_scalar"));
+    if engine.precision() == Some(Precision::Bf16) && slow {
+        eprintln!(
+            "warning: bf16 runs on the slow scalar twin kernels (this CPU lacks AVX512-BF16, or MNV2_ISA lowered it)"
+        );
     }
 }
 
@@ -186,6 +219,9 @@ mod tests {
         }
         for s in ["scalar", "generic", "avx2", "fma", "avx512", "avx512f", "AVX2", "Scalar"] {
             assert_eq!(Some(Isa::from(IsaArg::from_str(s, true).unwrap())), Isa::parse(s), "{s}");
+        }
+        for s in ["fp32", "bf16", "int8"] {
+            assert_eq!(Precision::from(PrecisionArg::from_str(s, false).unwrap()), s.parse::<Precision>().unwrap());
         }
         for s in ["standard", "crop-flip", "none"] {
             assert_eq!(Augment::from(AugmentArg::from_str(s, false).unwrap()), s.parse::<Augment>().unwrap());

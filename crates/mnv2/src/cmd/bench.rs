@@ -10,7 +10,7 @@ use mobilenetv2::plan::{Head, Plan, Shape};
 use mobilenetv2::{npy, Batch, Model, Spec};
 use serde_json::json;
 
-use super::args::{self, IsaArg, ModeArg};
+use super::args::{self, IsaArg, ModeArg, PrecisionArg};
 use super::{out, Internal};
 
 #[derive(clap::Args)]
@@ -49,6 +49,9 @@ pub struct Args {
     /// Kernel instruction set; default: the best this CPU has
     #[arg(long, value_enum, ignore_case = true)]
     isa: Option<IsaArg>,
+    /// Number format [default: the weights' own: int8 for an int8 file, else fp32]
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
     /// Print a per-stage time profile (one thread) with GMAC/s per stage
     #[arg(long)]
     profile: bool,
@@ -109,8 +112,10 @@ pub fn main(a: Args) -> Result<()> {
     }
     let model = model(&a)?;
     let (dims, data) = input(&a)?;
-    let options = Options { mode: a.mode.into(), threads: a.threads, isa: a.isa.map(Into::into) };
+    let precision = a.precision.map(Into::into);
+    let options = Options { mode: a.mode.into(), threads: a.threads, isa: a.isa.map(Into::into), precision };
     let (engine, _) = Engine::new_owned(model, options)?;
+    args::warn_slow_bf16(&engine);
     let image = Shape::new(dims[2], dims[3], 3);
     let plan = engine.plan_for(image)?;
     if a.profile {
@@ -221,8 +226,29 @@ fn profile_table(engine: &Engine, plan: &Plan, t: &Profile, reps: usize) -> Stri
         madds as f64 / total_s / 1e9
     );
     let (isa, kernels) = engine.kernels();
-    s += &format!("isa: {}; kernels: {}\n", isa.map_or("reference", |i| i.name()), kernels.join(", "));
+    s += &format!(
+        "isa: {}; precision: {}; kernels: {}\n",
+        isa.map_or("reference", |i| i.name()),
+        precision_name(engine),
+        distinct(&kernels).join(", ")
+    );
     s
+}
+
+/// The engine's precision as `--precision` names it (`fp32` for the reference mode).
+fn precision_name(engine: &Engine) -> &'static str {
+    engine.precision().map_or("fp32", |p| p.name())
+}
+
+/// Kernel names in first-use order, each once.
+fn distinct(kernels: &[&'static str]) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Vec::new();
+    for k in kernels {
+        if !v.contains(k) {
+            v.push(k);
+        }
+    }
+    v
 }
 
 /// Warms up (at least `--warmup` seconds and 10 runs), then times `--runs` runs; the times in
@@ -252,20 +278,23 @@ fn report(a: &Args, engine: &Engine, plan: &Plan, dims: &[usize], times: &[f64])
     let p90 = percentile(times, 0.9);
     let rss = peak_rss();
     let act = engine.activation_bytes(Shape::new(dims[2], dims[3], 3))?;
-    let (isa, _) = engine.kernels();
+    let (isa, kernels) = engine.kernels();
+    let kernels = distinct(&kernels);
+    let precision = precision_name(engine);
     let ips = batch as f64 / (median / 1e3);
     let mode = args::name(&a.mode);
     if !a.json {
         out(&format!(
-            "{} image(s) of {}x{}, {} thread(s), {} mode ({}): median {:.3} ms, p90 {:.3} ms, min {:.3} ms, {:.1} images/s, {:.1} GMAC/s\npeak RSS {:.1} MB, activation buffers {:.1} KB\n",
-            batch, dims[2], dims[3], a.threads, mode, isa.map_or("reference", |i| i.name()), median, p90, times[0], ips,
+            "{} image(s) of {}x{}, {} thread(s), {} mode ({}, {}): median {:.3} ms, p90 {:.3} ms, min {:.3} ms, {:.1} images/s, {:.1} GMAC/s\npeak RSS {:.1} MB, activation buffers {:.1} KB\nkernels: {}\n",
+            batch, dims[2], dims[3], a.threads, mode, isa.map_or("reference", |i| i.name()), precision, median, p90, times[0], ips,
             madds as f64 * batch as f64 / (median / 1e3) / 1e9,
-            rss.unwrap_or(0) as f64 / 1e6, act as f64 / 1e3
+            rss.unwrap_or(0) as f64 / 1e6, act as f64 / 1e3, kernels.join(", ")
         ))?;
     }
     let v = json!({
         "median_ms": median, "p90_ms": p90, "min_ms": times[0], "runs": a.runs, "batch": batch,
-        "threads": a.threads, "mode": mode, "isa": isa.map(|i| i.name()), "images_per_s": ips,
+        "threads": a.threads, "mode": mode, "isa": isa.map(|i| i.name()), "precision": precision,
+        "kernels": kernels, "images_per_s": ips,
         "peak_rss_bytes": rss, "activation_bytes": act, "madds": madds,
     });
     out(&format!("{v}\n"))

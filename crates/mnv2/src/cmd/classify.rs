@@ -9,6 +9,7 @@ use mobilenetv2::classify::{Classification, Classifier};
 use mobilenetv2::engine::Options;
 use mobilenetv2::Model;
 
+use super::args::{self, PrecisionArg};
 use super::out;
 
 #[derive(clap::Args)]
@@ -29,12 +30,17 @@ pub struct Args {
     /// Worker threads [default: all available cores]
     #[arg(long, value_parser = super::args::threads)]
     threads: Option<usize>,
+    /// Number format [default: the weights' own: int8 for an int8 file, else fp32]
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
 }
 
 pub fn main(a: Args) -> Result<()> {
     let model = Model::load(&super::fetch::weights_or_default(a.weights)?)?;
-    let threads = a.threads.unwrap_or_else(super::args::cores);
-    let classifier = Classifier::new(model, Options { threads, ..Options::default() })?;
+    let threads = a.threads.unwrap_or_else(args::cores);
+    let precision = a.precision.map(Into::into);
+    let classifier = Classifier::new(model, Options { threads, precision, ..Options::default() })?;
+    args::warn_slow_bf16(classifier.engine());
     let results = classifier.classify_files(&a.images, a.top as usize)?;
     if a.json {
         out(&(serde_json::to_string_pretty(&results)? + "\n"))

@@ -5,7 +5,7 @@ use mobilenetv2::engine::{Engine, Options};
 use mobilenetv2::npy;
 use mobilenetv2::{Batch, Model};
 
-use super::args::{self, ModeArg};
+use super::args::{self, ModeArg, PrecisionArg};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +25,9 @@ pub struct Args {
     /// Engine mode
     #[arg(long, value_enum, default_value_t = ModeArg::Fast)]
     mode: ModeArg,
+    /// Number format [default: the weights' own: int8 for an int8 file, else fp32]
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -33,10 +36,10 @@ pub fn main(a: Args) -> Result<()> {
     let at = |e: mobilenetv2::Error| anyhow::anyhow!("{}: {e}", a.input.display());
     // Validate shape and values up front so errors name the input file.
     Batch::from_nchw(&arr.shape, &arr.data).and_then(|b| b.check_finite()).map_err(at)?;
-    let (engine, _) = Engine::new_owned(
-        model,
-        Options { mode: a.mode.into(), threads: a.threads.unwrap_or_else(args::cores), isa: None },
-    )?;
+    let threads = a.threads.unwrap_or_else(args::cores);
+    let precision = a.precision.map(Into::into);
+    let (engine, _) = Engine::new_owned(model, Options { mode: a.mode.into(), threads, isa: None, precision })?;
+    args::warn_slow_bf16(&engine);
     let logits = engine.run_nchw(&arr.shape, &arr.data).map_err(at)?;
     let classes = logits.shape.c;
     npy::write(&a.output, &npy::Array { shape: vec![logits.n, classes], data: logits.data })?;

@@ -29,7 +29,7 @@ use super::nms::Detection;
 use super::tfconfig::SsdConfig;
 use super::tfimport;
 use crate::draw::{self, LabelledBox};
-use crate::engine::{Mode, Options};
+use crate::engine::{Mode, Options, Precision};
 use crate::error::{Error, Result};
 use crate::plan::Shape;
 use crate::preprocess::RgbImage;
@@ -77,6 +77,9 @@ pub struct DetectorOptions {
     /// materialised once, the head on the fast kernels), streaming, or the layer-by-layer
     /// reference (the oracle the tests compare the others with).
     pub mode: Mode,
+    /// Number format of the fast engine (see [`Options::precision`]): `None` is the weights'
+    /// own; bf16 runs the backbone's and the box predictors' 1x1 convs on the bf16 GEMMs.
+    pub precision: Option<Precision>,
     /// Resize, anchors, box coder, scores and NMS; [`Detector::from_graph`] reads them from the
     /// graph, [`Default`] is `ssdlite_mobilenet_v2_coco.config`'s.
     pub config: SsdConfig,
@@ -90,6 +93,7 @@ impl Default for DetectorOptions {
             threshold: 0.5,
             threads: 1,
             mode: Mode::Fast,
+            precision: None,
             config: SsdConfig::default(),
             labels: Vec::new(),
         }
@@ -156,8 +160,15 @@ impl Detector {
             ssd.maps.iter().map(|&m| (plan.layers[m].output.h, plan.layers[m].output.w)).collect();
         let anchors = anchors::generate(&options.config.box_specs, &grids, input.h, input.w, [1.0, 1.0])?;
         let taps = ssd.boxes.iter().chain(&ssd.classes).copied().collect();
-        let engine =
-            Engine::new(&model, Options { mode: options.mode, threads: options.threads.max(1), ..Options::default() })?;
+        let engine = Engine::new(
+            &model,
+            Options {
+                mode: options.mode,
+                threads: options.threads.max(1),
+                precision: options.precision,
+                ..Options::default()
+            },
+        )?;
         Ok(Detector { engine, model, options, anchors, taps })
     }
 

@@ -46,8 +46,47 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// How an [`Engine`] runs: mode, threads and instruction set. The default is the fast
-/// mode on one thread with the best ISA this CPU has.
+/// The number format of the fast engine's convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 everywhere.
+    Fp32,
+    /// The 1x1 convolutions (expand, project, last conv, classifier, and the 1x1 layers of a
+    /// detection or segmentation head) multiply bf16 values (weights and activations rounded
+    /// to nearest even) and sum in f32 (`vdpbf16ps` on AVX512-BF16, a slow scalar twin on
+    /// other CPUs or when `MNV2_ISA` lowers it: see [`Engine::kernels`]); the stem, depthwise
+    /// convolutions, activations between layers, bias, clamps and residuals stay f32.
+    Bf16,
+    /// The int8 kernels of an int8 weights file (`mnv2 quantize`): u8 activations, s8
+    /// weights.
+    Int8,
+}
+
+impl Precision {
+    /// The name `--precision` uses: `fp32`, `bf16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(Error::Input(format!("unknown precision `{s}` (expected fp32, bf16 or int8)"))),
+        }
+    }
+}
+
+/// How an [`Engine`] runs: mode, threads, instruction set and precision. The default is the
+/// fast mode on one thread with the best ISA this CPU has, in the weights' own precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// Fast (the default), streaming or reference.
@@ -57,11 +96,15 @@ pub struct Options {
     /// Instruction set for the fast kernels; `None` picks the best this CPU has (capped by
     /// the `MNV2_ISA` environment variable).
     pub isa: Option<Isa>,
+    /// Number format of the fast modes; `None` is the weights' own: int8 for an int8 file,
+    /// fp32 otherwise. `Fp32` and `Bf16` run an int8 file's dequantised weights; `Int8` needs
+    /// an int8 file. The reference mode is always f32.
+    pub precision: Option<Precision>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { mode: Mode::default(), threads: 1, isa: None }
+        Options { mode: Mode::default(), threads: 1, isa: None, precision: None }
     }
 }
 
@@ -79,6 +122,8 @@ pub(crate) enum Compiled {
 pub struct Engine {
     spec: Spec,
     options: Options,
+    /// What the fast modes run in (`None`: reference mode).
+    precision: Option<Precision>,
     /// Reference mode: folded weights per plan layer.
     layers: Vec<Compiled>,
     fast: Option<Box<dyn fast::Runner>>,
@@ -86,8 +131,9 @@ pub struct Engine {
 
 impl Engine {
     /// Compiles `model` for inference: BatchNorm folded, weights laid out for the kernels of
-    /// the chosen ISA (int8 kernels for an int8 model). Fails with [`Error::Threads`] for 0 or
-    /// more than 256 threads, and [`Error::Unsupported`] for an ISA this CPU lacks.
+    /// the chosen ISA and precision (by default int8 kernels for an int8 model). Fails with
+    /// [`Error::Threads`] for 0 or more than 256 threads, and [`Error::Unsupported`] for an ISA
+    /// this CPU lacks or int8 precision without int8 weights.
     pub fn new(model: &Model, options: Options) -> Result<Engine> {
         Engine::build(model, &mut FoldedLayers::new(&model.plan, &model.params), options)
     }
@@ -115,26 +161,31 @@ impl Engine {
             }
             let streaming = options.mode == Mode::Streaming;
             let threads = options.threads;
-            // An int8 model runs on the int8 kernels; everything else in f32.
-            let fast: Box<dyn fast::Runner> = match &model.quant {
+            let precision = Engine::precision_for(model, options)?;
+            let bf16 = precision == Precision::Bf16;
+            // An int8 model runs on the int8 kernels unless asked otherwise; everything else
+            // in f32 or bf16.
+            let quant = model.quant.as_ref().filter(|_| precision == Precision::Int8);
+            let fast: Box<dyn fast::Runner> = match quant {
                 // Streaming keeps the expanded rows in u8 (least memory), fast mode as f32.
                 Some(q) if streaming => {
                     let net = fast::QNet::<u8>::new(plan, folded, q, isa)?;
-                    let head = Engine::head(plan, folded, isa)?;
+                    let head = Engine::head(plan, folded, isa, false)?;
                     Box::new(fast::FastEngine::new(net, head, threads, true))
                 }
                 Some(q) => {
                     let net = fast::QNet::<f32>::new(plan, folded, q, isa)?;
-                    let head = Engine::head(plan, folded, isa)?;
+                    let head = Engine::head(plan, folded, isa, false)?;
                     Box::new(fast::FastEngine::new(net, head, threads, false))
                 }
                 None => {
-                    let net = fast::F32Net::new(plan, folded, isa)?;
-                    let head = Engine::head(plan, folded, isa)?;
+                    let net = fast::F32Net::new(plan, folded, isa, bf16)?;
+                    let head = Engine::head(plan, folded, isa, bf16)?;
                     Box::new(fast::FastEngine::new(net, head, threads, streaming))
                 }
             };
-            return Ok(Engine { spec: model.spec().clone(), options, layers: Vec::new(), fast: Some(fast) });
+            let precision = Some(precision);
+            return Ok(Engine { spec: model.spec().clone(), options, precision, layers: Vec::new(), fast: Some(fast) });
         }
         let layers = plan
             .layers
@@ -146,18 +197,36 @@ impl Engine {
                 Op::GlobalAvgPool | Op::Dropout { .. } | Op::Concat { .. } | Op::Upsample { .. } => Compiled::Pass,
             })
             .collect();
-        Ok(Engine { spec: model.spec().clone(), options, layers, fast: None })
+        Ok(Engine { spec: model.spec().clone(), options, precision: None, layers, fast: None })
+    }
+
+    /// The precision the fast modes run `model` in with `options`.
+    fn precision_for(model: &Model, options: Options) -> Result<Precision> {
+        match (options.precision, &model.quant) {
+            (None, Some(_)) => Ok(Precision::Int8),
+            (None, None) => Ok(Precision::Fp32),
+            (Some(Precision::Int8), None) => Err(Error::Unsupported(format!(
+                "int8 precision needs int8 weights, and {} holds float ones (make them with `mnv2 quantize`)",
+                model.source.display()
+            ))),
+            (Some(p), _) => Ok(p),
+        }
+    }
+
+    /// The precision the engine runs in (`None` in reference mode, which is f32).
+    pub fn precision(&self) -> Option<Precision> {
+        self.precision
     }
 
     /// The head layers of a detection or segmentation plan packed for the fast kernels (after
     /// the backbone took its layers out of `folded`); `None` for a classifier.
-    fn head(plan: &Plan, folded: &mut FoldedLayers, isa: Isa) -> Result<Option<fast::HeadNet>> {
+    fn head(plan: &Plan, folded: &mut FoldedLayers, isa: Isa, bf16: bool) -> Result<Option<fast::HeadNet>> {
         if matches!(plan.head, Head::Classifier(_)) {
             return Ok(None);
         }
         let tier = mnv2_kernels::Tier::new(isa)
             .ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
-        Ok(Some(fast::HeadNet::new(plan, folded, tier)?))
+        Ok(Some(fast::HeadNet::new(plan, folded, tier, bf16)?))
     }
 
     /// The options the engine was built with.

@@ -104,7 +104,7 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     if images.is_empty() {
         return Err(Error::Input("calibration needs at least one image".into()));
     }
-    let engine = Engine::new(model, Options { mode: Mode::Reference, threads: 2, isa: None })?;
+    let engine = Engine::new(model, Options { mode: Mode::Reference, threads: 2, isa: None, precision: None })?;
     let plan = &model.plan;
     // Per block: hidden, depthwise, output; then the pooled features.
     let mut taps = Vec::new();

@@ -245,7 +245,14 @@ fn detector(model: &Model, ssd: &SsdConfig, labels: &[String], threshold: f32, t
     let labels = labels.to_vec();
     Detector::new(
         model.clone(),
-        DetectorOptions { threshold, threads: threads.max(1), mode: Mode::Fast, config: ssd.clone(), labels },
+        DetectorOptions {
+            threshold,
+            threads: threads.max(1),
+            mode: Mode::Fast,
+            precision: None,
+            config: ssd.clone(),
+            labels,
+        },
     )
 }
 

@@ -218,7 +218,7 @@ pub fn evaluate(
             ds.path.display()
         )));
     }
-    let engine = Engine::new(model, Options { mode: Mode::Fast, threads: threads.max(1), isa: None })?;
+    let engine = Engine::new(model, Options { mode: Mode::Fast, threads: threads.max(1), isa: None, precision: None })?;
     let (h, w) = (model.spec().height, model.spec().width_px);
     let t = Transform::eval(model, augment, if skip_bad { OnBad::Skip } else { OnBad::Stop });
     let mut rep = EvalReport {

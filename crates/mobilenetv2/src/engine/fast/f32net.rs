@@ -1,21 +1,23 @@
-//! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA.
+//! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA; with
+//! `bf16`, its 1x1 convolutions (expand, project, last conv, classifier) run on the bf16 GEMM
+//! kernels instead (activations stay f32 between layers; the stem and depthwise stay f32).
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
 use std::ops::Range;
 
-use mnv2_kernels::gemm::{gemm, gemm_panels, PackedGemm};
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
+use super::pw::PackedPw;
 use super::{check_structure, minmax, Net, TapAt};
 use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
 use crate::plan::{Head, Plan, Role};
 
 struct Block {
-    expand: Option<(PackedGemm, MinMax)>,
+    expand: Option<(PackedPw, MinMax)>,
     dw: (PackedDw, MinMax),
-    project: (PackedGemm, MinMax),
+    project: (PackedPw, MinMax),
 }
 
 pub(crate) struct F32Net {
@@ -23,14 +25,14 @@ pub(crate) struct F32Net {
     stem: (PackedStem, MinMax),
     blocks: Vec<Block>,
     /// The last 1x1 conv (absent when the backbone ends with the last block, as DeepLab's).
-    last: Option<(PackedGemm, MinMax)>,
+    last: Option<(PackedPw, MinMax)>,
     /// Absent for detection and segmentation heads (`super::head::HeadNet` runs those).
-    classifier: Option<PackedGemm>,
+    classifier: Option<PackedPw>,
 }
 
 impl F32Net {
     /// Packs the folded weights of `plan`'s layers (taking them out of `folded`).
-    pub fn new(plan: &Plan, folded: &mut FoldedLayers, isa: Isa) -> Result<F32Net> {
+    pub fn new(plan: &Plan, folded: &mut FoldedLayers, isa: Isa, bf16: bool) -> Result<F32Net> {
         check_structure(plan)?;
         let tier =
             Tier::new(isa).ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
@@ -42,35 +44,35 @@ impl F32Net {
         for b in &plan.blocks {
             let expand = b.expand.map(|i| {
                 let f = folded.take(i);
-                (PackedGemm::new(tier, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
+                (PackedPw::new(tier, bf16, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
             });
             let f = folded.take(b.depthwise);
             let dw = (PackedDw::new(tier, &f.weights, b.hidden, &f.bias), act(b.depthwise));
             let f = folded.take(b.project);
-            let project = (PackedGemm::new(tier, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
+            let project = (PackedPw::new(tier, bf16, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
             blocks.push(Block { expand, dw, project });
         }
         let last_conv = plan.last_conv;
         let last = (layers[last_conv].role == Role::LastConv).then(|| {
             let f = folded.take(last_conv);
             let (l_in, l_out) = (layers[last_conv].input.c, layers[last_conv].output.c);
-            (PackedGemm::new(tier, &f.weights, l_in, l_out, &f.bias), act(last_conv))
+            (PackedPw::new(tier, bf16, &f.weights, l_in, l_out, &f.bias), act(last_conv))
         });
         let classifier = match plan.head {
             Head::Classifier(h) => {
                 let (cls, f) = (h.classifier, folded.take(h.classifier));
-                Some(PackedGemm::new(tier, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias))
+                Some(PackedPw::new(tier, bf16, &f.weights, layers[cls].input.c, layers[cls].output.c, &f.bias))
             }
             _ => None,
         };
         Ok(F32Net { isa, stem, blocks, last, classifier })
     }
 
-    fn last(&self) -> &(PackedGemm, MinMax) {
+    fn last(&self) -> &(PackedPw, MinMax) {
         self.last.as_ref().expect("the schedule runs the last conv only when the network has one")
     }
 
-    fn classifier(&self) -> &PackedGemm {
+    fn classifier(&self) -> &PackedPw {
         self.classifier.as_ref().expect("the schedule classifies only with a classification head")
     }
 }
@@ -109,7 +111,7 @@ impl Net for F32Net {
 
     fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
         let (w, act) = self.blocks[k].expand.as_ref().expect("block has an expand conv");
-        gemm(m, a, lda, w, out, ldc, *act, None);
+        w.gemm(m, a, lda, out, ldc, *act, None);
     }
 
     fn dw_row(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
@@ -132,14 +134,14 @@ impl Net for F32Net {
         res: Option<(&[f32], usize)>,
     ) {
         let (w, act) = &self.blocks[k].project;
-        gemm(m, a, lda, w, out, ldc, *act, res);
+        w.gemm(m, a, lda, out, ldc, *act, res);
     }
 
     fn last_rows(&self, m: usize, a: &[f32], lda: usize, pooled: &mut [f32], scratch: &mut [f32]) {
         let (w, act) = self.last();
-        let c = w.n;
+        let c = w.n();
         let dst = &mut scratch[..m * c];
-        gemm(m, a, lda, w, dst, c, *act, None);
+        w.gemm(m, a, lda, dst, c, *act, None);
         for row in dst.chunks_exact(c) {
             for (p, v) in pooled.iter_mut().zip(row) {
                 *p += v;
@@ -149,11 +151,11 @@ impl Net for F32Net {
 
     fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>) {
         let c = self.classifier();
-        gemm_panels(1, pooled, pooled.len(), c, out, c.n, MinMax::NONE, None, panels);
+        c.gemm_panels(1, pooled, pooled.len(), out, c.n(), MinMax::NONE, None, panels);
     }
 
     fn classifier_panels(&self) -> (usize, usize) {
-        (self.classifier().panels(), self.classifier().nr)
+        (self.classifier().panels(), self.classifier().nr())
     }
 
     fn expand_act(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
@@ -162,7 +164,7 @@ impl Net for F32Net {
 
     fn last_conv_rows(&self, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
         let (w, act) = self.last();
-        gemm(m, a, lda, w, out, ldc, *act, None);
+        w.gemm(m, a, lda, out, ldc, *act, None);
     }
 
     fn tap_values(&self, _: TapAt, src: &[f32], dst: &mut [f32]) {

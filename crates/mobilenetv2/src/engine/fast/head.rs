@@ -11,11 +11,11 @@ use std::sync::Mutex;
 
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
 use mnv2_kernels::exec::{share, Pool};
-use mnv2_kernels::gemm::{gemm, PackedGemm};
 use mnv2_kernels::resize::Bilinear;
 use mnv2_kernels::{reference as k, MinMax, Tier};
 
 use super::minmax;
+use super::pw::PackedPw;
 use crate::engine::reference::geom;
 use crate::error::{Error, Result};
 use crate::fold::{FoldedConv, FoldedLayers};
@@ -24,7 +24,7 @@ use crate::plan::{ConvKind, Op, Plan};
 /// One head layer compiled for the kernels.
 enum HeadOp {
     /// A 1x1 stride-1 conv: `pixels x c_in` times `c_in x c_out`.
-    Pointwise(PackedGemm, MinMax),
+    Pointwise(PackedPw, MinMax),
     /// A 3x3 depthwise conv.
     Depthwise(PackedDw, MinMax),
     /// Any other conv, on the reference kernel.
@@ -37,7 +37,8 @@ enum HeadOp {
     Identity,
 }
 
-/// The head layers of a plan (those after [`Plan::last_conv`]) packed for one ISA.
+/// The head layers of a plan (those after [`Plan::last_conv`]) packed for one ISA (the 1x1
+/// convs in bf16 for a bf16 engine).
 pub(crate) struct HeadNet {
     /// Index of the first head layer.
     first: usize,
@@ -51,7 +52,7 @@ const SPLIT_MIN_ROWS: usize = 8;
 
 impl HeadNet {
     /// Packs the head layers (taking their weights out of `folded`).
-    pub fn new(plan: &Plan, folded: &mut FoldedLayers, tier: Tier) -> Result<HeadNet> {
+    pub fn new(plan: &Plan, folded: &mut FoldedLayers, tier: Tier, bf16: bool) -> Result<HeadNet> {
         let first = plan.last_conv + 1;
         let ops = plan.layers[first..]
             .iter()
@@ -67,7 +68,7 @@ impl HeadNet {
                         let act = minmax(c.activation);
                         match c.kind {
                             ConvKind::Pointwise if c.stride == 1 => HeadOp::Pointwise(
-                                PackedGemm::new(tier, &f.weights, l.input.c, l.output.c, &f.bias),
+                                PackedPw::new(tier, bf16, &f.weights, l.input.c, l.output.c, &f.bias),
                                 act,
                             ),
                             ConvKind::Depthwise if c.kernel == 3 => {
@@ -156,7 +157,7 @@ impl HeadNet {
                 HeadOp::Pointwise(w, act) => {
                     let (cin, cout) = (l.input.c, l.output.c);
                     split_rows(pool, l.output.h * l.output.w, cout, &mut out, SPLIT_MIN_PIXELS, &|px, dst| {
-                        gemm(px.len(), &input[px.start * cin..px.end * cin], cin, w, dst, cout, *act, None)
+                        w.gemm(px.len(), &input[px.start * cin..px.end * cin], cin, dst, cout, *act, None)
                     });
                 }
                 HeadOp::Depthwise(w, act) => {

@@ -19,6 +19,7 @@
 mod block;
 mod f32net;
 mod head;
+mod pw;
 mod qnet;
 mod schedule;
 
@@ -838,7 +839,8 @@ mod tests {
         qmodel.quant = Some(quant::calibrate(&model, std::slice::from_ref(&x), Method::MinMax).unwrap());
         for isa in mnv2_kernels::isa::available() {
             for m in [&model, &qmodel] {
-                let e = Engine::new(m, Options { mode: Mode::Fast, threads: 1, isa: Some(isa) }).unwrap();
+                let e =
+                    Engine::new(m, Options { mode: Mode::Fast, threads: 1, isa: Some(isa), precision: None }).unwrap();
                 let (_, names) = e.kernels();
                 assert!(!names.is_empty());
                 for n in names {

@@ -1,0 +1,217 @@
+//! AVX-512 BF16 GEMM micro-kernels, blocked like the f32 ones (`crate::gemm`): `MR` rows x 32
+//! columns (28 zmm accumulators at MR = 14) or `MR` x 16 (24 at MR = 24) for layers with <= 16
+//! outputs. Per pair of input channels: one or two aligned panel loads, MR broadcasts of an A
+//! pair (32 bits) and 2*MR (or MR) `vdpbf16ps`, each two multiply-adds per lane: twice the
+//! f32 kernel's work per instruction. A is first rounded to bf16 pairs, once per call, into a
+//! per-thread scratch (`vcvtne2ps2bf16`). Column tails use masked stores.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use crate::aligned::AlignedVec;
+use crate::lanes::mask16;
+
+use super::{Args, PackedBf16Gemm};
+
+const MR32: usize = 14;
+const MR16: usize = 24;
+
+thread_local! {
+    /// A rounded to bf16 pairs: `[m][pairs]` 32-bit words; grows to the largest call.
+    static A16: RefCell<AlignedVec<u32>> = RefCell::new(AlignedVec::zeros(0));
+}
+
+/// Loop invariants of one panel of output columns.
+struct Panel {
+    pairs: usize,
+    ldc: usize,
+    ldr: usize,
+    /// Packed weight pairs `[pairs][nr]` and bias `[nr]` of this panel.
+    b: *const u32,
+    bias: *const f32,
+    m0: u16,
+    m1: u16,
+    lo: __m512,
+    hi: __m512,
+}
+
+impl Panel {
+    /// # Safety
+    /// The CPU has AVX-512 F; `r` (null for none) addresses the tile row's panel columns
+    /// (masked by `mask`).
+    #[inline(always)]
+    unsafe fn finish(&self, v: __m512, r: *const f32, mask: u16) -> __m512 {
+        let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
+        if r.is_null() {
+            v
+        } else {
+            _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r))
+        }
+    }
+}
+
+/// The A pair at `p` broadcast to every lane.
+///
+/// # Safety
+/// `p` is readable; the CPU has AVX-512 F.
+#[inline(always)]
+unsafe fn pair(p: *const u32) -> __m512bh {
+    // SAFETY: both are 512-bit vectors of plain bits.
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*p as i32))
+}
+
+/// The 16 weight pairs at `p` (64-byte aligned).
+///
+/// # Safety
+/// `p` is readable for 64 aligned bytes; the CPU has AVX-512 F.
+#[inline(always)]
+unsafe fn wpairs(p: *const u32) -> __m512bh {
+    // SAFETY: both are 512-bit vectors of plain bits.
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(p as *const __m512i))
+}
+
+/// One tile of MR rows x 32 columns.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/DQ and BF16; `a` addresses the tile's rows of bf16 pairs
+/// (stride `p.pairs`), `c` and `r` (null for none) its rows and the panel's columns with the
+/// strides `gemm_bf16` checked.
+#[inline(always)]
+unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *const f32) {
+    let mut acc0 = [_mm512_load_ps(p.bias); MR];
+    let mut acc1 = [_mm512_load_ps(p.bias.add(16)); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.pairs {
+        let b0 = wpairs(bp);
+        let b1 = wpairs(bp.add(16));
+        for i in 0..MR {
+            let av = pair(ap.add(i * p.pairs));
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);
+        }
+        bp = bp.add(32);
+        ap = ap.add(1);
+    }
+    for i in 0..MR {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        let cp = c.add(i * p.ldc);
+        _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
+        let rp = if r.is_null() { r } else { rp.add(16) };
+        _mm512_mask_storeu_ps(cp.add(16), p.m1, p.finish(acc1[i], rp, p.m1));
+    }
+}
+
+/// One tile of MR rows x 16 columns.
+///
+/// # Safety
+/// As [`tile32`].
+#[inline(always)]
+unsafe fn tile16<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *const f32) {
+    let mut acc = [_mm512_load_ps(p.bias); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.pairs {
+        let b0 = wpairs(bp);
+        for (i, x) in acc.iter_mut().enumerate() {
+            *x = _mm512_dpbf16_ps(*x, pair(ap.add(i * p.pairs)), b0);
+        }
+        bp = bp.add(16);
+        ap = ap.add(1);
+    }
+    for (i, x) in acc.iter().enumerate() {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        _mm512_mask_storeu_ps(c.add(i * p.ldc), p.m0, p.finish(*x, rp, p.m0));
+    }
+}
+
+macro_rules! by_rows {
+    ($rows:expr, $f:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $f::<1>($($arg),*), 2 => $f::<2>($($arg),*), 3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*), 5 => $f::<5>($($arg),*), 6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*), 8 => $f::<8>($($arg),*), 9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*), 11 => $f::<11>($($arg),*), 12 => $f::<12>($($arg),*),
+            13 => $f::<13>($($arg),*), 14 => $f::<14>($($arg),*), 15 => $f::<15>($($arg),*),
+            16 => $f::<16>($($arg),*), 17 => $f::<17>($($arg),*), 18 => $f::<18>($($arg),*),
+            19 => $f::<19>($($arg),*), 20 => $f::<20>($($arg),*), 21 => $f::<21>($($arg),*),
+            22 => $f::<22>($($arg),*), 23 => $f::<23>($($arg),*), 24 => $f::<24>($($arg),*),
+            _ => unreachable!("tile rows"),
+        }
+    };
+}
+
+/// Splits `m` rows into tiles of at most `mr`, evenly.
+#[inline(always)]
+fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
+    let count = m.div_ceil(mr);
+    (count, m / count, m % count)
+}
+
+/// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs, `[m][pairs]` in `dst`, a zero
+/// channel after an odd `k`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW and BF16; `a` is readable for the rows, `dst` holds `m * pairs`.
+#[inline(always)]
+unsafe fn round_rows(m: usize, k: usize, a: *const f32, lda: usize, dst: *mut u32, pairs: usize) {
+    for i in 0..m {
+        let (src, out) = (a.add(i * lda), dst.add(i * pairs));
+        let mut c = 0;
+        while c < k {
+            let left = k - c;
+            let lo = _mm512_maskz_loadu_ps(mask16(left), src.add(c));
+            let hi = _mm512_maskz_loadu_ps(mask16(left.saturating_sub(16)), src.add(c + 16));
+            // SAFETY: both are 512-bit vectors of plain bits.
+            let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi32(out.add(c / 2) as *mut i32, mask16(left.div_ceil(2)), v);
+            c += 32;
+        }
+    }
+}
+
+/// # Safety
+/// `args` must describe valid buffers for `w` (checked by `gemm_bf16`); the CPU must have
+/// AVX-512 F/BW/VL/DQ and BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
+    let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
+    A16.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < args.m * pairs {
+            *s = AlignedVec::zeros(args.m * pairs);
+        }
+        let a16 = s.as_mut_ptr();
+        round_rows(args.m, k, args.a, args.lda, a16, pairs);
+        let mr = if nr == 32 { MR32 } else { MR16 };
+        let (count, base, extra) = tiles(args.m, mr);
+        for pi in args.panels.clone() {
+            let n0 = pi * nr;
+            let cols = nr.min(n - n0);
+            let p = Panel {
+                pairs,
+                ldc: args.ldc,
+                ldr: args.ldr,
+                b: w.data.as_ptr().add(pi * pairs * nr),
+                bias: w.bias.as_ptr().add(n0),
+                m0: mask16(cols),
+                m1: mask16(cols.saturating_sub(16)),
+                lo: _mm512_set1_ps(args.act.min),
+                hi: _mm512_set1_ps(args.act.max),
+            };
+            let mut i = 0;
+            for t in 0..count {
+                let rows = base + usize::from(t < extra);
+                let a = a16.add(i * pairs);
+                let c = args.c.add(i * args.ldc + n0);
+                let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
+                if nr == 32 {
+                    by_rows!(rows, tile32, &p, a, c, r);
+                } else {
+                    by_rows!(rows, tile16, &p, a, c, r);
+                }
+                i += rows;
+            }
+        }
+    });
+}

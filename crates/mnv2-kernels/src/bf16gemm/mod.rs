@@ -1,0 +1,393 @@
+//! bf16 pointwise (1x1) convolution: bf16 x bf16 products accumulated in f32, with the f32
+//! GEMM's fused epilogue: `C[m][n] = clamp(bias[n] + sum_k A[m][k] * W[k][n]) + R[m][n]`.
+//!
+//! Weights are rounded to bf16 (round to nearest even) and packed once as pairs of
+//! consecutive input channels, `[n / nr][k / 2][nr]` 32-bit words (low half channel `2p`,
+//! high half `2p + 1`; an odd `k` is padded with a zero channel): the operand layout of
+//! `vdpbf16ps`, which multiplies one such pair per lane and adds both products to an f32
+//! lane. The activations stay f32 between layers; each call rounds its A rows to bf16 pairs
+//! once (`vcvtne2ps2bf16`, 32 values per instruction) into a per-thread scratch, and the
+//! micro-kernel broadcasts one pair per row and k step. Bias, clamp and residual stay f32.
+//!
+//! Kernels: `gemm_bf16_minmaxres_14x32_avx512bf16` (28 accumulators, two dot products per
+//! lane per instruction; 24x16 for layers with <= 16 outputs) and a portable twin,
+//! `gemm_bf16_minmaxres_1x16_scalar`, which rounds both operands the same way and
+//! accumulates in f32 in `vdpbf16ps` order (per pair: the odd channel's product, then the
+//! even one's), so the two agree to f32 rounding.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
+mod scalar;
+
+use crate::aligned::AlignedVec;
+use crate::isa::{Isa, Needs, Tier};
+use crate::MinMax;
+
+/// `v` rounded to bf16 (the high 16 bits of an f32) to nearest, ties to even, as
+/// `vcvtne2ps2bf16` does: denormals become a zero of the same sign, NaN stays a (quiet) NaN.
+#[inline]
+pub fn f32_to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    if v.is_subnormal() {
+        return ((bits >> 16) as u16) & 0x8000;
+    }
+    let bias = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(bias) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits `h` (exact).
+#[inline]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// `v` rounded to the nearest bf16 value, as an f32.
+#[inline]
+pub fn round_bf16(v: f32) -> f32 {
+    bf16_to_f32(f32_to_bf16(v))
+}
+
+/// One bf16 GEMM micro-kernel: its name (`{op}_{dtype}_{epilogue}_{mr}x{nr}_{isa}`), what it
+/// needs, its tile and its code.
+#[derive(Debug)]
+pub struct Bf16GemmKernel {
+    /// The kernel's name, as profiles and `mnv2 bench` print it.
+    pub name: &'static str,
+    /// What the CPU must have.
+    pub needs: Needs,
+    /// Rows (pixels) per register tile.
+    pub mr: usize,
+    /// Output channels per packed panel.
+    pub nr: usize,
+    /// The kernel is chosen only for layers with more outputs than this.
+    pub min_n: usize,
+    /// # Safety
+    /// `args` describe buffers valid for the packing, and the CPU has `needs`.
+    run: unsafe fn(&Args, &PackedBf16Gemm),
+}
+
+/// Every bf16 GEMM kernel built for this target, best first. There is no AVX2 or plain
+/// AVX-512 kernel: other CPUs run the scalar twin (the same numbers, slowly), and its name
+/// says so.
+pub static KERNELS: &[Bf16GemmKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    Bf16GemmKernel {
+        name: "gemm_bf16_minmaxres_14x32_avx512bf16",
+        needs: Needs::Avx512Bf16,
+        mr: 14,
+        nr: 32,
+        min_n: 16,
+        run: avx512bf16::gemm,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Bf16GemmKernel {
+        name: "gemm_bf16_minmaxres_24x16_avx512bf16",
+        needs: Needs::Avx512Bf16,
+        mr: 24,
+        nr: 16,
+        min_n: 0,
+        run: avx512bf16::gemm,
+    },
+    Bf16GemmKernel {
+        name: "gemm_bf16_minmaxres_1x16_scalar",
+        needs: Needs::Scalar,
+        mr: 1,
+        nr: 16,
+        min_n: 0,
+        run: scalar::gemm,
+    },
+];
+
+/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first (whatever
+/// `MNV2_ISA` says: see [`select`]).
+pub fn supported(tier: Tier) -> impl Iterator<Item = &'static Bf16GemmKernel> {
+    KERNELS.iter().filter(move |k| k.needs.granted(tier))
+}
+
+/// The best kernel for a layer of `n` outputs on `tier`; the AVX-512 BF16 kernels only while
+/// [`crate::isa::bf16_enabled`] (`MNV2_ISA` can lower them to the scalar twin).
+pub fn select(tier: Tier, n: usize) -> &'static Bf16GemmKernel {
+    supported(tier)
+        .filter(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
+        .find(|k| n > k.min_n)
+        .expect("the scalar kernel serves every layer")
+}
+
+/// 1x1 convolution weights rounded to bf16 and packed for one kernel.
+#[derive(Clone, Debug)]
+pub struct PackedBf16Gemm {
+    /// Input channels.
+    pub k: usize,
+    /// Output channels.
+    pub n: usize,
+    /// Output channels per panel.
+    pub nr: usize,
+    /// The kernel, granted by the tier it was packed with.
+    kernel: &'static Bf16GemmKernel,
+    /// `[panels][k.div_ceil(2)][nr]` pairs of bf16 (channel `2p` low, `2p + 1` high).
+    pub(crate) data: AlignedVec<u32>,
+    /// `[panels * nr]`, f32.
+    pub(crate) bias: AlignedVec<f32>,
+}
+
+impl PackedBf16Gemm {
+    /// Rounds `weights` (`[k][n]`, row-major f32) to bf16 and packs them with `bias` (`[n]`,
+    /// kept f32) for the best kernel of `tier`.
+    pub fn new(tier: Tier, weights: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedBf16Gemm {
+        PackedBf16Gemm::for_kernel(tier, select(tier, n), weights, k, n, bias)
+    }
+
+    /// Packs for `kernel`, which `tier` must grant (panics otherwise).
+    pub fn for_kernel(
+        tier: Tier,
+        kernel: &'static Bf16GemmKernel,
+        weights: &[f32],
+        k: usize,
+        n: usize,
+        bias: &[f32],
+    ) -> PackedBf16Gemm {
+        kernel.needs.assert_granted(kernel.name, tier);
+        assert_eq!(weights.len(), k * n, "weights are k x n");
+        assert_eq!(bias.len(), n, "one bias per output");
+        let nr = kernel.nr;
+        let (panels, pairs) = (n.div_ceil(nr), k.div_ceil(2));
+        let mut data = AlignedVec::<u32>::zeros(panels * pairs * nr);
+        let mut b = AlignedVec::zeros(panels * nr);
+        let w = |kk: usize, j: usize| if kk < k { f32_to_bf16(weights[kk * n + j]) as u32 } else { 0 };
+        for j in 0..n {
+            let (p, jj) = (j / nr, j % nr);
+            for q in 0..pairs {
+                data[(p * pairs + q) * nr + jj] = w(2 * q, j) | (w(2 * q + 1, j) << 16);
+            }
+        }
+        b[..n].copy_from_slice(bias);
+        PackedBf16Gemm { k, n, nr, kernel, data, bias: b }
+    }
+
+    /// Pairs of input channels (`k` rounded up to even, halved).
+    pub fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    /// Panels of `nr` output channels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+
+    /// Name of the micro-kernel this packing is for.
+    pub fn kernel_name(&self) -> &'static str {
+        self.kernel.name
+    }
+
+    /// The tier of the kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.needs.tier()
+    }
+}
+
+/// Raw arguments of a GEMM call; built and checked by [`gemm_bf16`].
+#[derive(Clone)]
+pub(crate) struct Args {
+    pub m: usize,
+    pub a: *const f32,
+    pub lda: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// Null for no residual.
+    pub r: *const f32,
+    pub ldr: usize,
+    pub act: MinMax,
+    /// The panels of output columns to compute.
+    pub panels: std::ops::Range<usize>,
+}
+
+/// `c[i * ldc + j] = act(bias[j] + sum_k bf16(a[i * lda + k]) * bf16(w[k][j])) (+
+/// residual[i * ldr + j])` for `i < m`, `j < w.n`, summed in f32.
+///
+/// Panics if a slice is too short for the strides.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: &PackedBf16Gemm,
+    c: &mut [f32],
+    ldc: usize,
+    act: MinMax,
+    residual: Option<(&[f32], usize)>,
+) {
+    gemm_bf16_panels(m, a, lda, w, c, ldc, act, residual, 0..w.panels())
+}
+
+/// [`gemm_bf16()`] restricted to the output columns of `panels` (of `w.nr` columns each).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_panels(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: &PackedBf16Gemm,
+    c: &mut [f32],
+    ldc: usize,
+    act: MinMax,
+    residual: Option<(&[f32], usize)>,
+    panels: std::ops::Range<usize>,
+) {
+    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
+    if m == 0 || w.n == 0 || panels.is_empty() {
+        return;
+    }
+    assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
+    assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
+    let (r, ldr) = match residual {
+        Some((r, ldr)) => {
+            assert!(ldr >= w.n && r.len() >= (m - 1) * ldr + w.n, "residual too short");
+            (r.as_ptr(), ldr)
+        }
+        None => (std::ptr::null(), 0),
+    };
+    let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels };
+    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
+    // that this CPU runs it.
+    unsafe { (w.kernel.run)(&args, w) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(seed: u64, n: usize) -> Vec<f32> {
+        crate::test_vals::uniform(seed, n, -1.0, 2.0)
+    }
+
+    /// Every kernel of the registry the host runs, with the host's best tier (which grants it);
+    /// the others print `SKIPPED`.
+    fn host_kernels() -> Vec<(Tier, &'static Bf16GemmKernel)> {
+        let tier = *Tier::host().last().expect("scalar");
+        KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even 1.0.
+        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: to the even one.
+        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(f32_to_bf16(-2.5), 0xc020);
+        assert_eq!(f32_to_bf16(f32::MAX), 0x7f80, "overflow rounds to infinity");
+        assert_eq!(f32_to_bf16(-1e-40), 0x8000, "denormals flush to signed zero");
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        assert_eq!(round_bf16(3.0), 3.0);
+    }
+
+    #[test]
+    fn every_kernel_matches_the_twin_on_edge_and_real_shapes() {
+        let kernels = host_kernels();
+        eprintln!("bf16 gemm kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
+        let mut worst = 0f32;
+        for (tier, kern) in kernels {
+            let (mr, nr) = (kern.mr, kern.nr);
+            let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
+            ms.dedup();
+            let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40)];
+            // Every distinct pointwise shape class of MobileNetV2 224/1.0 (k, n).
+            kns.extend([(16, 96), (24, 144), (144, 24), (32, 16), (96, 24), (160, 960), (320, 1280), (1280, 40)]);
+            for &(k, n) in &kns {
+                let w = vals(k as u64 * 31 + n as u64, k * n);
+                let b = vals(7 + n as u64, n);
+                let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
+                assert_eq!(p.kernel_name(), kern.name);
+                for &m in &ms {
+                    let lda = k + 3;
+                    let a = vals(m as u64, m * lda);
+                    let r = vals(99, m * n);
+                    for (act, res) in [
+                        (MinMax::NONE, None),
+                        (MinMax::RELU6, Some(r.as_slice())),
+                        (MinMax { min: -0.5, max: 0.25 }, None),
+                    ] {
+                        let want = crate::reference::gemm_bf16(m, k, n, &a, lda, &w, &b, act, res);
+                        let mut c = vec![f32::NAN; m * n];
+                        gemm_bf16(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
+                        // Same rounded operands, exact products, f32 sums in the same order: the
+                        // ISA defines the result (0 difference measured on AMD Zen 4); allow
+                        // only f32 accumulation-order rounding.
+                        for (x, y) in c.iter().zip(&want) {
+                            let err = (x - y).abs();
+                            worst = worst.max(err / y.abs().max(1.0));
+                            assert!(
+                                err <= f32::EPSILON * (k as f32).sqrt() * y.abs().max(1.0),
+                                "{} m={m} k={k} n={n}: {x} vs twin {y}",
+                                kern.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        println!("bf16 gemm: max relative difference to the twin {worst:e}");
+    }
+
+    #[test]
+    fn the_twin_is_bf16_not_f32() {
+        // Operands that bf16 cannot hold: the twin's sum must be that of the rounded values.
+        let (k, n) = (4, 1);
+        let w = [1.0 + 1.0 / 512.0, 3.0, 1.0 / 3.0, 7.0];
+        let a = [1.0 / 3.0, 1.0 + 1.0 / 1024.0, 2.0, 0.1];
+        let got = crate::reference::gemm_bf16(1, k, n, &a, k, &w, &[0.0], MinMax::NONE, None)[0];
+        let want: f32 = a.iter().zip(&w).map(|(x, y)| round_bf16(*x) * round_bf16(*y)).sum();
+        assert!((got - want).abs() <= 1e-6, "{got} vs {want}");
+        let exact: f32 = a.iter().zip(&w).map(|(x, y)| x * y).sum();
+        assert!((got - exact).abs() > 1e-4, "rounding must show: {got} vs {exact}");
+    }
+
+    #[test]
+    fn selection_follows_the_tier_and_the_width() {
+        assert_eq!(select(Tier::Scalar, 100).name, "gemm_bf16_minmaxres_1x16_scalar");
+        for tier in Tier::host() {
+            for n in [1, 16, 17, 1280] {
+                let k = select(tier, n);
+                assert!(k.needs.granted(tier) && n > k.min_n, "{} for n={n} on {tier:?}", k.name);
+                let fast = tier.bf16().is_some() && crate::isa::bf16_enabled();
+                assert_eq!(k.needs == Needs::Avx512Bf16, fast, "{} on {tier:?}", k.name);
+            }
+        }
+    }
+
+    #[test]
+    fn panel_ranges_compute_only_their_columns() {
+        for (tier, kern) in host_kernels() {
+            let (m, k, n) = (5, 7, 70);
+            let w = vals(3, k * n);
+            let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &vec![0.5; n]);
+            let a = vals(4, m * k);
+            let mut full = vec![0.0; m * n];
+            gemm_bf16(m, &a, k, &p, &mut full, n, MinMax::NONE, None);
+            let mut parts = vec![f32::NAN; m * n];
+            let half = p.panels() / 2;
+            gemm_bf16_panels(m, &a, k, &p, &mut parts, n, MinMax::NONE, None, 0..half);
+            assert!(parts[half * p.nr..n].iter().all(|v| v.is_nan()), "{}", kern.name);
+            gemm_bf16_panels(m, &a, k, &p, &mut parts, n, MinMax::NONE, None, half..p.panels());
+            assert_eq!(parts, full, "{}", kern.name);
+        }
+    }
+
+    #[test]
+    fn strided_output_leaves_gaps_untouched() {
+        for (tier, kern) in host_kernels() {
+            let (m, k, n) = (9, 5, 20);
+            let w = vals(1, k * n);
+            let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &vec![0.0; n]);
+            let a = vals(2, m * k);
+            let mut c = vec![-7.0; m * 24];
+            gemm_bf16(m, &a, k, &p, &mut c, 24, MinMax::NONE, None);
+            for i in 0..m {
+                assert!(c[i * 24 + 20..i * 24 + 24].iter().all(|v| *v == -7.0), "{}", kern.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Portable twin of the bf16 GEMM kernels: one row x 16 columns, operands rounded to bf16,
+//! f32 sums in `vdpbf16ps` order (per pair of channels: the odd one's product, then the even
+//! one's; both products are exact in f32).
+
+use super::{bf16_to_f32, f32_to_bf16, Args, PackedBf16Gemm};
+
+/// # Safety
+/// `args` must describe valid, non-overlapping buffers for `w` (checked by `gemm_bf16`).
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
+    let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
+    let mut a16 = vec![0f32; 2 * pairs];
+    for i in 0..args.m {
+        let a = args.a.add(i * args.lda);
+        for (kk, v) in a16.iter_mut().enumerate().take(k) {
+            *v = bf16_to_f32(f32_to_bf16(*a.add(kk)));
+        }
+        for p in args.panels.clone() {
+            let n0 = p * nr;
+            let panel = &w.data[p * pairs * nr..(p + 1) * pairs * nr];
+            let mut acc = [0f32; 16];
+            acc[..nr].copy_from_slice(&w.bias[n0..n0 + nr]);
+            for q in 0..pairs {
+                let (lo, hi) = (a16[2 * q], a16[2 * q + 1]);
+                for (o, pair) in acc.iter_mut().zip(&panel[q * nr..(q + 1) * nr]) {
+                    *o += hi * bf16_to_f32((pair >> 16) as u16);
+                    *o += lo * bf16_to_f32(*pair as u16);
+                }
+            }
+            for (j, v) in acc.iter().enumerate().take(nr.min(n - n0)) {
+                let mut y = args.act.apply(*v);
+                if !args.r.is_null() {
+                    y += *args.r.add(i * args.ldr + n0 + j);
+                }
+                *args.c.add(i * args.ldc + n0 + j) = y;
+            }
+        }
+    }
+}

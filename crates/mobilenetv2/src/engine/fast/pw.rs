@@ -1,0 +1,94 @@
+//! A pointwise (1x1) convolution packed for the f32 or the bf16 GEMM kernels: what the f32
+//! network and the heads hold for each 1x1 layer, so one executor serves both precisions.
+
+use std::ops::Range;
+
+use mnv2_kernels::bf16gemm::{gemm_bf16_panels, PackedBf16Gemm};
+use mnv2_kernels::gemm::{gemm_panels, PackedGemm};
+use mnv2_kernels::{MinMax, Tier};
+
+/// Weights of one 1x1 convolution, packed for one kernel family.
+pub(crate) enum PackedPw {
+    /// f32 products.
+    F32(PackedGemm),
+    /// bf16 products, f32 sums (activations rounded to bf16 on entry).
+    Bf16(PackedBf16Gemm),
+}
+
+impl PackedPw {
+    /// Packs `weights` (`[k][n]`) and `bias` (`[n]`) for the best kernel of `tier`, in bf16
+    /// when `bf16`.
+    pub fn new(tier: Tier, bf16: bool, weights: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedPw {
+        if bf16 {
+            PackedPw::Bf16(PackedBf16Gemm::new(tier, weights, k, n, bias))
+        } else {
+            PackedPw::F32(PackedGemm::new(tier, weights, k, n, bias))
+        }
+    }
+
+    /// Output channels.
+    pub fn n(&self) -> usize {
+        match self {
+            PackedPw::F32(w) => w.n,
+            PackedPw::Bf16(w) => w.n,
+        }
+    }
+
+    /// Output channels per panel.
+    pub fn nr(&self) -> usize {
+        match self {
+            PackedPw::F32(w) => w.nr,
+            PackedPw::Bf16(w) => w.nr,
+        }
+    }
+
+    /// Panels of [`PackedPw::nr`] output channels.
+    pub fn panels(&self) -> usize {
+        match self {
+            PackedPw::F32(w) => w.panels(),
+            PackedPw::Bf16(w) => w.panels(),
+        }
+    }
+
+    /// The micro-kernel's name.
+    pub fn kernel_name(&self) -> &'static str {
+        match self {
+            PackedPw::F32(w) => w.kernel_name(),
+            PackedPw::Bf16(w) => w.kernel_name(),
+        }
+    }
+
+    /// `c = act(a w + bias) (+ residual)` for `m` rows (see `mnv2_kernels::gemm::gemm`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        act: MinMax,
+        residual: Option<(&[f32], usize)>,
+    ) {
+        self.gemm_panels(m, a, lda, c, ldc, act, residual, 0..self.panels())
+    }
+
+    /// [`PackedPw::gemm`] for the output columns of `panels` only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_panels(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        act: MinMax,
+        residual: Option<(&[f32], usize)>,
+        panels: Range<usize>,
+    ) {
+        match self {
+            PackedPw::F32(w) => gemm_panels(m, a, lda, w, c, ldc, act, residual, panels),
+            PackedPw::Bf16(w) => gemm_bf16_panels(m, a, lda, w, c, ldc, act, residual, panels),
+        }
+    }
+}
