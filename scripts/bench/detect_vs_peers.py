@@ -126,7 +126,7 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--resolution", type=int, default=300)
     ap.add_argument("--engines", default="mnv2,ort,openvino")
-    ap.add_argument("--mnv2-modes", default="fast", help="comma-separated mnv2 engine modes (fast, streaming)")
+    ap.add_argument("--mnv2-modes", default="fast", help="comma-separated mnv2 engine modes (fast, streaming), each optionally with a precision: fast-bf16")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batch8-threads", type=int, default=2, help="0: no batch-8 rows")
     ap.add_argument("--runs-b1", type=int, default=100)
@@ -164,9 +164,10 @@ def main():
 
     def command(label, batch, t, runs, out_npz):
         if label.startswith("mnv2"):
-            mode = label.split()[1]
+            # "fast" or "fast-bf16": the engine mode, then an optional --precision.
+            mode, _, precision = label.split()[1].partition("-")
             return [a.bin, "bench", "--weights", a.weights, "--input", inputs[batch], "--threads", str(t),
-                    "--runs", str(runs), "--mode", mode, "--json"]
+                    "--runs", str(runs), "--mode", mode, "--json"] + (["--precision", precision] if precision else [])
         warm_runs, warm_s = (10, 1.0) if batch == 1 else (3, 0.0)
         return [sys.executable, worker_py, label, a.onnx, inputs[batch], str(t), str(runs), str(warm_runs),
                 str(warm_s), out_npz]

@@ -3,9 +3,11 @@
 # weights (a torchvision MobileNetV2, seed 0), with the workplace's peer harness
 # (shared/bench/peers: it waits for a quiet machine, retries contended runs, and measures peak
 # RSS with /usr/bin/time). fp32 first, then int8 (mnv2 quantised on the same 16 synthetic
-# calibration images the peers' int8 models used).
+# calibration images the peers' int8 models used), then bf16 (mnv2 --precision bf16 beside
+# OpenVINO's bf16 hint and mnv2 fp32).
 #
-#   bash scripts/bench/peers.sh [--passes N]        results in bench/results/{fp32,int8}.md
+#   bash scripts/bench/peers.sh [--passes N]        results in bench/results/{fp32,int8,bf16}.md
+#   PARTS="bf16" bash scripts/bench/peers.sh ...     only some of the parts (default: fp32 int8 bf16)
 #
 # Needs python3 with venv/pip (the peers are installed from PyPI into $WORK/.venv).
 set -euo pipefail
@@ -39,11 +41,16 @@ PYEOF
 
 mkdir -p "$ROOT/bench/results"
 cd "$WORK"
-MNV2_BIN="$BIN" "$PY" run_peers.py --engines mnv2,ort,openvino,tflite --passes "$PASSES"
-cp results/results.md "$ROOT/bench/results/fp32.md"
-cp results/raw.json "$ROOT/bench/results/fp32.json"
-MNV2_BIN="$BIN" MNV2_INT8_WEIGHTS="$WORK/mnv2_seed0_int8.safetensors" "$PY" run_peers.py \
-    --engines mnv2_int8,ort_int8,openvino_int8,tflite_int8 --passes "$PASSES"
-cp results/results.md "$ROOT/bench/results/int8.md"
-cp results/raw.json "$ROOT/bench/results/int8.json"
-echo "peers.sh: tables in bench/results/fp32.md and bench/results/int8.md"
+PARTS="${PARTS:-fp32 int8 bf16}"
+for part in $PARTS; do
+    case "$part" in
+        fp32) MNV2_BIN="$BIN" "$PY" run_peers.py --engines mnv2,ort,openvino,tflite --passes "$PASSES" ;;
+        int8) MNV2_BIN="$BIN" MNV2_INT8_WEIGHTS="$WORK/mnv2_seed0_int8.safetensors" "$PY" run_peers.py \
+                  --engines mnv2_int8,ort_int8,openvino_int8,tflite_int8 --passes "$PASSES" ;;
+        bf16) MNV2_BIN="$BIN" "$PY" run_peers.py --engines mnv2_bf16,openvino_bf16,mnv2 --passes "$PASSES" ;;
+        *) echo "peers.sh: unknown part $part (fp32, int8, bf16)" >&2; exit 2 ;;
+    esac
+    cp results/results.md "$ROOT/bench/results/$part.md"
+    cp results/raw.json "$ROOT/bench/results/$part.json"
+    echo "peers.sh: table in bench/results/$part.md"
+done
