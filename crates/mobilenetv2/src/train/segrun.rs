@@ -352,6 +352,8 @@ pub fn train_segmentation(cfg: &SegConfig, resume: bool, on: &mut dyn FnMut(Even
     }
     let mut model = s.model.clone();
     s.net.store(&mut model);
+    // The dataset's class names travel with the model (`mnv2 segment` prints them).
+    model.labels = Some(train.class_names.clone());
     let out = cfg.out.join("final.safetensors");
     model.save(&out)?;
     Ok(out)
