@@ -1166,6 +1166,37 @@ mod tests {
         }
     }
 
+    /// The forward pass, its moments and both gradients give the same bits on 1, 2 and 3
+    /// threads (rows are shared out whole; the gemm crate splits the weight gradient's output).
+    #[test]
+    fn atrous_is_the_same_on_any_thread_count() {
+        let isa = Tier::new(mnv2_kernels::isa::best()).unwrap();
+        let a = Atrous { n: 2, h: 9, w: 11, rate: 2, cin: 40, cout: 72 };
+        let mut rng = Rng::new(4);
+        let src = vals(&mut rng, 2 * 9 * 11 * 40);
+        let g = vals(&mut rng, 2 * 9 * 11 * 72);
+        let taps = vals(&mut rng, 9 * 40 * 72);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut work = Work::default();
+                let mut x = vec![0f32; g.len()];
+                let mo = atrous_forward(isa, a, &src, &taps, &mut x, true, &mut work).unwrap();
+                let mut din = vec![0f32; src.len()];
+                atrous_input_grad(a, &g, &taps, &mut din, false);
+                let mut dt = vec![0f32; taps.len()];
+                atrous_weight_grad(a, &src, &g, &mut dt, &mut work);
+                (x, mo.mean, mo.var, din, dt)
+            })
+        };
+        let one = run(1);
+        for t in [2, 3] {
+            let other = run(t);
+            assert!(one.0 == other.0 && one.1 == other.1 && one.2 == other.2, "forward on {t} threads");
+            assert!(one.3 == other.3 && one.4 == other.4, "gradients on {t} threads");
+        }
+    }
+
     /// Taps wholly in the padding are skipped: with a rate of at least the map's size only the
     /// centre tap remains, a 1x1 convolution, and the other taps' weight gradients are zero.
     #[test]
