@@ -41,8 +41,7 @@ pub struct Args {
     /// Segmentation: the head (DeepLabv3, the paper's section 6.3)
     #[arg(long, value_enum, default_value_t = HeadArg::Deeplab)]
     head: HeadArg,
-    /// Segmentation: the head with ASPP (three 3x3 atrous branches, rates 6/12/18 at output
-    /// stride 16, doubled at 8)
+    /// Segmentation: the ASPP head (not trainable yet: refused)
     #[arg(long)]
     aspp: bool,
     /// Segmentation: output stride of the backbone (16 or 8)
