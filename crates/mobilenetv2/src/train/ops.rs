@@ -515,6 +515,15 @@ pub fn bn_backward_sums(
     sum_parts(parts, c)
 }
 
+/// `g = dx` in place of the output gradient `g` over all rows of `bwd.x` (`c` wide): the
+/// BatchNorm + clamp backward once its reductions are known.
+pub fn bn_backward_in_place(isa: Tier, bwd: BnBwd, c: usize, g: &mut [f32]) {
+    g.par_chunks_mut(ROWS * c).enumerate().for_each(|(i, g)| {
+        let lo = i * ROWS;
+        bwd.rows_in_place(isa, lo, lo + g.len() / c, c, g)
+    });
+}
+
 fn sum_parts(parts: &[f64], c: usize) -> BnSums {
     let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
     for p in parts.chunks_exact(2 * c) {
@@ -866,5 +875,349 @@ pub fn stem_cols_to_weights(wc: &[f32], cout: usize, w: &mut [f32]) {
                 w[(o * 3 + ci) * 9 + t] = wc[o * 27 + t * 3 + ci];
             }
         }
+    }
+}
+
+/// A dense 3x3 convolution with stride 1 and dilation `rate`, zero-padded by `rate` on every
+/// side (TF's 'SAME'), from `cin` to `cout` channels over `n` NHWC images of `h x w`: DeepLab's
+/// atrous ASPP branches. It runs as up to nine shifted 1x1 products, without im2col: tap
+/// `(ky, kx)` reads the input moved by `((ky - 1) rate, (kx - 1) rate)`, and only the window
+/// of output pixels whose moved input lies inside the image is multiplied, row by row, straight
+/// from the stored rows by the `gemm` crate. A tap whose window is empty (a rate at least the
+/// map's size, all in the padding) costs nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Atrous {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub rate: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+impl Atrous {
+    /// The shift of kernel index `k` (0, 1, 2) along an axis.
+    fn shift(&self, k: usize) -> isize {
+        (k as isize - 1) * self.rate as isize
+    }
+
+    /// The output coordinates `lo..hi` along an axis of `size` whose input, moved by `s`, lies
+    /// inside it (empty when the whole tap is in the padding).
+    fn span(size: usize, s: isize) -> (usize, usize) {
+        let lo = (-s).max(0) as usize;
+        let hi = (size as isize - s.max(0)).max(0) as usize;
+        (lo.min(hi), hi)
+    }
+
+    /// Taps whose window is not empty: `(tap index ky * 3 + kx, dy, (x0, x1), dx)` with `x0..x1`
+    /// the output columns it covers; the centre tap first (it covers every pixel).
+    fn taps(&self) -> Vec<(usize, isize, (usize, usize), isize)> {
+        let mut out = Vec::with_capacity(9);
+        for t in [4, 0, 1, 2, 3, 5, 6, 7, 8] {
+            let (dy, dx) = (self.shift(t / 3), self.shift(t % 3));
+            let (y0, y1) = Atrous::span(self.h, dy);
+            let (x0, x1) = Atrous::span(self.w, dx);
+            if y0 < y1 && x0 < x1 {
+                out.push((t, dy, (x0, x1), dx));
+            }
+        }
+        out
+    }
+
+    /// Input row read by output row `y` through a tap moved by `dy`, if inside the image.
+    fn in_row(&self, y: usize, dy: isize) -> Option<usize> {
+        let iy = y as isize + dy;
+        (0..self.h as isize).contains(&iy).then_some(iy as usize)
+    }
+}
+
+/// PyTorch weights `[cout][cin][3][3]` to one `[cin][cout]` matrix per tap (`[9][cin][cout]`)
+/// in `out`.
+pub fn atrous_taps(w: &[f32], cin: usize, cout: usize, out: &mut [f32]) {
+    for o in 0..cout {
+        for i in 0..cin {
+            for t in 0..9 {
+                out[(t * cin + i) * cout + o] = w[(o * cin + i) * 9 + t];
+            }
+        }
+    }
+}
+
+/// The inverse of [`atrous_taps`].
+pub fn atrous_taps_to_weights(taps: &[f32], cin: usize, cout: usize, w: &mut [f32]) {
+    for o in 0..cout {
+        for i in 0..cin {
+            for t in 0..9 {
+                w[(o * cin + i) * 9 + t] = taps[(t * cin + i) * cout + o];
+            }
+        }
+    }
+}
+
+/// The atrous convolution `x = conv(src)` (`src` `n h w x cin`, `x` `n h w x cout`, weights
+/// per tap from [`atrous_taps`]), with the moments of `x` per channel when `stats`. Output rows
+/// are shared out over threads; each is the sum of its taps in a fixed order.
+pub fn atrous_forward(
+    isa: Tier,
+    a: Atrous,
+    src: &[f32],
+    taps: &[f32],
+    x: &mut [f32],
+    stats: bool,
+    work: &mut Work,
+) -> Option<Moments> {
+    let Atrous { n, h, w, cin, cout, .. } = a;
+    let row_out = w * cout;
+    let list = a.taps();
+    let parts = grow(&mut work.f64s, n * h * 2 * cout);
+    x[..n * h * row_out].par_chunks_mut(row_out).zip(parts.par_chunks_mut(2 * cout)).enumerate().for_each(
+        |(r, (xr, pr))| {
+            let (i, y) = (r / h, r % h);
+            for &(t, dy, (x0, x1), dx) in &list {
+                let Some(iy) = a.in_row(y, dy) else { continue };
+                let start = ((i * h + iy) * w) as isize + x0 as isize + dx;
+                let lhs = mm::Mat { data: &src[start as usize * cin..], rows: x1 - x0, cols: cin, rs: cin, cs: 1 };
+                let rhs = mm::Mat::row_major(&taps[t * cin * cout..][..cin * cout], cin, cout);
+                mm::matmul(&mut xr[x0 * cout..], cout, lhs, rhs, t != 4, 1);
+            }
+            if stats {
+                with_scratch(|s| moments_of(isa, xr, cout, pr, &mut s.t, &mut s.d));
+            }
+        },
+    );
+    stats.then(|| merge_moments(parts, std::iter::repeat_n(w, n * h), cout))
+}
+
+/// The input gradient of [`atrous_forward`]: `din (+)= conv^T(dx)` from the gradient `dx` of
+/// its output (`n h w x cout`), added to `din` when `accumulate`. Input rows are shared out over
+/// threads; each gathers the output rows that read it.
+pub fn atrous_input_grad(a: Atrous, dx: &[f32], taps: &[f32], din: &mut [f32], accumulate: bool) {
+    let Atrous { n, h, w, cin, cout, .. } = a;
+    let row_in = w * cin;
+    let list = a.taps();
+    din[..n * h * row_in].par_chunks_mut(row_in).enumerate().for_each(|(r, dr)| {
+        let (i, iy) = (r / h, r % h);
+        for &(t, dy, (x0, x1), dx_) in &list {
+            // The output row that reads input row `iy` through this tap.
+            let Some(y) = a.in_row(iy, -dy) else { continue };
+            let lhs =
+                mm::Mat { data: &dx[((i * h + y) * w + x0) * cout..], rows: x1 - x0, cols: cout, rs: cout, cs: 1 };
+            let rhs = mm::Mat::row_major(&taps[t * cin * cout..][..cin * cout], cin, cout).t();
+            let col = (x0 as isize + dx_) as usize;
+            mm::matmul(&mut dr[col * cin..], cin, lhs, rhs, accumulate || t != 4, 1);
+        }
+    });
+}
+
+/// Output pixels per gathered chunk of [`atrous_weight_grad`].
+const ATROUS_CHUNK: usize = 4096;
+
+/// The weight gradient of [`atrous_forward`] per tap (`[9][cin][cout]`, see [`atrous_taps`]):
+/// for each tap, the windows of `src` and of the output gradient `dx` it pairs are gathered
+/// (a chunk of pixels at a time) and multiplied, `src^T dx`, by the `gemm` crate on every
+/// thread (it splits the output, so the sums do not depend on the thread count). Taps in the
+/// padding get zero.
+pub fn atrous_weight_grad(a: Atrous, src: &[f32], dx: &[f32], dtaps: &mut [f32], work: &mut Work) {
+    let Atrous { n, h, w, cin, cout, .. } = a;
+    let dtaps = &mut dtaps[..9 * cin * cout];
+    dtaps.fill(0.0);
+    let buf = grow(&mut work.f32s, ATROUS_CHUNK.min(n * h * w) * (cin + cout));
+    let (abuf, gbuf) = buf.split_at_mut(ATROUS_CHUNK.min(n * h * w) * cin);
+    for (t, dy, (x0, x1), dx_) in a.taps() {
+        let (y0, y1) = Atrous::span(h, dy);
+        let (per_row, rows) = (x1 - x0, y1 - y0);
+        // Output rows `(i, y)` of the window, gathered ATROUS_CHUNK pixels (whole rows) at a time.
+        let all: Vec<(usize, usize)> = (0..n).flat_map(|i| (y0..y1).map(move |y| (i, y))).collect();
+        let per_chunk = (ATROUS_CHUNK / per_row).max(1);
+        let dst = &mut dtaps[t * cin * cout..][..cin * cout];
+        debug_assert_eq!(all.len(), n * rows);
+        for (c, group) in all.chunks(per_chunk).enumerate() {
+            let p = group.len() * per_row;
+            abuf[..p * cin]
+                .par_chunks_mut(per_row * cin)
+                .zip(gbuf[..p * cout].par_chunks_mut(per_row * cout))
+                .zip(group)
+                .for_each(|((ar, gr), &(i, y))| {
+                    let iy = (y as isize + dy) as usize;
+                    let ix = (x0 as isize + dx_) as usize;
+                    ar.copy_from_slice(&src[((i * h + iy) * w + ix) * cin..][..per_row * cin]);
+                    gr.copy_from_slice(&dx[((i * h + y) * w + x0) * cout..][..per_row * cout]);
+                });
+            let lhs = mm::Mat::row_major(&abuf[..p * cin], p, cin).t();
+            let rhs = mm::Mat::row_major(&gbuf[..p * cout], p, cout);
+            mm::matmul(dst, cout, lhs, rhs, c > 0, threads());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn vals(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// The direct definition in f64: `out[i, y, x, o] = sum w[o, c, ky, kx] src[i, y + dy, x + dx, c]`.
+    fn naive(a: Atrous, src: &[f32], w: &[f32]) -> Vec<f64> {
+        let Atrous { n, h, w: wd, rate, cin, cout } = a;
+        let mut out = vec![0f64; n * h * wd * cout];
+        for i in 0..n {
+            for y in 0..h {
+                for x in 0..wd {
+                    for t in 0..9 {
+                        let iy = y as isize + (t as isize / 3 - 1) * rate as isize;
+                        let ix = x as isize + (t as isize % 3 - 1) * rate as isize;
+                        if !(0..h as isize).contains(&iy) || !(0..wd as isize).contains(&ix) {
+                            continue;
+                        }
+                        let px = &src[((i * h + iy as usize) * wd + ix as usize) * cin..][..cin];
+                        for o in 0..cout {
+                            let s: f64 = (0..cin).map(|c| w[(o * cin + c) * 9 + t] as f64 * px[c] as f64).sum();
+                            out[((i * h + y) * wd + x) * cout + o] += s;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn close(ours: &[f32], want: &[f64], what: &str) {
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (k, (a, b)) in ours.iter().zip(want).enumerate() {
+            assert!((*a as f64 - b).abs() <= 1e-5 * scale.max(1.0), "{what}[{k}]: {a} vs {b}");
+        }
+    }
+
+    /// Forward, input gradient and weight gradient of the shifted-product atrous convolution
+    /// against the direct definition and its exact adjoints, at rates that leave every tap
+    /// partly inside the map, some taps wholly in the padding, and all but the centre tap
+    /// there; on maps wider than tall and the reverse.
+    #[test]
+    fn atrous_matches_direct_convolution_and_its_adjoints() {
+        let isa = Tier::new(mnv2_kernels::isa::best()).unwrap();
+        let mut rng = Rng::new(5);
+        let mut work = Work::default();
+        for (n, h, w, rate, cin, cout) in [
+            (2, 7, 9, 1, 5, 6),
+            (2, 7, 9, 3, 5, 6),
+            (1, 9, 6, 6, 4, 3),
+            (1, 20, 21, 18, 3, 4),
+            (3, 5, 4, 18, 3, 7),
+            (1, 1, 1, 2, 2, 2),
+        ] {
+            let a = Atrous { n, h, w, rate, cin, cout };
+            let what = format!("{a:?}");
+            let src = vals(&mut rng, n * h * w * cin);
+            let wt = vals(&mut rng, cout * cin * 9);
+            let mut taps = vec![f32::NAN; wt.len()];
+            atrous_taps(&wt, cin, cout, &mut taps);
+            let mut back = vec![0f32; wt.len()];
+            atrous_taps_to_weights(&taps, cin, cout, &mut back);
+            assert_eq!(back, wt);
+            // Forward and its moments.
+            let want = naive(a, &src, &wt);
+            let mut x = vec![f32::NAN; n * h * w * cout];
+            let mo = atrous_forward(isa, a, &src, &taps, &mut x, true, &mut work).unwrap();
+            close(&x, &want, &format!("{what} forward"));
+            for o in 0..cout {
+                let col: Vec<f64> = want.iter().skip(o).step_by(cout).copied().collect();
+                let mean = col.iter().sum::<f64>() / col.len() as f64;
+                let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64;
+                assert!((mo.mean[o] - mean).abs() < 1e-5 && (mo.var[o] - var).abs() < 1e-4 * var.max(1.0), "{what}");
+            }
+            // Input gradient: the adjoint, column by column of the direct operator (a basis
+            // vector of the output gradient at each output pixel and channel in turn would be
+            // slow; instead <dx, conv(e_j)> for every input basis vector e_j).
+            let g = vals(&mut rng, n * h * w * cout);
+            let prior = vals(&mut rng, n * h * w * cin);
+            let mut din = prior.clone();
+            atrous_input_grad(a, &g, &taps, &mut din, true);
+            let mut fresh = vec![f32::NAN; din.len()];
+            atrous_input_grad(a, &g, &taps, &mut fresh, false);
+            let mut e = vec![0f32; src.len()];
+            let mut want_din = vec![0f64; src.len()];
+            for j in 0..src.len() {
+                e[j] = 1.0;
+                let col = naive(a, &e, &wt);
+                want_din[j] = col.iter().zip(&g).map(|(c, g)| c * *g as f64).sum();
+                e[j] = 0.0;
+            }
+            close(&fresh, &want_din, &format!("{what} input gradient"));
+            let with_prior: Vec<f64> = want_din.iter().zip(&prior).map(|(d, p)| d + *p as f64).collect();
+            close(&din, &with_prior, &format!("{what} accumulated input gradient"));
+            // Weight gradient: d/dw[o, c, t] of <g, conv(src)> = <g, conv with a unit weight>.
+            let mut dtaps = vec![f32::NAN; taps.len()];
+            atrous_weight_grad(a, &src, &g, &mut dtaps, &mut work);
+            let mut dw = vec![0f32; wt.len()];
+            atrous_taps_to_weights(&dtaps, cin, cout, &mut dw);
+            let mut unit = vec![0f32; wt.len()];
+            let want_dw: Vec<f64> = (0..wt.len())
+                .map(|j| {
+                    unit[j] = 1.0;
+                    let col = naive(a, &src, &unit);
+                    unit[j] = 0.0;
+                    col.iter().zip(&g).map(|(c, g)| c * *g as f64).sum()
+                })
+                .collect();
+            close(&dw, &want_dw, &format!("{what} weight gradient"));
+        }
+    }
+
+    /// The forward pass, its moments and both gradients give the same bits on 1, 2 and 3
+    /// threads (rows are shared out whole; the gemm crate splits the weight gradient's output).
+    #[test]
+    fn atrous_is_the_same_on_any_thread_count() {
+        let isa = Tier::new(mnv2_kernels::isa::best()).unwrap();
+        let a = Atrous { n: 2, h: 9, w: 11, rate: 2, cin: 40, cout: 72 };
+        let mut rng = Rng::new(4);
+        let src = vals(&mut rng, 2 * 9 * 11 * 40);
+        let g = vals(&mut rng, 2 * 9 * 11 * 72);
+        let taps = vals(&mut rng, 9 * 40 * 72);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut work = Work::default();
+                let mut x = vec![0f32; g.len()];
+                let mo = atrous_forward(isa, a, &src, &taps, &mut x, true, &mut work).unwrap();
+                let mut din = vec![0f32; src.len()];
+                atrous_input_grad(a, &g, &taps, &mut din, false);
+                let mut dt = vec![0f32; taps.len()];
+                atrous_weight_grad(a, &src, &g, &mut dt, &mut work);
+                (x, mo.mean, mo.var, din, dt)
+            })
+        };
+        let one = run(1);
+        for t in [2, 3] {
+            let other = run(t);
+            assert!(one.0 == other.0 && one.1 == other.1 && one.2 == other.2, "forward on {t} threads");
+            assert!(one.3 == other.3 && one.4 == other.4, "gradients on {t} threads");
+        }
+    }
+
+    /// Taps wholly in the padding are skipped: with a rate of at least the map's size only the
+    /// centre tap remains, a 1x1 convolution, and the other taps' weight gradients are zero.
+    #[test]
+    fn atrous_beyond_the_map_is_the_centre_tap() {
+        let a = Atrous { n: 2, h: 3, w: 4, rate: 6, cin: 3, cout: 2 };
+        assert_eq!(a.taps().iter().map(|t| t.0).collect::<Vec<_>>(), [4]);
+        let b = Atrous { h: 21, w: 21, rate: 18, ..a };
+        assert_eq!(b.taps().len(), 9);
+        assert_eq!(Atrous::span(21, 18), (0, 3));
+        assert_eq!(Atrous::span(21, -18), (18, 21));
+        assert_eq!(Atrous::span(3, 6), (0, 0));
+        let mut rng = Rng::new(9);
+        let mut work = Work::default();
+        let src = vals(&mut rng, 2 * 3 * 4 * 3);
+        let g = vals(&mut rng, 2 * 3 * 4 * 2);
+        let taps = vals(&mut rng, 9 * 3 * 2);
+        let mut dtaps = vec![f32::NAN; taps.len()];
+        atrous_weight_grad(a, &src, &g, &mut dtaps, &mut work);
+        for t in (0..9).filter(|&t| t != 4) {
+            assert!(dtaps[t * 6..(t + 1) * 6].iter().all(|&v| v == 0.0));
+        }
+        assert!(dtaps[4 * 6..5 * 6].iter().any(|&v| v != 0.0));
     }
 }

@@ -48,7 +48,8 @@ pub struct SegConfig {
     pub width: f64,
     /// 16 or 8.
     pub output_stride: usize,
-    /// The ASPP head (three 3x3 atrous branches): refused today with [`Error::Unsupported`].
+    /// The head with ASPP (three 3x3 atrous branches, rates 6/12/18 at output stride 16,
+    /// doubled at 8) as well as the 1x1 and image-pooling branches.
     pub aspp: bool,
     /// Square crop side in pixels (TF DeepLab: 513).
     pub crop: usize,
