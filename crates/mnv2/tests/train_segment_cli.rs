@@ -125,9 +125,13 @@ fn trains_resumes_and_segment_loads_the_result() {
     let seg = dir.join("seg");
     let img = std::fs::read_dir(data.join("val/images")).unwrap().next().unwrap().unwrap().path();
     let w = out.join("final.safetensors");
-    ok(mnv2(&["segment", "--weights", w.to_str().unwrap(), "--out", seg.to_str().unwrap(), img.to_str().unwrap()]));
+    let o =
+        ok(mnv2(&["segment", "--weights", w.to_str().unwrap(), "--out", seg.to_str().unwrap(), img.to_str().unwrap()]));
     let stem = img.file_stem().unwrap().to_str().unwrap();
     assert!(seg.join(format!("{stem}.png")).is_file());
+    // The model carries the dataset's class names: the per-class lines name them.
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("background"), "no class names in `mnv2 segment`'s output:\n{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -38,6 +38,7 @@
 use super::boxcoder::BoxCoder;
 use super::nms::{iou, nms_indices};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 
 /// The loss settings (TF's `matcher`, `hard_example_miner` and `loss` messages).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -225,15 +226,72 @@ pub fn ssd_loss(
     }
     let mut dlogits = vec![0f32; logits.len()];
     let mut dcodes = vec![0f32; codes.len()];
+    // Images in parallel (each writes its own gradient rows); the sums are added in image
+    // order, so the result does not depend on the thread count.
+    let parts: Vec<ImageSums> = dlogits
+        .par_chunks_mut(na * k)
+        .zip(dcodes.par_chunks_mut(na * 4))
+        .zip(boxes.par_iter())
+        .enumerate()
+        .map(|(i, ((dl, dc), gts))| {
+            let lg = &logits[i * na * k..(i + 1) * na * k];
+            let cd = &codes[i * na * 4..(i + 1) * na * 4];
+            image_loss(cfg, anchors, k, lg, cd, gts, dl, dc)
+        })
+        .collect();
     let (mut cls_sum, mut loc_sum, mut matches, mut negatives) = (0f64, 0f64, 0usize, 0usize);
-    // Per image: the kept anchors and their unnormalised gradient, scaled at the end.
+    for p in &parts {
+        cls_sum += p.cls;
+        loc_sum += p.loc;
+        matches += p.matches;
+        negatives += p.negatives;
+    }
+    let norm = (matches as f64).max(1.0);
+    let wc = cfg.classification_weight as f64 / norm;
+    let wl = cfg.localization_weight as f64 / norm;
+    dlogits.iter_mut().for_each(|g| *g = (*g as f64 * wc) as f32);
+    dcodes.iter_mut().for_each(|g| *g = (*g as f64 * wl) as f32);
+    let (classification, localization) = (cls_sum * wc, loc_sum * wl);
+    Ok(SsdLoss {
+        total: classification + localization,
+        classification,
+        localization,
+        matches,
+        negatives,
+        dlogits,
+        dcodes,
+    })
+}
+
+/// One image's share of [`ssd_loss`]: its summed (unnormalised) classification and
+/// localisation losses over the kept anchors, its matches and kept negatives.
+struct ImageSums {
+    cls: f64,
+    loc: f64,
+    matches: usize,
+    negatives: usize,
+}
+
+/// The matching, the losses, the hard example miner and the unnormalised gradient (into `dl`
+/// and `dc`, this image's rows) of one image.
+#[allow(clippy::too_many_arguments)]
+fn image_loss(
+    cfg: &LossConfig,
+    anchors: &[[f32; 4]],
+    k: usize,
+    lg: &[f32],
+    cd: &[f32],
+    gts: &[LabeledBox],
+    dl: &mut [f32],
+    dc: &mut [f32],
+) -> ImageSums {
+    let na = anchors.len();
+    let (mut cls_sum, mut loc_sum) = (0f64, 0f64);
     let mut cls_loss = vec![0f64; na];
     let mut loc_loss = vec![0f64; na];
-    for (i, gts) in boxes.iter().enumerate() {
+    {
         let m = assign(cfg, anchors, gts);
-        matches += m.iter().filter(|x| matches!(x, Match::Box(_))).count();
-        let lg = &logits[i * na * k..(i + 1) * na * k];
-        let cd = &codes[i * na * 4..(i + 1) * na * 4];
+        let matches = m.iter().filter(|x| matches!(x, Match::Box(_))).count();
         let mut targets = vec![[0f32; 4]; na];
         for a in 0..na {
             let x = &lg[a * k..(a + 1) * k];
@@ -280,31 +338,16 @@ pub fn ssd_loss(
             };
             for j in 0..k {
                 let z = (j == hot) as u8 as f64;
-                dlogits[(i * na + a) * k + j] = (sigmoid(lg[a * k + j] as f64) - z) as f32;
+                dl[a * k + j] = (sigmoid(lg[a * k + j] as f64) - z) as f32;
             }
             if matches!(m[a], Match::Box(_)) {
                 for c in 0..4 {
-                    dcodes[(i * na + a) * 4 + c] = huber(cd[a * 4 + c] as f64 - targets[a][c] as f64).1 as f32;
+                    dc[a * 4 + c] = huber(cd[a * 4 + c] as f64 - targets[a][c] as f64).1 as f32;
                 }
             }
         }
-        negatives += negs.min(max_neg);
+        ImageSums { cls: cls_sum, loc: loc_sum, matches, negatives: negs.min(max_neg) }
     }
-    let norm = (matches as f64).max(1.0);
-    let wc = cfg.classification_weight as f64 / norm;
-    let wl = cfg.localization_weight as f64 / norm;
-    dlogits.iter_mut().for_each(|g| *g = (*g as f64 * wc) as f32);
-    dcodes.iter_mut().for_each(|g| *g = (*g as f64 * wl) as f32);
-    let (classification, localization) = (cls_sum * wc, loc_sum * wl);
-    Ok(SsdLoss {
-        total: classification + localization,
-        classification,
-        localization,
-        matches,
-        negatives,
-        dlogits,
-        dcodes,
-    })
 }
 
 #[cfg(test)]

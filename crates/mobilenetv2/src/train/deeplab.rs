@@ -361,6 +361,8 @@ impl Net {
                 let lg = &logits[i * hw * k..(i + 1) * hw * k];
                 let (mut total, mut correct) = (0f64, 0usize);
                 let mut z = vec![0f32; k];
+                // exp(z - max) per class, then the gradient of the loss per class.
+                let (mut e, mut q) = (vec![0f64; k], vec![0f64; k]);
                 for (y, &ry) in ty.iter().enumerate() {
                     for (x, &rx) in tx.iter().enumerate() {
                         let label = labels[(i * ih + y) * iw + x];
@@ -371,16 +373,22 @@ impl Net {
                         interp(lg, fw, k, ry, rx, &mut z);
                         correct += (argmax(&z) == label) as usize;
                         let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                        let se: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();
-                        let lse = mx + se.ln();
-                        total += lse - z[label] as f64;
+                        for (e, &v) in e.iter_mut().zip(&z) {
+                            *e = (v as f64 - mx).exp();
+                        }
+                        let se: f64 = e.iter().sum();
+                        total += mx + se.ln() - z[label] as f64;
+                        // d loss / d z_j = softmax_j - [j == label], once per pixel (not per
+                        // corner: the exponentials are the loss's main cost).
+                        for (j, (q, &e)) in q.iter_mut().zip(&e).enumerate() {
+                            *q = (e / se - (j == label) as u8 as f64) * scale;
+                        }
                         for (p, wgt) in corners(ry, rx, fw) {
                             if wgt == 0.0 {
                                 continue;
                             }
                             let row = &mut dli[p * k..(p + 1) * k];
-                            for (j, g) in row.iter_mut().enumerate() {
-                                let q = ((z[j] as f64 - lse).exp() - (j == label) as u8 as f64) * scale;
+                            for (g, &q) in row.iter_mut().zip(&q) {
                                 *g += (q * wgt as f64) as f32;
                             }
                         }

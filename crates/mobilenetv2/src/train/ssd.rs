@@ -569,6 +569,7 @@ fn dw_forward(
     wt: &[f32],
     y: &mut [f32],
 ) {
+    let wk = taps_major(wt, c);
     for i in 0..n {
         for oy in 0..ho {
             for ox in 0..wo {
@@ -578,14 +579,20 @@ fn dw_forward(
                     for kx in 0..3 {
                         let Some(ix) = (ox * s + kx).checked_sub(pad.1).filter(|&v| v < w) else { continue };
                         let inp = &x[((i * h + iy) * w + ix) * c..][..c];
-                        for j in 0..c {
-                            out[j] += inp[j] * wt[j * 9 + ky * 3 + kx];
+                        for ((o, &v), &k) in out.iter_mut().zip(inp).zip(&wk[(ky * 3 + kx) * c..][..c]) {
+                            *o += v * k;
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// PyTorch depthwise weights `[c][3][3]` as `[3][3][c]`, so that the loops over channels
+/// read them contiguously (and vectorise).
+fn taps_major(wt: &[f32], c: usize) -> Vec<f32> {
+    (0..9 * c).map(|i| wt[(i % c) * 9 + i / c]).collect()
 }
 
 /// The backward of [`dw_forward`]: weight gradient into `dw` (overwritten) and input gradient
@@ -606,6 +613,8 @@ fn dw_backward(
     dw: &mut [f32],
     dx: &mut [f32],
 ) {
+    // Both weight-shaped arrays tap-major (`[3][3][c]`), so the channel loops are contiguous.
+    let wk = taps_major(wt, c);
     let mut acc = vec![0f64; 9 * c];
     dx.fill(0.0);
     for i in 0..n {
@@ -617,18 +626,22 @@ fn dw_backward(
                     for kx in 0..3 {
                         let Some(ix) = (ox * s + kx).checked_sub(pad.1).filter(|&v| v < w) else { continue };
                         let base = ((i * h + iy) * w + ix) * c;
-                        for j in 0..c {
-                            let t = j * 9 + ky * 3 + kx;
-                            acc[t] += g[j] as f64 * x[base + j] as f64;
-                            dx[base + j] += g[j] * wt[t];
+                        let t = (ky * 3 + kx) * c;
+                        let (a, k) = (&mut acc[t..t + c], &wk[t..t + c]);
+                        let (xs, ds) = (&x[base..base + c], &mut dx[base..base + c]);
+                        for ((((a, &k), &xv), d), &gv) in a.iter_mut().zip(k).zip(xs).zip(ds.iter_mut()).zip(g) {
+                            *a += gv as f64 * xv as f64;
+                            *d += gv * k;
                         }
                     }
                 }
             }
         }
     }
-    for (d, a) in dw.iter_mut().zip(acc) {
-        *d = a as f32;
+    for (j, d) in dw.chunks_exact_mut(9).enumerate() {
+        for (t, v) in d.iter_mut().enumerate() {
+            *v = acc[t * c + j] as f32;
+        }
     }
 }
 
