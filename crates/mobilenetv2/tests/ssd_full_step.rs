@@ -18,10 +18,10 @@
 
 mod common;
 
-use common::{f32s, rel_err, root};
+use common::{f32s, rel_err, root, ssd_fixture_tensor};
 use mobilenetv2::detect::heads::{spec, HeadKind};
 use mobilenetv2::detect::loss::{LabeledBox, LossConfig};
-use mobilenetv2::names::{expected, Kind};
+use mobilenetv2::names::expected;
 use mobilenetv2::train::{BnMode, HeadTape, Method, Net, Optimizer, SsdHeadTrainer, Tape};
 use mobilenetv2::weights;
 use mobilenetv2::Model;
@@ -29,13 +29,6 @@ use serde_json::Value;
 
 const TOL: f64 = 1e-4;
 const FACTOR: f64 = 4.0;
-
-/// The fixture's deterministic values: `sin(0.7853 i + 0.01 sum(bytes(name)))`.
-#[allow(clippy::approx_constant)]
-fn wave(name: &str, len: usize) -> Vec<f64> {
-    let h = 0.01 * name.bytes().map(f64::from).sum::<f64>();
-    (0..len).map(|i| (0.7853 * i as f64 + h).sin()).collect()
-}
 
 #[test]
 fn whole_network_step_matches_pytorch() {
@@ -51,21 +44,7 @@ fn whole_network_step_matches_pytorch() {
 
     let mut model = Model::init(&spec(HeadKind::SsdLite, k, num("width"), res), 0, false).unwrap();
     for e in expected(&model.plan) {
-        let len: usize = e.shape.iter().product();
-        let s = wave(&e.name, len);
-        let v: Vec<f32> = match e.kind {
-            Kind::ConvWeight => {
-                let fan = (e.shape[1] * e.shape[2] * e.shape[3]) as f64;
-                s.iter().map(|s| (1.7 * s / fan.sqrt()) as f32).collect()
-            }
-            Kind::BnWeight => s.iter().map(|s| (1.0 + 0.3 * s) as f32).collect(),
-            Kind::BnBias => s.iter().map(|s| (0.2 * s) as f32).collect(),
-            Kind::BnMean => s.iter().map(|s| (0.1 * s) as f32).collect(),
-            Kind::BnVar => s.iter().map(|s| (1.0 + 0.5 * (s * s)) as f32).collect(),
-            Kind::ConvBias => s.iter().map(|s| (0.1 * s) as f32).collect(),
-            other => panic!("{}: {other:?} in an SSDLite network", e.name),
-        };
-        model.params.insert(e.name.clone(), v);
+        model.params.insert(e.name.clone(), ssd_fixture_tensor(&e.name, e.kind, &e.shape));
     }
     let head = SsdHeadTrainer::new(&model.plan).unwrap();
     let mut net = Net::new(&model);

@@ -11,10 +11,10 @@
 
 mod common;
 
-use common::{f32s, rel_err, root};
+use common::{f32s, rel_err, root, ssd_fixture_tensor};
 use mobilenetv2::detect::heads::{spec, HeadKind};
 use mobilenetv2::detect::loss::{ssd_loss, LabeledBox, LossConfig};
-use mobilenetv2::names::{expected, Kind};
+use mobilenetv2::names::expected;
 use mobilenetv2::train::net::TensorInfo;
 use mobilenetv2::train::{BnMode, HeadTape, Method, Optimizer, SsdHeadTrainer};
 use mobilenetv2::weights;
@@ -22,14 +22,6 @@ use mobilenetv2::Model;
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
-
-/// The fixture's deterministic values: `sin(0.7853 i + 0.01 sum(bytes(name)))` (0.7853 is the
-/// fixture's step, not pi / 4).
-#[allow(clippy::approx_constant)]
-fn wave(name: &str, len: usize) -> Vec<f64> {
-    let h = 0.01 * name.bytes().map(f64::from).sum::<f64>();
-    (0..len).map(|i| (0.7853 * i as f64 + h).sin()).collect()
-}
 
 #[test]
 fn head_step_matches_pytorch() {
@@ -51,20 +43,7 @@ fn head_step_matches_pytorch() {
     for e in expected(&model.plan) {
         let len: usize = e.shape.iter().product();
         if e.name.starts_with("head.") {
-            let s = wave(&e.name, len);
-            let v: Vec<f32> = match e.kind {
-                Kind::ConvWeight => {
-                    let fan = (e.shape[1] * e.shape[2] * e.shape[3]) as f64;
-                    s.iter().map(|s| (1.7 * s / fan.sqrt()) as f32).collect()
-                }
-                Kind::BnWeight => s.iter().map(|s| (1.0 + 0.3 * s) as f32).collect(),
-                Kind::BnBias => s.iter().map(|s| (0.2 * s) as f32).collect(),
-                Kind::BnMean => s.iter().map(|s| (0.1 * s) as f32).collect(),
-                Kind::BnVar => s.iter().map(|s| (1.0 + 0.5 * (s * s)) as f32).collect(),
-                Kind::ConvBias => s.iter().map(|s| (0.1 * s) as f32).collect(),
-                other => panic!("{}: {other:?} in the head", e.name),
-            };
-            model.params.insert(e.name.clone(), v);
+            model.params.insert(e.name.clone(), ssd_fixture_tensor(&e.name, e.kind, &e.shape));
         }
         let dst = if e.kind.trainable() { &mut params } else { &mut stats };
         infos.push(TensorInfo {

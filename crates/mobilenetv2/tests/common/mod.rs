@@ -103,3 +103,28 @@ pub fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
     }
     (d / r.max(1e-300)).sqrt()
 }
+
+/// The SSD fixtures' deterministic value of tensor `name` (`scripts/fixtures/ssd_train.py`,
+/// `ssd_full_step.py`): with `s = sin(0.7853 i + 0.01 sum(bytes(name)))` in f64 (0.7853 is the
+/// fixtures' step, not pi / 4), conv weight `1.7 s / sqrt(fan_in)`, BatchNorm weight `1 + 0.3 s`,
+/// bias `0.2 s`, running mean `0.1 s`, running variance `1 + 0.5 s^2`, conv bias `0.1 s`; cast
+/// to f32.
+#[allow(clippy::approx_constant)]
+pub fn ssd_fixture_tensor(name: &str, kind: mobilenetv2::names::Kind, shape: &[usize]) -> Vec<f32> {
+    use mobilenetv2::names::Kind;
+    let len: usize = shape.iter().product();
+    let h = 0.01 * name.bytes().map(f64::from).sum::<f64>();
+    let s = (0..len).map(|i| (0.7853 * i as f64 + h).sin());
+    match kind {
+        Kind::ConvWeight => {
+            let fan = (shape[1] * shape[2] * shape[3]) as f64;
+            s.map(|s| (1.7 * s / fan.sqrt()) as f32).collect()
+        }
+        Kind::BnWeight => s.map(|s| (1.0 + 0.3 * s) as f32).collect(),
+        Kind::BnBias => s.map(|s| (0.2 * s) as f32).collect(),
+        Kind::BnMean => s.map(|s| (0.1 * s) as f32).collect(),
+        Kind::BnVar => s.map(|s| (1.0 + 0.5 * (s * s)) as f32).collect(),
+        Kind::ConvBias => s.map(|s| (0.1 * s) as f32).collect(),
+        other => panic!("{name}: {other:?} has no SSD fixture value"),
+    }
+}
