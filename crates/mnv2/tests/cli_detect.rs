@@ -144,6 +144,19 @@ fn detect_with_the_converted_safetensors_equals_the_graph() {
         }
         assert!((top["score"].as_f64().unwrap() - other["score"].as_f64().unwrap()).abs() <= 1e-4, "{mode}: {other}");
     }
+    // --precision bf16 (the 1x1 convolutions in bf16): the same person, its box within 2
+    // pixels and its score within 0.02 of fp32's.
+    let o = mnv2(&["detect", "--weights", &pb, &image, "--threshold", "0.5", "--json", "--precision", "bf16"]);
+    ok(&o);
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bf = &m[0]["detections"][0];
+    assert_eq!(bf["label"], "person");
+    for k in 0..4 {
+        let (p, q) = (top["box"][k].as_f64().unwrap(), bf["box"][k].as_f64().unwrap());
+        assert!((p - q).abs() <= 2.0, "bf16: {top} vs {bf}");
+    }
+    assert!((top["score"].as_f64().unwrap() - bf["score"].as_f64().unwrap()).abs() <= 0.02, "bf16: {bf}");
+    assert_ne!(top["score"], bf["score"], "--precision bf16 changed nothing: the option did not reach the engine");
     // --draw: the box and its label "person 0.90", white on the class colour, above the box
     // (font 17 px on a 512 px image: a 21-row band over the box's top edge at y = 32).
     let dir = tmp("drawn");

@@ -122,6 +122,36 @@ fn segment_writes_masks_overlays_and_json() {
     let n = mask.data.chunks_exact(3).filter(|px| **px == colour).count();
     let pixels = (mask.width * mask.height) as f64;
     assert!((n as f64 / pixels - first["fraction"].as_f64().unwrap()).abs() < 1e-12);
+
+    // --precision bf16: the same classes in nearly the same proportions.
+    let bf = tmp("bf16");
+    let o = mnv2(&[
+        "segment",
+        "--weights",
+        weights.to_str().unwrap(),
+        images[1].to_str().unwrap(),
+        "--out",
+        bf.to_str().unwrap(),
+        "--json",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fractions = |r: &serde_json::Value| -> Vec<(u64, f64)> {
+        r["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["class"].as_u64().unwrap(), c["fraction"].as_f64().unwrap()))
+            .collect()
+    };
+    let (f32s, bf16s) = (fractions(&results[1]), fractions(&b[0]));
+    assert_eq!(f32s[0].0, bf16s[0].0, "the largest class: fp32 {f32s:?}, bf16 {bf16s:?}");
+    for &(c, f) in &f32s {
+        let g = bf16s.iter().find(|x| x.0 == c).map_or(0.0, |x| x.1);
+        assert!((f - g).abs() <= 0.02, "class {c}: fp32 {f}, bf16 {g}");
+    }
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub struct Args {
     /// activation memory) or reference (layer by layer, the oracle; slow)
     #[arg(long, value_enum, default_value_t = super::args::ModeArg::Fast)]
     mode: super::args::ModeArg,
+    /// Number format [default: the weights' own: int8 for an int8 file, else fp32]
+    #[arg(long, value_enum)]
+    precision: Option<super::args::PrecisionArg>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -45,8 +48,15 @@ pub fn main(a: Args) -> Result<()> {
     let threads = a.threads.unwrap_or_else(super::args::cores);
     let det = Detector::load(
         &a.weights,
-        DetectorOptions { threshold: a.threshold, threads, mode: a.mode.into(), ..Default::default() },
+        DetectorOptions {
+            threshold: a.threshold,
+            threads,
+            mode: a.mode.into(),
+            precision: a.precision.map(Into::into),
+            ..Default::default()
+        },
     )?;
+    super::args::warn_slow_bf16(det.engine());
     if let Some(dir) = &a.draw {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
     }

@@ -38,6 +38,9 @@ pub struct Args {
     /// activation memory) or reference (layer by layer, the oracle; slow)
     #[arg(long, value_enum, default_value_t = super::args::ModeArg::Fast)]
     mode: super::args::ModeArg,
+    /// Number format [default: the weights' own: fp32]
+    #[arg(long, value_enum)]
+    precision: Option<super::args::PrecisionArg>,
 }
 
 fn stem(p: &Path) -> Result<String> {
@@ -48,8 +51,14 @@ fn stem(p: &Path) -> Result<String> {
 
 pub fn main(a: Args) -> Result<()> {
     let model = Model::load(&a.weights)?;
-    let segmenter = Segmenter::new(model, Options { threads: a.threads, mode: a.mode.into(), ..Options::default() })
-        .with_context(|| format!("{}", a.weights.display()))?;
+    let options = Options {
+        threads: a.threads,
+        mode: a.mode.into(),
+        precision: a.precision.map(Into::into),
+        ..Options::default()
+    };
+    let segmenter = Segmenter::new(model, options).with_context(|| format!("{}", a.weights.display()))?;
+    super::args::warn_slow_bf16(segmenter.engine());
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create the output directory", a.out.display()))?;
     let mut results = Vec::new();

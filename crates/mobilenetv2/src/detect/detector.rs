@@ -279,6 +279,11 @@ impl Detector {
         &self.model
     }
 
+    /// The engine it runs (its options, precision and kernels).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The options it was made with (threshold, threads, post-processing, labels).
     pub fn options(&self) -> &DetectorOptions {
         &self.options

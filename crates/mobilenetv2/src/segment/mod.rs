@@ -225,6 +225,11 @@ impl Segmenter {
         &self.model
     }
 
+    /// The engine it runs (its options, precision and kernels).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Whether the head has ASPP.
     pub fn aspp(&self) -> bool {
         matches!(self.model.spec().head, HeadSpec::DeepLab { aspp: true })
