@@ -329,19 +329,22 @@ fn say(bar: &Option<ProgressBar>, line: impl AsRef<str>) {
     }
 }
 
-fn main_segmentation(a: Args) -> Result<()> {
-    if a.head.unwrap_or(HeadArg::Deeplab) != HeadArg::Deeplab {
-        bail!("--task segmentation trains the deeplab head (--head ssdlite is for --task detection)");
-    }
-    let cfg = seg_config(&a)?;
-    let threads = a.threads.unwrap_or_else(super::args::cores);
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+/// Runs a head's training loop (`run`, given the event callback) with the CLI's progress: the
+/// start line, a progress bar (unless `quiet`) whose message is `progress(loss, acc)` plus
+/// images/s and the learning rate, and a line per evaluation: the step, `eval(metrics)`, then
+/// images/s, training time and peak RSS.
+fn with_progress(
+    net: &str,
+    quiet: bool,
+    progress: &dyn Fn(f64, f64) -> String,
+    eval: &dyn Fn(&train::Metrics) -> String,
+    run: impl FnOnce(&mut dyn FnMut(Event)) -> mobilenetv2::Result<PathBuf>,
+) -> Result<()> {
     let mut bar: Option<ProgressBar> = None;
-    let quiet = a.quiet;
     let mut on = |e: Event| match e {
         Event::Start { steps, done, images, classes, params, .. } => {
             if done == 0 {
-                eprintln!("training DeepLab on {images} images, {classes} classes, {params} parameters, {steps} steps");
+                eprintln!("training {net} on {images} images, {classes} classes, {params} parameters, {steps} steps");
             }
             if !quiet {
                 bar = Some(progress_bar(steps, done, "[{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})"));
@@ -350,23 +353,14 @@ fn main_segmentation(a: Args) -> Result<()> {
         Event::Step { loss, acc, images_per_s, lr, .. } => {
             if let Some(b) = &bar {
                 b.inc(1);
-                b.set_message(format!(
-                    "loss {loss:.4} pixel acc {:.2}% {images_per_s:.1} img/s lr {lr:.5}",
-                    acc * 100.0
-                ));
+                b.set_message(format!("{} {images_per_s:.1} img/s lr {lr:.5}", progress(loss, acc)));
             }
         }
         Event::Eval(m) => {
             let line = format!(
-                "step {}: train loss {:.4} pixel acc {:.2}%{} | {:.1} img/s, {:.0} s training, peak RSS {:.0} MB",
+                "step {}: {} | {:.1} img/s, {:.0} s training, peak RSS {:.0} MB",
                 m.step,
-                m.train_loss,
-                m.train_acc * 100.0,
-                match (m.val_miou, m.val_top1) {
-                    (Some(miou), Some(acc)) =>
-                        format!(" | val mIoU {:.2}% pixel acc {:.2}%", miou * 100.0, acc * 100.0),
-                    _ => String::new(),
-                },
+                eval(&m),
                 m.images_per_s,
                 m.train_seconds,
                 m.peak_rss_mb
@@ -375,12 +369,34 @@ fn main_segmentation(a: Args) -> Result<()> {
         }
         Event::Note(n) => say(&bar, n),
     };
-    let out = train::train_segmentation(&cfg, a.resume, &mut on)?;
+    let out = run(&mut on)?;
     if let Some(b) = bar.take() {
         b.finish_and_clear();
     }
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+fn main_segmentation(a: Args) -> Result<()> {
+    if a.head.unwrap_or(HeadArg::Deeplab) != HeadArg::Deeplab {
+        bail!("--task segmentation trains the deeplab head (--head ssdlite is for --task detection)");
+    }
+    let cfg = seg_config(&a)?;
+    let threads = a.threads.unwrap_or_else(super::args::cores);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    let progress = |loss: f64, acc: f64| format!("loss {loss:.4} pixel acc {:.2}%", acc * 100.0);
+    let eval = |m: &train::Metrics| {
+        format!(
+            "train loss {:.4} pixel acc {:.2}%{}",
+            m.train_loss,
+            m.train_acc * 100.0,
+            match (m.val_miou, m.val_top1) {
+                (Some(miou), Some(acc)) => format!(" | val mIoU {:.2}% pixel acc {:.2}%", miou * 100.0, acc * 100.0),
+                _ => String::new(),
+            }
+        )
+    };
+    with_progress("DeepLab", a.quiet, &progress, &eval, |on| train::train_segmentation(&cfg, a.resume, on))
 }
 
 fn det_config(a: &Args) -> Result<DetConfig> {
@@ -434,48 +450,20 @@ fn det_config(a: &Args) -> Result<DetConfig> {
 fn main_detection(a: Args) -> Result<()> {
     let cfg = det_config(&a)?;
     rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build_global().ok();
-    let mut bar: Option<ProgressBar> = None;
-    let quiet = a.quiet;
-    let mut on = |e: Event| match e {
-        Event::Start { steps, done, images, classes, params, .. } => {
-            if done == 0 {
-                eprintln!("training SSDLite on {images} images, {classes} classes, {params} parameters, {steps} steps");
+    let progress = |loss: f64, _acc: f64| format!("loss {loss:.4}");
+    let eval = |m: &train::Metrics| {
+        format!(
+            "train loss {:.4} (classification {:.4}, localisation {:.4}){}",
+            m.train_loss,
+            m.cls_loss.unwrap_or(f64::NAN),
+            m.loc_loss.unwrap_or(f64::NAN),
+            match (m.val_map, m.val_ap50) {
+                (Some(map), Some(ap50)) => format!(" | val mAP {:.2}% AP50 {:.2}%", map * 100.0, ap50 * 100.0),
+                _ => String::new(),
             }
-            if !quiet {
-                bar = Some(progress_bar(steps, done, "[{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})"));
-            }
-        }
-        Event::Step { loss, images_per_s, lr, .. } => {
-            if let Some(b) = &bar {
-                b.inc(1);
-                b.set_message(format!("loss {loss:.4} {images_per_s:.1} img/s lr {lr:.5}"));
-            }
-        }
-        Event::Eval(m) => {
-            let line = format!(
-                "step {}: train loss {:.4} (classification {:.4}, localisation {:.4}){} | {:.1} img/s, {:.0} s training, peak RSS {:.0} MB",
-                m.step,
-                m.train_loss,
-                m.cls_loss.unwrap_or(f64::NAN),
-                m.loc_loss.unwrap_or(f64::NAN),
-                match (m.val_map, m.val_ap50) {
-                    (Some(map), Some(ap50)) => format!(" | val mAP {:.2}% AP50 {:.2}%", map * 100.0, ap50 * 100.0),
-                    _ => String::new(),
-                },
-                m.images_per_s,
-                m.train_seconds,
-                m.peak_rss_mb
-            );
-            say(&bar, line);
-        }
-        Event::Note(n) => say(&bar, n),
+        )
     };
-    let out = train::train_detection(&cfg, a.resume, &mut on)?;
-    if let Some(b) = bar.take() {
-        b.finish_and_clear();
-    }
-    eprintln!("wrote {}", out.display());
-    Ok(())
+    with_progress("SSDLite", a.quiet, &progress, &eval, |on| train::train_detection(&cfg, a.resume, on))
 }
 
 pub fn main(a: Args) -> Result<()> {
