@@ -324,8 +324,9 @@ fn progress_bar(steps: usize, done: usize, template: &str) -> ProgressBar {
 /// A line for the user: above the progress bar when there is one, else on stderr.
 fn say(bar: &Option<ProgressBar>, line: impl AsRef<str>) {
     match bar {
-        Some(b) => b.println(line),
-        None => eprintln!("{}", line.as_ref()),
+        // A hidden bar (stderr is not a terminal: a log file, CI) drops println: print plainly.
+        Some(b) if !b.is_hidden() => b.println(line),
+        _ => eprintln!("{}", line.as_ref()),
     }
 }
 
