@@ -188,21 +188,7 @@ impl PackedBf16Gemm {
     }
 }
 
-/// Raw arguments of a GEMM call; built and checked by [`gemm_bf16`].
-#[derive(Clone)]
-pub(crate) struct Args {
-    pub m: usize,
-    pub a: *const f32,
-    pub lda: usize,
-    pub c: *mut f32,
-    pub ldc: usize,
-    /// Null for no residual.
-    pub r: *const f32,
-    pub ldr: usize,
-    pub act: MinMax,
-    /// The panels of output columns to compute.
-    pub panels: std::ops::Range<usize>,
-}
+pub(crate) use crate::gemm::Args;
 
 /// `c[i * ldc + j] = act(bias[j] + sum_k bf16(a[i * lda + k]) * bf16(w[k][j])) (+
 /// residual[i * ldr + j])` for `i < m`, `j < w.n`, summed in f32.
@@ -235,22 +221,11 @@ pub fn gemm_bf16_panels(
     residual: Option<(&[f32], usize)>,
     panels: std::ops::Range<usize>,
 ) {
-    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
-    if m == 0 || w.n == 0 || panels.is_empty() {
+    let Some(args) = Args::checked(m, a, lda, (w.k, w.n, w.panels()), c, ldc, act, residual, panels) else {
         return;
-    }
-    assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
-    assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-    let (r, ldr) = match residual {
-        Some((r, ldr)) => {
-            assert!(ldr >= w.n && r.len() >= (m - 1) * ldr + w.n, "residual too short");
-            (r.as_ptr(), ldr)
-        }
-        None => (std::ptr::null(), 0),
     };
-    let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels };
-    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
-    // that this CPU runs it.
+    // SAFETY: sizes checked by `Args::checked`; the packing's kernel was granted by a `Tier`,
+    // the proof that this CPU runs it.
     unsafe { (w.kernel.run)(&args, w) }
 }
 

@@ -147,7 +147,7 @@ impl PackedGemm {
     }
 }
 
-/// Raw arguments of a GEMM call; built and checked by [`gemm`].
+/// Raw arguments of a GEMM call (f32 or bf16); built and checked by [`Args::checked`].
 #[derive(Clone)]
 pub(crate) struct Args {
     pub m: usize,
@@ -195,23 +195,45 @@ pub fn gemm_panels(
     residual: Option<(&[f32], usize)>,
     panels: std::ops::Range<usize>,
 ) {
-    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
-    if m == 0 || w.n == 0 || panels.is_empty() {
+    let Some(args) = Args::checked(m, a, lda, (w.k, w.n, w.panels()), c, ldc, act, residual, panels) else {
         return;
-    }
-    assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
-    assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-    let (r, ldr) = match residual {
-        Some((r, ldr)) => {
-            assert!(ldr >= w.n && r.len() >= (m - 1) * ldr + w.n, "residual too short");
-            (r.as_ptr(), ldr)
-        }
-        None => (std::ptr::null(), 0),
     };
-    let args = Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels };
-    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
-    // that this CPU runs it.
+    // SAFETY: sizes checked by `Args::checked`; the packing's kernel was granted by a `Tier`,
+    // the proof that this CPU runs it.
     unsafe { (w.kernel.run)(&args, w) }
+}
+
+impl Args {
+    /// The raw arguments of a product of `m` rows of `a` with packed `k x n` weights of
+    /// `total` panels, once every slice is checked long enough for its strides (panics
+    /// otherwise); `None` when there is nothing to compute. Shared by the f32 and bf16 GEMMs.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn checked(
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        (k, n, total): (usize, usize, usize),
+        c: &mut [f32],
+        ldc: usize,
+        act: MinMax,
+        residual: Option<(&[f32], usize)>,
+        panels: std::ops::Range<usize>,
+    ) -> Option<Args> {
+        assert!(panels.start <= panels.end && panels.end <= total, "panels out of range");
+        if m == 0 || n == 0 || panels.is_empty() {
+            return None;
+        }
+        assert!(lda >= k && a.len() >= (m - 1) * lda + k, "A too short");
+        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
+        let (r, ldr) = match residual {
+            Some((r, ldr)) => {
+                assert!(ldr >= n && r.len() >= (m - 1) * ldr + n, "residual too short");
+                (r.as_ptr(), ldr)
+            }
+            None => (std::ptr::null(), 0),
+        };
+        Some(Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels })
+    }
 }
 
 #[cfg(test)]
