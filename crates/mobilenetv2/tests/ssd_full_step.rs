@@ -18,9 +18,9 @@
 
 mod common;
 
-use common::{f32s, rel_err, root, ssd_fixture_tensor};
+use common::{assert_ssd_loss, f32s, rel_err, root, ssd_fixture_boxes, ssd_fixture_tensor};
 use mobilenetv2::detect::heads::{spec, HeadKind};
-use mobilenetv2::detect::loss::{LabeledBox, LossConfig};
+use mobilenetv2::detect::loss::LossConfig;
 use mobilenetv2::names::expected;
 use mobilenetv2::train::{BnMode, HeadTape, Method, Net, Optimizer, SsdHeadTrainer, Tape};
 use mobilenetv2::weights;
@@ -52,23 +52,11 @@ fn whole_network_step_matches_pytorch() {
     let mut htape = HeadTape::default();
     let per = res * res * 3;
     let images: Vec<f32> = (0..n * per).map(|i| (0.37 * i as f64 + 0.9 * (i / per) as f64).sin() as f32).collect();
-    let boxes: Vec<Vec<(usize, [f32; 4])>> = serde_json::from_str(&meta("boxes")).unwrap();
-    let boxes: Vec<Vec<LabeledBox>> =
-        boxes.iter().map(|im| im.iter().map(|&(class, bbox)| LabeledBox { bbox, class }).collect()).collect();
+    let boxes = ssd_fixture_boxes(&meta("boxes"));
     let loss = head
         .step(&mut net, &mut tape, &mut htape, &images, &boxes, &LossConfig::default(), BnMode::Train, true)
         .unwrap();
-    for (name, ours, theirs) in [
-        ("loss", loss.total, num("loss")),
-        ("classification", loss.classification, num("classification")),
-        ("localization", loss.localization, num("localization")),
-    ] {
-        let e = (ours - theirs).abs() / theirs.abs();
-        eprintln!("{name}: {ours:.6} (torch {theirs:.6}, rel {e:.2e})");
-        assert!(e < 1e-5, "{name}: {ours} vs torch {theirs}");
-    }
-    assert_eq!(loss.matches, meta("matches").parse::<usize>().unwrap());
-    assert_eq!(loss.negatives, meta("negatives").parse::<usize>().unwrap());
+    assert_ssd_loss(&loss, &meta);
 
     let (mut worst, mut worst_name, mut count, mut within_tol) = (0f64, String::new(), 0, 0);
     let mut ratios = Vec::new();

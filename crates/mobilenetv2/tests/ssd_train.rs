@@ -11,9 +11,9 @@
 
 mod common;
 
-use common::{f32s, rel_err, root, ssd_fixture_tensor};
+use common::{assert_ssd_loss, f32s, rel_err, root, ssd_fixture_boxes, ssd_fixture_tensor};
 use mobilenetv2::detect::heads::{spec, HeadKind};
-use mobilenetv2::detect::loss::{ssd_loss, LabeledBox, LossConfig};
+use mobilenetv2::detect::loss::{ssd_loss, LossConfig};
 use mobilenetv2::names::expected;
 use mobilenetv2::train::net::TensorInfo;
 use mobilenetv2::train::{BnMode, HeadTape, Method, Optimizer, SsdHeadTrainer};
@@ -79,21 +79,9 @@ fn head_step_matches_pytorch() {
 
     let mut tape = HeadTape::default();
     head.forward(&params, &mut stats, &mut tape, [&maps[0], &maps[1]], n, BnMode::Train).unwrap();
-    let images: Vec<Vec<(usize, [f32; 4])>> = serde_json::from_str(&meta("boxes")).unwrap();
-    let boxes: Vec<Vec<LabeledBox>> =
-        images.iter().map(|im| im.iter().map(|&(class, bbox)| LabeledBox { bbox, class }).collect()).collect();
+    let boxes = ssd_fixture_boxes(&meta("boxes"));
     let loss = ssd_loss(&LossConfig::default(), &head.anchors, k - 1, &tape.logits, &tape.codes, &boxes).unwrap();
-    for (name, ours, theirs) in [
-        ("loss", loss.total, num("loss")),
-        ("classification", loss.classification, num("classification")),
-        ("localization", loss.localization, num("localization")),
-    ] {
-        let e = (ours - theirs).abs() / theirs.abs();
-        eprintln!("{name}: {ours:.6} (torch {theirs:.6}, rel {e:.2e})");
-        assert!(e < 1e-5, "{name}: {ours} vs torch {theirs}");
-    }
-    assert_eq!(loss.matches, meta("matches").parse::<usize>().unwrap());
-    assert_eq!(loss.negatives, meta("negatives").parse::<usize>().unwrap());
+    assert_ssd_loss(&loss, &meta);
     let mut grads = vec![0f32; params.len()];
     let dmaps = head.backward(&params, &mut grads, &mut tape, &loss.dlogits, &loss.dcodes, BnMode::Train).unwrap();
 

@@ -128,3 +128,29 @@ pub fn ssd_fixture_tensor(name: &str, kind: mobilenetv2::names::Kind, shape: &[u
         other => panic!("{name}: {other:?} has no SSD fixture value"),
     }
 }
+
+/// The SSD fixtures' boxes (metadata `boxes`: per image, `[class, [ymin, xmin, ymax, xmax]]`).
+pub fn ssd_fixture_boxes(json: &str) -> Vec<Vec<mobilenetv2::detect::loss::LabeledBox>> {
+    let images: Vec<Vec<(usize, [f32; 4])>> = serde_json::from_str(json).unwrap();
+    images
+        .iter()
+        .map(|im| im.iter().map(|&(class, bbox)| mobilenetv2::detect::loss::LabeledBox { bbox, class }).collect())
+        .collect()
+}
+
+/// Asserts an SSD loss against a fixture's metadata (`meta(key)`): the total and its two parts
+/// to 1e-5 relative, the matches and kept negatives exactly.
+pub fn assert_ssd_loss(loss: &mobilenetv2::detect::loss::SsdLoss, meta: &dyn Fn(&str) -> String) {
+    let num = |k: &str| meta(k).parse::<f64>().unwrap();
+    for (name, ours, theirs) in [
+        ("loss", loss.total, num("loss")),
+        ("classification", loss.classification, num("classification")),
+        ("localization", loss.localization, num("localization")),
+    ] {
+        let e = (ours - theirs).abs() / theirs.abs();
+        eprintln!("{name}: {ours:.6} (torch {theirs:.6}, rel {e:.2e})");
+        assert!(e < 1e-5, "{name}: {ours} vs torch {theirs}");
+    }
+    assert_eq!(loss.matches, meta("matches").parse::<usize>().unwrap());
+    assert_eq!(loss.negatives, meta("negatives").parse::<usize>().unwrap());
+}
