@@ -182,15 +182,9 @@ impl SegTape {
 }
 
 /// Per output coordinate: (first input index, second, weight of the second), align_corners
-/// (the reference kernel's `resize_bilinear_f32` convention).
+/// (the convention of the inference path's upsampling, `mnv2_kernels::resize`).
 fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
-    (0..n_out)
-        .map(|o| {
-            let src = if n_out > 1 { o as f32 * ((n_in - 1) as f32 / (n_out - 1) as f32) } else { 0.0 };
-            let i0 = (src as usize).min(n_in - 1);
-            (i0, (i0 + 1).min(n_in - 1), src - i0 as f32)
-        })
-        .collect()
+    mnv2_kernels::resize::taps(n_in, n_out, true)
 }
 
 /// The four neighbours' weights of one output pixel, in the order (y0,x0), (y0,x1), (y1,x0),
