@@ -172,6 +172,13 @@ impl PackedBf16Gemm {
         self.k.div_ceil(2)
     }
 
+    /// Replaces the bias (`[n]`): a layer whose bias changes per call (DeepLab's projection,
+    /// which folds the image-pooling branch into it) keeps one packing of its weights.
+    pub fn set_bias(&mut self, bias: &[f32]) {
+        assert_eq!(bias.len(), self.n, "one bias per output");
+        self.bias[..self.n].copy_from_slice(bias);
+    }
+
     /// Panels of `nr` output channels.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(self.nr)

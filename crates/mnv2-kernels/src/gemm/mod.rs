@@ -131,6 +131,13 @@ impl PackedGemm {
         PackedGemm { k, n, nr, kernel, data, bias: b }
     }
 
+    /// Replaces the bias (`[n]`): a layer whose bias changes per call (DeepLab's projection,
+    /// which folds the image-pooling branch into it) keeps one packing of its weights.
+    pub fn set_bias(&mut self, bias: &[f32]) {
+        assert_eq!(bias.len(), self.n, "one bias per output");
+        self.bias[..self.n].copy_from_slice(bias);
+    }
+
     /// Panels of `nr` output channels.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(self.nr)

@@ -26,6 +26,22 @@ impl PackedPw {
         }
     }
 
+    /// A copy with `bias` (`[n]`) in place of the packed bias.
+    pub fn with_bias(&self, bias: &[f32]) -> PackedPw {
+        match self {
+            PackedPw::F32(w) => {
+                let mut w = w.clone();
+                w.set_bias(bias);
+                PackedPw::F32(w)
+            }
+            PackedPw::Bf16(w) => {
+                let mut w = w.clone();
+                w.set_bias(bias);
+                PackedPw::Bf16(w)
+            }
+        }
+    }
+
     /// Output channels.
     pub fn n(&self) -> usize {
         match self {
