@@ -37,7 +37,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use mobilenetv2::detect::Detector;
-use mobilenetv2::engine::Options;
+use mobilenetv2::engine::{Options, Precision};
 use mobilenetv2::segment::Segmenter;
 use mobilenetv2::{Engine, Model};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -66,6 +66,9 @@ pub struct Config {
     pub max_images: usize,
     /// The model's name in the v2 routes.
     pub model_name: String,
+    /// The classifier engine's number format (`None`: the weights' own; see
+    /// [`Options::precision`]).
+    pub precision: Option<Precision>,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             max_pixels: 24_000_000,
             max_images: 64,
             model_name: "mobilenet_v2".into(),
+            precision: None,
         }
     }
 }
@@ -126,7 +130,8 @@ impl App {
         if config.max_batch == 0 || config.queue == 0 || config.max_images == 0 {
             return Err(mobilenetv2::Error::Input("--max-batch, --queue and --max-images must be at least 1".into()));
         }
-        let (engine, model) = Engine::new_owned(model, Options { threads: config.threads, ..Options::default() })?;
+        let options = Options { threads: config.threads, precision: config.precision, ..Options::default() };
+        let (engine, model) = Engine::new_owned(model, options)?;
         let metrics = Arc::new(Metrics::default());
         let batcher = batch::Batcher::start(engine, config.max_batch, config.batch_wait, metrics.clone());
         Ok(Arc::new(App {

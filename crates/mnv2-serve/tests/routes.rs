@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use mnv2_serve::{App, Config, Heads};
 use mobilenetv2::classify::Classifier;
 use mobilenetv2::detect::{Detector, DetectorOptions, PixelDetection};
-use mobilenetv2::engine::Options;
+use mobilenetv2::engine::{Options, Precision};
 use mobilenetv2::segment::Segmenter;
 use mobilenetv2::{preprocess, Model};
 use serde_json::{json, Value};
@@ -138,6 +138,25 @@ async fn classify_raw_png_equals_the_library() {
     assert_eq!(got, library_json_threads(&["chelsea.png"], &["body"], 5, 2));
     assert_eq!(got[0]["top"][0]["label"], "Egyptian cat");
     assert_eq!(got[0]["top"].as_array().unwrap().len(), 5);
+}
+
+/// `Config::precision` (`mnv2 serve --precision bf16`): the server answers as the library's
+/// bf16 classifier does, bit for bit, which is not the fp32 answer (same top-1).
+#[tokio::test]
+async fn bf16_server_equals_the_bf16_library() {
+    let router = app(Config { precision: Some(Precision::Bf16), ..config() }).router();
+    let (s, _, b) = call(&router, post("/v1/classify?top=5", Some("image/png"), read("chelsea.png"))).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let options = Options { threads: 1, precision: Some(Precision::Bf16), ..Options::default() };
+    let bf16 = Classifier::new(Model::load(&weights()).unwrap(), options).unwrap();
+    let text = serde_json::to_string(&bf16.classify_files(&[photo("chelsea.png")], 5).unwrap()).unwrap();
+    let mut want: Value = serde_json::from_str(&text).unwrap();
+    want[0]["image"] = json!("body");
+    let got = json_of(&b);
+    assert_eq!(got, want);
+    let fp32 = library_json(&["chelsea.png"], &["body"], 5);
+    assert_ne!(got, fp32, "bf16 gave the fp32 answer");
+    assert_eq!(got[0]["top"][0]["label"], fp32[0]["top"][0]["label"]);
 }
 
 #[tokio::test]

@@ -53,6 +53,10 @@ pub struct Args {
     /// Segmenter for POST /v1/segment: a DeepLab model (as `mnv2 segment --weights`)
     #[arg(long)]
     segmenter: Option<PathBuf>,
+    /// Number format of the classifier, the detector and the segmenter [default: each weights
+    /// file's own: int8 for an int8 file, else fp32]
+    #[arg(long, value_enum)]
+    precision: Option<super::args::PrecisionArg>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -60,18 +64,21 @@ pub fn main(a: Args) -> Result<()> {
     let model = Model::load(&a.weights)?;
     let defaults = mnv2_serve::Config::default();
     let threads = a.threads.map_or(defaults.threads, |t| t as usize);
+    let precision = a.precision.map(Into::into);
     let mut heads = mnv2_serve::Heads::default();
     if let Some(p) = &a.detector {
         // Threshold 0: each request filters with its own ?threshold= (default 0.5).
-        let options = DetectorOptions { threshold: 0.0, threads, ..DetectorOptions::default() };
-        heads.detector = Some(Detector::load(p, options).with_context(|| format!("--detector {}", p.display()))?);
+        let options = DetectorOptions { threshold: 0.0, threads, precision, ..DetectorOptions::default() };
+        let detector = Detector::load(p, options).with_context(|| format!("--detector {}", p.display()))?;
+        super::args::warn_slow_bf16(detector.engine());
+        heads.detector = Some(detector);
     }
     if let Some(p) = &a.segmenter {
         let m = Model::load(p)?;
-        heads.segmenter = Some(
-            Segmenter::new(m, Options { threads, ..Options::default() })
-                .with_context(|| format!("--segmenter {}", p.display()))?,
-        );
+        let segmenter = Segmenter::new(m, Options { threads, precision, ..Options::default() })
+            .with_context(|| format!("--segmenter {}", p.display()))?;
+        super::args::warn_slow_bf16(segmenter.engine());
+        heads.segmenter = Some(segmenter);
     }
     let config = mnv2_serve::Config {
         threads,
@@ -83,6 +90,7 @@ pub fn main(a: Args) -> Result<()> {
         max_pixels: a.max_pixels,
         max_images: a.max_images as usize,
         model_name: a.model_name,
+        precision,
     };
     let routes = match (heads.detector.is_some(), heads.segmenter.is_some()) {
         (false, false) => "classify",
@@ -91,8 +99,9 @@ pub fn main(a: Args) -> Result<()> {
         (true, true) => "classify, detect, segment",
     };
     mnv2_serve::run(model, heads, config, a.addr, |addr| {
+        let format = precision.map_or(String::new(), |p: mobilenetv2::engine::Precision| format!("; {}", p.name()));
         eprintln!(
-            "mnv2 serve: listening on http://{addr} ({threads} engine threads; {routes}); Ctrl-C or SIGTERM stops"
+            "mnv2 serve: listening on http://{addr} ({threads} engine threads{format}; {routes}); Ctrl-C or SIGTERM stops"
         );
     })?;
     Ok(())
