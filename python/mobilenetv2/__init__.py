@@ -16,9 +16,10 @@ Quick start::
 
 What is here:
 
-- :class:`Model`: ``Model.load(path, threads=None, mode="fast")`` reads every weights format
-  ``mnv2`` reads (safetensors, int8 safetensors, PyTorch ``.pth``, ONNX, TFLite, Keras
-  ``.h5``); ``Model.init(...)`` makes random weights. ``model.run(x)`` maps an NCHW float32
+- :class:`Model`: ``Model.load(path, threads=None, mode="fast", precision=None)`` reads every
+  weights format ``mnv2`` reads (safetensors, int8 safetensors, PyTorch ``.pth``, ONNX,
+  TFLite, Keras ``.h5``); ``precision="bf16"`` runs the 1x1 convolutions in bf16 (AVX512-BF16
+  CPUs). ``Model.init(...)`` makes random weights. ``model.run(x)`` maps an NCHW float32
   numpy array to logits; ``model.classify(images, top=5)`` takes paths, bytes, PIL images or
   HxWx3 uint8 arrays and returns what ``mnv2 classify --json`` prints, as dicts;
   ``model.quantize(calib)`` calibrates an int8 model; ``model.save(path)`` and

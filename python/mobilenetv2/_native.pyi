@@ -28,7 +28,9 @@ class Model:
     """MobileNetV2 weights compiled for inference (immutable, thread-safe)."""
 
     @staticmethod
-    def load(path: PathLike, threads: Optional[int] = None, mode: str = "fast") -> "Model": ...
+    def load(
+        path: PathLike, threads: Optional[int] = None, mode: str = "fast", precision: Optional[str] = None
+    ) -> "Model": ...
     @staticmethod
     def init(
         width: float = 1.0,
@@ -37,6 +39,7 @@ class Model:
         seed: int = 0,
         threads: Optional[int] = None,
         mode: str = "fast",
+        precision: Optional[str] = None,
     ) -> "Model": ...
     def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
     def classify(
@@ -72,6 +75,8 @@ class Model:
     @property
     def mode(self) -> str: ...
     @property
+    def precision(self) -> str: ...
+    @property
     def source(self) -> str: ...
 
 # "class" (the 0-based foreground class) is a keyword, hence the functional form.
@@ -86,7 +91,9 @@ class Detector:
     """An SSDLite/SSD detector from a TF Object Detection API frozen graph or its safetensors conversion (thread-safe)."""
 
     @staticmethod
-    def load(path: PathLike, threshold: float = 0.5, threads: Optional[int] = None) -> "Detector": ...
+    def load(
+        path: PathLike, threshold: float = 0.5, threads: Optional[int] = None, precision: Optional[str] = None
+    ) -> "Detector": ...
     def detect(self, images: Union[ImageLike, Sequence[ImageLike]]) -> List[Detections]: ...
     @property
     def threshold(self) -> float: ...
@@ -107,7 +114,7 @@ class Segmenter:
     """A Mobile DeepLabv3 segmenter (MobileNetV2 backbone, DeepLab head; thread-safe)."""
 
     @staticmethod
-    def load(path: PathLike, threads: Optional[int] = None) -> "Segmenter": ...
+    def load(path: PathLike, threads: Optional[int] = None, precision: Optional[str] = None) -> "Segmenter": ...
     def segment(
         self, images: Union[ImageLike, Sequence[ImageLike]], multi_scale: bool = False
     ) -> List[Segmentation]: ...

@@ -34,6 +34,23 @@ def test_run_is_bit_identical_to_the_cli(model, weights, mnv2, tmp_path):
         assert np.array_equal(got, cli), f"max |diff| {np.abs(got - cli).max()} at {n}x{h}x{w}"
 
 
+def test_bf16_run_is_bit_identical_to_the_cli(weights, mnv2, tmp_path):
+    """precision="bf16" is `mnv2 run --precision bf16`, bit for bit; near fp32, not equal."""
+    bf16 = mobilenetv2.Model.load(weights, threads=2, precision="bf16")
+    assert bf16.precision == "bf16" and "precision=bf16" in repr(bf16)
+    x = batch(2, seed=7)
+    np.save(tmp_path / "x.npy", x)
+    mnv2("run", "--weights", weights, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--threads", 2,
+         "--precision", "bf16")
+    got = bf16.run(x)
+    assert np.array_equal(got, np.load(tmp_path / "y.npy"))
+    fp32 = mobilenetv2.Model.load(weights, threads=2).run(x)
+    assert not np.array_equal(got, fp32)
+    assert np.abs(got - fp32).max() < 0.2 and (got.argmax(1) == fp32.argmax(1)).all()
+    with pytest.raises(mobilenetv2.Error, match="unknown precision `fp64`"):
+        mobilenetv2.Model.load(weights, precision="fp64")
+
+
 def test_classify_equals_the_cli_json(model, weights, mnv2):
     photos = [PHOTOS / "chelsea.png", PHOTOS / "grace_hopper.jpg", PHOTOS / "camera.png", PHOTOS / "rocket.jpg"]
     photos += sorted((PHOTOS / "formats").glob("*"))[:6]  # more than one chunk of 8
@@ -260,7 +277,7 @@ def test_signatures_show_their_defaults():
 
     sig = inspect.signature(mobilenetv2.Model.export)
     assert str(sig) == "(self, /, path, format='onnx', dynamic_batch=False, opset=None, resolution=None)"
-    assert str(inspect.signature(mobilenetv2.Model.load)) == "(path, threads=None, mode='fast')"
+    assert str(inspect.signature(mobilenetv2.Model.load)) == "(path, threads=None, mode='fast', precision=None)"
 
 
 def test_segmenter_equals_mnv2_segment(mnv2, tmp_path):

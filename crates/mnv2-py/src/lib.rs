@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use mobilenetv2::classify::{Classifier, Prediction};
 use mobilenetv2::detect::{Detector, DetectorOptions, PixelDetection};
-use mobilenetv2::engine::{Engine, Mode, Options};
+use mobilenetv2::engine::{Engine, Mode, Options, Precision};
 use mobilenetv2::export::onnx;
 use mobilenetv2::preprocess::{self, RgbImage};
 use mobilenetv2::quant::{self, Method};
@@ -55,6 +55,11 @@ fn cores() -> usize {
 
 fn parse_mode(mode: &str) -> PyResult<Mode> {
     mode.parse::<Mode>().map_err(err)
+}
+
+/// `precision=`: `None` keeps the weights' own (int8 for an int8 file, else fp32).
+fn parse_precision(precision: Option<&str>) -> PyResult<Option<Precision>> {
+    precision.map(|p| p.parse::<Precision>().map_err(err)).transpose()
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -226,7 +231,7 @@ fn nchw<'a>(x: &'a Bound<'_, PyAny>) -> PyResult<numpy::PyReadonlyArrayDyn<'a, f
 
 #[pymethods]
 impl PyModel {
-    /// Model.load(path, threads=None, mode="fast")
+    /// Model.load(path, threads=None, mode="fast", precision=None)
     ///
     /// Loads weights from a file in any format the ``mnv2`` command line reads: the project's
     /// safetensors (float or int8), PyTorch ``.pth`` state dicts (torchvision's names), ONNX,
@@ -235,22 +240,31 @@ impl PyModel {
     ///
     /// ``threads``: worker threads of the engine (default: every core this process may use).
     /// ``mode``: ``"fast"`` (fused SIMD blocks), ``"streaming"`` (least memory) or
-    /// ``"reference"`` (scalar, layer by layer; slow). Raises ``mobilenetv2.Error`` naming the
-    /// file when it cannot be read or does not hold MobileNetV2 weights.
+    /// ``"reference"`` (scalar, layer by layer; slow). ``precision``: ``"fp32"``, ``"bf16"``
+    /// (bf16 products with f32 sums in the 1x1 convolutions: AVX512-BF16 CPUs) or ``"int8"``
+    /// (an int8 file); default: the file's own. Raises ``mobilenetv2.Error`` naming the file
+    /// when it cannot be read or does not hold MobileNetV2 weights.
     #[staticmethod]
-    #[pyo3(signature = (path, threads=None, mode="fast"))]
-    fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>, mode: &str) -> PyResult<PyModel> {
-        let options =
-            Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None, precision: None };
+    #[pyo3(signature = (path, threads=None, mode="fast", precision=None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        threads: Option<usize>,
+        mode: &str,
+        precision: Option<&str>,
+    ) -> PyResult<PyModel> {
+        let precision = parse_precision(precision)?;
+        let options = Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None, precision };
         py.detach(|| Model::load(&path)).map_err(err).and_then(|m| PyModel::new(m, options))
     }
 
-    /// Model.init(width=1.0, resolution=224, classes=1000, seed=0, threads=None, mode="fast")
+    /// Model.init(width=1.0, resolution=224, classes=1000, seed=0, threads=None, mode="fast", precision=None)
     ///
     /// A model with random weights (He initialisation, seeded): for tests and for training
-    /// elsewhere. ``resolution`` is ``N`` or ``"HxW"``.
+    /// elsewhere. ``resolution`` is ``N`` or ``"HxW"``; ``precision`` as in ``Model.load``.
     #[staticmethod]
-    #[pyo3(signature = (width=1.0, resolution=None, classes=1000, seed=0, threads=None, mode="fast"))]
+    #[pyo3(signature = (width=1.0, resolution=None, classes=1000, seed=0, threads=None, mode="fast", precision=None))]
+    #[allow(clippy::too_many_arguments)]
     fn init(
         width: f64,
         resolution: Option<&Bound<'_, PyAny>>,
@@ -258,6 +272,7 @@ impl PyModel {
         seed: u64,
         threads: Option<usize>,
         mode: &str,
+        precision: Option<&str>,
     ) -> PyResult<PyModel> {
         let (h, w) = match resolution {
             None => (224, 224),
@@ -267,8 +282,8 @@ impl PyModel {
             },
         };
         let spec = Spec { classes, height: h, width_px: w, ..Spec::new(width, h) };
-        let options =
-            Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None, precision: None };
+        let precision = parse_precision(precision)?;
+        let options = Options { mode: parse_mode(mode)?, threads: threads.unwrap_or_else(cores), isa: None, precision };
         PyModel::new(Model::init(&spec, seed, false).map_err(err)?, options)
     }
 
@@ -486,6 +501,12 @@ impl PyModel {
         mode_name(self.options.mode)
     }
 
+    /// The engine's number format: ``"fp32"``, ``"bf16"`` or ``"int8"``.
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.engine.precision().map_or("fp32", |p| p.name())
+    }
+
     /// Where the weights came from (the file loaded, or ``<init seed N>``).
     #[getter]
     fn source(&self) -> String {
@@ -495,7 +516,7 @@ impl PyModel {
     fn __repr__(&self) -> String {
         let s = self.model.spec();
         format!(
-            "mobilenetv2.Model(source={:?}, width={}, input={}x{}, classes={}, {}, threads={}, mode={})",
+            "mobilenetv2.Model(source={:?}, width={}, input={}x{}, classes={}, {}, threads={}, mode={}, precision={})",
             self.model.source.display().to_string(),
             s.width,
             s.height,
@@ -503,7 +524,8 @@ impl PyModel {
             s.classes,
             if self.model.quant.is_some() { "int8" } else { "float32" },
             self.options.threads,
-            mode_name(self.options.mode)
+            mode_name(self.options.mode),
+            self.precision()
         )
     }
 }
@@ -511,7 +533,7 @@ impl PyModel {
 /// An SSDLite / SSD object detector (MobileNetV2 backbone) from a TF Object Detection API
 /// frozen graph, as ``mnv2 detect`` runs it.
 ///
-/// ``Detector.load(path, threshold=0.5, threads=None)``; ``detector.detect(images)`` returns,
+/// ``Detector.load(path, threshold=0.5, threads=None, precision=None)``; ``detector.detect(images)`` returns,
 /// per image, ``{"image", "size": [W, H], "detections": [{"box": [x0, y0, x1, y1], "score",
 /// "class", "label"}]}`` (boxes in pixels of the original image), what ``mnv2 detect --json``
 /// prints. Thread-safe; the GIL is released while the engine runs.
@@ -531,19 +553,27 @@ fn detection<'py>(py: Python<'py>, det: &Detector, d: &PixelDetection) -> PyResu
 
 #[pymethods]
 impl PyDetector {
-    /// Detector.load(path, threshold=0.5, threads=None)
+    /// Detector.load(path, threshold=0.5, threads=None, precision=None)
     ///
     /// Reads a TF Object Detection API SSD frozen graph (``.pb``), or the same detector saved
     /// by ``mnv2 convert GRAPH.pb OUT.safetensors``: the backbone, the head, the anchors, the
     /// box coder and the NMS settings all come from the file. Detections scoring below
-    /// ``threshold`` are dropped.
+    /// ``threshold`` are dropped. ``precision`` as in ``Model.load``.
     #[staticmethod]
-    #[pyo3(signature = (path, threshold=0.5, threads=None))]
-    fn load(py: Python<'_>, path: PathBuf, threshold: f32, threads: Option<usize>) -> PyResult<PyDetector> {
+    #[pyo3(signature = (path, threshold=0.5, threads=None, precision=None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        threshold: f32,
+        threads: Option<usize>,
+        precision: Option<&str>,
+    ) -> PyResult<PyDetector> {
         if !(0.0..=1.0).contains(&threshold) {
             return Err(input_err(format!("threshold {threshold} must be in [0, 1]")));
         }
-        let options = DetectorOptions { threshold, threads: threads.unwrap_or_else(cores), ..Default::default() };
+        let precision = parse_precision(precision)?;
+        let options =
+            DetectorOptions { threshold, threads: threads.unwrap_or_else(cores), precision, ..Default::default() };
         let detector = py.detach(|| Detector::load(&path, options)).map_err(err)?;
         Ok(PyDetector { detector })
     }
@@ -611,7 +641,7 @@ impl PyDetector {
 /// A Mobile DeepLabv3 semantic segmenter (MobileNetV2 backbone, DeepLab head), as ``mnv2
 /// segment`` runs it.
 ///
-/// ``Segmenter.load(path, threads=None)`` reads weights with a DeepLab spec (safetensors);
+/// ``Segmenter.load(path, threads=None, precision=None)`` reads weights with a DeepLab spec (safetensors);
 /// ``segmenter.segment(images, multi_scale=False)`` returns, per image, ``{"image", "width",
 /// "height", "mask", "classes"}``: ``mask`` is an ``H x W`` uint8 numpy array of class indices
 /// at the photo's size (what ``mnv2 segment`` writes as a palette PNG), ``classes`` the share
@@ -626,18 +656,19 @@ struct PySegmenter {
 
 #[pymethods]
 impl PySegmenter {
-    /// Segmenter.load(path, threads=None)
+    /// Segmenter.load(path, threads=None, precision=None)
     ///
     /// Reads a DeepLab model (the project's safetensors with a DeepLab spec). It runs on the
-    /// reference engine, ``threads`` images at a time.
+    /// fast engine with ``threads`` threads; ``precision`` as in ``Model.load``.
     #[staticmethod]
-    #[pyo3(signature = (path, threads=None))]
-    fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>) -> PyResult<PySegmenter> {
+    #[pyo3(signature = (path, threads=None, precision=None))]
+    fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>, precision: Option<&str>) -> PyResult<PySegmenter> {
         let threads = threads.unwrap_or_else(cores);
+        let precision = parse_precision(precision)?;
         let segmenter = py
             .detach(|| {
                 let model = Model::load(&path)?;
-                Segmenter::new(model, Options { threads, ..Options::default() })
+                Segmenter::new(model, Options { threads, precision, ..Options::default() })
                     .map_err(|e| mobilenetv2::Error::Input(format!("{}: {e}", path.display())))
             })
             .map_err(err)?;
