@@ -3,23 +3,26 @@
 //! pixel-wise cross-entropy with ignore label 255) and one SGD-momentum update, against
 //! `scripts/fixtures/deeplab_train.py` (float64 PyTorch, tests/data/deeplab_train/).
 //!
-//! The ASPP fixtures are 4 images of 145x209 (feature maps 10x14 at OS 16, 19x27 at OS 8) so
-//! that the atrous branches read shifted windows (rate 6 and 12 at OS 16, 12 and 24 at OS 8;
-//! the larger rates lie in the padding there and are checked against the direct convolution in
-//! `train::ops`'s unit tests); their inputs add a constant per image, some BatchNorm biases are
-//! moved clear of the ReLU kinks (`init.*` tensors, applied here before the step) and the
-//! logits are sampled, all as the script explains.
+//! Every fixture is 4 images of 145x209 (feature maps 10x14 at OS 16, 19x27 at OS 8), so that
+//! the atrous branches read shifted windows (rate 6 and 12 at OS 16, 12 and 24 at OS 8; the
+//! larger rates lie in the padding there and are checked against the direct convolution in
+//! `train::ops`'s unit tests) and the deep BatchNorms see enough values per channel; the
+//! inputs add a constant per image, some BatchNorm biases are moved clear of the ReLU kinks
+//! (`init.*` tensors, applied here before the step) and the logits are sampled, all as the
+//! script explains.
 //!
-//! Tolerance, per tensor: relative error `||ours - torch|| / ||torch||` <= 2e-4 (Euclidean
-//! norms) for the feature-size logits, every parameter's gradient (on the fixture's sampled
-//! elements, and the whole tensor's norm against the fixture's), the updated weights and the
-//! head's running statistics; the loss to 1e-5 relative. The reference is float64, ours
-//! float32; the logits agree to 2.4e-5 and most gradients to a few 1e-5, but a handful of
-//! backbone gradients reach 1.5e-4: at this fixture's size (4 images of 33x41, 3x3 or 5x6
-//! feature maps) the deep BatchNorms see few values per channel and amplify float32 rounding
-//! on the way down, hence 2e-4 rather than the classification fixtures' 1e-4 (which compare
-//! float32 PyTorch on larger maps). The input is chosen so that no ReLU input lies within
-//! rounding of a kink (see the script). As in `train_grads.rs`, a BatchNorm
+//! Tolerance, per tensor: relative error `||ours - torch|| / ||torch||` (Euclidean norms) at
+//! most 1e-4 for the feature-size logits, the updated weights and the head's running
+//! statistics, the loss to 1e-5 relative; for every parameter's gradient (whole up to 4096
+//! values, else the fixture's sampled elements, and the whole tensor's norm against the
+//! fixture's) at most the larger of 1e-4 and 4 times PyTorch float32's own error on that
+//! gradient (`torch_f32_grad_err`, the same step in float32 against the float64 reference),
+//! as `ssd_full_step.rs` does. The reference is float64, ours float32: at this size float32
+//! PyTorch's gradients are off by up to 6.6e-5; ours are within 1e-4 on every tensor of three
+//! fixtures, and on 314 of 317 in `os16`, whose other three (BatchNorm gradients of blocks 1
+//! and 6) reach 1.03e-4, 1.9x to 3x PyTorch's error there; the test prints how many tensors
+//! are within 1e-4 outright. (Earlier fixtures of 33x41 images left the deep
+//! BatchNorms 9 to 30 values per channel and needed 2e-4 for everything.) As in `train_grads.rs`, a BatchNorm
 //! bias after a linear bottleneck has a true gradient of exactly zero (batch-statistics
 //! BatchNorms follow); when the reference is that zero (norm below 1e-4 of its BatchNorm
 //! weight's gradient) ours must be zero at that scale too.
@@ -34,7 +37,7 @@ use mobilenetv2::weights;
 use mobilenetv2::{Batch, Model, Spec};
 use serde_json::Value;
 
-const TOL: f64 = 2e-4;
+const TOL: f64 = 1e-4;
 
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
@@ -52,6 +55,7 @@ fn check(cfg_name: &str) {
     let cfg: Value = serde_json::from_str(&meta("config")).unwrap();
     let gnorms: serde_json::Map<String, Value> = serde_json::from_str(&meta("grad_norms")).unwrap();
     let wnorms: serde_json::Map<String, Value> = serde_json::from_str(&meta("new_norms")).unwrap();
+    let f32_err: serde_json::Map<String, Value> = serde_json::from_str(&meta("torch_f32_grad_err")).unwrap();
     let (sample, full): (usize, usize) = (meta("sample").parse().unwrap(), meta("full_limit").parse().unwrap());
     let torch_loss: f64 = meta("loss").parse().unwrap();
     let u = |k: &str| cfg[k].as_u64().unwrap() as usize;
@@ -63,7 +67,7 @@ fn check(cfg_name: &str) {
     assert_eq!(m.spec().head, HeadSpec::DeepLab { aspp });
     let model = m.with_spec(&Spec { height: h, width_px: w, output_stride: os, ..m.spec().clone() }).unwrap();
     let mut net = Net::new(&model);
-    // The ASPP fixtures move some BatchNorm biases clear of the ReLU kinks (see the script).
+    // The fixtures move some BatchNorm biases clear of the ReLU kinks (see the script).
     let mut moved = 0;
     for t in net.tensors.clone() {
         let key = format!("init.{}", t.name);
@@ -72,11 +76,11 @@ fn check(cfg_name: &str) {
             moved += 1;
         }
     }
-    assert_eq!(aspp, moved > 0, "{cfg_name}: {moved} moved BatchNorm biases");
+    assert!(moved > 0, "{cfg_name}: no moved BatchNorm biases in the fixture");
     let mut tape = Tape::new(&net.plan, n);
     let mut seg = SegTape::new(&net.plan, n).unwrap();
     let mut input = det_input(n * 3 * h * w, u("seed") as u64);
-    // The ASPP fixtures add a constant per image (exact in f32; see the script).
+    // The fixtures add a constant per image (exact in f32; see the script).
     if let Some(offsets) = cfg.get("offsets").and_then(Value::as_array) {
         assert_eq!(offsets.len(), n);
         for (img, o) in input.chunks_exact_mut(3 * h * w).zip(offsets) {
@@ -100,7 +104,7 @@ fn check(cfg_name: &str) {
     let stats = net.seg_step(&mut tape, &mut seg, &x.data, &labels, n, None).unwrap();
     assert_eq!(stats.pixels, labels.iter().filter(|&&l| l != 255).count());
     let loss_err = (stats.loss - torch_loss).abs() / torch_loss.abs();
-    // The ASPP fixtures sample the logits (every `logit_sample`-th value) and give their norm.
+    // The fixtures sample the logits (every `logit_sample`-th value) and give their norm.
     let logit_err = match file.metadata.get("logit_sample") {
         Some(step) => {
             let picked: Vec<f32> = seg.logits().iter().step_by(step.parse().unwrap()).copied().collect();
@@ -125,12 +129,13 @@ fn check(cfg_name: &str) {
     );
     opt.step(&mut net.params, &net.grads, &net.tensors, cfg["lr"].as_f64().unwrap() as f32, |_| true);
 
-    let (mut worst, mut worst_name, mut count, mut zeros) = (0f64, String::new(), 0, 0);
+    let (mut worst, mut worst_name, mut count, mut zeros, mut outright) = (0f64, String::new(), 0, 0, 0);
     let mut bad = Vec::new();
-    let mut note = |err: f64, key: String| {
-        if err > TOL {
-            bad.push(format!("`{key}` {err:.3e}"));
+    let mut note = |err: f64, key: String, bound: f64| {
+        if err > bound {
+            bad.push(format!("`{key}` {err:.3e} (bound {bound:.3e})"));
         }
+        outright += usize::from(err <= TOL);
         if err > worst {
             worst = err;
             worst_name = key;
@@ -143,6 +148,7 @@ fn check(cfg_name: &str) {
                 note(
                     rel_err(net.values(&t.name).unwrap(), &f32s(&file, &format!("stat.{}", t.name))),
                     format!("stat.{}", t.name),
+                    TOL,
                 );
             }
             continue;
@@ -163,16 +169,18 @@ fn check(cfg_name: &str) {
         } else {
             let picked: Vec<f32> = if t.len <= full { g.to_vec() } else { g.iter().step_by(sample).copied().collect() };
             let norm_err = (norm(g) - want_norm).abs() / want_norm;
-            note(rel_err(&picked, &theirs).max(norm_err), format!("grad.{}", t.name));
+            let bound = TOL.max(4.0 * f32_err[&t.name].as_f64().unwrap());
+            note(rel_err(&picked, &theirs).max(norm_err), format!("grad.{}", t.name), bound);
         }
         let v = &net.params[t.offset..t.offset + t.len];
         let picked: Vec<f32> = if t.len <= full { v.to_vec() } else { v.iter().step_by(sample).copied().collect() };
         let norm_err = (norm(v) - wnorms[&t.name].as_f64().unwrap()).abs() / wnorms[&t.name].as_f64().unwrap();
-        note(rel_err(&picked, &f32s(&file, &format!("new.{}", t.name))).max(norm_err), format!("new.{}", t.name));
+        note(rel_err(&picked, &f32s(&file, &format!("new.{}", t.name))).max(norm_err), format!("new.{}", t.name), TOL);
     }
-    assert!(bad.is_empty(), "{cfg_name}: relative error above {TOL:e}: {}", bad.join(", "));
+    assert!(bad.is_empty(), "{cfg_name}: relative error above the bound: {}", bad.join(", "));
     eprintln!(
-        "{cfg_name}: {count} tensors within {TOL:e}, worst {worst:.2e} ({worst_name}); {zeros} zero-gradient biases"
+        "{cfg_name}: {count} tensors within their bounds, {outright} within {TOL:e} outright, worst {worst:.2e} \
+         ({worst_name}); {zeros} zero-gradient biases"
     );
     assert!(count > 300);
 }
