@@ -11,4 +11,4 @@ mod team;
 
 pub use pool::{PoisonGuard, Pool, SpinBarrier};
 pub use rows::{Rows, RowsMut};
-pub use team::{share, Phase, Team, Turns};
+pub use team::{share, split_rows, Phase, Team, Turns};

@@ -13,8 +13,9 @@ use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-use super::pool::SpinBarrier;
+use super::pool::{Pool, SpinBarrier};
 use super::rows::RowsMut;
 
 /// Thread `tid`'s share of `n` items split as evenly as possible among `threads`.
@@ -23,6 +24,37 @@ pub fn share(tid: usize, threads: usize, n: usize) -> Range<usize> {
     let extra = n % threads;
     let start = tid * per + tid.min(extra);
     start..start + per + usize::from(tid < extra)
+}
+
+/// Calls `f(rows, dst)` over `rows` rows of `row_len` values of `out`: at once, or split
+/// across `pool`'s threads (each its [`share`] of the rows) when there are at least `min_rows`
+/// rows and more than one thread.
+pub fn split_rows<T: Send>(
+    pool: Option<&Pool>,
+    rows: usize,
+    row_len: usize,
+    out: &mut [T],
+    min_rows: usize,
+    f: &(dyn Fn(Range<usize>, &mut [T]) + Sync),
+) {
+    assert_eq!(out.len(), rows * row_len, "output size");
+    let Some(pool) = pool.filter(|p| p.threads() > 1 && rows >= min_rows.max(p.threads())) else {
+        return f(0..rows, out);
+    };
+    let threads = pool.threads();
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = out;
+    for t in 0..threads {
+        let r = share(t, threads, rows);
+        let (mine, tail) = rest.split_at_mut(r.len() * row_len);
+        parts.push(Mutex::new((r, mine)));
+        rest = tail;
+    }
+    pool.run(&|tid| {
+        let mut part = parts[tid].lock().unwrap_or_else(|e| e.into_inner());
+        let (r, dst) = &mut *part;
+        f(r.clone(), dst);
+    });
 }
 
 /// What the threads do in one phase of a job.

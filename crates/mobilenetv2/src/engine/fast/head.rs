@@ -6,11 +6,8 @@
 //! after its last reader. Dense 3x3 convs (ASPP's atrous branches, SSD's regular head) run on
 //! the scalar reference kernel.
 
-use std::ops::Range;
-use std::sync::Mutex;
-
 use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
-use mnv2_kernels::exec::{share, Pool};
+use mnv2_kernels::exec::{split_rows, Pool};
 use mnv2_kernels::resize::Bilinear;
 use mnv2_kernels::{reference as k, MinMax, Tier};
 
@@ -387,34 +384,4 @@ impl HeadNet {
             HeadOp::Identity => out.copy_from_slice(input),
         }
     }
-}
-
-/// Calls `f(rows, dst)` over `rows` rows of `row_len` values of `out`: at once, or split
-/// across `pool`'s threads when there are at least `min_rows` rows.
-fn split_rows(
-    pool: Option<&Pool>,
-    rows: usize,
-    row_len: usize,
-    out: &mut [f32],
-    min_rows: usize,
-    f: &(dyn Fn(Range<usize>, &mut [f32]) + Sync),
-) {
-    let threads = pool.map_or(1, Pool::threads);
-    if threads == 1 || rows < min_rows.max(threads) {
-        return f(0..rows, out);
-    }
-    let mut parts: Vec<Mutex<(Range<usize>, &mut [f32])>> = Vec::with_capacity(threads);
-    let mut rest = out;
-    for t in 0..threads {
-        let r = share(t, threads, rows);
-        let (mine, tail) = rest.split_at_mut(r.len() * row_len);
-        parts.push(Mutex::new((r, mine)));
-        rest = tail;
-    }
-    let pool = pool.expect("threads > 1");
-    pool.run(&|tid| {
-        let mut p = parts[tid].lock().unwrap_or_else(|e| e.into_inner());
-        let (r, dst) = &mut *p;
-        f(r.clone(), dst);
-    });
 }
