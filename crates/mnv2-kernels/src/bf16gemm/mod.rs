@@ -268,7 +268,7 @@ mod tests {
             let (mr, nr) = (kern.mr, kern.nr);
             let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
             ms.dedup();
-            let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40)];
+            let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40), (9, 20)];
             // Every distinct pointwise shape class of MobileNetV2 224/1.0 (k, n).
             kns.extend([(16, 96), (24, 144), (144, 24), (32, 16), (96, 24), (160, 960), (320, 1280), (1280, 40)]);
             for &(k, n) in &kns {
@@ -276,8 +276,8 @@ mod tests {
                 let b = vals(7 + n as u64, n);
                 let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
                 assert_eq!(p.kernel_name(), kern.name);
-                for &m in &ms {
-                    let lda = k + 3;
+                // Strided rows (rounded row by row) and contiguous ones (rounded as one run).
+                for (&m, lda) in ms.iter().flat_map(|m| [(m, k + 3), (m, k)]) {
                     let a = vals(m as u64, m * lda);
                     let r = vals(99, m * n);
                     for (act, res) in [
