@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use crate::aligned::AlignedVec;
 use crate::lanes::mask16;
 
-use super::{Args, PackedBf16Gemm};
+use super::{ASrc, Args, PackedBf16Gemm};
 
 const MR32: usize = 14;
 const MR16: usize = 24;
@@ -25,6 +25,8 @@ thread_local! {
 /// Loop invariants of one panel of output columns.
 struct Panel {
     pairs: usize,
+    /// A row stride, in pairs.
+    lda: usize,
     /// Packed columns per pair (`nr`): the weight stride of one pair.
     nr: usize,
     ldc: usize,
@@ -89,7 +91,7 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
         let b0 = wpairs(bp);
         let b1 = wpairs(bp.add(16));
         for i in 0..MR {
-            let av = pair(ap.add(i * p.pairs));
+            let av = pair(ap.add(i * p.lda));
             acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
             acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);
         }
@@ -123,7 +125,7 @@ unsafe fn tile24<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
         // SAFETY: both are 256-bit vectors of plain bits.
         let b1 = std::mem::transmute::<__m256i, __m256bh>(_mm256_load_si256(bp.add(16) as *const __m256i));
         for i in 0..MR {
-            let w = _mm512_set1_epi32(*ap.add(i * p.pairs) as i32);
+            let w = _mm512_set1_epi32(*ap.add(i * p.lda) as i32);
             // SAFETY: both are vectors of plain bits.
             let (av, av8) = (
                 std::mem::transmute::<__m512i, __m512bh>(w),
@@ -161,7 +163,7 @@ unsafe fn tile16<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
     for _ in 0..p.pairs {
         let b0 = wpairs(bp);
         for (i, x) in acc.iter_mut().enumerate() {
-            *x = _mm512_dpbf16_ps(*x, pair(ap.add(i * p.pairs)), b0);
+            *x = _mm512_dpbf16_ps(*x, pair(ap.add(i * p.lda)), b0);
         }
         bp = bp.add(p.nr);
         ap = ap.add(1);
@@ -264,15 +266,30 @@ unsafe fn round_flat(len: usize, a: *const f32, dst: *mut u32) {
 /// `args` must describe valid buffers for `w` (checked by `gemm_bf16`); the CPU must have
 /// AVX-512 F/BW/VL/DQ and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
-pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
-    let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
-    A16.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < args.m * pairs {
-            *s = AlignedVec::zeros(args.m * pairs);
-        }
-        let a16 = s.as_mut_ptr();
-        round_rows(args.m, k, args.a, args.lda, a16, pairs);
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
+    match src {
+        ASrc::Pairs(a16, lda) => panels(args, w, a16, lda),
+        ASrc::F32 => A16.with(|s| {
+            let pairs = w.pairs();
+            let mut s = s.borrow_mut();
+            if s.len() < args.m * pairs {
+                *s = AlignedVec::zeros(args.m * pairs);
+            }
+            let a16 = s.as_mut_ptr();
+            round_rows(args.m, w.k, args.a, args.lda, a16, pairs);
+            panels(args, w, a16, pairs);
+        }),
+    }
+}
+
+/// The panels of `args` from A rounded to bf16 pairs at `a16` (rows `lda` pairs apart).
+///
+/// # Safety
+/// As [`gemm`], with `a16` readable for `args.m` rows of `w.pairs()` pairs.
+#[inline(always)]
+unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
+    let (n, nr, pairs) = (w.n, w.nr, w.pairs());
+    {
         let mr = if nr == 32 { MR32 } else { MR16 };
         let (count, base, extra) = tiles(args.m, mr);
         for pi in args.panels.clone() {
@@ -280,6 +297,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
             let cols = nr.min(n - n0);
             let p = Panel {
                 pairs,
+                lda,
                 nr,
                 ldc: args.ldc,
                 ldr: args.ldr,
@@ -293,7 +311,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
             let mut i = 0;
             for t in 0..count {
                 let rows = base + usize::from(t < extra);
-                let a = a16.add(i * pairs);
+                let a = a16.add(i * lda);
                 let c = args.c.add(i * args.ldc + n0);
                 let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
                 // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections
@@ -308,5 +326,5 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
                 i += rows;
             }
         }
-    });
+    }
 }
