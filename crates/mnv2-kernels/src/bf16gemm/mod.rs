@@ -5,8 +5,10 @@
 //! consecutive input channels, `[n / nr][k / 2][nr]` 32-bit words (low half channel `2p`,
 //! high half `2p + 1`; an odd `k` is padded with a zero channel): the operand layout of
 //! `vdpbf16ps`, which multiplies one such pair per lane and adds both products to an f32
-//! lane. The activations stay f32 between layers; each call rounds its A rows to bf16 pairs
-//! once (`vcvtne2ps2bf16`, 32 values per instruction) into a per-thread scratch, and the
+//! lane. [`gemm_bf16`] takes f32 A rows and rounds them to bf16 pairs once per call
+//! (`vcvtne2ps2bf16`, 32 values per instruction) into a per-thread scratch;
+//! [`gemm_bf16_pairs_panels`] takes rows a producer already rounded ([`Bf16`], as the
+//! depthwise conv's `dwconv_row_bf16` writes them), with the same result bit for bit. The
 //! micro-kernel broadcasts one pair per row and k step. Bias, clamp and residual stay f32.
 //!
 //! Kernels: `gemm_bf16_minmaxres_14x32_avx512bf16` (28 accumulators, two dot products per
