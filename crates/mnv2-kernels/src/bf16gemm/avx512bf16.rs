@@ -3,7 +3,8 @@
 //! outputs. Per pair of input channels: one or two aligned panel loads, MR broadcasts of an A
 //! pair (32 bits) and 2*MR (or MR) `vdpbf16ps`, each two multiply-adds per lane: twice the
 //! f32 kernel's work per instruction. A is first rounded to bf16 pairs, once per call, into a
-//! per-thread scratch (`vcvtne2ps2bf16`). Column tails use masked stores.
+//! per-thread scratch (`vcvtne2ps2bf16`). Column tails use masked stores; a 32-column panel
+//! with <= 24 (<= 16) real columns runs a 24-column (16-column) tile.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -11,7 +12,7 @@ use std::cell::RefCell;
 use crate::aligned::AlignedVec;
 use crate::lanes::mask16;
 
-use super::{Args, PackedBf16Gemm};
+use super::{ASrc, Args, PackedBf16Gemm};
 
 const MR32: usize = 14;
 const MR16: usize = 24;
@@ -24,6 +25,10 @@ thread_local! {
 /// Loop invariants of one panel of output columns.
 struct Panel {
     pairs: usize,
+    /// A row stride, in pairs.
+    lda: usize,
+    /// Packed columns per pair (`nr`): the weight stride of one pair.
+    nr: usize,
     ldc: usize,
     ldr: usize,
     /// Packed weight pairs `[pairs][nr]` and bias `[nr]` of this panel.
@@ -86,7 +91,7 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
         let b0 = wpairs(bp);
         let b1 = wpairs(bp.add(16));
         for i in 0..MR {
-            let av = pair(ap.add(i * p.pairs));
+            let av = pair(ap.add(i * p.lda));
             acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
             acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);
         }
@@ -102,6 +107,50 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
     }
 }
 
+/// One tile of MR rows x 24 columns of a 32-column panel (its last 8 columns are padding):
+/// the upper half in 256-bit registers, which Zen 4 runs at half the cost of 512-bit ones, so
+/// layers of 24 outputs do 3/4 of the full tile's work. Per lane the same `vdpbf16ps` chain as
+/// [`tile32`], so the same bits.
+///
+/// # Safety
+/// As [`tile32`].
+#[inline(always)]
+unsafe fn tile24<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *const f32) {
+    let mut acc0 = [_mm512_load_ps(p.bias); MR];
+    let mut acc1 = [_mm256_load_ps(p.bias.add(16)); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.pairs {
+        let b0 = wpairs(bp);
+        // SAFETY: both are 256-bit vectors of plain bits.
+        let b1 = std::mem::transmute::<__m256i, __m256bh>(_mm256_load_si256(bp.add(16) as *const __m256i));
+        for i in 0..MR {
+            let w = _mm512_set1_epi32(*ap.add(i * p.lda) as i32);
+            // SAFETY: both are vectors of plain bits.
+            let (av, av8) = (
+                std::mem::transmute::<__m512i, __m512bh>(w),
+                std::mem::transmute::<__m256i, __m256bh>(_mm512_castsi512_si256(w)),
+            );
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
+            acc1[i] = _mm256_dpbf16_ps(acc1[i], av8, b1);
+        }
+        bp = bp.add(32);
+        ap = ap.add(1);
+    }
+    let (lo, hi) = (_mm512_castps512_ps256(p.lo), _mm512_castps512_ps256(p.hi));
+    let m1 = p.m1 as u8;
+    for i in 0..MR {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        let cp = c.add(i * p.ldc);
+        _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
+        let mut v = _mm256_min_ps(_mm256_max_ps(acc1[i], lo), hi);
+        if !rp.is_null() {
+            v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(m1, rp.add(16)));
+        }
+        _mm256_mask_storeu_ps(cp.add(16), m1, v);
+    }
+}
+
 /// One tile of MR rows x 16 columns.
 ///
 /// # Safety
@@ -114,14 +163,45 @@ unsafe fn tile16<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
     for _ in 0..p.pairs {
         let b0 = wpairs(bp);
         for (i, x) in acc.iter_mut().enumerate() {
-            *x = _mm512_dpbf16_ps(*x, pair(ap.add(i * p.pairs)), b0);
+            *x = _mm512_dpbf16_ps(*x, pair(ap.add(i * p.lda)), b0);
         }
-        bp = bp.add(16);
+        bp = bp.add(p.nr);
         ap = ap.add(1);
     }
     for (i, x) in acc.iter().enumerate() {
         let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
         _mm512_mask_storeu_ps(c.add(i * p.ldc), p.m0, p.finish(*x, rp, p.m0));
+    }
+}
+
+/// One row (the classifier's pooled features) x four full 32-column panels from panel `p0`:
+/// eight independent sums instead of [`tile32`]'s two, whose `vdpbf16ps` latency (not the
+/// weight stream) bounded a one-row product. Per lane the same chain as `tile32::<1>`.
+///
+/// # Safety
+/// As [`tile32`], with panels `p0..p0 + 4` full and within `args.panels`, and `a` one row of
+/// `w.pairs()` pairs.
+#[inline(always)]
+unsafe fn row4(args: &Args, w: &PackedBf16Gemm, a: *const u32, p0: usize) {
+    let pairs = w.pairs();
+    let b: [*const u32; 4] = std::array::from_fn(|j| w.data.as_ptr().add((p0 + j) * pairs * 32));
+    let bias = w.bias.as_ptr().add(p0 * 32);
+    let mut acc: [__m512; 8] = std::array::from_fn(|j| _mm512_load_ps(bias.add(16 * j)));
+    for q in 0..pairs {
+        let av = pair(a.add(q));
+        for j in 0..4 {
+            acc[2 * j] = _mm512_dpbf16_ps(acc[2 * j], av, wpairs(b[j].add(q * 32)));
+            acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], av, wpairs(b[j].add(q * 32 + 16)));
+        }
+    }
+    let (lo, hi) = (_mm512_set1_ps(args.act.min), _mm512_set1_ps(args.act.max));
+    for (j, v) in acc.iter().enumerate() {
+        let col = p0 * 32 + 16 * j;
+        let mut v = _mm512_min_ps(_mm512_max_ps(*v, lo), hi);
+        if !args.r.is_null() {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(args.r.add(col)));
+        }
+        _mm512_storeu_ps(args.c.add(col), v);
     }
 }
 
@@ -151,10 +231,17 @@ fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
 /// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs, `[m][pairs]` in `dst`, a zero
 /// channel after an odd `k`.
 ///
+/// Contiguous rows of an even `k` (`lda == k`: every caller in the engine) are one flat run
+/// of `m * k` values, rounded 64 at a time without per-row masks: the per-row loop cost as
+/// much as the products in the small-K layers (K = 16..32 rounds one or two vectors a row).
+///
 /// # Safety
 /// The CPU has AVX-512 F/BW and BF16; `a` is readable for the rows, `dst` holds `m * pairs`.
 #[inline(always)]
 unsafe fn round_rows(m: usize, k: usize, a: *const f32, lda: usize, dst: *mut u32, pairs: usize) {
+    if lda == k && k.is_multiple_of(2) {
+        return round_flat(m * k, a, dst);
+    }
     for i in 0..m {
         let (src, out) = (a.add(i * lda), dst.add(i * pairs));
         let mut c = 0;
@@ -170,26 +257,86 @@ unsafe fn round_rows(m: usize, k: usize, a: *const f32, lda: usize, dst: *mut u3
     }
 }
 
+/// 32 f32 at `src` rounded to 16 bf16 pairs at `dst`.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16; `src` is readable for 32 f32, `dst` writable for 16 u32.
+#[inline(always)]
+unsafe fn round32(src: *const f32, dst: *mut u32) {
+    let (lo, hi) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+    // SAFETY: both are 512-bit vectors of plain bits.
+    let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+    _mm512_storeu_si512(dst as *mut __m512i, v);
+}
+
+/// `len` (even) contiguous f32 at `a` rounded to `len / 2` bf16 pairs at `dst`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW and BF16; `a` is readable for `len` f32, `dst` writable for
+/// `len / 2` u32.
+#[inline(always)]
+unsafe fn round_flat(len: usize, a: *const f32, dst: *mut u32) {
+    let mut c = 0;
+    while c + 64 <= len {
+        round32(a.add(c), dst.add(c / 2));
+        round32(a.add(c + 32), dst.add(c / 2 + 16));
+        c += 64;
+    }
+    while c < len {
+        let left = len - c;
+        let lo = _mm512_maskz_loadu_ps(mask16(left), a.add(c));
+        let hi = _mm512_maskz_loadu_ps(mask16(left.saturating_sub(16)), a.add(c + 16));
+        // SAFETY: both are 512-bit vectors of plain bits.
+        let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_mask_storeu_epi32(dst.add(c / 2) as *mut i32, mask16(left.div_ceil(2)), v);
+        c += 32;
+    }
+}
+
 /// # Safety
 /// `args` must describe valid buffers for `w` (checked by `gemm_bf16`); the CPU must have
 /// AVX-512 F/BW/VL/DQ and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
-pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
-    let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
-    A16.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < args.m * pairs {
-            *s = AlignedVec::zeros(args.m * pairs);
-        }
-        let a16 = s.as_mut_ptr();
-        round_rows(args.m, k, args.a, args.lda, a16, pairs);
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
+    match src {
+        ASrc::Pairs(a16, lda) => panels(args, w, a16, lda),
+        ASrc::F32 => A16.with(|s| {
+            let pairs = w.pairs();
+            let mut s = s.borrow_mut();
+            if s.len() < args.m * pairs {
+                *s = AlignedVec::zeros(args.m * pairs);
+            }
+            let a16 = s.as_mut_ptr();
+            round_rows(args.m, w.k, args.a, args.lda, a16, pairs);
+            panels(args, w, a16, pairs);
+        }),
+    }
+}
+
+/// The panels of `args` from A rounded to bf16 pairs at `a16` (rows `lda` pairs apart).
+///
+/// # Safety
+/// As [`gemm`], with `a16` readable for `args.m` rows of `w.pairs()` pairs.
+#[inline(always)]
+unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
+    let (n, nr, pairs) = (w.n, w.nr, w.pairs());
+    {
         let mr = if nr == 32 { MR32 } else { MR16 };
         let (count, base, extra) = tiles(args.m, mr);
-        for pi in args.panels.clone() {
+        let mut first = args.panels.start;
+        if args.m == 1 && nr == 32 {
+            while first + 4 <= args.panels.end && (first + 4) * nr <= n {
+                row4(args, w, a16, first);
+                first += 4;
+            }
+        }
+        for pi in first..args.panels.end {
             let n0 = pi * nr;
             let cols = nr.min(n - n0);
             let p = Panel {
                 pairs,
+                lda,
+                nr,
                 ldc: args.ldc,
                 ldr: args.ldr,
                 b: w.data.as_ptr().add(pi * pairs * nr),
@@ -202,16 +349,20 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
             let mut i = 0;
             for t in 0..count {
                 let rows = base + usize::from(t < extra);
-                let a = a16.add(i * pairs);
+                let a = a16.add(i * lda);
                 let c = args.c.add(i * args.ldc + n0);
                 let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
-                if nr == 32 {
+                // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections
+                // and the last panel of N = 144 expansions, skips its padding.
+                if nr == 32 && cols > 24 {
                     by_rows!(rows, tile32, &p, a, c, r);
+                } else if nr == 32 && cols > 16 {
+                    by_rows!(rows, tile24, &p, a, c, r);
                 } else {
                     by_rows!(rows, tile16, &p, a, c, r);
                 }
                 i += rows;
             }
         }
-    });
+    }
 }

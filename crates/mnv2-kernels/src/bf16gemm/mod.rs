@@ -5,8 +5,10 @@
 //! consecutive input channels, `[n / nr][k / 2][nr]` 32-bit words (low half channel `2p`,
 //! high half `2p + 1`; an odd `k` is padded with a zero channel): the operand layout of
 //! `vdpbf16ps`, which multiplies one such pair per lane and adds both products to an f32
-//! lane. The activations stay f32 between layers; each call rounds its A rows to bf16 pairs
-//! once (`vcvtne2ps2bf16`, 32 values per instruction) into a per-thread scratch, and the
+//! lane. [`gemm_bf16`] takes f32 A rows and rounds them to bf16 pairs once per call
+//! (`vcvtne2ps2bf16`, 32 values per instruction) into a per-thread scratch;
+//! [`gemm_bf16_pairs_panels`] takes rows a producer already rounded ([`Bf16`], as the
+//! depthwise conv's `dwconv_row_bf16` writes them), with the same result bit for bit. The
 //! micro-kernel broadcasts one pair per row and k step. Bias, clamp and residual stay f32.
 //!
 //! Kernels: `gemm_bf16_minmaxres_14x32_avx512bf16` (28 accumulators, two dot products per
@@ -44,6 +46,27 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// One bf16 value (its bits: the high 16 bits of the f32 it rounds), the element of
+/// activation rows that a producer (the depthwise conv) rounds once for the bf16 GEMM
+/// ([`gemm_bf16_pairs_panels`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+/// `buf`'s memory as bf16 values (two per f32): a buffer of f32 activations reused for
+/// bf16 rows.
+pub fn as_bf16_mut(buf: &mut [f32]) -> &mut [Bf16] {
+    // SAFETY: `Bf16` is a `u16`: every bit pattern is valid, its alignment divides f32's,
+    // and the length covers exactly the same bytes; the borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut Bf16, buf.len() * 2) }
+}
+
+/// [`as_bf16_mut`] for reading.
+pub fn as_bf16(buf: &[f32]) -> &[Bf16] {
+    // SAFETY: as in `as_bf16_mut`.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const Bf16, buf.len() * 2) }
+}
+
 /// `v` rounded to the nearest bf16 value, as an f32.
 #[inline]
 pub fn round_bf16(v: f32) -> f32 {
@@ -65,8 +88,18 @@ pub struct Bf16GemmKernel {
     /// The kernel is chosen only for layers with more outputs than this.
     pub min_n: usize,
     /// # Safety
-    /// `args` describe buffers valid for the packing, and the CPU has `needs`.
-    run: unsafe fn(&Args, &PackedBf16Gemm),
+    /// `args` (and the pairs of `ASrc::Pairs`) describe buffers valid for the packing, and the
+    /// CPU has `needs`.
+    run: unsafe fn(&Args, &PackedBf16Gemm, ASrc),
+}
+
+/// Where a kernel reads its A rows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ASrc {
+    /// f32 rows at `Args::a`, rounded to bf16 by the kernel.
+    F32,
+    /// Rows already rounded: bf16 pairs (channel `2p` low), `.1` pairs apart.
+    Pairs(*const u32, usize),
 }
 
 /// Every bf16 GEMM kernel built for this target, best first. There is no AVX2 or plain
@@ -233,7 +266,38 @@ pub fn gemm_bf16_panels(
     };
     // SAFETY: sizes checked by `Args::checked`; the packing's kernel was granted by a `Tier`,
     // the proof that this CPU runs it.
-    unsafe { (w.kernel.run)(&args, w) }
+    unsafe { (w.kernel.run)(&args, w, ASrc::F32) }
+}
+
+/// [`gemm_bf16_panels`] on A rows already rounded to bf16 (`a[i * lda + k]`): no rounding
+/// pass, and half the bytes read. `w.k` and `lda` must be even and `a` 4-byte aligned (its
+/// values are read as pairs). Bit for bit the same as [`gemm_bf16_panels`] on the f32 values
+/// these were rounded from.
+///
+/// Panics if a slice is too short for the strides, or on odd `k`, `lda` or a misaligned `a`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_pairs_panels(
+    m: usize,
+    a: &[Bf16],
+    lda: usize,
+    w: &PackedBf16Gemm,
+    c: &mut [f32],
+    ldc: usize,
+    act: MinMax,
+    residual: Option<(&[f32], usize)>,
+    panels: std::ops::Range<usize>,
+) {
+    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
+    if m == 0 || w.n == 0 || panels.is_empty() {
+        return;
+    }
+    assert!(w.k.is_multiple_of(2) && lda.is_multiple_of(2), "bf16 pair rows need an even k and stride");
+    assert!((a.as_ptr() as usize).is_multiple_of(4), "bf16 pair rows must be 4-byte aligned");
+    assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
+    let args = Args::checked_out(m, w.n, c, ldc, act, residual, panels);
+    // SAFETY: sizes and alignment checked above; the packing's kernel was granted by a
+    // `Tier`, the proof that this CPU runs it.
+    unsafe { (w.kernel.run)(&args, w, ASrc::Pairs(a.as_ptr() as *const u32, lda / 2)) }
 }
 
 #[cfg(test)]
@@ -275,7 +339,7 @@ mod tests {
             let (mr, nr) = (kern.mr, kern.nr);
             let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
             ms.dedup();
-            let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40)];
+            let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40), (9, 20)];
             // Every distinct pointwise shape class of MobileNetV2 224/1.0 (k, n).
             kns.extend([(16, 96), (24, 144), (144, 24), (32, 16), (96, 24), (160, 960), (320, 1280), (1280, 40)]);
             for &(k, n) in &kns {
@@ -283,8 +347,8 @@ mod tests {
                 let b = vals(7 + n as u64, n);
                 let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
                 assert_eq!(p.kernel_name(), kern.name);
-                for &m in &ms {
-                    let lda = k + 3;
+                // Strided rows (rounded row by row) and contiguous ones (rounded as one run).
+                for (&m, lda) in ms.iter().flat_map(|m| [(m, k + 3), (m, k)]) {
                     let a = vals(m as u64, m * lda);
                     let r = vals(99, m * n);
                     for (act, res) in [
@@ -312,6 +376,38 @@ mod tests {
             }
         }
         println!("bf16 gemm: max relative difference to the twin {worst:e}");
+    }
+
+    #[test]
+    fn rounded_rows_give_the_same_bits_as_f32_rows() {
+        for (tier, kern) in host_kernels() {
+            for (m, k, n, lda) in
+                [(1, 2, 3, 2), (15, 32, 16, 32), (30, 144, 24, 148), (49, 96, 40, 96), (3, 320, 1280, 322)]
+            {
+                let w = vals(k as u64 + 3, k * n);
+                let b = vals(n as u64, n);
+                let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
+                let a = vals(m as u64 * 5, m * lda);
+                let a16: Vec<Bf16> = a.iter().map(|v| Bf16(f32_to_bf16(*v))).collect();
+                let r = vals(11, m * n);
+                for (act, res) in [(MinMax::RELU6, None), (MinMax::NONE, Some((r.as_slice(), n)))] {
+                    let mut want = vec![0.0; m * n];
+                    gemm_bf16(m, &a, lda, &p, &mut want, n, act, res);
+                    let mut got = vec![f32::NAN; m * n];
+                    gemm_bf16_pairs_panels(m, &a16, lda, &p, &mut got, n, act, res, 0..p.panels());
+                    let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{} m={m} k={k} n={n} lda={lda}", kern.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_views_share_the_bytes() {
+        let mut buf = [1.0f32, -2.0];
+        as_bf16_mut(&mut buf)[1] = Bf16(0x4040);
+        assert_eq!(buf[0], 3.0, "the high half of a little-endian f32");
+        assert_eq!(as_bf16(&buf), &[Bf16(0), Bf16(0x4040), Bf16(0), Bf16(0xc000)]);
     }
 
     #[test]

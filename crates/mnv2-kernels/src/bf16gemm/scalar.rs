@@ -2,17 +2,29 @@
 //! f32 sums in `vdpbf16ps` order (per pair of channels: the odd one's product, then the even
 //! one's; both products are exact in f32).
 
-use super::{bf16_to_f32, f32_to_bf16, Args, PackedBf16Gemm};
+use super::{bf16_to_f32, f32_to_bf16, ASrc, Args, PackedBf16Gemm};
 
 /// # Safety
-/// `args` must describe valid, non-overlapping buffers for `w` (checked by `gemm_bf16`).
-pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm) {
+/// `args` (and `src`'s pairs) must describe valid, non-overlapping buffers for `w` (checked
+/// by `gemm_bf16_panels` / `gemm_bf16_pairs_panels`).
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
     let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
     let mut a16 = vec![0f32; 2 * pairs];
     for i in 0..args.m {
-        let a = args.a.add(i * args.lda);
-        for (kk, v) in a16.iter_mut().enumerate().take(k) {
-            *v = bf16_to_f32(f32_to_bf16(*a.add(kk)));
+        match src {
+            ASrc::F32 => {
+                let a = args.a.add(i * args.lda);
+                for (kk, v) in a16.iter_mut().enumerate().take(k) {
+                    *v = bf16_to_f32(f32_to_bf16(*a.add(kk)));
+                }
+            }
+            ASrc::Pairs(p, ld) => {
+                for q in 0..k / 2 {
+                    let pair = *p.add(i * ld + q);
+                    a16[2 * q] = bf16_to_f32(pair as u16);
+                    a16[2 * q + 1] = bf16_to_f32((pair >> 16) as u16);
+                }
+            }
         }
         for p in args.panels.clone() {
             let n0 = p * nr;

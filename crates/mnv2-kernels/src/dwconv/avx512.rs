@@ -16,6 +16,7 @@ use crate::lanes::mask16;
 use std::cell::RefCell;
 
 use super::{Args, Elem, PackedDw};
+use crate::bf16gemm::Bf16;
 
 /// Storing 16 channels of an output element type from an f32 vector.
 trait Out: Elem {
@@ -37,6 +38,22 @@ impl Out for f32 {
             _mm512_storeu_ps(p, v)
         } else {
             _mm512_mask_storeu_ps(p, mask, v)
+        }
+    }
+}
+
+impl Out for Bf16 {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ and BF16 (callers are [`row_bf16`]); the pointers this
+    /// writes lie in the row `dwconv_row_bf16` checked, and the masks passed stay within it.
+    #[inline(always)]
+    unsafe fn store<const FULL: bool>(p: *mut Bf16, v: __m512, mask: u16, _: __m512, _: __m512i) {
+        // SAFETY: both are 256-bit vectors of plain bits.
+        let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+        if FULL {
+            _mm256_storeu_si256(p as *mut __m256i, h)
+        } else {
+            _mm256_mask_storeu_epi16(p as *mut i16, mask, h)
         }
     }
 }
@@ -263,6 +280,16 @@ pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
         (false, false) => row_f32(&*(args as *const Args<I, O> as *const Args<f32, f32>), w),
         (false, true) => row_f32(&*(args as *const Args<I, O> as *const Args<f32, u8>), w),
     }
+}
+
+/// f32 rows to bf16 rows: the f32 kernel, its results rounded on store.
+///
+/// # Safety
+/// `args` must describe valid rows for `w` (checked by `dwconv_row_bf16`); the CPU must have
+/// AVX-512 and BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+pub(crate) unsafe fn row_bf16(args: &Args<f32, Bf16>, w: &PackedDw) {
+    row_f32(args, w)
 }
 
 /// f32 input rows, output `O`.

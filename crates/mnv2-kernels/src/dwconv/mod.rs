@@ -20,6 +20,7 @@ mod avx2;
 mod avx512;
 mod scalar;
 
+use crate::bf16gemm::{bf16_to_f32, f32_to_bf16, Bf16};
 use crate::isa::{Isa, Needs, Tier};
 use crate::qgemm::QParams;
 use crate::taps::PackedTaps;
@@ -57,6 +58,17 @@ impl Elem for u8 {
     }
 }
 
+impl Elem for Bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16_to_f32(self.0)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32, _: QParams) -> Bf16 {
+        Bf16(f32_to_bf16(v))
+    }
+}
+
 /// The code of a depthwise kernel, by the element types it reads and writes.
 #[derive(Debug)]
 pub(crate) enum DwCode {
@@ -64,6 +76,8 @@ pub(crate) enum DwCode {
     F32(unsafe fn(&Args<f32, f32>, &PackedDw)),
     /// u8 output rows: from u8 rows, and from u8 values held as f32.
     U8(unsafe fn(&Args<u8, u8>, &PackedDw), unsafe fn(&Args<f32, u8>, &PackedDw)),
+    /// f32 rows to bf16 rows (rounded to nearest even, as `vcvtneps2bf16`).
+    Bf16(unsafe fn(&Args<f32, Bf16>, &PackedDw)),
 }
 
 /// One depthwise 3x3 kernel: its name (the identity of the code), what it needs, its code.
@@ -107,6 +121,24 @@ pub static KERNELS_U8: &[DwKernel] = &[
     },
 ];
 
+/// Every depthwise kernel with bf16 output rows (f32 sums, rounded once on store: the input
+/// of the bf16 GEMM, which then skips its rounding pass), best first. The AVX-512 one runs
+/// only while [`crate::isa::bf16_enabled`] (as the bf16 GEMM kernels); the scalar twin
+/// rounds the f32 twin's sums.
+pub static KERNELS_BF16: &[DwKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_f32_bf16_minmax_3x3c16_avx512bf16",
+        needs: Needs::Avx512Bf16,
+        code: DwCode::Bf16(avx512::row_bf16),
+    },
+    DwKernel {
+        name: "dwconv_f32_bf16_minmax_3x3_scalar",
+        needs: Needs::Scalar,
+        code: DwCode::Bf16(scalar::row::<f32, Bf16>),
+    },
+];
+
 /// The kernels of `registry` that a caller holding `tier` may run, best first.
 pub fn supported(registry: &'static [DwKernel], tier: Tier) -> impl Iterator<Item = &'static DwKernel> {
     registry.iter().filter(move |k| k.needs.granted(tier))
@@ -127,6 +159,15 @@ impl PackedDw {
     pub fn for_kernel(tier: Tier, kernel: &'static DwKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
         kernel.needs.assert_granted(kernel.name, tier);
         PackedTaps::pack(kernel, weights, c, bias)
+    }
+
+    /// For bf16 output rows ([`dwconv_row_bf16`]), on the best kernel of [`KERNELS_BF16`]
+    /// for `tier` (the AVX-512 BF16 one only while [`crate::isa::bf16_enabled`]).
+    pub fn bf16_out(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        let k = supported(KERNELS_BF16, tier)
+            .find(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
+            .expect("the scalar kernel");
+        PackedDw::for_kernel(tier, k, weights, c, bias)
     }
 
     /// For u8 input rows quantised with `input` (zero point 0), on the best int8 kernel of
@@ -207,6 +248,13 @@ pub(crate) struct Args<I, O> {
 /// `w` was packed for an int8 kernel.
 pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [f32]) {
     let DwCode::F32(run) = w.kernel.code else { panic!("{} does not write f32 rows", w.kernel.name) };
+    dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
+}
+
+/// [`dwconv_row`] with its outputs rounded to bf16 (weights packed by
+/// [`PackedDw::bf16_out`]): the same values as [`dwconv_row`]'s, rounded.
+pub fn dwconv_row_bf16(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [Bf16]) {
+    let DwCode::Bf16(run) = w.kernel.code else { panic!("{} does not write bf16 rows", w.kernel.name) };
     dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
 }
 
@@ -393,6 +441,35 @@ mod tests {
                     outs.push(got);
                 }
                 assert!(outs.windows(2).all(|p| p[0] == p[1]), "u8 depthwise differs between kernels");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rows_are_the_f32_rows_rounded() {
+        let kernels = host_kernels(KERNELS_BF16);
+        eprintln!("bf16-output depthwise kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
+        for (tier, kern) in kernels {
+            for (w_in, c, s, d) in
+                [(9, 40, 1, 1), (14, 96, 2, 1), (17, 16, 1, 1), (12, 24, 1, 2), (112, 32, 1, 1), (7, 9, 1, 1)]
+            {
+                let w_out = (w_in - 1) / s + 1;
+                let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: d };
+                let rows: Vec<Vec<f32>> = (0..3).map(|r| vals(r as u64 + c as u64, w_in * c)).collect();
+                let (wts, bias) = (vals(c as u64 + 1, 9 * c), vals(5, c));
+                for (missing, act) in [(None, MinMax::RELU6), (Some(0), MinMax::NONE), (Some(2), MinMax::RELU6)] {
+                    let r: [Option<&[f32]>; 3] =
+                        std::array::from_fn(|i| (missing != Some(i)).then(|| rows[i].as_slice()));
+                    let mut want = vec![0f32; w_out * c];
+                    dwconv_row(&PackedDw::new(Tier::Scalar, &wts, c, &bias), r, g, act, &mut want);
+                    let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
+                    let mut got = vec![Bf16(0x7fc0); w_out * c + 1];
+                    dwconv_row_bf16(&p, r, g, act, &mut got);
+                    assert_eq!(got[w_out * c], Bf16(0x7fc0), "{}: wrote past the row", kern.name);
+                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(x.0, f32_to_bf16(*y), "{} w={w_in} c={c} s={s} d={d} at {i}: {y}", kern.name);
+                    }
+                }
             }
         }
     }

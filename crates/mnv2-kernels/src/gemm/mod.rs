@@ -231,6 +231,21 @@ impl Args {
             return None;
         }
         assert!(lda >= k && a.len() >= (m - 1) * lda + k, "A too short");
+        let args = Args::checked_out(m, n, c, ldc, act, residual, panels);
+        Some(Args { a: a.as_ptr(), lda, ..args })
+    }
+
+    /// The output and residual checks of [`Args::checked`] for `m > 0` rows of `n` columns,
+    /// A left null (for callers whose A is not f32 rows).
+    pub(crate) fn checked_out(
+        m: usize,
+        n: usize,
+        c: &mut [f32],
+        ldc: usize,
+        act: MinMax,
+        residual: Option<(&[f32], usize)>,
+        panels: std::ops::Range<usize>,
+    ) -> Args {
         assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
         let (r, ldr) = match residual {
             Some((r, ldr)) => {
@@ -239,7 +254,7 @@ impl Args {
             }
             None => (std::ptr::null(), 0),
         };
-        Some(Args { m, a: a.as_ptr(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels })
+        Args { m, a: std::ptr::null(), lda: 0, c: c.as_mut_ptr(), ldc, r, ldr, act, panels }
     }
 }
 

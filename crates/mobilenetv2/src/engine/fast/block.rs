@@ -88,7 +88,7 @@ pub(super) fn band<N: Net>(
     }
     lap(&mut hidden.ops, 0, &mut t);
     // 2. Depthwise, one output row at a time, into the band buffer.
-    let band_row = g.w_out * g.hidden;
+    let band_row = net.band_row(k, g.w_out * g.hidden);
     let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
     let ring = ring.as_ref().map(|r| r.as_rows());
     for y in oy0..oy1 {

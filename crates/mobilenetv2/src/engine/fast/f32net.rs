@@ -1,8 +1,10 @@
 //! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA; with
 //! `bf16`, its 1x1 convolutions (expand, project, last conv, classifier) run on the bf16 GEMM
-//! kernels instead (activations stay f32 between layers; the stem and depthwise stay f32).
+//! kernels instead (activations stay f32 between layers; the stem and depthwise compute in
+//! f32, the depthwise rounding its output rows to bf16 for the projection as it stores them).
 
-use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
+use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut};
+use mnv2_kernels::dwconv::{dwconv_row, dwconv_row_bf16, DwRow, PackedDw};
 use std::ops::Range;
 
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
@@ -18,6 +20,10 @@ struct Block {
     expand: Option<(PackedPw, MinMax)>,
     dw: (PackedDw, MinMax),
     project: (PackedPw, MinMax),
+    /// bf16: the depthwise conv rounds its output rows to bf16 as it stores them, and the
+    /// projection reads those (half the bytes, no rounding pass in the GEMM); the band rows
+    /// then hold bf16 values, two per f32 slot. Needs an even hidden width.
+    bf16_band: bool,
 }
 
 pub(crate) struct F32Net {
@@ -47,10 +53,16 @@ impl F32Net {
                 (PackedPw::new(tier, bf16, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
             });
             let f = folded.take(b.depthwise);
-            let dw = (PackedDw::new(tier, &f.weights, b.hidden, &f.bias), act(b.depthwise));
+            let bf16_band = bf16 && b.hidden.is_multiple_of(2);
+            let dw = if bf16_band {
+                PackedDw::bf16_out(tier, &f.weights, b.hidden, &f.bias)
+            } else {
+                PackedDw::new(tier, &f.weights, b.hidden, &f.bias)
+            };
+            let dw = (dw, act(b.depthwise));
             let f = folded.take(b.project);
             let project = (PackedPw::new(tier, bf16, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
-            blocks.push(Block { expand, dw, project });
+            blocks.push(Block { expand, dw, project, bf16_band });
         }
         let last_conv = plan.last_conv;
         let last = (layers[last_conv].role == Role::LastConv).then(|| {
@@ -114,9 +126,22 @@ impl Net for F32Net {
         w.gemm(m, a, lda, out, ldc, *act, None);
     }
 
+    fn band_row(&self, k: usize, len: usize) -> usize {
+        if self.blocks[k].bf16_band {
+            len / 2
+        } else {
+            len
+        }
+    }
+
     fn dw_row(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
-        let (w, act) = &self.blocks[k].dw;
-        dwconv_row(w, rows, g, *act, out);
+        let b = &self.blocks[k];
+        let (w, act) = &b.dw;
+        if b.bf16_band {
+            dwconv_row_bf16(w, rows, g, *act, as_bf16_mut(out));
+        } else {
+            dwconv_row(w, rows, g, *act, out);
+        }
     }
 
     fn dw_row_input(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
@@ -133,8 +158,13 @@ impl Net for F32Net {
         ldc: usize,
         res: Option<(&[f32], usize)>,
     ) {
-        let (w, act) = &self.blocks[k].project;
-        w.gemm(m, a, lda, out, ldc, *act, res);
+        let b = &self.blocks[k];
+        let (w, act) = &b.project;
+        if b.bf16_band {
+            w.gemm_bf16_rows(m, as_bf16(a), lda, out, ldc, *act, res);
+        } else {
+            w.gemm(m, a, lda, out, ldc, *act, res);
+        }
     }
 
     fn last_rows(&self, m: usize, a: &[f32], lda: usize, pooled: &mut [f32], scratch: &mut [f32]) {

@@ -167,6 +167,12 @@ pub(crate) trait Net: Send + Sync {
     fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
     /// The expand 1x1 conv of block `k` over `m` pixels.
     fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::H], ldc: usize);
+    /// Slots of `T` that one depthwise output row of `len` values takes in the band (the
+    /// rows [`Net::dw_row`] writes and [`Net::project`] reads): `len` unless the net packs
+    /// them (bf16 values, two per f32 slot).
+    fn band_row(&self, _k: usize, len: usize) -> usize {
+        len
+    }
     /// One output row of block `k`'s depthwise conv, from expanded rows.
     fn dw_row(&self, k: usize, rows: [Option<&[Self::H]>; 3], g: DwRow, out: &mut [Self::T]);
     /// One output row of block `k`'s depthwise conv from its input rows (a block without an

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use mnv2_kernels::bf16gemm::{gemm_bf16_panels, PackedBf16Gemm};
+use mnv2_kernels::bf16gemm::{gemm_bf16_pairs_panels, gemm_bf16_panels, Bf16, PackedBf16Gemm};
 use mnv2_kernels::gemm::{gemm_panels, PackedGemm};
 use mnv2_kernels::{MinMax, Tier};
 
@@ -87,6 +87,25 @@ impl PackedPw {
         residual: Option<(&[f32], usize)>,
     ) {
         self.gemm_panels(m, a, lda, c, ldc, act, residual, 0..self.panels())
+    }
+
+    /// [`PackedPw::gemm`] on A rows already rounded to bf16 (bf16 packings only; even `k`
+    /// and `lda`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_rows(
+        &self,
+        m: usize,
+        a: &[Bf16],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        act: MinMax,
+        residual: Option<(&[f32], usize)>,
+    ) {
+        match self {
+            PackedPw::F32(_) => unreachable!("bf16 rows go to bf16 packings only"),
+            PackedPw::Bf16(w) => gemm_bf16_pairs_panels(m, a, lda, w, c, ldc, act, residual, 0..w.panels()),
+        }
     }
 
     /// [`PackedPw::gemm`] for the output columns of `panels` only.
