@@ -9,12 +9,14 @@
 //! concatenated in that order; the 1x1 projection to 256 + BatchNorm + ReLU; dropout
 //! (elementwise, kept values scaled by `1 / (1 - p)`); the 1x1 conv with bias to the classes.
 //! The loss upsamples the logits to the input size (bilinear, align_corners, as TF DeepLab and
-//! the inference path) pixel by pixel, without storing the upsampled tensor, and takes the
+//! the inference path) one input row at a time, without storing the upsampled tensor (the two
+//! feature rows blended, then the columns, class-major so that the softmax kernel
+//! `mnv2_kernels::train::softmax` runs over the row's pixels in full vectors), and takes the
 //! softmax cross-entropy at every pixel whose label is not [`IGNORE`], averaged over those
 //! pixels (PyTorch's `cross_entropy(ignore_index=255)`).
 //!
 //! Backward is the same chain reversed with the existing kernels (the upsampling's transpose
-//! scatters each pixel's gradient onto its four feature-map neighbours), ending in
+//! gathers each row's gradient onto the feature columns, then onto its two feature rows), ending in
 //! [`Net::backward_from_taps`] at the last block. BatchNorm uses batch statistics in
 //! [`BnMode::Train`] (the image-pooling BatchNorm sees one value per image, so a batch needs two
 //! or more images, as in PyTorch). Gradients match PyTorch autograd to 2e-4 per tensor, with
@@ -28,9 +30,11 @@
 
 use super::net::{BnMode, Net, Tape};
 use super::ops::{self, Grad, InGrad, PwBwd, Src};
+use super::prof::span;
 use crate::error::{Error, Result};
 use crate::plan::{DeepLabHead, Op, Plan, Tap};
 use crate::rng::Rng;
+use mnv2_kernels::train::softmax::{softmax_columns, Columns};
 use rayon::prelude::*;
 
 /// The label of pixels that count for nothing (VOC's object borders, crop padding).
@@ -187,18 +191,6 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
     mnv2_kernels::resize::taps(n_in, n_out, true)
 }
 
-/// The four neighbours' weights of one output pixel, in the order (y0,x0), (y0,x1), (y1,x0),
-/// (y1,x1) (the reference kernel blends columns first, then rows).
-fn corners(ty: (usize, usize, f32), tx: (usize, usize, f32), fw: usize) -> [(usize, f32); 4] {
-    let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
-    [
-        (y0 * fw + x0, (1.0 - fx) * (1.0 - fy)),
-        (y0 * fw + x1, fx * (1.0 - fy)),
-        (y1 * fw + x0, (1.0 - fx) * fy),
-        (y1 * fw + x1, fx * fy),
-    ]
-}
-
 fn interp(lg: &[f32], fw: usize, k: usize, ty: (usize, usize, f32), tx: (usize, usize, f32), z: &mut [f32]) {
     let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
     let px = |y: usize, x: usize| &lg[(y * fw + x) * k..][..k];
@@ -228,6 +220,7 @@ impl Net {
         dropout: Option<&mut Rng>,
     ) -> Result<()> {
         self.forward_backbone(tape, images, n, bn)?;
+        let _sp = span(12);
         let train = bn == BnMode::Train;
         let h = seg.head.clone();
         let (hw, fc) = (seg.fh * seg.fw, seg.fc);
@@ -341,12 +334,13 @@ impl Net {
         if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE && l as usize >= k) {
             return Err(Error::LabelOutOfRange { label: bad as usize, classes: k });
         }
+        let _sp = span(13);
         let pixels = labels.iter().filter(|&&l| l != IGNORE).count();
         let dl = &mut seg.dlogits[..n * hw * k];
         dl.fill(0.0);
         let (ty, tx) = (taps(seg.fh, ih), taps(seg.fw, iw));
         let scale = 1.0 / pixels.max(1) as f64;
-        let (fw, logits) = (seg.fw, &seg.logits);
+        let (fw, logits, isa) = (seg.fw, &seg.logits, self.isa);
         // One image per task; the sums are added in image order (the same on any thread count).
         let parts: Vec<(f64, usize)> = dl
             .par_chunks_mut(hw * k)
@@ -354,37 +348,56 @@ impl Net {
             .map(|(i, dli)| {
                 let lg = &logits[i * hw * k..(i + 1) * hw * k];
                 let (mut total, mut correct) = (0f64, 0usize);
-                let mut z = vec![0f32; k];
-                // exp(z - max) per class, then the gradient of the loss per class.
-                let (mut e, mut q) = (vec![0f64; k], vec![0f64; k]);
-                for (y, &ry) in ty.iter().enumerate() {
-                    for (x, &rx) in tx.iter().enumerate() {
-                        let label = labels[(i * ih + y) * iw + x];
-                        if label == IGNORE {
+                // Per input row, class-major: the feature rows blended vertically (`v`), the
+                // row's logits (`z`), its scaled softmax turned into the logits' gradient (`p`),
+                // and that gradient gathered back onto the feature columns (`d`).
+                let (mut v, mut d) = (vec![0f32; k * fw], vec![0f32; k * fw]);
+                let (mut z, mut p) = (vec![0f32; k * iw], vec![0f32; k * iw]);
+                let (mut w, mut mx, mut sum, mut arg) =
+                    (vec![0f32; iw], vec![0f32; iw], vec![0f32; iw], vec![0u32; iw]);
+                for (y, &(y0, y1, fy)) in ty.iter().enumerate() {
+                    let lab = &labels[(i * ih + y) * iw..][..iw];
+                    if lab.iter().all(|&l| l == IGNORE) {
+                        continue;
+                    }
+                    for c in 0..k {
+                        for (fx, vv) in v[c * fw..][..fw].iter_mut().enumerate() {
+                            *vv = lg[(y0 * fw + fx) * k + c] * (1.0 - fy) + lg[(y1 * fw + fx) * k + c] * fy;
+                        }
+                        let vc = &v[c * fw..][..fw];
+                        for (zz, &(x0, x1, fx)) in z[c * iw..][..iw].iter_mut().zip(&tx) {
+                            *zz = vc[x0] * (1.0 - fx) + vc[x1] * fx;
+                        }
+                    }
+                    for (wx, &l) in w.iter_mut().zip(lab) {
+                        *wx = if l == IGNORE { 0.0 } else { scale as f32 };
+                    }
+                    let out = Columns { p: &mut p, max: &mut mx, sum: &mut sum, arg: &mut arg };
+                    softmax_columns(isa, &z, k, iw, &w, out);
+                    // d loss / d z_j = (softmax_j - [j == label]) / pixels.
+                    for (x, &l) in lab.iter().enumerate() {
+                        if l == IGNORE {
                             continue;
                         }
-                        let label = label as usize;
-                        interp(lg, fw, k, ry, rx, &mut z);
-                        correct += (argmax(&z) == label) as usize;
-                        let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                        for (e, &v) in e.iter_mut().zip(&z) {
-                            *e = (v as f64 - mx).exp();
+                        let l = l as usize;
+                        correct += (arg[x] as usize == l) as usize;
+                        total += mx[x] as f64 + (sum[x] as f64).ln() - z[l * iw + x] as f64;
+                        p[l * iw + x] -= scale as f32;
+                    }
+                    // The upsampling's transpose: columns, then the two feature rows.
+                    d.fill(0.0);
+                    for c in 0..k {
+                        let dc = &mut d[c * fw..][..fw];
+                        for (&g, &(x0, x1, fx)) in p[c * iw..][..iw].iter().zip(&tx) {
+                            dc[x0] += g * (1.0 - fx);
+                            dc[x1] += g * fx;
                         }
-                        let se: f64 = e.iter().sum();
-                        total += mx + se.ln() - z[label] as f64;
-                        // d loss / d z_j = softmax_j - [j == label], once per pixel (not per
-                        // corner: the exponentials are the loss's main cost).
-                        for (j, (q, &e)) in q.iter_mut().zip(&e).enumerate() {
-                            *q = (e / se - (j == label) as u8 as f64) * scale;
-                        }
-                        for (p, wgt) in corners(ry, rx, fw) {
-                            if wgt == 0.0 {
-                                continue;
-                            }
-                            let row = &mut dli[p * k..(p + 1) * k];
-                            for (g, &q) in row.iter_mut().zip(&q) {
-                                *g += (q * wgt as f64) as f32;
-                            }
+                    }
+                    for fx in 0..fw {
+                        for c in 0..k {
+                            let g = d[c * fw + fx];
+                            dli[(y0 * fw + fx) * k + c] += g * (1.0 - fy);
+                            dli[(y1 * fw + fx) * k + c] += g * fy;
                         }
                     }
                 }
@@ -399,6 +412,7 @@ impl Net {
     /// Backward pass of the head and the backbone from the gradient [`Net::seg_loss`] left in
     /// `seg`: fills every gradient of [`Net::grads`]. `images` are the forward pass's.
     pub fn seg_backward(&mut self, tape: &mut Tape, seg: &mut SegTape, images: &[f32]) -> Result<()> {
+        let sp = span(14);
         let h = seg.head.clone();
         let n = seg.n;
         let (hw, fc, k) = (seg.fh * seg.fw, seg.fc, seg.classes);
@@ -516,6 +530,7 @@ impl Net {
                 *a += v / hw as f32;
             }
         }
+        drop(sp);
         let last = self.plan.blocks.last().expect("a plan has blocks").index;
         self.backward_from_taps(tape, images, &[(Tap::Block(last), &seg.dfeat[..m * fc])])
     }
