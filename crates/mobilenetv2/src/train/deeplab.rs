@@ -191,6 +191,36 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
     mnv2_kernels::resize::taps(n_in, n_out, true)
 }
 
+/// Maximal runs `(x0, x1, start, end)` of output coordinates `start..end` that blend the same
+/// two input coordinates (the taps are monotone, so each pair's coordinates are contiguous).
+fn column_runs(t: &[(usize, usize, f32)]) -> Vec<(usize, usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize, usize)> = Vec::new();
+    for (x, &(x0, x1, _)) in t.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if (r.0, r.1) == (x0, x1) => r.3 = x + 1,
+            _ => runs.push((x0, x1, x, x + 1)),
+        }
+    }
+    runs
+}
+
+/// `(sum g * a, sum g * b)`, summed in 8 lanes (so the loop vectorises), then across them.
+fn dot2(g: &[f32], a: &[f32], b: &[f32]) -> (f32, f32) {
+    let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
+    let n = g.len() / 8 * 8;
+    for ((g8, a8), b8) in g[..n].chunks_exact(8).zip(a[..n].chunks_exact(8)).zip(b[..n].chunks_exact(8)) {
+        for l in 0..8 {
+            s0[l] += g8[l] * a8[l];
+            s1[l] += g8[l] * b8[l];
+        }
+    }
+    for ((&g, &a), &b) in g[n..].iter().zip(&a[n..]).zip(&b[n..]) {
+        s0[0] += g * a;
+        s1[0] += g * b;
+    }
+    (s0.iter().sum(), s1.iter().sum())
+}
+
 fn interp(lg: &[f32], fw: usize, k: usize, ty: (usize, usize, f32), tx: (usize, usize, f32), z: &mut [f32]) {
     let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
     let px = |y: usize, x: usize| &lg[(y * fw + x) * k..][..k];
@@ -341,6 +371,10 @@ impl Net {
         let (ty, tx) = (taps(seg.fh, ih), taps(seg.fw, iw));
         let scale = 1.0 / pixels.max(1) as f64;
         let (fw, logits, isa) = (seg.fw, &seg.logits, self.isa);
+        // Per input column its two weights, and the runs of columns between the same two
+        // feature columns, so that the blends and their transpose run over contiguous slices.
+        let (wx0, wx1): (Vec<f32>, Vec<f32>) = tx.iter().map(|&(_, _, f)| (1.0 - f, f)).unzip();
+        let runs = column_runs(&tx);
         // One image per task; the sums are added in image order (the same on any thread count).
         let parts: Vec<(f64, usize)> = dl
             .par_chunks_mut(hw * k)
@@ -364,9 +398,12 @@ impl Net {
                         for (fx, vv) in v[c * fw..][..fw].iter_mut().enumerate() {
                             *vv = lg[(y0 * fw + fx) * k + c] * (1.0 - fy) + lg[(y1 * fw + fx) * k + c] * fy;
                         }
-                        let vc = &v[c * fw..][..fw];
-                        for (zz, &(x0, x1, fx)) in z[c * iw..][..iw].iter_mut().zip(&tx) {
-                            *zz = vc[x0] * (1.0 - fx) + vc[x1] * fx;
+                        let (vc, zc) = (&v[c * fw..][..fw], &mut z[c * iw..][..iw]);
+                        for &(x0, x1, a, b) in &runs {
+                            let (l, r) = (vc[x0], vc[x1]);
+                            for ((zz, &w0), &w1) in zc[a..b].iter_mut().zip(&wx0[a..b]).zip(&wx1[a..b]) {
+                                *zz = l * w0 + r * w1;
+                            }
                         }
                     }
                     for (wx, &l) in w.iter_mut().zip(lab) {
@@ -387,10 +424,11 @@ impl Net {
                     // The upsampling's transpose: columns, then the two feature rows.
                     d.fill(0.0);
                     for c in 0..k {
-                        let dc = &mut d[c * fw..][..fw];
-                        for (&g, &(x0, x1, fx)) in p[c * iw..][..iw].iter().zip(&tx) {
-                            dc[x0] += g * (1.0 - fx);
-                            dc[x1] += g * fx;
+                        let (dc, pc) = (&mut d[c * fw..][..fw], &p[c * iw..][..iw]);
+                        for &(x0, x1, a, b) in &runs {
+                            let (s0, s1) = dot2(&pc[a..b], &wx0[a..b], &wx1[a..b]);
+                            dc[x0] += s0;
+                            dc[x1] += s1;
                         }
                     }
                     for fx in 0..fw {
