@@ -264,7 +264,7 @@ impl Net {
         let r = (|| -> Result<()> {
             let feat = &feat[..m * fc];
             // Image pooling: mean of the features per image, 1x1 conv + BN + ReLU.
-            for (i, p) in seg.pooled[..n * fc].chunks_exact_mut(fc).enumerate() {
+            seg.pooled[..n * fc].par_chunks_mut(fc).enumerate().for_each(|(i, p)| {
                 p.fill(0.0);
                 for px in feat[i * hw * fc..(i + 1) * hw * fc].chunks_exact(fc) {
                     for (a, v) in p.iter_mut().zip(px) {
@@ -274,7 +274,7 @@ impl Net {
                 for a in p.iter_mut() {
                     *a /= hw as f32;
                 }
-            }
+            });
             let conv_bn = |net: &mut Net, tape: &mut Tape, work: &mut ops::Work, l: usize, src: &[f32], rows: usize| {
                 let cin = net.plan.layers[l].input.c;
                 let ix = net.conv(l).2;
@@ -289,9 +289,10 @@ impl Net {
             let ip = h.image_pool;
             ops::bn_apply(self.isa, &tape.x[ip][..n * d], d, tape.bnact(ip, self.act(ip)), None, &mut seg.pool_act);
             let cw = d * (1 + h.aspp.len());
-            for (r, row) in seg.cat[..m * cw].chunks_exact_mut(cw).enumerate() {
-                row[..d].copy_from_slice(&seg.pool_act[r / hw * d..][..d]);
-            }
+            let pool_act = &seg.pool_act;
+            seg.cat[..m * cw].par_chunks_mut(cw).enumerate().for_each(|(r, row)| {
+                row[..d].copy_from_slice(&pool_act[r / hw * d..][..d]);
+            });
             // The branches on the features: aspp0 (1x1), then the atrous 3x3s.
             let mut branch = std::mem::take(&mut seg.dbranch);
             for (k, &l) in h.aspp.iter().enumerate() {
@@ -308,9 +309,9 @@ impl Net {
                     self.bn_coef(tape, l, m, mo)?;
                 }
                 ops::bn_apply(self.isa, &tape.x[l][..m * d], d, tape.bnact(l, self.act(l)), None, &mut branch);
-                for (row, b) in seg.cat[..m * cw].chunks_exact_mut(cw).zip(branch.chunks_exact(d)) {
+                seg.cat[..m * cw].par_chunks_mut(cw).zip(branch.par_chunks(d)).for_each(|(row, b)| {
                     row[(k + 1) * d..][..d].copy_from_slice(b);
-                }
+                });
             }
             seg.dbranch = branch;
             let pj = h.projection;
@@ -465,9 +466,12 @@ impl Net {
             self.grads[ix.bias + j] = dl.chunks_exact(k).map(|r| r[j] as f64).sum::<f64>() as f32;
         }
         ops::pw_input_grad(dl, m, k, &self.params[ix.w..ix.w + k * d], d, &mut seg.dhidden);
-        for (g, mk) in seg.dhidden[..m * d].iter_mut().zip(&seg.mask) {
-            *g *= mk;
-        }
+        let mask = &seg.mask;
+        seg.dhidden[..m * d].par_chunks_mut(d).zip(mask[..m * d].par_chunks(d)).for_each(|(g, mk)| {
+            for (g, mk) in g.iter_mut().zip(mk) {
+                *g *= mk;
+            }
+        });
         let mut work = std::mem::take(&mut tape.work);
         // A 1x1 conv + BN + ReLU from the gradient of its activation `grad`: its weight and
         // BatchNorm gradients, and (with `din`) its input's gradient.
@@ -516,17 +520,20 @@ impl Net {
             Some(&mut seg.dcat),
         );
         // Split the concatenation's gradient: the pooled branch sums over its pixels.
-        seg.dpool[..n * d].fill(0.0);
-        for (r, row) in seg.dcat[..m * cw].chunks_exact(cw).enumerate() {
-            for (a, v) in seg.dpool[r / hw * d..][..d].iter_mut().zip(&row[..d]) {
-                *a += v;
+        let dcat = &seg.dcat;
+        seg.dpool[..n * d].par_chunks_mut(d).enumerate().for_each(|(i, p)| {
+            p.fill(0.0);
+            for row in dcat[i * hw * cw..(i + 1) * hw * cw].chunks_exact(cw) {
+                for (a, v) in p.iter_mut().zip(&row[..d]) {
+                    *a += v;
+                }
             }
-        }
+        });
         let feat = std::mem::take(tape.block_out.last_mut().expect("a plan has blocks"));
         for (k, &l) in h.aspp.iter().enumerate() {
-            for (b, row) in seg.dbranch[..m * d].chunks_exact_mut(d).zip(seg.dcat.chunks_exact(cw)) {
+            seg.dbranch[..m * d].par_chunks_mut(d).zip(seg.dcat[..m * cw].par_chunks(cw)).for_each(|(b, row)| {
                 b.copy_from_slice(&row[(k + 1) * d..][..d]);
-            }
+            });
             if k == 0 {
                 // aspp0 writes the features' gradient; the atrous branches add theirs.
                 conv_bwd(self, tape, &mut work, l, &seg.dbranch[..m * d], &feat[..m * fc], m, Some(&mut seg.dfeat));
@@ -563,11 +570,12 @@ impl Net {
         );
         *tape.block_out.last_mut().expect("a plan has blocks") = feat;
         tape.work = work;
-        for (r, row) in seg.dfeat[..m * fc].chunks_exact_mut(fc).enumerate() {
-            for (a, v) in row.iter_mut().zip(&seg.dpooled[r / hw * fc..][..fc]) {
+        let dpooled = &seg.dpooled;
+        seg.dfeat[..m * fc].par_chunks_mut(fc).enumerate().for_each(|(r, row)| {
+            for (a, v) in row.iter_mut().zip(&dpooled[r / hw * fc..][..fc]) {
                 *a += v / hw as f32;
             }
-        }
+        });
         drop(sp);
         let last = self.plan.blocks.last().expect("a plan has blocks").index;
         self.backward_from_taps(tape, images, &[(Tap::Block(last), &seg.dfeat[..m * fc])])
