@@ -13,6 +13,7 @@ pub mod dw;
 #[cfg(target_arch = "x86_64")]
 mod dw_avx512;
 pub mod matmul;
+pub mod softmax;
 pub mod stream;
 
 use crate::isa::Tier;

@@ -397,7 +397,14 @@ fn main_segmentation(a: Args) -> Result<()> {
             }
         )
     };
-    with_progress("DeepLab", a.quiet, &progress, &eval, |on| train::train_segmentation(&cfg, a.resume, on))
+    // MNV2_TRAIN_PROFILE=1: time per kind of work, printed at the end.
+    train::prof::enable(std::env::var_os("MNV2_TRAIN_PROFILE").is_some());
+    with_progress("DeepLab", a.quiet, &progress, &eval, |on| train::train_segmentation(&cfg, a.resume, on))?;
+    if train::prof::enabled() {
+        let steps = cfg.steps;
+        eprint!("time per step ({steps} steps, evaluation forward passes included):\n{}", train::prof::report(steps));
+    }
+    Ok(())
 }
 
 fn det_config(a: &Args) -> Result<DetConfig> {

@@ -9,12 +9,14 @@
 //! concatenated in that order; the 1x1 projection to 256 + BatchNorm + ReLU; dropout
 //! (elementwise, kept values scaled by `1 / (1 - p)`); the 1x1 conv with bias to the classes.
 //! The loss upsamples the logits to the input size (bilinear, align_corners, as TF DeepLab and
-//! the inference path) pixel by pixel, without storing the upsampled tensor, and takes the
+//! the inference path) one input row at a time, without storing the upsampled tensor (the two
+//! feature rows blended, then the columns, class-major so that the softmax kernel
+//! `mnv2_kernels::train::softmax` runs over the row's pixels in full vectors), and takes the
 //! softmax cross-entropy at every pixel whose label is not [`IGNORE`], averaged over those
 //! pixels (PyTorch's `cross_entropy(ignore_index=255)`).
 //!
 //! Backward is the same chain reversed with the existing kernels (the upsampling's transpose
-//! scatters each pixel's gradient onto its four feature-map neighbours), ending in
+//! gathers each row's gradient onto the feature columns, then onto its two feature rows), ending in
 //! [`Net::backward_from_taps`] at the last block. BatchNorm uses batch statistics in
 //! [`BnMode::Train`] (the image-pooling BatchNorm sees one value per image, so a batch needs two
 //! or more images, as in PyTorch). Gradients match PyTorch autograd to 2e-4 per tensor, with
@@ -28,9 +30,11 @@
 
 use super::net::{BnMode, Net, Tape};
 use super::ops::{self, Grad, InGrad, PwBwd, Src};
+use super::prof::span;
 use crate::error::{Error, Result};
 use crate::plan::{DeepLabHead, Op, Plan, Tap};
 use crate::rng::Rng;
+use mnv2_kernels::train::softmax::{softmax_columns, Columns};
 use rayon::prelude::*;
 
 /// The label of pixels that count for nothing (VOC's object borders, crop padding).
@@ -187,16 +191,34 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
     mnv2_kernels::resize::taps(n_in, n_out, true)
 }
 
-/// The four neighbours' weights of one output pixel, in the order (y0,x0), (y0,x1), (y1,x0),
-/// (y1,x1) (the reference kernel blends columns first, then rows).
-fn corners(ty: (usize, usize, f32), tx: (usize, usize, f32), fw: usize) -> [(usize, f32); 4] {
-    let ((y0, y1, fy), (x0, x1, fx)) = (ty, tx);
-    [
-        (y0 * fw + x0, (1.0 - fx) * (1.0 - fy)),
-        (y0 * fw + x1, fx * (1.0 - fy)),
-        (y1 * fw + x0, (1.0 - fx) * fy),
-        (y1 * fw + x1, fx * fy),
-    ]
+/// Maximal runs `(x0, x1, start, end)` of output coordinates `start..end` that blend the same
+/// two input coordinates (the taps are monotone, so each pair's coordinates are contiguous).
+fn column_runs(t: &[(usize, usize, f32)]) -> Vec<(usize, usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize, usize)> = Vec::new();
+    for (x, &(x0, x1, _)) in t.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if (r.0, r.1) == (x0, x1) => r.3 = x + 1,
+            _ => runs.push((x0, x1, x, x + 1)),
+        }
+    }
+    runs
+}
+
+/// `(sum g * a, sum g * b)`, summed in 8 lanes (so the loop vectorises), then across them.
+fn dot2(g: &[f32], a: &[f32], b: &[f32]) -> (f32, f32) {
+    let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
+    let n = g.len() / 8 * 8;
+    for ((g8, a8), b8) in g[..n].chunks_exact(8).zip(a[..n].chunks_exact(8)).zip(b[..n].chunks_exact(8)) {
+        for l in 0..8 {
+            s0[l] += g8[l] * a8[l];
+            s1[l] += g8[l] * b8[l];
+        }
+    }
+    for ((&g, &a), &b) in g[n..].iter().zip(&a[n..]).zip(&b[n..]) {
+        s0[0] += g * a;
+        s1[0] += g * b;
+    }
+    (s0.iter().sum(), s1.iter().sum())
 }
 
 fn interp(lg: &[f32], fw: usize, k: usize, ty: (usize, usize, f32), tx: (usize, usize, f32), z: &mut [f32]) {
@@ -228,6 +250,7 @@ impl Net {
         dropout: Option<&mut Rng>,
     ) -> Result<()> {
         self.forward_backbone(tape, images, n, bn)?;
+        let _sp = span(12);
         let train = bn == BnMode::Train;
         let h = seg.head.clone();
         let (hw, fc) = (seg.fh * seg.fw, seg.fc);
@@ -241,7 +264,7 @@ impl Net {
         let r = (|| -> Result<()> {
             let feat = &feat[..m * fc];
             // Image pooling: mean of the features per image, 1x1 conv + BN + ReLU.
-            for (i, p) in seg.pooled[..n * fc].chunks_exact_mut(fc).enumerate() {
+            seg.pooled[..n * fc].par_chunks_mut(fc).enumerate().for_each(|(i, p)| {
                 p.fill(0.0);
                 for px in feat[i * hw * fc..(i + 1) * hw * fc].chunks_exact(fc) {
                     for (a, v) in p.iter_mut().zip(px) {
@@ -251,7 +274,7 @@ impl Net {
                 for a in p.iter_mut() {
                     *a /= hw as f32;
                 }
-            }
+            });
             let conv_bn = |net: &mut Net, tape: &mut Tape, work: &mut ops::Work, l: usize, src: &[f32], rows: usize| {
                 let cin = net.plan.layers[l].input.c;
                 let ix = net.conv(l).2;
@@ -266,9 +289,10 @@ impl Net {
             let ip = h.image_pool;
             ops::bn_apply(self.isa, &tape.x[ip][..n * d], d, tape.bnact(ip, self.act(ip)), None, &mut seg.pool_act);
             let cw = d * (1 + h.aspp.len());
-            for (r, row) in seg.cat[..m * cw].chunks_exact_mut(cw).enumerate() {
-                row[..d].copy_from_slice(&seg.pool_act[r / hw * d..][..d]);
-            }
+            let pool_act = &seg.pool_act;
+            seg.cat[..m * cw].par_chunks_mut(cw).enumerate().for_each(|(r, row)| {
+                row[..d].copy_from_slice(&pool_act[r / hw * d..][..d]);
+            });
             // The branches on the features: aspp0 (1x1), then the atrous 3x3s.
             let mut branch = std::mem::take(&mut seg.dbranch);
             for (k, &l) in h.aspp.iter().enumerate() {
@@ -285,9 +309,9 @@ impl Net {
                     self.bn_coef(tape, l, m, mo)?;
                 }
                 ops::bn_apply(self.isa, &tape.x[l][..m * d], d, tape.bnact(l, self.act(l)), None, &mut branch);
-                for (row, b) in seg.cat[..m * cw].chunks_exact_mut(cw).zip(branch.chunks_exact(d)) {
+                seg.cat[..m * cw].par_chunks_mut(cw).zip(branch.par_chunks(d)).for_each(|(row, b)| {
                     row[(k + 1) * d..][..d].copy_from_slice(b);
-                }
+                });
             }
             seg.dbranch = branch;
             let pj = h.projection;
@@ -341,12 +365,17 @@ impl Net {
         if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE && l as usize >= k) {
             return Err(Error::LabelOutOfRange { label: bad as usize, classes: k });
         }
+        let _sp = span(13);
         let pixels = labels.iter().filter(|&&l| l != IGNORE).count();
         let dl = &mut seg.dlogits[..n * hw * k];
         dl.fill(0.0);
         let (ty, tx) = (taps(seg.fh, ih), taps(seg.fw, iw));
         let scale = 1.0 / pixels.max(1) as f64;
-        let (fw, logits) = (seg.fw, &seg.logits);
+        let (fw, logits, isa) = (seg.fw, &seg.logits, self.isa);
+        // Per input column its two weights, and the runs of columns between the same two
+        // feature columns, so that the blends and their transpose run over contiguous slices.
+        let (wx0, wx1): (Vec<f32>, Vec<f32>) = tx.iter().map(|&(_, _, f)| (1.0 - f, f)).unzip();
+        let runs = column_runs(&tx);
         // One image per task; the sums are added in image order (the same on any thread count).
         let parts: Vec<(f64, usize)> = dl
             .par_chunks_mut(hw * k)
@@ -354,37 +383,60 @@ impl Net {
             .map(|(i, dli)| {
                 let lg = &logits[i * hw * k..(i + 1) * hw * k];
                 let (mut total, mut correct) = (0f64, 0usize);
-                let mut z = vec![0f32; k];
-                // exp(z - max) per class, then the gradient of the loss per class.
-                let (mut e, mut q) = (vec![0f64; k], vec![0f64; k]);
-                for (y, &ry) in ty.iter().enumerate() {
-                    for (x, &rx) in tx.iter().enumerate() {
-                        let label = labels[(i * ih + y) * iw + x];
-                        if label == IGNORE {
+                // Per input row, class-major: the feature rows blended vertically (`v`), the
+                // row's logits (`z`), its scaled softmax turned into the logits' gradient (`p`),
+                // and that gradient gathered back onto the feature columns (`d`).
+                let (mut v, mut d) = (vec![0f32; k * fw], vec![0f32; k * fw]);
+                let (mut z, mut p) = (vec![0f32; k * iw], vec![0f32; k * iw]);
+                let (mut w, mut mx, mut sum, mut arg) =
+                    (vec![0f32; iw], vec![0f32; iw], vec![0f32; iw], vec![0u32; iw]);
+                for (y, &(y0, y1, fy)) in ty.iter().enumerate() {
+                    let lab = &labels[(i * ih + y) * iw..][..iw];
+                    if lab.iter().all(|&l| l == IGNORE) {
+                        continue;
+                    }
+                    for c in 0..k {
+                        for (fx, vv) in v[c * fw..][..fw].iter_mut().enumerate() {
+                            *vv = lg[(y0 * fw + fx) * k + c] * (1.0 - fy) + lg[(y1 * fw + fx) * k + c] * fy;
+                        }
+                        let (vc, zc) = (&v[c * fw..][..fw], &mut z[c * iw..][..iw]);
+                        for &(x0, x1, a, b) in &runs {
+                            let (l, r) = (vc[x0], vc[x1]);
+                            for ((zz, &w0), &w1) in zc[a..b].iter_mut().zip(&wx0[a..b]).zip(&wx1[a..b]) {
+                                *zz = l * w0 + r * w1;
+                            }
+                        }
+                    }
+                    for (wx, &l) in w.iter_mut().zip(lab) {
+                        *wx = if l == IGNORE { 0.0 } else { scale as f32 };
+                    }
+                    let out = Columns { p: &mut p, max: &mut mx, sum: &mut sum, arg: &mut arg };
+                    softmax_columns(isa, &z, k, iw, &w, out);
+                    // d loss / d z_j = (softmax_j - [j == label]) / pixels.
+                    for (x, &l) in lab.iter().enumerate() {
+                        if l == IGNORE {
                             continue;
                         }
-                        let label = label as usize;
-                        interp(lg, fw, k, ry, rx, &mut z);
-                        correct += (argmax(&z) == label) as usize;
-                        let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                        for (e, &v) in e.iter_mut().zip(&z) {
-                            *e = (v as f64 - mx).exp();
+                        let l = l as usize;
+                        correct += (arg[x] as usize == l) as usize;
+                        total += mx[x] as f64 + (sum[x] as f64).ln() - z[l * iw + x] as f64;
+                        p[l * iw + x] -= scale as f32;
+                    }
+                    // The upsampling's transpose: columns, then the two feature rows.
+                    d.fill(0.0);
+                    for c in 0..k {
+                        let (dc, pc) = (&mut d[c * fw..][..fw], &p[c * iw..][..iw]);
+                        for &(x0, x1, a, b) in &runs {
+                            let (s0, s1) = dot2(&pc[a..b], &wx0[a..b], &wx1[a..b]);
+                            dc[x0] += s0;
+                            dc[x1] += s1;
                         }
-                        let se: f64 = e.iter().sum();
-                        total += mx + se.ln() - z[label] as f64;
-                        // d loss / d z_j = softmax_j - [j == label], once per pixel (not per
-                        // corner: the exponentials are the loss's main cost).
-                        for (j, (q, &e)) in q.iter_mut().zip(&e).enumerate() {
-                            *q = (e / se - (j == label) as u8 as f64) * scale;
-                        }
-                        for (p, wgt) in corners(ry, rx, fw) {
-                            if wgt == 0.0 {
-                                continue;
-                            }
-                            let row = &mut dli[p * k..(p + 1) * k];
-                            for (g, &q) in row.iter_mut().zip(&q) {
-                                *g += (q * wgt as f64) as f32;
-                            }
+                    }
+                    for fx in 0..fw {
+                        for c in 0..k {
+                            let g = d[c * fw + fx];
+                            dli[(y0 * fw + fx) * k + c] += g * (1.0 - fy);
+                            dli[(y1 * fw + fx) * k + c] += g * fy;
                         }
                     }
                 }
@@ -399,6 +451,7 @@ impl Net {
     /// Backward pass of the head and the backbone from the gradient [`Net::seg_loss`] left in
     /// `seg`: fills every gradient of [`Net::grads`]. `images` are the forward pass's.
     pub fn seg_backward(&mut self, tape: &mut Tape, seg: &mut SegTape, images: &[f32]) -> Result<()> {
+        let sp = span(14);
         let h = seg.head.clone();
         let n = seg.n;
         let (hw, fc, k) = (seg.fh * seg.fw, seg.fc, seg.classes);
@@ -413,9 +466,12 @@ impl Net {
             self.grads[ix.bias + j] = dl.chunks_exact(k).map(|r| r[j] as f64).sum::<f64>() as f32;
         }
         ops::pw_input_grad(dl, m, k, &self.params[ix.w..ix.w + k * d], d, &mut seg.dhidden);
-        for (g, mk) in seg.dhidden[..m * d].iter_mut().zip(&seg.mask) {
-            *g *= mk;
-        }
+        let mask = &seg.mask;
+        seg.dhidden[..m * d].par_chunks_mut(d).zip(mask[..m * d].par_chunks(d)).for_each(|(g, mk)| {
+            for (g, mk) in g.iter_mut().zip(mk) {
+                *g *= mk;
+            }
+        });
         let mut work = std::mem::take(&mut tape.work);
         // A 1x1 conv + BN + ReLU from the gradient of its activation `grad`: its weight and
         // BatchNorm gradients, and (with `din`) its input's gradient.
@@ -464,17 +520,20 @@ impl Net {
             Some(&mut seg.dcat),
         );
         // Split the concatenation's gradient: the pooled branch sums over its pixels.
-        seg.dpool[..n * d].fill(0.0);
-        for (r, row) in seg.dcat[..m * cw].chunks_exact(cw).enumerate() {
-            for (a, v) in seg.dpool[r / hw * d..][..d].iter_mut().zip(&row[..d]) {
-                *a += v;
+        let dcat = &seg.dcat;
+        seg.dpool[..n * d].par_chunks_mut(d).enumerate().for_each(|(i, p)| {
+            p.fill(0.0);
+            for row in dcat[i * hw * cw..(i + 1) * hw * cw].chunks_exact(cw) {
+                for (a, v) in p.iter_mut().zip(&row[..d]) {
+                    *a += v;
+                }
             }
-        }
+        });
         let feat = std::mem::take(tape.block_out.last_mut().expect("a plan has blocks"));
         for (k, &l) in h.aspp.iter().enumerate() {
-            for (b, row) in seg.dbranch[..m * d].chunks_exact_mut(d).zip(seg.dcat.chunks_exact(cw)) {
+            seg.dbranch[..m * d].par_chunks_mut(d).zip(seg.dcat[..m * cw].par_chunks(cw)).for_each(|(b, row)| {
                 b.copy_from_slice(&row[(k + 1) * d..][..d]);
-            }
+            });
             if k == 0 {
                 // aspp0 writes the features' gradient; the atrous branches add theirs.
                 conv_bwd(self, tape, &mut work, l, &seg.dbranch[..m * d], &feat[..m * fc], m, Some(&mut seg.dfeat));
@@ -511,11 +570,13 @@ impl Net {
         );
         *tape.block_out.last_mut().expect("a plan has blocks") = feat;
         tape.work = work;
-        for (r, row) in seg.dfeat[..m * fc].chunks_exact_mut(fc).enumerate() {
-            for (a, v) in row.iter_mut().zip(&seg.dpooled[r / hw * fc..][..fc]) {
+        let dpooled = &seg.dpooled;
+        seg.dfeat[..m * fc].par_chunks_mut(fc).enumerate().for_each(|(r, row)| {
+            for (a, v) in row.iter_mut().zip(&dpooled[r / hw * fc..][..fc]) {
                 *a += v / hw as f32;
             }
-        }
+        });
+        drop(sp);
         let last = self.plan.blocks.last().expect("a plan has blocks").index;
         self.backward_from_taps(tape, images, &[(Tap::Block(last), &seg.dfeat[..m * fc])])
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 static ON: AtomicBool = AtomicBool::new(false);
 
 /// Categories of work, in report order.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 15] = [
     "stem fwd",
     "pw fwd (gemm+stats)",
     "bn apply",
@@ -23,10 +23,13 @@ pub const NAMES: [&str; 12] = [
     "optimizer",
     "data wait",
     "other",
+    "seg head fwd",
+    "seg loss",
+    "seg head bwd",
 ];
 
-static NANOS: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
-static COUNT: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+static NANOS: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];
+static COUNT: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];
 
 /// Turns profiling on or off for the whole process.
 pub fn enable(on: bool) {

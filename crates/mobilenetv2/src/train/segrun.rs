@@ -29,7 +29,7 @@ use super::optim::{Method, Optimizer, Schedule};
 use super::run::{peak_rss_mb, Event, Metrics};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::preprocess;
+use crate::preprocess::{self, Preprocess};
 use crate::rng::Rng;
 use crate::segment::dataset::{Sample, SegmentationSet};
 use crate::segment::metric::ConfusionMatrix;
@@ -168,7 +168,7 @@ fn load_checkpoint(cfg: &SegConfig, path: &Path, classes: usize) -> Result<State
 
 /// One training sample after TF DeepLab's augmentation: scaled, padded, cropped, flipped;
 /// `crop x crop` pixels (normalised NHWC values) and labels.
-fn augment(cfg: &SegConfig, s: &Sample, model: &Model, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) {
+fn augment(cfg: &SegConfig, s: &Sample, pre: &Preprocess, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) {
     let scale = cfg.min_scale + (cfg.max_scale - cfg.min_scale) * rng.uniform();
     let (w0, h0) = (s.image.width, s.image.height);
     let (w, h) = (((w0 as f64 * scale).round() as usize).max(1), ((h0 as f64 * scale).round() as usize).max(1));
@@ -183,7 +183,7 @@ fn augment(cfg: &SegConfig, s: &Sample, model: &Model, rng: &mut Rng) -> (Vec<f3
     let c = cfg.crop;
     let (oy, ox) = (rng.below(h.saturating_sub(c) + 1), rng.below(w.saturating_sub(c) + 1));
     let flip = rng.uniform() < 0.5;
-    let tensor = preprocess::to_tensor(&img, &model.preprocess);
+    let tensor = preprocess::to_tensor(&img, pre);
     let (mut x, mut y) = (vec![0f32; c * c * 3], vec![IGNORE; c * c]);
     for r in 0..c.min(h) {
         for q in 0..c.min(w) {
@@ -194,6 +194,39 @@ fn augment(cfg: &SegConfig, s: &Sample, model: &Model, rng: &mut Rng) -> (Vec<f3
         }
     }
     (x, y)
+}
+
+/// One step's batch, drawn ahead of the step by the loader thread.
+struct Batch {
+    /// `batch x crop x crop x 3` NHWC values.
+    x: Vec<f32>,
+    /// `batch x crop x crop` labels.
+    y: Vec<u8>,
+    /// The seed of the step's dropout.
+    drop_seed: u64,
+    /// The run's generator once this batch is drawn (what a checkpoint after the step saves).
+    rng: Rng,
+}
+
+/// Draws a batch from `rng`: per image a random sample and its augmentation, then the
+/// dropout seed (the order the loop drew them in when it loaded on the step's thread).
+fn draw_batch(
+    cfg: &SegConfig,
+    train: &SegmentationSet,
+    classes: usize,
+    pre: &Preprocess,
+    rng: &mut Rng,
+) -> Result<Batch> {
+    let (mut x, mut y) =
+        (Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop * 3), Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop));
+    for _ in 0..cfg.batch {
+        let sample = train.load(rng.below(train.len()), classes)?;
+        let (a, b) = augment(cfg, &sample, pre, rng);
+        x.extend(a);
+        y.extend(b);
+    }
+    let drop_seed = rng.next_u64();
+    Ok(Batch { x, y, drop_seed, rng: rng.clone() })
 }
 
 /// The val-time input: the image centre-cropped (or zero-padded) to `crop x crop`, with its
@@ -290,67 +323,85 @@ pub fn train_segmentation(cfg: &SegConfig, resume: bool, on: &mut dyn FnMut(Even
     let mut history: Vec<Metrics> = ckpt::read_metrics(&cfg.out);
     let (mut loss_sum, mut acc_sum, mut since, mut t_since) = (0f64, 0f64, 0u64, 0f64);
     let per_epoch = (train.len() / cfg.batch).max(1) as u64;
-    while s.step < cfg.steps {
-        let t0 = Instant::now();
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        for _ in 0..cfg.batch {
-            let sample = train.load(s.rng.below(train.len()), classes)?;
-            let (a, b) = augment(cfg, &sample, &s.model, &mut s.rng);
-            x.extend(a);
-            y.extend(b);
+    // The loader thread draws each step's batch while the step before computes (one ahead),
+    // from its own copy of the run's generator, in the order the steps consume it.
+    let pre = s.model.preprocess.clone();
+    let (loader_rng, ahead) = (s.rng.clone(), cfg.steps.saturating_sub(s.step));
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(0);
+        let train = &train;
+        scope.spawn(move || {
+            let mut rng = loader_rng;
+            for _ in 0..ahead {
+                let b = draw_batch(cfg, train, classes, &pre, &mut rng);
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        while s.step < cfg.steps {
+            let t0 = Instant::now();
+            let wait = super::prof::span(10);
+            let b = rx.recv().expect("the loader sends a batch or an error per step")?;
+            drop(wait);
+            let lr = schedule.lr(cfg.lr, s.step, per_epoch, cfg.steps);
+            let mut drop_rng = Rng::new(b.drop_seed);
+            let st = s.net.seg_step(&mut tape, &mut seg, &b.x, &b.y, cfg.batch, Some(&mut drop_rng))?;
+            s.rng = b.rng;
+            if !st.loss.is_finite() {
+                return Err(Error::Input(format!(
+                    "the loss is {} at step {}: training diverged (try a lower --lr); the last good checkpoint is kept",
+                    st.loss, s.step
+                )));
+            }
+            let sp = super::prof::span(9);
+            s.opt.step(&mut s.net.params, &s.net.grads, &s.net.tensors, lr as f32, |_| true);
+            drop(sp);
+            s.step += 1;
+            let dt = t0.elapsed().as_secs_f64();
+            s.train_seconds += dt;
+            t_since += dt;
+            let acc = st.correct as f64 / st.pixels.max(1) as f64;
+            loss_sum += st.loss;
+            acc_sum += acc;
+            since += 1;
+            let step_in_epoch = ((s.step - 1) % per_epoch) as usize;
+            let epoch = ((s.step - 1) / per_epoch) as usize;
+            on(Event::Step { epoch, step_in_epoch, loss: st.loss, acc, images_per_s: cfg.batch as f64 / dt, lr });
+            let end = s.step == cfg.steps;
+            if end || (cfg.eval_every > 0 && s.step.is_multiple_of(cfg.eval_every)) {
+                let ev = match &val {
+                    Some(v) => Some(evaluate_segmentation(&mut s.net, &s.model, v, cfg.crop, cfg.val_images)?),
+                    None => None,
+                };
+                let m = Metrics {
+                    epoch: s.step as f64 / per_epoch as f64,
+                    step: s.step,
+                    lr,
+                    train_loss: loss_sum / since as f64,
+                    train_acc: acc_sum / since as f64,
+                    val_loss: None,
+                    val_top1: ev.as_ref().map(|e| e.pixel_acc),
+                    val_top5: None,
+                    val_miou: ev.as_ref().map(|e| e.miou),
+                    cls_loss: None,
+                    loc_loss: None,
+                    val_map: None,
+                    val_ap50: None,
+                    images_per_s: (since as f64 * cfg.batch as f64) / t_since.max(1e-9),
+                    train_seconds: s.train_seconds,
+                    peak_rss_mb: peak_rss_mb(),
+                };
+                ckpt::record(&cfg.out, &mut history, m, on)?;
+                (loss_sum, acc_sum, since, t_since) = (0.0, 0.0, 0, 0.0);
+            }
+            if end || (cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every)) {
+                save_checkpoint(cfg, &s)?;
+            }
         }
-        let lr = schedule.lr(cfg.lr, s.step, per_epoch, cfg.steps);
-        let mut drop_rng = Rng::new(s.rng.next_u64());
-        let st = s.net.seg_step(&mut tape, &mut seg, &x, &y, cfg.batch, Some(&mut drop_rng))?;
-        if !st.loss.is_finite() {
-            return Err(Error::Input(format!(
-                "the loss is {} at step {}: training diverged (try a lower --lr); the last good checkpoint is kept",
-                st.loss, s.step
-            )));
-        }
-        s.opt.step(&mut s.net.params, &s.net.grads, &s.net.tensors, lr as f32, |_| true);
-        s.step += 1;
-        let dt = t0.elapsed().as_secs_f64();
-        s.train_seconds += dt;
-        t_since += dt;
-        let acc = st.correct as f64 / st.pixels.max(1) as f64;
-        loss_sum += st.loss;
-        acc_sum += acc;
-        since += 1;
-        let step_in_epoch = ((s.step - 1) % per_epoch) as usize;
-        let epoch = ((s.step - 1) / per_epoch) as usize;
-        on(Event::Step { epoch, step_in_epoch, loss: st.loss, acc, images_per_s: cfg.batch as f64 / dt, lr });
-        let end = s.step == cfg.steps;
-        if end || (cfg.eval_every > 0 && s.step.is_multiple_of(cfg.eval_every)) {
-            let ev = match &val {
-                Some(v) => Some(evaluate_segmentation(&mut s.net, &s.model, v, cfg.crop, cfg.val_images)?),
-                None => None,
-            };
-            let m = Metrics {
-                epoch: s.step as f64 / per_epoch as f64,
-                step: s.step,
-                lr,
-                train_loss: loss_sum / since as f64,
-                train_acc: acc_sum / since as f64,
-                val_loss: None,
-                val_top1: ev.as_ref().map(|e| e.pixel_acc),
-                val_top5: None,
-                val_miou: ev.as_ref().map(|e| e.miou),
-                cls_loss: None,
-                loc_loss: None,
-                val_map: None,
-                val_ap50: None,
-                images_per_s: (since as f64 * cfg.batch as f64) / t_since.max(1e-9),
-                train_seconds: s.train_seconds,
-                peak_rss_mb: peak_rss_mb(),
-            };
-            ckpt::record(&cfg.out, &mut history, m, on)?;
-            (loss_sum, acc_sum, since, t_since) = (0.0, 0.0, 0, 0.0);
-        }
-        if end || (cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every)) {
-            save_checkpoint(cfg, &s)?;
-        }
-    }
+        Ok(())
+    })?;
     let mut model = s.model.clone();
     s.net.store(&mut model);
     // The dataset's class names travel with the model (`mnv2 segment` prints them).
