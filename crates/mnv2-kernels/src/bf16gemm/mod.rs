@@ -287,15 +287,14 @@ pub fn gemm_bf16_pairs_panels(
     residual: Option<(&[f32], usize)>,
     panels: std::ops::Range<usize>,
 ) {
-    assert!(panels.start <= panels.end && panels.end <= w.panels(), "panels out of range");
-    if m == 0 || w.n == 0 || panels.is_empty() {
+    let Some(args) = Args::checked(m, a, lda, (w.k, w.n, w.panels()), c, ldc, act, residual, panels) else {
         return;
-    }
+    };
     assert!(w.k.is_multiple_of(2) && lda.is_multiple_of(2), "bf16 pair rows need an even k and stride");
     assert!((a.as_ptr() as usize).is_multiple_of(4), "bf16 pair rows must be 4-byte aligned");
-    assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
-    let args = Args::checked_out(m, w.n, c, ldc, act, residual, panels);
-    // SAFETY: sizes and alignment checked above; the packing's kernel was granted by a
+    // The pairs travel in `ASrc::Pairs`, not as f32 rows.
+    let args = Args { a: std::ptr::null(), lda: 0, ..args };
+    // SAFETY: sizes checked by `Args::checked`, evenness and alignment above; the packing's kernel was granted by a
     // `Tier`, the proof that this CPU runs it.
     unsafe { (w.kernel.run)(&args, w, ASrc::Pairs(a.as_ptr() as *const u32, lda / 2)) }
 }

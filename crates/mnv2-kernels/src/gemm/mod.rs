@@ -211,13 +211,15 @@ pub fn gemm_panels(
 }
 
 impl Args {
-    /// The raw arguments of a product of `m` rows of `a` with packed `k x n` weights of
-    /// `total` panels, once every slice is checked long enough for its strides (panics
-    /// otherwise); `None` when there is nothing to compute. Shared by the f32 and bf16 GEMMs.
+    /// The raw arguments of a product of `m` rows of `a` (f32 values, or bf16 pairs for the
+    /// bf16 GEMM's pre-rounded rows: `lda` and `k` count elements of `T`) with packed `k x n`
+    /// weights of `total` panels, once every slice is checked long enough for its strides
+    /// (panics otherwise); `None` when there is nothing to compute. Shared by the f32 and bf16
+    /// GEMMs.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn checked(
+    pub(crate) fn checked<T>(
         m: usize,
-        a: &[f32],
+        a: &[T],
         lda: usize,
         (k, n, total): (usize, usize, usize),
         c: &mut [f32],
@@ -231,21 +233,6 @@ impl Args {
             return None;
         }
         assert!(lda >= k && a.len() >= (m - 1) * lda + k, "A too short");
-        let args = Args::checked_out(m, n, c, ldc, act, residual, panels);
-        Some(Args { a: a.as_ptr(), lda, ..args })
-    }
-
-    /// The output and residual checks of [`Args::checked`] for `m > 0` rows of `n` columns,
-    /// A left null (for callers whose A is not f32 rows).
-    pub(crate) fn checked_out(
-        m: usize,
-        n: usize,
-        c: &mut [f32],
-        ldc: usize,
-        act: MinMax,
-        residual: Option<(&[f32], usize)>,
-        panels: std::ops::Range<usize>,
-    ) -> Args {
         assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
         let (r, ldr) = match residual {
             Some((r, ldr)) => {
@@ -254,7 +241,7 @@ impl Args {
             }
             None => (std::ptr::null(), 0),
         };
-        Args { m, a: std::ptr::null(), lda: 0, c: c.as_mut_ptr(), ldc, r, ldr, act, panels }
+        Some(Args { m, a: a.as_ptr().cast(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels })
     }
 }
 
