@@ -131,14 +131,7 @@ impl BroadcastFold {
             get(only)
         } else {
             let mut cat = vec![0f32; pixels * self.k_rest];
-            let mut offset = 0;
-            for &s in &self.parts {
-                let c = plan.layers[s].output.c;
-                for (px, o) in get(s).chunks_exact(c).zip(cat.chunks_exact_mut(self.k_rest)) {
-                    o[offset..offset + c].copy_from_slice(px);
-                }
-                offset += c;
-            }
+            concat(plan, &self.parts, get, self.k_rest, &mut cat);
             joined = cat;
             &joined
         };
@@ -370,18 +363,21 @@ impl HeadNet {
             }
             HeadOp::GlobalAvgPool => k::global_avg_pool_f32(input, l.input.h * l.input.w, l.input.c, out),
             HeadOp::Upsample { .. } => unreachable!("upsampling writes a fresh vector"),
-            HeadOp::Concat(sources) => {
-                let mut offset = 0;
-                for &s in sources {
-                    let part = get(s);
-                    let c = plan.layers[s].output.c;
-                    for (px, o) in part.chunks_exact(c).zip(out.chunks_exact_mut(l.output.c)) {
-                        o[offset..offset + c].copy_from_slice(px);
-                    }
-                    offset += c;
-                }
-            }
+            HeadOp::Concat(sources) => concat(plan, sources, get, l.output.c, out),
             HeadOp::Identity => out.copy_from_slice(input),
         }
+    }
+}
+
+/// Writes the outputs of plan layers `parts` (read through `get`), one after another along
+/// the channels, into `out` (`width` channels per pixel).
+fn concat<'a>(plan: &Plan, parts: &[usize], get: &dyn Fn(usize) -> &'a [f32], width: usize, out: &mut [f32]) {
+    let mut offset = 0;
+    for &s in parts {
+        let c = plan.layers[s].output.c;
+        for (px, o) in get(s).chunks_exact(c).zip(out.chunks_exact_mut(width)) {
+            o[offset..offset + c].copy_from_slice(px);
+        }
+        offset += c;
     }
 }
