@@ -128,3 +128,39 @@ pub(super) fn band<N: Net>(
     }
     lap(&mut hidden.ops, 2, &mut t);
 }
+
+/// Output pixels `out.window_rows()` (rows of `g.cout` values) of pixel-split block `k`
+/// (see [`Geo::pixels`]): the depthwise rows covering them into `band`, from the expanded
+/// tensor `hidden` (whole), then the projection of those pixels, with the block input
+/// `input` (whole) added if the block has a residual.
+pub(super) fn pixels<N: Net>(
+    net: &N,
+    k: usize,
+    g: &Geo,
+    input: &[N::T],
+    hidden: &[N::H],
+    out: &mut RowsMut<N::T>,
+    band: &mut [N::T],
+) {
+    let px = out.window_rows();
+    if px.is_empty() {
+        return;
+    }
+    let (y0, y1) = (px.start / g.w_out, (px.end - 1) / g.w_out + 1);
+    let band_row = net.band_row(k, g.w_out * g.hidden);
+    let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
+    let ring = Rows::new(hidden, g.w_in * g.hidden, g.h_in);
+    for y in y0..y1 {
+        let rows3: [Option<&[N::H]>; 3] = std::array::from_fn(|ky| {
+            let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
+            (iy >= 0 && (iy as usize) < g.h_in).then(|| ring.rows(iy as usize, iy as usize + 1))
+        });
+        net.dw_row(k, rows3, dwg, &mut band[(y - y0) * band_row..(y - y0 + 1) * band_row]);
+    }
+    // The band holds whole rows: this thread's pixels start `skip` pixels in.
+    let pixel = band_row / g.w_out;
+    let skip = px.start - y0 * g.w_out;
+    let a = &band[skip * pixel..(skip + px.len()) * pixel];
+    let residual = g.residual.then(|| (&input[px.start * g.cin..px.end * g.cin], g.cin));
+    net.project(k, px.len(), a, g.hidden, out.values_mut(), g.cout, residual);
+}

@@ -155,6 +155,11 @@ pub(crate) trait Net: Send + Sync {
     type H: Zeroable + Default;
     /// The last conv sums its rows in its epilogue (no scratch for its output rows).
     const POOLS_IN_EPILOGUE: bool;
+    /// An image split across threads shares the small maps out by pixels (see
+    /// [`schedule::Geo::pixels`]): where that was measured faster than by rows.
+    fn splits_by_pixels(&self) -> bool {
+        false
+    }
     /// The depthwise kernel widens its u8 input rows into a per-thread f32 staging area of
     /// 3 rows x 16 channels (for rows of `H`, and for rows of `T` in [`Net::dw_row_input`]).
     const DW_STAGING: bool;
@@ -218,22 +223,29 @@ struct Scratch<T: Zeroable, H: Zeroable> {
 /// Per chained block (streaming mode): its ring of expanded rows, the ring of its output rows.
 type ChainRings<T, H> = Vec<(AlignedVec<H>, AlignedVec<T>)>;
 
-/// Buffers of one image in flight: the ping-pong block outputs and the chain rings.
+/// Buffers of one image in flight: the ping-pong block outputs, the side buffer of a team
+/// (see [`schedule::Geo::pixels`]) and the chain rings.
 struct Acts<T: Zeroable, H: Zeroable> {
     x: AlignedVec<T>,
     y: AlignedVec<T>,
+    side: AlignedVec<H>,
     chain: ChainRings<T, H>,
 }
 
 impl<T: Zeroable, H: Zeroable> Acts<T, H> {
-    fn new(s: &Schedule) -> Acts<T, H> {
+    fn new(s: &Schedule, side_len: usize) -> Acts<T, H> {
         let chain = (0..s.chain)
             .map(|k| {
                 let (h, o) = s.chain_ring_lens(k);
                 (AlignedVec::zeros(h), AlignedVec::zeros(o))
             })
             .collect();
-        Acts { x: AlignedVec::zeros(s.act_len), y: AlignedVec::zeros(s.act_len), chain }
+        Acts {
+            x: AlignedVec::zeros(s.act_len),
+            y: AlignedVec::zeros(s.act_len),
+            side: AlignedVec::zeros(side_len),
+            chain,
+        }
     }
 }
 
@@ -286,9 +298,12 @@ pub(crate) struct FastEngine<N: Net> {
 }
 
 struct State<T: Zeroable, H: Zeroable> {
+    /// The schedule of an image run on one thread, and its phases (see [`phases`]).
     schedule: Schedule,
-    /// The phases of one image split across the threads (see [`phases`]).
     phases: Vec<Phase>,
+    /// The schedule of one image split across the pool's threads, and its phases (`None`
+    /// with one thread).
+    split: Option<(Schedule, Vec<Phase>)>,
     scratch: Vec<Mutex<Scratch<T, H>>>,
     acts: Vec<Mutex<Acts<T, H>>>,
     /// Per thread: its pooled sums, then its columns of the logits (two halves).
@@ -311,7 +326,13 @@ fn phases(s: &Schedule) -> Vec<Phase> {
         if g.split {
             v.push(Phase::Rows { rows: g.h_in, row_len: g.w_in * g.hidden });
         }
-        v.push(out(g));
+        if g.pixels {
+            // Expanded pixels into the side buffer, then output pixels.
+            v.push(Phase::Side { rows: g.h_in * g.w_in, row_len: g.hidden });
+            v.push(Phase::Rows { rows: g.h_out * g.w_out, row_len: g.cout });
+        } else {
+            v.push(out(g));
+        }
     }
     if s.taps.is_some() {
         // The last conv (if tapped) writes its tap, not a shared buffer.
@@ -382,31 +403,46 @@ impl<N: Net> FastEngine<N> {
     fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T, N::H>>) -> &'a State<N::T, N::H> {
         let fits = matches!(guard, Some(s) if s.schedule.image == plan.input());
         if !fits {
-            let schedule = Schedule::new(plan, self.streaming);
+            let schedule = Schedule::new(plan, self.streaming, 1);
             let t = self.pool.threads();
+            let by_pixels = if self.net.splits_by_pixels() { t } else { 1 };
+            let split = (t > 1).then(|| Schedule::new(plan, self.streaming, by_pixels));
+            let either = |f: fn(&Schedule) -> usize| f(&schedule).max(split.as_ref().map_or(0, f));
+            let (ring, band, side) = (either(|s| s.ring_len), either(|s| s.band_len), either(|s| s.side_len));
             let scratch = (0..t)
                 .map(|_| {
                     Mutex::new(Scratch {
-                        ring: AlignedVec::zeros(schedule.ring_len),
-                        band: AlignedVec::zeros(schedule.band_len),
+                        ring: AlignedVec::zeros(ring),
+                        band: AlignedVec::zeros(band),
                         last: AlignedVec::zeros(if N::POOLS_IN_EPILOGUE { 0 } else { schedule.last_band }),
                         stem: AlignedVec::zeros(schedule.stem_out.w * schedule.stem_out.c),
                         pooled: vec![0.0; schedule.last_c],
                     })
                 })
                 .collect();
-            let acts = (0..t).map(|_| Mutex::new(Acts::new(&schedule))).collect();
+            // Thread 0's buffers hold a split image, side buffer included.
+            let acts = (0..t).map(|tid| Mutex::new(Acts::new(&schedule, if tid == 0 { side } else { 0 }))).collect();
             let slots = Mutex::new(vec![0f32; 2 * t * schedule.last_c.max(schedule.classes)]);
             let phases = phases(&schedule);
-            *guard = Some(State { schedule, phases, scratch, acts, slots });
+            let split = split.map(|s| {
+                let p = self::phases(&s);
+                (s, p)
+            });
+            *guard = Some(State { schedule, phases, split, scratch, acts, slots });
         }
         guard.as_ref().expect("state set above")
     }
 
     /// Activation bytes allocated for one image of this plan's size in flight.
     pub fn activation_bytes(&self, plan: &Plan) -> usize {
-        let s = Schedule::new(plan, self.streaming);
         let threads = self.pool.threads();
+        let mut s = Schedule::new(plan, self.streaming, 1);
+        if threads > 1 {
+            // The buffers serve whole images and split ones (a side buffer, other bands).
+            let split = Schedule::new(plan, self.streaming, if self.net.splits_by_pixels() { threads } else { 1 });
+            s.band_len = s.band_len.max(split.band_len);
+            s.side_len = split.side_len;
+        }
         let (t, h) = (size_of::<N::T>(), size_of::<N::H>());
         let chain_hidden: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).0).sum();
         let chain_out: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).1).sum();
@@ -425,7 +461,7 @@ impl<N: Net> FastEngine<N> {
             }
             _ => 0,
         };
-        2 * t * s.act_len + threads * per_thread + head
+        2 * t * s.act_len + h * s.side_len + threads * per_thread + head
     }
 
     /// The outputs of the head layers `wanted` of `n` images (per layer, the images' values
@@ -462,8 +498,9 @@ impl<N: Net> FastEngine<N> {
                 }
                 let pieces: Vec<Mutex<Vec<&mut [f32]>>> = pieces.into_iter().map(Mutex::new).collect();
                 let mut acts0 = st.acts[0].lock().unwrap();
-                let Acts { x, y, chain } = &mut *acts0;
-                let team = Team::new(x, y, &mut [], threads, &st.phases);
+                let Acts { x, y, side, chain } = &mut *acts0;
+                let (sch, phases) = st.split.as_ref().map(|(s, p)| (s, &p[..])).expect("a pool of several threads");
+                let team = Team::new(x, y, side, &mut [], threads, phases);
                 let chain0 = Mutex::new(Some(chain));
                 let job = |tid: usize| {
                     let mut turns = team.member(tid);
@@ -488,13 +525,13 @@ impl<N: Net> FastEngine<N> {
         let job = |tid: usize| {
             let mut sc = st.scratch[tid].lock().unwrap();
             let mut acts = st.acts[tid].lock().unwrap();
-            let Acts { x, y, chain } = &mut *acts;
+            let Acts { x, y, chain, .. } = &mut *acts;
             let mut bufs = new_taps();
             for i in (tid..n).step_by(threads) {
                 {
                     let mut mine: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
                     let timer = Timer { prof: None, t: Instant::now() };
-                    let team = Team::new(&mut *x, &mut *y, &mut [], 1, &st.phases);
+                    let team = Team::new(&mut *x, &mut *y, &mut [], &mut [], 1, &st.phases);
                     self.image(sch, img(i), &mut team.member(0), chain, &mut sc, &mut [], &mut mine, timer);
                 }
                 *done[i].lock().unwrap() = head.run(plan, &as_taps(tap_list, &bufs), wanted, None);
@@ -536,11 +573,11 @@ impl<N: Net> FastEngine<N> {
             // Profiling: one thread, one image at a time, timed stage by stage.
             let mut sc = st.scratch[0].lock().unwrap();
             let mut acts = st.acts[0].lock().unwrap();
-            let Acts { x, y, chain } = &mut *acts;
+            let Acts { x, y, chain, .. } = &mut *acts;
             for i in 0..n {
                 let out = &mut logits[i * classes..(i + 1) * classes];
                 let timer = Timer { prof: Some(&mut *p), t: Instant::now() };
-                let team = Team::new(x, y, &mut [], 1, &st.phases);
+                let team = Team::new(x, y, &mut [], &mut [], 1, &st.phases);
                 self.image(sch, img(i), &mut team.member(0), chain, &mut sc, out, &mut [], timer);
             }
             return logits;
@@ -550,8 +587,9 @@ impl<N: Net> FastEngine<N> {
             // Thread 0's buffers hold the image: every thread writes its rows of x and y in
             // turns (see `Team`), and only thread 0 uses the chain rings.
             let mut acts0 = st.acts[0].lock().unwrap();
-            let Acts { x, y, chain } = &mut *acts0;
-            let team = Team::new(x, y, &mut slots, threads, &st.phases);
+            let Acts { x, y, side, chain } = &mut *acts0;
+            let (sch, phases) = st.split.as_ref().map(|(s, p)| (s, &p[..])).expect("a pool of several threads");
+            let team = Team::new(x, y, side, &mut slots, threads, phases);
             let chain0 = Mutex::new(Some(chain));
             // Only thread 0 writes the logits (after the last phase).
             let out0 = Mutex::new(Some(&mut logits[..]));
@@ -579,12 +617,12 @@ impl<N: Net> FastEngine<N> {
         let job = |tid: usize| {
             let mut sc = st.scratch[tid].lock().unwrap();
             let mut acts = st.acts[tid].lock().unwrap();
-            let Acts { x, y, chain } = &mut *acts;
+            let Acts { x, y, chain, .. } = &mut *acts;
             for i in (tid..n).step_by(threads) {
                 // Image i's logits are written by this thread only.
                 let mut o = outs[i].lock().unwrap();
                 let timer = Timer { prof: None, t: Instant::now() };
-                let team = Team::new(&mut *x, &mut *y, &mut [], 1, &st.phases);
+                let team = Team::new(&mut *x, &mut *y, &mut [], &mut [], 1, &st.phases);
                 self.image(sch, img(i), &mut team.member(0), chain, &mut sc, &mut o, &mut [], timer);
             }
         };
@@ -599,7 +637,7 @@ impl<N: Net> FastEngine<N> {
         &self,
         sch: &Schedule,
         img: Image,
-        turns: &mut Turns<N::T>,
+        turns: &mut Turns<N::T, N::H>,
         chain_bufs: &mut ChainRings<N::T, N::H>,
         sc: &mut Scratch<N::T, N::H>,
         out: &mut [f32],
@@ -677,6 +715,29 @@ impl<N: Net> FastEngine<N> {
                 });
                 prev = Prev::Rows { row_len: g.w_in * g.hidden, cap: g.h_in };
             }
+            if g.pixels {
+                let Prev::Rows { row_len: in_len, cap } = prev else {
+                    unreachable!("a pixel-split block follows a block")
+                };
+                debug_assert_eq!((in_len, cap), (g.w_in * g.cin, g.h_in));
+                turns.side(|input, mut hidden| {
+                    let px = hidden.window_rows();
+                    net.expand(
+                        k,
+                        px.len(),
+                        &input[px.start * g.cin..px.end * g.cin],
+                        g.cin,
+                        hidden.values_mut(),
+                        g.hidden,
+                    );
+                });
+                turns.rows_with_side(|input, hidden, mut out| {
+                    block::pixels(net, k, g, input, hidden, &mut out, &mut sc.band);
+                });
+                prev = Prev::Rows { row_len: g.w_out * g.cout, cap: g.h_out };
+                timer.tick(first_stage + k, || format!("features.{} block", k + 1));
+                continue;
+            }
             let tap_out = tap_index(TapAt::Block(k));
             let ops = timer.prof.as_deref_mut().map(|p| {
                 p.block_ops.resize(sch.geos.len(), [0.0; 3]);
@@ -714,12 +775,19 @@ impl<N: Net> FastEngine<N> {
             return;
         }
         let last_len = sch.last_in.len();
-        let my_rows = share(tid, threads, sch.last_in.h);
+        let s = sch.last_in;
+        // This thread's pixels of the last conv: its rows, or its share of the pixels.
+        let my_pixels = if sch.last_pixels {
+            share(tid, threads, s.h * s.w)
+        } else {
+            let r = share(tid, threads, s.h);
+            r.start * s.w..r.end * s.w
+        };
         sc.pooled.fill(0.0);
         let c = sch.last_c;
         let inv = 1.0 / (sch.last_in.h * sch.last_in.w) as f32;
         if threads == 1 {
-            turns.read(|x| self.last_rows(sch, &x[..last_len], my_rows, sc));
+            turns.read(|x| self.last_rows(sch, &x[..last_len], my_pixels, sc));
             let pooled: Vec<f32> = sc.pooled.iter().map(|v| v * inv).collect();
             timer.tick(stages, || "last conv + pool".into());
             net.classify(&pooled, out, 0..net.classifier_panels().0);
@@ -730,7 +798,7 @@ impl<N: Net> FastEngine<N> {
         // column panels (it streams megabytes of weights; two threads read them twice as fast).
         let pooled: Vec<f32> = turns.gather(
             |x, slot| {
-                self.last_rows(sch, &x[..last_len], my_rows, sc);
+                self.last_rows(sch, &x[..last_len], my_pixels, sc);
                 slot.copy_from_slice(&sc.pooled);
             },
             |parts| (0..c).map(|j| (0..threads).map(|t| parts[t * c + j]).sum::<f32>() * inv).collect(),
@@ -752,16 +820,15 @@ impl<N: Net> FastEngine<N> {
         );
     }
 
-    /// Last 1x1 convolution over input rows `rows`, summed into `sc.pooled` band by band.
-    fn last_rows(&self, sch: &Schedule, input: &[N::T], rows: Range<usize>, sc: &mut Scratch<N::T, N::H>) {
-        let s = sch.last_in;
-        let band = if N::POOLS_IN_EPILOGUE { rows.len().max(1) } else { (sc.last.len() / (s.w * sch.last_c)).max(1) };
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let r1 = (r0 + band).min(rows.end);
-            let a = &input[r0 * s.w * s.c..r1 * s.w * s.c];
-            self.net.last_rows((r1 - r0) * s.w, a, s.c, &mut sc.pooled, &mut sc.last);
-            r0 = r1;
+    /// Last 1x1 convolution over input pixels `pixels`, summed into `sc.pooled` band by band.
+    fn last_rows(&self, sch: &Schedule, input: &[N::T], pixels: Range<usize>, sc: &mut Scratch<N::T, N::H>) {
+        let c = sch.last_in.c;
+        let band = if N::POOLS_IN_EPILOGUE { pixels.len().max(1) } else { (sc.last.len() / sch.last_c).max(1) };
+        let mut p0 = pixels.start;
+        while p0 < pixels.end {
+            let p1 = (p0 + band).min(pixels.end);
+            self.net.last_rows(p1 - p0, &input[p0 * c..p1 * c], c, &mut sc.pooled, &mut sc.last);
+            p0 = p1;
         }
     }
 }
@@ -858,6 +925,36 @@ mod tests {
                     };
                     assert!(ok, "{n} in an engine asked for {}", isa.name());
                 }
+            }
+        }
+    }
+
+    /// A split image shares its small maps out by pixels (a side phase of expanded pixels,
+    /// then output pixels): the logits are those of one thread, up to the order in which the
+    /// threads' pooled sums add, in both modes and for shares that cut rows anywhere.
+    #[test]
+    fn pixel_split_blocks_match_one_thread() {
+        for (width, res, threads) in [(0.5, 96, 2), (0.35, 64, 3), (1.0, 112, 4)] {
+            let spec = Spec { classes: 17, ..Spec::new(width, res) };
+            let plan = crate::Plan::new(&spec).unwrap();
+            let s = super::Schedule::new(&plan, false, threads);
+            let split: Vec<_> = s.geos.iter().filter(|g| g.pixels).collect();
+            assert!(split.iter().any(|g| g.residual) && split.iter().any(|g| g.stride == 2), "{res}: {split:?}");
+            assert!(split.iter().any(|g| (g.h_out * g.w_out) % threads != 0), "{res}: a share cuts a row");
+            assert!(s.last_pixels && !super::Schedule::new(&plan, false, 1).geos.iter().any(|g| g.pixels));
+            let model = Model::init(&spec, 5, true).unwrap();
+            let data: Vec<f32> = (0..3 * res * res).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+            let x = Batch::from_nchw(&[1, 3, res, res], &data).unwrap();
+            let run = |mode, threads| {
+                let e = Engine::new(&model, Options { mode, threads, isa: None, precision: None }).unwrap();
+                e.run(&x).unwrap().data
+            };
+            let one = run(Mode::Fast, 1);
+            let scale = one.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for mode in [Mode::Fast, Mode::Streaming] {
+                let many = run(mode, threads);
+                let err = one.iter().zip(&many).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 1e-5 * scale, "{res} {mode:?} x{threads}: {err} of {scale}");
             }
         }
     }

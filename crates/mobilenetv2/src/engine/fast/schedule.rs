@@ -30,6 +30,12 @@ pub(super) struct Geo {
     /// The expand conv runs as a phase of its own that materialises the expanded tensor
     /// (a head reads it); the block then reads those rows directly.
     pub split: bool,
+    /// An image split across threads shares this block out by pixels, not rows: the threads
+    /// expand their pixels into the team's side buffer, then each runs the depthwise rows
+    /// covering its output pixels and projects those pixels. On small maps a split by rows
+    /// is uneven (7 rows on 2 threads: 4 and 3) and each thread would expand the rows at the
+    /// seam again (at 14x14 on 2 threads, 8 rows for 7).
+    pub pixels: bool,
 }
 
 impl Geo {
@@ -52,6 +58,23 @@ impl Geo {
     pub fn band_len(&self) -> usize {
         self.band * self.w_out * self.hidden
     }
+
+    /// Values of the expanded tensor a pixel-split block holds in the side buffer.
+    pub fn side_len(&self) -> usize {
+        if self.pixels {
+            self.h_in * self.w_in * self.hidden
+        } else {
+            0
+        }
+    }
+}
+
+/// Whether a block whose output has `h_out` rows is shared out by pixels among `threads`
+/// threads (see [`Geo::pixels`]): when each thread would get fewer than 4 rows (the 7x7
+/// blocks on 2 threads). On 14x14 the extra barrier and the expanded tensor's round trip
+/// through memory cost about what the seam rows do (measured on 2 threads, Zen 4).
+fn by_pixels(h_out: usize, threads: usize) -> bool {
+    threads > 1 && h_out < 4 * threads
 }
 
 /// Output rows per band: at least `pixels` pixels, so the projection GEMM gets whole tiles.
@@ -89,10 +112,16 @@ pub(super) struct Schedule {
     pub last_band: usize,
     /// Values of each of the two ping-pong activation buffers.
     pub act_len: usize,
+    /// Values of the team's side buffer (the largest expanded tensor of a pixel-split block).
+    pub side_len: usize,
+    /// The last conv is shared out by pixels (as [`Geo::pixels`]).
+    pub last_pixels: bool,
 }
 
 impl Schedule {
-    pub fn new(plan: &Plan, streaming: bool) -> Schedule {
+    /// The schedule of `plan`'s images: run on one thread, or split across threads, with the
+    /// small maps shared out by pixels among `threads` threads (1: by rows everywhere).
+    pub fn new(plan: &Plan, streaming: bool, threads: usize) -> Schedule {
         let taps = match plan.head {
             Head::Classifier(_) => None,
             _ => Some(super::head_taps(plan).expect("checked when the engine was built")),
@@ -104,7 +133,7 @@ impl Schedule {
         // them twice (an expand conv, or a residual).
         let stem_fused = plan.stem_feeds_first_block();
         let band_pixels = if streaming { 14 } else { 64 };
-        let geos_for = |chain: usize| -> Vec<Geo> {
+        let geos_for = |chain: usize, threads: usize| -> Vec<Geo> {
             plan.blocks
                 .iter()
                 .enumerate()
@@ -112,6 +141,9 @@ impl Schedule {
                     let dw = plan.layers[b.depthwise].conv().expect("depthwise");
                     let band = if k < chain { 1 } else { band_rows(b.output.w, b.output.h, band_pixels) };
                     let reads_input = (b.expand.is_none() && !(stem_fused && k == 0)) || split(k);
+                    // Blocks with an expand conv only; a head's taps and the streaming chain keep
+                    // their row-wise shares.
+                    let pixels = taps.is_none() && k >= chain && b.expand.is_some() && by_pixels(b.output.h, threads);
                     let mut g = Geo {
                         h_in: b.input.h,
                         w_in: b.input.w,
@@ -128,8 +160,12 @@ impl Schedule {
                         band,
                         ring: 0,
                         split: split(k),
+                        pixels,
                     };
-                    if !reads_input {
+                    if pixels {
+                        // The depthwise rows covering one thread's output pixels.
+                        g.band = (b.output.h * b.output.w).div_ceil(threads).div_ceil(b.output.w) + 1;
+                    } else if !reads_input {
                         g.ring = g.span();
                     }
                     g
@@ -137,8 +173,8 @@ impl Schedule {
                 .collect()
         };
         let last = &plan.layers[plan.last_conv];
-        let build = |chain: usize| {
-            let geos = geos_for(chain);
+        let build = |chain: usize, threads: usize| {
+            let geos = geos_for(chain, threads);
             let chain_out_cap: Vec<usize> =
                 (0..chain.saturating_sub(1)).map(|k| (geos[k].band + geos[k + 1].span()).min(geos[k].h_out)).collect();
             let mut act_len = if stem_fused { 0 } else { l0.output.len() };
@@ -164,6 +200,7 @@ impl Schedule {
                 chain_out_cap,
                 ring_len: geos[chain..].iter().map(Geo::ring_len).max().unwrap_or(0),
                 band_len: geos.iter().map(Geo::band_len).max().unwrap_or(0),
+                side_len: geos.iter().map(Geo::side_len).max().unwrap_or(0),
                 geos,
                 last_in: last.input,
                 last_c: last.output.c,
@@ -175,11 +212,12 @@ impl Schedule {
                     band_rows(last.output.w, last.output.h, band_pixels) * last.output.w * last.output.c
                 },
                 act_len,
+                last_pixels: taps.is_none() && by_pixels(last.input.h, threads),
                 taps: taps.clone(),
             }
         };
         if !streaming {
-            return build(0);
+            return build(0, threads);
         }
         // Streaming: chain as many leading blocks as keeps the total smallest, stopping before
         // the first block a head taps (its tensors must exist whole).
@@ -194,9 +232,12 @@ impl Schedule {
             .unwrap_or(plan.blocks.len());
         let most = first_tapped.min(plan.blocks.len() - 1);
         if most == 0 {
-            return build(0);
+            return build(0, threads);
         }
-        (1..=most).map(build).min_by_key(|s| s.activation_values(1)).expect("a plan has blocks")
+        // The chain is chosen as for one thread, so that whole and split images share it (and
+        // the rings the engine allocates for it).
+        let chain = (1..=most).min_by_key(|&c| build(c, 1).activation_values(1)).expect("a plan has blocks");
+        build(chain, threads)
     }
 
     /// Values of the rings private to chain block `k` (its expanded rows, and its output
@@ -212,7 +253,7 @@ impl Schedule {
     pub fn activation_values(&self, threads: usize) -> usize {
         let chain: usize = (0..self.chain).map(|k| self.chain_ring_lens(k)).map(|(a, b)| a + b).sum();
         let per_thread = chain + self.ring_len + self.band_len + self.last_band + self.last_c;
-        2 * self.act_len + threads * per_thread
+        2 * self.act_len + self.side_len + threads * per_thread
     }
 }
 #[cfg(test)]
@@ -223,8 +264,8 @@ mod tests {
     #[test]
     fn streaming_fits_in_1mb_at_224() {
         let plan = Plan::new(&Spec::default()).unwrap();
-        let fast = Schedule::new(&plan, false);
-        let streaming = Schedule::new(&plan, true);
+        let fast = Schedule::new(&plan, false, 1);
+        let streaming = Schedule::new(&plan, true, 1);
         assert_eq!(fast.chain, 0);
         assert!(streaming.chain >= 3, "the 112x112 and 56x56 blocks are chained");
         let bytes = 4 * streaming.activation_values(1);
