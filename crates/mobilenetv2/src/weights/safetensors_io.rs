@@ -255,8 +255,31 @@ pub fn to_bytes_as(
         views.push(((*name).clone(), view));
     }
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Unsupported(format!("safetensors serialisation failed: {e}")))
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Unsupported(format!("safetensors serialisation failed: {e}")))?;
+    canonical(bytes)
+}
+
+/// The same file with its JSON header's keys in sorted order: `safetensors::serialize` writes
+/// the metadata in the order of a `HashMap`, which differs from run to run, so the same model
+/// would give different bytes. The data offsets are relative to the data, which is unchanged.
+fn canonical(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |what: &str| Error::Unsupported(format!("safetensors serialisation gave {what}"));
+    let n =
+        bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok_or_else(|| bad("no header"))?;
+    let end = usize::try_from(n).ok().and_then(|n| n.checked_add(8)).filter(|&e| e <= bytes.len());
+    let end = end.ok_or_else(|| bad("a header longer than the file"))?;
+    // serde_json's maps are sorted by key (no `preserve_order`).
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..end]).map_err(|_| bad("a header that is not JSON"))?;
+    let mut json = serde_json::to_vec(&header).map_err(|_| bad("a header that cannot be written"))?;
+    // As the crate does: spaces up to a multiple of 8 bytes, so the data stays aligned.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Writes a safetensors file atomically.
@@ -272,4 +295,36 @@ pub fn write_as(
     store: FloatStore,
 ) -> Result<()> {
     crate::fsutil::write_atomic(path, &to_bytes_as(tensors, metadata, store)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same tensors and metadata give the same bytes every time (the crate's metadata map
+    /// is a `HashMap`, whose order differs between instances), and they read back.
+    #[test]
+    fn serialisation_is_deterministic() {
+        let tensors: BTreeMap<String, Tensor> = [
+            ("b.weight", Tensor { shape: vec![2, 3], data: Data::F32(vec![1.0, -2.0, 3.5, 0.0, 5.0, 6.25]) }),
+            ("a.bias", Tensor { shape: vec![3], data: Data::I8(vec![-1, 0, 7]) }),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        let metadata: BTreeMap<String, String> =
+            (0..12).map(|i| (format!("key{i:02}"), format!("value {i}"))).collect();
+        let first = to_bytes(&tensors, &metadata).unwrap();
+        for _ in 0..8 {
+            assert_eq!(to_bytes(&tensors, &metadata).unwrap(), first);
+        }
+        let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0, "the data stays 8-byte aligned");
+        let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+        let at: Vec<usize> = metadata.keys().map(|k| header.find(k.as_str()).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "metadata keys in order: {header}");
+        let back = read(Path::new("t.safetensors"), &first).unwrap();
+        assert_eq!(back.metadata, metadata);
+        assert_eq!(back.tensors, tensors);
+    }
 }
