@@ -4,6 +4,10 @@
 //! the option and the problem), 2 internal failure (a bug: a panic or a broken invariant). A
 //! closed stdout (e.g. `| head`) ends quietly with 0.
 
+// The options' doc comments are their `--help` text, which names placeholders such as
+// `<name>.png` and `percentile[:P]` as a user types them: not HTML, not links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod cmd;
 mod exit;
 
