@@ -2,6 +2,14 @@
 //! `MR` x 16 (24 at MR = 24) for layers with <= 16 outputs. Per k step: one or two aligned
 //! panel loads and MR broadcasts of A, then 2*MR (or MR) FMAs; the two FMA ports stay busy
 //! while the load ports have slack. Column tails use masked stores.
+//!
+//! A panel with padding columns (the last one of a layer whose output count is not a multiple
+//! of the panel width) runs a narrower tile over the same packing: <= 24 real columns of a
+//! 32-column panel one zmm and one ymm per row ([`tile24`]), <= 16 one zmm ([`tile16`]),
+//! <= 8 one ymm ([`tile8`], also for 16-column panels). On Zen 4 a 512-bit FMA takes both
+//! 256-bit pipes, so a padded lane costs as much as a real one; a ymm FMA costs half. Every
+//! tile runs the same fused chain per output element (bias, one FMA per k in order, clamp,
+//! residual), so the width changes no bit.
 
 use std::arch::x86_64::*;
 
@@ -18,6 +26,8 @@ struct Panel {
     lda: usize,
     ldc: usize,
     ldr: usize,
+    /// Packed columns per k step (`nr`): the weight stride.
+    nr: usize,
     /// Packed weights `[k][nr]` and bias `[nr]` of this panel.
     b: *const f32,
     bias: *const f32,
@@ -39,6 +49,20 @@ impl Panel {
         } else {
             _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r))
         }
+    }
+
+    /// [`Panel::finish`] for 8 columns in a ymm register, stored at `c` under `mask`.
+    ///
+    /// # Safety
+    /// As [`Panel::finish`], for the 8 columns at `c` and `r` (masked by `mask`).
+    #[inline(always)]
+    unsafe fn store8(&self, v: __m256, c: *mut f32, r: *const f32, mask: u8) {
+        let (lo, hi) = (_mm512_castps512_ps256(self.lo), _mm512_castps512_ps256(self.hi));
+        let mut v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+        if !r.is_null() {
+            v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(mask, r));
+        }
+        _mm256_mask_storeu_ps(c, mask, v);
     }
 }
 
@@ -73,11 +97,42 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *con
     }
 }
 
-/// One tile of MR rows x 16 columns.
+/// One tile of MR rows x 24 columns of a 32-column panel whose last 8 columns are padding:
+/// the upper 8 columns in ymm registers (half the cost of zmm on Zen 4). Per lane the same
+/// FMA chain as [`tile32`], so the same bits.
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW/VL/DQ; `a`, `c` and `r` (null for none) address the tile's rows and the
-/// panel's columns (masked by `mask`) with the strides `gemm` checked.
+/// As [`tile32`].
+#[inline(always)]
+unsafe fn tile24<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
+    let mut acc0 = [_mm512_load_ps(p.bias); MR];
+    let mut acc1 = [_mm256_load_ps(p.bias.add(16)); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.k {
+        let b0 = _mm512_load_ps(bp);
+        let b1 = _mm256_load_ps(bp.add(16));
+        for i in 0..MR {
+            let av = _mm512_set1_ps(*ap.add(i * p.lda));
+            acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
+            acc1[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(av), b1, acc1[i]);
+        }
+        bp = bp.add(32);
+        ap = ap.add(1);
+    }
+    for i in 0..MR {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        let cp = c.add(i * p.ldc);
+        _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
+        let rp = if r.is_null() { r } else { rp.add(16) };
+        p.store8(acc1[i], cp.add(16), rp, p.m1 as u8);
+    }
+}
+
+/// One tile of MR rows x 16 columns (a 16-column panel, or the first 16 of a 32-column one).
+///
+/// # Safety
+/// As [`tile32`].
 #[inline(always)]
 unsafe fn tile16<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
     let mut acc = [_mm512_load_ps(p.bias); MR];
@@ -88,12 +143,35 @@ unsafe fn tile16<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *con
         for (i, x) in acc.iter_mut().enumerate() {
             *x = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i * p.lda)), b0, *x);
         }
-        bp = bp.add(16);
+        bp = bp.add(p.nr);
         ap = ap.add(1);
     }
     for (i, x) in acc.iter().enumerate() {
         let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
         _mm512_mask_storeu_ps(c.add(i * p.ldc), p.m0, p.finish(*x, rp, p.m0));
+    }
+}
+
+/// One tile of MR rows x 8 columns (the first 8 of a panel), in ymm registers.
+///
+/// # Safety
+/// As [`tile32`].
+#[inline(always)]
+unsafe fn tile8<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const f32) {
+    let mut acc = [_mm256_load_ps(p.bias); MR];
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.k {
+        let b0 = _mm256_load_ps(bp);
+        for (i, x) in acc.iter_mut().enumerate() {
+            *x = _mm256_fmadd_ps(_mm256_set1_ps(*ap.add(i * p.lda)), b0, *x);
+        }
+        bp = bp.add(p.nr);
+        ap = ap.add(1);
+    }
+    for (i, x) in acc.iter().enumerate() {
+        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
+        p.store8(*x, c.add(i * p.ldc), rp, p.m0 as u8);
     }
 }
 
@@ -136,6 +214,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             lda: args.lda,
             ldc: args.ldc,
             ldr: args.ldr,
+            nr,
             b: w.data.as_ptr().add(pi * k * nr),
             bias: w.bias.as_ptr().add(n0),
             m0: mask16(cols),
@@ -149,10 +228,16 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             let a = args.a.add(i * args.lda);
             let c = args.c.add(i * args.ldc + n0);
             let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
-            if nr == 32 {
+            // A panel with padding columns (the N = 24 projections, the last panel of the
+            // N = 144 expansions) runs the narrowest tile that covers its real ones.
+            if cols > 24 {
                 by_rows!(rows, tile32, &p, a, c, r);
-            } else {
+            } else if cols > 16 {
+                by_rows!(rows, tile24, &p, a, c, r);
+            } else if cols > 8 {
                 by_rows!(rows, tile16, &p, a, c, r);
+            } else {
+                by_rows!(rows, tile8, &p, a, c, r);
             }
             i += rows;
         }
