@@ -10,8 +10,8 @@
 //! requantisation": one rounding, no fixed-point multipliers to overflow.
 //!
 //! Kernels: `qgemm_u8s8s32_requant_14x32_avx512vnni` (`vpdpbusd`, 4 multiply-adds per byte
-//! lane per instruction; 24x16 for narrow layers) and a portable twin that gives identical
-//! results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
+//! lane per instruction; 24x16 for narrow layers; a panel with padding columns runs a 24-, 16-
+//! or 8-column tile, with the same bytes) and a portable twin that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
