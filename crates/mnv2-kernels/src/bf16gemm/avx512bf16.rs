@@ -4,7 +4,8 @@
 //! pair (32 bits) and 2*MR (or MR) `vdpbf16ps`, each two multiply-adds per lane: twice the
 //! f32 kernel's work per instruction. A is first rounded to bf16 pairs, once per call, into a
 //! per-thread scratch (`vcvtne2ps2bf16`). Column tails use masked stores; a 32-column panel
-//! with <= 24 (<= 16) real columns runs a 24-column (16-column) tile.
+//! with <= 24 (<= 16) real columns runs a 24-column (three ymm accumulators per row, 9 rows)
+//! or 16-column tile.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -16,6 +17,8 @@ use super::{ASrc, Args, PackedBf16Gemm};
 
 const MR32: usize = 14;
 const MR16: usize = 24;
+/// Rows of [`tile24`]: 27 ymm accumulators, 3 weight vectors and the broadcast.
+const MR24: usize = 9;
 
 thread_local! {
     /// A rounded to bf16 pairs: `[m][pairs]` 32-bit words; grows to the largest call.
@@ -75,6 +78,16 @@ unsafe fn wpairs(p: *const u32) -> __m512bh {
     std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(p as *const __m512i))
 }
 
+/// The 8 weight pairs at `p` (32-byte aligned).
+///
+/// # Safety
+/// `p` is readable for 32 aligned bytes; the CPU has AVX.
+#[inline(always)]
+unsafe fn wpairs8(p: *const u32) -> __m256bh {
+    // SAFETY: both are 256-bit vectors of plain bits.
+    std::mem::transmute::<__m256i, __m256bh>(_mm256_load_si256(p as *const __m256i))
+}
+
 /// One tile of MR rows x 32 columns.
 ///
 /// # Safety
@@ -107,32 +120,29 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
     }
 }
 
-/// One tile of MR rows x 24 columns of a 32-column panel (its last 8 columns are padding):
-/// the upper half in 256-bit registers, which Zen 4 runs at half the cost of 512-bit ones, so
-/// layers of 24 outputs do 3/4 of the full tile's work. Per lane the same `vdpbf16ps` chain as
-/// [`tile32`], so the same bits.
+/// One tile of MR rows x 24 columns of a 32-column panel (its last 8 columns are padding), in
+/// three 256-bit accumulators per row, which Zen 4 runs at half the cost of 512-bit ones, so
+/// layers of 24 outputs do 3/4 of the full tile's work. Not one zmm and one ymm: LLVM then
+/// loaded each A pair into a general register and broadcast it from there (a shuffle per row,
+/// on the vector pipes). Per lane the same `vdpbf16ps` chain as [`tile32`], so the same bits.
 ///
 /// # Safety
 /// As [`tile32`].
 #[inline(always)]
 unsafe fn tile24<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *const f32) {
-    let mut acc0 = [_mm512_load_ps(p.bias); MR];
-    let mut acc1 = [_mm256_load_ps(p.bias.add(16)); MR];
+    let mut acc0 = [_mm256_load_ps(p.bias); MR];
+    let mut acc1 = [_mm256_load_ps(p.bias.add(8)); MR];
+    let mut acc2 = [_mm256_load_ps(p.bias.add(16)); MR];
     let mut bp = p.b;
     let mut ap = a;
     for _ in 0..p.pairs {
-        let b0 = wpairs(bp);
-        // SAFETY: both are 256-bit vectors of plain bits.
-        let b1 = std::mem::transmute::<__m256i, __m256bh>(_mm256_load_si256(bp.add(16) as *const __m256i));
+        let (b0, b1, b2) = (wpairs8(bp), wpairs8(bp.add(8)), wpairs8(bp.add(16)));
         for i in 0..MR {
-            let w = _mm512_set1_epi32(*ap.add(i * p.lda) as i32);
-            // SAFETY: both are vectors of plain bits.
-            let (av, av8) = (
-                std::mem::transmute::<__m512i, __m512bh>(w),
-                std::mem::transmute::<__m256i, __m256bh>(_mm512_castsi512_si256(w)),
-            );
-            acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);
-            acc1[i] = _mm256_dpbf16_ps(acc1[i], av8, b1);
+            // SAFETY: both are 256-bit vectors of plain bits.
+            let av = std::mem::transmute::<__m256i, __m256bh>(_mm256_set1_epi32(*ap.add(i * p.lda) as i32));
+            acc0[i] = _mm256_dpbf16_ps(acc0[i], av, b0);
+            acc1[i] = _mm256_dpbf16_ps(acc1[i], av, b1);
+            acc2[i] = _mm256_dpbf16_ps(acc2[i], av, b2);
         }
         bp = bp.add(32);
         ap = ap.add(1);
@@ -142,8 +152,9 @@ unsafe fn tile24<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
     for i in 0..MR {
         let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
         let cp = c.add(i * p.ldc);
-        _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
-        let mut v = _mm256_min_ps(_mm256_max_ps(acc1[i], lo), hi);
+        let v = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(acc0[i]), acc1[i]);
+        _mm512_mask_storeu_ps(cp, p.m0, p.finish(v, rp, p.m0));
+        let mut v = _mm256_min_ps(_mm256_max_ps(acc2[i], lo), hi);
         if !rp.is_null() {
             v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(m1, rp.add(16)));
         }
@@ -322,7 +333,6 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
     let (n, nr, pairs) = (w.n, w.nr, w.pairs());
     {
         let mr = if nr == 32 { MR32 } else { MR16 };
-        let (count, base, extra) = tiles(args.m, mr);
         let mut first = args.panels.start;
         if args.m == 1 && nr == 32 {
             while first + 4 <= args.panels.end && (first + 4) * nr <= n {
@@ -346,6 +356,8 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
                 lo: _mm512_set1_ps(args.act.min),
                 hi: _mm512_set1_ps(args.act.max),
             };
+            let narrow24 = nr == 32 && (17..=24).contains(&cols);
+            let (count, base, extra) = tiles(args.m, if narrow24 { MR24 } else { mr });
             let mut i = 0;
             for t in 0..count {
                 let rows = base + usize::from(t < extra);
@@ -356,7 +368,7 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
                 // and the last panel of N = 144 expansions, skips its padding.
                 if nr == 32 && cols > 24 {
                     by_rows!(rows, tile32, &p, a, c, r);
-                } else if nr == 32 && cols > 16 {
+                } else if narrow24 {
                     by_rows!(rows, tile24, &p, a, c, r);
                 } else {
                     by_rows!(rows, tile16, &p, a, c, r);

@@ -7,7 +7,8 @@
 //! add) runs on registers before the only store: no extra pass over the output.
 //!
 //! Kernels: `gemm_f32_minmaxres_14x32_avx512` (28 accumulators, 2 vectors wide; 24x16 when
-//! the layer has <= 16 outputs), `gemm_f32_minmaxres_6x16_avx2`, and a portable scalar twin.
+//! the layer has <= 16 outputs; a panel with padding columns runs a narrower tile, 24, 16 or 8
+//! columns, with the same bits), `gemm_f32_minmaxres_6x16_avx2`, and a portable scalar twin.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -290,6 +291,69 @@ mod tests {
                         gemm(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
                         let err = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
                         assert!(err <= 1e-5 * (k as f32).sqrt().max(1.0), "{} m={m} k={k} n={n}: err {err}", kern.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Per output element: the bias, then one fused multiply-add per input channel in channel
+    /// order, the clamp, the residual: the chain every vector kernel runs in each lane.
+    #[allow(clippy::too_many_arguments)]
+    fn fma_chain(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        lda: usize,
+        w: &[f32],
+        b: &[f32],
+        act: MinMax,
+        r: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s = (0..k).fold(b[j], |s, kk| a[i * lda + kk].mul_add(w[kk * n + j], s));
+                out[i * n + j] = act.apply(s) + r.map_or(0.0, |r| r[i * n + j]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn vector_kernels_are_bit_exact_for_every_last_panel_width() {
+        // Every width of the last panel (1..=nr real columns, so the narrow tiles of a
+        // 32-column panel with <= 24, <= 16, <= 8 columns), one to three panels, row counts
+        // around the tile height, with and without residual, whole and panel by panel: the
+        // same bits as the fused chain (so as every earlier version of the kernels).
+        for (tier, kern) in host_kernels().into_iter().filter(|(_, k)| k.needs != Needs::Scalar) {
+            let (mr, nr) = (kern.mr, kern.nr);
+            let ms = [1, mr - 1, mr, mr + 1, 2 * mr + 3, 49];
+            for n in (1..=2 * nr + 8).chain([144, 24 + 2 * nr]) {
+                let k = if n % 2 == 0 { 24 } else { 7 };
+                let w = lcg(k as u64 * 31 + n as u64, k * n);
+                let b = lcg(7 + n as u64, n);
+                let p = PackedGemm::for_kernel(tier, kern, &w, k, n, &b);
+                for &m in &ms {
+                    let lda = k + 1;
+                    let a = lcg(m as u64 + 5, m * lda);
+                    let r = lcg(98, m * n);
+                    for (act, res) in [(MinMax::RELU6, Some(r.as_slice())), (MinMax { min: -0.5, max: 0.25 }, None)] {
+                        let want = fma_chain(m, k, n, &a, lda, &w, &b, act, res);
+                        let mut c = vec![f32::NAN; m * n];
+                        gemm(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
+                        let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{} m={m} k={k} n={n}: not the fused chain's bits", kern.name);
+                        let mut parts = vec![f32::NAN; m * n];
+                        for q in 0..p.panels() {
+                            gemm_panels(m, &a, lda, &p, &mut parts, n, act, res.map(|r| (r, n)), q..q + 1);
+                        }
+                        assert!(
+                            parts.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{} panels n={n}",
+                            kern.name
+                        );
                     }
                 }
             }

@@ -4,6 +4,12 @@
 //! runs on registers. For u8 outputs it works in the output's quantised units (scale, bias,
 //! zero points and clamp bounds folded per call, see `mod.rs`): convert, one FMA, clamp,
 //! residual (one FMA), round, saturate, masked store. For f32 outputs it computes real values.
+//!
+//! A panel with padding columns (the last one of a layer whose output count is not a multiple
+//! of the panel width) runs a narrower tile over the same packing: 24 columns (three ymm
+//! `vpdpbusd` per row, 9 rows), 16 (one zmm) or 8 (one ymm). On Zen 4 a 512-bit instruction takes
+//! both 256-bit pipes, so a padded lane costs as much as a real one. The sums are exact
+//! integers either way and the epilogue is the same, so the bytes are the same.
 
 use std::arch::x86_64::*;
 
@@ -13,11 +19,15 @@ use super::{Args, PackedQGemm};
 
 const MR32: usize = 14;
 const MR16: usize = 24;
+/// Rows of the 24-column tile: 27 ymm accumulators, 3 weight vectors and the broadcast.
+const MR24: usize = 9;
 
 /// Loop invariants of one panel.
 struct Panel {
     groups: usize,
     lda: usize,
+    /// Packed columns (`nr`): a group of 4 k values spans `4 * nr` bytes.
+    nr: usize,
     b: *const i8,
     /// Per column vectors (one or two of each).
     zcs: [__m512i; 2],
@@ -84,33 +94,68 @@ impl Panel {
     }
 }
 
+/// One tile of MR rows x W columns (32, 24, 16 or 8) of a panel: 32 and 16 columns in zmm
+/// accumulators, 24 and 8 in ymm ones (three and one per row: Zen 4 runs a ymm `vpdpbusd` at
+/// half the cost of a zmm one; one zmm and one ymm would make LLVM widen each A broadcast
+/// with a shuffle). The ymm sums are joined (and widened with zeros) for the 16-lane
+/// epilogue, whose masks keep it to the real columns.
+///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
-/// the rows and columns passed lie within them (column tails masked).
+/// the rows and columns passed lie within them (column tails masked), with `W` no wider than
+/// the panel.
 #[inline(always)]
-unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
-    // Two flat accumulator arrays (not [[_; NV]; MR]): LLVM keeps these in registers; the
-    // nested array was spilled to the stack and its broadcasts repeated per vector.
+unsafe fn tile<const MR: usize, const W: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
+    // Flat accumulator arrays (not [[_; NV]; MR]): LLVM keeps these in registers; the nested
+    // array was spilled to the stack and its broadcasts repeated per vector. The arrays a
+    // width does not use are never touched, and vanish.
     let mut acc0 = [_mm512_setzero_si512(); MR];
     let mut acc1 = [_mm512_setzero_si512(); MR];
+    let mut y0 = [_mm256_setzero_si256(); MR];
+    let mut y1 = [_mm256_setzero_si256(); MR];
+    let mut y2 = [_mm256_setzero_si256(); MR];
     let mut bp = p.b;
     let mut ap = args.a.add(i0 * p.lda);
     for _ in 0..p.groups {
-        let b0 = _mm512_load_si512(bp as *const _);
-        let b1 = if NV == 2 { _mm512_load_si512(bp.add(64) as *const _) } else { b0 };
-        for i in 0..MR {
-            let a = _mm512_set1_epi32((ap.add(i * p.lda) as *const i32).read_unaligned());
-            acc0[i] = _mm512_dpbusd_epi32(acc0[i], a, b0);
-            if NV == 2 {
-                acc1[i] = _mm512_dpbusd_epi32(acc1[i], a, b1);
+        if W.is_multiple_of(16) {
+            let b0 = _mm512_load_si512(bp as *const _);
+            let b1 = if W == 32 { _mm512_load_si512(bp.add(64) as *const _) } else { b0 };
+            for i in 0..MR {
+                let a = _mm512_set1_epi32((ap.add(i * p.lda) as *const i32).read_unaligned());
+                acc0[i] = _mm512_dpbusd_epi32(acc0[i], a, b0);
+                if W == 32 {
+                    acc1[i] = _mm512_dpbusd_epi32(acc1[i], a, b1);
+                }
+            }
+        } else {
+            let b0 = _mm256_load_si256(bp as *const _);
+            let b1 = if W == 24 { _mm256_load_si256(bp.add(32) as *const _) } else { b0 };
+            let b2 = if W == 24 { _mm256_load_si256(bp.add(64) as *const _) } else { b0 };
+            for i in 0..MR {
+                let a = _mm256_set1_epi32((ap.add(i * p.lda) as *const i32).read_unaligned());
+                y0[i] = _mm256_dpbusd_epi32(y0[i], a, b0);
+                if W == 24 {
+                    y1[i] = _mm256_dpbusd_epi32(y1[i], a, b1);
+                    y2[i] = _mm256_dpbusd_epi32(y2[i], a, b2);
+                }
             }
         }
-        bp = bp.add(64 * NV);
+        bp = bp.add(p.nr * 4);
         ap = ap.add(4);
     }
+    for i in 0..MR {
+        if W == 8 {
+            acc0[i] = _mm512_zextsi256_si512(y0[i]);
+        }
+        if W == 24 {
+            acc0[i] = _mm512_inserti32x8::<1>(_mm512_castsi256_si512(y0[i]), y1[i]);
+            acc1[i] = _mm512_zextsi256_si512(y2[i]);
+        }
+    }
+    let nv = W.div_ceil(16);
     if args.pool {
         // Row after row into the sums, in the scalar twin's order.
-        for v in 0..NV {
+        for v in 0..nv {
             let acc = if v == 0 { &acc0 } else { &acc1 };
             let sums = (args.c as *mut f32).add(n0 + 16 * v);
             let mut s = _mm512_maskz_loadu_ps(p.mask[v], sums);
@@ -123,25 +168,23 @@ unsafe fn tile<const MR: usize, const NV: usize>(p: &Panel, args: &Args, i0: usi
     }
     for i in 0..MR {
         p.finish(acc0[i], 0, args, i0 + i, n0);
-        if NV == 2 {
+        if nv == 2 {
             p.finish(acc1[i], 1, args, i0 + i, n0 + 16);
         }
     }
 }
 
+/// `tile::<rows, W>(args)` for a row count of 1..=24 (or of the listed counts: a width only
+/// instantiated for the heights it runs).
 macro_rules! by_rows {
-    ($rows:expr, $nv:literal, $($arg:expr),*) => {
+    ($rows:expr, $w:literal, [$($n:literal)*], $args:tt) => {
         match $rows {
-            1 => tile::<1, $nv>($($arg),*), 2 => tile::<2, $nv>($($arg),*), 3 => tile::<3, $nv>($($arg),*),
-            4 => tile::<4, $nv>($($arg),*), 5 => tile::<5, $nv>($($arg),*), 6 => tile::<6, $nv>($($arg),*),
-            7 => tile::<7, $nv>($($arg),*), 8 => tile::<8, $nv>($($arg),*), 9 => tile::<9, $nv>($($arg),*),
-            10 => tile::<10, $nv>($($arg),*), 11 => tile::<11, $nv>($($arg),*), 12 => tile::<12, $nv>($($arg),*),
-            13 => tile::<13, $nv>($($arg),*), 14 => tile::<14, $nv>($($arg),*), 15 => tile::<15, $nv>($($arg),*),
-            16 => tile::<16, $nv>($($arg),*), 17 => tile::<17, $nv>($($arg),*), 18 => tile::<18, $nv>($($arg),*),
-            19 => tile::<19, $nv>($($arg),*), 20 => tile::<20, $nv>($($arg),*), 21 => tile::<21, $nv>($($arg),*),
-            22 => tile::<22, $nv>($($arg),*), 23 => tile::<23, $nv>($($arg),*), 24 => tile::<24, $nv>($($arg),*),
+            $($n => tile::<$n, $w> $args,)*
             _ => unreachable!("tile rows"),
         }
+    };
+    ($rows:expr, $w:literal, $args:tt) => {
+        by_rows!($rows, $w, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24], $args)
     };
 }
 
@@ -151,9 +194,6 @@ macro_rules! by_rows {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
 pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
     let (k, n, nr) = (w.k, w.n, w.nr);
-    let mr = if nr == 32 { MR32 } else { MR16 };
-    let count = args.m.div_ceil(mr);
-    let (base, extra) = (args.m / count, args.m % count);
     for pi in args.panels.clone() {
         let n0 = pi * nr;
         let cols = nr.min(n - n0);
@@ -179,6 +219,7 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         let p = Panel {
             groups: k / 4,
             lda: args.lda,
+            nr,
             b: w.data.as_ptr().add(pi * k * nr),
             zcs,
             mul,
@@ -194,13 +235,24 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             qhi: _mm512_set1_ps(f.hi),
             qrs: _mm512_set1_ps(f.rs),
         };
+        // A panel with padding columns (the N = 24 projections, the last panel of the
+        // N = 144 expansions) runs the narrowest tile that covers its real ones.
+        let (width, mr) = match cols {
+            25.. => (32, MR32),
+            17..=24 => (24, MR24),
+            9..=16 => (16, if nr == 32 { MR32 } else { MR16 }),
+            _ => (8, if nr == 32 { MR32 } else { MR16 }),
+        };
+        let count = args.m.div_ceil(mr);
+        let (base, extra) = (args.m / count, args.m % count);
         let mut i = 0;
         for t in 0..count {
             let rows = base + usize::from(t < extra);
-            if nr == 32 {
-                by_rows!(rows, 2, &p, args, i, n0);
-            } else {
-                by_rows!(rows, 1, &p, args, i, n0);
+            match width {
+                32 => by_rows!(rows, 32, [1 2 3 4 5 6 7 8 9 10 11 12 13 14], (&p, args, i, n0)),
+                24 => by_rows!(rows, 24, [1 2 3 4 5 6 7 8 9], (&p, args, i, n0)),
+                16 => by_rows!(rows, 16, (&p, args, i, n0)),
+                _ => by_rows!(rows, 8, (&p, args, i, n0)),
             }
             i += rows;
         }

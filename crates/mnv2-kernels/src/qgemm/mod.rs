@@ -10,8 +10,8 @@
 //! requantisation": one rounding, no fixed-point multipliers to overflow.
 //!
 //! Kernels: `qgemm_u8s8s32_requant_14x32_avx512vnni` (`vpdpbusd`, 4 multiply-adds per byte
-//! lane per instruction; 24x16 for narrow layers) and a portable twin that gives identical
-//! results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
+//! lane per instruction; 24x16 for narrow layers; a panel with padding columns runs a 24-, 16-
+//! or 8-column tile, with the same bytes) and a portable twin that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -506,6 +506,62 @@ mod tests {
                 let per = outs.len() / kernels.len();
                 for o in outs.chunks(per).skip(1) {
                     assert_eq!(o, &outs[..per], "kernels disagree at m={m} k={k} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_give_the_scalar_bytes_for_every_last_panel_width() {
+        // Every width of the last panel (1..=32 real columns: the narrow tiles of a 32-column
+        // panel with <= 24, <= 16, <= 8 columns), one to three panels, row counts around the
+        // tile heights, u8 and f32 outputs with and without residual, whole and panel by
+        // panel: the scalar twin's bytes and bits.
+        let kernels = host_kernels();
+        let scalar = kernels.iter().find(|(_, k)| k.needs == Needs::Scalar).expect("the scalar twin runs everywhere");
+        let input = QParams { scale: 0.02, zero: 100 };
+        let out_q = QParams { scale: 0.05, zero: 120 };
+        let res_q = QParams { scale: 0.03, zero: 90 };
+        for n in (1..=72).chain([144]) {
+            let k = if n % 2 == 0 { 24 } else { 8 };
+            let w = vals(k as u64 * 5 + n as u64, k * n);
+            let bias = vals(6, n);
+            let (q, s) = quantize_weights(&w, k, n);
+            for m in [1, 13, 14, 15, 23, 25, 31] {
+                let a: Vec<u8> = (0..m * k).map(|i| (i * 41 % 256) as u8).collect();
+                let r: Vec<u8> = (0..m * n).map(|i| (i * 23 % 256) as u8).collect();
+                let run = |tier: Tier, kern: &'static QGemmKernel, by_panel: bool| {
+                    let p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
+                    let ranges: Vec<std::ops::Range<usize>> = match by_panel {
+                        true => (0..p.panels()).map(|i| i..i + 1).collect(),
+                        false => std::iter::once(0..p.panels()).collect(),
+                    };
+                    let mut bytes = Vec::new();
+                    let mut reals = Vec::new();
+                    for (act, res) in
+                        [(MinMax::RELU6, None), (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q }))]
+                    {
+                        let mut c = vec![0u8; m * n];
+                        let mut f = vec![f32::NAN; m * n];
+                        for pr in &ranges {
+                            qgemm_panels(m, &a, k, &p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res, pr.clone());
+                            qgemm_panels(m, &a, k, &p, QOut::F32 { c: &mut f, ldc: n }, act, res, pr.clone());
+                        }
+                        bytes.push(c);
+                        reals.extend(f.iter().map(|v| v.to_bits()));
+                    }
+                    (bytes, reals)
+                };
+                let want = run(scalar.0, scalar.1, false);
+                for &(tier, kern) in &kernels {
+                    for by_panel in [false, true] {
+                        let got = run(tier, kern, by_panel);
+                        assert!(
+                            got == want,
+                            "{} m={m} k={k} n={n} by panel {by_panel}: not the scalar twin's",
+                            kern.name
+                        );
+                    }
                 }
             }
         }
