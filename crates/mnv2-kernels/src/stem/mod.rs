@@ -2,14 +2,19 @@
 //! call, reading the image in NCHW (as PyTorch and `.npy` inputs hold it) or NHWC without a
 //! transposing pass. Fused epilogue: bias, clamp.
 //!
-//! Kernels: `stem_f32_minmax_3x3s2_avx512` (4 pixels x up to 48 output channels in
+//! Kernels: `stem_f32_minmax_3x3s2_avx512` (8 pixels x up to 48 output channels in
 //! registers; weights `[27][c_pad]` from L1) and a portable twin (also used for AVX2: the
-//! stem is 3.6% of the network's multiply-adds).
+//! stem is 3.6% of the network's multiply-adds); for bf16 networks
+//! `stem_bf16_minmax_3x3s2_avx512bf16` (the window rows rounded to padded bf16 rows, 5 pairs
+//! of taps per window row in `vdpbf16ps`) and its own twin.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod scalar;
 
+use crate::bf16gemm::f32_to_bf16;
 use crate::isa::{Isa, Needs, Tier};
 use crate::taps::PackedTaps;
 use crate::MinMax;
@@ -56,6 +61,8 @@ pub struct StemKernel {
     pub needs: Needs,
     /// Most output channels the kernel holds in registers.
     pub max_c: usize,
+    /// bf16 products: the weights are packed as pairs of taps (see [`PackedStem`]).
+    pub bf16: bool,
     /// # Safety
     /// The arguments are valid for the packing, and the CPU has `needs`.
     run: unsafe fn(&Args, &PackedStem),
@@ -66,16 +73,52 @@ pub struct StemKernel {
 /// and its name says so.
 pub static KERNELS: &[StemKernel] = &[
     #[cfg(target_arch = "x86_64")]
-    StemKernel { name: "stem_f32_minmax_3x3s2_avx512", needs: Needs::Avx512, max_c: 48, run: avx512::row },
-    StemKernel { name: "stem_f32_minmax_3x3s2_scalar", needs: Needs::Scalar, max_c: usize::MAX, run: scalar::row },
+    StemKernel { name: "stem_f32_minmax_3x3s2_avx512", needs: Needs::Avx512, max_c: 48, bf16: false, run: avx512::row },
+    StemKernel {
+        name: "stem_f32_minmax_3x3s2_scalar",
+        needs: Needs::Scalar,
+        max_c: usize::MAX,
+        bf16: false,
+        run: scalar::row,
+    },
 ];
+
+/// Every bf16 stem kernel, best first: image and weights rounded to bf16 (to nearest even),
+/// products exact, summed in f32 from the bias in `vdpbf16ps` order over the pairs of taps of
+/// each window row (`(kx, ci)` = (0,0)+(0,1), (0,2)+(1,0), (1,1)+(1,2), (2,0)+(2,1), (2,2)
+/// alone). The AVX-512 one runs only while [`crate::isa::bf16_enabled`], as the bf16 GEMMs.
+pub static KERNELS_BF16: &[StemKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    StemKernel {
+        name: "stem_bf16_minmax_3x3s2_avx512bf16",
+        needs: Needs::Avx512Bf16,
+        max_c: 48,
+        bf16: true,
+        run: avx512bf16::row,
+    },
+    StemKernel {
+        name: "stem_bf16_minmax_3x3s2_scalar",
+        needs: Needs::Scalar,
+        max_c: usize::MAX,
+        bf16: true,
+        run: scalar::row_bf16,
+    },
+];
+
+/// Values of one padded bf16 window row (a bf16 kernel's scratch): the columns the output row
+/// reads, 3 channels each, and one more (the partner of the 9th tap's pair).
+pub(crate) fn bf16_row_len(g: StemGeom) -> usize {
+    (g.w_out.saturating_sub(1) * g.stride + 3) * 3 + 1
+}
 
 /// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
 pub fn supported(tier: Tier) -> impl Iterator<Item = &'static StemKernel> {
     KERNELS.iter().filter(move |k| k.needs.granted(tier))
 }
 
-/// Stem weights `[ky][kx][ci][co]` packed as `[27][c_pad]` with bias, for one kernel.
+/// Stem weights `[ky][kx][ci][co]` packed as `[27][c_pad]` with bias, for one kernel; for a
+/// bf16 kernel, the first `15 * c_pad` values hold `[ky][pair][c_pad]` words of two bf16
+/// weights (the pair's first tap in the low half), as f32 bit patterns.
 pub type PackedStem = PackedTaps<StemKernel, 27>;
 
 impl PackedStem {
@@ -89,7 +132,33 @@ impl PackedStem {
     pub fn for_kernel(tier: Tier, kernel: &'static StemKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
         kernel.needs.assert_granted(kernel.name, tier);
         assert!(c <= kernel.max_c, "{} holds at most {} outputs, not {c}", kernel.name, kernel.max_c);
-        PackedTaps::pack(kernel, weights, c, bias)
+        let mut p = PackedTaps::pack(kernel, weights, c, bias);
+        if kernel.bf16 {
+            let f32s = p.weights.clone();
+            let (w, c_pad) = (&mut p.weights, p.c_pad);
+            w.fill(0.0);
+            for ky in 0..3 {
+                for q in 0..5 {
+                    for co in 0..c {
+                        let tap = |j: usize| if j < 9 { f32_to_bf16(f32s[(ky * 9 + j) * c_pad + co]) } else { 0 };
+                        let word = tap(2 * q) as u32 | (tap(2 * q + 1) as u32) << 16;
+                        w[(ky * 5 + q) * c_pad + co] = f32::from_bits(word);
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// For the bf16 stem ([`KERNELS_BF16`]): the best kernel of `tier` that holds `c` outputs
+    /// (the AVX-512 BF16 one only while [`crate::isa::bf16_enabled`]).
+    pub fn bf16(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
+        let k = KERNELS_BF16
+            .iter()
+            .filter(|k| k.needs.granted(tier) && c <= k.max_c)
+            .find(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
+            .expect("the scalar kernel serves every width");
+        PackedStem::for_kernel(tier, k, weights, c, bias)
     }
 
     /// Name of the kernel this packing is for.
@@ -203,5 +272,101 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 kernels against their twin (same rounded operands, exact products, the same
+    /// f32 order: equal up to f32 accumulation rounding), the twin against the f32 reference
+    /// (within bf16 rounding, and not equal to it: it is bf16), in both layouts, odd widths
+    /// and paddings; an infinity next to a window leaves that window's pixel finite.
+    #[test]
+    fn bf16_kernels_match_the_twin() {
+        let tier = *Tier::host().last().expect("scalar");
+        let twin = KERNELS_BF16.last().expect("the scalar twin");
+        let mut tested = Vec::new();
+        for kern in KERNELS_BF16.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
+            tested.push(kern.name);
+            for (h, w, c, pt, pl, pb, pr) in [
+                (9, 11, 1, 1, 1, 1, 1),
+                (9, 11, 17, 1, 1, 1, 1),
+                (4, 224, 32, 1, 1, 1, 1),
+                (3, 225, 32, 0, 0, 1, 1),
+                (7, 33, 48, 1, 1, 1, 1),
+                (12, 10, 24, 1, 1, 1, 1),
+                (5, 5, 8, 1, 1, 1, 1),
+                (6, 41, 16, 0, 1, 1, 0),
+            ] {
+                if c > kern.max_c {
+                    continue;
+                }
+                let out_h = (h + pt + pb - 3) / 2 + 1;
+                let w_out = (w + pl + pr - 3) / 2 + 1;
+                let mut nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 23.0).collect();
+                // An infinity at column 2 of the last row: with no left padding, pixel 0 reads
+                // columns 0..3 and its 9th tap's partner is column 3, not 2; with padding, pixel 1.
+                let inf_at = ((h - 1) * w + 3 - pl) * 3;
+                nhwc[inf_at] = f32::INFINITY;
+                let mut nchw = vec![0.0; nhwc.len()];
+                for p in 0..h * w {
+                    for ch in 0..3 {
+                        nchw[ch * h * w + p] = nhwc[p * 3 + ch];
+                    }
+                }
+                let wts: Vec<f32> = (0..27 * c).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+                let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 1.0).collect();
+                let act = MinMax::NONE;
+                let g = ConvGeom {
+                    in_h: h,
+                    in_w: w,
+                    in_c: 3,
+                    out_h,
+                    out_w: w_out,
+                    out_c: c,
+                    kernel: 3,
+                    stride: 2,
+                    dilation: 1,
+                    pad_top: pt,
+                    pad_left: pl,
+                    groups: 1,
+                };
+                let mut exact = vec![0.0; out_h * w_out * c];
+                reference::conv2d_f32(&g, &nhwc, &wts, &bias, act, None, &mut exact);
+                // Each product is off by at most 2^-8 of itself (both operands rounded): the
+                // twin is within 2^-8 of the sum of the products' magnitudes (plus f32 rounding).
+                let mut scale = vec![0.0; exact.len()];
+                let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+                reference::conv2d_f32(&g, &abs(&nhwc), &abs(&wts), &vec![0.0; c], act, None, &mut scale);
+                let p = PackedStem::for_kernel(tier, kern, &wts, c, &bias);
+                let pt_twin = PackedStem::for_kernel(tier, twin, &wts, c, &bias);
+                assert_eq!(p.kernel_name(), kern.name);
+                let sg = StemGeom { w_out, stride: 2, pad_top: pt, pad_left: pl };
+                let run = |p: &PackedStem, img: Image| {
+                    let mut got = vec![f32::NAN; out_h * w_out * c];
+                    for oy in 0..out_h {
+                        stem_row(p, img, oy, sg, act, &mut got[oy * w_out * c..(oy + 1) * w_out * c]);
+                    }
+                    got
+                };
+                let mut rounded = false;
+                for (data, layout) in [(&nchw, Layout::Nchw), (&nhwc, Layout::Nhwc)] {
+                    let img = Image { data, h, w, layout };
+                    let (got, want) = (run(&p, img), run(&pt_twin, img));
+                    for (i, (((x, y), e), m)) in got.iter().zip(&want).zip(&exact).zip(&scale).enumerate() {
+                        let what = format!("{} {layout:?} {h}x{w}x{c} pad {pl} at {i}", kern.name);
+                        if !e.is_finite() {
+                            continue;
+                        }
+                        assert!(x.is_finite() && y.is_finite(), "{what}: {x} / twin {y} where f32 gives {e}");
+                        assert!((x - y).abs() <= 8.0 * f32::EPSILON * y.abs().max(1.0), "{what}: {x} vs twin {y}");
+                        assert!(
+                            (y - e).abs() <= m / 256.0 + 1e-5 * e.abs().max(1.0),
+                            "{what}: twin {y} vs f32 {e} ({m})"
+                        );
+                        rounded |= y != e;
+                    }
+                }
+                assert!(rounded, "{h}x{w}x{c}: the bf16 twin gave the f32 results");
+            }
+        }
+        eprintln!("bf16 stem kernels tested: {tested:?}");
     }
 }

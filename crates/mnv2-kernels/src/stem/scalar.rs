@@ -1,6 +1,7 @@
 //! Portable twin of the stem kernel.
 
-use super::{Args, PackedStem};
+use super::{bf16_row_len, Args, PackedStem};
+use crate::bf16gemm::{bf16_to_f32, f32_to_bf16};
 
 pub(crate) fn row(args: &Args, p: &PackedStem) {
     let (cs, rs, ps) = args.img.strides();
@@ -32,6 +33,52 @@ pub(crate) fn row(args: &Args, p: &PackedStem) {
         for (co, v) in acc.iter().enumerate() {
             // SAFETY: stem_row checked that out holds w_out * c values.
             unsafe { *args.out.add(x * c + co) = args.act.apply(*v) };
+        }
+    }
+}
+
+/// The bf16 stem (see `KERNELS_BF16`): the window rows rounded into padded bf16 rows, then per
+/// pair of taps the second product and the first added to the f32 sum.
+pub(crate) fn row_bf16(args: &Args, p: &PackedStem) {
+    let (cs, rs, ps) = args.img.strides();
+    let g = args.g;
+    let (c, len) = (p.c, bf16_row_len(g));
+    let mut rows = vec![[0f32; 3]; 0];
+    let mut valid = [false; 3];
+    let cols = len / 3;
+    for (ky, ok) in valid.iter_mut().enumerate() {
+        let iy = (args.oy * g.stride + ky) as isize - g.pad_top as isize;
+        *ok = iy >= 0 && (iy as usize) < args.img.h;
+        for col in 0..cols {
+            let ix = col as isize - g.pad_left as isize;
+            let px: [f32; 3] = std::array::from_fn(|ci| {
+                if *ok && ix >= 0 && (ix as usize) < args.img.w {
+                    bf16_to_f32(f32_to_bf16(args.img.data[ci * cs + iy as usize * rs + ix as usize * ps]))
+                } else {
+                    0.0
+                }
+            });
+            rows.push(px);
+        }
+    }
+    let weight = |ky: usize, j: usize, co: usize| -> f32 {
+        let word = p.weights[(ky * 5 + j / 2) * p.c_pad + co].to_bits();
+        bf16_to_f32(if j.is_multiple_of(2) { word as u16 } else { (word >> 16) as u16 })
+    };
+    for x in 0..g.w_out {
+        for co in 0..c {
+            let mut acc = p.bias[co];
+            for ky in (0..3).filter(|&ky| valid[ky]) {
+                let tap = |j: usize| rows[ky * cols + x * g.stride + j / 3][j % 3];
+                for q in 0..5 {
+                    if 2 * q + 1 < 9 {
+                        acc += tap(2 * q + 1) * weight(ky, 2 * q + 1, co);
+                    }
+                    acc += tap(2 * q) * weight(ky, 2 * q, co);
+                }
+            }
+            // SAFETY: stem_row checked that out holds w_out * c values.
+            unsafe { *args.out.add(x * c + co) = args.act.apply(acc) };
         }
     }
 }

@@ -47,7 +47,13 @@ impl F32Net {
         let layers = &plan.layers;
         let act = |i: usize| minmax(layers[i].conv().expect("conv layer").activation);
         let f = folded.take(0);
-        let stem = (PackedStem::new(tier, &f.weights, layers[0].output.c, &f.bias), act(0));
+        let c0 = layers[0].output.c;
+        let stem = if bf16 {
+            PackedStem::bf16(tier, &f.weights, c0, &f.bias)
+        } else {
+            PackedStem::new(tier, &f.weights, c0, &f.bias)
+        };
+        let stem = (stem, act(0));
         let mut blocks = Vec::new();
         for b in &plan.blocks {
             let expand = b.expand.map(|i| {
