@@ -210,11 +210,77 @@ mod tests {
     use super::*;
     use crate::{reference, ConvGeom};
 
+    /// One test shape: an image in both layouts, weights, bias and the geometry.
+    struct Case {
+        nhwc: Vec<f32>,
+        nchw: Vec<f32>,
+        wts: Vec<f32>,
+        bias: Vec<f32>,
+        g: ConvGeom,
+        sg: StemGeom,
+    }
+
+    impl Case {
+        /// `h x w` image, `c` outputs, paddings top, left, bottom, right; `edit` changes the
+        /// NHWC image before the NCHW copy is made.
+        fn new((h, w, c, pt, pl, pb, pr): Shape, wdiv: f32, edit: impl FnOnce(&mut [f32])) -> Case {
+            let (out_h, w_out) = ((h + pt + pb - 3) / 2 + 1, (w + pl + pr - 3) / 2 + 1);
+            let mut nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            edit(&mut nhwc);
+            let mut nchw = vec![0.0; nhwc.len()];
+            for p in 0..h * w {
+                for ch in 0..3 {
+                    nchw[ch * h * w + p] = nhwc[p * 3 + ch];
+                }
+            }
+            let wts = (0..27 * c).map(|i| ((i * 13 % 29) as f32 - 14.0) / wdiv).collect();
+            let bias = (0..c).map(|i| i as f32 * 0.1 - 1.0).collect();
+            let g = ConvGeom {
+                in_h: h,
+                in_w: w,
+                in_c: 3,
+                out_h,
+                out_w: w_out,
+                out_c: c,
+                kernel: 3,
+                stride: 2,
+                dilation: 1,
+                pad_top: pt,
+                pad_left: pl,
+                groups: 1,
+            };
+            let sg = StemGeom { w_out, stride: 2, pad_top: pt, pad_left: pl };
+            Case { nhwc, nchw, wts, bias, g, sg }
+        }
+
+        /// The f32 reference convolution of `x` with `w` and `bias`.
+        fn reference(&self, x: &[f32], w: &[f32], bias: &[f32], act: MinMax) -> Vec<f32> {
+            let mut out = vec![0.0; self.g.out_h * self.g.out_w * self.g.out_c];
+            reference::conv2d_f32(&self.g, x, w, bias, act, None, &mut out);
+            out
+        }
+
+        /// Every output row through `p`, from the image in `layout`.
+        fn run(&self, p: &PackedStem, layout: Layout, act: MinMax) -> Vec<f32> {
+            let data = if layout == Layout::Nchw { &self.nchw } else { &self.nhwc };
+            let img = Image { data, h: self.g.in_h, w: self.g.in_w, layout };
+            let row = self.g.out_w * self.g.out_c;
+            let mut got = vec![f32::NAN; self.g.out_h * row];
+            for oy in 0..self.g.out_h {
+                stem_row(p, img, oy, self.sg, act, &mut got[oy * row..(oy + 1) * row]);
+            }
+            got
+        }
+    }
+
+    /// (h, w, c, pad top, left, bottom, right).
+    type Shape = (usize, usize, usize, usize, usize, usize, usize);
+
     #[test]
     fn every_kernel_and_layout_matches_reference() {
         let tier = *Tier::host().last().expect("scalar");
         for kern in KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
-            for (h, w, c, pt, pl, pb, pr) in [
+            for shape in [
                 (9, 11, 1, 1, 1, 1, 1),
                 (9, 11, 15, 1, 1, 1, 1),
                 (9, 11, 17, 1, 1, 1, 1),
@@ -228,47 +294,17 @@ mod tests {
                 (5, 5, 8, 1, 1, 1, 1),
                 (6, 6, 56, 1, 1, 1, 1),
             ] {
-                if c > kern.max_c {
+                if shape.2 > kern.max_c {
                     continue;
                 }
-                let out_h = (h + pt + pb - 3) / 2 + 1;
-                let w_out = (w + pl + pr - 3) / 2 + 1;
-                let nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-                let mut nchw = vec![0.0; nhwc.len()];
-                for p in 0..h * w {
-                    for ch in 0..3 {
-                        nchw[ch * h * w + p] = nhwc[p * 3 + ch];
-                    }
-                }
-                let wts: Vec<f32> = (0..27 * c).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
-                let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 1.0).collect();
+                let case = Case::new(shape, 10.0, |_| {});
                 let act = MinMax::RELU6;
-                let g = ConvGeom {
-                    in_h: h,
-                    in_w: w,
-                    in_c: 3,
-                    out_h,
-                    out_w: w_out,
-                    out_c: c,
-                    kernel: 3,
-                    stride: 2,
-                    dilation: 1,
-                    pad_top: pt,
-                    pad_left: pl,
-                    groups: 1,
-                };
-                let mut want = vec![0.0; out_h * w_out * c];
-                reference::conv2d_f32(&g, &nhwc, &wts, &bias, act, None, &mut want);
-                let p = PackedStem::for_kernel(tier, kern, &wts, c, &bias);
-                for (data, layout) in [(&nchw, Layout::Nchw), (&nhwc, Layout::Nhwc)] {
-                    let img = Image { data, h, w, layout };
-                    let mut got = vec![f32::NAN; want.len()];
-                    for oy in 0..out_h {
-                        let sg = StemGeom { w_out, stride: 2, pad_top: pt, pad_left: pl };
-                        stem_row(&p, img, oy, sg, act, &mut got[oy * w_out * c..(oy + 1) * w_out * c]);
-                    }
+                let want = case.reference(&case.nhwc, &case.wts, &case.bias, act);
+                let p = PackedStem::for_kernel(tier, kern, &case.wts, shape.2, &case.bias);
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let got = case.run(&p, layout, act);
                     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-                    assert!(err < 1e-5, "{} {layout:?} {h}x{w}x{c}: {err}", p.kernel_name());
+                    assert!(err < 1e-5, "{} {layout:?} {shape:?}: {err}", p.kernel_name());
                 }
             }
         }
@@ -285,7 +321,7 @@ mod tests {
         let mut tested = Vec::new();
         for kern in KERNELS_BF16.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
             tested.push(kern.name);
-            for (h, w, c, pt, pl, pb, pr) in [
+            for shape in [
                 (9, 11, 1, 1, 1, 1, 1),
                 (9, 11, 17, 1, 1, 1, 1),
                 (4, 224, 32, 1, 1, 1, 1),
@@ -295,63 +331,27 @@ mod tests {
                 (5, 5, 8, 1, 1, 1, 1),
                 (6, 41, 16, 0, 1, 1, 0),
             ] {
+                let (h, w, c, _, pl, _, _) = shape;
                 if c > kern.max_c {
                     continue;
                 }
-                let out_h = (h + pt + pb - 3) / 2 + 1;
-                let w_out = (w + pl + pr - 3) / 2 + 1;
-                let mut nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 23.0).collect();
-                // An infinity at column 2 of the last row: with no left padding, pixel 0 reads
-                // columns 0..3 and its 9th tap's partner is column 3, not 2; with padding, pixel 1.
-                let inf_at = ((h - 1) * w + 3 - pl) * 3;
-                nhwc[inf_at] = f32::INFINITY;
-                let mut nchw = vec![0.0; nhwc.len()];
-                for p in 0..h * w {
-                    for ch in 0..3 {
-                        nchw[ch * h * w + p] = nhwc[p * 3 + ch];
-                    }
-                }
-                let wts: Vec<f32> = (0..27 * c).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
-                let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 1.0).collect();
+                // An infinity at column 3 - pl of the last row (channel 0): the partner of the
+                // first window's 9th tap, outside that window.
+                let case = Case::new(shape, 9.0, |x| x[((h - 1) * w + 3 - pl) * 3] = f32::INFINITY);
                 let act = MinMax::NONE;
-                let g = ConvGeom {
-                    in_h: h,
-                    in_w: w,
-                    in_c: 3,
-                    out_h,
-                    out_w: w_out,
-                    out_c: c,
-                    kernel: 3,
-                    stride: 2,
-                    dilation: 1,
-                    pad_top: pt,
-                    pad_left: pl,
-                    groups: 1,
-                };
-                let mut exact = vec![0.0; out_h * w_out * c];
-                reference::conv2d_f32(&g, &nhwc, &wts, &bias, act, None, &mut exact);
+                let exact = case.reference(&case.nhwc, &case.wts, &case.bias, act);
                 // Each product is off by at most 2^-8 of itself (both operands rounded): the
                 // twin is within 2^-8 of the sum of the products' magnitudes (plus f32 rounding).
-                let mut scale = vec![0.0; exact.len()];
                 let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
-                reference::conv2d_f32(&g, &abs(&nhwc), &abs(&wts), &vec![0.0; c], act, None, &mut scale);
-                let p = PackedStem::for_kernel(tier, kern, &wts, c, &bias);
-                let pt_twin = PackedStem::for_kernel(tier, twin, &wts, c, &bias);
+                let scale = case.reference(&abs(&case.nhwc), &abs(&case.wts), &vec![0.0; c], act);
+                let p = PackedStem::for_kernel(tier, kern, &case.wts, c, &case.bias);
+                let p_twin = PackedStem::for_kernel(tier, twin, &case.wts, c, &case.bias);
                 assert_eq!(p.kernel_name(), kern.name);
-                let sg = StemGeom { w_out, stride: 2, pad_top: pt, pad_left: pl };
-                let run = |p: &PackedStem, img: Image| {
-                    let mut got = vec![f32::NAN; out_h * w_out * c];
-                    for oy in 0..out_h {
-                        stem_row(p, img, oy, sg, act, &mut got[oy * w_out * c..(oy + 1) * w_out * c]);
-                    }
-                    got
-                };
                 let mut rounded = false;
-                for (data, layout) in [(&nchw, Layout::Nchw), (&nhwc, Layout::Nhwc)] {
-                    let img = Image { data, h, w, layout };
-                    let (got, want) = (run(&p, img), run(&pt_twin, img));
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let (got, want) = (case.run(&p, layout, act), case.run(&p_twin, layout, act));
                     for (i, (((x, y), e), m)) in got.iter().zip(&want).zip(&exact).zip(&scale).enumerate() {
-                        let what = format!("{} {layout:?} {h}x{w}x{c} pad {pl} at {i}", kern.name);
+                        let what = format!("{} {layout:?} {shape:?} at {i}", kern.name);
                         if !e.is_finite() {
                             continue;
                         }
@@ -364,7 +364,7 @@ mod tests {
                         rounded |= y != e;
                     }
                 }
-                assert!(rounded, "{h}x{w}x{c}: the bf16 twin gave the f32 results");
+                assert!(rounded, "{shape:?}: the bf16 twin gave the f32 results");
             }
         }
         eprintln!("bf16 stem kernels tested: {tested:?}");
