@@ -6,8 +6,26 @@ use std::arch::x86_64::*;
 use crate::lanes::mask16;
 
 use super::{Args, PackedStem};
+use crate::qgemm::QParams;
 
 const XB: usize = 8;
+
+/// `y`, or its u8 codes of `q` as f32 values, as `quantize_row_grid` gives them (round half
+/// to even, the zero point, 0..=255).
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[inline(always)]
+pub(super) unsafe fn grid(y: __m512, q: Option<QParams>) -> __m512 {
+    match q {
+        Some(q) => {
+            let r = _mm512_cvtps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(1.0 / q.scale)));
+            let r = _mm512_max_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(q.zero)), _mm512_setzero_si512());
+            _mm512_cvtepi32_ps(_mm512_min_epi32(r, _mm512_set1_epi32(255)))
+        }
+        None => y,
+    }
+}
 
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ; `args` describes an image and output row `stem_row` checked, and
@@ -64,7 +82,7 @@ unsafe fn pixels<const NV: usize, const N: usize>(
         for (v, x) in a.iter().enumerate() {
             let cols = c.saturating_sub(v * 16).min(16);
             let mask = mask16(cols);
-            _mm512_mask_storeu_ps(out.add(v * 16), mask, _mm512_min_ps(_mm512_max_ps(*x, lo), hi));
+            _mm512_mask_storeu_ps(out.add(v * 16), mask, grid(_mm512_min_ps(_mm512_max_ps(*x, lo), hi), args.grid));
         }
     }
 }

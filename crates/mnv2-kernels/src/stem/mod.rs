@@ -16,6 +16,7 @@ mod scalar;
 
 use crate::bf16gemm::f32_to_bf16;
 use crate::isa::{Isa, Needs, Tier};
+use crate::qgemm::QParams;
 use crate::taps::PackedTaps;
 use crate::MinMax;
 
@@ -190,16 +191,29 @@ pub(crate) struct Args<'a> {
     pub oy: usize,
     pub g: StemGeom,
     pub act: MinMax,
+    /// Store u8 codes of this quantisation (as f32 values) instead of the values.
+    pub grid: Option<QParams>,
     pub out: *mut f32,
 }
 
 /// Output row `oy` (`g.w_out * p.c` values, NHWC).
 pub fn stem_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: &mut [f32]) {
+    run_row(p, img, oy, g, act, None, out)
+}
+
+/// [`stem_row`] quantised in the kernel's epilogue: `out` holds the u8 codes of `q` as f32
+/// values, the same as [`crate::qgemm::quantize_row_grid`] of [`stem_row`]'s output (the int8
+/// network's expanded rows), without the second pass over the row.
+pub fn stem_row_grid(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, q: QParams, out: &mut [f32]) {
+    run_row(p, img, oy, g, act, Some(q), out)
+}
+
+fn run_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, grid: Option<QParams>, out: &mut [f32]) {
     assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
     assert!(out.len() >= g.w_out * p.c, "output row too short");
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
     assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
-    let args = Args { img, oy, g, act, out: out.as_mut_ptr() };
+    let args = Args { img, oy, g, act, grid, out: out.as_mut_ptr() };
     // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
     // that this CPU runs it.
     unsafe { (p.kernel.run)(&args, p) }
@@ -368,5 +382,37 @@ mod tests {
             }
         }
         eprintln!("bf16 stem kernels tested: {tested:?}");
+    }
+
+    /// The quantising epilogue gives the codes `quantize_row_grid` gives for the row, bit for
+    /// bit, on every kernel (f32 and bf16) and both layouts, zero point and saturation included.
+    #[test]
+    fn grid_rows_are_the_quantised_rows() {
+        let tier = *Tier::host().last().expect("scalar");
+        for kern in KERNELS.iter().chain(KERNELS_BF16).filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
+            for shape in [(9, 11, 17, 1, 1, 1, 1), (4, 224, 32, 1, 1, 1, 1), (7, 33, 48, 1, 1, 1, 1)] {
+                let case = Case::new(shape, 10.0, |_| {});
+                let p = PackedStem::for_kernel(tier, kern, &case.wts, shape.2, &case.bias);
+                for (act, q) in [
+                    (MinMax::RELU6, QParams { scale: 6.0 / 255.0, zero: 0 }),
+                    (MinMax::NONE, QParams { scale: 0.02, zero: 3 }),
+                ] {
+                    for layout in [Layout::Nchw, Layout::Nhwc] {
+                        let values = case.run(&p, layout, act);
+                        let mut want = vec![0.0; values.len()];
+                        crate::qgemm::quantize_row_grid(tier, &values, &mut want, q);
+                        let data = if layout == Layout::Nchw { &case.nchw } else { &case.nhwc };
+                        let img = Image { data, h: shape.0, w: shape.1, layout };
+                        let row = case.g.out_w * shape.2;
+                        let mut got = vec![f32::NAN; values.len()];
+                        for oy in 0..case.g.out_h {
+                            stem_row_grid(&p, img, oy, case.sg, act, q, &mut got[oy * row..(oy + 1) * row]);
+                        }
+                        assert!(want.contains(&255.0) && want.contains(&0.0), "{shape:?} {q:?}");
+                        assert_eq!(got, want, "{} {layout:?} {shape:?} {q:?}", kern.name);
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::ops::Range;
 use mnv2_kernels::qgemm::{
     qgemm, qgemm_panels, quantize_row, quantize_row_grid, quantize_weights, PackedQGemm, QOut, QParams, QResidual,
 };
-use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
+use mnv2_kernels::stem::{stem_row, stem_row_grid, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::{check_structure, minmax, Net, TapAt};
@@ -30,6 +30,11 @@ use crate::qscheme::QuantSpec;
 pub(crate) trait RingElem: Zeroable + Default {
     /// The depthwise kernel stages u8 rows into f32 itself.
     const STAGED: bool;
+    /// The stem's quantised row straight into `out` (in the stem kernel's epilogue); false
+    /// when this element needs the f32 row and [`RingElem::stem`].
+    fn stem_direct(_: &PackedStem, _: Image, _: usize, _: StemGeom, _: MinMax, _: QParams, _: &mut [Self]) -> bool {
+        false
+    }
     fn stem(tier: Tier, row: &[f32], out: &mut [Self], q: QParams);
     fn qout(c: &mut [Self], ldc: usize, q: QParams) -> QOut<'_>;
     fn dw(w: &PackedDw, rows: [Option<&[Self]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams);
@@ -50,6 +55,18 @@ impl RingElem for u8 {
 
 impl RingElem for f32 {
     const STAGED: bool = false;
+    fn stem_direct(
+        p: &PackedStem,
+        img: Image,
+        oy: usize,
+        g: StemGeom,
+        act: MinMax,
+        q: QParams,
+        out: &mut [f32],
+    ) -> bool {
+        stem_row_grid(p, img, oy, g, act, q, out);
+        true
+    }
     fn stem(tier: Tier, row: &[f32], out: &mut [f32], q: QParams) {
         quantize_row_grid(tier, row, out, q);
     }
@@ -177,6 +194,9 @@ impl<H: RingElem> QNet<H> {
 impl<H> QNet<H> {
     /// Stem output row `oy`, quantised into `out` (u8 codes, or the same codes as f32).
     fn stem_into<E: RingElem>(&self, img: Image, oy: usize, g: StemGeom, out: &mut [E], scratch: &mut [f32]) {
+        if E::stem_direct(&self.stem.0, img, oy, g, self.stem.1, self.stem_q, out) {
+            return;
+        }
         let row = &mut scratch[..out.len()];
         stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
         E::stem(self.tier, row, out, self.stem_q);
