@@ -131,14 +131,15 @@ pub(super) fn band<N: Net>(
 
 /// Output pixels `out.window_rows()` (rows of `g.cout` values) of pixel-split block `k`
 /// (see [`Geo::pixels`]): the depthwise rows covering them into `band`, from the expanded
-/// tensor `hidden` (whole), then the projection of those pixels, with the block input
-/// `input` (whole) added if the block has a residual.
+/// tensor `hidden` (whole, as activations: u8 codes in the int8 network, a quarter of the
+/// bytes of its f32-held ring rows), then the projection of those pixels, with the block
+/// input `input` (whole) added if the block has a residual.
 pub(super) fn pixels<N: Net>(
     net: &N,
     k: usize,
     g: &Geo,
     input: &[N::T],
-    hidden: &[N::H],
+    hidden: &[N::T],
     out: &mut RowsMut<N::T>,
     band: &mut [N::T],
 ) {
@@ -151,11 +152,11 @@ pub(super) fn pixels<N: Net>(
     let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
     let ring = Rows::new(hidden, g.w_in * g.hidden, g.h_in);
     for y in y0..y1 {
-        let rows3: [Option<&[N::H]>; 3] = std::array::from_fn(|ky| {
+        let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| {
             let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
             (iy >= 0 && (iy as usize) < g.h_in).then(|| ring.rows(iy as usize, iy as usize + 1))
         });
-        net.dw_row(k, rows3, dwg, &mut band[(y - y0) * band_row..(y - y0 + 1) * band_row]);
+        net.dw_row_input(k, rows3, dwg, &mut band[(y - y0) * band_row..(y - y0 + 1) * band_row]);
     }
     // The band holds whole rows: this thread's pixels start `skip` pixels in.
     let pixel = band_row / g.w_out;

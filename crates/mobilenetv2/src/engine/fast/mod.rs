@@ -228,7 +228,7 @@ type ChainRings<T, H> = Vec<(AlignedVec<H>, AlignedVec<T>)>;
 struct Acts<T: Zeroable, H: Zeroable> {
     x: AlignedVec<T>,
     y: AlignedVec<T>,
-    side: AlignedVec<H>,
+    side: AlignedVec<T>,
     chain: ChainRings<T, H>,
 }
 
@@ -461,7 +461,7 @@ impl<N: Net> FastEngine<N> {
             }
             _ => 0,
         };
-        2 * t * s.act_len + h * s.side_len + threads * per_thread + head
+        2 * t * s.act_len + t * s.side_len + threads * per_thread + head
     }
 
     /// The outputs of the head layers `wanted` of `n` images (per layer, the images' values
@@ -637,7 +637,7 @@ impl<N: Net> FastEngine<N> {
         &self,
         sch: &Schedule,
         img: Image,
-        turns: &mut Turns<N::T, N::H>,
+        turns: &mut Turns<N::T>,
         chain_bufs: &mut ChainRings<N::T, N::H>,
         sc: &mut Scratch<N::T, N::H>,
         out: &mut [f32],
@@ -722,7 +722,7 @@ impl<N: Net> FastEngine<N> {
                 debug_assert_eq!((in_len, cap), (g.w_in * g.cin, g.h_in));
                 turns.side(|input, mut hidden| {
                     let px = hidden.window_rows();
-                    net.expand(
+                    net.expand_act(
                         k,
                         px.len(),
                         &input[px.start * g.cin..px.end * g.cin],
