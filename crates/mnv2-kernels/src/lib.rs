@@ -2,7 +2,8 @@
 //!
 //! This crate knows nothing of networks or files: it takes slices and geometry. Each kernel
 //! family lists its kernels in a registry, best first (`gemm::KERNELS`, `dwconv::KERNELS`,
-//! `dwconv::KERNELS_U8`, `stem::KERNELS`, `qgemm::KERNELS`, `bf16gemm::KERNELS`): an entry's name is the identity
+//! `dwconv::KERNELS_U8`, `dwconv::KERNELS_BF16`, `stem::KERNELS`, `stem::KERNELS_BF16`,
+//! `qgemm::KERNELS`, `bf16gemm::KERNELS`): an entry's name is the identity
 //! of its code, and its [`isa::Needs`] says when it may run. Callers resolve an [`isa::Tier`]
 //! once (a proof that the CPU runs it) and pass it to every kernel they call. The tests run
 //! every registry entry the host can run against a slow twin ([`mod@reference`], or the scalar
