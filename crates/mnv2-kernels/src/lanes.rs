@@ -1,4 +1,4 @@
-//! Lane masks of the AVX-512 kernels.
+//! Lane masks and register tiles of the AVX-512 kernels.
 
 /// The mask of the first `n` of 16 lanes (all of them for `n >= 16`): tails of channel rows.
 #[inline(always)]
@@ -8,4 +8,33 @@ pub(crate) fn mask16(n: usize) -> u16 {
     } else {
         ((1u32 << n) - 1) as u16
     }
+}
+
+/// Rows of a 32-column tile (28 zmm accumulators), shared by the f32, int8 and bf16 GEMMs.
+pub(crate) const MR32: usize = 14;
+/// Rows of a tile of a 16-column panel (24 zmm accumulators).
+pub(crate) const MR16: usize = 24;
+/// Rows of the 24-column tile: 27 ymm accumulators, 3 weight vectors and the broadcast.
+pub(crate) const MR24: usize = 9;
+
+/// (columns, rows) of the tile a panel of `nr` packed columns runs when `cols` of them are
+/// real: the narrowest of 32, 24, 16 and 8 columns that covers them (a padded lane of a
+/// 512-bit instruction costs as much as a real one on Zen 4, a 256-bit one half).
+#[inline(always)]
+pub(crate) fn panel_tile(cols: usize, nr: usize) -> (usize, usize) {
+    match cols {
+        25.. => (32, MR32),
+        17..=24 => (24, MR24),
+        9..=16 => (16, if nr == 32 { MR32 } else { MR16 }),
+        _ => (8, if nr == 32 { MR32 } else { MR16 }),
+    }
+}
+
+/// Splits `m` rows into tiles of at most `mr`, evenly (e.g. 49 rows -> 13+12+12+12, not
+/// 14+14+14+7), so the last tile does not run half empty: (count, rows per tile, tiles with
+/// one more row).
+#[inline(always)]
+pub(crate) fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
+    let count = m.div_ceil(mr);
+    (count, m / count, m % count)
 }

@@ -11,14 +11,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::lanes::mask16;
+use crate::lanes::{mask16, tiles, MR16, MR24, MR32};
 
 use super::{ASrc, Args, PackedBf16Gemm};
-
-const MR32: usize = 14;
-const MR16: usize = 24;
-/// Rows of [`tile24`]: 27 ymm accumulators, 3 weight vectors and the broadcast.
-const MR24: usize = 9;
 
 thread_local! {
     /// A rounded to bf16 pairs: `[m][pairs]` 32-bit words; grows to the largest call.
@@ -230,13 +225,6 @@ macro_rules! by_rows {
             _ => unreachable!("tile rows"),
         }
     };
-}
-
-/// Splits `m` rows into tiles of at most `mr`, evenly.
-#[inline(always)]
-fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
-    let count = m.div_ceil(mr);
-    (count, m / count, m % count)
 }
 
 /// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs, `[m][pairs]` in `dst`, a zero

@@ -13,14 +13,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::mask16;
+use crate::lanes::{mask16, panel_tile, tiles};
 
 use super::{Args, PackedGemm};
-
-const MR32: usize = 14;
-const MR16: usize = 24;
-/// Rows of [`tile24`]: 27 ymm accumulators, 3 weight vectors and the broadcast.
-const MR24: usize = 9;
 
 /// Loop invariants of one panel of output columns.
 struct Panel {
@@ -197,14 +192,6 @@ macro_rules! by_rows {
     };
 }
 
-/// Splits `m` rows into tiles of at most `mr`, evenly (e.g. 49 rows -> 13+12+12+12, not
-/// 14+14+14+7), so the last tile does not run half empty.
-#[inline(always)]
-fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
-    let count = m.div_ceil(mr);
-    (count, m / count, m % count)
-}
-
 /// # Safety
 /// `args` must describe valid buffers for `w` (checked by `gemm`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
@@ -228,12 +215,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
-        let (width, mr) = match cols {
-            25.. => (32, MR32),
-            17..=24 => (24, MR24),
-            9..=16 => (16, if nr == 32 { MR32 } else { MR16 }),
-            _ => (8, if nr == 32 { MR32 } else { MR16 }),
-        };
+        let (width, mr) = panel_tile(cols, nr);
         let (count, base, extra) = tiles(args.m, mr);
         let mut i = 0;
         for t in 0..count {

@@ -13,14 +13,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::mask16;
+use crate::lanes::{mask16, panel_tile, tiles};
 
 use super::{Args, PackedQGemm};
-
-const MR32: usize = 14;
-const MR16: usize = 24;
-/// Rows of the 24-column tile: 27 ymm accumulators, 3 weight vectors and the broadcast.
-const MR24: usize = 9;
 
 /// Loop invariants of one panel.
 struct Panel {
@@ -237,14 +232,8 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
-        let (width, mr) = match cols {
-            25.. => (32, MR32),
-            17..=24 => (24, MR24),
-            9..=16 => (16, if nr == 32 { MR32 } else { MR16 }),
-            _ => (8, if nr == 32 { MR32 } else { MR16 }),
-        };
-        let count = args.m.div_ceil(mr);
-        let (base, extra) = (args.m / count, args.m % count);
+        let (width, mr) = panel_tile(cols, nr);
+        let (count, base, extra) = tiles(args.m, mr);
         let mut i = 0;
         for t in 0..count {
             let rows = base + usize::from(t < extra);
