@@ -20,6 +20,20 @@ thread_local! {
     static ROWS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The `vpermt2w` indices that interleave 16 pixels of three planes: word k of 48 (pixel
+/// k / 3, channel k % 3) takes r and g from the first source (g in its upper half), b from the
+/// second.
+const INTERLEAVE: [i16; 48] = {
+    let mut idx = [0i16; 48];
+    let mut k = 0;
+    while k < 48 {
+        let p = (k / 3) as i16;
+        idx[k] = p + 16 * (k % 3) as i16;
+        k += 1;
+    }
+    idx
+};
+
 /// `w_in` image columns of row `iy` rounded to bf16 into `dst`, interleaved (NHWC), starting
 /// at image column 0.
 ///
@@ -48,14 +62,8 @@ unsafe fn round_row(args: &Args, iy: usize, w_in: usize, dst: *mut u16) {
         Layout::Nchw => {
             let plane = img.h * img.w;
             let (r, g, b) = (data.add(iy * img.w), data.add(plane + iy * img.w), data.add(2 * plane + iy * img.w));
-            // Word k of 48 (pixel k / 3, channel k % 3): r and g from the first source (g in its
-            // upper half), b from the second.
-            let idx: [i16; 48] = std::array::from_fn(|k| {
-                let (p, ch) = ((k / 3) as i16, k % 3);
-                [p, 16 + p, 32 + p][ch]
-            });
-            let idx_lo = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
-            let idx_hi = _mm512_castsi256_si512(_mm256_loadu_si256(idx.as_ptr().add(32) as *const __m256i));
+            let idx_lo = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const __m512i);
+            let idx_hi = _mm512_castsi256_si512(_mm256_loadu_si256(INTERLEAVE.as_ptr().add(32) as *const __m256i));
             let mut x = 0;
             while x < w_in {
                 let n = (w_in - x).min(16);
