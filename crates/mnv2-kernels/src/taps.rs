@@ -15,6 +15,9 @@ pub struct PackedTaps<K: 'static, const TAPS: usize> {
     pub(crate) c_pad: usize,
     pub(crate) weights: AlignedVec,
     pub(crate) bias: AlignedVec,
+    /// Packings of integer kernels (the int8 depthwise): per channel, the real value of one
+    /// unit of the integer sum (weight scale times input scale), `[c_pad]`; empty otherwise.
+    pub(crate) scale: AlignedVec,
     /// The kernel, granted by the tier the weights were packed with.
     pub(crate) kernel: &'static K,
 }
@@ -31,6 +34,6 @@ impl<K: 'static, const TAPS: usize> PackedTaps<K, TAPS> {
         }
         let mut b = AlignedVec::zeros(c_pad);
         b[..c].copy_from_slice(bias);
-        PackedTaps { c, c_pad, weights: w, bias: b, kernel }
+        PackedTaps { c, c_pad, weights: w, bias: b, scale: AlignedVec::zeros(0), kernel }
     }
 }

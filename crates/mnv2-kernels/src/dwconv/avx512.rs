@@ -8,66 +8,153 @@
 //! u8 rows: each input value is read by up to 9 taps, so widening it to f32 at every tap
 //! would cost more than the multiply-adds. Instead the tile's three input rows are widened
 //! once into a small f32 staging area (16 channels per pixel, contiguous), and the f32 loop
-//! runs on that, requantising to u8 as it stores.
+//! runs on that with the weights' integers: every partial sum is an integer below 2^24, so
+//! exact, and [`Epi::codes`] requantises it to u8 as it stores. Hosts with VNNI run
+//! `avx512vnni`'s integer kernel on u8 rows instead (the same bytes).
 
 use std::arch::x86_64::*;
 
 use crate::lanes::mask16;
 use std::cell::RefCell;
 
-use super::{Args, Elem, PackedDw};
+use super::{Args, Elem, PackedDw, Requant};
 use crate::bf16gemm::Bf16;
 
-/// Storing 16 channels of an output element type from an f32 vector.
+/// The epilogue of one 16-channel tile: the activation's bounds (f32 outputs), or the int8
+/// requantisation of exact sums ([`super::Requant`], lane by lane).
+pub(super) struct Epi {
+    /// Lanes of the tile's channels (tails are masked).
+    pub mask: u16,
+    pub lo: __m512,
+    pub hi: __m512,
+    /// Per channel multiplier and addend into output codes.
+    pub m: __m512,
+    pub b: __m512,
+    pub q_lo: __m512i,
+    pub q_hi: __m512i,
+    /// The upper bound is the code 255, which the store's unsigned saturation applies.
+    pub saturates: bool,
+}
+
+impl Epi {
+    /// For the channels `ct..ct + 16` of `w` (`mask` of them real).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; `ct` is a tile of `w`'s packing.
+    #[inline(always)]
+    pub unsafe fn new<I, O>(args: &Args<I, O>, w: &PackedDw, ct: usize, mask: u16) -> Epi {
+        let (mut m, mut b, mut q_lo, mut q_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps(), 0, 255);
+        if !w.scale.is_empty() {
+            let rq = Requant::new(args.act, args.out_q);
+            let inv = _mm512_set1_ps(rq.inv);
+            m = _mm512_mul_ps(_mm512_load_ps(w.scale.as_ptr().add(ct)), inv);
+            b = _mm512_fmadd_ps(_mm512_load_ps(w.bias.as_ptr().add(ct)), inv, _mm512_set1_ps(rq.zero));
+            (q_lo, q_hi) = (rq.lo, rq.hi);
+        }
+        Epi {
+            mask,
+            lo: _mm512_set1_ps(args.act.min),
+            hi: _mm512_set1_ps(args.act.max),
+            m,
+            b,
+            q_lo: _mm512_set1_epi32(q_lo),
+            q_hi: _mm512_set1_epi32(q_hi),
+            saturates: q_hi == 255,
+        }
+    }
+
+    /// Stores the output codes of exact sums `acc` (held as f32) at `p`: the tile's lanes.
+    /// With `SAT` ([`Epi::saturates`]) the store clamps to 255 itself.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; `p` holds the tile's channels.
+    #[inline(always)]
+    pub unsafe fn store_codes<const FULL: bool, const SAT: bool>(&self, p: *mut u8, acc: __m512) {
+        let q = _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_fmadd_ps(acc, self.m, self.b)), self.q_lo);
+        let mask = if FULL { 0xffff } else { self.mask };
+        if SAT {
+            _mm512_mask_cvtusepi32_storeu_epi8(p as *mut i8, mask, q);
+        } else {
+            _mm512_mask_cvtepi32_storeu_epi8(p as *mut i8, mask, _mm512_min_epi32(q, self.q_hi));
+        }
+    }
+}
+
+/// Storing 16 channels of an output element type from the f32 sums of a tile.
 trait Out: Elem {
+    /// The sums' starting value: the bias (f32 outputs), or zero (int8: [`Epi::codes`] adds it).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    unsafe fn init(bias: __m512) -> __m512;
+
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
     /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
     /// masks passed stay within them.
-    unsafe fn store<const FULL: bool>(p: *mut Self, v: __m512, mask: u16, inv: __m512, zero: __m512i);
+    unsafe fn store<const FULL: bool>(p: *mut Self, v: __m512, e: &Epi);
 }
 
 impl Out for f32 {
+    #[inline(always)]
+    unsafe fn init(bias: __m512) -> __m512 {
+        bias
+    }
+
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
     /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
     /// masks passed stay within them.
     #[inline(always)]
-    unsafe fn store<const FULL: bool>(p: *mut f32, v: __m512, mask: u16, _: __m512, _: __m512i) {
+    unsafe fn store<const FULL: bool>(p: *mut f32, v: __m512, e: &Epi) {
+        let v = _mm512_min_ps(_mm512_max_ps(v, e.lo), e.hi);
         if FULL {
             _mm512_storeu_ps(p, v)
         } else {
-            _mm512_mask_storeu_ps(p, mask, v)
+            _mm512_mask_storeu_ps(p, e.mask, v)
         }
     }
 }
 
 impl Out for Bf16 {
+    #[inline(always)]
+    unsafe fn init(bias: __m512) -> __m512 {
+        bias
+    }
+
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/DQ and BF16 (callers are [`row_bf16`]); the pointers this
     /// writes lie in the row `dwconv_row_bf16` checked, and the masks passed stay within it.
     #[inline(always)]
-    unsafe fn store<const FULL: bool>(p: *mut Bf16, v: __m512, mask: u16, _: __m512, _: __m512i) {
+    unsafe fn store<const FULL: bool>(p: *mut Bf16, v: __m512, e: &Epi) {
+        let v = _mm512_min_ps(_mm512_max_ps(v, e.lo), e.hi);
         // SAFETY: both are 256-bit vectors of plain bits.
         let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
         if FULL {
             _mm256_storeu_si256(p as *mut __m256i, h)
         } else {
-            _mm256_mask_storeu_epi16(p as *mut i16, mask, h)
+            _mm256_mask_storeu_epi16(p as *mut i16, e.mask, h)
         }
     }
 }
 
 impl Out for u8 {
+    #[inline(always)]
+    unsafe fn init(_: __m512) -> __m512 {
+        _mm512_setzero_ps()
+    }
+
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
     /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
     /// masks passed stay within them.
     #[inline(always)]
-    unsafe fn store<const FULL: bool>(p: *mut u8, v: __m512, mask: u16, inv: __m512, zero: __m512i) {
-        let q =
-            _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zero), _mm512_setzero_si512());
-        _mm512_mask_cvtusepi32_storeu_epi8(p as *mut i8, if FULL { 0xffff } else { mask }, q);
+    unsafe fn store<const FULL: bool>(p: *mut u8, v: __m512, e: &Epi) {
+        if e.saturates {
+            e.store_codes::<FULL, true>(p, v)
+        } else {
+            e.store_codes::<FULL, false>(p, v)
+        }
     }
 }
 
@@ -83,12 +170,9 @@ struct Tile<O> {
     pad: usize,
     w_in: usize,
     w: [__m512; 9],
-    bias: __m512,
-    mask: u16,
-    lo: __m512,
-    hi: __m512,
-    inv: __m512,
-    zero: __m512i,
+    /// The sums' starting value ([`Out::init`]).
+    init: __m512,
+    epi: Epi,
 }
 
 impl<O: Out> Tile<O> {
@@ -101,7 +185,7 @@ impl<O: Out> Tile<O> {
         if FULL {
             _mm512_loadu_ps(p)
         } else {
-            _mm512_maskz_loadu_ps(self.mask, p)
+            _mm512_maskz_loadu_ps(self.epi.mask, p)
         }
     }
 
@@ -111,8 +195,7 @@ impl<O: Out> Tile<O> {
     /// masks passed stay within them.
     #[inline(always)]
     unsafe fn store<const FULL: bool>(&self, x: usize, v: __m512) {
-        let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
-        O::store::<FULL>(self.out.add(x * self.out_stride), v, self.mask, self.inv, self.zero);
+        O::store::<FULL>(self.out.add(x * self.out_stride), v, &self.epi);
     }
 
     /// XB interior pixels from output column `x0`; S and D are stride and dilation.
@@ -123,7 +206,7 @@ impl<O: Out> Tile<O> {
     /// masks passed stay within them.
     #[inline(always)]
     unsafe fn interior<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, x0: usize) {
-        let mut acc = [self.bias; XB];
+        let mut acc = [self.init; XB];
         for ky in 0..3 {
             let base = self.rows[ky].add((x0 * S - self.pad) * self.in_stride);
             for kx in 0..3 {
@@ -146,7 +229,7 @@ impl<O: Out> Tile<O> {
     /// masks passed stay within them.
     #[inline(always)]
     unsafe fn pixel(&self, x: usize, checked: bool) {
-        let mut a = self.bias;
+        let mut a = self.init;
         for ky in 0..3 {
             for kx in 0..3 {
                 let ix = (x * self.stride + kx * self.dilation) as isize - self.pad as isize;
@@ -188,7 +271,7 @@ impl<O: Out> Tile<O> {
     /// masks passed stay within them.
     #[inline(always)]
     unsafe fn edge<const K0: usize, const K1: usize>(&self, x: usize) {
-        let mut a = self.bias;
+        let mut a = self.init;
         for ky in 0..3 {
             for kx in K0..K1 {
                 let ix = x * self.stride + kx - self.pad;
@@ -383,12 +466,8 @@ unsafe fn row_tiles<I, O: Out>(
                     _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
                 }
             }),
-            bias: _mm512_load_ps(w.bias.as_ptr().add(ct)),
-            mask: mask16(cols),
-            lo: _mm512_set1_ps(args.act.min),
-            hi: _mm512_set1_ps(args.act.max),
-            inv: _mm512_set1_ps(1.0 / args.out_q.scale),
-            zero: _mm512_set1_epi32(args.out_q.zero),
+            init: O::init(_mm512_load_ps(w.bias.as_ptr().add(ct))),
+            epi: Epi::new(args, w, ct, mask16(cols)),
         };
         t.walk(g.w_out, interior, cols == 16);
     }

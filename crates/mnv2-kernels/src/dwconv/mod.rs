@@ -6,23 +6,29 @@
 //! (pixel stride = channels). Stride 1 or 2, any dilation (atrous, for segmentation), any
 //! left padding; the right padding follows from the widths.
 //!
-//! The same kernels run int8 rows: u8 activations (zero point 0, as every depthwise input is
-//! a ReLU6 output) are widened to f32 on load, and the result is requantised to u8 on store,
-//! with the input scale folded into the weights ([`PackedDw::quantized`]).
+//! int8 rows: u8 activations (zero point 0, as every depthwise input is a ReLU6 output) times
+//! int8 weights (per channel, [`PackedDw::quantized`]), summed exactly as integers; the
+//! epilogue ([`Requant`]) scales each sum to the output's codes. Exact sums make every int8
+//! kernel give the same bytes whatever its order of summation.
 //!
-//! Kernels: `dwconv_{f32,u8}_minmax_3x3c16_avx512` (weights of a 16-channel tile held in
-//! registers, 8 or 4 output pixels per step, masked channel tails), `dwconv_f32_minmax_3x3c8_avx2`,
-//! and a portable scalar twin.
+//! Kernels: `dwconv_u8_minmax_3x3c16_avx512vnni` (the three rows of a pixel interleaved into
+//! byte quads, three `vpdpbusd` per output pixel), `dwconv_{f32,u8}_minmax_3x3c16_avx512`
+//! (weights of a 16-channel tile held in registers, 8 or 4 output pixels per step, masked
+//! channel tails; u8 rows widened to f32, whose sums of integer products are exact),
+//! `dwconv_f32_minmax_3x3c8_avx2`, and a portable scalar twin.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
 mod scalar;
 
+use crate::aligned::AlignedVec;
 use crate::bf16gemm::{bf16_to_f32, f32_to_bf16, Bf16};
 use crate::isa::{Isa, Needs, Tier};
-use crate::qgemm::QParams;
+use crate::qgemm::{quantize_weights, QParams};
 use crate::taps::PackedTaps;
 use crate::MinMax;
 
@@ -105,9 +111,15 @@ pub static KERNELS: &[DwKernel] = &[
     DwKernel { name: "dwconv_f32_minmax_3x3_scalar", needs: Needs::Scalar, code: DwCode::F32(scalar::row::<f32, f32>) },
 ];
 
-/// Every int8 (u8 output) depthwise kernel built for this target, best first. There is no
-/// AVX2 one: AVX2 hosts run the scalar twin, and its name says so.
+/// Every int8 (u8 output) depthwise kernel built for this target, best first; all give the
+/// same bytes. There is no AVX2 one: AVX2 hosts run the scalar twin, and its name says so.
 pub static KERNELS_U8: &[DwKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_u8_minmax_3x3c16_avx512vnni",
+        needs: Needs::Avx512Vnni,
+        code: DwCode::U8(avx512vnni::row, avx512::row::<f32, u8>),
+    },
     #[cfg(target_arch = "x86_64")]
     DwKernel {
         name: "dwconv_u8_minmax_3x3c16_avx512",
@@ -117,7 +129,7 @@ pub static KERNELS_U8: &[DwKernel] = &[
     DwKernel {
         name: "dwconv_u8_minmax_3x3_scalar",
         needs: Needs::Scalar,
-        code: DwCode::U8(scalar::row::<u8, u8>, scalar::row::<f32, u8>),
+        code: DwCode::U8(scalar::row_q::<u8>, scalar::row_q::<f32>),
     },
 ];
 
@@ -171,14 +183,19 @@ impl PackedDw {
     }
 
     /// For u8 input rows quantised with `input` (zero point 0), on the best int8 kernel of
-    /// `tier`: the input scale is folded into the weights, so the kernel multiplies the raw
-    /// bytes.
+    /// `tier`: `weights` (real, `[3][3][c]`) are quantised per channel to int8 as the GEMMs'
+    /// are ([`quantize_weights`]).
     pub fn quantized(tier: Tier, weights: &[f32], c: usize, bias: &[f32], input: QParams) -> PackedDw {
         let k = supported(KERNELS_U8, tier).next().expect("the scalar kernel");
         PackedDw::quantized_for(tier, k, weights, c, bias, input)
     }
 
     /// [`PackedDw::quantized`] for `kernel` (of [`KERNELS_U8`]), which `tier` must grant.
+    ///
+    /// Every int8 kernel reads one packing: the weights' integers as f32 `[9][c_pad]` (exact),
+    /// then `[3][c_pad]` quads of the three vertical taps of each horizontal tap as bytes
+    /// (row 0 lowest, the fourth byte zero; as f32 bit patterns), the real bias, and in
+    /// `scale` each channel's weight scale times the input scale.
     pub fn quantized_for(
         tier: Tier,
         kernel: &'static DwKernel,
@@ -189,8 +206,24 @@ impl PackedDw {
     ) -> PackedDw {
         assert_eq!(input.zero, 0, "depthwise int8 input must have zero point 0");
         assert!(matches!(kernel.code, DwCode::U8(..)), "{} is not an int8 kernel", kernel.name);
-        let scaled: Vec<f32> = weights.iter().map(|w| w * input.scale).collect();
-        PackedDw::for_kernel(tier, kernel, &scaled, c, bias)
+        let (q, w_scale) = quantize_weights(weights, 9, c);
+        let codes: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+        let mut p = PackedDw::for_kernel(tier, kernel, &codes, c, bias);
+        let c_pad = p.c_pad;
+        let mut w = AlignedVec::zeros(12 * c_pad);
+        w[..9 * c_pad].copy_from_slice(&p.weights);
+        for kx in 0..3 {
+            for ch in 0..c {
+                let tap = |ky: usize| q[(ky * 3 + kx) * c + ch] as u8 as u32;
+                w[(9 + kx) * c_pad + ch] = f32::from_bits(tap(0) | tap(1) << 8 | tap(2) << 16);
+            }
+        }
+        p.weights = w;
+        p.scale = AlignedVec::zeros(c_pad);
+        for (s, ws) in p.scale.iter_mut().zip(&w_scale) {
+            *s = ws * input.scale;
+        }
+        p
     }
 
     /// Name of the kernel this packing is for.
@@ -230,6 +263,43 @@ impl DwRow {
             0
         };
         (lo.min(hi), hi)
+    }
+}
+
+/// The int8 epilogue: an exact integer sum `acc` of channel `ch` to its output code,
+/// `clamp(round(acc * m[ch] + b[ch]), lo, hi)` with `m = scale / s_out` and
+/// `b = bias / s_out + zero` (one fused multiply-add in f32) and the activation's bounds as
+/// codes. The vector kernels compute the same operations lane by lane, so every kernel writes
+/// the same bytes. (Sums stay far below 2^31 codes: a conversion out of range would differ.)
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Requant {
+    /// `1 / s_out`.
+    pub inv: f32,
+    /// The output zero point, as f32 (exact).
+    pub zero: f32,
+    /// The activation's bounds as codes, within 0..=255.
+    pub lo: i32,
+    pub hi: i32,
+}
+
+impl Requant {
+    pub fn new(act: MinMax, q: QParams) -> Requant {
+        let inv = 1.0 / q.scale;
+        // Infinite bounds (no activation) saturate to the u8 range.
+        let code = |v: f32| ((v * inv).round_ties_even().clamp(-1e9, 1e9) as i32 + q.zero).clamp(0, 255);
+        Requant { inv, zero: q.zero as f32, lo: code(act.min), hi: code(act.max) }
+    }
+
+    /// The multiplier and addend of channel `ch` of `w`, in output codes.
+    #[inline(always)]
+    pub fn channel(&self, w: &PackedDw, ch: usize) -> (f32, f32) {
+        (w.scale[ch] * self.inv, w.bias[ch].mul_add(self.inv, self.zero))
+    }
+
+    /// The code of sum `acc` (exact in f32: below 2^24) with [`Requant::channel`]'s `(m, b)`.
+    #[inline(always)]
+    pub fn code(&self, acc: f32, (m, b): (f32, f32)) -> u8 {
+        (acc.mul_add(m, b).round_ties_even() as i32).clamp(self.lo, self.hi) as u8
     }
 }
 
@@ -401,13 +471,32 @@ mod tests {
         }
     }
 
+    /// `w` (`[9][c]`) on its int8 grid: what the int8 kernels multiply by.
+    fn on_grid(w: &[f32], c: usize) -> Vec<f32> {
+        let (q, s) = quantize_weights(w, 9, c);
+        q.iter().enumerate().map(|(i, &v)| v as f32 * s[i % c]).collect()
+    }
+
     #[test]
     fn u8_rows_match_f32_and_every_kernel_agrees() {
         let kernels = host_kernels(KERNELS_U8);
+        eprintln!("int8 depthwise kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
         let input_q = QParams { scale: 6.0 / 255.0, zero: 0 };
         let out_q = QParams { scale: 0.03, zero: 0 };
-        for (w_in, c, s, d) in [(9, 40, 1, 1), (14, 96, 2, 1), (17, 16, 1, 1), (12, 24, 1, 2), (112, 32, 1, 1)] {
-            let w_out = (w_in + 2 * d - 2 * d - 1) / s + 1;
+        let shapes = [
+            (9, 40, 1, 1),
+            (14, 96, 2, 1),
+            (17, 16, 1, 1),
+            (12, 24, 1, 2),
+            (112, 32, 1, 1),
+            (23, 8, 1, 4),
+            (7, 9, 2, 1),
+            (2, 144, 1, 1),
+            (1, 24, 2, 1),
+            (29, 56, 1, 1),
+        ];
+        for (w_in, c, s, d) in shapes {
+            let w_out = (w_in - 1) / s + 1;
             let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: d };
             let rows_u8: Vec<Vec<u8>> =
                 (0..3).map(|r| (0..w_in * c).map(|i| ((i * 7 + r * 13) % 256) as u8).collect()).collect();
@@ -415,32 +504,40 @@ mod tests {
                 rows_u8.iter().map(|r| r.iter().map(|&q| input_q.dequantize(q)).collect()).collect();
             let wts = vals(c as u64 + 1, 9 * c);
             let bias = vals(5, c);
-            for missing in [None, Some(0), Some(2)] {
+            for (missing, act) in [(None, MinMax::RELU6), (Some(0), MinMax::RELU6), (Some(2), MinMax::NONE)] {
                 let pick = |i: usize| missing != Some(i);
-                let fp = PackedDw::new(Tier::Scalar, &wts, c, &bias);
+                let fp = PackedDw::new(Tier::Scalar, &on_grid(&wts, c), c, &bias);
                 let mut want = vec![0f32; w_out * c];
                 let rf: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_f[i].as_slice()));
-                dwconv_row(&fp, rf, g, MinMax::RELU6, &mut want);
+                dwconv_row(&fp, rf, g, act, &mut want);
                 let mut outs = Vec::new();
                 for &(tier, kern) in &kernels {
                     let qp = PackedDw::quantized_for(tier, kern, &wts, c, &bias, input_q);
                     let ru: [Option<&[u8]>; 3] = std::array::from_fn(|i| pick(i).then(|| rows_u8[i].as_slice()));
-                    let mut got = vec![0u8; w_out * c];
-                    dwconv_row_u8(&qp, ru, g, MinMax::RELU6, &mut got, out_q);
+                    let mut got = vec![0xa5u8; w_out * c + 1];
+                    dwconv_row_u8(&qp, ru, g, act, &mut got, out_q);
+                    assert_eq!(got.pop(), Some(0xa5), "{}: wrote past the row", kern.name);
                     // The same values held as f32 give the same bytes.
                     let grid: Vec<Vec<f32>> = rows_u8.iter().map(|r| r.iter().map(|&q| q as f32).collect()).collect();
                     let rg: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| grid[i].as_slice()));
                     let mut got_f = vec![0u8; w_out * c];
-                    dwconv_row_f32_u8(&qp, rg, g, MinMax::RELU6, &mut got_f, out_q);
+                    dwconv_row_f32_u8(&qp, rg, g, act, &mut got_f, out_q);
                     assert_eq!(got_f, got, "{}: f32-held u8 rows", kern.name);
-                    for (q, w) in got.iter().zip(&want) {
+                    // Rounded to the nearest code of the f32 result, clamped to the codes.
+                    for (i, (q, w)) in got.iter().zip(&want).enumerate() {
+                        let w = w.clamp(0.0, out_q.dequantize(255));
+                        let err = (out_q.dequantize(*q) - w).abs();
                         assert!(
-                            (out_q.dequantize(*q) - w.min(out_q.dequantize(255))).abs() <= out_q.scale * 0.5 + 1e-4
+                            err <= out_q.scale * 0.5 + 1e-5,
+                            "{} {w_in}x{c} s{s} d{d} at {i}: {q} vs {w}",
+                            kern.name
                         );
                     }
-                    outs.push(got);
+                    outs.push((kern.name, got));
                 }
-                assert!(outs.windows(2).all(|p| p[0] == p[1]), "u8 depthwise differs between kernels");
+                for pair in outs.windows(2) {
+                    assert!(pair[0].1 == pair[1].1, "{} and {} differ", pair[0].0, pair[1].0);
+                }
             }
         }
     }

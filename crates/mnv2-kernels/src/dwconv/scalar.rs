@@ -1,7 +1,7 @@
 //! Portable twin of the depthwise kernels (f32 and u8 rows), with the taps summed in the same
 //! order as the vector kernels (fused multiply-adds, row by row), so results match them.
 
-use super::{Args, Elem, PackedDw};
+use super::{Args, Elem, PackedDw, Requant};
 
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`).
@@ -30,6 +30,42 @@ pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
         let o = args.out.add(x * c);
         for (ch, v) in acc.iter().enumerate() {
             *o.add(ch) = O::from_f32(args.act.apply(*v), args.out_q);
+        }
+    }
+}
+
+/// The int8 twin: u8 values (or the same values held as f32) times the weights' integers,
+/// summed exactly in i32, then [`Requant`].
+///
+/// # Safety
+/// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
+/// [`PackedDw::quantized_for`].
+pub(crate) unsafe fn row_q<I: Elem>(args: &Args<I, u8>, w: &PackedDw) {
+    let g = args.g;
+    let c = w.c;
+    let rq = Requant::new(args.act, args.out_q);
+    let mut acc = vec![0i32; c];
+    for x in 0..g.w_out {
+        acc.fill(0);
+        for (ky, &row) in args.rows.iter().enumerate() {
+            if row.is_null() {
+                continue;
+            }
+            for kx in 0..3 {
+                let ix = (x * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
+                if ix < 0 || ix as usize >= g.w_in {
+                    continue;
+                }
+                let px = row.add(ix as usize * c);
+                let wt = &w.weights[(ky * 3 + kx) * w.c_pad..][..c];
+                for ch in 0..c {
+                    acc[ch] += (*px.add(ch)).to_f32() as i32 * wt[ch] as i32;
+                }
+            }
+        }
+        let o = args.out.add(x * c);
+        for (ch, &a) in acc.iter().enumerate() {
+            *o.add(ch) = rq.code(a as f32, rq.channel(w, ch));
         }
     }
 }
