@@ -3,7 +3,9 @@
 //! activation bytes, and `vpdpbusd` per accumulator (64 multiply-adds each). The epilogue
 //! runs on registers. For u8 outputs it works in the output's quantised units (scale, bias,
 //! zero points and clamp bounds folded per call, see `mod.rs`): convert, one FMA, clamp,
-//! residual (one FMA), round, saturate, masked store. For f32 outputs it computes real values.
+//! residual (one FMA), round, saturate, masked store; without a residual the clamp bounds
+//! are cut to the codes 0..=255 and the rounded value is stored as it is (u8, or as f32
+//! rounded in place). For f32 outputs it computes real values.
 //!
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
 //! of the panel width) runs a narrower tile over the same packing: 24 columns (three ymm
@@ -40,6 +42,9 @@ struct Panel {
     qlo: __m512,
     qhi: __m512,
     qrs: __m512,
+    /// `qlo..qhi` within the codes `0..=255` (outputs without a residual).
+    code_lo: __m512,
+    code_hi: __m512,
 }
 
 impl Panel {
@@ -71,6 +76,18 @@ impl Panel {
         if args.f32_out {
             let x = self.real(acc, v, args, row, col);
             _mm512_mask_storeu_ps((args.c as *mut f32).add(row * args.ldc + col), mask, x);
+        } else if args.r.is_null() {
+            // Clamped to the codes first, the rounded value needs no further clamp: rounding
+            // is monotonic, so this is the same code as clamping after it.
+            let x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), self.qmul[v], self.qbias[v]);
+            let x = _mm512_min_ps(_mm512_max_ps(x, self.code_lo), self.code_hi);
+            let c = row * args.ldc + col;
+            if args.grid_f32 {
+                let x = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+                _mm512_mask_storeu_ps((args.c as *mut f32).add(c), mask, x);
+            } else {
+                _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(c) as *mut i8, mask, _mm512_cvtps_epi32(x));
+            }
         } else {
             let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), self.qmul[v], self.qbias[v]);
             x = _mm512_min_ps(_mm512_max_ps(x, self.qlo), self.qhi);
@@ -229,6 +246,8 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             qlo: _mm512_set1_ps(f.lo),
             qhi: _mm512_set1_ps(f.hi),
             qrs: _mm512_set1_ps(f.rs),
+            code_lo: _mm512_set1_ps(f.lo.max(0.0)),
+            code_hi: _mm512_set1_ps(f.hi.min(255.0)),
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.

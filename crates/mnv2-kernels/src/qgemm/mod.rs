@@ -469,9 +469,12 @@ mod tests {
                 let mut outs: Vec<Vec<u8>> = Vec::new();
                 for &(tier, kern) in &kernels {
                     let p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
-                    for (act, res) in
-                        [(MinMax::RELU6, None), (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q }))]
-                    {
+                    // Bounds inside the codes, none (cut to 0..=255), and a residual.
+                    for (act, res) in [
+                        (MinMax::RELU6, None),
+                        (MinMax::NONE, None),
+                        (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q })),
+                    ] {
                         let mut c = vec![0u8; m * n];
                         qgemm(m, &a, k, &p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res);
                         let mut g = vec![0f32; m * n];
@@ -538,9 +541,12 @@ mod tests {
                     };
                     let mut bytes = Vec::new();
                     let mut reals = Vec::new();
-                    for (act, res) in
-                        [(MinMax::RELU6, None), (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q }))]
-                    {
+                    // Bounds inside the codes, none (cut to 0..=255), and a residual.
+                    for (act, res) in [
+                        (MinMax::RELU6, None),
+                        (MinMax::NONE, None),
+                        (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q })),
+                    ] {
                         let mut c = vec![0u8; m * n];
                         let mut f = vec![f32::NAN; m * n];
                         for pr in &ranges {
