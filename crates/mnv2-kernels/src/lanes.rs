@@ -38,3 +38,34 @@ pub(crate) fn tiles(m: usize, mr: usize) -> (usize, usize, usize) {
     let count = m.div_ceil(mr);
     (count, m / count, m % count)
 }
+
+/// `$call` with the const `$r` set to `$rows`: the height of a tile of `$w` columns, as
+/// [`panel_tile`] and [`tiles`] choose it (1..=[`MR32`] rows for 32 columns, 1..=[`MR24`]
+/// for 24, 1..=[`MR16`] for 16 and 8). Each tile is instantiated for the heights it runs
+/// only. The f32, int8 and bf16 GEMMs dispatch their tiles with it.
+macro_rules! by_rows {
+    (32, $rows:expr, |$r:ident| $call:expr) => {
+        $crate::lanes::by_rows!(@ $rows, [1 2 3 4 5 6 7 8 9 10 11 12 13 14], $r, $call)
+    };
+    (24, $rows:expr, |$r:ident| $call:expr) => {
+        $crate::lanes::by_rows!(@ $rows, [1 2 3 4 5 6 7 8 9], $r, $call)
+    };
+    ($w:literal, $rows:expr, |$r:ident| $call:expr) => {
+        $crate::lanes::by_rows!(
+            @ $rows, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24], $r, $call
+        )
+    };
+    (@ $rows:expr, [$($n:literal)*], $r:ident, $call:expr) => {
+        match $rows {
+            $($n => {
+                const $r: usize = $n;
+                $call
+            })*
+            _ => unreachable!("tile rows"),
+        }
+    };
+}
+pub(crate) use by_rows;
+
+// The row lists of `by_rows!` are these heights.
+const _: () = assert!(MR32 == 14 && MR24 == 9 && MR16 == 24);

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::lanes::{mask16, tiles, MR16, MR24, MR32};
+use crate::lanes::{by_rows, mask16, tiles, MR16, MR24, MR32};
 
 use super::{ASrc, Args, PackedBf16Gemm};
 
@@ -211,22 +211,6 @@ unsafe fn row4(args: &Args, w: &PackedBf16Gemm, a: *const u32, p0: usize) {
     }
 }
 
-macro_rules! by_rows {
-    ($rows:expr, $f:ident, $($arg:expr),*) => {
-        match $rows {
-            1 => $f::<1>($($arg),*), 2 => $f::<2>($($arg),*), 3 => $f::<3>($($arg),*),
-            4 => $f::<4>($($arg),*), 5 => $f::<5>($($arg),*), 6 => $f::<6>($($arg),*),
-            7 => $f::<7>($($arg),*), 8 => $f::<8>($($arg),*), 9 => $f::<9>($($arg),*),
-            10 => $f::<10>($($arg),*), 11 => $f::<11>($($arg),*), 12 => $f::<12>($($arg),*),
-            13 => $f::<13>($($arg),*), 14 => $f::<14>($($arg),*), 15 => $f::<15>($($arg),*),
-            16 => $f::<16>($($arg),*), 17 => $f::<17>($($arg),*), 18 => $f::<18>($($arg),*),
-            19 => $f::<19>($($arg),*), 20 => $f::<20>($($arg),*), 21 => $f::<21>($($arg),*),
-            22 => $f::<22>($($arg),*), 23 => $f::<23>($($arg),*), 24 => $f::<24>($($arg),*),
-            _ => unreachable!("tile rows"),
-        }
-    };
-}
-
 /// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs, `[m][pairs]` in `dst`, a zero
 /// channel after an odd `k`.
 ///
@@ -355,11 +339,11 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
                 // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections
                 // and the last panel of N = 144 expansions, skips its padding.
                 if nr == 32 && cols > 24 {
-                    by_rows!(rows, tile32, &p, a, c, r);
+                    by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r));
                 } else if narrow24 {
-                    by_rows!(rows, tile24, &p, a, c, r);
+                    by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r));
                 } else {
-                    by_rows!(rows, tile16, &p, a, c, r);
+                    by_rows!(16, rows, |R| tile16::<R>(&p, a, c, r));
                 }
                 i += rows;
             }

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::{mask16, panel_tile, tiles};
+use crate::lanes::{by_rows, mask16, panel_tile, tiles};
 
 use super::{Args, PackedGemm};
 
@@ -178,20 +178,6 @@ unsafe fn tile8<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *cons
     }
 }
 
-/// `$f::<rows>(args)` for a row count of 1..=24 (or of the listed counts: a tile only
-/// instantiated for the heights it runs).
-macro_rules! by_rows {
-    ($rows:expr, $f:ident, [$($n:literal)*], $args:tt) => {
-        match $rows {
-            $($n => $f::<$n> $args,)*
-            _ => unreachable!("tile rows"),
-        }
-    };
-    ($rows:expr, $f:ident, $args:tt) => {
-        by_rows!($rows, $f, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24], $args)
-    };
-}
-
 /// # Safety
 /// `args` must describe valid buffers for `w` (checked by `gemm`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
@@ -224,10 +210,10 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             let c = args.c.add(i * args.ldc + n0);
             let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
             match width {
-                32 => by_rows!(rows, tile32, [1 2 3 4 5 6 7 8 9 10 11 12 13 14], (&p, a, c, r)),
-                24 => by_rows!(rows, tile24, [1 2 3 4 5 6 7 8 9], (&p, a, c, r)),
-                16 => by_rows!(rows, tile16, (&p, a, c, r)),
-                _ => by_rows!(rows, tile8, (&p, a, c, r)),
+                32 => by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r)),
+                24 => by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r)),
+                16 => by_rows!(16, rows, |R| tile16::<R>(&p, a, c, r)),
+                _ => by_rows!(8, rows, |R| tile8::<R>(&p, a, c, r)),
             }
             i += rows;
         }

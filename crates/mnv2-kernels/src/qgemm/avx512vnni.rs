@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::{mask16, panel_tile, tiles};
+use crate::lanes::{by_rows, mask16, panel_tile, tiles};
 
 use super::{Args, PackedQGemm};
 
@@ -186,20 +186,6 @@ unsafe fn tile<const MR: usize, const W: usize>(p: &Panel, args: &Args, i0: usiz
     }
 }
 
-/// `tile::<rows, W>(args)` for a row count of 1..=24 (or of the listed counts: a width only
-/// instantiated for the heights it runs).
-macro_rules! by_rows {
-    ($rows:expr, $w:literal, [$($n:literal)*], $args:tt) => {
-        match $rows {
-            $($n => tile::<$n, $w> $args,)*
-            _ => unreachable!("tile rows"),
-        }
-    };
-    ($rows:expr, $w:literal, $args:tt) => {
-        by_rows!($rows, $w, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24], $args)
-    };
-}
-
 /// # Safety
 /// `args` must describe valid buffers for `w` (checked by `qgemm`); the CPU must have
 /// AVX-512 F/BW/VL and VNNI.
@@ -257,10 +243,10 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         for t in 0..count {
             let rows = base + usize::from(t < extra);
             match width {
-                32 => by_rows!(rows, 32, [1 2 3 4 5 6 7 8 9 10 11 12 13 14], (&p, args, i, n0)),
-                24 => by_rows!(rows, 24, [1 2 3 4 5 6 7 8 9], (&p, args, i, n0)),
-                16 => by_rows!(rows, 16, (&p, args, i, n0)),
-                _ => by_rows!(rows, 8, (&p, args, i, n0)),
+                32 => by_rows!(32, rows, |R| tile::<R, 32>(&p, args, i, n0)),
+                24 => by_rows!(24, rows, |R| tile::<R, 24>(&p, args, i, n0)),
+                16 => by_rows!(16, rows, |R| tile::<R, 16>(&p, args, i, n0)),
+                _ => by_rows!(8, rows, |R| tile::<R, 8>(&p, args, i, n0)),
             }
             i += rows;
         }
