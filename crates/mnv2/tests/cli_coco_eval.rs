@@ -94,6 +94,11 @@ fn eval_detection_writes_results_that_coco_eval_reads() {
     for n in ["AP", "AP50", "AP75", "AR1", "AR100", "APl"] {
         assert_eq!(v[n], v2[n], "{n}");
     }
+    // The bf16 engine finds the astronaut too.
+    let r = mnv2(&["eval", "--task", "detection", "--weights", w, "--data", d, "--json", "--precision", "bf16"]);
+    ok(&r);
+    let vb: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!((vb["AP50"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{vb}");
     // A dataset with a bad record stops with its file and record, or is skipped with a count.
     std::fs::write(
         &gt,

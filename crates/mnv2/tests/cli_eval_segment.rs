@@ -95,6 +95,28 @@ fn eval_segmentation_matches_the_metric_of_segment_outputs() {
         assert_eq!(got["iou"].as_f64(), s.iou[c], "class {c}");
     }
     assert_eq!(v["confusion"], serde_json::json!(m.rows()));
+    // On the bf16 engine: the same pixels scored, a mIoU of its own class maps.
+    let o = mnv2(&[
+        "eval",
+        "--task",
+        "segmentation",
+        "--weights",
+        w,
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vb["pixels"], v["pixels"]);
+    assert!(
+        (vb["mean_iou"].as_f64().unwrap() - s.mean_iou).abs() < 0.05,
+        "bf16 {} against {}",
+        vb["mean_iou"],
+        s.mean_iou
+    );
     // The text table.
     let o = mnv2(&["eval", "--task", "segmentation", "--weights", w, "--data", data.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);

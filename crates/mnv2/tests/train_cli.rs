@@ -128,6 +128,22 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     assert_eq!(total, 120);
     assert!(a.join("metrics.jsonl").is_file() && a.join("curves.png").is_file());
 
+    // `--precision bf16` evaluates on the bf16 engine: a loss that differs from fp32's by
+    // rounding, not equal to it; int8 needs an int8 file (one line naming it).
+    let final_s = a.join("final.safetensors");
+    let w = final_s.to_str().unwrap();
+    let base = ["eval", "--data", data, "--weights", w, "--augment", "none", "--json", "--precision"];
+    let o = mnv2(&[&base[..], &["bf16"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (l32, l16) = (v["loss"].as_f64().unwrap(), vb["loss"].as_f64().unwrap());
+    assert!(l16 != l32 && (l16 - l32).abs() < 0.02 * l32, "bf16 loss {l16}, fp32 {l32}");
+    assert_eq!(vb["n"], 120);
+    let o = mnv2(&[&base[..], &["fp32"]].concat());
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["loss"], v["loss"]);
+    let o = mnv2(&[&base[..], &["int8"]].concat());
+    assert_one_error_line(&o, "int8 precision needs int8 weights");
+
     // Per-image predictions, in data order, agree with the confusion matrix; the model
     // quantises on the IDX files themselves and the int8 model evaluates the same images.
     let preds = d.join("fp32.predictions");

@@ -16,7 +16,7 @@ use mobilenetv2::segment::Segmenter;
 use mobilenetv2::train::evaluate;
 use mobilenetv2::Model;
 
-use super::args::{self, AugmentArg};
+use super::args::{self, AugmentArg, PrecisionArg};
 use super::out;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,6 +67,10 @@ pub struct Args {
     /// Worker threads [default: all available cores]
     #[arg(long, value_parser = super::args::threads)]
     threads: Option<usize>,
+    /// Number format of the engine [default: the weights' own: int8 for a quantised file,
+    /// else fp32]; e.g. bf16 to measure what bf16 costs in accuracy
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
     /// Skip unreadable images (warn and count) instead of stopping
     #[arg(long)]
     skip_bad_images: bool,
@@ -93,7 +97,8 @@ pub fn main(a: Args) -> Result<()> {
     let on_bad = if a.skip_bad_images { OnBad::Skip } else { OnBad::Stop };
     let ds = Arc::new(Dataset::open_test(&a.data, on_bad)?);
     let idx = Arc::new((0..ds.len()).collect::<Vec<_>>());
-    let r = evaluate(&model, ds.clone(), idx, a.augment.into(), a.batch.max(1), threads, a.skip_bad_images)?;
+    let precision = a.precision.map(Into::into);
+    let r = evaluate(&model, ds.clone(), idx, a.augment.into(), a.batch.max(1), threads, precision, a.skip_bad_images)?;
     if let Some(p) = &a.predictions {
         let text: String = r.predictions.iter().map(|(l, p)| format!("{l} {p}\n")).collect();
         mobilenetv2::fsutil::write_atomic(p, text.as_bytes())?;
@@ -141,8 +146,10 @@ fn segmentation(a: Args) -> Result<()> {
     let classes = model.spec().classes;
     let set = SegmentationSet::open(&a.data, &a.split)?;
     let threads = a.threads.unwrap_or_else(args::cores);
-    let segmenter = Segmenter::new(model, Options { threads, ..Options::default() })
+    let precision = a.precision.map(Into::into);
+    let segmenter = Segmenter::new(model, Options { threads, precision, ..Options::default() })
         .with_context(|| format!("{}", weights.display()))?;
+    super::args::warn_slow_bf16(segmenter.engine());
     if set.class_names.len() != classes {
         eprintln!(
             "warning: {}: the dataset has {} classes, the model {classes}; labels must stay below {classes}",
@@ -232,7 +239,10 @@ fn detection(a: Args) -> Result<()> {
         eprintln!("warning: skipped: {m}");
     }
     let threads = a.threads.unwrap_or_else(args::cores);
-    let det = Detector::load(weights, DetectorOptions { threshold: a.threshold, threads, ..Default::default() })?;
+    let precision = a.precision.map(Into::into);
+    let det =
+        Detector::load(weights, DetectorOptions { threshold: a.threshold, threads, precision, ..Default::default() })?;
+    super::args::warn_slow_bf16(det.engine());
     let mut results = Vec::new();
     for (i, im) in ds.images.iter().enumerate() {
         let image = mobilenetv2::preprocess::decode(&im.path)?;

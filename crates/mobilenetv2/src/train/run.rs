@@ -21,7 +21,7 @@ use super::plot;
 use crate::data::augment::Augment;
 use crate::data::loader::{Loader, Transform};
 use crate::data::{Dataset, OnBad};
-use crate::engine::{Engine, Mode, Options};
+use crate::engine::{Engine, Mode, Options, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Model, Preprocess};
 use crate::rng::Rng;
@@ -201,7 +201,9 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Evaluates `model` on samples `indices` of `ds` with the fast inference engine.
+/// Evaluates `model` on samples `indices` of `ds` with the fast inference engine on `threads`
+/// threads, in `precision` (`None`: the weights' own, as [`Options::precision`]).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Model,
     ds: Arc<Dataset>,
@@ -209,6 +211,7 @@ pub fn evaluate(
     augment: Augment,
     batch: usize,
     threads: usize,
+    precision: Option<Precision>,
     skip_bad: bool,
 ) -> Result<EvalReport> {
     let k = model.spec().classes;
@@ -218,7 +221,7 @@ pub fn evaluate(
             ds.path.display()
         )));
     }
-    let engine = Engine::new(model, Options { mode: Mode::Fast, threads: threads.max(1), isa: None, precision: None })?;
+    let engine = Engine::new(model, Options { mode: Mode::Fast, threads: threads.max(1), isa: None, precision })?;
     let (h, w) = (model.spec().height, model.spec().width_px);
     let t = Transform::eval(model, augment, if skip_bad { OnBad::Skip } else { OnBad::Stop });
     let mut rep = EvalReport {
@@ -758,8 +761,16 @@ impl Run<'_> {
         if let Some((vd, vi)) = &self.val {
             let mut model = s.model.clone();
             s.net.store(&mut model);
-            let r =
-                evaluate(&model, vd.clone(), vi.clone(), cfg.augment, cfg.batch, self.threads, cfg.skip_bad_images)?;
+            let r = evaluate(
+                &model,
+                vd.clone(),
+                vi.clone(),
+                cfg.augment,
+                cfg.batch,
+                self.threads,
+                None,
+                cfg.skip_bad_images,
+            )?;
             m.val_loss = Some(r.loss);
             m.val_top1 = Some(r.top1);
             m.val_top5 = Some(r.top5);
