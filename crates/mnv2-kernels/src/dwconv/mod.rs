@@ -11,8 +11,9 @@
 //! epilogue ([`Requant`]) scales each sum to the output's codes. Exact sums make every int8
 //! kernel give the same bytes whatever its order of summation.
 //!
-//! Kernels: `dwconv_u8_minmax_3x3c16_avx512vnni` (the three rows of a pixel interleaved into
-//! byte quads, three `vpdpbusd` per output pixel), `dwconv_{f32,u8}_minmax_3x3c16_avx512`
+//! Kernels: `dwconv_u8_minmax_3x3c64_avx512vnni` (64 channels at a time, the three rows of a
+//! pixel interleaved into byte quads by in-lane unpacks, three `vpdpbusd` per 16 channels of
+//! an output pixel), `dwconv_{f32,u8}_minmax_3x3c16_avx512`
 //! (weights of a 16-channel tile held in registers, 8 or 4 output pixels per step, masked
 //! channel tails; u8 rows widened to f32, whose sums of integer products are exact),
 //! `dwconv_f32_minmax_3x3c8_avx2`, and a portable scalar twin.
@@ -116,7 +117,7 @@ pub static KERNELS: &[DwKernel] = &[
 pub static KERNELS_U8: &[DwKernel] = &[
     #[cfg(target_arch = "x86_64")]
     DwKernel {
-        name: "dwconv_u8_minmax_3x3c16_avx512vnni",
+        name: "dwconv_u8_minmax_3x3c64_avx512vnni",
         needs: Needs::Avx512Vnni,
         code: DwCode::U8(avx512vnni::row, avx512::row::<f32, u8>),
     },
@@ -193,9 +194,11 @@ impl PackedDw {
     /// [`PackedDw::quantized`] for `kernel` (of [`KERNELS_U8`]), which `tier` must grant.
     ///
     /// Every int8 kernel reads one packing: the weights' integers as f32 `[9][c_pad]` (exact),
-    /// then `[3][c_pad]` quads of the three vertical taps of each horizontal tap as bytes
-    /// (row 0 lowest, the fourth byte zero; as f32 bit patterns), the real bias, and in
-    /// `scale` each channel's weight scale times the input scale.
+    /// then, for the VNNI kernel, `[3][c_quad]` quads of the three vertical taps of each
+    /// horizontal tap (bytes: row 0 lowest, the fourth zero; as f32 bit patterns) in
+    /// [`quad_channel`] order; the real bias; and in `scale` each channel's weight scale times
+    /// the input scale, `[c_pad]`, then the scales and the biases again in quad order,
+    /// `[c_quad]` each (`c_quad`: `c` rounded up to [`QUAD_GROUP`]).
     pub fn quantized_for(
         tier: Tier,
         kernel: &'static DwKernel,
@@ -209,20 +212,27 @@ impl PackedDw {
         let (q, w_scale) = quantize_weights(weights, 9, c);
         let codes: Vec<f32> = q.iter().map(|&v| v as f32).collect();
         let mut p = PackedDw::for_kernel(tier, kernel, &codes, c, bias);
-        let c_pad = p.c_pad;
-        let mut w = AlignedVec::zeros(12 * c_pad);
+        let (c_pad, c_quad) = (p.c_pad, c.next_multiple_of(QUAD_GROUP));
+        let mut w = AlignedVec::zeros(9 * c_pad + 3 * c_quad);
         w[..9 * c_pad].copy_from_slice(&p.weights);
-        for kx in 0..3 {
-            for ch in 0..c {
-                let tap = |ky: usize| q[(ky * 3 + kx) * c + ch] as u8 as u32;
-                w[(9 + kx) * c_pad + ch] = f32::from_bits(tap(0) | tap(1) << 8 | tap(2) << 16);
+        let mut sc = AlignedVec::zeros(c_pad + 2 * c_quad);
+        for ch in 0..c {
+            sc[ch] = w_scale[ch] * input.scale;
+        }
+        for pos in 0..c_quad {
+            let ch = quad_channel(pos);
+            if ch >= c {
+                continue;
             }
+            for kx in 0..3 {
+                let tap = |ky: usize| q[(ky * 3 + kx) * c + ch] as u8 as u32;
+                w[9 * c_pad + kx * c_quad + pos] = f32::from_bits(tap(0) | tap(1) << 8 | tap(2) << 16);
+            }
+            sc[c_pad + pos] = sc[ch];
+            sc[c_pad + c_quad + pos] = bias[ch];
         }
         p.weights = w;
-        p.scale = AlignedVec::zeros(c_pad);
-        for (s, ws) in p.scale.iter_mut().zip(&w_scale) {
-            *s = ws * input.scale;
-        }
+        p.scale = sc;
         p
     }
 
@@ -235,6 +245,19 @@ impl PackedDw {
     pub fn isa(&self) -> Isa {
         self.kernel.needs.tier()
     }
+}
+
+/// Channels per group of the VNNI int8 kernel: four vectors of 16 quads.
+pub const QUAD_GROUP: usize = 64;
+
+/// The channel at position `pos` of the quad order: within each group of [`QUAD_GROUP`]
+/// channels, vector `j` (of four) holds in its 128-bit lane `l` the channels
+/// `16 l + 4 j .. 16 l + 4 j + 4`, the order in which interleaving three rows of 64 bytes with
+/// in-lane unpacks leaves them (and packing four vectors of codes with in-lane packs undoes).
+pub fn quad_channel(pos: usize) -> usize {
+    let (g, r) = (pos / QUAD_GROUP, pos % QUAD_GROUP);
+    let (j, d) = (r / 16, r % 16);
+    g * QUAD_GROUP + 16 * (d / 4) + 4 * j + d % 4
 }
 
 /// Geometry of one output row.

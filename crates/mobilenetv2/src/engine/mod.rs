@@ -167,16 +167,10 @@ impl Engine {
             // in f32 or bf16.
             let quant = model.quant.as_ref().filter(|_| precision == Precision::Int8);
             let fast: Box<dyn fast::Runner> = match quant {
-                // Streaming keeps the expanded rows in u8 (least memory), fast mode as f32.
-                Some(q) if streaming => {
+                Some(q) => {
                     let net = fast::QNet::<u8>::new(plan, folded, q, isa)?;
                     let head = Engine::head(plan, folded, isa, false)?;
-                    Box::new(fast::FastEngine::new(net, head, threads, true))
-                }
-                Some(q) => {
-                    let net = fast::QNet::<f32>::new(plan, folded, q, isa)?;
-                    let head = Engine::head(plan, folded, isa, false)?;
-                    Box::new(fast::FastEngine::new(net, head, threads, false))
+                    Box::new(fast::FastEngine::new(net, head, threads, streaming))
                 }
                 None => {
                     let net = fast::F32Net::new(plan, folded, isa, bf16)?;

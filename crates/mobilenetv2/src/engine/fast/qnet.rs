@@ -25,10 +25,9 @@ use crate::fold::FoldedLayers;
 use crate::plan::{Activation, ConvKind, Head, Plan, Role};
 use crate::qscheme::QuantSpec;
 
-/// How the int8 network holds its expanded rows: u8 (least memory: streaming mode), or the
-/// same u8 values as f32 (fast mode: the depthwise conv multiplies them without widening;
-/// on Zen 4 as fast at batch 1 as u8 rows on the VNNI depthwise, and 1-2% faster at batch 8).
-/// Both give the same bytes downstream.
+/// How the int8 network holds its expanded rows: u8 (both modes), or the same u8 values as
+/// f32 (what fast mode ran until the VNNI depthwise made u8 rows faster). Both give the same
+/// bytes downstream.
 pub(crate) trait RingElem: Zeroable + Default {
     /// The depthwise kernel stages u8 rows into f32 itself.
     const STAGED: bool;
