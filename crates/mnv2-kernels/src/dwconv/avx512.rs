@@ -353,16 +353,18 @@ thread_local! {
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
-    use std::any::TypeId;
-    // Only f32 -> f32, u8 -> u8 and f32 -> u8 rows exist (`dwconv_row`, `dwconv_row_u8`,
-    // `dwconv_row_f32_u8`).
-    let (i_u8, o_u8) = (TypeId::of::<I>() == TypeId::of::<u8>(), TypeId::of::<O>() == TypeId::of::<u8>());
-    match (i_u8, o_u8) {
-        (true, _) => row_u8(&*(args as *const Args<I, O> as *const Args<u8, u8>), w),
-        (false, false) => row_f32(&*(args as *const Args<I, O> as *const Args<f32, f32>), w),
-        (false, true) => row_f32(&*(args as *const Args<I, O> as *const Args<f32, u8>), w),
-    }
+pub(crate) unsafe fn row(args: &Args<f32, f32>, w: &PackedDw) {
+    row_f32(args, w)
+}
+
+/// u8 rows to u8 rows, widened into the staging area.
+///
+/// # Safety
+/// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
+/// `PackedDw::quantized_for`; the CPU must have AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
+    staged_u8(args, w)
 }
 
 /// f32 rows to bf16 rows: the f32 kernel, its results rounded on store.
@@ -405,7 +407,7 @@ fn staging(len: usize) -> *mut f32 {
 /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
 /// masks passed stay within them.
 #[inline(always)]
-unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
+unsafe fn staged_u8(args: &Args<u8, u8>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     // Valid until this thread next asks for a larger staging area; nothing else uses it.

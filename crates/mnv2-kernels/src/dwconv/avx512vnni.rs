@@ -14,11 +14,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::{Args, PackedDw, Requant, QUAD_GROUP};
-
-/// Output pixels per staging pass (the staging area stays in L1: at most 65 input pixels of
-/// 256 bytes).
-const CHUNK: usize = 32;
+use super::{Args, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
 
 thread_local! {
     /// Quads of the input pixels of one pass: `[pixel][4]` vectors.

@@ -81,8 +81,8 @@ impl Elem for Bf16 {
 pub(crate) enum DwCode {
     /// f32 rows to f32 rows.
     F32(unsafe fn(&Args<f32, f32>, &PackedDw)),
-    /// u8 output rows: from u8 rows, and from u8 values held as f32.
-    U8(unsafe fn(&Args<u8, u8>, &PackedDw), unsafe fn(&Args<f32, u8>, &PackedDw)),
+    /// u8 rows to u8 rows.
+    U8(unsafe fn(&Args<u8, u8>, &PackedDw)),
     /// f32 rows to bf16 rows (rounded to nearest even, as `vcvtneps2bf16`).
     Bf16(unsafe fn(&Args<f32, Bf16>, &PackedDw)),
 }
@@ -102,11 +102,7 @@ pub struct DwKernel {
 /// Every f32 depthwise kernel built for this target, best first.
 pub static KERNELS: &[DwKernel] = &[
     #[cfg(target_arch = "x86_64")]
-    DwKernel {
-        name: "dwconv_f32_minmax_3x3c16_avx512",
-        needs: Needs::Avx512,
-        code: DwCode::F32(avx512::row::<f32, f32>),
-    },
+    DwKernel { name: "dwconv_f32_minmax_3x3c16_avx512", needs: Needs::Avx512, code: DwCode::F32(avx512::row) },
     #[cfg(target_arch = "x86_64")]
     DwKernel { name: "dwconv_f32_minmax_3x3c8_avx2", needs: Needs::Avx2, code: DwCode::F32(avx2::row) },
     DwKernel { name: "dwconv_f32_minmax_3x3_scalar", needs: Needs::Scalar, code: DwCode::F32(scalar::row::<f32, f32>) },
@@ -119,19 +115,11 @@ pub static KERNELS_U8: &[DwKernel] = &[
     DwKernel {
         name: "dwconv_u8_minmax_3x3c64_avx512vnni",
         needs: Needs::Avx512Vnni,
-        code: DwCode::U8(avx512vnni::row, avx512::row::<f32, u8>),
+        code: DwCode::U8(avx512vnni::row),
     },
     #[cfg(target_arch = "x86_64")]
-    DwKernel {
-        name: "dwconv_u8_minmax_3x3c16_avx512",
-        needs: Needs::Avx512,
-        code: DwCode::U8(avx512::row::<u8, u8>, avx512::row::<f32, u8>),
-    },
-    DwKernel {
-        name: "dwconv_u8_minmax_3x3_scalar",
-        needs: Needs::Scalar,
-        code: DwCode::U8(scalar::row_q::<u8>, scalar::row_q::<f32>),
-    },
+    DwKernel { name: "dwconv_u8_minmax_3x3c16_avx512", needs: Needs::Avx512, code: DwCode::U8(avx512::row_u8) },
+    DwKernel { name: "dwconv_u8_minmax_3x3_scalar", needs: Needs::Scalar, code: DwCode::U8(scalar::row_q) },
 ];
 
 /// Every depthwise kernel with bf16 output rows (f32 sums, rounded once on store: the input
@@ -250,6 +238,18 @@ impl PackedDw {
 /// Channels per group of the VNNI int8 kernel: four vectors of 16 quads.
 pub const QUAD_GROUP: usize = 64;
 
+/// Output pixels per staging pass of the VNNI int8 kernel.
+pub(crate) const QUAD_CHUNK: usize = 32;
+
+/// Bytes of the per-thread staging area an int8 depthwise row of this geometry may use:
+/// three rows of 16 channels widened to f32 (the AVX-512 kernel), or the quads of one pass
+/// (the VNNI kernel), whichever is larger. The kernels allocate it once per thread.
+pub fn staging_bytes_u8(w_in: usize, stride: usize, dilation: usize) -> usize {
+    let widened = 3 * w_in * 16 * size_of::<f32>();
+    let quads = 4 * 64 * ((QUAD_CHUNK - 1) * stride + 2 * dilation + 1);
+    widened.max(quads)
+}
+
 /// The channel at position `pos` of the quad order: within each group of [`QUAD_GROUP`]
 /// channels, vector `j` (of four) holds in its 128-bit lane `l` the channels
 /// `16 l + 4 j .. 16 l + 4 j + 4`, the order in which interleaving three rows of 64 bytes with
@@ -354,21 +354,7 @@ pub fn dwconv_row_bf16(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: M
 /// [`dwconv_row`] on u8 rows (weights packed by [`PackedDw::quantized`]), the result
 /// quantised with `out_q`.
 pub fn dwconv_row_u8(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], out_q: QParams) {
-    let DwCode::U8(run, _) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
-    dwconv_row_any(w, rows, g, act, out, out_q, run)
-}
-
-/// [`dwconv_row_u8`] whose input rows hold the u8 values as f32 (rows widened once by their
-/// producer, so no staging per call).
-pub fn dwconv_row_f32_u8(
-    w: &PackedDw,
-    rows: [Option<&[f32]>; 3],
-    g: DwRow,
-    act: MinMax,
-    out: &mut [u8],
-    out_q: QParams,
-) {
-    let DwCode::U8(_, run) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
+    let DwCode::U8(run) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
     dwconv_row_any(w, rows, g, act, out, out_q, run)
 }
 
@@ -540,12 +526,6 @@ mod tests {
                     let mut got = vec![0xa5u8; w_out * c + 1];
                     dwconv_row_u8(&qp, ru, g, act, &mut got, out_q);
                     assert_eq!(got.pop(), Some(0xa5), "{}: wrote past the row", kern.name);
-                    // The same values held as f32 give the same bytes.
-                    let grid: Vec<Vec<f32>> = rows_u8.iter().map(|r| r.iter().map(|&q| q as f32).collect()).collect();
-                    let rg: [Option<&[f32]>; 3] = std::array::from_fn(|i| pick(i).then(|| grid[i].as_slice()));
-                    let mut got_f = vec![0u8; w_out * c];
-                    dwconv_row_f32_u8(&qp, rg, g, act, &mut got_f, out_q);
-                    assert_eq!(got_f, got, "{}: f32-held u8 rows", kern.name);
                     // Rounded to the nearest code of the f32 result, clamped to the codes.
                     for (i, (q, w)) in got.iter().zip(&want).enumerate() {
                         let w = w.clamp(0.0, out_q.dequantize(255));

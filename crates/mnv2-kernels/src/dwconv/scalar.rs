@@ -34,13 +34,13 @@ pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
     }
 }
 
-/// The int8 twin: u8 values (or the same values held as f32) times the weights' integers,
-/// summed exactly in i32, then [`Requant`].
+/// The int8 twin: u8 values times the weights' integers, summed exactly in i32, then
+/// [`Requant`].
 ///
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
 /// [`PackedDw::quantized_for`].
-pub(crate) unsafe fn row_q<I: Elem>(args: &Args<I, u8>, w: &PackedDw) {
+pub(crate) unsafe fn row_q(args: &Args<u8, u8>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     let rq = Requant::new(args.act, args.out_q);
@@ -59,7 +59,7 @@ pub(crate) unsafe fn row_q<I: Elem>(args: &Args<I, u8>, w: &PackedDw) {
                 let px = row.add(ix as usize * c);
                 let wt = &w.weights[(ky * 3 + kx) * w.c_pad..][..c];
                 for ch in 0..c {
-                    acc[ch] += (*px.add(ch)).to_f32() as i32 * wt[ch] as i32;
+                    acc[ch] += *px.add(ch) as i32 * wt[ch] as i32;
                 }
             }
         }

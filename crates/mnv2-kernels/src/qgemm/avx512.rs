@@ -33,16 +33,3 @@ pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams
     // The saturating narrow store clamps at 255.
     quantize_chunks(src, q, |at, mask, r| _mm512_mask_cvtusepi32_storeu_epi8(dst.add(at) as *mut i8, mask, r));
 }
-
-/// See `quantize_row_grid`.
-///
-/// # Safety
-/// The CPU must have AVX-512 F/BW; `dst` at least as long as `src`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-pub(crate) unsafe fn quantize_row_grid(src: &[f32], dst: &mut [f32], q: super::QParams) {
-    let dst = dst.as_mut_ptr();
-    quantize_chunks(src, q, |at, mask, r| {
-        let r = _mm512_min_epi32(r, _mm512_set1_epi32(255));
-        _mm512_mask_storeu_ps(dst.add(at), mask, _mm512_cvtepi32_ps(r));
-    });
-}

@@ -4,8 +4,8 @@
 //! runs on registers. For u8 outputs it works in the output's quantised units (scale, bias,
 //! zero points and clamp bounds folded per call, see `mod.rs`): convert, one FMA, clamp,
 //! residual (one FMA), round, saturate, masked store; without a residual the clamp bounds
-//! are cut to the codes 0..=255 and the rounded value is stored as it is (u8, or as f32
-//! rounded in place). For f32 outputs it computes real values.
+//! are cut to the codes 0..=255 and the rounded value needs no clamp of its own. For f32
+//! outputs it computes real values.
 //!
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
 //! of the panel width) runs a narrower tile over the same packing: 24 columns (three ymm
@@ -81,13 +81,8 @@ impl Panel {
             // is monotonic, so this is the same code as clamping after it.
             let x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), self.qmul[v], self.qbias[v]);
             let x = _mm512_min_ps(_mm512_max_ps(x, self.code_lo), self.code_hi);
-            let c = row * args.ldc + col;
-            if args.grid_f32 {
-                let x = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
-                _mm512_mask_storeu_ps((args.c as *mut f32).add(c), mask, x);
-            } else {
-                _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(c) as *mut i8, mask, _mm512_cvtps_epi32(x));
-            }
+            let c = args.c.add(row * args.ldc + col);
+            _mm512_mask_cvtusepi32_storeu_epi8(c as *mut i8, mask, _mm512_cvtps_epi32(x));
         } else {
             let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), self.qmul[v], self.qbias[v]);
             x = _mm512_min_ps(_mm512_max_ps(x, self.qlo), self.qhi);
@@ -96,12 +91,7 @@ impl Panel {
                 x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), self.qrs, x);
             }
             let q = _mm512_max_epi32(_mm512_cvtps_epi32(x), _mm512_setzero_si512());
-            if args.grid_f32 {
-                let q = _mm512_min_epi32(q, _mm512_set1_epi32(255));
-                _mm512_mask_storeu_ps((args.c as *mut f32).add(row * args.ldc + col), mask, _mm512_cvtepi32_ps(q));
-            } else {
-                _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
-            }
+            _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
         }
     }
 }

@@ -248,16 +248,6 @@ pub enum QOut<'a> {
         /// One running sum per output channel.
         sums: &'a mut [f32],
     },
-    /// The u8 values `U8` would store, held as f32 (for a consumer that works in f32 and
-    /// reads every value several times, like the depthwise conv).
-    GridF32 {
-        /// Output rows.
-        c: &'a mut [f32],
-        /// Row stride of `c`.
-        ldc: usize,
-        /// The grid's quantisation.
-        q: QParams,
-    },
 }
 
 /// A u8 tensor added (in real units) after the clamp.
@@ -317,8 +307,6 @@ pub(crate) struct Args {
     pub f32_out: bool,
     /// Sum the rows into the f32 `c` (`n` values) instead of storing them.
     pub pool: bool,
-    /// Store the u8 results as f32 values.
-    pub grid_f32: bool,
     pub out_q: QParams,
     pub r: *const u8,
     pub ldr: usize,
@@ -352,22 +340,18 @@ pub fn qgemm_panels(
     }
     assert!(lda >= w.k && a.len() >= (m - 1) * lda + w.k, "A too short");
     let unit = QParams { scale: 1.0, zero: 0 };
-    let (c, ldc, f32_out, pool, grid_f32, out_q) = match out {
+    let (c, ldc, f32_out, pool, out_q) = match out {
         QOut::U8 { c, ldc, q } => {
             assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr(), ldc, false, false, false, q)
+            (c.as_mut_ptr(), ldc, false, false, q)
         }
         QOut::F32 { c, ldc } => {
             assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr() as *mut u8, ldc, true, false, false, unit)
+            (c.as_mut_ptr() as *mut u8, ldc, true, false, unit)
         }
         QOut::Pool { sums } => {
             assert!(sums.len() >= w.n, "sums too short");
-            (sums.as_mut_ptr() as *mut u8, 0, true, true, false, unit)
-        }
-        QOut::GridF32 { c, ldc, q } => {
-            assert!(ldc >= w.n && c.len() >= (m - 1) * ldc + w.n, "C too short");
-            (c.as_mut_ptr() as *mut u8, ldc, false, false, true, q)
+            (sums.as_mut_ptr() as *mut u8, 0, true, true, unit)
         }
     };
     let (r, ldr, res_q) = match residual {
@@ -377,32 +361,17 @@ pub fn qgemm_panels(
         }
         None => (std::ptr::null(), 0, QParams { scale: 0.0, zero: 0 }),
     };
-    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, grid_f32, out_q, r, ldr, res_q, act, panels };
+    let args = Args { m, a: a.as_ptr(), lda, c, ldc, f32_out, pool, out_q, r, ldr, res_q, act, panels };
     // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
     // that this CPU runs it.
     unsafe { (w.kernel.run)(&args, w) }
 }
 
-/// Name of the kernel [`quantize_row`] and [`quantize_row_grid`] run on `tier`.
+/// Name of the kernel [`quantize_row`] runs on `tier`.
 pub fn quantize_kernel_name(tier: Tier) -> &'static str {
     match tier {
         Tier::Avx512(_) => "quantize_f32_u8_avx512",
         _ => "quantize_f32_u8_scalar",
-    }
-}
-
-/// [`quantize_row`] with the u8 values held as f32.
-pub fn quantize_row_grid(tier: Tier, src: &[f32], dst: &mut [f32], q: QParams) {
-    assert!(dst.len() >= src.len());
-    match tier {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the token proves AVX-512; lengths checked.
-        Tier::Avx512(_) => unsafe { avx512::quantize_row_grid(src, dst, q) },
-        _ => {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = q.quantize(*s) as f32;
-            }
-        }
     }
 }
 
@@ -477,9 +446,6 @@ mod tests {
                     ] {
                         let mut c = vec![0u8; m * n];
                         qgemm(m, &a, k, &p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res);
-                        let mut g = vec![0f32; m * n];
-                        qgemm(m, &a, k, &p, QOut::GridF32 { c: &mut g, ldc: n, q: out_q }, act, res);
-                        assert!(g.iter().zip(&c).all(|(x, y)| *x == *y as f32), "{} grid f32", p.kernel_name());
                         let res_ref = res.map(|x| (x.r, x.q));
                         let want = crate::reference::qgemm_u8s8s32(m, k, n, &a, input, &q, &s, &bias, act, res_ref);
                         for (i, (g, w)) in c.iter().zip(&want).enumerate() {
@@ -611,9 +577,6 @@ mod tests {
                 for (s, d) in src.iter().zip(&d) {
                     assert_eq!(*d, q.quantize(*s), "{} at {s}", quantize_kernel_name(tier));
                 }
-                let mut g = vec![0f32; len];
-                quantize_row_grid(tier, &src, &mut g, q);
-                assert!(g.iter().zip(&d).all(|(x, y)| *x == *y as f32), "{}", quantize_kernel_name(tier));
             }
         }
         if Tier::new(Isa::Avx512).is_none() {

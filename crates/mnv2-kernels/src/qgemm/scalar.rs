@@ -32,11 +32,7 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
                         x = (*args.r.add(i * args.ldr + j) as f32).mul_add(f.rs, x);
                     }
                     let q = (x.round_ties_even() as i32).clamp(0, 255) as u8;
-                    if args.grid_f32 {
-                        *(args.c as *mut f32).add(i * args.ldc + j) = q as f32;
-                    } else {
-                        *args.c.add(i * args.ldc + j) = q;
-                    }
+                    *args.c.add(i * args.ldc + j) = q;
                     continue;
                 }
                 let mut v = ((s - w.zcs[j]) as f32).mul_add(w.mul[j], w.bias[j]);

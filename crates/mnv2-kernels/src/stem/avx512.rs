@@ -5,25 +5,24 @@ use std::arch::x86_64::*;
 
 use crate::lanes::mask16;
 
-use super::{Args, PackedStem};
-use crate::qgemm::QParams;
+use super::{Args, Dst, PackedStem};
 
 const XB: usize = 8;
 
-/// `y`, or its u8 codes of `q` as f32 values, as `quantize_row_grid` gives them (round half
-/// to even, the zero point, 0..=255).
+/// Stores the `mask` lanes of `y` at element `at` of `out`: the values, or their u8 codes as
+/// `QParams::quantize` gives them (round half to even, the zero point, saturated to 0..=255).
 ///
 /// # Safety
-/// The CPU has AVX-512 F.
+/// The CPU has AVX-512 F/BW/VL; the lanes lie in the row `stem_row` checked.
 #[inline(always)]
-pub(super) unsafe fn grid(y: __m512, q: Option<QParams>) -> __m512 {
-    match q {
-        Some(q) => {
+pub(super) unsafe fn store(out: Dst, at: usize, mask: u16, y: __m512) {
+    match out {
+        Dst::F32(p) => _mm512_mask_storeu_ps(p.add(at), mask, y),
+        Dst::U8(p, q) => {
             let r = _mm512_cvtps_epi32(_mm512_mul_ps(y, _mm512_set1_ps(1.0 / q.scale)));
             let r = _mm512_max_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(q.zero)), _mm512_setzero_si512());
-            _mm512_cvtepi32_ps(_mm512_min_epi32(r, _mm512_set1_epi32(255)))
+            _mm512_mask_cvtusepi32_storeu_epi8(p.add(at) as *mut i8, mask, r)
         }
-        None => y,
     }
 }
 
@@ -78,11 +77,9 @@ unsafe fn pixels<const NV: usize, const N: usize>(
     }
     let c = p.c;
     for (j, a) in acc.iter().enumerate() {
-        let out = args.out.add((x0 + j) * c);
         for (v, x) in a.iter().enumerate() {
-            let cols = c.saturating_sub(v * 16).min(16);
-            let mask = mask16(cols);
-            _mm512_mask_storeu_ps(out.add(v * 16), mask, grid(_mm512_min_ps(_mm512_max_ps(*x, lo), hi), args.grid));
+            let mask = mask16(c.saturating_sub(v * 16).min(16));
+            store(args.out, (x0 + j) * c + v * 16, mask, _mm512_min_ps(_mm512_max_ps(*x, lo), hi));
         }
     }
 }

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use crate::lanes::mask16;
 
-use super::avx512::grid;
+use super::avx512::store;
 use super::{bf16_row_len, Args, Layout, PackedStem};
 
 const XB: usize = 8;
@@ -151,10 +151,9 @@ unsafe fn pixels<const NV: usize, const N: usize>(args: &Args, p: &PackedStem, w
     }
     let c = p.c;
     for (j, a) in acc.iter().enumerate() {
-        let out = args.out.add((x0 + j) * c);
         for (v, x) in a.iter().enumerate() {
             let mask = mask16(c.saturating_sub(v * 16).min(16));
-            _mm512_mask_storeu_ps(out.add(v * 16), mask, grid(_mm512_min_ps(_mm512_max_ps(*x, lo), hi), args.grid));
+            store(args.out, (x0 + j) * c + v * 16, mask, _mm512_min_ps(_mm512_max_ps(*x, lo), hi));
         }
     }
 }

@@ -191,29 +191,53 @@ pub(crate) struct Args<'a> {
     pub oy: usize,
     pub g: StemGeom,
     pub act: MinMax,
-    /// Store u8 codes of this quantisation (as f32 values) instead of the values.
-    pub grid: Option<QParams>,
-    pub out: *mut f32,
+    pub out: Dst,
+}
+
+/// Where a stem kernel stores its output row.
+#[derive(Clone, Copy)]
+pub(crate) enum Dst {
+    /// The values.
+    F32(*mut f32),
+    /// Their u8 codes of a quantisation (`QParams::quantize`: round half to even, the zero
+    /// point, saturated to 0..=255).
+    U8(*mut u8, QParams),
+}
+
+impl Dst {
+    /// Stores value `y` of output element `i` (the scalar twins).
+    ///
+    /// # Safety
+    /// Element `i` lies in the row `stem_row` checked.
+    #[inline(always)]
+    pub unsafe fn put(self, i: usize, y: f32) {
+        match self {
+            Dst::F32(p) => *p.add(i) = y,
+            Dst::U8(p, q) => *p.add(i) = q.quantize(y),
+        }
+    }
 }
 
 /// Output row `oy` (`g.w_out * p.c` values, NHWC).
 pub fn stem_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: &mut [f32]) {
-    run_row(p, img, oy, g, act, None, out)
-}
-
-/// [`stem_row`] quantised in the kernel's epilogue: `out` holds the u8 codes of `q` as f32
-/// values, the same as [`crate::qgemm::quantize_row_grid`] of [`stem_row`]'s output (the int8
-/// network's expanded rows), without the second pass over the row.
-pub fn stem_row_grid(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, q: QParams, out: &mut [f32]) {
-    run_row(p, img, oy, g, act, Some(q), out)
-}
-
-fn run_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, grid: Option<QParams>, out: &mut [f32]) {
-    assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
     assert!(out.len() >= g.w_out * p.c, "output row too short");
+    run_row(p, img, oy, g, act, Dst::F32(out.as_mut_ptr()))
+}
+
+/// [`stem_row`] quantised in the kernel's epilogue: `out` holds the u8 codes of `q`, the same
+/// as [`crate::qgemm::quantize_row`] of [`stem_row`]'s output (the int8 network's first
+/// expanded rows), without a second pass over the row.
+pub fn stem_row_u8(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, q: QParams, out: &mut [u8]) {
+    assert!(out.len() >= g.w_out * p.c, "output row too short");
+    run_row(p, img, oy, g, act, Dst::U8(out.as_mut_ptr(), q))
+}
+
+/// The row into `out`, whose length the caller checked.
+fn run_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: Dst) {
+    assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
     assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
-    let args = Args { img, oy, g, act, grid, out: out.as_mut_ptr() };
+    let args = Args { img, oy, g, act, out };
     // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
     // that this CPU runs it.
     unsafe { (p.kernel.run)(&args, p) }
@@ -384,10 +408,10 @@ mod tests {
         eprintln!("bf16 stem kernels tested: {tested:?}");
     }
 
-    /// The quantising epilogue gives the codes `quantize_row_grid` gives for the row, bit for
-    /// bit, on every kernel (f32 and bf16) and both layouts, zero point and saturation included.
+    /// The quantising epilogue gives the codes `quantize_row` gives for the row, on every
+    /// kernel (f32 and bf16) and both layouts, zero point and saturation included.
     #[test]
-    fn grid_rows_are_the_quantised_rows() {
+    fn u8_rows_are_the_quantised_rows() {
         let tier = *Tier::host().last().expect("scalar");
         for kern in KERNELS.iter().chain(KERNELS_BF16).filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
             for shape in [(9, 11, 17, 1, 1, 1, 1), (4, 224, 32, 1, 1, 1, 1), (7, 33, 48, 1, 1, 1, 1)] {
@@ -399,16 +423,16 @@ mod tests {
                 ] {
                     for layout in [Layout::Nchw, Layout::Nhwc] {
                         let values = case.run(&p, layout, act);
-                        let mut want = vec![0.0; values.len()];
-                        crate::qgemm::quantize_row_grid(tier, &values, &mut want, q);
+                        let mut want = vec![0u8; values.len()];
+                        crate::qgemm::quantize_row(tier, &values, &mut want, q);
                         let data = if layout == Layout::Nchw { &case.nchw } else { &case.nhwc };
                         let img = Image { data, h: shape.0, w: shape.1, layout };
                         let row = case.g.out_w * shape.2;
-                        let mut got = vec![f32::NAN; values.len()];
+                        let mut got = vec![0xa5u8; values.len()];
                         for oy in 0..case.g.out_h {
-                            stem_row_grid(&p, img, oy, case.sg, act, q, &mut got[oy * row..(oy + 1) * row]);
+                            stem_row_u8(&p, img, oy, case.sg, act, q, &mut got[oy * row..(oy + 1) * row]);
                         }
-                        assert!(want.contains(&255.0) && want.contains(&0.0), "{shape:?} {q:?}");
+                        assert!(want.contains(&255) && want.contains(&0), "{shape:?} {q:?}");
                         assert_eq!(got, want, "{} {layout:?} {shape:?} {q:?}", kern.name);
                     }
                 }

@@ -31,10 +31,8 @@ pub(crate) fn row(args: &Args, p: &PackedStem) {
             }
         }
         for (co, v) in acc.iter().enumerate() {
-            let y = args.act.apply(*v);
-            let y = args.grid.map_or(y, |q| q.quantize(y) as f32);
             // SAFETY: stem_row checked that out holds w_out * c values.
-            unsafe { *args.out.add(x * c + co) = y };
+            unsafe { args.out.put(x * c + co, args.act.apply(*v)) };
         }
     }
 }
@@ -79,10 +77,8 @@ pub(crate) fn row_bf16(args: &Args, p: &PackedStem) {
                     acc += tap(2 * q) * weight(ky, 2 * q, co);
                 }
             }
-            let y = args.act.apply(acc);
-            let y = args.grid.map_or(y, |q| q.quantize(y) as f32);
             // SAFETY: stem_row checked that out holds w_out * c values.
-            unsafe { *args.out.add(x * c + co) = y };
+            unsafe { args.out.put(x * c + co, args.act.apply(acc)) };
         }
     }
 }

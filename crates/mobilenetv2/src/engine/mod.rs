@@ -168,7 +168,7 @@ impl Engine {
             let quant = model.quant.as_ref().filter(|_| precision == Precision::Int8);
             let fast: Box<dyn fast::Runner> = match quant {
                 Some(q) => {
-                    let net = fast::QNet::<u8>::new(plan, folded, q, isa)?;
+                    let net = fast::QNet::new(plan, folded, q, isa)?;
                     let head = Engine::head(plan, folded, isa, false)?;
                     Box::new(fast::FastEngine::new(net, head, threads, streaming))
                 }

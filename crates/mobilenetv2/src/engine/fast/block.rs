@@ -131,8 +131,8 @@ pub(super) fn band<N: Net>(
 
 /// Output pixels `out.window_rows()` (rows of `g.cout` values) of pixel-split block `k`
 /// (see [`Geo::pixels`]): the depthwise rows covering them into `band`, from the expanded
-/// tensor `hidden` (whole, as activations: u8 codes in the int8 network, a quarter of the
-/// bytes of its f32-held ring rows), then the projection of those pixels, with the block
+/// tensor `hidden` (whole, as activations: u8 codes in the int8 network), then the
+/// projection of those pixels, with the block
 /// input `input` (whole) added if the block has a residual.
 pub(super) fn pixels<N: Net>(
     net: &N,

@@ -102,7 +102,6 @@ impl Net for F32Net {
     type H = f32;
     const POOLS_IN_EPILOGUE: bool = false;
     const DW_STAGING: bool = false;
-    const DW_INPUT_STAGING: bool = false;
 
     fn isa(&self) -> Isa {
         self.isa

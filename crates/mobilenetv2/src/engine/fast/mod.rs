@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use mnv2_kernels::aligned::Zeroable;
-use mnv2_kernels::dwconv::DwRow;
+use mnv2_kernels::dwconv::{staging_bytes_u8, DwRow};
 use mnv2_kernels::stem::{Image, Layout, StemGeom};
 use mnv2_kernels::{AlignedVec, Isa, MinMax};
 
@@ -145,9 +145,8 @@ fn check_structure(plan: &Plan) -> Result<()> {
 }
 
 /// A network compiled for the fused executor: what each stage computes, on activations of
-/// element `T` (f32, or u8 for int8) and expanded rows of element `H` (the int8 network may
-/// hold its u8 values as f32 there: the depthwise conv reads each value up to nine times).
-/// The executor owns the order, the bands, the buffers and threads.
+/// element `T` (f32, or u8 for int8) and expanded rows of element `H` (the same, in the
+/// networks so far). The executor owns the order, the bands, the buffers and threads.
 pub(crate) trait Net: Send + Sync {
     /// Activation element (block inputs and outputs, depthwise outputs).
     type T: Zeroable + Default;
@@ -160,10 +159,9 @@ pub(crate) trait Net: Send + Sync {
     fn splits_by_pixels(&self) -> bool {
         false
     }
-    /// The depthwise kernel widens its u8 input rows into a per-thread f32 staging area of
-    /// 3 rows x 16 channels (for rows of `H`, and for rows of `T` in [`Net::dw_row_input`]).
+    /// The depthwise kernel stages its u8 input rows in a per-thread area
+    /// ([`mnv2_kernels::dwconv::staging_bytes_u8`]).
     const DW_STAGING: bool;
-    const DW_INPUT_STAGING: bool;
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out`; `scratch` holds one f32 row.
@@ -446,13 +444,15 @@ impl<N: Net> FastEngine<N> {
         let (t, h) = (size_of::<N::T>(), size_of::<N::H>());
         let chain_hidden: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).0).sum();
         let chain_out: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).1).sum();
-        // f32 in every network: the last conv band, the stem row, the pooled sums, the
-        // depthwise staging of u8 rows.
+        // f32 in every network: the last conv band, the stem row, the pooled sums; and the
+        // depthwise kernels' staging of u8 rows.
         let last_band = if N::POOLS_IN_EPILOGUE { 0 } else { s.last_band };
-        let stages = N::DW_STAGING || (N::DW_INPUT_STAGING && !s.stem_fused);
-        let staging = if stages { 3 * s.geos.iter().map(|g| g.w_in).max().unwrap_or(0) * 16 } else { 0 };
-        let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c + staging;
-        let per_thread = h * (chain_hidden + s.ring_len) + t * (chain_out + s.band_len) + 4 * f32_values;
+        let staging = match N::DW_STAGING {
+            true => s.geos.iter().map(|g| staging_bytes_u8(g.w_in, g.stride, g.dilation)).max().unwrap_or(0),
+            false => 0,
+        };
+        let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c;
+        let per_thread = h * (chain_hidden + s.ring_len) + t * (chain_out + s.band_len) + 4 * f32_values + staging;
         // A head's backbone tensors (f32, whole) and the head's own live tensors.
         let head = match (&s.taps, &self.head) {
             (Some(taps), Some(head)) => {

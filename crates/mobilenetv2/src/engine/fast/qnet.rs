@@ -7,16 +7,11 @@
 //! multiplies in f32, with its weights on the int8 grid the file stores; the depthwise convs
 //! sum u8 values times int8 weights exactly (`mnv2_kernels::dwconv`).
 
-use std::marker::PhantomData;
-
-use mnv2_kernels::aligned::Zeroable;
-use mnv2_kernels::dwconv::{dwconv_row_f32_u8, dwconv_row_u8, DwRow, PackedDw};
+use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
 use std::ops::Range;
 
-use mnv2_kernels::qgemm::{
-    qgemm, qgemm_panels, quantize_row, quantize_row_grid, quantize_weights, PackedQGemm, QOut, QParams, QResidual,
-};
-use mnv2_kernels::stem::{stem_row, stem_row_grid, Image, PackedStem, StemGeom};
+use mnv2_kernels::qgemm::{qgemm, qgemm_panels, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
+use mnv2_kernels::stem::{stem_row_u8, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::{check_structure, minmax, Net, TapAt};
@@ -24,60 +19,6 @@ use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
 use crate::plan::{Activation, ConvKind, Head, Plan, Role};
 use crate::qscheme::QuantSpec;
-
-/// How the int8 network holds its expanded rows: u8 (both modes), or the same u8 values as
-/// f32 (what fast mode ran until the VNNI depthwise made u8 rows faster). Both give the same
-/// bytes downstream.
-pub(crate) trait RingElem: Zeroable + Default {
-    /// The depthwise kernel stages u8 rows into f32 itself.
-    const STAGED: bool;
-    /// The stem's quantised row straight into `out` (in the stem kernel's epilogue); false
-    /// when this element needs the f32 row and [`RingElem::stem`].
-    fn stem_direct(_: &PackedStem, _: Image, _: usize, _: StemGeom, _: MinMax, _: QParams, _: &mut [Self]) -> bool {
-        false
-    }
-    fn stem(tier: Tier, row: &[f32], out: &mut [Self], q: QParams);
-    fn qout(c: &mut [Self], ldc: usize, q: QParams) -> QOut<'_>;
-    fn dw(w: &PackedDw, rows: [Option<&[Self]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams);
-}
-
-impl RingElem for u8 {
-    const STAGED: bool = true;
-    fn stem(tier: Tier, row: &[f32], out: &mut [u8], q: QParams) {
-        quantize_row(tier, row, out, q);
-    }
-    fn qout(c: &mut [u8], ldc: usize, q: QParams) -> QOut<'_> {
-        QOut::U8 { c, ldc, q }
-    }
-    fn dw(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams) {
-        dwconv_row_u8(w, rows, g, act, out, q);
-    }
-}
-
-impl RingElem for f32 {
-    const STAGED: bool = false;
-    fn stem_direct(
-        p: &PackedStem,
-        img: Image,
-        oy: usize,
-        g: StemGeom,
-        act: MinMax,
-        q: QParams,
-        out: &mut [f32],
-    ) -> bool {
-        stem_row_grid(p, img, oy, g, act, q, out);
-        true
-    }
-    fn stem(tier: Tier, row: &[f32], out: &mut [f32], q: QParams) {
-        quantize_row_grid(tier, row, out, q);
-    }
-    fn qout(c: &mut [f32], ldc: usize, q: QParams) -> QOut<'_> {
-        QOut::GridF32 { c, ldc, q }
-    }
-    fn dw(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [u8], q: QParams) {
-        dwconv_row_f32_u8(w, rows, g, act, out, q);
-    }
-}
 
 /// Weights `[k][n]` rounded to the int8 grid of their output channel (`q * scale`).
 fn int8_grid(w: &[f32], k: usize, n: usize) -> Vec<f32> {
@@ -97,8 +38,7 @@ struct Block {
     output: QParams,
 }
 
-pub(crate) struct QNet<H> {
-    ring: PhantomData<H>,
+pub(crate) struct QNet {
     isa: Isa,
     /// The tier every kernel call runs on.
     tier: Tier,
@@ -113,9 +53,9 @@ pub(crate) struct QNet<H> {
     classifier: Option<PackedQGemm>,
 }
 
-impl<H: RingElem> QNet<H> {
+impl QNet {
     /// Quantises and packs the folded weights of `plan`'s layers (taking them out of `folded`).
-    pub fn new(plan: &Plan, folded: &mut FoldedLayers, spec: &QuantSpec, isa: Isa) -> Result<QNet<H>> {
+    pub fn new(plan: &Plan, folded: &mut FoldedLayers, spec: &QuantSpec, isa: Isa) -> Result<QNet> {
         check_structure(plan)?;
         let tier =
             Tier::new(isa).ok_or_else(|| Error::Unsupported(format!("this CPU cannot run {} kernels", isa.name())))?;
@@ -179,7 +119,7 @@ impl<H: RingElem> QNet<H> {
             _ => None,
         };
         let isa = blocks.last().map_or(isa, |b| b.project.0.isa());
-        Ok(QNet { ring: PhantomData, isa, tier, stem, stem_q, blocks, last, pooled, classifier })
+        Ok(QNet { isa, tier, stem, stem_q, blocks, last, pooled, classifier })
     }
 
     fn last(&self) -> &(PackedQGemm, MinMax) {
@@ -191,24 +131,11 @@ impl<H: RingElem> QNet<H> {
     }
 }
 
-impl<H> QNet<H> {
-    /// Stem output row `oy`, quantised into `out` (u8 codes, or the same codes as f32).
-    fn stem_into<E: RingElem>(&self, img: Image, oy: usize, g: StemGeom, out: &mut [E], scratch: &mut [f32]) {
-        if E::stem_direct(&self.stem.0, img, oy, g, self.stem.1, self.stem_q, out) {
-            return;
-        }
-        let row = &mut scratch[..out.len()];
-        stem_row(&self.stem.0, img, oy, g, self.stem.1, row);
-        E::stem(self.tier, row, out, self.stem_q);
-    }
-}
-
-impl<H: RingElem> Net for QNet<H> {
+impl Net for QNet {
     type T = u8;
-    type H = H;
+    type H = u8;
     const POOLS_IN_EPILOGUE: bool = true;
-    const DW_STAGING: bool = H::STAGED;
-    const DW_INPUT_STAGING: bool = true;
+    const DW_STAGING: bool = true;
 
     fn isa(&self) -> Isa {
         self.isa
@@ -228,23 +155,23 @@ impl<H: RingElem> Net for QNet<H> {
         v
     }
 
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [H], scratch: &mut [f32]) {
-        self.stem_into(img, oy, g, out, scratch);
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], _: &mut [f32]) {
+        stem_row_u8(&self.stem.0, img, oy, g, self.stem.1, self.stem_q, out);
     }
 
     fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
-        self.stem_into(img, oy, g, out, scratch);
+        self.stem_row(img, oy, g, out, scratch);
     }
 
-    fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [H], ldc: usize) {
+    fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
         let b = &self.blocks[k];
         let w = b.expand.as_ref().expect("block has an expand conv");
-        qgemm(m, a, lda, w, H::qout(out, ldc, b.hidden), MinMax::RELU6, None);
+        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
     }
 
-    fn dw_row(&self, k: usize, rows: [Option<&[H]>; 3], g: DwRow, out: &mut [u8]) {
+    fn dw_row(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
         let b = &self.blocks[k];
-        H::dw(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
+        dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
     }
 
     /// Only the first block when the stem is not fused into it (its output feeds a residual):
