@@ -4,8 +4,10 @@
 //! runs on registers. For u8 outputs it works in the output's quantised units (scale, bias,
 //! zero points and clamp bounds folded per call, see `mod.rs`): convert, one FMA, clamp,
 //! residual (one FMA), round, saturate, masked store; without a residual the clamp bounds
-//! are cut to the codes 0..=255 and the rounded value needs no clamp of its own. For f32
-//! outputs it computes real values.
+//! are cut to the codes 0..=255 and the rounded value needs no clamp of its own; a row of a
+//! 32-column tile then packs both vectors with unsigned saturation (`vpackusdw`,
+//! `vpackuswb`, one `vpermd` back to column order) into one 32-byte store. For f32 outputs it
+//! computes real values.
 //!
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
 //! of the panel width) runs a narrower tile over the same packing: 24 columns (three ymm
@@ -45,6 +47,11 @@ struct Panel {
     /// `qlo..qhi` within the codes `0..=255` (outputs without a residual).
     code_lo: __m512,
     code_hi: __m512,
+    /// u8 outputs without a residual of a 32-column tile take [`Panel::pack32`]: no value
+    /// of `acc * qmul + qbias` can leave the i32 range, whatever the sums.
+    packs: bool,
+    /// The code bounds, rounded, as bytes (for [`Panel::pack32`]), unless they are 0 and 255.
+    byte_bounds: Option<(__m512i, __m512i)>,
 }
 
 impl Panel {
@@ -63,6 +70,28 @@ impl Panel {
             x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, self.rz)), self.rs, x);
         }
         x
+    }
+
+    /// Epilogue of one row of a 32-column tile with u8 outputs and no residual: both vectors
+    /// rounded to i32, packed with unsigned saturation to 0..=255 (rounding is monotonic, so
+    /// this is the code of the value clamped first, as [`Panel::finish`] computes it), the
+    /// bytes put back in column order, one store.
+    ///
+    /// # Safety
+    /// As [`Panel::finish`]; `self.packs`.
+    #[inline(always)]
+    unsafe fn pack32(&self, acc: [__m512i; 2], args: &Args, row: usize, col: usize) {
+        let q: [__m512i; 2] = std::array::from_fn(|v| {
+            _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[v]), self.qmul[v], self.qbias[v]))
+        });
+        // Lane l holds columns 4l..4l+4 of each vector: dword 4l (first vector), 4l + 1.
+        let b = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]), _mm512_setzero_si512());
+        let mut b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), b);
+        if let Some((lo, hi)) = self.byte_bounds {
+            b = _mm512_min_epu8(_mm512_max_epu8(b, lo), hi);
+        }
+        let mask = self.mask[0] as u32 | (self.mask[1] as u32) << 16;
+        _mm256_mask_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, _mm512_castsi512_si256(b));
     }
 
     /// Epilogue of one accumulator vector, stored at `c` (u8 or f32).
@@ -168,6 +197,12 @@ unsafe fn tile<const MR: usize, const W: usize>(p: &Panel, args: &Args, i0: usiz
         }
         return;
     }
+    if W == 32 && p.packs && !args.f32_out && args.r.is_null() {
+        for i in 0..MR {
+            p.pack32([acc0[i], acc1[i]], args, i0 + i, n0);
+        }
+        return;
+    }
     for i in 0..MR {
         p.finish(acc0[i], 0, args, i0 + i, n0);
         if nv == 2 {
@@ -224,6 +259,16 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             qrs: _mm512_set1_ps(f.rs),
             code_lo: _mm512_set1_ps(f.lo.max(0.0)),
             code_hi: _mm512_set1_ps(f.hi.min(255.0)),
+            packs: {
+                // |sum| <= k * 255 * 128; the products stay far inside f32's integers.
+                let big =
+                    |v: [__m512; 2]| v.iter().map(|x| _mm512_reduce_max_ps(_mm512_abs_ps(*x))).fold(0f32, f32::max);
+                (k as f32 * 255.0 * 128.0) * big(qmul) + big(qbias) < 1e9
+            },
+            byte_bounds: {
+                let (lo, hi) = (f.lo.max(0.0).round_ties_even(), f.hi.min(255.0).round_ties_even());
+                (lo > 0.0 || hi < 255.0).then(|| (_mm512_set1_epi8(lo as u8 as i8), _mm512_set1_epi8(hi as u8 as i8)))
+            },
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
