@@ -47,8 +47,9 @@ struct Panel {
     /// `qlo..qhi` within the codes `0..=255` (outputs without a residual).
     code_lo: __m512,
     code_hi: __m512,
-    /// u8 outputs without a residual of a 32-column tile take [`Panel::pack32`]: no value
-    /// of `acc * qmul + qbias` can leave the i32 range, whatever the sums.
+    /// u8 outputs of a 32-column tile take [`Panel::pack32`]: no value of
+    /// `acc * qmul + qbias` (plus the residual's term) can leave the i32 range, whatever the
+    /// sums, and there is no residual or no activation (whose clamp comes before it).
     packs: bool,
     /// The code bounds, rounded, as bytes (for [`Panel::pack32`]), unless they are 0 and 255.
     byte_bounds: Option<(__m512i, __m512i)>,
@@ -72,17 +73,23 @@ impl Panel {
         x
     }
 
-    /// Epilogue of one row of a 32-column tile with u8 outputs and no residual: both vectors
-    /// rounded to i32, packed with unsigned saturation to 0..=255 (rounding is monotonic, so
-    /// this is the code of the value clamped first, as [`Panel::finish`] computes it), the
-    /// bytes put back in column order, one store.
+    /// Epilogue of one row of a 32-column tile with u8 outputs: both vectors (plus the
+    /// residual, if any) rounded to i32, packed with unsigned saturation to 0..=255 (rounding
+    /// is monotonic, so this is the code of the value clamped first, as [`Panel::finish`]
+    /// computes it), the bytes put back in column order, one store.
     ///
     /// # Safety
     /// As [`Panel::finish`]; `self.packs`.
     #[inline(always)]
     unsafe fn pack32(&self, acc: [__m512i; 2], args: &Args, row: usize, col: usize) {
         let q: [__m512i; 2] = std::array::from_fn(|v| {
-            _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[v]), self.qmul[v], self.qbias[v]))
+            let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[v]), self.qmul[v], self.qbias[v]);
+            if !args.r.is_null() {
+                let r = args.r.add(row * args.ldr + col + 16 * v) as *const i8;
+                let r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(self.mask[v], r));
+                x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), self.qrs, x);
+            }
+            _mm512_cvtps_epi32(x)
         });
         // Lane l holds columns 4l..4l+4 of each vector: dword 4l (first vector), 4l + 1.
         let b = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]), _mm512_setzero_si512());
@@ -197,7 +204,7 @@ unsafe fn tile<const MR: usize, const W: usize>(p: &Panel, args: &Args, i0: usiz
         }
         return;
     }
-    if W == 32 && p.packs && !args.f32_out && args.r.is_null() {
+    if W == 32 && p.packs && !args.f32_out {
         for i in 0..MR {
             p.pack32([acc0[i], acc1[i]], args, i0 + i, n0);
         }
@@ -263,7 +270,9 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
                 // |sum| <= k * 255 * 128; the products stay far inside f32's integers.
                 let big =
                     |v: [__m512; 2]| v.iter().map(|x| _mm512_reduce_max_ps(_mm512_abs_ps(*x))).fold(0f32, f32::max);
-                (k as f32 * 255.0 * 128.0) * big(qmul) + big(qbias) < 1e9
+                let bound = (k as f32 * 255.0 * 128.0) * big(qmul) + big(qbias) + 255.0 * f.rs.abs();
+                let no_act = args.act.min == f32::NEG_INFINITY && args.act.max == f32::INFINITY;
+                bound < 1e9 && (args.r.is_null() || no_act)
             },
             byte_bounds: {
                 let (lo, hi) = (f.lo.max(0.0).round_ties_even(), f.hi.min(255.0).round_ties_even());
