@@ -3,30 +3,40 @@
 
 use super::{Args, Elem, PackedDw, Requant};
 
+/// Calls `f(pixel, weights)` for each tap of output pixel `x` inside the input: the input
+/// pixel's `w.c` values and the tap's weights, row by row.
+///
+/// # Safety
+/// `args` must describe valid rows for `w` (checked by `dwconv_row_any`).
+#[inline(always)]
+unsafe fn taps<I, O>(args: &Args<I, O>, w: &PackedDw, x: usize, mut f: impl FnMut(*const I, &[f32])) {
+    let (g, c) = (args.g, w.c);
+    for (ky, &row) in args.rows.iter().enumerate() {
+        if row.is_null() {
+            continue;
+        }
+        for kx in 0..3 {
+            let ix = (x * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
+            if ix < 0 || ix as usize >= g.w_in {
+                continue;
+            }
+            f(row.add(ix as usize * c), &w.weights[(ky * 3 + kx) * w.c_pad..][..c]);
+        }
+    }
+}
+
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`).
 pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
-    let g = args.g;
     let c = w.c;
     let mut acc = vec![0f32; c];
-    for x in 0..g.w_out {
+    for x in 0..args.g.w_out {
         acc.copy_from_slice(&w.bias[..c]);
-        for (ky, &row) in args.rows.iter().enumerate() {
-            if row.is_null() {
-                continue;
+        taps(args, w, x, |px, wt| {
+            for ch in 0..c {
+                acc[ch] = (*px.add(ch)).to_f32().mul_add(wt[ch], acc[ch]);
             }
-            for kx in 0..3 {
-                let ix = (x * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
-                if ix < 0 || ix as usize >= g.w_in {
-                    continue;
-                }
-                let px = row.add(ix as usize * c);
-                let wt = &w.weights[(ky * 3 + kx) * w.c_pad..][..c];
-                for ch in 0..c {
-                    acc[ch] = (*px.add(ch)).to_f32().mul_add(wt[ch], acc[ch]);
-                }
-            }
-        }
+        });
         let o = args.out.add(x * c);
         for (ch, v) in acc.iter().enumerate() {
             *o.add(ch) = O::from_f32(args.act.apply(*v), args.out_q);
@@ -41,28 +51,16 @@ pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
 /// [`PackedDw::quantized_for`].
 pub(crate) unsafe fn row_q(args: &Args<u8, u8>, w: &PackedDw) {
-    let g = args.g;
     let c = w.c;
     let rq = Requant::new(args.act, args.out_q);
     let mut acc = vec![0i32; c];
-    for x in 0..g.w_out {
+    for x in 0..args.g.w_out {
         acc.fill(0);
-        for (ky, &row) in args.rows.iter().enumerate() {
-            if row.is_null() {
-                continue;
+        taps(args, w, x, |px, wt| {
+            for ch in 0..c {
+                acc[ch] += *px.add(ch) as i32 * wt[ch] as i32;
             }
-            for kx in 0..3 {
-                let ix = (x * g.stride + kx * g.dilation) as isize - g.pad_left as isize;
-                if ix < 0 || ix as usize >= g.w_in {
-                    continue;
-                }
-                let px = row.add(ix as usize * c);
-                let wt = &w.weights[(ky * 3 + kx) * w.c_pad..][..c];
-                for ch in 0..c {
-                    acc[ch] += *px.add(ch) as i32 * wt[ch] as i32;
-                }
-            }
-        }
+        });
         let o = args.out.add(x * c);
         for (ch, &a) in acc.iter().enumerate() {
             *o.add(ch) = rq.code(a as f32, rq.channel(w, ch));
