@@ -8,7 +8,7 @@
 //!
 //! int8 rows: u8 activations (zero point 0, as every depthwise input is a ReLU6 output) times
 //! int8 weights (per channel, [`PackedDw::quantized`]), summed exactly as integers; the
-//! epilogue ([`Requant`]) scales each sum to the output's codes. Exact sums make every int8
+//! epilogue (`Requant`) scales each sum to the output's codes. Exact sums make every int8
 //! kernel give the same bytes whatever its order of summation.
 //!
 //! Kernels: `dwconv_u8_minmax_3x3c64_avx512vnni` (64 channels at a time, the three rows of a
