@@ -53,7 +53,7 @@ pub(super) fn band<N: Net>(
     src: Src<N::T>,
     out: &mut RowsMut<N::T>,
     oy: Range<usize>,
-    hidden: &mut Hidden<N::H>,
+    hidden: &mut Hidden<N::T>,
     band: &mut [N::T],
     stem: &mut [f32],
 ) {
@@ -99,12 +99,12 @@ pub(super) fn band<N: Net>(
         let dst = &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row];
         match (ring, src) {
             (Some(ring), _) => {
-                let rows3: [Option<&[N::H]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| ring.rows(iy, iy + 1)));
+                let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| ring.rows(iy, iy + 1)));
                 net.dw_row(k, rows3, dwg, dst);
             }
             (None, Src::Rows(input)) => {
                 let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| input.rows(iy, iy + 1)));
-                net.dw_row_input(k, rows3, dwg, dst);
+                net.dw_row(k, rows3, dwg, dst);
             }
             (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
         }
@@ -156,7 +156,7 @@ pub(super) fn pixels<N: Net>(
             let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
             (iy >= 0 && (iy as usize) < g.h_in).then(|| ring.rows(iy as usize, iy as usize + 1))
         });
-        net.dw_row_input(k, rows3, dwg, &mut band[(y - y0) * band_row..(y - y0 + 1) * band_row]);
+        net.dw_row(k, rows3, dwg, &mut band[(y - y0) * band_row..(y - y0 + 1) * band_row]);
     }
     // The band holds whole rows: this thread's pixels start `skip` pixels in.
     let pixel = band_row / g.w_out;

@@ -99,7 +99,6 @@ impl F32Net {
 
 impl Net for F32Net {
     type T = f32;
-    type H = f32;
     const POOLS_IN_EPILOGUE: bool = false;
     const DW_STAGING: bool = false;
 
@@ -122,10 +121,6 @@ impl Net for F32Net {
 
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32], _: &mut [f32]) {
         stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
-    }
-
-    fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32], scratch: &mut [f32]) {
-        self.stem_row(img, oy, g, out, scratch)
     }
 
     fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
@@ -156,10 +151,6 @@ impl Net for F32Net {
         } else {
             dwconv_row(w, rows, g, *act, out);
         }
-    }
-
-    fn dw_row_input(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
-        self.dw_row(k, rows, g, out)
     }
 
     fn project(
@@ -200,10 +191,6 @@ impl Net for F32Net {
 
     fn classifier_panels(&self) -> (usize, usize) {
         (self.classifier().panels(), self.classifier().nr())
-    }
-
-    fn expand_act(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
-        self.expand(k, m, a, lda, out, ldc)
     }
 
     fn last_conv_rows(&self, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {

@@ -145,13 +145,11 @@ fn check_structure(plan: &Plan) -> Result<()> {
 }
 
 /// A network compiled for the fused executor: what each stage computes, on activations of
-/// element `T` (f32, or u8 for int8) and expanded rows of element `H` (the same, in the
-/// networks so far). The executor owns the order, the bands, the buffers and threads.
+/// element `T` (f32, or u8 for int8; the expanded rows too). The executor owns the order, the
+/// bands, the buffers and threads.
 pub(crate) trait Net: Send + Sync {
-    /// Activation element (block inputs and outputs, depthwise outputs).
+    /// Activation element (block inputs and outputs, expanded rows, depthwise outputs).
     type T: Zeroable + Default;
-    /// Element of the expanded rows (the stem's and the expand convs' outputs).
-    type H: Zeroable + Default;
     /// The last conv sums its rows in its epilogue (no scratch for its output rows).
     const POOLS_IN_EPILOGUE: bool;
     /// An image split across threads shares the small maps out by pixels (see
@@ -164,23 +162,21 @@ pub(crate) trait Net: Send + Sync {
     const DW_STAGING: bool;
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
-    /// Stem output row `oy` into `out`; `scratch` holds one f32 row.
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::H], scratch: &mut [f32]);
-    /// [`Net::stem_row`] as a materialised activation (the first block has an expand conv).
-    fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
-    /// The expand 1x1 conv of block `k` over `m` pixels.
-    fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::H], ldc: usize);
+    /// Stem output row `oy` into `out` (a ring row, or a materialised activation when the
+    /// first block has an expand conv); `scratch` holds one f32 row.
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
+    /// The expand 1x1 conv of block `k` over `m` pixels (into ring rows, or into the expanded
+    /// tensor materialised whole because a head or a pixel split reads it).
+    fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
     /// Slots of `T` that one depthwise output row of `len` values takes in the band (the
     /// rows [`Net::dw_row`] writes and [`Net::project`] reads): `len` unless the net packs
     /// them (bf16 values, two per f32 slot).
     fn band_row(&self, _k: usize, len: usize) -> usize {
         len
     }
-    /// One output row of block `k`'s depthwise conv, from expanded rows.
-    fn dw_row(&self, k: usize, rows: [Option<&[Self::H]>; 3], g: DwRow, out: &mut [Self::T]);
-    /// One output row of block `k`'s depthwise conv from its input rows (a block without an
-    /// expand conv that the stem does not feed directly).
-    fn dw_row_input(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
+    /// One output row of block `k`'s depthwise conv, from expanded rows (or from its input
+    /// rows: a block without an expand conv that the stem does not feed directly).
+    fn dw_row(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
     /// The projection of block `k` over `m` pixels, with the block input added if `res`.
     #[allow(clippy::too_many_arguments)]
     fn project(
@@ -200,9 +196,6 @@ pub(crate) trait Net: Send + Sync {
     fn classify(&self, pooled: &[f32], out: &mut [f32], panels: Range<usize>);
     /// (number, width) of the classifier's column panels.
     fn classifier_panels(&self) -> (usize, usize);
-    /// The expand 1x1 conv of block `k` over `m` pixels into activation rows (the expanded
-    /// tensor materialised whole because a head reads it).
-    fn expand_act(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
     /// The last 1x1 conv over `m` pixels, its outputs (real units) into `out` (row stride `ldc`).
     fn last_conv_rows(&self, m: usize, a: &[Self::T], lda: usize, out: &mut [f32], ldc: usize);
     /// Activation values of a tapped tensor in real units.
@@ -210,8 +203,8 @@ pub(crate) trait Net: Send + Sync {
 }
 
 /// Per-thread scratch.
-struct Scratch<T: Zeroable, H: Zeroable> {
-    ring: AlignedVec<H>,
+struct Scratch<T: Zeroable> {
+    ring: AlignedVec<T>,
     band: AlignedVec<T>,
     last: AlignedVec,
     stem: AlignedVec,
@@ -219,19 +212,19 @@ struct Scratch<T: Zeroable, H: Zeroable> {
 }
 
 /// Per chained block (streaming mode): its ring of expanded rows, the ring of its output rows.
-type ChainRings<T, H> = Vec<(AlignedVec<H>, AlignedVec<T>)>;
+type ChainRings<T> = Vec<(AlignedVec<T>, AlignedVec<T>)>;
 
 /// Buffers of one image in flight: the ping-pong block outputs, the side buffer of a team
 /// (see [`schedule::Geo::pixels`]) and the chain rings.
-struct Acts<T: Zeroable, H: Zeroable> {
+struct Acts<T: Zeroable> {
     x: AlignedVec<T>,
     y: AlignedVec<T>,
     side: AlignedVec<T>,
-    chain: ChainRings<T, H>,
+    chain: ChainRings<T>,
 }
 
-impl<T: Zeroable, H: Zeroable> Acts<T, H> {
-    fn new(s: &Schedule, side_len: usize) -> Acts<T, H> {
+impl<T: Zeroable> Acts<T> {
+    fn new(s: &Schedule, side_len: usize) -> Acts<T> {
         let chain = (0..s.chain)
             .map(|k| {
                 let (h, o) = s.chain_ring_lens(k);
@@ -292,18 +285,18 @@ pub(crate) struct FastEngine<N: Net> {
     head: Option<HeadNet>,
     streaming: bool,
     pool: Pool,
-    state: Mutex<Option<State<N::T, N::H>>>,
+    state: Mutex<Option<State<N::T>>>,
 }
 
-struct State<T: Zeroable, H: Zeroable> {
+struct State<T: Zeroable> {
     /// The schedule of an image run on one thread, and its phases (see [`phases`]).
     schedule: Schedule,
     phases: Vec<Phase>,
     /// The schedule of one image split across the pool's threads, and its phases (`None`
     /// with one thread).
     split: Option<(Schedule, Vec<Phase>)>,
-    scratch: Vec<Mutex<Scratch<T, H>>>,
-    acts: Vec<Mutex<Acts<T, H>>>,
+    scratch: Vec<Mutex<Scratch<T>>>,
+    acts: Vec<Mutex<Acts<T>>>,
     /// Per thread: its pooled sums, then its columns of the logits (two halves).
     slots: Mutex<Vec<f32>>,
 }
@@ -398,7 +391,7 @@ impl<N: Net> FastEngine<N> {
         FastEngine { net, head, streaming, pool: Pool::new(threads), state: Mutex::new(None) }
     }
 
-    fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T, N::H>>) -> &'a State<N::T, N::H> {
+    fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {
         let fits = matches!(guard, Some(s) if s.schedule.image == plan.input());
         if !fits {
             let schedule = Schedule::new(plan, self.streaming, 1);
@@ -441,7 +434,7 @@ impl<N: Net> FastEngine<N> {
             s.band_len = s.band_len.max(split.band_len);
             s.side_len = split.side_len;
         }
-        let (t, h) = (size_of::<N::T>(), size_of::<N::H>());
+        let t = size_of::<N::T>();
         let chain_hidden: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).0).sum();
         let chain_out: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).1).sum();
         // f32 in every network: the last conv band, the stem row, the pooled sums; and the
@@ -452,7 +445,7 @@ impl<N: Net> FastEngine<N> {
             false => 0,
         };
         let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c;
-        let per_thread = h * (chain_hidden + s.ring_len) + t * (chain_out + s.band_len) + 4 * f32_values + staging;
+        let per_thread = t * (chain_hidden + s.ring_len + chain_out + s.band_len) + 4 * f32_values + staging;
         // A head's backbone tensors (f32, whole) and the head's own live tensors.
         let head = match (&s.taps, &self.head) {
             (Some(taps), Some(head)) => {
@@ -507,7 +500,7 @@ impl<N: Net> FastEngine<N> {
                     let mut sc = st.scratch[tid].lock().unwrap();
                     let mut own = if tid == 0 { None } else { Some(st.acts[tid].lock().unwrap()) };
                     let first = if tid == 0 { chain0.lock().unwrap().take() } else { None };
-                    let chain: &mut ChainRings<N::T, N::H> = match (own.as_deref_mut(), first) {
+                    let chain: &mut ChainRings<N::T> = match (own.as_deref_mut(), first) {
                         (Some(a), _) => &mut a.chain,
                         (None, Some(c)) => c,
                         (None, None) => unreachable!("thread 0 has the first rings"),
@@ -600,7 +593,7 @@ impl<N: Net> FastEngine<N> {
                 // Each thread streams its own share of the chained blocks, in its own rings.
                 let mut own = if tid == 0 { None } else { Some(st.acts[tid].lock().unwrap()) };
                 let first = if tid == 0 { chain0.lock().unwrap().take() } else { None };
-                let chain: &mut ChainRings<N::T, N::H> = match (own.as_deref_mut(), first) {
+                let chain: &mut ChainRings<N::T> = match (own.as_deref_mut(), first) {
                     (Some(a), _) => &mut a.chain,
                     (None, Some(c)) => c,
                     (None, None) => unreachable!("thread 0 has the first rings"),
@@ -638,8 +631,8 @@ impl<N: Net> FastEngine<N> {
         sch: &Schedule,
         img: Image,
         turns: &mut Turns<N::T>,
-        chain_bufs: &mut ChainRings<N::T, N::H>,
-        sc: &mut Scratch<N::T, N::H>,
+        chain_bufs: &mut ChainRings<N::T>,
+        sc: &mut Scratch<N::T>,
         out: &mut [f32],
         taps: &mut [&mut [f32]],
         mut timer: Timer,
@@ -656,7 +649,7 @@ impl<N: Net> FastEngine<N> {
                 let rows = dst.window_rows();
                 let dst = dst.values_mut();
                 for (i, oy) in rows.enumerate() {
-                    net.stem_row_act(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
+                    net.stem_row(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
                 }
             });
             prev = Prev::Rows { row_len: len, cap: s.h };
@@ -710,7 +703,7 @@ impl<N: Net> FastEngine<N> {
                     let rows = out_rows.window_rows();
                     let a = &input[rows.start * in_len..rows.end * in_len];
                     let dst = out_rows.values_mut();
-                    net.expand_act(k, rows.len() * g.w_in, a, g.cin, dst, g.hidden);
+                    net.expand(k, rows.len() * g.w_in, a, g.cin, dst, g.hidden);
                     net.tap_values(TapAt::Expansion(k), dst, &mut taps[j][..]);
                 });
                 prev = Prev::Rows { row_len: g.w_in * g.hidden, cap: g.h_in };
@@ -722,7 +715,7 @@ impl<N: Net> FastEngine<N> {
                 debug_assert_eq!((in_len, cap), (g.w_in * g.cin, g.h_in));
                 turns.side(|input, mut hidden| {
                     let px = hidden.window_rows();
-                    net.expand_act(
+                    net.expand(
                         k,
                         px.len(),
                         &input[px.start * g.cin..px.end * g.cin],
@@ -821,7 +814,7 @@ impl<N: Net> FastEngine<N> {
     }
 
     /// Last 1x1 convolution over input pixels `pixels`, summed into `sc.pooled` band by band.
-    fn last_rows(&self, sch: &Schedule, input: &[N::T], pixels: Range<usize>, sc: &mut Scratch<N::T, N::H>) {
+    fn last_rows(&self, sch: &Schedule, input: &[N::T], pixels: Range<usize>, sc: &mut Scratch<N::T>) {
         let c = sch.last_in.c;
         let band = if N::POOLS_IN_EPILOGUE { pixels.len().max(1) } else { (sc.last.len() / sch.last_c).max(1) };
         let mut p0 = pixels.start;
@@ -839,7 +832,7 @@ struct Chain<'a, 'p, N: Net> {
     sch: &'a Schedule,
     /// Input of the first chained block.
     src: Src<'a, N::T>,
-    acts: &'a mut ChainRings<N::T, N::H>,
+    acts: &'a mut ChainRings<N::T>,
     band: &'a mut [N::T],
     stem: &'a mut [f32],
     next_out: Vec<usize>,

@@ -133,7 +133,6 @@ impl QNet {
 
 impl Net for QNet {
     type T = u8;
-    type H = u8;
     const POOLS_IN_EPILOGUE: bool = true;
     const DW_STAGING: bool = true;
 
@@ -159,10 +158,6 @@ impl Net for QNet {
         stem_row_u8(&self.stem.0, img, oy, g, self.stem.1, self.stem_q, out);
     }
 
-    fn stem_row_act(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], scratch: &mut [f32]) {
-        self.stem_row(img, oy, g, out, scratch);
-    }
-
     fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
         let b = &self.blocks[k];
         let w = b.expand.as_ref().expect("block has an expand conv");
@@ -170,13 +165,6 @@ impl Net for QNet {
     }
 
     fn dw_row(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
-        let b = &self.blocks[k];
-        dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
-    }
-
-    /// Only the first block when the stem is not fused into it (its output feeds a residual):
-    /// `QNet::new` refuses later blocks without an expand conv.
-    fn dw_row_input(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
         let b = &self.blocks[k];
         dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
     }
@@ -211,12 +199,6 @@ impl Net for QNet {
 
     fn classifier_panels(&self) -> (usize, usize) {
         (self.classifier().panels(), self.classifier().nr)
-    }
-
-    fn expand_act(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
-        let b = &self.blocks[k];
-        let w = b.expand.as_ref().expect("block has an expand conv");
-        qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
     }
 
     fn last_conv_rows(&self, m: usize, a: &[u8], lda: usize, out: &mut [f32], ldc: usize) {
