@@ -9,7 +9,7 @@
 //! would cost more than the multiply-adds. Instead the tile's three input rows are widened
 //! once into a small f32 staging area (16 channels per pixel, contiguous), and the f32 loop
 //! runs on that with the weights' integers: every partial sum is an integer below 2^24, so
-//! exact, and [`Epi::codes`] requantises it to u8 as it stores. Hosts with VNNI run
+//! exact, and [`Epi::store_codes`] requantises it to u8 as it stores. Hosts with VNNI run
 //! `avx512vnni`'s integer kernel on u8 rows instead (the same bytes).
 
 use std::arch::x86_64::*;
@@ -46,9 +46,7 @@ impl Epi {
         let (mut m, mut b, mut q_lo, mut q_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps(), 0, 255);
         if !w.scale.is_empty() {
             let rq = Requant::new(args.act, args.out_q);
-            let inv = _mm512_set1_ps(rq.inv);
-            m = _mm512_mul_ps(_mm512_load_ps(w.scale.as_ptr().add(ct)), inv);
-            b = _mm512_fmadd_ps(_mm512_load_ps(w.bias.as_ptr().add(ct)), inv, _mm512_set1_ps(rq.zero));
+            (m, b) = channels(&rq, w.scale.as_ptr().add(ct), w.bias.as_ptr().add(ct));
             (q_lo, q_hi) = (rq.lo, rq.hi);
         }
         Epi {
@@ -80,9 +78,21 @@ impl Epi {
     }
 }
 
+/// [`Requant::channel`] of 16 channels: their multipliers and addends from the scales and
+/// biases at `scale` and `bias` (64-byte aligned), lane by lane the same operations.
+///
+/// # Safety
+/// The CPU has AVX-512 F; both pointers are readable for 16 aligned f32.
+#[inline(always)]
+pub(super) unsafe fn channels(rq: &Requant, scale: *const f32, bias: *const f32) -> (__m512, __m512) {
+    let inv = _mm512_set1_ps(rq.inv);
+    (_mm512_mul_ps(_mm512_load_ps(scale), inv), _mm512_fmadd_ps(_mm512_load_ps(bias), inv, _mm512_set1_ps(rq.zero)))
+}
+
 /// Storing 16 channels of an output element type from the f32 sums of a tile.
 trait Out: Elem {
-    /// The sums' starting value: the bias (f32 outputs), or zero (int8: [`Epi::codes`] adds it).
+    /// The sums' starting value: the bias (f32 outputs), or zero (int8: [`Epi::store_codes`]
+    /// adds it).
     ///
     /// # Safety
     /// The CPU has AVX-512 F.
@@ -357,16 +367,6 @@ pub(crate) unsafe fn row(args: &Args<f32, f32>, w: &PackedDw) {
     row_f32(args, w)
 }
 
-/// u8 rows to u8 rows, widened into the staging area.
-///
-/// # Safety
-/// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
-/// `PackedDw::quantized_for`; the CPU must have AVX-512.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
-    staged_u8(args, w)
-}
-
 /// f32 rows to bf16 rows: the f32 kernel, its results rounded on store.
 ///
 /// # Safety
@@ -402,12 +402,13 @@ fn staging(len: usize) -> *mut f32 {
     })
 }
 
+/// u8 rows to u8 rows, widened into the staging area.
+///
 /// # Safety
-/// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
-/// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
-/// masks passed stay within them.
-#[inline(always)]
-unsafe fn staged_u8(args: &Args<u8, u8>, w: &PackedDw) {
+/// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
+/// `PackedDw::quantized_for`; the CPU must have AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     // Valid until this thread next asks for a larger staging area; nothing else uses it.

@@ -14,6 +14,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::avx512::channels;
 use super::{Args, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
 
 thread_local! {
@@ -32,8 +33,7 @@ struct Group {
     /// Weight quads `[kx][vector]`.
     w: [[__m512i; 4]; 3],
     /// Multiplier and addend into output codes, per vector.
-    m: [__m512; 4],
-    b: [__m512; 4],
+    mb: [(__m512, __m512); 4],
     /// The activation's bounds as codes, unless they are 0 and 255 (the packs' saturation).
     bounds: Option<(__m512i, __m512i)>,
 }
@@ -66,7 +66,7 @@ impl Group {
     #[inline(always)]
     unsafe fn store(&self, x: usize, acc: [__m512i; 4]) {
         let v: [__m512i; 4] = std::array::from_fn(|j| {
-            _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), self.m[j], self.b[j]))
+            _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), self.mb[j].0, self.mb[j].1))
         });
         let mut q = _mm512_packus_epi16(_mm512_packus_epi32(v[0], v[1]), _mm512_packus_epi32(v[2], v[3]));
         if let Some((lo, hi)) = self.bounds {
@@ -91,7 +91,6 @@ pub(crate) unsafe fn row(args: &Args<u8, u8>, w: &PackedDw) {
     // Byte `i` of every quad is row `i`'s.
     let keep = (0..3).filter(|&i| !args.rows[i].is_null()).fold(0u64, |k, i| k | 0x1111_1111_1111_1111 << i);
     let rq = Requant::new(args.act, args.out_q);
-    let inv = _mm512_set1_ps(rq.inv);
     let bounds =
         (rq.lo != 0 || rq.hi != 255).then(|| (_mm512_set1_epi8(rq.lo as i8), _mm512_set1_epi8(rq.hi as u8 as i8)));
     let span_max = (CHUNK - 1) * s + 2 * d + 1;
@@ -115,10 +114,9 @@ pub(crate) unsafe fn row(args: &Args<u8, u8>, w: &PackedDw) {
                         _mm512_maskz_mov_epi8(keep, _mm512_load_si512(p as *const _))
                     })
                 }),
-                m: std::array::from_fn(|j| _mm512_mul_ps(_mm512_load_ps(w.scale.as_ptr().add(vec(c_pad, j))), inv)),
-                b: std::array::from_fn(|j| {
-                    let b = _mm512_load_ps(w.scale.as_ptr().add(vec(c_pad + c_quad, j)));
-                    _mm512_fmadd_ps(b, inv, _mm512_set1_ps(rq.zero))
+                mb: std::array::from_fn(|j| {
+                    let at = |base: usize| w.scale.as_ptr().add(vec(base, j));
+                    channels(&rq, at(c_pad), at(c_pad + c_quad))
                 }),
                 bounds,
             };
