@@ -277,6 +277,52 @@ pub fn best() -> Isa {
     })
 }
 
+/// Whether this CPU runs a 512-bit vector instruction as two 256-bit halves, as AMD Zen 4
+/// (family 0x19) does. There a padded lane of a 512-bit FMA costs as much as a real one and a
+/// 256-bit FMA half as much, so a GEMM panel whose real columns fit in 24 of its 32 runs three
+/// ymm per row (the GEMMs' `panel_tile`). Zen 5 (family 0x1a) and Intel's AVX-512 cores
+/// issue 512-bit FMAs as fast as 256-bit ones, and there the 32-column tile, padding and all,
+/// is faster (measured in BENCHMARKS.md, stop 16). Detected once; `MNV2_SPLIT_512=1` or `=0`
+/// overrides it (for A/B timing: every tile gives the same bits).
+pub fn split_512() -> bool {
+    static SPLIT: OnceLock<bool> = OnceLock::new();
+    *SPLIT.get_or_init(|| match std::env::var("MNV2_SPLIT_512").ok().as_deref().map(str::trim) {
+        Some("1") => true,
+        Some("0") => false,
+        _ => amd_family() == Some(0x19) && Avx512::detect().is_some(),
+    })
+}
+
+/// The CPU family of an AMD CPU (base plus extended family, as AMD numbers them: 0x19 for
+/// Zen 3 and 4, 0x1a for Zen 5); `None` for other vendors.
+fn amd_family() -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // SAFETY: CPUID exists on every x86-64 CPU; leaves 0 and 1 always do.
+        #[allow(unused_unsafe)]
+        let (v, l1) = unsafe { (__cpuid(0), __cpuid(1)) };
+        let vendor: Vec<u8> = [v.ebx, v.edx, v.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        if vendor != b"AuthenticAMD" {
+            return None;
+        }
+        Some(family(l1.eax))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// The family in CPUID leaf 1's EAX: the base family, plus the extended family when the base
+/// is 0xf.
+fn family(eax: u32) -> u32 {
+    let base = (eax >> 8) & 0xf;
+    if base == 0xf {
+        base + ((eax >> 20) & 0xff)
+    } else {
+        base
+    }
+}
+
 /// Whether the bf16 kernels may be chosen: the CPU has AVX-512 BF16, the tier cap of
 /// [`best`] is AVX-512, and `MNV2_ISA` is unset or names `avx512bf16` (any other value lowers
 /// bf16 engines to the scalar twin).
@@ -326,6 +372,15 @@ fn skip_verdict(name: &str, needs: Needs, on_host: bool, require: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpuid_families() {
+        // EAX of leaf 1 on Zen 4 (EPYC 9004), Zen 5 (EPYC 9005) and a Sapphire Rapids Xeon.
+        assert_eq!(family(0x00a1_0f11), 0x19);
+        assert_eq!(family(0x00b0_0f21), 0x1a);
+        assert_eq!(family(0x0008_06f8), 6);
+        println!("this CPU: AMD family {:?}, split 512-bit: {}", amd_family(), split_512());
+    }
 
     #[test]
     fn a_skip_is_an_error_only_when_required() {

@@ -18,12 +18,15 @@ pub(crate) const MR16: usize = 24;
 pub(crate) const MR24: usize = 9;
 
 /// (columns, rows) of the tile a panel of `nr` packed columns runs when `cols` of them are
-/// real: the narrowest of 32, 24, 16 and 8 columns that covers them (a padded lane of a
-/// 512-bit instruction costs as much as a real one on Zen 4, a 256-bit one half).
+/// real: the narrowest of 32, 24, 16 and 8 columns that covers them. The 24-column tile (three
+/// ymm per row) only where `split` ([`crate::isa::split_512`]: a padded lane of a 512-bit
+/// instruction costs as much as a real one, a 256-bit one half); elsewhere 24 real columns run
+/// the 32-column tile, whose two zmm per row beat three ymm.
 #[inline(always)]
-pub(crate) fn panel_tile(cols: usize, nr: usize) -> (usize, usize) {
+pub(crate) fn panel_tile(cols: usize, nr: usize, split: bool) -> (usize, usize) {
     match cols {
         25.. => (32, MR32),
+        17..=24 if !split => (32, MR32),
         17..=24 => (24, MR24),
         9..=16 => (16, if nr == 32 { MR32 } else { MR16 }),
         _ => (8, if nr == 32 { MR32 } else { MR16 }),

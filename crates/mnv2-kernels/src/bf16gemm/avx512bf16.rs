@@ -4,8 +4,8 @@
 //! pair (32 bits) and 2*MR (or MR) `vdpbf16ps`, each two multiply-adds per lane: twice the
 //! f32 kernel's work per instruction. A is first rounded to bf16 pairs, once per call, into a
 //! per-thread scratch (`vcvtne2ps2bf16`). Column tails use masked stores; a 32-column panel
-//! with <= 24 (<= 16) real columns runs a 24-column (three ymm accumulators per row, 9 rows)
-//! or 16-column tile.
+//! with <= 24 (<= 16) real columns runs a 24-column (three ymm accumulators per row, 9 rows;
+//! only where [`crate::isa::split_512`], as on Zen 4) or 16-column tile.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -328,7 +328,7 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
                 lo: _mm512_set1_ps(args.act.min),
                 hi: _mm512_set1_ps(args.act.max),
             };
-            let narrow24 = nr == 32 && (17..=24).contains(&cols);
+            let narrow24 = w.split && nr == 32 && (17..=24).contains(&cols);
             let (count, base, extra) = tiles(args.m, if narrow24 { MR24 } else { mr });
             let mut i = 0;
             for t in 0..count {
@@ -338,7 +338,7 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
                 let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
                 // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections
                 // and the last panel of N = 144 expansions, skips its padding.
-                if nr == 32 && cols > 24 {
+                if nr == 32 && cols > 16 && !narrow24 {
                     by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r));
                 } else if narrow24 {
                     by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r));

@@ -164,6 +164,9 @@ pub struct PackedBf16Gemm {
     pub(crate) data: AlignedVec<u32>,
     /// `[panels * nr]`, f32.
     pub(crate) bias: AlignedVec<f32>,
+    /// Whether a panel with padding columns runs the 24-column tile ([`crate::isa::split_512`],
+    /// read when packing; every tile gives the same bits).
+    pub(crate) split: bool,
 }
 
 impl PackedBf16Gemm {
@@ -197,7 +200,7 @@ impl PackedBf16Gemm {
             }
         }
         b[..n].copy_from_slice(bias);
-        PackedBf16Gemm { k, n, nr, kernel, data, bias: b }
+        PackedBf16Gemm { k, n, nr, kernel, data, bias: b, split: crate::isa::split_512() }
     }
 
     /// Pairs of input channels (`k` rounded up to even, halved).
@@ -344,10 +347,13 @@ mod tests {
             for &(k, n) in &kns {
                 let w = vals(k as u64 * 31 + n as u64, k * n);
                 let b = vals(7 + n as u64, n);
-                let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
+                let mut p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
                 assert_eq!(p.kernel_name(), kern.name);
-                // Strided rows (rounded row by row) and contiguous ones (rounded as one run).
-                for (&m, lda) in ms.iter().flat_map(|m| [(m, k + 3), (m, k)]) {
+                // Strided rows (rounded row by row) and contiguous ones (rounded as one run),
+                // with the 24-column tile and without, whatever this CPU is.
+                let cases = ms.iter().flat_map(|m| [(m, k + 3), (m, k)]).flat_map(|c| [(c, false), (c, true)]);
+                for ((&m, lda), split) in cases {
+                    p.split = split;
                     let a = vals(m as u64, m * lda);
                     let r = vals(99, m * n);
                     for (act, res) in [
@@ -366,7 +372,7 @@ mod tests {
                             worst = worst.max(err / y.abs().max(1.0));
                             assert!(
                                 err <= f32::EPSILON * (k as f32).sqrt() * y.abs().max(1.0),
-                                "{} m={m} k={k} n={n}: {x} vs twin {y}",
+                                "{} m={m} k={k} n={n} split {split}: {x} vs twin {y}",
                                 kern.name
                             );
                         }

@@ -7,7 +7,9 @@
 //! of the panel width) runs a narrower tile over the same packing: <= 24 real columns of a
 //! 32-column panel three ymm per row ([`tile24`], 9 rows), <= 16 one zmm ([`tile16`]),
 //! <= 8 one ymm ([`tile8`], also for 16-column panels). On Zen 4 a 512-bit FMA takes both
-//! 256-bit pipes, so a padded lane costs as much as a real one; a ymm FMA costs half. Every
+//! 256-bit pipes, so a padded lane costs as much as a real one; a ymm FMA costs half. Where a
+//! 512-bit FMA is as fast as a ymm one (Zen 5, Intel), three ymm cost more than two zmm, and
+//! 24 real columns run [`tile32`] (the packing's `split`, from [`crate::isa::split_512`]). Every
 //! tile runs the same fused chain per output element (bias, one FMA per k in order, clamp,
 //! residual), so the width changes no bit.
 
@@ -201,7 +203,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
-        let (width, mr) = panel_tile(cols, nr);
+        let (width, mr) = panel_tile(cols, nr, w.split);
         let (count, base, extra) = tiles(args.m, mr);
         let mut i = 0;
         for t in 0..count {

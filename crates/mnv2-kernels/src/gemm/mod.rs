@@ -97,6 +97,9 @@ pub struct PackedGemm {
     pub(crate) data: AlignedVec,
     /// `[panels * nr]`.
     pub(crate) bias: AlignedVec,
+    /// Whether a panel with padding columns runs the 24-column tile ([`crate::isa::split_512`],
+    /// read when packing; every tile gives the same bits).
+    pub(crate) split: bool,
 }
 
 impl PackedGemm {
@@ -129,7 +132,7 @@ impl PackedGemm {
             }
         }
         b[..n].copy_from_slice(bias);
-        PackedGemm { k, n, nr, kernel, data, bias: b }
+        PackedGemm { k, n, nr, kernel, data, bias: b, split: crate::isa::split_512() }
     }
 
     /// Replaces the bias (`[n]`): a layer whose bias changes per call (DeepLab's projection,
@@ -325,16 +328,19 @@ mod tests {
     fn vector_kernels_are_bit_exact_for_every_last_panel_width() {
         // Every width of the last panel (1..=nr real columns, so the narrow tiles of a
         // 32-column panel with <= 24, <= 16, <= 8 columns), one to three panels, row counts
-        // around the tile height, with and without residual, whole and panel by panel: the
-        // same bits as the fused chain (so as every earlier version of the kernels).
-        for (tier, kern) in host_kernels().into_iter().filter(|(_, k)| k.needs != Needs::Scalar) {
+        // around the tile height, with and without residual, whole and panel by panel, with
+        // the 24-column tile and without (`split`, whatever this CPU is): the same bits as the
+        // fused chain (so as every earlier version of the kernels).
+        let vector = host_kernels().into_iter().filter(|(_, k)| k.needs != Needs::Scalar);
+        for ((tier, kern), split) in vector.flat_map(|tk| [(tk, false), (tk, true)]) {
             let (mr, nr) = (kern.mr, kern.nr);
             let ms = [1, mr - 1, mr, mr + 1, 2 * mr + 3, 49];
             for n in (1..=2 * nr + 8).chain([144, 24 + 2 * nr]) {
                 let k = if n % 2 == 0 { 24 } else { 7 };
                 let w = lcg(k as u64 * 31 + n as u64, k * n);
                 let b = lcg(7 + n as u64, n);
-                let p = PackedGemm::for_kernel(tier, kern, &w, k, n, &b);
+                let mut p = PackedGemm::for_kernel(tier, kern, &w, k, n, &b);
+                p.split = split;
                 for &m in &ms {
                     let lda = k + 1;
                     let a = lcg(m as u64 + 5, m * lda);
@@ -344,7 +350,7 @@ mod tests {
                         let mut c = vec![f32::NAN; m * n];
                         gemm(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
                         let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
-                        assert!(same, "{} m={m} k={k} n={n}: not the fused chain's bits", kern.name);
+                        assert!(same, "{} m={m} k={k} n={n} split {split}: not the fused chain's bits", kern.name);
                         let mut parts = vec![f32::NAN; m * n];
                         for q in 0..p.panels() {
                             gemm_panels(m, &a, lda, &p, &mut parts, n, act, res.map(|r| (r, n)), q..q + 1);

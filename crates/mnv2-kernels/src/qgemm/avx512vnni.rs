@@ -12,7 +12,8 @@
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
 //! of the panel width) runs a narrower tile over the same packing: 24 columns (three ymm
 //! `vpdpbusd` per row, 9 rows), 16 (one zmm) or 8 (one ymm). On Zen 4 a 512-bit instruction takes
-//! both 256-bit pipes, so a padded lane costs as much as a real one. The sums are exact
+//! both 256-bit pipes, so a padded lane costs as much as a real one; elsewhere (Zen 5, Intel)
+//! 24 columns run the 32-column tile ([`crate::isa::split_512`]). The sums are exact
 //! integers either way and the epilogue is the same, so the bytes are the same.
 
 use std::arch::x86_64::*;
@@ -281,7 +282,7 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
-        let (width, mr) = panel_tile(cols, nr);
+        let (width, mr) = panel_tile(cols, nr, w.split);
         let (count, base, extra) = tiles(args.m, mr);
         let mut i = 0;
         for t in 0..count {

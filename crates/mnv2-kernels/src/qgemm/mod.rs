@@ -142,6 +142,9 @@ pub struct PackedQGemm {
     /// `scale_a * w_scale[n]`, `[panels * nr]`.
     pub(crate) mul: AlignedVec<f32>,
     pub(crate) bias: AlignedVec<f32>,
+    /// Whether a panel with padding columns runs the 24-column tile ([`crate::isa::split_512`],
+    /// read when packing; every tile gives the same bits).
+    pub(crate) split: bool,
 }
 
 /// Per output channel symmetric quantisation of `[k][n]` weights: (q `[k][n]`, scales `[n]`).
@@ -205,7 +208,8 @@ impl PackedQGemm {
             mul[j] = input.scale * w_scale[j];
             b[j] = bias[j];
         }
-        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b }
+        let split = crate::isa::split_512();
+        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b, split }
     }
 
     /// Panels of `nr` output channels.
@@ -499,8 +503,9 @@ mod tests {
             for m in [1, 13, 14, 15, 23, 25, 31] {
                 let a: Vec<u8> = (0..m * k).map(|i| (i * 41 % 256) as u8).collect();
                 let r: Vec<u8> = (0..m * n).map(|i| (i * 23 % 256) as u8).collect();
-                let run = |tier: Tier, kern: &'static QGemmKernel, by_panel: bool| {
-                    let p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
+                let run = |tier: Tier, kern: &'static QGemmKernel, by_panel: bool, split: bool| {
+                    let mut p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
+                    p.split = split;
                     let ranges: Vec<std::ops::Range<usize>> = match by_panel {
                         true => (0..p.panels()).map(|i| i..i + 1).collect(),
                         false => std::iter::once(0..p.panels()).collect(),
@@ -524,13 +529,14 @@ mod tests {
                     }
                     (bytes, reals)
                 };
-                let want = run(scalar.0, scalar.1, false);
+                let want = run(scalar.0, scalar.1, false, false);
                 for &(tier, kern) in &kernels {
-                    for by_panel in [false, true] {
-                        let got = run(tier, kern, by_panel);
+                    // With the 24-column tile and without, whatever this CPU is.
+                    for (by_panel, split) in [(false, false), (true, false), (false, true), (true, true)] {
+                        let got = run(tier, kern, by_panel, split);
                         assert!(
                             got == want,
-                            "{} m={m} k={k} n={n} by panel {by_panel}: not the scalar twin's",
+                            "{} m={m} k={k} n={n} by panel {by_panel} split {split}: not the scalar twin's",
                             kern.name
                         );
                     }
