@@ -6,13 +6,20 @@
 //! registers; weights `[27][c_pad]` from L1) and a portable twin (also used for AVX2: the
 //! stem is 3.6% of the network's multiply-adds); for bf16 networks
 //! `stem_bf16_minmax_3x3s2_avx512bf16` (the window rows rounded to padded bf16 rows, 5 pairs
-//! of taps per window row in `vdpbf16ps`) and its own twin.
+//! of taps per window row in `vdpbf16ps`) and its own twin; for int8 networks whose
+//! quantisation records the image's, `stem_u8s8s32_requant_3x3s2_avx512vnni` (u8 image codes
+//! times s8 weights, nine `vpdpbusd` per 16 outputs and pixel: [`PackedStemQ`]) and its twin.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16;
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
+mod int8;
 mod scalar;
+
+pub use int8::{stem_row_q, PackedStemQ, StemQKernel, KERNELS_INT8};
 
 use crate::bf16gemm::f32_to_bf16;
 use crate::isa::{Isa, Needs, Tier};

@@ -1,7 +1,9 @@
 //! Portable twin of the stem kernel.
 
+use super::int8::{image_code, plane_len, PackedStemQ, QArgs};
 use super::{bf16_row_len, Args, PackedStem};
 use crate::bf16gemm::{bf16_to_f32, f32_to_bf16};
+use crate::qgemm::QParams;
 
 pub(crate) fn row(args: &Args, p: &PackedStem) {
     let (cs, rs, ps) = args.img.strides();
@@ -81,4 +83,42 @@ pub(crate) fn row_bf16(args: &Args, p: &PackedStem) {
             unsafe { args.out.put(x * c + co, args.act.apply(acc)) };
         }
     }
+}
+
+/// The int8 stem's twin: the window planes code by code, then per pixel and channel the exact
+/// sum of the quads' products from the start, and [`PackedStemQ::code`].
+pub(crate) fn row_q(args: &QArgs, p: &PackedStemQ) {
+    let g = args.g;
+    let len = plane_len(g);
+    let planes = fill_planes(args, p.input, len);
+    for x in 0..g.w_out {
+        for co in 0..p.c {
+            let mut acc = p.start[co];
+            for (i, plane) in planes.chunks(len).enumerate() {
+                let w = p.quads[i * p.c_pad + co].to_le_bytes();
+                for (kx, &wb) in w.iter().enumerate() {
+                    acc += plane[x * g.stride + kx] as i32 * wb as i8 as i32;
+                }
+            }
+            // SAFETY: stem_row_q checked that out holds w_out * c codes.
+            unsafe { *args.out.add(x * p.c + co) = p.code(acc, co) };
+        }
+    }
+}
+
+/// The nine window planes (`[ky][ci][len]`) of output row `args.oy`, code by code.
+pub(crate) fn fill_planes(args: &QArgs, q: QParams, len: usize) -> Vec<u8> {
+    let (cs, rs, ps) = args.img.strides();
+    let inv = 1.0 / q.scale;
+    let mut planes = vec![q.zero as u8; 9 * len];
+    let (a, b) = args.inside(len);
+    for (ky, rows) in planes.chunks_mut(3 * len).enumerate() {
+        let Some(iy) = args.image_row(ky) else { continue };
+        for (ci, plane) in rows.chunks_mut(len).enumerate() {
+            for (j, v) in plane.iter_mut().enumerate().take(b).skip(a) {
+                *v = image_code(args.img.data[ci * cs + iy * rs + (j - args.g.pad_left) * ps], inv, q);
+            }
+        }
+    }
+    planes
 }

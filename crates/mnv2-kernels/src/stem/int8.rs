@@ -1,0 +1,342 @@
+//! The int8 stem: the image quantised to u8 codes, the weights to s8 per output channel, the
+//! 27 products of each output summed exactly in i32 (`vpdpbusd`), one rounding to the output's
+//! u8 codes. The int8 network runs it when its quantisation records the image's
+//! (`QuantSpec::input`); it then holds no f32 activation at all before the pooled features.
+//!
+//! Per output row a kernel quantises the three image rows it reads, per (window row, image
+//! channel): columns outside the image take the input's zero point, whose products the sums'
+//! start cancels, so every pixel is an interior one. The three taps `kx` of one window row and
+//! channel are three consecutive columns: one quad of codes (the fourth byte meets a zero
+//! weight) against a vector of weight quads, nine `vpdpbusd` per 16 output channels and
+//! pixel, where the f32 stem runs 27 FMAs. The twin keeps nine padded planes of codes and
+//! reads each pixel's quads from them; the VNNI kernel builds the quads themselves, one dword
+//! per output pixel.
+//!
+//! Codes: `code(v) = round_half_even(clamp(v / s, -z, 255 - z)) + z` with `v / s` computed as
+//! `v * (1 / s)`: [`QParams::quantize`] for every finite `v`; NaN gives code 0.
+
+use std::cell::RefCell;
+
+use crate::aligned::AlignedVec;
+use crate::dwconv::Requant;
+use crate::isa::{Isa, Needs, Tier};
+use crate::qgemm::{quantize_weights, QParams};
+use crate::MinMax;
+
+use super::{Image, StemGeom};
+
+/// One int8 stem kernel: its name, what it needs, the widest layer it serves, its code.
+#[derive(Debug)]
+pub struct StemQKernel {
+    /// The kernel's name, as profiles and `mnv2 bench` print it.
+    pub name: &'static str,
+    /// What the CPU must have.
+    pub needs: Needs,
+    /// Most output channels the kernel holds in registers.
+    pub max_c: usize,
+    /// # Safety
+    /// The arguments are valid for the packing, and the CPU has `needs`.
+    run: unsafe fn(&QArgs, &PackedStemQ),
+}
+
+/// Every int8 stem kernel, best first.
+pub static KERNELS_INT8: &[StemQKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    StemQKernel {
+        name: "stem_u8s8s32_requant_3x3s2_avx512vnni",
+        needs: Needs::Avx512Vnni,
+        max_c: 48,
+        run: super::avx512vnni::row,
+    },
+    StemQKernel {
+        name: "stem_u8s8s32_requant_3x3s2_scalar",
+        needs: Needs::Scalar,
+        max_c: usize::MAX,
+        run: super::scalar::row_q,
+    },
+];
+
+/// The int8 stem's weights, packed for one kernel, with the quantisations it was packed for.
+#[derive(Clone, Debug)]
+pub struct PackedStemQ {
+    /// Output channels.
+    pub c: usize,
+    pub(crate) c_pad: usize,
+    /// `[ky][ci][c_pad]` words of four s8 weights: taps `kx` = 0, 1, 2 of window row `ky` and
+    /// image channel `ci`, then a zero.
+    pub(crate) quads: AlignedVec<i32>,
+    /// Per channel, the sum's start: `-input.zero * (sum of the channel's 27 weights)`.
+    pub(crate) start: AlignedVec<i32>,
+    /// Per channel, the sum's multiplier and addend in output codes (one FMA).
+    pub(crate) mul: AlignedVec<f32>,
+    pub(crate) add: AlignedVec<f32>,
+    /// The activation as output codes.
+    pub(crate) lo: f32,
+    pub(crate) hi: f32,
+    /// The image's quantisation.
+    pub input: QParams,
+    pub(crate) kernel: &'static StemQKernel,
+}
+
+impl PackedStemQ {
+    /// `weights` are HWIO `[3][3][3][c]` reals, quantised here per output channel; `input` is
+    /// the image's quantisation, `act` the activation and `output` the codes the row holds.
+    pub fn new(
+        tier: Tier,
+        weights: &[f32],
+        c: usize,
+        bias: &[f32],
+        input: QParams,
+        act: MinMax,
+        output: QParams,
+    ) -> PackedStemQ {
+        let k = KERNELS_INT8
+            .iter()
+            .find(|k| k.needs.granted(tier) && c <= k.max_c)
+            .expect("the scalar kernel serves every width");
+        PackedStemQ::for_kernel(tier, k, weights, c, bias, input, act, output)
+    }
+
+    /// Packs for `kernel`, which `tier` must grant and which must hold `c` outputs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_kernel(
+        tier: Tier,
+        kernel: &'static StemQKernel,
+        weights: &[f32],
+        c: usize,
+        bias: &[f32],
+        input: QParams,
+        act: MinMax,
+        output: QParams,
+    ) -> PackedStemQ {
+        kernel.needs.assert_granted(kernel.name, tier);
+        assert!(c <= kernel.max_c, "{} holds at most {} outputs, not {c}", kernel.name, kernel.max_c);
+        assert_eq!(weights.len(), 27 * c, "27 taps of {c} channels");
+        assert_eq!(bias.len(), c, "one bias per channel");
+        assert!((0..=255).contains(&input.zero) && input.scale > 0.0, "input quantisation {input:?}");
+        let (q, w_scale) = quantize_weights(weights, 27, c);
+        let c_pad = c.next_multiple_of(16);
+        let mut quads = AlignedVec::<i32>::zeros(9 * c_pad);
+        let mut start = AlignedVec::<i32>::zeros(c_pad);
+        let mut mul = AlignedVec::<f32>::zeros(c_pad);
+        let mut add = AlignedVec::<f32>::zeros(c_pad);
+        let rq = Requant::new(act, output);
+        for co in 0..c {
+            let tap = |ky: usize, kx: usize, ci: usize| q[((ky * 3 + kx) * 3 + ci) * c + co];
+            let mut sum = 0i32;
+            for ky in 0..3 {
+                for ci in 0..3 {
+                    let b = [tap(ky, 0, ci), tap(ky, 1, ci), tap(ky, 2, ci), 0];
+                    sum += b.iter().map(|&v| v as i32).sum::<i32>();
+                    quads[(ky * 3 + ci) * c_pad + co] = i32::from_le_bytes(b.map(|v| v as u8));
+                }
+            }
+            start[co] = -input.zero * sum;
+            mul[co] = input.scale * w_scale[co] * rq.inv;
+            add[co] = bias[co].mul_add(rq.inv, rq.zero);
+        }
+        PackedStemQ { c, c_pad, quads, start, mul, add, lo: rq.lo as f32, hi: rq.hi as f32, input, kernel }
+    }
+
+    /// Name of the kernel this packing is for.
+    pub fn kernel_name(&self) -> &'static str {
+        self.kernel.name
+    }
+
+    /// The tier of the kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.needs.tier()
+    }
+
+    /// The code of sum `acc` of channel `co` (the scalar form of the kernels' epilogue).
+    #[inline(always)]
+    pub(crate) fn code(&self, acc: i32, co: usize) -> u8 {
+        (acc as f32).mul_add(self.mul[co], self.add[co]).max(self.lo).min(self.hi).round_ties_even() as u8
+    }
+}
+
+/// The image code of `v` under `q` (see the module docs), with `inv = 1 / q.scale`.
+#[inline(always)]
+pub(crate) fn image_code(v: f32, inv: f32, q: QParams) -> u8 {
+    let z = q.zero as f32;
+    ((v * inv).max(-z).min(255.0 - z).round_ties_even() as i32 + q.zero) as u8
+}
+
+/// Bytes of one window plane: the columns an output row reads, and the slack byte of the
+/// last pixel's broadcast.
+pub(crate) fn plane_len(g: StemGeom) -> usize {
+    g.w_out.saturating_sub(1) * g.stride + 4
+}
+
+pub(crate) struct QArgs<'a> {
+    pub img: Image<'a>,
+    pub oy: usize,
+    pub g: StemGeom,
+    pub out: *mut u8,
+}
+
+impl QArgs<'_> {
+    /// The image row window row `ky` reads, if inside the image.
+    pub fn image_row(&self, ky: usize) -> Option<usize> {
+        let iy = (self.oy * self.g.stride + ky) as isize - self.g.pad_top as isize;
+        (iy >= 0 && (iy as usize) < self.img.h).then_some(iy as usize)
+    }
+
+    /// The columns `a..b` of a plane that lie inside the image.
+    pub fn inside(&self, len: usize) -> (usize, usize) {
+        let a = self.g.pad_left.min(len);
+        (a, (self.g.pad_left + self.img.w).min(len).max(a))
+    }
+}
+
+thread_local! {
+    /// The nine window planes of the current output row.
+    static PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The window planes' storage for `len` bytes, owned by this thread (grown, never shrunk).
+pub(crate) fn planes(len: usize) -> *mut u8 {
+    PLANES.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0);
+        }
+        s.as_mut_ptr()
+    })
+}
+
+/// Output row `oy` of the int8 stem: `g.w_out * p.c` u8 codes, NHWC.
+pub fn stem_row_q(p: &PackedStemQ, img: Image, oy: usize, g: StemGeom, out: &mut [u8]) {
+    assert!(out.len() >= g.w_out * p.c, "output row too short");
+    assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
+    assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
+    assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
+    let args = QArgs { img, oy, g, out: out.as_mut_ptr() };
+    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`.
+    unsafe { (p.kernel.run)(&args, p) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use crate::ConvGeom;
+
+    use super::super::Layout;
+
+    /// (h, w, c, pad top, pad left, pad bottom, pad right).
+    type Shape = (usize, usize, usize, usize, usize, usize, usize);
+
+    fn image(h: usize, w: usize, layout: Layout, seed: usize) -> Vec<f32> {
+        let nhwc: Vec<f32> = (0..h * w * 3).map(|i| ((i * 37 + seed) % 101) as f32 / 25.0 - 2.0).collect();
+        match layout {
+            Layout::Nhwc => nhwc,
+            Layout::Nchw => (0..3 * h * w).map(|i| nhwc[(i % (h * w)) * 3 + i / (h * w)]).collect(),
+        }
+    }
+
+    fn run(p: &PackedStemQ, img: Image, (h, w, c, pt, pl, pb, pr): Shape) -> Vec<u8> {
+        let (out_h, w_out) = ((h + pt + pb - 3) / 2 + 1, (w + pl + pr - 3) / 2 + 1);
+        let g = StemGeom { w_out, stride: 2, pad_top: pt, pad_left: pl };
+        let mut out = vec![0xa5u8; out_h * w_out * c];
+        for (oy, row) in out.chunks_mut(w_out * c).enumerate() {
+            stem_row_q(p, img, oy, g, row);
+        }
+        out
+    }
+
+    const SHAPES: [Shape; 8] = [
+        (9, 11, 1, 1, 1, 1, 1),
+        (9, 11, 17, 1, 1, 1, 1),
+        (4, 224, 32, 1, 1, 1, 1),
+        (3, 225, 32, 0, 0, 1, 1),
+        (7, 33, 48, 1, 1, 1, 1),
+        (12, 10, 24, 1, 1, 1, 1),
+        (6, 41, 16, 0, 1, 1, 0),
+        (5, 37, 40, 1, 0, 0, 1),
+    ];
+
+    /// Every kernel gives the twin's bytes (exact sums, the same epilogue), in both layouts,
+    /// for zero points 0, 128 and 255, image values beyond the quantised range, an infinity
+    /// and a NaN; and the twin is the quantised convolution: the reference f32 convolution of
+    /// the dequantised image codes and the int8-grid weights, within one output code.
+    #[test]
+    fn kernels_match_the_twin_and_the_quantised_convolution() {
+        let tier = *Tier::host().last().expect("scalar");
+        let twin = KERNELS_INT8.last().expect("the scalar twin");
+        let mut tested = Vec::new();
+        for kern in KERNELS_INT8.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
+            tested.push(kern.name);
+            for shape in SHAPES {
+                let (h, w, c, pt, pl, pb, pr) = shape;
+                let wts: Vec<f32> = (0..27 * c).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+                let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 1.0).collect();
+                for (input, act, out_q) in [
+                    (QParams { scale: 4.0 / 255.0, zero: 128 }, MinMax::RELU6, QParams { scale: 6.0 / 255.0, zero: 0 }),
+                    (QParams { scale: 0.01, zero: 0 }, MinMax::NONE, QParams { scale: 0.2, zero: 100 }),
+                    (QParams { scale: 0.012, zero: 255 }, MinMax::RELU6, QParams { scale: 0.05, zero: 0 }),
+                ] {
+                    let p = PackedStemQ::for_kernel(tier, kern, &wts, c, &bias, input, act, out_q);
+                    let p_twin = PackedStemQ::for_kernel(tier, twin, &wts, c, &bias, input, act, out_q);
+                    assert_eq!(p.kernel_name(), kern.name);
+                    let mut want_by_layout = Vec::new();
+                    for layout in [Layout::Nchw, Layout::Nhwc] {
+                        let mut data = image(h, w, layout, c);
+                        // An infinity and a NaN in the last image row (channel 0, columns 2, 5).
+                        let at =
+                            |x: usize| if layout == Layout::Nchw { (h - 1) * w + x } else { ((h - 1) * w + x) * 3 };
+                        data[at(2)] = f32::INFINITY;
+                        data[at(5)] = f32::NAN;
+                        let img = Image { data: &data, h, w, layout };
+                        let (got, want) = (run(&p, img, shape), run(&p_twin, img, shape));
+                        assert_eq!(got, want, "{} {layout:?} {shape:?} {input:?}", kern.name);
+                        want_by_layout.push(want);
+                    }
+                    assert_eq!(want_by_layout[0], want_by_layout[1], "{shape:?}: layouts disagree");
+                    // The quantised convolution in f32: dequantised codes, weights on the grid.
+                    let nhwc = image(h, w, Layout::Nhwc, c);
+                    let mut deq: Vec<f32> =
+                        nhwc.iter().map(|&v| input.dequantize(image_code(v, 1.0 / input.scale, input))).collect();
+                    deq[((h - 1) * w + 2) * 3] = input.dequantize(255);
+                    deq[((h - 1) * w + 5) * 3] = input.dequantize(0);
+                    let (q, s) = quantize_weights(&wts, 27, c);
+                    let grid: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * s[i % c]).collect();
+                    let (out_h, out_w) = ((h + pt + pb - 3) / 2 + 1, (w + pl + pr - 3) / 2 + 1);
+                    let g = ConvGeom {
+                        in_h: h,
+                        in_w: w,
+                        in_c: 3,
+                        out_h,
+                        out_w,
+                        out_c: c,
+                        kernel: 3,
+                        stride: 2,
+                        dilation: 1,
+                        pad_top: pt,
+                        pad_left: pl,
+                        groups: 1,
+                    };
+                    let mut real = vec![0.0; out_h * out_w * c];
+                    reference::conv2d_f32(&g, &deq, &grid, &bias, act, None, &mut real);
+                    let mut off = 0;
+                    for (r, &code) in real.iter().zip(&want_by_layout[0]) {
+                        let d = (out_q.quantize(r.clamp(act.min, act.max)) as i32 - code as i32).abs();
+                        assert!(d <= 1, "{shape:?} {input:?}: {code} vs the f32 convolution's {r}");
+                        off += d as usize;
+                    }
+                    assert!(off * 50 <= real.len(), "{shape:?}: {off} of {} codes off by one", real.len());
+                }
+            }
+        }
+        eprintln!("int8 stem kernels tested: {tested:?}");
+    }
+
+    #[test]
+    fn image_codes_are_quantize() {
+        let q = QParams { scale: 0.03, zero: 77 };
+        for v in [-1e9f32, -3.0, -2.31, -0.015, 0.0, 0.015, 0.045, 1.0, 5.4, 1e9, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(image_code(v, 1.0 / q.scale, q), q.quantize(v.clamp(-1e6, 1e6)), "{v}");
+        }
+        assert_eq!(image_code(f32::NAN, 1.0 / q.scale, q), 0);
+    }
+}
