@@ -104,6 +104,11 @@ pub struct QuantSpec {
     pub blocks: Vec<BlockQuant>,
     /// The pooled features (the classifier's input).
     pub pooled: ActQuant,
+    /// The image's quantisation: the int8 stem then multiplies u8 image codes by the int8
+    /// weights. Absent in files quantised before it was recorded; their stem runs in f32 on
+    /// the float image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<ActQuant>,
 }
 
 /// Whether `Clip(0, 6)` before quantising with `q` changes nothing: `q` clamps at 0 (zero point

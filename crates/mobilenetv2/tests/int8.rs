@@ -52,6 +52,38 @@ fn int8_tracks_fp32_and_is_deterministic() {
 }
 
 #[test]
+fn the_stem_runs_on_image_codes_when_the_file_records_their_quantisation() {
+    let spec = Spec { classes: 10, ..Spec::new(0.35, 64) };
+    let model = Model::init(&spec, 5, true).unwrap();
+    let calib: Vec<Batch> = (0..2).map(|i| images(&spec, 2, 200 + i)).collect();
+    let qspec = quant::calibrate(&model, &calib, Method::Percentile { percent: 99.9 }).unwrap();
+    // The image's range is its min and max, whatever the method.
+    let (lo, hi) = calib.iter().flat_map(|b| &b.data).fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let iq = qspec.input.expect("calibration records the image's quantisation");
+    assert!((iq.scale - (hi - lo) / 255.0).abs() <= 1e-6 * iq.scale.max(1.0), "{iq:?} for [{lo}, {hi}]");
+    let with = Model { quant: Some(qspec.clone()), ..model.clone() };
+    // A file quantised before the input was recorded: the f32 stem on the float image.
+    let without = Model { quant: Some(quant::QuantSpec { input: None, ..qspec }), ..model.clone() };
+    let stem = |m: &Model| -> String {
+        let (_, names) = Engine::new(m, Options::default()).unwrap().kernels();
+        names.into_iter().find(|n| n.starts_with("stem_")).unwrap().to_string()
+    };
+    assert!(stem(&with).starts_with("stem_u8s8s32_requant"), "{}", stem(&with));
+    assert!(stem(&without).starts_with("stem_f32"), "{}", stem(&without));
+    let x = images(&spec, 3, 9);
+    let fp32 = run(&model, &x, Mode::Fast, 1, None);
+    let (a, b) = (run(&with, &x, Mode::Fast, 1, None), run(&without, &x, Mode::Fast, 1, None));
+    assert_ne!(a, b, "the image codes change the stem's sums");
+    let (ca, cb) = (cosine(&a, &fp32), cosine(&b, &fp32));
+    eprintln!("cosine to fp32: int8 stem {ca:.5}, f32 stem {cb:.5}");
+    assert!(ca >= 0.99 && cb >= 0.99 && cosine(&a, &b) >= 0.995, "{ca} {cb}");
+    // The same bytes in every mode and thread count.
+    for (mode, threads) in [(Mode::Fast, 2), (Mode::Streaming, 1), (Mode::Streaming, 2)] {
+        assert_eq!(run(&with, &x, mode, threads, None), a, "{mode:?} x{threads}");
+    }
+}
+
+#[test]
 fn quantised_file_round_trip() {
     let spec = Spec { classes: 7, ..Spec::new(0.5, 64) };
     let model = Model::init(&spec, 3, true).unwrap();

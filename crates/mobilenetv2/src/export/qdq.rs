@@ -14,10 +14,13 @@
 //!   `255 * scale <= 6`: the u8 range clamps exactly as ReLU6 then quantisation do), else
 //!   `Clip(0, 6)` stays.
 //!
-//! Three places compute in float in the engine, and so in the graph: the stem reads the float
-//! image (no `QuantizeLinear` on the input), a projection with a residual adds the block's
-//! input to its real-valued output before quantising the sum once, and the last 1x1 conv's
-//! ReLU6 outputs are pooled unquantised. The logits are float.
+//! - The image: `QuantizeLinear` then `DequantizeLinear` on the graph's input with the
+//!   quantisation the [`QuantSpec`] records, so the stem is one integer kernel too. A model
+//!   quantised before that was recorded has none: its stem reads the float image.
+//!
+//! Two places compute in float in the engine, and so in the graph: a projection with a
+//! residual adds the block's input to its real-valued output before quantising the sum once,
+//! and the last 1x1 conv's ReLU6 outputs are pooled unquantised. The logits are float.
 
 use super::onnx::{conv_attrs, int, node, tensor};
 use crate::error::{Error, Result};
@@ -107,6 +110,7 @@ pub(crate) fn layer_quant(model: &Model, q: &QuantSpec) -> (Vec<Option<ActQuant>
     let plan = &model.plan;
     let n = plan.layers.len();
     let (mut input, mut output) = (vec![None; n], vec![None; n]);
+    input[0] = q.input;
     output[0] = Some(q.blocks[0].hidden);
     let mut prev = q.blocks[0].hidden;
     for (b, bq) in plan.blocks.iter().zip(&q.blocks) {
@@ -158,7 +162,10 @@ pub(super) fn graph(model: &Model, q: &QuantSpec, opset: i64) -> Result<(Vec<Nod
     let (in_q, out_q) = layer_quant(model, q);
     let mut g =
         Graph { nodes: Vec::new(), inits: vec![tensor("relu6_min", &[], &[0.0]), tensor("relu6_max", &[], &[6.0])] };
-    let mut cur = "input".to_string();
+    let mut cur = match q.input {
+        Some(iq) => g.qdq("input", "input", iq),
+        None => "input".to_string(),
+    };
     let mut block_input = cur.clone();
     for (i, layer) in plan.layers.iter().enumerate() {
         if plan.block_of(i).is_some_and(|b| b.first_layer() == i) {

@@ -8,6 +8,8 @@
 //!   (the stem, each expand and depthwise conv, the pooled features) keep zero point 0 and a
 //!   range within the known [0, 6] (ReLU6 is what makes these ranges small and fixed); the
 //!   linear bottleneck outputs (block outputs, residual sums included) are signed;
+//! - the image: u8 affine over the smallest and largest calibration value, whatever the
+//!   method (preprocessing bounds an image, so no value there is an outlier);
 //! - accumulation in i32, requantisation in f32 fused into the kernels.
 //!
 //! The scheme's data types are in [`crate::qscheme`]; the int8 file format in
@@ -121,7 +123,11 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     let mut stats: Vec<Stats> =
         vec![Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, samples: Vec::new() }; taps.len()];
     let mut count = 0;
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     for batch in images {
+        for &v in &batch.data {
+            (lo, hi) = (lo.min(v), hi.max(v));
+        }
         let plan = engine.plan_for(batch.shape)?;
         let outs = engine.run_taps(batch, &plan, &taps)?;
         // Per image, so the sampled values do not depend on how images are batched.
@@ -144,7 +150,9 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     // output is signed (only a classifier uses this range).
     let relu6 = plan.layers[pooled_tap].conv().is_none_or(|c| c.activation == Activation::Relu6);
     let pooled = range(taps.len() - 1, relu6);
-    Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks, pooled })
+    // Non-finite values (a NaN pixel) would give no range: the float stem then stays.
+    let input = (lo.is_finite() && hi.is_finite()).then(|| QParams::from_range(lo, hi).into());
+    Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks, pooled, input })
 }
 
 /// Writes a quantised model file (atomically) in the int8 format of [`crate::weights::int8`].

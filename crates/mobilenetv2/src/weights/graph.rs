@@ -613,12 +613,6 @@ pub(crate) fn int8(
             net.quant.pooled.iter().map(ActQ::describe).collect::<Vec<_>>().join("; ")
         ));
     }
-    if let Some(q) = &net.quant.input {
-        notes.push(format!(
-            "the input's quantisation (scale {}, zero point {}) is not applied: the engine runs the stem on the float image",
-            q.scale, q.zero
-        ));
-    }
     if let Some(q) = &net.quant.logits {
         notes.push(format!(
             "the logits' quantisation (scale {}, zero point {}) is not applied: the engine's logits are float",
@@ -631,6 +625,7 @@ pub(crate) fn int8(
         images: hint.map_or(0, |h| h.images),
         blocks,
         pooled: act(pooled),
+        input: net.quant.input.as_ref().map(act),
     };
     // The int8 tensors exactly as the engine quantises the weights (per output channel,
     // symmetric): the file's own integers when they are on such a grid.

@@ -1,17 +1,20 @@
 //! The int8 network: u8 activations, s8 per-channel weights, VNNI GEMMs, requantisation
 //! fused into every kernel's epilogue (see `crate::quant` for the scheme).
 //!
-//! The stem runs in f32 from the f32 image and quantises its ReLU6 rows; every later tensor
-//! is u8 until the last conv, whose ReLU6 outputs are pooled in f32; the pooled features are
-//! quantised once more for the int8 classifier, whose logits come out in f32. The stem
-//! multiplies in f32, with its weights on the int8 grid the file stores; the depthwise convs
-//! sum u8 values times int8 weights exactly (`mnv2_kernels::dwconv`).
+//! The stem quantises the image with the quantisation the file records
+//! (`QuantSpec::input`) and sums u8 codes times int8 weights exactly
+//! (`mnv2_kernels::stem::PackedStemQ`); a file without it (quantised before it was recorded)
+//! runs the stem in f32 on the float image, with its weights on the int8 grid. Either way the
+//! stem writes u8 ReLU6 rows; every later tensor is u8 until the last conv, whose ReLU6
+//! outputs are pooled in f32; the pooled features are quantised once more for the int8
+//! classifier, whose logits come out in f32. The depthwise convs sum u8 values times int8
+//! weights exactly (`mnv2_kernels::dwconv`).
 
 use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
 use std::ops::Range;
 
 use mnv2_kernels::qgemm::{qgemm, qgemm_panels, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
-use mnv2_kernels::stem::{stem_row_u8, Image, PackedStem, StemGeom};
+use mnv2_kernels::stem::{stem_row_q, stem_row_u8, Image, PackedStem, PackedStemQ, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::{check_structure, minmax, Net, TapAt};
@@ -38,11 +41,17 @@ struct Block {
     output: QParams,
 }
 
+/// The stem: on u8 image codes, or in f32 on the float image.
+enum Stem {
+    Int8(PackedStemQ),
+    F32(PackedStem, MinMax),
+}
+
 pub(crate) struct QNet {
     isa: Isa,
     /// The tier every kernel call runs on.
     tier: Tier,
-    stem: (PackedStem, MinMax),
+    stem: Stem,
     /// The stem's output quantisation (the first block's expanded rows).
     stem_q: QParams,
     blocks: Vec<Block>,
@@ -80,8 +89,13 @@ impl QNet {
         }
         let f = folded.take(0);
         let c0 = layers[0].output.c;
-        let stem = (PackedStem::new(tier, &int8_grid(&f.weights, 27, c0), c0, &f.bias), minmax(Activation::Relu6));
         let stem_q: QParams = spec.blocks[0].hidden.into();
+        let relu6 = minmax(Activation::Relu6);
+        let image_q = spec.input.map(QParams::from).filter(|q| (0..=255).contains(&q.zero) && q.scale > 0.0);
+        let stem = match image_q {
+            Some(q) => Stem::Int8(PackedStemQ::new(tier, &f.weights, c0, &f.bias, q, relu6, stem_q)),
+            None => Stem::F32(PackedStem::new(tier, &int8_grid(&f.weights, 27, c0), c0, &f.bias), relu6),
+        };
         let mut blocks = Vec::new();
         let mut input = stem_q;
         for (b, q) in plan.blocks.iter().zip(&spec.blocks) {
@@ -141,7 +155,10 @@ impl Net for QNet {
     }
 
     fn kernel_names(&self) -> Vec<&'static str> {
-        let mut v = vec![self.stem.0.kernel_name()];
+        let mut v = vec![match &self.stem {
+            Stem::Int8(p) => p.kernel_name(),
+            Stem::F32(p, _) => p.kernel_name(),
+        }];
         v.extend(self.last.as_ref().map(|l| l.0.kernel_name()));
         v.extend(self.classifier.as_ref().map(|c| c.kernel_name()));
         for b in &self.blocks {
@@ -155,7 +172,10 @@ impl Net for QNet {
     }
 
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], _: &mut [f32]) {
-        stem_row_u8(&self.stem.0, img, oy, g, self.stem.1, self.stem_q, out);
+        match &self.stem {
+            Stem::Int8(p) => stem_row_q(p, img, oy, g, out),
+            Stem::F32(p, act) => stem_row_u8(p, img, oy, g, *act, self.stem_q, out),
+        }
     }
 
     fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
