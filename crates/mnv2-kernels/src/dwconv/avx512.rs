@@ -68,7 +68,9 @@ impl Epi {
     /// The CPU has AVX-512 F/BW/VL/DQ; `p` holds the tile's channels.
     #[inline(always)]
     pub unsafe fn store_codes<const FULL: bool, const SAT: bool>(&self, p: *mut u8, acc: __m512) {
-        let q = _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_fmadd_ps(acc, self.m, self.b)), self.q_lo);
+        // Capped first: from 2^31 on the conversion gives i32::MIN.
+        let x = _mm512_min_ps(_mm512_fmadd_ps(acc, self.m, self.b), _mm512_set1_ps(1e9));
+        let q = _mm512_max_epi32(_mm512_cvtps_epi32(x), self.q_lo);
         let mask = if FULL { 0xffff } else { self.mask };
         if SAT {
             _mm512_mask_cvtusepi32_storeu_epi8(p as *mut i8, mask, q);

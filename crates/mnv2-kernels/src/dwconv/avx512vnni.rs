@@ -36,6 +36,9 @@ struct Group {
     mb: [(__m512, __m512); 4],
     /// The activation's bounds as codes, unless they are 0 and 255 (the packs' saturation).
     bounds: Option<(__m512i, __m512i)>,
+    /// Some code may reach 2^30 before saturation: it is clamped in f32 first (the
+    /// conversion would give `i32::MIN` from 2^31 on).
+    big: bool,
 }
 
 impl Group {
@@ -66,9 +69,12 @@ impl Group {
     #[inline(always)]
     unsafe fn store(&self, x: usize, acc: [__m512i; 4]) {
         let v: [__m512i; 4] = std::array::from_fn(|j| {
-            _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), self.mb[j].0, self.mb[j].1))
+            let x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), self.mb[j].0, self.mb[j].1);
+            _mm512_cvtps_epi32(if self.big { _mm512_min_ps(x, _mm512_set1_ps(1e9)) } else { x })
         });
-        let mut q = _mm512_packus_epi16(_mm512_packus_epi32(v[0], v[1]), _mm512_packus_epi32(v[2], v[3]));
+        // Signed then unsigned saturation: every i32 to 0..=255 (two unsigned packs would
+        // read 32768..=65535 as negative 16-bit values).
+        let mut q = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
         if let Some((lo, hi)) = self.bounds {
             q = _mm512_min_epu8(_mm512_max_epu8(q, lo), hi);
         }
@@ -119,7 +125,13 @@ pub(crate) unsafe fn row(args: &Args<u8, u8>, w: &PackedDw) {
                     channels(&rq, at(c_pad), at(c_pad + c_quad))
                 }),
                 bounds,
+                big: false,
             };
+            // |sum| <= 9 * 255 * 127; the largest code any channel of the group can reach.
+            let reach = |(m, b): (__m512, __m512)| {
+                9.0 * 255.0 * 127.0 * _mm512_reduce_max_ps(_mm512_abs_ps(m)) + _mm512_reduce_max_ps(_mm512_abs_ps(b))
+            };
+            let grp = Group { big: grp.mb.iter().any(|&mb| reach(mb) >= (1u32 << 30) as f32), ..grp };
             for x0 in (0..g.w_out).step_by(CHUNK) {
                 let n = CHUNK.min(g.w_out - x0);
                 // Staging slot `o` holds input column `first + o`.

@@ -545,6 +545,36 @@ mod tests {
         }
     }
 
+    /// Codes far beyond 255 before saturation (in 32768..=65535, where two unsigned packs would
+    /// read a negative 16-bit value, and beyond 2^31, where the conversion would give i32::MIN):
+    /// 255 (and 0) on every kernel, as the twin gives them.
+    #[test]
+    fn huge_codes_saturate() {
+        let kernels = host_kernels(KERNELS_U8);
+        let (w_in, c) = (20, 72);
+        let g = DwRow { w_in, w_out: w_in, stride: 1, dilation: 1, pad_left: 1 };
+        let rows: Vec<Vec<u8>> = (0..3).map(|r| (0..w_in * c).map(|i| [255, 200, 0][(i + r) % 3]).collect()).collect();
+        let wts: Vec<f32> = (0..9 * c).map(|i| if (i % c) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let bias = vec![0.0; c];
+        let input_q = QParams { scale: 1.0, zero: 0 };
+        // Sums of up to about +-1800: codes near 45000 at scale 0.04, near 1.8e12 at 1e-9.
+        for out_q in [QParams { scale: 0.04, zero: 3 }, QParams { scale: 1e-9, zero: 3 }] {
+            let mut outs = Vec::new();
+            for &(tier, kern) in &kernels {
+                let qp = PackedDw::quantized_for(tier, kern, &wts, c, &bias, input_q);
+                let rr = [Some(rows[0].as_slice()), Some(rows[1].as_slice()), Some(rows[2].as_slice())];
+                let mut got = vec![7u8; w_in * c];
+                dwconv_row_u8(&qp, rr, g, MinMax::NONE, &mut got, out_q);
+                outs.push((kern.name, got));
+            }
+            let want = &outs.iter().find(|o| o.0.ends_with("scalar")).expect("the twin").1;
+            assert!(want.contains(&255) && want.contains(&0), "{out_q:?}");
+            for (name, got) in &outs {
+                assert!(got == want, "{name} {out_q:?}: not the twin's codes");
+            }
+        }
+    }
+
     #[test]
     fn bf16_rows_are_the_f32_rows_rounded() {
         let kernels = host_kernels(KERNELS_BF16);

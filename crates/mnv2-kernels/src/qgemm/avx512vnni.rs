@@ -93,7 +93,9 @@ impl Panel {
             _mm512_cvtps_epi32(x)
         });
         // Lane l holds columns 4l..4l+4 of each vector: dword 4l (first vector), 4l + 1.
-        let b = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]), _mm512_setzero_si512());
+        // Signed then unsigned saturation: every i32 to 0..=255 (two unsigned packs would read
+        // 32768..=65535 as negative 16-bit values).
+        let b = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_setzero_si512());
         let mut b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), b);
         if let Some((lo, hi)) = self.byte_bounds {
             b = _mm512_min_epu8(_mm512_max_epu8(b, lo), hi);
@@ -127,6 +129,8 @@ impl Panel {
                 let r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, args.r.add(row * args.ldr + col) as *const i8));
                 x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), self.qrs, x);
             }
+            // Capped first: from 2^31 on the conversion gives i32::MIN.
+            let x = _mm512_min_ps(x, _mm512_set1_ps(1e9));
             let q = _mm512_max_epi32(_mm512_cvtps_epi32(x), _mm512_setzero_si512());
             _mm512_mask_cvtusepi32_storeu_epi8(args.c.add(row * args.ldc + col) as *mut i8, mask, q);
         }

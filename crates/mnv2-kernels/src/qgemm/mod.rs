@@ -545,6 +545,44 @@ mod tests {
         }
     }
 
+    /// Output codes far above 255 (and far below 0) before saturation, up to the i32 range the
+    /// packing epilogue accepts, on every tile width: 255 (and 0), as the twin gives them. Codes
+    /// between 32768 and 65535 are where a two-step unsigned pack (i32 -> u16 -> u8) would
+    /// read its 16-bit value as negative.
+    #[test]
+    fn huge_codes_saturate() {
+        let kernels = host_kernels();
+        let (k, m) = (8, 15);
+        let a: Vec<u8> = (0..m * k).map(|i| [255, 0, 200, 7][i % 4]).collect();
+        let input = QParams { scale: 1.0, zero: 0 };
+        for n in [16, 24, 32, 40] {
+            let w: Vec<f32> = (0..k * n).map(|i| if (i % n) % 3 == 0 { -1.0 } else { 1.0 }).collect();
+            let bias = vec![0.0; n];
+            let (q, s) = quantize_weights(&w, k, n);
+            let mut outs = Vec::new();
+            for (tier, kern) in &kernels {
+                let p = PackedQGemm::from_quantized(kern, *tier, &q, &s, k, n, &bias, input);
+                // Real sums of +-924: codes 128 + 924 / 0.02 = 46328 (in the 16-bit trap) and,
+                // at scale 0.001, 924128.
+                // With a residual too (another epilogue), at 1e-7: codes near 9.2e9, beyond i32.
+                let r: Vec<u8> = (0..m * n).map(|i| (i * 29 % 256) as u8).collect();
+                let res = QResidual { r: &r, ldr: n, q: QParams { scale: 0.5, zero: 10 } };
+                for (scale, res) in [(0.02, None), (0.001, None), (0.02, Some(res)), (1e-7, Some(res))] {
+                    let mut c = vec![1u8; m * n];
+                    let out = QOut::U8 { c: &mut c, ldc: n, q: QParams { scale, zero: 128 } };
+                    qgemm(m, &a, k, &p, out, MinMax::NONE, res);
+                    outs.push((kern.name, scale, c));
+                }
+            }
+            let twin: Vec<&Vec<u8>> = outs.iter().filter(|o| o.0.ends_with("scalar")).map(|o| &o.2).collect();
+            for (i, (name, scale, c)) in outs.iter().enumerate() {
+                let want = twin[i % twin.len()];
+                assert!(want.contains(&255) && want.contains(&0), "n={n}");
+                assert_eq!(c, want, "{name} n={n} scale {scale} (case {})", i % twin.len());
+            }
+        }
+    }
+
     #[test]
     fn pool_output_sums_rows_identically_on_every_isa() {
         let (m, k, n) = (23, 32, 40);

@@ -26,7 +26,7 @@ const XB: usize = 16;
 unsafe fn bytes16(v: __m512i) -> __m128i {
     let z = _mm512_setzero_si512();
     // Lane l holds lanes 4l..4l + 4 of `v` as bytes in its first dword.
-    let b = _mm512_packus_epi16(_mm512_packus_epi32(v, z), z);
+    let b = _mm512_packus_epi16(_mm512_packs_epi32(v, z), z);
     let order = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     _mm512_castsi512_si128(_mm512_permutexvar_epi32(order, b))
 }
