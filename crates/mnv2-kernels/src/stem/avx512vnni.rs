@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use crate::lanes::mask16;
 
-use super::int8::{image_code, planes, PackedStemQ, QArgs};
+use super::int8::{planes, PackedStemQ, QArgs};
 use super::Layout;
 
 const XB: usize = 16;
@@ -108,35 +108,13 @@ fn quads_len(w_out: usize) -> usize {
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL; `dst` holds `9 * quads_len(w_out)` dwords, 64-byte aligned;
-/// `args` was checked by `stem_row_q`.
+/// `args` was checked by `stem_row_q` (stride 2).
 #[inline(always)]
 unsafe fn fill(args: &QArgs, p: &PackedStemQ, dst: *mut i32) {
     let (g, q) = (args.g, p.input);
     let n = quads_len(g.w_out);
     let z = q.zero as u32;
     let zero_quad = _mm512_set1_epi32((z | z << 8 | z << 16) as i32);
-    if g.stride != 2 {
-        // Not the stem of any MobileNetV2 plan: code by code.
-        let inv = 1.0 / q.scale;
-        let (cs, rs, ps) = args.img.strides();
-        for i in 0..9 {
-            let (ky, ci) = (i / 3, i % 3);
-            let iy = args.image_row(ky);
-            for x in 0..n {
-                let code = |kx: usize| -> u32 {
-                    let ix = (x * g.stride + kx) as isize - g.pad_left as isize;
-                    match iy {
-                        Some(iy) if x < g.w_out && ix >= 0 && (ix as usize) < args.img.w => {
-                            image_code(args.img.data[ci * cs + iy * rs + ix as usize * ps], inv, q) as u32
-                        }
-                        _ => z,
-                    }
-                };
-                *dst.add(i * n + x) = (code(0) | code(1) << 8 | code(2) << 16) as i32;
-            }
-        }
-        return;
-    }
     let (cs, rs, ps) = args.img.strides();
     let inv = _mm512_set1_ps(1.0 / q.scale);
     let (lo, hi) = (_mm512_set1_ps(-(q.zero as f32)), _mm512_set1_ps(255.0 - q.zero as f32));

@@ -205,8 +205,10 @@ pub(crate) fn planes(len: usize) -> *mut u8 {
     })
 }
 
-/// Output row `oy` of the int8 stem: `g.w_out * p.c` u8 codes, NHWC.
+/// Output row `oy` of the int8 stem: `g.w_out * p.c` u8 codes, NHWC. The stride must be 2
+/// (MobileNetV2's stem; the kernels build their quads for it).
 pub fn stem_row_q(p: &PackedStemQ, img: Image, oy: usize, g: StemGeom, out: &mut [u8]) {
+    assert_eq!(g.stride, 2, "the int8 stem is stride 2");
     assert!(out.len() >= g.w_out * p.c, "output row too short");
     assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
