@@ -19,6 +19,8 @@ mod avx512vnni;
 mod int8;
 mod scalar;
 
+#[cfg(test)]
+use int8::image_code;
 pub use int8::{stem_row_q, PackedStemQ, StemQKernel, KERNELS_INT8};
 
 use crate::bf16gemm::f32_to_bf16;
@@ -413,6 +415,78 @@ mod tests {
             }
         }
         eprintln!("bf16 stem kernels tested: {tested:?}");
+    }
+
+    /// The int8 stem ([`PackedStemQ`]): every kernel gives the twin's bytes (exact sums, the
+    /// same epilogue), in both layouts, for zero points 0, 128 and 255, image values beyond the
+    /// quantised range, an infinity and a NaN; and the twin is the quantised convolution: the
+    /// reference f32 convolution of the dequantised image codes and the int8-grid weights,
+    /// within one output code.
+    #[test]
+    fn int8_kernels_match_the_twin_and_the_quantised_convolution() {
+        let tier = *Tier::host().last().expect("scalar");
+        let twin = KERNELS_INT8.last().expect("the scalar twin");
+        let mut tested = Vec::new();
+        for kern in KERNELS_INT8.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
+            tested.push(kern.name);
+            for shape in [
+                (9, 11, 1, 1, 1, 1, 1),
+                (9, 11, 17, 1, 1, 1, 1),
+                (4, 224, 32, 1, 1, 1, 1),
+                (3, 225, 32, 0, 0, 1, 1),
+                (7, 33, 48, 1, 1, 1, 1),
+                (12, 10, 24, 1, 1, 1, 1),
+                (6, 41, 16, 0, 1, 1, 0),
+                (5, 37, 40, 1, 0, 0, 1),
+            ] {
+                let (h, w, c) = (shape.0, shape.1, shape.2);
+                // An infinity and a NaN in the last image row (channel 0, columns 2 and 5).
+                let case = Case::new(shape, 10.0, |x| {
+                    x[((h - 1) * w + 2) * 3] = f32::INFINITY;
+                    x[((h - 1) * w + 5) * 3] = f32::NAN;
+                });
+                for (input, act, out_q) in [
+                    (QParams { scale: 4.0 / 255.0, zero: 128 }, MinMax::RELU6, QParams { scale: 6.0 / 255.0, zero: 0 }),
+                    (QParams { scale: 0.01, zero: 0 }, MinMax::NONE, QParams { scale: 0.2, zero: 100 }),
+                    (QParams { scale: 0.012, zero: 255 }, MinMax::RELU6, QParams { scale: 0.05, zero: 0 }),
+                ] {
+                    let p = PackedStemQ::for_kernel(tier, kern, &case.wts, c, &case.bias, input, act, out_q);
+                    let p_twin = PackedStemQ::for_kernel(tier, twin, &case.wts, c, &case.bias, input, act, out_q);
+                    assert_eq!(p.kernel_name(), kern.name);
+                    let row = case.g.out_w * c;
+                    let mut outs = Vec::new();
+                    for layout in [Layout::Nchw, Layout::Nhwc] {
+                        let data = if layout == Layout::Nchw { &case.nchw } else { &case.nhwc };
+                        let img = Image { data, h, w, layout };
+                        let run = |p: &PackedStemQ| {
+                            let mut out = vec![0xa5u8; case.g.out_h * row];
+                            for (oy, r) in out.chunks_mut(row).enumerate() {
+                                stem_row_q(p, img, oy, case.sg, r);
+                            }
+                            out
+                        };
+                        let (got, want) = (run(&p), run(&p_twin));
+                        assert_eq!(got, want, "{} {layout:?} {shape:?} {input:?}", kern.name);
+                        outs.push(want);
+                    }
+                    assert_eq!(outs[0], outs[1], "{shape:?}: the layouts disagree");
+                    // The f32 convolution of the dequantised codes with the int8-grid weights.
+                    let deq: Vec<f32> =
+                        case.nhwc.iter().map(|&v| input.dequantize(image_code(v, 1.0 / input.scale, input))).collect();
+                    let (q, s) = crate::qgemm::quantize_weights(&case.wts, 27, c);
+                    let grid: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * s[i % c]).collect();
+                    let real = case.reference(&deq, &grid, &case.bias, act);
+                    let mut off = 0;
+                    for (r, &code) in real.iter().zip(&outs[0]) {
+                        let d = (out_q.quantize(r.clamp(act.min, act.max)) as i32 - code as i32).abs();
+                        assert!(d <= 1, "{shape:?} {input:?}: {code} vs the f32 convolution's {r}");
+                        off += d as usize;
+                    }
+                    assert!(off * 50 <= real.len(), "{shape:?}: {off} of {} codes off by one", real.len());
+                }
+            }
+        }
+        eprintln!("int8 stem kernels tested: {tested:?}");
     }
 
     /// The quantising epilogue gives the codes `quantize_row` gives for the row, on every
