@@ -1,4 +1,7 @@
-//! Lane masks and register tiles of the AVX-512 kernels.
+//! Lane masks, register tiles and byte packing of the AVX-512 kernels.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 
 /// The mask of the first `n` of 16 lanes (all of them for `n >= 16`): tails of channel rows.
 #[inline(always)]
@@ -8,6 +11,19 @@ pub(crate) fn mask16(n: usize) -> u16 {
     } else {
         ((1u32 << n) - 1) as u16
     }
+}
+
+/// Four vectors of i32 codes saturated to u8 in one vector: 128-bit lane `l` holds lanes
+/// `4l..4l + 4` of `v[0]`, then of `v[1]`, `v[2]` and `v[3]`. Signed then unsigned saturation
+/// takes every i32 to 0..=255 (two unsigned packs would read 32768..=65535 as negative 16-bit
+/// values and give 0). The int8 kernels' epilogues all narrow through it.
+///
+/// # Safety
+/// The CPU has AVX-512 BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn saturate_bytes(v: [__m512i; 4]) -> __m512i {
+    _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]))
 }
 
 /// Rows of a 32-column tile (28 zmm accumulators), shared by the f32, int8 and bf16 GEMMs.

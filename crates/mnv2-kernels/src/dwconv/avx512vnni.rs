@@ -16,6 +16,7 @@ use std::cell::RefCell;
 
 use super::avx512::channels;
 use super::{Args, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
+use crate::lanes::saturate_bytes;
 
 thread_local! {
     /// Quads of the input pixels of one pass: `[pixel][4]` vectors.
@@ -72,9 +73,7 @@ impl Group {
             let x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), self.mb[j].0, self.mb[j].1);
             _mm512_cvtps_epi32(if self.big { _mm512_min_ps(x, _mm512_set1_ps(1e9)) } else { x })
         });
-        // Signed then unsigned saturation: every i32 to 0..=255 (two unsigned packs would
-        // read 32768..=65535 as negative 16-bit values).
-        let mut q = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
+        let mut q = saturate_bytes(v);
         if let Some((lo, hi)) = self.bounds {
             q = _mm512_min_epu8(_mm512_max_epu8(q, lo), hi);
         }

@@ -5,8 +5,8 @@
 //! zero points and clamp bounds folded per call, see `mod.rs`): convert, one FMA, clamp,
 //! residual (one FMA), round, saturate, masked store; without a residual the clamp bounds
 //! are cut to the codes 0..=255 and the rounded value needs no clamp of its own; a row of a
-//! 32-column tile then packs both vectors with unsigned saturation (`vpackusdw`,
-//! `vpackuswb`, one `vpermd` back to column order) into one 32-byte store. For f32 outputs it
+//! 32-column tile then packs both vectors with saturation (`vpackssdw`, `vpackuswb`:
+//! `lanes::saturate_bytes`; one `vpermd` back to column order) into one 32-byte store. For f32 outputs it
 //! computes real values.
 //!
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::{by_rows, mask16, panel_tile, tiles};
+use crate::lanes::{by_rows, mask16, panel_tile, saturate_bytes, tiles};
 
 use super::{Args, PackedQGemm};
 
@@ -75,7 +75,7 @@ impl Panel {
     }
 
     /// Epilogue of one row of a 32-column tile with u8 outputs: both vectors (plus the
-    /// residual, if any) rounded to i32, packed with unsigned saturation to 0..=255 (rounding
+    /// residual, if any) rounded to i32, packed with saturation to 0..=255 (rounding
     /// is monotonic, so this is the code of the value clamped first, as [`Panel::finish`]
     /// computes it), the bytes put back in column order, one store.
     ///
@@ -93,9 +93,8 @@ impl Panel {
             _mm512_cvtps_epi32(x)
         });
         // Lane l holds columns 4l..4l+4 of each vector: dword 4l (first vector), 4l + 1.
-        // Signed then unsigned saturation: every i32 to 0..=255 (two unsigned packs would read
-        // 32768..=65535 as negative 16-bit values).
-        let b = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_setzero_si512());
+        let z = _mm512_setzero_si512();
+        let b = saturate_bytes([q[0], q[1], z, z]);
         let mut b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), b);
         if let Some((lo, hi)) = self.byte_bounds {
             b = _mm512_min_epu8(_mm512_max_epu8(b, lo), hi);

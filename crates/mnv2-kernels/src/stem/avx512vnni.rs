@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::mask16;
+use crate::lanes::{mask16, saturate_bytes};
 
 use super::int8::{planes, PackedStemQ, QArgs};
 use super::Layout;
@@ -26,7 +26,7 @@ const XB: usize = 16;
 unsafe fn bytes16(v: __m512i) -> __m128i {
     let z = _mm512_setzero_si512();
     // Lane l holds lanes 4l..4l + 4 of `v` as bytes in its first dword.
-    let b = _mm512_packus_epi16(_mm512_packs_epi32(v, z), z);
+    let b = saturate_bytes([v, z, z, z]);
     let order = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     _mm512_castsi512_si128(_mm512_permutexvar_epi32(order, b))
 }
@@ -135,11 +135,11 @@ unsafe fn fill(args: &QArgs, p: &PackedStemQ, dst: *mut i32) {
         for ci in 0..3 {
             let row = args.img.data.as_ptr().add(ci * cs + iy * rs);
             let plane = dst.add((ky * 3 + ci) * n);
+            let src = Columns { row, ps, w, layout: args.img.layout, every_third };
             for x0 in (0..n).step_by(16) {
                 // Image columns `first + k` for k in 0..48; outside the image they read 0.0,
                 // whose code is the zero point.
                 let first = (2 * x0) as isize - pad;
-                let src = Columns { row, ps, w, layout: args.img.layout, every_third };
                 let (v0, v1, v2) = (src.load(first, 16), src.load(first + 16, 16), src.load(first + 32, 1));
                 let e = code.codes(_mm512_permutex2var_ps(v0, even, v1));
                 let o = code.codes(_mm512_permutex2var_ps(v0, odd, v1));

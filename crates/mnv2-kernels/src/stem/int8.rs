@@ -210,9 +210,7 @@ pub(crate) fn planes(len: usize) -> *mut u8 {
 pub fn stem_row_q(p: &PackedStemQ, img: Image, oy: usize, g: StemGeom, out: &mut [u8]) {
     assert_eq!(g.stride, 2, "the int8 stem is stride 2");
     assert!(out.len() >= g.w_out * p.c, "output row too short");
-    assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
-    assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
-    assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
+    super::check_row(&img, oy, g);
     let args = QArgs { img, oy, g, out: out.as_mut_ptr() };
     // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`.
     unsafe { (p.kernel.run)(&args, p) }

@@ -241,11 +241,17 @@ pub fn stem_row_u8(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinM
     run_row(p, img, oy, g, act, Dst::U8(out.as_mut_ptr(), q))
 }
 
-/// The row into `out`, whose length the caller checked.
-fn run_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: Dst) {
+/// Panics unless output row `oy` of geometry `g` reads inside `img` (the checks every stem
+/// row function makes before its kernel's unchecked reads).
+fn check_row(img: &Image, oy: usize, g: StemGeom) {
     assert_eq!(img.data.len(), 3 * img.h * img.w, "image size");
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < img.w + g.pad_left, "output wider than the image allows");
     assert!(oy * g.stride < img.h + g.pad_top, "row below the image");
+}
+
+/// The row into `out`, whose length the caller checked.
+fn run_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: Dst) {
+    check_row(&img, oy, g);
     let args = Args { img, oy, g, act, out };
     // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
     // that this CPU runs it.

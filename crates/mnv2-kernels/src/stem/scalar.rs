@@ -107,7 +107,7 @@ pub(crate) fn row_q(args: &QArgs, p: &PackedStemQ) {
 }
 
 /// The nine window planes (`[ky][ci][len]`) of output row `args.oy`, code by code.
-pub(crate) fn fill_planes(args: &QArgs, q: QParams, len: usize) -> Vec<u8> {
+fn fill_planes(args: &QArgs, q: QParams, len: usize) -> Vec<u8> {
     let (cs, rs, ps) = args.img.strides();
     let inv = 1.0 / q.scale;
     let mut planes = vec![q.zero as u8; 9 * len];
