@@ -11,9 +11,26 @@ use std::cell::RefCell;
 use crate::lanes::mask16;
 
 use super::avx512::store;
-use super::{bf16_row_len, Args, Layout, PackedStem};
+use super::{bf16_row_len, Args, Layout, PackedStem, StemGeom};
 
 const XB: usize = 8;
+
+/// Values of the three rounded rows: 32 of slack, as the rounding stores whole vectors under
+/// masks and the 9th tap's pair reads one value past the window.
+fn rows_len(g: StemGeom) -> usize {
+    3 * bf16_row_len(g) + 32
+}
+
+/// Bytes of the thread's rounded rows for geometry `g` (`StemKernel::staging`).
+pub(crate) fn staging_bytes(g: StemGeom) -> usize {
+    2 * rows_len(g)
+}
+
+/// Bytes this thread's rounded rows hold now.
+#[cfg(test)]
+pub(crate) fn held_bytes() -> usize {
+    ROWS.with_borrow(|r| 2 * r.len())
+}
 
 thread_local! {
     /// The three padded bf16 rows of the current output row; grows to the widest call.
@@ -181,9 +198,7 @@ pub(crate) unsafe fn row(args: &Args, p: &PackedStem) {
     let g = args.g;
     let len = bf16_row_len(g);
     ROWS.with_borrow_mut(|rows| {
-        // 32 values of slack: the rounding stores whole vectors under masks, and the 9th tap's
-        // pair reads one value past the window.
-        rows.resize(3 * len + 32, 0);
+        rows.resize(rows_len(g), 0);
         let mut valid = [false; 3];
         for (ky, ok) in valid.iter_mut().enumerate() {
             let iy = (args.oy * g.stride + ky) as isize - g.pad_top as isize;

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use crate::lanes::{mask16, saturate_bytes};
 
 use super::int8::{planes, PackedStemQ, QArgs};
-use super::Layout;
+use super::{Layout, StemGeom};
 
 const XB: usize = 16;
 
@@ -102,6 +102,12 @@ impl Columns {
 /// Quads per plane: the output pixels, rounded up to whole vectors.
 fn quads_len(w_out: usize) -> usize {
     w_out.next_multiple_of(XB)
+}
+
+/// Bytes of the thread's quad planes for geometry `g` (`StemQKernel::staging`): nine planes
+/// of dwords, and room to align them to 64 bytes.
+pub(crate) fn staging_bytes(g: StemGeom) -> usize {
+    4 * 9 * quads_len(g.w_out) + 64
 }
 
 /// Fills the nine quad planes (`[ky][ci][quads_len]` dwords) of `args.oy` at `dst`.
@@ -195,7 +201,7 @@ unsafe fn pixels<const N: usize>(args: &QArgs, p: &PackedStemQ, quads: *const i3
 pub(crate) unsafe fn row(args: &QArgs, p: &PackedStemQ) {
     let w_out = args.g.w_out;
     // 64-byte aligned dwords; valid until this thread next asks for larger planes.
-    let buf = planes(4 * 9 * quads_len(w_out) + 64);
+    let buf = planes(staging_bytes(args.g));
     let quads = buf.add(buf.align_offset(64)) as *mut i32;
     fill(args, p, quads);
     let mut x = 0;

@@ -37,6 +37,9 @@ pub struct StemQKernel {
     /// # Safety
     /// The arguments are valid for the packing, and the CPU has `needs`.
     run: unsafe fn(&QArgs, &PackedStemQ),
+    /// Bytes the kernel stages per thread for one output row of a geometry (see
+    /// [`PackedStemQ::staging_bytes`]).
+    staging: fn(StemGeom) -> usize,
 }
 
 /// Every int8 stem kernel, best first.
@@ -47,12 +50,14 @@ pub static KERNELS_INT8: &[StemQKernel] = &[
         needs: Needs::Avx512Vnni,
         max_c: 48,
         run: super::avx512vnni::row,
+        staging: super::avx512vnni::staging_bytes,
     },
     StemQKernel {
         name: "stem_u8s8s32_requant_3x3s2_scalar",
         needs: Needs::Scalar,
         max_c: usize::MAX,
         run: super::scalar::row_q,
+        staging: super::scalar::staging_bytes_q,
     },
 ];
 
@@ -143,6 +148,12 @@ impl PackedStemQ {
         self.kernel.name
     }
 
+    /// Bytes the kernel keeps per thread, outside the caller's buffers, to compute rows of
+    /// geometry `g` (its window planes), for the engine's activation accounting.
+    pub fn staging_bytes(&self, g: StemGeom) -> usize {
+        (self.kernel.staging)(g)
+    }
+
     /// The tier of the kernel this packing is for.
     pub fn isa(&self) -> Isa {
         self.kernel.needs.tier()
@@ -192,6 +203,12 @@ impl QArgs<'_> {
 thread_local! {
     /// The nine window planes of the current output row.
     static PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bytes this thread's window planes hold now.
+#[cfg(test)]
+pub(crate) fn held_bytes() -> usize {
+    PLANES.with_borrow(|p| p.len())
 }
 
 /// The window planes' storage for `len` bytes, owned by this thread (grown, never shrunk).

@@ -76,6 +76,9 @@ pub struct StemKernel {
     /// # Safety
     /// The arguments are valid for the packing, and the CPU has `needs`.
     run: unsafe fn(&Args, &PackedStem),
+    /// Bytes the kernel stages per thread for one output row of a geometry (see
+    /// [`PackedStem::staging_bytes`]).
+    staging: fn(StemGeom) -> usize,
 }
 
 /// Every stem kernel built for this target, best first. There is no AVX2 stem (3.6% of the
@@ -83,13 +86,21 @@ pub struct StemKernel {
 /// and its name says so.
 pub static KERNELS: &[StemKernel] = &[
     #[cfg(target_arch = "x86_64")]
-    StemKernel { name: "stem_f32_minmax_3x3s2_avx512", needs: Needs::Avx512, max_c: 48, bf16: false, run: avx512::row },
+    StemKernel {
+        name: "stem_f32_minmax_3x3s2_avx512",
+        needs: Needs::Avx512,
+        max_c: 48,
+        bf16: false,
+        run: avx512::row,
+        staging: no_staging,
+    },
     StemKernel {
         name: "stem_f32_minmax_3x3s2_scalar",
         needs: Needs::Scalar,
         max_c: usize::MAX,
         bf16: false,
         run: scalar::row,
+        staging: no_staging,
     },
 ];
 
@@ -105,6 +116,7 @@ pub static KERNELS_BF16: &[StemKernel] = &[
         max_c: 48,
         bf16: true,
         run: avx512bf16::row,
+        staging: avx512bf16::staging_bytes,
     },
     StemKernel {
         name: "stem_bf16_minmax_3x3s2_scalar",
@@ -112,6 +124,7 @@ pub static KERNELS_BF16: &[StemKernel] = &[
         max_c: usize::MAX,
         bf16: true,
         run: scalar::row_bf16,
+        staging: scalar::staging_bytes_bf16,
     },
 ];
 
@@ -119,6 +132,10 @@ pub static KERNELS_BF16: &[StemKernel] = &[
 /// reads, 3 channels each, and one more (the partner of the 9th tap's pair).
 pub(crate) fn bf16_row_len(g: StemGeom) -> usize {
     (g.w_out.saturating_sub(1) * g.stride + 3) * 3 + 1
+}
+
+fn no_staging(_: StemGeom) -> usize {
+    0
 }
 
 /// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
@@ -174,6 +191,13 @@ impl PackedStem {
     /// Name of the kernel this packing is for.
     pub fn kernel_name(&self) -> &'static str {
         self.kernel.name
+    }
+
+    /// Bytes the kernel keeps per thread, outside the caller's buffers, to compute rows of
+    /// geometry `g` (the bf16 kernels' rounded window rows; 0 for f32), for the engine's
+    /// activation accounting.
+    pub fn staging_bytes(&self, g: StemGeom) -> usize {
+        (self.kernel.staging)(g)
     }
 
     /// The tier of the kernel this packing is for.
@@ -343,6 +367,50 @@ mod tests {
         (6, 41, 16, 0, 1, 1, 0),
         (5, 37, 40, 1, 0, 0, 1),
     ];
+
+    /// The bytes a vector kernel keeps in its thread's staging area (which the engine counts
+    /// as activation memory) are no more than it declares: shapes run from narrow to wide, as
+    /// the areas only grow. The twins allocate what they declare per call.
+    #[test]
+    fn stem_kernels_stage_what_they_declare() {
+        let tier = *Tier::host().last().expect("scalar");
+        let mut shapes = SHAPES;
+        shapes.sort_by_key(|s| s.1);
+        #[cfg(target_arch = "x86_64")]
+        for (name, needs) in
+            [(KERNELS_BF16[0].name, KERNELS_BF16[0].needs), (int8::KERNELS_INT8[0].name, int8::KERNELS_INT8[0].needs)]
+        {
+            if !crate::isa::runs_or_skips(name, needs) {
+                continue;
+            }
+            for shape in shapes {
+                let case = Case::new(shape, 9.0, |_| {});
+                let img = Image { data: &case.nhwc, h: case.g.in_h, w: case.g.in_w, layout: Layout::Nhwc };
+                let mut out = vec![0.0f32; case.g.out_w * shape.2];
+                let (declared, held) = if name == KERNELS_BF16[0].name {
+                    let p = PackedStem::for_kernel(tier, &KERNELS_BF16[0], &case.wts, shape.2, &case.bias);
+                    stem_row(&p, img, case.g.out_h - 1, case.sg, MinMax::NONE, &mut out);
+                    (p.staging_bytes(case.sg), avx512bf16::held_bytes())
+                } else {
+                    let q = crate::qgemm::QParams { scale: 0.05, zero: 100 };
+                    let p = PackedStemQ::for_kernel(
+                        tier,
+                        &int8::KERNELS_INT8[0],
+                        &case.wts,
+                        shape.2,
+                        &case.bias,
+                        q,
+                        MinMax::RELU6,
+                        q,
+                    );
+                    let mut codes = vec![0u8; out.len()];
+                    stem_row_q(&p, img, case.g.out_h - 1, case.sg, &mut codes);
+                    (p.staging_bytes(case.sg), int8::held_bytes())
+                };
+                assert!(held > 0 && held <= declared, "{name} {shape:?}: holds {held} bytes, declares {declared}");
+            }
+        }
+    }
 
     #[test]
     fn every_kernel_and_layout_matches_reference() {

@@ -1,7 +1,7 @@
 //! Portable twin of the stem kernel.
 
 use super::int8::{image_code, plane_len, PackedStemQ, QArgs};
-use super::{bf16_row_len, Args, PackedStem};
+use super::{bf16_row_len, Args, PackedStem, StemGeom};
 use crate::bf16gemm::{bf16_to_f32, f32_to_bf16};
 use crate::qgemm::QParams;
 
@@ -37,6 +37,16 @@ pub(crate) fn row(args: &Args, p: &PackedStem) {
             unsafe { args.out.put(x * c + co, args.act.apply(*v)) };
         }
     }
+}
+
+/// Bytes [`row_bf16`] allocates per call: its rounded window rows, as f32 triples.
+pub(crate) fn staging_bytes_bf16(g: StemGeom) -> usize {
+    3 * (bf16_row_len(g) / 3) * size_of::<[f32; 3]>()
+}
+
+/// Bytes [`row_q`] allocates per call: its nine window planes.
+pub(crate) fn staging_bytes_q(g: StemGeom) -> usize {
+    9 * plane_len(g)
 }
 
 /// The bf16 stem (see `KERNELS_BF16`): the window rows rounded into padded bf16 rows, then per

@@ -43,8 +43,7 @@ fn lap(ops: &mut Option<&mut [f64; 3]>, op: usize, t: &mut Option<Instant>) {
 /// Output rows `oy` of block `k` into `out`: expanded rows (those not already in the ring)
 /// -> depthwise into `band` -> projection with the residual in its epilogue.
 ///
-/// The input rows the band reads must be present in `src`. `stem` is scratch for one f32
-/// stem row.
+/// The input rows the band reads must be present in `src`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn band<N: Net>(
     net: &N,
@@ -55,7 +54,6 @@ pub(super) fn band<N: Net>(
     oy: Range<usize>,
     hidden: &mut Hidden<N::T>,
     band: &mut [N::T],
-    stem: &mut [f32],
 ) {
     let (oy0, oy1) = (oy.start, oy.end);
     let (lo, hi) = g.hidden_rows(oy.clone());
@@ -74,7 +72,7 @@ pub(super) fn band<N: Net>(
             match src {
                 Src::Image(img, sg) => {
                     for (j, row) in dst.chunks_exact_mut(ring_row).enumerate() {
-                        net.stem_row(img, r + j, sg, row, stem);
+                        net.stem_row(img, r + j, sg, row);
                     }
                 }
                 Src::Rows(input) => {

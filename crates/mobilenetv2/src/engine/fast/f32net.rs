@@ -119,8 +119,12 @@ impl Net for F32Net {
         v
     }
 
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32], _: &mut [f32]) {
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32]) {
         stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
+    }
+
+    fn stem_staging(&self, g: StemGeom) -> usize {
+        self.stem.0.staging_bytes(g)
     }
 
     fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {

@@ -163,8 +163,10 @@ pub(crate) trait Net: Send + Sync {
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out` (a ring row, or a materialised activation when the
-    /// first block has an expand conv); `scratch` holds one f32 row.
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T], scratch: &mut [f32]);
+    /// first block has an expand conv).
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T]);
+    /// Bytes the stem kernel stages per thread for rows of geometry `g`.
+    fn stem_staging(&self, g: StemGeom) -> usize;
     /// The expand 1x1 conv of block `k` over `m` pixels (into ring rows, or into the expanded
     /// tensor materialised whole because a head or a pixel split reads it).
     fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
@@ -207,7 +209,6 @@ struct Scratch<T: Zeroable> {
     ring: AlignedVec<T>,
     band: AlignedVec<T>,
     last: AlignedVec,
-    stem: AlignedVec,
     pooled: Vec<f32>,
 }
 
@@ -406,7 +407,6 @@ impl<N: Net> FastEngine<N> {
                         ring: AlignedVec::zeros(ring),
                         band: AlignedVec::zeros(band),
                         last: AlignedVec::zeros(if N::POOLS_IN_EPILOGUE { 0 } else { schedule.last_band }),
-                        stem: AlignedVec::zeros(schedule.stem_out.w * schedule.stem_out.c),
                         pooled: vec![0.0; schedule.last_c],
                     })
                 })
@@ -437,14 +437,15 @@ impl<N: Net> FastEngine<N> {
         let t = size_of::<N::T>();
         let chain_hidden: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).0).sum();
         let chain_out: usize = (0..s.chain).map(|k| s.chain_ring_lens(k).1).sum();
-        // f32 in every network: the last conv band, the stem row, the pooled sums; and the
-        // depthwise kernels' staging of u8 rows.
+        // f32 in every network: the last conv band and the pooled sums; and what the kernels
+        // stage: the depthwise kernels' u8 rows, the stem's rows.
         let last_band = if N::POOLS_IN_EPILOGUE { 0 } else { s.last_band };
-        let staging = match N::DW_STAGING {
+        let dw_staging = match N::DW_STAGING {
             true => s.geos.iter().map(|g| staging_bytes_u8(g.w_in, g.stride, g.dilation)).max().unwrap_or(0),
             false => 0,
         };
-        let f32_values = last_band + s.stem_out.w * s.stem_out.c + s.last_c;
+        let staging = dw_staging + self.net.stem_staging(s.stem_geom);
+        let f32_values = last_band + s.last_c;
         let per_thread = t * (chain_hidden + s.ring_len + chain_out + s.band_len) + 4 * f32_values + staging;
         // A head's backbone tensors (f32, whole) and the head's own live tensors.
         let head = match (&s.taps, &self.head) {
@@ -649,7 +650,7 @@ impl<N: Net> FastEngine<N> {
                 let rows = dst.window_rows();
                 let dst = dst.values_mut();
                 for (i, oy) in rows.enumerate() {
-                    net.stem_row(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len], &mut sc.stem);
+                    net.stem_row(img, oy, sch.stem_geom, &mut dst[i * len..(i + 1) * len]);
                 }
             });
             prev = Prev::Rows { row_len: len, cap: s.h };
@@ -680,7 +681,6 @@ impl<N: Net> FastEngine<N> {
                     src: prev.src(img, sch, input),
                     acts: chain_bufs,
                     band: &mut sc.band,
-                    stem: &mut sc.stem,
                     next_out,
                     hidden_next: vec![0; sch.chain],
                     prof,
@@ -743,7 +743,7 @@ impl<N: Net> FastEngine<N> {
                 let mut oy = rows.start;
                 while oy < rows.end {
                     let end = (oy + g.band).min(rows.end);
-                    block::band(net, k, g, src, &mut out_rows, oy..end, &mut hidden, &mut sc.band, &mut sc.stem);
+                    block::band(net, k, g, src, &mut out_rows, oy..end, &mut hidden, &mut sc.band);
                     oy = end;
                 }
                 if let Some(j) = tap_out {
@@ -834,7 +834,6 @@ struct Chain<'a, 'p, N: Net> {
     src: Src<'a, N::T>,
     acts: &'a mut ChainRings<N::T>,
     band: &'a mut [N::T],
-    stem: &'a mut [f32],
     next_out: Vec<usize>,
     hidden_next: Vec<usize>,
     prof: Option<&'p mut Profile>,
@@ -867,13 +866,13 @@ impl<N: Net> Chain<'_, '_, N> {
             };
             let (hidden_ring, out_ring) = &mut rest[0];
             let mut hidden = Hidden { ring: &mut hidden_ring[..], next: self.hidden_next[k], ops };
-            let (band, stem) = (&mut *self.band, &mut *self.stem);
+            let band = &mut *self.band;
             match self.sch.chain_out_cap.get(k) {
                 Some(&cap) => {
                     let mut out = RowsMut::new(&mut out_ring[..], g.w_out * g.cout, cap);
-                    block::band(self.net, k, &g, src, &mut out, oy0..oy1, &mut hidden, band, stem);
+                    block::band(self.net, k, &g, src, &mut out, oy0..oy1, &mut hidden, band);
                 }
-                None => block::band(self.net, k, &g, src, last_out, oy0..oy1, &mut hidden, band, stem),
+                None => block::band(self.net, k, &g, src, last_out, oy0..oy1, &mut hidden, band),
             }
             self.hidden_next[k] = hidden.next;
             self.next_out[k] = oy1;

@@ -171,10 +171,17 @@ impl Net for QNet {
         v
     }
 
-    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8], _: &mut [f32]) {
+    fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [u8]) {
         match &self.stem {
             Stem::Int8(p) => stem_row_q(p, img, oy, g, out),
             Stem::F32(p, act) => stem_row_u8(p, img, oy, g, *act, self.stem_q, out),
+        }
+    }
+
+    fn stem_staging(&self, g: StemGeom) -> usize {
+        match &self.stem {
+            Stem::Int8(p) => p.staging_bytes(g),
+            Stem::F32(p, _) => p.staging_bytes(g),
         }
     }
 
