@@ -281,8 +281,8 @@ pub fn best() -> Isa {
 /// (family 0x19) does. There a padded lane of a 512-bit FMA costs as much as a real one and a
 /// 256-bit FMA half as much, so a GEMM panel whose real columns fit in 24 of its 32 runs three
 /// ymm per row (the GEMMs' `panel_tile`). Zen 5 (family 0x1a) and Intel's AVX-512 cores
-/// issue 512-bit FMAs as fast as 256-bit ones, and there the 32-column tile, padding and all,
-/// is faster (measured in BENCHMARKS.md, stop 16). Detected once; `MNV2_SPLIT_512=1` or `=0`
+/// issue 512-bit FMAs as fast as 256-bit ones, and there two rows' 48 outputs run in three zmm
+/// (`lanes::PAIRS24`; measured in BENCHMARKS.md, stops 16 and 17). Detected once; `MNV2_SPLIT_512=1` or `=0`
 /// overrides it (for A/B timing: every tile gives the same bits).
 pub fn split_512() -> bool {
     static SPLIT: OnceLock<bool> = OnceLock::new();

@@ -4,14 +4,15 @@
 //! pair (32 bits) and 2*MR (or MR) `vdpbf16ps`, each two multiply-adds per lane: twice the
 //! f32 kernel's work per instruction. A is first rounded to bf16 pairs, once per call, into a
 //! per-thread scratch (`vcvtne2ps2bf16`). Column tails use masked stores; a 32-column panel
-//! with <= 24 (<= 16) real columns runs a 24-column (three ymm accumulators per row, 9 rows;
-//! only where [`crate::isa::split_512`], as on Zen 4) or 16-column tile.
+//! with <= 16 real columns runs a 16-column tile, and with 17..=24 either three ymm
+//! accumulators per row (9 rows, where [`crate::isa::split_512`], as on Zen 4) or two rows at
+//! a time in three zmm ([`tile_pairs`], as the f32 GEMM).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::lanes::{by_rows, mask16, tiles, MR16, MR24, MR32};
+use crate::lanes::{by_rows, halves, mask16, panel_tile, rotate_cols, store_pair, tiles, upper_half, PAIRS24};
 
 use super::{ASrc, Args, PackedBf16Gemm};
 
@@ -112,6 +113,48 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
         _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
         let rp = if r.is_null() { r } else { rp.add(16) };
         _mm512_mask_storeu_ps(cp.add(16), p.m1, p.finish(acc1[i], rp, p.m1));
+    }
+}
+
+/// One tile of up to `2 * P` rows of a 32-column panel with 17..=24 real columns, two rows
+/// at a time ([`PAIRS24`]): 1.5 `vdpbf16ps` per row and pair of k where [`tile32`] runs 2.
+/// With an odd row count the last row is its own partner. Per lane the same `vdpbf16ps`
+/// chain as [`tile32`], so the same bits.
+///
+/// # Safety
+/// As [`tile32`], for `rows` rows.
+#[inline(always)]
+unsafe fn tile_pairs<const P: usize>(p: &Panel, rows: usize, a: *const u32, c: *mut f32, r: *const f32) {
+    let bh = |v: __m512| std::mem::transmute::<__m512, __m512bh>(v);
+    let (bias0, bias2) = (_mm512_load_ps(p.bias), _mm512_loadu_ps(p.bias.add(8)));
+    let mut acc0 = [bias0; P];
+    let mut acc1 = [rotate_cols(bias0, bias2); P];
+    let mut acc2 = [bias2; P];
+    let second = |j: usize| (2 * j + 1).min(rows - 1);
+    let upper = upper_half();
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.pairs {
+        // Weight pairs of columns 0..16 and 8..24 (the packing's zeros beyond the real ones).
+        let b0 = _mm512_load_ps(bp as *const f32);
+        let b2 = _mm512_loadu_ps(bp.add(8) as *const f32);
+        let b1 = rotate_cols(b0, b2);
+        for j in 0..P {
+            let x0 = _mm512_castsi512_ps(_mm512_set1_epi32(*ap.add(2 * j * p.lda) as i32));
+            let x1 = _mm512_castsi512_ps(_mm512_set1_epi32(*ap.add(second(j) * p.lda) as i32));
+            acc0[j] = _mm512_dpbf16_ps(acc0[j], bh(x0), bh(b0));
+            acc1[j] = _mm512_dpbf16_ps(acc1[j], bh(halves(x0, x1, upper)), bh(b1));
+            acc2[j] = _mm512_dpbf16_ps(acc2[j], bh(x1), bh(b2));
+        }
+        bp = bp.add(32);
+        ap = ap.add(1);
+    }
+    let cols = 16 + p.m1.count_ones() as usize;
+    for j in 0..P {
+        let (i0, i1) = (2 * j, second(j));
+        let rr = if r.is_null() { [r, r] } else { [r.add(i0 * p.ldr), r.add(i1 * p.ldr)] };
+        let cc = [c.add(i0 * p.ldc), c.add(i1 * p.ldc)];
+        store_pair([acc0[j], acc1[j], acc2[j]], cols, cc, rr, p.lo, p.hi);
     }
 }
 
@@ -304,7 +347,6 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
 unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
     let (n, nr, pairs) = (w.n, w.nr, w.pairs());
     {
-        let mr = if nr == 32 { MR32 } else { MR16 };
         let mut first = args.panels.start;
         if args.m == 1 && nr == 32 {
             while first + 4 <= args.panels.end && (first + 4) * nr <= n {
@@ -328,22 +370,21 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
                 lo: _mm512_set1_ps(args.act.min),
                 hi: _mm512_set1_ps(args.act.max),
             };
-            let narrow24 = w.split && nr == 32 && (17..=24).contains(&cols);
-            let (count, base, extra) = tiles(args.m, if narrow24 { MR24 } else { mr });
+            // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections and
+            // the last panel of N = 144 expansions, skips its padding (no 8-column tile here).
+            let (width, mr) = panel_tile(cols, nr, w.split);
+            let (count, base, extra) = tiles(args.m, mr);
             let mut i = 0;
             for t in 0..count {
                 let rows = base + usize::from(t < extra);
                 let a = a16.add(i * lda);
                 let c = args.c.add(i * args.ldc + n0);
                 let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
-                // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections
-                // and the last panel of N = 144 expansions, skips its padding.
-                if nr == 32 && cols > 16 && !narrow24 {
-                    by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r));
-                } else if narrow24 {
-                    by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r));
-                } else {
-                    by_rows!(16, rows, |R| tile16::<R>(&p, a, c, r));
+                match width {
+                    32 => by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r)),
+                    PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(&p, rows, a, c, r)),
+                    24 => by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r)),
+                    _ => by_rows!(16, rows, |R| tile16::<R>(&p, a, c, r)),
                 }
                 i += rows;
             }

@@ -4,18 +4,19 @@
 //! while the load ports have slack. Column tails use masked stores.
 //!
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
-//! of the panel width) runs a narrower tile over the same packing: <= 24 real columns of a
-//! 32-column panel three ymm per row ([`tile24`], 9 rows), <= 16 one zmm ([`tile16`]),
-//! <= 8 one ymm ([`tile8`], also for 16-column panels). On Zen 4 a 512-bit FMA takes both
-//! 256-bit pipes, so a padded lane costs as much as a real one; a ymm FMA costs half. Where a
-//! 512-bit FMA is as fast as a ymm one (Zen 5, Intel), three ymm cost more than two zmm, and
-//! 24 real columns run [`tile32`] (the packing's `split`, from [`crate::isa::split_512`]). Every
-//! tile runs the same fused chain per output element (bias, one FMA per k in order, clamp,
-//! residual), so the width changes no bit.
+//! of the panel width) runs a narrower tile over the same packing: <= 16 real columns one zmm
+//! ([`tile16`]), <= 8 one ymm ([`tile8`], also for 16-column panels), and 17..=24 either three
+//! ymm per row ([`tile24`], 9 rows) or two rows at a time in three zmm ([`tile_pairs`], 16
+//! rows). On Zen 4 a 512-bit FMA takes both 256-bit pipes, so a padded lane costs as much as a
+//! real one and a ymm FMA half: [`tile24`]. Where a 512-bit FMA is as fast as a ymm one (Zen
+//! 5, Intel), the pair tile's 1.5 zmm per row beat three ymm and [`tile32`]'s two zmm (the
+//! packing's `split`, from [`crate::isa::split_512`]). Every tile runs the same fused chain
+//! per output element (bias, one FMA per k in order, clamp, residual), so the width changes
+//! no bit.
 
 use std::arch::x86_64::*;
 
-use crate::lanes::{by_rows, mask16, panel_tile, tiles};
+use crate::lanes::{by_rows, halves, mask16, panel_tile, rotate_cols, store_pair, tiles, upper_half, PAIRS24};
 
 use super::{Args, PackedGemm};
 
@@ -134,6 +135,47 @@ unsafe fn tile24<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *con
     }
 }
 
+/// One tile of up to `2 * P` rows of a 32-column panel with 17..=24 real columns, two rows
+/// at a time ([`PAIRS24`]). `rows` (odd or even) are real; with an odd count the last row is
+/// its own partner. Per lane the same FMA chain as [`tile32`], so the same bits.
+///
+/// # Safety
+/// As [`tile32`], for `rows` rows.
+#[inline(always)]
+unsafe fn tile_pairs<const P: usize>(p: &Panel, rows: usize, a: *const f32, c: *mut f32, r: *const f32) {
+    let (bias0, bias2) = (_mm512_load_ps(p.bias), _mm512_loadu_ps(p.bias.add(8)));
+    let mut acc0 = [bias0; P];
+    let mut acc1 = [rotate_cols(bias0, bias2); P];
+    let mut acc2 = [bias2; P];
+    // The second row of pair j (its first again when the tile has an odd row count).
+    let second = |j: usize| (2 * j + 1).min(rows - 1);
+    let upper = upper_half();
+    let mut bp = p.b;
+    let mut ap = a;
+    for _ in 0..p.k {
+        // Columns 0..16 and 8..24 (the packing's zeros beyond the real ones).
+        let b0 = _mm512_load_ps(bp);
+        let b2 = _mm512_loadu_ps(bp.add(8));
+        let b1 = rotate_cols(b0, b2);
+        for j in 0..P {
+            let x0 = _mm512_set1_ps(*ap.add(2 * j * p.lda));
+            let x1 = _mm512_set1_ps(*ap.add(second(j) * p.lda));
+            acc0[j] = _mm512_fmadd_ps(x0, b0, acc0[j]);
+            acc1[j] = _mm512_fmadd_ps(halves(x0, x1, upper), b1, acc1[j]);
+            acc2[j] = _mm512_fmadd_ps(x1, b2, acc2[j]);
+        }
+        bp = bp.add(32);
+        ap = ap.add(1);
+    }
+    let cols = 16 + p.m1.count_ones() as usize;
+    for j in 0..P {
+        let (i0, i1) = (2 * j, second(j));
+        let rr = if r.is_null() { [r, r] } else { [r.add(i0 * p.ldr), r.add(i1 * p.ldr)] };
+        let cc = [c.add(i0 * p.ldc), c.add(i1 * p.ldc)];
+        store_pair([acc0[j], acc1[j], acc2[j]], cols, cc, rr, p.lo, p.hi);
+    }
+}
+
 /// One tile of MR rows x 16 columns (a 16-column panel, or the first 16 of a 32-column one).
 ///
 /// # Safety
@@ -212,6 +254,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             let c = args.c.add(i * args.ldc + n0);
             let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
             match width {
+                PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(&p, rows, a, c, r)),
                 32 => by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r)),
                 24 => by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r)),
                 16 => by_rows!(16, rows, |R| tile16::<R>(&p, a, c, r)),

@@ -97,8 +97,8 @@ pub struct PackedGemm {
     pub(crate) data: AlignedVec,
     /// `[panels * nr]`.
     pub(crate) bias: AlignedVec,
-    /// Whether a panel with padding columns runs the 24-column tile ([`crate::isa::split_512`],
-    /// read when packing; every tile gives the same bits).
+    /// Whether a panel with 17..=24 real columns runs the 24-column tile rather than the pair
+    /// tile ([`crate::isa::split_512`], read when packing; every tile gives the same bits).
     pub(crate) split: bool,
 }
 
@@ -329,7 +329,7 @@ mod tests {
         // Every width of the last panel (1..=nr real columns, so the narrow tiles of a
         // 32-column panel with <= 24, <= 16, <= 8 columns), one to three panels, row counts
         // around the tile height, with and without residual, whole and panel by panel, with
-        // the 24-column tile and without (`split`, whatever this CPU is): the same bits as the
+        // the 24-column tile and the pair tile (`split`, whatever this CPU is): the same bits as the
         // fused chain (so as every earlier version of the kernels).
         let vector = host_kernels().into_iter().filter(|(_, k)| k.needs != Needs::Scalar);
         for ((tier, kern), split) in vector.flat_map(|tk| [(tk, false), (tk, true)]) {

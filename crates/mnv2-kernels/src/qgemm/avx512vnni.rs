@@ -11,14 +11,17 @@
 //!
 //! A panel with padding columns (the last one of a layer whose output count is not a multiple
 //! of the panel width) runs a narrower tile over the same packing: 24 columns (three ymm
-//! `vpdpbusd` per row, 9 rows), 16 (one zmm) or 8 (one ymm). On Zen 4 a 512-bit instruction takes
-//! both 256-bit pipes, so a padded lane costs as much as a real one; elsewhere (Zen 5, Intel)
-//! 24 columns run the 32-column tile ([`crate::isa::split_512`]). The sums are exact
-//! integers either way and the epilogue is the same, so the bytes are the same.
+//! `vpdpbusd` per row, 9 rows), 16 (one zmm) or 8 (one ymm). On Zen 4 a 512-bit instruction
+//! takes both 256-bit pipes, so a padded lane costs as much as a real one; elsewhere (Zen 5,
+//! Intel) 24 columns run two rows at a time in three zmm ([`tile_pairs`];
+//! [`crate::isa::split_512`]). The sums are exact integers either way and the epilogue is the
+//! same, so the bytes are the same.
 
 use std::arch::x86_64::*;
 
-use crate::lanes::{by_rows, mask16, panel_tile, saturate_bytes, tiles};
+use crate::lanes::{
+    by_rows, halves, mask16, panel_tile, rotate_cols, saturate_bytes, tiles, unpair, upper_half, MR32, PAIRS24,
+};
 
 use super::{Args, PackedQGemm};
 
@@ -83,15 +86,19 @@ impl Panel {
     /// As [`Panel::finish`]; `self.packs`.
     #[inline(always)]
     unsafe fn pack32(&self, acc: [__m512i; 2], args: &Args, row: usize, col: usize) {
-        let q: [__m512i; 2] = std::array::from_fn(|v| {
+        // A loop, not `array::from_fn`: a closure has no target features, and once this
+        // epilogue had two callers LLVM stopped inlining it, leaving every intrinsic a call
+        // (the int8 network 5x slower).
+        let mut q = [_mm512_setzero_si512(); 2];
+        for (v, q) in q.iter_mut().enumerate() {
             let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[v]), self.qmul[v], self.qbias[v]);
             if !args.r.is_null() {
                 let r = args.r.add(row * args.ldr + col + 16 * v) as *const i8;
                 let r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(self.mask[v], r));
                 x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), self.qrs, x);
             }
-            _mm512_cvtps_epi32(x)
-        });
+            *q = _mm512_cvtps_epi32(x);
+        }
         // Lane l holds columns 4l..4l+4 of each vector: dword 4l (first vector), 4l + 1.
         let z = _mm512_setzero_si512();
         let b = saturate_bytes([q[0], q[1], z, z]);
@@ -222,6 +229,54 @@ unsafe fn tile<const MR: usize, const W: usize>(p: &Panel, args: &Args, i0: usiz
     }
 }
 
+/// One tile of up to `2 * P` rows of a 32-column panel with 17..=24 real columns, two rows
+/// at a time ([`PAIRS24`]): 1.5 `vpdpbusd` per row and 4 k where [`tile`] runs 2. The sums
+/// are put back in rows ([`unpair`]) for the 32-column tile's epilogue, so the bytes are the
+/// same. With an odd row count the last row is its own partner (and stored once).
+///
+/// # Safety
+/// As [`tile`], for `rows` rows; not for pooled outputs.
+#[inline(always)]
+unsafe fn tile_pairs<const P: usize>(p: &Panel, args: &Args, rows: usize, i0: usize, n0: usize) {
+    let mut acc0 = [_mm512_setzero_si512(); P];
+    let mut acc1 = [_mm512_setzero_si512(); P];
+    let mut acc2 = [_mm512_setzero_si512(); P];
+    let second = |j: usize| (2 * j + 1).min(rows - 1);
+    let upper = upper_half();
+    let word = |x: __m512i| _mm512_castsi512_ps(x);
+    let mut bp = p.b;
+    let mut ap = args.a.add(i0 * p.lda);
+    for _ in 0..p.groups {
+        // Quads of columns 0..16 and 8..24 (the packing's zeros beyond the real ones).
+        let b0 = _mm512_load_si512(bp as *const _);
+        let b2 = _mm512_loadu_si512(bp.add(32) as *const _);
+        let b1 = _mm512_castps_si512(rotate_cols(word(b0), word(b2)));
+        for j in 0..P {
+            let x0 = _mm512_set1_epi32((ap.add(2 * j * p.lda) as *const i32).read_unaligned());
+            let x1 = _mm512_set1_epi32((ap.add(second(j) * p.lda) as *const i32).read_unaligned());
+            acc0[j] = _mm512_dpbusd_epi32(acc0[j], x0, b0);
+            acc1[j] = _mm512_dpbusd_epi32(acc1[j], _mm512_castps_si512(halves(word(x0), word(x1), upper)), b1);
+            acc2[j] = _mm512_dpbusd_epi32(acc2[j], x1, b2);
+        }
+        bp = bp.add(p.nr * 4);
+        ap = ap.add(4);
+    }
+    for j in 0..P {
+        for (h, acc) in unpair([acc0[j], acc1[j], acc2[j]]).into_iter().enumerate() {
+            let i = 2 * j + h;
+            if i >= rows {
+                break;
+            }
+            if p.packs && !args.f32_out {
+                p.pack32(acc, args, i0 + i, n0);
+            } else {
+                p.finish(acc[0], 0, args, i0 + i, n0);
+                p.finish(acc[1], 1, args, i0 + i, n0 + 16);
+            }
+        }
+    }
+}
+
 /// # Safety
 /// `args` must describe valid buffers for `w` (checked by `qgemm`); the CPU must have
 /// AVX-512 F/BW/VL and VNNI.
@@ -285,13 +340,18 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         };
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
-        let (width, mr) = panel_tile(cols, nr, w.split);
+        // Pooled sums (the last conv, never 24 columns) keep to the row tiles.
+        let (width, mr) = match panel_tile(cols, nr, w.split) {
+            (PAIRS24, _) if args.pool => (32, MR32),
+            t => t,
+        };
         let (count, base, extra) = tiles(args.m, mr);
         let mut i = 0;
         for t in 0..count {
             let rows = base + usize::from(t < extra);
             match width {
                 32 => by_rows!(32, rows, |R| tile::<R, 32>(&p, args, i, n0)),
+                PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(&p, args, rows, i, n0)),
                 24 => by_rows!(24, rows, |R| tile::<R, 24>(&p, args, i, n0)),
                 16 => by_rows!(16, rows, |R| tile::<R, 16>(&p, args, i, n0)),
                 _ => by_rows!(8, rows, |R| tile::<R, 8>(&p, args, i, n0)),
