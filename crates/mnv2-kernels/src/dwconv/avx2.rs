@@ -48,7 +48,18 @@ impl Tile {
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX2+FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn row(args: &Args<f32, f32>, w: &PackedDw) {
+pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
+    for a in args {
+        row1(a, w);
+    }
+}
+
+/// One output row.
+///
+/// # Safety
+/// As [`row`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row1(args: &Args<f32, f32>, w: &PackedDw) {
     let g = args.g;
     let c = w.c;
     let (lo_x, hi_x) = g.interior();

@@ -365,7 +365,7 @@ thread_local! {
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn row(args: &Args<f32, f32>, w: &PackedDw) {
+pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
     row_f32(args, w)
 }
 
@@ -375,7 +375,7 @@ pub(crate) unsafe fn row(args: &Args<f32, f32>, w: &PackedDw) {
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_bf16`); the CPU must have
 /// AVX-512 and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
-pub(crate) unsafe fn row_bf16(args: &Args<f32, Bf16>, w: &PackedDw) {
+pub(crate) unsafe fn row_bf16(args: &[Args<f32, Bf16>], w: &PackedDw) {
     row_f32(args, w)
 }
 
@@ -386,9 +386,13 @@ pub(crate) unsafe fn row_bf16(args: &Args<f32, Bf16>, w: &PackedDw) {
 /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
 /// masks passed stay within them.
 #[inline(always)]
-unsafe fn row_f32<O: Out>(args: &Args<f32, O>, w: &PackedDw) {
-    let rows = |ct: usize, _: usize| -> [*const f32; 3] {
-        std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) })
+unsafe fn row_f32<O: Out>(args: &[Args<f32, O>], w: &PackedDw) {
+    let rows = |a: &Args<f32, O>, ct: usize, _: usize| -> [*const f32; 3] {
+        let mut rows = a.rows;
+        for r in rows.iter_mut().filter(|r| !r.is_null()) {
+            *r = r.add(ct);
+        }
+        rows
     };
     row_tiles(args, w, rows, w.c);
 }
@@ -410,15 +414,17 @@ fn staging(len: usize) -> *mut f32 {
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
 /// `PackedDw::quantized_for`; the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
-    let g = args.g;
+pub(crate) unsafe fn row_u8(args: &[Args<u8, u8>], w: &PackedDw) {
+    let Some(first) = args.first() else { return };
+    let g = first.g;
     let c = w.c;
-    // Valid until this thread next asks for a larger staging area; nothing else uses it.
+    // Valid until this thread next asks for a larger staging area; nothing else uses it. Each
+    // tile of each row is widened into it just before it is walked.
     let stage = staging(3 * g.w_in * 16);
-    let widen = |ct: usize, cols: usize| -> [*const f32; 3] {
+    let widen = |a: &Args<u8, u8>, ct: usize, cols: usize| -> [*const f32; 3] {
         let mask = mask16(cols);
         std::array::from_fn(|i| {
-            let r = args.rows[i];
+            let r = a.rows[i];
             if r.is_null() {
                 return std::ptr::null();
             }
@@ -433,8 +439,9 @@ pub(crate) unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
     row_tiles(args, w, widen, 16);
 }
 
-/// Runs every 16-channel tile: `rows_of(ct, cols)` gives the tile's f32 input rows (null for
-/// padding rows) whose pixel stride is `in_stride`.
+/// Runs every 16-channel tile of every output row of `args`, tile by tile (each across all
+/// the rows, so the input rows they share stay in L1): `rows_of(row, ct, cols)` gives the
+/// tile's f32 input rows (null for padding rows) whose pixel stride is `in_stride`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
@@ -442,38 +449,41 @@ pub(crate) unsafe fn row_u8(args: &Args<u8, u8>, w: &PackedDw) {
 /// masks passed stay within them.
 #[inline(always)]
 unsafe fn row_tiles<I, O: Out>(
-    args: &Args<I, O>,
+    all: &[Args<I, O>],
     w: &PackedDw,
-    rows_of: impl Fn(usize, usize) -> [*const f32; 3],
+    rows_of: impl Fn(&Args<I, O>, usize, usize) -> [*const f32; 3],
     in_stride: usize,
 ) {
-    let g = args.g;
+    let Some(first) = all.first() else { return };
+    let g = first.g;
     let c = w.c;
     let interior = g.interior();
     for ct in (0..c).step_by(16) {
-        let cols = (c - ct).min(16);
-        let rows = rows_of(ct, cols);
-        // A padding row reads a present row with zero weights (there is always one present).
-        let present = rows.iter().copied().find(|r| !r.is_null()).expect("at least one input row");
-        let t = Tile {
-            rows: std::array::from_fn(|i| if rows[i].is_null() { present } else { rows[i] }),
-            out: args.out.add(ct),
-            in_stride,
-            out_stride: c,
-            stride: g.stride,
-            dilation: g.dilation,
-            pad: g.pad_left,
-            w_in: g.w_in,
-            w: std::array::from_fn(|k| {
-                if rows[k / 3].is_null() {
-                    _mm512_setzero_ps()
-                } else {
-                    _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
-                }
-            }),
-            init: O::init(_mm512_load_ps(w.bias.as_ptr().add(ct))),
-            epi: Epi::new(args, w, ct, mask16(cols)),
-        };
-        t.walk(g.w_out, interior, cols == 16);
+        for args in all {
+            let cols = (c - ct).min(16);
+            let rows = rows_of(args, ct, cols);
+            // A padding row reads a present row with zero weights (there is always one present).
+            let present = rows.iter().copied().find(|r| !r.is_null()).expect("at least one input row");
+            let t = Tile {
+                rows: std::array::from_fn(|i| if rows[i].is_null() { present } else { rows[i] }),
+                out: args.out.add(ct),
+                in_stride,
+                out_stride: c,
+                stride: g.stride,
+                dilation: g.dilation,
+                pad: g.pad_left,
+                w_in: g.w_in,
+                w: std::array::from_fn(|k| {
+                    if rows[k / 3].is_null() {
+                        _mm512_setzero_ps()
+                    } else {
+                        _mm512_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
+                    }
+                }),
+                init: O::init(_mm512_load_ps(w.bias.as_ptr().add(ct))),
+                epi: Epi::new(args, w, ct, mask16(cols)),
+            };
+            t.walk(g.w_out, interior, cols == 16);
+        }
     }
 }

@@ -85,7 +85,19 @@ impl Group {
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
 /// [`PackedDw::quantized_for`]; the CPU must have AVX-512 and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
-pub(crate) unsafe fn row(args: &Args<u8, u8>, w: &PackedDw) {
+pub(crate) unsafe fn row(args: &[Args<u8, u8>], w: &PackedDw) {
+    // Row by row: each stages its pixels' quads (64 channels at a time) anyway.
+    for a in args {
+        row1(a, w);
+    }
+}
+
+/// One output row.
+///
+/// # Safety
+/// As [`row`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+unsafe fn row1(args: &Args<u8, u8>, w: &PackedDw) {
     let g = args.g;
     let (c, c_pad) = (w.c, w.c_pad);
     let c_quad = c.next_multiple_of(QUAD_GROUP);

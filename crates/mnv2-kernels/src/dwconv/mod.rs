@@ -1,8 +1,12 @@
-//! Depthwise 3x3 convolution, one output row per call, with a fused epilogue (bias, clamp).
+//! Depthwise 3x3 convolution, output row by output row, with a fused epilogue (bias, clamp).
 //!
-//! The caller hands the three input rows the output row reads (`None` for a padding row);
+//! The caller hands the three input rows each output row reads (`None` for a padding row);
 //! so the kernel serves any source of rows: a whole tensor, or the ring of expanded rows of
-//! the fused inverted residual, where the wide tensor never exists whole. Rows are NHWC
+//! the fused inverted residual, where the wide tensor never exists whole. A call may take
+//! several output rows ([`dwconv_rows`]): the AVX-512 kernels then run each 16-channel tile
+//! across all of them before the next, so the input rows they share are read from L2 once
+//! per tile instead of once per output row (the expanded rows of a 56-wide block are 32 KB
+//! each; three of them do not fit L1). Rows are NHWC
 //! (pixel stride = channels). Stride 1 or 2, any dilation (atrous, for segmentation), any
 //! left padding; the right padding follows from the widths.
 //!
@@ -76,16 +80,20 @@ impl Elem for Bf16 {
     }
 }
 
-/// The code of a depthwise kernel, by the element types it reads and writes.
+/// The code of a depthwise kernel, by the element types it reads and writes: it computes
+/// the output rows of a slice of [`Args`] (at most [`MAX_ROWS`]), in any order.
 #[derive(Debug)]
 pub(crate) enum DwCode {
     /// f32 rows to f32 rows.
-    F32(unsafe fn(&Args<f32, f32>, &PackedDw)),
+    F32(unsafe fn(&[Args<f32, f32>], &PackedDw)),
     /// u8 rows to u8 rows.
-    U8(unsafe fn(&Args<u8, u8>, &PackedDw)),
+    U8(unsafe fn(&[Args<u8, u8>], &PackedDw)),
     /// f32 rows to bf16 rows (rounded to nearest even, as `vcvtneps2bf16`).
-    Bf16(unsafe fn(&Args<f32, Bf16>, &PackedDw)),
+    Bf16(unsafe fn(&[Args<f32, Bf16>], &PackedDw)),
 }
+
+/// Output rows per kernel call (a longer list of rows goes in several calls).
+pub(crate) const MAX_ROWS: usize = 8;
 
 /// One depthwise 3x3 kernel: its name (the identity of the code), what it needs, its code.
 #[derive(Debug)]
@@ -327,6 +335,7 @@ impl Requant {
 }
 
 /// Raw arguments of one row: input rows of `I`, output of `O`.
+#[derive(Clone, Copy)]
 pub(crate) struct Args<I, O> {
     pub rows: [*const I; 3],
     pub out: *mut O,
@@ -340,48 +349,80 @@ pub(crate) struct Args<I, O> {
 /// Each present row must hold `g.w_in * w.c` values; `out` holds `g.w_out * w.c`. Panics if
 /// `w` was packed for an int8 kernel.
 pub fn dwconv_row(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [f32]) {
+    dwconv_rows(w, &[rows], g, act, out)
+}
+
+/// Several output rows of one layer, `out` holding them one after the other (`rows.len()`
+/// rows of `g.w_out * w.c` values), output row `i` from the input rows `rows[i]`: the same
+/// values as [`dwconv_row`] on each. The AVX-512 kernels run each 16-channel tile across all
+/// the rows before the next tile, so an input row that several output rows read (all but
+/// one of three at stride 1) comes from L1 rather than L2 after its first use.
+pub fn dwconv_rows(w: &PackedDw, rows: &[[Option<&[f32]>; 3]], g: DwRow, act: MinMax, out: &mut [f32]) {
     let DwCode::F32(run) = w.kernel.code else { panic!("{} does not write f32 rows", w.kernel.name) };
-    dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
+    dwconv_rows_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
 }
 
 /// [`dwconv_row`] with its outputs rounded to bf16 (weights packed by
 /// [`PackedDw::bf16_out`]): the same values as [`dwconv_row`]'s, rounded.
 pub fn dwconv_row_bf16(w: &PackedDw, rows: [Option<&[f32]>; 3], g: DwRow, act: MinMax, out: &mut [Bf16]) {
+    dwconv_rows_bf16(w, &[rows], g, act, out)
+}
+
+/// [`dwconv_rows`] with its outputs rounded to bf16, as [`dwconv_row_bf16`].
+pub fn dwconv_rows_bf16(w: &PackedDw, rows: &[[Option<&[f32]>; 3]], g: DwRow, act: MinMax, out: &mut [Bf16]) {
     let DwCode::Bf16(run) = w.kernel.code else { panic!("{} does not write bf16 rows", w.kernel.name) };
-    dwconv_row_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
+    dwconv_rows_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
 }
 
 /// [`dwconv_row`] on u8 rows (weights packed by [`PackedDw::quantized`]), the result
 /// quantised with `out_q`.
 pub fn dwconv_row_u8(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], out_q: QParams) {
-    let DwCode::U8(run) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
-    dwconv_row_any(w, rows, g, act, out, out_q, run)
+    dwconv_rows_u8(w, &[rows], g, act, out, out_q)
 }
 
-fn dwconv_row_any<I: Elem, O: Elem>(
+/// [`dwconv_rows`] on u8 rows, as [`dwconv_row_u8`].
+pub fn dwconv_rows_u8(
     w: &PackedDw,
-    rows: [Option<&[I]>; 3],
+    rows: &[[Option<&[u8]>; 3]],
+    g: DwRow,
+    act: MinMax,
+    out: &mut [u8],
+    out_q: QParams,
+) {
+    let DwCode::U8(run) = w.kernel.code else { panic!("{} does not write u8 rows", w.kernel.name) };
+    dwconv_rows_any(w, rows, g, act, out, out_q, run)
+}
+
+fn dwconv_rows_any<I: Elem, O: Elem>(
+    w: &PackedDw,
+    rows: &[[Option<&[I]>; 3]],
     g: DwRow,
     act: MinMax,
     out: &mut [O],
     out_q: QParams,
-    run: unsafe fn(&Args<I, O>, &PackedDw),
+    run: unsafe fn(&[Args<I, O>], &PackedDw),
 ) {
     assert!(g.stride >= 1 && g.dilation >= 1);
-    assert!(out.len() >= g.w_out * w.c, "output row too short");
+    let row_len = g.w_out * w.c;
+    assert!(out.len() >= rows.len() * row_len, "output rows too short");
     assert!(g.w_out == 0 || (g.w_out - 1) * g.stride < g.w_in + g.pad_left, "output wider than the input allows");
-    let mut ptrs = [std::ptr::null(); 3];
-    for (p, r) in ptrs.iter_mut().zip(rows) {
-        if let Some(r) = r {
-            assert!(r.len() >= g.w_in * w.c, "input row too short");
-            *p = r.as_ptr();
+    let none = Args { rows: [std::ptr::null(); 3], out: std::ptr::null_mut(), g, act, out_q };
+    for (chunk, outs) in rows.chunks(MAX_ROWS).zip(out.chunks_mut(MAX_ROWS * row_len.max(1))) {
+        let mut args = [none; MAX_ROWS];
+        for (i, (a, r)) in args.iter_mut().zip(chunk).enumerate() {
+            for (p, r) in a.rows.iter_mut().zip(r) {
+                if let Some(r) = r {
+                    assert!(r.len() >= g.w_in * w.c, "input row too short");
+                    *p = r.as_ptr();
+                }
+            }
+            assert!(a.rows.iter().any(|p| !p.is_null()), "an output row reads at least one input row");
+            a.out = outs[i * row_len..].as_mut_ptr();
         }
+        // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
+        // that this CPU runs it.
+        unsafe { run(&args[..chunk.len()], w) }
     }
-    assert!(ptrs.iter().any(|p| !p.is_null()), "an output row reads at least one input row");
-    let args = Args { rows: ptrs, out: out.as_mut_ptr(), g, act, out_q };
-    // SAFETY: sizes checked above; the packing's kernel was granted by a `Tier`, the proof
-    // that this CPU runs it.
-    unsafe { run(&args, w) }
 }
 
 #[cfg(test)]
@@ -600,6 +641,66 @@ mod tests {
                         assert_eq!(x.0, f32_to_bf16(*y), "{} w={w_in} c={c} s={s} d={d} at {i}: {y}", kern.name);
                     }
                 }
+            }
+        }
+    }
+
+    /// Several output rows in one call (the tile-by-tile order of the AVX-512 kernels) give
+    /// each row's values of one row per call, bit for bit, in f32, bf16 and u8: every
+    /// kernel, a whole image at strides 1 and 2 with padding rows at both ends, more rows than
+    /// one kernel call takes ([`MAX_ROWS`]), channel tails; nothing written past the rows.
+    #[test]
+    fn rows_in_one_call_are_the_rows_one_by_one() {
+        for (h, w_in, c, s, d) in [(12, 9, 40, 1, 1), (21, 14, 24, 2, 1), (11, 17, 16, 1, 2), (3, 5, 9, 1, 1)] {
+            let eff = 2 * d + 1;
+            let (h_out, w_out) = ((h + 2 * d - eff) / s + 1, (w_in + 2 * d - eff) / s + 1);
+            let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: d };
+            let len = w_out * c;
+            let input = vals(h as u64 + c as u64, h * w_in * c);
+            let codes: Vec<u8> = input.iter().map(|v| (v.abs() * 60.0) as u8).collect();
+            let (wts, bias) = (vals(c as u64 + 1, 9 * c), vals(5, c));
+            fn rows_of<T>(x: &[T], h: usize, row: usize, s: usize, d: usize, oy: usize) -> [Option<&[T]>; 3] {
+                std::array::from_fn(|ky| {
+                    let iy = (oy * s + ky * d) as isize - d as isize;
+                    (0..h as isize).contains(&iy).then(|| &x[iy as usize * row..(iy as usize + 1) * row])
+                })
+            }
+            let f: Vec<[Option<&[f32]>; 3]> = (0..h_out).map(|oy| rows_of(&input, h, w_in * c, s, d, oy)).collect();
+            let q: Vec<[Option<&[u8]>; 3]> = (0..h_out).map(|oy| rows_of(&codes, h, w_in * c, s, d, oy)).collect();
+            let what = |name: &str| format!("{name} h={h} w={w_in} c={c} s={s} d={d}");
+            for (tier, kern) in host_kernels(KERNELS) {
+                let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
+                let mut one = vec![f32::NAN; h_out * len];
+                for (oy, r) in f.iter().enumerate() {
+                    dwconv_row(&p, *r, g, MinMax::RELU6, &mut one[oy * len..(oy + 1) * len]);
+                }
+                let mut all = vec![f32::NAN; h_out * len + 1];
+                dwconv_rows(&p, &f, g, MinMax::RELU6, &mut all);
+                assert!(all[h_out * len].is_nan(), "{}: wrote past the rows", what(kern.name));
+                assert!(one.iter().zip(&all).all(|(x, y)| x.to_bits() == y.to_bits()), "{}", what(kern.name));
+            }
+            for (tier, kern) in host_kernels(KERNELS_BF16) {
+                let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
+                let mut one = vec![Bf16(0); h_out * len];
+                for (oy, r) in f.iter().enumerate() {
+                    dwconv_row_bf16(&p, *r, g, MinMax::NONE, &mut one[oy * len..(oy + 1) * len]);
+                }
+                let mut all = vec![Bf16(0x7fc0); h_out * len + 1];
+                dwconv_rows_bf16(&p, &f, g, MinMax::NONE, &mut all);
+                assert_eq!(all[h_out * len], Bf16(0x7fc0), "{}: wrote past the rows", what(kern.name));
+                assert!(one.iter().zip(&all).all(|(x, y)| x.0 == y.0), "{}", what(kern.name));
+            }
+            let (in_q, out_q) = (QParams { scale: 1.0 / 60.0, zero: 0 }, QParams { scale: 0.05, zero: 3 });
+            for (tier, kern) in host_kernels(KERNELS_U8) {
+                let p = PackedDw::quantized_for(tier, kern, &wts, c, &bias, in_q);
+                let mut one = vec![0u8; h_out * len];
+                for (oy, r) in q.iter().enumerate() {
+                    dwconv_row_u8(&p, *r, g, MinMax::RELU6, &mut one[oy * len..(oy + 1) * len], out_q);
+                }
+                let mut all = vec![0xa5u8; h_out * len + 1];
+                dwconv_rows_u8(&p, &q, g, MinMax::RELU6, &mut all, out_q);
+                assert_eq!(all[h_out * len], 0xa5, "{}: wrote past the rows", what(kern.name));
+                assert!(one == all[..h_out * len], "{}", what(kern.name));
             }
         }
     }

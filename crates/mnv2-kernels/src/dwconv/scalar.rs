@@ -27,7 +27,17 @@ unsafe fn taps<I, O>(args: &Args<I, O>, w: &PackedDw, x: usize, mut f: impl FnMu
 
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`).
-pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
+pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &[Args<I, O>], w: &PackedDw) {
+    for a in args {
+        row1(a, w);
+    }
+}
+
+/// One output row of [`row`].
+///
+/// # Safety
+/// As [`row`].
+unsafe fn row1<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
     let c = w.c;
     let mut acc = vec![0f32; c];
     for x in 0..args.g.w_out {
@@ -50,7 +60,17 @@ pub(crate) unsafe fn row<I: Elem, O: Elem>(args: &Args<I, O>, w: &PackedDw) {
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_u8`), packed by
 /// [`PackedDw::quantized_for`].
-pub(crate) unsafe fn row_q(args: &Args<u8, u8>, w: &PackedDw) {
+pub(crate) unsafe fn row_q(args: &[Args<u8, u8>], w: &PackedDw) {
+    for a in args {
+        row_q1(a, w);
+    }
+}
+
+/// One output row of [`row_q`].
+///
+/// # Safety
+/// As [`row_q`].
+unsafe fn row_q1(args: &Args<u8, u8>, w: &PackedDw) {
     let c = w.c;
     let rq = Requant::new(args.act, args.out_q);
     let mut acc = vec![0i32; c];

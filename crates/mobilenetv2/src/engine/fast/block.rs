@@ -85,28 +85,14 @@ pub(super) fn band<N: Net>(
         hidden.next = hidden.next.max(hi + 1);
     }
     lap(&mut hidden.ops, 0, &mut t);
-    // 2. Depthwise, one output row at a time, into the band buffer.
+    // 2. Depthwise, the band's rows a few per call, into the band buffer.
     let band_row = net.band_row(k, g.w_out * g.hidden);
-    let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
-    let ring = ring.as_ref().map(|r| r.as_rows());
-    for y in oy0..oy1 {
-        let row_of = |ky: usize| -> Option<usize> {
-            let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
-            (iy >= 0 && (iy as usize) < g.h_in).then_some(iy as usize)
-        };
-        let dst = &mut band[(y - oy0) * band_row..(y - oy0 + 1) * band_row];
-        match (ring, src) {
-            (Some(ring), _) => {
-                let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| ring.rows(iy, iy + 1)));
-                net.dw_row(k, rows3, dwg, dst);
-            }
-            (None, Src::Rows(input)) => {
-                let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| row_of(ky).map(|iy| input.rows(iy, iy + 1)));
-                net.dw_row(k, rows3, dwg, dst);
-            }
-            (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
-        }
-    }
+    let rows = match (ring.as_ref().map(|r| r.as_rows()), src) {
+        (Some(ring), _) => ring,
+        (None, Src::Rows(input)) => input,
+        (None, Src::Image(..)) => unreachable!("the stem always fills a ring"),
+    };
+    depthwise(net, k, g, rows, oy0..oy1, band);
     lap(&mut hidden.ops, 1, &mut t);
     // 3. Projection, in runs contiguous in the output (and residual) rows.
     let mut r = oy0;
@@ -147,19 +133,34 @@ pub(super) fn pixels<N: Net>(
     }
     let (y0, y1) = (px.start / g.w_out, (px.end - 1) / g.w_out + 1);
     let band_row = net.band_row(k, g.w_out * g.hidden);
-    let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
-    let ring = Rows::new(hidden, g.w_in * g.hidden, g.h_in);
-    for y in y0..y1 {
-        let rows3: [Option<&[N::T]>; 3] = std::array::from_fn(|ky| {
-            let iy = (y * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
-            (iy >= 0 && (iy as usize) < g.h_in).then(|| ring.rows(iy as usize, iy as usize + 1))
-        });
-        net.dw_row(k, rows3, dwg, &mut band[(y - y0) * band_row..(y - y0 + 1) * band_row]);
-    }
+    depthwise(net, k, g, Rows::new(hidden, g.w_in * g.hidden, g.h_in), y0..y1, band);
     // The band holds whole rows: this thread's pixels start `skip` pixels in.
     let pixel = band_row / g.w_out;
     let skip = px.start - y0 * g.w_out;
     let a = &band[skip * pixel..(skip + px.len()) * pixel];
     let residual = g.residual.then(|| (&input[px.start * g.cin..px.end * g.cin], g.cin));
     net.project(k, px.len(), a, g.hidden, out.values_mut(), g.cout, residual);
+}
+
+/// Output rows `ys` of block `k`'s depthwise conv from the expanded rows `rows` (indexed by
+/// input row), into `band` from its start: a few rows per call ([`Net::dw_rows`]), so the
+/// kernel runs each channel tile across them while their shared input rows are in L1.
+fn depthwise<N: Net>(net: &N, k: usize, g: &Geo, rows: Rows<N::T>, ys: Range<usize>, band: &mut [N::T]) {
+    const PER_CALL: usize = 8;
+    let band_row = net.band_row(k, g.w_out * g.hidden);
+    let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
+    let mut triples: [[Option<&[N::T]>; 3]; PER_CALL] = [[None; 3]; PER_CALL];
+    let mut y = ys.start;
+    while y < ys.end {
+        let n = (ys.end - y).min(PER_CALL);
+        for (j, t) in triples[..n].iter_mut().enumerate() {
+            *t = std::array::from_fn(|ky| {
+                let iy = ((y + j) * g.stride + ky * g.dilation) as isize - g.pad_top as isize;
+                (iy >= 0 && (iy as usize) < g.h_in).then(|| rows.rows(iy as usize, iy as usize + 1))
+            });
+        }
+        let at = (y - ys.start) * band_row;
+        net.dw_rows(k, &triples[..n], dwg, &mut band[at..at + n * band_row]);
+        y += n;
+    }
 }

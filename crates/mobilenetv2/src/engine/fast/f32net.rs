@@ -4,7 +4,7 @@
 //! f32, the depthwise rounding its output rows to bf16 for the projection as it stores them).
 
 use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut};
-use mnv2_kernels::dwconv::{dwconv_row, dwconv_row_bf16, DwRow, PackedDw};
+use mnv2_kernels::dwconv::{dwconv_rows, dwconv_rows_bf16, DwRow, PackedDw};
 use std::ops::Range;
 
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
@@ -147,13 +147,13 @@ impl Net for F32Net {
         }
     }
 
-    fn dw_row(&self, k: usize, rows: [Option<&[f32]>; 3], g: DwRow, out: &mut [f32]) {
+    fn dw_rows(&self, k: usize, rows: &[[Option<&[f32]>; 3]], g: DwRow, out: &mut [f32]) {
         let b = &self.blocks[k];
         let (w, act) = &b.dw;
         if b.bf16_band {
-            dwconv_row_bf16(w, rows, g, *act, as_bf16_mut(out));
+            dwconv_rows_bf16(w, rows, g, *act, as_bf16_mut(out));
         } else {
-            dwconv_row(w, rows, g, *act, out);
+            dwconv_rows(w, rows, g, *act, out);
         }
     }
 

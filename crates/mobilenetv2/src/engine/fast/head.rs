@@ -6,7 +6,7 @@
 //! after its last reader. Dense 3x3 convs (ASPP's atrous branches, SSD's regular head) run on
 //! the scalar reference kernel.
 
-use mnv2_kernels::dwconv::{dwconv_row, DwRow, PackedDw};
+use mnv2_kernels::dwconv::{dwconv_rows, DwRow, PackedDw};
 use mnv2_kernels::exec::{split_rows, Pool};
 use mnv2_kernels::resize::Bilinear;
 use mnv2_kernels::{reference as k, MinMax, Tier};
@@ -352,9 +352,8 @@ impl HeadNet {
                     })
                 };
                 split_rows(pool, o_s.h, row_len, out, SPLIT_MIN_ROWS, &|rows, dst| {
-                    for (y, o) in rows.zip(dst.chunks_exact_mut(row_len)) {
-                        dwconv_row(w, rows_of(y), g, *act, o);
-                    }
+                    let triples: Vec<[Option<&[f32]>; 3]> = rows.map(rows_of).collect();
+                    dwconv_rows(w, &triples, g, *act, dst);
                 });
             }
             HeadOp::Conv(f, act) => {

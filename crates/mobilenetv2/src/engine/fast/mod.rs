@@ -171,14 +171,15 @@ pub(crate) trait Net: Send + Sync {
     /// tensor materialised whole because a head or a pixel split reads it).
     fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
     /// Slots of `T` that one depthwise output row of `len` values takes in the band (the
-    /// rows [`Net::dw_row`] writes and [`Net::project`] reads): `len` unless the net packs
+    /// rows [`Net::dw_rows`] writes and [`Net::project`] reads): `len` unless the net packs
     /// them (bf16 values, two per f32 slot).
     fn band_row(&self, _k: usize, len: usize) -> usize {
         len
     }
-    /// One output row of block `k`'s depthwise conv, from expanded rows (or from its input
-    /// rows: a block without an expand conv that the stem does not feed directly).
-    fn dw_row(&self, k: usize, rows: [Option<&[Self::T]>; 3], g: DwRow, out: &mut [Self::T]);
+    /// Output rows of block `k`'s depthwise conv, one per triple of `rows` (expanded rows, or
+    /// the block's input rows: a block without an expand conv that the stem does not feed
+    /// directly), into `out` one after the other ([`Net::band_row`] slots each).
+    fn dw_rows(&self, k: usize, rows: &[[Option<&[Self::T]>; 3]], g: DwRow, out: &mut [Self::T]);
     /// The projection of block `k` over `m` pixels, with the block input added if `res`.
     #[allow(clippy::too_many_arguments)]
     fn project(

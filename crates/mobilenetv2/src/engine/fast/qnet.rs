@@ -10,7 +10,7 @@
 //! classifier, whose logits come out in f32. The depthwise convs sum u8 values times int8
 //! weights exactly (`mnv2_kernels::dwconv`).
 
-use mnv2_kernels::dwconv::{dwconv_row_u8, DwRow, PackedDw};
+use mnv2_kernels::dwconv::{dwconv_rows_u8, DwRow, PackedDw};
 use std::ops::Range;
 
 use mnv2_kernels::qgemm::{qgemm, qgemm_panels, quantize_row, quantize_weights, PackedQGemm, QOut, QParams, QResidual};
@@ -191,9 +191,9 @@ impl Net for QNet {
         qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
     }
 
-    fn dw_row(&self, k: usize, rows: [Option<&[u8]>; 3], g: DwRow, out: &mut [u8]) {
+    fn dw_rows(&self, k: usize, rows: &[[Option<&[u8]>; 3]], g: DwRow, out: &mut [u8]) {
         let b = &self.blocks[k];
-        dwconv_row_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
+        dwconv_rows_u8(&b.dw.0, rows, g, b.dw.1, out, b.dw_out);
     }
 
     fn project(
