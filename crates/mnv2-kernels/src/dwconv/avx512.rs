@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use crate::lanes::mask16;
 use std::cell::RefCell;
 
-use super::{Args, Elem, PackedDw, Requant};
+use super::{Args, DwRow, Elem, PackedDw, Requant};
 use crate::bf16gemm::Bf16;
 
 /// The epilogue of one 16-channel tile: the activation's bounds (f32 outputs), or the int8
@@ -397,6 +397,18 @@ unsafe fn row_f32<O: Out>(args: &[Args<f32, O>], w: &PackedDw) {
     row_tiles(args, w, rows, w.c);
 }
 
+/// Bytes of the staging area [`row_u8`] uses for rows of `g`: three input rows of one
+/// 16-channel tile, widened to f32 (`DwKernel::staging`).
+pub(crate) fn staging_bytes_u8(g: DwRow, _c: usize) -> usize {
+    3 * g.w_in * 16 * size_of::<f32>()
+}
+
+/// Bytes this thread's staging area holds now.
+#[cfg(test)]
+pub(crate) fn held_bytes() -> usize {
+    STAGING.with_borrow(|s| s.len() * size_of::<f32>())
+}
+
 /// The staging area for `len` floats, owned by this thread (grown, never shrunk).
 fn staging(len: usize) -> *mut f32 {
     STAGING.with(|s| {
@@ -420,7 +432,7 @@ pub(crate) unsafe fn row_u8(args: &[Args<u8, u8>], w: &PackedDw) {
     let c = w.c;
     // Valid until this thread next asks for a larger staging area; nothing else uses it. Each
     // tile of each row is widened into it just before it is walked.
-    let stage = staging(3 * g.w_in * 16);
+    let stage = staging(staging_bytes_u8(g, c) / size_of::<f32>());
     let widen = |a: &Args<u8, u8>, ct: usize, cols: usize| -> [*const f32; 3] {
         let mask = mask16(cols);
         std::array::from_fn(|i| {

@@ -15,12 +15,24 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx512::channels;
-use super::{Args, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
+use super::{Args, DwRow, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
 use crate::lanes::saturate_bytes;
 
 thread_local! {
     /// Quads of the input pixels of one pass: `[pixel][4]` vectors.
     static STAGE: RefCell<Vec<__m512i>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bytes of the thread's staging area for rows of `g`: the quads of the input pixels one pass
+/// of [`CHUNK`] output pixels reads, four vectors each (`DwKernel::staging`).
+pub(crate) fn staging_bytes(g: DwRow, _c: usize) -> usize {
+    4 * size_of::<__m512i>() * ((CHUNK - 1) * g.stride + 2 * g.dilation + 1)
+}
+
+/// Bytes this thread's staging area holds now.
+#[cfg(test)]
+pub(crate) fn held_bytes() -> usize {
+    STAGE.with_borrow(|s| s.len() * size_of::<__m512i>())
 }
 
 /// Loop invariants of one group of 64 channels.
@@ -110,11 +122,11 @@ unsafe fn row1(args: &Args<u8, u8>, w: &PackedDw) {
     let rq = Requant::new(args.act, args.out_q);
     let bounds =
         (rq.lo != 0 || rq.hi != 255).then(|| (_mm512_set1_epi8(rq.lo as i8), _mm512_set1_epi8(rq.hi as u8 as i8)));
-    let span_max = (CHUNK - 1) * s + 2 * d + 1;
+    let vectors = staging_bytes(g, c) / size_of::<__m512i>();
     STAGE.with(|st| {
         let mut st = st.borrow_mut();
-        if st.len() < 4 * span_max {
-            st.resize(4 * span_max, _mm512_setzero_si512());
+        if st.len() < vectors {
+            st.resize(vectors, _mm512_setzero_si512());
         }
         let stage = st.as_mut_ptr();
         for ct in (0..c).step_by(QUAD_GROUP) {

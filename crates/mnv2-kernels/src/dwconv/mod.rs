@@ -105,15 +105,33 @@ pub struct DwKernel {
     /// # Safety (of the functions)
     /// The arguments describe rows valid for the packing, and the CPU has `needs`.
     code: DwCode,
+    /// Bytes the kernel stages per thread, outside the caller's buffers, for rows of a
+    /// geometry and channel count (see [`PackedDw::staging_bytes`]).
+    staging: fn(DwRow, usize) -> usize,
 }
 
 /// Every f32 depthwise kernel built for this target, best first.
 pub static KERNELS: &[DwKernel] = &[
     #[cfg(target_arch = "x86_64")]
-    DwKernel { name: "dwconv_f32_minmax_3x3c16_avx512", needs: Needs::Avx512, code: DwCode::F32(avx512::row) },
+    DwKernel {
+        name: "dwconv_f32_minmax_3x3c16_avx512",
+        needs: Needs::Avx512,
+        code: DwCode::F32(avx512::row),
+        staging: no_staging,
+    },
     #[cfg(target_arch = "x86_64")]
-    DwKernel { name: "dwconv_f32_minmax_3x3c8_avx2", needs: Needs::Avx2, code: DwCode::F32(avx2::row) },
-    DwKernel { name: "dwconv_f32_minmax_3x3_scalar", needs: Needs::Scalar, code: DwCode::F32(scalar::row::<f32, f32>) },
+    DwKernel {
+        name: "dwconv_f32_minmax_3x3c8_avx2",
+        needs: Needs::Avx2,
+        code: DwCode::F32(avx2::row),
+        staging: no_staging,
+    },
+    DwKernel {
+        name: "dwconv_f32_minmax_3x3_scalar",
+        needs: Needs::Scalar,
+        code: DwCode::F32(scalar::row::<f32, f32>),
+        staging: scalar::staging_bytes,
+    },
 ];
 
 /// Every int8 (u8 output) depthwise kernel built for this target, best first; all give the
@@ -124,10 +142,21 @@ pub static KERNELS_U8: &[DwKernel] = &[
         name: "dwconv_u8_minmax_3x3c64_avx512vnni",
         needs: Needs::Avx512Vnni,
         code: DwCode::U8(avx512vnni::row),
+        staging: avx512vnni::staging_bytes,
     },
     #[cfg(target_arch = "x86_64")]
-    DwKernel { name: "dwconv_u8_minmax_3x3c16_avx512", needs: Needs::Avx512, code: DwCode::U8(avx512::row_u8) },
-    DwKernel { name: "dwconv_u8_minmax_3x3_scalar", needs: Needs::Scalar, code: DwCode::U8(scalar::row_q) },
+    DwKernel {
+        name: "dwconv_u8_minmax_3x3c16_avx512",
+        needs: Needs::Avx512,
+        code: DwCode::U8(avx512::row_u8),
+        staging: avx512::staging_bytes_u8,
+    },
+    DwKernel {
+        name: "dwconv_u8_minmax_3x3_scalar",
+        needs: Needs::Scalar,
+        code: DwCode::U8(scalar::row_q),
+        staging: scalar::staging_bytes,
+    },
 ];
 
 /// Every depthwise kernel with bf16 output rows (f32 sums, rounded once on store: the input
@@ -140,13 +169,19 @@ pub static KERNELS_BF16: &[DwKernel] = &[
         name: "dwconv_f32_bf16_minmax_3x3c16_avx512bf16",
         needs: Needs::Avx512Bf16,
         code: DwCode::Bf16(avx512::row_bf16),
+        staging: no_staging,
     },
     DwKernel {
         name: "dwconv_f32_bf16_minmax_3x3_scalar",
         needs: Needs::Scalar,
         code: DwCode::Bf16(scalar::row::<f32, Bf16>),
+        staging: scalar::staging_bytes,
     },
 ];
+
+fn no_staging(_: DwRow, _: usize) -> usize {
+    0
+}
 
 /// The kernels of `registry` that a caller holding `tier` may run, best first.
 pub fn supported(registry: &'static [DwKernel], tier: Tier) -> impl Iterator<Item = &'static DwKernel> {
@@ -237,6 +272,13 @@ impl PackedDw {
         self.kernel.name
     }
 
+    /// Bytes the kernel keeps per thread, outside the caller's buffers, to compute rows of
+    /// geometry `g` (the int8 kernels' staged input rows or quads; the twins' per-call sums;
+    /// 0 for the vector f32 kernels), for the engine's activation accounting.
+    pub fn staging_bytes(&self, g: DwRow) -> usize {
+        (self.kernel.staging)(g, self.c)
+    }
+
     /// The tier of the kernel this packing is for.
     pub fn isa(&self) -> Isa {
         self.kernel.needs.tier()
@@ -248,15 +290,6 @@ pub const QUAD_GROUP: usize = 64;
 
 /// Output pixels per staging pass of the VNNI int8 kernel.
 pub(crate) const QUAD_CHUNK: usize = 32;
-
-/// Bytes of the per-thread staging area an int8 depthwise row of this geometry may use:
-/// three rows of 16 channels widened to f32 (the AVX-512 kernel), or the quads of one pass
-/// (the VNNI kernel), whichever is larger. The kernels allocate it once per thread.
-pub fn staging_bytes_u8(w_in: usize, stride: usize, dilation: usize) -> usize {
-    let widened = 3 * w_in * 16 * size_of::<f32>();
-    let quads = 4 * 64 * ((QUAD_CHUNK - 1) * stride + 2 * dilation + 1);
-    widened.max(quads)
-}
 
 /// The channel at position `pos` of the quad order: within each group of [`QUAD_GROUP`]
 /// channels, vector `j` (of four) holds in its 128-bit lane `l` the channels
@@ -701,6 +734,39 @@ mod tests {
                 dwconv_rows_u8(&p, &q, g, MinMax::RELU6, &mut all, out_q);
                 assert_eq!(all[h_out * len], 0xa5, "{}: wrote past the rows", what(kern.name));
                 assert!(one == all[..h_out * len], "{}", what(kern.name));
+            }
+        }
+    }
+
+    /// The int8 vector kernels' thread-local staging (which the engine counts as activation
+    /// memory, the most any block of the network declares) holds no more than the most they
+    /// declared for the geometries run so far (the areas only grow): strides 1 and 2, a
+    /// dilation, narrow and wide rows.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn int8_kernels_stage_what_they_declare() {
+        // What the vector kernel holds now (None: a twin, which allocates per call).
+        let held = |name: &str| match name {
+            "dwconv_u8_minmax_3x3c64_avx512vnni" => Some(avx512vnni::held_bytes()),
+            "dwconv_u8_minmax_3x3c16_avx512" => Some(avx512::held_bytes()),
+            _ => None,
+        };
+        let q = QParams { scale: 0.05, zero: 0 };
+        for (tier, kern) in host_kernels(KERNELS_U8) {
+            if held(kern.name).is_none() {
+                continue;
+            }
+            let mut most = 0;
+            for (w_in, s, d) in [(7, 2, 1), (14, 1, 1), (28, 1, 2), (56, 2, 1), (112, 1, 1)] {
+                let c = 40;
+                let g = DwRow { w_in, w_out: (w_in - 1) / s + 1, stride: s, dilation: d, pad_left: d };
+                let row: Vec<u8> = (0..w_in * c).map(|i| (i % 200) as u8).collect();
+                let p = PackedDw::quantized_for(tier, kern, &vals(1, 9 * c), c, &vals(2, c), q);
+                let mut out = vec![0u8; g.w_out * c];
+                dwconv_row_u8(&p, [Some(&row), Some(&row), None], g, MinMax::RELU6, &mut out, q);
+                most = most.max(p.staging_bytes(g));
+                let has = held(kern.name).expect("a vector kernel");
+                assert!(has > 0 && has <= most, "{} w={w_in} s={s}: holds {has} bytes, declared {most}", kern.name);
             }
         }
     }

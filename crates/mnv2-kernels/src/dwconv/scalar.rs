@@ -1,11 +1,16 @@
 //! Portable twin of the depthwise kernels (f32 and u8 rows), with the taps summed in the same
 //! order as the vector kernels (fused multiply-adds, row by row), so results match them.
 
-use super::{Args, Elem, PackedDw, Requant};
+use super::{Args, DwRow, Elem, PackedDw, Requant};
 
 /// Calls `f(pixel, weights)` for each tap of output pixel `x` inside the input: the input
 /// pixel's `w.c` values and the tap's weights, row by row.
 ///
+/// Bytes the twins allocate per call for `c` channels: one row of sums (`DwKernel::staging`).
+pub(crate) fn staging_bytes(_: DwRow, c: usize) -> usize {
+    4 * c
+}
+
 /// # Safety
 /// `args` must describe valid rows for `w` (checked by `dwconv_row_any`).
 #[inline(always)]

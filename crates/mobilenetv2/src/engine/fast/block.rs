@@ -3,7 +3,6 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use mnv2_kernels::dwconv::DwRow;
 use mnv2_kernels::exec::{Rows, RowsMut};
 use mnv2_kernels::stem::{Image, StemGeom};
 
@@ -148,7 +147,7 @@ pub(super) fn pixels<N: Net>(
 fn depthwise<N: Net>(net: &N, k: usize, g: &Geo, rows: Rows<N::T>, ys: Range<usize>, band: &mut [N::T]) {
     const PER_CALL: usize = 8;
     let band_row = net.band_row(k, g.w_out * g.hidden);
-    let dwg = DwRow { w_in: g.w_in, w_out: g.w_out, stride: g.stride, dilation: g.dilation, pad_left: g.pad_left };
+    let dwg = g.dw_row();
     let mut triples: [[Option<&[N::T]>; 3]; PER_CALL] = [[None; 3]; PER_CALL];
     let mut y = ys.start;
     while y < ys.end {

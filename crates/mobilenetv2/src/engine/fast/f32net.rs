@@ -100,7 +100,6 @@ impl F32Net {
 impl Net for F32Net {
     type T = f32;
     const POOLS_IN_EPILOGUE: bool = false;
-    const DW_STAGING: bool = false;
 
     fn isa(&self) -> Isa {
         self.isa
@@ -125,6 +124,10 @@ impl Net for F32Net {
 
     fn stem_staging(&self, g: StemGeom) -> usize {
         self.stem.0.staging_bytes(g)
+    }
+
+    fn dw_staging(&self, k: usize, g: DwRow) -> usize {
+        self.blocks[k].dw.0.staging_bytes(g)
     }
 
     fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use mnv2_kernels::aligned::Zeroable;
-use mnv2_kernels::dwconv::{staging_bytes_u8, DwRow};
+use mnv2_kernels::dwconv::DwRow;
 use mnv2_kernels::stem::{Image, Layout, StemGeom};
 use mnv2_kernels::{AlignedVec, Isa, MinMax};
 
@@ -157,9 +157,6 @@ pub(crate) trait Net: Send + Sync {
     fn splits_by_pixels(&self) -> bool {
         false
     }
-    /// The depthwise kernel stages its u8 input rows in a per-thread area
-    /// ([`mnv2_kernels::dwconv::staging_bytes_u8`]).
-    const DW_STAGING: bool;
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out` (a ring row, or a materialised activation when the
@@ -167,6 +164,8 @@ pub(crate) trait Net: Send + Sync {
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T]);
     /// Bytes the stem kernel stages per thread for rows of geometry `g`.
     fn stem_staging(&self, g: StemGeom) -> usize;
+    /// Bytes block `k`'s depthwise kernel stages per thread for rows of geometry `g`.
+    fn dw_staging(&self, k: usize, g: DwRow) -> usize;
     /// The expand 1x1 conv of block `k` over `m` pixels (into ring rows, or into the expanded
     /// tensor materialised whole because a head or a pixel split reads it).
     fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
@@ -441,10 +440,9 @@ impl<N: Net> FastEngine<N> {
         // f32 in every network: the last conv band and the pooled sums; and what the kernels
         // stage: the depthwise kernels' u8 rows, the stem's rows.
         let last_band = if N::POOLS_IN_EPILOGUE { 0 } else { s.last_band };
-        let dw_staging = match N::DW_STAGING {
-            true => s.geos.iter().map(|g| staging_bytes_u8(g.w_in, g.stride, g.dilation)).max().unwrap_or(0),
-            false => 0,
-        };
+        let dw_staging =
+            (s.geos.iter().enumerate()).map(|(k, g)| self.net.dw_staging(k, g.dw_row())).max().unwrap_or(0);
+        // One thread-local area per kind of kernel, grown to the widest call.
         let staging = dw_staging + self.net.stem_staging(s.stem_geom);
         let f32_values = last_band + s.last_c;
         let per_thread = t * (chain_hidden + s.ring_len + chain_out + s.band_len) + 4 * f32_values + staging;

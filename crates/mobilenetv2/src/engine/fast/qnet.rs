@@ -148,7 +148,6 @@ impl QNet {
 impl Net for QNet {
     type T = u8;
     const POOLS_IN_EPILOGUE: bool = true;
-    const DW_STAGING: bool = true;
 
     fn isa(&self) -> Isa {
         self.isa
@@ -176,6 +175,10 @@ impl Net for QNet {
             Stem::Int8(p) => stem_row_q(p, img, oy, g, out),
             Stem::F32(p, act) => stem_row_u8(p, img, oy, g, *act, self.stem_q, out),
         }
+    }
+
+    fn dw_staging(&self, k: usize, g: DwRow) -> usize {
+        self.blocks[k].dw.0.staging_bytes(g)
     }
 
     fn stem_staging(&self, g: StemGeom) -> usize {

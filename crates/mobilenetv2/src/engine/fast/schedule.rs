@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use mnv2_kernels::dwconv::DwRow;
 use mnv2_kernels::stem::StemGeom;
 
 use super::TapAt;
@@ -39,6 +40,17 @@ pub(super) struct Geo {
 }
 
 impl Geo {
+    /// The geometry of one of the block's depthwise output rows.
+    pub fn dw_row(&self) -> DwRow {
+        DwRow {
+            w_in: self.w_in,
+            w_out: self.w_out,
+            stride: self.stride,
+            dilation: self.dilation,
+            pad_left: self.pad_left,
+        }
+    }
+
     /// Expanded-tensor rows a band of output rows reads, clamped to the input: `lo..=hi`.
     pub fn hidden_rows(&self, oy: Range<usize>) -> (usize, usize) {
         let lo = (oy.start * self.stride).saturating_sub(self.pad_top);
