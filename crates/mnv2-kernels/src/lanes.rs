@@ -94,6 +94,50 @@ pub(crate) unsafe fn rotate_cols(lo: __m512, hi: __m512) -> __m512 {
     _mm512_shuffle_f32x4::<0b0100_1110>(hi, lo)
 }
 
+/// The rows of pair `j` of a [`PAIRS24`] tile of `rows` rows: `2j` and `2j + 1`, or `2j`
+/// twice when the count is odd and this is the last pair (its second half then stores the
+/// same values again).
+#[inline(always)]
+pub(crate) fn pair_rows(j: usize, rows: usize) -> (usize, usize) {
+    (2 * j, (2 * j + 1).min(rows - 1))
+}
+
+/// The three accumulators of a [`PAIRS24`] row pair started from the panel's bias at `bias`:
+/// columns 0..16, 16..24 | 0..8 and 8..24.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `bias` is 64-byte aligned and readable for 24 values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn pair_bias(bias: *const f32) -> [__m512; 3] {
+    let (lo, hi) = (_mm512_load_ps(bias), _mm512_loadu_ps(bias.add(8)));
+    [lo, rotate_cols(lo, hi), hi]
+}
+
+/// The f32 epilogue of a whole [`PAIRS24`] tile of `rows` rows: [`store_pair`] for each pair
+/// of `acc` (`[pair][vector]`), the rows at `c` (and `r`, unless null) `ldc` (`ldr`) apart.
+///
+/// # Safety
+/// As [`store_pair`], for `rows` rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_pairs<const P: usize>(
+    acc: &[[__m512; 3]; P],
+    rows: usize,
+    cols: usize,
+    (c, ldc): (*mut f32, usize),
+    (r, ldr): (*const f32, usize),
+    lo: __m512,
+    hi: __m512,
+) {
+    for (j, v) in acc.iter().enumerate() {
+        let (i0, i1) = pair_rows(j, rows);
+        let rr = if r.is_null() { [r, r] } else { [r.add(i0 * ldr), r.add(i1 * ldr)] };
+        store_pair(*v, cols, [c.add(i0 * ldc), c.add(i1 * ldc)], rr, lo, hi);
+    }
+}
+
 /// The sums of one row pair of a [`PAIRS24`] tile as each row's two vectors of a 32-column
 /// tile: columns 0..16 and 16..32 (of which lanes 0..8, columns 16..24, are real).
 ///

@@ -12,7 +12,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::lanes::{by_rows, halves, mask16, panel_tile, rotate_cols, store_pair, tiles, upper_half, PAIRS24};
+use crate::lanes::{
+    by_rows, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half, PAIRS24,
+};
 
 use super::{ASrc, Args, PackedBf16Gemm};
 
@@ -126,11 +128,7 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
 #[inline(always)]
 unsafe fn tile_pairs<const P: usize>(p: &Panel, rows: usize, a: *const u32, c: *mut f32, r: *const f32) {
     let bh = |v: __m512| std::mem::transmute::<__m512, __m512bh>(v);
-    let (bias0, bias2) = (_mm512_load_ps(p.bias), _mm512_loadu_ps(p.bias.add(8)));
-    let mut acc0 = [bias0; P];
-    let mut acc1 = [rotate_cols(bias0, bias2); P];
-    let mut acc2 = [bias2; P];
-    let second = |j: usize| (2 * j + 1).min(rows - 1);
+    let mut acc = [pair_bias(p.bias); P];
     let upper = upper_half();
     let mut bp = p.b;
     let mut ap = a;
@@ -139,23 +137,19 @@ unsafe fn tile_pairs<const P: usize>(p: &Panel, rows: usize, a: *const u32, c: *
         let b0 = _mm512_load_ps(bp as *const f32);
         let b2 = _mm512_loadu_ps(bp.add(8) as *const f32);
         let b1 = rotate_cols(b0, b2);
-        for j in 0..P {
-            let x0 = _mm512_castsi512_ps(_mm512_set1_epi32(*ap.add(2 * j * p.lda) as i32));
-            let x1 = _mm512_castsi512_ps(_mm512_set1_epi32(*ap.add(second(j) * p.lda) as i32));
-            acc0[j] = _mm512_dpbf16_ps(acc0[j], bh(x0), bh(b0));
-            acc1[j] = _mm512_dpbf16_ps(acc1[j], bh(halves(x0, x1, upper)), bh(b1));
-            acc2[j] = _mm512_dpbf16_ps(acc2[j], bh(x1), bh(b2));
+        for (j, v) in acc.iter_mut().enumerate() {
+            let (i0, i1) = pair_rows(j, rows);
+            let x0 = _mm512_castsi512_ps(_mm512_set1_epi32(*ap.add(i0 * p.lda) as i32));
+            let x1 = _mm512_castsi512_ps(_mm512_set1_epi32(*ap.add(i1 * p.lda) as i32));
+            v[0] = _mm512_dpbf16_ps(v[0], bh(x0), bh(b0));
+            v[1] = _mm512_dpbf16_ps(v[1], bh(halves(x0, x1, upper)), bh(b1));
+            v[2] = _mm512_dpbf16_ps(v[2], bh(x1), bh(b2));
         }
         bp = bp.add(32);
         ap = ap.add(1);
     }
     let cols = 16 + p.m1.count_ones() as usize;
-    for j in 0..P {
-        let (i0, i1) = (2 * j, second(j));
-        let rr = if r.is_null() { [r, r] } else { [r.add(i0 * p.ldr), r.add(i1 * p.ldr)] };
-        let cc = [c.add(i0 * p.ldc), c.add(i1 * p.ldc)];
-        store_pair([acc0[j], acc1[j], acc2[j]], cols, cc, rr, p.lo, p.hi);
-    }
+    store_pairs(&acc, rows, cols, (c, p.ldc), (r, p.ldr), p.lo, p.hi);
 }
 
 /// One tile of MR rows x 24 columns of a 32-column panel (its last 8 columns are padding), in

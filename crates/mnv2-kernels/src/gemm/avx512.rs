@@ -16,7 +16,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::{by_rows, halves, mask16, panel_tile, rotate_cols, store_pair, tiles, upper_half, PAIRS24};
+use crate::lanes::{
+    by_rows, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half, PAIRS24,
+};
 
 use super::{Args, PackedGemm};
 
@@ -143,12 +145,7 @@ unsafe fn tile24<const MR: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *con
 /// As [`tile32`], for `rows` rows.
 #[inline(always)]
 unsafe fn tile_pairs<const P: usize>(p: &Panel, rows: usize, a: *const f32, c: *mut f32, r: *const f32) {
-    let (bias0, bias2) = (_mm512_load_ps(p.bias), _mm512_loadu_ps(p.bias.add(8)));
-    let mut acc0 = [bias0; P];
-    let mut acc1 = [rotate_cols(bias0, bias2); P];
-    let mut acc2 = [bias2; P];
-    // The second row of pair j (its first again when the tile has an odd row count).
-    let second = |j: usize| (2 * j + 1).min(rows - 1);
+    let mut acc = [pair_bias(p.bias); P];
     let upper = upper_half();
     let mut bp = p.b;
     let mut ap = a;
@@ -157,23 +154,19 @@ unsafe fn tile_pairs<const P: usize>(p: &Panel, rows: usize, a: *const f32, c: *
         let b0 = _mm512_load_ps(bp);
         let b2 = _mm512_loadu_ps(bp.add(8));
         let b1 = rotate_cols(b0, b2);
-        for j in 0..P {
-            let x0 = _mm512_set1_ps(*ap.add(2 * j * p.lda));
-            let x1 = _mm512_set1_ps(*ap.add(second(j) * p.lda));
-            acc0[j] = _mm512_fmadd_ps(x0, b0, acc0[j]);
-            acc1[j] = _mm512_fmadd_ps(halves(x0, x1, upper), b1, acc1[j]);
-            acc2[j] = _mm512_fmadd_ps(x1, b2, acc2[j]);
+        for (j, v) in acc.iter_mut().enumerate() {
+            let (i0, i1) = pair_rows(j, rows);
+            let x0 = _mm512_set1_ps(*ap.add(i0 * p.lda));
+            let x1 = _mm512_set1_ps(*ap.add(i1 * p.lda));
+            v[0] = _mm512_fmadd_ps(x0, b0, v[0]);
+            v[1] = _mm512_fmadd_ps(halves(x0, x1, upper), b1, v[1]);
+            v[2] = _mm512_fmadd_ps(x1, b2, v[2]);
         }
         bp = bp.add(32);
         ap = ap.add(1);
     }
     let cols = 16 + p.m1.count_ones() as usize;
-    for j in 0..P {
-        let (i0, i1) = (2 * j, second(j));
-        let rr = if r.is_null() { [r, r] } else { [r.add(i0 * p.ldr), r.add(i1 * p.ldr)] };
-        let cc = [c.add(i0 * p.ldc), c.add(i1 * p.ldc)];
-        store_pair([acc0[j], acc1[j], acc2[j]], cols, cc, rr, p.lo, p.hi);
-    }
+    store_pairs(&acc, rows, cols, (c, p.ldc), (r, p.ldr), p.lo, p.hi);
 }
 
 /// One tile of MR rows x 16 columns (a 16-column panel, or the first 16 of a 32-column one).

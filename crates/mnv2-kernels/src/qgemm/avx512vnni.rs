@@ -20,7 +20,8 @@
 use std::arch::x86_64::*;
 
 use crate::lanes::{
-    by_rows, halves, mask16, panel_tile, rotate_cols, saturate_bytes, tiles, unpair, upper_half, MR32, PAIRS24,
+    by_rows, halves, mask16, pair_rows, panel_tile, rotate_cols, saturate_bytes, tiles, unpair, upper_half, MR32,
+    PAIRS24,
 };
 
 use super::{Args, PackedQGemm};
@@ -241,7 +242,6 @@ unsafe fn tile_pairs<const P: usize>(p: &Panel, args: &Args, rows: usize, i0: us
     let mut acc0 = [_mm512_setzero_si512(); P];
     let mut acc1 = [_mm512_setzero_si512(); P];
     let mut acc2 = [_mm512_setzero_si512(); P];
-    let second = |j: usize| (2 * j + 1).min(rows - 1);
     let upper = upper_half();
     let word = |x: __m512i| _mm512_castsi512_ps(x);
     let mut bp = p.b;
@@ -252,8 +252,9 @@ unsafe fn tile_pairs<const P: usize>(p: &Panel, args: &Args, rows: usize, i0: us
         let b2 = _mm512_loadu_si512(bp.add(32) as *const _);
         let b1 = _mm512_castps_si512(rotate_cols(word(b0), word(b2)));
         for j in 0..P {
-            let x0 = _mm512_set1_epi32((ap.add(2 * j * p.lda) as *const i32).read_unaligned());
-            let x1 = _mm512_set1_epi32((ap.add(second(j) * p.lda) as *const i32).read_unaligned());
+            let (i0, i1) = pair_rows(j, rows);
+            let x0 = _mm512_set1_epi32((ap.add(i0 * p.lda) as *const i32).read_unaligned());
+            let x1 = _mm512_set1_epi32((ap.add(i1 * p.lda) as *const i32).read_unaligned());
             acc0[j] = _mm512_dpbusd_epi32(acc0[j], x0, b0);
             acc1[j] = _mm512_dpbusd_epi32(acc1[j], _mm512_castps_si512(halves(word(x0), word(x1), upper)), b1);
             acc2[j] = _mm512_dpbusd_epi32(acc2[j], x1, b2);
