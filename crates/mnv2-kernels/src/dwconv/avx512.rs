@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use crate::lanes::mask16;
 use std::cell::RefCell;
 
-use super::{Args, DwRow, Elem, PackedDw, Requant};
+use super::{padding_reads_present, Args, DwRow, Elem, PackedDw, Requant};
 use crate::bf16gemm::Bf16;
 
 /// The epilogue of one 16-channel tile: the activation's bounds (f32 outputs), or the int8
@@ -474,10 +474,8 @@ unsafe fn row_tiles<I, O: Out>(
         for args in all {
             let cols = (c - ct).min(16);
             let rows = rows_of(args, ct, cols);
-            // A padding row reads a present row with zero weights (there is always one present).
-            let present = rows.iter().copied().find(|r| !r.is_null()).expect("at least one input row");
             let t = Tile {
-                rows: std::array::from_fn(|i| if rows[i].is_null() { present } else { rows[i] }),
+                rows: padding_reads_present(rows),
                 out: args.out.add(ct),
                 in_stride,
                 out_stride: c,

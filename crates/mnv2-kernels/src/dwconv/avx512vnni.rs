@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx512::channels;
-use super::{Args, DwRow, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
+use super::{padding_reads_present, Args, DwRow, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
 use crate::lanes::saturate_bytes;
 
 thread_local! {
@@ -114,9 +114,8 @@ unsafe fn row1(args: &Args<u8, u8>, w: &PackedDw) {
     let (c, c_pad) = (w.c, w.c_pad);
     let c_quad = c.next_multiple_of(QUAD_GROUP);
     let (s, d) = (g.stride, g.dilation);
-    // A padding row reads a present row with its weight bytes zeroed (one is always present).
-    let present = args.rows.iter().copied().find(|r| !r.is_null()).expect("at least one input row");
-    let rows: [*const u8; 3] = std::array::from_fn(|i| if args.rows[i].is_null() { present } else { args.rows[i] });
+    // A padding row reads a present row with its weight bytes zeroed.
+    let rows = padding_reads_present(args.rows);
     // Byte `i` of every quad is row `i`'s.
     let keep = (0..3).filter(|&i| !args.rows[i].is_null()).fold(0u64, |k, i| k | 0x1111_1111_1111_1111 << i);
     let rq = Requant::new(args.act, args.out_q);

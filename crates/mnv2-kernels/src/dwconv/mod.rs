@@ -367,6 +367,14 @@ impl Requant {
     }
 }
 
+/// `rows` with each padding row (null) replaced by a present one, which the vector kernels
+/// read with zero weights so that their inner loops need no branch (`dwconv_rows` checked
+/// that one row is present).
+pub(crate) fn padding_reads_present<T>(rows: [*const T; 3]) -> [*const T; 3] {
+    let present = rows.iter().copied().find(|r| !r.is_null()).expect("at least one input row");
+    rows.map(|r| if r.is_null() { present } else { r })
+}
+
 /// Raw arguments of one row: input rows of `I`, output of `O`.
 #[derive(Clone, Copy)]
 pub(crate) struct Args<I, O> {
