@@ -471,8 +471,8 @@ unsafe fn row_tiles<I, O: Out>(
     let c = w.c;
     let interior = g.interior();
     for ct in (0..c).step_by(16) {
+        let cols = (c - ct).min(16);
         for args in all {
-            let cols = (c - ct).min(16);
             let rows = rows_of(args, ct, cols);
             let t = Tile {
                 rows: padding_reads_present(rows),

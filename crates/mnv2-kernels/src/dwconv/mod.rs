@@ -92,8 +92,9 @@ pub(crate) enum DwCode {
     Bf16(unsafe fn(&[Args<f32, Bf16>], &PackedDw)),
 }
 
-/// Output rows per kernel call (a longer list of rows goes in several calls).
-pub(crate) const MAX_ROWS: usize = 8;
+/// Output rows per kernel call: [`dwconv_rows`] hands a longer list to the kernel in several
+/// calls (a caller gathering rows for it need gather no more at once).
+pub const MAX_ROWS: usize = 8;
 
 /// One depthwise 3x3 kernel: its name (the identity of the code), what it needs, its code.
 #[derive(Debug)]

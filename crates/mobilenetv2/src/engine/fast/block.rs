@@ -3,6 +3,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use mnv2_kernels::dwconv::MAX_ROWS;
 use mnv2_kernels::exec::{Rows, RowsMut};
 use mnv2_kernels::stem::{Image, StemGeom};
 
@@ -142,10 +143,11 @@ pub(super) fn pixels<N: Net>(
 }
 
 /// Output rows `ys` of block `k`'s depthwise conv from the expanded rows `rows` (indexed by
-/// input row), into `band` from its start: a few rows per call ([`Net::dw_rows`]), so the
-/// kernel runs each channel tile across them while their shared input rows are in L1.
+/// input row), into `band` from its start: as many rows per call ([`Net::dw_rows`]) as one
+/// kernel call takes, so the kernel runs each channel tile across them while their shared
+/// input rows are in L1.
 fn depthwise<N: Net>(net: &N, k: usize, g: &Geo, rows: Rows<N::T>, ys: Range<usize>, band: &mut [N::T]) {
-    const PER_CALL: usize = 8;
+    const PER_CALL: usize = MAX_ROWS;
     let band_row = net.band_row(k, g.w_out * g.hidden);
     let dwg = g.dw_row();
     let mut triples: [[Option<&[N::T]>; 3]; PER_CALL] = [[None; 3]; PER_CALL];
