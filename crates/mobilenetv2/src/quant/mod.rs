@@ -150,7 +150,8 @@ pub fn calibrate(model: &Model, images: &[Batch], method: Method) -> Result<Quan
     // output is signed (only a classifier uses this range).
     let relu6 = plan.layers[pooled_tap].conv().is_none_or(|c| c.activation == Activation::Relu6);
     let pooled = range(taps.len() - 1, relu6);
-    // Non-finite values (a NaN pixel) would give no range: the float stem then stays.
+    // An infinite pixel (or no image at all) gives no finite range: the float stem then stays.
+    // (`min` and `max` pass over NaN pixels.)
     let input = (lo.is_finite() && hi.is_finite()).then(|| QParams::from_range(lo, hi).into());
     Ok(QuantSpec { scheme: "int8".into(), method, images: count, blocks, pooled, input })
 }
