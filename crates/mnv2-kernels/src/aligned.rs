@@ -1,9 +1,12 @@
 //! A 64-byte aligned, zero-initialised buffer (f32 by default; also the integer types of the
 //! int8 kernels): packed weights and scratch rows, so vector loads never split cache lines.
+//! And `grown`, the per-thread staging areas the kernels keep between calls.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::thread::LocalKey;
 
 /// Element types whose all-zero bit pattern is the value zero.
 ///
@@ -91,6 +94,19 @@ impl<T: Zeroable> std::fmt::Debug for AlignedVec<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AlignedVec<{}>[{}]", std::any::type_name::<T>(), self.len)
     }
+}
+
+/// This thread's scratch area `area` grown (never shrunk) to at least `len` values, new ones
+/// `fill`: a pointer to it, valid until this thread next grows that area. The kernels stage
+/// rows this way, one area per kind of kernel, and declare its size for the engine's
+/// activation accounting.
+pub(crate) fn grown<T: Clone>(area: &'static LocalKey<RefCell<Vec<T>>>, len: usize, fill: T) -> *mut T {
+    area.with_borrow_mut(|v| {
+        if v.len() < len {
+            v.resize(len, fill);
+        }
+        v.as_mut_ptr()
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::lanes::mask16;
 use std::cell::RefCell;
 
 use super::{padding_reads_present, Args, DwRow, Elem, PackedDw, Requant};
+use crate::aligned::grown;
 use crate::bf16gemm::Bf16;
 
 /// The epilogue of one 16-channel tile: the activation's bounds (f32 outputs), or the int8
@@ -409,17 +410,6 @@ pub(crate) fn held_bytes() -> usize {
     STAGING.with_borrow(|s| s.len() * size_of::<f32>())
 }
 
-/// The staging area for `len` floats, owned by this thread (grown, never shrunk).
-fn staging(len: usize) -> *mut f32 {
-    STAGING.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < len {
-            s.resize(len, 0.0);
-        }
-        s.as_mut_ptr()
-    })
-}
-
 /// u8 rows to u8 rows, widened into the staging area.
 ///
 /// # Safety
@@ -432,7 +422,7 @@ pub(crate) unsafe fn row_u8(args: &[Args<u8, u8>], w: &PackedDw) {
     let c = w.c;
     // Valid until this thread next asks for a larger staging area; nothing else uses it. Each
     // tile of each row is widened into it just before it is walked.
-    let stage = staging(staging_bytes_u8(g, c) / size_of::<f32>());
+    let stage = grown(&STAGING, staging_bytes_u8(g, c) / size_of::<f32>(), 0.0);
     let widen = |a: &Args<u8, u8>, ct: usize, cols: usize| -> [*const f32; 3] {
         let mask = mask16(cols);
         std::array::from_fn(|i| {

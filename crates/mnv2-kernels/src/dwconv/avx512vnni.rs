@@ -16,6 +16,7 @@ use std::cell::RefCell;
 
 use super::avx512::channels;
 use super::{padding_reads_present, Args, DwRow, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
+use crate::aligned::grown;
 use crate::lanes::saturate_bytes;
 
 thread_local! {
@@ -122,64 +123,59 @@ unsafe fn row1(args: &Args<u8, u8>, w: &PackedDw) {
     let bounds =
         (rq.lo != 0 || rq.hi != 255).then(|| (_mm512_set1_epi8(rq.lo as i8), _mm512_set1_epi8(rq.hi as u8 as i8)));
     let vectors = staging_bytes(g, c) / size_of::<__m512i>();
-    STAGE.with(|st| {
-        let mut st = st.borrow_mut();
-        if st.len() < vectors {
-            st.resize(vectors, _mm512_setzero_si512());
-        }
-        let stage = st.as_mut_ptr();
-        for ct in (0..c).step_by(QUAD_GROUP) {
-            let cols = (c - ct).min(QUAD_GROUP);
-            let vec = |base: usize, j: usize| base + ct + 16 * j;
-            let grp = Group {
-                rows: rows.map(|r| r.add(ct)),
-                out: args.out.add(ct),
-                c,
-                mask: if cols == 64 { !0 } else { (1u64 << cols) - 1 },
-                w: std::array::from_fn(|kx| {
-                    std::array::from_fn(|j| {
-                        let p = w.weights.as_ptr().add(vec(9 * c_pad + kx * c_quad, j));
-                        _mm512_maskz_mov_epi8(keep, _mm512_load_si512(p as *const _))
-                    })
-                }),
-                mb: std::array::from_fn(|j| {
-                    let at = |base: usize| w.scale.as_ptr().add(vec(base, j));
-                    channels(&rq, at(c_pad), at(c_pad + c_quad))
-                }),
-                bounds,
-                big: false,
-            };
-            // |sum| <= 9 * 255 * 127; the largest code any channel of the group can reach.
-            let reach = |(m, b): (__m512, __m512)| {
-                9.0 * 255.0 * 127.0 * _mm512_reduce_max_ps(_mm512_abs_ps(m)) + _mm512_reduce_max_ps(_mm512_abs_ps(b))
-            };
-            let grp = Group { big: grp.mb.iter().any(|&mb| reach(mb) >= (1u32 << 30) as f32), ..grp };
-            for x0 in (0..g.w_out).step_by(CHUNK) {
-                let n = CHUNK.min(g.w_out - x0);
-                // Staging slot `o` holds input column `first + o`.
-                let first = (x0 * s) as isize - g.pad_left as isize;
-                for o in 0..(n - 1) * s + 2 * d + 1 {
-                    let ix = first + o as isize;
-                    let q = if ix >= 0 && (ix as usize) < g.w_in {
-                        grp.quads(ix as usize)
-                    } else {
-                        [_mm512_setzero_si512(); 4]
-                    };
-                    for (j, v) in q.into_iter().enumerate() {
-                        stage.add(4 * o + j).write(v);
-                    }
-                }
-                for x in 0..n {
-                    let mut acc = [_mm512_setzero_si512(); 4];
-                    for kx in 0..3 {
-                        let src = stage.add(4 * (x * s + kx * d));
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_dpbusd_epi32(*a, src.add(j).read(), grp.w[kx][j]);
-                        }
-                    }
-                    grp.store(x0 + x, acc);
+    // Valid until this thread next asks for a larger area; nothing else uses it.
+    let stage = grown(&STAGE, vectors, _mm512_setzero_si512());
+    for ct in (0..c).step_by(QUAD_GROUP) {
+        let cols = (c - ct).min(QUAD_GROUP);
+        let vec = |base: usize, j: usize| base + ct + 16 * j;
+        let grp = Group {
+            rows: rows.map(|r| r.add(ct)),
+            out: args.out.add(ct),
+            c,
+            mask: if cols == 64 { !0 } else { (1u64 << cols) - 1 },
+            w: std::array::from_fn(|kx| {
+                std::array::from_fn(|j| {
+                    let p = w.weights.as_ptr().add(vec(9 * c_pad + kx * c_quad, j));
+                    _mm512_maskz_mov_epi8(keep, _mm512_load_si512(p as *const _))
+                })
+            }),
+            mb: std::array::from_fn(|j| {
+                let at = |base: usize| w.scale.as_ptr().add(vec(base, j));
+                channels(&rq, at(c_pad), at(c_pad + c_quad))
+            }),
+            bounds,
+            big: false,
+        };
+        // |sum| <= 9 * 255 * 127; the largest code any channel of the group can reach.
+        let reach = |(m, b): (__m512, __m512)| {
+            9.0 * 255.0 * 127.0 * _mm512_reduce_max_ps(_mm512_abs_ps(m)) + _mm512_reduce_max_ps(_mm512_abs_ps(b))
+        };
+        let grp = Group { big: grp.mb.iter().any(|&mb| reach(mb) >= (1u32 << 30) as f32), ..grp };
+        for x0 in (0..g.w_out).step_by(CHUNK) {
+            let n = CHUNK.min(g.w_out - x0);
+            // Staging slot `o` holds input column `first + o`.
+            let first = (x0 * s) as isize - g.pad_left as isize;
+            for o in 0..(n - 1) * s + 2 * d + 1 {
+                let ix = first + o as isize;
+                let q = if ix >= 0 && (ix as usize) < g.w_in {
+                    grp.quads(ix as usize)
+                } else {
+                    [_mm512_setzero_si512(); 4]
+                };
+                for (j, v) in q.into_iter().enumerate() {
+                    stage.add(4 * o + j).write(v);
                 }
             }
+            for x in 0..n {
+                let mut acc = [_mm512_setzero_si512(); 4];
+                for kx in 0..3 {
+                    let src = stage.add(4 * (x * s + kx * d));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_dpbusd_epi32(*a, src.add(j).read(), grp.w[kx][j]);
+                    }
+                }
+                grp.store(x0 + x, acc);
+            }
         }
-    });
+    }
 }

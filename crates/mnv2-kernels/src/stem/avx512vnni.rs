@@ -11,8 +11,10 @@ use std::arch::x86_64::*;
 
 use crate::lanes::{mask16, saturate_bytes};
 
-use super::int8::{planes, PackedStemQ, QArgs};
+use super::int8::{PackedStemQ, QArgs};
 use super::{Layout, StemGeom};
+use crate::aligned::grown;
+use std::cell::RefCell;
 
 const XB: usize = 16;
 
@@ -102,6 +104,17 @@ impl Columns {
 /// Quads per plane: the output pixels, rounded up to whole vectors.
 fn quads_len(w_out: usize) -> usize {
     w_out.next_multiple_of(XB)
+}
+
+thread_local! {
+    /// The nine quad planes of the current output row.
+    static PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bytes this thread's quad planes hold now.
+#[cfg(test)]
+pub(crate) fn held_bytes() -> usize {
+    PLANES.with_borrow(|p| p.len())
 }
 
 /// Bytes of the thread's quad planes for geometry `g` (`StemQKernel::staging`): nine planes
@@ -201,7 +214,7 @@ unsafe fn pixels<const N: usize>(args: &QArgs, p: &PackedStemQ, quads: *const i3
 pub(crate) unsafe fn row(args: &QArgs, p: &PackedStemQ) {
     let w_out = args.g.w_out;
     // 64-byte aligned dwords; valid until this thread next asks for larger planes.
-    let buf = planes(staging_bytes(args.g));
+    let buf = grown(&PLANES, staging_bytes(args.g), 0);
     let quads = buf.add(buf.align_offset(64)) as *mut i32;
     fill(args, p, quads);
     let mut x = 0;

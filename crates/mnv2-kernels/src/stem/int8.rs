@@ -15,8 +15,6 @@
 //! Codes: `code(v) = round_half_even(clamp(v / s, -z, 255 - z)) + z` with `v / s` computed as
 //! `v * (1 / s)`: [`QParams::quantize`] for every finite `v`; NaN gives code 0.
 
-use std::cell::RefCell;
-
 use crate::aligned::AlignedVec;
 use crate::dwconv::Requant;
 use crate::isa::{Isa, Needs, Tier};
@@ -198,28 +196,6 @@ impl QArgs<'_> {
         let a = self.g.pad_left.min(len);
         (a, (self.g.pad_left + self.img.w).min(len).max(a))
     }
-}
-
-thread_local! {
-    /// The nine window planes of the current output row.
-    static PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Bytes this thread's window planes hold now.
-#[cfg(test)]
-pub(crate) fn held_bytes() -> usize {
-    PLANES.with_borrow(|p| p.len())
-}
-
-/// The window planes' storage for `len` bytes, owned by this thread (grown, never shrunk).
-pub(crate) fn planes(len: usize) -> *mut u8 {
-    PLANES.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < len {
-            s.resize(len, 0);
-        }
-        s.as_mut_ptr()
-    })
 }
 
 /// Output row `oy` of the int8 stem: `g.w_out * p.c` u8 codes, NHWC. The stride must be 2

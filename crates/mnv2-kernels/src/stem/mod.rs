@@ -405,7 +405,7 @@ mod tests {
                     );
                     let mut codes = vec![0u8; out.len()];
                     stem_row_q(&p, img, case.g.out_h - 1, case.sg, &mut codes);
-                    (p.staging_bytes(case.sg), int8::held_bytes())
+                    (p.staging_bytes(case.sg), avx512vnni::held_bytes())
                 };
                 assert!(held > 0 && held <= declared, "{name} {shape:?}: holds {held} bytes, declares {declared}");
             }
