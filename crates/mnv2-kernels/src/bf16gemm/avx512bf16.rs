@@ -13,10 +13,11 @@ use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
 use crate::lanes::{
-    by_rows, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half, PAIRS24,
+    by_rows, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half, MR32,
+    PAIRS24,
 };
 
-use super::{ASrc, Args, PackedBf16Gemm};
+use super::{ASrc, Args, Bf16, Out, PackedBf16Gemm};
 
 thread_local! {
     /// A rounded to bf16 pairs: `[m][pairs]` 32-bit words; grows to the largest call.
@@ -86,6 +87,57 @@ unsafe fn wpairs8(p: *const u32) -> __m256bh {
     std::mem::transmute::<__m256i, __m256bh>(_mm256_load_si256(p as *const __m256i))
 }
 
+/// An output element: f32, or bf16 (the sums rounded to nearest even as they are stored).
+trait Dst: Copy {
+    /// f32: every tile serves it; bf16 outputs run no 24-column or one-row tile.
+    const F32: bool;
+
+    /// The 16 values `v` at `p`, the lanes of `mask`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL and BF16; `p` is writable for the lanes of `mask`.
+    unsafe fn store16(p: *mut Self, v: __m512, mask: u16);
+}
+
+impl Dst for f32 {
+    const F32: bool = true;
+
+    #[inline(always)]
+    unsafe fn store16(p: *mut f32, v: __m512, mask: u16) {
+        _mm512_mask_storeu_ps(p, mask, v)
+    }
+}
+
+impl Dst for Bf16 {
+    const F32: bool = false;
+
+    #[inline(always)]
+    unsafe fn store16(p: *mut Bf16, v: __m512, mask: u16) {
+        // SAFETY: both are 256-bit vectors of plain bits.
+        let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+        _mm256_mask_storeu_epi16(p as *mut i16, mask, h)
+    }
+}
+
+/// Runs `$body` for each row `$i` in `0..$mr` (a const generic, at most 24), unrolled here
+/// rather than left to LLVM: it kept the bf16 output tiles' epilogue a loop over the
+/// accumulators stored in memory (the f32 one it unrolls), and the expand convs with K = 16
+/// ran 30% slower than with f32 outputs.
+macro_rules! each_row {
+    ($mr:expr, |$i:ident| $body:block) => {
+        each_row!(@ $mr, $i, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23)
+    };
+    (@ $mr:expr, $i:ident, $body:block, $($n:literal)*) => {
+        const { assert!($mr <= 24) };
+        $(
+            if $n < $mr {
+                let $i: usize = $n;
+                $body
+            }
+        )*
+    };
+}
+
 /// One tile of MR rows x 32 columns.
 ///
 /// # Safety
@@ -93,7 +145,7 @@ unsafe fn wpairs8(p: *const u32) -> __m256bh {
 /// (stride `p.pairs`), `c` and `r` (null for none) its rows and the panel's columns with the
 /// strides `gemm_bf16` checked.
 #[inline(always)]
-unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *const f32) {
+unsafe fn tile32<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r: *const f32) {
     let mut acc0 = [_mm512_load_ps(p.bias); MR];
     let mut acc1 = [_mm512_load_ps(p.bias.add(16)); MR];
     let mut bp = p.b;
@@ -109,13 +161,13 @@ unsafe fn tile32<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
         bp = bp.add(32);
         ap = ap.add(1);
     }
-    for i in 0..MR {
+    each_row!(MR, |i| {
         let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
         let cp = c.add(i * p.ldc);
-        _mm512_mask_storeu_ps(cp, p.m0, p.finish(acc0[i], rp, p.m0));
+        D::store16(cp, p.finish(acc0[i], rp, p.m0), p.m0);
         let rp = if r.is_null() { r } else { rp.add(16) };
-        _mm512_mask_storeu_ps(cp.add(16), p.m1, p.finish(acc1[i], rp, p.m1));
-    }
+        D::store16(cp.add(16), p.finish(acc1[i], rp, p.m1), p.m1);
+    });
 }
 
 /// One tile of up to `2 * P` rows of a 32-column panel with 17..=24 real columns, two rows
@@ -199,7 +251,7 @@ unsafe fn tile24<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
 /// # Safety
 /// As [`tile32`].
 #[inline(always)]
-unsafe fn tile16<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *const f32) {
+unsafe fn tile16<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r: *const f32) {
     let mut acc = [_mm512_load_ps(p.bias); MR];
     let mut bp = p.b;
     let mut ap = a;
@@ -211,10 +263,10 @@ unsafe fn tile16<const MR: usize>(p: &Panel, a: *const u32, c: *mut f32, r: *con
         bp = bp.add(p.nr);
         ap = ap.add(1);
     }
-    for (i, x) in acc.iter().enumerate() {
+    each_row!(MR, |i| {
         let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
-        _mm512_mask_storeu_ps(c.add(i * p.ldc), p.m0, p.finish(*x, rp, p.m0));
-    }
+        D::store16(c.add(i * p.ldc), p.finish(acc[i], rp, p.m0), p.m0);
+    });
 }
 
 /// One row (the classifier's pooled features) x four full 32-column panels from panel `p0`:
@@ -317,32 +369,60 @@ unsafe fn round_flat(len: usize, a: *const f32, dst: *mut u32) {
 /// `args` must describe valid buffers for `w` (checked by `gemm_bf16`); the CPU must have
 /// AVX-512 F/BW/VL/DQ and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
-pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
-    match src {
-        ASrc::Pairs(a16, lda) => panels(args, w, a16, lda),
-        ASrc::F32 => A16.with(|s| {
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) {
+    let (a16, lda) = match src {
+        ASrc::Pairs(a16, lda) => (a16, lda),
+        ASrc::F32 => {
             let pairs = w.pairs();
-            let mut s = s.borrow_mut();
-            if s.len() < args.m * pairs {
-                *s = AlignedVec::zeros(args.m * pairs);
-            }
-            let a16 = s.as_mut_ptr();
+            // Valid until this thread next grows the area; nothing else uses it.
+            let a16 = A16.with_borrow_mut(|s| {
+                if s.len() < args.m * pairs {
+                    *s = AlignedVec::zeros(args.m * pairs);
+                }
+                s.as_mut_ptr()
+            });
             round_rows(args.m, w.k, args.a, args.lda, a16, pairs);
-            panels(args, w, a16, pairs);
-        }),
+            (a16 as *const u32, pairs)
+        }
+    };
+    match out {
+        Out::F32 => panels_f32(args, w, a16, lda),
+        Out::Bf16 => panels_bf16(args, w, a16, lda),
     }
 }
 
-/// The panels of `args` from A rounded to bf16 pairs at `a16` (rows `lda` pairs apart).
+/// [`panels`] into f32 C: one copy of the tiles for both sources of A (rounded here, or
+/// already rounded), in a function of its own as [`panels_bf16`].
+///
+/// # Safety
+/// As [`panels`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+#[inline(never)]
+unsafe fn panels_f32(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
+    panels::<f32>(args, w, a16, lda)
+}
+
+/// [`panels`] into bf16 C (see [`panels_f32`]).
+///
+/// # Safety
+/// As [`panels`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+#[inline(never)]
+unsafe fn panels_bf16(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
+    panels::<Bf16>(args, w, a16, lda)
+}
+
+/// The panels of `args` from A rounded to bf16 pairs at `a16` (rows `lda` pairs apart), into
+/// C of `D` at `args.c`.
 ///
 /// # Safety
 /// As [`gemm`], with `a16` readable for `args.m` rows of `w.pairs()` pairs.
 #[inline(always)]
-unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
+unsafe fn panels<D: Dst>(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
     let (n, nr, pairs) = (w.n, w.nr, w.pairs());
     {
         let mut first = args.panels.start;
-        if args.m == 1 && nr == 32 {
+        if args.m == 1 && nr == 32 && D::F32 {
             while first + 4 <= args.panels.end && (first + 4) * nr <= n {
                 row4(args, w, a16, first);
                 first += 4;
@@ -366,19 +446,24 @@ unsafe fn panels(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
             };
             // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections and
             // the last panel of N = 144 expansions, skips its padding (no 8-column tile here).
-            let (width, mr) = panel_tile(cols, nr, w.split);
+            // bf16 outputs (the expand convs' rows) run the 32-column tile on 17..=24 columns.
+            let (width, mr) = match panel_tile(cols, nr, w.split) {
+                (24 | PAIRS24, _) if !D::F32 => (32, MR32),
+                t => t,
+            };
             let (count, base, extra) = tiles(args.m, mr);
             let mut i = 0;
             for t in 0..count {
                 let rows = base + usize::from(t < extra);
                 let a = a16.add(i * lda);
-                let c = args.c.add(i * args.ldc + n0);
+                let c = (args.c as *mut D).add(i * args.ldc + n0);
                 let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
                 match width {
-                    32 => by_rows!(32, rows, |R| tile32::<R>(&p, a, c, r)),
-                    PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(&p, rows, a, c, r)),
-                    24 => by_rows!(24, rows, |R| tile24::<R>(&p, a, c, r)),
-                    _ => by_rows!(16, rows, |R| tile16::<R>(&p, a, c, r)),
+                    32 => by_rows!(32, rows, |R| tile32::<R, D>(&p, a, c, r)),
+                    // f32 C only (the width above).
+                    PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(&p, rows, a, c.cast(), r)),
+                    24 => by_rows!(24, rows, |R| tile24::<R>(&p, a, c.cast(), r)),
+                    _ => by_rows!(16, rows, |R| tile16::<R, D>(&p, a, c, r)),
                 }
                 i += rows;
             }

@@ -88,9 +88,17 @@ pub struct Bf16GemmKernel {
     /// The kernel is chosen only for layers with more outputs than this.
     pub min_n: usize,
     /// # Safety
-    /// `args` (and the pairs of `ASrc::Pairs`) describe buffers valid for the packing, and the
-    /// CPU has `needs`.
-    run: unsafe fn(&Args, &PackedBf16Gemm, ASrc),
+    /// `args` (and the pairs of `ASrc::Pairs`) describe buffers valid for the packing, C of
+    /// the element `Out` says, and the CPU has `needs`.
+    run: unsafe fn(&Args, &PackedBf16Gemm, ASrc, Out),
+}
+
+/// The element of C at `Args::c` (its strides count elements).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Out {
+    F32,
+    /// bf16: the f32 results rounded to nearest even.
+    Bf16,
 }
 
 /// Where a kernel reads its A rows.
@@ -269,7 +277,22 @@ pub fn gemm_bf16_panels(
     };
     // SAFETY: sizes checked by `Args::checked`; the packing's kernel was granted by a `Tier`,
     // the proof that this CPU runs it.
-    unsafe { (w.kernel.run)(&args, w, ASrc::F32) }
+    unsafe { (w.kernel.run)(&args, w, ASrc::F32, Out::F32) }
+}
+
+/// [`gemm_bf16`] with its results rounded to bf16 as they are stored (`c[i * ldc + j]`, no
+/// residual): rows for a consumer of bf16 rows (the expanded rows that the depthwise conv's
+/// `dwconv_rows_bf16_in` reads), half the bytes of f32 ones. The same values as
+/// [`gemm_bf16`]'s, rounded to nearest even.
+///
+/// Panics if a slice is too short for the strides.
+pub fn gemm_bf16_to_bf16(m: usize, a: &[f32], lda: usize, w: &PackedBf16Gemm, c: &mut [Bf16], ldc: usize, act: MinMax) {
+    let Some(args) = Args::checked(m, a, lda, (w.k, w.n, w.panels()), c, ldc, act, None, 0..w.panels()) else {
+        return;
+    };
+    // SAFETY: sizes checked by `Args::checked` (in elements of C, which `Out::Bf16` says); the
+    // packing's kernel was granted by a `Tier`, the proof that this CPU runs it.
+    unsafe { (w.kernel.run)(&args, w, ASrc::F32, Out::Bf16) }
 }
 
 /// [`gemm_bf16_panels`] on A rows already rounded to bf16 (`a[i * lda + k]`): no rounding
@@ -299,7 +322,7 @@ pub fn gemm_bf16_pairs_panels(
     let args = Args { a: std::ptr::null(), lda: 0, ..args };
     // SAFETY: sizes checked by `Args::checked`, evenness and alignment above; the packing's kernel was granted by a
     // `Tier`, the proof that this CPU runs it.
-    unsafe { (w.kernel.run)(&args, w, ASrc::Pairs(a.as_ptr() as *const u32, lda / 2)) }
+    unsafe { (w.kernel.run)(&args, w, ASrc::Pairs(a.as_ptr() as *const u32, lda / 2), Out::F32) }
 }
 
 #[cfg(test)]
@@ -402,6 +425,36 @@ mod tests {
                     gemm_bf16_pairs_panels(m, &a16, lda, &p, &mut got, n, act, res, 0..p.panels());
                     let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(same, "{} m={m} k={k} n={n} lda={lda}", kern.name);
+                }
+            }
+        }
+    }
+
+    /// bf16 outputs are the f32 outputs rounded, bit for bit: every kernel, row counts around
+    /// its tile height, and panels of 32, 17..=24, 16 and fewer real columns (each of which
+    /// the f32 outputs run on its own tile), strided C; nothing written beyond the columns.
+    #[test]
+    fn bf16_outputs_are_the_f32_outputs_rounded() {
+        for (tier, kern) in host_kernels() {
+            for (k, n) in [(16, 96), (24, 144), (32, 24), (3, 20), (8, 9), (17, 40), (160, 960), (2, 1)] {
+                let w = vals(k as u64 * 3 + n as u64, k * n);
+                let b = vals(n as u64, n);
+                let mut p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
+                for (m, split) in [(1, false), (kern.mr - 1, false), (2 * kern.mr + 3, true), (2 * kern.mr + 3, false)]
+                {
+                    p.split = split;
+                    let ldc = n + 5;
+                    let a = vals(m as u64 + 17, m * k);
+                    for act in [MinMax::RELU6, MinMax::NONE] {
+                        let mut want = vec![0f32; m * ldc];
+                        gemm_bf16(m, &a, k, &p, &mut want, ldc, act, None);
+                        let mut got = vec![Bf16(0x7fc1); m * ldc];
+                        gemm_bf16_to_bf16(m, &a, k, &p, &mut got, ldc, act);
+                        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                            let expect = if i % ldc < n { f32_to_bf16(*y) } else { 0x7fc1 };
+                            assert_eq!(x.0, expect, "{} m={m} k={k} n={n} split {split} at {i}", kern.name);
+                        }
+                    }
                 }
             }
         }

@@ -2,12 +2,12 @@
 //! f32 sums in `vdpbf16ps` order (per pair of channels: the odd one's product, then the even
 //! one's; both products are exact in f32).
 
-use super::{bf16_to_f32, f32_to_bf16, ASrc, Args, PackedBf16Gemm};
+use super::{bf16_to_f32, f32_to_bf16, ASrc, Args, Out, PackedBf16Gemm};
 
 /// # Safety
 /// `args` (and `src`'s pairs) must describe valid, non-overlapping buffers for `w` (checked
 /// by `gemm_bf16_panels` / `gemm_bf16_pairs_panels`).
-pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
+pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) {
     let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
     let mut a16 = vec![0f32; 2 * pairs];
     for i in 0..args.m {
@@ -43,7 +43,11 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc) {
                 if !args.r.is_null() {
                     y += *args.r.add(i * args.ldr + n0 + j);
                 }
-                *args.c.add(i * args.ldc + n0 + j) = y;
+                let at = i * args.ldc + n0 + j;
+                match out {
+                    Out::F32 => *args.c.add(at) = y,
+                    Out::Bf16 => *(args.c as *mut u16).add(at) = f32_to_bf16(y),
+                }
             }
         }
     }

@@ -171,10 +171,42 @@ impl Out for u8 {
     }
 }
 
-/// Loop invariants of one 16-channel tile: f32 input rows with pixel stride `in_stride`,
+/// Loading 16 channels of an input element type as f32 (exact).
+trait In {
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL; `p` is readable for the lanes of `mask` (all 16 if `FULL`).
+    unsafe fn load<const FULL: bool>(p: *const Self, mask: u16) -> __m512;
+}
+
+impl In for f32 {
+    #[inline(always)]
+    unsafe fn load<const FULL: bool>(p: *const f32, mask: u16) -> __m512 {
+        if FULL {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(mask, p)
+        }
+    }
+}
+
+impl In for Bf16 {
+    /// Widened to f32 by a shift into the upper half of each lane: one more operation per load
+    /// than f32 rows, for half the bytes.
+    #[inline(always)]
+    unsafe fn load<const FULL: bool>(p: *const Bf16, mask: u16) -> __m512 {
+        let h = if FULL {
+            _mm256_loadu_si256(p as *const __m256i)
+        } else {
+            _mm256_maskz_loadu_epi16(mask, p as *const i16)
+        };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+}
+
+/// Loop invariants of one 16-channel tile: input rows of `I` with pixel stride `in_stride`,
 /// output of type `O` with pixel stride `out_stride`.
-struct Tile<O> {
-    rows: [*const f32; 3],
+struct Tile<I, O> {
+    rows: [*const I; 3],
     out: *mut O,
     in_stride: usize,
     out_stride: usize,
@@ -188,18 +220,14 @@ struct Tile<O> {
     epi: Epi,
 }
 
-impl<O: Out> Tile<O> {
+impl<I: In, O: Out> Tile<I, O> {
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
     /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
     /// masks passed stay within them.
     #[inline(always)]
-    unsafe fn load<const FULL: bool>(&self, p: *const f32) -> __m512 {
-        if FULL {
-            _mm512_loadu_ps(p)
-        } else {
-            _mm512_maskz_loadu_ps(self.epi.mask, p)
-        }
+    unsafe fn load<const FULL: bool>(&self, p: *const I) -> __m512 {
+        I::load::<FULL>(p, self.epi.mask)
     }
 
     /// # Safety
@@ -367,7 +395,7 @@ thread_local! {
 /// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
-    row_f32(args, w)
+    row_in_place(args, w)
 }
 
 /// f32 rows to bf16 rows: the f32 kernel, its results rounded on store.
@@ -377,18 +405,29 @@ pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
 /// AVX-512 and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
 pub(crate) unsafe fn row_bf16(args: &[Args<f32, Bf16>], w: &PackedDw) {
-    row_f32(args, w)
+    row_in_place(args, w)
 }
 
-/// f32 input rows, output `O`.
+/// bf16 rows to bf16 rows: each loaded value widened to f32 exactly, the f32 kernel's sums,
+/// rounded on store.
+///
+/// # Safety
+/// `args` must describe valid rows for `w` (checked by `dwconv_rows_bf16_in`); the CPU must
+/// have AVX-512 and BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+pub(crate) unsafe fn row_bf16_in(args: &[Args<Bf16, Bf16>], w: &PackedDw) {
+    row_in_place(args, w)
+}
+
+/// Input rows of `I` read in place, output `O`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
 /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
 /// masks passed stay within them.
 #[inline(always)]
-unsafe fn row_f32<O: Out>(args: &[Args<f32, O>], w: &PackedDw) {
-    let rows = |a: &Args<f32, O>, ct: usize, _: usize| -> [*const f32; 3] {
+unsafe fn row_in_place<I: In, O: Out>(args: &[Args<I, O>], w: &PackedDw) {
+    let rows = |a: &Args<I, O>, ct: usize, _: usize| -> [*const I; 3] {
         let mut rows = a.rows;
         for r in rows.iter_mut().filter(|r| !r.is_null()) {
             *r = r.add(ct);
@@ -443,17 +482,17 @@ pub(crate) unsafe fn row_u8(args: &[Args<u8, u8>], w: &PackedDw) {
 
 /// Runs every 16-channel tile of every output row of `args`, tile by tile (each across all
 /// the rows, so the input rows they share stay in L1): `rows_of(row, ct, cols)` gives the
-/// tile's f32 input rows (null for padding rows) whose pixel stride is `in_stride`.
+/// tile's input rows (null for padding rows) whose pixel stride is `in_stride`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ (callers are this module's `#[target_feature]` row function); the
 /// pointers this reads and writes lie in the rows `dwconv_row` checked, and the columns, tiles and
 /// masks passed stay within them.
 #[inline(always)]
-unsafe fn row_tiles<I, O: Out>(
-    all: &[Args<I, O>],
+unsafe fn row_tiles<A, I: In, O: Out>(
+    all: &[Args<A, O>],
     w: &PackedDw,
-    rows_of: impl Fn(&Args<I, O>, usize, usize) -> [*const f32; 3],
+    rows_of: impl Fn(&Args<A, O>, usize, usize) -> [*const I; 3],
     in_stride: usize,
 ) {
     let Some(first) = all.first() else { return };

@@ -90,6 +90,8 @@ pub(crate) enum DwCode {
     U8(unsafe fn(&[Args<u8, u8>], &PackedDw)),
     /// f32 rows to bf16 rows (rounded to nearest even, as `vcvtneps2bf16`).
     Bf16(unsafe fn(&[Args<f32, Bf16>], &PackedDw)),
+    /// bf16 rows to bf16 rows (widened exactly, summed in f32, rounded as `Bf16`).
+    Bf16In(unsafe fn(&[Args<Bf16, Bf16>], &PackedDw)),
 }
 
 /// Output rows per kernel call: [`dwconv_rows`] hands a longer list to the kernel in several
@@ -180,6 +182,26 @@ pub static KERNELS_BF16: &[DwKernel] = &[
     },
 ];
 
+/// Every depthwise kernel reading and writing bf16 rows (the expanded rows of the bf16
+/// network, as the bf16 GEMM's expand conv writes them: half the bytes of f32 rows through
+/// the L2-bound depthwise), best first; sums in f32 as [`KERNELS_BF16`], rounded once. The
+/// AVX-512 one runs only while [`crate::isa::bf16_enabled`].
+pub static KERNELS_BF16_IN: &[DwKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_bf16_minmax_3x3c16_avx512bf16",
+        needs: Needs::Avx512Bf16,
+        code: DwCode::Bf16In(avx512::row_bf16_in),
+        staging: no_staging,
+    },
+    DwKernel {
+        name: "dwconv_bf16_minmax_3x3_scalar",
+        needs: Needs::Scalar,
+        code: DwCode::Bf16In(scalar::row::<Bf16, Bf16>),
+        staging: scalar::staging_bytes,
+    },
+];
+
 fn no_staging(_: DwRow, _: usize) -> usize {
     0
 }
@@ -209,10 +231,14 @@ impl PackedDw {
     /// For bf16 output rows ([`dwconv_row_bf16`]), on the best kernel of [`KERNELS_BF16`]
     /// for `tier` (the AVX-512 BF16 one only while [`crate::isa::bf16_enabled`]).
     pub fn bf16_out(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        let k = supported(KERNELS_BF16, tier)
-            .find(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
-            .expect("the scalar kernel");
-        PackedDw::for_kernel(tier, k, weights, c, bias)
+        PackedDw::for_kernel(tier, best_bf16(KERNELS_BF16, tier), weights, c, bias)
+    }
+
+    /// For bf16 input and output rows ([`dwconv_rows_bf16_in`]), on the best kernel of
+    /// [`KERNELS_BF16_IN`] for `tier` (the AVX-512 BF16 one only while
+    /// [`crate::isa::bf16_enabled`]).
+    pub fn bf16_rows(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        PackedDw::for_kernel(tier, best_bf16(KERNELS_BF16_IN, tier), weights, c, bias)
     }
 
     /// For u8 input rows quantised with `input` (zero point 0), on the best int8 kernel of
@@ -284,6 +310,14 @@ impl PackedDw {
     pub fn isa(&self) -> Isa {
         self.kernel.needs.tier()
     }
+}
+
+/// The best kernel of a bf16 `registry` for `tier`: the AVX-512 BF16 ones only while
+/// [`crate::isa::bf16_enabled`].
+fn best_bf16(registry: &'static [DwKernel], tier: Tier) -> &'static DwKernel {
+    supported(registry, tier)
+        .find(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
+        .expect("the scalar kernel")
 }
 
 /// Channels per group of the VNNI int8 kernel: four vectors of 16 quads.
@@ -416,6 +450,13 @@ pub fn dwconv_rows_bf16(w: &PackedDw, rows: &[[Option<&[f32]>; 3]], g: DwRow, ac
     dwconv_rows_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
 }
 
+/// [`dwconv_rows_bf16`] on bf16 input rows (weights packed by [`PackedDw::bf16_rows`]): the
+/// same values as [`dwconv_rows_bf16`] on the f32 values of those rows.
+pub fn dwconv_rows_bf16_in(w: &PackedDw, rows: &[[Option<&[Bf16]>; 3]], g: DwRow, act: MinMax, out: &mut [Bf16]) {
+    let DwCode::Bf16In(run) = w.kernel.code else { panic!("{} does not read bf16 rows", w.kernel.name) };
+    dwconv_rows_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
+}
+
 /// [`dwconv_row`] on u8 rows (weights packed by [`PackedDw::quantized`]), the result
 /// quantised with `out_q`.
 pub fn dwconv_row_u8(w: &PackedDw, rows: [Option<&[u8]>; 3], g: DwRow, act: MinMax, out: &mut [u8], out_q: QParams) {
@@ -471,6 +512,7 @@ fn dwconv_rows_any<I: Elem, O: Elem>(
 mod tests {
     use super::*;
     use crate::{reference, ConvGeom};
+    use std::ops::Range;
 
     /// The kernels of `registry` the host runs, with the host's best tier; the others print
     /// `SKIPPED`.
@@ -682,6 +724,56 @@ mod tests {
                     for (i, (x, y)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(x.0, f32_to_bf16(*y), "{} w={w_in} c={c} s={s} d={d} at {i}: {y}", kern.name);
                     }
+                }
+            }
+        }
+    }
+
+    /// bf16 input rows give, bit for bit, what the f32-input bf16 kernel's twin gives on their
+    /// f32 values: every kernel, whole images (several rows per call, more than one call
+    /// takes) at strides 1 and 2 and a dilation, padding rows at both ends, channel tails;
+    /// nothing written past the rows.
+    #[test]
+    fn bf16_input_rows_are_their_f32_values() {
+        let kernels = host_kernels(KERNELS_BF16_IN);
+        eprintln!("bf16-input depthwise kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
+        let twin = |wts: &[f32], c: usize, bias: &[f32]| {
+            let k = KERNELS_BF16.iter().find(|k| k.needs == Needs::Scalar).expect("the twin");
+            PackedDw::for_kernel(Tier::Scalar, k, wts, c, bias)
+        };
+        for (h, w_in, c, s, d) in [
+            (12, 9, 40, 1, 1),
+            (21, 14, 24, 2, 1),
+            (11, 17, 16, 1, 2),
+            (3, 5, 9, 1, 1),
+            (4, 112, 32, 1, 1),
+            (5, 56, 144, 2, 1),
+        ] {
+            let eff = 2 * d + 1;
+            let (h_out, w_out) = ((h + 2 * d - eff) / s + 1, (w_in + 2 * d - eff) / s + 1);
+            let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: d };
+            let (row, len) = (w_in * c, w_out * c);
+            let x16: Vec<Bf16> = vals(h as u64 + c as u64, h * row).iter().map(|v| Bf16(f32_to_bf16(*v))).collect();
+            let x32: Vec<f32> = x16.iter().map(|v| bf16_to_f32(v.0)).collect();
+            let (wts, bias) = (vals(c as u64 + 1, 9 * c), vals(5, c));
+            let rows = |oy: usize| -> [Option<Range<usize>>; 3] {
+                std::array::from_fn(|ky| {
+                    let iy = (oy * s + ky * d) as isize - d as isize;
+                    (0..h as isize).contains(&iy).then(|| iy as usize * row..(iy as usize + 1) * row)
+                })
+            };
+            let r32: Vec<[Option<&[f32]>; 3]> = (0..h_out).map(|oy| rows(oy).map(|r| r.map(|r| &x32[r]))).collect();
+            let r16: Vec<[Option<&[Bf16]>; 3]> = (0..h_out).map(|oy| rows(oy).map(|r| r.map(|r| &x16[r]))).collect();
+            for act in [MinMax::RELU6, MinMax::NONE] {
+                let mut want = vec![Bf16(0); h_out * len];
+                dwconv_rows_bf16(&twin(&wts, c, &bias), &r32, g, act, &mut want);
+                for &(tier, kern) in &kernels {
+                    let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
+                    let mut got = vec![Bf16(0x7fc0); h_out * len + 1];
+                    dwconv_rows_bf16_in(&p, &r16, g, act, &mut got);
+                    let what = format!("{} h={h} w={w_in} c={c} s={s} d={d}", kern.name);
+                    assert_eq!(got.pop(), Some(Bf16(0x7fc0)), "{what}: wrote past the rows");
+                    assert!(got == want, "{what}: not the f32 rows' values");
                 }
             }
         }

@@ -217,16 +217,17 @@ pub fn gemm_panels(
 impl Args {
     /// The raw arguments of a product of `m` rows of `a` (f32 values, or bf16 pairs for the
     /// bf16 GEMM's pre-rounded rows: `lda` and `k` count elements of `T`) with packed `k x n`
-    /// weights of `total` panels, once every slice is checked long enough for its strides
+    /// weights of `total` panels, into C of `C` (f32, or bf16 for the bf16 GEMM's rounded
+    /// outputs: `ldc` counts elements of `C`), once every slice is checked long enough for its strides
     /// (panics otherwise); `None` when there is nothing to compute. Shared by the f32 and bf16
     /// GEMMs.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn checked<T>(
+    pub(crate) fn checked<T, C>(
         m: usize,
         a: &[T],
         lda: usize,
         (k, n, total): (usize, usize, usize),
-        c: &mut [f32],
+        c: &mut [C],
         ldc: usize,
         act: MinMax,
         residual: Option<(&[f32], usize)>,
@@ -245,7 +246,7 @@ impl Args {
             }
             None => (std::ptr::null(), 0),
         };
-        Some(Args { m, a: a.as_ptr().cast(), lda, c: c.as_mut_ptr(), ldc, r, ldr, act, panels })
+        Some(Args { m, a: a.as_ptr().cast(), lda, c: c.as_mut_ptr().cast(), ldc, r, ldr, act, panels })
     }
 }
 

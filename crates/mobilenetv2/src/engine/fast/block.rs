@@ -58,7 +58,7 @@ pub(super) fn band<N: Net>(
     let (oy0, oy1) = (oy.start, oy.end);
     let (lo, hi) = g.hidden_rows(oy.clone());
     let mut t = hidden.ops.is_some().then(Instant::now);
-    let ring_row = g.w_in * g.hidden;
+    let ring_row = net.hidden_row(k, g.w_in * g.hidden);
     let mut ring = (g.ring > 0).then(|| RowsMut::new(&mut *hidden.ring, ring_row, g.ring));
     // 1. Expanded rows lo..=hi into the ring, each computed once per block.
     if let Some(ring) = ring.as_mut() {
@@ -69,6 +69,7 @@ pub(super) fn band<N: Net>(
                 end = input.run_end(r, end);
             }
             let dst = ring.rows_mut(r, end);
+            // `ldc` counts values, not slots: a net that packs bf16 rows reads `dst` as those.
             match src {
                 Src::Image(img, sg) => {
                     for (j, row) in dst.chunks_exact_mut(ring_row).enumerate() {

@@ -1,17 +1,19 @@
 //! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA; with
 //! `bf16`, its 1x1 convolutions (expand, project, last conv, classifier) run on the bf16 GEMM
-//! kernels instead (activations stay f32 between layers; the stem and depthwise compute in
-//! f32, the depthwise rounding its output rows to bf16 for the projection as it stores them).
+//! kernels instead. Block inputs and outputs stay f32 (the residual sums too); the depthwise
+//! outputs the projection reads are bf16, and so are the expanded rows of stride-2 blocks
+//! (the expand conv rounds them as it stores them, the depthwise conv reads them and sums in
+//! f32); the stem computes in f32.
 
-use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut};
-use mnv2_kernels::dwconv::{dwconv_rows, dwconv_rows_bf16, DwRow, PackedDw};
+use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut, Bf16};
+use mnv2_kernels::dwconv::{dwconv_rows, dwconv_rows_bf16, dwconv_rows_bf16_in, DwRow, PackedDw, MAX_ROWS};
 use std::ops::Range;
 
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::pw::PackedPw;
-use super::{check_structure, minmax, Net, TapAt};
+use super::{check_structure, head_taps, minmax, Net, TapAt};
 use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
 use crate::plan::{Head, Plan, Role};
@@ -24,6 +26,13 @@ struct Block {
     /// projection reads those (half the bytes, no rounding pass in the GEMM); the band rows
     /// then hold bf16 values, two per f32 slot. Needs an even hidden width.
     bf16_band: bool,
+    /// bf16: the expand conv rounds its rows to bf16 as it stores them and the depthwise conv
+    /// reads those (half the bytes through the ring), two per f32 slot as the band's. Blocks
+    /// with an expand conv, an even hidden width and stride 2, whose expanded tensor no head
+    /// taps. At stride 2 the depthwise conv is bound by the bytes it reads (the 112 -> 56
+    /// block's 10% faster on Zen 5); at stride 1 it is bound by its arithmetic, and widening
+    /// bf16 rows cost more than the bytes saved (5-13% slower).
+    bf16_hidden: bool,
 }
 
 pub(crate) struct F32Net {
@@ -54,15 +63,22 @@ impl F32Net {
             PackedStem::new(tier, &f.weights, c0, &f.bias)
         };
         let stem = (stem, act(0));
+        let tapped: Vec<usize> = head_taps(plan)?
+            .into_iter()
+            .filter_map(|t| if let TapAt::Expansion(k) = t.1 { Some(k) } else { None })
+            .collect();
         let mut blocks = Vec::new();
-        for b in &plan.blocks {
+        for (k, b) in plan.blocks.iter().enumerate() {
             let expand = b.expand.map(|i| {
                 let f = folded.take(i);
                 (PackedPw::new(tier, bf16, &f.weights, b.input.c, b.hidden, &f.bias), act(i))
             });
             let f = folded.take(b.depthwise);
             let bf16_band = bf16 && b.hidden.is_multiple_of(2);
-            let dw = if bf16_band {
+            let bf16_hidden = bf16_band && expand.is_some() && b.stride == 2 && !tapped.contains(&k);
+            let dw = if bf16_hidden {
+                PackedDw::bf16_rows(tier, &f.weights, b.hidden, &f.bias)
+            } else if bf16_band {
                 PackedDw::bf16_out(tier, &f.weights, b.hidden, &f.bias)
             } else {
                 PackedDw::new(tier, &f.weights, b.hidden, &f.bias)
@@ -70,7 +86,7 @@ impl F32Net {
             let dw = (dw, act(b.depthwise));
             let f = folded.take(b.project);
             let project = (PackedPw::new(tier, bf16, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
-            blocks.push(Block { expand, dw, project, bf16_band });
+            blocks.push(Block { expand, dw, project, bf16_band, bf16_hidden });
         }
         let last_conv = plan.last_conv;
         let last = (layers[last_conv].role == Role::LastConv).then(|| {
@@ -131,8 +147,21 @@ impl Net for F32Net {
     }
 
     fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
-        let (w, act) = self.blocks[k].expand.as_ref().expect("block has an expand conv");
-        w.gemm(m, a, lda, out, ldc, *act, None);
+        let b = &self.blocks[k];
+        let (w, act) = b.expand.as_ref().expect("block has an expand conv");
+        if b.bf16_hidden {
+            w.gemm_to_bf16(m, a, lda, as_bf16_mut(out), ldc, *act);
+        } else {
+            w.gemm(m, a, lda, out, ldc, *act, None);
+        }
+    }
+
+    fn hidden_row(&self, k: usize, len: usize) -> usize {
+        if self.blocks[k].bf16_hidden {
+            len / 2
+        } else {
+            len
+        }
     }
 
     /// fp32 only: on 2 threads (Zen 4) the 7x7 blocks by pixels took 3.36 ms against 3.51
@@ -150,10 +179,21 @@ impl Net for F32Net {
         }
     }
 
-    fn dw_rows(&self, k: usize, rows: &[[Option<&[f32]>; 3]], g: DwRow, out: &mut [f32]) {
+    fn dw_rows(&self, k: usize, rows: &[[Option<&[f32]>; 3]], g: DwRow, mut out: &mut [f32]) {
         let b = &self.blocks[k];
         let (w, act) = &b.dw;
-        if b.bf16_band {
+        if b.bf16_hidden {
+            let mut rows16: [[Option<&[Bf16]>; 3]; MAX_ROWS] = [[None; 3]; MAX_ROWS];
+            for chunk in rows.chunks(MAX_ROWS) {
+                for (r16, r) in rows16.iter_mut().zip(chunk) {
+                    *r16 = r.map(|r| r.map(as_bf16));
+                }
+                let (n, len) = (chunk.len(), g.w_out * w.c / 2);
+                let (head, rest) = std::mem::take(&mut out).split_at_mut(n * len);
+                dwconv_rows_bf16_in(w, &rows16[..n], g, *act, as_bf16_mut(head));
+                out = rest;
+            }
+        } else if b.bf16_band {
             dwconv_rows_bf16(w, rows, g, *act, as_bf16_mut(out));
         } else {
             dwconv_rows(w, rows, g, *act, out);

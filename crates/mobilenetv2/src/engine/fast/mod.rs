@@ -169,6 +169,13 @@ pub(crate) trait Net: Send + Sync {
     /// The expand 1x1 conv of block `k` over `m` pixels (into ring rows, or into the expanded
     /// tensor materialised whole because a head or a pixel split reads it).
     fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
+    /// Slots of `T` that one row of `len` values of block `k`'s expanded tensor takes (in its
+    /// ring, or materialised): `len` unless the net packs them (bf16 values, two per f32
+    /// slot; the net then keeps that tensor out of head taps and pixel splits, whose buffers
+    /// hold `len`).
+    fn hidden_row(&self, _k: usize, len: usize) -> usize {
+        len
+    }
     /// Slots of `T` that one depthwise output row of `len` values takes in the band (the
     /// rows [`Net::dw_rows`] writes and [`Net::project`] reads): `len` unless the net packs
     /// them (bf16 values, two per f32 slot).
@@ -698,6 +705,7 @@ impl<N: Net> FastEngine<N> {
                 // The expanded tensor, whole (a head reads it); the block reads it directly.
                 let j = tap_index(TapAt::Expansion(k)).expect("a split block is tapped");
                 let Prev::Rows { row_len: in_len, .. } = prev else { unreachable!("a tapped block follows a block") };
+                assert_eq!(net.hidden_row(k, g.w_in * g.hidden), g.w_in * g.hidden, "a tapped expansion is not packed");
                 turns.rows(|input, mut out_rows| {
                     let rows = out_rows.window_rows();
                     let a = &input[rows.start * in_len..rows.end * in_len];
@@ -712,6 +720,7 @@ impl<N: Net> FastEngine<N> {
                     unreachable!("a pixel-split block follows a block")
                 };
                 debug_assert_eq!((in_len, cap), (g.w_in * g.cin, g.h_in));
+                assert_eq!(net.hidden_row(k, g.hidden), g.hidden, "a pixel-split expansion is not packed");
                 turns.side(|input, mut hidden| {
                     let px = hidden.window_rows();
                     net.expand(

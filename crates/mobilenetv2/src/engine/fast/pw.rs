@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use mnv2_kernels::bf16gemm::{gemm_bf16_pairs_panels, gemm_bf16_panels, Bf16, PackedBf16Gemm};
+use mnv2_kernels::bf16gemm::{gemm_bf16_pairs_panels, gemm_bf16_panels, gemm_bf16_to_bf16, Bf16, PackedBf16Gemm};
 use mnv2_kernels::gemm::{gemm_panels, PackedGemm};
 use mnv2_kernels::{MinMax, Tier};
 
@@ -105,6 +105,14 @@ impl PackedPw {
         match self {
             PackedPw::F32(_) => unreachable!("bf16 rows go to bf16 packings only"),
             PackedPw::Bf16(w) => gemm_bf16_pairs_panels(m, a, lda, w, c, ldc, act, residual, 0..w.panels()),
+        }
+    }
+
+    /// [`PackedPw::gemm`] (no residual) with its results rounded to bf16 (bf16 packings only).
+    pub fn gemm_to_bf16(&self, m: usize, a: &[f32], lda: usize, c: &mut [Bf16], ldc: usize, act: MinMax) {
+        match self {
+            PackedPw::F32(_) => unreachable!("bf16 outputs come from bf16 packings only"),
+            PackedPw::Bf16(w) => gemm_bf16_to_bf16(m, a, lda, w, c, ldc, act),
         }
     }
 
