@@ -13,8 +13,8 @@ use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
 use crate::lanes::{
-    by_rows, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half, MR32,
-    PAIRS24,
+    by_rows, each_row, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half,
+    MR32, PAIRS24,
 };
 
 use super::{ASrc, Args, Bf16, Out, PackedBf16Gemm};
@@ -117,25 +117,6 @@ impl Dst for Bf16 {
         let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
         _mm256_mask_storeu_epi16(p as *mut i16, mask, h)
     }
-}
-
-/// Runs `$body` for each row `$i` in `0..$mr` (a const generic, at most 24), unrolled here
-/// rather than left to LLVM: it kept the bf16 output tiles' epilogue a loop over the
-/// accumulators stored in memory (the f32 one it unrolls), and the expand convs with K = 16
-/// ran 30% slower than with f32 outputs.
-macro_rules! each_row {
-    ($mr:expr, |$i:ident| $body:block) => {
-        each_row!(@ $mr, $i, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23)
-    };
-    (@ $mr:expr, $i:ident, $body:block, $($n:literal)*) => {
-        const { assert!($mr <= 24) };
-        $(
-            if $n < $mr {
-                let $i: usize = $n;
-                $body
-            }
-        )*
-    };
 }
 
 /// One tile of MR rows x 32 columns.

@@ -20,8 +20,8 @@
 use std::arch::x86_64::*;
 
 use crate::lanes::{
-    by_rows, halves, mask16, pair_rows, panel_tile, rotate_cols, saturate_bytes, tiles, unpair, upper_half, MR32,
-    PAIRS24,
+    by_rows, each_row, halves, mask16, pair_rows, panel_tile, rotate_cols, saturate_bytes, tiles, unpair, upper_half,
+    MR32, PAIRS24,
 };
 
 use super::{Args, PackedQGemm};
@@ -217,17 +217,17 @@ unsafe fn tile<const MR: usize, const W: usize>(p: &Panel, args: &Args, i0: usiz
         return;
     }
     if W == 32 && p.packs && !args.f32_out {
-        for i in 0..MR {
+        each_row!(MR, |i| {
             p.pack32([acc0[i], acc1[i]], args, i0 + i, n0);
-        }
+        });
         return;
     }
-    for i in 0..MR {
+    each_row!(MR, |i| {
         p.finish(acc0[i], 0, args, i0 + i, n0);
         if nv == 2 {
             p.finish(acc1[i], 1, args, i0 + i, n0 + 16);
         }
-    }
+    });
 }
 
 /// One tile of up to `2 * P` rows of a 32-column panel with 17..=24 real columns, two rows
