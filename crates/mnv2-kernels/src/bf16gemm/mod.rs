@@ -9,7 +9,9 @@
 //! (`vcvtne2ps2bf16`, 32 values per instruction) into a per-thread scratch;
 //! [`gemm_bf16_pairs_panels`] takes rows a producer already rounded ([`Bf16`], as the
 //! depthwise conv's `dwconv_row_bf16` writes them), with the same result bit for bit. The
-//! micro-kernel broadcasts one pair per row and k step. Bias, clamp and residual stay f32.
+//! micro-kernel broadcasts one pair per row and k step. Bias, clamp and residual stay f32;
+//! [`gemm_bf16_to_bf16`] rounds its results to bf16 as it stores them, for a consumer of bf16
+//! rows (the depthwise conv's `dwconv_rows_bf16_in`).
 //!
 //! Kernels: `gemm_bf16_minmaxres_14x32_avx512bf16` (28 accumulators, two dot products per
 //! lane per instruction; 24x16 for layers with <= 16 outputs) and a portable twin,

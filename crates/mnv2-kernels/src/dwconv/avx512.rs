@@ -190,8 +190,8 @@ impl In for f32 {
 }
 
 impl In for Bf16 {
-    /// Widened to f32 by a shift into the upper half of each lane: one more operation per load
-    /// than f32 rows, for half the bytes.
+    /// Widened to f32 exactly (zero-extended to 32 bits, shifted into the upper half): two more
+    /// operations per load than f32 rows, for half the bytes.
     #[inline(always)]
     unsafe fn load<const FULL: bool>(p: *const Bf16, mask: u16) -> __m512 {
         let h = if FULL {

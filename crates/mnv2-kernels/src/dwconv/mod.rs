@@ -19,7 +19,9 @@
 //! pixel interleaved into byte quads by in-lane unpacks, three `vpdpbusd` per 16 channels of
 //! an output pixel), `dwconv_{f32,u8}_minmax_3x3c16_avx512`
 //! (weights of a 16-channel tile held in registers, 8 or 4 output pixels per step, masked
-//! channel tails; u8 rows widened to f32, whose sums of integer products are exact),
+//! channel tails; u8 rows widened to f32, whose sums of integer products are exact), the same
+//! walker with bf16 outputs (`dwconv_f32_bf16_minmax_3x3c16_avx512bf16`) and with bf16 input
+//! rows too (`dwconv_bf16_minmax_3x3c16_avx512bf16`, each load widened exactly),
 //! `dwconv_f32_minmax_3x3c8_avx2`, and a portable scalar twin.
 
 #[cfg(target_arch = "x86_64")]
