@@ -13,6 +13,21 @@ pub(crate) fn mask16(n: usize) -> u16 {
     }
 }
 
+/// The 16 f32 at `p` (`FULL`), or the lanes of `mask` with the others zero: a channel tile
+/// and its tail.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `p` is readable for the lanes loaded.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn load16<const FULL: bool>(p: *const f32, mask: u16) -> __m512 {
+    if FULL {
+        _mm512_loadu_ps(p)
+    } else {
+        _mm512_maskz_loadu_ps(mask, p)
+    }
+}
+
 /// Four vectors of i32 codes saturated to u8 in one vector: 128-bit lane `l` holds lanes
 /// `4l..4l + 4` of `v[0]`, then of `v[1]`, `v[2]` and `v[3]`. Signed then unsigned saturation
 /// takes every i32 to 0..=255 (two unsigned packs would read 32768..=65535 as negative 16-bit

@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::mask16;
+use crate::lanes::{load16, mask16};
 use std::cell::RefCell;
 
 use super::{padding_reads_present, Args, DwRow, Elem, PackedDw, Requant};
@@ -181,11 +181,7 @@ trait In {
 impl In for f32 {
     #[inline(always)]
     unsafe fn load<const FULL: bool>(p: *const f32, mask: u16) -> __m512 {
-        if FULL {
-            _mm512_loadu_ps(p)
-        } else {
-            _mm512_maskz_loadu_ps(mask, p)
-        }
+        load16::<FULL>(p, mask)
     }
 }
 

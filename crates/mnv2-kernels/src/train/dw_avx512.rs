@@ -12,21 +12,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::lanes::mask16;
+use crate::lanes::{load16 as load, mask16};
 
 use crate::dwconv::DwRow;
-
-/// # Safety
-/// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
-/// gradient function checked, and the columns and masks passed stay within them.
-#[inline(always)]
-unsafe fn load<const FULL: bool>(p: *const f32, m: u16) -> __m512 {
-    if FULL {
-        _mm512_loadu_ps(p)
-    } else {
-        _mm512_maskz_loadu_ps(m, p)
-    }
-}
 
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/DQ; the pointers this reads and writes lie in the rows the public
