@@ -183,12 +183,14 @@ impl Net for F32Net {
         let b = &self.blocks[k];
         let (w, act) = &b.dw;
         if b.bf16_hidden {
+            // The expanded rows hold bf16 values (two per f32 slot): viewed as such, a kernel
+            // call's worth at a time; each output row takes `band_row` slots.
             let mut rows16: [[Option<&[Bf16]>; 3]; MAX_ROWS] = [[None; 3]; MAX_ROWS];
             for chunk in rows.chunks(MAX_ROWS) {
                 for (r16, r) in rows16.iter_mut().zip(chunk) {
                     *r16 = r.map(|r| r.map(as_bf16));
                 }
-                let (n, len) = (chunk.len(), g.w_out * w.c / 2);
+                let (n, len) = (chunk.len(), self.band_row(k, g.w_out * w.c));
                 let (head, rest) = std::mem::take(&mut out).split_at_mut(n * len);
                 dwconv_rows_bf16_in(w, &rows16[..n], g, *act, as_bf16_mut(head));
                 out = rest;
