@@ -13,6 +13,18 @@ pub(crate) fn mask16(n: usize) -> u16 {
     }
 }
 
+/// The 16-bit words of the 32-bit lanes of `mask`: bit `l` to bits `2l` and `2l + 1` (the
+/// mask of a tile's channels in rows of bf16 pairs).
+#[inline(always)]
+pub(crate) fn words_of(mask: u16) -> u32 {
+    let mut x = mask as u32;
+    x = (x | (x << 8)) & 0x00ff_00ff;
+    x = (x | (x << 4)) & 0x0f0f_0f0f;
+    x = (x | (x << 2)) & 0x3333_3333;
+    x = (x | (x << 1)) & 0x5555_5555;
+    x | (x << 1)
+}
+
 /// The 16 f32 at `p` (`FULL`), or the lanes of `mask` with the others zero: a channel tile
 /// and its tail.
 ///
@@ -271,3 +283,14 @@ pub(crate) use each_row;
 
 // The row lists of `by_rows!` are these heights.
 const _: () = assert!(MR32 == 14 && MR24 == 9 && MR16 == 24 && PAIRS == 8);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn words_of_doubles_each_lane_bit() {
+        assert_eq!(super::words_of(0xffff), u32::MAX);
+        assert_eq!(super::words_of(0b101), 0b11_00_11);
+        assert_eq!(super::words_of(0x8000), 0xc000_0000);
+        assert_eq!(super::words_of(0), 0);
+    }
+}

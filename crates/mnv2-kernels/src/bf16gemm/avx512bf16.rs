@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use crate::aligned::AlignedVec;
 use crate::lanes::{
     by_rows, each_row, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half,
-    MR32, PAIRS24,
+    words_of, MR32, PAIRS24,
 };
 
 use super::{ASrc, Args, Bf16, Out, PackedBf16Gemm};
@@ -87,20 +87,45 @@ unsafe fn wpairs8(p: *const u32) -> __m256bh {
     std::mem::transmute::<__m256i, __m256bh>(_mm256_load_si256(p as *const __m256i))
 }
 
-/// An output element: f32, or bf16 (the sums rounded to nearest even as they are stored).
+/// An output element: f32, or bf16 (the sums rounded to nearest even as they are stored),
+/// in plain rows or in pixel pairs ([`PairBf16`]).
 trait Dst: Copy {
     /// f32: every tile serves it; bf16 outputs run no 24-column or one-row tile.
     const F32: bool;
+
+    /// Rows per unit of a tile split: pixel pairs are never split between tiles.
+    const STEP: usize;
+
+    /// Column `j` of row `i`, from `c` at row 0, column 0 (`ldc` the values per row).
+    ///
+    /// # Safety
+    /// The address lies in the C that `gemm_bf16` checked.
+    #[inline(always)]
+    unsafe fn at(c: *mut Self, i: usize, ldc: usize, j: usize) -> *mut Self {
+        c.add(i * ldc + j)
+    }
 
     /// The 16 values `v` at `p`, the lanes of `mask`.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL and BF16; `p` is writable for the lanes of `mask`.
     unsafe fn store16(p: *mut Self, v: __m512, mask: u16);
+
+    /// Rows `i` (even) and `i + 1`, `v0` and `v1`, of the 16 columns from `j`, the lanes of
+    /// `mask`.
+    ///
+    /// # Safety
+    /// As [`Dst::at`] and [`Dst::store16`] for both rows.
+    #[inline(always)]
+    unsafe fn store16x2(c: *mut Self, (i, ldc, j): (usize, usize, usize), v0: __m512, v1: __m512, mask: u16) {
+        Self::store16(Self::at(c, i, ldc, j), v0, mask);
+        Self::store16(Self::at(c, i + 1, ldc, j), v1, mask);
+    }
 }
 
 impl Dst for f32 {
     const F32: bool = true;
+    const STEP: usize = 1;
 
     #[inline(always)]
     unsafe fn store16(p: *mut f32, v: __m512, mask: u16) {
@@ -110,12 +135,63 @@ impl Dst for f32 {
 
 impl Dst for Bf16 {
     const F32: bool = false;
+    const STEP: usize = 1;
 
     #[inline(always)]
     unsafe fn store16(p: *mut Bf16, v: __m512, mask: u16) {
         // SAFETY: both are 256-bit vectors of plain bits.
         let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
         _mm256_mask_storeu_epi16(p as *mut i16, mask, h)
+    }
+}
+
+/// A bf16 output in pixel pairs (`gemm_bf16_to_bf16_pairs`): column `j` of rows `2q` and
+/// `2q + 1` at `2q * ldc + 2j` and `2q * ldc + 2j + 1`.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct PairBf16(#[allow(dead_code)] u16);
+
+impl Dst for PairBf16 {
+    const F32: bool = false;
+    const STEP: usize = 2;
+
+    #[inline(always)]
+    unsafe fn at(c: *mut Self, i: usize, ldc: usize, j: usize) -> *mut Self {
+        c.add((i & !1) * ldc + (i & 1) + 2 * j)
+    }
+
+    /// One row alone (a tile of an odd height, which pairs never run): each rounded value
+    /// zero-extended to 32 bits, the low halves stored, every other bf16.
+    #[inline(always)]
+    unsafe fn store16(p: *mut PairBf16, v: __m512, mask: u16) {
+        // SAFETY: both are 256-bit vectors of plain bits.
+        let h = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+        _mm512_mask_storeu_epi16(p as *mut i16, words_of(mask) & 0x5555_5555, _mm512_cvtepu16_epi32(h))
+    }
+
+    /// Both rows rounded by one `vcvtne2ps2bf16` and interleaved by one `vpermw`: one store
+    /// of 32 values.
+    #[inline(always)]
+    unsafe fn store16x2(c: *mut PairBf16, (i, ldc, j): (usize, usize, usize), v0: __m512, v1: __m512, mask: u16) {
+        const INTERLEAVE: [i16; 32] = {
+            let mut idx = [0i16; 32];
+            let mut w = 0;
+            while w < 32 {
+                idx[w] = (w / 2 + 16 * (w % 2)) as i16;
+                w += 1;
+            }
+            idx
+        };
+        // SAFETY: both are 512-bit vectors of plain bits; the index array is 64 bytes.
+        let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v1, v0));
+        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const __m512i);
+        let v = _mm512_permutexvar_epi16(idx, both);
+        let p = Self::at(c, i, ldc, j) as *mut i16;
+        if mask == u16::MAX {
+            _mm512_storeu_si512(p as *mut __m512i, v)
+        } else {
+            _mm512_mask_storeu_epi16(p, words_of(mask), v)
+        }
     }
 }
 
@@ -142,12 +218,17 @@ unsafe fn tile32<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r
         bp = bp.add(32);
         ap = ap.add(1);
     }
+    let rrow = |i: usize, j: usize| if r.is_null() { r } else { r.add(i * p.ldr + j) };
     each_row!(MR, |i| {
-        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
-        let cp = c.add(i * p.ldc);
-        D::store16(cp, p.finish(acc0[i], rp, p.m0), p.m0);
-        let rp = if r.is_null() { r } else { rp.add(16) };
-        D::store16(cp.add(16), p.finish(acc1[i], rp, p.m1), p.m1);
+        if D::STEP == 2 && i.is_multiple_of(2) && i + 1 < MR {
+            let (a, b) = (p.finish(acc0[i], rrow(i, 0), p.m0), p.finish(acc0[i + 1], rrow(i + 1, 0), p.m0));
+            D::store16x2(c, (i, p.ldc, 0), a, b, p.m0);
+            let (a, b) = (p.finish(acc1[i], rrow(i, 16), p.m1), p.finish(acc1[i + 1], rrow(i + 1, 16), p.m1));
+            D::store16x2(c, (i, p.ldc, 16), a, b, p.m1);
+        } else if D::STEP == 1 || i.is_multiple_of(2) {
+            D::store16(D::at(c, i, p.ldc, 0), p.finish(acc0[i], rrow(i, 0), p.m0), p.m0);
+            D::store16(D::at(c, i, p.ldc, 16), p.finish(acc1[i], rrow(i, 16), p.m1), p.m1);
+        }
     });
 }
 
@@ -244,9 +325,14 @@ unsafe fn tile16<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r
         bp = bp.add(p.nr);
         ap = ap.add(1);
     }
+    let rrow = |i: usize| if r.is_null() { r } else { r.add(i * p.ldr) };
     each_row!(MR, |i| {
-        let rp = if r.is_null() { r } else { r.add(i * p.ldr) };
-        D::store16(c.add(i * p.ldc), p.finish(acc[i], rp, p.m0), p.m0);
+        if D::STEP == 2 && i.is_multiple_of(2) && i + 1 < MR {
+            let (a, b) = (p.finish(acc[i], rrow(i), p.m0), p.finish(acc[i + 1], rrow(i + 1), p.m0));
+            D::store16x2(c, (i, p.ldc, 0), a, b, p.m0);
+        } else if D::STEP == 1 || i.is_multiple_of(2) {
+            D::store16(D::at(c, i, p.ldc, 0), p.finish(acc[i], rrow(i), p.m0), p.m0);
+        }
     });
 }
 
@@ -369,6 +455,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) 
     match out {
         Out::F32 => panels_f32(args, w, a16, lda),
         Out::Bf16 => panels_bf16(args, w, a16, lda),
+        Out::Bf16Pairs => panels_bf16_pairs(args, w, a16, lda),
     }
 }
 
@@ -391,6 +478,16 @@ unsafe fn panels_f32(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usiz
 #[inline(never)]
 unsafe fn panels_bf16(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
     panels::<Bf16>(args, w, a16, lda)
+}
+
+/// [`panels`] into bf16 C in pixel pairs (see [`panels_f32`]).
+///
+/// # Safety
+/// As [`panels`], with `args.m` even.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+#[inline(never)]
+unsafe fn panels_bf16_pairs(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
+    panels::<PairBf16>(args, w, a16, lda)
 }
 
 /// The panels of `args` from A rounded to bf16 pairs at `a16` (rows `lda` pairs apart), into
@@ -432,12 +529,13 @@ unsafe fn panels<D: Dst>(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: 
                 (24 | PAIRS24, _) if !D::F32 => (32, MR32),
                 t => t,
             };
-            let (count, base, extra) = tiles(args.m, mr);
+            // Pixel pairs: tiles of whole pairs (a 13-row tile would start the next at an odd row).
+            let (count, base, extra) = tiles(args.m / D::STEP, mr / D::STEP);
             let mut i = 0;
             for t in 0..count {
-                let rows = base + usize::from(t < extra);
+                let rows = D::STEP * (base + usize::from(t < extra));
                 let a = a16.add(i * lda);
-                let c = (args.c as *mut D).add(i * args.ldc + n0);
+                let c = D::at(args.c as *mut D, i, args.ldc, n0);
                 let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
                 match width {
                     32 => by_rows!(32, rows, |R| tile32::<R, D>(&p, a, c, r)),

@@ -11,7 +11,8 @@
 //! depthwise conv's `dwconv_row_bf16` writes them), with the same result bit for bit. The
 //! micro-kernel broadcasts one pair per row and k step. Bias, clamp and residual stay f32;
 //! [`gemm_bf16_to_bf16`] rounds its results to bf16 as it stores them, for a consumer of bf16
-//! rows (the depthwise conv's `dwconv_rows_bf16_in`).
+//! rows (the depthwise conv's `dwconv_rows_bf16_in`), and [`gemm_bf16_to_bf16_pairs`] stores
+//! them in pixel pairs (two rows interleaved value by value: `dwconv_rows_bf16_pairs`).
 //!
 //! Kernels: `gemm_bf16_minmaxres_14x32_avx512bf16` (28 accumulators, two dot products per
 //! lane per instruction; 24x16 for layers with <= 16 outputs) and a portable twin,
@@ -101,6 +102,9 @@ pub(crate) enum Out {
     F32,
     /// bf16: the f32 results rounded to nearest even.
     Bf16,
+    /// bf16 as `Bf16`, in pixel pairs: row `i`, column `j` at `(i & !1) * ldc + 2 * j + (i & 1)`
+    /// (an even number of rows).
+    Bf16Pairs,
 }
 
 /// Where a kernel reads its A rows.
@@ -297,6 +301,32 @@ pub fn gemm_bf16_to_bf16(m: usize, a: &[f32], lda: usize, w: &PackedBf16Gemm, c:
     unsafe { (w.kernel.run)(&args, w, ASrc::F32, Out::Bf16) }
 }
 
+/// [`gemm_bf16_to_bf16`] into rows of pixel pairs: column `j` of rows `2q` and `2q + 1` at
+/// `c[2q * ldc + 2j]` and `c[2q * ldc + 2j + 1]`, the layout in which the depthwise conv's
+/// `dwconv_rows_bf16_pairs` multiplies two horizontal taps per lane and instruction. The
+/// same values as [`gemm_bf16_to_bf16`]'s, moved.
+///
+/// Panics if a slice is too short for the strides, or on an odd `m`.
+pub fn gemm_bf16_to_bf16_pairs(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: &PackedBf16Gemm,
+    c: &mut [Bf16],
+    ldc: usize,
+    act: MinMax,
+) {
+    assert!(m.is_multiple_of(2), "pixel pairs need an even row count");
+    assert!(c.len() >= m * ldc, "C too short");
+    let Some(args) = Args::checked(m, a, lda, (w.k, w.n, w.panels()), c, ldc, act, None, 0..w.panels()) else {
+        return;
+    };
+    // SAFETY: sizes checked by `Args::checked` and above (`ldc >= n`, so row `m - 1`'s last
+    // value, at `(m - 2) * ldc + 2n - 1`, lies in `m * ldc`); the packing's kernel was granted
+    // by a `Tier`, the proof that this CPU runs it.
+    unsafe { (w.kernel.run)(&args, w, ASrc::F32, Out::Bf16Pairs) }
+}
+
 /// [`gemm_bf16_panels`] on A rows already rounded to bf16 (`a[i * lda + k]`): no rounding
 /// pass, and half the bytes read. `w.k` and `lda` must be even and `a` 4-byte aligned (its
 /// values are read as pairs). Bit for bit the same as [`gemm_bf16_panels`] on the f32 values
@@ -406,6 +436,36 @@ mod tests {
             }
         }
         println!("bf16 gemm: max relative difference to the twin {worst:e}");
+    }
+
+    /// Pixel-pair outputs are the bf16 outputs moved, bit for bit: every kernel, even row
+    /// counts whose balanced tiles would be odd (40 rows: 14 + 13 + 13), panels of 32, 17..=24
+    /// and 16 or fewer real columns, strided C; nothing written between or beyond the columns.
+    #[test]
+    fn pair_outputs_are_the_bf16_outputs_moved() {
+        for (tier, kern) in host_kernels() {
+            for (k, n) in [(16, 96), (24, 144), (32, 24), (3, 20), (8, 9), (160, 960)] {
+                let w = vals(k as u64 * 5 + n as u64, k * n);
+                let b = vals(n as u64 + 1, n);
+                let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
+                for m in [2, 40, 2 * kern.mr + 4, 112] {
+                    let ldc = n + 3;
+                    let a = vals(m as u64 + 23, m * k);
+                    let mut want = vec![Bf16(0); m * ldc];
+                    gemm_bf16_to_bf16(m, &a, k, &p, &mut want, ldc, MinMax::RELU6);
+                    let mut got = vec![Bf16(0x7fc1); m * ldc];
+                    gemm_bf16_to_bf16_pairs(m, &a, k, &p, &mut got, ldc, MinMax::RELU6);
+                    let mut expect = vec![0x7fc1; m * ldc];
+                    for i in 0..m {
+                        for j in 0..n {
+                            expect[(i & !1) * ldc + 2 * j + (i & 1)] = want[i * ldc + j].0;
+                        }
+                    }
+                    let got: Vec<u16> = got.iter().map(|v| v.0).collect();
+                    assert_eq!(got, expect, "{} m={m} k={k} n={n}", kern.name);
+                }
+            }
+        }
     }
 
     #[test]

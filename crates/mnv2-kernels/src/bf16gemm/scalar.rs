@@ -47,6 +47,10 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) 
                 match out {
                     Out::F32 => *args.c.add(at) = y,
                     Out::Bf16 => *(args.c as *mut u16).add(at) = f32_to_bf16(y),
+                    Out::Bf16Pairs => {
+                        let at = (i & !1) * args.ldc + 2 * (n0 + j) + (i & 1);
+                        *(args.c as *mut u16).add(at) = f32_to_bf16(y)
+                    }
                 }
             }
         }

@@ -93,7 +93,7 @@ pub(super) unsafe fn channels(rq: &Requant, scale: *const f32, bias: *const f32)
 }
 
 /// Storing 16 channels of an output element type from the f32 sums of a tile.
-trait Out: Elem {
+pub(super) trait Out: Elem {
     /// The sums' starting value: the bias (f32 outputs), or zero (int8: [`Epi::store_codes`]
     /// adds it).
     ///

@@ -23,11 +23,19 @@
 //! walker with bf16 outputs (`dwconv_f32_bf16_minmax_3x3c16_avx512bf16`) and with bf16 input
 //! rows too (`dwconv_bf16_minmax_3x3c16_avx512bf16`, each load widened exactly),
 //! `dwconv_f32_minmax_3x3c8_avx2`, and a portable scalar twin.
+//!
+//! bf16 rows in pixel pairs ([`dwconv_rows_bf16_pairs`]): the expanded rows as the bf16
+//! GEMM's `gemm_bf16_to_bf16_pairs` writes them, two horizontal neighbours interleaved channel
+//! by channel, so `vdpbf16ps` adds two taps per lane: six instructions per output pixel and 16
+//! channels instead of nine FMAs, on bf16 weights (`dwconv_bf16pairs_minmax_3x3c16_avx512bf16`,
+//! and its twin, which sums in the same order).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512vnni;
 mod scalar;
@@ -37,6 +45,11 @@ use crate::bf16gemm::{bf16_to_f32, f32_to_bf16, Bf16};
 use crate::isa::{Isa, Needs, Tier};
 use crate::qgemm::{quantize_weights, QParams};
 use crate::taps::PackedTaps;
+
+/// Pair weights per kernel row of the pixel-pair kernels, in their packing's order
+/// ([`PackedDw::bf16_pairs_for`]): `(w1, w2)`, `(0, w0)`, `(w0, w1)`, `(w2, 0)`, the even
+/// pixel's weight first (low half).
+const PAIR_WEIGHTS: usize = 4;
 use crate::MinMax;
 
 pub use crate::taps::CTILE;
@@ -94,6 +107,8 @@ pub(crate) enum DwCode {
     Bf16(unsafe fn(&[Args<f32, Bf16>], &PackedDw)),
     /// bf16 rows to bf16 rows (widened exactly, summed in f32, rounded as `Bf16`).
     Bf16In(unsafe fn(&[Args<Bf16, Bf16>], &PackedDw)),
+    /// bf16 rows in pixel pairs to bf16 rows (bf16 weights, `vdpbf16ps` sums).
+    Bf16Pairs(unsafe fn(&[Args<Bf16, Bf16>], &PackedDw)),
 }
 
 /// Output rows per kernel call: [`dwconv_rows`] hands a longer list to the kernel in several
@@ -204,6 +219,24 @@ pub static KERNELS_BF16_IN: &[DwKernel] = &[
     },
 ];
 
+/// Every depthwise kernel reading bf16 rows in pixel pairs (see [`dwconv_rows_bf16_pairs`]),
+/// best first. The AVX-512 one runs only while [`crate::isa::bf16_enabled`].
+pub static KERNELS_BF16_PAIRS: &[DwKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_bf16pairs_minmax_3x3c16_avx512bf16",
+        needs: Needs::Avx512Bf16,
+        code: DwCode::Bf16Pairs(avx512bf16::row_pairs),
+        staging: no_staging,
+    },
+    DwKernel {
+        name: "dwconv_bf16pairs_minmax_3x3_scalar",
+        needs: Needs::Scalar,
+        code: DwCode::Bf16Pairs(scalar::row_pairs),
+        staging: scalar::staging_bytes,
+    },
+];
+
 fn no_staging(_: DwRow, _: usize) -> usize {
     0
 }
@@ -241,6 +274,37 @@ impl PackedDw {
     /// [`crate::isa::bf16_enabled`]).
     pub fn bf16_rows(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
         PackedDw::for_kernel(tier, best_bf16(KERNELS_BF16_IN, tier), weights, c, bias)
+    }
+
+    /// For bf16 input rows in pixel pairs ([`dwconv_rows_bf16_pairs`]), on the best kernel of
+    /// [`KERNELS_BF16_PAIRS`] for `tier` (the AVX-512 BF16 one only while
+    /// [`crate::isa::bf16_enabled`]).
+    pub fn bf16_pairs(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        PackedDw::bf16_pairs_for(tier, best_bf16(KERNELS_BF16_PAIRS, tier), weights, c, bias)
+    }
+
+    /// [`PackedDw::bf16_pairs`] for `kernel` (of [`KERNELS_BF16_PAIRS`]), which `tier` must
+    /// grant. After the f32 taps, per kernel row its four weight pairs `(w1, w2)`, `(0, w0)`,
+    /// `(w0, w1)`, `(w2, 0)` rounded to bf16, `[3][4][c_pad]` 32-bit words (as f32 bit
+    /// patterns; the even pixel's weight in the low half).
+    pub fn bf16_pairs_for(tier: Tier, kernel: &'static DwKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
+        assert!(matches!(kernel.code, DwCode::Bf16Pairs(..)), "{} does not read pixel pairs", kernel.name);
+        let mut p = PackedDw::for_kernel(tier, kernel, weights, c, bias);
+        let c_pad = p.c_pad;
+        let mut w = AlignedVec::zeros(9 * c_pad + 3 * PAIR_WEIGHTS * c_pad);
+        w[..9 * c_pad].copy_from_slice(&p.weights);
+        for ky in 0..3 {
+            for ch in 0..c {
+                let tap = |kx: usize| f32_to_bf16(weights[(ky * 3 + kx) * c + ch]) as u32;
+                let word = |lo: u32, hi: u32| f32::from_bits(lo | hi << 16);
+                let pairs = [word(tap(1), tap(2)), word(0, tap(0)), word(tap(0), tap(1)), word(tap(2), 0)];
+                for (t, v) in pairs.into_iter().enumerate() {
+                    w[9 * c_pad + (ky * PAIR_WEIGHTS + t) * c_pad + ch] = v;
+                }
+            }
+        }
+        p.weights = w;
+        p
     }
 
     /// For u8 input rows quantised with `input` (zero point 0), on the best int8 kernel of
@@ -354,6 +418,17 @@ pub struct DwRow {
 }
 
 impl DwRow {
+    /// Whether [`dwconv_rows_bf16_pairs`] computes this geometry: an even input width,
+    /// dilation 1, one column of padding on the left, and stride 1 (as wide as the input) or
+    /// 2 (half as wide).
+    pub fn reads_pairs(&self) -> bool {
+        self.w_in.is_multiple_of(2)
+            && self.w_in > 0
+            && self.dilation == 1
+            && self.pad_left == 1
+            && ((self.stride == 1 && self.w_out == self.w_in) || (self.stride == 2 && self.w_out == self.w_in / 2))
+    }
+
     /// Output columns whose every tap lies inside the input row: `[lo, hi)`.
     pub fn interior(&self) -> (usize, usize) {
         let lo = self.pad_left.div_ceil(self.stride);
@@ -456,6 +531,16 @@ pub fn dwconv_rows_bf16(w: &PackedDw, rows: &[[Option<&[f32]>; 3]], g: DwRow, ac
 /// same values as [`dwconv_rows_bf16`] on the f32 values of those rows.
 pub fn dwconv_rows_bf16_in(w: &PackedDw, rows: &[[Option<&[Bf16]>; 3]], g: DwRow, act: MinMax, out: &mut [Bf16]) {
     let DwCode::Bf16In(run) = w.kernel.code else { panic!("{} does not read bf16 rows", w.kernel.name) };
+    dwconv_rows_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
+}
+
+/// [`dwconv_rows_bf16_in`] on input rows in pixel pairs, as `gemm_bf16_to_bf16_pairs` writes
+/// them (pixel `2q + p`, channel `ch` at `2q * c + 2ch + p`), with bf16 weights (packed by
+/// [`PackedDw::bf16_pairs`]): `vdpbf16ps` sums, in the order of its twin. Geometries of
+/// [`DwRow::reads_pairs`] only; panics on others.
+pub fn dwconv_rows_bf16_pairs(w: &PackedDw, rows: &[[Option<&[Bf16]>; 3]], g: DwRow, act: MinMax, out: &mut [Bf16]) {
+    let DwCode::Bf16Pairs(run) = w.kernel.code else { panic!("{} does not read pixel pairs", w.kernel.name) };
+    assert!(g.reads_pairs(), "pixel pairs need stride 1 or 2, dilation 1, padding 1 and an even width: {g:?}");
     dwconv_rows_any(w, rows, g, act, out, QParams { scale: 1.0, zero: 0 }, run)
 }
 
@@ -776,6 +861,92 @@ mod tests {
                     let what = format!("{} h={h} w={w_in} c={c} s={s} d={d}", kern.name);
                     assert_eq!(got.pop(), Some(Bf16(0x7fc0)), "{what}: wrote past the rows");
                     assert!(got == want, "{what}: not the f32 rows' values");
+                }
+            }
+        }
+    }
+
+    /// Rows in pixel pairs: every kernel (and the twin) against the reference convolution of
+    /// the bf16-rounded inputs and weights, to one bf16 step of the output (its rounding, after
+    /// f32 sums in another order), at strides 1 and 2, widths from one pair up, padding rows
+    /// at both ends, more rows than one kernel call takes, channel tails; the vector kernels
+    /// against the twin to one bf16 step too; nothing written past the rows.
+    #[test]
+    fn pixel_pair_rows_match_the_reference() {
+        use crate::bf16gemm::round_bf16;
+        let kernels = host_kernels(KERNELS_BF16_PAIRS);
+        eprintln!("pixel-pair depthwise kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
+        let step = |v: f32| (v.abs().max(1e-3)).to_bits() & 0x7f80_0000;
+        let ulp = |v: f32| f32::from_bits(step(v)) / 128.0;
+        for (h, w_in, c, s) in [
+            (12, 2, 16, 1),
+            (10, 4, 40, 1),
+            (9, 10, 24, 1),
+            (5, 14, 144, 1),
+            (3, 112, 32, 1),
+            (20, 12, 8, 1),
+            (4, 56, 144, 2),
+            (13, 2, 16, 2),
+            (9, 6, 40, 2),
+            (19, 18, 24, 2),
+            (5, 28, 9, 2),
+        ] {
+            let (h_out, w_out) = ((h - 1) / s + 1, w_in / s);
+            let g = DwRow { w_in, w_out, stride: s, dilation: 1, pad_left: 1 };
+            assert!(g.reads_pairs());
+            let (row, len) = (w_in * c, w_out * c);
+            let x: Vec<f32> = vals(h as u64 * 3 + c as u64, h * row).iter().map(|v| round_bf16(*v)).collect();
+            // Pixel 2q + p, channel ch at 2q * c + 2ch + p.
+            let mut pairs = vec![Bf16(0); h * row];
+            for (i, v) in x.iter().enumerate() {
+                let (px, ch) = (i / c, i % c);
+                pairs[(px & !1) * c + 2 * ch + (px & 1)] = Bf16(f32_to_bf16(*v));
+            }
+            let (wts, bias) = (vals(c as u64 + 7, 9 * c), vals(9, c));
+            let w16: Vec<f32> = wts.iter().map(|v| round_bf16(*v)).collect();
+            let rows: Vec<[Option<&[Bf16]>; 3]> = (0..h_out)
+                .map(|oy| {
+                    std::array::from_fn(|ky| {
+                        let iy = (oy * s + ky) as isize - 1;
+                        (0..h as isize).contains(&iy).then(|| &pairs[iy as usize * row..(iy as usize + 1) * row])
+                    })
+                })
+                .collect();
+            for act in [MinMax::RELU6, MinMax::NONE] {
+                let geom = ConvGeom {
+                    in_h: h,
+                    in_w: w_in,
+                    in_c: c,
+                    out_h: h_out,
+                    out_w: w_out,
+                    out_c: c,
+                    kernel: 3,
+                    stride: s,
+                    dilation: 1,
+                    pad_top: 1,
+                    pad_left: 1,
+                    groups: c,
+                };
+                let mut want = vec![0.0; h_out * len];
+                reference::conv2d_f32(&geom, &x, &w16, &bias, act, None, &mut want);
+                let mut outs = Vec::new();
+                for &(tier, kern) in &kernels {
+                    let p = PackedDw::bf16_pairs_for(tier, kern, &wts, c, &bias);
+                    let mut got = vec![Bf16(0x7fc0); h_out * len + 1];
+                    dwconv_rows_bf16_pairs(&p, &rows, g, act, &mut got);
+                    let what = format!("{} h={h} w={w_in} c={c} s={s}", kern.name);
+                    assert_eq!(got.pop(), Some(Bf16(0x7fc0)), "{what}: wrote past the rows");
+                    let got: Vec<f32> = got.iter().map(|v| bf16_to_f32(v.0)).collect();
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!((a - b).abs() <= ulp(*b) + 1e-4, "{what} at {i}: {a} vs reference {b}");
+                    }
+                    outs.push((what, got));
+                }
+                let (twin, rest) = outs.split_last().expect("the twin runs everywhere");
+                for (what, got) in rest {
+                    for (i, (a, b)) in got.iter().zip(&twin.1).enumerate() {
+                        assert!((a - b).abs() <= ulp(*b), "{what} at {i}: {a} vs twin {b}");
+                    }
                 }
             }
         }
