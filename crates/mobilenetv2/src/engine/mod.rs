@@ -54,8 +54,10 @@ pub enum Precision {
     /// The 1x1 convolutions (expand, project, last conv, classifier, and the 1x1 layers of a
     /// detection or segmentation head) multiply bf16 values (weights and activations rounded
     /// to nearest even) and sum in f32 (`vdpbf16ps` on AVX512-BF16, a slow scalar twin on
-    /// other CPUs or when `MNV2_ISA` lowers it: see [`Engine::kernels`]); the stem, depthwise
-    /// convolutions, activations between layers, bias, clamps and residuals stay f32.
+    /// other CPUs or when `MNV2_ISA` lowers it: see [`Engine::kernels`]), as do the stem and
+    /// the depthwise convolutions of blocks with an expand conv where their rows fit pixel
+    /// pairs (docs/precision.md); the other depthwise convolutions, the residual stream,
+    /// bias, clamps and residual adds stay f32.
     Bf16,
     /// The int8 kernels of an int8 weights file (`mnv2 quantize`): u8 activations, s8
     /// weights.

@@ -58,7 +58,7 @@ pub(super) fn band<N: Net>(
     let (oy0, oy1) = (oy.start, oy.end);
     let (lo, hi) = g.hidden_rows(oy.clone());
     let mut t = hidden.ops.is_some().then(Instant::now);
-    let ring_row = net.hidden_row(k, g.w_in * g.hidden);
+    let ring_row = net.hidden_row(k, g.dw_row(), g.w_in * g.hidden);
     let mut ring = (g.ring > 0).then(|| RowsMut::new(&mut *hidden.ring, ring_row, g.ring));
     // 1. Expanded rows lo..=hi into the ring, each computed once per block.
     if let Some(ring) = ring.as_mut() {
@@ -78,7 +78,7 @@ pub(super) fn band<N: Net>(
                 }
                 Src::Rows(input) => {
                     let a = input.rows(r, end);
-                    net.expand(k, (end - r) * g.w_in, a, g.cin, dst, g.hidden);
+                    net.expand(k, g.dw_row(), (end - r) * g.w_in, a, g.cin, dst, g.hidden);
                 }
             }
             r = end;

@@ -6,7 +6,9 @@
 //! f32); the stem computes in f32.
 
 use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut, Bf16};
-use mnv2_kernels::dwconv::{dwconv_rows, dwconv_rows_bf16, dwconv_rows_bf16_in, DwRow, PackedDw, MAX_ROWS};
+use mnv2_kernels::dwconv::{
+    dwconv_rows, dwconv_rows_bf16, dwconv_rows_bf16_in, dwconv_rows_bf16_pairs, DwRow, PackedDw, MAX_ROWS,
+};
 use std::ops::Range;
 
 use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
@@ -27,12 +29,27 @@ struct Block {
     /// then hold bf16 values, two per f32 slot. Needs an even hidden width.
     bf16_band: bool,
     /// bf16: the expand conv rounds its rows to bf16 as it stores them and the depthwise conv
-    /// reads those (half the bytes through the ring), two per f32 slot as the band's. Blocks
-    /// with an expand conv, an even hidden width and stride 2, whose expanded tensor no head
-    /// taps. At stride 2 the depthwise conv is bound by the bytes it reads (the 112 -> 56
-    /// block's 10% faster on Zen 5); at stride 1 it is bound by its arithmetic, and widening
-    /// bf16 rows cost more than the bytes saved (5-13% slower).
+    /// reads those (half the bytes through the ring), two per f32 slot as the band's, where
+    /// the rows cannot be pixel pairs (`dw_pairs`) at an input size. Blocks with an expand
+    /// conv, an even hidden width and stride 2, whose expanded tensor no head taps. At stride
+    /// 2 the depthwise conv is bound by the bytes it reads (the 112 -> 56 block's 10% faster
+    /// on Zen 5); at stride 1 it is bound by its arithmetic, and widening bf16 rows cost more
+    /// than the bytes saved (5-13% slower).
     bf16_hidden: bool,
+    /// bf16: the depthwise weights for expanded rows in pixel pairs (bf16 weights,
+    /// `dwconv_rows_bf16_pairs`), which the expand conv then writes, at input sizes whose
+    /// depthwise rows [`DwRow::reads_pairs`]. Blocks as `bf16_hidden`'s, of any stride, with
+    /// the depthwise padding and dilation of torchvision's network.
+    dw_pairs: Option<PackedDw>,
+}
+
+/// How a block's expanded rows are held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HiddenRows {
+    F32,
+    Bf16,
+    /// bf16 in pixel pairs.
+    Pairs,
 }
 
 pub(crate) struct F32Net {
@@ -75,7 +92,11 @@ impl F32Net {
             });
             let f = folded.take(b.depthwise);
             let bf16_band = bf16 && b.hidden.is_multiple_of(2);
-            let bf16_hidden = bf16_band && expand.is_some() && b.stride == 2 && !tapped.contains(&k);
+            let packs_rows = bf16_band && expand.is_some() && !tapped.contains(&k);
+            let bf16_hidden = packs_rows && b.stride == 2;
+            let dwc = layers[b.depthwise].conv().expect("depthwise");
+            let dw_pairs = (packs_rows && dwc.dilation == 1 && dwc.pad.left == 1)
+                .then(|| PackedDw::bf16_pairs(tier, &f.weights, b.hidden, &f.bias));
             let dw = if bf16_hidden {
                 PackedDw::bf16_rows(tier, &f.weights, b.hidden, &f.bias)
             } else if bf16_band {
@@ -86,7 +107,7 @@ impl F32Net {
             let dw = (dw, act(b.depthwise));
             let f = folded.take(b.project);
             let project = (PackedPw::new(tier, bf16, &f.weights, b.hidden, b.output.c, &f.bias), act(b.project));
-            blocks.push(Block { expand, dw, project, bf16_band, bf16_hidden });
+            blocks.push(Block { expand, dw, project, bf16_band, bf16_hidden, dw_pairs });
         }
         let last_conv = plan.last_conv;
         let last = (layers[last_conv].role == Role::LastConv).then(|| {
@@ -111,6 +132,18 @@ impl F32Net {
     fn classifier(&self) -> &PackedPw {
         self.classifier.as_ref().expect("the schedule classifies only with a classification head")
     }
+
+    /// How block `k` holds its expanded rows for depthwise rows of geometry `g`.
+    fn hidden_rows(&self, k: usize, g: DwRow) -> HiddenRows {
+        let b = &self.blocks[k];
+        if b.dw_pairs.is_some() && g.reads_pairs() {
+            HiddenRows::Pairs
+        } else if b.bf16_hidden {
+            HiddenRows::Bf16
+        } else {
+            HiddenRows::F32
+        }
+    }
 }
 
 impl Net for F32Net {
@@ -129,6 +162,7 @@ impl Net for F32Net {
                 v.push(e.kernel_name());
             }
             v.push(b.dw.0.kernel_name());
+            v.extend(b.dw_pairs.as_ref().map(|p| p.kernel_name()));
             v.push(b.project.0.kernel_name());
         }
         v
@@ -146,21 +180,20 @@ impl Net for F32Net {
         self.blocks[k].dw.0.staging_bytes(g)
     }
 
-    fn expand(&self, k: usize, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
-        let b = &self.blocks[k];
-        let (w, act) = b.expand.as_ref().expect("block has an expand conv");
-        if b.bf16_hidden {
-            w.gemm_to_bf16(m, a, lda, as_bf16_mut(out), ldc, *act);
-        } else {
-            w.gemm(m, a, lda, out, ldc, *act, None);
+    fn expand(&self, k: usize, g: DwRow, m: usize, a: &[f32], lda: usize, out: &mut [f32], ldc: usize) {
+        let (w, act) = self.blocks[k].expand.as_ref().expect("block has an expand conv");
+        match self.hidden_rows(k, g) {
+            HiddenRows::F32 => w.gemm(m, a, lda, out, ldc, *act, None),
+            HiddenRows::Bf16 => w.gemm_to_bf16(m, a, lda, as_bf16_mut(out), ldc, *act, false),
+            // Whole rows of an even width: each pair lies in one row.
+            HiddenRows::Pairs => w.gemm_to_bf16(m, a, lda, as_bf16_mut(out), ldc, *act, true),
         }
     }
 
-    fn hidden_row(&self, k: usize, len: usize) -> usize {
-        if self.blocks[k].bf16_hidden {
-            len / 2
-        } else {
-            len
+    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize {
+        match self.hidden_rows(k, g) {
+            HiddenRows::F32 => len,
+            HiddenRows::Bf16 | HiddenRows::Pairs => len / 2,
         }
     }
 
@@ -182,7 +215,8 @@ impl Net for F32Net {
     fn dw_rows(&self, k: usize, rows: &[[Option<&[f32]>; 3]], g: DwRow, mut out: &mut [f32]) {
         let b = &self.blocks[k];
         let (w, act) = &b.dw;
-        if b.bf16_hidden {
+        let hidden = self.hidden_rows(k, g);
+        if hidden != HiddenRows::F32 {
             // The expanded rows hold bf16 values (two per f32 slot): viewed as such, a kernel
             // call's worth at a time; each output row takes `band_row` slots.
             let mut rows16: [[Option<&[Bf16]>; 3]; MAX_ROWS] = [[None; 3]; MAX_ROWS];
@@ -192,7 +226,10 @@ impl Net for F32Net {
                 }
                 let (n, len) = (chunk.len(), self.band_row(k, g.w_out * w.c));
                 let (head, rest) = std::mem::take(&mut out).split_at_mut(n * len);
-                dwconv_rows_bf16_in(w, &rows16[..n], g, *act, as_bf16_mut(head));
+                match (hidden, &b.dw_pairs) {
+                    (HiddenRows::Pairs, Some(p)) => dwconv_rows_bf16_pairs(p, &rows16[..n], g, *act, as_bf16_mut(head)),
+                    _ => dwconv_rows_bf16_in(w, &rows16[..n], g, *act, as_bf16_mut(head)),
+                }
                 out = rest;
             }
         } else if b.bf16_band {

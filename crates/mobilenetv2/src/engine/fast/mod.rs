@@ -167,13 +167,15 @@ pub(crate) trait Net: Send + Sync {
     /// Bytes block `k`'s depthwise kernel stages per thread for rows of geometry `g`.
     fn dw_staging(&self, k: usize, g: DwRow) -> usize;
     /// The expand 1x1 conv of block `k` over `m` pixels (into ring rows, or into the expanded
-    /// tensor materialised whole because a head or a pixel split reads it).
-    fn expand(&self, k: usize, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
+    /// tensor materialised whole because a head or a pixel split reads it), for the
+    /// depthwise rows of geometry `g` (which a net may read in a layout of its own).
+    #[allow(clippy::too_many_arguments)]
+    fn expand(&self, k: usize, g: DwRow, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
     /// Slots of `T` that one row of `len` values of block `k`'s expanded tensor takes (in its
-    /// ring, or materialised): `len` unless the net packs them (bf16 values, two per f32
-    /// slot; the net then keeps that tensor out of head taps and pixel splits, whose buffers
-    /// hold `len`).
-    fn hidden_row(&self, _k: usize, len: usize) -> usize {
+    /// ring, or materialised) for depthwise rows of geometry `g`: `len` unless the net packs
+    /// them (bf16 values, two per f32 slot; the net then keeps that tensor out of head taps
+    /// and pixel splits, whose buffers hold `len`).
+    fn hidden_row(&self, _k: usize, _g: DwRow, len: usize) -> usize {
         len
     }
     /// Slots of `T` that one depthwise output row of `len` values takes in the band (the
@@ -705,12 +707,13 @@ impl<N: Net> FastEngine<N> {
                 // The expanded tensor, whole (a head reads it); the block reads it directly.
                 let j = tap_index(TapAt::Expansion(k)).expect("a split block is tapped");
                 let Prev::Rows { row_len: in_len, .. } = prev else { unreachable!("a tapped block follows a block") };
-                assert_eq!(net.hidden_row(k, g.w_in * g.hidden), g.w_in * g.hidden, "a tapped expansion is not packed");
+                let packed = net.hidden_row(k, g.dw_row(), g.w_in * g.hidden);
+                assert_eq!(packed, g.w_in * g.hidden, "a tapped expansion is not packed");
                 turns.rows(|input, mut out_rows| {
                     let rows = out_rows.window_rows();
                     let a = &input[rows.start * in_len..rows.end * in_len];
                     let dst = out_rows.values_mut();
-                    net.expand(k, rows.len() * g.w_in, a, g.cin, dst, g.hidden);
+                    net.expand(k, g.dw_row(), rows.len() * g.w_in, a, g.cin, dst, g.hidden);
                     net.tap_values(TapAt::Expansion(k), dst, &mut taps[j][..]);
                 });
                 prev = Prev::Rows { row_len: g.w_in * g.hidden, cap: g.h_in };
@@ -720,11 +723,12 @@ impl<N: Net> FastEngine<N> {
                     unreachable!("a pixel-split block follows a block")
                 };
                 debug_assert_eq!((in_len, cap), (g.w_in * g.cin, g.h_in));
-                assert_eq!(net.hidden_row(k, g.hidden), g.hidden, "a pixel-split expansion is not packed");
+                assert_eq!(net.hidden_row(k, g.dw_row(), g.hidden), g.hidden, "a pixel-split expansion is not packed");
                 turns.side(|input, mut hidden| {
                     let px = hidden.window_rows();
                     net.expand(
                         k,
+                        g.dw_row(),
                         px.len(),
                         &input[px.start * g.cin..px.end * g.cin],
                         g.cin,

@@ -3,7 +3,9 @@
 
 use std::ops::Range;
 
-use mnv2_kernels::bf16gemm::{gemm_bf16_pairs_panels, gemm_bf16_panels, gemm_bf16_to_bf16, Bf16, PackedBf16Gemm};
+use mnv2_kernels::bf16gemm::{
+    gemm_bf16_pairs_panels, gemm_bf16_panels, gemm_bf16_to_bf16, gemm_bf16_to_bf16_pairs, Bf16, PackedBf16Gemm,
+};
 use mnv2_kernels::gemm::{gemm_panels, PackedGemm};
 use mnv2_kernels::{MinMax, Tier};
 
@@ -108,10 +110,13 @@ impl PackedPw {
         }
     }
 
-    /// [`PackedPw::gemm`] (no residual) with its results rounded to bf16 (bf16 packings only).
-    pub fn gemm_to_bf16(&self, m: usize, a: &[f32], lda: usize, c: &mut [Bf16], ldc: usize, act: MinMax) {
+    /// [`PackedPw::gemm`] (no residual) with its results rounded to bf16 (bf16 packings only),
+    /// in plain rows or, with `pairs`, in pixel pairs (`gemm_bf16_to_bf16_pairs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_to_bf16(&self, m: usize, a: &[f32], lda: usize, c: &mut [Bf16], ldc: usize, act: MinMax, pairs: bool) {
         match self {
             PackedPw::F32(_) => unreachable!("bf16 outputs come from bf16 packings only"),
+            PackedPw::Bf16(w) if pairs => gemm_bf16_to_bf16_pairs(m, a, lda, w, c, ldc, act),
             PackedPw::Bf16(w) => gemm_bf16_to_bf16(m, a, lda, w, c, ldc, act),
         }
     }

@@ -188,7 +188,7 @@ impl Net for QNet {
         }
     }
 
-    fn expand(&self, k: usize, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
+    fn expand(&self, k: usize, _g: DwRow, m: usize, a: &[u8], lda: usize, out: &mut [u8], ldc: usize) {
         let b = &self.blocks[k];
         let w = b.expand.as_ref().expect("block has an expand conv");
         qgemm(m, a, lda, w, QOut::U8 { c: out, ldc, q: b.hidden }, MinMax::RELU6, None);
