@@ -1,9 +1,10 @@
 //! The f32 network: BatchNorm folded, weights packed for the f32 kernels of one ISA; with
 //! `bf16`, its 1x1 convolutions (expand, project, last conv, classifier) run on the bf16 GEMM
-//! kernels instead. Block inputs and outputs stay f32 (the residual sums too); the depthwise
-//! outputs the projection reads are bf16, and so are the expanded rows of stride-2 blocks
-//! (the expand conv rounds them as it stores them, the depthwise conv reads them and sums in
-//! f32); the stem computes in f32.
+//! kernels instead, and the stem on the bf16 stem kernel. Block inputs and outputs stay f32
+//! (the residual sums too); the depthwise outputs the projection reads are bf16, and so are
+//! the expanded rows of blocks with an expand conv that no head taps: in pixel pairs where
+//! the depthwise geometry allows (`Block::dw_pairs`, bf16 products), else at stride 2 as
+//! plain rows whose depthwise conv sums in f32 (`Block::bf16_hidden`).
 
 use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut, Bf16};
 use mnv2_kernels::dwconv::{
