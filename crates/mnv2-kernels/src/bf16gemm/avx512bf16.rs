@@ -172,19 +172,7 @@ impl Dst for PairBf16 {
     /// of 32 values.
     #[inline(always)]
     unsafe fn store16x2(c: *mut PairBf16, (i, ldc, j): (usize, usize, usize), v0: __m512, v1: __m512, mask: u16) {
-        const INTERLEAVE: [i16; 32] = {
-            let mut idx = [0i16; 32];
-            let mut w = 0;
-            while w < 32 {
-                idx[w] = (w / 2 + 16 * (w % 2)) as i16;
-                w += 1;
-            }
-            idx
-        };
-        // SAFETY: both are 512-bit vectors of plain bits; the index array is 64 bytes.
-        let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v1, v0));
-        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const __m512i);
-        let v = _mm512_permutexvar_epi16(idx, both);
+        let v = pair_words(v0, v1);
         let p = Self::at(c, i, ldc, j) as *mut i16;
         if mask == u16::MAX {
             _mm512_storeu_si512(p as *mut __m512i, v)
@@ -192,6 +180,29 @@ impl Dst for PairBf16 {
             _mm512_mask_storeu_epi16(p, words_of(mask), v)
         }
     }
+}
+
+/// The 16 values of `v0` (pixel `2q`) and `v1` (pixel `2q + 1`) rounded to bf16 (to
+/// nearest even) and interleaved value by value: the 32 words of 16 channels of a pixel pair.
+/// One `vcvtne2ps2bf16` and one `vpermw`; the bf16 stem's pair rows use it too.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW and BF16.
+#[inline(always)]
+pub(crate) unsafe fn pair_words(v0: __m512, v1: __m512) -> __m512i {
+    const INTERLEAVE: [i16; 32] = {
+        let mut idx = [0i16; 32];
+        let mut w = 0;
+        while w < 32 {
+            idx[w] = (w / 2 + 16 * (w % 2)) as i16;
+            w += 1;
+        }
+        idx
+    };
+    // SAFETY: both are 512-bit vectors of plain bits; the index array is 64 bytes.
+    let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v1, v0));
+    let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const __m512i);
+    _mm512_permutexvar_epi16(idx, both)
 }
 
 /// One tile of MR rows x 32 columns.

@@ -21,7 +21,7 @@
 //! even one's), so the two agree to f32 rounding.
 
 #[cfg(target_arch = "x86_64")]
-mod avx512bf16;
+pub(crate) mod avx512bf16;
 mod scalar;
 
 use crate::aligned::AlignedVec;

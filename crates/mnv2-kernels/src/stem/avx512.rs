@@ -23,6 +23,9 @@ pub(super) unsafe fn store(out: Dst, at: usize, mask: u16, y: __m512) {
             let r = _mm512_max_epi32(_mm512_add_epi32(r, _mm512_set1_epi32(q.zero)), _mm512_setzero_si512());
             _mm512_mask_cvtusepi32_storeu_epi8(p.add(at) as *mut i8, mask, r)
         }
+        // `stem_row_bf16_pairs` takes bf16 packings only, and the bf16 kernel stores pairs
+        // itself.
+        Dst::Bf16Pairs(..) => unreachable!("pixel pairs come from the bf16 kernels"),
     }
 }
 

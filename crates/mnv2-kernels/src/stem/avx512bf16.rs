@@ -3,15 +3,17 @@
 //! taps of one row of the 3x3 window are 9 consecutive values. Each output pixel then takes
 //! 5 pairs of taps per window row, a 32-bit broadcast against NV vectors of weight pairs in
 //! `vdpbf16ps` (the 9th tap paired with a zero): 15 instructions per 16 channels where the
-//! f32 kernel runs 27 FMAs. XB = 8 pixels at once.
+//! f32 kernel runs 27 FMAs. XB = 8 pixels at once. Stores f32 rows, u8 codes, or bf16 pixel
+//! pairs (one `vcvtne2ps2bf16` and one `vpermw` per two pixels and 16 channels).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use crate::lanes::mask16;
+use crate::bf16gemm::avx512bf16::pair_words;
+use crate::lanes::{mask16, words_of};
 
 use super::avx512::store;
-use super::{bf16_row_len, Args, Layout, PackedStem, StemGeom};
+use super::{bf16_row_len, Args, Dst, Layout, PackedStem, StemGeom};
 
 const XB: usize = 8;
 
@@ -167,6 +169,20 @@ unsafe fn pixels<const NV: usize, const N: usize>(args: &Args, p: &PackedStem, w
         }
     }
     let c = p.c;
+    if let Dst::Bf16Pairs(out, _) = args.out {
+        // `x0` and N are even: pixels x0 + j and x0 + j + 1 are pair (x0 + j) / 2, whose 16
+        // channels from 16v are the 32 words from (x0 + j) * c + 32v.
+        for j in (0..N - N % 2).step_by(2) {
+            for v in 0..NV {
+                let mask = words_of(mask16(c.saturating_sub(v * 16).min(16)));
+                let y0 = _mm512_min_ps(_mm512_max_ps(acc[j][v], lo), hi);
+                let y1 = _mm512_min_ps(_mm512_max_ps(acc[j + 1][v], lo), hi);
+                let dst = out.add((x0 + j) * c + 32 * v) as *mut i16;
+                _mm512_mask_storeu_epi16(dst, mask, pair_words(y0, y1));
+            }
+        }
+        return;
+    }
     for (j, a) in acc.iter().enumerate() {
         for (v, x) in a.iter().enumerate() {
             let mask = mask16(c.saturating_sub(v * 16).min(16));
@@ -184,6 +200,13 @@ unsafe fn run<const NV: usize>(args: &Args, p: &PackedStem, rows: *const u16, le
     while x + XB <= args.g.w_out {
         pixels::<NV, XB>(args, p, &win, x);
         x += XB;
+    }
+    if let Dst::Bf16Pairs(..) = args.out {
+        // An even width (`stem_row_bf16_pairs`): the last pixels two at a time.
+        while x < args.g.w_out {
+            pixels::<NV, 2>(args, p, &win, x);
+            x += 2;
+        }
     }
     while x < args.g.w_out {
         pixels::<NV, 1>(args, p, &win, x);

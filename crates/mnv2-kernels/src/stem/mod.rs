@@ -23,7 +23,7 @@ mod scalar;
 use int8::image_code;
 pub use int8::{stem_row_q, PackedStemQ, StemQKernel, KERNELS_INT8};
 
-use crate::bf16gemm::f32_to_bf16;
+use crate::bf16gemm::{f32_to_bf16, Bf16};
 use crate::isa::{Isa, Needs, Tier};
 use crate::qgemm::QParams;
 use crate::taps::PackedTaps;
@@ -235,6 +235,9 @@ pub(crate) enum Dst {
     /// Their u8 codes of a quantisation (`QParams::quantize`: round half to even, the zero
     /// point, saturated to 0..=255).
     U8(*mut u8, QParams),
+    /// bf16 (to nearest even) in pixel pairs of `c` channels each: channel `co` of pixels
+    /// `2q` and `2q + 1` at `2q * c + 2 * co` and the word after (the bf16 kernels only).
+    Bf16Pairs(*mut Bf16, usize),
 }
 
 impl Dst {
@@ -247,6 +250,10 @@ impl Dst {
         match self {
             Dst::F32(p) => *p.add(i) = y,
             Dst::U8(p, q) => *p.add(i) = q.quantize(y),
+            Dst::Bf16Pairs(p, c) => {
+                let (x, co) = (i / c, i % c);
+                *p.add((x & !1) * c + 2 * co + (x & 1)) = Bf16(f32_to_bf16(y))
+            }
         }
     }
 }
@@ -263,6 +270,17 @@ pub fn stem_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax,
 pub fn stem_row_u8(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, q: QParams, out: &mut [u8]) {
     assert!(out.len() >= g.w_out * p.c, "output row too short");
     run_row(p, img, oy, g, act, Dst::U8(out.as_mut_ptr(), q))
+}
+
+/// [`stem_row`] rounded to bf16 in the kernel's epilogue and stored in pixel pairs (as
+/// `dwconv_rows_bf16_pairs` reads them, and the bf16 expand GEMM writes them): channel `co`
+/// of pixels `2q` and `2q + 1` at `2q * c + 2 * co` and the word after. The packing must be a
+/// bf16 one ([`PackedStem::bf16`]) and the output width even.
+pub fn stem_row_bf16_pairs(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: &mut [Bf16]) {
+    assert!(p.kernel.bf16, "{} stores f32 rows, not bf16 pixel pairs", p.kernel.name);
+    assert!(g.w_out.is_multiple_of(2), "pixel pairs need an even output width, not {}", g.w_out);
+    assert!(out.len() >= g.w_out * p.c, "output row too short");
+    run_row(p, img, oy, g, act, Dst::Bf16Pairs(out.as_mut_ptr(), p.c))
 }
 
 /// Panics unless output row `oy` of geometry `g` reads inside `img` (the checks every stem
@@ -495,6 +513,49 @@ mod tests {
             }
         }
         eprintln!("bf16 stem kernels tested: {tested:?}");
+    }
+
+    /// The bf16 kernels' pixel pairs are their f32 rows rounded to bf16 and moved, bit for
+    /// bit: every bf16 kernel the host runs (the twin included), both layouts, with and
+    /// without a clamp, 1 to 40 channels (whole vectors and tails), even widths from 6 to 112
+    /// (18 and 20: pairs after the last block of 8 pixels); nothing written past the row.
+    #[test]
+    fn bf16_pixel_pairs_are_the_rows_rounded_and_moved() {
+        let tier = *Tier::host().last().expect("scalar");
+        let mut tested = Vec::new();
+        for kern in KERNELS_BF16.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
+            tested.push(kern.name);
+            let mut shapes = 0;
+            for shape in SHAPES {
+                let (h, w, c) = (shape.0, shape.1, shape.2);
+                let case = Case::new(shape, 9.0, |_| {});
+                if !case.sg.w_out.is_multiple_of(2) {
+                    continue;
+                }
+                shapes += 1;
+                let p = PackedStem::for_kernel(tier, kern, &case.wts, c, &case.bias);
+                let row = case.g.out_w * c;
+                for act in [MinMax::RELU6, MinMax::NONE] {
+                    for layout in [Layout::Nchw, Layout::Nhwc] {
+                        let values = case.run(&p, layout, act);
+                        let data = if layout == Layout::Nchw { &case.nchw } else { &case.nhwc };
+                        let img = Image { data, h, w, layout };
+                        for oy in 0..case.g.out_h {
+                            let mut want = vec![Bf16(0xa5a5); row + 40];
+                            for (i, v) in values[oy * row..(oy + 1) * row].iter().enumerate() {
+                                let (x, co) = (i / c, i % c);
+                                want[(x - x % 2) * c + 2 * co + x % 2] = Bf16(f32_to_bf16(*v));
+                            }
+                            let mut got = vec![Bf16(0xa5a5); row + 40];
+                            stem_row_bf16_pairs(&p, img, oy, case.sg, act, &mut got);
+                            assert!(got == want, "{} {layout:?} {shape:?} {act:?} row {oy}", kern.name);
+                        }
+                    }
+                }
+            }
+            assert_eq!(shapes, 6, "the even widths of SHAPES");
+        }
+        eprintln!("bf16 stem kernels tested for pixel pairs: {tested:?}");
     }
 
     /// The int8 stem ([`PackedStemQ`]): every kernel gives the twin's bytes (exact sums, the
