@@ -73,7 +73,7 @@ pub(super) fn band<N: Net>(
             match src {
                 Src::Image(img, sg) => {
                     for (j, row) in dst.chunks_exact_mut(ring_row).enumerate() {
-                        net.stem_row(img, r + j, sg, row);
+                        net.stem_hidden_row(g.dw_row(), img, r + j, sg, row);
                     }
                 }
                 Src::Rows(input) => {

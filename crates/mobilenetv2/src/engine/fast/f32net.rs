@@ -4,7 +4,9 @@
 //! (the residual sums too); the depthwise outputs the projection reads are bf16, and so are
 //! the expanded rows of blocks with an expand conv that no head taps: in pixel pairs where
 //! the depthwise geometry allows (`Block::dw_pairs`, bf16 products), else at stride 2 as
-//! plain rows whose depthwise conv sums in f32 (`Block::bf16_hidden`).
+//! plain rows whose depthwise conv sums in f32 (`Block::bf16_hidden`). The stem writes the
+//! rows of a first block it feeds directly in pixel pairs too where that block's geometry
+//! allows, else in f32.
 
 use mnv2_kernels::bf16gemm::{as_bf16, as_bf16_mut, Bf16};
 use mnv2_kernels::dwconv::{
@@ -12,7 +14,7 @@ use mnv2_kernels::dwconv::{
 };
 use std::ops::Range;
 
-use mnv2_kernels::stem::{stem_row, Image, PackedStem, StemGeom};
+use mnv2_kernels::stem::{stem_row, stem_row_bf16_pairs, Image, PackedStem, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::pw::PackedPw;
@@ -38,9 +40,10 @@ struct Block {
     /// than the bytes saved (5-13% slower).
     bf16_hidden: bool,
     /// bf16: the depthwise weights for expanded rows in pixel pairs (bf16 weights,
-    /// `dwconv_rows_bf16_pairs`), which the expand conv then writes, at input sizes whose
-    /// depthwise rows [`DwRow::reads_pairs`]. Blocks as `bf16_hidden`'s, of any stride, with
-    /// the depthwise padding and dilation of torchvision's network.
+    /// `dwconv_rows_bf16_pairs`), which the expand conv (or, for the first block, the stem)
+    /// then writes, at input sizes whose depthwise rows [`DwRow::reads_pairs`]. Blocks as
+    /// `bf16_hidden`'s, of any stride, and the first block when the stem feeds it directly,
+    /// with the depthwise padding and dilation of torchvision's network.
     dw_pairs: Option<PackedDw>,
 }
 
@@ -95,8 +98,10 @@ impl F32Net {
             let bf16_band = bf16 && b.hidden.is_multiple_of(2);
             let packs_rows = bf16_band && expand.is_some() && !tapped.contains(&k);
             let bf16_hidden = packs_rows && b.stride == 2;
+            // The stem writes the first block's rows in pairs as an expand conv would.
+            let stem_pairs = bf16_band && k == 0 && plan.stem_feeds_first_block() && !tapped.contains(&k);
             let dwc = layers[b.depthwise].conv().expect("depthwise");
-            let dw_pairs = (packs_rows && dwc.dilation == 1 && dwc.pad.left == 1)
+            let dw_pairs = ((packs_rows || stem_pairs) && dwc.dilation == 1 && dwc.pad.left == 1)
                 .then(|| PackedDw::bf16_pairs(tier, &f.weights, b.hidden, &f.bias));
             let dw = if bf16_hidden {
                 PackedDw::bf16_rows(tier, &f.weights, b.hidden, &f.bias)
@@ -171,6 +176,14 @@ impl Net for F32Net {
 
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [f32]) {
         stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
+    }
+
+    fn stem_hidden_row(&self, dw: DwRow, img: Image, oy: usize, g: StemGeom, out: &mut [f32]) {
+        if self.hidden_rows(0, dw) == HiddenRows::Pairs {
+            stem_row_bf16_pairs(&self.stem.0, img, oy, g, self.stem.1, as_bf16_mut(out));
+        } else {
+            stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
+        }
     }
 
     fn stem_staging(&self, g: StemGeom) -> usize {

@@ -162,6 +162,12 @@ pub(crate) trait Net: Send + Sync {
     /// Stem output row `oy` into `out` (a ring row, or a materialised activation when the
     /// first block has an expand conv).
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T]);
+    /// Stem output row `oy` as a row of block 0's ring (the stem feeds the first block
+    /// directly), for the depthwise rows of geometry `dw`: [`Net::stem_row`] unless the net
+    /// packs those rows ([`Net::hidden_row`] of block 0).
+    fn stem_hidden_row(&self, _dw: DwRow, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T]) {
+        self.stem_row(img, oy, g, out)
+    }
     /// Bytes the stem kernel stages per thread for rows of geometry `g`.
     fn stem_staging(&self, g: StemGeom) -> usize;
     /// Bytes block `k`'s depthwise kernel stages per thread for rows of geometry `g`.
