@@ -173,10 +173,10 @@ unsafe fn pixels<const NV: usize, const N: usize>(args: &Args, p: &PackedStem, w
         // `x0` and N are even: pixels x0 + j and x0 + j + 1 are pair (x0 + j) / 2, whose 16
         // channels from 16v are the 32 words from (x0 + j) * c + 32v.
         for j in (0..N - N % 2).step_by(2) {
-            for v in 0..NV {
+            for (v, (a0, a1)) in acc[j].iter().zip(&acc[j + 1]).enumerate() {
                 let mask = words_of(mask16(c.saturating_sub(v * 16).min(16)));
-                let y0 = _mm512_min_ps(_mm512_max_ps(acc[j][v], lo), hi);
-                let y1 = _mm512_min_ps(_mm512_max_ps(acc[j + 1][v], lo), hi);
+                let y0 = _mm512_min_ps(_mm512_max_ps(*a0, lo), hi);
+                let y1 = _mm512_min_ps(_mm512_max_ps(*a1, lo), hi);
                 let dst = out.add((x0 + j) * c + 32 * v) as *mut i16;
                 _mm512_mask_storeu_epi16(dst, mask, pair_words(y0, y1));
             }
