@@ -17,7 +17,7 @@ use crate::lanes::{
     words_of, MR32, PAIRS24,
 };
 
-use super::{ASrc, Args, Bf16, Out, PackedBf16Gemm};
+use super::{bf16_bit_bounds, ASrc, Args, Bf16, Out, PackedBf16Gemm};
 
 thread_local! {
     /// A rounded to bf16 pairs: `[m][pairs]` 32-bit words; grows to the largest call.
@@ -40,6 +40,9 @@ struct Panel {
     m1: u16,
     lo: __m512,
     hi: __m512,
+    /// Pixel pairs: the bounds as bf16 bits in every word, where the clamp follows the
+    /// rounding in 16-bit integers ([`super::bf16_bit_bounds`]).
+    bits: Option<(__m512i, __m512i)>,
 }
 
 impl Panel {
@@ -111,15 +114,25 @@ trait Dst: Copy {
     /// The CPU has AVX-512 F/BW/VL and BF16; `p` is writable for the lanes of `mask`.
     unsafe fn store16(p: *mut Self, v: __m512, mask: u16);
 
-    /// Rows `i` (even) and `i + 1`, `v0` and `v1`, of the 16 columns from `j`, the lanes of
-    /// `mask`.
+    /// Rows `i` (even) and `i + 1` of the 16 columns from `j`, the lanes of `mask`, from
+    /// their sums `s0` and `s1` and residual rows `r0` and `r1` (null for none): the panel's
+    /// epilogue ([`Panel::finish`]) and the stores.
     ///
     /// # Safety
-    /// As [`Dst::at`] and [`Dst::store16`] for both rows.
+    /// As [`Dst::at`] and [`Dst::store16`] for both rows, and [`Panel::finish`].
     #[inline(always)]
-    unsafe fn store16x2(c: *mut Self, (i, ldc, j): (usize, usize, usize), v0: __m512, v1: __m512, mask: u16) {
-        Self::store16(Self::at(c, i, ldc, j), v0, mask);
-        Self::store16(Self::at(c, i + 1, ldc, j), v1, mask);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store16x2(
+        p: &Panel,
+        c: *mut Self,
+        (i, j): (usize, usize),
+        s0: __m512,
+        s1: __m512,
+        (r0, r1): (*const f32, *const f32),
+        mask: u16,
+    ) {
+        Self::store16(Self::at(c, i, p.ldc, j), p.finish(s0, r0, mask), mask);
+        Self::store16(Self::at(c, i + 1, p.ldc, j), p.finish(s1, r1, mask), mask);
     }
 }
 
@@ -168,16 +181,30 @@ impl Dst for PairBf16 {
         unreachable!("pixel pairs run tiles of even heights")
     }
 
-    /// Both rows rounded by one `vcvtne2ps2bf16` and interleaved by one `vpermw`: one store
-    /// of 32 values.
+    /// Both rows rounded by one `vcvtne2ps2bf16` and interleaved by one `vpermw`, then
+    /// clamped as 32 bf16 values at once where the bounds allow ([`super::bf16_bit_bounds`]:
+    /// two 16-bit integer ops where the f32 clamp takes four), else clamped in f32 first: one
+    /// store of 32 values. (No residual: expand convs write pairs.)
     #[inline(always)]
-    unsafe fn store16x2(c: *mut PairBf16, (i, ldc, j): (usize, usize, usize), v0: __m512, v1: __m512, mask: u16) {
-        let v = pair_words(v0, v1);
-        let p = Self::at(c, i, ldc, j) as *mut i16;
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store16x2(
+        p: &Panel,
+        c: *mut PairBf16,
+        (i, j): (usize, usize),
+        s0: __m512,
+        s1: __m512,
+        _: (*const f32, *const f32),
+        mask: u16,
+    ) {
+        let v = match p.bits {
+            Some((lo, hi)) => _mm512_min_epi16(_mm512_max_epi16(pair_words(s0, s1), lo), hi),
+            None => pair_words(p.finish(s0, std::ptr::null(), mask), p.finish(s1, std::ptr::null(), mask)),
+        };
+        let dst = Self::at(c, i, p.ldc, j) as *mut i16;
         if mask == u16::MAX {
-            _mm512_storeu_si512(p as *mut __m512i, v)
+            _mm512_storeu_si512(dst as *mut __m512i, v)
         } else {
-            _mm512_mask_storeu_epi16(p, words_of(mask), v)
+            _mm512_mask_storeu_epi16(dst, words_of(mask), v)
         }
     }
 }
@@ -231,10 +258,8 @@ unsafe fn tile32<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r
     let rrow = |i: usize, j: usize| if r.is_null() { r } else { r.add(i * p.ldr + j) };
     each_row!(MR, |i| {
         if D::STEP == 2 && i.is_multiple_of(2) && i + 1 < MR {
-            let (a, b) = (p.finish(acc0[i], rrow(i, 0), p.m0), p.finish(acc0[i + 1], rrow(i + 1, 0), p.m0));
-            D::store16x2(c, (i, p.ldc, 0), a, b, p.m0);
-            let (a, b) = (p.finish(acc1[i], rrow(i, 16), p.m1), p.finish(acc1[i + 1], rrow(i + 1, 16), p.m1));
-            D::store16x2(c, (i, p.ldc, 16), a, b, p.m1);
+            D::store16x2(p, c, (i, 0), acc0[i], acc0[i + 1], (rrow(i, 0), rrow(i + 1, 0)), p.m0);
+            D::store16x2(p, c, (i, 16), acc1[i], acc1[i + 1], (rrow(i, 16), rrow(i + 1, 16)), p.m1);
         } else if D::STEP == 1 || i.is_multiple_of(2) {
             D::store16(D::at(c, i, p.ldc, 0), p.finish(acc0[i], rrow(i, 0), p.m0), p.m0);
             D::store16(D::at(c, i, p.ldc, 16), p.finish(acc1[i], rrow(i, 16), p.m1), p.m1);
@@ -338,8 +363,7 @@ unsafe fn tile16<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r
     let rrow = |i: usize| if r.is_null() { r } else { r.add(i * p.ldr) };
     each_row!(MR, |i| {
         if D::STEP == 2 && i.is_multiple_of(2) && i + 1 < MR {
-            let (a, b) = (p.finish(acc[i], rrow(i), p.m0), p.finish(acc[i + 1], rrow(i + 1), p.m0));
-            D::store16x2(c, (i, p.ldc, 0), a, b, p.m0);
+            D::store16x2(p, c, (i, 0), acc[i], acc[i + 1], (rrow(i), rrow(i + 1)), p.m0);
         } else if D::STEP == 1 || i.is_multiple_of(2) {
             D::store16(D::at(c, i, p.ldc, 0), p.finish(acc[i], rrow(i), p.m0), p.m0);
         }
@@ -531,6 +555,7 @@ unsafe fn panels<D: Dst>(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: 
                 m1: mask16(cols.saturating_sub(16)),
                 lo: _mm512_set1_ps(args.act.min),
                 hi: _mm512_set1_ps(args.act.max),
+                bits: bf16_bit_bounds(args.act).map(|(l, h)| (_mm512_set1_epi16(l), _mm512_set1_epi16(h))),
             };
             // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections and
             // the last panel of N = 144 expansions, skips its padding (no 8-column tile here).

@@ -286,6 +286,18 @@ pub fn gemm_bf16_panels(
     unsafe { (w.kernel.run)(&args, w, ASrc::F32, Out::F32) }
 }
 
+/// `act`'s bounds as bf16 bits (rounded to nearest even), where a clamp after the rounding,
+/// in 16-bit integers, gives the bits of the rounded clamp: both bounds non-negative (sign
+/// bit clear) and ordered. Rounding is monotonic, and the bits of bf16 values with a clear
+/// sign bit order as integers as the values do; any value with its sign bit set (negative,
+/// -0, -inf or a negative NaN) is a negative integer, below the lower bound, as it is as a
+/// number. Only a positive NaN sum differs: it ends at the upper bound where the f32 clamp
+/// (`vmaxps` and `vminps` return their second operand) ends at the lower one.
+pub(crate) fn bf16_bit_bounds(act: MinMax) -> Option<(i16, i16)> {
+    (act.min.is_sign_positive() && act.min <= act.max)
+        .then(|| (f32_to_bf16(act.min) as i16, f32_to_bf16(act.max) as i16))
+}
+
 /// [`gemm_bf16`] with its results rounded to bf16 as they are stored (`c[i * ldc + j]`, no
 /// residual): rows for a consumer of bf16 rows (the expanded rows that the depthwise conv's
 /// `dwconv_rows_bf16_in` reads), half the bytes of f32 ones. The same values as
@@ -304,7 +316,9 @@ pub fn gemm_bf16_to_bf16(m: usize, a: &[f32], lda: usize, w: &PackedBf16Gemm, c:
 /// [`gemm_bf16_to_bf16`] into rows of pixel pairs: column `j` of rows `2q` and `2q + 1` at
 /// `c[2q * ldc + 2j]` and `c[2q * ldc + 2j + 1]`, the layout in which the depthwise conv's
 /// `dwconv_rows_bf16_pairs` multiplies two horizontal taps per lane and instruction. The
-/// same values as [`gemm_bf16_to_bf16`]'s, moved.
+/// same values as [`gemm_bf16_to_bf16`]'s, moved; where the clamp's bounds are non-negative
+/// ([`bf16_bit_bounds`], ReLU6 and ReLU) it follows the rounding, which gives the same bits
+/// for every sum but a NaN (which becomes the upper bound, not the lower one).
 ///
 /// Panics if a slice is too short for the strides, or on an odd `m`.
 pub fn gemm_bf16_to_bf16_pairs(
@@ -441,8 +455,18 @@ mod tests {
     /// Pixel-pair outputs are the bf16 outputs moved, bit for bit: every kernel, even row
     /// counts whose balanced tiles would be odd (40 rows: 14 + 13 + 13), panels of 32, 17..=24
     /// and 16 or fewer real columns, strided C; nothing written between or beyond the columns.
+    /// Clamps whose bounds allow the clamp after rounding (ReLU6, ReLU, bounds between bf16
+    /// values) and clamps that do not (none, a negative lower bound).
     #[test]
     fn pair_outputs_are_the_bf16_outputs_moved() {
+        let acts = [
+            MinMax::RELU6,
+            MinMax { min: 0.0, max: f32::INFINITY },
+            MinMax { min: 0.1, max: 0.3 },
+            MinMax::NONE,
+            MinMax { min: -0.2, max: 0.5 },
+        ];
+        assert_eq!(acts.map(|a| bf16_bit_bounds(a).is_some()), [true, true, true, false, false]);
         for (tier, kern) in host_kernels() {
             for (k, n) in [(16, 96), (24, 144), (32, 24), (3, 20), (8, 9), (160, 960)] {
                 let w = vals(k as u64 * 5 + n as u64, k * n);
@@ -451,18 +475,44 @@ mod tests {
                 for m in [2, 40, 2 * kern.mr + 4, 112] {
                     let ldc = n + 3;
                     let a = vals(m as u64 + 23, m * k);
-                    let mut want = vec![Bf16(0); m * ldc];
-                    gemm_bf16_to_bf16(m, &a, k, &p, &mut want, ldc, MinMax::RELU6);
-                    let mut got = vec![Bf16(0x7fc1); m * ldc];
-                    gemm_bf16_to_bf16_pairs(m, &a, k, &p, &mut got, ldc, MinMax::RELU6);
-                    let mut expect = vec![0x7fc1; m * ldc];
-                    for i in 0..m {
-                        for j in 0..n {
-                            expect[(i & !1) * ldc + 2 * j + (i & 1)] = want[i * ldc + j].0;
+                    for act in acts {
+                        let mut want = vec![Bf16(0); m * ldc];
+                        gemm_bf16_to_bf16(m, &a, k, &p, &mut want, ldc, act);
+                        let mut got = vec![Bf16(0x7fc1); m * ldc];
+                        gemm_bf16_to_bf16_pairs(m, &a, k, &p, &mut got, ldc, act);
+                        let mut expect = vec![0x7fc1; m * ldc];
+                        for i in 0..m {
+                            for j in 0..n {
+                                expect[(i & !1) * ldc + 2 * j + (i & 1)] = want[i * ldc + j].0;
+                            }
                         }
+                        let got: Vec<u16> = got.iter().map(|v| v.0).collect();
+                        assert_eq!(got, expect, "{} m={m} k={k} n={n} {act:?}", kern.name);
                     }
-                    let got: Vec<u16> = got.iter().map(|v| v.0).collect();
-                    assert_eq!(got, expect, "{} m={m} k={k} n={n}", kern.name);
+                }
+            }
+        }
+    }
+
+    /// Where pixel pairs clamp after rounding, a row of NaN sums (a NaN input) ends at the
+    /// upper bound on every kernel, the twin included; elsewhere at the lower one, as the f32
+    /// clamp leaves it. The rows around it are untouched by it.
+    #[test]
+    fn pair_outputs_of_nan_sums() {
+        let (k, n, m) = (16, 40, 6);
+        let w = vals(3, k * n);
+        let b = vals(4, n);
+        let mut a = vals(5, m * k);
+        a[3 * k + 7] = f32::NAN;
+        for (tier, kern) in host_kernels() {
+            let p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
+            for (act, nan_to) in [(MinMax::RELU6, 6.0), (MinMax { min: -1.0, max: 1.0 }, -1.0)] {
+                let mut got = vec![Bf16(0); m * n];
+                gemm_bf16_to_bf16_pairs(m, &a, k, &p, &mut got, n, act);
+                for j in 0..n {
+                    let at = |i: usize| got[(i & !1) * n + 2 * j + (i & 1)].0;
+                    assert_eq!(at(3), f32_to_bf16(nan_to), "{} {act:?} column {j}", kern.name);
+                    assert!(bf16_to_f32(at(2)).is_finite(), "{} {act:?} column {j}", kern.name);
                 }
             }
         }

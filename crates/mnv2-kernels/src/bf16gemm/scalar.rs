@@ -2,7 +2,7 @@
 //! f32 sums in `vdpbf16ps` order (per pair of channels: the odd one's product, then the even
 //! one's; both products are exact in f32).
 
-use super::{bf16_to_f32, f32_to_bf16, ASrc, Args, Out, PackedBf16Gemm};
+use super::{bf16_bit_bounds, bf16_to_f32, f32_to_bf16, ASrc, Args, Out, PackedBf16Gemm};
 
 /// # Safety
 /// `args` (and `src`'s pairs) must describe valid, non-overlapping buffers for `w` (checked
@@ -10,6 +10,7 @@ use super::{bf16_to_f32, f32_to_bf16, ASrc, Args, Out, PackedBf16Gemm};
 pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) {
     let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
     let mut a16 = vec![0f32; 2 * pairs];
+    let bits = bf16_bit_bounds(args.act);
     for i in 0..args.m {
         match src {
             ASrc::F32 => {
@@ -39,6 +40,12 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) 
                 }
             }
             for (j, v) in acc.iter().enumerate().take(nr.min(n - n0)) {
+                if let (Out::Bf16Pairs, Some((lo, hi))) = (out, bits) {
+                    // Rounded, then clamped as bf16 bits (as the vector kernels do).
+                    let y = (f32_to_bf16(*v) as i16).max(lo).min(hi);
+                    *(args.c as *mut u16).add((i & !1) * args.ldc + 2 * (n0 + j) + (i & 1)) = y as u16;
+                    continue;
+                }
                 let mut y = args.act.apply(*v);
                 if !args.r.is_null() {
                     y += *args.r.add(i * args.ldr + n0 + j);
