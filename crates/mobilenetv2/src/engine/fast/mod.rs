@@ -157,6 +157,11 @@ pub(crate) trait Net: Send + Sync {
     fn splits_by_pixels(&self) -> bool {
         false
     }
+    /// Pixels a fast-mode band of output rows holds at least: the projection's rows per call,
+    /// and with the expanded rows it reads, the working set of a block.
+    fn band_pixels(&self) -> usize {
+        schedule::BAND_PIXELS
+    }
     fn isa(&self) -> Isa;
     fn kernel_names(&self) -> Vec<&'static str>;
     /// Stem output row `oy` into `out` (a ring row, or a materialised activation when the
@@ -410,10 +415,10 @@ impl<N: Net> FastEngine<N> {
     fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {
         let fits = matches!(guard, Some(s) if s.schedule.image == plan.input());
         if !fits {
-            let schedule = Schedule::new(plan, self.streaming, 1);
+            let schedule = Schedule::new(plan, self.streaming, 1, self.net.band_pixels());
             let t = self.pool.threads();
             let by_pixels = if self.net.splits_by_pixels() { t } else { 1 };
-            let split = (t > 1).then(|| Schedule::new(plan, self.streaming, by_pixels));
+            let split = (t > 1).then(|| Schedule::new(plan, self.streaming, by_pixels, self.net.band_pixels()));
             let either = |f: fn(&Schedule) -> usize| f(&schedule).max(split.as_ref().map_or(0, f));
             let (ring, band, side) = (either(|s| s.ring_len), either(|s| s.band_len), either(|s| s.side_len));
             let scratch = (0..t)
@@ -442,10 +447,15 @@ impl<N: Net> FastEngine<N> {
     /// Activation bytes allocated for one image of this plan's size in flight.
     pub fn activation_bytes(&self, plan: &Plan) -> usize {
         let threads = self.pool.threads();
-        let mut s = Schedule::new(plan, self.streaming, 1);
+        let mut s = Schedule::new(plan, self.streaming, 1, self.net.band_pixels());
         if threads > 1 {
             // The buffers serve whole images and split ones (a side buffer, other bands).
-            let split = Schedule::new(plan, self.streaming, if self.net.splits_by_pixels() { threads } else { 1 });
+            let split = Schedule::new(
+                plan,
+                self.streaming,
+                if self.net.splits_by_pixels() { threads } else { 1 },
+                self.net.band_pixels(),
+            );
             s.band_len = s.band_len.max(split.band_len);
             s.side_len = split.side_len;
         }
@@ -947,11 +957,17 @@ mod tests {
         for (width, res, threads) in [(0.5, 96, 2), (0.35, 64, 3), (1.0, 112, 4)] {
             let spec = Spec { classes: 17, ..Spec::new(width, res) };
             let plan = crate::Plan::new(&spec).unwrap();
-            let s = super::Schedule::new(&plan, false, threads);
+            let s = super::Schedule::new(&plan, false, threads, super::schedule::BAND_PIXELS);
             let split: Vec<_> = s.geos.iter().filter(|g| g.pixels).collect();
             assert!(split.iter().any(|g| g.residual) && split.iter().any(|g| g.stride == 2), "{res}: {split:?}");
             assert!(split.iter().any(|g| (g.h_out * g.w_out) % threads != 0), "{res}: a share cuts a row");
-            assert!(s.last_pixels && !super::Schedule::new(&plan, false, 1).geos.iter().any(|g| g.pixels));
+            assert!(
+                s.last_pixels
+                    && !super::Schedule::new(&plan, false, 1, super::schedule::BAND_PIXELS)
+                        .geos
+                        .iter()
+                        .any(|g| g.pixels)
+            );
             let model = Model::init(&spec, 5, true).unwrap();
             let data: Vec<f32> = (0..3 * res * res).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
             let x = Batch::from_nchw(&[1, 3, res, res], &data).unwrap();

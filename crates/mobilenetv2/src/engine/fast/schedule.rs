@@ -89,9 +89,13 @@ fn by_pixels(h_out: usize, threads: usize) -> bool {
     threads > 1 && h_out < 4 * threads
 }
 
+/// Pixels a fast-mode band holds at least, unless the net asks for more
+/// ([`super::Net::band_pixels`]): a few 14-row tiles per projection call.
+pub(super) const BAND_PIXELS: usize = 64;
+
 /// Output rows per band: at least `pixels` pixels, so the projection GEMM gets whole tiles.
-/// Fast mode asks for 64 (a few 14-row tiles per call); streaming mode for 14 (one tile),
-/// which keeps every ring and band buffer small.
+/// Fast mode asks for the net's [`super::Net::band_pixels`] (at least [`BAND_PIXELS`]);
+/// streaming mode for 14 (one tile), which keeps every ring and band buffer small.
 fn band_rows(w_out: usize, h_out: usize, pixels: usize) -> usize {
     pixels.div_ceil(w_out).clamp(1, h_out)
 }
@@ -132,8 +136,9 @@ pub(super) struct Schedule {
 
 impl Schedule {
     /// The schedule of `plan`'s images: run on one thread, or split across threads, with the
-    /// small maps shared out by pixels among `threads` threads (1: by rows everywhere).
-    pub fn new(plan: &Plan, streaming: bool, threads: usize) -> Schedule {
+    /// small maps shared out by pixels among `threads` threads (1: by rows everywhere), in
+    /// bands of `band_pixels` pixels or more in fast mode.
+    pub fn new(plan: &Plan, streaming: bool, threads: usize, band_pixels: usize) -> Schedule {
         let taps = match plan.head {
             Head::Classifier(_) => None,
             _ => Some(super::head_taps(plan).expect("checked when the engine was built")),
@@ -144,7 +149,7 @@ impl Schedule {
         // The stem's output rows can feed the first block directly unless that block reads
         // them twice (an expand conv, or a residual).
         let stem_fused = plan.stem_feeds_first_block();
-        let band_pixels = if streaming { 14 } else { 64 };
+        let band_pixels = if streaming { 14 } else { band_pixels };
         let geos_for = |chain: usize, threads: usize| -> Vec<Geo> {
             plan.blocks
                 .iter()
@@ -276,8 +281,8 @@ mod tests {
     #[test]
     fn streaming_fits_in_1mb_at_224() {
         let plan = Plan::new(&Spec::default()).unwrap();
-        let fast = Schedule::new(&plan, false, 1);
-        let streaming = Schedule::new(&plan, true, 1);
+        let fast = Schedule::new(&plan, false, 1, BAND_PIXELS);
+        let streaming = Schedule::new(&plan, true, 1, BAND_PIXELS);
         assert_eq!(fast.chain, 0);
         assert!(streaming.chain >= 3, "the 112x112 and 56x56 blocks are chained");
         let bytes = 4 * streaming.activation_values(1);
