@@ -412,13 +412,28 @@ impl<N: Net> FastEngine<N> {
         FastEngine { net, head, streaming, pool: Pool::new(threads), state: Mutex::new(None) }
     }
 
+    /// The schedule of `plan` with small maps shared out by pixels among `threads` (see
+    /// [`Schedule::new`]), its ring and band lengths in the slots this net's rows take
+    /// ([`Net::hidden_row`], [`Net::band_row`]: bf16 rows take half the slots of f32 ones).
+    fn schedule(&self, plan: &Plan, threads: usize) -> Schedule {
+        let mut s = Schedule::new(plan, self.streaming, threads, self.net.band_pixels());
+        let net = &self.net;
+        let geos = s.geos.iter().enumerate();
+        s.ring_len = (geos.clone().skip(s.chain))
+            .map(|(k, g)| g.ring * net.hidden_row(k, g.dw_row(), g.w_in * g.hidden))
+            .max()
+            .unwrap_or(0);
+        s.band_len = geos.map(|(k, g)| g.band * net.band_row(k, g.w_out * g.hidden)).max().unwrap_or(0);
+        s
+    }
+
     fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {
         let fits = matches!(guard, Some(s) if s.schedule.image == plan.input());
         if !fits {
-            let schedule = Schedule::new(plan, self.streaming, 1, self.net.band_pixels());
+            let schedule = self.schedule(plan, 1);
             let t = self.pool.threads();
             let by_pixels = if self.net.splits_by_pixels() { t } else { 1 };
-            let split = (t > 1).then(|| Schedule::new(plan, self.streaming, by_pixels, self.net.band_pixels()));
+            let split = (t > 1).then(|| self.schedule(plan, by_pixels));
             let either = |f: fn(&Schedule) -> usize| f(&schedule).max(split.as_ref().map_or(0, f));
             let (ring, band, side) = (either(|s| s.ring_len), either(|s| s.band_len), either(|s| s.side_len));
             let scratch = (0..t)
@@ -447,15 +462,10 @@ impl<N: Net> FastEngine<N> {
     /// Activation bytes allocated for one image of this plan's size in flight.
     pub fn activation_bytes(&self, plan: &Plan) -> usize {
         let threads = self.pool.threads();
-        let mut s = Schedule::new(plan, self.streaming, 1, self.net.band_pixels());
+        let mut s = self.schedule(plan, 1);
         if threads > 1 {
             // The buffers serve whole images and split ones (a side buffer, other bands).
-            let split = Schedule::new(
-                plan,
-                self.streaming,
-                if self.net.splits_by_pixels() { threads } else { 1 },
-                self.net.band_pixels(),
-            );
+            let split = self.schedule(plan, if self.net.splits_by_pixels() { threads } else { 1 });
             s.band_len = s.band_len.max(split.band_len);
             s.side_len = split.side_len;
         }

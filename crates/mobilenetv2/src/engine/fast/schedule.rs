@@ -120,9 +120,10 @@ pub(super) struct Schedule {
     /// The backbone layers a detection or segmentation head reads (materialised once, in
     /// real units), with where each is in the schedule; `None` for a classifier.
     pub taps: Option<Vec<(usize, TapAt)>>,
-    /// Values of the ring shared by the blocks outside the chain (per thread).
+    /// Values of the ring shared by the blocks outside the chain (per thread); the engine
+    /// counts them in its net's slots (`FastEngine::schedule`: bf16 rows, two per slot).
     pub ring_len: usize,
-    /// Values of the depthwise band buffer (per thread).
+    /// Values of the depthwise band buffer (per thread), counted as `ring_len`.
     pub band_len: usize,
     /// Values of the last conv's band buffer (per thread).
     pub last_band: usize,
