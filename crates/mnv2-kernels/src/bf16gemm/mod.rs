@@ -317,7 +317,7 @@ pub fn gemm_bf16_to_bf16(m: usize, a: &[f32], lda: usize, w: &PackedBf16Gemm, c:
 /// `c[2q * ldc + 2j]` and `c[2q * ldc + 2j + 1]`, the layout in which the depthwise conv's
 /// `dwconv_rows_bf16_pairs` multiplies two horizontal taps per lane and instruction. The
 /// same values as [`gemm_bf16_to_bf16`]'s, moved; where the clamp's bounds are non-negative
-/// ([`bf16_bit_bounds`], ReLU6 and ReLU) it follows the rounding, which gives the same bits
+/// (`bf16_bit_bounds`: ReLU6 and ReLU) it follows the rounding, which gives the same bits
 /// for every sum but a NaN (which becomes the upper bound, not the lower one).
 ///
 /// Panics if a slice is too short for the strides, or on an odd `m`.
