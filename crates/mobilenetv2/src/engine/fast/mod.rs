@@ -413,16 +413,17 @@ impl<N: Net> FastEngine<N> {
     }
 
     /// The schedule of `plan` with small maps shared out by pixels among `threads` (see
-    /// [`Schedule::new`]), its ring and band lengths in the slots this net's rows take
-    /// ([`Net::hidden_row`], [`Net::band_row`]: bf16 rows take half the slots of f32 ones).
+    /// [`Schedule::new`]), its ring and band lengths (the chain's rings too) in the slots this
+    /// net's rows take ([`Net::hidden_row`], [`Net::band_row`]: bf16 rows take half the slots
+    /// of f32 ones).
     fn schedule(&self, plan: &Plan, threads: usize) -> Schedule {
         let mut s = Schedule::new(plan, self.streaming, threads, self.net.band_pixels());
         let net = &self.net;
         let geos = s.geos.iter().enumerate();
-        s.ring_len = (geos.clone().skip(s.chain))
-            .map(|(k, g)| g.ring * net.hidden_row(k, g.dw_row(), g.w_in * g.hidden))
-            .max()
-            .unwrap_or(0);
+        let hidden: Vec<usize> =
+            geos.clone().map(|(k, g)| g.ring * net.hidden_row(k, g.dw_row(), g.w_in * g.hidden)).collect();
+        s.ring_len = hidden[s.chain..].iter().copied().max().unwrap_or(0);
+        s.chain_hidden = hidden[..s.chain].to_vec();
         s.band_len = geos.map(|(k, g)| g.band * net.band_row(k, g.w_out * g.hidden)).max().unwrap_or(0);
         s
     }

@@ -123,6 +123,9 @@ pub(super) struct Schedule {
     /// Values of the ring shared by the blocks outside the chain (per thread); the engine
     /// counts them in its net's slots (`FastEngine::schedule`: bf16 rows, two per slot).
     pub ring_len: usize,
+    /// Slots of each chain block's ring of expanded rows where the engine counts them in its
+    /// net's slots (as `ring_len`); empty: [`Geo::ring_len`] values.
+    pub chain_hidden: Vec<usize>,
     /// Values of the depthwise band buffer (per thread), counted as `ring_len`.
     pub band_len: usize,
     /// Values of the last conv's band buffer (per thread).
@@ -217,6 +220,7 @@ impl Schedule {
                 chain,
                 chain_out_cap,
                 ring_len: geos[chain..].iter().map(Geo::ring_len).max().unwrap_or(0),
+                chain_hidden: Vec::new(),
                 band_len: geos.iter().map(Geo::band_len).max().unwrap_or(0),
                 side_len: geos.iter().map(Geo::side_len).max().unwrap_or(0),
                 geos,
@@ -263,7 +267,7 @@ impl Schedule {
     pub fn chain_ring_lens(&self, k: usize) -> (usize, usize) {
         let g = &self.geos[k];
         let out = self.chain_out_cap.get(k).map_or(0, |cap| cap * g.w_out * g.cout);
-        (g.ring_len(), out)
+        (self.chain_hidden.get(k).copied().unwrap_or_else(|| g.ring_len()), out)
     }
 
     /// Activation values the engine allocates for one image split across `threads` (each
