@@ -170,7 +170,7 @@ pub(crate) unsafe fn row_pairs(args: &[Args<Bf16, Bf16>], w: &PackedDw) {
     let g = first.g;
     let c = w.c;
     let pairs = g.w_in / 2;
-    let pw = w.weights.as_ptr().add(9 * w.c_pad) as *const u32;
+    let pw = w.weights.as_ptr() as *const u32;
     for ct in (0..c).step_by(16) {
         let cols = (c - ct).min(16);
         for a in args {

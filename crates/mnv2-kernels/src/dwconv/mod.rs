@@ -45,12 +45,12 @@ use crate::bf16gemm::{bf16_to_f32, f32_to_bf16, Bf16};
 use crate::isa::{Isa, Needs, Tier};
 use crate::qgemm::{quantize_weights, QParams};
 use crate::taps::PackedTaps;
+use crate::MinMax;
 
 /// Pair weights per kernel row of the pixel-pair kernels, in their packing's order
 /// ([`PackedDw::bf16_pairs_for`]): `(w1, w2)`, `(0, w0)`, `(w0, w1)`, `(w2, 0)`, the even
 /// pixel's weight first (low half).
 const PAIR_WEIGHTS: usize = 4;
-use crate::MinMax;
 
 pub use crate::taps::CTILE;
 
@@ -284,22 +284,21 @@ impl PackedDw {
     }
 
     /// [`PackedDw::bf16_pairs`] for `kernel` (of [`KERNELS_BF16_PAIRS`]), which `tier` must
-    /// grant. After the f32 taps, per kernel row its four weight pairs `(w1, w2)`, `(0, w0)`,
-    /// `(w0, w1)`, `(w2, 0)` rounded to bf16, `[3][4][c_pad]` 32-bit words (as f32 bit
-    /// patterns; the even pixel's weight in the low half).
+    /// grant. Per kernel row its four weight pairs `(w1, w2)`, `(0, w0)`, `(w0, w1)`,
+    /// `(w2, 0)` rounded to bf16, `[3][4][c_pad]` 32-bit words (as f32 bit patterns; the even
+    /// pixel's weight in the low half), in place of the f32 taps, which no pair kernel reads.
     pub fn bf16_pairs_for(tier: Tier, kernel: &'static DwKernel, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
         assert!(matches!(kernel.code, DwCode::Bf16Pairs(..)), "{} does not read pixel pairs", kernel.name);
         let mut p = PackedDw::for_kernel(tier, kernel, weights, c, bias);
         let c_pad = p.c_pad;
-        let mut w = AlignedVec::zeros(9 * c_pad + 3 * PAIR_WEIGHTS * c_pad);
-        w[..9 * c_pad].copy_from_slice(&p.weights);
+        let mut w = AlignedVec::zeros(3 * PAIR_WEIGHTS * c_pad);
         for ky in 0..3 {
             for ch in 0..c {
                 let tap = |kx: usize| f32_to_bf16(weights[(ky * 3 + kx) * c + ch]) as u32;
                 let word = |lo: u32, hi: u32| f32::from_bits(lo | hi << 16);
                 let pairs = [word(tap(1), tap(2)), word(0, tap(0)), word(tap(0), tap(1)), word(tap(2), 0)];
                 for (t, v) in pairs.into_iter().enumerate() {
-                    w[9 * c_pad + (ky * PAIR_WEIGHTS + t) * c_pad + ch] = v;
+                    w[(ky * PAIR_WEIGHTS + t) * c_pad + ch] = v;
                 }
             }
         }

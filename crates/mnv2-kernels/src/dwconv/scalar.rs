@@ -125,7 +125,7 @@ pub(crate) unsafe fn row_pairs(args: &[Args<Bf16, Bf16>], w: &PackedDw) {
                         continue;
                     }
                     let px = row.add(q as usize * 2 * c);
-                    let wt = &w.weights[9 * w.c_pad + (ky * PAIR_WEIGHTS + t) * w.c_pad..];
+                    let wt = &w.weights[(ky * PAIR_WEIGHTS + t) * w.c_pad..];
                     for (ch, s) in acc.iter_mut().enumerate() {
                         let (even, odd) = (bf16_to_f32((*px.add(2 * ch)).0), bf16_to_f32((*px.add(2 * ch + 1)).0));
                         *s += odd * half(wt[ch], true);
