@@ -182,7 +182,7 @@ impl Net for F32Net {
         if self.hidden_rows(0, dw) == HiddenRows::Pairs {
             stem_row_bf16_pairs(&self.stem.0, img, oy, g, self.stem.1, as_bf16_mut(out));
         } else {
-            stem_row(&self.stem.0, img, oy, g, self.stem.1, out);
+            self.stem_row(img, oy, g, out);
         }
     }
 
