@@ -37,7 +37,7 @@ use mnv2_kernels::exec::{share, Phase, Pool, Rows, RowsMut, Team, Turns};
 use crate::error::{Error, Result};
 use crate::plan::{ConvKind, Plan, Role};
 use block::{Hidden, Src};
-use schedule::Schedule;
+use schedule::{RowSlots, Schedule};
 
 pub(crate) use f32net::F32Net;
 pub(crate) use head::HeadNet;
@@ -46,6 +46,18 @@ pub(crate) use qnet::QNet;
 fn minmax(a: crate::plan::Activation) -> MinMax {
     let (min, max) = a.bounds();
     MinMax { min, max }
+}
+
+/// A net's row sizes as the schedule counts them ([`Net::hidden_row`], [`Net::band_row`]).
+struct NetSlots<'a, N>(&'a N);
+
+impl<N: Net> RowSlots for NetSlots<'_, N> {
+    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize {
+        self.0.hidden_row(k, g, len)
+    }
+    fn band_row(&self, k: usize, len: usize) -> usize {
+        self.0.band_row(k, len)
+    }
 }
 
 /// A backbone tensor that a detection or segmentation head reads, materialised once.
@@ -417,15 +429,7 @@ impl<N: Net> FastEngine<N> {
     /// net's rows take ([`Net::hidden_row`], [`Net::band_row`]: bf16 rows take half the slots
     /// of f32 ones).
     fn schedule(&self, plan: &Plan, threads: usize) -> Schedule {
-        let mut s = Schedule::new(plan, self.streaming, threads, self.net.band_pixels());
-        let net = &self.net;
-        let geos = s.geos.iter().enumerate();
-        let hidden: Vec<usize> =
-            geos.clone().map(|(k, g)| g.ring * net.hidden_row(k, g.dw_row(), g.w_in * g.hidden)).collect();
-        s.ring_len = hidden[s.chain..].iter().copied().max().unwrap_or(0);
-        s.chain_hidden = hidden[..s.chain].to_vec();
-        s.band_len = geos.map(|(k, g)| g.band * net.band_row(k, g.w_out * g.hidden)).max().unwrap_or(0);
-        s
+        Schedule::new(plan, self.streaming, threads, self.net.band_pixels(), &NetSlots(&self.net))
     }
 
     fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {
@@ -968,13 +972,13 @@ mod tests {
         for (width, res, threads) in [(0.5, 96, 2), (0.35, 64, 3), (1.0, 112, 4)] {
             let spec = Spec { classes: 17, ..Spec::new(width, res) };
             let plan = crate::Plan::new(&spec).unwrap();
-            let s = super::Schedule::new(&plan, false, threads, super::schedule::BAND_PIXELS);
+            let s = super::Schedule::new(&plan, false, threads, super::schedule::BAND_PIXELS, &super::schedule::Values);
             let split: Vec<_> = s.geos.iter().filter(|g| g.pixels).collect();
             assert!(split.iter().any(|g| g.residual) && split.iter().any(|g| g.stride == 2), "{res}: {split:?}");
             assert!(split.iter().any(|g| (g.h_out * g.w_out) % threads != 0), "{res}: a share cuts a row");
             assert!(
                 s.last_pixels
-                    && !super::Schedule::new(&plan, false, 1, super::schedule::BAND_PIXELS)
+                    && !super::Schedule::new(&plan, false, 1, super::schedule::BAND_PIXELS, &super::schedule::Values)
                         .geos
                         .iter()
                         .any(|g| g.pixels)

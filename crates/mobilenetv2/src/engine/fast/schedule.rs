@@ -9,6 +9,30 @@ use mnv2_kernels::stem::StemGeom;
 use super::TapAt;
 use crate::plan::{Head, Plan, Shape};
 
+/// How many slots of the engine's element one row of a block's values takes in its buffers:
+/// the unit every ring and band length of a [`Schedule`] is counted in (an f32 net that
+/// packs bf16 rows holds two values per slot; see `Net::hidden_row` and `Net::band_row`).
+pub(super) trait RowSlots {
+    /// Slots of `len` expanded values of block `k`, whose depthwise rows have geometry `g`.
+    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize;
+    /// Slots of `len` depthwise outputs of block `k`.
+    fn band_row(&self, k: usize, len: usize) -> usize;
+}
+
+/// One value per slot (f32 and u8 rows).
+#[cfg(test)]
+pub(super) struct Values;
+
+#[cfg(test)]
+impl RowSlots for Values {
+    fn hidden_row(&self, _: usize, _: DwRow, len: usize) -> usize {
+        len
+    }
+    fn band_row(&self, _: usize, len: usize) -> usize {
+        len
+    }
+}
+
 /// Geometry of one block at one input size.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Geo {
@@ -63,12 +87,15 @@ impl Geo {
         ((self.band - 1) * self.stride + 2 * self.dilation + 1).min(self.h_in)
     }
 
-    pub fn ring_len(&self) -> usize {
-        self.ring * self.w_in * self.hidden
+    /// Slots of this block's ring of expanded rows (block `k` of a net counting rows in
+    /// `slots`).
+    fn ring_len(&self, k: usize, slots: &dyn RowSlots) -> usize {
+        self.ring * slots.hidden_row(k, self.dw_row(), self.w_in * self.hidden)
     }
 
-    pub fn band_len(&self) -> usize {
-        self.band * self.w_out * self.hidden
+    /// Slots of this block's band of depthwise rows (as [`Geo::ring_len`]).
+    fn band_len(&self, k: usize, slots: &dyn RowSlots) -> usize {
+        self.band * slots.band_row(k, self.w_out * self.hidden)
     }
 
     /// Values of the expanded tensor a pixel-split block holds in the side buffer.
@@ -120,13 +147,11 @@ pub(super) struct Schedule {
     /// The backbone layers a detection or segmentation head reads (materialised once, in
     /// real units), with where each is in the schedule; `None` for a classifier.
     pub taps: Option<Vec<(usize, TapAt)>>,
-    /// Values of the ring shared by the blocks outside the chain (per thread); the engine
-    /// counts them in its net's slots (`FastEngine::schedule`: bf16 rows, two per slot).
+    /// Slots ([`RowSlots`]) of the ring shared by the blocks outside the chain (per thread).
     pub ring_len: usize,
-    /// Slots of each chain block's ring of expanded rows where the engine counts them in its
-    /// net's slots (as `ring_len`); empty: [`Geo::ring_len`] values.
+    /// Slots of each chain block's ring of expanded rows.
     pub chain_hidden: Vec<usize>,
-    /// Values of the depthwise band buffer (per thread), counted as `ring_len`.
+    /// Slots of the depthwise band buffer (per thread).
     pub band_len: usize,
     /// Values of the last conv's band buffer (per thread).
     pub last_band: usize,
@@ -141,8 +166,9 @@ pub(super) struct Schedule {
 impl Schedule {
     /// The schedule of `plan`'s images: run on one thread, or split across threads, with the
     /// small maps shared out by pixels among `threads` threads (1: by rows everywhere), in
-    /// bands of `band_pixels` pixels or more in fast mode.
-    pub fn new(plan: &Plan, streaming: bool, threads: usize, band_pixels: usize) -> Schedule {
+    /// bands of `band_pixels` pixels or more in fast mode; rings and bands counted in the
+    /// slots of `slots` (the streaming chain chosen by those counts too).
+    pub fn new(plan: &Plan, streaming: bool, threads: usize, band_pixels: usize, slots: &dyn RowSlots) -> Schedule {
         let taps = match plan.head {
             Head::Classifier(_) => None,
             _ => Some(super::head_taps(plan).expect("checked when the engine was built")),
@@ -219,9 +245,9 @@ impl Schedule {
                 stem_out: l0.output,
                 chain,
                 chain_out_cap,
-                ring_len: geos[chain..].iter().map(Geo::ring_len).max().unwrap_or(0),
-                chain_hidden: Vec::new(),
-                band_len: geos.iter().map(Geo::band_len).max().unwrap_or(0),
+                ring_len: geos.iter().enumerate().skip(chain).map(|(k, g)| g.ring_len(k, slots)).max().unwrap_or(0),
+                chain_hidden: geos[..chain].iter().enumerate().map(|(k, g)| g.ring_len(k, slots)).collect(),
+                band_len: geos.iter().enumerate().map(|(k, g)| g.band_len(k, slots)).max().unwrap_or(0),
                 side_len: geos.iter().map(Geo::side_len).max().unwrap_or(0),
                 geos,
                 last_in: last.input,
@@ -262,15 +288,15 @@ impl Schedule {
         build(chain, threads)
     }
 
-    /// Values of the rings private to chain block `k` (its expanded rows, and its output
-    /// unless it is the last of the chain).
+    /// Slots of the rings private to chain block `k`: its expanded rows, and its output
+    /// (values) unless it is the last of the chain.
     pub fn chain_ring_lens(&self, k: usize) -> (usize, usize) {
         let g = &self.geos[k];
         let out = self.chain_out_cap.get(k).map_or(0, |cap| cap * g.w_out * g.cout);
-        (self.chain_hidden.get(k).copied().unwrap_or_else(|| g.ring_len()), out)
+        (self.chain_hidden[k], out)
     }
 
-    /// Activation values the engine allocates for one image split across `threads` (each
+    /// Activation slots the engine allocates for one image split across `threads` (each
     /// thread streams its share of the chain in rings of its own).
     pub fn activation_values(&self, threads: usize) -> usize {
         let chain: usize = (0..self.chain).map(|k| self.chain_ring_lens(k)).map(|(a, b)| a + b).sum();
@@ -286,8 +312,8 @@ mod tests {
     #[test]
     fn streaming_fits_in_1mb_at_224() {
         let plan = Plan::new(&Spec::default()).unwrap();
-        let fast = Schedule::new(&plan, false, 1, BAND_PIXELS);
-        let streaming = Schedule::new(&plan, true, 1, BAND_PIXELS);
+        let fast = Schedule::new(&plan, false, 1, BAND_PIXELS, &Values);
+        let streaming = Schedule::new(&plan, true, 1, BAND_PIXELS, &Values);
         assert_eq!(fast.chain, 0);
         assert!(streaming.chain >= 3, "the 112x112 and 56x56 blocks are chained");
         let bytes = 4 * streaming.activation_values(1);
@@ -296,6 +322,34 @@ mod tests {
         // Every ring can hold what one band of its consumer reads at once.
         for (k, cap) in streaming.chain_out_cap.iter().enumerate() {
             assert!(*cap >= streaming.geos[k + 1].span());
+        }
+    }
+
+    /// Ring and band lengths, the streaming chain's rings included, are counted in the slots
+    /// the net's rows take: rows packed two values per slot (a bf16 net) take half.
+    #[test]
+    fn lengths_are_counted_in_the_nets_slots() {
+        struct Halves;
+        impl RowSlots for Halves {
+            fn hidden_row(&self, _: usize, _: DwRow, len: usize) -> usize {
+                len / 2
+            }
+            fn band_row(&self, _: usize, len: usize) -> usize {
+                len / 2
+            }
+        }
+        let plan = Plan::new(&Spec::default()).unwrap();
+        for streaming in [false, true] {
+            let (v, h) = (
+                Schedule::new(&plan, streaming, 1, BAND_PIXELS, &Values),
+                Schedule::new(&plan, streaming, 1, BAND_PIXELS, &Halves),
+            );
+            assert_eq!((v.chain > 0, h.chain), (streaming, v.chain));
+            assert_eq!((2 * h.ring_len, 2 * h.band_len), (v.ring_len, v.band_len));
+            assert_eq!(h.chain_hidden.len(), h.chain);
+            let doubled: Vec<usize> = h.chain_hidden.iter().map(|n| 2 * n).collect();
+            assert_eq!(doubled, v.chain_hidden);
+            assert!(v.ring_len > 0 && v.band_len > 0);
         }
     }
 }
