@@ -4,12 +4,14 @@
 //! 5 pairs of taps per window row, a 32-bit broadcast against NV vectors of weight pairs in
 //! `vdpbf16ps` (the 9th tap paired with a zero): 15 instructions per 16 channels where the
 //! f32 kernel runs 27 FMAs. XB = 8 pixels at once. Stores f32 rows, u8 codes, or bf16 pixel
-//! pairs (one `vcvtne2ps2bf16` and one `vpermw` per two pixels and 16 channels).
+//! pairs (one `vcvtne2ps2bf16` and one `vpermw` per two pixels and 16 channels, clamped as the
+//! GEMM's pairs: in bf16 bits after the rounding where the bounds allow).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::bf16gemm::avx512bf16::pair_words;
+use crate::bf16gemm::bf16_bit_bounds;
 use crate::lanes::{mask16, words_of};
 
 use super::avx512::store;
@@ -128,6 +130,9 @@ struct Window {
     valid: [bool; 3],
     lo: __m512,
     hi: __m512,
+    /// The bounds as bf16 bits in every word, where pixel pairs clamp after the rounding
+    /// ([`bf16_bit_bounds`]).
+    bits: Option<(__m512i, __m512i)>,
 }
 
 /// # Safety
@@ -135,7 +140,7 @@ struct Window {
 /// pixels computed lie within the output row.
 #[inline(always)]
 unsafe fn pixels<const NV: usize, const N: usize>(args: &Args, p: &PackedStem, win: &Window, x0: usize) {
-    let Window { rows, len, valid, lo, hi } = *win;
+    let Window { rows, len, valid, lo, hi, .. } = *win;
     let step = 3 * args.g.stride;
     // Weight pairs `[3 rows][5 pairs][c_pad]`, stored as the f32 bit patterns of the words.
     let w = p.weights.as_ptr() as *const u32;
@@ -171,14 +176,21 @@ unsafe fn pixels<const NV: usize, const N: usize>(args: &Args, p: &PackedStem, w
     let c = p.c;
     if let Dst::Bf16Pairs(out, _) = args.out {
         // `x0` and N are even: pixels x0 + j and x0 + j + 1 are pair (x0 + j) / 2, whose 16
-        // channels from 16v are the 32 words from (x0 + j) * c + 32v.
+        // channels from 16v are the 32 words from (x0 + j) * c + 32v. Clamped as the GEMM's
+        // pairs are: in bf16 bits after the rounding where the bounds allow.
         for j in (0..N - N % 2).step_by(2) {
             for (v, (a0, a1)) in acc[j].iter().zip(&acc[j + 1]).enumerate() {
                 let mask = words_of(mask16(c.saturating_sub(v * 16).min(16)));
-                let y0 = _mm512_min_ps(_mm512_max_ps(*a0, lo), hi);
-                let y1 = _mm512_min_ps(_mm512_max_ps(*a1, lo), hi);
+                let words = match win.bits {
+                    Some((b_lo, b_hi)) => _mm512_min_epi16(_mm512_max_epi16(pair_words(*a0, *a1), b_lo), b_hi),
+                    None => {
+                        let y0 = _mm512_min_ps(_mm512_max_ps(*a0, lo), hi);
+                        let y1 = _mm512_min_ps(_mm512_max_ps(*a1, lo), hi);
+                        pair_words(y0, y1)
+                    }
+                };
                 let dst = out.add((x0 + j) * c + 32 * v) as *mut i16;
-                _mm512_mask_storeu_epi16(dst, mask, pair_words(y0, y1));
+                _mm512_mask_storeu_epi16(dst, mask, words);
             }
         }
         return;
@@ -195,7 +207,14 @@ unsafe fn pixels<const NV: usize, const N: usize>(args: &Args, p: &PackedStem, w
 /// As [`row`].
 #[inline(always)]
 unsafe fn run<const NV: usize>(args: &Args, p: &PackedStem, rows: *const u16, len: usize, valid: [bool; 3]) {
-    let win = Window { rows, len, valid, lo: _mm512_set1_ps(args.act.min), hi: _mm512_set1_ps(args.act.max) };
+    let win = Window {
+        rows,
+        len,
+        valid,
+        lo: _mm512_set1_ps(args.act.min),
+        hi: _mm512_set1_ps(args.act.max),
+        bits: bf16_bit_bounds(args.act).map(|(l, h)| (_mm512_set1_epi16(l), _mm512_set1_epi16(h))),
+    };
     let mut x = 0;
     while x + XB <= args.g.w_out {
         pixels::<NV, XB>(args, p, &win, x);

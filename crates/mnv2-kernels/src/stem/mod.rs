@@ -250,11 +250,20 @@ impl Dst {
         match self {
             Dst::F32(p) => *p.add(i) = y,
             Dst::U8(p, q) => *p.add(i) = q.quantize(y),
-            Dst::Bf16Pairs(p, c) => {
-                let (x, co) = (i / c, i % c);
-                *p.add((x & !1) * c + 2 * co + (x & 1)) = Bf16(f32_to_bf16(y))
-            }
+            Dst::Bf16Pairs(..) => self.put_bits(i, f32_to_bf16(y)),
         }
+    }
+
+    /// Stores the bf16 bits `b` of output element `i` in pixel pairs (the bf16 twin's clamp
+    /// in bits; `Dst::Bf16Pairs` only).
+    ///
+    /// # Safety
+    /// As [`Dst::put`].
+    #[inline(always)]
+    pub unsafe fn put_bits(self, i: usize, b: u16) {
+        let Dst::Bf16Pairs(p, c) = self else { unreachable!("bf16 bits go to pixel pairs only") };
+        let (x, co) = (i / c, i % c);
+        *p.add((x & !1) * c + 2 * co + (x & 1)) = Bf16(b)
     }
 }
 
@@ -275,7 +284,10 @@ pub fn stem_row_u8(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinM
 /// [`stem_row`] rounded to bf16 in the kernel's epilogue and stored in pixel pairs (as
 /// `dwconv_rows_bf16_pairs` reads them, and the bf16 expand GEMM writes them): channel `co`
 /// of pixels `2q` and `2q + 1` at `2q * c + 2 * co` and the word after. The packing must be a
-/// bf16 one ([`PackedStem::bf16`]) and the output width even.
+/// bf16 one ([`PackedStem::bf16`]) and the output width even. Clamped as the GEMM's pairs
+/// are (`gemm_bf16_to_bf16_pairs`): where both bounds are non-negative (ReLU6, ReLU), in bf16
+/// bits after the rounding, which gives [`stem_row`]'s values rounded for every sum but a
+/// NaN (which ends at the upper bound, not the lower one).
 pub fn stem_row_bf16_pairs(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out: &mut [Bf16]) {
     assert!(p.kernel.bf16, "{} stores f32 rows, not bf16 pixel pairs", p.kernel.name);
     assert!(g.w_out.is_multiple_of(2), "pixel pairs need an even output width, not {}", g.w_out);
@@ -303,6 +315,7 @@ fn run_row(p: &PackedStem, img: Image, oy: usize, g: StemGeom, act: MinMax, out:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bf16gemm::bf16_to_f32;
     use crate::{reference, ConvGeom};
 
     /// One test shape: an image in both layouts, weights, bias and the geometry.
@@ -556,6 +569,36 @@ mod tests {
             assert_eq!(shapes, 6, "the even widths of SHAPES");
         }
         eprintln!("bf16 stem kernels tested for pixel pairs: {tested:?}");
+    }
+
+    /// Pixel pairs clamp as the GEMM's do (`bf16_bit_bounds`): on every bf16 kernel, in both
+    /// layouts, the outputs whose window holds a NaN pixel end at the upper bound under ReLU6
+    /// (a clamp in bf16 bits), at the lower bound under [-1, 1] (an f32 clamp); the others
+    /// stay finite.
+    #[test]
+    fn bf16_pixel_pairs_of_nan_sums() {
+        let tier = *Tier::host().last().expect("scalar");
+        let (h, w, c) = (5, 20, 40);
+        // Input row 2, column 9: the windows of output row 1, columns 4 and 5.
+        let case = Case::new((h, w, c, 1, 1, 1, 1), 9.0, |x| x[(2 * w + 9) * 3 + 1] = f32::NAN);
+        let w_out = case.sg.w_out;
+        for kern in KERNELS_BF16.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
+            let p = PackedStem::for_kernel(tier, kern, &case.wts, c, &case.bias);
+            for (act, nan_to) in [(MinMax::RELU6, 6.0), (MinMax { min: -1.0, max: 1.0 }, -1.0)] {
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let data = if layout == Layout::Nchw { &case.nchw } else { &case.nhwc };
+                    let img = Image { data, h, w, layout };
+                    let mut got = vec![Bf16(0); w_out * c];
+                    stem_row_bf16_pairs(&p, img, 1, case.sg, act, &mut got);
+                    for co in 0..c {
+                        let at = |x: usize| got[(x & !1) * c + 2 * co + (x & 1)].0;
+                        let what = format!("{} {act:?} {layout:?} channel {co}", kern.name);
+                        assert_eq!((at(4), at(5)), (f32_to_bf16(nan_to), f32_to_bf16(nan_to)), "{what}");
+                        assert!(bf16_to_f32(at(2)).is_finite() && bf16_to_f32(at(7)).is_finite(), "{what}");
+                    }
+                }
+            }
+        }
     }
 
     /// The int8 stem ([`PackedStemQ`]): every kernel gives the twin's bytes (exact sums, the

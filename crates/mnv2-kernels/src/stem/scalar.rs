@@ -1,8 +1,8 @@
 //! Portable twin of the stem kernel.
 
 use super::int8::{image_code, plane_len, PackedStemQ, QArgs};
-use super::{bf16_row_len, Args, PackedStem, StemGeom};
-use crate::bf16gemm::{bf16_to_f32, f32_to_bf16};
+use super::{bf16_row_len, Args, Dst, PackedStem, StemGeom};
+use crate::bf16gemm::{bf16_bit_bounds, bf16_to_f32, f32_to_bf16};
 use crate::qgemm::QParams;
 
 pub(crate) fn row(args: &Args, p: &PackedStem) {
@@ -77,6 +77,7 @@ pub(crate) fn row_bf16(args: &Args, p: &PackedStem) {
         let word = p.weights[(ky * 5 + j / 2) * p.c_pad + co].to_bits();
         bf16_to_f32(if j.is_multiple_of(2) { word as u16 } else { (word >> 16) as u16 })
     };
+    let bits = bf16_bit_bounds(args.act);
     for x in 0..g.w_out {
         for co in 0..c {
             let mut acc = p.bias[co];
@@ -90,7 +91,15 @@ pub(crate) fn row_bf16(args: &Args, p: &PackedStem) {
                 }
             }
             // SAFETY: stem_row checked that out holds w_out * c values.
-            unsafe { args.out.put(x * c + co, args.act.apply(acc)) };
+            unsafe {
+                match (args.out, bits) {
+                    // Rounded, then clamped as bf16 bits (as the vector kernel does).
+                    (Dst::Bf16Pairs(..), Some((lo, hi))) => {
+                        args.out.put_bits(x * c + co, (f32_to_bf16(acc) as i16).max(lo).min(hi) as u16)
+                    }
+                    _ => args.out.put(x * c + co, args.act.apply(acc)),
+                }
+            };
         }
     }
 }
