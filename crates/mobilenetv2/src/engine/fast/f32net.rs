@@ -18,7 +18,7 @@ use mnv2_kernels::stem::{stem_row, stem_row_bf16_pairs, Image, PackedStem, StemG
 use mnv2_kernels::{Isa, MinMax, Tier};
 
 use super::pw::PackedPw;
-use super::{check_structure, head_taps, minmax, Net, TapAt};
+use super::{check_structure, head_taps, minmax, Net, RowSlots, TapAt};
 use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
 use crate::plan::{Head, Plan, Role};
@@ -152,6 +152,23 @@ impl F32Net {
     }
 }
 
+impl RowSlots for F32Net {
+    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize {
+        match self.hidden_rows(k, g) {
+            HiddenRows::F32 => len,
+            HiddenRows::Bf16 | HiddenRows::Pairs => len / 2,
+        }
+    }
+
+    fn band_row(&self, k: usize, len: usize) -> usize {
+        if self.blocks[k].bf16_band {
+            len / 2
+        } else {
+            len
+        }
+    }
+}
+
 impl Net for F32Net {
     type T = f32;
     const POOLS_IN_EPILOGUE: bool = false;
@@ -204,13 +221,6 @@ impl Net for F32Net {
         }
     }
 
-    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize {
-        match self.hidden_rows(k, g) {
-            HiddenRows::F32 => len,
-            HiddenRows::Bf16 | HiddenRows::Pairs => len / 2,
-        }
-    }
-
     /// fp32 only: on 2 threads (Zen 4) the 7x7 blocks by pixels took 3.36 ms against 3.51
     /// by rows (median of 10 alternating runs); bf16 and int8 showed no gain (int8 also not
     /// with its expanded pixels held as u8 codes: 1.527 against 1.517 ms).
@@ -227,14 +237,6 @@ impl Net for F32Net {
             512
         } else {
             super::schedule::BAND_PIXELS
-        }
-    }
-
-    fn band_row(&self, k: usize, len: usize) -> usize {
-        if self.blocks[k].bf16_band {
-            len / 2
-        } else {
-            len
         }
     }
 

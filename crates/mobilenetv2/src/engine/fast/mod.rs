@@ -37,7 +37,8 @@ use mnv2_kernels::exec::{share, Phase, Pool, Rows, RowsMut, Team, Turns};
 use crate::error::{Error, Result};
 use crate::plan::{ConvKind, Plan, Role};
 use block::{Hidden, Src};
-use schedule::{RowSlots, Schedule};
+pub(crate) use schedule::RowSlots;
+use schedule::Schedule;
 
 pub(crate) use f32net::F32Net;
 pub(crate) use head::HeadNet;
@@ -46,18 +47,6 @@ pub(crate) use qnet::QNet;
 fn minmax(a: crate::plan::Activation) -> MinMax {
     let (min, max) = a.bounds();
     MinMax { min, max }
-}
-
-/// A net's row sizes as the schedule counts them ([`Net::hidden_row`], [`Net::band_row`]).
-struct NetSlots<'a, N>(&'a N);
-
-impl<N: Net> RowSlots for NetSlots<'_, N> {
-    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize {
-        self.0.hidden_row(k, g, len)
-    }
-    fn band_row(&self, k: usize, len: usize) -> usize {
-        self.0.band_row(k, len)
-    }
 }
 
 /// A backbone tensor that a detection or segmentation head reads, materialised once.
@@ -158,8 +147,8 @@ fn check_structure(plan: &Plan) -> Result<()> {
 
 /// A network compiled for the fused executor: what each stage computes, on activations of
 /// element `T` (f32, or u8 for int8; the expanded rows too). The executor owns the order, the
-/// bands, the buffers and threads.
-pub(crate) trait Net: Send + Sync {
+/// bands, the buffers and threads; the slots its rows take ([`RowSlots`]) size them.
+pub(crate) trait Net: RowSlots + Send + Sync {
     /// Activation element (block inputs and outputs, expanded rows, depthwise outputs).
     type T: Zeroable + Default;
     /// The last conv sums its rows in its epilogue (no scratch for its output rows).
@@ -181,7 +170,7 @@ pub(crate) trait Net: Send + Sync {
     fn stem_row(&self, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T]);
     /// Stem output row `oy` as a row of block 0's ring (the stem feeds the first block
     /// directly), for the depthwise rows of geometry `dw`: [`Net::stem_row`] unless the net
-    /// packs those rows ([`Net::hidden_row`] of block 0).
+    /// packs those rows ([`RowSlots::hidden_row`] of block 0).
     fn stem_hidden_row(&self, _dw: DwRow, img: Image, oy: usize, g: StemGeom, out: &mut [Self::T]) {
         self.stem_row(img, oy, g, out)
     }
@@ -194,22 +183,9 @@ pub(crate) trait Net: Send + Sync {
     /// depthwise rows of geometry `g` (which a net may read in a layout of its own).
     #[allow(clippy::too_many_arguments)]
     fn expand(&self, k: usize, g: DwRow, m: usize, a: &[Self::T], lda: usize, out: &mut [Self::T], ldc: usize);
-    /// Slots of `T` that one row of `len` values of block `k`'s expanded tensor takes (in its
-    /// ring, or materialised) for depthwise rows of geometry `g`: `len` unless the net packs
-    /// them (bf16 values, two per f32 slot; the net then keeps that tensor out of head taps
-    /// and pixel splits, whose buffers hold `len`).
-    fn hidden_row(&self, _k: usize, _g: DwRow, len: usize) -> usize {
-        len
-    }
-    /// Slots of `T` that one depthwise output row of `len` values takes in the band (the
-    /// rows [`Net::dw_rows`] writes and [`Net::project`] reads): `len` unless the net packs
-    /// them (bf16 values, two per f32 slot).
-    fn band_row(&self, _k: usize, len: usize) -> usize {
-        len
-    }
     /// Output rows of block `k`'s depthwise conv, one per triple of `rows` (expanded rows, or
     /// the block's input rows: a block without an expand conv that the stem does not feed
-    /// directly), into `out` one after the other ([`Net::band_row`] slots each).
+    /// directly), into `out` one after the other ([`RowSlots::band_row`] slots each).
     fn dw_rows(&self, k: usize, rows: &[[Option<&[Self::T]>; 3]], g: DwRow, out: &mut [Self::T]);
     /// The projection of block `k` over `m` pixels, with the block input added if `res`.
     #[allow(clippy::too_many_arguments)]
@@ -426,10 +402,10 @@ impl<N: Net> FastEngine<N> {
 
     /// The schedule of `plan` with small maps shared out by pixels among `threads` (see
     /// [`Schedule::new`]), its ring and band lengths (the chain's rings too) in the slots this
-    /// net's rows take ([`Net::hidden_row`], [`Net::band_row`]: bf16 rows take half the slots
+    /// net's rows take ([`RowSlots::hidden_row`], [`RowSlots::band_row`]: bf16 rows take half the slots
     /// of f32 ones).
     fn schedule(&self, plan: &Plan, threads: usize) -> Schedule {
-        Schedule::new(plan, self.streaming, threads, self.net.band_pixels(), &NetSlots(&self.net))
+        Schedule::new(plan, self.streaming, threads, self.net.band_pixels(), &self.net)
     }
 
     fn state_for<'a>(&self, plan: &Plan, guard: &'a mut Option<State<N::T>>) -> &'a State<N::T> {

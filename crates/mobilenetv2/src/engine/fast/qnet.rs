@@ -17,7 +17,7 @@ use mnv2_kernels::qgemm::{qgemm, qgemm_panels, quantize_row, quantize_weights, P
 use mnv2_kernels::stem::{stem_row_q, stem_row_u8, Image, PackedStem, PackedStemQ, StemGeom};
 use mnv2_kernels::{Isa, MinMax, Tier};
 
-use super::{check_structure, minmax, Net, TapAt};
+use super::{check_structure, minmax, Net, RowSlots, TapAt};
 use crate::error::{Error, Result};
 use crate::fold::FoldedLayers;
 use crate::plan::{Activation, ConvKind, Head, Plan, Role};
@@ -144,6 +144,9 @@ impl QNet {
         self.classifier.as_ref().expect("the schedule classifies only with a classification head")
     }
 }
+
+/// u8 codes, one per slot.
+impl RowSlots for QNet {}
 
 impl Net for QNet {
     type T = u8;

@@ -9,14 +9,22 @@ use mnv2_kernels::stem::StemGeom;
 use super::TapAt;
 use crate::plan::{Head, Plan, Shape};
 
-/// How many slots of the engine's element one row of a block's values takes in its buffers:
-/// the unit every ring and band length of a [`Schedule`] is counted in (an f32 net that
-/// packs bf16 rows holds two values per slot; see `Net::hidden_row` and `Net::band_row`).
-pub(super) trait RowSlots {
-    /// Slots of `len` expanded values of block `k`, whose depthwise rows have geometry `g`.
-    fn hidden_row(&self, k: usize, g: DwRow, len: usize) -> usize;
-    /// Slots of `len` depthwise outputs of block `k`.
-    fn band_row(&self, k: usize, len: usize) -> usize;
+/// How many slots of a net's activation element one row of a block's values takes in the
+/// engine's buffers: the unit every ring and band length of a [`Schedule`] is counted in.
+/// One value per slot unless the net packs its rows (an f32 net with bf16 rows: two per slot).
+pub(crate) trait RowSlots {
+    /// Slots that one row of `len` values of block `k`'s expanded tensor takes (in its ring,
+    /// or materialised) for depthwise rows of geometry `g`: `len` unless the net packs them
+    /// (the net then keeps that tensor out of head taps and pixel splits, whose buffers hold
+    /// `len`).
+    fn hidden_row(&self, _k: usize, _g: DwRow, len: usize) -> usize {
+        len
+    }
+    /// Slots that one depthwise output row of `len` values takes in the band (the rows
+    /// `Net::dw_rows` writes and `Net::project` reads): `len` unless the net packs them.
+    fn band_row(&self, _k: usize, len: usize) -> usize {
+        len
+    }
 }
 
 /// One value per slot (f32 and u8 rows).
@@ -24,14 +32,7 @@ pub(super) trait RowSlots {
 pub(super) struct Values;
 
 #[cfg(test)]
-impl RowSlots for Values {
-    fn hidden_row(&self, _: usize, _: DwRow, len: usize) -> usize {
-        len
-    }
-    fn band_row(&self, _: usize, len: usize) -> usize {
-        len
-    }
-}
+impl RowSlots for Values {}
 
 /// Geometry of one block at one input size.
 #[derive(Clone, Copy, Debug)]
