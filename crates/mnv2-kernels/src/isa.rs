@@ -40,12 +40,13 @@ impl Isa {
     }
 
     /// The tier named `s` (case-insensitive; `generic`, `fma` and `avx512f` are aliases;
-    /// `avx512bf16` is the AVX-512 tier with the bf16 extension allowed, see [`bf16_enabled`]).
+    /// `avx512bf16` is the AVX-512 tier with the bf16 extension allowed, see [`bf16_enabled`],
+    /// and `amx` that tier with the AMX tiles allowed too, see [`amx_enabled`]).
     pub fn parse(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "generic" => Some(Isa::Scalar),
             "avx2" | "fma" => Some(Isa::Avx2),
-            "avx512" | "avx512f" | "avx512bf16" => Some(Isa::Avx512),
+            "avx512" | "avx512f" | "avx512bf16" | "amx" => Some(Isa::Avx512),
             _ => None,
         }
     }
@@ -83,6 +84,73 @@ impl Avx512Bf16 {
         }
         None
     }
+}
+
+/// Proof that the CPU has AMX-TILE and AMX-BF16 (`tdpbf16ps`) on top of [`Avx512Bf16`] (the
+/// AMX kernels' epilogues are AVX-512), and that Linux granted this process the tile data
+/// state; only [`AmxBf16::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AmxBf16(());
+
+impl AmxBf16 {
+    /// The token, if this CPU has AMX-TILE and AMX-BF16 on top of [`Avx512Bf16`] and the
+    /// kernel lets this process use the tiles ([`tile_permission`]; ignores `MNV2_ISA`).
+    pub fn detect() -> Option<AmxBf16> {
+        (amx_bf16_cpuid() && Avx512Bf16::detect().is_some() && tile_permission()).then_some(AmxBf16(()))
+    }
+}
+
+/// Whether CPUID leaf 7 says AMX-TILE (EDX bit 24) and AMX-BF16 (EDX bit 22).
+fn amx_bf16_cpuid() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
+        #[allow(unused_unsafe)]
+        let edx = unsafe {
+            if __cpuid(0).eax >= 7 {
+                __cpuid_count(7, 0).edx
+            } else {
+                0
+            }
+        };
+        edx & (1 << 24) != 0 && edx & (1 << 22) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Asks Linux, once per process, for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`): without it the first tile instruction of any thread faults. `false`
+/// where the kernel refuses (a CPU without AMX, a kernel before 5.16) or on other systems.
+pub fn tile_permission() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            const ARCH_PRCTL: usize = 158;
+            const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+            const XFEATURE_XTILEDATA: usize = 18;
+            let ret: isize;
+            // SAFETY: the arch_prctl system call with two integer arguments; it reads and
+            // writes no memory of this process, and the syscall instruction clobbers only
+            // rcx and r11 besides its result in rax.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    inlateout("rax") ARCH_PRCTL as isize => ret,
+                    in("rdi") ARCH_REQ_XCOMP_PERM,
+                    in("rsi") XFEATURE_XTILEDATA,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            ret == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
 }
 
 impl Avx2 {
@@ -180,6 +248,15 @@ impl Tier {
             _ => None,
         }
     }
+
+    /// The AMX-BF16 token, on an AVX-512 tier whose CPU has AMX-BF16 and whose process may
+    /// use the tiles (ignores `MNV2_ISA`: selection checks [`amx_enabled`]).
+    pub fn amx(self) -> Option<AmxBf16> {
+        match self {
+            Tier::Avx512(_) => AmxBf16::detect(),
+            _ => None,
+        }
+    }
 }
 
 /// What a kernel needs from the CPU: the entry of a kernel registry that says when the kernel
@@ -196,6 +273,8 @@ pub enum Needs {
     Avx512Vnni,
     /// AVX-512 with BF16.
     Avx512Bf16,
+    /// AMX-TILE and AMX-BF16, with AVX-512 BF16 (and the tiles granted by the kernel).
+    AmxBf16,
 }
 
 impl Needs {
@@ -207,6 +286,7 @@ impl Needs {
             Needs::Avx512 => "avx512",
             Needs::Avx512Vnni => "avx512vnni",
             Needs::Avx512Bf16 => "avx512bf16",
+            Needs::AmxBf16 => "amxbf16",
         }
     }
 
@@ -224,7 +304,7 @@ impl Needs {
         match self {
             Needs::Scalar => Isa::Scalar,
             Needs::Avx2 => Isa::Avx2,
-            Needs::Avx512 | Needs::Avx512Vnni | Needs::Avx512Bf16 => Isa::Avx512,
+            Needs::Avx512 | Needs::Avx512Vnni | Needs::Avx512Bf16 | Needs::AmxBf16 => Isa::Avx512,
         }
     }
 
@@ -243,6 +323,7 @@ impl Needs {
             Needs::Avx512 => tier.isa() >= Isa::Avx512,
             Needs::Avx512Vnni => tier.vnni().is_some(),
             Needs::Avx512Bf16 => tier.bf16().is_some(),
+            Needs::AmxBf16 => tier.amx().is_some(),
         }
     }
 
@@ -267,7 +348,7 @@ pub fn best() -> Isa {
             Some(Some(cap)) => cap.min(detected),
             Some(None) => {
                 eprintln!(
-                    "warning: MNV2_ISA is not one of scalar, avx2, avx512, avx512bf16; using {}",
+                    "warning: MNV2_ISA is not one of scalar, avx2, avx512, avx512bf16, amx; using {}",
                     detected.name()
                 );
                 detected
@@ -336,7 +417,23 @@ pub fn bf16_enabled() -> bool {
 
 /// Whether an `MNV2_ISA` value (`None`: unset) leaves the bf16 extension on.
 fn bf16_allowed_by(env: Option<&str>) -> bool {
-    env.is_none_or(|v| v.trim().eq_ignore_ascii_case("avx512bf16"))
+    env.is_none_or(|v| v.trim().eq_ignore_ascii_case("avx512bf16") || amx_allowed_by(Some(v)))
+}
+
+/// Whether the AMX-BF16 kernels may be chosen: `MNV2_ISA=amx` (opt-in: they have not yet run
+/// on an AMX CPU; the tests check their tiling against a model of the tile unit), and the CPU
+/// and the kernel grant the tiles ([`AmxBf16::detect`]).
+pub fn amx_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let env = std::env::var("MNV2_ISA").ok();
+        amx_allowed_by(env.as_deref()) && bf16_enabled() && AmxBf16::detect().is_some()
+    })
+}
+
+/// Whether an `MNV2_ISA` value (`None`: unset) turns the AMX tiles on.
+fn amx_allowed_by(env: Option<&str>) -> bool {
+    env.is_some_and(|v| v.trim().eq_ignore_ascii_case("amx"))
 }
 
 /// For tests of a kernel registry: whether the host runs a kernel needing `needs`. If not,
@@ -408,8 +505,31 @@ mod tests {
 
     #[test]
     fn only_an_unset_or_bf16_cap_allows_bf16() {
-        assert!(bf16_allowed_by(None) && bf16_allowed_by(Some("AVX512BF16")));
+        assert!(bf16_allowed_by(None) && bf16_allowed_by(Some("AVX512BF16")) && bf16_allowed_by(Some(" amx")));
         assert!(!bf16_allowed_by(Some("avx512")) && !bf16_allowed_by(Some("scalar")));
         assert_eq!(Isa::parse("avx512bf16"), Some(Isa::Avx512));
+        assert_eq!(Isa::parse("AMX"), Some(Isa::Avx512));
+    }
+
+    #[test]
+    fn only_an_amx_cap_allows_amx() {
+        assert!(amx_allowed_by(Some("amx")) && amx_allowed_by(Some("AMX ")));
+        assert!(!amx_allowed_by(None) && !amx_allowed_by(Some("avx512bf16")) && !amx_allowed_by(Some("avx512")));
+    }
+
+    /// The permission request succeeds exactly where CPUID lists the tiles (on Linux 5.16+),
+    /// and asking on a CPU without them is refused, not a crash.
+    #[test]
+    fn tile_permission_follows_cpuid() {
+        let (cpuid, granted) = (amx_bf16_cpuid(), tile_permission());
+        println!("this CPU: AMX-BF16 in CPUID {cpuid}, tiles granted {granted}");
+        if !cpuid {
+            assert!(!granted, "a CPU without AMX cannot be granted the tiles");
+        } else if cfg!(target_os = "linux") {
+            assert!(granted, "CPUID lists AMX, but Linux refused the tile state (a kernel before 5.16?)");
+        }
+        for t in Tier::host() {
+            assert_eq!(Needs::AmxBf16.granted(t), t.isa() == Isa::Avx512 && AmxBf16::detect().is_some());
+        }
     }
 }

@@ -25,24 +25,24 @@ thread_local! {
 }
 
 /// Loop invariants of one panel of output columns.
-struct Panel {
-    pairs: usize,
+pub(super) struct Panel {
+    pub(super) pairs: usize,
     /// A row stride, in pairs.
-    lda: usize,
+    pub(super) lda: usize,
     /// Packed columns per pair (`nr`): the weight stride of one pair.
-    nr: usize,
-    ldc: usize,
-    ldr: usize,
+    pub(super) nr: usize,
+    pub(super) ldc: usize,
+    pub(super) ldr: usize,
     /// Packed weight pairs `[pairs][nr]` and bias `[nr]` of this panel.
-    b: *const u32,
-    bias: *const f32,
-    m0: u16,
-    m1: u16,
-    lo: __m512,
-    hi: __m512,
+    pub(super) b: *const u32,
+    pub(super) bias: *const f32,
+    pub(super) m0: u16,
+    pub(super) m1: u16,
+    pub(super) lo: __m512,
+    pub(super) hi: __m512,
     /// Pixel pairs: the bounds as bf16 bits in every word, where the clamp follows the
     /// rounding in 16-bit integers ([`super::bf16_bit_bounds`]).
-    bits: Option<(__m512i, __m512i)>,
+    pub(super) bits: Option<(__m512i, __m512i)>,
 }
 
 impl Panel {
@@ -50,7 +50,7 @@ impl Panel {
     /// The CPU has AVX-512 F; `r` (null for none) addresses the tile row's panel columns
     /// (masked by `mask`).
     #[inline(always)]
-    unsafe fn finish(&self, v: __m512, r: *const f32, mask: u16) -> __m512 {
+    pub(super) unsafe fn finish(&self, v: __m512, r: *const f32, mask: u16) -> __m512 {
         let v = _mm512_min_ps(_mm512_max_ps(v, self.lo), self.hi);
         if r.is_null() {
             v
@@ -92,7 +92,7 @@ unsafe fn wpairs8(p: *const u32) -> __m256bh {
 
 /// An output element: f32, or bf16 (the sums rounded to nearest even as they are stored),
 /// in plain rows or in pixel pairs ([`PairBf16`]).
-trait Dst: Copy {
+pub(super) trait Dst: Copy {
     /// f32: every tile serves it; bf16 outputs run no 24-column or one-row tile.
     const F32: bool;
 
@@ -380,7 +380,8 @@ unsafe fn tile16<const MR: usize, D: Dst>(p: &Panel, a: *const u32, c: *mut D, r
 #[inline(always)]
 unsafe fn row4(args: &Args, w: &PackedBf16Gemm, a: *const u32, p0: usize) {
     let pairs = w.pairs();
-    let b: [*const u32; 4] = std::array::from_fn(|j| w.data.as_ptr().add((p0 + j) * pairs * 32));
+    let stride = w.packed_pairs();
+    let b: [*const u32; 4] = std::array::from_fn(|j| w.data.as_ptr().add((p0 + j) * stride * 32));
     let bias = w.bias.as_ptr().add(p0 * 32);
     let mut acc: [__m512; 8] = std::array::from_fn(|j| _mm512_load_ps(bias.add(16 * j)));
     for q in 0..pairs {
@@ -401,18 +402,20 @@ unsafe fn row4(args: &Args, w: &PackedBf16Gemm, a: *const u32, p0: usize) {
     }
 }
 
-/// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs, `[m][pairs]` in `dst`, a zero
-/// channel after an odd `k`.
+/// Rounds `m` rows of `k` f32 (stride `lda`) to bf16 pairs, rows of `pairs` words in `dst`
+/// (`pairs >= k.div_ceil(2)`; the words after the first `k.div_ceil(2)` are left as they
+/// are), a zero channel after an odd `k`.
 ///
-/// Contiguous rows of an even `k` (`lda == k`: every caller in the engine) are one flat run
+/// Contiguous rows of an even `k` (`lda == k`: every caller in the engine) packed without a
+/// gap (`2 * pairs == k`) are one flat run
 /// of `m * k` values, rounded 64 at a time without per-row masks: the per-row loop cost as
 /// much as the products in the small-K layers (K = 16..32 rounds one or two vectors a row).
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW and BF16; `a` is readable for the rows, `dst` holds `m * pairs`.
 #[inline(always)]
-unsafe fn round_rows(m: usize, k: usize, a: *const f32, lda: usize, dst: *mut u32, pairs: usize) {
-    if lda == k && k.is_multiple_of(2) {
+pub(super) unsafe fn round_rows(m: usize, k: usize, a: *const f32, lda: usize, dst: *mut u32, pairs: usize) {
+    if lda == k && 2 * pairs == k {
         return round_flat(m * k, a, dst);
     }
     for i in 0..m {
@@ -549,7 +552,7 @@ unsafe fn panels<D: Dst>(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: 
                 nr,
                 ldc: args.ldc,
                 ldr: args.ldr,
-                b: w.data.as_ptr().add(pi * pairs * nr),
+                b: w.data.as_ptr().add(pi * w.packed_pairs() * nr),
                 bias: w.bias.as_ptr().add(n0),
                 m0: mask16(cols),
                 m1: mask16(cols.saturating_sub(16)),

@@ -21,6 +21,8 @@
 //! even one's), so the two agree to f32 rounding.
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512bf16;
 mod scalar;
 
@@ -90,6 +92,9 @@ pub struct Bf16GemmKernel {
     pub nr: usize,
     /// The kernel is chosen only for layers with more outputs than this.
     pub min_n: usize,
+    /// The packed pairs of a panel are padded with zero pairs to a multiple of this (the AMX
+    /// kernel's tiles hold 16 pairs of k; 1 for the others).
+    pub pair_block: usize,
     /// # Safety
     /// `args` (and the pairs of `ASrc::Pairs`) describe buffers valid for the packing, C of
     /// the element `Out` says, and the CPU has `needs`.
@@ -121,12 +126,15 @@ pub(crate) enum ASrc {
 /// says so.
 pub static KERNELS: &[Bf16GemmKernel] = &[
     #[cfg(target_arch = "x86_64")]
+    amx::KERNEL,
+    #[cfg(target_arch = "x86_64")]
     Bf16GemmKernel {
         name: "gemm_bf16_minmaxres_14x32_avx512bf16",
         needs: Needs::Avx512Bf16,
         mr: 14,
         nr: 32,
         min_n: 16,
+        pair_block: 1,
         run: avx512bf16::gemm,
     },
     #[cfg(target_arch = "x86_64")]
@@ -136,6 +144,7 @@ pub static KERNELS: &[Bf16GemmKernel] = &[
         mr: 24,
         nr: 16,
         min_n: 0,
+        pair_block: 1,
         run: avx512bf16::gemm,
     },
     Bf16GemmKernel {
@@ -144,6 +153,7 @@ pub static KERNELS: &[Bf16GemmKernel] = &[
         mr: 1,
         nr: 16,
         min_n: 0,
+        pair_block: 1,
         run: scalar::gemm,
     },
 ];
@@ -155,10 +165,13 @@ pub fn supported(tier: Tier) -> impl Iterator<Item = &'static Bf16GemmKernel> {
 }
 
 /// The best kernel for a layer of `n` outputs on `tier`; the AVX-512 BF16 kernels only while
-/// [`crate::isa::bf16_enabled`] (`MNV2_ISA` can lower them to the scalar twin).
+/// [`crate::isa::bf16_enabled`] (`MNV2_ISA` can lower them to the scalar twin), the AMX one
+/// only while [`crate::isa::amx_enabled`] (`MNV2_ISA=amx`: opt-in until it has been run on
+/// an AMX CPU).
 pub fn select(tier: Tier, n: usize) -> &'static Bf16GemmKernel {
     supported(tier)
         .filter(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
+        .filter(|k| k.needs != Needs::AmxBf16 || crate::isa::amx_enabled())
         .find(|k| n > k.min_n)
         .expect("the scalar kernel serves every layer")
 }
@@ -174,7 +187,8 @@ pub struct PackedBf16Gemm {
     pub nr: usize,
     /// The kernel, granted by the tier it was packed with.
     kernel: &'static Bf16GemmKernel,
-    /// `[panels][k.div_ceil(2)][nr]` pairs of bf16 (channel `2p` low, `2p + 1` high).
+    /// `[panels][packed_pairs()][nr]` pairs of bf16 (channel `2p` low, `2p + 1` high; zero
+    /// pairs after `pairs()`).
     pub(crate) data: AlignedVec<u32>,
     /// `[panels * nr]`, f32.
     pub(crate) bias: AlignedVec<f32>,
@@ -204,13 +218,15 @@ impl PackedBf16Gemm {
         assert_eq!(bias.len(), n, "one bias per output");
         let nr = kernel.nr;
         let (panels, pairs) = (n.div_ceil(nr), k.div_ceil(2));
-        let mut data = AlignedVec::<u32>::zeros(panels * pairs * nr);
+        // Pairs per panel: `pairs`, padded with zero pairs to the kernel's block.
+        let stride = pairs.next_multiple_of(kernel.pair_block);
+        let mut data = AlignedVec::<u32>::zeros(panels * stride * nr);
         let mut b = AlignedVec::zeros(panels * nr);
         let w = |kk: usize, j: usize| if kk < k { f32_to_bf16(weights[kk * n + j]) as u32 } else { 0 };
         for j in 0..n {
             let (p, jj) = (j / nr, j % nr);
             for q in 0..pairs {
-                data[(p * pairs + q) * nr + jj] = w(2 * q, j) | (w(2 * q + 1, j) << 16);
+                data[(p * stride + q) * nr + jj] = w(2 * q, j) | (w(2 * q + 1, j) << 16);
             }
         }
         b[..n].copy_from_slice(bias);
@@ -220,6 +236,12 @@ impl PackedBf16Gemm {
     /// Pairs of input channels (`k` rounded up to even, halved).
     pub fn pairs(&self) -> usize {
         self.k.div_ceil(2)
+    }
+
+    /// Pairs packed per panel: [`PackedBf16Gemm::pairs`] padded to the kernel's
+    /// `pair_block` (the panel stride of `data`, in rows of `nr` pairs).
+    pub fn packed_pairs(&self) -> usize {
+        self.pairs().next_multiple_of(self.kernel.pair_block)
     }
 
     /// Replaces the bias (`[n]`): a layer whose bias changes per call (DeepLab's projection,
@@ -383,7 +405,12 @@ mod tests {
     /// the others print `SKIPPED`.
     fn host_kernels() -> Vec<(Tier, &'static Bf16GemmKernel)> {
         let tier = *Tier::host().last().expect("scalar");
-        KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
+        // The AMX kernel also runs on a model of the tile unit, wherever its epilogue runs.
+        #[cfg(target_arch = "x86_64")]
+        let all = KERNELS.iter().chain([&amx::MODEL]);
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = KERNELS.iter();
+        all.filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
     }
 
     #[test]
@@ -408,6 +435,7 @@ mod tests {
         let mut worst = 0f32;
         for (tier, kern) in kernels {
             let (mr, nr) = (kern.mr, kern.nr);
+            let tiles = kern.name.contains("_amx");
             let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
             ms.dedup();
             let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40), (9, 20)];
@@ -435,21 +463,28 @@ mod tests {
                         gemm_bf16(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
                         // Same rounded operands, exact products, f32 sums in the same order: the
                         // ISA defines the result (0 difference measured on AMD Zen 4); allow
-                        // only f32 accumulation-order rounding.
-                        for (x, y) in c.iter().zip(&want) {
+                        // only f32 accumulation-order rounding. The AMX tiles sum in another
+                        // order (even and odd channels apart, 16 pairs at a time): allow that
+                        // order's rounding, relative to the sum of the terms' magnitudes.
+                        let mag = tiles.then(|| {
+                            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+                            let (aa, wa, ba) = (abs(&a), abs(&w), abs(&b));
+                            crate::reference::gemm_bf16(m, k, n, &aa, lda, &wa, &ba, MinMax::NONE, None)
+                        });
+                        for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                             let err = (x - y).abs();
-                            worst = worst.max(err / y.abs().max(1.0));
-                            assert!(
-                                err <= f32::EPSILON * (k as f32).sqrt() * y.abs().max(1.0),
-                                "{} m={m} k={k} n={n} split {split}: {x} vs twin {y}",
-                                kern.name
-                            );
+                            let bound = match &mag {
+                                None => f32::EPSILON * (k as f32).sqrt() * y.abs().max(1.0),
+                                Some(mag) => f32::EPSILON * ((k as f32).sqrt() * mag[i].max(1.0) + y.abs()),
+                            };
+                            worst = worst.max(err / bound);
+                            assert!(err <= bound, "{} m={m} k={k} n={n} split {split}: {x} vs twin {y}", kern.name);
                         }
                     }
                 }
             }
         }
-        println!("bf16 gemm: max relative difference to the twin {worst:e}");
+        println!("bf16 gemm: max difference to the twin, as a fraction of the bound, {worst:.3}");
     }
 
     /// Pixel-pair outputs are the bf16 outputs moved, bit for bit: every kernel, even row
@@ -601,7 +636,10 @@ mod tests {
                 let k = select(tier, n);
                 assert!(k.needs.granted(tier) && n > k.min_n, "{} for n={n} on {tier:?}", k.name);
                 let fast = tier.bf16().is_some() && crate::isa::bf16_enabled();
-                assert_eq!(k.needs == Needs::Avx512Bf16, fast, "{} on {tier:?}", k.name);
+                let vector = matches!(k.needs, Needs::Avx512Bf16 | Needs::AmxBf16);
+                assert_eq!(vector, fast, "{} on {tier:?}", k.name);
+                let amx = tier.amx().is_some() && crate::isa::amx_enabled();
+                assert_eq!(k.needs == Needs::AmxBf16, amx, "{} on {tier:?}", k.name);
             }
         }
     }

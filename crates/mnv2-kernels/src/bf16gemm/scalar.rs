@@ -8,7 +8,7 @@ use super::{bf16_bit_bounds, bf16_to_f32, f32_to_bf16, ASrc, Args, Out, PackedBf
 /// `args` (and `src`'s pairs) must describe valid, non-overlapping buffers for `w` (checked
 /// by `gemm_bf16_panels` / `gemm_bf16_pairs_panels`).
 pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) {
-    let (k, n, nr, pairs) = (w.k, w.n, w.nr, w.pairs());
+    let (k, n, nr, pairs, stride) = (w.k, w.n, w.nr, w.pairs(), w.packed_pairs());
     let mut a16 = vec![0f32; 2 * pairs];
     let bits = bf16_bit_bounds(args.act);
     for i in 0..args.m {
@@ -29,7 +29,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) 
         }
         for p in args.panels.clone() {
             let n0 = p * nr;
-            let panel = &w.data[p * pairs * nr..(p + 1) * pairs * nr];
+            let panel = &w.data[p * stride * nr..(p * stride + pairs) * nr];
             let mut acc = [0f32; 16];
             acc[..nr].copy_from_slice(&w.bias[n0..n0 + nr]);
             for q in 0..pairs {
