@@ -16,6 +16,8 @@
 #![warn(missing_docs)]
 
 pub mod aligned;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod bf16gemm;
 pub mod dwconv;
 pub mod exec;

@@ -19,23 +19,21 @@
 //!
 //! The tile instructions are inline assembly ([`Amx`]) behind the [`Tiles`] trait. The tests
 //! run the same kernel on a model of the tile unit written from the instruction set reference
-//! (`tests::Model`), so the tiling, padding and epilogue are tested on any CPU with AVX-512
+//! (`crate::amx::model::Model`), so the tiling, padding and epilogue are tested on any CPU with AVX-512
 //! BF16; the instructions themselves only where the CPU has AMX. No machine of this project
 //! has had AMX yet, so the kernel is opt-in (`MNV2_ISA=amx`, [`crate::isa::amx_enabled`]).
 
-use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
+use crate::amx::{Amx, Tiles, ROWS};
 use crate::isa::Needs;
 use crate::lanes::mask16;
 
 use super::avx512bf16::{round_rows, Dst, PairBf16, Panel};
 use super::{bf16_bit_bounds, ASrc, Args, Bf16, Bf16GemmKernel, Out, PackedBf16Gemm};
 
-/// Rows of every tile, and pairs of k per tile row (64 bytes).
-const ROWS: usize = 16;
 /// Bytes per tile row.
 const ROW_BYTES: usize = 64;
 /// Columns of a packed panel (two B tiles).
@@ -58,118 +56,6 @@ thread_local! {
     /// A rounded to bf16 pairs: rows of `packed_pairs` words (zero pairs after the real
     /// ones), zero rows up to a multiple of 16; grows to the largest call.
     static A16: RefCell<AlignedVec<u32>> = RefCell::new(AlignedVec::zeros(0));
-}
-
-/// The tile configuration `ldtilecfg` reads (palette 1): every tile this kernel uses is 16
-/// rows of 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-static CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
-
-/// The tile unit as the kernel uses it, its registers named by const parameters: C tiles 0..4,
-/// A tiles 4 and 5, B tiles 6 and 7, each 16 rows of 64 bytes.
-pub(super) trait Tiles {
-    /// Configures every tile (`ldtilecfg`).
-    ///
-    /// # Safety
-    /// The CPU has AMX-TILE and the process was granted the tile state.
-    unsafe fn configure(&mut self);
-
-    /// Tile `T` from 16 rows of 64 bytes at `p`, `stride` bytes apart (`tileloadd`).
-    ///
-    /// # Safety
-    /// As [`Tiles::configure`], after it; the rows are readable.
-    unsafe fn load<const T: usize>(&mut self, p: *const u8, stride: usize);
-
-    /// `C += A * B` on tiles `C`, `A` and `B` (`tdpbf16ps`).
-    ///
-    /// # Safety
-    /// As [`Tiles::configure`], after it; the CPU has AMX-BF16.
-    unsafe fn dot<const C: usize, const A: usize, const B: usize>(&mut self);
-
-    /// Tile `T` to 16 rows of 64 bytes at `p`, `stride` bytes apart (`tilestored`).
-    ///
-    /// # Safety
-    /// As [`Tiles::load`], with the rows writable.
-    unsafe fn store<const T: usize>(&mut self, p: *mut u8, stride: usize);
-
-    /// Returns the tiles to their initial state (`tilerelease`).
-    ///
-    /// # Safety
-    /// As [`Tiles::configure`].
-    unsafe fn release(&mut self);
-}
-
-/// The tile unit itself.
-pub(super) struct Amx;
-
-/// `match` on a const tile number, one `asm!` per register.
-macro_rules! per_tile {
-    ($t:expr, [$($n:literal)*], |$reg:ident| $body:expr) => {
-        match $t {
-            $($n => {
-                macro_rules! $reg { ($s:literal) => { concat!($s, "tmm", $n) } }
-                $body
-            })*
-            _ => unreachable!("tile registers 0..8"),
-        }
-    };
-}
-
-impl Tiles for Amx {
-    #[inline(always)]
-    unsafe fn configure(&mut self) {
-        asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
-    }
-
-    #[inline(always)]
-    unsafe fn load<const T: usize>(&mut self, p: *const u8, stride: usize) {
-        per_tile!(T, [0 1 2 3 4 5 6 7], |tmm| asm!(
-            concat!(tmm!("tileloadd "), ", [{p} + {s}*1]"),
-            p = in(reg) p,
-            s = in(reg) stride,
-            options(nostack, readonly),
-        ))
-    }
-
-    #[inline(always)]
-    unsafe fn dot<const C: usize, const A: usize, const B: usize>(&mut self) {
-        match (C, A, B) {
-            (0, 4, 6) => asm!("tdpbf16ps tmm0, tmm4, tmm6", options(nostack, nomem)),
-            (1, 4, 7) => asm!("tdpbf16ps tmm1, tmm4, tmm7", options(nostack, nomem)),
-            (2, 5, 6) => asm!("tdpbf16ps tmm2, tmm5, tmm6", options(nostack, nomem)),
-            (3, 5, 7) => asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem)),
-            _ => unreachable!("the kernel's four products"),
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn store<const T: usize>(&mut self, p: *mut u8, stride: usize) {
-        per_tile!(T, [0 1 2 3], |tmm| asm!(
-            concat!("tilestored [{p} + {s}*1], ", tmm!("")),
-            p = in(reg) p,
-            s = in(reg) stride,
-            options(nostack),
-        ))
-    }
-
-    #[inline(always)]
-    unsafe fn release(&mut self) {
-        asm!("tilerelease", options(nostack, nomem));
-    }
 }
 
 /// A block of C tiles as f32, 32 rows of 32 columns.
@@ -310,15 +196,15 @@ unsafe fn products<T: Tiles, const RT: usize, const H: usize>(
         if H == 2 {
             t.load::<7>(bq.add(ROW_BYTES), ldb);
         }
-        t.dot::<0, 4, 6>();
+        t.dot_bf16::<0, 4, 6>();
         if H == 2 {
-            t.dot::<1, 4, 7>();
+            t.dot_bf16::<1, 4, 7>();
         }
         if RT == 2 {
             t.load::<5>(aq.add(ROWS * lda), lda);
-            t.dot::<2, 5, 6>();
+            t.dot_bf16::<2, 5, 6>();
             if H == 2 {
-                t.dot::<3, 5, 7>();
+                t.dot_bf16::<3, 5, 7>();
             }
         }
     }
@@ -382,167 +268,16 @@ pub(super) static MODEL: Bf16GemmKernel = Bf16GemmKernel {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::bf16gemm::{bf16_to_f32, f32_to_bf16, gemm_bf16, PackedBf16Gemm};
+    use crate::amx::model::Model;
+    use crate::bf16gemm::{gemm_bf16, PackedBf16Gemm};
     use crate::isa::Tier;
     use crate::MinMax;
-
-    /// The tile unit as the instruction set reference describes it (Intel SDM, TDPBF16PS,
-    /// TILELOADD, TILESTORED), for 16 x 64-byte tiles: per output, the products of the even
-    /// channels and of the odd ones summed apart over the tile's 16 pairs, from zero, then
-    /// added together and to C; input denormals read as zero and output denormals flushed (a
-    /// product of two bf16 values is exact in f32, so the reference's FMA is a multiply and
-    /// an add here).
-    pub(crate) struct Model {
-        tiles: [[u32; 256]; 8],
-        configured: bool,
-    }
-
-    impl Model {
-        pub(crate) fn new() -> Model {
-            Model { tiles: [[0; 256]; 8], configured: false }
-        }
-    }
-
-    /// A bf16 value's f32, a denormal read as zero.
-    fn daz(h: u32) -> f32 {
-        let h = h & 0xffff;
-        if h & 0x7f80 == 0 {
-            bf16_to_f32((h & 0x8000) as u16)
-        } else {
-            bf16_to_f32(h as u16)
-        }
-    }
-
-    /// `v`, a denormal flushed to zero of its sign.
-    fn ftz(v: f32) -> f32 {
-        if v.is_subnormal() {
-            f32::from_bits(v.to_bits() & 0x8000_0000)
-        } else {
-            v
-        }
-    }
-
-    impl Tiles for Model {
-        unsafe fn configure(&mut self) {
-            assert!(!self.configured, "configured twice without a release");
-            self.configured = true;
-        }
-
-        unsafe fn load<const T: usize>(&mut self, p: *const u8, stride: usize) {
-            assert!(self.configured, "a tile load before ldtilecfg");
-            for r in 0..ROWS {
-                for c in 0..16 {
-                    self.tiles[T][r * 16 + c] = (p.add(r * stride + 4 * c) as *const u32).read_unaligned();
-                }
-            }
-        }
-
-        unsafe fn dot<const C: usize, const A: usize, const B: usize>(&mut self) {
-            assert!(self.configured, "a tile product before ldtilecfg");
-            assert!(C < 4 && (A == 4 || A == 5) && B >= 6 && B < 8, "the kernel's registers");
-            for m in 0..ROWS {
-                for n in 0..16 {
-                    let (mut even, mut odd) = (0f32, 0f32);
-                    for k in 0..16 {
-                        let (x, y) = (self.tiles[A][m * 16 + k], self.tiles[B][k * 16 + n]);
-                        even = ftz(even + daz(x) * daz(y));
-                        odd = ftz(odd + daz(x >> 16) * daz(y >> 16));
-                    }
-                    let c = f32::from_bits(self.tiles[C][m * 16 + n]);
-                    self.tiles[C][m * 16 + n] = ftz(c + ftz(even + odd)).to_bits();
-                }
-            }
-        }
-
-        unsafe fn store<const T: usize>(&mut self, p: *mut u8, stride: usize) {
-            assert!(self.configured, "a tile store before ldtilecfg");
-            for r in 0..ROWS {
-                for c in 0..16 {
-                    (p.add(r * stride + 4 * c) as *mut u32).write_unaligned(self.tiles[T][r * 16 + c]);
-                }
-            }
-        }
-
-        unsafe fn release(&mut self) {
-            *self = Model::new();
-        }
-    }
 
     /// # Safety
     /// As [`gemm`], but the CPU needs only AVX-512 BF16 (the epilogue's instructions).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
     pub(crate) unsafe fn gemm_model(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) {
         gemm_on(&mut Model::new(), args, w, src, out)
-    }
-
-    /// The model itself: sums of small integers are exact in any order, a denormal operand
-    /// counts as zero, and the even and odd products are summed apart before they meet C.
-    #[test]
-    fn the_model_multiplies_tiles_as_the_reference_says() {
-        let mut t = Model::new();
-        // SAFETY: the model runs on any CPU; every pointer covers 16 rows of 64 bytes.
-        unsafe {
-            t.configure();
-            let bf = |v: f32| f32_to_bf16(v) as u32;
-            let a: Vec<u32> = (0..256).map(|i| bf((i % 7) as f32) | (bf((i % 5) as f32 - 2.0) << 16)).collect();
-            let b: Vec<u32> = (0..256).map(|i| bf((i % 3) as f32) | (bf(1.0) << 16)).collect();
-            let c: Vec<f32> = (0..256).map(|i| i as f32).collect();
-            t.load::<4>(a.as_ptr() as *const u8, 64);
-            t.load::<6>(b.as_ptr() as *const u8, 64);
-            t.load::<0>(c.as_ptr() as *const u8, 64);
-            t.dot::<0, 4, 6>();
-            let mut got = vec![0f32; 256];
-            t.store::<0>(got.as_mut_ptr() as *mut u8, 64);
-            for m in 0..16 {
-                for n in 0..16 {
-                    let want: f32 = c[m * 16 + n]
-                        + (0..16)
-                            .map(|k| {
-                                let (x, y) = (a[m * 16 + k], b[k * 16 + n]);
-                                bf16_to_f32(x as u16) * bf16_to_f32(y as u16)
-                                    + bf16_to_f32((x >> 16) as u16) * bf16_to_f32((y >> 16) as u16)
-                            })
-                            .sum::<f32>();
-                    assert_eq!(got[m * 16 + n], want, "row {m} column {n}");
-                }
-            }
-            // A denormal bf16 (0x0001) times 2^120 would be 2^-13 in f32: read as zero.
-            let a = [0x0001u32; 256];
-            let b = [f32_to_bf16(2f32.powi(120)) as u32; 256];
-            t.load::<4>(a.as_ptr() as *const u8, 64);
-            t.load::<6>(b.as_ptr() as *const u8, 64);
-            t.load::<1>([0u32; 16].as_ptr() as *const u8, 0);
-            t.dot::<1, 4, 6>();
-            t.store::<1>(got.as_mut_ptr() as *mut u8, 64);
-            assert!(got.iter().all(|v| *v == 0.0), "denormal inputs are zero: {:?}", &got[..4]);
-            // Per row: k = 0 multiplies 1 (even) and 2^-25 (odd), k = 1..16 both 2^-25, all
-            // by 1. Summed apart, the even lanes stay 1 (2^-25 is under half an ulp of 1, each
-            // add rounds it away) and the odd ones reach 16 x 2^-25 = 2^-21 exactly: 1 + 2^-21.
-            // Summed in one chain (as `vdpbf16ps` does), every 2^-25 would round away: 1.
-            let e = f32_to_bf16(2f32.powi(-25)) as u32;
-            let a: Vec<u32> = (0..256).map(|i| if i % 16 == 0 { 0x3f80 | (e << 16) } else { e | (e << 16) }).collect();
-            let b = [0x3f80_3f80u32; 256];
-            t.load::<4>(a.as_ptr() as *const u8, 64);
-            t.load::<6>(b.as_ptr() as *const u8, 64);
-            t.load::<1>([0u32; 16].as_ptr() as *const u8, 0);
-            t.dot::<1, 4, 6>();
-            t.store::<1>(got.as_mut_ptr() as *mut u8, 64);
-            assert_eq!(got[0], 1.0 + 2f32.powi(-21), "even and odd products are summed apart");
-            t.release();
-        }
-    }
-
-    /// The tile configuration is what `ldtilecfg` expects: 64 bytes, palette 1, tiles 0..8 of
-    /// 16 rows x 64 bytes, the others unused.
-    #[test]
-    fn the_tile_configuration_is_64_bytes_of_palette_1() {
-        assert_eq!(std::mem::size_of::<TileConfig>(), 64);
-        assert_eq!(std::mem::align_of::<TileConfig>(), 64);
-        let bytes: &[u8; 64] = unsafe { &*(&CONFIG as *const TileConfig as *const [u8; 64]) };
-        assert_eq!(bytes[0], 1, "palette");
-        assert_eq!(&bytes[16..18], &[64, 0], "tile 0: 64 bytes per row, little-endian");
-        assert_eq!(&bytes[48..56], &[16; 8], "tiles 0..8: 16 rows");
-        assert!(bytes[56..].iter().all(|b| *b == 0) && bytes[32..48].iter().all(|b| *b == 0));
     }
 
     /// The scratch of A is reused between calls: its padding must be zeroed again after a
