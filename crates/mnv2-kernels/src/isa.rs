@@ -100,8 +100,28 @@ impl AmxBf16 {
     }
 }
 
+/// Proof that the CPU has AMX-TILE and AMX-INT8 (`tdpbusd`) on top of [`Avx512Vnni`] (the
+/// epilogue of the int8 AMX kernel is the VNNI kernel's), and that Linux granted this process
+/// the tile state; only [`AmxInt8::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AmxInt8(());
+
+impl AmxInt8 {
+    /// The token, if this CPU has AMX-TILE and AMX-INT8 on top of [`Avx512Vnni`] and the
+    /// kernel lets this process use the tiles ([`tile_permission`]; ignores `MNV2_ISA`).
+    pub fn detect() -> Option<AmxInt8> {
+        (amx_cpuid(1 << 25) && Avx512Vnni::detect().is_some() && tile_permission()).then_some(AmxInt8(()))
+    }
+}
+
 /// Whether CPUID leaf 7 says AMX-TILE (EDX bit 24) and AMX-BF16 (EDX bit 22).
 fn amx_bf16_cpuid() -> bool {
+    amx_cpuid(1 << 22)
+}
+
+/// Whether CPUID leaf 7 says AMX-TILE (EDX bit 24) and every EDX bit of `also` (AMX-BF16:
+/// bit 22, AMX-INT8: bit 25; 0 for the tiles alone).
+fn amx_cpuid(also: u32) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -114,7 +134,7 @@ fn amx_bf16_cpuid() -> bool {
                 0
             }
         };
-        edx & (1 << 24) != 0 && edx & (1 << 22) != 0
+        edx & (1 << 24) != 0 && edx & also == also
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -249,6 +269,15 @@ impl Tier {
         }
     }
 
+    /// The AMX-INT8 token, on an AVX-512 tier whose CPU has AMX-INT8 and VNNI and whose
+    /// process may use the tiles (ignores `MNV2_ISA`: selection checks [`amx_int8_enabled`]).
+    pub fn amx_int8(self) -> Option<AmxInt8> {
+        match self {
+            Tier::Avx512(_) => AmxInt8::detect(),
+            _ => None,
+        }
+    }
+
     /// The AMX-BF16 token, on an AVX-512 tier whose CPU has AMX-BF16 and whose process may
     /// use the tiles (ignores `MNV2_ISA`: selection checks [`amx_enabled`]).
     pub fn amx(self) -> Option<AmxBf16> {
@@ -275,6 +304,8 @@ pub enum Needs {
     Avx512Bf16,
     /// AMX-TILE and AMX-BF16, with AVX-512 BF16 (and the tiles granted by the kernel).
     AmxBf16,
+    /// AMX-TILE and AMX-INT8, with AVX-512 VNNI (and the tiles granted by the kernel).
+    AmxInt8,
 }
 
 impl Needs {
@@ -287,6 +318,7 @@ impl Needs {
             Needs::Avx512Vnni => "avx512vnni",
             Needs::Avx512Bf16 => "avx512bf16",
             Needs::AmxBf16 => "amxbf16",
+            Needs::AmxInt8 => "amxint8",
         }
     }
 
@@ -304,7 +336,7 @@ impl Needs {
         match self {
             Needs::Scalar => Isa::Scalar,
             Needs::Avx2 => Isa::Avx2,
-            Needs::Avx512 | Needs::Avx512Vnni | Needs::Avx512Bf16 | Needs::AmxBf16 => Isa::Avx512,
+            Needs::Avx512 | Needs::Avx512Vnni | Needs::Avx512Bf16 | Needs::AmxBf16 | Needs::AmxInt8 => Isa::Avx512,
         }
     }
 
@@ -324,6 +356,7 @@ impl Needs {
             Needs::Avx512Vnni => tier.vnni().is_some(),
             Needs::Avx512Bf16 => tier.bf16().is_some(),
             Needs::AmxBf16 => tier.amx().is_some(),
+            Needs::AmxInt8 => tier.amx_int8().is_some(),
         }
     }
 
@@ -431,6 +464,16 @@ pub fn amx_enabled() -> bool {
     })
 }
 
+/// Whether the AMX-INT8 kernel may be chosen: `MNV2_ISA=amx` (opt-in, as [`amx_enabled`]),
+/// and the CPU and the kernel grant the tiles ([`AmxInt8::detect`]).
+pub fn amx_int8_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let env = std::env::var("MNV2_ISA").ok();
+        amx_allowed_by(env.as_deref()) && best() == Isa::Avx512 && AmxInt8::detect().is_some()
+    })
+}
+
 /// Whether an `MNV2_ISA` value (`None`: unset) turns the AMX tiles on.
 fn amx_allowed_by(env: Option<&str>) -> bool {
     env.is_some_and(|v| v.trim().eq_ignore_ascii_case("amx"))
@@ -521,8 +564,12 @@ mod tests {
     /// and asking on a CPU without them is refused, not a crash.
     #[test]
     fn tile_permission_follows_cpuid() {
-        let (cpuid, granted) = (amx_bf16_cpuid(), tile_permission());
-        println!("this CPU: AMX-BF16 in CPUID {cpuid}, tiles granted {granted}");
+        let (cpuid, granted) = (amx_cpuid(0), tile_permission());
+        println!(
+            "this CPU: AMX-TILE in CPUID {cpuid} (BF16 {}, INT8 {}), tiles granted {granted}",
+            amx_bf16_cpuid(),
+            amx_cpuid(1 << 25)
+        );
         if !cpuid {
             assert!(!granted, "a CPU without AMX cannot be granted the tiles");
         } else if cfg!(target_os = "linux") {
@@ -530,6 +577,7 @@ mod tests {
         }
         for t in Tier::host() {
             assert_eq!(Needs::AmxBf16.granted(t), t.isa() == Isa::Avx512 && AmxBf16::detect().is_some());
+            assert_eq!(Needs::AmxInt8.granted(t), t.isa() == Isa::Avx512 && AmxInt8::detect().is_some());
         }
     }
 }

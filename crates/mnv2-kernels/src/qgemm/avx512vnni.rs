@@ -27,47 +27,110 @@ use crate::lanes::{
 use super::{Args, PackedQGemm};
 
 /// Loop invariants of one panel.
-struct Panel {
-    groups: usize,
-    lda: usize,
+pub(super) struct Panel {
+    pub(super) groups: usize,
+    pub(super) lda: usize,
     /// Packed columns (`nr`): a group of 4 k values spans `4 * nr` bytes.
-    nr: usize,
-    b: *const i8,
+    pub(super) nr: usize,
+    pub(super) b: *const i8,
     /// Per column vectors (one or two of each).
-    zcs: [__m512i; 2],
-    mul: [__m512; 2],
-    bias: [__m512; 2],
-    mask: [u16; 2],
-    lo: __m512,
-    hi: __m512,
-    rz: __m512i,
-    rs: __m512,
+    pub(super) zcs: [__m512i; 2],
+    pub(super) mul: [__m512; 2],
+    pub(super) bias: [__m512; 2],
+    pub(super) mask: [u16; 2],
+    pub(super) lo: __m512,
+    pub(super) hi: __m512,
+    pub(super) rz: __m512i,
+    pub(super) rs: __m512,
     /// u8 outputs, in quantised units: `x = acc * qmul + qbias`, clamped to `qlo..qhi`, plus
     /// `r * qrs`, rounded.
-    qmul: [__m512; 2],
-    qbias: [__m512; 2],
-    qlo: __m512,
-    qhi: __m512,
-    qrs: __m512,
+    pub(super) qmul: [__m512; 2],
+    pub(super) qbias: [__m512; 2],
+    pub(super) qlo: __m512,
+    pub(super) qhi: __m512,
+    pub(super) qrs: __m512,
     /// `qlo..qhi` within the codes `0..=255` (outputs without a residual).
-    code_lo: __m512,
-    code_hi: __m512,
+    pub(super) code_lo: __m512,
+    pub(super) code_hi: __m512,
     /// u8 outputs of a 32-column tile take [`Panel::pack32`]: no value of
     /// `acc * qmul + qbias` (plus the residual's term) can leave the i32 range, whatever the
     /// sums, and there is no residual or no activation (whose clamp comes before it).
-    packs: bool,
+    pub(super) packs: bool,
     /// The code bounds, rounded, as bytes (for [`Panel::pack32`]), unless they are 0 and 255.
-    byte_bounds: Option<(__m512i, __m512i)>,
+    pub(super) byte_bounds: Option<(__m512i, __m512i)>,
 }
 
 impl Panel {
+    /// The panel's invariants: its columns' folded epilogue constants and its packed weights.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/DQ; `pi` is a panel of `w`, `args` checked by `qgemm`.
+    #[inline(always)]
+    pub(super) unsafe fn new(args: &Args, w: &PackedQGemm, pi: usize) -> Panel {
+        let (k, n, nr) = (w.k, w.n, w.nr);
+        let n0 = pi * nr;
+        let cols = nr.min(n - n0);
+        let vec = |v: usize| n0 + 16 * v.min(nr / 16 - 1);
+        let mut zcs = [_mm512_setzero_si512(); 2];
+        let mut mul = [_mm512_setzero_ps(); 2];
+        let mut bias = [_mm512_setzero_ps(); 2];
+        let mut qmul = [_mm512_setzero_ps(); 2];
+        let mut qbias = [_mm512_setzero_ps(); 2];
+        let f = super::fold_out(args);
+        for v in 0..2 {
+            zcs[v] = _mm512_loadu_si512(w.zcs.as_ptr().add(vec(v)) as *const _);
+            mul[v] = _mm512_loadu_ps(w.mul.as_ptr().add(vec(v)));
+            bias[v] = _mm512_loadu_ps(w.bias.as_ptr().add(vec(v)));
+            // The same operations as `fold_column`, sixteen columns at a time.
+            qmul[v] = _mm512_mul_ps(mul[v], _mm512_set1_ps(f.inv));
+            let t = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(zcs[v]), mul[v], bias[v]);
+            qbias[v] = _mm512_add_ps(
+                _mm512_fmadd_ps(t, _mm512_set1_ps(f.inv), _mm512_set1_ps(f.zo)),
+                _mm512_set1_ps(f.rshift),
+            );
+        }
+        Panel {
+            groups: k / 4,
+            lda: args.lda,
+            nr,
+            b: w.data.as_ptr().add(pi * w.packed_groups() * 4 * nr),
+            zcs,
+            mul,
+            bias,
+            mask: [mask16(cols), mask16(cols.saturating_sub(16))],
+            lo: _mm512_set1_ps(args.act.min),
+            hi: _mm512_set1_ps(args.act.max),
+            rz: _mm512_set1_epi32(args.res_q.zero),
+            rs: _mm512_set1_ps(args.res_q.scale),
+            qmul,
+            qbias,
+            qlo: _mm512_set1_ps(f.lo),
+            qhi: _mm512_set1_ps(f.hi),
+            qrs: _mm512_set1_ps(f.rs),
+            code_lo: _mm512_set1_ps(f.lo.max(0.0)),
+            code_hi: _mm512_set1_ps(f.hi.min(255.0)),
+            packs: {
+                // |sum| <= k * 255 * 128; the products stay far inside f32's integers.
+                let big =
+                    |v: [__m512; 2]| v.iter().map(|x| _mm512_reduce_max_ps(_mm512_abs_ps(*x))).fold(0f32, f32::max);
+                let bound = (k as f32 * 255.0 * 128.0) * big(qmul) + big(qbias) + 255.0 * f.rs.abs();
+                let no_act = args.act.min == f32::NEG_INFINITY && args.act.max == f32::INFINITY;
+                bound < 1e9 && (args.r.is_null() || no_act)
+            },
+            byte_bounds: {
+                let (lo, hi) = (f.lo.max(0.0).round_ties_even(), f.hi.min(255.0).round_ties_even());
+                (lo > 0.0 || hi < 255.0).then(|| (_mm512_set1_epi8(lo as u8 as i8), _mm512_set1_epi8(hi as u8 as i8)))
+            },
+        }
+    }
+
     /// Epilogue of one accumulator vector (columns `v * 16..`): the real values.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
     /// the rows and columns passed lie within them (column tails masked).
     #[inline(always)]
-    unsafe fn real(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) -> __m512 {
+    pub(super) unsafe fn real(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) -> __m512 {
         let mut x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, self.zcs[v])), self.mul[v], self.bias[v]);
         x = _mm512_min_ps(_mm512_max_ps(x, self.lo), self.hi);
         let mask = self.mask[v];
@@ -86,7 +149,7 @@ impl Panel {
     /// # Safety
     /// As [`Panel::finish`]; `self.packs`.
     #[inline(always)]
-    unsafe fn pack32(&self, acc: [__m512i; 2], args: &Args, row: usize, col: usize) {
+    pub(super) unsafe fn pack32(&self, acc: [__m512i; 2], args: &Args, row: usize, col: usize) {
         // A loop, not `array::from_fn`: a closure has no target features, and once this
         // epilogue had two callers LLVM stopped inlining it, leaving every intrinsic a call
         // (the int8 network 5x slower).
@@ -117,7 +180,7 @@ impl Panel {
     /// The CPU has AVX-512 F/BW/VL and VNNI; `args` and the panel describe buffers `qgemm` checked, and
     /// the rows and columns passed lie within them (column tails masked).
     #[inline(always)]
-    unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
+    pub(super) unsafe fn finish(&self, acc: __m512i, v: usize, args: &Args, row: usize, col: usize) {
         let mask = self.mask[v];
         if args.f32_out {
             let x = self.real(acc, v, args, row, col);
@@ -283,62 +346,11 @@ unsafe fn tile_pairs<const P: usize>(p: &Panel, args: &Args, rows: usize, i0: us
 /// AVX-512 F/BW/VL and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
 pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
-    let (k, n, nr) = (w.k, w.n, w.nr);
+    let (n, nr) = (w.n, w.nr);
     for pi in args.panels.clone() {
         let n0 = pi * nr;
         let cols = nr.min(n - n0);
-        let vec = |v: usize| n0 + 16 * v.min(nr / 16 - 1);
-        let mut zcs = [_mm512_setzero_si512(); 2];
-        let mut mul = [_mm512_setzero_ps(); 2];
-        let mut bias = [_mm512_setzero_ps(); 2];
-        let mut qmul = [_mm512_setzero_ps(); 2];
-        let mut qbias = [_mm512_setzero_ps(); 2];
-        let f = super::fold_out(args);
-        for v in 0..2 {
-            zcs[v] = _mm512_loadu_si512(w.zcs.as_ptr().add(vec(v)) as *const _);
-            mul[v] = _mm512_loadu_ps(w.mul.as_ptr().add(vec(v)));
-            bias[v] = _mm512_loadu_ps(w.bias.as_ptr().add(vec(v)));
-            // The same operations as `fold_column`, sixteen columns at a time.
-            qmul[v] = _mm512_mul_ps(mul[v], _mm512_set1_ps(f.inv));
-            let t = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(zcs[v]), mul[v], bias[v]);
-            qbias[v] = _mm512_add_ps(
-                _mm512_fmadd_ps(t, _mm512_set1_ps(f.inv), _mm512_set1_ps(f.zo)),
-                _mm512_set1_ps(f.rshift),
-            );
-        }
-        let p = Panel {
-            groups: k / 4,
-            lda: args.lda,
-            nr,
-            b: w.data.as_ptr().add(pi * k * nr),
-            zcs,
-            mul,
-            bias,
-            mask: [mask16(cols), mask16(cols.saturating_sub(16))],
-            lo: _mm512_set1_ps(args.act.min),
-            hi: _mm512_set1_ps(args.act.max),
-            rz: _mm512_set1_epi32(args.res_q.zero),
-            rs: _mm512_set1_ps(args.res_q.scale),
-            qmul,
-            qbias,
-            qlo: _mm512_set1_ps(f.lo),
-            qhi: _mm512_set1_ps(f.hi),
-            qrs: _mm512_set1_ps(f.rs),
-            code_lo: _mm512_set1_ps(f.lo.max(0.0)),
-            code_hi: _mm512_set1_ps(f.hi.min(255.0)),
-            packs: {
-                // |sum| <= k * 255 * 128; the products stay far inside f32's integers.
-                let big =
-                    |v: [__m512; 2]| v.iter().map(|x| _mm512_reduce_max_ps(_mm512_abs_ps(*x))).fold(0f32, f32::max);
-                let bound = (k as f32 * 255.0 * 128.0) * big(qmul) + big(qbias) + 255.0 * f.rs.abs();
-                let no_act = args.act.min == f32::NEG_INFINITY && args.act.max == f32::INFINITY;
-                bound < 1e9 && (args.r.is_null() || no_act)
-            },
-            byte_bounds: {
-                let (lo, hi) = (f.lo.max(0.0).round_ties_even(), f.hi.min(255.0).round_ties_even());
-                (lo > 0.0 || hi < 255.0).then(|| (_mm512_set1_epi8(lo as u8 as i8), _mm512_set1_epi8(hi as u8 as i8)))
-            },
-        };
+        let p = Panel::new(args, w, pi);
         // A panel with padding columns (the N = 24 projections, the last panel of the
         // N = 144 expansions) runs the narrowest tile that covers its real ones.
         // Pooled sums (the last conv, never 24 columns) keep to the row tiles.

@@ -14,6 +14,8 @@
 //! or 8-column tile, with the same bytes) and a portable twin that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512vnni;
@@ -74,6 +76,9 @@ pub struct QGemmKernel {
     pub nr: usize,
     /// The kernel is chosen only for layers with more outputs than this.
     pub min_n: usize,
+    /// The packed groups of 4 k values of a panel are padded with zero groups to a multiple
+    /// of this (the AMX kernel's tiles hold 16 groups; 1 for the others).
+    pub group_block: usize,
     /// # Safety
     /// `args` describe buffers valid for the packing, and the CPU has `needs`.
     run: unsafe fn(&Args, &PackedQGemm),
@@ -83,12 +88,15 @@ pub struct QGemmKernel {
 /// kernel: other CPUs run the scalar twin (the same bytes), and its name says so.
 pub static KERNELS: &[QGemmKernel] = &[
     #[cfg(target_arch = "x86_64")]
+    amx::KERNEL,
+    #[cfg(target_arch = "x86_64")]
     QGemmKernel {
         name: "qgemm_u8s8s32_requant_14x32_avx512vnni",
         needs: Needs::Avx512Vnni,
         mr: 14,
         nr: 32,
         min_n: 16,
+        group_block: 1,
         run: avx512vnni::qgemm,
     },
     #[cfg(target_arch = "x86_64")]
@@ -98,6 +106,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         mr: 24,
         nr: 16,
         min_n: 0,
+        group_block: 1,
         run: avx512vnni::qgemm,
     },
     QGemmKernel {
@@ -106,6 +115,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         mr: 1,
         nr: 32,
         min_n: 0,
+        group_block: 1,
         run: scalar::qgemm,
     },
 ];
@@ -115,9 +125,14 @@ pub fn supported(tier: Tier) -> impl Iterator<Item = &'static QGemmKernel> {
     KERNELS.iter().filter(move |k| k.needs.granted(tier))
 }
 
-/// The best kernel for a layer of `n` outputs on `tier`.
+/// The best kernel for a layer of `n` outputs on `tier`; the AMX one only while
+/// [`crate::isa::amx_int8_enabled`] (`MNV2_ISA=amx`: opt-in until it has been run on an AMX
+/// CPU).
 pub fn select(tier: Tier, n: usize) -> &'static QGemmKernel {
-    supported(tier).find(|k| n > k.min_n).expect("the scalar kernel serves every layer")
+    supported(tier)
+        .filter(|k| k.needs != Needs::AmxInt8 || crate::isa::amx_int8_enabled())
+        .find(|k| n > k.min_n)
+        .expect("the scalar kernel serves every layer")
 }
 
 /// A 1x1 convolution quantised and packed for the int8 kernels of one ISA.
@@ -135,7 +150,7 @@ pub struct PackedQGemm {
     pub w_scale: Vec<f32>,
     /// The input's quantisation, folded into `zcs` and `mul`.
     pub input: QParams,
-    /// `[panels][k / 4][nr][4]`.
+    /// `[panels][packed_groups()][nr][4]` (zero groups after `k / 4`).
     pub(crate) data: AlignedVec<i8>,
     /// `zero_a * colsum[n]`, `[panels * nr]`.
     pub(crate) zcs: AlignedVec<i32>,
@@ -192,7 +207,9 @@ impl PackedQGemm {
         assert_eq!(bias.len(), n);
         let nr = kernel.nr;
         let panels = n.div_ceil(nr);
-        let mut data = AlignedVec::<i8>::zeros(panels * k * nr);
+        // Groups of 4 k per panel: `k / 4`, padded with zero groups to the kernel's block.
+        let groups = (k / 4).next_multiple_of(kernel.group_block);
+        let mut data = AlignedVec::<i8>::zeros(panels * groups * 4 * nr);
         let mut zcs = AlignedVec::<i32>::zeros(panels * nr);
         let mut mul = AlignedVec::<f32>::zeros(panels * nr);
         let mut b = AlignedVec::<f32>::zeros(panels * nr);
@@ -202,7 +219,7 @@ impl PackedQGemm {
             for kk in 0..k {
                 let v = q[kk * n + j];
                 colsum += v as i32;
-                data[((p * (k / 4) + kk / 4) * nr + jj) * 4 + kk % 4] = v;
+                data[((p * groups + kk / 4) * nr + jj) * 4 + kk % 4] = v;
             }
             zcs[j] = input.zero * colsum;
             mul[j] = input.scale * w_scale[j];
@@ -215,6 +232,12 @@ impl PackedQGemm {
     /// Panels of `nr` output channels.
     pub fn panels(&self) -> usize {
         self.n.div_ceil(self.nr)
+    }
+
+    /// Groups of 4 input channels packed per panel: `k / 4`, padded to the kernel's
+    /// `group_block` (the panel stride of `data`, in rows of `nr` groups).
+    pub fn packed_groups(&self) -> usize {
+        (self.k / 4).next_multiple_of(self.kernel.group_block)
     }
 
     /// Name of the micro-kernel this packing is for.
@@ -402,7 +425,12 @@ mod tests {
     /// print `SKIPPED`.
     fn host_kernels() -> Vec<(Tier, &'static QGemmKernel)> {
         let tier = *Tier::host().last().expect("scalar");
-        KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
+        // The AMX kernel also runs on a model of the tile unit, wherever its epilogue runs.
+        #[cfg(target_arch = "x86_64")]
+        let all = KERNELS.iter().chain([&amx::MODEL]);
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = KERNELS.iter();
+        all.filter(|k| crate::isa::runs_or_skips(k.name, k.needs)).map(|k| (tier, k)).collect()
     }
 
     fn vals(seed: u64, n: usize) -> Vec<f32> {

@@ -13,7 +13,8 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         let a = args.a.add(i * args.lda);
         for p in args.panels.clone() {
             acc.fill(0);
-            let panel = &w.data[p * k * nr..(p + 1) * k * nr];
+            let stride = w.packed_groups() * 4 * nr;
+            let panel = &w.data[p * stride..p * stride + k * nr];
             for g in 0..k / 4 {
                 let av = [*a.add(4 * g), *a.add(4 * g + 1), *a.add(4 * g + 2), *a.add(4 * g + 3)];
                 let wg = &panel[g * nr * 4..(g + 1) * nr * 4];
