@@ -140,6 +140,82 @@ impl Tiles for Amx {
     }
 }
 
+/// Bytes per tile row.
+pub(crate) const ROW_BYTES: usize = 64;
+
+/// The sums of one block of the AMX GEMMs: `RT` A tiles (16 rows each) times `H` B tiles (16
+/// columns each), `INT8` with `tdpbusd` (else `tdpbf16ps`), over `steps` tiles of k, stored
+/// to `out` (rows `ldo` bytes apart). C tile `2r + h` starts from the 16 values at `init[h]`
+/// in every row (a load of stride 0: the bias, or zeros); A tile `r` of step `q` is 16 rows
+/// from `a + 64 q + 16 r lda`, B tile `h` 16 rows from `b + 16 q ldb + 64 h`.
+///
+/// # Safety
+/// As [`Tiles::configure`], after it, with the CPU's AMX-BF16 or AMX-INT8 (as `INT8` says);
+/// every tile's rows lie in readable (`out`: writable) memory.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn block<T: Tiles, const INT8: bool, const RT: usize, const H: usize>(
+    t: &mut T,
+    init: [*const u8; 2],
+    (a, lda): (*const u8, usize),
+    (b, ldb): (*const u8, usize),
+    steps: usize,
+    (out, ldo): (*mut u8, usize),
+) {
+    t.load::<0>(init[0], 0);
+    if H == 2 {
+        t.load::<1>(init[1], 0);
+    }
+    if RT == 2 {
+        t.load::<2>(init[0], 0);
+        if H == 2 {
+            t.load::<3>(init[1], 0);
+        }
+    }
+    for q in 0..steps {
+        let (aq, bq) = (a.add(q * ROW_BYTES), b.add(q * ROWS * ldb));
+        t.load::<4>(aq, lda);
+        t.load::<6>(bq, ldb);
+        if H == 2 {
+            t.load::<7>(bq.add(ROW_BYTES), ldb);
+        }
+        dot::<T, INT8, 0, 4, 6>(t);
+        if H == 2 {
+            dot::<T, INT8, 1, 4, 7>(t);
+        }
+        if RT == 2 {
+            t.load::<5>(aq.add(ROWS * lda), lda);
+            dot::<T, INT8, 2, 5, 6>(t);
+            if H == 2 {
+                dot::<T, INT8, 3, 5, 7>(t);
+            }
+        }
+    }
+    t.store::<0>(out, ldo);
+    if H == 2 {
+        t.store::<1>(out.add(ROW_BYTES), ldo);
+    }
+    if RT == 2 {
+        t.store::<2>(out.add(ROWS * ldo), ldo);
+        if H == 2 {
+            t.store::<3>(out.add(ROWS * ldo + ROW_BYTES), ldo);
+        }
+    }
+}
+
+/// `tdpbusd` or `tdpbf16ps` on tiles `C`, `A`, `B`.
+///
+/// # Safety
+/// As [`block`].
+#[inline(always)]
+unsafe fn dot<T: Tiles, const INT8: bool, const C: usize, const A: usize, const B: usize>(t: &mut T) {
+    if INT8 {
+        t.dot_u8s8::<C, A, B>()
+    } else {
+        t.dot_bf16::<C, A, B>()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod model {
     use super::{Tiles, ROWS};

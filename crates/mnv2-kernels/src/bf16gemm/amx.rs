@@ -27,15 +27,12 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::amx::{Amx, Tiles, ROWS};
+use crate::amx::{block, Amx, Tiles, ROWS, ROW_BYTES};
 use crate::isa::Needs;
-use crate::lanes::mask16;
 
 use super::avx512bf16::{round_rows, Dst, PairBf16, Panel};
-use super::{bf16_bit_bounds, ASrc, Args, Bf16, Bf16GemmKernel, Out, PackedBf16Gemm};
+use super::{ASrc, Args, Bf16, Bf16GemmKernel, Out, PackedBf16Gemm};
 
-/// Bytes per tile row.
-const ROW_BYTES: usize = 64;
 /// Columns of a packed panel (two B tiles).
 const NR: usize = 32;
 /// Rows of a block (two A tiles).
@@ -129,94 +126,27 @@ unsafe fn fill_a(args: &Args, w: &PackedBf16Gemm, src: ASrc, a16: *mut u32, kp: 
 /// As [`gemm_on`], after `fill_a` and the tiles' configuration.
 #[inline(always)]
 unsafe fn panels<T: Tiles, D: Dst>(t: &mut T, args: &Args, w: &PackedBf16Gemm, a16: *const u32, kp: usize) {
-    let mut block = Block([0.0; MR * NR]);
+    let mut blk = Block([0.0; MR * NR]);
     for pi in args.panels.clone() {
         let n0 = pi * NR;
         let cols = NR.min(w.n - n0);
-        let b = w.data.as_ptr().add(pi * kp * NR);
-        let p = Panel {
-            pairs: w.pairs(),
-            lda: kp,
-            nr: NR,
-            ldc: args.ldc,
-            ldr: args.ldr,
-            b,
-            bias: w.bias.as_ptr().add(n0),
-            m0: mask16(cols),
-            m1: mask16(cols.saturating_sub(16)),
-            lo: _mm512_set1_ps(args.act.min),
-            hi: _mm512_set1_ps(args.act.max),
-            bits: bf16_bit_bounds(args.act).map(|(l, h)| (_mm512_set1_epi16(l), _mm512_set1_epi16(h))),
-        };
+        let p = Panel::new(args, w, pi, kp);
+        let bias = p.bias as *const u8;
+        let init = [bias, bias.add(ROW_BYTES)];
+        let (b, out) = ((p.b as *const u8, NR * 4), (blk.0.as_mut_ptr() as *mut u8, NR * 4));
         let mut i0 = 0;
         while i0 < args.m {
             let rows = MR.min(args.m - i0);
-            let a = a16.add(i0 * kp);
+            let a = (a16.add(i0 * kp) as *const u8, kp * 4);
+            let steps = kp / ROWS;
             match (rows > ROWS, cols > 16) {
-                (true, true) => products::<T, 2, 2>(t, &p, a, kp, &mut block),
-                (true, false) => products::<T, 2, 1>(t, &p, a, kp, &mut block),
-                (false, true) => products::<T, 1, 2>(t, &p, a, kp, &mut block),
-                (false, false) => products::<T, 1, 1>(t, &p, a, kp, &mut block),
+                (true, true) => block::<T, false, 2, 2>(t, init, a, b, steps, out),
+                (true, false) => block::<T, false, 2, 1>(t, init, a, b, steps, out),
+                (false, true) => block::<T, false, 1, 2>(t, init, a, b, steps, out),
+                (false, false) => block::<T, false, 1, 1>(t, init, a, b, steps, out),
             }
-            epilogue::<D>(&p, args, &block, i0, rows, n0, cols > 16);
+            epilogue::<D>(&p, args, &blk, i0, rows, n0, cols > 16);
             i0 += MR;
-        }
-    }
-}
-
-/// The sums of one block, `RT` A tiles (16 rows each) by `H` B tiles (16 columns each), from
-/// the bias, stored to `block` (rows 32 f32 apart).
-///
-/// # Safety
-/// As [`panels`], with `a` the block's first A row (`kp` words apart, `16 * RT` rows readable).
-#[inline(always)]
-unsafe fn products<T: Tiles, const RT: usize, const H: usize>(
-    t: &mut T,
-    p: &Panel,
-    a: *const u32,
-    kp: usize,
-    block: &mut Block,
-) {
-    let bias = p.bias as *const u8;
-    t.load::<0>(bias, 0);
-    if H == 2 {
-        t.load::<1>(bias.add(ROW_BYTES), 0);
-    }
-    if RT == 2 {
-        t.load::<2>(bias, 0);
-        if H == 2 {
-            t.load::<3>(bias.add(ROW_BYTES), 0);
-        }
-    }
-    let (lda, ldb) = (kp * 4, NR * 4);
-    for q in 0..kp / ROWS {
-        let (aq, bq) = (a.add(q * ROWS) as *const u8, p.b.add(q * ROWS * NR) as *const u8);
-        t.load::<4>(aq, lda);
-        t.load::<6>(bq, ldb);
-        if H == 2 {
-            t.load::<7>(bq.add(ROW_BYTES), ldb);
-        }
-        t.dot_bf16::<0, 4, 6>();
-        if H == 2 {
-            t.dot_bf16::<1, 4, 7>();
-        }
-        if RT == 2 {
-            t.load::<5>(aq.add(ROWS * lda), lda);
-            t.dot_bf16::<2, 5, 6>();
-            if H == 2 {
-                t.dot_bf16::<3, 5, 7>();
-            }
-        }
-    }
-    let (c, ldc) = (block.0.as_mut_ptr() as *mut u8, NR * 4);
-    t.store::<0>(c, ldc);
-    if H == 2 {
-        t.store::<1>(c.add(ROW_BYTES), ldc);
-    }
-    if RT == 2 {
-        t.store::<2>(c.add(ROWS * ldc), ldc);
-        if H == 2 {
-            t.store::<3>(c.add(ROWS * ldc + ROW_BYTES), ldc);
         }
     }
 }

@@ -46,6 +46,31 @@ pub(super) struct Panel {
 }
 
 impl Panel {
+    /// Panel `pi` of `w` (its packed pairs, bias and column masks) and `args`' epilogue, for
+    /// A rows `lda` pairs apart.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW; `pi` is a panel of `w`.
+    #[inline(always)]
+    pub(super) unsafe fn new(args: &Args, w: &PackedBf16Gemm, pi: usize, lda: usize) -> Panel {
+        let n0 = pi * w.nr;
+        let cols = w.nr.min(w.n - n0);
+        Panel {
+            pairs: w.pairs(),
+            lda,
+            nr: w.nr,
+            ldc: args.ldc,
+            ldr: args.ldr,
+            b: w.data.as_ptr().add(pi * w.packed_pairs() * w.nr),
+            bias: w.bias.as_ptr().add(n0),
+            m0: mask16(cols),
+            m1: mask16(cols.saturating_sub(16)),
+            lo: _mm512_set1_ps(args.act.min),
+            hi: _mm512_set1_ps(args.act.max),
+            bits: bf16_bit_bounds(args.act).map(|(l, h)| (_mm512_set1_epi16(l), _mm512_set1_epi16(h))),
+        }
+    }
+
     /// # Safety
     /// The CPU has AVX-512 F; `r` (null for none) addresses the tile row's panel columns
     /// (masked by `mask`).
@@ -534,7 +559,7 @@ unsafe fn panels_bf16_pairs(args: &Args, w: &PackedBf16Gemm, a16: *const u32, ld
 /// As [`gemm`], with `a16` readable for `args.m` rows of `w.pairs()` pairs.
 #[inline(always)]
 unsafe fn panels<D: Dst>(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: usize) {
-    let (n, nr, pairs) = (w.n, w.nr, w.pairs());
+    let (n, nr) = (w.n, w.nr);
     {
         let mut first = args.panels.start;
         if args.m == 1 && nr == 32 && D::F32 {
@@ -546,20 +571,7 @@ unsafe fn panels<D: Dst>(args: &Args, w: &PackedBf16Gemm, a16: *const u32, lda: 
         for pi in first..args.panels.end {
             let n0 = pi * nr;
             let cols = nr.min(n - n0);
-            let p = Panel {
-                pairs,
-                lda,
-                nr,
-                ldc: args.ldc,
-                ldr: args.ldr,
-                b: w.data.as_ptr().add(pi * w.packed_pairs() * nr),
-                bias: w.bias.as_ptr().add(n0),
-                m0: mask16(cols),
-                m1: mask16(cols.saturating_sub(16)),
-                lo: _mm512_set1_ps(args.act.min),
-                hi: _mm512_set1_ps(args.act.max),
-                bits: bf16_bit_bounds(args.act).map(|(l, h)| (_mm512_set1_epi16(l), _mm512_set1_epi16(h))),
-            };
+            let p = Panel::new(args, w, pi, lda);
             // A 32-column panel of <= 24 (or <= 16) real columns, as the N = 24 projections and
             // the last panel of N = 144 expansions, skips its padding (no 8-column tile here).
             // bf16 outputs (the expand convs' rows) run the 32-column tile on 17..=24 columns.

@@ -23,14 +23,12 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::amx::{Amx, Tiles, ROWS};
+use crate::amx::{block, Amx, Tiles, ROWS, ROW_BYTES};
 use crate::isa::Needs;
 
 use super::avx512vnni::Panel;
 use super::{Args, PackedQGemm, QGemmKernel};
 
-/// Bytes per tile row.
-const ROW_BYTES: usize = 64;
 /// Columns of a packed panel (two B tiles).
 const NR: usize = 32;
 /// Rows of a block (two A tiles).
@@ -93,84 +91,28 @@ unsafe fn qgemm_on<T: Tiles>(t: &mut T, args: &Args, w: &PackedQGemm) {
         std::ptr::copy_nonoverlapping(args.a.add(i * args.lda), a8.add(i * kb), w.k);
     }
     t.configure();
-    let mut block = Block([0; MR * NR]);
+    let mut blk = Block([0; MR * NR]);
+    let zeros = ZEROS.as_ptr() as *const u8;
     for pi in args.panels.clone() {
         let n0 = pi * NR;
         let cols = NR.min(w.n - n0);
         let p = Panel::new(args, w, pi);
+        let (b, out) = ((p.b as *const u8, NR * 4), (blk.0.as_mut_ptr() as *mut u8, NR * 4));
         let mut i0 = 0;
         while i0 < args.m {
             let rows = MR.min(args.m - i0);
-            let a = a8.add(i0 * kb);
+            let (a, steps) = ((a8.add(i0 * kb) as *const u8, kb), kb / ROW_BYTES);
             match (rows > ROWS, cols > 16) {
-                (true, true) => products::<T, 2, 2>(t, p.b, a, kb, &mut block),
-                (true, false) => products::<T, 2, 1>(t, p.b, a, kb, &mut block),
-                (false, true) => products::<T, 1, 2>(t, p.b, a, kb, &mut block),
-                (false, false) => products::<T, 1, 1>(t, p.b, a, kb, &mut block),
+                (true, true) => block::<T, true, 2, 2>(t, [zeros; 2], a, b, steps, out),
+                (true, false) => block::<T, true, 2, 1>(t, [zeros; 2], a, b, steps, out),
+                (false, true) => block::<T, true, 1, 2>(t, [zeros; 2], a, b, steps, out),
+                (false, false) => block::<T, true, 1, 1>(t, [zeros; 2], a, b, steps, out),
             }
-            epilogue(&p, args, &block, i0, rows, n0, cols > 16);
+            epilogue(&p, args, &blk, i0, rows, n0, cols > 16);
             i0 += MR;
         }
     }
     t.release();
-}
-
-/// The sums of one block, `RT` A tiles (16 rows each) by `H` B tiles (16 columns each), from
-/// zero, stored to `block` (rows 32 i32 apart).
-///
-/// # Safety
-/// As [`qgemm_on`], after the tiles' configuration, with `b` the panel's packed weights and
-/// `a` the block's first A row (`kb` bytes apart, `16 * RT` rows readable).
-#[inline(always)]
-unsafe fn products<T: Tiles, const RT: usize, const H: usize>(
-    t: &mut T,
-    b: *const i8,
-    a: *const u8,
-    kb: usize,
-    block: &mut Block,
-) {
-    let zeros = ZEROS.as_ptr() as *const u8;
-    t.load::<0>(zeros, 0);
-    if H == 2 {
-        t.load::<1>(zeros, 0);
-    }
-    if RT == 2 {
-        t.load::<2>(zeros, 0);
-        if H == 2 {
-            t.load::<3>(zeros, 0);
-        }
-    }
-    let ldb = NR * 4;
-    for q in 0..kb / ROW_BYTES {
-        let (aq, bq) = (a.add(q * ROW_BYTES), (b as *const u8).add(q * ROWS * ldb));
-        t.load::<4>(aq, kb);
-        t.load::<6>(bq, ldb);
-        if H == 2 {
-            t.load::<7>(bq.add(ROW_BYTES), ldb);
-        }
-        t.dot_u8s8::<0, 4, 6>();
-        if H == 2 {
-            t.dot_u8s8::<1, 4, 7>();
-        }
-        if RT == 2 {
-            t.load::<5>(aq.add(ROWS * kb), kb);
-            t.dot_u8s8::<2, 5, 6>();
-            if H == 2 {
-                t.dot_u8s8::<3, 5, 7>();
-            }
-        }
-    }
-    let (c, ldc) = (block.0.as_mut_ptr() as *mut u8, NR * 4);
-    t.store::<0>(c, ldc);
-    if H == 2 {
-        t.store::<1>(c.add(ROW_BYTES), ldc);
-    }
-    if RT == 2 {
-        t.store::<2>(c.add(ROWS * ldc), ldc);
-        if H == 2 {
-            t.store::<3>(c.add(ROWS * ldc + ROW_BYTES), ldc);
-        }
-    }
 }
 
 /// Rows `i0..i0 + rows` from their sums in `block`, through the VNNI kernel's epilogue, as its
