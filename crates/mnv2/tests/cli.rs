@@ -369,6 +369,20 @@ fn precision_flag_selects_bf16_and_reports_it() {
     assert_eq!(v["precision"], "bf16");
     let kernels = v["kernels"].as_array().unwrap();
     assert!(kernels.iter().any(|k| k.as_str().unwrap().starts_with("gemm_bf16")), "{kernels:?}");
+    // MNV2_ISA=amx: the AMX GEMM where the CPU grants the tiles, else a one-line warning.
+    let o = mnv2_cmd()
+        .args(["bench", "--weights", w.to_str().unwrap(), "--resolution", "64", "--runs", "2"])
+        .args(["--warmup", "0", "--precision", "bf16", "--json"])
+        .env("MNV2_ISA", "amx")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let amx = v["kernels"].as_array().unwrap().iter().any(|k| k.as_str().unwrap() == "gemm_bf16_minmaxres_32x32_amx");
+    let warned = stderr(&o).contains("warning: MNV2_ISA=amx, but this CPU has no AMX");
+    assert!(amx != warned, "AMX kernel chosen: {amx}, warned: {warned}: {}", stderr(&o));
+    println!("MNV2_ISA=amx on this CPU: AMX kernel chosen {amx}");
     let y = tmp("y_prec_int8.npy");
     let o = mnv2(
         &["run", "--weights", w.to_str().unwrap(), "--input", x.to_str().unwrap()]

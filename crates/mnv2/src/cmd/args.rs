@@ -58,12 +58,22 @@ impl From<PrecisionArg> for Precision {
 }
 
 /// Warns on stderr when a bf16 engine runs its 1x1 convolutions on the scalar twin (the CPU
-/// lacks AVX512-BF16, or `MNV2_ISA` lowered the choice): the same numbers, far slower.
+/// lacks AVX512-BF16, or `MNV2_ISA` lowered the choice): the same numbers, far slower. And when
+/// `MNV2_ISA=amx` asked for the AMX kernels but a bf16 or int8 engine got none (the CPU lacks
+/// AMX, or Linux refused the tile state): the AVX-512 kernels run instead.
 pub fn warn_slow_bf16(engine: &Engine) {
-    let slow = engine.kernels().1.iter().any(|k| k.starts_with("gemm_bf16") && k.ends_with("_scalar"));
+    let kernels = engine.kernels().1;
+    let slow = kernels.iter().any(|k| k.starts_with("gemm_bf16") && k.ends_with("_scalar"));
     if engine.precision() == Some(Precision::Bf16) && slow {
         eprintln!(
             "warning: bf16 runs on the slow scalar twin kernels (this CPU lacks AVX512-BF16, or MNV2_ISA lowered it)"
+        );
+    }
+    let asked = std::env::var("MNV2_ISA").is_ok_and(|v| v.trim().eq_ignore_ascii_case("amx"));
+    let tiles = matches!(engine.precision(), Some(Precision::Bf16 | Precision::Int8));
+    if asked && tiles && !kernels.iter().any(|k| k.ends_with("_amx")) {
+        eprintln!(
+            "warning: MNV2_ISA=amx, but this CPU has no AMX (or Linux refused the tile state): the AVX-512 kernels run"
         );
     }
 }
