@@ -14,6 +14,7 @@ pub(crate) const ROWS: usize = 16;
 /// The tile configuration `ldtilecfg` reads (palette 1): every tile the kernels use is 16
 /// rows of 64 bytes.
 #[repr(C, align(64))]
+#[cfg_attr(feature = "amx-model", allow(dead_code))]
 pub(crate) struct TileConfig {
     palette: u8,
     start_row: u8,
@@ -22,6 +23,7 @@ pub(crate) struct TileConfig {
     rows: [u8; 16],
 }
 
+#[cfg_attr(feature = "amx-model", allow(dead_code))]
 pub(crate) static CONFIG: TileConfig = TileConfig {
     palette: 1,
     start_row: 0,
@@ -71,7 +73,23 @@ pub(crate) trait Tiles {
 }
 
 /// The tile unit itself.
+#[cfg_attr(feature = "amx-model", allow(dead_code))]
 pub(crate) struct Amx;
+
+/// The tile unit the AMX kernels run on: the CPU's.
+#[cfg(not(feature = "amx-model"))]
+#[inline(always)]
+pub(crate) fn unit() -> Amx {
+    Amx
+}
+
+/// The tile unit the AMX kernels run on: with the `amx-model` feature (testing only), the
+/// model of it, on any CPU.
+#[cfg(feature = "amx-model")]
+#[inline(always)]
+pub(crate) fn unit() -> model::Model {
+    model::Model::new()
+}
 
 /// `match` on a const tile number, one `asm!` per register.
 macro_rules! per_tile {
@@ -216,7 +234,7 @@ unsafe fn dot<T: Tiles, const INT8: bool, const C: usize, const A: usize, const 
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "amx-model"))]
 pub(crate) mod model {
     use super::{Tiles, ROWS};
     use crate::bf16gemm::bf16_to_f32;

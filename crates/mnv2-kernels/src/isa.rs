@@ -6,11 +6,14 @@
 //! detection code of this module can construct, so a function taking a `Tier` knows the CPU
 //! runs it without checking again. The int8 kernels also need [`Avx512Vnni`], which
 //! [`Tier::vnni`] grants on an AVX-512 tier whose CPU has it; the bf16 kernels need
-//! [`Avx512Bf16`] ([`Tier::bf16`]).
+//! [`Avx512Bf16`] ([`Tier::bf16`]); the AMX kernels [`AmxBf16`] ([`Tier::amx`]) and
+//! [`AmxInt8`] ([`Tier::amx_int8`]).
 //!
-//! `MNV2_ISA=scalar|avx2|avx512|avx512bf16` may only lower the tier that the CPU supports
-//! ([`best`]); the bf16 extension is used only when `MNV2_ISA` is unset or names it
-//! ([`bf16_enabled`]), so `MNV2_ISA=avx512` lowers a bf16 engine to its scalar twin.
+//! `MNV2_ISA=scalar|avx2|avx512|avx512bf16|amx` may only lower the tier that the CPU supports
+//! ([`best`]; blank is unset); the bf16 extension is used only when `MNV2_ISA` is unset or
+//! names it (or `amx`) ([`bf16_enabled`]), so `MNV2_ISA=avx512` lowers a bf16 engine to its
+//! scalar twin. The AMX kernels are opt-in for now: only `MNV2_ISA=amx` turns them on
+//! ([`amx_enabled`], [`amx_int8_enabled`]), as no machine of this project has run them yet.
 //! Every kernel family lists its kernels in a registry (e.g. [`crate::gemm::KERNELS`]) whose
 //! entries say what they need ([`Needs`]); the tests run every entry the host can run and
 //! print `SKIPPED <kernel> (host lacks <isa>)` for the others (`MNV2_REQUIRE_ISA=<isa>` makes
@@ -94,9 +97,12 @@ pub struct AmxBf16(());
 
 impl AmxBf16 {
     /// The token, if this CPU has AMX-TILE and AMX-BF16 on top of [`Avx512Bf16`] and the
-    /// kernel lets this process use the tiles ([`tile_permission`]; ignores `MNV2_ISA`).
+    /// kernel lets this process use the tiles ([`tile_permission`]; ignores `MNV2_ISA`). With
+    /// the `amx-model` feature, on any CPU with [`Avx512Bf16`] (the kernels then run the model).
     pub fn detect() -> Option<AmxBf16> {
-        (amx_bf16_cpuid() && Avx512Bf16::detect().is_some() && tile_permission()).then_some(AmxBf16(()))
+        let model = cfg!(feature = "amx-model");
+        let tiles = model || (amx_bf16_cpuid() && tile_permission());
+        (tiles && Avx512Bf16::detect().is_some()).then_some(AmxBf16(()))
     }
 }
 
@@ -108,9 +114,12 @@ pub struct AmxInt8(());
 
 impl AmxInt8 {
     /// The token, if this CPU has AMX-TILE and AMX-INT8 on top of [`Avx512Vnni`] and the
-    /// kernel lets this process use the tiles ([`tile_permission`]; ignores `MNV2_ISA`).
+    /// kernel lets this process use the tiles ([`tile_permission`]; ignores `MNV2_ISA`). With
+    /// the `amx-model` feature, on any CPU with [`Avx512Vnni`] (the kernels then run the model).
     pub fn detect() -> Option<AmxInt8> {
-        (amx_cpuid(1 << 25) && Avx512Vnni::detect().is_some() && tile_permission()).then_some(AmxInt8(()))
+        let model = cfg!(feature = "amx-model");
+        let tiles = model || (amx_cpuid(1 << 25) && tile_permission());
+        (tiles && Avx512Vnni::detect().is_some()).then_some(AmxInt8(()))
     }
 }
 
@@ -377,7 +386,7 @@ pub fn best() -> Isa {
     static BEST: OnceLock<Isa> = OnceLock::new();
     *BEST.get_or_init(|| {
         let detected = [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().find(|i| i.supported()).unwrap_or(Isa::Scalar);
-        match std::env::var("MNV2_ISA").ok().as_deref().map(Isa::parse) {
+        match isa_env().as_deref().map(Isa::parse) {
             Some(Some(cap)) => cap.min(detected),
             Some(None) => {
                 eprintln!(
@@ -389,6 +398,16 @@ pub fn best() -> Isa {
             None => detected,
         }
     })
+}
+
+/// `MNV2_ISA`, if set to something other than blanks (`MNV2_ISA=` is unset).
+fn isa_env() -> Option<String> {
+    nonblank(std::env::var("MNV2_ISA").ok())
+}
+
+/// `v` unless it is only blanks.
+fn nonblank(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.trim().is_empty())
 }
 
 /// Whether this CPU runs a 512-bit vector instruction as two 256-bit halves, as AMD Zen 4
@@ -443,7 +462,7 @@ fn family(eax: u32) -> u32 {
 pub fn bf16_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        let env = std::env::var("MNV2_ISA").ok();
+        let env = isa_env();
         bf16_allowed_by(env.as_deref()) && best() == Isa::Avx512 && Avx512Bf16::detect().is_some()
     })
 }
@@ -459,7 +478,7 @@ fn bf16_allowed_by(env: Option<&str>) -> bool {
 pub fn amx_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        let env = std::env::var("MNV2_ISA").ok();
+        let env = isa_env();
         amx_allowed_by(env.as_deref()) && bf16_enabled() && AmxBf16::detect().is_some()
     })
 }
@@ -469,7 +488,7 @@ pub fn amx_enabled() -> bool {
 pub fn amx_int8_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        let env = std::env::var("MNV2_ISA").ok();
+        let env = isa_env();
         amx_allowed_by(env.as_deref()) && best() == Isa::Avx512 && AmxInt8::detect().is_some()
     })
 }
@@ -552,6 +571,14 @@ mod tests {
         assert!(!bf16_allowed_by(Some("avx512")) && !bf16_allowed_by(Some("scalar")));
         assert_eq!(Isa::parse("avx512bf16"), Some(Isa::Avx512));
         assert_eq!(Isa::parse("AMX"), Some(Isa::Avx512));
+    }
+
+    #[test]
+    fn a_blank_cap_is_no_cap() {
+        assert_eq!(nonblank(Some(" \t".into())), None);
+        assert_eq!(nonblank(Some(String::new())), None);
+        assert_eq!(nonblank(Some(" amx".into())).as_deref(), Some(" amx"));
+        assert_eq!(nonblank(None), None);
     }
 
     #[test]

@@ -369,20 +369,30 @@ fn precision_flag_selects_bf16_and_reports_it() {
     assert_eq!(v["precision"], "bf16");
     let kernels = v["kernels"].as_array().unwrap();
     assert!(kernels.iter().any(|k| k.as_str().unwrap().starts_with("gemm_bf16")), "{kernels:?}");
+    // `bench --precision bf16` at 64 px with MNV2_ISA set to `isa`: its JSON and stderr.
+    let bench = |isa: &str| {
+        let o = mnv2_cmd()
+            .args(["bench", "--weights", w.to_str().unwrap(), "--resolution", "64", "--runs", "2"])
+            .args(["--warmup", "0", "--precision", "bf16", "--json"])
+            .env("MNV2_ISA", isa)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
+        (serde_json::from_str::<serde_json::Value>(&last).unwrap(), stderr(&o))
+    };
     // MNV2_ISA=amx: the AMX GEMM where the CPU grants the tiles, else a one-line warning.
-    let o = mnv2_cmd()
-        .args(["bench", "--weights", w.to_str().unwrap(), "--resolution", "64", "--runs", "2"])
-        .args(["--warmup", "0", "--precision", "bf16", "--json"])
-        .env("MNV2_ISA", "amx")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let (v, err) = bench("amx");
     let amx = v["kernels"].as_array().unwrap().iter().any(|k| k.as_str().unwrap() == "gemm_bf16_minmaxres_32x32_amx");
-    let warned = stderr(&o).contains("warning: MNV2_ISA=amx, but this CPU has no AMX");
-    assert!(amx != warned, "AMX kernel chosen: {amx}, warned: {warned}: {}", stderr(&o));
+    let warned = err.contains("warning: MNV2_ISA=amx, but this CPU has no AMX");
+    assert!(amx != warned, "AMX kernel chosen: {amx}, warned: {warned}: {err}");
     println!("MNV2_ISA=amx on this CPU: AMX kernel chosen {amx}");
+    // A blank MNV2_ISA is no cap: no warning, the same kernels as without it.
+    let (blank, err) = bench(" ");
+    assert!(!err.contains("warning"), "{err}");
+    if std::env::var_os("MNV2_ISA").is_none() {
+        assert_eq!(blank["kernels"].as_array().unwrap(), kernels, "MNV2_ISA=' ' vs unset");
+    }
     let y = tmp("y_prec_int8.npy");
     let o = mnv2(
         &["run", "--weights", w.to_str().unwrap(), "--input", x.to_str().unwrap()]

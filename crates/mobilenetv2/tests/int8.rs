@@ -36,7 +36,9 @@ fn int8_tracks_fp32_and_is_deterministic() {
         let fp32 = run(&model, &x, Mode::Fast, 1, None);
         let int8 = run(&qmodel, &x, Mode::Fast, 1, None);
         let c = cosine(&fp32, &int8);
-        eprintln!("width {width} at {res}: cosine(int8, fp32) = {c:.5}");
+        let (_, kernels) = Engine::new(&qmodel, Options::default()).unwrap().kernels();
+        let gemms: Vec<_> = kernels.iter().filter(|k| k.starts_with("qgemm")).collect();
+        eprintln!("width {width} at {res}: cosine(int8, fp32) = {c:.5}; 1x1 kernels {gemms:?}");
         assert!(c >= 0.99, "width {width}: cosine {c}");
         // The same bytes in every mode and thread count; every ISA within rounding.
         for (mode, threads) in [(Mode::Fast, 2), (Mode::Streaming, 1), (Mode::Streaming, 2)] {

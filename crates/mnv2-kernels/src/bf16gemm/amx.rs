@@ -17,7 +17,7 @@
 //! tiles are stored to a 32 x 32 f32 block, from which the AVX-512 BF16 kernel's epilogue
 //! ([`Dst`]: clamp, residual, f32 / bf16 / pixel-pair stores) writes the block's rows.
 //!
-//! The tile instructions are inline assembly ([`Amx`]) behind the [`Tiles`] trait. The tests
+//! The tile instructions are inline assembly (`crate::amx::Amx`) behind the [`Tiles`] trait. The tests
 //! run the same kernel on a model of the tile unit written from the instruction set reference
 //! (`crate::amx::model::Model`), so the tiling, padding and epilogue are tested on any CPU with AVX-512
 //! BF16; the instructions themselves only where the CPU has AMX. No machine of this project
@@ -27,7 +27,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::amx::{block, Amx, Tiles, ROWS, ROW_BYTES};
+use crate::amx::{block, unit, Tiles, ROWS, ROW_BYTES};
 use crate::isa::Needs;
 
 use super::avx512bf16::{round_rows, Dst, PairBf16, Panel};
@@ -64,7 +64,7 @@ struct Block([f32; MR * NR]);
 /// AVX-512 F/BW/VL/DQ, BF16 and AMX-TILE/AMX-BF16, and the process the tile state.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
 pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) {
-    gemm_on(&mut Amx, args, w, src, out)
+    gemm_on(&mut unit(), args, w, src, out)
 }
 
 /// The kernel on tile unit `t`.

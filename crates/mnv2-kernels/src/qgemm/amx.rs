@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::aligned::AlignedVec;
-use crate::amx::{block, Amx, Tiles, ROWS, ROW_BYTES};
+use crate::amx::{block, unit, Tiles, ROWS, ROW_BYTES};
 use crate::isa::Needs;
 
 use super::avx512vnni::Panel;
@@ -63,7 +63,7 @@ static ZEROS: [i32; 16] = [0; 16];
 /// AVX-512 F/BW/VL/DQ, VNNI and AMX-TILE/AMX-INT8, and the process the tile state.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
 pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
-    qgemm_on(&mut Amx, args, w)
+    qgemm_on(&mut unit(), args, w)
 }
 
 /// The kernel on tile unit `t`.
