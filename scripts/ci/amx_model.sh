@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The AMX kernels end to end on a machine without AMX: the engine's parity (bf16 against the
-# torchvision fixtures, every config, fast and streaming, 1 and 2 threads) and int8 tests with
-# every 1x1 convolution on the AMX kernels' code (`MNV2_ISA=amx`), their tile instructions
-# replaced by the software model of the tile unit (the `amx-model` feature of mnv2-kernels).
+# torchvision fixtures, every config, fast and streaming, 1 and 2 threads), int8, bf16 DeepLab
+# (whose projection's bias changes per image) and int8 SSDLite tests with every 1x1
+# convolution on the AMX kernels' code (`MNV2_ISA=amx`), their tile instructions replaced by
+# the software model of the tile unit (the `amx-model` feature of mnv2-kernels).
 # The kernel tests already run each AMX kernel on the model; this runs whole networks through
 # them. It fails unless the AMX kernels were the ones chosen. Needs AVX-512 BF16 and VNNI.
 # Usage: scripts/ci/amx_model.sh
@@ -14,7 +15,8 @@ if ! grep -q avx512_bf16 /proc/cpuinfo || ! grep -q avx512_vnni /proc/cpuinfo; t
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-MNV2_ISA=amx cargo test --release -p mobilenetv2 --features amx-model --test parity --test int8 -- --nocapture \
+MNV2_ISA=amx cargo test --release -p mobilenetv2 --features amx-model --test parity --test int8 \
+  --test deeplab_fast --test ssdlite_int8 -- --nocapture \
   >"$log" 2>&1 || { tail -40 "$log" >&2; echo "amx_model: the tests failed" >&2; exit 1; }
 for k in gemm_bf16_minmaxres_32x32_amx qgemm_u8s8s32_requant_32x32_amx; do
   if ! grep -q "$k" "$log"; then
@@ -23,4 +25,4 @@ for k in gemm_bf16_minmaxres_32x32_amx qgemm_u8s8s32_requant_32x32_amx; do
   fi
 done
 grep -E 'over every parity config|cosine\(int8, fp32\)' "$log" | sed -e 's/; 1x1 kernels.*//' -e 's/^/amx_model: /'
-echo "amx_model: the parity and int8 tests pass with every 1x1 convolution on the AMX kernels (tile model)"
+echo "amx_model: the parity, int8, DeepLab and SSDLite int8 tests pass with every 1x1 convolution on the AMX kernels (tile model)"
