@@ -109,6 +109,18 @@ pub(crate) fn grown<T: Clone>(area: &'static LocalKey<RefCell<Vec<T>>>, len: usi
     })
 }
 
+/// [`grown`] for an area of 64-byte aligned values: grown (never shrunk) to at least `len`
+/// values, all zero after a growth (what it held is not kept: its users fill what they read).
+/// A pointer to it, valid until this thread next grows that area.
+pub(crate) fn grown_aligned<T: Zeroable>(area: &'static LocalKey<RefCell<AlignedVec<T>>>, len: usize) -> *mut T {
+    area.with_borrow_mut(|v| {
+        if v.len() < len {
+            *v = AlignedVec::zeros(len);
+        }
+        v.as_mut_ptr()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

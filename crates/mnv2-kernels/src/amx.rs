@@ -161,6 +161,39 @@ impl Tiles for Amx {
 /// Bytes per tile row.
 pub(crate) const ROW_BYTES: usize = 64;
 
+/// Rows of a block of the AMX GEMMs (two A tiles).
+pub(crate) const MR: usize = 32;
+/// Columns of a block, one packed panel (two B tiles).
+pub(crate) const NR: usize = 32;
+
+/// A block of C tiles as stored: 32 rows of 32 f32 (bf16 products) or i32 (int8 ones).
+#[repr(C, align(64))]
+pub(crate) struct Block<T>(pub(crate) [T; MR * NR]);
+
+/// The sums of a block of `rows` rows and `cols` real columns (at most [`MR`] and [`NR`]):
+/// [`block`] with only the A and B tiles they need, `INT8` as there.
+///
+/// # Safety
+/// As [`block`], for `rows.div_ceil(16)` A tiles and `cols.div_ceil(16)` B tiles.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn products<T: Tiles, const INT8: bool>(
+    t: &mut T,
+    (rows, cols): (usize, usize),
+    init: [*const u8; 2],
+    a: (*const u8, usize),
+    b: (*const u8, usize),
+    steps: usize,
+    out: (*mut u8, usize),
+) {
+    match (rows > ROWS, cols > 16) {
+        (true, true) => block::<T, INT8, 2, 2>(t, init, a, b, steps, out),
+        (true, false) => block::<T, INT8, 2, 1>(t, init, a, b, steps, out),
+        (false, true) => block::<T, INT8, 1, 2>(t, init, a, b, steps, out),
+        (false, false) => block::<T, INT8, 1, 1>(t, init, a, b, steps, out),
+    }
+}
+
 /// The sums of one block of the AMX GEMMs: `RT` A tiles (16 rows each) times `H` B tiles (16
 /// columns each), `INT8` with `tdpbusd` (else `tdpbf16ps`), over `steps` tiles of k, stored
 /// to `out` (rows `ldo` bytes apart). C tile `2r + h` starts from the 16 values at `init[h]`
@@ -172,7 +205,7 @@ pub(crate) const ROW_BYTES: usize = 64;
 /// every tile's rows lie in readable (`out`: writable) memory.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn block<T: Tiles, const INT8: bool, const RT: usize, const H: usize>(
+unsafe fn block<T: Tiles, const INT8: bool, const RT: usize, const H: usize>(
     t: &mut T,
     init: [*const u8; 2],
     (a, lda): (*const u8, usize),

@@ -129,24 +129,29 @@ fn amx_bf16_cpuid() -> bool {
 }
 
 /// Whether CPUID leaf 7 says AMX-TILE (EDX bit 24) and every EDX bit of `also` (AMX-BF16:
-/// bit 22, AMX-INT8: bit 25; 0 for the tiles alone).
+/// bit 22, AMX-INT8: bit 25; 0 for the tiles alone). The leaf is read once per process: the
+/// registries ask for every kernel they filter, and CPUID is slow (a hypervisor exit in a VM).
 fn amx_cpuid(also: u32) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{__cpuid, __cpuid_count};
-        // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
-        #[allow(unused_unsafe)]
-        let edx = unsafe {
-            if __cpuid(0).eax >= 7 {
-                __cpuid_count(7, 0).edx
-            } else {
-                0
+    static EDX: OnceLock<u32> = OnceLock::new();
+    let edx = *EDX.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__cpuid, __cpuid_count};
+            // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0
+            // lists it.
+            #[allow(unused_unsafe)]
+            unsafe {
+                if __cpuid(0).eax >= 7 {
+                    __cpuid_count(7, 0).edx
+                } else {
+                    0
+                }
             }
-        };
-        edx & (1 << 24) != 0 && edx & also == also
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    });
+    edx & (1 << 24) != 0 && edx & also == also
 }
 
 /// Asks Linux, once per process, for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,

@@ -26,17 +26,13 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use crate::aligned::grown_aligned;
 use crate::aligned::AlignedVec;
-use crate::amx::{block, unit, Tiles, ROWS, ROW_BYTES};
+use crate::amx::{products, unit, Block, Tiles, MR, NR, ROWS, ROW_BYTES};
 use crate::isa::Needs;
 
 use super::avx512bf16::{round_rows, Dst, PairBf16, Panel};
 use super::{ASrc, Args, Bf16, Bf16GemmKernel, Out, PackedBf16Gemm};
-
-/// Columns of a packed panel (two B tiles).
-const NR: usize = 32;
-/// Rows of a block (two A tiles).
-const MR: usize = 32;
 
 /// The registry entry.
 pub(crate) const KERNEL: Bf16GemmKernel = Bf16GemmKernel {
@@ -54,10 +50,6 @@ thread_local! {
     /// ones), zero rows up to a multiple of 16; grows to the largest call.
     static A16: RefCell<AlignedVec<u32>> = RefCell::new(AlignedVec::zeros(0));
 }
-
-/// A block of C tiles as f32, 32 rows of 32 columns.
-#[repr(C, align(64))]
-struct Block([f32; MR * NR]);
 
 /// # Safety
 /// `args` must describe valid buffers for `w` (checked by `gemm_bf16`); the CPU must have
@@ -78,14 +70,8 @@ pub(super) unsafe fn gemm_on<T: Tiles>(t: &mut T, args: &Args, w: &PackedBf16Gem
     }
     let kp = w.packed_pairs();
     let rows = args.m.next_multiple_of(ROWS);
-    // Valid until this thread next grows the area; nothing else uses it. (The work stays out
-    // of the closure, which lacks the target features the intrinsics need inlined.)
-    let a16 = A16.with_borrow_mut(|s| {
-        if s.len() < rows * kp {
-            *s = AlignedVec::zeros(rows * kp);
-        }
-        s.as_mut_ptr()
-    });
+    // Valid until this thread next grows the area; nothing else uses it.
+    let a16 = grown_aligned(&A16, rows * kp);
     fill_a(args, w, src, a16, kp);
     t.configure();
     match out {
@@ -138,13 +124,7 @@ unsafe fn panels<T: Tiles, D: Dst>(t: &mut T, args: &Args, w: &PackedBf16Gemm, a
         while i0 < args.m {
             let rows = MR.min(args.m - i0);
             let a = (a16.add(i0 * kp) as *const u8, kp * 4);
-            let steps = kp / ROWS;
-            match (rows > ROWS, cols > 16) {
-                (true, true) => block::<T, false, 2, 2>(t, init, a, b, steps, out),
-                (true, false) => block::<T, false, 2, 1>(t, init, a, b, steps, out),
-                (false, true) => block::<T, false, 1, 2>(t, init, a, b, steps, out),
-                (false, false) => block::<T, false, 1, 1>(t, init, a, b, steps, out),
-            }
+            products::<T, false>(t, (rows, cols), init, a, b, kp / ROWS, out);
             epilogue::<D>(&p, args, &blk, i0, rows, n0, cols > 16);
             i0 += MR;
         }
@@ -157,7 +137,7 @@ unsafe fn panels<T: Tiles, D: Dst>(t: &mut T, args: &Args, w: &PackedBf16Gemm, a
 /// # Safety
 /// As [`panels`]; `rows` is even for pixel pairs.
 #[inline(always)]
-unsafe fn epilogue<D: Dst>(p: &Panel, args: &Args, block: &Block, i0: usize, rows: usize, n0: usize, both: bool) {
+unsafe fn epilogue<D: Dst>(p: &Panel, args: &Args, block: &Block<f32>, i0: usize, rows: usize, n0: usize, both: bool) {
     let c = args.c as *mut D;
     let sum = |i: usize, h: usize| _mm512_load_ps(block.0.as_ptr().add(i * NR + 16 * h));
     let res = |i: usize, h: usize| {

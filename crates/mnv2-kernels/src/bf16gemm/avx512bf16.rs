@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use crate::aligned::AlignedVec;
+use crate::aligned::{grown_aligned, AlignedVec};
 use crate::lanes::{
     by_rows, each_row, halves, mask16, pair_bias, pair_rows, panel_tile, rotate_cols, store_pairs, tiles, upper_half,
     words_of, MR32, PAIRS24,
@@ -504,12 +504,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedBf16Gemm, src: ASrc, out: Out) 
         ASrc::F32 => {
             let pairs = w.pairs();
             // Valid until this thread next grows the area; nothing else uses it.
-            let a16 = A16.with_borrow_mut(|s| {
-                if s.len() < args.m * pairs {
-                    *s = AlignedVec::zeros(args.m * pairs);
-                }
-                s.as_mut_ptr()
-            });
+            let a16 = grown_aligned(&A16, args.m * pairs);
             round_rows(args.m, w.k, args.a, args.lda, a16, pairs);
             (a16 as *const u32, pairs)
         }

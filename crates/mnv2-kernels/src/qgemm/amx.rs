@@ -22,17 +22,13 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use crate::aligned::grown_aligned;
 use crate::aligned::AlignedVec;
-use crate::amx::{block, unit, Tiles, ROWS, ROW_BYTES};
+use crate::amx::{products, unit, Block, Tiles, MR, NR, ROWS, ROW_BYTES};
 use crate::isa::Needs;
 
 use super::avx512vnni::Panel;
 use super::{Args, PackedQGemm, QGemmKernel};
-
-/// Columns of a packed panel (two B tiles).
-const NR: usize = 32;
-/// Rows of a block (two A tiles).
-const MR: usize = 32;
 
 /// The registry entry.
 pub(crate) const KERNEL: QGemmKernel = QGemmKernel {
@@ -50,10 +46,6 @@ thread_local! {
     /// largest call.
     static A8: RefCell<AlignedVec<u8>> = RefCell::new(AlignedVec::zeros(0));
 }
-
-/// A block of C tiles as i32, 32 rows of 32 columns.
-#[repr(C, align(64))]
-struct Block([i32; MR * NR]);
 
 /// Sixteen zero words: the rows of a C tile before the first product (a load of stride 0).
 static ZEROS: [i32; 16] = [0; 16];
@@ -77,14 +69,8 @@ unsafe fn qgemm_on<T: Tiles>(t: &mut T, args: &Args, w: &PackedQGemm) {
     }
     let kb = w.packed_groups() * 4;
     let rows = args.m.next_multiple_of(ROWS);
-    // Valid until this thread next grows the area; nothing else uses it. (The work stays out
-    // of the closure, which lacks the target features the intrinsics need inlined.)
-    let a8 = A8.with_borrow_mut(|s| {
-        if s.len() < rows * kb {
-            *s = AlignedVec::zeros(rows * kb);
-        }
-        s.as_mut_ptr()
-    });
+    // Valid until this thread next grows the area; nothing else uses it.
+    let a8 = grown_aligned(&A8, rows * kb);
     // The padding keeps what it holds: its codes meet the weights' zero groups (exact
     // integers, so they add 0), and the rows after `m` are never stored.
     for i in 0..args.m {
@@ -102,12 +88,7 @@ unsafe fn qgemm_on<T: Tiles>(t: &mut T, args: &Args, w: &PackedQGemm) {
         while i0 < args.m {
             let rows = MR.min(args.m - i0);
             let (a, steps) = ((a8.add(i0 * kb) as *const u8, kb), kb / ROW_BYTES);
-            match (rows > ROWS, cols > 16) {
-                (true, true) => block::<T, true, 2, 2>(t, [zeros; 2], a, b, steps, out),
-                (true, false) => block::<T, true, 2, 1>(t, [zeros; 2], a, b, steps, out),
-                (false, true) => block::<T, true, 1, 2>(t, [zeros; 2], a, b, steps, out),
-                (false, false) => block::<T, true, 1, 1>(t, [zeros; 2], a, b, steps, out),
-            }
+            products::<T, true>(t, (rows, cols), [zeros; 2], a, b, steps, out);
             epilogue(&p, args, &blk, i0, rows, n0, cols > 16);
             i0 += MR;
         }
@@ -123,7 +104,7 @@ unsafe fn qgemm_on<T: Tiles>(t: &mut T, args: &Args, w: &PackedQGemm) {
 /// # Safety
 /// As [`qgemm_on`].
 #[inline(always)]
-unsafe fn epilogue(p: &Panel, args: &Args, block: &Block, i0: usize, rows: usize, n0: usize, both: bool) {
+unsafe fn epilogue(p: &Panel, args: &Args, block: &Block<i32>, i0: usize, rows: usize, n0: usize, both: bool) {
     let acc = |i: usize, v: usize| _mm512_load_si512(block.0.as_ptr().add(i * NR + 16 * v) as *const _);
     let nv = if both { 2 } else { 1 };
     if args.pool {
