@@ -15,9 +15,10 @@
 //! scalar twin. The AMX kernels are opt-in for now: only `MNV2_ISA=amx` turns them on
 //! ([`amx_enabled`], [`amx_int8_enabled`]), as no machine of this project has run them yet.
 //! Every kernel family lists its kernels in a registry (e.g. [`crate::gemm::KERNELS`]) whose
-//! entries say what they need ([`Needs`]); the tests run every entry the host can run and
-//! print `SKIPPED <kernel> (host lacks <isa>)` for the others (`MNV2_REQUIRE_ISA=<isa>` makes
-//! such a skip fail).
+//! entries say what they need ([`Needs`]); selection takes the first entry that
+//! [`Needs::selectable`] allows (one policy for every family). The tests run every entry the
+//! host can run and print `SKIPPED <kernel> (host lacks <isa>)` for the others
+//! (`MNV2_REQUIRE_ISA=<isa>` makes such a skip fail).
 
 use std::sync::OnceLock;
 
@@ -374,6 +375,20 @@ impl Needs {
         }
     }
 
+    /// Whether kernel selection may choose a kernel with these needs for a caller holding
+    /// `tier`: [`Needs::granted`], and its extension not turned off by `MNV2_ISA` (bf16 unless
+    /// lowered, [`bf16_enabled`]; the AMX tiles only when asked for, [`amx_enabled`] and
+    /// [`amx_int8_enabled`]). Every registry's selection asks this, so the policy lives here.
+    pub fn selectable(self, tier: Tier) -> bool {
+        self.granted(tier)
+            && match self {
+                Needs::Scalar | Needs::Avx2 | Needs::Avx512 | Needs::Avx512Vnni => true,
+                Needs::Avx512Bf16 => bf16_enabled(),
+                Needs::AmxBf16 => amx_enabled(),
+                Needs::AmxInt8 => amx_int8_enabled(),
+            }
+    }
+
     /// Whether this CPU has what the kernel needs (ignores `MNV2_ISA`).
     pub fn on_host(self) -> bool {
         Tier::host().into_iter().any(|t| self.granted(t))
@@ -481,21 +496,20 @@ fn bf16_allowed_by(env: Option<&str>) -> bool {
 /// on an AMX CPU; the tests check their tiling against a model of the tile unit), and the CPU
 /// and the kernel grant the tiles ([`AmxBf16::detect`]).
 pub fn amx_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let env = isa_env();
-        amx_allowed_by(env.as_deref()) && bf16_enabled() && AmxBf16::detect().is_some()
-    })
+    amx_requested() && bf16_enabled() && AmxBf16::detect().is_some()
 }
 
 /// Whether the AMX-INT8 kernel may be chosen: `MNV2_ISA=amx` (opt-in, as [`amx_enabled`]),
 /// and the CPU and the kernel grant the tiles ([`AmxInt8::detect`]).
 pub fn amx_int8_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let env = isa_env();
-        amx_allowed_by(env.as_deref()) && best() == Isa::Avx512 && AmxInt8::detect().is_some()
-    })
+    amx_requested() && best() == Isa::Avx512 && AmxInt8::detect().is_some()
+}
+
+/// Whether `MNV2_ISA=amx` asks for the AMX kernels (read once), whether or not the CPU has
+/// them: a front end can warn when it asked and got none.
+pub fn amx_requested() -> bool {
+    static ASKED: OnceLock<bool> = OnceLock::new();
+    *ASKED.get_or_init(|| amx_allowed_by(isa_env().as_deref()))
 }
 
 /// Whether an `MNV2_ISA` value (`None`: unset) turns the AMX tiles on.

@@ -169,11 +169,7 @@ pub fn supported(tier: Tier) -> impl Iterator<Item = &'static Bf16GemmKernel> {
 /// only while [`crate::isa::amx_enabled`] (`MNV2_ISA=amx`: opt-in until it has been run on
 /// an AMX CPU).
 pub fn select(tier: Tier, n: usize) -> &'static Bf16GemmKernel {
-    supported(tier)
-        .filter(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
-        .filter(|k| k.needs != Needs::AmxBf16 || crate::isa::amx_enabled())
-        .find(|k| n > k.min_n)
-        .expect("the scalar kernel serves every layer")
+    KERNELS.iter().find(|k| k.needs.selectable(tier) && n > k.min_n).expect("the scalar kernel serves every layer")
 }
 
 /// 1x1 convolution weights rounded to bf16 and packed for one kernel.
@@ -435,7 +431,9 @@ mod tests {
         let mut worst = 0f32;
         for (tier, kern) in kernels {
             let (mr, nr) = (kern.mr, kern.nr);
-            let tiles = kern.name.contains("_amx");
+            // Kernels that reduce blocks of pairs (the AMX tiles, on the CPU or the model)
+            // sum in another order than the twin.
+            let tiles = kern.pair_block > 1;
             let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
             ms.dedup();
             let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40), (9, 20)];

@@ -253,7 +253,7 @@ impl PackedDw {
     /// `weights` are `[3][3][c]` (HWIO with one input channel per group), `bias` is `[c]`:
     /// for the best f32 kernel of `tier`.
     pub fn new(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        let k = supported(KERNELS, tier).next().expect("the scalar kernel");
+        let k = best(KERNELS, tier);
         PackedDw::for_kernel(tier, k, weights, c, bias)
     }
 
@@ -266,21 +266,21 @@ impl PackedDw {
     /// For bf16 output rows ([`dwconv_row_bf16`]), on the best kernel of [`KERNELS_BF16`]
     /// for `tier` (the AVX-512 BF16 one only while [`crate::isa::bf16_enabled`]).
     pub fn bf16_out(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        PackedDw::for_kernel(tier, best_bf16(KERNELS_BF16, tier), weights, c, bias)
+        PackedDw::for_kernel(tier, best(KERNELS_BF16, tier), weights, c, bias)
     }
 
     /// For bf16 input and output rows ([`dwconv_rows_bf16_in`]), on the best kernel of
     /// [`KERNELS_BF16_IN`] for `tier` (the AVX-512 BF16 one only while
     /// [`crate::isa::bf16_enabled`]).
     pub fn bf16_rows(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        PackedDw::for_kernel(tier, best_bf16(KERNELS_BF16_IN, tier), weights, c, bias)
+        PackedDw::for_kernel(tier, best(KERNELS_BF16_IN, tier), weights, c, bias)
     }
 
     /// For bf16 input rows in pixel pairs ([`dwconv_rows_bf16_pairs`]), on the best kernel of
     /// [`KERNELS_BF16_PAIRS`] for `tier` (the AVX-512 BF16 one only while
     /// [`crate::isa::bf16_enabled`]).
     pub fn bf16_pairs(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedDw {
-        PackedDw::bf16_pairs_for(tier, best_bf16(KERNELS_BF16_PAIRS, tier), weights, c, bias)
+        PackedDw::bf16_pairs_for(tier, best(KERNELS_BF16_PAIRS, tier), weights, c, bias)
     }
 
     /// [`PackedDw::bf16_pairs`] for `kernel` (of [`KERNELS_BF16_PAIRS`]), which `tier` must
@@ -310,7 +310,7 @@ impl PackedDw {
     /// `tier`: `weights` (real, `[3][3][c]`) are quantised per channel to int8 as the GEMMs'
     /// are ([`quantize_weights`]).
     pub fn quantized(tier: Tier, weights: &[f32], c: usize, bias: &[f32], input: QParams) -> PackedDw {
-        let k = supported(KERNELS_U8, tier).next().expect("the scalar kernel");
+        let k = best(KERNELS_U8, tier);
         PackedDw::quantized_for(tier, k, weights, c, bias, input)
     }
 
@@ -377,12 +377,10 @@ impl PackedDw {
     }
 }
 
-/// The best kernel of a bf16 `registry` for `tier`: the AVX-512 BF16 ones only while
-/// [`crate::isa::bf16_enabled`].
-fn best_bf16(registry: &'static [DwKernel], tier: Tier) -> &'static DwKernel {
-    supported(registry, tier)
-        .find(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
-        .expect("the scalar kernel")
+/// The best kernel of `registry` for `tier` ([`Needs::selectable`]: the AVX-512 BF16 ones
+/// only while [`crate::isa::bf16_enabled`]).
+fn best(registry: &'static [DwKernel], tier: Tier) -> &'static DwKernel {
+    registry.iter().find(|k| k.needs.selectable(tier)).expect("the scalar kernel")
 }
 
 /// Channels per group of the VNNI int8 kernel: four vectors of 16 quads.

@@ -79,7 +79,7 @@ pub fn supported(tier: Tier) -> impl Iterator<Item = &'static GemmKernel> {
 
 /// The best kernel for a layer of `n` outputs on `tier`.
 pub fn select(tier: Tier, n: usize) -> &'static GemmKernel {
-    supported(tier).find(|k| n > k.min_n).expect("the scalar kernel serves every layer")
+    KERNELS.iter().find(|k| k.needs.selectable(tier) && n > k.min_n).expect("the scalar kernel serves every layer")
 }
 
 /// 1x1 convolution weights packed for one kernel.

@@ -129,10 +129,7 @@ pub fn supported(tier: Tier) -> impl Iterator<Item = &'static QGemmKernel> {
 /// [`crate::isa::amx_int8_enabled`] (`MNV2_ISA=amx`: opt-in until it has been run on an AMX
 /// CPU).
 pub fn select(tier: Tier, n: usize) -> &'static QGemmKernel {
-    supported(tier)
-        .filter(|k| k.needs != Needs::AmxInt8 || crate::isa::amx_int8_enabled())
-        .find(|k| n > k.min_n)
-        .expect("the scalar kernel serves every layer")
+    KERNELS.iter().find(|k| k.needs.selectable(tier) && n > k.min_n).expect("the scalar kernel serves every layer")
 }
 
 /// A 1x1 convolution quantised and packed for the int8 kernels of one ISA.

@@ -95,7 +95,7 @@ impl PackedStemQ {
     ) -> PackedStemQ {
         let k = KERNELS_INT8
             .iter()
-            .find(|k| k.needs.granted(tier) && c <= k.max_c)
+            .find(|k| k.needs.selectable(tier) && c <= k.max_c)
             .expect("the scalar kernel serves every width");
         PackedStemQ::for_kernel(tier, k, weights, c, bias, input, act, output)
     }

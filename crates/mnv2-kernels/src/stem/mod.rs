@@ -151,7 +151,10 @@ pub type PackedStem = PackedTaps<StemKernel, 27>;
 impl PackedStem {
     /// `weights` are HWIO `[3][3][3][c]`: for the best kernel of `tier` that holds `c` outputs.
     pub fn new(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
-        let k = supported(tier).find(|k| c <= k.max_c).expect("the scalar kernel serves every width");
+        let k = KERNELS
+            .iter()
+            .find(|k| k.needs.selectable(tier) && c <= k.max_c)
+            .expect("the scalar kernel serves every width");
         PackedStem::for_kernel(tier, k, weights, c, bias)
     }
 
@@ -182,8 +185,7 @@ impl PackedStem {
     pub fn bf16(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
         let k = KERNELS_BF16
             .iter()
-            .filter(|k| k.needs.granted(tier) && c <= k.max_c)
-            .find(|k| k.needs != Needs::Avx512Bf16 || crate::isa::bf16_enabled())
+            .find(|k| k.needs.selectable(tier) && c <= k.max_c)
             .expect("the scalar kernel serves every width");
         PackedStem::for_kernel(tier, k, weights, c, bias)
     }

@@ -84,9 +84,9 @@ pub static WGRAD_KERNELS: &[DwGradKernel] = &[
     DwGradKernel { name: "dwconv_f32_wgrad_3x3_scalar", needs: Needs::Scalar, run: wgrad_scalar },
 ];
 
-/// The best kernel of `registry` that `tier` grants.
+/// The best kernel of `registry` that `tier` grants ([`crate::isa::Needs::selectable`]).
 pub fn select(registry: &'static [DwGradKernel], tier: Tier) -> &'static DwGradKernel {
-    registry.iter().find(|k| k.needs.granted(tier)).expect("the scalar kernel")
+    registry.iter().find(|k| k.needs.selectable(tier)).expect("the scalar kernel")
 }
 
 /// # Safety

@@ -69,9 +69,8 @@ pub fn warn_slow_bf16(engine: &Engine) {
             "warning: bf16 runs on the slow scalar twin kernels (this CPU lacks AVX512-BF16, or MNV2_ISA lowered it)"
         );
     }
-    let asked = std::env::var("MNV2_ISA").is_ok_and(|v| v.trim().eq_ignore_ascii_case("amx"));
     let tiles = matches!(engine.precision(), Some(Precision::Bf16 | Precision::Int8));
-    if asked && tiles && !kernels.iter().any(|k| k.ends_with("_amx")) {
+    if mobilenetv2::engine::amx_requested() && tiles && !kernels.iter().any(|k| k.ends_with("_amx")) {
         eprintln!(
             "warning: MNV2_ISA=amx, but this CPU has no AMX (or Linux refused the tile state): the AVX-512 kernels run"
         );

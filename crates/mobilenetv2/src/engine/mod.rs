@@ -5,6 +5,7 @@ mod fast;
 mod reference;
 
 pub use fast::Profile;
+pub use mnv2_kernels::isa::amx_requested;
 pub use mnv2_kernels::Isa;
 
 use crate::error::{Error, Result};
