@@ -7,7 +7,8 @@
 //! C tile `2r + h` holds rows `16r..` and columns `16h..`), two A tiles (`tmm4`, `tmm5`) and
 //! two B tiles (`tmm6`, `tmm7`); every tile is 16 rows of 64 bytes, configured once per call.
 //! A block of <= 16 rows or a panel of <= 16 real columns runs only the tiles it needs. The C
-//! tiles start from the bias (a tile load of stride 0: every row the same 16 values), as the
+//! tiles start from the bias (a tile load of stride 0: every row the same 16 values; the SDM
+//! defines it, a TILELOADD whose SIB omits the index register loads with stride zero), as the
 //! AVX-512 kernels' accumulators do.
 //!
 //! Every tile is whole, so no tile reads past a buffer: the packing pads each panel's pairs
