@@ -36,9 +36,14 @@ fi
 echo "amx_bringup: on the $on; CPU: $cpu"
 
 # 1. The kernels against their twins, the AMX entries required to run.
-MNV2_REQUIRE_ISA=amxbf16,amxint8 cargo test --release -p mnv2-kernels "${model[@]}" --lib -- --nocapture 2>&1 |
-  grep -E 'kernels tested|SKIPPED|FAILED|test result' | sed 's/^/amx_bringup: kernels: /'
-[[ ${PIPESTATUS[0]} == 0 ]] || { echo "amx_bringup: the kernel tests failed" >&2; exit 1; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! MNV2_REQUIRE_ISA=amxbf16,amxint8 cargo test --release -p mnv2-kernels "${model[@]}" --lib -- --nocapture >"$log" 2>&1; then
+  grep -E -A12 'FAILED|panicked|failures:' "$log" | tail -60 >&2
+  echo "amx_bringup: the kernel tests failed (the AMX kernels against their twins)" >&2
+  exit 1
+fi
+grep -E 'kernels tested|SKIPPED|test result' "$log" | sed 's/^/amx_bringup: kernels: /'
 
 # 2. Whole networks.
 if ((${#model[@]})); then bash scripts/ci/amx_model.sh; else bash scripts/ci/amx_model.sh --real; fi
@@ -49,13 +54,18 @@ mobilenetv2_features=()
 cargo build --release -p mnv2 "${mobilenetv2_features[@]}"
 bin=target/release/mnv2
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out" "$log"' EXIT
 "$bin" quantize --weights "$weights" --calib weights/calib --out "$out/int8.safetensors" >/dev/null
 bench() { # isa weights threads [args...] -> "median_ms kernels", from `mnv2 bench --json`
   local isa=$1 w=$2 t=$3
   shift 3
-  MNV2_ISA=$isa "$bin" bench --weights "$w" --threads "$t" --runs "$runs" --json "$@" 2>/dev/null | tail -1 |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["median_ms"], ",".join(d["kernels"]))'
+  local json
+  json=$(MNV2_ISA=$isa "$bin" bench --weights "$w" --threads "$t" --runs "$runs" --json "$@" 2>"$out/err" | tail -1) || {
+    cat "$out/err" >&2
+    echo "amx_bringup: mnv2 bench failed (MNV2_ISA=$isa, $w, $t threads)" >&2
+    exit 1
+  }
+  python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["median_ms"], ",".join(d["kernels"]))' <<<"$json"
 }
 for cfg in "bf16 $weights 1" "bf16 $weights 2" "int8 $out/int8.safetensors 1" "int8 $out/int8.safetensors 2"; do
   set -- $cfg
@@ -63,8 +73,10 @@ for cfg in "bf16 $weights 1" "bf16 $weights 2" "int8 $out/int8.safetensors 1" "i
   [[ $1 == bf16 ]] && extra=(--precision bf16)
   best_avx=1e9 best_amx=1e9
   for _ in $(seq "$reps"); do
-    read -r a _ < <(bench "" "$2" "$3" "${extra[@]}")
-    read -r b kernels < <(bench amx "$2" "$3" "${extra[@]}")
+    r=$(bench "" "$2" "$3" "${extra[@]}")
+    read -r a _ <<<"$r"
+    r=$(bench amx "$2" "$3" "${extra[@]}")
+    read -r b kernels <<<"$r"
     [[ $kernels == *_amx* ]] || { echo "amx_bringup: MNV2_ISA=amx chose no AMX kernel for $1: $kernels" >&2; exit 1; }
     best_avx=$(python3 -c "print(min($best_avx, $a))") best_amx=$(python3 -c "print(min($best_amx, $b))")
   done
