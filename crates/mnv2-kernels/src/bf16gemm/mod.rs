@@ -158,12 +158,6 @@ pub static KERNELS: &[Bf16GemmKernel] = &[
     },
 ];
 
-/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first (whatever
-/// `MNV2_ISA` says: see [`select`]).
-pub fn supported(tier: Tier) -> impl Iterator<Item = &'static Bf16GemmKernel> {
-    KERNELS.iter().filter(move |k| k.needs.granted(tier))
-}
-
 /// The best kernel for a layer of `n` outputs on `tier`; the AVX-512 BF16 kernels only while
 /// [`crate::isa::bf16_enabled`] (`MNV2_ISA` can lower them to the scalar twin), the AMX one
 /// only while [`crate::isa::amx_enabled`] (`MNV2_ISA=amx`: opt-in until it has been run on

@@ -241,11 +241,6 @@ fn no_staging(_: DwRow, _: usize) -> usize {
     0
 }
 
-/// The kernels of `registry` that a caller holding `tier` may run, best first.
-pub fn supported(registry: &'static [DwKernel], tier: Tier) -> impl Iterator<Item = &'static DwKernel> {
-    registry.iter().filter(move |k| k.needs.granted(tier))
-}
-
 /// Depthwise 3x3 weights with bias, packed `[9][c_pad]` (taps row-major) for one kernel.
 pub type PackedDw = PackedTaps<DwKernel, 9>;
 

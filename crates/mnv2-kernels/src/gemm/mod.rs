@@ -72,11 +72,6 @@ pub static KERNELS: &[GemmKernel] = &[
     },
 ];
 
-/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
-pub fn supported(tier: Tier) -> impl Iterator<Item = &'static GemmKernel> {
-    KERNELS.iter().filter(move |k| k.needs.granted(tier))
-}
-
 /// The best kernel for a layer of `n` outputs on `tier`.
 pub fn select(tier: Tier, n: usize) -> &'static GemmKernel {
     KERNELS.iter().find(|k| k.needs.selectable(tier) && n > k.min_n).expect("the scalar kernel serves every layer")

@@ -120,11 +120,6 @@ pub static KERNELS: &[QGemmKernel] = &[
     },
 ];
 
-/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
-pub fn supported(tier: Tier) -> impl Iterator<Item = &'static QGemmKernel> {
-    KERNELS.iter().filter(move |k| k.needs.granted(tier))
-}
-
 /// The best kernel for a layer of `n` outputs on `tier`; the AMX one only while
 /// [`crate::isa::amx_int8_enabled`] (`MNV2_ISA=amx`: opt-in until it has been run on an AMX
 /// CPU).

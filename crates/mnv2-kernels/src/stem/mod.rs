@@ -138,9 +138,10 @@ fn no_staging(_: StemGeom) -> usize {
     0
 }
 
-/// The kernels of [`KERNELS`] that a caller holding `tier` may run, best first.
-pub fn supported(tier: Tier) -> impl Iterator<Item = &'static StemKernel> {
-    KERNELS.iter().filter(move |k| k.needs.granted(tier))
+/// The best kernel of a stem `registry` ([`KERNELS`], [`KERNELS_BF16`]) for `tier` that holds
+/// `c` outputs ([`crate::isa::Needs::selectable`]).
+fn best(registry: &'static [StemKernel], tier: Tier, c: usize) -> &'static StemKernel {
+    registry.iter().find(|k| k.needs.selectable(tier) && c <= k.max_c).expect("the scalar kernel serves every width")
 }
 
 /// Stem weights `[ky][kx][ci][co]` packed as `[27][c_pad]` with bias, for one kernel; for a
@@ -151,11 +152,7 @@ pub type PackedStem = PackedTaps<StemKernel, 27>;
 impl PackedStem {
     /// `weights` are HWIO `[3][3][3][c]`: for the best kernel of `tier` that holds `c` outputs.
     pub fn new(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
-        let k = KERNELS
-            .iter()
-            .find(|k| k.needs.selectable(tier) && c <= k.max_c)
-            .expect("the scalar kernel serves every width");
-        PackedStem::for_kernel(tier, k, weights, c, bias)
+        PackedStem::for_kernel(tier, best(KERNELS, tier, c), weights, c, bias)
     }
 
     /// Packs for `kernel`, which `tier` must grant and which must hold `c` outputs.
@@ -183,11 +180,7 @@ impl PackedStem {
     /// For the bf16 stem ([`KERNELS_BF16`]): the best kernel of `tier` that holds `c` outputs
     /// (the AVX-512 BF16 one only while [`crate::isa::bf16_enabled`]).
     pub fn bf16(tier: Tier, weights: &[f32], c: usize, bias: &[f32]) -> PackedStem {
-        let k = KERNELS_BF16
-            .iter()
-            .find(|k| k.needs.selectable(tier) && c <= k.max_c)
-            .expect("the scalar kernel serves every width");
-        PackedStem::for_kernel(tier, k, weights, c, bias)
+        PackedStem::for_kernel(tier, best(KERNELS_BF16, tier, c), weights, c, bias)
     }
 
     /// Name of the kernel this packing is for.
