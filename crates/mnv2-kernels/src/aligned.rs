@@ -16,6 +16,7 @@ pub unsafe trait Zeroable: Copy + Send + Sync + 'static {}
 // SAFETY: all-zero bytes are 0 for each of these.
 unsafe impl Zeroable for f32 {}
 unsafe impl Zeroable for i8 {}
+unsafe impl Zeroable for i16 {}
 unsafe impl Zeroable for u8 {}
 unsafe impl Zeroable for i32 {}
 unsafe impl Zeroable for u16 {}

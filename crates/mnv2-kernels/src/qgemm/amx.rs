@@ -38,6 +38,7 @@ pub(crate) const KERNEL: QGemmKernel = QGemmKernel {
     nr: NR,
     min_n: 0,
     group_block: ROWS,
+    i16_pairs: false,
     run: qgemm,
 };
 
@@ -141,6 +142,7 @@ pub(super) static MODEL: QGemmKernel = QGemmKernel {
     nr: NR,
     min_n: 0,
     group_block: ROWS,
+    i16_pairs: false,
     run: tests::qgemm_model,
 };
 

@@ -11,10 +11,15 @@
 //!
 //! Kernels: `qgemm_u8s8s32_requant_14x32_avx512vnni` (`vpdpbusd`, 4 multiply-adds per byte
 //! lane per instruction; 24x16 for narrow layers; a panel with padding columns runs a 24-, 16-
-//! or 8-column tile, with the same bytes) and a portable twin that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes.
+//! or 8-column tile, with the same bytes), `qgemm_u8s8s32_requant_4x16_avx2` (`vpmaddwd` on
+//! operands widened to i16: exact, where `vpmaddubsw` would saturate) and a portable twin
+//! that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes,
+//! or for the AVX2 kernel widened to `[n / nr][k / 2][nr][2]` i16.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -79,13 +84,16 @@ pub struct QGemmKernel {
     /// The packed groups of 4 k values of a panel are padded with zero groups to a multiple
     /// of this (the AMX kernel's tiles hold 16 groups; 1 for the others).
     pub group_block: usize,
+    /// The weights are packed widened to i16, in pairs of k values (`PackedQGemm::wide`),
+    /// instead of in groups of 4 bytes.
+    pub i16_pairs: bool,
     /// # Safety
     /// `args` describe buffers valid for the packing, and the CPU has `needs`.
     run: unsafe fn(&Args, &PackedQGemm),
 }
 
-/// Every int8 GEMM kernel built for this target, best first. There is no AVX2 or AVX-VNNI
-/// kernel: other CPUs run the scalar twin (the same bytes), and its name says so.
+/// Every int8 GEMM kernel built for this target, best first. There is no AVX-VNNI kernel:
+/// such CPUs run the AVX2 one (the same bytes).
 pub static KERNELS: &[QGemmKernel] = &[
     #[cfg(target_arch = "x86_64")]
     amx::KERNEL,
@@ -97,6 +105,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: 32,
         min_n: 16,
         group_block: 1,
+        i16_pairs: false,
         run: avx512vnni::qgemm,
     },
     #[cfg(target_arch = "x86_64")]
@@ -107,7 +116,19 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: 16,
         min_n: 0,
         group_block: 1,
+        i16_pairs: false,
         run: avx512vnni::qgemm,
+    },
+    #[cfg(target_arch = "x86_64")]
+    QGemmKernel {
+        name: "qgemm_u8s8s32_requant_4x16_avx2",
+        needs: Needs::Avx2,
+        mr: avx2::MR,
+        nr: avx2::NR,
+        min_n: 0,
+        group_block: 1,
+        i16_pairs: true,
+        run: avx2::qgemm,
     },
     QGemmKernel {
         name: "qgemm_u8s8s32_requant_1x32_scalar",
@@ -116,6 +137,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: 32,
         min_n: 0,
         group_block: 1,
+        i16_pairs: false,
         run: scalar::qgemm,
     },
 ];
@@ -142,8 +164,12 @@ pub struct PackedQGemm {
     pub w_scale: Vec<f32>,
     /// The input's quantisation, folded into `zcs` and `mul`.
     pub input: QParams,
-    /// `[panels][packed_groups()][nr][4]` (zero groups after `k / 4`).
+    /// `[panels][packed_groups()][nr][4]` (zero groups after `k / 4`); empty for a kernel
+    /// with `i16_pairs`.
     pub(crate) data: AlignedVec<i8>,
+    /// `[panels][k / 2][nr][2]`, the weights widened to i16, for a kernel with `i16_pairs`
+    /// (else empty).
+    pub(crate) wide: AlignedVec<i16>,
     /// `zero_a * colsum[n]`, `[panels * nr]`.
     pub(crate) zcs: AlignedVec<i32>,
     /// `scale_a * w_scale[n]`, `[panels * nr]`.
@@ -201,7 +227,9 @@ impl PackedQGemm {
         let panels = n.div_ceil(nr);
         // Groups of 4 k per panel: `k / 4`, padded with zero groups to the kernel's block.
         let groups = (k / 4).next_multiple_of(kernel.group_block);
-        let mut data = AlignedVec::<i8>::zeros(panels * groups * 4 * nr);
+        let bytes = if kernel.i16_pairs { 0 } else { panels * groups * 4 * nr };
+        let mut data = AlignedVec::<i8>::zeros(bytes);
+        let mut wide = AlignedVec::<i16>::zeros(if kernel.i16_pairs { panels * k * nr } else { 0 });
         let mut zcs = AlignedVec::<i32>::zeros(panels * nr);
         let mut mul = AlignedVec::<f32>::zeros(panels * nr);
         let mut b = AlignedVec::<f32>::zeros(panels * nr);
@@ -211,14 +239,18 @@ impl PackedQGemm {
             for kk in 0..k {
                 let v = q[kk * n + j];
                 colsum += v as i32;
-                data[((p * groups + kk / 4) * nr + jj) * 4 + kk % 4] = v;
+                if kernel.i16_pairs {
+                    wide[((p * k / 2 + kk / 2) * nr + jj) * 2 + kk % 2] = v as i16;
+                } else {
+                    data[((p * groups + kk / 4) * nr + jj) * 4 + kk % 4] = v;
+                }
             }
             zcs[j] = input.zero * colsum;
             mul[j] = input.scale * w_scale[j];
             b[j] = bias[j];
         }
         let split = crate::isa::split_512();
-        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b, split }
+        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, wide, zcs, mul, bias: b, split }
     }
 
     /// Panels of `nr` output channels.
@@ -390,7 +422,8 @@ pub fn qgemm_panels(
 pub fn quantize_kernel_name(tier: Tier) -> &'static str {
     match tier {
         Tier::Avx512(_) => "quantize_f32_u8_avx512",
-        _ => "quantize_f32_u8_scalar",
+        Tier::Avx2(_) => "quantize_f32_u8_avx2",
+        Tier::Scalar => "quantize_f32_u8_scalar",
     }
 }
 
@@ -401,6 +434,9 @@ pub fn quantize_row(tier: Tier, src: &[f32], dst: &mut [u8], q: QParams) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the token proves AVX-512; lengths checked.
         Tier::Avx512(_) => unsafe { avx512::quantize_row(src, dst, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX2; lengths checked.
+        Tier::Avx2(_) => unsafe { avx2::quantize_row(src, dst, q) },
         _ => {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d = q.quantize(*s);
@@ -645,6 +681,9 @@ mod tests {
         }
         if Tier::new(Isa::Avx512).is_none() {
             println!("SKIPPED quantize_f32_u8_avx512 (host lacks avx512)");
+        }
+        if Tier::new(Isa::Avx2).is_none() {
+            println!("SKIPPED quantize_f32_u8_avx2 (host lacks avx2)");
         }
     }
 

@@ -1,0 +1,279 @@
+//! AVX2 int8 GEMM: MR rows x 16 columns with `vpmaddwd` (no VNNI, no AVX-512).
+//!
+//! `vpmaddubsw` (u8 x s8 pairs into i16) would be twice as fast but saturates: two products
+//! of 255 and 127 overflow i16. So both operands are widened to i16 and `vpmaddwd` sums each
+//! pair of products exactly into an i32 lane: the same integer sums as every other kernel.
+//! The weights are widened once, at packing (`PackedQGemm::wide`: `[panel][k / 2][16][2]`
+//! i16, a 64-byte row of two ymm per pair of k values); the activations per 4 k values and
+//! row: one 4-byte broadcast and two `vpshufb` that zero-extend the pairs (a0, a1) and
+//! (a2, a3) into every i32 lane. Per 4 k and row: 4 `vpmaddwd` and 4 `vpaddd` (64
+//! multiply-adds).
+//!
+//! The epilogue is the scalar twin's, operation for operation (convert, one FMA, clamp,
+//! residual FMA, round half to even), with the u8 codes clamped to 0..=255 before rounding
+//! (rounding is monotonic: the same codes as saturating after it, and no value leaves the
+//! i32 range of the conversion).
+
+use std::arch::x86_64::*;
+
+use super::{Args, PackedQGemm};
+
+/// Rows per register tile: 4 x 2 accumulators, 4 weight vectors, 2 activation pairs.
+pub(super) const MR: usize = 4;
+/// Columns per panel.
+pub(super) const NR: usize = 16;
+
+/// Loop invariants of one panel.
+struct Panel {
+    /// Pairs of k values.
+    pairs: usize,
+    lda: usize,
+    /// The panel's widened weights.
+    b: *const i16,
+    /// Real columns (`NR` but in a layer's last panel).
+    cols: usize,
+    zcs: [__m256i; 2],
+    mul: [__m256; 2],
+    bias: [__m256; 2],
+    qmul: [__m256; 2],
+    qbias: [__m256; 2],
+    /// The activation's bounds (real units, f32 outputs) and as codes (u8 outputs).
+    lo: __m256,
+    hi: __m256,
+    qlo: __m256,
+    qhi: __m256,
+    qrs: __m256,
+    rz: __m256i,
+    rs: __m256,
+}
+
+impl Panel {
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `pi` is a panel of `w`, packed for this kernel.
+    #[inline(always)]
+    unsafe fn new(args: &Args, w: &PackedQGemm, pi: usize) -> Panel {
+        let n0 = pi * NR;
+        let f = super::fold_out(args);
+        let inv = _mm256_set1_ps(f.inv);
+        // Loops, not closures: a closure lacks this function's target features, and its
+        // intrinsics would be calls (scripts/ci/intrinsics_inlined.sh).
+        let mut zcs = [_mm256_setzero_si256(); 2];
+        let (mut mul, mut bias, mut qmul, mut qbias) =
+            ([_mm256_setzero_ps(); 2], [_mm256_setzero_ps(); 2], [_mm256_setzero_ps(); 2], [_mm256_setzero_ps(); 2]);
+        for v in 0..2 {
+            let at = n0 + 8 * v;
+            zcs[v] = _mm256_loadu_si256(w.zcs.as_ptr().add(at) as *const __m256i);
+            mul[v] = _mm256_loadu_ps(w.mul.as_ptr().add(at));
+            bias[v] = _mm256_loadu_ps(w.bias.as_ptr().add(at));
+            // The operations of `fold_column`, eight columns at a time.
+            qmul[v] = _mm256_mul_ps(mul[v], inv);
+            let t = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(zcs[v]), mul[v], bias[v]);
+            qbias[v] = _mm256_add_ps(_mm256_fmadd_ps(t, inv, _mm256_set1_ps(f.zo)), _mm256_set1_ps(f.rshift));
+        }
+        Panel {
+            pairs: w.k / 2,
+            lda: args.lda,
+            b: w.wide.as_ptr().add(pi * w.k * NR),
+            cols: NR.min(w.n - n0),
+            zcs,
+            mul,
+            bias,
+            qmul,
+            qbias,
+            lo: _mm256_set1_ps(args.act.min),
+            hi: _mm256_set1_ps(args.act.max),
+            qlo: _mm256_set1_ps(f.lo),
+            qhi: _mm256_set1_ps(f.hi),
+            qrs: _mm256_set1_ps(f.rs),
+            rz: _mm256_set1_epi32(args.res_q.zero),
+            rs: _mm256_set1_ps(args.res_q.scale),
+        }
+    }
+
+    /// The residual's 16 codes of `row` from column `col` (the panel's real columns; zeros
+    /// beyond), as two vectors of i32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `args.r` is not null and holds the panel's columns of `row`.
+    #[inline(always)]
+    unsafe fn residual(&self, args: &Args, row: usize, col: usize) -> [__m256i; 2] {
+        let src = args.r.add(row * args.ldr + col);
+        let bytes = if self.cols == NR {
+            _mm_loadu_si128(src as *const __m128i)
+        } else {
+            let mut buf = [0u8; NR];
+            std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), self.cols);
+            _mm_loadu_si128(buf.as_ptr() as *const __m128i)
+        };
+        [_mm256_cvtepu8_epi32(bytes), _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(bytes))]
+    }
+
+    /// The real values of one row's sums (the scalar twin's f32 epilogue).
+    ///
+    /// # Safety
+    /// As [`Panel::residual`] when `args.r` is not null.
+    #[inline(always)]
+    unsafe fn real(&self, acc: [__m256i; 2], args: &Args, row: usize, col: usize) -> [__m256; 2] {
+        let r = if args.r.is_null() { None } else { Some(self.residual(args, row, col)) };
+        let mut out = [_mm256_setzero_ps(); 2];
+        for v in 0..2 {
+            let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[v], self.zcs[v]));
+            let mut x = _mm256_fmadd_ps(s, self.mul[v], self.bias[v]);
+            // `max` first, with the bound second: a NaN becomes the bound, as `f32::max` makes it.
+            x = _mm256_min_ps(_mm256_max_ps(x, self.lo), self.hi);
+            if let Some(r) = r {
+                let rv = _mm256_cvtepi32_ps(_mm256_sub_epi32(r[v], self.rz));
+                x = _mm256_fmadd_ps(rv, self.rs, x);
+            }
+            out[v] = x;
+        }
+        out
+    }
+
+    /// One row's sums to u8 codes (the scalar twin's quantised epilogue), packed in column
+    /// order.
+    ///
+    /// # Safety
+    /// As [`Panel::residual`] when `args.r` is not null.
+    #[inline(always)]
+    unsafe fn codes(&self, acc: [__m256i; 2], args: &Args, row: usize, col: usize) -> __m128i {
+        let r = if args.r.is_null() { None } else { Some(self.residual(args, row, col)) };
+        let mut q = [_mm256_setzero_si256(); 2];
+        for v in 0..2 {
+            let mut x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[v]), self.qmul[v], self.qbias[v]);
+            x = _mm256_min_ps(_mm256_max_ps(x, self.qlo), self.qhi);
+            if let Some(r) = r {
+                x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(r[v]), self.qrs, x);
+            }
+            // Clamped to the codes before rounding: the same codes as saturating after it
+            // (and a NaN becomes 0, as the twin's conversion makes it).
+            x = _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+            q[v] = _mm256_cvtps_epi32(x);
+        }
+        let lo = _mm_packs_epi32(_mm256_castsi256_si128(q[0]), _mm256_extracti128_si256::<1>(q[0]));
+        let hi = _mm_packs_epi32(_mm256_castsi256_si128(q[1]), _mm256_extracti128_si256::<1>(q[1]));
+        _mm_packus_epi16(lo, hi)
+    }
+
+    /// Stores (or, pooling, adds) the epilogue of one row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `args` describes the buffers `qgemm` checked, `row` and the
+    /// panel's columns from `col` lie within them.
+    #[inline(always)]
+    unsafe fn finish(&self, acc: [__m256i; 2], args: &Args, row: usize, col: usize) {
+        if args.f32_out {
+            let x = self.real(acc, args, row, col);
+            let dst = (args.c as *mut f32).add(if args.pool { col } else { row * args.ldc + col });
+            if self.cols == NR {
+                if args.pool {
+                    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), x[0]));
+                    _mm256_storeu_ps(dst.add(8), _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), x[1]));
+                } else {
+                    _mm256_storeu_ps(dst, x[0]);
+                    _mm256_storeu_ps(dst.add(8), x[1]);
+                }
+            } else {
+                let mut buf = [0f32; NR];
+                _mm256_storeu_ps(buf.as_mut_ptr(), x[0]);
+                _mm256_storeu_ps(buf.as_mut_ptr().add(8), x[1]);
+                for (j, v) in buf.iter().enumerate().take(self.cols) {
+                    if args.pool {
+                        *dst.add(j) += *v;
+                    } else {
+                        *dst.add(j) = *v;
+                    }
+                }
+            }
+        } else {
+            let q = self.codes(acc, args, row, col);
+            let dst = args.c.add(row * args.ldc + col);
+            if self.cols == NR {
+                _mm_storeu_si128(dst as *mut __m128i, q);
+            } else {
+                let mut buf = [0u8; NR];
+                _mm_storeu_si128(buf.as_mut_ptr() as *mut __m128i, q);
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), dst, self.cols);
+            }
+        }
+    }
+}
+
+/// `R` rows of one panel from row `i0`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; rows `i0..i0 + R` lie within the rows `qgemm` checked.
+#[inline(always)]
+unsafe fn tile<const R: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
+    let mut acc0 = [_mm256_setzero_si256(); R];
+    let mut acc1 = [_mm256_setzero_si256(); R];
+    // Bytes 0 and 1 (2 and 3) of the broadcast dword, zero-extended to i16, in every lane.
+    let lo_pair = _mm256_set1_epi32(0x8001_8000u32 as i32);
+    let hi_pair = _mm256_set1_epi32(0x8003_8002u32 as i32);
+    let mut bp = p.b;
+    let a = args.a.add(i0 * p.lda);
+    for g in 0..p.pairs / 2 {
+        let w0 = _mm256_load_si256(bp as *const __m256i);
+        let w1 = _mm256_load_si256(bp.add(16) as *const __m256i);
+        let w2 = _mm256_load_si256(bp.add(32) as *const __m256i);
+        let w3 = _mm256_load_si256(bp.add(48) as *const __m256i);
+        for i in 0..R {
+            let quad = _mm256_set1_epi32((a.add(i * p.lda + 4 * g) as *const i32).read_unaligned());
+            let p01 = _mm256_shuffle_epi8(quad, lo_pair);
+            let p23 = _mm256_shuffle_epi8(quad, hi_pair);
+            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(p01, w0));
+            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(p01, w1));
+            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(p23, w2));
+            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(p23, w3));
+        }
+        bp = bp.add(64);
+    }
+    // Rows in order: pooled sums add them in the twin's order.
+    for i in 0..R {
+        p.finish([acc0[i], acc1[i]], args, i0 + i, n0);
+    }
+}
+
+/// # Safety
+/// `args` must describe valid buffers for `w` (checked by `qgemm`), packed for this kernel;
+/// the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
+    for pi in args.panels.clone() {
+        let p = Panel::new(args, w, pi);
+        let n0 = pi * NR;
+        let mut i = 0;
+        while i < args.m {
+            let rows = MR.min(args.m - i);
+            match rows {
+                4 => tile::<4>(&p, args, i, n0),
+                3 => tile::<3>(&p, args, i, n0),
+                2 => tile::<2>(&p, args, i, n0),
+                _ => tile::<1>(&p, args, i, n0),
+            }
+            i += rows;
+        }
+    }
+}
+
+/// `src` quantised to u8 codes: round half to even, then the AVX-512 kernel's saturation
+/// (a conversion out of range gives i32::MIN, which the clamp at 0 takes to code 0).
+///
+/// # Safety
+/// The CPU has AVX2; `dst` at least as long as `src`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_row(src: &[f32], dst: &mut [u8], q: super::QParams) {
+    let inv = _mm256_set1_ps(1.0 / q.scale);
+    let zo = _mm256_set1_epi32(q.zero);
+    let whole = src.len() / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        let v = _mm256_loadu_ps(src.as_ptr().add(i));
+        let r =
+            _mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inv)), zo), _mm256_setzero_si256());
+        let w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+        _mm_storel_epi64(dst.as_mut_ptr().add(i) as *mut __m128i, _mm_packus_epi16(w, w));
+    }
+    for (d, s) in dst[whole..].iter_mut().zip(&src[whole..]) {
+        *d = q.quantize(*s);
+    }
+}
