@@ -3,11 +3,11 @@
 //! The caller hands the three input rows each output row reads (`None` for a padding row);
 //! so the kernel serves any source of rows: a whole tensor, or the ring of expanded rows of
 //! the fused inverted residual, where the wide tensor never exists whole. A call may take
-//! several output rows ([`dwconv_rows`]): the AVX-512 kernels then run each 16-channel tile
-//! across all of them before the next, so the input rows they share are read from L2 once
-//! per tile instead of once per output row (the expanded rows of a 56-wide block are 32 KB
-//! each; three of them do not fit L1). Rows are NHWC
-//! (pixel stride = channels). Stride 1 or 2, any dilation (atrous, for segmentation), any
+//! several output rows ([`dwconv_rows`]): the AVX-512 kernels (and the AVX2 int8 one, by
+//! 8-channel tiles) then run each channel tile across all of them before the next, so the
+//! input rows they share are read from L2 once per tile instead of once per output row (the
+//! expanded rows of a 56-wide block are 32 KB each; three of them do not fit L1). Rows are
+//! NHWC (pixel stride = channels). Stride 1 or 2, any dilation (atrous, for segmentation), any
 //! left padding; the right padding follows from the widths.
 //!
 //! int8 rows: u8 activations (zero point 0, as every depthwise input is a ReLU6 output) times
@@ -22,7 +22,8 @@
 //! channel tails; u8 rows widened to f32, whose sums of integer products are exact), the same
 //! walker with bf16 outputs (`dwconv_f32_bf16_minmax_3x3c16_avx512bf16`) and with bf16 input
 //! rows too (`dwconv_bf16_minmax_3x3c16_avx512bf16`, each load widened exactly),
-//! `dwconv_f32_minmax_3x3c8_avx2`, and a portable scalar twin.
+//! `dwconv_{f32,u8}_minmax_3x3c8_avx2` (8-channel tiles; the u8 rows widened to f32 as on
+//! AVX-512, staged with their padding columns as zeros), and a portable scalar twin.
 //!
 //! bf16 rows in pixel pairs ([`dwconv_rows_bf16_pairs`]): the expanded rows as the bf16
 //! GEMM's `gemm_bf16_to_bf16_pairs` writes them, two horizontal neighbours interleaved channel
@@ -155,7 +156,7 @@ pub static KERNELS: &[DwKernel] = &[
 ];
 
 /// Every int8 (u8 output) depthwise kernel built for this target, best first; all give the
-/// same bytes. There is no AVX2 one: AVX2 hosts run the scalar twin, and its name says so.
+/// same bytes.
 pub static KERNELS_U8: &[DwKernel] = &[
     #[cfg(target_arch = "x86_64")]
     DwKernel {
@@ -170,6 +171,13 @@ pub static KERNELS_U8: &[DwKernel] = &[
         needs: Needs::Avx512,
         code: DwCode::U8(avx512::row_u8),
         staging: avx512::staging_bytes_u8,
+    },
+    #[cfg(target_arch = "x86_64")]
+    DwKernel {
+        name: "dwconv_u8_minmax_3x3c8_avx2",
+        needs: Needs::Avx2,
+        code: DwCode::U8(avx2::row_u8),
+        staging: avx2::staging_bytes_u8,
     },
     DwKernel {
         name: "dwconv_u8_minmax_3x3_scalar",
@@ -779,6 +787,83 @@ mod tests {
         }
     }
 
+    /// Whole images through every int8 kernel give the twin's bytes: the geometries of the
+    /// f32 test (strides 1 and 2, torch and TF 'SAME' padding, dilations 2 and 4, widths from
+    /// one pixel, channel tails of the 8-, 16- and 64-wide tiles) and real MobileNetV2 layers,
+    /// several rows per call (more than one call takes), padding rows at both ends, activations
+    /// with and without bounds, an output zero point; nothing written past the rows.
+    #[test]
+    fn int8_kernels_are_the_twin_on_every_geometry() {
+        let kernels = host_kernels(KERNELS_U8);
+        eprintln!(
+            "int8 depthwise kernels tested on every geometry: {:?}",
+            kernels.iter().map(|k| k.1.name).collect::<Vec<_>>()
+        );
+        let twin = KERNELS_U8.iter().find(|k| k.needs == Needs::Scalar).expect("the twin");
+        let input_q = QParams { scale: 6.0 / 255.0, zero: 0 };
+        // (h, w, c, stride, dilation, pad top/left, pad bottom/right)
+        let mut shapes = Vec::new();
+        for c in [1, 7, 8, 9, 15, 16, 17, 24, 40, 72] {
+            for w in [1, 2, 3, 4, 5, 7, 9, 14, 17] {
+                shapes.push((5, w, c, 1, 1, 1, 1));
+                if w >= 2 {
+                    shapes.push((6, w, c, 2, 1, 1, 1));
+                    shapes.push((6, w, c, 2, 1, 0, 1));
+                }
+                if w >= 5 {
+                    shapes.push((7, w, c, 1, 2, 2, 2));
+                    shapes.push((9, w, c, 1, 4, 4, 4));
+                }
+            }
+        }
+        for (w, c, s) in [(112, 32, 1), (112, 96, 2), (56, 144, 1), (56, 144, 2), (28, 192, 1), (14, 384, 1)] {
+            shapes.push((4, w, c, s, 1, 1, 1));
+        }
+        shapes.push((4, 7, 960, 1, 1, 1, 1));
+        shapes.push((11, 33, 136, 1, 2, 2, 2));
+        for (h, w_in, c, s, d, pad, pad_end) in shapes {
+            let eff = 2 * d + 1;
+            let h_out = (h + pad + pad_end - eff) / s + 1;
+            let w_out = (w_in + pad + pad_end - eff) / s + 1;
+            let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: pad };
+            let (row, len) = (w_in * c, w_out * c);
+            let x: Vec<u8> = (0..h * row).map(|i| ((i * 37 + i / 7 + c) % 256) as u8).collect();
+            let rows: Vec<[Option<&[u8]>; 3]> = (0..h_out)
+                .map(|oy| {
+                    std::array::from_fn(|ky| {
+                        let iy = (oy * s + ky * d) as isize - pad as isize;
+                        (0..h as isize).contains(&iy).then(|| &x[iy as usize * row..(iy as usize + 1) * row])
+                    })
+                })
+                .collect();
+            let (wts, bias) = (vals(c as u64 + 3, 9 * c), vals(11, c));
+            for (act, out_q) in [
+                (MinMax::RELU6, QParams { scale: 6.0 / 255.0, zero: 0 }),
+                (MinMax::NONE, QParams { scale: 0.05, zero: 100 }),
+            ] {
+                let mut want = vec![0u8; h_out * len];
+                let tp = PackedDw::quantized_for(Tier::Scalar, twin, &wts, c, &bias, input_q);
+                dwconv_rows_u8(&tp, &rows, g, act, &mut want, out_q);
+                for &(tier, kern) in &kernels {
+                    let p = PackedDw::quantized_for(tier, kern, &wts, c, &bias, input_q);
+                    let mut got = vec![0xa5u8; h_out * len + 1];
+                    dwconv_rows_u8(&p, &rows, g, act, &mut got, out_q);
+                    let what = format!("{} h={h} w={w_in} c={c} s={s} d={d} pads {pad},{pad_end} {act:?}", kern.name);
+                    assert_eq!(got.pop(), Some(0xa5), "{what}: wrote past the rows");
+                    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                        panic!(
+                            "{what}: at {i} (pixel {}, channel {}): {} vs the twin's {}",
+                            i / c,
+                            i % c,
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bf16_rows_are_the_f32_rows_rounded() {
         let kernels = host_kernels(KERNELS_BF16);
@@ -1015,6 +1100,7 @@ mod tests {
         let held = |name: &str| match name {
             "dwconv_u8_minmax_3x3c64_avx512vnni" => Some(avx512vnni::held_bytes()),
             "dwconv_u8_minmax_3x3c16_avx512" => Some(avx512::held_bytes()),
+            "dwconv_u8_minmax_3x3c8_avx2" => Some(avx2::held_bytes()),
             _ => None,
         };
         let q = QParams { scale: 0.05, zero: 0 };
