@@ -1,7 +1,8 @@
 //! The int8 stem: the image quantised to u8 codes, the weights to s8 per output channel, the
-//! 27 products of each output summed exactly in i32 (`vpdpbusd`), one rounding to the output's
-//! u8 codes. The int8 network runs it when its quantisation records the image's
-//! (`QuantSpec::input`); it then holds no f32 activation at all before the pooled features.
+//! 27 products of each output summed exactly in i32 (`vpdpbusd`; `vpmaddwd` on AVX2), one
+//! rounding to the output's u8 codes. The int8 network runs it when its quantisation records
+//! the image's (`QuantSpec::input`); it then holds no f32 activation at all before the pooled
+//! features.
 //!
 //! Per output row a kernel quantises the three image rows it reads, per (window row, image
 //! channel): columns outside the image take the input's zero point, whose products the sums'
@@ -10,7 +11,9 @@
 //! weight) against a vector of weight quads, nine `vpdpbusd` per 16 output channels and
 //! pixel, where the f32 stem runs 27 FMAs. The twin keeps nine padded planes of codes and
 //! reads each pixel's quads from them; the VNNI kernel builds the quads themselves, one dword
-//! per output pixel.
+//! per output pixel. The AVX2 kernel, without `vpdpbusd` (and `vpmaddubsw` saturates), builds
+//! pairs of i16 codes instead, one dword per output pixel, and sums 14 `vpmaddwd` per 8
+//! output channels and pixel against the weights' pairs (`PackedStemQ::pairs`).
 //!
 //! Codes: `code(v) = round_half_even(clamp(v / s, -z, 255 - z)) + z` with `v / s` computed as
 //! `v * (1 / s)`: [`QParams::quantize`] for every finite `v`; NaN gives code 0.
@@ -50,6 +53,14 @@ pub static KERNELS_INT8: &[StemQKernel] = &[
         run: super::avx512vnni::row,
         staging: super::avx512vnni::staging_bytes,
     },
+    #[cfg(target_arch = "x86_64")]
+    StemQKernel {
+        name: "stem_u8s8s32_requant_3x3s2_avx2",
+        needs: Needs::Avx2,
+        max_c: 48,
+        run: super::avx2::row_q,
+        staging: super::avx2::staging_bytes_q,
+    },
     StemQKernel {
         name: "stem_u8s8s32_requant_3x3s2_scalar",
         needs: Needs::Scalar,
@@ -68,6 +79,11 @@ pub struct PackedStemQ {
     /// `[ky][ci][c_pad]` words of four s8 weights: taps `kx` = 0, 1, 2 of window row `ky` and
     /// image channel `ci`, then a zero.
     pub(crate) quads: AlignedVec<i32>,
+    /// The same weights as `[14][c_pad]` words of two i16 (the first in the low half), for
+    /// `vpmaddwd` (the AVX2 kernel): pairs 0..9 taps `kx` = 0 and 1 of window row `ky` and
+    /// image channel `ci` (`ky * 3 + ci`), pairs 9..14 the taps `kx` = 2 of those nine in
+    /// order, two per pair (the last with a zero).
+    pub(crate) pairs: AlignedVec<i32>,
     /// Per channel, the sum's start: `-input.zero * (sum of the channel's 27 weights)`.
     pub(crate) start: AlignedVec<i32>,
     /// Per channel, the sum's multiplier and addend in output codes (one FMA).
@@ -120,25 +136,33 @@ impl PackedStemQ {
         let (q, w_scale) = quantize_weights(weights, 27, c);
         let c_pad = c.next_multiple_of(16);
         let mut quads = AlignedVec::<i32>::zeros(9 * c_pad);
+        let mut pairs = AlignedVec::<i32>::zeros(14 * c_pad);
         let mut start = AlignedVec::<i32>::zeros(c_pad);
         let mut mul = AlignedVec::<f32>::zeros(c_pad);
         let mut add = AlignedVec::<f32>::zeros(c_pad);
         let rq = Requant::new(act, output);
         for co in 0..c {
             let tap = |ky: usize, kx: usize, ci: usize| q[((ky * 3 + kx) * 3 + ci) * c + co];
+            let pair = |a: i8, b: i8| (a as i16 as u16 as u32 | (b as i16 as u16 as u32) << 16) as i32;
             let mut sum = 0i32;
+            let mut third = [0i8; 10];
             for ky in 0..3 {
                 for ci in 0..3 {
                     let b = [tap(ky, 0, ci), tap(ky, 1, ci), tap(ky, 2, ci), 0];
                     sum += b.iter().map(|&v| v as i32).sum::<i32>();
                     quads[(ky * 3 + ci) * c_pad + co] = i32::from_le_bytes(b.map(|v| v as u8));
+                    pairs[(ky * 3 + ci) * c_pad + co] = pair(b[0], b[1]);
+                    third[ky * 3 + ci] = b[2];
                 }
+            }
+            for m in 0..5 {
+                pairs[(9 + m) * c_pad + co] = pair(third[2 * m], third[2 * m + 1]);
             }
             start[co] = -input.zero * sum;
             mul[co] = input.scale * w_scale[co] * rq.inv;
             add[co] = bias[co].mul_add(rq.inv, rq.zero);
         }
-        PackedStemQ { c, c_pad, quads, start, mul, add, lo: rq.lo as f32, hi: rq.hi as f32, input, kernel }
+        PackedStemQ { c, c_pad, quads, pairs, start, mul, add, lo: rq.lo as f32, hi: rq.hi as f32, input, kernel }
     }
 
     /// Name of the kernel this packing is for.

@@ -3,13 +3,17 @@
 //! transposing pass. Fused epilogue: bias, clamp.
 //!
 //! Kernels: `stem_f32_minmax_3x3s2_avx512` (8 pixels x up to 48 output channels in
-//! registers; weights `[27][c_pad]` from L1) and a portable twin (also used for AVX2: the
-//! stem is 3.6% of the network's multiply-adds); for bf16 networks
+//! registers; weights `[27][c_pad]` from L1), `stem_f32_minmax_3x3s2_avx2` (2 to 8 pixels x
+//! up to 48 channels in ymm, the same sums bit for bit) and a portable twin; for bf16 networks
 //! `stem_bf16_minmax_3x3s2_avx512bf16` (the window rows rounded to padded bf16 rows, 5 pairs
 //! of taps per window row in `vdpbf16ps`) and its own twin; for int8 networks whose
 //! quantisation records the image's, `stem_u8s8s32_requant_3x3s2_avx512vnni` (u8 image codes
-//! times s8 weights, nine `vpdpbusd` per 16 outputs and pixel: [`PackedStemQ`]) and its twin.
+//! times s8 weights, nine `vpdpbusd` per 16 outputs and pixel: [`PackedStemQ`]),
+//! `stem_u8s8s32_requant_3x3s2_avx2` (i16 codes and weights, 14 `vpmaddwd` per 8 outputs and
+//! pixel) and their twin.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -81,9 +85,8 @@ pub struct StemKernel {
     staging: fn(StemGeom) -> usize,
 }
 
-/// Every stem kernel built for this target, best first. There is no AVX2 stem (3.6% of the
-/// network's multiply-adds): AVX2 hosts and stems wider than 48 channels run the scalar twin,
-/// and its name says so.
+/// Every stem kernel built for this target, best first. Stems wider than 48 channels run the
+/// scalar twin, and its name says so.
 pub static KERNELS: &[StemKernel] = &[
     #[cfg(target_arch = "x86_64")]
     StemKernel {
@@ -92,6 +95,15 @@ pub static KERNELS: &[StemKernel] = &[
         max_c: 48,
         bf16: false,
         run: avx512::row,
+        staging: no_staging,
+    },
+    #[cfg(target_arch = "x86_64")]
+    StemKernel {
+        name: "stem_f32_minmax_3x3s2_avx2",
+        needs: Needs::Avx2,
+        max_c: 48,
+        bf16: false,
+        run: avx2::row,
         staging: no_staging,
     },
     StemKernel {
@@ -394,55 +406,67 @@ mod tests {
         (5, 37, 40, 1, 0, 0, 1),
     ];
 
+    /// The network's stems: 16, 32 and 48 outputs (widths 0.5, 1.0 and 1.4) of 224, 97 and
+    /// 113 pixel wide images, padded as torchvision pads (1 all round), and TF's SAME at 224.
+    const NETWORK_SHAPES: [Shape; 10] = [
+        (5, 224, 16, 1, 1, 1, 1),
+        (5, 224, 32, 1, 1, 1, 1),
+        (5, 224, 48, 1, 1, 1, 1),
+        (5, 224, 32, 0, 0, 1, 1),
+        (5, 97, 16, 1, 1, 1, 1),
+        (5, 97, 32, 1, 1, 1, 1),
+        (5, 97, 48, 1, 1, 1, 1),
+        (5, 113, 16, 1, 1, 1, 1),
+        (5, 113, 32, 1, 1, 1, 1),
+        (5, 113, 48, 1, 1, 1, 1),
+    ];
+
     /// The bytes a vector kernel keeps in its thread's staging area (which the engine counts
     /// as activation memory) are no more than it declares: shapes run from narrow to wide, as
     /// the areas only grow. The twins allocate what they declare per call.
     #[test]
     fn stem_kernels_stage_what_they_declare() {
         let tier = *Tier::host().last().expect("scalar");
-        let mut shapes = SHAPES;
+        let mut shapes: Vec<Shape> = SHAPES.iter().chain(&NETWORK_SHAPES).copied().collect();
         shapes.sort_by_key(|s| s.1);
         #[cfg(target_arch = "x86_64")]
-        for (name, needs) in
-            [(KERNELS_BF16[0].name, KERNELS_BF16[0].needs), (int8::KERNELS_INT8[0].name, int8::KERNELS_INT8[0].needs)]
-        {
+        for (name, needs, held_bytes) in [
+            (KERNELS_BF16[0].name, KERNELS_BF16[0].needs, avx512bf16::held_bytes as fn() -> usize),
+            (int8::KERNELS_INT8[0].name, int8::KERNELS_INT8[0].needs, avx512vnni::held_bytes),
+            (int8::KERNELS_INT8[1].name, int8::KERNELS_INT8[1].needs, avx2::held_bytes),
+        ] {
             if !crate::isa::runs_or_skips(name, needs) {
                 continue;
             }
-            for shape in shapes {
+            for &shape in &shapes {
                 let case = Case::new(shape, 9.0, |_| {});
                 let img = Image { data: &case.nhwc, h: case.g.in_h, w: case.g.in_w, layout: Layout::Nhwc };
                 let mut out = vec![0.0f32; case.g.out_w * shape.2];
                 let (declared, held) = if name == KERNELS_BF16[0].name {
                     let p = PackedStem::for_kernel(tier, &KERNELS_BF16[0], &case.wts, shape.2, &case.bias);
                     stem_row(&p, img, case.g.out_h - 1, case.sg, MinMax::NONE, &mut out);
-                    (p.staging_bytes(case.sg), avx512bf16::held_bytes())
+                    (p.staging_bytes(case.sg), held_bytes())
                 } else {
                     let q = crate::qgemm::QParams { scale: 0.05, zero: 100 };
-                    let p = PackedStemQ::for_kernel(
-                        tier,
-                        &int8::KERNELS_INT8[0],
-                        &case.wts,
-                        shape.2,
-                        &case.bias,
-                        q,
-                        MinMax::RELU6,
-                        q,
-                    );
+                    let kernel = int8::KERNELS_INT8.iter().find(|k| k.name == name).expect("an int8 kernel");
+                    let p = PackedStemQ::for_kernel(tier, kernel, &case.wts, shape.2, &case.bias, q, MinMax::RELU6, q);
                     let mut codes = vec![0u8; out.len()];
                     stem_row_q(&p, img, case.g.out_h - 1, case.sg, &mut codes);
-                    (p.staging_bytes(case.sg), avx512vnni::held_bytes())
+                    (p.staging_bytes(case.sg), held_bytes())
                 };
                 assert!(held > 0 && held <= declared, "{name} {shape:?}: holds {held} bytes, declares {declared}");
             }
+            eprintln!("stem staging checked: {name}");
         }
     }
 
     #[test]
     fn every_kernel_and_layout_matches_reference() {
         let tier = *Tier::host().last().expect("scalar");
+        let mut tested = Vec::new();
         for kern in KERNELS.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
-            for shape in [
+            tested.push(kern.name);
+            let shapes = [
                 (9, 11, 1, 1, 1, 1, 1),
                 (9, 11, 15, 1, 1, 1, 1),
                 (9, 11, 17, 1, 1, 1, 1),
@@ -455,7 +479,11 @@ mod tests {
                 (12, 10, 24, 1, 1, 1, 1),
                 (5, 5, 8, 1, 1, 1, 1),
                 (6, 6, 56, 1, 1, 1, 1),
-            ] {
+                (6, 41, 16, 0, 1, 1, 0),
+                (5, 37, 40, 1, 0, 0, 1),
+                (9, 11, 7, 2, 2, 0, 0),
+            ];
+            for shape in shapes.into_iter().chain(NETWORK_SHAPES) {
                 if shape.2 > kern.max_c {
                     continue;
                 }
@@ -470,6 +498,7 @@ mod tests {
                 }
             }
         }
+        eprintln!("f32 stem kernels tested: {tested:?}");
     }
 
     /// The bf16 kernels against their twin (same rounded operands, exact products, the same
@@ -608,7 +637,7 @@ mod tests {
         let mut tested = Vec::new();
         for kern in KERNELS_INT8.iter().filter(|k| crate::isa::runs_or_skips(k.name, k.needs)) {
             tested.push(kern.name);
-            for shape in SHAPES {
+            for shape in SHAPES.into_iter().chain(NETWORK_SHAPES) {
                 let (h, w, c) = (shape.0, shape.1, shape.2);
                 // An infinity and a NaN in the last image row (channel 0, columns 2 and 5 or the last).
                 let case = Case::new(shape, 10.0, |x| {
