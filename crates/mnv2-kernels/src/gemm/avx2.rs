@@ -1,5 +1,5 @@
 //! AVX2 + FMA GEMM micro-kernel: `MR` rows x 16 columns (12 ymm accumulators at MR = 6).
-//! Column tails go through a small stack buffer.
+//! Column tails go through a small stack buffer; whole panels add the residual in registers.
 
 use std::arch::x86_64::*;
 
@@ -41,10 +41,15 @@ unsafe fn tile<const R: usize>(p: &Panel, a: *const f32, c: *mut f32, r: *const 
         ap = ap.add(1);
     }
     for i in 0..R {
-        let v0 = _mm256_min_ps(_mm256_max_ps(acc0[i], p.lo), p.hi);
-        let v1 = _mm256_min_ps(_mm256_max_ps(acc1[i], p.lo), p.hi);
+        let mut v0 = _mm256_min_ps(_mm256_max_ps(acc0[i], p.lo), p.hi);
+        let mut v1 = _mm256_min_ps(_mm256_max_ps(acc1[i], p.lo), p.hi);
         let cp = c.add(i * p.ldc);
-        if p.cols == 16 && r.is_null() {
+        if p.cols == 16 {
+            if !r.is_null() {
+                let rp = r.add(i * p.ldr);
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rp));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8)));
+            }
             _mm256_storeu_ps(cp, v0);
             _mm256_storeu_ps(cp.add(8), v1);
         } else {

@@ -4,10 +4,9 @@
 //! of 255 and 127 overflow i16. So both operands are widened to i16 and `vpmaddwd` sums each
 //! pair of products exactly into an i32 lane: the same integer sums as every other kernel.
 //! The weights are widened once, at packing (`PackedQGemm::wide`: `[panel][k / 2][16][2]`
-//! i16, a 64-byte row of two ymm per pair of k values); the activations per 4 k values and
-//! row: one 4-byte broadcast and two `vpshufb` that zero-extend the pairs (a0, a1) and
-//! (a2, a3) into every i32 lane. Per 4 k and row: 4 `vpmaddwd` and 4 `vpaddd` (64
-//! multiply-adds).
+//! i16, a 64-byte row of two ymm per pair of k values); the activations per chunk of rows,
+//! into a thread's staging area (16 KiB), from which each pair (a0, a1) is one 4-byte
+//! broadcast load. Per pair of k and row: 2 `vpmaddwd` and 2 `vpaddd` (32 multiply-adds).
 //!
 //! The epilogue is the scalar twin's, operation for operation (convert, one FMA, clamp,
 //! residual FMA, round half to even), with the u8 codes clamped to 0..=255 before rounding
@@ -16,18 +15,27 @@
 
 use std::arch::x86_64::*;
 
-use super::{Args, PackedQGemm};
+use std::cell::RefCell;
 
-/// Rows per register tile: 4 x 2 accumulators, 4 weight vectors, 2 activation pairs.
-pub(super) const MR: usize = 4;
+use super::{Args, PackedQGemm};
+use crate::aligned::{grown_aligned, AlignedVec};
+
+/// Rows per register tile: 6 x 2 accumulators, 2 weight vectors, an activation pair.
+pub(super) const MR: usize = 6;
 /// Columns per panel.
 pub(super) const NR: usize = 16;
+/// i16 values of A staged at once (16 KiB: L1-resident while every panel reads it).
+const CHUNK: usize = 8192;
+
+thread_local! {
+    /// A's rows widened to i16, a chunk at a time; grows to the largest chunk.
+    static A16: RefCell<AlignedVec<i16>> = RefCell::new(AlignedVec::zeros(0));
+}
 
 /// Loop invariants of one panel.
 struct Panel {
     /// Pairs of k values.
     pairs: usize,
-    lda: usize,
     /// The panel's widened weights.
     b: *const i16,
     /// Real columns (`NR` but in a layer's last panel).
@@ -72,7 +80,6 @@ impl Panel {
         }
         Panel {
             pairs: w.k / 2,
-            lda: args.lda,
             b: w.wide.as_ptr().add(pi * w.k * NR),
             cols: NR.min(w.n - n0),
             zcs,
@@ -199,38 +206,51 @@ impl Panel {
     }
 }
 
-/// `R` rows of one panel from row `i0`.
+/// `R` rows of one panel: staged rows `a` (`k` i16 each), output rows from `i0`.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; rows `i0..i0 + R` lie within the rows `qgemm` checked.
+/// The CPU has AVX2 and FMA; `a` holds `R` staged rows of the panel's `k`; rows
+/// `i0..i0 + R` lie within the rows `qgemm` checked.
 #[inline(always)]
-unsafe fn tile<const R: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
+unsafe fn tile<const R: usize>(p: &Panel, a: *const i16, args: &Args, i0: usize, n0: usize) {
     let mut acc0 = [_mm256_setzero_si256(); R];
     let mut acc1 = [_mm256_setzero_si256(); R];
-    // Bytes 0 and 1 (2 and 3) of the broadcast dword, zero-extended to i16, in every lane.
-    let lo_pair = _mm256_set1_epi32(0x8001_8000u32 as i32);
-    let hi_pair = _mm256_set1_epi32(0x8003_8002u32 as i32);
+    let k = 2 * p.pairs;
     let mut bp = p.b;
-    let a = args.a.add(i0 * p.lda);
-    for g in 0..p.pairs / 2 {
+    for pp in 0..p.pairs {
         let w0 = _mm256_load_si256(bp as *const __m256i);
         let w1 = _mm256_load_si256(bp.add(16) as *const __m256i);
-        let w2 = _mm256_load_si256(bp.add(32) as *const __m256i);
-        let w3 = _mm256_load_si256(bp.add(48) as *const __m256i);
         for i in 0..R {
-            let quad = _mm256_set1_epi32((a.add(i * p.lda + 4 * g) as *const i32).read_unaligned());
-            let p01 = _mm256_shuffle_epi8(quad, lo_pair);
-            let p23 = _mm256_shuffle_epi8(quad, hi_pair);
-            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(p01, w0));
-            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(p01, w1));
-            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(p23, w2));
-            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(p23, w3));
+            let pair = _mm256_set1_epi32((a.add(i * k + 2 * pp) as *const i32).read_unaligned());
+            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(pair, w0));
+            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(pair, w1));
         }
-        bp = bp.add(64);
+        bp = bp.add(32);
     }
     // Rows in order: pooled sums add them in the twin's order.
     for i in 0..R {
         p.finish([acc0[i], acc1[i]], args, i0 + i, n0);
+    }
+}
+
+/// Rows `0..m` of `a` (`lda` apart, `k` bytes each) zero-extended to i16 at `dst`, `k` apart.
+///
+/// # Safety
+/// The CPU has AVX2; the rows are readable and `dst` writable for `m * k` values.
+#[inline(always)]
+unsafe fn widen(a: *const u8, lda: usize, m: usize, k: usize, dst: *mut i16) {
+    for i in 0..m {
+        let (src, out) = (a.add(i * lda), dst.add(i * k));
+        let mut j = 0;
+        while j + 16 <= k {
+            let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(j) as *const __m128i));
+            _mm256_storeu_si256(out.add(j) as *mut __m256i, v);
+            j += 16;
+        }
+        while j < k {
+            *out.add(j) = *src.add(j) as i16;
+            j += 1;
+        }
     }
 }
 
@@ -239,20 +259,34 @@ unsafe fn tile<const R: usize>(p: &Panel, args: &Args, i0: usize, n0: usize) {
 /// the CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
-    for pi in args.panels.clone() {
-        let p = Panel::new(args, w, pi);
-        let n0 = pi * NR;
-        let mut i = 0;
-        while i < args.m {
-            let rows = MR.min(args.m - i);
-            match rows {
-                4 => tile::<4>(&p, args, i, n0),
-                3 => tile::<3>(&p, args, i, n0),
-                2 => tile::<2>(&p, args, i, n0),
-                _ => tile::<1>(&p, args, i, n0),
+    let k = w.k;
+    // A multiple of the tile's rows; one tile at least, however long the rows.
+    let rows = ((CHUNK / k.max(1)) / MR * MR).max(MR);
+    // Valid until this thread next grows the area; nothing else uses it.
+    let a16 = grown_aligned(&A16, rows * k);
+    let mut c0 = 0;
+    while c0 < args.m {
+        let chunk = rows.min(args.m - c0);
+        widen(args.a.add(c0 * args.lda), args.lda, chunk, k, a16);
+        for pi in args.panels.clone() {
+            let p = Panel::new(args, w, pi);
+            let n0 = pi * NR;
+            let mut i = 0;
+            while i < chunk {
+                let r = MR.min(chunk - i);
+                let a = a16.add(i * k);
+                match r {
+                    6 => tile::<6>(&p, a, args, c0 + i, n0),
+                    5 => tile::<5>(&p, a, args, c0 + i, n0),
+                    4 => tile::<4>(&p, a, args, c0 + i, n0),
+                    3 => tile::<3>(&p, a, args, c0 + i, n0),
+                    2 => tile::<2>(&p, a, args, c0 + i, n0),
+                    _ => tile::<1>(&p, a, args, c0 + i, n0),
+                }
+                i += r;
             }
-            i += rows;
         }
+        c0 += chunk;
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Kernels: `qgemm_u8s8s32_requant_14x32_avx512vnni` (`vpdpbusd`, 4 multiply-adds per byte
 //! lane per instruction; 24x16 for narrow layers; a panel with padding columns runs a 24-, 16-
-//! or 8-column tile, with the same bytes), `qgemm_u8s8s32_requant_4x16_avx2` (`vpmaddwd` on
+//! or 8-column tile, with the same bytes), `qgemm_u8s8s32_requant_6x16_avx2` (`vpmaddwd` on
 //! operands widened to i16: exact, where `vpmaddubsw` would saturate) and a portable twin
 //! that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes,
 //! or for the AVX2 kernel widened to `[n / nr][k / 2][nr][2]` i16.
@@ -121,7 +121,7 @@ pub static KERNELS: &[QGemmKernel] = &[
     },
     #[cfg(target_arch = "x86_64")]
     QGemmKernel {
-        name: "qgemm_u8s8s32_requant_4x16_avx2",
+        name: "qgemm_u8s8s32_requant_6x16_avx2",
         needs: Needs::Avx2,
         mr: avx2::MR,
         nr: avx2::NR,
