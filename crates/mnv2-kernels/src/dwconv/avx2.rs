@@ -1,7 +1,13 @@
-//! AVX2 depthwise 3x3: 8-channel tiles, weights in registers.
+//! AVX2 depthwise 3x3: 8-channel tiles.
 //!
-//! f32 rows ([`row`]): bounds checks only at the edges; channel tails go through
-//! `maskload`/`maskstore`.
+//! f32 rows ([`row`]), read in place (no staging), walked as on AVX-512: interior pixels in
+//! blocks of 6 (then 4, 2, 1) with stride and dilation as constants and no bounds checks, the
+//! 9 weight vectors of a tile loaded once per call; edge pixels with their taps inside the row
+//! unrolled. Each pixel's sum is the twin's, bit for bit: the bias, then the taps inside the
+//! image, ky then kx, one FMA each; padding rows (null) and columns are skipped, not
+//! zero-weighted. The two 8-channel tiles of a 16-channel group (a cache line of each pixel)
+//! run block by block across every output row of the call, so an input pixel comes from L2
+//! once per call. Only a channel tail's tile goes through `maskload`/`maskstore`.
 //!
 //! u8 rows ([`row_u8`]): as in the AVX-512 kernel, each input value is widened to f32 once,
 //! not at each of its up to 9 taps: the tile's input rows are widened into a thread-local
@@ -18,82 +24,340 @@ use std::cell::RefCell;
 use super::{padding_reads_present, Args, DwRow, PackedDw, Requant, MAX_ROWS};
 use crate::aligned::{grown_aligned, AlignedVec};
 
-/// Loop invariants of one 8-channel tile.
-struct Tile {
+/// The taps of one 8-channel tile of an f32 row: its weights and bias, loaded once per call.
+struct Taps {
+    /// The tile's first channel.
+    ct: usize,
+    w: [__m256; 9],
+    bias: __m256,
+    /// Lanes of the tile's channels (all 8 but in the tail tile).
+    mask: __m256i,
+}
+
+impl Taps {
+    /// Channels `ct..ct + 8` of `w` (those below `w.c`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `ct` is a multiple of 8 below `w.c`.
+    #[inline(always)]
+    unsafe fn new(w: &PackedDw, ct: usize) -> Taps {
+        let mut t = Taps {
+            ct,
+            w: [_mm256_setzero_ps(); 9],
+            // SAFETY: aligned loads, as the packing is 64-byte aligned, `c_pad` a multiple
+            // of 16 and `ct + 8 <= c_pad`; the bias holds `c_pad` values.
+            bias: _mm256_load_ps(w.bias.as_ptr().add(ct)),
+            mask: _mm256_cmpgt_epi32(
+                _mm256_set1_epi32((w.c - ct).min(LANES) as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            ),
+        };
+        for (k, v) in t.w.iter_mut().enumerate() {
+            // SAFETY: as the bias.
+            *v = _mm256_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct));
+        }
+        t
+    }
+}
+
+/// One f32 output row: its input rows, read in place, and its output.
+struct OutRow {
+    /// Null for a padding row, whose taps are skipped (not zero-weighted: that would turn an
+    /// infinite input into NaN, or a -0.0 sum into +0.0).
     rows: [*const f32; 3],
     out: *mut f32,
+    /// The activation's bounds.
+    lo: f32,
+    hi: f32,
+}
+
+/// The output rows of one f32 call, all of one geometry.
+struct Walk<'a> {
+    rows: &'a [OutRow],
+    /// Pixel stride of the input and output rows (the channels).
     c: usize,
     stride: usize,
     dilation: usize,
     pad: usize,
     w_in: usize,
-    w: [__m256; 9],
-    bias: __m256,
-    mask: __m256i,
-    lo: __m256,
-    hi: __m256,
+    w_out: usize,
 }
 
-impl Tile {
+impl Walk<'_> {
+    /// The tile's 8 channels at `p` (only the lanes of its mask unless `FULL`).
+    ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; the pointers this reads and writes are the rows `dwconv_row` checked, and
-    /// `x` is an output column of the row (taps outside the input row only when `checked`).
+    /// The CPU has AVX2; `p` is the tile's first channel of an input pixel of a row of the
+    /// call (rows `dwconv_rows` checked); `FULL` only if the tile has 8 channels.
     #[inline(always)]
-    unsafe fn pixel(&self, x: usize, checked: bool) {
-        let mut a = self.bias;
-        for (ky, &row) in self.rows.iter().enumerate() {
+    unsafe fn load<const FULL: bool>(t: &Taps, p: *const f32) -> __m256 {
+        if FULL {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, t.mask)
+        }
+    }
+
+    /// Stores the sums `a` of output pixel `x` of row `r`, clamped to the activation's bounds.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `x < w_out`; `FULL` only if the tile has 8 channels.
+    #[inline(always)]
+    unsafe fn store<const FULL: bool>(&self, t: &Taps, r: &OutRow, x: usize, a: __m256) {
+        Self::store_at::<FULL>(t, r, r.out.add(x * self.c + t.ct), a)
+    }
+
+    /// Stores the sums `a` at `p`, clamped to the bounds of row `r`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `p` is the tile's first channel of an output pixel of `r`; `FULL`
+    /// only if the tile has 8 channels.
+    #[inline(always)]
+    unsafe fn store_at<const FULL: bool>(t: &Taps, r: &OutRow, p: *mut f32, a: __m256) {
+        let v = _mm256_min_ps(_mm256_max_ps(a, _mm256_set1_ps(r.lo)), _mm256_set1_ps(r.hi));
+        if FULL {
+            _mm256_storeu_ps(p, v)
+        } else {
+            _mm256_maskstore_ps(p, t.mask, v)
+        }
+    }
+
+    /// XB interior output pixels of row `r`, every tap inside the row: columns `x0 + j * Q`
+    /// for `j < XB`, where the spacing Q ([`spacing`]) is the dilation at stride 1 (so the
+    /// pixels' taps interleave as a dense row's do), else 1; stride S and dilation D. Each
+    /// pixel's sum starts at the bias and takes its taps in the twin's order, ky then kx, one
+    /// FMA each; a tap that neighbouring pixels share is loaded once.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the rows' stride and dilation are S and D; the pixels lie in
+    /// the rows' interior ([`DwRow::interior`](super::DwRow::interior)); `FULL` only if the
+    /// tile has 8 channels.
+    #[inline(always)]
+    unsafe fn block<const S: usize, const D: usize, const XB: usize, const FULL: bool>(
+        &self,
+        t: &Taps,
+        r: &OutRow,
+        x0: usize,
+    ) {
+        let (c, q) = (self.c, spacing(S, D));
+        let mut acc = [t.bias; XB];
+        for ky in 0..3 {
+            let row = r.rows[ky];
+            if row.is_null() {
+                continue;
+            }
+            let base = row.add((x0 * S - self.pad) * c + t.ct);
+            for kx in 0..3 {
+                let w = t.w[ky * 3 + kx];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(Self::load::<FULL>(t, base.add((j * q * S + kx * D) * c)), w, *a);
+                }
+            }
+        }
+        let out = r.out.add(x0 * c + t.ct);
+        for (j, a) in acc.iter().enumerate() {
+            Self::store_at::<FULL>(t, r, out.add(j * q * c), *a);
+        }
+    }
+
+    /// One output pixel at any stride and dilation; taps outside the row are skipped.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `x < w_out`; `FULL` only if the tile has 8 channels.
+    #[inline(always)]
+    unsafe fn pixel<const FULL: bool>(&self, t: &Taps, r: &OutRow, x: usize) {
+        let mut a = t.bias;
+        for ky in 0..3 {
+            let row = r.rows[ky];
             if row.is_null() {
                 continue;
             }
             for kx in 0..3 {
                 let ix = (x * self.stride + kx * self.dilation) as isize - self.pad as isize;
-                if checked && (ix < 0 || ix as usize >= self.w_in) {
+                if ix < 0 || ix as usize >= self.w_in {
                     continue;
                 }
-                let v = _mm256_maskload_ps(row.add(ix as usize * self.c), self.mask);
-                a = _mm256_fmadd_ps(v, self.w[ky * 3 + kx], a);
+                let v = Self::load::<FULL>(t, row.add(ix as usize * self.c + t.ct));
+                a = _mm256_fmadd_ps(v, t.w[ky * 3 + kx], a);
             }
         }
-        _mm256_maskstore_ps(self.out.add(x * self.c), self.mask, _mm256_min_ps(_mm256_max_ps(a, self.lo), self.hi));
+        self.store::<FULL>(t, r, x, a);
+    }
+
+    /// One pixel whose taps `kx` in `K0..K1` lie inside the row, the others left or right of
+    /// it: the edge pixels, with no bounds checks.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `x < w_out` and the taps `K0..K1` of `x` (and no others)
+    /// read input columns; `FULL` only if the tile has 8 channels.
+    #[inline(always)]
+    unsafe fn edge<const K0: usize, const K1: usize, const FULL: bool>(&self, t: &Taps, r: &OutRow, x: usize) {
+        let mut a = t.bias;
+        let step = self.dilation * self.c;
+        for ky in 0..3 {
+            let row = r.rows[ky];
+            if row.is_null() {
+                continue;
+            }
+            let base = row.add((x * self.stride + K0 * self.dilation - self.pad) * self.c + t.ct);
+            for kx in K0..K1 {
+                a = _mm256_fmadd_ps(Self::load::<FULL>(t, base.add((kx - K0) * step)), t.w[ky * 3 + kx], a);
+            }
+        }
+        self.store::<FULL>(t, r, x, a);
+    }
+
+    /// Edge pixel `x` (some tap outside the row) of every row and tile: its taps inside the
+    /// row are a range `k0..k1` (the kernel's columns read increasing input columns), unrolled.
+    ///
+    /// # Safety
+    /// As [`Walk::pixel`], for each tile.
+    #[inline(always)]
+    unsafe fn edge_pixel<const NT: usize, const FULL: bool>(&self, taps: &[Taps; NT], x: usize) {
+        let col = |kx: usize| (x * self.stride + kx * self.dilation) as isize - self.pad as isize;
+        let inside = |kx: usize| (0..self.w_in as isize).contains(&col(kx));
+        let k0 = (0..3).find(|&k| inside(k)).unwrap_or(3);
+        let k1 = (k0..3).find(|&k| !inside(k)).unwrap_or(3);
+        for r in self.rows {
+            for t in taps {
+                match (k0, k1) {
+                    (1, 3) => self.edge::<1, 3, FULL>(t, r, x),
+                    (0, 2) => self.edge::<0, 2, FULL>(t, r, x),
+                    (2, 3) => self.edge::<2, 3, FULL>(t, r, x),
+                    (0, 1) => self.edge::<0, 1, FULL>(t, r, x),
+                    (1, 2) => self.edge::<1, 2, FULL>(t, r, x),
+                    _ => self.pixel::<FULL>(t, r, x),
+                }
+            }
+        }
+    }
+
+    /// Interior pixels `x..hi` in runs of XB * Q ([`spacing`]): Q blocks of XB pixels each,
+    /// every block across every row and tile before the next (so its input pixels come from
+    /// L2 once, and from L1 for the other rows and tiles); returns where it stopped.
+    ///
+    /// # Safety
+    /// As [`Walk::block`], for `x..hi` in the interior and each tile.
+    #[inline(always)]
+    unsafe fn run<const S: usize, const D: usize, const XB: usize, const NT: usize, const FULL: bool>(
+        &self,
+        taps: &[Taps; NT],
+        mut x: usize,
+        hi: usize,
+    ) -> usize {
+        let q = if XB == 1 { 1 } else { spacing(S, D) };
+        while x + XB * q <= hi {
+            for x0 in x..x + q {
+                for r in self.rows {
+                    for t in taps {
+                        self.block::<S, D, XB, FULL>(t, r, x0);
+                    }
+                }
+            }
+            x += XB * q;
+        }
+        x
+    }
+
+    /// Interior pixels `x..hi`: blocks of 6 (six sums and nine weights: 15 of the 16
+    /// registers), then 4, 2, 1.
+    ///
+    /// # Safety
+    /// As [`Walk::run`].
+    #[inline(always)]
+    unsafe fn cascade<const S: usize, const D: usize, const NT: usize, const FULL: bool>(
+        &self,
+        taps: &[Taps; NT],
+        x: usize,
+        hi: usize,
+    ) {
+        let x = self.run::<S, D, 6, NT, FULL>(taps, x, hi);
+        let x = self.run::<S, D, 4, NT, FULL>(taps, x, hi);
+        let x = self.run::<S, D, 2, NT, FULL>(taps, x, hi);
+        self.run::<S, D, 1, NT, FULL>(taps, x, hi);
+    }
+
+    /// Every output pixel of every row, for the NT tiles `taps`; the rows' interior is
+    /// `lo..hi` ([`DwRow::interior`](super::DwRow::interior)).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the tiles lie in the rows' channels; `FULL` only if each
+    /// has 8 channels.
+    #[inline(always)]
+    unsafe fn tiles<const NT: usize, const FULL: bool>(&self, taps: &[Taps; NT], (lo, hi): (usize, usize)) {
+        for x in 0..lo {
+            self.edge_pixel::<NT, FULL>(taps, x);
+        }
+        match (self.stride, self.dilation) {
+            (1, 1) => self.cascade::<1, 1, NT, FULL>(taps, lo, hi),
+            (2, 1) => self.cascade::<2, 1, NT, FULL>(taps, lo, hi),
+            (1, 2) => self.cascade::<1, 2, NT, FULL>(taps, lo, hi),
+            (1, 4) => self.cascade::<1, 4, NT, FULL>(taps, lo, hi),
+            _ => {
+                for x in lo..hi {
+                    for r in self.rows {
+                        for t in taps {
+                            self.pixel::<FULL>(t, r, x);
+                        }
+                    }
+                }
+            }
+        }
+        for x in hi.max(lo)..self.w_out {
+            self.edge_pixel::<NT, FULL>(taps, x);
+        }
     }
 }
 
-/// # Safety
-/// `args` must describe valid rows for `w` (checked by `dwconv_row`); the CPU must have AVX2+FMA.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
-    for a in args {
-        row1(a, w);
+/// The spacing of the output pixels of one block at stride `s` and dilation `d`: at stride 1
+/// the taps of pixels `d` apart interleave as those of neighbours do at dilation 1 (pixel
+/// `x + d` reads input columns `d` right of those of `x`), so a block of them shares loads.
+const fn spacing(s: usize, d: usize) -> usize {
+    if s == 1 {
+        d
+    } else {
+        1
     }
 }
 
-/// One output row.
+/// f32 rows to f32 rows, read in place: 16 channels (two 8-channel tiles: a cache line of
+/// each pixel) at a time, across every output row of `args` block of pixels by block of
+/// pixels, so each input pixel comes from L2 once per call and from L1 for the other tile
+/// and the other output rows that read it; tails of 8 and fewer channels one tile at a time.
 ///
 /// # Safety
-/// As [`row`].
+/// `args` must describe valid rows for `w` (checked by `dwconv_rows`), all of one geometry;
+/// the CPU must have AVX2+FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row1(args: &Args<f32, f32>, w: &PackedDw) {
-    let g = args.g;
+pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
+    let Some(first) = args.first() else { return };
+    let g = first.g;
     let c = w.c;
-    let (lo_x, hi_x) = g.interior();
-    for ct in (0..c).step_by(8) {
-        let cols = (c - ct).min(8) as i32;
-        let t = Tile {
-            rows: std::array::from_fn(|i| if args.rows[i].is_null() { args.rows[i] } else { args.rows[i].add(ct) }),
-            out: args.out.add(ct),
-            c,
-            stride: g.stride,
-            dilation: g.dilation,
-            pad: g.pad_left,
-            w_in: g.w_in,
-            w: std::array::from_fn(|k| _mm256_loadu_ps(w.weights.as_ptr().add(k * w.c_pad + ct))),
-            bias: _mm256_loadu_ps(w.bias.as_ptr().add(ct)),
-            mask: _mm256_cmpgt_epi32(_mm256_set1_epi32(cols), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-            lo: _mm256_set1_ps(args.act.min),
-            hi: _mm256_set1_ps(args.act.max),
-        };
-        for x in 0..g.w_out {
-            t.pixel(x, x < lo_x || x >= hi_x);
+    assert!(args.len() <= MAX_ROWS);
+    let mut rows =
+        [const { OutRow { rows: [std::ptr::null(); 3], out: std::ptr::null_mut(), lo: 0.0, hi: 0.0 } }; MAX_ROWS];
+    for (r, a) in rows.iter_mut().zip(args) {
+        *r = OutRow { rows: a.rows, out: a.out, lo: a.act.min, hi: a.act.max };
+    }
+    let walk = Walk {
+        rows: &rows[..args.len()],
+        c,
+        stride: g.stride,
+        dilation: g.dilation,
+        pad: g.pad_left,
+        w_in: g.w_in,
+        w_out: g.w_out,
+    };
+    let interior = g.interior();
+    let pairs = c / (2 * LANES) * (2 * LANES);
+    for ct in (0..pairs).step_by(2 * LANES) {
+        walk.tiles::<2, true>(&[Taps::new(w, ct), Taps::new(w, ct + LANES)], interior);
+    }
+    for ct in (pairs..c).step_by(LANES) {
+        if ct + LANES <= c {
+            walk.tiles::<1, true>(&[Taps::new(w, ct)], interior);
+        } else {
+            walk.tiles::<1, false>(&[Taps::new(w, ct)], interior);
         }
     }
 }

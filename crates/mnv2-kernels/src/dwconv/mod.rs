@@ -3,7 +3,7 @@
 //! The caller hands the three input rows each output row reads (`None` for a padding row);
 //! so the kernel serves any source of rows: a whole tensor, or the ring of expanded rows of
 //! the fused inverted residual, where the wide tensor never exists whole. A call may take
-//! several output rows ([`dwconv_rows`]): the AVX-512 kernels (and the AVX2 int8 one, by
+//! several output rows ([`dwconv_rows`]): the AVX-512 kernels (and the AVX2 ones, by
 //! 8-channel tiles) then run each channel tile across all of them before the next, so the
 //! input rows they share are read from L2 once per tile instead of once per output row (the
 //! expanded rows of a 56-wide block are 32 KB each; three of them do not fit L1). Rows are
@@ -689,6 +689,163 @@ mod tests {
                 check(isa, 4, w, c, s, 1, 1, 1, 1, 1);
             }
             check(isa, 4, 7, 960, 1, 1, 1, 1, 1, 1);
+        }
+    }
+
+    /// The output rows `0..h_out` of an image of `h` rows of `row` values, each as the input
+    /// rows it reads (None: a padding row) at stride `s`, dilation `d` and top padding `pad`.
+    fn image_rows<T>(
+        x: &[T],
+        h: usize,
+        row: usize,
+        s: usize,
+        d: usize,
+        pad: usize,
+        h_out: usize,
+    ) -> Vec<[Option<&[T]>; 3]> {
+        (0..h_out)
+            .map(|oy| {
+                std::array::from_fn(|ky| {
+                    let iy = (oy * s + ky * d) as isize - pad as isize;
+                    (0..h as isize).contains(&iy).then(|| &x[iy as usize * row..(iy as usize + 1) * row])
+                })
+            })
+            .collect()
+    }
+
+    /// The f32 vector kernels sum each pixel in the twin's order (the bias, then the taps
+    /// inside the image, ky then kx, one fused multiply-add each), so they give its bits:
+    /// whole images, several rows per call (more than one call takes), padding rows at both
+    /// ends, strides 1 and 2 with torch and TF 'SAME' padding, dilations 2 and 4 (and 2 at
+    /// stride 2, which no vector kernel unrolls), widths from one pixel (rows with no
+    /// interior pixel), channel tails of the 8- and 16-wide tiles, and the network's layers;
+    /// activations with and without bounds; nothing written past the rows.
+    #[test]
+    fn f32_kernels_are_the_twin_bit_for_bit() {
+        let kernels = host_kernels(KERNELS);
+        let twin = KERNELS.iter().find(|k| k.needs == Needs::Scalar).expect("the twin");
+        // (h, w, c, stride, dilation, pad top/left, pad bottom/right)
+        let mut shapes = Vec::new();
+        for c in [1, 7, 8, 9, 15, 16, 17, 24, 40] {
+            for w in [1, 2, 3, 4, 5, 7, 9, 14, 17] {
+                shapes.push((11, w, c, 1, 1, 1, 1));
+                shapes.push((7, w, c, 1, 2, 2, 2));
+                shapes.push((9, w, c, 1, 4, 4, 4));
+                shapes.push((10, w, c, 2, 2, 2, 2));
+                if w >= 2 {
+                    shapes.push((19, w, c, 2, 1, 1, 1));
+                    shapes.push((6, w, c, 2, 1, 0, 1));
+                }
+            }
+        }
+        for (w, c, s) in [
+            (112, 32, 1),
+            (112, 96, 2),
+            (56, 144, 1),
+            (56, 144, 2),
+            (28, 192, 1),
+            (28, 192, 2),
+            (14, 384, 1),
+            (14, 576, 2),
+            (7, 960, 1),
+            (7, 960, 2),
+        ] {
+            shapes.push((4, w, c, s, 1, 1, 1));
+        }
+        shapes.push((10, 33, 136, 1, 2, 2, 2));
+        shapes.push((10, 29, 72, 1, 4, 4, 4));
+        for (h, w_in, c, s, d, pad, pad_end) in shapes {
+            let eff = 2 * d + 1;
+            let h_out = (h + pad + pad_end - eff) / s + 1;
+            let w_out = (w_in + pad + pad_end - eff) / s + 1;
+            let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: pad };
+            let (row, len) = (w_in * c, w_out * c);
+            let x = vals(h as u64 * 5 + c as u64, h * row);
+            let rows = image_rows(&x, h, row, s, d, pad, h_out);
+            let (wts, bias) = (vals(c as u64 + 2, 9 * c), vals(13, c));
+            for act in [MinMax::RELU6, MinMax::NONE, MinMax { min: -1.0, max: 1.5 }] {
+                let mut want = vec![0f32; h_out * len];
+                dwconv_rows(&PackedDw::for_kernel(Tier::Scalar, twin, &wts, c, &bias), &rows, g, act, &mut want);
+                for &(tier, kern) in &kernels {
+                    let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
+                    let mut got = vec![f32::NAN; h_out * len + 1];
+                    dwconv_rows(&p, &rows, g, act, &mut got);
+                    let what = format!("{} h={h} w={w_in} c={c} s={s} d={d} pads {pad},{pad_end} {act:?}", kern.name);
+                    assert!(got.pop().is_some_and(f32::is_nan), "{what}: wrote past the rows");
+                    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits()) {
+                        panic!(
+                            "{what}: at {i} (pixel {}, channel {}): {} vs the twin's {}",
+                            i / c,
+                            i % c,
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kernels that read a padding row as a present one with zero weights (the AVX-512 one,
+    /// [`padding_reads_present`]): their sums differ from the twin's where a zero product
+    /// changes them (an infinite input, a -0.0 sum).
+    const ZERO_WEIGHTED_PADDING_ROWS: &[&str] = &["dwconv_f32_minmax_3x3c16_avx512"];
+
+    /// Taps in padding rows and columns are skipped, as the twin skips them, not multiplied
+    /// by zero: with every weight and the bias -0.0 and positive inputs each sum is -0.0 (a
+    /// zero-weighted tap's +0.0 product would make it +0.0); with infinite inputs the sums
+    /// are infinite (a zero-weighted tap would make them NaN, clamped to the lower bound).
+    /// Bit for bit the twin's, on every f32 kernel but [`ZERO_WEIGHTED_PADDING_ROWS`].
+    #[test]
+    fn f32_padding_taps_are_skipped() {
+        let kernels: Vec<_> =
+            host_kernels(KERNELS).into_iter().filter(|k| !ZERO_WEIGHTED_PADDING_ROWS.contains(&k.1.name)).collect();
+        let twin = KERNELS.iter().find(|k| k.needs == Needs::Scalar).expect("the twin");
+        for c in [1, 8, 9, 17, 24] {
+            for w_in in [1, 2, 3, 5, 14] {
+                for (h, s, d) in [(3, 1, 1), (4, 2, 1), (5, 1, 2)] {
+                    let (h_out, w_out) = ((h - 1) / s + 1, (w_in - 1) / s + 1);
+                    let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: d };
+                    let (row, len) = (w_in * c, w_out * c);
+                    let positive: Vec<f32> = vals(c as u64 + 7, h * row).iter().map(|v| v.abs() + 0.5).collect();
+                    let infinite: Vec<f32> =
+                        positive.iter().enumerate().map(|(i, v)| if i % 5 == 2 { f32::INFINITY } else { *v }).collect();
+                    let cases = [
+                        ("-0.0", positive, vec![-0.0; 9 * c], vec![-0.0; c]),
+                        (
+                            "inf",
+                            infinite,
+                            vals(c as u64 + 3, 9 * c).iter().map(|v| v.abs() + 0.25).collect(),
+                            vals(4, c),
+                        ),
+                    ];
+                    for (case, x, wts, bias) in cases {
+                        let rows = image_rows(&x, h, row, s, d, d, h_out);
+                        let mut want = vec![0f32; h_out * len];
+                        let tp = PackedDw::for_kernel(Tier::Scalar, twin, &wts, c, &bias);
+                        dwconv_rows(&tp, &rows, g, MinMax::NONE, &mut want);
+                        if case == "-0.0" {
+                            assert!(want.iter().all(|v| v.to_bits() == (-0.0f32).to_bits()), "the twin's sums");
+                        } else {
+                            assert!(
+                                want.contains(&f32::INFINITY) && !want.iter().any(|v| v.is_nan()),
+                                "the twin's sums"
+                            );
+                        }
+                        for &(tier, kern) in &kernels {
+                            let p = PackedDw::for_kernel(tier, kern, &wts, c, &bias);
+                            let mut got = vec![0f32; h_out * len];
+                            dwconv_rows(&p, &rows, g, MinMax::NONE, &mut got);
+                            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits()) {
+                                panic!(
+                                    "{} {case} h={h} w={w_in} c={c} s={s} d={d}: at {i}: {} vs the twin's {}",
+                                    kern.name, got[i], want[i]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
