@@ -985,14 +985,7 @@ mod tests {
             let g = DwRow { w_in, w_out, stride: s, dilation: d, pad_left: pad };
             let (row, len) = (w_in * c, w_out * c);
             let x: Vec<u8> = (0..h * row).map(|i| ((i * 37 + i / 7 + c) % 256) as u8).collect();
-            let rows: Vec<[Option<&[u8]>; 3]> = (0..h_out)
-                .map(|oy| {
-                    std::array::from_fn(|ky| {
-                        let iy = (oy * s + ky * d) as isize - pad as isize;
-                        (0..h as isize).contains(&iy).then(|| &x[iy as usize * row..(iy as usize + 1) * row])
-                    })
-                })
-                .collect();
+            let rows = image_rows(&x, h, row, s, d, pad, h_out);
             let (wts, bias) = (vals(c as u64 + 3, 9 * c), vals(11, c));
             for (act, out_q) in [
                 (MinMax::RELU6, QParams { scale: 6.0 / 255.0, zero: 0 }),
