@@ -266,7 +266,10 @@ mod tests {
         eprintln!("gemm kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
         for (tier, kern) in kernels {
             let (mr, nr) = (kern.mr, kern.nr);
-            let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
+            // Short remainders (split into two tiles by the AVX2 kernel) and the rows of its
+            // 12-row one-vector tile (13, 23, 25) too.
+            let mut ms = vec![0, 1, mr - 1, mr, mr + 1, mr + 3, 2 * mr - 1, 2 * mr + 1, 13, 23, 25, 49, 112];
+            ms.sort_unstable();
             ms.dedup();
             let mut kns = vec![(1, 1), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1)];
             // Every distinct pointwise shape class of MobileNetV2 224/1.0 (k, n).

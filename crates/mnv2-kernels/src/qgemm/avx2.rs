@@ -8,6 +8,10 @@
 //! into a thread's staging area (16 KiB), from which each pair (a0, a1) is one 4-byte
 //! broadcast load. Per pair of k and row: 2 `vpmaddwd` and 2 `vpaddd` (32 multiply-adds).
 //!
+//! Tiles as the f32 AVX2 kernel's: a last panel of at most 8 real columns runs a one-vector
+//! tile of up to 12 rows, a short remainder of rows is split into two tiles of about equal
+//! rows, and the first tile of each panel prefetches the next panel's weights.
+//!
 //! The epilogue is the scalar twin's, operation for operation (convert, one FMA, clamp,
 //! residual FMA, round half to even), with the u8 codes clamped to 0..=255 before rounding
 //! (rounding is monotonic: the same codes as saturating after it, and no value leaves the
@@ -22,6 +26,8 @@ use crate::aligned::{grown_aligned, AlignedVec};
 
 /// Rows per register tile: 6 x 2 accumulators, 2 weight vectors, an activation pair.
 pub(super) const MR: usize = 6;
+/// Rows of the one-vector tile (a last panel of at most 8 real columns).
+const MR1: usize = 12;
 /// Columns per panel.
 pub(super) const NR: usize = 16;
 /// i16 values of A staged at once (16 KiB: L1-resident while every panel reads it).
@@ -206,30 +212,56 @@ impl Panel {
     }
 }
 
-/// `R` rows of one panel: staged rows `a` (`k` i16 each), output rows from `i0`.
+/// `R` rows of `V` vectors of one panel (one: the panel's first 8 columns, all it has):
+/// staged rows `a` (`k` i16 each), output rows from `i0`.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `a` holds `R` staged rows of the panel's `k`; rows
-/// `i0..i0 + R` lie within the rows `qgemm` checked.
+/// `i0..i0 + R` lie within the rows `qgemm` checked; `PF`: the weights of one more panel
+/// follow.
 #[inline(always)]
-unsafe fn tile<const R: usize>(p: &Panel, a: *const i16, args: &Args, i0: usize, n0: usize) {
-    let mut acc0 = [_mm256_setzero_si256(); R];
-    let mut acc1 = [_mm256_setzero_si256(); R];
+unsafe fn tile<const R: usize, const V: usize, const PF: bool>(
+    p: &Panel,
+    a: *const i16,
+    args: &Args,
+    i0: usize,
+    n0: usize,
+) {
+    let mut acc = [[_mm256_setzero_si256(); V]; R];
     let k = 2 * p.pairs;
     let mut bp = p.b;
     for pp in 0..p.pairs {
-        let w0 = _mm256_load_si256(bp as *const __m256i);
-        let w1 = _mm256_load_si256(bp.add(16) as *const __m256i);
-        for i in 0..R {
+        let mut w = [_mm256_setzero_si256(); V];
+        for (v, x) in w.iter_mut().enumerate() {
+            *x = _mm256_load_si256(bp.add(16 * v) as *const __m256i);
+        }
+        if PF {
+            // A 64-byte line of the next panel per pair: all of it over the pairs.
+            _mm_prefetch::<_MM_HINT_T0>(bp.add(k * NR) as *const i8);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
             let pair = _mm256_set1_epi32((a.add(i * k + 2 * pp) as *const i32).read_unaligned());
-            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(pair, w0));
-            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(pair, w1));
+            for v in 0..V {
+                row[v] = _mm256_add_epi32(row[v], _mm256_madd_epi16(pair, w[v]));
+            }
         }
         bp = bp.add(32);
     }
     // Rows in order: pooled sums add them in the twin's order.
-    for i in 0..R {
-        p.finish([acc0[i], acc1[i]], args, i0 + i, n0);
+    for (i, row) in acc.iter().enumerate() {
+        let hi = if V == 2 { row[V - 1] } else { _mm256_setzero_si256() };
+        p.finish([row[0], hi], args, i0 + i, n0);
+    }
+}
+
+/// Rows of the tile that starts with `left` rows to go, at most `mr` per tile: `mr`, but
+/// half (rounded up) of a remainder that one more full tile would leave short.
+#[inline(always)]
+fn tile_rows(left: usize, mr: usize) -> usize {
+    if left > mr && left < 2 * mr {
+        left.div_ceil(2)
+    } else {
+        left.min(mr)
     }
 }
 
@@ -271,17 +303,42 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
         for pi in args.panels.clone() {
             let p = Panel::new(args, w, pi);
             let n0 = pi * NR;
+            // The one-vector tile for a panel with at most 8 real columns.
+            let one = p.cols <= 8;
+            let last = pi + 1 == w.n.div_ceil(NR);
             let mut i = 0;
             while i < chunk {
-                let r = MR.min(chunk - i);
+                let r = tile_rows(chunk - i, if one { MR1 } else { MR });
                 let a = a16.add(i * k);
-                match r {
-                    6 => tile::<6>(&p, a, args, c0 + i, n0),
-                    5 => tile::<5>(&p, a, args, c0 + i, n0),
-                    4 => tile::<4>(&p, a, args, c0 + i, n0),
-                    3 => tile::<3>(&p, a, args, c0 + i, n0),
-                    2 => tile::<2>(&p, a, args, c0 + i, n0),
-                    _ => tile::<1>(&p, a, args, c0 + i, n0),
+                let pf = i == 0 && c0 == 0 && !last;
+                if one {
+                    match r {
+                        12 => tile::<12, 1, false>(&p, a, args, c0 + i, n0),
+                        11 => tile::<11, 1, false>(&p, a, args, c0 + i, n0),
+                        10 => tile::<10, 1, false>(&p, a, args, c0 + i, n0),
+                        9 => tile::<9, 1, false>(&p, a, args, c0 + i, n0),
+                        8 => tile::<8, 1, false>(&p, a, args, c0 + i, n0),
+                        7 => tile::<7, 1, false>(&p, a, args, c0 + i, n0),
+                        6 => tile::<6, 1, false>(&p, a, args, c0 + i, n0),
+                        5 => tile::<5, 1, false>(&p, a, args, c0 + i, n0),
+                        4 => tile::<4, 1, false>(&p, a, args, c0 + i, n0),
+                        3 => tile::<3, 1, false>(&p, a, args, c0 + i, n0),
+                        2 => tile::<2, 1, false>(&p, a, args, c0 + i, n0),
+                        _ => tile::<1, 1, false>(&p, a, args, c0 + i, n0),
+                    }
+                } else {
+                    match (r, pf) {
+                        (6, true) => tile::<6, 2, true>(&p, a, args, c0 + i, n0),
+                        (6, false) => tile::<6, 2, false>(&p, a, args, c0 + i, n0),
+                        (5, true) => tile::<5, 2, true>(&p, a, args, c0 + i, n0),
+                        (5, false) => tile::<5, 2, false>(&p, a, args, c0 + i, n0),
+                        (4, true) => tile::<4, 2, true>(&p, a, args, c0 + i, n0),
+                        (4, false) => tile::<4, 2, false>(&p, a, args, c0 + i, n0),
+                        (3, _) => tile::<3, 2, false>(&p, a, args, c0 + i, n0),
+                        (2, _) => tile::<2, 2, false>(&p, a, args, c0 + i, n0),
+                        (_, true) => tile::<1, 2, true>(&p, a, args, c0 + i, n0),
+                        (_, false) => tile::<1, 2, false>(&p, a, args, c0 + i, n0),
+                    }
                 }
                 i += r;
             }

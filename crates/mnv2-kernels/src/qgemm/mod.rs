@@ -492,7 +492,7 @@ mod tests {
             let w = vals(k as u64 * 7 + n as u64, k * n);
             let bias = vals(3, n);
             let (q, s) = quantize_weights(&w, k, n);
-            for &m in &[0, 1, 5, 13, 14, 15, 23, 24, 25, 49, 112] {
+            for &m in &[0, 1, 5, 7, 9, 11, 13, 14, 15, 23, 24, 25, 49, 112] {
                 let a: Vec<u8> = (0..m * k).map(|i| (i * 37 % 256) as u8).collect();
                 let r: Vec<u8> = (0..m * n).map(|i| (i * 11 % 256) as u8).collect();
                 let mut outs: Vec<Vec<u8>> = Vec::new();
@@ -556,7 +556,7 @@ mod tests {
             let w = vals(k as u64 * 5 + n as u64, k * n);
             let bias = vals(6, n);
             let (q, s) = quantize_weights(&w, k, n);
-            for m in [1, 13, 14, 15, 23, 25, 31] {
+            for m in [1, 7, 9, 13, 14, 15, 23, 25, 31] {
                 let a: Vec<u8> = (0..m * k).map(|i| (i * 41 % 256) as u8).collect();
                 let r: Vec<u8> = (0..m * n).map(|i| (i * 23 % 256) as u8).collect();
                 let run = |tier: Tier, kern: &'static QGemmKernel, by_panel: bool, split: bool| {
