@@ -454,23 +454,46 @@ impl Stage {
     }
 }
 
+/// The staged columns of a row of `g` that lie outside the input row: `0..pad` and
+/// `end..width` are padding, `pad..end` input columns `0..end - pad`.
+fn staged_columns(g: DwRow) -> (usize, usize, usize) {
+    let width = staged_width(g);
+    let pad = g.pad_left.min(width);
+    (pad, (pad + g.w_in).min(width), width)
+}
+
+/// Zeroes the padding columns of every slot: [`widen`] writes only the others, so each
+/// staged row has zero padding for the whole call.
+///
+/// # Safety
+/// The CPU has AVX2; `area` holds [`slots`] rows of [`staged_width`] pixels of 8 f32 for `g`,
+/// 32-byte aligned.
+#[inline(always)]
+unsafe fn zero_padding(area: *mut f32, g: DwRow) {
+    let (pad, end, width) = staged_columns(g);
+    for s in 0..slots(g) {
+        let row = area.add(s * width * LANES);
+        for j in (0..pad).chain(end..width) {
+            _mm256_store_ps(row.add(j * LANES), _mm256_setzero_ps());
+        }
+    }
+}
+
 /// Stages channels `ct..ct + 8` of the u8 row `src` (`c` channels per pixel) at `dst`:
-/// [`staged_width`] pixels of 8 f32, from input column `-g.pad_left` on, zero outside the
-/// row. Lanes past the row's channels hold the next pixel's values (or zeros), which only
-/// padding channels, of zero weights, read.
+/// the input columns of [`staged_width`] pixels of 8 f32, from input column `-g.pad_left`
+/// on (the padding columns, zero, are left as [`zero_padding`] made them). Lanes past the
+/// row's channels hold the next pixel's values (or zeros), which only padding channels, of
+/// zero weights, read.
 ///
 /// # Safety
 /// The CPU has AVX2; `src` holds `g.w_in * c` bytes; `dst` is writable for
 /// `staged_width(g) * 8` f32, 32-byte aligned; `ct < c`.
 #[inline(always)]
 unsafe fn widen(src: *const u8, dst: *mut f32, g: DwRow, c: usize, ct: usize) {
-    let width = staged_width(g);
     let len = g.w_in * c;
-    let zero = _mm256_setzero_ps();
     // Input columns ix staged at pad + ix: those in the row, and of them those whose 8 bytes
     // lie inside it.
-    let pad = g.pad_left.min(width);
-    let end = (pad + g.w_in).min(width);
+    let (pad, end, _) = staged_columns(g);
     let fast = if ct + LANES <= c {
         end
     } else if len >= ct + LANES {
@@ -478,9 +501,6 @@ unsafe fn widen(src: *const u8, dst: *mut f32, g: DwRow, c: usize, ct: usize) {
     } else {
         pad
     };
-    for j in 0..pad {
-        _mm256_store_ps(dst.add(j * LANES), zero);
-    }
     for j in pad..fast {
         // SAFETY: the 8 bytes read lie in the row, (j - pad) * c + ct + 8 <= len by `fast`.
         let b = _mm_loadl_epi64(src.add((j - pad) * c + ct) as *const __m128i);
@@ -492,9 +512,6 @@ unsafe fn widen(src: *const u8, dst: *mut f32, g: DwRow, c: usize, ct: usize) {
         std::ptr::copy_nonoverlapping(src.add(off), tmp.as_mut_ptr(), (len - off).min(LANES));
         let b = _mm_loadu_si128(tmp.as_ptr() as *const __m128i);
         _mm256_store_ps(dst.add(j * LANES), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
-    }
-    for j in end..width {
-        _mm256_store_ps(dst.add(j * LANES), zero);
     }
 }
 
@@ -713,6 +730,7 @@ pub(crate) unsafe fn row_u8(args: &[Args<u8, u8>], w: &PackedDw) {
         let a = args.get(i).unwrap_or(first);
         Requant::new(a.act, a.out_q)
     });
+    zero_padding(area, g);
     for ct in (0..c).step_by(LANES) {
         let mut stage = Stage::new(area, g);
         for (a, rq) in args.iter().zip(&rq) {
