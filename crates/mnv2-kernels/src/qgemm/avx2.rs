@@ -113,6 +113,8 @@ impl Panel {
         let src = args.r.add(row * args.ldr + col);
         let bytes = if self.cols == NR {
             _mm_loadu_si128(src as *const __m128i)
+        } else if self.cols == 8 {
+            _mm_loadl_epi64(src as *const __m128i)
         } else {
             let mut buf = [0u8; NR];
             std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), self.cols);
@@ -178,7 +180,9 @@ impl Panel {
         if args.f32_out {
             let x = self.real(acc, args, row, col);
             let dst = (args.c as *mut f32).add(if args.pool { col } else { row * args.ldc + col });
-            if self.cols == NR {
+            if self.cols == 8 && !args.pool {
+                _mm256_storeu_ps(dst, x[0]);
+            } else if self.cols == NR {
                 if args.pool {
                     _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), x[0]));
                     _mm256_storeu_ps(dst.add(8), _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), x[1]));
@@ -203,6 +207,8 @@ impl Panel {
             let dst = args.c.add(row * args.ldc + col);
             if self.cols == NR {
                 _mm_storeu_si128(dst as *mut __m128i, q);
+            } else if self.cols == 8 {
+                _mm_storel_epi64(dst as *mut __m128i, q);
             } else {
                 let mut buf = [0u8; NR];
                 _mm_storeu_si128(buf.as_mut_ptr() as *mut __m128i, q);
