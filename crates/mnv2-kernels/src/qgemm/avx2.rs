@@ -56,6 +56,10 @@ struct Panel {
     hi: __m256,
     qlo: __m256,
     qhi: __m256,
+    /// Without a residual: the bounds as codes, clamped to 0..=255 (clamping to `qlo..=qhi`
+    /// and then to the codes, in one).
+    qlo8: __m256,
+    qhi8: __m256,
     qrs: __m256,
     rz: __m256i,
     rs: __m256,
@@ -97,6 +101,8 @@ impl Panel {
             hi: _mm256_set1_ps(args.act.max),
             qlo: _mm256_set1_ps(f.lo),
             qhi: _mm256_set1_ps(f.hi),
+            qlo8: _mm256_set1_ps(f.lo.clamp(0.0, 255.0)),
+            qhi8: _mm256_set1_ps(f.hi.clamp(0.0, 255.0)),
             qrs: _mm256_set1_ps(f.rs),
             rz: _mm256_set1_epi32(args.res_q.zero),
             rs: _mm256_set1_ps(args.res_q.scale),
@@ -156,13 +162,18 @@ impl Panel {
         let mut q = [_mm256_setzero_si256(); 2];
         for v in 0..2 {
             let mut x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[v]), self.qmul[v], self.qbias[v]);
-            x = _mm256_min_ps(_mm256_max_ps(x, self.qlo), self.qhi);
-            if let Some(r) = r {
-                x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(r[v]), self.qrs, x);
-            }
             // Clamped to the codes before rounding: the same codes as saturating after it
             // (and a NaN becomes 0, as the twin's conversion makes it).
-            x = _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+            if let Some(r) = r {
+                x = _mm256_min_ps(_mm256_max_ps(x, self.qlo), self.qhi);
+                x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(r[v]), self.qrs, x);
+                x = _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+            } else {
+                // Two clamps in one: clamping to `qlo..=qhi` (qlo <= qhi), then to 0..=255, is
+                // clamping to their bounds clamped to 0..=255; a NaN becomes `qlo`'s clamp
+                // either way (`max` returns its second operand).
+                x = _mm256_min_ps(_mm256_max_ps(x, self.qlo8), self.qhi8);
+            }
             q[v] = _mm256_cvtps_epi32(x);
         }
         let lo = _mm_packs_epi32(_mm256_castsi256_si128(q[0]), _mm256_extracti128_si256::<1>(q[0]));
