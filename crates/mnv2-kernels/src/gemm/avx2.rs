@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Args, PackedGemm};
+use super::{tile_rows, Args, PackedGemm};
 
 /// Rows of the two-vector tile.
 const MR: usize = 6;
@@ -84,17 +84,6 @@ unsafe fn tile<const R: usize, const V: usize, const PF: bool>(p: &Panel, a: *co
                 *cp.add(j) = if r.is_null() { *v } else { *v + *r.add(i * p.ldr + j) };
             }
         }
-    }
-}
-
-/// Rows of the tile that starts with `left` rows to go, at most `mr` per tile: `mr`, but
-/// half (rounded up) of a remainder that one more full tile would leave short.
-#[inline(always)]
-fn tile_rows(left: usize, mr: usize) -> usize {
-    if left > mr && left < 2 * mr {
-        left.div_ceil(2)
-    } else {
-        left.min(mr)
     }
 }
 

@@ -153,6 +153,20 @@ impl PackedGemm {
     }
 }
 
+/// Rows of the register tile that starts with `left` rows to go, at most `mr` per tile:
+/// `mr`, but half (rounded up) of a remainder that one more full tile would leave short (13
+/// rows at 6 per tile: 7 + 6, not 6 + 6 + 1). The AVX2 GEMMs (f32 and int8) tile so: a tile of
+/// one or two rows has too few accumulators to hide the FMA or multiply latency.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn tile_rows(left: usize, mr: usize) -> usize {
+    if left > mr && left < 2 * mr {
+        left.div_ceil(2)
+    } else {
+        left.min(mr)
+    }
+}
+
 /// Raw arguments of a GEMM call (f32 or bf16); built and checked by [`Args::checked`].
 #[derive(Clone)]
 pub(crate) struct Args {

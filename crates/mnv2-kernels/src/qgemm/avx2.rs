@@ -23,6 +23,7 @@ use std::cell::RefCell;
 
 use super::{Args, PackedQGemm};
 use crate::aligned::{grown_aligned, AlignedVec};
+use crate::gemm::tile_rows;
 
 /// Rows per register tile: 6 x 2 accumulators, 2 weight vectors, an activation pair.
 pub(super) const MR: usize = 6;
@@ -268,17 +269,6 @@ unsafe fn tile<const R: usize, const V: usize, const PF: bool>(
     for (i, row) in acc.iter().enumerate() {
         let hi = if V == 2 { row[V - 1] } else { _mm256_setzero_si256() };
         p.finish([row[0], hi], args, i0 + i, n0);
-    }
-}
-
-/// Rows of the tile that starts with `left` rows to go, at most `mr` per tile: `mr`, but
-/// half (rounded up) of a remainder that one more full tile would leave short.
-#[inline(always)]
-fn tile_rows(left: usize, mr: usize) -> usize {
-    if left > mr && left < 2 * mr {
-        left.div_ceil(2)
-    } else {
-        left.min(mr)
     }
 }
 
