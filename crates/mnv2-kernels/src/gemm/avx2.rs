@@ -107,6 +107,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
         };
         // The one-vector tile for a panel with at most 8 real columns.
         let one = p.cols <= 8;
+        let last = pi + 1 == w.panels();
         let mut i = 0;
         while i < args.m {
             let rows = tile_rows(args.m - i, if one { MR1 } else { MR });
@@ -114,7 +115,7 @@ pub(crate) unsafe fn gemm(args: &Args, w: &PackedGemm) {
             let c = args.c.add(i * args.ldc + n0);
             let r = if args.r.is_null() { args.r } else { args.r.add(i * args.ldr + n0) };
             // The next panel exists unless this is the layer's last.
-            let pf = i == 0 && pi + 1 < w.n.div_ceil(nr);
+            let pf = i == 0 && !last;
             if one {
                 match rows {
                     12 => tile::<12, 1, false>(&p, a, c, r),

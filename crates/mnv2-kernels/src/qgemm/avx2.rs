@@ -312,7 +312,7 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             let n0 = pi * NR;
             // The one-vector tile for a panel with at most 8 real columns.
             let one = p.cols <= 8;
-            let last = pi + 1 == w.n.div_ceil(NR);
+            let last = pi + 1 == w.panels();
             let mut i = 0;
             while i < chunk {
                 let r = tile_rows(chunk - i, if one { MR1 } else { MR });
