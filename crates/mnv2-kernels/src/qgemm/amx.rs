@@ -38,7 +38,7 @@ pub(crate) const KERNEL: QGemmKernel = QGemmKernel {
     nr: NR,
     min_n: 0,
     group_block: ROWS,
-    i16_pairs: false,
+    k_pairs: false,
     run: qgemm,
 };
 
@@ -142,7 +142,7 @@ pub(super) static MODEL: QGemmKernel = QGemmKernel {
     nr: NR,
     min_n: 0,
     group_block: ROWS,
-    i16_pairs: false,
+    k_pairs: false,
     run: tests::qgemm_model,
 };
 

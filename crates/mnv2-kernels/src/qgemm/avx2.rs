@@ -3,8 +3,10 @@
 //! `vpmaddubsw` (u8 x s8 pairs into i16) would be twice as fast but saturates: two products
 //! of 255 and 127 overflow i16. So both operands are widened to i16 and `vpmaddwd` sums each
 //! pair of products exactly into an i32 lane: the same integer sums as every other kernel.
-//! The weights are widened once, at packing (`PackedQGemm::wide`: `[panel][k / 2][16][2]`
-//! i16, a 64-byte row of two ymm per pair of k values); the activations per chunk of rows,
+//! The weights stay bytes in memory (`PackedQGemm::pairs`: `[panel][k / 2][16][2]` s8, 32
+//! bytes per pair of k values) and are sign-extended as they are loaded (`vpmovsxbw`, two
+//! per pair of k, shared by the tile's rows): widened at packing they streamed twice the
+//! bytes, and the network was 1-6% slower (stop 26, Zen 3); the activations per chunk of rows,
 //! into a thread's staging area (16 KiB), from which each pair (a0, a1) is one 4-byte
 //! broadcast load. Per pair of k and row: 2 `vpmaddwd` and 2 `vpaddd` (32 multiply-adds).
 //!
@@ -43,8 +45,8 @@ thread_local! {
 struct Panel {
     /// Pairs of k values.
     pairs: usize,
-    /// The panel's widened weights.
-    b: *const i16,
+    /// The panel's weights, in pairs of k values.
+    b: *const i8,
     /// Real columns (`NR` but in a layer's last panel).
     cols: usize,
     zcs: [__m256i; 2],
@@ -91,7 +93,7 @@ impl Panel {
         }
         Panel {
             pairs: w.k / 2,
-            b: w.wide.as_ptr().add(pi * w.k * NR),
+            b: w.pairs.as_ptr().add(pi * w.k * NR),
             cols: NR.min(w.n - n0),
             zcs,
             mul,
@@ -251,11 +253,11 @@ unsafe fn tile<const R: usize, const V: usize, const PF: bool>(
     for pp in 0..p.pairs {
         let mut w = [_mm256_setzero_si256(); V];
         for (v, x) in w.iter_mut().enumerate() {
-            *x = _mm256_load_si256(bp.add(16 * v) as *const __m256i);
+            *x = _mm256_cvtepi8_epi16(_mm_load_si128(bp.add(16 * v) as *const __m128i));
         }
-        if PF {
-            // A 64-byte line of the next panel per pair: all of it over the pairs.
-            _mm_prefetch::<_MM_HINT_T0>(bp.add(k * NR) as *const i8);
+        if PF && pp % 2 == 0 {
+            // A 64-byte line of the next panel per two pairs: all of it over the pairs.
+            _mm_prefetch::<_MM_HINT_T0>(bp.add(k * NR));
         }
         for (i, row) in acc.iter_mut().enumerate() {
             let pair = _mm256_set1_epi32((a.add(i * k + 2 * pp) as *const i32).read_unaligned());

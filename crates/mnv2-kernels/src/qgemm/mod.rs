@@ -14,7 +14,8 @@
 //! or 8-column tile, with the same bytes), `qgemm_u8s8s32_requant_6x16_avx2` (`vpmaddwd` on
 //! operands widened to i16: exact, where `vpmaddubsw` would saturate) and a portable twin
 //! that gives identical results. Weights are packed once as `[n / nr][k / 4][nr][4]` bytes,
-//! or for the AVX2 kernel widened to `[n / nr][k / 2][nr][2]` i16.
+//! or for the AVX2 kernel as `[n / nr][k / 2][nr][2]` bytes (pairs of k values, widened to
+//! i16 as they are loaded).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -84,9 +85,9 @@ pub struct QGemmKernel {
     /// The packed groups of 4 k values of a panel are padded with zero groups to a multiple
     /// of this (the AMX kernel's tiles hold 16 groups; 1 for the others).
     pub group_block: usize,
-    /// The weights are packed widened to i16, in pairs of k values (`PackedQGemm::wide`),
-    /// instead of in groups of 4 bytes.
-    pub i16_pairs: bool,
+    /// The weights are packed in pairs of k values (`PackedQGemm::pairs`) instead of in
+    /// groups of 4.
+    pub k_pairs: bool,
     /// # Safety
     /// `args` describe buffers valid for the packing, and the CPU has `needs`.
     run: unsafe fn(&Args, &PackedQGemm),
@@ -105,7 +106,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: 32,
         min_n: 16,
         group_block: 1,
-        i16_pairs: false,
+        k_pairs: false,
         run: avx512vnni::qgemm,
     },
     #[cfg(target_arch = "x86_64")]
@@ -116,7 +117,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: 16,
         min_n: 0,
         group_block: 1,
-        i16_pairs: false,
+        k_pairs: false,
         run: avx512vnni::qgemm,
     },
     #[cfg(target_arch = "x86_64")]
@@ -127,7 +128,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: avx2::NR,
         min_n: 0,
         group_block: 1,
-        i16_pairs: true,
+        k_pairs: true,
         run: avx2::qgemm,
     },
     QGemmKernel {
@@ -137,7 +138,7 @@ pub static KERNELS: &[QGemmKernel] = &[
         nr: 32,
         min_n: 0,
         group_block: 1,
-        i16_pairs: false,
+        k_pairs: false,
         run: scalar::qgemm,
     },
 ];
@@ -165,11 +166,11 @@ pub struct PackedQGemm {
     /// The input's quantisation, folded into `zcs` and `mul`.
     pub input: QParams,
     /// `[panels][packed_groups()][nr][4]` (zero groups after `k / 4`); empty for a kernel
-    /// with `i16_pairs`.
+    /// with `k_pairs`.
     pub(crate) data: AlignedVec<i8>,
-    /// `[panels][k / 2][nr][2]`, the weights widened to i16, for a kernel with `i16_pairs`
-    /// (else empty).
-    pub(crate) wide: AlignedVec<i16>,
+    /// `[panels][k / 2][nr][2]`, the weights in pairs of k values, for a kernel with
+    /// `k_pairs` (else empty).
+    pub(crate) pairs: AlignedVec<i8>,
     /// `zero_a * colsum[n]`, `[panels * nr]`.
     pub(crate) zcs: AlignedVec<i32>,
     /// `scale_a * w_scale[n]`, `[panels * nr]`.
@@ -227,9 +228,9 @@ impl PackedQGemm {
         let panels = n.div_ceil(nr);
         // Groups of 4 k per panel: `k / 4`, padded with zero groups to the kernel's block.
         let groups = (k / 4).next_multiple_of(kernel.group_block);
-        let bytes = if kernel.i16_pairs { 0 } else { panels * groups * 4 * nr };
+        let bytes = if kernel.k_pairs { 0 } else { panels * groups * 4 * nr };
         let mut data = AlignedVec::<i8>::zeros(bytes);
-        let mut wide = AlignedVec::<i16>::zeros(if kernel.i16_pairs { panels * k * nr } else { 0 });
+        let mut pairs = AlignedVec::<i8>::zeros(if kernel.k_pairs { panels * k * nr } else { 0 });
         let mut zcs = AlignedVec::<i32>::zeros(panels * nr);
         let mut mul = AlignedVec::<f32>::zeros(panels * nr);
         let mut b = AlignedVec::<f32>::zeros(panels * nr);
@@ -239,8 +240,8 @@ impl PackedQGemm {
             for kk in 0..k {
                 let v = q[kk * n + j];
                 colsum += v as i32;
-                if kernel.i16_pairs {
-                    wide[((p * k / 2 + kk / 2) * nr + jj) * 2 + kk % 2] = v as i16;
+                if kernel.k_pairs {
+                    pairs[((p * k / 2 + kk / 2) * nr + jj) * 2 + kk % 2] = v;
                 } else {
                     data[((p * groups + kk / 4) * nr + jj) * 4 + kk % 4] = v;
                 }
@@ -250,7 +251,7 @@ impl PackedQGemm {
             b[j] = bias[j];
         }
         let split = crate::isa::split_512();
-        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, wide, zcs, mul, bias: b, split }
+        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, pairs, zcs, mul, bias: b, split }
     }
 
     /// Panels of `nr` output channels.
