@@ -571,8 +571,8 @@ impl Codes {
 
     /// The codes of four pixels' sums, as [`Codes::codes2`] of (`a`, `b`) and of (`c`, `d`),
     /// with one pack to bytes and no lane-crossing permute: the 128-bit halves of the packed
-    /// bytes interleaved by dwords (`vpermd` and `vpmovzx` issue about once per 1.3 cycles on
-    /// Zen 3, the unpacks twice per cycle; scripts/bench/uarch).
+    /// bytes interleaved by dwords (`vpermd` issues about once per 1.3 cycles on Zen 3, the
+    /// unpacks twice per cycle; scripts/bench/uarch).
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA.

@@ -3,7 +3,7 @@
 //! `vpmaddubsw` (u8 x s8 pairs into i16) would be twice as fast but saturates: two products
 //! of 255 and 127 overflow i16. So both operands are widened to i16 and `vpmaddwd` sums each
 //! pair of products exactly into an i32 lane: the same integer sums as every other kernel.
-//! The weights stay bytes in memory (`PackedQGemm::pairs`: `[panel][k / 2][16][2]` s8, 32
+//! The weights stay bytes in memory (`PackedQGemm::data`: `[panel][k / 2][16][2]` s8, 32
 //! bytes per pair of k values) and are sign-extended as they are loaded (`vpmovsxbw`, two
 //! per pair of k, shared by the tile's rows): widened at packing they streamed twice the
 //! bytes, and the network was 1-6% slower (stop 26, Zen 3); the activations per chunk of rows,
@@ -93,7 +93,7 @@ impl Panel {
         }
         Panel {
             pairs: w.k / 2,
-            b: w.pairs.as_ptr().add(pi * w.k * NR),
+            b: w.data.as_ptr().add(pi * w.k * NR),
             cols: NR.min(w.n - n0),
             zcs,
             mul,

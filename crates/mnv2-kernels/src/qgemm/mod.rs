@@ -85,8 +85,8 @@ pub struct QGemmKernel {
     /// The packed groups of 4 k values of a panel are padded with zero groups to a multiple
     /// of this (the AMX kernel's tiles hold 16 groups; 1 for the others).
     pub group_block: usize,
-    /// The weights are packed in pairs of k values (`PackedQGemm::pairs`) instead of in
-    /// groups of 4.
+    /// The weights are packed in pairs of k values instead of in groups of 4 (see
+    /// `PackedQGemm::data`; such a kernel's `group_block` is 1).
     pub k_pairs: bool,
     /// # Safety
     /// `args` describe buffers valid for the packing, and the CPU has `needs`.
@@ -165,12 +165,9 @@ pub struct PackedQGemm {
     pub w_scale: Vec<f32>,
     /// The input's quantisation, folded into `zcs` and `mul`.
     pub input: QParams,
-    /// `[panels][packed_groups()][nr][4]` (zero groups after `k / 4`); empty for a kernel
-    /// with `k_pairs`.
+    /// `[panels][packed_groups()][nr][4]` (zero groups after `k / 4`); for a kernel with
+    /// `k_pairs`, `[panels][k / 2][nr][2]` (the same length: its groups are not padded).
     pub(crate) data: AlignedVec<i8>,
-    /// `[panels][k / 2][nr][2]`, the weights in pairs of k values, for a kernel with
-    /// `k_pairs` (else empty).
-    pub(crate) pairs: AlignedVec<i8>,
     /// `zero_a * colsum[n]`, `[panels * nr]`.
     pub(crate) zcs: AlignedVec<i32>,
     /// `scale_a * w_scale[n]`, `[panels * nr]`.
@@ -228,9 +225,8 @@ impl PackedQGemm {
         let panels = n.div_ceil(nr);
         // Groups of 4 k per panel: `k / 4`, padded with zero groups to the kernel's block.
         let groups = (k / 4).next_multiple_of(kernel.group_block);
-        let bytes = if kernel.k_pairs { 0 } else { panels * groups * 4 * nr };
-        let mut data = AlignedVec::<i8>::zeros(bytes);
-        let mut pairs = AlignedVec::<i8>::zeros(if kernel.k_pairs { panels * k * nr } else { 0 });
+        assert!(!kernel.k_pairs || kernel.group_block == 1, "{}: pairs of k are not padded", kernel.name);
+        let mut data = AlignedVec::<i8>::zeros(panels * groups * 4 * nr);
         let mut zcs = AlignedVec::<i32>::zeros(panels * nr);
         let mut mul = AlignedVec::<f32>::zeros(panels * nr);
         let mut b = AlignedVec::<f32>::zeros(panels * nr);
@@ -240,18 +236,19 @@ impl PackedQGemm {
             for kk in 0..k {
                 let v = q[kk * n + j];
                 colsum += v as i32;
-                if kernel.k_pairs {
-                    pairs[((p * k / 2 + kk / 2) * nr + jj) * 2 + kk % 2] = v;
+                let at = if kernel.k_pairs {
+                    ((p * k / 2 + kk / 2) * nr + jj) * 2 + kk % 2
                 } else {
-                    data[((p * groups + kk / 4) * nr + jj) * 4 + kk % 4] = v;
-                }
+                    ((p * groups + kk / 4) * nr + jj) * 4 + kk % 4
+                };
+                data[at] = v;
             }
             zcs[j] = input.zero * colsum;
             mul[j] = input.scale * w_scale[j];
             b[j] = bias[j];
         }
         let split = crate::isa::split_512();
-        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, pairs, zcs, mul, bias: b, split }
+        PackedQGemm { k, n, nr, kernel, w_scale: w_scale.to_vec(), input, data, zcs, mul, bias: b, split }
     }
 
     /// Panels of `nr` output channels.
