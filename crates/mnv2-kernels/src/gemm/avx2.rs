@@ -6,9 +6,9 @@
 //! panel prefetches the next panel's weights, a line per k, while the panel's own arrive.
 //! Column tails go through a small stack buffer; whole panels add the residual in registers.
 //! Whether there is a residual is a constant of each copy of the tile loops, so a whole
-//! panel's epilogue is straight-line code: as a loop over the rows with the residual tested
-//! per row, it was about a third of the time at K = 16 (isolated on Zen 3: 560x16x96
-//! 25.8 -> 20.2 us, 560x24x144 50.9 -> 43.4 us, 196x64x384 106 -> 98.5 us).
+//! panel's epilogue is straight-line code: as a loop over the rows, the accumulators spilled
+//! and the residual tested per row, it held a fifth of a K = 16 layer's samples (isolated on
+//! Zen 3: 560x16x96 25.8 -> 20.2 us, 560x24x144 50.9 -> 43.4 us, 196x64x384 106 -> 98.5 us).
 //! Every row is summed in k order whatever its tile: the same bits from every tiling.
 
 use std::arch::x86_64::*;
