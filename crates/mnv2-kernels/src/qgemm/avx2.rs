@@ -214,12 +214,10 @@ impl Panel {
     /// As [`Panel::finish`] for both rows; the panel has `NR` real columns.
     #[inline(always)]
     unsafe fn store_codes2(&self, acc: [[__m256i; 2]; 2], args: &Args, row: usize, col: usize, res: bool) {
-        let a = self.quantized::<2>(acc[0], args, row, col, res);
-        let b = self.quantized::<2>(acc[1], args, row + 1, col, res);
-        // i16 lanes: 128-bit lane 0 holds columns 0-3 and 8-11, lane 1 columns 4-7 and 12-15.
-        let (a, b) = (_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(b[0], b[1]));
-        // Dwords of bytes: a's columns 0-3, 8-11, then b's; in lane 1 the others.
-        let v = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let [a0, a1] = self.quantized::<2>(acc[0], args, row, col, res);
+        let [b0, b1] = self.quantized::<2>(acc[1], args, row + 1, col, res);
+        // Row a's 16 codes, then row b's.
+        let v = codes_to_bytes([a0, a1, b0, b1]);
         let dst = args.c.add(row * args.ldc + col);
         _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(v));
         _mm_storeu_si128(dst.add(args.ldc) as *mut __m128i, _mm256_extracti128_si256::<1>(v));
@@ -236,10 +234,8 @@ impl Panel {
         for (i, x) in q.iter_mut().enumerate() {
             *x = self.quantized::<1>([acc[i]], args, row + i, col, res)[0];
         }
-        // i16 lanes: 128-bit lane 0 holds columns 0-3 of rows 0 and 1 (2 and 3), lane 1 4-7.
-        let (ab, cd) = (_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        // Dwords of bytes: columns 0-3 of rows 0-3, then columns 4-7 of rows 0-3.
-        let v = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // The 8 codes of each row in turn.
+        let v = codes_to_bytes(q);
         let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
         let dst = args.c.add(row * args.ldc + col);
         _mm_storel_epi64(dst as *mut __m128i, lo);
@@ -297,6 +293,20 @@ impl Panel {
     }
 }
 
+/// The 32 codes (in 0..=255) of `q`, vector after vector, as bytes in that order: two
+/// `vpackssdw`, one `vpackuswb` (saturating, as [`Panel::codes`]'s packs) and one `vpermd`.
+/// In-lane packs leave the bytes of each vector's 128-bit halves in separate lanes (dwords
+/// 0-3: the low halves of `q[0]`..`q[3]`, 4-7: the high halves); the permute puts each
+/// vector's two halves together.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn codes_to_bytes(q: [__m256i; 4]) -> __m256i {
+    let (ab, cd) = (_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
 /// `R` rows of `V` vectors of one panel (one: the panel's first 8 columns, all it has):
 /// staged rows `a` (`k` i16 each), output rows from `i0`.
 ///
@@ -334,13 +344,14 @@ unsafe fn tile<const R: usize, const V: usize, const PF: bool, const OUT: u8>(
     }
     let mut i = 0;
     let res = OUT == OUT_U8_RES;
-    if (OUT == OUT_U8 || res) && V == 2 && p.cols == NR {
+    let codes = OUT == OUT_U8 || res;
+    if codes && V == 2 && p.cols == NR {
         while i + 2 <= R {
             let pair = [[acc[i][0], acc[i][V - 1]], [acc[i + 1][0], acc[i + 1][V - 1]]];
             p.store_codes2(pair, args, i0 + i, n0, res);
             i += 2;
         }
-    } else if (OUT == OUT_U8 || res) && V == 1 && p.cols == 8 {
+    } else if codes && V == 1 && p.cols == 8 {
         while i + 4 <= R {
             p.store_codes4([acc[i][0], acc[i + 1][0], acc[i + 2][0], acc[i + 3][0]], args, i0 + i, n0, res);
             i += 4;
