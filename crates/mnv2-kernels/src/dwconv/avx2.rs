@@ -516,7 +516,10 @@ unsafe fn widen(src: *const u8, dst: *mut f32, g: DwRow, c: usize, ct: usize) {
 }
 
 /// The int8 epilogue of one 8-channel tile: [`Requant::code`] lane by lane (the AVX-512
-/// kernel's `Epi::store_codes` on 8 lanes).
+/// kernel's `Epi::store_codes` on 8 lanes). Where the bounds are the codes 0 and 255 and no
+/// code can reach 2^30 (the usual ReLU6 layer: `sat`), the packs' saturation is the whole clamp
+/// and the conversion needs no cap, as in the VNNI kernel: 18 operations per four pixels
+/// instead of 26, and the int8 depthwise layers 4-12% faster (Zen 3, stop 28).
 struct Codes {
     /// Per channel multiplier and addend into output codes ([`Requant::channel`]).
     m: __m256,
@@ -524,6 +527,9 @@ struct Codes {
     /// The activation's bounds as codes, in 16-bit lanes.
     lo: __m256i,
     hi: __m256i,
+    /// The bounds are 0 and 255 and no code reaches 2^30: the packs' saturation is then the
+    /// whole clamp, and the cap before the conversion is not needed ([`Codes::codes4`]'s SAT).
+    sat: bool,
 }
 
 impl Codes {
@@ -539,17 +545,38 @@ impl Codes {
         // `c_pad` values; `ct + 8 <= c_pad`, a multiple of 16.
         let m = _mm256_mul_ps(_mm256_load_ps(w.scale.as_ptr().add(ct)), inv);
         let b = _mm256_fmadd_ps(_mm256_load_ps(w.bias.as_ptr().add(ct)), inv, _mm256_set1_ps(rq.zero));
-        Codes { m, b, lo: _mm256_set1_epi16(rq.lo as i16), hi: _mm256_set1_epi16(rq.hi as i16) }
+        // |sum| <= 9 * 255 * 127: the largest code each channel of the tile can reach (NaN
+        // counts as too large).
+        let abs = |v: __m256| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
+        let reach = _mm256_fmadd_ps(abs(m), _mm256_set1_ps(9.0 * 255.0 * 127.0), abs(b));
+        let big = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(reach, _mm256_set1_ps((1u32 << 30) as f32)));
+        let sat = rq.lo == 0 && rq.hi == 255 && big == 0;
+        Codes { m, b, lo: _mm256_set1_epi16(rq.lo as i16), hi: _mm256_set1_epi16(rq.hi as i16), sat }
     }
 
     /// `round(acc * m + b)` of the exact sums `acc` (one fused multiply-add, rounded half to
-    /// even), capped at 1e9 first (from 2^31 on the conversion gives i32::MIN).
+    /// even), capped at 1e9 first (from 2^31 on the conversion gives i32::MIN) unless SAT.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA.
+    /// The CPU has AVX2 and FMA; SAT only if `self.sat`.
     #[inline(always)]
-    unsafe fn rounded(&self, acc: __m256) -> __m256i {
-        _mm256_cvtps_epi32(_mm256_min_ps(_mm256_fmadd_ps(acc, self.m, self.b), _mm256_set1_ps(1e9)))
+    unsafe fn rounded<const SAT: bool>(&self, acc: __m256) -> __m256i {
+        let x = _mm256_fmadd_ps(acc, self.m, self.b);
+        _mm256_cvtps_epi32(if SAT { x } else { _mm256_min_ps(x, _mm256_set1_ps(1e9)) })
+    }
+
+    /// The 16-bit codes `h` clamped to the bounds; with SAT as they are (the pack to bytes
+    /// saturates to 0..=255, which are the bounds).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; SAT only if `self.sat`.
+    #[inline(always)]
+    unsafe fn clamped<const SAT: bool>(&self, h: __m256i) -> __m256i {
+        if SAT {
+            h
+        } else {
+            _mm256_min_epi16(_mm256_max_epi16(h, self.lo), self.hi)
+        }
     }
 
     /// The codes of two pixels' sums `a` and `b`, 8 bytes each, `a`'s low: [`Codes::rounded`],
@@ -558,12 +585,12 @@ impl Codes {
     /// lane.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA.
+    /// The CPU has AVX2 and FMA; SAT only if `self.sat`.
     #[inline(always)]
-    unsafe fn codes2(&self, a: __m256, b: __m256) -> __m128i {
+    unsafe fn codes2<const SAT: bool>(&self, a: __m256, b: __m256) -> __m128i {
         // 128-bit lane l: lanes 4l..4l + 4 of a, then of b.
-        let h = _mm256_packs_epi32(self.rounded(a), self.rounded(b));
-        let h = _mm256_min_epi16(_mm256_max_epi16(h, self.lo), self.hi);
+        let h = _mm256_packs_epi32(self.rounded::<SAT>(a), self.rounded::<SAT>(b));
+        let h = self.clamped::<SAT>(h);
         let v = _mm256_packus_epi16(h, h);
         // Dwords 0 and 4 hold a's bytes, 1 and 5 b's.
         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))
@@ -575,13 +602,12 @@ impl Codes {
     /// unpacks twice per cycle; scripts/bench/uarch).
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA.
+    /// The CPU has AVX2 and FMA; SAT only if `self.sat`.
     #[inline(always)]
-    unsafe fn codes4(&self, a: __m256, b: __m256, c: __m256, d: __m256) -> [__m128i; 2] {
-        let ab = _mm256_packs_epi32(self.rounded(a), self.rounded(b));
-        let cd = _mm256_packs_epi32(self.rounded(c), self.rounded(d));
-        let ab = _mm256_min_epi16(_mm256_max_epi16(ab, self.lo), self.hi);
-        let cd = _mm256_min_epi16(_mm256_max_epi16(cd, self.lo), self.hi);
+    unsafe fn codes4<const SAT: bool>(&self, a: __m256, b: __m256, c: __m256, d: __m256) -> [__m128i; 2] {
+        let ab = _mm256_packs_epi32(self.rounded::<SAT>(a), self.rounded::<SAT>(b));
+        let cd = _mm256_packs_epi32(self.rounded::<SAT>(c), self.rounded::<SAT>(d));
+        let (ab, cd) = (self.clamped::<SAT>(ab), self.clamped::<SAT>(cd));
         // Dwords: low half a0-3 b0-3 c0-3 d0-3, high half a4-7 b4-7 c4-7 d4-7.
         let v = _mm256_packus_epi16(ab, cd);
         let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
@@ -633,10 +659,10 @@ impl TileU8 {
     /// # Safety
     /// The CPU has AVX2 and FMA; as [`TileU8::store`] for each pixel.
     #[inline(always)]
-    unsafe fn store_all<const XB: usize, const FULL: bool>(&self, x0: usize, acc: &[__m256; XB]) {
+    unsafe fn store_all<const XB: usize, const FULL: bool, const SAT: bool>(&self, x0: usize, acc: &[__m256; XB]) {
         let quads = XB / 4 * 4;
         for j in (0..quads).step_by(4) {
-            let [ab, cd] = self.codes.codes4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
+            let [ab, cd] = self.codes.codes4::<SAT>(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
             self.store::<FULL, false>(x0 + j, ab);
             self.store::<FULL, true>(x0 + j + 1, ab);
             self.store::<FULL, false>(x0 + j + 2, cd);
@@ -644,7 +670,7 @@ impl TileU8 {
         }
         for j in (quads..XB).step_by(2) {
             // An odd last pixel pairs with itself.
-            let v = self.codes.codes2(acc[j], acc[(j + 1).min(XB - 1)]);
+            let v = self.codes.codes2::<SAT>(acc[j], acc[(j + 1).min(XB - 1)]);
             self.store::<FULL, false>(x0 + j, v);
             if j + 1 < XB {
                 self.store::<FULL, true>(x0 + j + 1, v);
@@ -658,7 +684,10 @@ impl TileU8 {
     /// The CPU has AVX2 and FMA; `x0 + XB <= w_out` and the tile's stride and dilation are S
     /// and D (the staged rows then hold every column read); as [`TileU8::store`].
     #[inline(always)]
-    unsafe fn block<const S: usize, const D: usize, const XB: usize, const FULL: bool>(&self, x0: usize) {
+    unsafe fn block<const S: usize, const D: usize, const XB: usize, const FULL: bool, const SAT: bool>(
+        &self,
+        x0: usize,
+    ) {
         let mut acc = [_mm256_setzero_ps(); XB];
         for ky in 0..3 {
             let base = self.rows[ky].add(x0 * S * LANES);
@@ -669,7 +698,7 @@ impl TileU8 {
                 }
             }
         }
-        self.store_all::<XB, FULL>(x0, &acc);
+        self.store_all::<XB, FULL, SAT>(x0, &acc);
     }
 
     /// Output pixels `x..hi` in blocks of XB; returns where it stopped.
@@ -677,13 +706,13 @@ impl TileU8 {
     /// # Safety
     /// As [`TileU8::block`], for `hi <= w_out`.
     #[inline(always)]
-    unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool>(
+    unsafe fn run<const S: usize, const D: usize, const XB: usize, const FULL: bool, const SAT: bool>(
         &self,
         mut x: usize,
         hi: usize,
     ) -> usize {
         while x + XB <= hi {
-            self.block::<S, D, XB, FULL>(x);
+            self.block::<S, D, XB, FULL, SAT>(x);
             x += XB;
         }
         x
@@ -695,10 +724,23 @@ impl TileU8 {
     /// As [`TileU8::block`].
     #[inline(always)]
     unsafe fn cascade<const S: usize, const D: usize, const FULL: bool>(&self, w_out: usize) {
-        let x = self.run::<S, D, 6, FULL>(0, w_out);
-        let x = self.run::<S, D, 4, FULL>(x, w_out);
-        let x = self.run::<S, D, 2, FULL>(x, w_out);
-        self.run::<S, D, 1, FULL>(x, w_out);
+        if self.codes.sat {
+            self.blocks::<S, D, FULL, true>(w_out)
+        } else {
+            self.blocks::<S, D, FULL, false>(w_out)
+        }
+    }
+
+    /// [`TileU8::cascade`] with the epilogue's SAT.
+    ///
+    /// # Safety
+    /// As [`TileU8::block`].
+    #[inline(always)]
+    unsafe fn blocks<const S: usize, const D: usize, const FULL: bool, const SAT: bool>(&self, w_out: usize) {
+        let x = self.run::<S, D, 6, FULL, SAT>(0, w_out);
+        let x = self.run::<S, D, 4, FULL, SAT>(x, w_out);
+        let x = self.run::<S, D, 2, FULL, SAT>(x, w_out);
+        self.run::<S, D, 1, FULL, SAT>(x, w_out);
     }
 
     /// One output pixel, at any stride and dilation.
@@ -715,7 +757,7 @@ impl TileU8 {
                 a = _mm256_fmadd_ps(v, self.w[ky * 3 + kx], a);
             }
         }
-        self.store_all::<1, false>(x, &[a]);
+        self.store_all::<1, false, false>(x, &[a]);
     }
 
     /// The tile's whole output row, `w_out` pixels.
