@@ -358,18 +358,42 @@ pub(crate) unsafe fn qgemm(args: &Args, w: &PackedQGemm) {
             (PAIRS24, _) if args.pool => (32, MR32),
             t => t,
         };
-        let (count, base, extra) = tiles(args.m, mr);
-        let mut i = 0;
-        for t in 0..count {
-            let rows = base + usize::from(t < extra);
-            match width {
-                32 => by_rows!(32, rows, |R| tile::<R, 32>(&p, args, i, n0)),
-                PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(&p, args, rows, i, n0)),
-                24 => by_rows!(24, rows, |R| tile::<R, 24>(&p, args, i, n0)),
-                16 => by_rows!(16, rows, |R| tile::<R, 16>(&p, args, i, n0)),
-                _ => by_rows!(8, rows, |R| tile::<R, 8>(&p, args, i, n0)),
-            }
-            i += rows;
+        let t = tiles(args.m, mr);
+        match width {
+            32 => panel::<32>(&p, args, t, n0),
+            PAIRS24 => panel::<PAIRS24>(&p, args, t, n0),
+            24 => panel::<24>(&p, args, t, n0),
+            16 => panel::<16>(&p, args, t, n0),
+            _ => panel::<8>(&p, args, t, n0),
         }
+    }
+}
+
+/// The row tiles of one panel, W columns wide ([`tile`], or [`tile_pairs`] for `PAIRS24`):
+/// `count` tiles of `base` rows, the first `extra` one row more ([`tiles`]).
+///
+/// A function of its own per width, not inlined into [`qgemm`]: with all 79 tile copies (every
+/// width, every row count) inlined, `qgemm` was one 420 KB function on which LLVM spent most
+/// of this crate's build, in every `cargo test` and release build (the crate alone, test
+/// profile, 2 cores: 420 s, now 129 s). A call per panel costs nothing next to its tiles, whose
+/// code is as before.
+///
+/// # Safety
+/// As [`tile`]: `p` is a panel of `qgemm`'s `args`, and `(count, base, extra)` the row tiles
+/// ([`tiles`]) of `args.m` for this width's MR.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")]
+#[inline(never)]
+unsafe fn panel<const W: usize>(p: &Panel, args: &Args, (count, base, extra): (usize, usize, usize), n0: usize) {
+    let mut i = 0;
+    for t in 0..count {
+        let rows = base + usize::from(t < extra);
+        match W {
+            32 => by_rows!(32, rows, |R| tile::<R, 32>(p, args, i, n0)),
+            PAIRS24 => by_rows!(pairs, rows, |P| tile_pairs::<P>(p, args, rows, i, n0)),
+            24 => by_rows!(24, rows, |R| tile::<R, 24>(p, args, i, n0)),
+            16 => by_rows!(16, rows, |R| tile::<R, 16>(p, args, i, n0)),
+            _ => by_rows!(8, rows, |R| tile::<R, 8>(p, args, i, n0)),
+        }
+        i += rows;
     }
 }
