@@ -10,8 +10,9 @@
 //! once per call. Only a channel tail's tile goes through `maskload`/`maskstore`.
 //!
 //! u8 rows ([`row_u8`]): as in the AVX-512 kernel, each input value is widened to f32 once,
-//! not at each of its up to 9 taps: the tile's input rows are widened into a thread-local
-//! staging area (8 channels per pixel, contiguous), here with their padding columns as zeros,
+//! not at each of its up to 9 taps: the input rows of two tiles (16 channels) are widened
+//! together, in one pass over each row, into a thread-local staging area (per tile 8 channels
+//! per pixel, contiguous), here with their padding columns as zeros,
 //! so every output pixel runs the same loop, unrolled over a block of pixels with stride and
 //! dilation as constants, with no bounds check at all. A staged row serves every output row
 //! of the call that reads it (three at stride 1): the area keeps the rows staged last, by
@@ -365,9 +366,13 @@ pub(crate) unsafe fn row(args: &[Args<f32, f32>], w: &PackedDw) {
 /// Channels of a tile: one vector.
 const LANES: usize = 8;
 
+/// Tiles staged together: a 16-channel group (16 bytes of each input pixel; 32, four tiles,
+/// measured no faster).
+const GROUP: usize = 2;
+
 thread_local! {
-    /// f32 staging of u8 input rows: [`slots`] rows of [`staged_width`] pixels of one
-    /// 8-channel tile.
+    /// f32 staging of u8 input rows: for each tile of a [`GROUP`], [`slots`] rows of
+    /// [`staged_width`] pixels of 8 channels.
     static STAGING: RefCell<AlignedVec<f32>> = RefCell::new(AlignedVec::zeros(0));
 }
 
@@ -386,10 +391,11 @@ fn staged_width(g: DwRow) -> usize {
     }
 }
 
-/// Bytes of the staging area [`row_u8`] uses for rows of `g`: [`slots`] input rows of one
-/// 8-channel tile, with their padding columns, widened to f32 (`DwKernel::staging`).
+/// Bytes of the staging area [`row_u8`] uses for rows of `g`: [`slots`] input rows of the
+/// [`GROUP`]'s 8-channel tiles, with their padding columns, widened to f32
+/// (`DwKernel::staging`).
 pub(crate) fn staging_bytes_u8(g: DwRow, _c: usize) -> usize {
-    slots(g) * staged_width(g) * LANES * size_of::<f32>()
+    GROUP * slots(g) * staged_width(g) * LANES * size_of::<f32>()
 }
 
 /// Bytes this thread's staging area holds now.
@@ -398,11 +404,12 @@ pub(crate) fn held_bytes() -> usize {
     STAGING.with_borrow(|s| s.len() * size_of::<f32>())
 }
 
-/// The staged rows of one tile: the slots of the staging area, each with the source row it
-/// holds (null: none yet) and when it was last read.
+/// The staged rows of one group of tiles: the slots of the staging area, each with the source
+/// row it holds (null: none yet) and when it was last read; tile `t`'s copy of slot `s` is
+/// `t * slots + s`.
 struct Stage {
     area: *mut f32,
-    /// Floats per slot.
+    /// Floats per slot and tile.
     len: usize,
     keys: [*const u8; 6],
     used: [usize; 6],
@@ -418,19 +425,26 @@ impl Stage {
         Stage { area, len: staged_width(g) * LANES, keys: [std::ptr::null(); 6], used: [0; 6], slots, clock: 0 }
     }
 
-    /// The staged tile (channels `ct..ct + 8` of rows of `c` channels) of each present row of
-    /// `src` (null for the others): rows staged for the output row before are reused, the
-    /// others widened into the slots read longest ago by other output rows.
+    /// The staged tiles (channels `ct..ct + 8 * NT` of rows of `c` channels) of each present
+    /// row of `src` (null for the others), `[tile][row]`: rows staged for the output row
+    /// before are reused, the others widened into the slots read longest ago by other output
+    /// rows.
     ///
     /// # Safety
-    /// The CPU has AVX2; the area holds [`slots`] rows of [`staged_width`] pixels of 8 f32 for
-    /// `g`; each present row of `src` holds `g.w_in * c` values, unchanged since it was staged
-    /// (`Stage` lives for one call, whose input rows are shared borrows); `ct < c`.
+    /// The CPU has AVX2; the area holds [`staging_bytes_u8`] for `g`, and `NT <= GROUP`; each
+    /// present row of `src` holds `g.w_in * c` values, unchanged since it was staged (`Stage`
+    /// lives for one call, whose input rows are shared borrows); `ct < c`.
     #[inline(always)]
-    unsafe fn rows(&mut self, src: [*const u8; 3], g: DwRow, c: usize, ct: usize) -> [*const f32; 3] {
+    unsafe fn rows<const NT: usize>(
+        &mut self,
+        src: [*const u8; 3],
+        g: DwRow,
+        c: usize,
+        ct: usize,
+    ) -> [[*const f32; 3]; NT] {
         self.clock += 1;
-        let mut out = [std::ptr::null(); 3];
-        for (o, &r) in out.iter_mut().zip(&src) {
+        let mut out = [[std::ptr::null(); 3]; NT];
+        for (i, &r) in src.iter().enumerate() {
             if r.is_null() {
                 continue;
             }
@@ -443,14 +457,25 @@ impl Stage {
                         .min_by_key(|&s| self.used[s])
                         .expect("a slot this output row does not read");
                     self.keys[s] = r;
-                    widen(r, self.area.add(s * self.len), g, c, ct);
+                    widen::<NT>(r, std::array::from_fn(|t| self.slot(t, s)), g, c, ct);
                     s
                 }
             };
             self.used[s] = self.clock;
-            *o = self.area.add(s * self.len) as *const f32;
+            for (t, o) in out.iter_mut().enumerate() {
+                o[i] = self.slot(t, s);
+            }
         }
         out
+    }
+
+    /// Tile `t`'s copy of slot `s`.
+    ///
+    /// # Safety
+    /// `t < GROUP`, `s < self.slots`.
+    #[inline(always)]
+    unsafe fn slot(&self, t: usize, s: usize) -> *mut f32 {
+        self.area.add((t * self.slots + s) * self.len)
     }
 }
 
@@ -462,16 +487,15 @@ fn staged_columns(g: DwRow) -> (usize, usize, usize) {
     (pad, (pad + g.w_in).min(width), width)
 }
 
-/// Zeroes the padding columns of every slot: [`widen`] writes only the others, so each
-/// staged row has zero padding for the whole call.
+/// Zeroes the padding columns of every slot of every tile: [`widen`] writes only the others,
+/// so each staged row has zero padding for the whole call.
 ///
 /// # Safety
-/// The CPU has AVX2; `area` holds [`slots`] rows of [`staged_width`] pixels of 8 f32 for `g`,
-/// 32-byte aligned.
+/// The CPU has AVX2; `area` holds [`staging_bytes_u8`] for `g`, 32-byte aligned.
 #[inline(always)]
 unsafe fn zero_padding(area: *mut f32, g: DwRow) {
     let (pad, end, width) = staged_columns(g);
-    for s in 0..slots(g) {
+    for s in 0..GROUP * slots(g) {
         let row = area.add(s * width * LANES);
         for j in (0..pad).chain(end..width) {
             _mm256_store_ps(row.add(j * LANES), _mm256_setzero_ps());
@@ -479,39 +503,50 @@ unsafe fn zero_padding(area: *mut f32, g: DwRow) {
     }
 }
 
-/// Stages channels `ct..ct + 8` of the u8 row `src` (`c` channels per pixel) at `dst`:
-/// the input columns of [`staged_width`] pixels of 8 f32, from input column `-g.pad_left`
-/// on (the padding columns, zero, are left as [`zero_padding`] made them). Lanes past the
-/// row's channels hold the next pixel's values (or zeros), which only padding channels, of
-/// zero weights, read.
+/// Stages channels `ct..ct + 8 * NT` of the u8 row `src` (`c` channels per pixel), tile `t`
+/// (8 channels) at `dst[t]`: the input columns of [`staged_width`] pixels of 8 f32, from
+/// input column `-g.pad_left` on (the padding columns, zero, are left as [`zero_padding`] made
+/// them). The tiles of a group are widened together, from one pass over the row: each input
+/// pixel's 16 bytes are read in one pass, where one tile at a time read each pixel's cache
+/// line once per tile (the widening was ~40% of the kernel's time, its loads waiting on the
+/// strided lines). Lanes
+/// past the row's channels hold the next pixel's values (or zeros), which only padding
+/// channels, of zero weights, read.
 ///
 /// # Safety
-/// The CPU has AVX2; `src` holds `g.w_in * c` bytes; `dst` is writable for
+/// The CPU has AVX2; `src` holds `g.w_in * c` bytes; each `dst[t]` is writable for
 /// `staged_width(g) * 8` f32, 32-byte aligned; `ct < c`.
 #[inline(always)]
-unsafe fn widen(src: *const u8, dst: *mut f32, g: DwRow, c: usize, ct: usize) {
+unsafe fn widen<const NT: usize>(src: *const u8, dst: [*mut f32; NT], g: DwRow, c: usize, ct: usize) {
     let len = g.w_in * c;
-    // Input columns ix staged at pad + ix: those in the row, and of them those whose 8 bytes
+    let bytes = NT * LANES;
+    // Input columns ix staged at pad + ix: those in the row, and of them those whose bytes
     // lie inside it.
     let (pad, end, _) = staged_columns(g);
-    let fast = if ct + LANES <= c {
+    let fast = if ct + bytes <= c {
         end
-    } else if len >= ct + LANES {
-        (pad + (len - ct - LANES) / c + 1).min(end)
+    } else if len >= ct + bytes {
+        (pad + (len - ct - bytes) / c + 1).min(end)
     } else {
         pad
     };
+    let store = |j: usize, t: usize, b: __m128i| {
+        _mm256_store_ps(dst[t].add(j * LANES), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+    };
     for j in pad..fast {
-        // SAFETY: the 8 bytes read lie in the row, (j - pad) * c + ct + 8 <= len by `fast`.
-        let b = _mm_loadl_epi64(src.add((j - pad) * c + ct) as *const __m128i);
-        _mm256_store_ps(dst.add(j * LANES), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+        for t in 0..NT {
+            // SAFETY: the bytes read lie in the row, (j - pad) * c + ct + 8 * NT <= len by
+            // `fast`.
+            store(j, t, _mm_loadl_epi64(src.add((j - pad) * c + ct + t * LANES) as *const __m128i));
+        }
     }
     for j in fast..end {
         let off = (j - pad) * c + ct;
-        let mut tmp = [0u8; 16];
-        std::ptr::copy_nonoverlapping(src.add(off), tmp.as_mut_ptr(), (len - off).min(LANES));
-        let b = _mm_loadu_si128(tmp.as_ptr() as *const __m128i);
-        _mm256_store_ps(dst.add(j * LANES), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+        let mut tmp = [0u8; LANES * GROUP];
+        std::ptr::copy_nonoverlapping(src.add(off), tmp.as_mut_ptr(), (len - off).min(bytes));
+        for t in 0..NT {
+            store(j, t, _mm_loadl_epi64(tmp.as_ptr().add(t * LANES) as *const __m128i));
+        }
     }
 }
 
@@ -801,29 +836,49 @@ pub(crate) unsafe fn row_u8(args: &[Args<u8, u8>], w: &PackedDw) {
         Requant::new(a.act, a.out_q)
     });
     zero_padding(area, g);
-    for ct in (0..c).step_by(LANES) {
+    for ct in (0..c).step_by(GROUP * LANES) {
         let mut stage = Stage::new(area, g);
+        let nt = (c - ct).div_ceil(LANES).min(GROUP);
         for (a, rq) in args.iter().zip(&rq) {
-            let staged = stage.rows(a.rows, g, c, ct);
-            let t = TileU8 {
-                rows: padding_reads_present(staged),
-                out: a.out.add(ct),
-                c,
-                cols: (c - ct).min(LANES),
-                stride: g.stride,
-                dilation: g.dilation,
-                // SAFETY: aligned loads, as the packing is 64-byte aligned, `c_pad` a
-                // multiple of 16 and `ct + 8 <= c_pad`.
-                w: std::array::from_fn(|k| {
-                    if staged[k / 3].is_null() {
-                        _mm256_setzero_ps()
-                    } else {
-                        _mm256_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
-                    }
-                }),
-                codes: Codes::new(rq, w, ct),
+            let staged = if nt == GROUP {
+                stage.rows::<GROUP>(a.rows, g, c, ct)
+            } else {
+                let [rows] = stage.rows::<1>(a.rows, g, c, ct);
+                [rows; GROUP]
             };
-            t.walk(g.w_out);
+            // One call site of the (large, inlined) tile walk, not one per tile of the group:
+            // with two copies the layers of 7-14 pixels a row ran 8-27% slower.
+            for (t, &rows) in staged.iter().enumerate().take(nt) {
+                tile_u8(a, rq, w, rows, ct + t * LANES).walk(g.w_out);
+            }
         }
+    }
+}
+
+/// The tile of channels `ct..ct + 8` of output row `a`, on its staged rows.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; as [`row_u8`], `ct < w.c` a multiple of 8, `staged` the tile's
+/// rows of `a` ([`Stage::rows`]).
+#[inline(always)]
+unsafe fn tile_u8(a: &Args<u8, u8>, rq: &Requant, w: &PackedDw, staged: [*const f32; 3], ct: usize) -> TileU8 {
+    let c = w.c;
+    TileU8 {
+        rows: padding_reads_present(staged),
+        out: a.out.add(ct),
+        c,
+        cols: (c - ct).min(LANES),
+        stride: a.g.stride,
+        dilation: a.g.dilation,
+        // SAFETY: aligned loads, as the packing is 64-byte aligned, `c_pad` a multiple of 16
+        // and `ct + 8 <= c_pad`.
+        w: std::array::from_fn(|k| {
+            if staged[k / 3].is_null() {
+                _mm256_setzero_ps()
+            } else {
+                _mm256_load_ps(w.weights.as_ptr().add(k * w.c_pad + ct))
+            }
+        }),
+        codes: Codes::new(rq, w, ct),
     }
 }
