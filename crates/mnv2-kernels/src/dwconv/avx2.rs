@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::{padding_reads_present, Args, DwRow, PackedDw, Requant, MAX_ROWS};
+use super::{padding_reads_present, Args, DwRow, PackedDw, Requant, MAX_ABS_SUM, MAX_ROWS, UNCAPPED_CODES};
 use crate::aligned::{grown_aligned, AlignedVec};
 
 /// The taps of one 8-channel tile of an f32 row: its weights and bias, loaded once per call.
@@ -509,9 +509,8 @@ unsafe fn zero_padding(area: *mut f32, g: DwRow) {
 /// them). The tiles of a group are widened together, from one pass over the row: each input
 /// pixel's 16 bytes are read in one pass, where one tile at a time read each pixel's cache
 /// line once per tile (the widening was ~40% of the kernel's time, its loads waiting on the
-/// strided lines). Lanes
-/// past the row's channels hold the next pixel's values (or zeros), which only padding
-/// channels, of zero weights, read.
+/// strided lines). Lanes past the row's channels hold the next pixel's values (or zeros),
+/// which only padding channels, of zero weights, read.
 ///
 /// # Safety
 /// The CPU has AVX2; `src` holds `g.w_in * c` bytes; each `dst[t]` is writable for
@@ -580,11 +579,10 @@ impl Codes {
         // `c_pad` values; `ct + 8 <= c_pad`, a multiple of 16.
         let m = _mm256_mul_ps(_mm256_load_ps(w.scale.as_ptr().add(ct)), inv);
         let b = _mm256_fmadd_ps(_mm256_load_ps(w.bias.as_ptr().add(ct)), inv, _mm256_set1_ps(rq.zero));
-        // |sum| <= 9 * 255 * 127: the largest code each channel of the tile can reach (NaN
-        // counts as too large).
+        // The largest code each channel of the tile can reach (NaN counts as too large).
         let abs = |v: __m256| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
-        let reach = _mm256_fmadd_ps(abs(m), _mm256_set1_ps(9.0 * 255.0 * 127.0), abs(b));
-        let big = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(reach, _mm256_set1_ps((1u32 << 30) as f32)));
+        let reach = _mm256_fmadd_ps(abs(m), _mm256_set1_ps(MAX_ABS_SUM), abs(b));
+        let big = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(reach, _mm256_set1_ps(UNCAPPED_CODES)));
         let sat = rq.lo == 0 && rq.hi == 255 && big == 0;
         Codes { m, b, lo: _mm256_set1_epi16(rq.lo as i16), hi: _mm256_set1_epi16(rq.hi as i16), sat }
     }

@@ -15,7 +15,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx512::channels;
-use super::{padding_reads_present, Args, DwRow, PackedDw, Requant, QUAD_CHUNK as CHUNK, QUAD_GROUP};
+use super::{
+    padding_reads_present, Args, DwRow, PackedDw, Requant, MAX_ABS_SUM, QUAD_CHUNK as CHUNK, QUAD_GROUP, UNCAPPED_CODES,
+};
 use crate::aligned::grown;
 use crate::lanes::saturate_bytes;
 
@@ -146,11 +148,11 @@ unsafe fn row1(args: &Args<u8, u8>, w: &PackedDw) {
             bounds,
             big: false,
         };
-        // |sum| <= 9 * 255 * 127; the largest code any channel of the group can reach.
+        // The largest code any channel of the group can reach.
         let reach = |(m, b): (__m512, __m512)| {
-            9.0 * 255.0 * 127.0 * _mm512_reduce_max_ps(_mm512_abs_ps(m)) + _mm512_reduce_max_ps(_mm512_abs_ps(b))
+            MAX_ABS_SUM * _mm512_reduce_max_ps(_mm512_abs_ps(m)) + _mm512_reduce_max_ps(_mm512_abs_ps(b))
         };
-        let grp = Group { big: grp.mb.iter().any(|&mb| reach(mb) >= (1u32 << 30) as f32), ..grp };
+        let grp = Group { big: grp.mb.iter().any(|&mb| reach(mb) >= UNCAPPED_CODES), ..grp };
         for x0 in (0..g.w_out).step_by(CHUNK) {
             let n = CHUNK.min(g.w_out - x0);
             // Staging slot `o` holds input column `first + o`.

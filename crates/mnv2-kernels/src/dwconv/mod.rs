@@ -442,6 +442,14 @@ impl DwRow {
     }
 }
 
+/// The largest |sum| of an int8 depthwise pixel: 9 taps of u8 inputs and weights within
+/// -127..=127.
+pub(crate) const MAX_ABS_SUM: f32 = 9.0 * 255.0 * 127.0;
+
+/// Codes below this need no cap before their conversion to i32 (which gives `i32::MIN` from
+/// 2^31 on): a vector kernel whose channels cannot reach it skips the cap.
+pub(crate) const UNCAPPED_CODES: f32 = (1u32 << 30) as f32;
+
 /// The int8 epilogue: an exact integer sum `acc` of channel `ch` to its output code,
 /// `clamp(round(acc * m[ch] + b[ch]), lo, hi)` with `m = scale / s_out` and
 /// `b = bias / s_out + zero` (one fused multiply-add in f32) and the activation's bounds as
