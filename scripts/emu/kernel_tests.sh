@@ -4,8 +4,8 @@
 # AVX2, AVX-512, VNNI, BF16 and both AMX tiers run, none is SKIPPED. Each test runs as its
 # own process, so one failure or panic does not hide the others. A FILTER picks the tests whose
 # name holds it; -FILTER leaves those out (default: every test). The three GEMM tests over
-# MobileNetV2's real shapes (every_kernel_matches_*) take most of an hour here, every other
-# test about 6 minutes together: -every_kernel_matches leaves them out.
+# MobileNetV2's real shapes (every_kernel_matches_the_*) take most of an hour here, the other
+# 73 tests about 6 minutes together with the boot: -every_kernel_matches_the leaves them out.
 #
 #   bash scripts/emu/kernel_tests.sh [[-]FILTER...]
 #
