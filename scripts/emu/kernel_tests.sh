@@ -4,15 +4,16 @@
 # AVX2, AVX-512, VNNI, BF16 and both AMX tiers run, none is SKIPPED. Each test runs as its
 # own process, so one failure or panic does not hide the others. A FILTER picks the tests whose
 # name holds it; -FILTER leaves those out (default: every test). The three GEMM tests over
-# MobileNetV2's real shapes (every_kernel_matches_the_*) take most of an hour here, the other
-# 73 tests about 6 minutes together with the boot: -every_kernel_matches_the leaves them out.
+# MobileNetV2's real shapes (every_kernel_matches_the_*) take well over half an hour here; the
+# other 73 take 4.5 minutes with the boot on a quiet 2-core machine (after the first run's
+# Bochs build): -every_kernel_matches_the leaves the three out.
 #
 #   bash scripts/emu/kernel_tests.sh [[-]FILTER...]
 #
 # Correctness only (the emulator's speed says nothing of the CPU's). Exits 1 if any test failed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=$(cargo test -q -p mnv2-kernels --lib --no-run --message-format=json 2>/dev/null |
+bin=$(cargo test -q -p mnv2-kernels --lib --no-run --message-format=json |
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "kernel_tests: no test executable from cargo" >&2; exit 1; }
 guest=$(mktemp)

@@ -20,7 +20,7 @@ runs=() bins=()
 for spec in "${specs[@]}"; do
   target=${spec%%:*} test=
   [[ "$spec" == *:* ]] && test=${spec#*:}
-  bin=$(cargo test -q --release -p mobilenetv2 --test "$target" --no-run --message-format=json 2>/dev/null |
+  bin=$(cargo test -q --release -p mobilenetv2 --test "$target" --no-run --message-format=json |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
   [ -x "$bin" ] || { echo "network_tests: no test executable for $target" >&2; exit 1; }
   bins+=("$bin")

@@ -10,9 +10,9 @@
 #
 # It checks correctness only: the emulator runs every instruction in software, so no timing
 # in the guest means anything. The first run installs what it lacks (apt-get: g++, make,
-# xorriso, cpio, isolinux, busybox-static, the Bochs BIOS) and builds Bochs (about 3 minutes
+# xorriso, cpio, isolinux, busybox-static, the Bochs BIOS) and builds Bochs (about 1.5 minutes
 # on 2 cores) into $MNV2_EMU_DIR (default target/emu); later runs reuse it. Booting takes
-# about 2 minutes. MNV2_EMU_TIMEOUT (seconds, default 3600) bounds a run; MNV2_EMU_MEGS
+# about 20 seconds. MNV2_EMU_TIMEOUT (seconds, default 3600) bounds a run; MNV2_EMU_MEGS
 # (default 2048) is the guest's memory.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
