@@ -10,7 +10,7 @@
 #
 # TARGET is a test target of the mobilenetv2 crate (tests/TARGET.rs), TEST one of its tests
 # (default: all of them). The default is `int8 parity:bf16_logits_stay_near_torchvision`,
-# about 20 minutes on 2 cores; the whole parity target (fp32 on every tier and mode too) is
+# about 15 minutes of emulator; the whole parity target (fp32 on every tier and mode too) is
 # far longer. Needs the real weights (scripts/fetch_assets.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
