@@ -43,17 +43,21 @@ if ((${#pkgs[@]})); then
   apt-get install -y -q "${pkgs[@]}" >"$emu/apt.log" 2>&1 || { tail -5 "$emu/apt.log" >&2; die "apt-get install failed"; }
 fi
 
+# Downloads from Debian's archive, and their checks.
+base=http://deb.debian.org/debian
+fetch() { curl -fsSL --retry 3 -o "$2" "$1" || die "could not fetch $1"; }
+sha_ok() { echo "$1  $2" | sha256sum -c --quiet >/dev/null 2>&1; }
+
 # Bochs 3.0 from Debian's source package, fixed, built once per version of the fixes.
 tarball=bochs_3.0+dfsg.orig.tar.xz
 sha=78f6c73d4a6472d5130a87ab9dc306d02c7c71ed8e25b3a8ef642e2a7acd282b
 stamp=$(sha256sum "$here/bochs_fixes.py" | cut -c1-16)
 bochs=$emu/bochs-$stamp/bochs
 if ! [ -x "$bochs" ]; then
-  if ! echo "$sha  $emu/$tarball" | sha256sum -c --quiet >/dev/null 2>&1; then
+  if ! sha_ok "$sha" "$emu/$tarball"; then
     echo "sapphire: fetching $tarball"
-    curl -fsSL --retry 3 -o "$emu/$tarball.part" "http://deb.debian.org/debian/pool/main/b/bochs/$tarball" ||
-      die "could not fetch $tarball from deb.debian.org"
-    echo "$sha  $emu/$tarball.part" | sha256sum -c --quiet || die "$tarball: sha256 mismatch"
+    fetch "$base/pool/main/b/bochs/$tarball" "$emu/$tarball.part"
+    sha_ok "$sha" "$emu/$tarball.part" || die "$tarball: sha256 mismatch"
     mv "$emu/$tarball.part" "$emu/$tarball"
   fi
   src=$emu/bochs-$stamp
@@ -71,9 +75,6 @@ fi
 # Debian 13's kernel (6.12; Debian 12's 6.1 hangs early in boot on this emulator), its vmlinuz
 # only, through the signed chain apt would use: InRelease checked by gpgv against the
 # installed Debian archive keyring, then Packages.xz and the package by their SHA256.
-base=http://deb.debian.org/debian
-fetch() { curl -fsSL --retry 3 -o "$2" "$1" || die "could not fetch $1"; }
-sha_ok() { echo "$1  $2" | sha256sum -c --quiet >/dev/null 2>&1; }
 vmlinuz=$(ls "$emu"/vmlinuz-* 2>/dev/null | head -1 || true)
 if [ -z "$vmlinuz" ]; then
   echo "sapphire: fetching Debian 13's kernel"
