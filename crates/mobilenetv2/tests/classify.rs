@@ -118,3 +118,32 @@ fn bf16_keeps_the_top_class_of_every_photo() {
     }
     println!("bf16 vs fp32 on the real photos: top-1 unchanged, max |logit diff| {worst:.3e} (max |logit| {scale:.2})");
 }
+
+/// The README's "As a library" block is `examples/library.rs` (which CI compiles): its `use`
+/// lines, then the lines between the example's snippet markers, with the example's `weights`
+/// and `image` arguments written as the README's literal paths.
+#[test]
+fn readme_library_snippet_is_the_compiled_example() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root().join("crates/mobilenetv2/examples/library.rs")).unwrap();
+    let start = readme.find("```rust\nuse mobilenetv2::").expect("README.md: the library block") + "```rust\n".len();
+    let block = &readme[start..start + readme[start..].find("```").expect("README.md: the block's end")];
+    let (_, after) = example.split_once("// --- README snippet ---\n").expect("library.rs: snippet start marker");
+    let (snippet, _) = after.split_once("// --- end of snippet ---").expect("library.rs: snippet end marker");
+    let snippet: Vec<String> = snippet
+        .lines()
+        .map(|l| {
+            l.strip_prefix("    ")
+                .unwrap_or(l)
+                .replace("Model::load(weights)", "Model::load(\"weights/mobilenet_v2-b0353104.pth\".as_ref())")
+                .replace("preprocess::load(image,", "preprocess::load(\"photo.jpg\".as_ref(),")
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let (uses, body): (Vec<&str>, Vec<&str>) =
+        block.lines().filter(|l| !l.trim().is_empty()).partition(|l| l.starts_with("use "));
+    for u in &uses {
+        assert!(example.lines().any(|l| l == *u), "README.md's `{u}` is not in examples/library.rs");
+    }
+    assert_eq!(body, snippet, "README.md's library block differs from examples/library.rs's snippet");
+}
