@@ -385,6 +385,8 @@ pub fn gemm_bf16_pairs_panels(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn vals(seed: u64, n: usize) -> Vec<f32> {
@@ -422,20 +424,35 @@ mod tests {
     fn every_kernel_matches_the_twin_on_edge_and_real_shapes() {
         let kernels = host_kernels();
         eprintln!("bf16 gemm kernels tested: {:?}", kernels.iter().map(|k| k.1.name).collect::<Vec<_>>());
-        let mut worst = 0f32;
-        for (tier, kern) in kernels {
-            let (mr, nr) = (kern.mr, kern.nr);
-            // Kernels that reduce blocks of pairs (the AMX tiles, on the CPU or the model)
-            // sum in another order than the twin.
-            let tiles = kern.pair_block > 1;
+        // Each kernel's cases: row counts and shapes around its own tile, and every distinct
+        // pointwise shape class of MobileNetV2 224/1.0 (k, n).
+        let cases = |mr: usize, nr: usize| {
             let mut ms = vec![0, 1, mr - 1, mr, mr + 1, 2 * mr + 1, 49, 112];
             ms.dedup();
             let mut kns = vec![(1, 1), (2, 3), (3, nr - 1), (7, nr), (5, nr + 1), (17, 2 * nr + 1), (33, 40), (9, 20)];
-            // Every distinct pointwise shape class of MobileNetV2 224/1.0 (k, n).
             kns.extend([(16, 96), (24, 144), (144, 24), (32, 16), (96, 24), (160, 960), (320, 1280), (1280, 40)]);
-            for &(k, n) in &kns {
-                let w = vals(k as u64 * 31 + n as u64, k * n);
-                let b = vals(7 + n as u64, n);
+            (ms, kns)
+        };
+        let mut shapes: Vec<(usize, usize)> = kernels.iter().flat_map(|(_, kern)| cases(kern.mr, kern.nr).1).collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        let mut worst = 0f32;
+        // Shape by shape, so that the twin's result for a case (and the magnitudes the AMX
+        // bound needs) is computed once for every kernel that runs it: it is most of the work
+        // (scripts/emu runs this test on an emulated CPU a hundred times slower).
+        for (k, n) in shapes {
+            let w = vals(k as u64 * 31 + n as u64, k * n);
+            let b = vals(7 + n as u64, n);
+            let mut wants: HashMap<(usize, usize, usize), Vec<f32>> = HashMap::new();
+            let mut mags: HashMap<(usize, usize), Vec<f32>> = HashMap::new();
+            for &(tier, kern) in &kernels {
+                let (ms, kns) = cases(kern.mr, kern.nr);
+                if !kns.contains(&(k, n)) {
+                    continue;
+                }
+                // Kernels that reduce blocks of pairs (the AMX tiles, on the CPU or the model)
+                // sum in another order than the twin.
+                let tiles = kern.pair_block > 1;
                 let mut p = PackedBf16Gemm::for_kernel(tier, kern, &w, k, n, &b);
                 assert_eq!(p.kernel_name(), kern.name);
                 // Strided rows (rounded row by row) and contiguous ones (rounded as one run),
@@ -445,12 +462,24 @@ mod tests {
                     p.split = split;
                     let a = vals(m as u64, m * lda);
                     let r = vals(99, m * n);
-                    for (act, res) in [
+                    let mag = tiles.then(|| {
+                        &*mags.entry((m, lda)).or_insert_with(|| {
+                            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+                            let (aa, wa, ba) = (abs(&a), abs(&w), abs(&b));
+                            crate::reference::gemm_bf16(m, k, n, &aa, lda, &wa, &ba, MinMax::NONE, None)
+                        })
+                    });
+                    for (i, (act, res)) in [
                         (MinMax::NONE, None),
                         (MinMax::RELU6, Some(r.as_slice())),
                         (MinMax { min: -0.5, max: 0.25 }, None),
-                    ] {
-                        let want = crate::reference::gemm_bf16(m, k, n, &a, lda, &w, &b, act, res);
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        let want = wants
+                            .entry((m, lda, i))
+                            .or_insert_with(|| crate::reference::gemm_bf16(m, k, n, &a, lda, &w, &b, act, res));
                         let mut c = vec![f32::NAN; m * n];
                         gemm_bf16(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
                         // Same rounded operands, exact products, f32 sums in the same order: the
@@ -458,14 +487,9 @@ mod tests {
                         // only f32 accumulation-order rounding. The AMX tiles sum in another
                         // order (even and odd channels apart, 16 pairs at a time): allow that
                         // order's rounding, relative to the sum of the terms' magnitudes.
-                        let mag = tiles.then(|| {
-                            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
-                            let (aa, wa, ba) = (abs(&a), abs(&w), abs(&b));
-                            crate::reference::gemm_bf16(m, k, n, &aa, lda, &wa, &ba, MinMax::NONE, None)
-                        });
-                        for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        for (i, (x, y)) in c.iter().zip(want.iter()).enumerate() {
                             let err = (x - y).abs();
-                            let bound = match &mag {
+                            let bound = match mag {
                                 None => f32::EPSILON * (k as f32).sqrt() * y.abs().max(1.0),
                                 Some(mag) => f32::EPSILON * ((k as f32).sqrt() * mag[i].max(1.0) + y.abs()),
                             };

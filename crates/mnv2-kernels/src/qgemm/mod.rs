@@ -486,26 +486,31 @@ mod tests {
             (960, 160),
             (320, 1280),
         ];
+        // The definition is computed once per case for every kernel: it is most of the work
+        // (scripts/emu runs this test on an emulated CPU a hundred times slower).
         for &(k, n) in &shapes {
             let w = vals(k as u64 * 7 + n as u64, k * n);
             let bias = vals(3, n);
             let (q, s) = quantize_weights(&w, k, n);
+            let packs: Vec<PackedQGemm> = kernels
+                .iter()
+                .map(|&(tier, kern)| PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input))
+                .collect();
             for &m in &[0, 1, 5, 7, 9, 11, 13, 14, 15, 23, 24, 25, 49, 112] {
                 let a: Vec<u8> = (0..m * k).map(|i| (i * 37 % 256) as u8).collect();
                 let r: Vec<u8> = (0..m * n).map(|i| (i * 11 % 256) as u8).collect();
-                let mut outs: Vec<Vec<u8>> = Vec::new();
-                for &(tier, kern) in &kernels {
-                    let p = PackedQGemm::from_quantized(kern, tier, &q, &s, k, n, &bias, input);
-                    // Bounds inside the codes, none (cut to 0..=255), and a residual.
-                    for (act, res) in [
-                        (MinMax::RELU6, None),
-                        (MinMax::NONE, None),
-                        (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q })),
-                    ] {
+                // Bounds inside the codes, none (cut to 0..=255), and a residual.
+                for (act, res) in [
+                    (MinMax::RELU6, None),
+                    (MinMax::NONE, None),
+                    (MinMax::NONE, Some(QResidual { r: &r, ldr: n, q: res_q })),
+                ] {
+                    let res_ref = res.map(|x| (x.r, x.q));
+                    let want = crate::reference::qgemm_u8s8s32(m, k, n, &a, input, &q, &s, &bias, act, res_ref);
+                    let mut first: Option<Vec<u8>> = None;
+                    for p in &packs {
                         let mut c = vec![0u8; m * n];
-                        qgemm(m, &a, k, &p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res);
-                        let res_ref = res.map(|x| (x.r, x.q));
-                        let want = crate::reference::qgemm_u8s8s32(m, k, n, &a, input, &q, &s, &bias, act, res_ref);
+                        qgemm(m, &a, k, p, QOut::U8 { c: &mut c, ldc: n, q: out_q }, act, res);
                         for (i, (g, w)) in c.iter().zip(&want).enumerate() {
                             // Half a step of the output grid (plus float slack), after saturation.
                             let w = out_q.dequantize(0).max(w.min(out_q.dequantize(255)));
@@ -517,9 +522,18 @@ mod tests {
                                 out_q.dequantize(*g)
                             );
                         }
-                        outs.push(c);
+                        // Every kernel gives the same bytes.
+                        match &first {
+                            None => first = Some(c),
+                            Some(f) => assert!(
+                                f == &c,
+                                "{} disagrees with {} at m={m} k={k} n={n}",
+                                p.kernel_name(),
+                                packs[0].kernel_name()
+                            ),
+                        }
                         let mut f = vec![0f32; m * n];
-                        qgemm(m, &a, k, &p, QOut::F32 { c: &mut f, ldc: n }, act, res);
+                        qgemm(m, &a, k, p, QOut::F32 { c: &mut f, ldc: n }, act, res);
                         for (g, w) in f.iter().zip(&want) {
                             assert!(
                                 (g - w).abs() <= 1e-4 * w.abs().max(1.0),
@@ -528,11 +542,6 @@ mod tests {
                             );
                         }
                     }
-                }
-                // Every kernel gives the same bytes.
-                let per = outs.len() / kernels.len();
-                for o in outs.chunks(per).skip(1) {
-                    assert_eq!(o, &outs[..per], "kernels disagree at m={m} k={k} n={n}");
                 }
             }
         }
