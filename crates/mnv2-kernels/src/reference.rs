@@ -179,15 +179,18 @@ pub fn gemm_bf16(
     r: Option<&[f32]>,
 ) -> Vec<f32> {
     use crate::bf16gemm::round_bf16;
+    // Each operand rounded once, up front.
+    let a: Vec<f32> = a[..if m == 0 { 0 } else { (m - 1) * lda + k }].iter().map(|&v| round_bf16(v)).collect();
+    let w: Vec<f32> = w[..k * n].iter().map(|&v| round_bf16(v)).collect();
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
             let mut s = b[j];
             for p in (0..k).step_by(2) {
                 if p + 1 < k {
-                    s += round_bf16(a[i * lda + p + 1]) * round_bf16(w[(p + 1) * n + j]);
+                    s += a[i * lda + p + 1] * w[(p + 1) * n + j];
                 }
-                s += round_bf16(a[i * lda + p]) * round_bf16(w[p * n + j]);
+                s += a[i * lda + p] * w[p * n + j];
             }
             let mut v = act.apply(s);
             if let Some(r) = r {
