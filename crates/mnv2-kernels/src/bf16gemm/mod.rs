@@ -469,7 +469,7 @@ mod tests {
                             crate::reference::gemm_bf16(m, k, n, &aa, lda, &wa, &ba, MinMax::NONE, None)
                         })
                     });
-                    for (i, (act, res)) in [
+                    for (clamp, (act, res)) in [
                         (MinMax::NONE, None),
                         (MinMax::RELU6, Some(r.as_slice())),
                         (MinMax { min: -0.5, max: 0.25 }, None),
@@ -478,7 +478,7 @@ mod tests {
                     .enumerate()
                     {
                         let want = wants
-                            .entry((m, lda, i))
+                            .entry((m, lda, clamp))
                             .or_insert_with(|| crate::reference::gemm_bf16(m, k, n, &a, lda, &w, &b, act, res));
                         let mut c = vec![f32::NAN; m * n];
                         gemm_bf16(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));

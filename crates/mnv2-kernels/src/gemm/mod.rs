@@ -313,7 +313,7 @@ mod tests {
                     let lda = k + 3;
                     let a = lcg(m as u64, m * lda);
                     let r = lcg(99, m * n);
-                    for (i, (act, res)) in [
+                    for (clamp, (act, res)) in [
                         (MinMax::NONE, None),
                         (MinMax::RELU6, Some(r.as_slice())),
                         (MinMax { min: -0.5, max: 0.25 }, None),
@@ -322,7 +322,7 @@ mod tests {
                     .enumerate()
                     {
                         let want = wants
-                            .entry((m, i))
+                            .entry((m, clamp))
                             .or_insert_with(|| crate::reference::gemm_f32(m, k, n, &a, lda, &w, &b, act, res));
                         let mut c = vec![f32::NAN; m * n];
                         gemm(m, &a, lda, &p, &mut c, n, act, res.map(|r| (r, n)));
