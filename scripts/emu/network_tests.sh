@@ -10,8 +10,9 @@
 #
 # TARGET is a test target of the mobilenetv2 crate (tests/TARGET.rs), TEST one of its tests
 # (default: all of them). The default is `int8 parity:bf16_logits_stay_near_torchvision`,
-# about 15 minutes of emulator; the whole parity target (fp32 on every tier and mode too) is
-# far longer. Needs the real weights (scripts/fetch_assets.sh).
+# about 15 minutes of emulator; `parity:every_mode_matches_torchvision` (fp32 against
+# torchvision on every tier and mode: the reference, scalar, AVX2 and AVX-512 kernels) about
+# 32 more. Needs the real weights (scripts/fetch_assets.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if (($#)); then specs=("$@"); else specs=(int8 parity:bf16_logits_stay_near_torchvision); fi
