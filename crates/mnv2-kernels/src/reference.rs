@@ -180,8 +180,8 @@ pub fn gemm_bf16(
 ) -> Vec<f32> {
     use crate::bf16gemm::round_bf16;
     // Each operand rounded once, up front.
-    let a: Vec<f32> = a[..if m == 0 { 0 } else { (m - 1) * lda + k }].iter().map(|&v| round_bf16(v)).collect();
-    let w: Vec<f32> = w[..k * n].iter().map(|&v| round_bf16(v)).collect();
+    let a: Vec<f32> = a.iter().map(|&v| round_bf16(v)).collect();
+    let w: Vec<f32> = w.iter().map(|&v| round_bf16(v)).collect();
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {

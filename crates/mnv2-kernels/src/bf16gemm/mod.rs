@@ -457,8 +457,8 @@ mod tests {
                 assert_eq!(p.kernel_name(), kern.name);
                 // Strided rows (rounded row by row) and contiguous ones (rounded as one run),
                 // with the 24-column tile and without, whatever this CPU is.
-                let cases = ms.iter().flat_map(|m| [(m, k + 3), (m, k)]).flat_map(|c| [(c, false), (c, true)]);
-                for ((&m, lda), split) in cases {
+                let runs = ms.iter().flat_map(|m| [(m, k + 3), (m, k)]).flat_map(|c| [(c, false), (c, true)]);
+                for ((&m, lda), split) in runs {
                     p.split = split;
                     let a = vals(m as u64, m * lda);
                     let r = vals(99, m * n);
